@@ -1,0 +1,123 @@
+//! Command-line flags, defined once here: they drive parsing, environment variables and `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::handlers::script::ScriptLimits;
+use crate::registry::Sources;
+
+/// Serve any folder of .proto files over gRPC, answering from handler files — no code generation.
+#[derive(Parser, Debug)]
+#[command(name = "protodrop", version, args_conflicts_with_subcommands = true)]
+#[command(after_help = "Without a command, `protodrop` runs `serve`.\nLogs go to stderr; filter them with RUST_LOG (e.g. RUST_LOG=protodrop=debug).")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the protos with the handlers, reloading both when they change (the default).
+    Serve(ServeArgs),
+    /// Load protos and handlers, print every problem, and exit non-zero if there is any.
+    Check(SourceArgs),
+}
+
+impl Cli {
+    /// The command to run, `serve` when none was named.
+    pub fn command(self) -> Command {
+        self.command.unwrap_or(Command::Serve(self.serve))
+    }
+}
+
+/// What is loaded: the two folders, include roots, and script limits.
+#[derive(Args, Debug, Clone)]
+pub struct SourceArgs {
+    /// Folder of .proto files, read recursively.
+    #[arg(long, env = "PROTODROP_PROTOS", default_value = "protos", value_name = "DIR")]
+    pub protos: PathBuf,
+
+    /// Folder of handler files (*.toml, *.rhai), read recursively.
+    #[arg(long, env = "PROTODROP_HANDLERS", default_value = "handlers", value_name = "DIR")]
+    pub handlers: PathBuf,
+
+    /// Extra include root for imports (repeatable; the environment variable takes a ':'-separated list).
+    #[arg(short = 'I', long = "proto-path", env = "PROTODROP_PROTO_PATH", value_delimiter = ':', value_name = "DIR")]
+    pub proto_path: Vec<PathBuf>,
+
+    /// Most Rhai operations one script call may run before it is stopped with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PROTODROP_SCRIPT_MAX_OPERATIONS", default_value_t = ScriptLimits::default().max_operations, value_name = "N")]
+    pub script_max_operations: u64,
+
+    /// Deepest function-call nesting a script may reach.
+    #[arg(long, env = "PROTODROP_SCRIPT_MAX_CALL_DEPTH", default_value_t = ScriptLimits::default().max_call_depth, value_name = "N")]
+    pub script_max_call_depth: usize,
+
+    /// Longest string a script may build, in bytes.
+    #[arg(long, env = "PROTODROP_SCRIPT_MAX_STRING_SIZE", default_value_t = ScriptLimits::default().max_string_size, value_name = "BYTES")]
+    pub script_max_string_size: usize,
+
+    /// Largest array a script may build, in elements.
+    #[arg(long, env = "PROTODROP_SCRIPT_MAX_ARRAY_SIZE", default_value_t = ScriptLimits::default().max_array_size, value_name = "N")]
+    pub script_max_array_size: usize,
+
+    /// Largest map a script may build, in entries.
+    #[arg(long, env = "PROTODROP_SCRIPT_MAX_MAP_SIZE", default_value_t = ScriptLimits::default().max_map_size, value_name = "N")]
+    pub script_max_map_size: usize,
+}
+
+impl SourceArgs {
+    pub fn sources(&self) -> Sources {
+        Sources {
+            protos: self.protos.clone(),
+            handlers: self.handlers.clone(),
+            include_roots: self.proto_path.clone(),
+            script_limits: ScriptLimits {
+                max_operations: self.script_max_operations,
+                max_call_depth: self.script_max_call_depth,
+                max_string_size: self.script_max_string_size,
+                max_array_size: self.script_max_array_size,
+                max_map_size: self.script_max_map_size,
+            },
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub sources: SourceArgs,
+
+    /// Address to listen on. Loopback by default: a mock server should not be reachable from the network
+    /// unless you say so (e.g. 0.0.0.0:50051). Port 0 picks a free port; the address is printed on stdout.
+    #[arg(long, env = "PROTODROP_LISTEN", default_value = "127.0.0.1:50051", value_name = "ADDR")]
+    pub listen: SocketAddr,
+
+    /// Largest message accepted or sent, in bytes (suffixes KiB, MiB allowed); larger ones get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PROTODROP_MAX_MESSAGE_SIZE", default_value = "4MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub max_message_size: usize,
+
+    /// Do not watch the folders for changes.
+    #[arg(long, env = "PROTODROP_NO_WATCH")]
+    pub no_watch: bool,
+}
+
+/// `4194304`, `4096KiB`, `4MiB`, `4M`, `1GiB`.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: usize = digits.parse().map_err(|_| format!("'{s}' is not a size such as 4194304 or 4MiB"))?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit '{other}' (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(factor).ok_or_else(|| format!("'{s}' is too large"))
+}

@@ -1,0 +1,115 @@
+//! A problem found while loading protos, handler files or scripts, pinned to file, line and column.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// One load problem. Displayed as `file:line:column: message`, then the offending line with a caret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem is about the whole file.
+    pub line: usize,
+    /// 1-based, counted in characters.
+    pub column: usize,
+    pub message: String,
+    /// The text of the offending line, when known.
+    pub source_line: Option<String>,
+}
+
+impl Diagnostic {
+    /// A problem with a whole file (unreadable, missing), not a place in it.
+    pub fn file(file: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Self { file: file.into(), line: 0, column: 0, message: message.into(), source_line: None }
+    }
+
+    /// A problem at a byte offset range of `source` (the file's text).
+    pub fn at(file: impl Into<PathBuf>, source: &str, span: Range<usize>, message: impl Into<String>) -> Self {
+        let (line, column, text) = locate(source, span.start);
+        Self { file: file.into(), line, column, message: message.into(), source_line: Some(text.to_string()) }
+    }
+
+    /// A problem at a known 1-based line and column of `source`.
+    pub fn at_line(
+        file: impl Into<PathBuf>,
+        source: Option<&str>,
+        line: usize,
+        column: usize,
+        message: impl Into<String>,
+    ) -> Self {
+        let source_line = source.and_then(|s| s.lines().nth(line.saturating_sub(1))).map(str::to_string);
+        Self { file: file.into(), line, column, message: message.into(), source_line }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset, and the text of that line.
+pub fn locate(source: &str, offset: usize) -> (usize, usize, &str) {
+    let offset = floor_char_boundary(source, offset.min(source.len()));
+    let line_start = source[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = source[offset..].find('\n').map_or(source.len(), |i| offset + i);
+    let line = source[..line_start].matches('\n').count() + 1;
+    let column = source[line_start..offset].chars().count() + 1;
+    (line, column, source[line_start..line_end].trim_end_matches('\r'))
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display();
+        if self.line == 0 {
+            return write!(f, "{file}: {}", self.message);
+        }
+        write!(f, "{file}:{}:{}: {}", self.line, self.column, self.message)?;
+        if let Some(text) = &self.source_line {
+            let gutter = self.line.to_string().len();
+            write!(f, "\n{:gutter$} |\n{} | {text}\n{:gutter$} | {:>col$}", "", self.line, "", "^", col = self.column)?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything wrong with one load, in file order. Displayed one problem after another.
+#[derive(Clone, Debug, Default, thiserror::Error)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl Diagnostics {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn push(&mut self, d: Diagnostic) {
+        self.0.push(d);
+    }
+
+    /// Ok when nothing was reported.
+    pub fn into_result(mut self) -> Result<(), Diagnostics> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        self.0.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+        Err(self)
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `path` relative to `base` when it lies under it, for shorter messages.
+pub fn relative<'a>(path: &'a Path, base: &Path) -> &'a Path {
+    path.strip_prefix(base).unwrap_or(path)
+}

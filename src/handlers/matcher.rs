@@ -1,0 +1,70 @@
+//! `when` conditions: on request fields (typed as the field is) and on request metadata.
+
+use prost_reflect::Value;
+use regex::Regex;
+
+use super::template::{Path, Scope, Text};
+
+/// Operator keys of a condition table; a table without any of them is a path into a nested message.
+pub const OPERATORS: &[&str] = &["eq", "contains", "regex", "present"];
+
+#[derive(Clone, Debug)]
+pub struct Condition {
+    pub subject: Subject,
+    pub op: Op,
+}
+
+#[derive(Clone, Debug)]
+pub enum Subject {
+    /// A request field path, `request.…`.
+    Field(Path),
+    /// A metadata key, lower case.
+    Metadata(String),
+}
+
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// Equal to a value already converted to the field's kind (or a metadata string).
+    Eq(Value),
+    /// String fields: substring. Repeated fields: has an element equal to the value.
+    Contains(Value),
+    Regex(Regex),
+    Present(bool),
+}
+
+impl Condition {
+    pub fn holds(&self, scope: &Scope<'_>) -> bool {
+        match &self.subject {
+            Subject::Metadata(key) => {
+                let value = scope.metadata.get(key.as_str()).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                match (&self.op, value) {
+                    (Op::Present(want), v) => v.is_some() == *want,
+                    (_, None) => false,
+                    (Op::Eq(Value::String(want)), Some(v)) => &v == want,
+                    (Op::Contains(Value::String(want)), Some(v)) => v.contains(want.as_str()),
+                    (Op::Regex(re), Some(v)) => re.is_match(&v),
+                    _ => false,
+                }
+            }
+            Subject::Field(path) => match &self.op {
+                Op::Present(want) => path.is_present(scope) == *want,
+                op => {
+                    let Some(value) = path.resolve(scope) else { return false };
+                    match (op, value.as_ref()) {
+                        (Op::Eq(want), v) => v == want,
+                        (Op::Contains(Value::String(want)), Value::String(s)) => s.contains(want.as_str()),
+                        (Op::Contains(want), Value::List(items)) => items.contains(want),
+                        (Op::Regex(re), Value::String(s)) => re.is_match(s),
+                        (Op::Regex(re), _) => re.is_match(&path_text(path, scope)),
+                        _ => false,
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// The value at `path` written as text (numbers in decimal, enums by name), for regexes on non-strings.
+fn path_text(path: &Path, scope: &Scope<'_>) -> String {
+    Text::whole(path.clone()).render(scope)
+}

@@ -1,0 +1,28 @@
+//! Handler files: the file model, checked against the descriptors at load; matching; templates; scripts.
+
+mod load;
+pub mod matcher;
+pub mod rule;
+pub mod script;
+pub mod template;
+mod toml_tree;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+pub use load::{load, CODE_NAMES};
+pub use rule::{Answer, MethodRules, Rule};
+
+/// Every rule of the handlers folder, by method (`package.Service/Method`).
+#[derive(Clone, Debug, Default)]
+pub struct Handlers {
+    pub methods: HashMap<String, MethodRules>,
+    /// The handler files read, in the order their rules were taken.
+    pub files: Vec<PathBuf>,
+}
+
+impl Handlers {
+    pub fn rule_count(&self) -> usize {
+        self.methods.values().map(|m| m.rules.len()).sum()
+    }
+}

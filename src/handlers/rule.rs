@@ -1,0 +1,159 @@
+//! A compiled rule: when it applies and what it answers. Built by `load`, used per call by `respond`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message as _;
+use prost_reflect::{DynamicMessage, MessageDescriptor, Value};
+use tonic::metadata::{AsciiMetadataValue, BinaryMetadataValue, MetadataKey, MetadataMap};
+use tonic::{Code, Status};
+
+use super::matcher::Condition;
+use super::script::Script;
+use super::template::{MessageTemplate, Path, Scope, Text};
+
+/// One `[[rule]]` of a handler file.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    /// `handlers/x.toml:12`, for messages that name the rule.
+    pub origin: String,
+    pub conditions: Vec<Condition>,
+    pub answer: Answer,
+    pub headers: Vec<MetadataTemplate>,
+    pub trailers: Vec<MetadataTemplate>,
+    pub delay: Option<Duration>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Answer {
+    Reply(MessageTemplate),
+    Stream(StreamAnswer),
+    Error(ErrorTemplate),
+    Script(Script),
+}
+
+#[derive(Clone, Debug)]
+pub struct StreamAnswer {
+    pub source: StreamSource,
+    /// Waited before each message.
+    pub delay: Option<Duration>,
+    /// The status the stream ends with, when not OK.
+    pub then: Option<ErrorTemplate>,
+}
+
+#[derive(Clone, Debug)]
+pub enum StreamSource {
+    Messages(Vec<MessageTemplate>),
+    Repeat(u64, MessageTemplate),
+    ForEach(Path, MessageTemplate),
+}
+
+/// `error = { code, message, details }`.
+#[derive(Clone, Debug)]
+pub struct ErrorTemplate {
+    pub code: Code,
+    pub message: Text,
+    /// `google.rpc.Status` to carry the details (`None` when there are none).
+    pub status_type: Option<MessageDescriptor>,
+    /// Each detail already packed as a `google.protobuf.Any`.
+    pub details: Vec<DynamicMessage>,
+}
+
+/// A header or trailer whose value may be templated.
+#[derive(Clone, Debug)]
+pub struct MetadataTemplate {
+    pub key: String,
+    pub value: Text,
+}
+
+impl Rule {
+    pub fn matches(&self, scope: &Scope<'_>) -> bool {
+        self.conditions.iter().all(|c| c.holds(scope))
+    }
+
+    pub fn is_default(&self) -> bool {
+        self.conditions.is_empty()
+    }
+
+    pub fn headers(&self, scope: &Scope<'_>) -> Result<MetadataMap, Status> {
+        render_metadata(&self.headers, scope)
+    }
+
+    pub fn trailers(&self, scope: &Scope<'_>) -> Result<MetadataMap, Status> {
+        render_metadata(&self.trailers, scope)
+    }
+}
+
+impl ErrorTemplate {
+    pub fn render(&self, scope: &Scope<'_>) -> Status {
+        let message = self.message.render(scope);
+        let Some(status_type) = &self.status_type else { return Status::new(self.code, message) };
+        let mut status = DynamicMessage::new(status_type.clone());
+        status.set_field_by_name("code", Value::I32(self.code as i32));
+        status.set_field_by_name("message", Value::String(message.clone()));
+        status.set_field_by_name("details", Value::List(self.details.iter().cloned().map(Value::Message).collect()));
+        Status::with_details(self.code, message, Bytes::from(status.encode_to_vec()))
+    }
+}
+
+fn render_metadata(templates: &[MetadataTemplate], scope: &Scope<'_>) -> Result<MetadataMap, Status> {
+    let mut map = MetadataMap::new();
+    for t in templates {
+        insert_metadata(&mut map, &t.key, &t.value.render(scope))?;
+    }
+    Ok(map)
+}
+
+/// Adds `key: value` to `map`; `-bin` keys take base64 text and carry the decoded bytes.
+pub fn insert_metadata(map: &mut MetadataMap, key: &str, value: &str) -> Result<(), Status> {
+    let bad = |what: String| Status::internal(format!("response metadata '{key}': {what}"));
+    if key.ends_with("-bin") {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(value.trim_end_matches('='))
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(value.trim_end_matches('=')))
+            .map_err(|e| bad(format!("value is not base64: {e}")))?;
+        let key = MetadataKey::from_bytes(key.as_bytes()).map_err(|e| bad(e.to_string()))?;
+        map.append_bin(key, BinaryMetadataValue::from_bytes(&bytes));
+    } else {
+        let key = MetadataKey::from_bytes(key.as_bytes()).map_err(|e| bad(e.to_string()))?;
+        let value = AsciiMetadataValue::try_from(value).map_err(|e| bad(e.to_string()))?;
+        map.append(key, value);
+    }
+    Ok(())
+}
+
+/// The rules of one method, in the order they are tried.
+#[derive(Clone, Debug, Default)]
+pub struct MethodRules {
+    /// Rules with conditions first (file order), then default rules (file order).
+    pub rules: Vec<Rule>,
+}
+
+impl MethodRules {
+    pub fn select(&self, scope: &Scope<'_>) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.matches(scope))
+    }
+
+    /// The script that handles a whole client or bidi stream, if this method has one.
+    pub fn stream_script(&self) -> Option<&Script> {
+        self.rules.iter().find_map(|r| match &r.answer {
+            Answer::Script(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    /// Why no rule answered, for the `UNIMPLEMENTED` message.
+    pub fn no_match_message(&self, method: &str) -> String {
+        let tried: Vec<&str> = self.rules.iter().map(|r| r.origin.as_str()).collect();
+        format!(
+            "no rule for {method} matched the request (rules tried: {}); add a rule without `when` to answer every other request",
+            tried.join(", ")
+        )
+    }
+}
+
+/// The body of a status with trailers and code OK: how a stream ends with custom trailers in tonic.
+pub fn ok_with_trailers(trailers: MetadataMap) -> Status {
+    Status::with_metadata(Code::Ok, "", trailers)
+}

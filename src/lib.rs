@@ -1,0 +1,17 @@
+//! protodrop: a gRPC server with no code generation.
+//!
+//! Data flow: [`cli`] flags → [`protos`] (folder → descriptor pool) → [`handlers`] (handler files →
+//! rules checked against the pool) → [`registry`] (the swapped state: path → method + rules) →
+//! [`service`] (one tower service for every path, one branch per RPC shape, [`codec`] on the wire).
+//! [`reload`] watches both folders and swaps the registry; [`server`] puts it on a socket.
+
+pub mod cli;
+pub mod codec;
+pub mod diagnostic;
+pub mod handlers;
+pub mod protos;
+pub mod registry;
+pub mod reload;
+pub mod server;
+pub mod respond;
+pub mod service;

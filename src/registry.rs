@@ -1,0 +1,133 @@
+//! The served state — descriptors, and every method with its rules — built in one go and swapped whole.
+//!
+//! A call takes an `Arc` of its method when it starts, so a reload never changes a call in flight.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use prost_reflect::{Kind, MethodDescriptor};
+
+use crate::diagnostic::Diagnostics;
+use crate::handlers::script::{ScriptEngine, ScriptLimits};
+use crate::handlers::{self, Handlers, MethodRules};
+use crate::protos::{self, Protos};
+
+/// Where the state is built from; what a reload re-reads.
+#[derive(Clone, Debug)]
+pub struct Sources {
+    pub protos: PathBuf,
+    pub handlers: PathBuf,
+    pub include_roots: Vec<PathBuf>,
+    pub script_limits: ScriptLimits,
+}
+
+/// One method as served.
+#[derive(Debug)]
+pub struct Method {
+    pub desc: MethodDescriptor,
+    /// `pkg.Service/Method`
+    pub name: String,
+    /// `None` when no handler file has a rule for it.
+    pub rules: Option<MethodRules>,
+}
+
+/// Everything a call needs, as of one load.
+#[derive(Debug)]
+pub struct State {
+    pub protos: Protos,
+    pub handlers_dir: PathBuf,
+    /// By HTTP path, `/pkg.Service/Method`.
+    pub methods: HashMap<String, Arc<Method>>,
+    pub rule_count: usize,
+    pub handler_files: usize,
+}
+
+impl State {
+    /// Loads protos, then handlers against them. All problems of both are reported together when the
+    /// protos compile; handlers cannot be checked without them.
+    pub fn build(sources: &Sources) -> Result<State, Diagnostics> {
+        let protos = protos::load(&sources.protos, &sources.include_roots)?;
+        let engine = ScriptEngine::new(sources.script_limits.clone());
+        let Handlers { mut methods, files } = handlers::load(&sources.handlers, &protos.pool, &engine)?;
+        let rule_count = methods.values().map(|m| m.rules.len()).sum();
+        let mut served = HashMap::new();
+        for service in protos.pool.services() {
+            for desc in service.methods() {
+                let name = format!("{}/{}", service.full_name(), desc.name());
+                let rules = methods.remove(&name);
+                served.insert(format!("/{name}"), Arc::new(Method { desc, name, rules }));
+            }
+        }
+        Ok(State {
+            protos,
+            handlers_dir: sources.handlers.clone(),
+            methods: served,
+            rule_count,
+            handler_files: files.len(),
+        })
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.protos.pool.services().count()
+    }
+
+    /// The `UNIMPLEMENTED` message for a method without rules: which file to add, and what to put in it.
+    pub fn no_handler_message(&self, method: &Method) -> String {
+        let stem = method.desc.parent_file().name().rsplit('/').next().unwrap_or("x").trim_end_matches(".proto").to_string();
+        let file = self.handlers_dir.join(format!("{stem}.toml"));
+        let example = example_fields(&method.desc.output());
+        let body = if method.desc.is_server_streaming() {
+            format!("stream.messages = [ {{ {example} }} ]")
+        } else {
+            format!("reply = {{ {example} }}")
+        };
+        format!(
+            "no handler for {name}: add a rule to {file}, e.g.\n[[rule]]\nmethod = \"{name}\"\n{body}",
+            name = method.name,
+            file = file.display()
+        )
+    }
+}
+
+/// `a = "", b = 0, …`: every field of a message with a value of its type, as a starting point.
+fn example_fields(desc: &prost_reflect::MessageDescriptor) -> String {
+    desc.fields()
+        .map(|f| {
+            let value = if f.is_list() {
+                "[]".to_string()
+            } else {
+                match f.kind() {
+                    Kind::String | Kind::Bytes => "\"\"".into(),
+                    Kind::Bool => "false".into(),
+                    Kind::Float | Kind::Double => "0.0".into(),
+                    Kind::Enum(e) => format!("\"{}\"", e.values().next().map(|v| v.name().to_string()).unwrap_or_default()),
+                    Kind::Message(_) => "{}".into(),
+                    _ => "0".into(),
+                }
+            };
+            format!("{} = {value}", f.name())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The current state, swapped atomically by reloads.
+pub struct Registry {
+    current: ArcSwap<State>,
+}
+
+impl Registry {
+    pub fn new(state: State) -> Self {
+        Self { current: ArcSwap::from_pointee(state) }
+    }
+
+    pub fn current(&self) -> Arc<State> {
+        self.current.load_full()
+    }
+
+    pub fn swap(&self, state: State) {
+        self.current.store(Arc::new(state));
+    }
+}

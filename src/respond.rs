@@ -1,0 +1,355 @@
+//! Answers one call from its method's rules: one function per RPC shape.
+//!
+//! Responses are streams produced as they go: a server stream renders each message when it is due, a
+//! bidi stream answers each incoming message as it arrives, and nothing is collected first.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt};
+use prost_reflect::{DynamicMessage, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::{KeyAndValueRef, MetadataMap};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::handlers::rule::{ok_with_trailers, StreamAnswer, StreamSource};
+use crate::handlers::script::{Script, ScriptCall, ScriptEvent};
+use crate::handlers::template::Scope;
+use crate::handlers::{Answer, MethodRules, Rule};
+use crate::registry::{Method, State};
+
+pub type ReplyStream = Pin<Box<dyn Stream<Item = Result<DynamicMessage, Status>> + Send>>;
+
+/// Answers a call of `method`, whatever its shape.
+pub async fn respond(
+    state: Arc<State>,
+    method: Arc<Method>,
+    request: Request<Streaming<DynamicMessage>>,
+) -> Result<Response<ReplyStream>, Status> {
+    if method.rules.is_none() {
+        return Err(Status::unimplemented(state.no_handler_message(&method)));
+    }
+    drop(state);
+    let (metadata, _, incoming) = request.into_parts();
+    match (method.desc.is_client_streaming(), method.desc.is_server_streaming()) {
+        (false, _) => single_request(method, metadata, incoming).await,
+        (true, false) => client_stream(method, metadata, incoming).await,
+        (true, true) => bidi_stream(method, metadata, incoming).await,
+    }
+}
+
+fn rules(method: &Method) -> &MethodRules {
+    method.rules.as_ref().expect("checked in respond()")
+}
+
+fn select<'r>(method: &'r Method, scope: &Scope<'_>) -> Result<&'r Rule, Status> {
+    let rules = rules(method);
+    rules.select(scope).ok_or_else(|| Status::unimplemented(rules.no_match_message(&method.name)))
+}
+
+/// Unary and server streaming: one request, then the rule it selects.
+async fn single_request(
+    method: Arc<Method>,
+    metadata: MetadataMap,
+    mut incoming: Streaming<DynamicMessage>,
+) -> Result<Response<ReplyStream>, Status> {
+    let request = incoming.message().await?.ok_or_else(|| Status::internal("missing request message"))?;
+    let scope = Scope::new(Some(&request), &metadata);
+    let rule = select(&method, &scope)?;
+    if let Some(delay) = rule.delay {
+        tokio::time::sleep(delay).await;
+    }
+    if let Answer::Script(script) = &rule.answer {
+        let script = script.clone();
+        return run_script(script, &method, Some(request), metadata, None).await;
+    }
+    let headers = rule.headers(&scope)?;
+    let trailers = rule.trailers(&scope)?;
+    match &rule.answer {
+        Answer::Reply(template) => {
+            let reply = template.render(&scope).map_err(reply_error)?;
+            Ok(with_headers(headers, Box::pin(once_then_trailers(reply, trailers))))
+        }
+        Answer::Error(error) => Err(with_metadata(error.render(&scope), [headers, trailers])),
+        Answer::Stream(_) => {
+            let rule_index = rules(&method).rules.iter().position(|r| std::ptr::eq(r, rule)).expect("rule of this method");
+            let stream = async_stream::try_stream! {
+                let scope = Scope::new(Some(&request), &metadata);
+                let Answer::Stream(answer) = &rules(&method).rules[rule_index].answer else { unreachable!() };
+                let mut messages = std::pin::pin!(render_stream(answer, scope));
+                while let Some(message) = messages.next().await {
+                    yield message?;
+                }
+                end_with_trailers(trailers)?;
+            };
+            Ok(with_headers(headers, Box::pin(stream)))
+        }
+        Answer::Script(_) => unreachable!("handled above"),
+    }
+}
+
+/// Client streaming: read every message (keeping only the first, the last and the count), then answer.
+async fn client_stream(
+    method: Arc<Method>,
+    metadata: MetadataMap,
+    mut incoming: Streaming<DynamicMessage>,
+) -> Result<Response<ReplyStream>, Status> {
+    if let Some(script) = rules(&method).stream_script() {
+        let script = script.clone();
+        return run_script(script, &method, None, metadata, Some(incoming)).await;
+    }
+    let (mut first, mut last, mut count) = (None, None, 0u64);
+    while let Some(message) = incoming.message().await? {
+        count += 1;
+        if first.is_none() {
+            first = Some(message);
+        } else {
+            last = Some(message);
+        }
+    }
+    let last = last.as_ref().or(first.as_ref());
+    let scope = Scope { first: first.as_ref(), count: Some(count), ..Scope::new(last, &metadata) };
+    let rule = select(&method, &scope)?;
+    if let Some(delay) = rule.delay {
+        tokio::time::sleep(delay).await;
+    }
+    let headers = rule.headers(&scope)?;
+    let trailers = rule.trailers(&scope)?;
+    match &rule.answer {
+        Answer::Reply(template) => {
+            let reply = template.render(&scope).map_err(reply_error)?;
+            Ok(with_headers(headers, Box::pin(once_then_trailers(reply, trailers))))
+        }
+        Answer::Error(error) => Err(with_metadata(error.render(&scope), [headers, trailers])),
+        Answer::Stream(_) | Answer::Script(_) => Err(Status::internal("rule cannot answer a client stream")),
+    }
+}
+
+/// Bidi streaming: each incoming message is matched and answered at once. The first message's rule
+/// gives the response headers, so the headers wait for it.
+async fn bidi_stream(
+    method: Arc<Method>,
+    metadata: MetadataMap,
+    mut incoming: Streaming<DynamicMessage>,
+) -> Result<Response<ReplyStream>, Status> {
+    if let Some(script) = rules(&method).stream_script() {
+        let script = script.clone();
+        return run_script(script, &method, None, metadata, Some(incoming)).await;
+    }
+    let Some(first) = incoming.message().await? else {
+        return Ok(Response::new(Box::pin(futures::stream::empty())));
+    };
+    let headers = {
+        let scope = Scope { count: Some(1), ..Scope::new(Some(&first), &metadata) };
+        select(&method, &scope)?.headers(&scope)?
+    };
+    let stream = async_stream::try_stream! {
+        let mut next = Some(first);
+        let mut count = 0;
+        let mut trailers = MetadataMap::new();
+        while let Some(message) = next.take() {
+            count += 1;
+            let scope = Scope { count: Some(count), ..Scope::new(Some(&message), &metadata) };
+            let rule = select(&method, &scope)?;
+            if let Some(delay) = rule.delay {
+                tokio::time::sleep(delay).await;
+            }
+            extend_metadata(&mut trailers, rule.trailers(&scope)?);
+            match &rule.answer {
+                Answer::Reply(template) => yield template.render(&scope).map_err(reply_error)?,
+                Answer::Stream(answer) => {
+                    let mut messages = std::pin::pin!(render_stream(answer, scope));
+                    while let Some(m) = messages.next().await {
+                        yield m?;
+                    }
+                }
+                Answer::Error(error) => Err(with_metadata(error.render(&scope), [std::mem::take(&mut trailers)]))?,
+                Answer::Script(_) => Err(Status::internal("a bidi script must be the method's only rule"))?,
+            }
+            next = incoming.message().await?;
+        }
+        end_with_trailers(trailers)?;
+    };
+    Ok(with_headers(headers, Box::pin(stream)))
+}
+
+/// The messages of a `stream` answer, each rendered when it is due.
+fn render_stream<'a>(
+    answer: &'a StreamAnswer,
+    scope: Scope<'a>,
+) -> impl Stream<Item = Result<DynamicMessage, Status>> + Send + 'a {
+    async_stream::try_stream! {
+        let pause = || async {
+            if let Some(d) = answer.delay {
+                tokio::time::sleep(d).await;
+            }
+        };
+        match &answer.source {
+            StreamSource::Messages(templates) => {
+                for template in templates {
+                    pause().await;
+                    yield template.render(&scope).map_err(reply_error)?;
+                }
+            }
+            StreamSource::Repeat(n, template) => {
+                for i in 0..*n {
+                    pause().await;
+                    yield template.render(&Scope { index: Some(i), ..scope }).map_err(reply_error)?;
+                }
+            }
+            StreamSource::ForEach(path, template) => {
+                let list = path.resolve(&scope);
+                if let Some(Value::List(items)) = list.as_deref() {
+                    for (i, item) in items.iter().enumerate() {
+                        pause().await;
+                        yield template.render(&Scope { item: Some(item), index: Some(i as u64), ..scope }).map_err(reply_error)?;
+                    }
+                }
+            }
+        }
+        if let Some(error) = &answer.then {
+            Err(error.render(&scope))?;
+        }
+    }
+}
+
+/// Runs a script on a blocking thread. Its headers wait for its first event; its messages stream out as
+/// it sends them; it is cancelled when the call ends early (client gone, deadline) because the
+/// response, which holds the cancellation guard, is dropped.
+async fn run_script(
+    script: Script,
+    method: &Method,
+    request: Option<DynamicMessage>,
+    metadata: MetadataMap,
+    incoming: Option<Streaming<DynamicMessage>>,
+) -> Result<Response<ReplyStream>, Status> {
+    let cancel = CancellationToken::new();
+    let guard = cancel.clone().drop_guard();
+    let feed_error = Arc::new(Mutex::new(None::<Status>));
+    let (feeder, incoming) = match incoming {
+        Some(stream) => {
+            let (tx, rx) = mpsc::channel(16);
+            (Some(AbortOnDrop(tokio::spawn(feed(stream, tx, feed_error.clone())))), Some(rx))
+        }
+        None => (None, None),
+    };
+    let streaming_response = method.desc.is_server_streaming();
+    let call = ScriptCall { request, metadata, incoming, output: method.desc.output(), streaming_response, cancel };
+    let (tx, mut events) = mpsc::channel(16);
+    let mut run = tokio::task::spawn_blocking(move || script.run(call, &mut |event| tx.blocking_send(event).is_ok()));
+
+    let headers = match events.recv().await {
+        Some(ScriptEvent::Headers(h)) => h,
+        Some(ScriptEvent::Message(_)) => return Err(Status::internal("script sent a message before its headers")),
+        // The script ended without a word: its result (often an error) is the whole answer.
+        None => {
+            let outcome = (&mut run).await.map_err(script_panicked)??;
+            check_feed(&feed_error)?;
+            let reply = outcome.reply.unwrap_or_else(|| DynamicMessage::new(method.desc.output()));
+            return Ok(Response::new(Box::pin(once_then_trailers(reply, outcome.trailers))));
+        }
+    };
+    let unary_response = !streaming_response;
+    let output = method.desc.output();
+    let stream = async_stream::try_stream! {
+        let _guard = guard;
+        let _feeder = feeder;
+        while let Some(event) = events.recv().await {
+            if let ScriptEvent::Message(m) = event {
+                yield m;
+            }
+        }
+        let outcome = run.await.map_err(script_panicked)??;
+        check_feed(&feed_error)?;
+        match outcome.reply {
+            Some(reply) => yield reply,
+            None if unary_response => yield DynamicMessage::new(output),
+            None => {}
+        }
+        end_with_trailers(outcome.trailers)?;
+    };
+    Ok(with_headers(headers, Box::pin(stream)))
+}
+
+/// Passes the client's messages to a script; a broken client stream is kept to end the call with.
+async fn feed(mut stream: Streaming<DynamicMessage>, tx: mpsc::Sender<DynamicMessage>, error: Arc<Mutex<Option<Status>>>) {
+    loop {
+        match stream.message().await {
+            Ok(Some(m)) => {
+                if tx.send(m).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(status) => {
+                *error.lock().unwrap() = Some(status);
+                return;
+            }
+        }
+    }
+}
+
+fn check_feed(error: &Mutex<Option<Status>>) -> Result<(), Status> {
+    match error.lock().unwrap().take() {
+        Some(status) => Err(status),
+        None => Ok(()),
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn script_panicked(e: tokio::task::JoinError) -> Status {
+    Status::internal(format!("script task failed: {e}"))
+}
+
+fn reply_error(e: String) -> Status {
+    Status::internal(format!("cannot build the reply: {e}"))
+}
+
+fn with_headers(headers: MetadataMap, stream: ReplyStream) -> Response<ReplyStream> {
+    let mut response = Response::new(stream);
+    *response.metadata_mut() = headers;
+    response
+}
+
+/// One message, then trailers (tonic sends custom trailers only from a status, so an OK one).
+fn once_then_trailers(reply: DynamicMessage, trailers: MetadataMap) -> impl Stream<Item = Result<DynamicMessage, Status>> + Send {
+    let end = (!trailers.is_empty()).then(|| Err(ok_with_trailers(trailers)));
+    futures::stream::iter(std::iter::once(Ok(reply)).chain(end))
+}
+
+fn end_with_trailers(trailers: MetadataMap) -> Result<(), Status> {
+    if trailers.is_empty() {
+        Ok(())
+    } else {
+        Err(ok_with_trailers(trailers))
+    }
+}
+
+/// An error status also carries the rule's headers and trailers (it is sent as trailers only).
+fn with_metadata<const N: usize>(mut status: Status, maps: [MetadataMap; N]) -> Status {
+    for map in maps {
+        extend_metadata(status.metadata_mut(), map);
+    }
+    status
+}
+
+fn extend_metadata(dst: &mut MetadataMap, src: MetadataMap) {
+    for entry in src.iter() {
+        match entry {
+            KeyAndValueRef::Ascii(k, v) => {
+                dst.append(k.clone(), v.clone());
+            }
+            KeyAndValueRef::Binary(k, v) => {
+                dst.append_bin(k.clone(), v.clone());
+            }
+        }
+    }
+}

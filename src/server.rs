@@ -1,0 +1,28 @@
+//! Puts the service on a socket: tonic's HTTP/2 server with one catch-all route.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+
+use crate::registry::Registry;
+use crate::service::{DynamicService, ServiceSettings};
+
+/// Serves until `shutdown` completes, then lets calls in flight finish.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    settings: ServiceSettings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    // tonic names services at compile time; a fallback route takes every path instead and keeps
+    // tonic's transport and layers (grpc-timeout among them).
+    let router = axum::Router::new().fallback_service(DynamicService::new(registry, settings));
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .add_routes(Routes::from(router))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}

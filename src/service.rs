@@ -1,0 +1,98 @@
+//! The one gRPC service behind every `/package.Service/Method` path: looks the method up in the
+//! current state and hands the call to tonic's gRPC machinery with a codec for that method's types.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use prost_reflect::DynamicMessage;
+use tonic::codec::CompressionEncoding;
+use tonic::server::{Grpc, StreamingService};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::codec::DynamicCodec;
+use crate::registry::{Method, Registry, State};
+use crate::respond::{respond, ReplyStream};
+
+/// Settings of the gRPC layer.
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceSettings {
+    /// Largest message accepted or sent, in bytes (`--max-message-size`).
+    pub max_message_size: usize,
+}
+
+/// Serves every method of the registry's current state.
+#[derive(Clone)]
+pub struct DynamicService {
+    registry: Arc<Registry>,
+    settings: ServiceSettings,
+}
+
+impl DynamicService {
+    pub fn new(registry: Arc<Registry>, settings: ServiceSettings) -> Self {
+        Self { registry, settings }
+    }
+}
+
+type Body = axum::body::Body;
+
+impl tower::Service<http::Request<Body>> for DynamicService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let state = self.registry.current();
+        let Some(method) = state.methods.get(request.uri().path()).cloned() else {
+            let status = unknown_path(&state, request.uri().path());
+            return Box::pin(async move { Ok(status.into_http()) });
+        };
+        let codec = DynamicCodec::new(method.desc.input());
+        let limit = self.settings.max_message_size;
+        let mut grpc = Grpc::new(codec)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+        Box::pin(async move { Ok(grpc.streaming(Call { state, method }, request).await) })
+    }
+}
+
+/// `UNIMPLEMENTED`, naming what was asked for and what is there.
+fn unknown_path(state: &State, path: &str) -> Status {
+    let Some((service, method)) = path.trim_start_matches('/').split_once('/') else {
+        return Status::unimplemented(format!("'{path}' is not a gRPC method path (/package.Service/Method)"));
+    };
+    match state.protos.pool.get_service_by_name(service) {
+        Some(s) => {
+            let names: Vec<String> = s.methods().map(|m| m.name().to_string()).collect();
+            Status::unimplemented(format!("service {service} has no method '{method}' (methods: {})", names.join(", ")))
+        }
+        None => {
+            let names: Vec<String> = state.protos.pool.services().map(|s| s.full_name().to_string()).collect();
+            Status::unimplemented(format!("unknown service '{service}' (services: {})", names.join(", ")))
+        }
+    }
+}
+
+/// One call, bound to the state it started with.
+struct Call {
+    state: Arc<State>,
+    method: Arc<Method>,
+}
+
+impl StreamingService<DynamicMessage> for Call {
+    type Response = DynamicMessage;
+    type ResponseStream = ReplyStream;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ReplyStream>, Status>> + Send>>;
+
+    fn call(&mut self, request: Request<Streaming<DynamicMessage>>) -> Self::Future {
+        Box::pin(respond(self.state.clone(), self.method.clone(), request))
+    }
+}
