@@ -10,8 +10,15 @@ use crate::registry::Sources;
 
 /// Serve any folder of .proto files over gRPC, answering from handler files — no code generation.
 #[derive(Parser, Debug)]
-#[command(name = "protodrop", version, args_conflicts_with_subcommands = true)]
-#[command(after_help = "Without a command, `protodrop` runs `serve`.\nLogs go to stderr; filter them with RUST_LOG (e.g. RUST_LOG=protodrop=debug).")]
+#[command(
+    name = "protodrop",
+    version,
+    args_conflicts_with_subcommands = true,
+    term_width = 100
+)]
+#[command(
+    after_help = "Without a command, `protodrop` runs `serve`.\nLogs go to stderr; filter them with RUST_LOG (e.g. RUST_LOG=protodrop=debug)."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -38,35 +45,51 @@ impl Cli {
 #[derive(Args, Debug, Clone)]
 pub struct SourceArgs {
     /// Folder of .proto files, read recursively.
-    #[arg(long, env = "PROTODROP_PROTOS", default_value = "protos", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "PROTODROP_PROTOS",
+        default_value = "protos",
+        value_name = "DIR"
+    )]
     pub protos: PathBuf,
 
     /// Folder of handler files (*.toml, *.rhai), read recursively.
-    #[arg(long, env = "PROTODROP_HANDLERS", default_value = "handlers", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "PROTODROP_HANDLERS",
+        default_value = "handlers",
+        value_name = "DIR"
+    )]
     pub handlers: PathBuf,
 
     /// Extra include root for imports (repeatable; the environment variable takes a ':'-separated list).
-    #[arg(short = 'I', long = "proto-path", env = "PROTODROP_PROTO_PATH", value_delimiter = ':', value_name = "DIR")]
+    #[arg(
+        short = 'I',
+        long = "proto-path",
+        env = "PROTODROP_PROTO_PATH",
+        value_delimiter = ':',
+        value_name = "DIR"
+    )]
     pub proto_path: Vec<PathBuf>,
 
     /// Most Rhai operations one script call may run before it is stopped with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "PROTODROP_SCRIPT_MAX_OPERATIONS", default_value_t = ScriptLimits::default().max_operations, value_name = "N")]
+    #[arg(long, help_heading = "Script limits", env = "PROTODROP_SCRIPT_MAX_OPERATIONS", default_value_t = ScriptLimits::default().max_operations, value_name = "N")]
     pub script_max_operations: u64,
 
     /// Deepest function-call nesting a script may reach.
-    #[arg(long, env = "PROTODROP_SCRIPT_MAX_CALL_DEPTH", default_value_t = ScriptLimits::default().max_call_depth, value_name = "N")]
+    #[arg(long, help_heading = "Script limits", env = "PROTODROP_SCRIPT_MAX_CALL_DEPTH", default_value_t = ScriptLimits::default().max_call_depth, value_name = "N")]
     pub script_max_call_depth: usize,
 
     /// Longest string a script may build, in bytes.
-    #[arg(long, env = "PROTODROP_SCRIPT_MAX_STRING_SIZE", default_value_t = ScriptLimits::default().max_string_size, value_name = "BYTES")]
+    #[arg(long, help_heading = "Script limits", env = "PROTODROP_SCRIPT_MAX_STRING_SIZE", default_value_t = ScriptLimits::default().max_string_size, value_name = "BYTES")]
     pub script_max_string_size: usize,
 
     /// Largest array a script may build, in elements.
-    #[arg(long, env = "PROTODROP_SCRIPT_MAX_ARRAY_SIZE", default_value_t = ScriptLimits::default().max_array_size, value_name = "N")]
+    #[arg(long, help_heading = "Script limits", env = "PROTODROP_SCRIPT_MAX_ARRAY_SIZE", default_value_t = ScriptLimits::default().max_array_size, value_name = "N")]
     pub script_max_array_size: usize,
 
     /// Largest map a script may build, in entries.
-    #[arg(long, env = "PROTODROP_SCRIPT_MAX_MAP_SIZE", default_value_t = ScriptLimits::default().max_map_size, value_name = "N")]
+    #[arg(long, help_heading = "Script limits", env = "PROTODROP_SCRIPT_MAX_MAP_SIZE", default_value_t = ScriptLimits::default().max_map_size, value_name = "N")]
     pub script_max_map_size: usize,
 }
 
@@ -94,7 +117,12 @@ pub struct ServeArgs {
 
     /// Address to listen on. Loopback by default: a mock server should not be reachable from the network
     /// unless you say so (e.g. 0.0.0.0:50051). Port 0 picks a free port; the address is printed on stdout.
-    #[arg(long, env = "PROTODROP_LISTEN", default_value = "127.0.0.1:50051", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "PROTODROP_LISTEN",
+        default_value = "127.0.0.1:50051",
+        value_name = "ADDR"
+    )]
     pub listen: SocketAddr,
 
     /// Largest message accepted or sent, in bytes (suffixes KiB, MiB allowed); larger ones get RESOURCE_EXHAUSTED.
@@ -111,7 +139,9 @@ fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
-    let n: usize = digits.parse().map_err(|_| format!("'{s}' is not a size such as 4194304 or 4MiB"))?;
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size such as 4194304 or 4MiB"))?;
     let factor = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -119,5 +149,6 @@ fn parse_size(s: &str) -> Result<usize, String> {
         "g" | "gb" | "gib" => 1 << 30,
         other => return Err(format!("unknown size unit '{other}' (use KiB, MiB or GiB)")),
     };
-    n.checked_mul(factor).ok_or_else(|| format!("'{s}' is too large"))
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }

@@ -47,8 +47,9 @@ impl Encoder for DynamicEncoder {
     type Error = Status;
 
     fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        item.encode(dst)
-            .map_err(|e| Status::internal(format!("encoding {}: {e}", item.descriptor().full_name())))
+        item.encode(dst).map_err(|e| {
+            Status::internal(format!("encoding {}: {e}", item.descriptor().full_name()))
+        })
     }
 }
 
@@ -64,9 +65,14 @@ impl Decoder for DynamicDecoder {
         // An empty buffer is a valid message (every field default): never answer `Ok(None)` here,
         // or tonic reports "Missing request message" for `google.protobuf.Empty`.
         let mut message = DynamicMessage::new(self.0.clone());
-        message.merge(src.copy_to_bytes(src.remaining())).map_err(|e| {
-            Status::invalid_argument(format!("request is not a valid {}: {e}", self.0.full_name()))
-        })?;
+        message
+            .merge(src.copy_to_bytes(src.remaining()))
+            .map_err(|e| {
+                Status::invalid_argument(format!(
+                    "request is not a valid {}: {e}",
+                    self.0.full_name()
+                ))
+            })?;
         Ok(Some(message))
     }
 }

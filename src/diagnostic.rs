@@ -20,13 +20,30 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// A problem with a whole file (unreadable, missing), not a place in it.
     pub fn file(file: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Self { file: file.into(), line: 0, column: 0, message: message.into(), source_line: None }
+        Self {
+            file: file.into(),
+            line: 0,
+            column: 0,
+            message: message.into(),
+            source_line: None,
+        }
     }
 
     /// A problem at a byte offset range of `source` (the file's text).
-    pub fn at(file: impl Into<PathBuf>, source: &str, span: Range<usize>, message: impl Into<String>) -> Self {
+    pub fn at(
+        file: impl Into<PathBuf>,
+        source: &str,
+        span: Range<usize>,
+        message: impl Into<String>,
+    ) -> Self {
         let (line, column, text) = locate(source, span.start);
-        Self { file: file.into(), line, column, message: message.into(), source_line: Some(text.to_string()) }
+        Self {
+            file: file.into(),
+            line,
+            column,
+            message: message.into(),
+            source_line: Some(text.to_string()),
+        }
     }
 
     /// A problem at a known 1-based line and column of `source`.
@@ -37,8 +54,16 @@ impl Diagnostic {
         column: usize,
         message: impl Into<String>,
     ) -> Self {
-        let source_line = source.and_then(|s| s.lines().nth(line.saturating_sub(1))).map(str::to_string);
-        Self { file: file.into(), line, column, message: message.into(), source_line }
+        let source_line = source
+            .and_then(|s| s.lines().nth(line.saturating_sub(1)))
+            .map(str::to_string);
+        Self {
+            file: file.into(),
+            line,
+            column,
+            message: message.into(),
+            source_line,
+        }
     }
 }
 
@@ -46,10 +71,16 @@ impl Diagnostic {
 pub fn locate(source: &str, offset: usize) -> (usize, usize, &str) {
     let offset = floor_char_boundary(source, offset.min(source.len()));
     let line_start = source[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let line_end = source[offset..].find('\n').map_or(source.len(), |i| offset + i);
+    let line_end = source[offset..]
+        .find('\n')
+        .map_or(source.len(), |i| offset + i);
     let line = source[..line_start].matches('\n').count() + 1;
     let column = source[line_start..offset].chars().count() + 1;
-    (line, column, source[line_start..line_end].trim_end_matches('\r'))
+    (
+        line,
+        column,
+        source[line_start..line_end].trim_end_matches('\r'),
+    )
 }
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {
@@ -68,7 +99,15 @@ impl fmt::Display for Diagnostic {
         write!(f, "{file}:{}:{}: {}", self.line, self.column, self.message)?;
         if let Some(text) = &self.source_line {
             let gutter = self.line.to_string().len();
-            write!(f, "\n{:gutter$} |\n{} | {text}\n{:gutter$} | {:>col$}", "", self.line, "", "^", col = self.column)?;
+            write!(
+                f,
+                "\n{:gutter$} |\n{} | {text}\n{:gutter$} | {:>col$}",
+                "",
+                self.line,
+                "",
+                "^",
+                col = self.column
+            )?;
         }
         Ok(())
     }
@@ -92,7 +131,8 @@ impl Diagnostics {
         if self.0.is_empty() {
             return Ok(());
         }
-        self.0.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+        self.0
+            .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
         Err(self)
     }
 }

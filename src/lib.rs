@@ -12,6 +12,6 @@ pub mod handlers;
 pub mod protos;
 pub mod registry;
 pub mod reload;
-pub mod server;
 pub mod respond;
+pub mod server;
 pub mod service;

@@ -16,7 +16,9 @@ use protodrop::{reload, server};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -43,10 +45,17 @@ fn check(args: &SourceArgs) -> anyhow::Result<ExitCode> {
                 state.rule_count,
                 state.handler_files
             );
-            let unanswered: Vec<&str> =
-                state.methods.values().filter(|m| m.rules.is_none()).map(|m| m.name.as_str()).collect();
+            let unanswered: Vec<&str> = state
+                .methods
+                .values()
+                .filter(|m| m.rules.is_none())
+                .map(|m| m.name.as_str())
+                .collect();
             if !unanswered.is_empty() {
-                println!("methods without a handler (they answer UNIMPLEMENTED): {}", unanswered.join(", "));
+                println!(
+                    "methods without a handler (they answer UNIMPLEMENTED): {}",
+                    unanswered.join(", ")
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -64,24 +73,39 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Ok(state) => state,
         Err(problems) => {
             eprintln!("{problems}");
-            eprintln!("not serving: {} problem(s) in the protos or handlers", problems.0.len());
+            eprintln!(
+                "not serving: {} problem(s) in the protos or handlers",
+                problems.0.len()
+            );
             return Ok(ExitCode::FAILURE);
         }
     };
-    tracing::info!(services = state.service_count(), methods = state.methods.len(), rules = state.rule_count, "loaded");
+    tracing::info!(
+        services = state.service_count(),
+        methods = state.methods.len(),
+        rules = state.rule_count,
+        "loaded"
+    );
     let registry = Arc::new(Registry::new(state));
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
         let addr = listener.local_addr()?;
         // Tests and scripts read this line to learn the port when listening on port 0.
         println!("listening on {addr}");
         let _watcher = if args.no_watch {
             None
         } else {
-            Some(reload::watch(sources, registry.clone()).context("watching the protos and handlers folders")?)
+            Some(
+                reload::watch(sources, registry.clone())
+                    .context("watching the protos and handlers folders")?,
+            )
         };
-        let settings = ServiceSettings { max_message_size: args.max_message_size };
+        let settings = ServiceSettings {
+            max_message_size: args.max_message_size,
+        };
         server::serve(listener, registry, settings, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
@@ -93,7 +117,8 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = interrupt => {}
             _ = term.recv() => {}

@@ -50,7 +50,8 @@ impl State {
     pub fn build(sources: &Sources) -> Result<State, Diagnostics> {
         let protos = protos::load(&sources.protos, &sources.include_roots)?;
         let engine = ScriptEngine::new(sources.script_limits.clone());
-        let Handlers { mut methods, files } = handlers::load(&sources.handlers, &protos.pool, &engine)?;
+        let Handlers { mut methods, files } =
+            handlers::load(&sources.handlers, &protos.pool, &engine)?;
         let rule_count = methods.values().map(|m| m.rules.len()).sum();
         let mut served = HashMap::new();
         for service in protos.pool.services() {
@@ -75,7 +76,15 @@ impl State {
 
     /// The `UNIMPLEMENTED` message for a method without rules: which file to add, and what to put in it.
     pub fn no_handler_message(&self, method: &Method) -> String {
-        let stem = method.desc.parent_file().name().rsplit('/').next().unwrap_or("x").trim_end_matches(".proto").to_string();
+        let stem = method
+            .desc
+            .parent_file()
+            .name()
+            .rsplit('/')
+            .next()
+            .unwrap_or("x")
+            .trim_end_matches(".proto")
+            .to_string();
         let file = self.handlers_dir.join(format!("{stem}.toml"));
         let example = example_fields(&method.desc.output());
         let body = if method.desc.is_server_streaming() {
@@ -102,7 +111,13 @@ fn example_fields(desc: &prost_reflect::MessageDescriptor) -> String {
                     Kind::String | Kind::Bytes => "\"\"".into(),
                     Kind::Bool => "false".into(),
                     Kind::Float | Kind::Double => "0.0".into(),
-                    Kind::Enum(e) => format!("\"{}\"", e.values().next().map(|v| v.name().to_string()).unwrap_or_default()),
+                    Kind::Enum(e) => format!(
+                        "\"{}\"",
+                        e.values()
+                            .next()
+                            .map(|v| v.name().to_string())
+                            .unwrap_or_default()
+                    ),
                     Kind::Message(_) => "{}".into(),
                     _ => "0".into(),
                 }
@@ -120,7 +135,9 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(state: State) -> Self {
-        Self { current: ArcSwap::from_pointee(state) }
+        Self {
+            current: ArcSwap::from_pointee(state),
+        }
     }
 
     pub fn current(&self) -> Arc<State> {

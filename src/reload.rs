@@ -46,7 +46,9 @@ pub fn watch(sources: Sources, registry: Arc<Registry>) -> notify::Result<Watche
     for folder in &folders {
         debouncer.watch(folder, RecursiveMode::Recursive)?;
     }
-    Ok(Watcher { _debouncer: debouncer })
+    Ok(Watcher {
+        _debouncer: debouncer,
+    })
 }
 
 /// Rebuilds from disk and swaps the state in, or keeps the old one and says why.
@@ -74,10 +76,14 @@ pub fn rebuild(sources: &Sources, registry: &Registry) {
 fn is_change(kind: &EventKind) -> bool {
     matches!(
         kind,
-        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
+        EventKind::Create(_)
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
     )
 }
 
 fn is_watched_file(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "proto" || e == "toml" || e == "rhai") || path.extension().is_none()
+    path.extension()
+        .is_some_and(|e| e == "proto" || e == "toml" || e == "rhai")
+        || path.extension().is_none()
 }

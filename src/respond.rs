@@ -32,7 +32,10 @@ pub async fn respond(
     }
     drop(state);
     let (metadata, _, incoming) = request.into_parts();
-    match (method.desc.is_client_streaming(), method.desc.is_server_streaming()) {
+    match (
+        method.desc.is_client_streaming(),
+        method.desc.is_server_streaming(),
+    ) {
         (false, _) => single_request(method, metadata, incoming).await,
         (true, false) => client_stream(method, metadata, incoming).await,
         (true, true) => bidi_stream(method, metadata, incoming).await,
@@ -45,7 +48,9 @@ fn rules(method: &Method) -> &MethodRules {
 
 fn select<'r>(method: &'r Method, scope: &Scope<'_>) -> Result<&'r Rule, Status> {
     let rules = rules(method);
-    rules.select(scope).ok_or_else(|| Status::unimplemented(rules.no_match_message(&method.name)))
+    rules
+        .select(scope)
+        .ok_or_else(|| Status::unimplemented(rules.no_match_message(&method.name)))
 }
 
 /// Unary and server streaming: one request, then the rule it selects.
@@ -54,7 +59,10 @@ async fn single_request(
     metadata: MetadataMap,
     mut incoming: Streaming<DynamicMessage>,
 ) -> Result<Response<ReplyStream>, Status> {
-    let request = incoming.message().await?.ok_or_else(|| Status::internal("missing request message"))?;
+    let request = incoming
+        .message()
+        .await?
+        .ok_or_else(|| Status::internal("missing request message"))?;
     let scope = Scope::new(Some(&request), &metadata);
     let rule = select(&method, &scope)?;
     if let Some(delay) = rule.delay {
@@ -69,11 +77,18 @@ async fn single_request(
     match &rule.answer {
         Answer::Reply(template) => {
             let reply = template.render(&scope).map_err(reply_error)?;
-            Ok(with_headers(headers, Box::pin(once_then_trailers(reply, trailers))))
+            Ok(with_headers(
+                headers,
+                Box::pin(once_then_trailers(reply, trailers)),
+            ))
         }
         Answer::Error(error) => Err(with_metadata(error.render(&scope), [headers, trailers])),
         Answer::Stream(_) => {
-            let rule_index = rules(&method).rules.iter().position(|r| std::ptr::eq(r, rule)).expect("rule of this method");
+            let rule_index = rules(&method)
+                .rules
+                .iter()
+                .position(|r| std::ptr::eq(r, rule))
+                .expect("rule of this method");
             let stream = async_stream::try_stream! {
                 let scope = Scope::new(Some(&request), &metadata);
                 let Answer::Stream(answer) = &rules(&method).rules[rule_index].answer else { unreachable!() };
@@ -109,7 +124,11 @@ async fn client_stream(
         }
     }
     let last = last.as_ref().or(first.as_ref());
-    let scope = Scope { first: first.as_ref(), count: Some(count), ..Scope::new(last, &metadata) };
+    let scope = Scope {
+        first: first.as_ref(),
+        count: Some(count),
+        ..Scope::new(last, &metadata)
+    };
     let rule = select(&method, &scope)?;
     if let Some(delay) = rule.delay {
         tokio::time::sleep(delay).await;
@@ -119,10 +138,15 @@ async fn client_stream(
     match &rule.answer {
         Answer::Reply(template) => {
             let reply = template.render(&scope).map_err(reply_error)?;
-            Ok(with_headers(headers, Box::pin(once_then_trailers(reply, trailers))))
+            Ok(with_headers(
+                headers,
+                Box::pin(once_then_trailers(reply, trailers)),
+            ))
         }
         Answer::Error(error) => Err(with_metadata(error.render(&scope), [headers, trailers])),
-        Answer::Stream(_) | Answer::Script(_) => Err(Status::internal("rule cannot answer a client stream")),
+        Answer::Stream(_) | Answer::Script(_) => {
+            Err(Status::internal("rule cannot answer a client stream"))
+        }
     }
 }
 
@@ -141,7 +165,10 @@ async fn bidi_stream(
         return Ok(Response::new(Box::pin(futures::stream::empty())));
     };
     let headers = {
-        let scope = Scope { count: Some(1), ..Scope::new(Some(&first), &metadata) };
+        let scope = Scope {
+            count: Some(1),
+            ..Scope::new(Some(&first), &metadata)
+        };
         select(&method, &scope)?.headers(&scope)?
     };
     let stream = async_stream::try_stream! {
@@ -230,24 +257,47 @@ async fn run_script(
     let (feeder, incoming) = match incoming {
         Some(stream) => {
             let (tx, rx) = mpsc::channel(16);
-            (Some(AbortOnDrop(tokio::spawn(feed(stream, tx, feed_error.clone())))), Some(rx))
+            (
+                Some(AbortOnDrop(tokio::spawn(feed(
+                    stream,
+                    tx,
+                    feed_error.clone(),
+                )))),
+                Some(rx),
+            )
         }
         None => (None, None),
     };
     let streaming_response = method.desc.is_server_streaming();
-    let call = ScriptCall { request, metadata, incoming, output: method.desc.output(), streaming_response, cancel };
+    let call = ScriptCall {
+        request,
+        metadata,
+        incoming,
+        output: method.desc.output(),
+        streaming_response,
+        cancel,
+    };
     let (tx, mut events) = mpsc::channel(16);
-    let mut run = tokio::task::spawn_blocking(move || script.run(call, &mut |event| tx.blocking_send(event).is_ok()));
+    let mut run = tokio::task::spawn_blocking(move || {
+        script.run(call, &mut |event| tx.blocking_send(event).is_ok())
+    });
 
     let headers = match events.recv().await {
         Some(ScriptEvent::Headers(h)) => h,
-        Some(ScriptEvent::Message(_)) => return Err(Status::internal("script sent a message before its headers")),
+        Some(ScriptEvent::Message(_)) => {
+            return Err(Status::internal("script sent a message before its headers"))
+        }
         // The script ended without a word: its result (often an error) is the whole answer.
         None => {
             let outcome = (&mut run).await.map_err(script_panicked)??;
             check_feed(&feed_error)?;
-            let reply = outcome.reply.unwrap_or_else(|| DynamicMessage::new(method.desc.output()));
-            return Ok(Response::new(Box::pin(once_then_trailers(reply, outcome.trailers))));
+            let reply = outcome
+                .reply
+                .unwrap_or_else(|| DynamicMessage::new(method.desc.output()));
+            return Ok(Response::new(Box::pin(once_then_trailers(
+                reply,
+                outcome.trailers,
+            ))));
         }
     };
     let unary_response = !streaming_response;
@@ -273,7 +323,11 @@ async fn run_script(
 }
 
 /// Passes the client's messages to a script; a broken client stream is kept to end the call with.
-async fn feed(mut stream: Streaming<DynamicMessage>, tx: mpsc::Sender<DynamicMessage>, error: Arc<Mutex<Option<Status>>>) {
+async fn feed(
+    mut stream: Streaming<DynamicMessage>,
+    tx: mpsc::Sender<DynamicMessage>,
+    error: Arc<Mutex<Option<Status>>>,
+) {
     loop {
         match stream.message().await {
             Ok(Some(m)) => {
@@ -320,7 +374,10 @@ fn with_headers(headers: MetadataMap, stream: ReplyStream) -> Response<ReplyStre
 }
 
 /// One message, then trailers (tonic sends custom trailers only from a status, so an OK one).
-fn once_then_trailers(reply: DynamicMessage, trailers: MetadataMap) -> impl Stream<Item = Result<DynamicMessage, Status>> + Send {
+fn once_then_trailers(
+    reply: DynamicMessage,
+    trailers: MetadataMap,
+) -> impl Stream<Item = Result<DynamicMessage, Status>> + Send {
     let end = (!trailers.is_empty()).then(|| Err(ok_with_trailers(trailers)));
     futures::stream::iter(std::iter::once(Ok(reply)).chain(end))
 }

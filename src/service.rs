@@ -67,16 +67,29 @@ impl tower::Service<http::Request<Body>> for DynamicService {
 /// `UNIMPLEMENTED`, naming what was asked for and what is there.
 fn unknown_path(state: &State, path: &str) -> Status {
     let Some((service, method)) = path.trim_start_matches('/').split_once('/') else {
-        return Status::unimplemented(format!("'{path}' is not a gRPC method path (/package.Service/Method)"));
+        return Status::unimplemented(format!(
+            "'{path}' is not a gRPC method path (/package.Service/Method)"
+        ));
     };
     match state.protos.pool.get_service_by_name(service) {
         Some(s) => {
             let names: Vec<String> = s.methods().map(|m| m.name().to_string()).collect();
-            Status::unimplemented(format!("service {service} has no method '{method}' (methods: {})", names.join(", ")))
+            Status::unimplemented(format!(
+                "service {service} has no method '{method}' (methods: {})",
+                names.join(", ")
+            ))
         }
         None => {
-            let names: Vec<String> = state.protos.pool.services().map(|s| s.full_name().to_string()).collect();
-            Status::unimplemented(format!("unknown service '{service}' (services: {})", names.join(", ")))
+            let names: Vec<String> = state
+                .protos
+                .pool
+                .services()
+                .map(|s| s.full_name().to_string())
+                .collect();
+            Status::unimplemented(format!(
+                "unknown service '{service}' (services: {})",
+                names.join(", ")
+            ))
         }
     }
 }

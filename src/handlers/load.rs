@@ -6,25 +6,35 @@ use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
 use std::time::Duration;
 
-use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MapKey, MessageDescriptor, MethodDescriptor, Value};
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, Kind, MapKey, MessageDescriptor, MethodDescriptor, Value,
+};
 use tonic::Code;
 use walkdir::WalkDir;
 
 use super::matcher::{Condition, Op, Subject, OPERATORS};
-use super::rule::{Answer, ErrorTemplate, MetadataTemplate, MethodRules, Rule, StreamAnswer, StreamSource};
+use super::rule::{
+    Answer, ErrorTemplate, MetadataTemplate, MethodRules, Rule, StreamAnswer, StreamSource,
+};
 use super::script::ScriptEngine;
 use super::template::{
-    check_assignable, field_names, find_field, kind_name, MessageTemplate, Path, Roots, Text, Ty, ValueTemplate,
+    check_assignable, field_names, find_field, kind_name, MessageTemplate, Path, Roots, Text, Ty,
+    ValueTemplate,
 };
 use super::toml_tree::{self, Key, Node, NodeValue};
 use super::Handlers;
 use crate::diagnostic::{Diagnostic, Diagnostics};
 
-const RULE_KEYS: &[&str] =
-    &["method", "when", "reply", "stream", "error", "script", "code", "headers", "trailers", "delay"];
+const RULE_KEYS: &[&str] = &[
+    "method", "when", "reply", "stream", "error", "script", "code", "headers", "trailers", "delay",
+];
 
 /// Reads every `*.toml` under `dir` (sorted by path) into rules for the methods of `pool`.
-pub fn load(dir: &FsPath, pool: &DescriptorPool, engine: &ScriptEngine) -> Result<Handlers, Diagnostics> {
+pub fn load(
+    dir: &FsPath,
+    pool: &DescriptorPool,
+    engine: &ScriptEngine,
+) -> Result<Handlers, Diagnostics> {
     let mut problems = Diagnostics::default();
     let mut methods: HashMap<String, MethodRules> = HashMap::new();
     let mut defaults: HashMap<String, Vec<Rule>> = HashMap::new();
@@ -35,7 +45,9 @@ pub fn load(dir: &FsPath, pool: &DescriptorPool, engine: &ScriptEngine) -> Resul
     }
     for entry in WalkDir::new(dir).follow_links(true).sort_by_file_name() {
         match entry {
-            Ok(e) if e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "toml") => {
+            Ok(e)
+                if e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "toml") =>
+            {
                 files.push(e.into_path())
             }
             Ok(_) => {}
@@ -50,7 +62,13 @@ pub fn load(dir: &FsPath, pool: &DescriptorPool, engine: &ScriptEngine) -> Resul
                 continue;
             }
         };
-        let mut file = FileCtx { path, source: &source, pool, engine, problems: &mut problems };
+        let mut file = FileCtx {
+            path,
+            source: &source,
+            pool,
+            engine,
+            problems: &mut problems,
+        };
         for (method, rule) in file.rules() {
             if rule.is_default() {
                 defaults.entry(method).or_default().push(rule);
@@ -68,13 +86,24 @@ pub fn load(dir: &FsPath, pool: &DescriptorPool, engine: &ScriptEngine) -> Resul
 }
 
 /// A client or bidi stream read by a script is the script's alone: other rules could never run.
-fn check_stream_scripts(methods: &HashMap<String, MethodRules>, pool: &DescriptorPool, problems: &mut Diagnostics) {
+fn check_stream_scripts(
+    methods: &HashMap<String, MethodRules>,
+    pool: &DescriptorPool,
+    problems: &mut Diagnostics,
+) {
     for (name, rules) in methods {
         let reads_stream = name
             .rsplit_once('/')
-            .and_then(|(svc, m)| pool.get_service_by_name(svc)?.methods().find(|x| x.name() == m))
+            .and_then(|(svc, m)| {
+                pool.get_service_by_name(svc)?
+                    .methods()
+                    .find(|x| x.name() == m)
+            })
             .is_some_and(|m| m.is_client_streaming());
-        let has_script = rules.rules.iter().any(|r| matches!(r.answer, Answer::Script(_)));
+        let has_script = rules
+            .rules
+            .iter()
+            .any(|r| matches!(r.answer, Answer::Script(_)));
         if reads_stream && has_script && rules.rules.len() > 1 {
             let origins: Vec<&str> = rules.rules.iter().map(|r| r.origin.as_str()).collect();
             let file = origins[0].rsplit_once(':').map_or(origins[0], |(f, _)| f);
@@ -104,7 +133,8 @@ type Res<T> = Result<T, Reported>;
 
 impl FileCtx<'_> {
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) -> Reported {
-        self.problems.push(Diagnostic::at(self.path, self.source, span, message));
+        self.problems
+            .push(Diagnostic::at(self.path, self.source, span, message));
         Reported
     }
 
@@ -124,11 +154,20 @@ impl FileCtx<'_> {
         let mut out = Vec::new();
         for (key, node) in root.as_table().into_iter().flatten() {
             if key.name != "rule" {
-                self.error(key.span.clone(), format!("unknown key '{}': a handler file holds [[rule]] tables", key.name));
+                self.error(
+                    key.span.clone(),
+                    format!(
+                        "unknown key '{}': a handler file holds [[rule]] tables",
+                        key.name
+                    ),
+                );
                 continue;
             }
             let NodeValue::Array(rules) = &node.value else {
-                self.error(node.span.clone(), "'rule' must be written as [[rule]] tables");
+                self.error(
+                    node.span.clone(),
+                    "'rule' must be written as [[rule]] tables",
+                );
                 continue;
             };
             for rule in rules {
@@ -141,15 +180,27 @@ impl FileCtx<'_> {
     }
 
     fn rule(&mut self, node: &Node) -> Res<(String, Rule)> {
-        let Some(table) = node.as_table() else { return Err(self.error(node.span.clone(), "a rule must be a table")) };
+        let Some(table) = node.as_table() else {
+            return Err(self.error(node.span.clone(), "a rule must be a table"));
+        };
         for (key, _) in table {
             if !RULE_KEYS.contains(&key.name.as_str()) {
                 let span = key.span.clone();
-                self.error(span, format!("unknown rule key '{}' (expected one of: {})", key.name, RULE_KEYS.join(", ")));
+                self.error(
+                    span,
+                    format!(
+                        "unknown rule key '{}' (expected one of: {})",
+                        key.name,
+                        RULE_KEYS.join(", ")
+                    ),
+                );
             }
         }
         let Some(method_node) = node.get("method") else {
-            return Err(self.error(node.span.start..node.span.start + 1, "rule has no `method = \"package.Service/Method\"`"));
+            return Err(self.error(
+                node.span.start..node.span.start + 1,
+                "rule has no `method = \"package.Service/Method\"`",
+            ));
         };
         let method = self.method(method_node)?;
         let input = method.input();
@@ -168,8 +219,10 @@ impl FileCtx<'_> {
             Some(when) => self.conditions(when, &input)?,
             None => vec![],
         };
-        let answers: Vec<&str> =
-            ["reply", "stream", "error", "script", "code"].into_iter().filter(|k| node.get(k).is_some()).collect();
+        let answers: Vec<&str> = ["reply", "stream", "error", "script", "code"]
+            .into_iter()
+            .filter(|k| node.get(k).is_some())
+            .collect();
         if answers.len() > 1 && !(answers == ["stream", "error"]) {
             return Err(self.error(
                 node.span.start..node.span.start + 1,
@@ -185,7 +238,10 @@ impl FileCtx<'_> {
                     format!("{full} returns a single message, not a stream: use `reply`"),
                 ));
             }
-            let then = node.get("error").map(|e| self.error_answer(e, &roots)).transpose()?;
+            let then = node
+                .get("error")
+                .map(|e| self.error_answer(e, &roots))
+                .transpose()?;
             Answer::Stream(self.stream(stream, &output, &roots, then)?)
         } else if let Some(error) = node.get("error") {
             Answer::Error(self.error_answer(error, &roots)?)
@@ -198,28 +254,56 @@ impl FileCtx<'_> {
             }
             Answer::Script(self.script(script, node.get("script").is_some())?)
         } else {
-            Answer::Reply(MessageTemplate::constant(DynamicMessage::new(output.clone())))
+            Answer::Reply(MessageTemplate::constant(DynamicMessage::new(
+                output.clone(),
+            )))
         };
         let headers = self.metadata(node.get("headers"), &roots)?;
         let trailers = self.metadata(node.get("trailers"), &roots)?;
         let delay = node.get("delay").map(|d| self.duration(d)).transpose()?;
         let origin = self.origin(&node.span);
-        Ok((full, Rule { origin, conditions, answer, headers, trailers, delay }))
+        Ok((
+            full,
+            Rule {
+                origin,
+                conditions,
+                answer,
+                headers,
+                trailers,
+                delay,
+            },
+        ))
     }
 
     fn method(&mut self, node: &Node) -> Res<MethodDescriptor> {
         let Some(text) = node.as_str() else {
-            return Err(self.error(node.span.clone(), format!("`method` must be a string like \"package.Service/Method\", not {}", node.type_name())));
+            return Err(self.error(
+                node.span.clone(),
+                format!(
+                    "`method` must be a string like \"package.Service/Method\", not {}",
+                    node.type_name()
+                ),
+            ));
         };
         let name = text.trim_start_matches('/');
         let Some((service_name, method_name)) = name.rsplit_once('/') else {
-            return Err(self.error(node.span.clone(), format!("'{text}' is not of the form package.Service/Method")));
-        };
-        let Some(service) = self.pool.get_service_by_name(service_name) else {
-            let known: Vec<String> = self.pool.services().map(|s| s.full_name().to_string()).collect();
             return Err(self.error(
                 node.span.clone(),
-                format!("no service '{service_name}' in the loaded protos (services: {})", known.join(", ")),
+                format!("'{text}' is not of the form package.Service/Method"),
+            ));
+        };
+        let Some(service) = self.pool.get_service_by_name(service_name) else {
+            let known: Vec<String> = self
+                .pool
+                .services()
+                .map(|s| s.full_name().to_string())
+                .collect();
+            return Err(self.error(
+                node.span.clone(),
+                format!(
+                    "no service '{service_name}' in the loaded protos (services: {})",
+                    known.join(", ")
+                ),
             ));
         };
         let found = service.methods().find(|m| m.name() == method_name);
@@ -229,7 +313,10 @@ impl FileCtx<'_> {
                 let known: Vec<String> = service.methods().map(|m| m.name().to_string()).collect();
                 Err(self.error(
                     node.span.clone(),
-                    format!("service {service_name} has no method '{method_name}' (methods: {})", known.join(", ")),
+                    format!(
+                        "service {service_name} has no method '{method_name}' (methods: {})",
+                        known.join(", ")
+                    ),
                 ))
             }
         }
@@ -239,16 +326,25 @@ impl FileCtx<'_> {
 
     fn conditions(&mut self, when: &Node, input: &MessageDescriptor) -> Res<Vec<Condition>> {
         let Some(table) = when.as_table() else {
-            return Err(self.error(when.span.clone(), "`when` must be a table, e.g. when.request.name = \"x\""));
+            return Err(self.error(
+                when.span.clone(),
+                "`when` must be a table, e.g. when.request.name = \"x\"",
+            ));
         };
-        let roots = Roots { request: Some(input.clone()), ..Roots::default() };
+        let roots = Roots {
+            request: Some(input.clone()),
+            ..Roots::default()
+        };
         let mut out = Vec::new();
         let mut failed = false;
         for (key, node) in table {
             let res = match key.name.as_str() {
                 "request" => self.field_conditions(node, "request", &roots, &mut out),
                 "metadata" => self.metadata_conditions(node, &mut out),
-                other => Err(self.error(key.span.clone(), format!("unknown condition '{other}' (expected `request` or `metadata`)"))),
+                other => Err(self.error(
+                    key.span.clone(),
+                    format!("unknown condition '{other}' (expected `request` or `metadata`)"),
+                )),
             };
             failed |= res.is_err();
         }
@@ -259,18 +355,30 @@ impl FileCtx<'_> {
         }
     }
 
-    fn field_conditions(&mut self, node: &Node, prefix: &str, roots: &Roots, out: &mut Vec<Condition>) -> Res<()> {
+    fn field_conditions(
+        &mut self,
+        node: &Node,
+        prefix: &str,
+        roots: &Roots,
+        out: &mut Vec<Condition>,
+    ) -> Res<()> {
         let Some(table) = node.as_table() else {
-            return Err(self.error(node.span.clone(), "conditions on the request are a table: when.request.FIELD = VALUE"));
+            return Err(self.error(
+                node.span.clone(),
+                "conditions on the request are a table: when.request.FIELD = VALUE",
+            ));
         };
         let mut failed = false;
         for (key, value) in table {
             let path_text = format!("{prefix}.{}", key.name);
-            let is_nested = value.as_table().is_some_and(|t| !t.iter().any(|(k, _)| OPERATORS.contains(&k.name.as_str())));
+            let is_nested = value
+                .as_table()
+                .is_some_and(|t| !t.iter().any(|(k, _)| OPERATORS.contains(&k.name.as_str())));
             let res = if is_nested {
                 self.field_conditions(value, &path_text, roots, out)
             } else {
-                self.field_condition(key, value, &path_text, roots).map(|c| out.push(c))
+                self.field_condition(key, value, &path_text, roots)
+                    .map(|c| out.push(c))
             };
             failed |= res.is_err();
         }
@@ -281,7 +389,13 @@ impl FileCtx<'_> {
         }
     }
 
-    fn field_condition(&mut self, key: &Key, value: &Node, path_text: &str, roots: &Roots) -> Res<Condition> {
+    fn field_condition(
+        &mut self,
+        key: &Key,
+        value: &Node,
+        path_text: &str,
+        roots: &Roots,
+    ) -> Res<Condition> {
         let path = Path::parse(path_text, roots).map_err(|e| self.error(key.span.clone(), e))?;
         let Some((field, element)) = path.last_field() else {
             return Err(self.error(key.span.clone(), format!("'{path_text}' is not a field")));
@@ -291,69 +405,123 @@ impl FileCtx<'_> {
         let op = match op_name {
             "eq" => Op::Eq(self.const_value(operand, &field, !list)?),
             "contains" if list => Op::Contains(self.const_value(operand, &field, true)?),
-            "contains" if field.kind() == Kind::String => Op::Contains(self.const_value(operand, &field, true)?),
+            "contains" if field.kind() == Kind::String => {
+                Op::Contains(self.const_value(operand, &field, true)?)
+            }
             "contains" => {
-                return Err(self.error(operand.span.clone(), format!("`contains` needs a string or repeated field; '{path_text}' is {}", kind_name(&field.kind()))))
+                return Err(self.error(
+                    operand.span.clone(),
+                    format!(
+                        "`contains` needs a string or repeated field; '{path_text}' is {}",
+                        kind_name(&field.kind())
+                    ),
+                ))
             }
             "regex" => Op::Regex(self.regex(operand)?),
             "present" => Op::Present(self.bool(operand)?),
             _ => unreachable!(),
         };
-        Ok(Condition { subject: Subject::Field(path), op })
+        Ok(Condition {
+            subject: Subject::Field(path),
+            op,
+        })
     }
 
     fn metadata_conditions(&mut self, node: &Node, out: &mut Vec<Condition>) -> Res<()> {
         let Some(table) = node.as_table() else {
-            return Err(self.error(node.span.clone(), "conditions on metadata are a table: when.metadata.KEY = \"value\""));
+            return Err(self.error(
+                node.span.clone(),
+                "conditions on metadata are a table: when.metadata.KEY = \"value\"",
+            ));
         };
         for (key, value) in table {
             let (op_name, operand) = self.operator(value)?;
             let op = match op_name {
                 "eq" | "contains" => {
                     let Some(s) = operand.as_str() else {
-                        return Err(self.error(operand.span.clone(), format!("metadata values are strings, not {}", operand.type_name())));
+                        return Err(self.error(
+                            operand.span.clone(),
+                            format!("metadata values are strings, not {}", operand.type_name()),
+                        ));
                     };
                     let v = Value::String(s.to_string());
-                    if op_name == "eq" { Op::Eq(v) } else { Op::Contains(v) }
+                    if op_name == "eq" {
+                        Op::Eq(v)
+                    } else {
+                        Op::Contains(v)
+                    }
                 }
                 "regex" => Op::Regex(self.regex(operand)?),
                 "present" => Op::Present(self.bool(operand)?),
                 _ => unreachable!(),
             };
-            out.push(Condition { subject: Subject::Metadata(key.name.to_ascii_lowercase()), op });
+            out.push(Condition {
+                subject: Subject::Metadata(key.name.to_ascii_lowercase()),
+                op,
+            });
         }
         Ok(())
     }
 
     /// `value` → ("eq", value); `{ op = operand }` → (op, operand).
     fn operator<'n>(&mut self, value: &'n Node) -> Res<(&'static str, &'n Node)> {
-        let Some(table) = value.as_table() else { return Ok(("eq", value)) };
+        let Some(table) = value.as_table() else {
+            return Ok(("eq", value));
+        };
         match table.as_slice() {
             [(k, operand)] => match OPERATORS.iter().find(|o| **o == k.name) {
                 Some(op) => Ok((op, operand)),
-                None => Err(self.error(k.span.clone(), format!("unknown operator '{}' (expected one of: {})", k.name, OPERATORS.join(", ")))),
+                None => Err(self.error(
+                    k.span.clone(),
+                    format!(
+                        "unknown operator '{}' (expected one of: {})",
+                        k.name,
+                        OPERATORS.join(", ")
+                    ),
+                )),
             },
-            _ => Err(self.error(value.span.clone(), format!("a condition table has exactly one operator: {}", OPERATORS.join(", ")))),
+            _ => Err(self.error(
+                value.span.clone(),
+                format!(
+                    "a condition table has exactly one operator: {}",
+                    OPERATORS.join(", ")
+                ),
+            )),
         }
     }
 
     fn regex(&mut self, node: &Node) -> Res<regex::Regex> {
-        let Some(s) = node.as_str() else { return Err(self.error(node.span.clone(), "`regex` takes a string")) };
-        regex::Regex::new(s).map_err(|e| self.error(node.span.clone(), format!("invalid regex: {e}")))
+        let Some(s) = node.as_str() else {
+            return Err(self.error(node.span.clone(), "`regex` takes a string"));
+        };
+        regex::Regex::new(s)
+            .map_err(|e| self.error(node.span.clone(), format!("invalid regex: {e}")))
     }
 
     fn bool(&mut self, node: &Node) -> Res<bool> {
         match node.value {
             NodeValue::Bool(b) => Ok(b),
-            _ => Err(self.error(node.span.clone(), format!("expected true or false, not {}", node.type_name()))),
+            _ => Err(self.error(
+                node.span.clone(),
+                format!("expected true or false, not {}", node.type_name()),
+            )),
         }
     }
 
     // ---- messages ----
 
     /// A constant value for `field` (one element of it when `element`), read as canonical proto3 JSON.
-    fn const_value(&mut self, node: &Node, field: &prost_reflect::FieldDescriptor, element: bool) -> Res<Value> {
-        let json = if element && field.is_list() { serde_json::Value::Array(vec![node.to_json()]) } else { node.to_json() };
+    fn const_value(
+        &mut self,
+        node: &Node,
+        field: &prost_reflect::FieldDescriptor,
+        element: bool,
+    ) -> Res<Value> {
+        let json = if element && field.is_list() {
+            serde_json::Value::Array(vec![node.to_json()])
+        } else {
+            node.to_json()
+        };
         let parent = field.parent_message().clone();
         let mut object = serde_json::Map::new();
         object.insert(field.name().to_string(), json);
@@ -361,32 +529,68 @@ impl FileCtx<'_> {
             Ok(m) => {
                 let v = m.get_field(field).into_owned();
                 Ok(match v {
-                    Value::List(mut items) if element && field.is_list() => items.pop().unwrap_or_else(|| Value::default_value(&field.kind())),
+                    Value::List(mut items) if element && field.is_list() => items
+                        .pop()
+                        .unwrap_or_else(|| Value::default_value(&field.kind())),
                     v => v,
                 })
             }
             Err(e) => Err(self.error(
                 node.span.clone(),
-                format!("{} is not a valid value for {} ({}{}): {}", node.type_name(), field.full_name(), if field.is_list() && !element { "list of " } else { "" }, kind_name(&field.kind()), json_error(&e.to_string())),
+                format!(
+                    "{} is not a valid value for {} ({}{}): {}",
+                    node.type_name(),
+                    field.full_name(),
+                    if field.is_list() && !element {
+                        "list of "
+                    } else {
+                        ""
+                    },
+                    kind_name(&field.kind()),
+                    json_error(&e.to_string())
+                ),
             )),
         }
     }
 
-    fn reply(&mut self, node: &Node, output: &MessageDescriptor, roots: &Roots) -> Res<MessageTemplate> {
+    fn reply(
+        &mut self,
+        node: &Node,
+        output: &MessageDescriptor,
+        roots: &Roots,
+    ) -> Res<MessageTemplate> {
         if let Some(s) = node.as_str() {
             let text = self.text(s, node, roots)?;
             let Some(path) = text.as_whole() else {
                 return Err(self.error(node.span.clone(), format!("a reply written as a string must be one template such as \"{{{{request}}}}\"; write a table for {}", output.full_name())));
             };
-            check_assignable(&path.ty, &Kind::Message(output.clone()), false).map_err(|e| self.error(node.span.clone(), e))?;
-            return Ok(MessageTemplate { desc: output.clone(), fields: vec![], constant: None, whole: Some(path.clone()) });
+            check_assignable(&path.ty, &Kind::Message(output.clone()), false)
+                .map_err(|e| self.error(node.span.clone(), e))?;
+            return Ok(MessageTemplate {
+                desc: output.clone(),
+                fields: vec![],
+                constant: None,
+                whole: Some(path.clone()),
+            });
         }
         self.message(node, output, roots)
     }
 
-    fn message(&mut self, node: &Node, desc: &MessageDescriptor, roots: &Roots) -> Res<MessageTemplate> {
+    fn message(
+        &mut self,
+        node: &Node,
+        desc: &MessageDescriptor,
+        roots: &Roots,
+    ) -> Res<MessageTemplate> {
         let Some(table) = node.as_table() else {
-            return Err(self.error(node.span.clone(), format!("expected a table for message {}, found {}", desc.full_name(), node.type_name())));
+            return Err(self.error(
+                node.span.clone(),
+                format!(
+                    "expected a table for message {}, found {}",
+                    desc.full_name(),
+                    node.type_name()
+                ),
+            ));
         };
         let mut fields = Vec::new();
         let mut failed = false;
@@ -396,7 +600,15 @@ impl FileCtx<'_> {
                     // `@type` and friends belong to well-known types written in JSON form.
                     continue;
                 }
-                self.error(key.span.clone(), format!("{} has no field '{}' (fields: {})", desc.full_name(), key.name, field_names(desc)));
+                self.error(
+                    key.span.clone(),
+                    format!(
+                        "{} has no field '{}' (fields: {})",
+                        desc.full_name(),
+                        key.name,
+                        field_names(desc)
+                    ),
+                );
                 failed = true;
                 continue;
             };
@@ -412,22 +624,43 @@ impl FileCtx<'_> {
             let json = node.to_json();
             return match DynamicMessage::deserialize(desc.clone(), json) {
                 Ok(m) => Ok(MessageTemplate::constant(m)),
-                Err(e) => Err(self.error(node.span.clone(), format!("not a valid {}: {}", desc.full_name(), json_error(&e.to_string())))),
+                Err(e) => Err(self.error(
+                    node.span.clone(),
+                    format!(
+                        "not a valid {}: {}",
+                        desc.full_name(),
+                        json_error(&e.to_string())
+                    ),
+                )),
             };
         }
-        Ok(MessageTemplate { desc: desc.clone(), fields, constant: None, whole: None })
+        Ok(MessageTemplate {
+            desc: desc.clone(),
+            fields,
+            constant: None,
+            whole: None,
+        })
     }
 
-    fn field_value(&mut self, node: &Node, field: &prost_reflect::FieldDescriptor, roots: &Roots) -> Res<ValueTemplate> {
+    fn field_value(
+        &mut self,
+        node: &Node,
+        field: &prost_reflect::FieldDescriptor,
+        roots: &Roots,
+    ) -> Res<ValueTemplate> {
         if !node.has_template() {
-            return self.const_value(node, field, false).map(ValueTemplate::Const);
+            return self
+                .const_value(node, field, false)
+                .map(ValueTemplate::Const);
         }
         let kind = field.kind();
         match &node.value {
             NodeValue::Str(s) => {
                 let text = self.text(s, node, roots)?;
                 if let Some(path) = text.as_whole() {
-                    check_assignable(&path.ty, &kind, field.is_list()).map_err(|e| self.error(node.span.clone(), format!("{}: {e}", field.name())))?;
+                    check_assignable(&path.ty, &kind, field.is_list()).map_err(|e| {
+                        self.error(node.span.clone(), format!("{}: {e}", field.name()))
+                    })?;
                     return Ok(ValueTemplate::Whole(path.clone()));
                 }
                 if matches!(kind, Kind::Message(_)) || field.is_map() {
@@ -436,11 +669,21 @@ impl FileCtx<'_> {
                 Ok(ValueTemplate::Text(text))
             }
             NodeValue::Table(t) if field.is_map() => {
-                let Kind::Message(entry) = &kind else { unreachable!() };
-                let (key_field, value_field) = (entry.map_entry_key_field(), entry.map_entry_value_field());
+                let Kind::Message(entry) = &kind else {
+                    unreachable!()
+                };
+                let (key_field, value_field) =
+                    (entry.map_entry_key_field(), entry.map_entry_value_field());
                 let mut entries = Vec::new();
                 for (k, v) in t {
-                    let key = match self.const_value(&Node { span: k.span.clone(), value: NodeValue::Str(k.name.clone()) }, &key_field, false)? {
+                    let key = match self.const_value(
+                        &Node {
+                            span: k.span.clone(),
+                            value: NodeValue::Str(k.name.clone()),
+                        },
+                        &key_field,
+                        false,
+                    )? {
                         Value::String(s) => MapKey::String(s),
                         Value::I32(n) => MapKey::I32(n),
                         Value::I64(n) => MapKey::I64(n),
@@ -460,11 +703,17 @@ impl FileCtx<'_> {
                 };
                 let (path, item_roots) = self.for_each(source, roots)?;
                 let value = self.element(value, field, &item_roots)?;
-                Ok(ValueTemplate::ForEach { source: path, value: Box::new(value) })
+                Ok(ValueTemplate::ForEach {
+                    source: path,
+                    value: Box::new(value),
+                })
             }
             NodeValue::Table(_) => match &kind {
                 Kind::Message(desc) => Ok(ValueTemplate::Message(self.message(node, desc, roots)?)),
-                other => Err(self.error(node.span.clone(), format!("{} is {}, not a message", field.name(), kind_name(other)))),
+                other => Err(self.error(
+                    node.span.clone(),
+                    format!("{} is {}, not a message", field.name(), kind_name(other)),
+                )),
             },
             NodeValue::Array(items) if field.is_list() => {
                 let mut out = Vec::new();
@@ -473,42 +722,83 @@ impl FileCtx<'_> {
                 }
                 Ok(ValueTemplate::List(out))
             }
-            _ => Err(self.error(node.span.clone(), format!("{} cannot be {}", field.name(), node.type_name()))),
+            _ => Err(self.error(
+                node.span.clone(),
+                format!("{} cannot be {}", field.name(), node.type_name()),
+            )),
         }
     }
 
     /// One element of a repeated field, or a map value.
-    fn element(&mut self, node: &Node, field: &prost_reflect::FieldDescriptor, roots: &Roots) -> Res<ValueTemplate> {
+    fn element(
+        &mut self,
+        node: &Node,
+        field: &prost_reflect::FieldDescriptor,
+        roots: &Roots,
+    ) -> Res<ValueTemplate> {
         if !node.has_template() {
-            return self.const_value(node, field, true).map(ValueTemplate::Const);
+            return self
+                .const_value(node, field, true)
+                .map(ValueTemplate::Const);
         }
         let kind = field.kind();
         match (&node.value, &kind) {
             (NodeValue::Str(s), _) => {
                 let text = self.text(s, node, roots)?;
                 if let Some(path) = text.as_whole() {
-                    check_assignable(&path.ty, &kind, false).map_err(|e| self.error(node.span.clone(), e))?;
+                    check_assignable(&path.ty, &kind, false)
+                        .map_err(|e| self.error(node.span.clone(), e))?;
                     return Ok(ValueTemplate::Whole(path.clone()));
                 }
                 if matches!(kind, Kind::Message(_)) {
-                    return Err(self.error(node.span.clone(), format!("elements of {} are messages: write a table or a single template", field.name())));
+                    return Err(self.error(
+                        node.span.clone(),
+                        format!(
+                            "elements of {} are messages: write a table or a single template",
+                            field.name()
+                        ),
+                    ));
                 }
                 Ok(ValueTemplate::Text(text))
             }
-            (NodeValue::Table(_), Kind::Message(desc)) => Ok(ValueTemplate::Message(self.message(node, desc, roots)?)),
-            _ => Err(self.error(node.span.clone(), format!("an element of {} cannot be {}", field.name(), node.type_name()))),
+            (NodeValue::Table(_), Kind::Message(desc)) => {
+                Ok(ValueTemplate::Message(self.message(node, desc, roots)?))
+            }
+            _ => Err(self.error(
+                node.span.clone(),
+                format!(
+                    "an element of {} cannot be {}",
+                    field.name(),
+                    node.type_name()
+                ),
+            )),
         }
     }
 
     /// `for_each = "request.xs"` → the list's path and the roots inside (`item`, `index`).
     fn for_each(&mut self, node: &Node, roots: &Roots) -> Res<(Path, Roots)> {
-        let Some(s) = node.as_str() else { return Err(self.error(node.span.clone(), "`for_each` takes a path such as \"request.items\"")) };
+        let Some(s) = node.as_str() else {
+            return Err(self.error(
+                node.span.clone(),
+                "`for_each` takes a path such as \"request.items\"",
+            ));
+        };
         let s = s.trim().trim_start_matches("{{").trim_end_matches("}}");
         let path = Path::parse(s, roots).map_err(|e| self.error(node.span.clone(), e))?;
-        let Ty::Proto { kind, list: true, .. } = &path.ty else {
-            return Err(self.error(node.span.clone(), format!("`for_each` needs a repeated field; '{s}' is not one")));
+        let Ty::Proto {
+            kind, list: true, ..
+        } = &path.ty
+        else {
+            return Err(self.error(
+                node.span.clone(),
+                format!("`for_each` needs a repeated field; '{s}' is not one"),
+            ));
         };
-        let inner = Roots { item: Some(kind.clone()), index: true, ..roots.clone() };
+        let inner = Roots {
+            item: Some(kind.clone()),
+            index: true,
+            ..roots.clone()
+        };
         Ok((path, inner))
     }
 
@@ -522,20 +812,35 @@ impl FileCtx<'_> {
 
     // ---- streams, errors, scripts, metadata ----
 
-    fn stream(&mut self, node: &Node, output: &MessageDescriptor, roots: &Roots, then: Option<ErrorTemplate>) -> Res<StreamAnswer> {
+    fn stream(
+        &mut self,
+        node: &Node,
+        output: &MessageDescriptor,
+        roots: &Roots,
+        then: Option<ErrorTemplate>,
+    ) -> Res<StreamAnswer> {
         let Some(table) = node.as_table() else {
             return Err(self.error(node.span.clone(), "`stream` is a table: stream.messages = [...], or stream.message with stream.repeat / stream.for_each"));
         };
         for (key, _) in table {
-            if !["messages", "message", "repeat", "for_each", "delay"].contains(&key.name.as_str()) {
+            if !["messages", "message", "repeat", "for_each", "delay"].contains(&key.name.as_str())
+            {
                 self.error(key.span.clone(), format!("unknown stream key '{}' (expected messages, message, repeat, for_each, delay)", key.name));
             }
         }
         let delay = node.get("delay").map(|d| self.duration(d)).transpose()?;
-        let source = match (node.get("messages"), node.get("message"), node.get("repeat"), node.get("for_each")) {
+        let source = match (
+            node.get("messages"),
+            node.get("message"),
+            node.get("repeat"),
+            node.get("for_each"),
+        ) {
             (Some(list), None, None, None) => {
                 let NodeValue::Array(items) = &list.value else {
-                    return Err(self.error(list.span.clone(), "`stream.messages` is an array of messages"));
+                    return Err(self.error(
+                        list.span.clone(),
+                        "`stream.messages` is an array of messages",
+                    ));
                 };
                 let mut out = Vec::new();
                 for item in items {
@@ -545,30 +850,51 @@ impl FileCtx<'_> {
             }
             (None, Some(message), Some(repeat), None) => {
                 let NodeValue::Int(n @ 0..) = repeat.value else {
-                    return Err(self.error(repeat.span.clone(), "`stream.repeat` is a count (0 or more)"));
+                    return Err(self.error(
+                        repeat.span.clone(),
+                        "`stream.repeat` is a count (0 or more)",
+                    ));
                 };
-                let with_index = Roots { index: true, ..roots.clone() };
+                let with_index = Roots {
+                    index: true,
+                    ..roots.clone()
+                };
                 StreamSource::Repeat(n as u64, self.reply(message, output, &with_index)?)
             }
             (None, Some(message), None, Some(source)) => {
                 let (path, inner) = self.for_each(source, roots)?;
                 StreamSource::ForEach(path, self.reply(message, output, &inner)?)
             }
-            (None, Some(message), None, None) => StreamSource::Messages(vec![self.reply(message, output, roots)?]),
+            (None, Some(message), None, None) => {
+                StreamSource::Messages(vec![self.reply(message, output, roots)?])
+            }
             _ => {
                 return Err(self.error(node.span.clone(), "a stream has `messages = [...]`, or `message` with `repeat = N` or `for_each = \"request.LIST\"`"));
             }
         };
-        Ok(StreamAnswer { source, delay, then })
+        Ok(StreamAnswer {
+            source,
+            delay,
+            then,
+        })
     }
 
     fn error_answer(&mut self, node: &Node, roots: &Roots) -> Res<ErrorTemplate> {
         let Some(table) = node.as_table() else {
-            return Err(self.error(node.span.clone(), "`error` is a table: error.code = \"NOT_FOUND\", error.message = \"…\""));
+            return Err(self.error(
+                node.span.clone(),
+                "`error` is a table: error.code = \"NOT_FOUND\", error.message = \"…\"",
+            ));
         };
         for (key, _) in table {
             if !["code", "message", "details"].contains(&key.name.as_str()) {
-                self.error(key.span.clone(), format!("unknown error key '{}' (expected code, message, details)", key.name));
+                self.error(
+                    key.span.clone(),
+                    format!(
+                        "unknown error key '{}' (expected code, message, details)",
+                        key.name
+                    ),
+                );
             }
         }
         let code = match node.get("code") {
@@ -578,7 +904,9 @@ impl FileCtx<'_> {
         let message = match node.get("message") {
             None => Text::parse("", roots).map_err(|_| Reported)?,
             Some(m) => {
-                let Some(s) = m.as_str() else { return Err(self.error(m.span.clone(), "`error.message` is a string")) };
+                let Some(s) = m.as_str() else {
+                    return Err(self.error(m.span.clone(), "`error.message` is a string"));
+                };
                 self.text(s, m, roots)?
             }
         };
@@ -586,51 +914,98 @@ impl FileCtx<'_> {
             None => (None, vec![]),
             Some(d) => self.details(d)?,
         };
-        Ok(ErrorTemplate { code, message, status_type, details })
+        Ok(ErrorTemplate {
+            code,
+            message,
+            status_type,
+            details,
+        })
     }
 
     fn code(&mut self, node: &Node) -> Res<Code> {
         let code = match &node.value {
             NodeValue::Int(n) if (0..=16).contains(n) => Some(Code::from_i32(*n as i32)),
-            NodeValue::Str(s) => CODE_NAMES.iter().position(|c| c.eq_ignore_ascii_case(s.trim())).map(|i| Code::from_i32(i as i32)),
+            NodeValue::Str(s) => CODE_NAMES
+                .iter()
+                .position(|c| c.eq_ignore_ascii_case(s.trim()))
+                .map(|i| Code::from_i32(i as i32)),
             _ => None,
         };
-        code.ok_or_else(|| self.error(node.span.clone(), format!("not a gRPC status code: expected a number 0..16 or one of {}", CODE_NAMES.join(", "))))
+        code.ok_or_else(|| {
+            self.error(
+                node.span.clone(),
+                format!(
+                    "not a gRPC status code: expected a number 0..16 or one of {}",
+                    CODE_NAMES.join(", ")
+                ),
+            )
+        })
     }
 
     fn details(&mut self, node: &Node) -> Res<(Option<MessageDescriptor>, Vec<DynamicMessage>)> {
         let NodeValue::Array(items) = &node.value else {
-            return Err(self.error(node.span.clone(), "`error.details` is an array of tables, each with an \"@type\""));
+            return Err(self.error(
+                node.span.clone(),
+                "`error.details` is an array of tables, each with an \"@type\"",
+            ));
         };
-        let status = self.pool.get_message_by_name("google.rpc.Status").expect("google/rpc/status.proto is always loaded");
-        let any = self.pool.get_message_by_name("google.protobuf.Any").expect("well-known types are always loaded");
+        let status = self
+            .pool
+            .get_message_by_name("google.rpc.Status")
+            .expect("google/rpc/status.proto is always loaded");
+        let any = self
+            .pool
+            .get_message_by_name("google.protobuf.Any")
+            .expect("well-known types are always loaded");
         let mut out = Vec::new();
         for item in items {
             let Some(type_node) = item.get("@type") else {
-                return Err(self.error(item.span.clone(), "each detail needs \"@type\" = a message name, e.g. \"google.rpc.ErrorInfo\""));
+                return Err(self.error(
+                    item.span.clone(),
+                    "each detail needs \"@type\" = a message name, e.g. \"google.rpc.ErrorInfo\"",
+                ));
             };
             let type_name = type_node.as_str().unwrap_or_default();
             let name = type_name.rsplit('/').next().unwrap_or_default();
             let Some(desc) = self.pool.get_message_by_name(name) else {
-                return Err(self.error(type_node.span.clone(), format!("no message '{name}' in the loaded protos")));
+                return Err(self.error(
+                    type_node.span.clone(),
+                    format!("no message '{name}' in the loaded protos"),
+                ));
             };
             let message = self.message(item, &desc, &Roots::default())?;
             let Some(message) = message.constant else {
                 return Err(self.error(item.span.clone(), "error details cannot use templates"));
             };
             let mut packed = DynamicMessage::new(any.clone());
-            packed.set_field_by_name("type_url", Value::String(format!("type.googleapis.com/{name}")));
-            packed.set_field_by_name("value", Value::Bytes(prost::Message::encode_to_vec(&message).into()));
+            packed.set_field_by_name(
+                "type_url",
+                Value::String(format!("type.googleapis.com/{name}")),
+            );
+            packed.set_field_by_name(
+                "value",
+                Value::Bytes(prost::Message::encode_to_vec(&message).into()),
+            );
             out.push(packed);
         }
         Ok((Some(status), out))
     }
 
     fn script(&mut self, node: &Node, is_file: bool) -> Res<super::script::Script> {
-        let Some(text) = node.as_str() else { return Err(self.error(node.span.clone(), "a script is a string: a file name, or Rhai code with `code = \"\"\"…\"\"\"`")) };
+        let Some(text) = node.as_str() else {
+            return Err(self.error(
+                node.span.clone(),
+                "a script is a string: a file name, or Rhai code with `code = \"\"\"…\"\"\"`",
+            ));
+        };
         if is_file {
             let path = self.path.parent().unwrap_or(FsPath::new(".")).join(text);
-            let source = std::fs::read_to_string(&path).map_err(|e| self.error(node.span.clone(), format!("cannot read script {}: {e}", path.display())))?;
+            let source = std::fs::read_to_string(&path).map_err(|e| {
+                self.error(
+                    node.span.clone(),
+                    format!("cannot read script {}: {e}", path.display()),
+                )
+            })?;
             self.engine.compile(&path, &source, 0).map_err(|d| {
                 self.problems.push(d);
                 Reported
@@ -638,7 +1013,8 @@ impl FileCtx<'_> {
         } else {
             // Inline code: positions count from the line the string starts on (after `"""` and its newline).
             let (line, _, _) = crate::diagnostic::locate(self.source, node.span.start);
-            let starts_on_next_line = self.source[node.span.start..].starts_with("\"\"\"\n") || self.source[node.span.start..].starts_with("'''\n");
+            let starts_on_next_line = self.source[node.span.start..].starts_with("\"\"\"\n")
+                || self.source[node.span.start..].starts_with("'''\n");
             let offset = line - 1 + usize::from(starts_on_next_line);
             self.engine.compile(self.path, text, offset).map_err(|d| {
                 self.problems.push(d);
@@ -650,16 +1026,30 @@ impl FileCtx<'_> {
     fn metadata(&mut self, node: Option<&Node>, roots: &Roots) -> Res<Vec<MetadataTemplate>> {
         let Some(node) = node else { return Ok(vec![]) };
         let Some(table) = node.as_table() else {
-            return Err(self.error(node.span.clone(), "headers and trailers are tables of strings: { x-name = \"value\" }"));
+            return Err(self.error(
+                node.span.clone(),
+                "headers and trailers are tables of strings: { x-name = \"value\" }",
+            ));
         };
         let mut out = Vec::new();
         for (key, value) in table {
             let name = key.name.to_ascii_lowercase();
-            if tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(name.as_bytes()).is_err() {
-                return Err(self.error(key.span.clone(), format!("'{}' is not a valid metadata key (lower-case letters, digits, - _ .)", key.name)));
+            if tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(name.as_bytes())
+                .is_err()
+            {
+                return Err(self.error(
+                    key.span.clone(),
+                    format!(
+                        "'{}' is not a valid metadata key (lower-case letters, digits, - _ .)",
+                        key.name
+                    ),
+                ));
             }
             let Some(s) = value.as_str() else {
-                return Err(self.error(value.span.clone(), format!("metadata values are strings, not {}", value.type_name())));
+                return Err(self.error(
+                    value.span.clone(),
+                    format!("metadata values are strings, not {}", value.type_name()),
+                ));
             };
             let text = self.text(s, value, roots)?;
             if text.is_constant() {
@@ -668,25 +1058,50 @@ impl FileCtx<'_> {
                     return Err(self.error(value.span.clone(), e.message().to_string()));
                 }
             }
-            out.push(MetadataTemplate { key: name, value: text });
+            out.push(MetadataTemplate {
+                key: name,
+                value: text,
+            });
         }
         Ok(out)
     }
 
     fn duration(&mut self, node: &Node) -> Res<Duration> {
         match &node.value {
-            NodeValue::Str(s) => humantime::parse_duration(s).map_err(|e| self.error(node.span.clone(), format!("invalid duration '{s}': {e} (write e.g. \"150ms\", \"2s\")"))),
+            NodeValue::Str(s) => humantime::parse_duration(s).map_err(|e| {
+                self.error(
+                    node.span.clone(),
+                    format!("invalid duration '{s}': {e} (write e.g. \"150ms\", \"2s\")"),
+                )
+            }),
             NodeValue::Int(ms @ 0..) => Ok(Duration::from_millis(*ms as u64)),
-            _ => Err(self.error(node.span.clone(), "a duration is a string such as \"150ms\" or \"2s\"")),
+            _ => Err(self.error(
+                node.span.clone(),
+                "a duration is a string such as \"150ms\" or \"2s\"",
+            )),
         }
     }
 }
 
 /// gRPC status code names, indexed by code.
 pub const CODE_NAMES: &[&str] = &[
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-    "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
 ];
 
 /// serde_json errors end with " at line 1 column 0", meaningless for a value built from TOML.

@@ -36,7 +36,10 @@ impl Condition {
     pub fn holds(&self, scope: &Scope<'_>) -> bool {
         match &self.subject {
             Subject::Metadata(key) => {
-                let value = scope.metadata.get(key.as_str()).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                let value = scope
+                    .metadata
+                    .get(key.as_str())
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
                 match (&self.op, value) {
                     (Op::Present(want), v) => v.is_some() == *want,
                     (_, None) => false,
@@ -49,10 +52,14 @@ impl Condition {
             Subject::Field(path) => match &self.op {
                 Op::Present(want) => path.is_present(scope) == *want,
                 op => {
-                    let Some(value) = path.resolve(scope) else { return false };
+                    let Some(value) = path.resolve(scope) else {
+                        return false;
+                    };
                     match (op, value.as_ref()) {
                         (Op::Eq(want), v) => v == want,
-                        (Op::Contains(Value::String(want)), Value::String(s)) => s.contains(want.as_str()),
+                        (Op::Contains(Value::String(want)), Value::String(s)) => {
+                            s.contains(want.as_str())
+                        }
                         (Op::Contains(want), Value::List(items)) => items.contains(want),
                         (Op::Regex(re), Value::String(s)) => re.is_match(s),
                         (Op::Regex(re), _) => re.is_match(&path_text(path, scope)),

@@ -87,16 +87,24 @@ impl Rule {
 impl ErrorTemplate {
     pub fn render(&self, scope: &Scope<'_>) -> Status {
         let message = self.message.render(scope);
-        let Some(status_type) = &self.status_type else { return Status::new(self.code, message) };
+        let Some(status_type) = &self.status_type else {
+            return Status::new(self.code, message);
+        };
         let mut status = DynamicMessage::new(status_type.clone());
         status.set_field_by_name("code", Value::I32(self.code as i32));
         status.set_field_by_name("message", Value::String(message.clone()));
-        status.set_field_by_name("details", Value::List(self.details.iter().cloned().map(Value::Message).collect()));
+        status.set_field_by_name(
+            "details",
+            Value::List(self.details.iter().cloned().map(Value::Message).collect()),
+        );
         Status::with_details(self.code, message, Bytes::from(status.encode_to_vec()))
     }
 }
 
-fn render_metadata(templates: &[MetadataTemplate], scope: &Scope<'_>) -> Result<MetadataMap, Status> {
+fn render_metadata(
+    templates: &[MetadataTemplate],
+    scope: &Scope<'_>,
+) -> Result<MetadataMap, Status> {
     let mut map = MetadataMap::new();
     for t in templates {
         insert_metadata(&mut map, &t.key, &t.value.render(scope))?;
@@ -111,7 +119,9 @@ pub fn insert_metadata(map: &mut MetadataMap, key: &str, value: &str) -> Result<
         use base64::Engine as _;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(value.trim_end_matches('='))
-            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(value.trim_end_matches('=')))
+            .or_else(|_| {
+                base64::engine::general_purpose::STANDARD_NO_PAD.decode(value.trim_end_matches('='))
+            })
             .map_err(|e| bad(format!("value is not base64: {e}")))?;
         let key = MetadataKey::from_bytes(key.as_bytes()).map_err(|e| bad(e.to_string()))?;
         map.append_bin(key, BinaryMetadataValue::from_bytes(&bytes));

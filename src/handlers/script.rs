@@ -16,7 +16,13 @@ pub struct ScriptLimits {
 }
 impl Default for ScriptLimits {
     fn default() -> Self {
-        Self { max_operations: 1_000_000, max_call_depth: 64, max_string_size: 1 << 20, max_array_size: 100_000, max_map_size: 100_000 }
+        Self {
+            max_operations: 1_000_000,
+            max_call_depth: 64,
+            max_string_size: 1 << 20,
+            max_array_size: 100_000,
+            max_map_size: 100_000,
+        }
     }
 }
 #[derive(Clone, Debug)]
@@ -25,7 +31,12 @@ impl ScriptEngine {
     pub fn new(_limits: ScriptLimits) -> Self {
         ScriptEngine
     }
-    pub fn compile(&self, file: &Path, _source: &str, _line_offset: usize) -> Result<Script, Diagnostic> {
+    pub fn compile(
+        &self,
+        file: &Path,
+        _source: &str,
+        _line_offset: usize,
+    ) -> Result<Script, Diagnostic> {
         Err(Diagnostic::file(file, "scripts are not available yet"))
     }
 }
@@ -48,7 +59,11 @@ pub struct ScriptOutcome {
     pub trailers: MetadataMap,
 }
 impl Script {
-    pub fn run(&self, _call: ScriptCall, _events: &mut dyn FnMut(ScriptEvent) -> bool) -> Result<ScriptOutcome, Status> {
+    pub fn run(
+        &self,
+        _call: ScriptCall,
+        _events: &mut dyn FnMut(ScriptEvent) -> bool,
+    ) -> Result<ScriptOutcome, Status> {
         Err(Status::unimplemented("scripts"))
     }
 }

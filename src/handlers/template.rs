@@ -7,7 +7,9 @@
 use std::borrow::Cow;
 
 use prost::Message as _;
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, ReflectMessage, Value};
+use prost_reflect::{
+    DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, ReflectMessage, Value,
+};
 use tonic::metadata::MetadataMap;
 
 /// What a template can see during one call.
@@ -23,7 +25,14 @@ pub struct Scope<'a> {
 
 impl<'a> Scope<'a> {
     pub fn new(request: Option<&'a DynamicMessage>, metadata: &'a MetadataMap) -> Self {
-        Self { request, first: None, count: None, item: None, index: None, metadata }
+        Self {
+            request,
+            first: None,
+            count: None,
+            item: None,
+            index: None,
+            metadata,
+        }
     }
 }
 
@@ -31,7 +40,11 @@ impl<'a> Scope<'a> {
 #[derive(Clone, Debug)]
 pub enum Ty {
     /// A value of one protobuf kind; `list` when it is a whole repeated field.
-    Proto { kind: Kind, list: bool, map: bool },
+    Proto {
+        kind: Kind,
+        list: bool,
+        map: bool,
+    },
     Number,
     Text,
 }
@@ -39,7 +52,9 @@ pub enum Ty {
 impl Ty {
     fn describe(&self) -> String {
         match self {
-            Ty::Proto { list: true, kind, .. } => format!("a list of {}", kind_name(kind)),
+            Ty::Proto {
+                list: true, kind, ..
+            } => format!("a list of {}", kind_name(kind)),
             Ty::Proto { map: true, .. } => "a map".into(),
             Ty::Proto { kind, .. } => kind_name(kind),
             Ty::Number => "a number".into(),
@@ -115,7 +130,10 @@ impl Path {
         let mut parts = text.split('.');
         let head = parts.next().unwrap_or_default();
         let unknown_root = || {
-            format!("unknown template value '{text}': available here are {}", roots.names().join(", "))
+            format!(
+                "unknown template value '{text}': available here are {}",
+                roots.names().join(", ")
+            )
         };
         let (root, mut ty) = match head {
             "request" | "first" => {
@@ -123,39 +141,83 @@ impl Path {
                 if head == "first" && !roots.first {
                     return Err(unknown_root());
                 }
-                let root = if head == "first" { Root::First } else { Root::Request };
-                (root, Ty::Proto { kind: Kind::Message(desc), list: false, map: false })
+                let root = if head == "first" {
+                    Root::First
+                } else {
+                    Root::Request
+                };
+                (
+                    root,
+                    Ty::Proto {
+                        kind: Kind::Message(desc),
+                        list: false,
+                        map: false,
+                    },
+                )
             }
             "count" if roots.count => (Root::Count, Ty::Number),
             "index" if roots.index => (Root::Index, Ty::Number),
             "item" => {
                 let kind = roots.item.clone().ok_or_else(unknown_root)?;
-                (Root::Item, Ty::Proto { kind, list: false, map: false })
+                (
+                    Root::Item,
+                    Ty::Proto {
+                        kind,
+                        list: false,
+                        map: false,
+                    },
+                )
             }
             "metadata" => {
                 let key: Vec<&str> = parts.collect();
                 if key.is_empty() || key.iter().any(|k| k.is_empty()) {
-                    return Err(format!("'{text}': write metadata.KEY, e.g. metadata.x-user"));
+                    return Err(format!(
+                        "'{text}': write metadata.KEY, e.g. metadata.x-user"
+                    ));
                 }
                 let key = key.join(".").to_ascii_lowercase();
-                return Ok(Path { text: text.to_string(), root: Root::Metadata(key), steps: vec![], ty: Ty::Text });
+                return Ok(Path {
+                    text: text.to_string(),
+                    root: Root::Metadata(key),
+                    steps: vec![],
+                    ty: Ty::Text,
+                });
             }
             _ => return Err(unknown_root()),
         };
         let mut steps = Vec::new();
         for part in parts {
             match &ty {
-                Ty::Proto { kind: _, list: true, .. } | Ty::Proto { kind: _, map: true, .. } => {
-                    let Ty::Proto { kind, map, .. } = &ty else { unreachable!() };
-                    if *map {
-                        return Err(format!("'{text}': cannot index into a map field with '{part}'"));
-                    }
-                    let i: usize =
-                        part.parse().map_err(|_| format!("'{text}': '{part}' is not a list index (0, 1, …)"))?;
-                    steps.push(Step::Index(i));
-                    ty = Ty::Proto { kind: kind.clone(), list: false, map: false };
+                Ty::Proto {
+                    kind: _,
+                    list: true,
+                    ..
                 }
-                Ty::Proto { kind: Kind::Message(desc), .. } => {
+                | Ty::Proto {
+                    kind: _, map: true, ..
+                } => {
+                    let Ty::Proto { kind, map, .. } = &ty else {
+                        unreachable!()
+                    };
+                    if *map {
+                        return Err(format!(
+                            "'{text}': cannot index into a map field with '{part}'"
+                        ));
+                    }
+                    let i: usize = part
+                        .parse()
+                        .map_err(|_| format!("'{text}': '{part}' is not a list index (0, 1, …)"))?;
+                    steps.push(Step::Index(i));
+                    ty = Ty::Proto {
+                        kind: kind.clone(),
+                        list: false,
+                        map: false,
+                    };
+                }
+                Ty::Proto {
+                    kind: Kind::Message(desc),
+                    ..
+                } => {
                     let field = find_field(desc, part).ok_or_else(|| {
                         format!(
                             "'{text}': {} has no field '{part}' (fields: {})",
@@ -163,13 +225,27 @@ impl Path {
                             field_names(desc)
                         )
                     })?;
-                    ty = Ty::Proto { kind: field.kind(), list: field.is_list(), map: field.is_map() };
+                    ty = Ty::Proto {
+                        kind: field.kind(),
+                        list: field.is_list(),
+                        map: field.is_map(),
+                    };
                     steps.push(Step::Field(field));
                 }
-                other => return Err(format!("'{text}': {} has no field '{part}'", other.describe())),
+                other => {
+                    return Err(format!(
+                        "'{text}': {} has no field '{part}'",
+                        other.describe()
+                    ))
+                }
             }
         }
-        Ok(Path { text: text.to_string(), root, steps, ty })
+        Ok(Path {
+            text: text.to_string(),
+            root,
+            steps,
+            ty,
+        })
     }
 
     /// The value at this path in `scope`; unset fields give their defaults, indexes past the end `None`.
@@ -181,7 +257,9 @@ impl Path {
             Root::Index => Cow::Owned(Value::U64(scope.index?)),
             Root::Metadata(key) => {
                 let v = scope.metadata.get(key.as_str())?;
-                Cow::Owned(Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                Cow::Owned(Value::String(
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                ))
             }
             Root::Item => Cow::Borrowed(scope.item?),
         };
@@ -207,8 +285,19 @@ impl Path {
     /// Whether the field at the path is set: a sub-message present, a scalar not default, a list not empty.
     pub fn is_present(&self, scope: &Scope<'_>) -> bool {
         match self.steps.split_last() {
+            Some((Step::Field(f), [])) if matches!(self.root, Root::Request | Root::First) => {
+                let message = if matches!(self.root, Root::Request) {
+                    scope.request
+                } else {
+                    scope.first
+                };
+                message.is_some_and(|m| m.has_field(f))
+            }
             Some((Step::Field(f), parent_steps)) => {
-                let parent = Path { steps: parent_steps.to_vec(), ..self.clone() };
+                let parent = Path {
+                    steps: parent_steps.to_vec(),
+                    ..self.clone()
+                };
                 match parent.resolve(scope).as_deref() {
                     Some(Value::Message(m)) => m.has_field(f),
                     _ => false,
@@ -238,21 +327,30 @@ fn resolve_in<'s>(message: &'s DynamicMessage, steps: &[Step]) -> Option<Cow<'s,
 fn step_into<'s>(value: Cow<'s, Value>, step: &Step) -> Option<Cow<'s, Value>> {
     match (value, step) {
         (Cow::Borrowed(Value::Message(m)), Step::Field(f)) => Some(m.get_field(f)),
-        (Cow::Owned(Value::Message(m)), Step::Field(f)) => Some(Cow::Owned(m.get_field(f).into_owned())),
+        (Cow::Owned(Value::Message(m)), Step::Field(f)) => {
+            Some(Cow::Owned(m.get_field(f).into_owned()))
+        }
         (Cow::Borrowed(Value::List(l)), Step::Index(i)) => l.get(*i).map(Cow::Borrowed),
-        (Cow::Owned(Value::List(mut l)), Step::Index(i)) => (*i < l.len()).then(|| Cow::Owned(l.swap_remove(*i))),
+        (Cow::Owned(Value::List(mut l)), Step::Index(i)) => {
+            (*i < l.len()).then(|| Cow::Owned(l.swap_remove(*i)))
+        }
         _ => None,
     }
 }
 
 /// Finds a field by its proto name or its JSON name.
 pub fn find_field(desc: &MessageDescriptor, name: &str) -> Option<FieldDescriptor> {
-    desc.get_field_by_name(name).or_else(|| desc.get_field_by_json_name(name))
+    desc.get_field_by_name(name)
+        .or_else(|| desc.get_field_by_json_name(name))
 }
 
 pub fn field_names(desc: &MessageDescriptor) -> String {
     let names: Vec<String> = desc.fields().map(|f| f.name().to_string()).collect();
-    if names.is_empty() { "none".into() } else { names.join(", ") }
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
 }
 
 pub fn kind_name(kind: &Kind) -> String {
@@ -289,7 +387,9 @@ impl Text {
                 parts.push(Part::Literal(rest[..open].to_string()));
             }
             let inner = &rest[open + 2..open + close];
-            parts.push(Part::Value(Path::parse(inner, roots).map_err(|e| (e, offset + open))?));
+            parts.push(Part::Value(
+                Path::parse(inner, roots).map_err(|e| (e, offset + open))?,
+            ));
             offset += open + close + 2;
             rest = &rest[open + close + 2..];
         }
@@ -301,7 +401,9 @@ impl Text {
 
     /// The text of one value.
     pub fn whole(path: Path) -> Text {
-        Text { parts: vec![Part::Value(path)] }
+        Text {
+            parts: vec![Part::Value(path)],
+        }
     }
 
     /// The single path when the string is exactly one `{{path}}`.
@@ -336,7 +438,10 @@ impl Text {
 fn write_text(out: &mut String, value: &Value, ty: &Ty) {
     use std::fmt::Write;
     let enum_kind = match ty {
-        Ty::Proto { kind: Kind::Enum(e), .. } => Some(e),
+        Ty::Proto {
+            kind: Kind::Enum(e),
+            ..
+        } => Some(e),
         _ => None,
     };
     match value {
@@ -356,7 +461,11 @@ fn write_text(out: &mut String, value: &Value, ty: &Ty) {
         Value::Message(m) => out.push_str(&message_json(m)),
         Value::List(items) => {
             let elem = match ty {
-                Ty::Proto { kind, .. } => Ty::Proto { kind: kind.clone(), list: false, map: false },
+                Ty::Proto { kind, .. } => Ty::Proto {
+                    kind: kind.clone(),
+                    list: false,
+                    map: false,
+                },
                 other => other.clone(),
             };
             out.push('[');
@@ -397,7 +506,10 @@ pub enum ValueTemplate {
     Message(MessageTemplate),
     List(Vec<ValueTemplate>),
     /// `{ for_each = "request.xs", value = "…{{item}}…{{index}}…" }`
-    ForEach { source: Path, value: Box<ValueTemplate> },
+    ForEach {
+        source: Path,
+        value: Box<ValueTemplate>,
+    },
     Map(Vec<(MapKey, ValueTemplate)>),
 }
 
@@ -414,7 +526,12 @@ pub struct MessageTemplate {
 
 impl MessageTemplate {
     pub fn constant(message: DynamicMessage) -> Self {
-        Self { desc: message.descriptor(), fields: vec![], constant: Some(message), whole: None }
+        Self {
+            desc: message.descriptor(),
+            fields: vec![],
+            constant: Some(message),
+            whole: None,
+        }
     }
 
     pub fn render(&self, scope: &Scope<'_>) -> Result<DynamicMessage, String> {
@@ -425,7 +542,11 @@ impl MessageTemplate {
             let value = path.resolve(scope).map(Cow::into_owned);
             return match coerce(value, &path.ty, &Kind::Message(self.desc.clone()))? {
                 Value::Message(m) => Ok(m),
-                _ => Err(format!("{} is not a {}", path.text(), self.desc.full_name())),
+                _ => Err(format!(
+                    "{} is not a {}",
+                    path.text(),
+                    self.desc.full_name()
+                )),
             };
         }
         let mut message = DynamicMessage::new(self.desc.clone());
@@ -438,45 +559,80 @@ impl MessageTemplate {
 }
 
 impl ValueTemplate {
-    fn render(&self, scope: &Scope<'_>, kind: &Kind, field: &FieldDescriptor) -> Result<Value, String> {
+    fn render(
+        &self,
+        scope: &Scope<'_>,
+        kind: &Kind,
+        field: &FieldDescriptor,
+    ) -> Result<Value, String> {
         match self {
             ValueTemplate::Const(v) => Ok(v.clone()),
             ValueTemplate::Whole(path) => {
                 let value = path.resolve(scope).map(Cow::into_owned);
                 if field.is_list() && matches!(path.ty, Ty::Proto { list: true, .. }) {
-                    let Some(Value::List(items)) = value else { return Ok(Value::List(vec![])) };
+                    let Some(Value::List(items)) = value else {
+                        return Ok(Value::List(vec![]));
+                    };
                     let elem = elem_ty(&path.ty);
-                    return items.into_iter().map(|v| coerce(Some(v), &elem, kind)).collect::<Result<_, _>>().map(Value::List);
+                    return items
+                        .into_iter()
+                        .map(|v| coerce(Some(v), &elem, kind))
+                        .collect::<Result<_, _>>()
+                        .map(Value::List);
                 }
                 if field.is_map() {
                     return Ok(value.unwrap_or_else(|| Value::Map(Default::default())));
                 }
                 let v = coerce(value, &path.ty, kind)?;
-                Ok(if field.is_list() { Value::List(vec![v]) } else { v })
+                Ok(if field.is_list() {
+                    Value::List(vec![v])
+                } else {
+                    v
+                })
             }
             ValueTemplate::Text(text) => {
                 let v = parse_text(text.render(scope), kind)?;
-                Ok(if field.is_list() { Value::List(vec![v]) } else { v })
+                Ok(if field.is_list() {
+                    Value::List(vec![v])
+                } else {
+                    v
+                })
             }
             ValueTemplate::Message(m) => {
                 let v = Value::Message(m.render(scope)?);
-                Ok(if field.is_list() { Value::List(vec![v]) } else { v })
+                Ok(if field.is_list() {
+                    Value::List(vec![v])
+                } else {
+                    v
+                })
             }
-            ValueTemplate::List(items) => {
-                items.iter().map(|t| t.render_elem(scope, kind)).collect::<Result<_, _>>().map(Value::List)
-            }
+            ValueTemplate::List(items) => items
+                .iter()
+                .map(|t| t.render_elem(scope, kind))
+                .collect::<Result<_, _>>()
+                .map(Value::List),
             ValueTemplate::ForEach { source, value } => {
-                let Some(list) = source.resolve(scope) else { return Ok(Value::List(vec![])) };
-                let Value::List(items) = list.as_ref() else { return Ok(Value::List(vec![])) };
+                let Some(list) = source.resolve(scope) else {
+                    return Ok(Value::List(vec![]));
+                };
+                let Value::List(items) = list.as_ref() else {
+                    return Ok(Value::List(vec![]));
+                };
                 let mut out = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
-                    let inner = Scope { item: Some(item), index: Some(i as u64), ..*scope };
+                    let inner = Scope {
+                        item: Some(item),
+                        index: Some(i as u64),
+                        ..*scope
+                    };
                     out.push(value.render_elem(&inner, kind)?);
                 }
                 Ok(Value::List(out))
             }
             ValueTemplate::Map(entries) => {
-                let Kind::Message(entry) = kind else { return Err("map without entry type".into()) };
+                let Kind::Message(entry) = kind else {
+                    return Err("map without entry type".into());
+                };
                 let value_kind = entry.map_entry_value_field().kind();
                 let mut map = std::collections::HashMap::new();
                 for (k, t) in entries {
@@ -491,7 +647,9 @@ impl ValueTemplate {
     fn render_elem(&self, scope: &Scope<'_>, kind: &Kind) -> Result<Value, String> {
         match self {
             ValueTemplate::Const(v) => Ok(v.clone()),
-            ValueTemplate::Whole(path) => coerce(path.resolve(scope).map(Cow::into_owned), &path.ty, kind),
+            ValueTemplate::Whole(path) => {
+                coerce(path.resolve(scope).map(Cow::into_owned), &path.ty, kind)
+            }
             ValueTemplate::Text(text) => parse_text(text.render(scope), kind),
             ValueTemplate::Message(m) => m.render(scope).map(Value::Message),
             _ => Err("nested lists are not allowed in protobuf".into()),
@@ -501,7 +659,11 @@ impl ValueTemplate {
 
 fn elem_ty(ty: &Ty) -> Ty {
     match ty {
-        Ty::Proto { kind, .. } => Ty::Proto { kind: kind.clone(), list: false, map: false },
+        Ty::Proto { kind, .. } => Ty::Proto {
+            kind: kind.clone(),
+            list: false,
+            map: false,
+        },
         other => other.clone(),
     }
 }
@@ -511,35 +673,62 @@ pub fn check_assignable(from: &Ty, to: &Kind, to_list: bool) -> Result<(), Strin
     let ok = match (from, to) {
         (Ty::Proto { list: true, .. }, _) if !to_list => false,
         (Ty::Proto { map: true, .. }, _) => false,
-        (Ty::Proto { kind: Kind::Message(a), .. }, Kind::Message(b)) => {
-            a.full_name() == b.full_name() || compatible_messages(a, b)
-        }
-        (Ty::Proto { kind: Kind::Message(_), .. }, Kind::String) => true,
-        (Ty::Proto { kind: Kind::Message(_), .. }, _) => false,
+        (
+            Ty::Proto {
+                kind: Kind::Message(a),
+                ..
+            },
+            Kind::Message(b),
+        ) => a.full_name() == b.full_name() || compatible_messages(a, b),
+        (
+            Ty::Proto {
+                kind: Kind::Message(_),
+                ..
+            },
+            Kind::String,
+        ) => true,
+        (
+            Ty::Proto {
+                kind: Kind::Message(_),
+                ..
+            },
+            _,
+        ) => false,
         (_, Kind::Message(_)) => false,
         _ => true,
     };
     if ok {
         Ok(())
     } else {
-        Err(format!("{} cannot be written into a field of type {}", from.describe(), kind_name(to)))
+        Err(format!(
+            "{} cannot be written into a field of type {}",
+            from.describe(),
+            kind_name(to)
+        ))
     }
 }
 
 /// Different message types with the same fields (by number and kind) can be copied into each other.
 fn compatible_messages(a: &MessageDescriptor, b: &MessageDescriptor) -> bool {
-    a.fields().all(|f| b.get_field(f.number()).is_some_and(|g| g.kind() == f.kind() && g.cardinality() == f.cardinality()))
+    a.fields().all(|f| {
+        b.get_field(f.number())
+            .is_some_and(|g| g.kind() == f.kind() && g.cardinality() == f.cardinality())
+    })
 }
 
 /// Converts a resolved value to the kind of the field it goes into.
 fn coerce(value: Option<Value>, from: &Ty, to: &Kind) -> Result<Value, String> {
-    let Some(value) = value else { return Ok(Value::default_value(to)) };
+    let Some(value) = value else {
+        return Ok(Value::default_value(to));
+    };
     Ok(match (value, to) {
         (Value::Message(m), Kind::Message(d)) if m.descriptor() == *d => Value::Message(m),
         (Value::Message(m), Kind::Message(d)) => {
             // Same shape, other name: re-read the bytes as the target type.
             let bytes = m.encode_to_vec();
-            Value::Message(DynamicMessage::decode(d.clone(), bytes.as_slice()).map_err(|e| e.to_string())?)
+            Value::Message(
+                DynamicMessage::decode(d.clone(), bytes.as_slice()).map_err(|e| e.to_string())?,
+            )
         }
         (Value::Message(m), Kind::String) => Value::String(message_json(&m)),
         (v @ Value::String(_), Kind::String) => v,
@@ -563,18 +752,31 @@ pub fn parse_text(text: String, kind: &Kind) -> Result<Value, String> {
             "false" | "0" | "" => false,
             _ => return Err(bad("a boolean")),
         }),
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Value::I32(parse_num(&text).ok_or_else(|| bad("an int32"))?),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Value::I64(parse_num(&text).ok_or_else(|| bad("an int64"))?),
-        Kind::Uint32 | Kind::Fixed32 => Value::U32(parse_num(&text).ok_or_else(|| bad("a uint32"))?),
-        Kind::Uint64 | Kind::Fixed64 => Value::U64(parse_num(&text).ok_or_else(|| bad("a uint64"))?),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            Value::I32(parse_num(&text).ok_or_else(|| bad("an int32"))?)
+        }
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+            Value::I64(parse_num(&text).ok_or_else(|| bad("an int64"))?)
+        }
+        Kind::Uint32 | Kind::Fixed32 => {
+            Value::U32(parse_num(&text).ok_or_else(|| bad("a uint32"))?)
+        }
+        Kind::Uint64 | Kind::Fixed64 => {
+            Value::U64(parse_num(&text).ok_or_else(|| bad("a uint64"))?)
+        }
         Kind::Float => Value::F32(text.trim().parse().map_err(|_| bad("a float"))?),
         Kind::Double => Value::F64(text.trim().parse().map_err(|_| bad("a double"))?),
         Kind::Enum(e) => match e.get_value_by_name(text.trim()) {
             Some(v) => Value::EnumNumber(v.number()),
-            None => Value::EnumNumber(text.trim().parse().map_err(|_| bad(&format!("a value of {}", e.full_name())))?),
+            None => Value::EnumNumber(
+                text.trim()
+                    .parse()
+                    .map_err(|_| bad(&format!("a value of {}", e.full_name())))?,
+            ),
         },
         Kind::Message(d) => {
-            let json: serde_json::Value = serde_json::from_str(&text).map_err(|_| bad(&format!("a {} (as JSON)", d.full_name())))?;
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|_| bad(&format!("a {} (as JSON)", d.full_name())))?;
             Value::Message(DynamicMessage::deserialize(d.clone(), json).map_err(|e| e.to_string())?)
         }
     })
@@ -587,5 +789,7 @@ fn parse_num<T: TryFrom<i128>>(text: &str) -> Option<T> {
         return T::try_from(n).ok();
     }
     let f: f64 = t.parse().ok()?;
-    (f.fract() == 0.0 && f.is_finite()).then(|| T::try_from(f as i128).ok()).flatten()
+    (f.fract() == 0.0 && f.is_finite())
+        .then(|| T::try_from(f as i128).ok())
+        .flatten()
 }

@@ -36,15 +36,27 @@ pub struct Key {
 
 /// Parses a whole file; a syntax error comes back as a message and a byte range.
 pub fn parse(source: &str) -> Result<Node, (String, Range<usize>)> {
-    let root = DeTable::parse(source).map_err(|e| (e.message().to_string(), e.span().unwrap_or(0..0)))?;
+    let root =
+        DeTable::parse(source).map_err(|e| (e.message().to_string(), e.span().unwrap_or(0..0)))?;
     let span = root.span();
-    Ok(Node { span, value: NodeValue::Table(table(root.into_inner())) })
+    Ok(Node {
+        span,
+        value: NodeValue::Table(table(root.into_inner())),
+    })
 }
 
 fn table(t: DeTable<'_>) -> Table {
     let mut entries: Table = t
         .into_iter()
-        .map(|(k, v)| (Key { span: k.span(), name: k.into_inner().into_owned() }, node(v)))
+        .map(|(k, v)| {
+            (
+                Key {
+                    span: k.span(),
+                    name: k.into_inner().into_owned(),
+                },
+                node(v),
+            )
+        })
         .collect();
     // Keep the order the user wrote, whatever order the map iterates in.
     entries.sort_by_key(|(k, _)| k.span.start);
@@ -107,7 +119,10 @@ impl Node {
 
     /// The entry `name` of a table node.
     pub fn get(&self, name: &str) -> Option<&Node> {
-        self.as_table()?.iter().find(|(k, _)| k.name == name).map(|(_, v)| v)
+        self.as_table()?
+            .iter()
+            .find(|(k, _)| k.name == name)
+            .map(|(_, v)| v)
     }
 
     /// Whether any string below this node holds a `{{…}}` template.
@@ -126,13 +141,28 @@ impl Node {
         match &self.value {
             NodeValue::Str(s) | NodeValue::Datetime(s) => J::String(s.clone()),
             NodeValue::Int(n) => J::from(*n),
-            NodeValue::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or_else(|| {
-                // proto3 JSON spells the non-finite floats as strings.
-                J::String(if f.is_nan() { "NaN" } else if *f > 0.0 { "Infinity" } else { "-Infinity" }.into())
-            }),
+            NodeValue::Float(f) => serde_json::Number::from_f64(*f)
+                .map(J::Number)
+                .unwrap_or_else(|| {
+                    // proto3 JSON spells the non-finite floats as strings.
+                    J::String(
+                        if f.is_nan() {
+                            "NaN"
+                        } else if *f > 0.0 {
+                            "Infinity"
+                        } else {
+                            "-Infinity"
+                        }
+                        .into(),
+                    )
+                }),
             NodeValue::Bool(b) => J::Bool(*b),
             NodeValue::Array(items) => J::Array(items.iter().map(Node::to_json).collect()),
-            NodeValue::Table(t) => J::Object(t.iter().map(|(k, v)| (k.name.clone(), v.to_json())).collect()),
+            NodeValue::Table(t) => J::Object(
+                t.iter()
+                    .map(|(k, v)| (k.name.clone(), v.to_json()))
+                    .collect(),
+            ),
         }
     }
 }

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use miette::Diagnostic as _;
 use prost_reflect::DescriptorPool;
-use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver};
+use protox::file::{
+    ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver,
+};
 use walkdir::WalkDir;
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
@@ -18,13 +20,34 @@ const ALWAYS_LOADED: &[&str] = &["google/rpc/status.proto", "google/rpc/error_de
 
 /// `google/api` and `google/rpc` protos (Apache-2.0, from googleapis), served to protox from the binary.
 const BUNDLED: &[(&str, &str)] = &[
-    ("google/api/annotations.proto", include_str!("include/google/api/annotations.proto")),
-    ("google/api/http.proto", include_str!("include/google/api/http.proto")),
-    ("google/api/httpbody.proto", include_str!("include/google/api/httpbody.proto")),
-    ("google/api/field_behavior.proto", include_str!("include/google/api/field_behavior.proto")),
-    ("google/rpc/status.proto", include_str!("include/google/rpc/status.proto")),
-    ("google/rpc/error_details.proto", include_str!("include/google/rpc/error_details.proto")),
-    ("google/rpc/code.proto", include_str!("include/google/rpc/code.proto")),
+    (
+        "google/api/annotations.proto",
+        include_str!("include/google/api/annotations.proto"),
+    ),
+    (
+        "google/api/http.proto",
+        include_str!("include/google/api/http.proto"),
+    ),
+    (
+        "google/api/httpbody.proto",
+        include_str!("include/google/api/httpbody.proto"),
+    ),
+    (
+        "google/api/field_behavior.proto",
+        include_str!("include/google/api/field_behavior.proto"),
+    ),
+    (
+        "google/rpc/status.proto",
+        include_str!("include/google/rpc/status.proto"),
+    ),
+    (
+        "google/rpc/error_details.proto",
+        include_str!("include/google/rpc/error_details.proto"),
+    ),
+    (
+        "google/rpc/code.proto",
+        include_str!("include/google/rpc/code.proto"),
+    ),
 ];
 
 /// The bundled files as a protox resolver.
@@ -67,7 +90,12 @@ pub fn load(root: &Path, include_roots: &[PathBuf]) -> Result<Protos, Diagnostic
 
     let mut compiler = protox::Compiler::with_file_resolver(resolver);
     compiler.include_imports(true);
-    for name in ALWAYS_LOADED.iter().copied().map(str::to_string).chain(files.iter().cloned()) {
+    for name in ALWAYS_LOADED
+        .iter()
+        .copied()
+        .map(str::to_string)
+        .chain(files.iter().cloned())
+    {
         if let Err(err) = compiler.open_file(&name) {
             problems.push(to_diagnostic(&err, root, include_roots));
         }
@@ -75,7 +103,10 @@ pub fn load(root: &Path, include_roots: &[PathBuf]) -> Result<Protos, Diagnostic
     problems.into_result()?;
     // The pool straight from the compiler keeps custom options such as `google.api.http`
     // (rebuilding it from `file_descriptor_set()` loses them).
-    Ok(Protos { pool: compiler.descriptor_pool(), files })
+    Ok(Protos {
+        pool: compiler.descriptor_pool(),
+        files,
+    })
 }
 
 /// Relative names of every `*.proto` under `root`, sorted.
@@ -83,10 +114,17 @@ fn find_protos(root: &Path, problems: &mut Diagnostics) -> Vec<String> {
     let mut files = Vec::new();
     for entry in WalkDir::new(root).follow_links(true).sort_by_file_name() {
         match entry {
-            Ok(e) if e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "proto") => {
+            Ok(e)
+                if e.file_type().is_file()
+                    && e.path().extension().is_some_and(|x| x == "proto") =>
+            {
                 let rel = e.path().strip_prefix(root).unwrap_or(e.path());
                 // protox names files with forward slashes whatever the platform.
-                let name = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+                let name = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
                 files.push(name);
             }
             Ok(_) => {}
@@ -128,10 +166,17 @@ fn to_diagnostic(err: &protox::Error, root: &Path, include_roots: &[PathBuf]) ->
             message.push_str(&format!(" ({text})"));
         }
     }
-    let Some(name) = file_name else { return Diagnostic::file(root, message) };
+    let Some(name) = file_name else {
+        return Diagnostic::file(root, message);
+    };
     let file = path(&name);
     match std::fs::read_to_string(&file) {
-        Ok(source) => Diagnostic::at(file, &source, first.offset()..first.offset() + first.len(), message),
+        Ok(source) => Diagnostic::at(
+            file,
+            &source,
+            first.offset()..first.offset() + first.len(),
+            message,
+        ),
         Err(_) => Diagnostic::file(file, message),
     }
 }
