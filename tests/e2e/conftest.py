@@ -74,7 +74,8 @@ def target(stubs, workdir):
         try:
             yield server
         finally:
-            _stop(server.proc)
+            if server.proc is not None:
+                _stop(server.proc)
     else:
         pytest.fail(f"PROTODROP_E2E_TARGET={TARGET_MODE!r}: expected 'protodrop' or 'seed-servers'")
 

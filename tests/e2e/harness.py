@@ -258,10 +258,10 @@ class Protodrop:
         return self.address_
 
 
-def start_protodrop(workdir: Path) -> Protodrop:
+def start_protodrop(workdir: Path) -> Protodrop | NotStarted:
     binary = Path(os.environ.get("PROTODROP_BIN") or REPO / "target" / "debug" / "protodrop")
     if not binary.is_file():
-        pytest.fail(f"protodrop binary not found at {binary} (build it, or set PROTODROP_BIN)")
+        return NotStarted(f"protodrop binary not found at {binary} (build it, or set PROTODROP_BIN)")
     stderr_log = workdir / "protodrop.stderr.log"
     args = [str(binary), "serve", "--protos", str(PROTOS), "--handlers", str(HANDLERS), "--listen", "127.0.0.1:0"]
     with open(stderr_log, "wb") as err:
@@ -291,8 +291,24 @@ def start_protodrop(workdir: Path) -> Protodrop:
             raise RuntimeError(f"protodrop's first stdout line is {first!r}, not 'listening on 127.0.0.1:PORT'")
     except RuntimeError as e:
         _stop(proc)
-        pytest.fail(f"{e}\n{' '.join(args)}\n--- stderr ---\n{_tail(stderr_log)}")
+        return NotStarted(f"{e}\n$ {' '.join(args)}\n--- its stderr ---\n{_tail(stderr_log)}")
     return Protodrop(f"127.0.0.1:{m.group(1)}", proc, seen, stderr_log)
+
+
+@dataclass
+class NotStarted:
+    """A target that could not be started: the first test to use it fails with the whole story, the
+    others with one line (instead of the same long traceback once per test)."""
+
+    why: str
+    told: bool = False
+    proc: None = None
+
+    def address(self, seed: str) -> str:
+        if self.told:
+            pytest.fail("protodrop did not start (see the first failing test)", pytrace=False)
+        self.told = True
+        pytest.fail(self.why, pytrace=False)
 
 
 # --------------------------------------------------------------------------------------------------

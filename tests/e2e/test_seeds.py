@@ -14,7 +14,7 @@ from typing import Callable
 import grpc
 import pytest
 
-from harness import SEEDS
+from harness import SEEDS, Protodrop
 
 RPC_TIMEOUT = 10  # seconds, for every direct call
 
@@ -103,7 +103,7 @@ def both(seed_servers, target):
                 raise
 
         got = outcome(call_target)
-        assert got == ref
+        assert got == ref, f"\n  target:      {got}\n  seed server: {ref}"
         return raw[-1] if raw and isinstance(raw[-1], grpc.RpcError) else raw
 
     return run
@@ -209,6 +209,7 @@ def test_get_user_info_of_foo(both, stubs):
         ("北京", "Exception calling application: 'unknown user: name = 北京'"),
         ("o'k", "Exception calling application: \"unknown user: name = o'k\""),
     ],
+    ids=["bar", "empty", "chinese", "quote"],
 )
 def test_get_user_info_of_an_unknown_user_fails_like_the_seed(both, stubs, name, details):
     pb = stubs.userinfo_pb2
@@ -248,10 +249,22 @@ def test_get_users_answers_one_result_per_user(both, stubs, count):
 # --- 004 hello_world
 
 
-@pytest.mark.parametrize("name", ["you", "世界", ""])
+@pytest.mark.parametrize("name", ["you", "世界", ""], ids=["you", "chinese", "empty"])
 def test_say_hello(both, stubs, name):
     pb = stubs.hello_world_pb2
     stub = stubs.hello_world_pb2_grpc.GreeterStub
     [hello] = both("004", stub, lambda s: s.SayHello(pb.HelloRequest(name=name), timeout=RPC_TIMEOUT))
     [again] = both("004", stub, lambda s: s.SayHelloAgain(pb.HelloRequest(name=name), timeout=RPC_TIMEOUT))
     assert (hello.message, again.message) == (f"Hello, {name}!", f"Hello, {name} Again!")
+
+
+# --------------------------------------------------------------------------------------------------
+# Last, once every call above was made: protodrop's stdout holds its one `listening on` line only
+# (logs go to stderr).
+
+
+def test_protodrop_prints_only_its_listening_line(target):
+    if not isinstance(target, Protodrop):
+        pytest.skip("the target is not protodrop")
+    target.address("000")  # fails here if protodrop did not start
+    assert target.stdout_lines == [f"listening on {target.address_}"]
