@@ -72,6 +72,10 @@ pub struct SourceArgs {
     )]
     pub proto_path: Vec<PathBuf>,
 
+    /// Do not serve gRPC server reflection (grpc.reflection.v1 and v1alpha).
+    #[arg(long, env = "PROTODROP_NO_REFLECTION")]
+    pub no_reflection: bool,
+
     /// Most Rhai operations one script call may run before it is stopped with RESOURCE_EXHAUSTED.
     #[arg(long, help_heading = "Script limits", env = "PROTODROP_SCRIPT_MAX_OPERATIONS", default_value_t = ScriptLimits::default().max_operations, value_name = "N")]
     pub script_max_operations: u64,
@@ -99,6 +103,7 @@ impl SourceArgs {
             protos: self.protos.clone(),
             handlers: self.handlers.clone(),
             include_roots: self.proto_path.clone(),
+            reflection: !self.no_reflection,
             script_limits: ScriptLimits {
                 max_operations: self.script_max_operations,
                 max_call_depth: self.script_max_call_depth,

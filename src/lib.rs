@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod codec;
 pub mod diagnostic;
+pub mod front;
 pub mod handlers;
 pub mod protos;
 pub mod registry;

@@ -2,7 +2,7 @@
 //!
 //! A call takes an `Arc` of its method when it starts, so a reload never changes a call in flight.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -10,6 +10,8 @@ use arc_swap::ArcSwap;
 use prost_reflect::{Kind, MethodDescriptor};
 
 use crate::diagnostic::Diagnostics;
+use crate::front::health::Health;
+use crate::front::reflection::Reflection;
 use crate::handlers::script::{ScriptEngine, ScriptLimits};
 use crate::handlers::{self, Handlers, MethodRules};
 use crate::protos::{self, Protos};
@@ -21,6 +23,8 @@ pub struct Sources {
     pub handlers: PathBuf,
     pub include_roots: Vec<PathBuf>,
     pub script_limits: ScriptLimits,
+    /// Serve server reflection.
+    pub reflection: bool,
 }
 
 /// One method as served.
@@ -42,6 +46,8 @@ pub struct State {
     pub methods: HashMap<String, Arc<Method>>,
     pub rule_count: usize,
     pub handler_files: usize,
+    /// Reflection over this state's descriptors; `None` when turned off.
+    pub reflection: Option<Reflection>,
 }
 
 impl State {
@@ -61,7 +67,19 @@ impl State {
                 served.insert(format!("/{name}"), Arc::new(Method { desc, name, rules }));
             }
         }
+        let reflection = if sources.reflection {
+            let built = Reflection::new(&protos.pool).map_err(|e| {
+                Diagnostics(vec![crate::diagnostic::Diagnostic::file(
+                    &sources.protos,
+                    format!("building reflection: {e}"),
+                )])
+            })?;
+            Some(built)
+        } else {
+            None
+        };
         Ok(State {
+            reflection,
             protos,
             handlers_dir: sources.handlers.clone(),
             methods: served,
@@ -72,6 +90,15 @@ impl State {
 
     pub fn service_count(&self) -> usize {
         self.protos.pool.services().count()
+    }
+
+    /// Full names of the services served.
+    pub fn service_names(&self) -> BTreeSet<String> {
+        self.protos
+            .pool
+            .services()
+            .map(|s| s.full_name().to_string())
+            .collect()
     }
 
     /// The `UNIMPLEMENTED` message for a method without rules: which file to add, and what to put in it.
@@ -128,15 +155,19 @@ fn example_fields(desc: &prost_reflect::MessageDescriptor) -> String {
         .join(", ")
 }
 
-/// The current state, swapped atomically by reloads.
+/// The current state, swapped atomically by reloads, and the health statuses that follow it.
 pub struct Registry {
     current: ArcSwap<State>,
+    pub health: Health,
 }
 
 impl Registry {
     pub fn new(state: State) -> Self {
+        let health = Health::new();
+        health.update(&BTreeSet::new(), &state.service_names());
         Self {
             current: ArcSwap::from_pointee(state),
+            health,
         }
     }
 
@@ -145,6 +176,8 @@ impl Registry {
     }
 
     pub fn swap(&self, state: State) {
-        self.current.store(Arc::new(state));
+        let now = state.service_names();
+        let before = self.current.swap(Arc::new(state));
+        self.health.update(&before.service_names(), &now);
     }
 }

@@ -11,8 +11,10 @@ use prost_reflect::DynamicMessage;
 use tonic::codec::CompressionEncoding;
 use tonic::server::{Grpc, StreamingService};
 use tonic::{Request, Response, Status, Streaming};
+use tower::ServiceExt as _;
 
 use crate::codec::DynamicCodec;
+use crate::front::{health, HttpService};
 use crate::registry::{Method, Registry, State};
 use crate::respond::{respond, ReplyStream};
 
@@ -49,7 +51,11 @@ impl tower::Service<http::Request<Body>> for DynamicService {
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let state = self.registry.current();
-        let Some(method) = state.methods.get(request.uri().path()).cloned() else {
+        let path = request.uri().path();
+        if let Some(front) = front_for(&self.registry, &state, path) {
+            return Box::pin(front.oneshot(request));
+        }
+        let Some(method) = state.methods.get(path).cloned() else {
             let status = unknown_path(&state, request.uri().path());
             return Box::pin(async move { Ok(status.into_http()) });
         };
@@ -62,6 +68,17 @@ impl tower::Service<http::Request<Body>> for DynamicService {
             .max_encoding_message_size(limit);
         Box::pin(async move { Ok(grpc.streaming(Call { state, method }, request).await) })
     }
+}
+
+/// Reflection and health, when `path` is theirs. The user's protos win if they define these services.
+fn front_for(registry: &Registry, state: &State, path: &str) -> Option<HttpService> {
+    if state.methods.contains_key(path) {
+        return None;
+    }
+    if path.starts_with(health::PREFIX) {
+        return Some(registry.health.service.clone());
+    }
+    state.reflection.as_ref()?.route(path).cloned()
 }
 
 /// `UNIMPLEMENTED`, naming what was asked for and what is there.
