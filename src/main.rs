@@ -87,14 +87,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         "loaded"
     );
     let registry = Arc::new(Registry::new(state));
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    // Rhai recurses on the native stack: a deep script must not overflow a thread (that would abort
+    // the server, not fail the call). ~128 KiB per allowed call level covers debug builds.
+    let stack = (args.sources.script_max_call_depth * (128 << 10)).max(8 << 20);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(stack)
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
         let addr = listener.local_addr()?;
-        // Tests and scripts read this line to learn the port when listening on port 0.
-        println!("listening on {addr}");
+        let shutdown = shutdown_signal()?;
+        // Watch before announcing the address, so an edit made right after the line is seen.
         let _watcher = if args.no_watch {
             None
         } else {
@@ -103,27 +110,36 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     .context("watching the protos and handlers folders")?,
             )
         };
+        // Tests and scripts read this line to learn the port when listening on port 0.
+        println!("listening on {addr}");
         let settings = ServiceSettings {
             max_message_size: args.max_message_size,
         };
-        server::serve(listener, registry, settings, shutdown_signal()).await?;
+        server::serve(listener, registry, settings, shutdown).await?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+/// Completes on SIGINT or SIGTERM. The handlers are installed now, not at the first poll, so a
+/// signal that arrives right after start-up still shuts down cleanly.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
         tokio::select! {
-            _ = interrupt => {}
-            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

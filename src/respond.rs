@@ -59,8 +59,7 @@ async fn single_request(
     metadata: MetadataMap,
     mut incoming: Streaming<DynamicMessage>,
 ) -> Result<Response<ReplyStream>, Status> {
-    let request = incoming
-        .message()
+    let request = next_message(&mut incoming)
         .await?
         .ok_or_else(|| Status::internal("missing request message"))?;
     let scope = Scope::new(Some(&request), &metadata);
@@ -115,7 +114,7 @@ async fn client_stream(
         return run_script(script, &method, None, metadata, Some(incoming)).await;
     }
     let (mut first, mut last, mut count) = (None, None, 0u64);
-    while let Some(message) = incoming.message().await? {
+    while let Some(message) = next_message(&mut incoming).await? {
         count += 1;
         if first.is_none() {
             first = Some(message);
@@ -161,7 +160,7 @@ async fn bidi_stream(
         let script = script.clone();
         return run_script(script, &method, None, metadata, Some(incoming)).await;
     }
-    let Some(first) = incoming.message().await? else {
+    let Some(first) = next_message(&mut incoming).await? else {
         return Ok(Response::new(Box::pin(futures::stream::empty())));
     };
     let headers = {
@@ -194,7 +193,7 @@ async fn bidi_stream(
                 Answer::Error(error) => Err(with_metadata(error.render(&scope), [std::mem::take(&mut trailers)]))?,
                 Answer::Script(_) => Err(Status::internal("a bidi script must be the method's only rule"))?,
             }
-            next = incoming.message().await?;
+            next = next_message(&mut incoming).await?;
         }
         end_with_trailers(trailers)?;
     };
@@ -329,7 +328,7 @@ async fn feed(
     error: Arc<Mutex<Option<Status>>>,
 ) {
     loop {
-        match stream.message().await {
+        match next_message(&mut stream).await {
             Ok(Some(m)) => {
                 if tx.send(m).await.is_err() {
                     return;
@@ -349,6 +348,22 @@ fn check_feed(error: &Mutex<Option<Status>>) -> Result<(), Status> {
         Some(status) => Err(status),
         None => Ok(()),
     }
+}
+
+/// The client's next message. A message over `--max-message-size` is RESOURCE_EXHAUSTED, as gRPC
+/// implementations answer it (tonic says OUT_OF_RANGE).
+async fn next_message(
+    incoming: &mut Streaming<DynamicMessage>,
+) -> Result<Option<DynamicMessage>, Status> {
+    incoming.message().await.map_err(|status| {
+        if status.code() == tonic::Code::OutOfRange
+            && status.message().contains("message length too large")
+        {
+            Status::resource_exhausted(format!("request {}", status.message()))
+        } else {
+            status
+        }
+    })
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

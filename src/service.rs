@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures::StreamExt as _;
 use prost_reflect::DynamicMessage;
 use tonic::codec::CompressionEncoding;
 use tonic::server::{Grpc, StreamingService};
@@ -59,14 +60,19 @@ impl tower::Service<http::Request<Body>> for DynamicService {
             let status = unknown_path(&state, request.uri().path());
             return Box::pin(async move { Ok(status.into_http()) });
         };
-        let codec = DynamicCodec::new(method.desc.input());
         let limit = self.settings.max_message_size;
+        let codec = DynamicCodec::new(method.desc.input());
         let mut grpc = Grpc::new(codec)
             .accept_compressed(CompressionEncoding::Gzip)
             .send_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
-        Box::pin(async move { Ok(grpc.streaming(Call { state, method }, request).await) })
+        let call = Call {
+            state,
+            method,
+            max_reply_size: limit,
+        };
+        Box::pin(async move { Ok(grpc.streaming(call, request).await) })
     }
 }
 
@@ -115,6 +121,7 @@ fn unknown_path(state: &State, path: &str) -> Status {
 struct Call {
     state: Arc<State>,
     method: Arc<Method>,
+    max_reply_size: usize,
 }
 
 impl StreamingService<DynamicMessage> for Call {
@@ -123,6 +130,29 @@ impl StreamingService<DynamicMessage> for Call {
     type Future = Pin<Box<dyn Future<Output = Result<Response<ReplyStream>, Status>> + Send>>;
 
     fn call(&mut self, request: Request<Streaming<DynamicMessage>>) -> Self::Future {
-        Box::pin(respond(self.state.clone(), self.method.clone(), request))
+        let limit = self.max_reply_size;
+        let answer = respond(self.state.clone(), self.method.clone(), request);
+        Box::pin(async move {
+            let response = answer.await?;
+            Ok(response.map(|stream| -> ReplyStream {
+                Box::pin(stream.map(move |item| check_size(item, limit)))
+            }))
+        })
     }
+}
+
+/// A reply over `--max-message-size` ends the call with RESOURCE_EXHAUSTED, as gRPC implementations
+/// answer it (tonic's own check, which stays as a backstop, would say INTERNAL).
+fn check_size(
+    item: Result<DynamicMessage, Status>,
+    limit: usize,
+) -> Result<DynamicMessage, Status> {
+    let message = item?;
+    let size = prost::Message::encoded_len(&message);
+    if size > limit {
+        return Err(Status::resource_exhausted(format!(
+            "response message of {size} bytes is larger than the limit of {limit} bytes (--max-message-size)"
+        )));
+    }
+    Ok(message)
 }

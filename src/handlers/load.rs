@@ -9,6 +9,7 @@ use std::time::Duration;
 use prost_reflect::{
     DescriptorPool, DynamicMessage, Kind, MapKey, MessageDescriptor, MethodDescriptor, Value,
 };
+use tonic::metadata::{Ascii, Binary, MetadataKey};
 use tonic::Code;
 use walkdir::WalkDir;
 
@@ -494,8 +495,12 @@ impl FileCtx<'_> {
         let Some(s) = node.as_str() else {
             return Err(self.error(node.span.clone(), "`regex` takes a string"));
         };
-        regex::Regex::new(s)
-            .map_err(|e| self.error(node.span.clone(), format!("invalid regex: {e}")))
+        regex::Regex::new(s).map_err(|e| {
+            self.error(
+                node.span.clone(),
+                format!("invalid regex: {}", one_line_regex_error(&e)),
+            )
+        })
     }
 
     fn bool(&mut self, node: &Node) -> Res<bool> {
@@ -517,39 +522,14 @@ impl FileCtx<'_> {
         field: &prost_reflect::FieldDescriptor,
         element: bool,
     ) -> Res<Value> {
-        let json = if element && field.is_list() {
-            serde_json::Value::Array(vec![node.to_json()])
-        } else {
-            node.to_json()
-        };
-        let parent = field.parent_message().clone();
-        let mut object = serde_json::Map::new();
-        object.insert(field.name().to_string(), json);
-        match DynamicMessage::deserialize(parent, serde_json::Value::Object(object)) {
-            Ok(m) => {
-                let v = m.get_field(field).into_owned();
-                Ok(match v {
-                    Value::List(mut items) if element && field.is_list() => items
-                        .pop()
-                        .unwrap_or_else(|| Value::default_value(&field.kind())),
-                    v => v,
-                })
+        match convert_const(node, field, element) {
+            Ok(v) => Ok(v),
+            Err(message) => {
+                // Point at the innermost value at fault, not at the table that holds it.
+                let (span, message) = locate_const_error(node, field, element)
+                    .unwrap_or((node.span.clone(), message));
+                Err(self.error(span, message))
             }
-            Err(e) => Err(self.error(
-                node.span.clone(),
-                format!(
-                    "{} is not a valid value for {} ({}{}): {}",
-                    node.type_name(),
-                    field.full_name(),
-                    if field.is_list() && !element {
-                        "list of "
-                    } else {
-                        ""
-                    },
-                    kind_name(&field.kind()),
-                    json_error(&e.to_string())
-                ),
-            )),
         }
     }
 
@@ -596,8 +576,8 @@ impl FileCtx<'_> {
         let mut failed = false;
         for (key, value) in table {
             let Some(field) = find_field(desc, &key.name) else {
-                if key.name.starts_with('@') {
-                    // `@type` and friends belong to well-known types written in JSON form.
+                if key.name.starts_with('@') && desc.full_name() == "google.protobuf.Any" {
+                    // `@type` belongs to Any's JSON form.
                     continue;
                 }
                 self.error(
@@ -973,7 +953,12 @@ impl FileCtx<'_> {
                     format!("no message '{name}' in the loaded protos"),
                 ));
             };
-            let message = self.message(item, &desc, &Roots::default())?;
+            // The rest of the table is the detail message itself.
+            let mut fields = item.clone();
+            if let NodeValue::Table(t) = &mut fields.value {
+                t.retain(|(k, _)| k.name != "@type");
+            }
+            let message = self.message(&fields, &desc, &Roots::default())?;
             let Some(message) = message.constant else {
                 return Err(self.error(item.span.clone(), "error details cannot use templates"));
             };
@@ -1034,9 +1019,12 @@ impl FileCtx<'_> {
         let mut out = Vec::new();
         for (key, value) in table {
             let name = key.name.to_ascii_lowercase();
-            if tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(name.as_bytes())
-                .is_err()
-            {
+            let valid_key = if name.ends_with("-bin") {
+                MetadataKey::<Binary>::from_bytes(name.as_bytes()).is_ok()
+            } else {
+                MetadataKey::<Ascii>::from_bytes(name.as_bytes()).is_ok()
+            };
+            if !valid_key {
                 return Err(self.error(
                     key.span.clone(),
                     format!(
@@ -1110,4 +1098,100 @@ fn json_error(e: &str) -> String {
         Some(i) => e[..i].to_string(),
         None => e.to_string(),
     }
+}
+
+/// The regex crate's errors span several lines (pattern, caret, "error: …"); keep the last one.
+fn one_line_regex_error(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(&text);
+    last.trim().trim_start_matches("error: ").to_string()
+}
+
+/// Reads `node` as a value of `field` through prost-reflect's proto3 JSON parser.
+fn convert_const(
+    node: &Node,
+    field: &prost_reflect::FieldDescriptor,
+    element: bool,
+) -> Result<Value, String> {
+    let json = if element && field.is_list() {
+        serde_json::Value::Array(vec![node.to_json()])
+    } else {
+        node.to_json()
+    };
+    let mut object = serde_json::Map::new();
+    object.insert(field.name().to_string(), json);
+    match DynamicMessage::deserialize(
+        field.parent_message().clone(),
+        serde_json::Value::Object(object),
+    ) {
+        Ok(m) => Ok(match m.get_field(field).into_owned() {
+            Value::List(mut items) if element && field.is_list() => items
+                .pop()
+                .unwrap_or_else(|| Value::default_value(&field.kind())),
+            v => v,
+        }),
+        Err(e) => Err(format!(
+            "{} is not a valid value for {} ({}{}): {}",
+            node.type_name(),
+            field.full_name(),
+            if field.is_list() && !element {
+                "list of "
+            } else {
+                ""
+            },
+            kind_name(&field.kind()),
+            json_error(&e.to_string())
+        )),
+    }
+}
+
+/// The innermost part of a constant that does not fit its field: an unknown field name, or a leaf
+/// of the wrong type. Well-known types are leaves (they have JSON forms of their own).
+fn locate_const_error(
+    node: &Node,
+    field: &prost_reflect::FieldDescriptor,
+    element: bool,
+) -> Option<(Range<usize>, String)> {
+    if field.is_map() {
+        return None;
+    }
+    if field.is_list() && !element {
+        let NodeValue::Array(items) = &node.value else {
+            return None;
+        };
+        return items
+            .iter()
+            .find_map(|item| locate_const_error(item, field, true));
+    }
+    if let (Kind::Message(desc), Some(table)) = (field.kind(), node.as_table()) {
+        if !desc.full_name().starts_with("google.protobuf.") {
+            for (key, value) in table {
+                let Some(inner) = find_field(&desc, &key.name) else {
+                    let fields = field_names(&desc);
+                    return Some((
+                        key.span.clone(),
+                        format!(
+                            "{} has no field '{}' (fields: {fields})",
+                            desc.full_name(),
+                            key.name
+                        ),
+                    ));
+                };
+                if let Some(found) = locate_const_error(value, &inner, false) {
+                    return Some(found);
+                }
+                if let Err(message) = convert_const(value, &inner, false) {
+                    return Some((value.span.clone(), message));
+                }
+            }
+            return None;
+        }
+    }
+    convert_const(node, field, element)
+        .err()
+        .map(|m| (node.span.clone(), m))
 }

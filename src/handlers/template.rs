@@ -551,6 +551,20 @@ impl MessageTemplate {
         }
         let mut message = DynamicMessage::new(self.desc.clone());
         for (field, template) in &self.fields {
+            if let ValueTemplate::Whole(path) = template {
+                // Copying an unset sub-message leaves the target unset too, as in the request.
+                let copies_message = matches!(
+                    path.ty,
+                    Ty::Proto {
+                        kind: Kind::Message(_),
+                        list: false,
+                        map: false
+                    }
+                );
+                if copies_message && !field.is_list() && !path.is_present(scope) {
+                    continue;
+                }
+            }
             let value = template.render(scope, &field.kind(), field)?;
             message.set_field(field, value);
         }

@@ -1,0 +1,330 @@
+//! `error` answers (codes, messages, google.rpc details), headers and trailers, `delay`.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::*;
+use tonic::Code;
+
+const CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test]
+async fn every_code_by_name_and_by_number() {
+    let mut rules = String::new();
+    for (n, name) in CODES.iter().enumerate().skip(1) {
+        // Names in any case: every other one in lower case.
+        let written = if n % 2 == 0 {
+            name.to_lowercase()
+        } else {
+            name.to_string()
+        };
+        rules.push_str(&format!(
+            "[[rule]]\nmethod = \"t.Svc/Unary\"\nwhen.request.num = {n}\nerror.code = \"{written}\"\nerror.message = \"by name {n}\"\n\n"
+        ));
+        rules.push_str(&format!(
+            "[[rule]]\nmethod = \"t.Svc/Echo\"\nwhen.request.num = {n}\nerror.code = {n}\nerror.message = \"by number {n}\"\n\n"
+        ));
+    }
+    let s = Server::start(&t_proto(), &[("t.toml", &rules)]);
+    let c = s.client().await;
+    for n in 1..=16i32 {
+        let out = c.unary("t.Svc/Unary", json!({ "num": n })).await;
+        assert_eq!(
+            out.code(),
+            Code::from_i32(n),
+            "{} by name: got {:?}",
+            CODES[n as usize],
+            out.status
+        );
+        assert_eq!(out.message(), format!("by name {n}"));
+        let out = c.unary("t.Svc/Echo", json!({ "num": n })).await;
+        assert_eq!(
+            out.code(),
+            Code::from_i32(n),
+            "code {n} by number: got {:?}",
+            out.status
+        );
+        assert_eq!(out.message(), format!("by number {n}"));
+    }
+}
+
+#[tokio::test]
+async fn templated_error_message() {
+    let s = Server::start(
+        &t_proto(),
+        &[(
+            "t.toml",
+            r#"
+[[rule]]
+method = "t.Svc/Unary"
+error = { code = "NOT_FOUND", message = "unknown user: {{request.name}} ({{request.num}}, {{request.color}}, {{metadata.x-trace}})" }
+"#,
+        )],
+    );
+    let c = s.client().await;
+    let out = c
+        .unary_md(
+            "t.Svc/Unary",
+            json!({ "name": "zoé", "num": 4, "color": "RED" }),
+            &[("x-trace", "t1")],
+        )
+        .await;
+    assert_eq!(out.err(Code::NotFound), "unknown user: zoé (4, RED, t1)");
+    assert!(out.messages.is_empty());
+}
+
+#[tokio::test]
+async fn error_details_are_a_google_rpc_status() {
+    let s = Server::start(
+        &t_proto(),
+        &[(
+            "t.toml",
+            r#"
+[[rule]]
+method = "t.Svc/Unary"
+error.code = "NOT_FOUND"
+error.message = "no user {{request.name}}"
+error.details = [
+  { "@type" = "google.rpc.ErrorInfo", reason = "USER_UNKNOWN", domain = "example.com", metadata = { user = "u1" } },
+  { "@type" = "type.googleapis.com/google.rpc.BadRequest", field_violations = [{ field = "name", description = "unknown" }] },
+]
+"#,
+        )],
+    );
+    let c = s.client().await;
+    let out = c.unary("t.Svc/Unary", json!({ "name": "bob" })).await;
+    assert_eq!(out.err(Code::NotFound), "no user bob");
+    let details = status_details(&out.status);
+    assert_eq!(details["code"], json!(5), "{details}");
+    assert_eq!(details["message"], json!("no user bob"), "{details}");
+    assert_eq!(
+        details["details"],
+        json!([
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "USER_UNKNOWN",
+                "domain": "example.com",
+                "metadata": { "user": "u1" },
+            },
+            {
+                "@type": "type.googleapis.com/google.rpc.BadRequest",
+                "fieldViolations": [{ "field": "name", "description": "unknown" }],
+            },
+        ])
+    );
+}
+
+const METADATA_RULES: &str = r#"
+[[rule]]
+method = "t.Svc/Unary"
+when.request.name = "ok"
+reply.text = "fine"
+headers = { x-greeting = "hi {{request.num}}" }
+trailers = { x-done = "yes {{request.name}}" }
+
+[[rule]]
+method = "t.Svc/Unary"
+when.request.name = "fail"
+error.code = "ABORTED"
+headers = { x-greeting = "hi" }
+trailers = { x-why = "because" }
+
+[[rule]]
+method = "t.Svc/ServerStream"
+stream.messages = [{ num = 1 }, { num = 2 }]
+headers = { x-h = "stream" }
+trailers = { x-t = "end {{request.name}}" }
+"#;
+
+#[tokio::test]
+async fn headers_and_trailers() {
+    let s = Server::start(&t_proto(), &[("t.toml", METADATA_RULES)]);
+    let c = s.client().await;
+    let out = c
+        .unary("t.Svc/Unary", json!({ "name": "ok", "num": 3 }))
+        .await;
+    assert_eq!(out.single(), &json!({ "text": "fine" }));
+    assert_eq!(
+        out.header("x-greeting").as_deref(),
+        Some("hi 3"),
+        "headers: {:?}",
+        out.headers
+    );
+    assert_eq!(
+        out.trailer("x-done").as_deref(),
+        Some("yes ok"),
+        "trailers: {:?}",
+        out.trailers
+    );
+    assert!(
+        out.headers.get("x-done").is_none(),
+        "trailers are not sent as headers"
+    );
+    assert!(
+        out.trailers.get("x-greeting").is_none(),
+        "headers are not sent as trailers"
+    );
+
+    let out = c
+        .server_stream("t.Svc/ServerStream", json!({ "name": "s" }))
+        .await;
+    out.ok();
+    assert_eq!(out.messages.len(), 2);
+    assert_eq!(out.header("x-h").as_deref(), Some("stream"));
+    assert_eq!(out.trailer("x-t").as_deref(), Some("end s"));
+}
+
+/// Keys ending in `-bin` take base64 values and carry the decoded bytes (docs/handlers.md, "A rule").
+#[tokio::test]
+async fn binary_headers_and_trailers() {
+    let s = Server::start(
+        &t_proto(),
+        &[(
+            "t.toml",
+            r#"
+[[rule]]
+method = "t.Svc/Unary"
+reply.text = "fine"
+headers = { x-raw-bin = "AAH/" }
+trailers = { x-sum-bin = "3q2+7w==" }
+"#,
+        )],
+    );
+    let c = s.client().await;
+    let out = c.unary("t.Svc/Unary", json!({})).await;
+    assert_eq!(out.single(), &json!({ "text": "fine" }));
+    let raw = out
+        .headers
+        .get_bin("x-raw-bin")
+        .expect("x-raw-bin header")
+        .to_bytes()
+        .unwrap();
+    assert_eq!(&raw[..], &[0x00, 0x01, 0xff], "AAH/ is base64 for 00 01 ff");
+    let sum = out
+        .trailers
+        .get_bin("x-sum-bin")
+        .expect("x-sum-bin trailer")
+        .to_bytes()
+        .unwrap();
+    assert_eq!(b64(&sum), "3q2+7w==");
+}
+
+#[tokio::test]
+async fn an_error_carries_the_rules_headers_and_trailers() {
+    let s = Server::start(&t_proto(), &[("t.toml", METADATA_RULES)]);
+    let c = s.client().await;
+    let out = c.unary("t.Svc/Unary", json!({ "name": "fail" })).await;
+    out.err(Code::Aborted);
+    // A trailers-only error response: everything arrives with the status.
+    assert_eq!(
+        out.status
+            .metadata()
+            .get("x-greeting")
+            .map(|v| v.to_str().unwrap()),
+        Some("hi"),
+        "{:?}",
+        out.status.metadata()
+    );
+    assert_eq!(
+        out.status
+            .metadata()
+            .get("x-why")
+            .map(|v| v.to_str().unwrap()),
+        Some("because")
+    );
+}
+
+#[tokio::test]
+async fn delay_waits_before_answering() {
+    let s = Server::start(
+        &t_proto(),
+        &[(
+            "t.toml",
+            r#"
+[[rule]]
+method = "t.Svc/Unary"
+when.request.name = "slow"
+delay = "400ms"
+reply.text = "late"
+
+[[rule]]
+method = "t.Svc/Unary"
+when.request.name = "slow-error"
+delay = "300ms"
+error.code = "UNAVAILABLE"
+
+[[rule]]
+method = "t.Svc/Unary"
+reply.text = "now"
+"#,
+        )],
+    );
+    let c = s.client().await;
+    let fast = c.unary("t.Svc/Unary", json!({})).await;
+    assert_eq!(fast.single(), &json!({ "text": "now" }));
+    let out = c.unary("t.Svc/Unary", json!({ "name": "slow" })).await;
+    assert_eq!(out.single(), &json!({ "text": "late" }));
+    assert!(
+        out.elapsed >= Duration::from_millis(400),
+        "answered after {:?}",
+        out.elapsed
+    );
+    let out = c
+        .unary("t.Svc/Unary", json!({ "name": "slow-error" }))
+        .await;
+    out.err(Code::Unavailable);
+    assert!(
+        out.elapsed >= Duration::from_millis(300),
+        "answered after {:?}",
+        out.elapsed
+    );
+}
+
+#[tokio::test]
+async fn stream_then_error() {
+    let s = Server::start(
+        &t_proto(),
+        &[(
+            "t.toml",
+            r#"
+[[rule]]
+method = "t.Svc/ServerStream"
+stream.messages = [{ text = "one" }, { text = "two {{request.name}}" }]
+error = { code = "DATA_LOSS", message = "lost after two for {{request.name}}" }
+"#,
+        )],
+    );
+    let c = s.client().await;
+    let out = c
+        .server_stream("t.Svc/ServerStream", json!({ "name": "n" }))
+        .await;
+    assert_eq!(
+        out.messages,
+        vec![json!({ "text": "one" }), json!({ "text": "two n" })]
+    );
+    assert_eq!(out.err(Code::DataLoss), "lost after two for n");
+}
