@@ -45,12 +45,13 @@ fn check(args: &SourceArgs) -> anyhow::Result<ExitCode> {
                 state.rule_count,
                 state.handler_files
             );
-            let unanswered: Vec<&str> = state
+            let mut unanswered: Vec<&str> = state
                 .methods
                 .values()
                 .filter(|m| m.rules.is_none())
                 .map(|m| m.name.as_str())
                 .collect();
+            unanswered.sort_unstable();
             if !unanswered.is_empty() {
                 println!(
                     "methods without a handler (they answer UNIMPLEMENTED): {}",

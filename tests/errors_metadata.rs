@@ -198,7 +198,7 @@ async fn headers_and_trailers() {
     assert_eq!(out.trailer("x-t").as_deref(), Some("end s"));
 }
 
-/// Keys ending in `-bin` take base64 values and carry the decoded bytes (docs/handlers.md, "A rule").
+/// Keys ending in `-bin` take base64 values and carry the decoded bytes (README.md, "Handler reference").
 #[tokio::test]
 async fn binary_headers_and_trailers() {
     let s = Server::start(

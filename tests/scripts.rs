@@ -1,4 +1,4 @@
-//! Rhai scripts (`script = "x.rhai"` / `code = """…"""`), per docs/handlers.md, "Scripts".
+//! Rhai scripts (`script = "x.rhai"` / `code = """…"""`), per README.md, "Handler reference" → "Scripts".
 
 mod common;
 
