@@ -11,7 +11,7 @@ use prost_reflect::{DynamicMessage, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Response, Status};
 
 use crate::handlers::rule::{ok_with_trailers, StreamAnswer, StreamSource};
 use crate::handlers::script::{Script, ScriptCall, ScriptEvent};
@@ -19,19 +19,23 @@ use crate::handlers::template::Scope;
 use crate::handlers::{Answer, MethodRules, Rule};
 use crate::registry::{Method, State};
 
+/// The messages of a reply, then its end: `Err` with a status (an OK one when it carries trailers).
 pub type ReplyStream = Pin<Box<dyn Stream<Item = Result<DynamicMessage, Status>> + Send>>;
+
+/// The client's messages, whatever the protocol they came in (gRPC, gRPC-Web, Connect, HTTP/JSON).
+pub type Incoming = Pin<Box<dyn Stream<Item = Result<DynamicMessage, Status>> + Send>>;
 
 /// Answers a call of `method`, whatever its shape.
 pub async fn respond(
     state: Arc<State>,
     method: Arc<Method>,
-    request: Request<Streaming<DynamicMessage>>,
+    metadata: MetadataMap,
+    incoming: Incoming,
 ) -> Result<Response<ReplyStream>, Status> {
     if method.rules.is_none() {
         return Err(Status::unimplemented(state.no_handler_message(&method)));
     }
     drop(state);
-    let (metadata, _, incoming) = request.into_parts();
     match (
         method.desc.is_client_streaming(),
         method.desc.is_server_streaming(),
@@ -57,7 +61,7 @@ fn select<'r>(method: &'r Method, scope: &Scope<'_>) -> Result<&'r Rule, Status>
 async fn single_request(
     method: Arc<Method>,
     metadata: MetadataMap,
-    mut incoming: Streaming<DynamicMessage>,
+    mut incoming: Incoming,
 ) -> Result<Response<ReplyStream>, Status> {
     let request = next_message(&mut incoming)
         .await?
@@ -107,7 +111,7 @@ async fn single_request(
 async fn client_stream(
     method: Arc<Method>,
     metadata: MetadataMap,
-    mut incoming: Streaming<DynamicMessage>,
+    mut incoming: Incoming,
 ) -> Result<Response<ReplyStream>, Status> {
     if let Some(script) = rules(&method).stream_script() {
         let script = script.clone();
@@ -154,7 +158,7 @@ async fn client_stream(
 async fn bidi_stream(
     method: Arc<Method>,
     metadata: MetadataMap,
-    mut incoming: Streaming<DynamicMessage>,
+    mut incoming: Incoming,
 ) -> Result<Response<ReplyStream>, Status> {
     if let Some(script) = rules(&method).stream_script() {
         let script = script.clone();
@@ -248,7 +252,7 @@ async fn run_script(
     method: &Method,
     request: Option<DynamicMessage>,
     metadata: MetadataMap,
-    incoming: Option<Streaming<DynamicMessage>>,
+    incoming: Option<Incoming>,
 ) -> Result<Response<ReplyStream>, Status> {
     let cancel = CancellationToken::new();
     let guard = cancel.clone().drop_guard();
@@ -323,7 +327,7 @@ async fn run_script(
 
 /// Passes the client's messages to a script; a broken client stream is kept to end the call with.
 async fn feed(
-    mut stream: Streaming<DynamicMessage>,
+    mut stream: Incoming,
     tx: mpsc::Sender<DynamicMessage>,
     error: Arc<Mutex<Option<Status>>>,
 ) {
@@ -350,20 +354,8 @@ fn check_feed(error: &Mutex<Option<Status>>) -> Result<(), Status> {
     }
 }
 
-/// The client's next message. A message over `--max-message-size` is RESOURCE_EXHAUSTED, as gRPC
-/// implementations answer it (tonic says OUT_OF_RANGE).
-async fn next_message(
-    incoming: &mut Streaming<DynamicMessage>,
-) -> Result<Option<DynamicMessage>, Status> {
-    incoming.message().await.map_err(|status| {
-        if status.code() == tonic::Code::OutOfRange
-            && status.message().contains("message length too large")
-        {
-            Status::resource_exhausted(format!("request {}", status.message()))
-        } else {
-            status
-        }
-    })
+async fn next_message(incoming: &mut Incoming) -> Result<Option<DynamicMessage>, Status> {
+    incoming.next().await.transpose()
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -17,7 +17,7 @@ use tower::ServiceExt as _;
 use crate::codec::DynamicCodec;
 use crate::front::{health, HttpService};
 use crate::registry::{Method, Registry, State};
-use crate::respond::{respond, ReplyStream};
+use crate::respond::{respond, Incoming, ReplyStream};
 
 /// Settings of the gRPC layer.
 #[derive(Clone, Copy, Debug)]
@@ -131,7 +131,13 @@ impl StreamingService<DynamicMessage> for Call {
 
     fn call(&mut self, request: Request<Streaming<DynamicMessage>>) -> Self::Future {
         let limit = self.max_reply_size;
-        let answer = respond(self.state.clone(), self.method.clone(), request);
+        let (metadata, _, streaming) = request.into_parts();
+        let answer = respond(
+            self.state.clone(),
+            self.method.clone(),
+            metadata,
+            incoming(streaming),
+        );
         Box::pin(async move {
             let response = answer.await?;
             Ok(response.map(|stream| -> ReplyStream {
@@ -139,6 +145,23 @@ impl StreamingService<DynamicMessage> for Call {
             }))
         })
     }
+}
+
+/// tonic's message stream as protocol-neutral `Incoming`. A message over `--max-message-size` is
+/// RESOURCE_EXHAUSTED, as gRPC implementations answer it (tonic says OUT_OF_RANGE).
+fn incoming(streaming: Streaming<DynamicMessage>) -> Incoming {
+    Box::pin(futures::stream::unfold(streaming, |mut s| async move {
+        let item = s.message().await.transpose()?.map_err(|status| {
+            if status.code() == tonic::Code::OutOfRange
+                && status.message().contains("message length too large")
+            {
+                Status::resource_exhausted(format!("request {}", status.message()))
+            } else {
+                status
+            }
+        });
+        Some((item, s))
+    }))
 }
 
 /// A reply over `--max-message-size` ends the call with RESOURCE_EXHAUSTED, as gRPC implementations
