@@ -22,6 +22,8 @@ pub async fn serve(
     let router = axum::Router::new().fallback_service(DynamicService::new(registry, settings));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
+        // HTTP/1.1 for curl, browsers and gRPC-Web; HTTP/2 for gRPC.
+        .accept_http1(true)
         .add_routes(Routes::from(router))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

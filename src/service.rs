@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use prost_reflect::DynamicMessage;
 use tonic::codec::CompressionEncoding;
 use tonic::server::{Grpc, StreamingService};
@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tower::ServiceExt as _;
 
 use crate::codec::DynamicCodec;
-use crate::front::{health, HttpService};
+use crate::front::{connect, health, transcode, HttpService, Protocol};
 use crate::registry::{Method, Registry, State};
 use crate::respond::{respond, Incoming, ReplyStream};
 
@@ -52,6 +52,15 @@ impl tower::Service<http::Request<Body>> for DynamicService {
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let state = self.registry.current();
+        match Protocol::of(&request) {
+            Protocol::Grpc => {}
+            Protocol::Connect => {
+                return Box::pin(connect::serve(state, request, self.settings).map(Ok));
+            }
+            Protocol::Http => {
+                return Box::pin(transcode::serve(state, request, self.settings).map(Ok));
+            }
+        }
         let path = request.uri().path();
         if let Some(front) = front_for(&self.registry, &state, path) {
             return Box::pin(front.oneshot(request));

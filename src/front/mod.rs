@@ -1,8 +1,11 @@
-//! Services beside the user's: server reflection and health. Each is a boxed tower service, chosen by
-//! path in `service`.
+//! Everything beside plain gRPC on the user's methods: server reflection and health (boxed tower
+//! services chosen by path), and the other protocols on the same port, chosen by content type:
+//! Connect and HTTP/JSON transcoding. (gRPC-Web is translated to gRPC by a layer in `server`.)
 
+pub mod connect;
 pub mod health;
 pub mod reflection;
+pub mod transcode;
 
 use std::convert::Infallible;
 
@@ -14,3 +17,41 @@ pub type HttpService = BoxCloneSyncService<
     http::Response<tonic::body::Body>,
     Infallible,
 >;
+
+/// How a request asks to be answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// `application/grpc…` (gRPC-Web arrives here already translated).
+    Grpc,
+    /// `application/json`, `application/proto`, `application/connect+…` on `POST /pkg.Service/Method`.
+    Connect,
+    /// Anything else: HTTP/JSON transcoding by `google.api.http` routes.
+    Http,
+}
+
+impl Protocol {
+    pub fn of(request: &http::Request<axum::body::Body>) -> Protocol {
+        let content_type = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if content_type.starts_with("application/grpc") {
+            return Protocol::Grpc;
+        }
+        let connect_type = content_type.starts_with("application/connect+")
+            || content_type.starts_with("application/json")
+            || content_type.starts_with("application/proto");
+        if request.method() == http::Method::POST && connect_type && is_method_path(request.uri().path()) {
+            Protocol::Connect
+        } else {
+            Protocol::Http
+        }
+    }
+}
+
+/// `/pkg.Service/Method`: two segments, the first dotted.
+fn is_method_path(path: &str) -> bool {
+    let mut parts = path.trim_start_matches('/').split('/');
+    matches!((parts.next(), parts.next(), parts.next()), (Some(s), Some(m), None) if s.contains('.') && !m.is_empty())
+}
