@@ -2,9 +2,11 @@
 //!
 //! A call takes an `Arc` of its method when it starts, so a reload never changes a call in flight.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
+
 use std::path::PathBuf;
 use std::sync::Arc;
+use tonic_health::ServingStatus;
 
 use arc_swap::ArcSwap;
 use prost_reflect::{Kind, MethodDescriptor};
@@ -48,6 +50,8 @@ pub struct State {
     pub handler_files: usize,
     /// Reflection over this state's descriptors; `None` when turned off.
     pub reflection: Option<Reflection>,
+    /// Health overrides from the handler files' `[health]` tables.
+    pub health_overrides: BTreeMap<String, ServingStatus>,
 }
 
 impl State {
@@ -56,8 +60,11 @@ impl State {
     pub fn build(sources: &Sources) -> Result<State, Diagnostics> {
         let protos = protos::load(&sources.protos, &sources.include_roots)?;
         let engine = ScriptEngine::new(sources.script_limits.clone());
-        let Handlers { mut methods, files } =
-            handlers::load(&sources.handlers, &protos.pool, &engine)?;
+        let Handlers {
+            mut methods,
+            files,
+            health,
+        } = handlers::load(&sources.handlers, &protos.pool, &engine)?;
         let rule_count = methods.values().map(|m| m.rules.len()).sum();
         let mut served = HashMap::new();
         for service in protos.pool.services() {
@@ -85,6 +92,7 @@ impl State {
             methods: served,
             rule_count,
             handler_files: files.len(),
+            health_overrides: health,
         })
     }
 
@@ -92,13 +100,19 @@ impl State {
         self.protos.pool.services().count()
     }
 
-    /// Full names of the services served.
-    pub fn service_names(&self) -> BTreeSet<String> {
-        self.protos
-            .pool
-            .services()
-            .map(|s| s.full_name().to_string())
-            .collect()
+    /// What health reports: every service (and "", the server) SERVING unless a handler says otherwise.
+    pub fn health_statuses(&self) -> BTreeMap<String, ServingStatus> {
+        let mut statuses: BTreeMap<String, ServingStatus> = std::iter::once(String::new())
+            .chain(
+                self.protos
+                    .pool
+                    .services()
+                    .map(|s| s.full_name().to_string()),
+            )
+            .map(|name| (name, ServingStatus::Serving))
+            .collect();
+        statuses.extend(self.health_overrides.clone());
+        statuses
     }
 
     /// The `UNIMPLEMENTED` message for a method without rules: which file to add, and what to put in it.
@@ -164,7 +178,7 @@ pub struct Registry {
 impl Registry {
     pub fn new(state: State) -> Self {
         let health = Health::new();
-        health.update(&BTreeSet::new(), &state.service_names());
+        health.update(&BTreeMap::new(), &state.health_statuses());
         Self {
             current: ArcSwap::from_pointee(state),
             health,
@@ -176,8 +190,8 @@ impl Registry {
     }
 
     pub fn swap(&self, state: State) {
-        let now = state.service_names();
+        let now = state.health_statuses();
         let before = self.current.swap(Arc::new(state));
-        self.health.update(&before.service_names(), &now);
+        self.health.update(&before.health_statuses(), &now);
     }
 }

@@ -323,3 +323,15 @@ fn serve_refuses_a_broken_tree() {
         "{err}"
     );
 }
+
+#[test]
+fn health_override_for_an_unknown_service() {
+    let h = "[health]\n\"t.Nope\" = \"NOT_SERVING\"\n";
+    check_handler_fails(h, "\"t.Nope\"", &["t.Nope", "t.Svc"]);
+}
+
+#[test]
+fn health_override_with_a_bad_status() {
+    let h = "[health]\n\"t.Svc\" = \"DOWN\"\n";
+    check_handler_fails(h, "\"DOWN\"", &["SERVING", "NOT_SERVING"]);
+}

@@ -1,7 +1,7 @@
 //! `grpc.health.v1.Health`: every loaded service reports SERVING, the empty name the server itself.
 //! A reload updates the statuses, so `Watch` sees a removed service turn NOT_SERVING.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -27,17 +27,19 @@ impl Health {
         }
     }
 
-    /// Reports `now` SERVING, and services of `before` missing from `now` NOT_SERVING (watchers are
-    /// told; a service that comes back is SERVING again). Callable from any thread: the reporter's
-    /// lock is runtime-agnostic.
-    pub fn update(&self, before: &BTreeSet<String>, now: &BTreeSet<String>) {
+    /// Reports the statuses of `now`; services of `before` missing from `now` turn NOT_SERVING
+    /// (watchers are told; a service that comes back reports again). Callable from any thread: the
+    /// reporter's lock is runtime-agnostic.
+    pub fn update(
+        &self,
+        before: &BTreeMap<String, ServingStatus>,
+        now: &BTreeMap<String, ServingStatus>,
+    ) {
         futures::executor::block_on(async {
-            for name in now {
-                self.reporter
-                    .set_service_status(name, ServingStatus::Serving)
-                    .await;
+            for (name, status) in now {
+                self.reporter.set_service_status(name, *status).await;
             }
-            for gone in before.difference(now) {
+            for gone in before.keys().filter(|name| !now.contains_key(*name)) {
                 self.reporter
                     .set_service_status(gone, ServingStatus::NotServing)
                     .await;

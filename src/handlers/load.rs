@@ -1,7 +1,7 @@
 //! Handler files → rules, checked against the descriptor pool. Every problem is reported with its file,
 //! line and column, and what was expected there.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
 use std::time::Duration;
@@ -11,6 +11,7 @@ use prost_reflect::{
 };
 use tonic::metadata::{Ascii, Binary, MetadataKey};
 use tonic::Code;
+use tonic_health::ServingStatus;
 use walkdir::WalkDir;
 
 use super::matcher::{Condition, Op, Subject, OPERATORS};
@@ -39,6 +40,7 @@ pub fn load(
     let mut problems = Diagnostics::default();
     let mut methods: HashMap<String, MethodRules> = HashMap::new();
     let mut defaults: HashMap<String, Vec<Rule>> = HashMap::new();
+    let mut health = BTreeMap::new();
     let mut files = Vec::new();
     if !dir.is_dir() {
         problems.push(Diagnostic::file(dir, "handlers folder not found"));
@@ -70,7 +72,7 @@ pub fn load(
             engine,
             problems: &mut problems,
         };
-        for (method, rule) in file.rules() {
+        for (method, rule) in file.read(&mut health) {
             if rule.is_default() {
                 defaults.entry(method).or_default().push(rule);
             } else {
@@ -83,7 +85,11 @@ pub fn load(
     }
     check_stream_scripts(&methods, pool, &mut problems);
     problems.into_result()?;
-    Ok(Handlers { methods, files })
+    Ok(Handlers {
+        methods,
+        files,
+        health,
+    })
 }
 
 /// A client or bidi stream read by a script is the script's alone: other rules could never run.
@@ -144,7 +150,8 @@ impl FileCtx<'_> {
         format!("{}:{line}", self.path.display())
     }
 
-    fn rules(&mut self) -> Vec<(String, Rule)> {
+    /// The file's rules; its `[health]` overrides go into `health`.
+    fn read(&mut self, health: &mut BTreeMap<String, ServingStatus>) -> Vec<(String, Rule)> {
         let root = match toml_tree::parse(self.source) {
             Ok(root) => root,
             Err((message, span)) => {
@@ -154,11 +161,15 @@ impl FileCtx<'_> {
         };
         let mut out = Vec::new();
         for (key, node) in root.as_table().into_iter().flatten() {
+            if key.name == "health" {
+                self.health(node, health);
+                continue;
+            }
             if key.name != "rule" {
                 self.error(
                     key.span.clone(),
                     format!(
-                        "unknown key '{}': a handler file holds [[rule]] tables",
+                        "unknown key '{}': a handler file holds [[rule]] tables and a [health] table",
                         key.name
                     ),
                 );
@@ -178,6 +189,48 @@ impl FileCtx<'_> {
             }
         }
         out
+    }
+
+    /// `[health]`: `"pkg.Service" = "NOT_SERVING"`; the empty name is the server as a whole.
+    fn health(&mut self, node: &Node, health: &mut BTreeMap<String, ServingStatus>) {
+        let Some(table) = node.as_table() else {
+            self.error(
+                node.span.clone(),
+                "`health` is a table: [health] then \"pkg.Service\" = \"NOT_SERVING\"",
+            );
+            return;
+        };
+        for (key, value) in table {
+            if !key.name.is_empty() && self.pool.get_service_by_name(&key.name).is_none() {
+                let known: Vec<String> = self
+                    .pool
+                    .services()
+                    .map(|s| s.full_name().to_string())
+                    .collect();
+                self.error(
+                    key.span.clone(),
+                    format!(
+                        "no service '{}' in the loaded protos (services: {})",
+                        key.name,
+                        known.join(", ")
+                    ),
+                );
+                continue;
+            }
+            let status = match value.as_str() {
+                Some("SERVING") => ServingStatus::Serving,
+                Some("NOT_SERVING") => ServingStatus::NotServing,
+                Some("UNKNOWN") => ServingStatus::Unknown,
+                _ => {
+                    self.error(
+                        value.span.clone(),
+                        "a health status is \"SERVING\", \"NOT_SERVING\" or \"UNKNOWN\"",
+                    );
+                    continue;
+                }
+            };
+            health.insert(key.name.clone(), status);
+        }
     }
 
     fn rule(&mut self, node: &Node) -> Res<(String, Rule)> {

@@ -7,7 +7,7 @@ pub mod script;
 pub mod template;
 mod toml_tree;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 pub use load::{load, CODE_NAMES};
@@ -19,6 +19,8 @@ pub struct Handlers {
     pub methods: HashMap<String, MethodRules>,
     /// The handler files read, in the order their rules were taken.
     pub files: Vec<PathBuf>,
+    /// `[health]` overrides: service name (or "" for the server) → the status to report.
+    pub health: BTreeMap<String, tonic_health::ServingStatus>,
 }
 
 impl Handlers {

@@ -184,3 +184,28 @@ def test_reflection_lists_a_service_added_by_reload_and_health_follows_its_remov
         assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
         watch.cancel()
     assert "extra.Added" not in services()
+
+
+def test_a_handler_file_can_override_health(served):
+    server, _, handlers = served
+    override = handlers / "health.toml"
+    override.write_text('[health]\n"hello.Hello" = "NOT_SERVING"\n"" = "NOT_SERVING"\n')
+    with grpc.insecure_channel(server.address_) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+
+        def status(service: str) -> int:
+            return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+
+        deadline = time.monotonic() + 1.0
+        while status("hello.Hello") != health_pb2.HealthCheckResponse.NOT_SERVING:
+            assert time.monotonic() < deadline, "the [health] override was not applied within 1 s"
+            time.sleep(0.02)
+        assert status("") == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert status("users.Users") == health_pb2.HealthCheckResponse.SERVING
+
+        override.unlink()
+        deadline = time.monotonic() + 1.0
+        while status("hello.Hello") != health_pb2.HealthCheckResponse.SERVING:
+            assert time.monotonic() < deadline, "removing the override did not restore SERVING within 1 s"
+            time.sleep(0.02)
+        assert status("") == health_pb2.HealthCheckResponse.SERVING
