@@ -71,27 +71,20 @@ async fn single_request(
     if let Some(delay) = rule.delay {
         tokio::time::sleep(delay).await;
     }
-    if let Answer::Script(script) = &rule.answer {
-        let script = script.clone();
-        return run_script(script, &method, Some(request), metadata, None).await;
-    }
-    let headers = rule.headers(&scope)?;
-    let trailers = rule.trailers(&scope)?;
     match &rule.answer {
-        Answer::Reply(template) => {
-            let reply = template.render(&scope).map_err(reply_error)?;
-            Ok(with_headers(
-                headers,
-                Box::pin(once_then_trailers(reply, trailers)),
-            ))
+        Answer::Script(script) => {
+            let script = script.clone();
+            run_script(script, &method, Some(request), metadata, None).await
         }
-        Answer::Error(error) => Err(with_metadata(error.render(&scope), [headers, trailers])),
         Answer::Stream(_) => {
+            let headers = rule.headers(&scope)?;
+            let trailers = rule.trailers(&scope)?;
             let rule_index = rules(&method)
                 .rules
                 .iter()
                 .position(|r| std::ptr::eq(r, rule))
                 .expect("rule of this method");
+            // The stream owns the request and the method; it finds its rule again by index.
             let stream = async_stream::try_stream! {
                 let scope = Scope::new(Some(&request), &metadata);
                 let Answer::Stream(answer) = &rules(&method).rules[rule_index].answer else { unreachable!() };
@@ -103,7 +96,27 @@ async fn single_request(
             };
             Ok(with_headers(headers, Box::pin(stream)))
         }
-        Answer::Script(_) => unreachable!("handled above"),
+        Answer::Reply(_) | Answer::Error(_) => single_answer(rule, &scope),
+    }
+}
+
+/// A rule's one reply, or its error, with the rule's headers and trailers.
+fn single_answer(rule: &Rule, scope: &Scope<'_>) -> Result<Response<ReplyStream>, Status> {
+    let headers = rule.headers(scope)?;
+    let trailers = rule.trailers(scope)?;
+    match &rule.answer {
+        Answer::Reply(template) => {
+            let reply = template.render(scope).map_err(reply_error)?;
+            Ok(with_headers(
+                headers,
+                Box::pin(once_then_trailers(reply, trailers)),
+            ))
+        }
+        Answer::Error(error) => Err(with_metadata(error.render(scope), [headers, trailers])),
+        Answer::Stream(_) | Answer::Script(_) => Err(Status::internal(format!(
+            "the rule at {} cannot answer with a single message",
+            rule.origin
+        ))),
     }
 }
 
@@ -136,21 +149,7 @@ async fn client_stream(
     if let Some(delay) = rule.delay {
         tokio::time::sleep(delay).await;
     }
-    let headers = rule.headers(&scope)?;
-    let trailers = rule.trailers(&scope)?;
-    match &rule.answer {
-        Answer::Reply(template) => {
-            let reply = template.render(&scope).map_err(reply_error)?;
-            Ok(with_headers(
-                headers,
-                Box::pin(once_then_trailers(reply, trailers)),
-            ))
-        }
-        Answer::Error(error) => Err(with_metadata(error.render(&scope), [headers, trailers])),
-        Answer::Stream(_) | Answer::Script(_) => {
-            Err(Status::internal("rule cannot answer a client stream"))
-        }
-    }
+    single_answer(rule, &scope)
 }
 
 /// Bidi streaming: each incoming message is matched and answered at once. The first message's rule
