@@ -137,6 +137,13 @@ pub struct ServeArgs {
     /// Do not watch the folders for changes.
     #[arg(long, env = "PROTODROP_NO_WATCH")]
     pub no_watch: bool,
+
+    /// Origin whose web pages may call the server (CORS, for gRPC-Web, Connect and HTTP/JSON from a
+    /// browser), e.g. http://localhost:3000; repeatable (the environment variable takes a ','-separated
+    /// list). The default, *, lets a page from any origin call: right for a development mock, not for a
+    /// server others can reach. `none` turns CORS off.
+    #[arg(long, env = "PROTODROP_CORS_ORIGIN", value_delimiter = ',', default_value = "*", value_parser = crate::front::web::parse_origin, value_name = "ORIGIN")]
+    pub cors_origin: Vec<String>,
 }
 
 /// `4194304`, `4096KiB`, `4MiB`, `4M`, `1GiB`.

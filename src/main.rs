@@ -9,6 +9,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use protodrop::cli::{Cli, Command, ServeArgs, SourceArgs};
+use protodrop::front::web::{CorsOrigins, WebLayer};
 use protodrop::registry::{Registry, State};
 use protodrop::service::ServiceSettings;
 use protodrop::{reload, server};
@@ -70,6 +71,7 @@ fn check(args: &SourceArgs) -> anyhow::Result<ExitCode> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let sources = args.sources.sources();
+    let cors = CorsOrigins::from_flags(&args.cors_origin).map_err(anyhow::Error::msg)?;
     let state = match State::build(&sources) {
         Ok(state) => state,
         Err(problems) => {
@@ -116,7 +118,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let settings = ServiceSettings {
             max_message_size: args.max_message_size,
         };
-        server::serve(listener, registry, settings, shutdown).await?;
+        tracing::info!(cors = %cors, "gRPC-Web on");
+        server::serve(listener, registry, settings, WebLayer::new(cors), shutdown).await?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })

@@ -50,6 +50,8 @@ pub struct State {
     pub handler_files: usize,
     /// Reflection over this state's descriptors; `None` when turned off.
     pub reflection: Option<Reflection>,
+    /// HTTP/JSON transcoding routes from the `google.api.http` annotations, rebuilt with the protos.
+    pub routes: crate::front::transcode::Routes,
     /// Health overrides from the handler files' `[health]` tables.
     pub health_overrides: BTreeMap<String, ServingStatus>,
 }
@@ -59,6 +61,11 @@ impl State {
     /// protos compile; handlers cannot be checked without them.
     pub fn build(sources: &Sources) -> Result<State, Diagnostics> {
         let protos = protos::load(&sources.protos, &sources.include_roots)?;
+        // A bad google.api.http annotation is a proto problem, reported at its line.
+        let proto_roots: Vec<PathBuf> = std::iter::once(sources.protos.clone())
+            .chain(sources.include_roots.iter().cloned())
+            .collect();
+        let routes = crate::front::transcode::Routes::build(&protos.pool, &proto_roots)?;
         let engine = ScriptEngine::new(sources.script_limits.clone());
         let Handlers {
             mut methods,
@@ -86,6 +93,7 @@ impl State {
             None
         };
         Ok(State {
+            routes,
             reflection,
             protos,
             handlers_dir: sources.handlers.clone(),

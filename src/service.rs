@@ -55,7 +55,10 @@ impl tower::Service<http::Request<Body>> for DynamicService {
         match Protocol::of(&request) {
             Protocol::Grpc => {}
             Protocol::Connect => {
-                return Box::pin(connect::serve(state, request, self.settings).map(Ok));
+                // Reflection and health are gRPC services; Connect reaches them through a bridge.
+                let builtin = front_for(&self.registry, &state, request.uri().path());
+                let serve = connect::serve(state, request, self.settings, builtin);
+                return Box::pin(serve.map(Ok));
             }
             Protocol::Http => {
                 return Box::pin(transcode::serve(state, request, self.settings).map(Ok));
@@ -97,7 +100,7 @@ fn front_for(registry: &Registry, state: &State, path: &str) -> Option<HttpServi
 }
 
 /// `UNIMPLEMENTED`, naming what was asked for and what is there.
-fn unknown_path(state: &State, path: &str) -> Status {
+pub(crate) fn unknown_path(state: &State, path: &str) -> Status {
     let Some((service, method)) = path.trim_start_matches('/').split_once('/') else {
         return Status::unimplemented(format!(
             "'{path}' is not a gRPC method path (/package.Service/Method)"

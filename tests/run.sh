@@ -4,7 +4,11 @@
 #   2. cargo build --locked (debug),
 #   3. cargo test --locked (all Rust tests),
 #   4. pytest tests/e2e: the five seed posts' Python clients against protodrop and against the seeds'
-#      own Python servers (see tests/e2e/conftest.py).
+#      own Python servers (see tests/e2e/conftest.py), and curl over Connect and HTTP/JSON
+#      (test_http.py; curl is installed with apt-get when missing),
+#   5. tests/e2e/web (node --test): a page in headless Debian Chromium calling protodrop over gRPC-Web
+#      from another origin, and buf curl over gRPC, gRPC-Web and Connect (Debian's chromium is
+#      installed with apt-get when /usr/bin/chromium is missing; npm ci installs the rest).
 # Run it from anywhere; it works in the repository root.
 set -euo pipefail
 
@@ -31,6 +35,24 @@ section "cargo test --locked"
 cargo test --locked
 
 section "pytest tests/e2e"
+if ! command -v curl >/dev/null 2>&1; then
+  echo "curl is missing (tests/e2e/test_http.py drives Connect and HTTP/JSON with it): installing it"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq curl >/dev/null
+fi
 export PROTODROP_BIN="${CARGO_TARGET_DIR:-$REPO/target}/debug/protodrop"
 echo "PROTODROP_BIN=$PROTODROP_BIN"
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/e2e
+
+section "node --test tests/e2e/web"
+if [ ! -x /usr/bin/chromium ]; then
+  echo "/usr/bin/chromium is missing: installing Debian's chromium"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+/usr/bin/chromium --version 2>/dev/null || true
+(cd tests/e2e/web && npm ci --no-audit --no-fund --loglevel=error && npm test --silent)

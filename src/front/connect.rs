@@ -1,18 +1,605 @@
-//! The Connect protocol (unary and server streaming; JSON and binary). Placeholder: being written.
+//! The Connect protocol (<https://connectrpc.com/docs/protocol>) on `/package.Service/Method`:
+//!
+//! * **unary** — `POST` with `application/json` or `application/proto`, the message as the whole
+//!   body (or `GET ?encoding=…&message=…[&base64=1][&compression=…]`). The answer has the handler's
+//!   headers, its trailers as `trailer-`-prefixed headers, and the message as the body; an error is
+//!   the HTTP status of its code with Connect's error JSON.
+//! * **streaming** — `application/connect+json` / `+proto`, messages in 5-byte envelopes both ways;
+//!   the answer is always 200 and ends with an end-stream envelope (flag `0x02`) holding the error, if
+//!   any, and the trailers. Server streaming works with any client; client streaming needs the body
+//!   sent before the answer is read, which every HTTP/1.1 client does; bidi needs a client that reads
+//!   while it sends (HTTP/2).
+//!
+//! `connect-timeout-ms` bounds the call (`deadline_exceeded`), `Connect-Protocol-Version` is checked
+//! when present, and bodies may be gzip-compressed either way (or identity).
+
+mod grpc_bridge;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::registry::State;
+use base64::Engine as _;
+use bytes::{Buf as _, Bytes, BytesMut};
+use futures::{Future, StreamExt as _};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::StatusCode;
+use http_body::Frame;
+use prost::Message as _;
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
+use serde::Serialize;
+use serde_json::{json, Map, Value as Json};
+use tokio::time::Instant;
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Status};
+
+use super::json;
+use super::wire::{self, Encoding, HttpResponse};
+use super::HttpService;
+use crate::registry::{Method, State};
+use crate::respond::{respond, Incoming};
 use crate::service::ServiceSettings;
 
-/// Serves one Connect request for the method at its path.
+/// Envelope flag: the message is compressed with the stream's `connect-content-encoding`.
+const FLAG_COMPRESSED: u8 = 0x01;
+/// Envelope flag: the end-stream message (JSON, error and trailers).
+const FLAG_END_STREAM: u8 = 0x02;
+
+/// How messages are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Codec {
+    Json,
+    Proto,
+}
+
+impl Codec {
+    fn decode(self, desc: &MessageDescriptor, bytes: &[u8]) -> Result<DynamicMessage, Status> {
+        match self {
+            Codec::Json => json::decode(desc, bytes),
+            Codec::Proto => DynamicMessage::decode(desc.clone(), bytes).map_err(|e| {
+                Status::invalid_argument(format!(
+                    "request is not a valid {}: {e}",
+                    desc.full_name()
+                ))
+            }),
+        }
+    }
+
+    fn encode(self, message: &DynamicMessage) -> Result<Vec<u8>, Status> {
+        match self {
+            Codec::Json => json::encode(message),
+            Codec::Proto => Ok(message.encode_to_vec()),
+        }
+    }
+
+    fn unary_type(self) -> &'static str {
+        match self {
+            Codec::Json => "application/json",
+            Codec::Proto => "application/proto",
+        }
+    }
+
+    fn streaming_type(self) -> &'static str {
+        match self {
+            Codec::Json => "application/connect+json",
+            Codec::Proto => "application/connect+proto",
+        }
+    }
+}
+
+/// The two request shapes: a bare message, or enveloped messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Unary,
+    Streaming,
+}
+
+/// The framing and codec a content type names (parameters such as `charset` ignored).
+fn content_type(headers: &HeaderMap) -> Option<(Framing, Codec)> {
+    let value = wire::header(headers, header::CONTENT_TYPE)?;
+    let media = value.split(';').next()?.trim().to_ascii_lowercase();
+    match media.as_str() {
+        "application/json" => Some((Framing::Unary, Codec::Json)),
+        "application/proto" => Some((Framing::Unary, Codec::Proto)),
+        "application/connect+json" => Some((Framing::Streaming, Codec::Json)),
+        "application/connect+proto" => Some((Framing::Streaming, Codec::Proto)),
+        _ => None,
+    }
+}
+
+/// Serves one Connect request (a `POST`) for the method at its path; `builtin` is the gRPC service
+/// (reflection, health) that owns the path when the user's protos do not.
 pub async fn serve(
-    _state: Arc<State>,
-    _request: http::Request<axum::body::Body>,
-    _settings: ServiceSettings,
-) -> http::Response<tonic::body::Body> {
-    http::Response::builder()
-        .status(http::StatusCode::UNSUPPORTED_MEDIA_TYPE)
-        .body(tonic::body::Body::empty())
-        .expect("static response")
+    state: Arc<State>,
+    request: http::Request<axum::body::Body>,
+    settings: ServiceSettings,
+    builtin: Option<HttpService>,
+) -> HttpResponse {
+    let path = request.uri().path().to_string();
+    let pool = state.protos.pool.clone();
+    // The user's method, else the built-in service at this path.
+    let target = match (state.methods.get(&path).cloned(), builtin) {
+        (Some(method), _) => Ok(method),
+        (None, Some(service)) => Err(service),
+        (None, None) => {
+            // A transcoding route may look like a method path (`POST /v1.files/upload`).
+            if super::transcode::has_route(&state, request.method(), &path) {
+                return super::transcode::serve(state, request, settings).await;
+            }
+            let status = crate::service::unknown_path(&state, &path);
+            return unary_error(&status, &pool, StatusCode::NOT_FOUND);
+        }
+    };
+    let Some((framing, codec)) = content_type(request.headers()) else {
+        let status = Status::unimplemented(format!(
+            "content type '{}' is not supported: use application/json, application/proto, \
+             application/connect+json or application/connect+proto",
+            wire::header(request.headers(), header::CONTENT_TYPE).unwrap_or_default()
+        ));
+        return unary_error(&status, &pool, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    };
+    if let Err(status) = check_version(request.headers()) {
+        return unary_error(&status, &pool, StatusCode::BAD_REQUEST);
+    }
+    let deadline = match deadline(request.headers()) {
+        Ok(d) => d,
+        Err(status) => return unary_error(&status, &pool, StatusCode::BAD_REQUEST),
+    };
+    let method = match target {
+        Ok(method) => method,
+        Err(service) => {
+            let call = grpc_bridge::Call {
+                framing,
+                codec,
+                deadline,
+                limit: settings.max_message_size,
+            };
+            return grpc_bridge::serve(service, request, call, &pool).await;
+        }
+    };
+    let streaming_method = method.desc.is_client_streaming() || method.desc.is_server_streaming();
+    match framing {
+        Framing::Unary if streaming_method => {
+            let status = Status::unimplemented(format!(
+                "{} is a streaming method: call it with {} (messages in 5-byte envelopes), or over gRPC",
+                method.name,
+                codec.streaming_type()
+            ));
+            unary_error(&status, &pool, StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        }
+        Framing::Unary => {
+            let (parts, body) = request.into_parts();
+            let limit = settings.max_message_size;
+            let payload = async {
+                let encoding =
+                    Encoding::parse(wire::header(&parts.headers, header::CONTENT_ENCODING))?;
+                let raw = wire::read_body(body, limit).await?;
+                Ok((encoding.decompress(raw, limit)?, encoding))
+            }
+            .await;
+            let accept = |request: Encoding| {
+                Encoding::accepted(
+                    wire::header(&parts.headers, header::ACCEPT_ENCODING),
+                    request,
+                )
+            };
+            match payload {
+                Ok((raw, encoding)) => {
+                    unary(
+                        state,
+                        method,
+                        &parts.headers,
+                        raw,
+                        codec,
+                        accept(encoding),
+                        deadline,
+                        limit,
+                    )
+                    .await
+                }
+                Err(status) => unary_error(&status, &pool, json::http_status(status.code())),
+            }
+        }
+        Framing::Streaming => streaming(state, method, request, codec, deadline, settings).await,
+    }
+}
+
+/// `Connect-Protocol-Version` may be absent (curl); when present it must be 1.
+fn check_version(headers: &HeaderMap) -> Result<(), Status> {
+    match wire::header(headers, "connect-protocol-version") {
+        None | Some("1") => Ok(()),
+        Some(other) => Err(Status::invalid_argument(format!(
+            "connect-protocol-version '{other}' is not supported (only 1)"
+        ))),
+    }
+}
+
+/// The call's deadline from `connect-timeout-ms` (a positive integer of at most 10 digits).
+fn deadline(headers: &HeaderMap) -> Result<Option<Instant>, Status> {
+    let Some(value) = headers.get("connect-timeout-ms") else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default();
+    match text.parse::<u64>() {
+        Ok(ms) if text.len() <= 10 && text.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(Some(Instant::now() + Duration::from_millis(ms)))
+        }
+        _ => Err(Status::invalid_argument(format!(
+            "connect-timeout-ms '{text}' is not a positive integer of at most 10 digits"
+        ))),
+    }
+}
+
+/// Runs `call` until `deadline`, else DEADLINE_EXCEEDED (dropping the call stops its script).
+async fn until<T>(
+    deadline: Option<Instant>,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    match deadline {
+        None => call.await,
+        Some(at) => tokio::time::timeout_at(at, call)
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("connect-timeout-ms elapsed"))),
+    }
+}
+
+/// One unary call from its (decompressed) payload.
+#[allow(clippy::too_many_arguments)]
+async fn unary(
+    state: Arc<State>,
+    method: Arc<Method>,
+    headers: &HeaderMap,
+    payload: Bytes,
+    codec: Codec,
+    answer_encoding: Encoding,
+    deadline: Option<Instant>,
+    limit: usize,
+) -> HttpResponse {
+    let pool = state.protos.pool.clone();
+    let metadata = wire::request_metadata(headers);
+    let reply = until(deadline, async {
+        let request = codec.decode(&method.desc.input(), &payload)?;
+        let incoming: Incoming = Box::pin(futures::stream::iter([Ok(request)]));
+        let response = respond(state, method, metadata, incoming).await?;
+        let reply = wire::single_reply(response, limit).await?;
+        let body = codec.encode(&reply.message)?;
+        Ok((reply, body))
+    })
+    .await;
+    match reply {
+        Ok((reply, body)) => {
+            let mut headers = HeaderMap::new();
+            wire::add_metadata(&mut headers, &reply.headers, "");
+            wire::add_metadata(&mut headers, &reply.trailers, "trailer-");
+            if answer_encoding != Encoding::Identity {
+                headers.insert(
+                    header::CONTENT_ENCODING,
+                    HeaderValue::from_static(answer_encoding.name()),
+                );
+            }
+            wire::full_response(
+                StatusCode::OK,
+                headers,
+                codec.unary_type(),
+                answer_encoding.compress(body),
+            )
+        }
+        Err(status) => unary_error(&status, &pool, json::http_status(status.code())),
+    }
+}
+
+/// A unary error: `http_status` and Connect's error JSON; the status' metadata as headers (an error
+/// answer has no other place for them).
+fn unary_error(status: &Status, pool: &DescriptorPool, http_status: StatusCode) -> HttpResponse {
+    let mut headers = HeaderMap::new();
+    wire::add_metadata(&mut headers, status.metadata(), "");
+    let body = json::to_vec(&json::connect_error(status, pool));
+    wire::full_response(http_status, headers, "application/json", body)
+}
+
+/// A streaming call: enveloped messages in, enveloped messages out, then the end-stream message.
+async fn streaming(
+    state: Arc<State>,
+    method: Arc<Method>,
+    request: http::Request<axum::body::Body>,
+    codec: Codec,
+    deadline: Option<Instant>,
+    settings: ServiceSettings,
+) -> HttpResponse {
+    let limit = settings.max_message_size;
+    let pool = state.protos.pool.clone();
+    let (parts, body) = request.into_parts();
+    let encodings =
+        Encoding::parse(wire::header(&parts.headers, "connect-content-encoding")).map(|request| {
+            let accept = wire::header(&parts.headers, "connect-accept-encoding");
+            (request, Encoding::accepted(accept, request))
+        });
+    let (request_encoding, answer_encoding) = match encodings {
+        Ok(e) => e,
+        Err(status) => {
+            let end = end_stream(&status, &pool);
+            return wire::streaming_response(
+                HeaderMap::new(),
+                codec.streaming_type(),
+                futures::stream::iter([Frame::data(end)]),
+            );
+        }
+    };
+    let incoming = envelopes(body, codec, method.desc.input(), request_encoding, limit);
+    let metadata = wire::request_metadata(&parts.headers);
+    let answer = until(deadline, respond(state, method, metadata, incoming)).await;
+    let mut headers = HeaderMap::new();
+    if answer_encoding != Encoding::Identity {
+        headers.insert(
+            HeaderName::from_static("connect-content-encoding"),
+            HeaderValue::from_static(answer_encoding.name()),
+        );
+    }
+    let mut replies = match answer {
+        Ok(response) => {
+            let (metadata, replies, _) = response.into_parts();
+            wire::add_metadata(&mut headers, &metadata, "");
+            replies
+        }
+        Err(status) => {
+            let end = end_stream(&status, &pool);
+            return wire::streaming_response(
+                headers,
+                codec.streaming_type(),
+                futures::stream::iter([Frame::data(end)]),
+            );
+        }
+    };
+    let frames = async_stream::stream! {
+        loop {
+            let item = until(deadline, async { Ok(replies.next().await) }).await;
+            let message = match item {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(status))) | Err(status) => {
+                    yield Frame::data(end_stream(&status, &pool));
+                    return;
+                }
+                Ok(None) => {
+                    yield Frame::data(end_stream(&Status::ok(""), &pool));
+                    return;
+                }
+            };
+            let encoded = wire::check_reply_size(&message, limit).and_then(|()| codec.encode(&message));
+            match encoded {
+                Ok(bytes) => {
+                    let (flags, bytes) = match answer_encoding {
+                        Encoding::Identity => (0, bytes),
+                        gzip => (FLAG_COMPRESSED, gzip.compress(bytes)),
+                    };
+                    yield Frame::data(envelope(flags, &bytes));
+                }
+                Err(status) => {
+                    yield Frame::data(end_stream(&status, &pool));
+                    return;
+                }
+            }
+        }
+    };
+    wire::streaming_response(headers, codec.streaming_type(), frames)
+}
+
+/// One envelope: flags, big-endian length, message.
+fn envelope(flags: u8, message: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(5 + message.len());
+    out.extend_from_slice(&[flags]);
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out.freeze()
+}
+
+/// The end-stream envelope: `{"error": {...}}` unless the status is OK, and `"metadata"` (trailers, or
+/// an error's metadata) when there is any.
+fn end_stream(status: &Status, pool: &DescriptorPool) -> Bytes {
+    #[derive(Serialize)]
+    struct EndStream {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<json::ConnectError>,
+        #[serde(skip_serializing_if = "Map::is_empty")]
+        metadata: Map<String, Json>,
+    }
+    let end = EndStream {
+        error: (status.code() != Code::Ok).then(|| json::connect_error(status, pool)),
+        metadata: metadata_json(status.metadata()),
+    };
+    envelope(FLAG_END_STREAM, &json::to_vec(&end))
+}
+
+/// Metadata as Connect writes trailers in JSON: each key to its list of values.
+fn metadata_json(metadata: &MetadataMap) -> Map<String, Json> {
+    let mut out = Map::new();
+    for (name, value) in metadata.clone().into_headers().iter() {
+        let entry = out
+            .entry(name.as_str().to_string())
+            .or_insert_with(|| json!([]));
+        if let Json::Array(values) = entry {
+            values.push(Json::String(
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            ));
+        }
+    }
+    out
+}
+
+/// The request body's envelopes as messages, read as they arrive.
+fn envelopes(
+    body: axum::body::Body,
+    codec: Codec,
+    desc: MessageDescriptor,
+    encoding: Encoding,
+    limit: usize,
+) -> Incoming {
+    let reader = EnvelopeReader {
+        chunks: body.into_data_stream(),
+        buf: BytesMut::new(),
+        encoding,
+        limit,
+    };
+    Box::pin(futures::stream::unfold(Some(reader), move |reader| {
+        let desc = desc.clone();
+        async move {
+            let mut reader = reader?;
+            match reader.next().await {
+                Ok(Some(bytes)) => Some((codec.decode(&desc, &bytes), Some(reader))),
+                Ok(None) => None,
+                Err(status) => Some((Err(status), None)),
+            }
+        }
+    }))
+}
+
+struct EnvelopeReader {
+    chunks: axum::body::BodyDataStream,
+    buf: BytesMut,
+    encoding: Encoding,
+    limit: usize,
+}
+
+impl EnvelopeReader {
+    /// The next message's (decompressed) bytes; `None` at the end of the body.
+    async fn next(&mut self) -> Result<Option<Bytes>, Status> {
+        loop {
+            if self.buf.len() >= 5 {
+                let flags = self.buf[0];
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if len > self.limit {
+                    return Err(wire::too_large(
+                        &format!("request message of {len} bytes"),
+                        self.limit,
+                    ));
+                }
+                if self.buf.len() >= 5 + len {
+                    self.buf.advance(5);
+                    let message = self.buf.split_to(len).freeze();
+                    return self.unwrap(flags, message).map(Some);
+                }
+            }
+            match self.chunks.next().await {
+                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                Some(Err(e)) => return Err(Status::cancelled(format!("reading the request: {e}"))),
+                None if self.buf.is_empty() => return Ok(None),
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "the request ends inside an envelope ({} bytes left over)",
+                        self.buf.len()
+                    )))
+                }
+            }
+        }
+    }
+
+    fn unwrap(&self, flags: u8, message: Bytes) -> Result<Bytes, Status> {
+        if flags & FLAG_END_STREAM != 0 {
+            return Err(Status::invalid_argument(
+                "a request envelope has the end-stream flag (0x02), which only responses use",
+            ));
+        }
+        if flags & FLAG_COMPRESSED == 0 {
+            return Ok(message);
+        }
+        if self.encoding == Encoding::Identity {
+            return Err(Status::invalid_argument(
+                "a request envelope is flagged compressed but connect-content-encoding names none",
+            ));
+        }
+        self.encoding.decompress(message, self.limit)
+    }
+}
+
+/// A Connect GET: `GET /pkg.Service/Method?message=…` for a unary method the server has.
+pub fn is_get_request(request: &http::Request<axum::body::Body>) -> bool {
+    request.method() == http::Method::GET
+        && request
+            .uri()
+            .query()
+            .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "message"))
+}
+
+/// Serves a Connect GET (`?encoding=json|proto&message=…[&base64=1][&compression=gzip][&connect=v1]`).
+pub async fn serve_get(
+    state: Arc<State>,
+    request: http::Request<axum::body::Body>,
+    settings: ServiceSettings,
+) -> HttpResponse {
+    let pool = state.protos.pool.clone();
+    let path = request.uri().path().to_string();
+    let Some(method) = state.methods.get(&path).cloned() else {
+        let status = crate::service::unknown_path(&state, &path);
+        return unary_error(&status, &pool, StatusCode::NOT_FOUND);
+    };
+    if method.desc.is_client_streaming() || method.desc.is_server_streaming() {
+        let status = Status::unimplemented(format!(
+            "{} is a streaming method; GET is for unary methods only",
+            method.name
+        ));
+        return unary_error(&status, &pool, StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let query: Vec<(String, String)> = request
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let codec = match param("encoding") {
+        Some("json") => Codec::Json,
+        Some("proto") => Codec::Proto,
+        other => {
+            let status = Status::unimplemented(format!(
+                "encoding '{}' is not supported (json or proto)",
+                other.unwrap_or_default()
+            ));
+            return unary_error(&status, &pool, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        }
+    };
+    if let Some(version) = param("connect").filter(|v| *v != "v1") {
+        let status = Status::invalid_argument(format!("connect={version} is not supported (v1)"));
+        return unary_error(&status, &pool, StatusCode::BAD_REQUEST);
+    }
+    let limit = settings.max_message_size;
+    let payload = (|| {
+        let message = param("message").unwrap_or_default();
+        let raw: Bytes = if param("base64") == Some("1") {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(message.trim_end_matches('='))
+                .map_err(|e| Status::invalid_argument(format!("message is not base64: {e}")))?
+                .into()
+        } else {
+            Bytes::copy_from_slice(message.as_bytes())
+        };
+        let encoding = Encoding::parse(param("compression"))?;
+        Ok::<_, Status>((encoding.decompress(raw, limit)?, encoding))
+    })();
+    let deadline = match deadline(request.headers()) {
+        Ok(d) => d,
+        Err(status) => return unary_error(&status, &pool, StatusCode::BAD_REQUEST),
+    };
+    match payload {
+        Ok((raw, encoding)) => {
+            let accept = Encoding::accepted(
+                wire::header(request.headers(), header::ACCEPT_ENCODING),
+                encoding,
+            );
+            unary(
+                state,
+                method,
+                request.headers(),
+                raw,
+                codec,
+                accept,
+                deadline,
+                limit,
+            )
+            .await
+        }
+        Err(status) => unary_error(&status, &pool, json::http_status(status.code())),
+    }
 }

@@ -1,11 +1,15 @@
 //! Everything beside plain gRPC on the user's methods: server reflection and health (boxed tower
 //! services chosen by path), and the other protocols on the same port, chosen by content type:
-//! Connect and HTTP/JSON transcoding. (gRPC-Web is translated to gRPC by a layer in `server`.)
+//! Connect and HTTP/JSON transcoding. gRPC-Web (translated to gRPC) and CORS are `web`, a layer that
+//! `server` puts around everything.
 
 pub mod connect;
 pub mod health;
+pub mod json;
 pub mod reflection;
 pub mod transcode;
+pub mod web;
+pub mod wire;
 
 use std::convert::Infallible;
 
@@ -42,7 +46,10 @@ impl Protocol {
         let connect_type = content_type.starts_with("application/connect+")
             || content_type.starts_with("application/json")
             || content_type.starts_with("application/proto");
-        if request.method() == http::Method::POST && connect_type && is_method_path(request.uri().path()) {
+        if request.method() == http::Method::POST
+            && connect_type
+            && is_method_path(request.uri().path())
+        {
             Protocol::Connect
         } else {
             Protocol::Http

@@ -1,18 +1,285 @@
-//! HTTP/JSON transcoding from `google.api.http` annotations. Placeholder: being written.
+//! HTTP/JSON transcoding from `google.api.http` annotations, as grpc-gateway and Envoy do it, in
+//! process: the route a request matches ([`routes`], [`template`]) names the method, the request
+//! message is built from path, query and body ([`request`]), and the reply is written as proto3 JSON —
+//! the whole message or its `response_body` field; a server stream as newline-delimited JSON.
+//! Errors are the HTTP status of their code (google.rpc.Code's mapping) with a `google.rpc.Status`
+//! JSON body. A client stream reads the body as a sequence of JSON values, one message each.
+
+mod request;
+pub mod routes;
+pub mod template;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+use futures::StreamExt as _;
+use http::header::{HeaderMap, HeaderValue};
+use http::StatusCode;
+use http_body::Frame;
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, Value};
+use serde_json::Value as Json;
+use tonic::{Code, Status};
+
+use self::routes::{BodyRule, Lookup, Route};
+use self::template::Bindings;
+use super::json;
+use super::wire::{self, Encoding, HttpResponse};
 use crate::registry::State;
+use crate::respond::{respond, Incoming};
 use crate::service::ServiceSettings;
+
+pub use self::routes::Routes;
+
+const JSON: &str = "application/json";
+const NDJSON: &str = "application/x-ndjson";
 
 /// Serves one plain HTTP request by the route it matches.
 pub async fn serve(
-    _state: Arc<State>,
-    _request: http::Request<axum::body::Body>,
-    _settings: ServiceSettings,
-) -> http::Response<tonic::body::Body> {
-    http::Response::builder()
-        .status(http::StatusCode::NOT_FOUND)
-        .body(tonic::body::Body::empty())
-        .expect("static response")
+    state: Arc<State>,
+    request: http::Request<axum::body::Body>,
+    settings: ServiceSettings,
+) -> HttpResponse {
+    let path = request.uri().path().to_string();
+    match state.routes.find(request.method(), &path) {
+        Lookup::Found(route, bindings) => {
+            let pool = state.protos.pool.clone();
+            call(&state, route, bindings, request, settings)
+                .await
+                .unwrap_or_else(|status| error(&status, &pool, HeaderMap::new()))
+        }
+        Lookup::WrongMethod(allowed) => {
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+                headers.insert(http::header::ALLOW, v);
+            }
+            let status = Status::unimplemented(format!(
+                "{} {path} has no route; this path answers {}",
+                request.method(),
+                allowed.join(", ")
+            ));
+            let mut response = error(&status, &state.protos.pool, headers);
+            *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            response
+        }
+        Lookup::NotFound if super::connect::is_get_request(&request) => {
+            super::connect::serve_get(state, request, settings).await
+        }
+        Lookup::NotFound => {
+            let status = Status::not_found(format!(
+                "no HTTP route for {} {path} ({} google.api.http routes loaded; \
+                 Connect and gRPC clients call POST /package.Service/Method)",
+                request.method(),
+                state.routes.len()
+            ));
+            error(&status, &state.protos.pool, HeaderMap::new())
+        }
+    }
+}
+
+/// Whether some route takes this request (Connect defers to it when a route looks like a method path).
+pub fn has_route(state: &State, method: &http::Method, path: &str) -> bool {
+    matches!(state.routes.find(method, path), Lookup::Found(..))
+}
+
+async fn call(
+    state: &Arc<State>,
+    route: &Route,
+    bindings: Bindings,
+    request: http::Request<axum::body::Body>,
+    settings: ServiceSettings,
+) -> Result<HttpResponse, Status> {
+    let limit = settings.max_message_size;
+    let method = state
+        .methods
+        .get(&route.grpc_path)
+        .cloned()
+        .ok_or_else(|| {
+            Status::internal(format!("route {} names no served method", route.pattern))
+        })?;
+    let (parts, body) = request.into_parts();
+    let query: Vec<(String, String)> = parts
+        .uri
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    // A route without `body` ignores the request body, as grpc-gateway does.
+    let bodies = if matches!(route.body, BodyRule::None) {
+        Vec::new()
+    } else {
+        let body = wire::read_body(body, limit).await?;
+        let body = Encoding::parse(wire::header(&parts.headers, http::header::CONTENT_ENCODING))?
+            .decompress(body, limit)?;
+        json_values(&body)?
+    };
+    let messages = if method.desc.is_client_streaming() && !matches!(route.body, BodyRule::None) {
+        bodies
+            .into_iter()
+            .map(|b| request::build(route, Some(b), &bindings, &query))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        if bodies.len() > 1 {
+            return Err(Status::invalid_argument(
+                "the request body holds more than one JSON value",
+            ));
+        }
+        vec![request::build(
+            route,
+            bodies.into_iter().next(),
+            &bindings,
+            &query,
+        )?]
+    };
+    let incoming: Incoming = Box::pin(futures::stream::iter(messages.into_iter().map(Ok)));
+    let metadata = wire::request_metadata(&parts.headers);
+    let response = respond(state.clone(), method.clone(), metadata, incoming).await?;
+    if method.desc.is_server_streaming() {
+        return stream_reply(state, route, response, limit).await;
+    }
+    let reply = wire::single_reply(response, limit).await?;
+    let body = reply_json(&reply.message, route.response_body.as_ref())?;
+    let mut headers = HeaderMap::new();
+    wire::add_metadata(&mut headers, &reply.headers, "");
+    wire::add_metadata(&mut headers, &reply.trailers, "");
+    Ok(wire::full_response(StatusCode::OK, headers, JSON, body))
+}
+
+/// The JSON values of a body, in order (none for an empty body).
+fn json_values(body: &Bytes) -> Result<Vec<Json>, Status> {
+    serde_json::Deserializer::from_slice(body)
+        .into_iter::<Json>()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Status::invalid_argument(format!("the request body is not JSON: {e}")))
+}
+
+/// A server stream as newline-delimited JSON. An error before the first message is an HTTP error;
+/// a later one is a last line `{"error": <google.rpc.Status>}`. Trailers become HTTP trailers.
+async fn stream_reply(
+    state: &Arc<State>,
+    route: &Route,
+    response: tonic::Response<crate::respond::ReplyStream>,
+    limit: usize,
+) -> Result<HttpResponse, Status> {
+    let (metadata, mut stream, _) = response.into_parts();
+    let first = match stream.next().await {
+        Some(Err(status)) if status.code() != Code::Ok => {
+            return Err(wire::with_headers(status, &metadata))
+        }
+        first => first,
+    };
+    let pool = state.protos.pool.clone();
+    let response_body = route.response_body.clone();
+    let lines = async_stream::stream! {
+        let mut next = first;
+        while let Some(item) = next {
+            let line = item.and_then(|m| {
+                wire::check_reply_size(&m, limit)?;
+                reply_json(&m, response_body.as_ref())
+            });
+            match line {
+                Ok(mut bytes) => {
+                    bytes.push(b'\n');
+                    yield Frame::data(Bytes::from(bytes));
+                }
+                Err(status) if status.code() == Code::Ok => {
+                    let mut trailers = HeaderMap::new();
+                    wire::add_metadata(&mut trailers, status.metadata(), "");
+                    if !trailers.is_empty() {
+                        yield Frame::trailers(trailers);
+                    }
+                    return;
+                }
+                Err(status) => {
+                    let mut bytes = json::to_vec(&ErrorLine { error: json::rpc_status(&status, &pool) });
+                    bytes.push(b'\n');
+                    yield Frame::data(Bytes::from(bytes));
+                    return;
+                }
+            }
+            next = stream.next().await;
+        }
+    };
+    let mut headers = HeaderMap::new();
+    wire::add_metadata(&mut headers, &metadata, "");
+    Ok(wire::streaming_response(headers, NDJSON, lines))
+}
+
+/// The last line of a stream that failed after its first message.
+#[derive(serde::Serialize)]
+struct ErrorLine {
+    error: json::RpcStatus,
+}
+
+/// The reply as JSON text: the whole message, or its `response_body` field. Messages are written
+/// directly so their fields keep proto order.
+fn reply_json(
+    message: &DynamicMessage,
+    field: Option<&FieldDescriptor>,
+) -> Result<Vec<u8>, Status> {
+    let Some(field) = field else {
+        return json::encode(message);
+    };
+    let value = message.get_field(field);
+    match value.as_ref() {
+        Value::Message(inner) if !field.is_list() => return json::encode(inner),
+        Value::List(items) if field.is_list() && matches!(field.kind(), Kind::Message(_)) => {
+            let mut out = b"[".to_vec();
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                if let Value::Message(m) = item {
+                    out.extend(json::encode(m)?);
+                }
+            }
+            out.push(b']');
+            return Ok(out);
+        }
+        _ => {}
+    }
+    let whole = json::to_value(message)?;
+    // Canonical JSON leaves default values out; the field alone is still written.
+    let value = whole
+        .get(field.json_name())
+        .cloned()
+        .unwrap_or_else(|| default_json(field));
+    Ok(to_bytes(&value))
+}
+
+fn default_json(field: &FieldDescriptor) -> Json {
+    if field.is_list() {
+        return Json::Array(Vec::new());
+    }
+    if field.is_map() {
+        return Json::Object(Default::default());
+    }
+    match field.kind() {
+        Kind::Message(desc) => json::to_value(&DynamicMessage::new(desc)).unwrap_or(Json::Null),
+        Kind::String | Kind::Bytes => Json::String(String::new()),
+        Kind::Bool => Json::Bool(false),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint64 | Kind::Fixed64 => {
+            Json::String("0".into())
+        }
+        Kind::Enum(e) => Json::String(e.default_value().name().to_string()),
+        _ => Json::from(0),
+    }
+}
+
+fn to_bytes(json: &Json) -> Vec<u8> {
+    // Serializing a `serde_json::Value` cannot fail.
+    serde_json::to_vec(json).unwrap_or_default()
+}
+
+/// An error as HTTP: the code's status and `google.rpc.Status` JSON; the status' metadata as headers.
+pub fn error(
+    status: &Status,
+    pool: &prost_reflect::DescriptorPool,
+    mut headers: HeaderMap,
+) -> HttpResponse {
+    wire::add_metadata(&mut headers, status.metadata(), "");
+    wire::full_response(
+        json::http_status(status.code()),
+        headers,
+        JSON,
+        json::to_vec(&json::rpc_status(status, pool)),
+    )
 }

@@ -1,0 +1,428 @@
+//! The route table: every `google.api.http` binding (the rule and its `additional_bindings`) of every
+//! method in the pool, checked when the protos load — a template that does not parse, a variable or
+//! `body`/`response_body` naming no field, or a route bound twice is a load problem at its place in
+//! the proto file.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor,
+    Value,
+};
+
+use super::template::{Bindings, Template};
+use crate::diagnostic::{Diagnostic, Diagnostics};
+
+/// Which HTTP method a route answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verb {
+    Method(http::Method),
+    /// `custom { kind: "*" }`: any method.
+    Any,
+}
+
+impl Verb {
+    fn allows(&self, method: &http::Method) -> bool {
+        match self {
+            Verb::Method(m) => m == method,
+            Verb::Any => true,
+        }
+    }
+}
+
+impl std::fmt::Display for Verb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verb::Method(m) => f.write_str(m.as_str()),
+            Verb::Any => f.write_str("*"),
+        }
+    }
+}
+
+/// Where the request message comes from besides the path.
+#[derive(Clone, Debug)]
+pub enum BodyRule {
+    /// No body: the other fields come from query parameters.
+    None,
+    /// `body: "*"`: the body is the message (path variables excepted); no query parameters.
+    Whole,
+    /// `body: "field"`: the body is that field; the other fields come from query parameters.
+    Field(FieldDescriptor),
+}
+
+/// One HTTP binding of a method.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub verb: Verb,
+    pub template: Template,
+    /// The template as written, for messages.
+    pub pattern: String,
+    /// `/pkg.Service/Method`, the key of `State::methods`.
+    pub grpc_path: String,
+    pub method: MethodDescriptor,
+    /// The fields of the template's variables, in their order (each a path from the request type).
+    pub variables: Vec<Vec<FieldDescriptor>>,
+    pub body: BodyRule,
+    pub response_body: Option<FieldDescriptor>,
+}
+
+/// What a request finds.
+pub enum Lookup<'a> {
+    Found(&'a Route, Bindings),
+    /// The path has routes, none for this HTTP method: the ones it has.
+    WrongMethod(Vec<String>),
+    NotFound,
+}
+
+/// Every route, indexed by first literal segment.
+#[derive(Debug, Default)]
+pub struct Routes {
+    routes: Vec<Route>,
+    by_first: HashMap<String, Vec<usize>>,
+    /// Routes whose template starts with a wildcard or variable.
+    wild_first: Vec<usize>,
+}
+
+impl Routes {
+    /// The routes of every method of `pool`. `roots` are the folders the proto files were read from
+    /// (the protos folder, then the `-I` roots), to point problems at their line.
+    pub fn build(pool: &DescriptorPool, roots: &[PathBuf]) -> Result<Routes, Diagnostics> {
+        let mut routes = Routes::default();
+        let Some(http) = pool.get_extension_by_name("google.api.http") else {
+            return Ok(routes);
+        };
+        let mut problems = Diagnostics::default();
+        for service in pool.services() {
+            for method in service.methods() {
+                let options = method.options();
+                if !options.has_extension(&http) {
+                    continue;
+                }
+                let Value::Message(rule) = options.get_extension(&http).into_owned() else {
+                    continue;
+                };
+                let mut bindings = vec![(rule.clone(), true)];
+                if let Some(Value::List(more)) = rule
+                    .get_field_by_name("additional_bindings")
+                    .map(|v| v.into_owned())
+                {
+                    bindings.extend(more.into_iter().filter_map(|v| match v {
+                        Value::Message(m) => Some((m, false)),
+                        _ => None,
+                    }));
+                }
+                for (binding, top) in bindings {
+                    match route(&method, &binding, top) {
+                        Ok(route) => {
+                            if let Some(other) = routes.same_as(&route) {
+                                let problem = format!(
+                                    "{} {} of {} is already bound to {}",
+                                    route.verb,
+                                    route.pattern,
+                                    method.full_name(),
+                                    other.method.full_name()
+                                );
+                                problems.push(locate(roots, &method, &route.pattern, problem));
+                            } else {
+                                routes.push(route);
+                            }
+                        }
+                        Err(Problem { near, message }) => {
+                            let message =
+                                format!("google.api.http of {}: {message}", method.full_name());
+                            problems.push(locate(roots, &method, &near, message));
+                        }
+                    }
+                }
+            }
+        }
+        problems.into_result()?;
+        Ok(routes)
+    }
+
+    fn push(&mut self, route: Route) {
+        let index = self.routes.len();
+        match route.template.first_literal() {
+            Some(first) => self
+                .by_first
+                .entry(first.to_string())
+                .or_default()
+                .push(index),
+            None => self.wild_first.push(index),
+        }
+        self.routes.push(route);
+    }
+
+    /// A route already bound to the same method and path shape.
+    fn same_as(&self, route: &Route) -> Option<&Route> {
+        self.routes.iter().find(|r| {
+            r.verb == route.verb
+                && r.template.segments == route.template.segments
+                && r.template.verb == route.template.verb
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// The most specific route for `method` and `path` (still percent-encoded); among equally specific
+    /// ones, the first loaded.
+    pub fn find(&self, method: &http::Method, path: &str) -> Lookup<'_> {
+        let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        let first = percent_encoding::percent_decode_str(first).decode_utf8_lossy();
+        let literal = self
+            .by_first
+            .get(first.as_ref())
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let mut best: Option<(usize, Bindings)> = None;
+        let mut allowed = Vec::new();
+        for &index in literal.iter().chain(&self.wild_first) {
+            let route = &self.routes[index];
+            let Some(bindings) = route.template.matches(path) else {
+                continue;
+            };
+            if !route.verb.allows(method) {
+                allowed.push(route.verb.to_string());
+                continue;
+            }
+            let better = match &best {
+                None => true,
+                Some((b, _)) => {
+                    let order = route.template.compare(&self.routes[*b].template);
+                    order.is_lt() || (order.is_eq() && index < *b)
+                }
+            };
+            if better {
+                best = Some((index, bindings));
+            }
+        }
+        match best {
+            Some((index, bindings)) => Lookup::Found(&self.routes[index], bindings),
+            None if !allowed.is_empty() => {
+                allowed.sort();
+                allowed.dedup();
+                Lookup::WrongMethod(allowed)
+            }
+            None => Lookup::NotFound,
+        }
+    }
+}
+
+/// A problem with one binding, and the text to point at in the proto file.
+struct Problem {
+    near: String,
+    message: String,
+}
+
+fn problem(near: &str, message: impl Into<String>) -> Problem {
+    Problem {
+        near: near.to_string(),
+        message: message.into(),
+    }
+}
+
+/// One binding (`HttpRule`) as a route.
+fn route(method: &MethodDescriptor, rule: &DynamicMessage, top: bool) -> Result<Route, Problem> {
+    let text = |name: &str| -> String {
+        rule.get_field_by_name(name)
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    if !top && rule.has_field_by_name("additional_bindings") {
+        return Err(problem(
+            "additional_bindings",
+            "an additional binding cannot have additional_bindings of its own",
+        ));
+    }
+    let mut verb_and_pattern = None;
+    for (name, method) in [
+        ("get", http::Method::GET),
+        ("put", http::Method::PUT),
+        ("post", http::Method::POST),
+        ("delete", http::Method::DELETE),
+        ("patch", http::Method::PATCH),
+    ] {
+        if rule.has_field_by_name(name) {
+            verb_and_pattern = Some((Verb::Method(method), text(name)));
+        }
+    }
+    if let Some(Value::Message(custom)) = rule
+        .has_field_by_name("custom")
+        .then(|| rule.get_field_by_name("custom").map(|v| v.into_owned()))
+        .flatten()
+    {
+        let field = |name: &str| -> String {
+            custom
+                .get_field_by_name(name)
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        };
+        let (kind, path) = (field("kind"), field("path"));
+        let verb = if kind == "*" {
+            Verb::Any
+        } else {
+            Verb::Method(
+                http::Method::from_bytes(kind.as_bytes())
+                    .map_err(|_| problem(&kind, format!("'{kind}' is not an HTTP method")))?,
+            )
+        };
+        verb_and_pattern = Some((verb, path));
+    }
+    let Some((verb, pattern)) = verb_and_pattern else {
+        return Err(problem(
+            "google.api.http",
+            "no pattern (one of get, put, post, delete, patch, custom)",
+        ));
+    };
+    let template = Template::parse(&pattern).map_err(|e| problem(&pattern, e.to_string()))?;
+    let input = method.input();
+    let variables = template
+        .variables
+        .iter()
+        .map(|v| variable_field(&input, &v.field_path).map_err(|m| problem(&pattern, m)))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let body_name = text("body");
+    let body = match body_name.as_str() {
+        "" => BodyRule::None,
+        "*" => BodyRule::Whole,
+        name => BodyRule::Field(
+            top_field(&input, name)
+                .map_err(|m| problem(&format!("\"{name}\""), format!("body: {m}")))?,
+        ),
+    };
+    let response_name = text("response_body");
+    let response_body = match response_name.as_str() {
+        "" => None,
+        name => Some(
+            top_field(&method.output(), name)
+                .map_err(|m| problem(&format!("\"{name}\""), format!("response_body: {m}")))?,
+        ),
+    };
+    Ok(Route {
+        verb,
+        template,
+        pattern,
+        grpc_path: format!("/{}/{}", method.parent_service().full_name(), method.name()),
+        method: method.clone(),
+        variables,
+        body,
+        response_body,
+    })
+}
+
+/// The fields a variable's path walks; it must end at a singular, non-message field.
+fn variable_field(
+    input: &MessageDescriptor,
+    path: &[String],
+) -> Result<Vec<FieldDescriptor>, String> {
+    let mut fields = Vec::new();
+    let mut desc = input.clone();
+    for (i, name) in path.iter().enumerate() {
+        let field = desc.get_field_by_name(name).ok_or_else(|| {
+            format!(
+                "variable '{}': {} has no field '{name}' (fields: {})",
+                path.join("."),
+                desc.full_name(),
+                field_names(&desc)
+            )
+        })?;
+        let joined = path.join(".");
+        if i + 1 < path.len() {
+            match field.kind() {
+                Kind::Message(inner) if !field.is_list() => desc = inner,
+                _ => {
+                    return Err(format!(
+                        "variable '{joined}': '{name}' is not a singular message field"
+                    ))
+                }
+            }
+        } else if field.is_list() || field.is_map() {
+            return Err(format!("variable '{joined}' names a repeated or map field"));
+        } else if let Kind::Message(inner) = field.kind() {
+            return Err(format!(
+                "variable '{joined}' names a message field ({}); it must name a scalar or enum",
+                inner.full_name()
+            ));
+        }
+        fields.push(field);
+    }
+    Ok(fields)
+}
+
+fn top_field(desc: &MessageDescriptor, name: &str) -> Result<FieldDescriptor, String> {
+    desc.get_field_by_name(name).ok_or_else(|| {
+        format!(
+            "{} has no field '{name}' (fields: {})",
+            desc.full_name(),
+            field_names(desc)
+        )
+    })
+}
+
+fn field_names(desc: &MessageDescriptor) -> String {
+    let names: Vec<String> = desc.fields().map(|f| f.name().to_string()).collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// The problem at the first place `near` is written (quoted) after the method's `rpc` line in its
+/// file, else at the `rpc` line, else the whole file.
+fn locate(roots: &[PathBuf], method: &MethodDescriptor, near: &str, message: String) -> Diagnostic {
+    let name = method.parent_file().name().to_string();
+    let file = roots
+        .iter()
+        .map(|root| root.join(&name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            roots
+                .first()
+                .map_or_else(|| PathBuf::from(&name), |r| r.join(&name))
+        });
+    let Ok(source) = std::fs::read_to_string(&file) else {
+        return Diagnostic::file(file, message);
+    };
+    let rpc = rpc_offset(&source, method.name()).unwrap_or(0);
+    let quoted = if near.starts_with('"') {
+        near.to_string()
+    } else {
+        format!("\"{near}\"")
+    };
+    let found = source[rpc..]
+        .find(&quoted)
+        .map(|i| rpc + i + usize::from(!near.starts_with('"')))
+        .or_else(|| source[rpc..].find(near).map(|i| rpc + i))
+        .or((rpc > 0).then_some(rpc));
+    match found {
+        Some(offset) => Diagnostic::at(file, &source, offset..offset + 1, message),
+        None => Diagnostic::file(file, message),
+    }
+}
+
+/// Where `rpc Name` is written.
+fn rpc_offset(source: &str, name: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = source[from..].find("rpc") {
+        let at = from + i;
+        let rest = source[at + 3..].trim_start();
+        let before_ok = at == 0 || !source.as_bytes()[at - 1].is_ascii_alphanumeric();
+        if before_ok
+            && rest.starts_with(name)
+            && !rest[name.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Some(at);
+        }
+        from = at + 3;
+    }
+    None
+}

@@ -1,0 +1,389 @@
+//! What a browser needs, as one tower layer that `server` puts around every route:
+//!
+//! * **gRPC-Web**: a request with a gRPC-Web content type (`application/grpc-web`, `…+proto`,
+//!   `application/grpc-web-text`, `…-text+proto`) goes through tonic-web, which turns it into gRPC and
+//!   the answer back into gRPC-Web (trailers as a last `0x80` frame; base64 for `-text`). Only the
+//!   shapes a browser can make work over HTTP/1.1: unary and server streaming. Every other request
+//!   passes untouched (tonic-web alone would refuse any other HTTP/1.1 request, Connect's among them).
+//! * **CORS** (`--cors-origin`), for every protocol on the port: preflights are answered here, and
+//!   answers to an allowed origin carry `access-control-allow-origin` and expose the gRPC status
+//!   headers plus every header the answer has (handler `headers` included). A request from an origin
+//!   that is not allowed gets `403`. Requests without an `Origin` header skip all of this.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt as _;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use tonic::body::Body;
+use tonic_web::{GrpcWebLayer, GrpcWebService};
+use tower::{Layer, Service, ServiceExt as _};
+use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, Cors, CorsLayer, ExposeHeaders};
+
+/// The four content types tonic-web translates (matched exactly, as tonic-web does).
+const GRPC_WEB_TYPES: [&str; 4] = [
+    "application/grpc-web",
+    "application/grpc-web+proto",
+    "application/grpc-web-text",
+    "application/grpc-web-text+proto",
+];
+
+/// Response headers a browser may always read; the others must be exposed.
+const SAFELISTED: [&str; 7] = [
+    "cache-control",
+    "content-language",
+    "content-length",
+    "content-type",
+    "expires",
+    "last-modified",
+    "pragma",
+];
+
+/// How long a browser may cache a preflight answer (Chromium caps it at 2 hours).
+const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// Which origins' pages may call the server (`--cors-origin`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// No CORS at all: browsers on other origins cannot read any answer.
+    Off,
+    /// Any origin (`*`): the development default.
+    Any,
+    /// Exactly these origins (`scheme://host[:port]`, lower case).
+    List(Vec<String>),
+}
+
+impl CorsOrigins {
+    /// From the values of `--cors-origin` (each already checked by [`parse_origin`]): `*` alone is any
+    /// origin, `none` alone turns CORS off, anything else is a list of origins.
+    pub fn from_flags(values: &[String]) -> Result<Self, String> {
+        let special = |v: &String| v == "*" || v == "none";
+        match values {
+            [] => Ok(Self::Any),
+            [v] if v == "*" => Ok(Self::Any),
+            [v] if v == "none" => Ok(Self::Off),
+            _ if values.iter().any(special) => Err(format!(
+                "--cors-origin: '*' and 'none' cannot be combined with other values (got: {})",
+                values.join(", ")
+            )),
+            _ => Ok(Self::List(values.to_vec())),
+        }
+    }
+
+    fn allows(&self, origin: &HeaderValue) -> bool {
+        match self {
+            Self::Off => false,
+            Self::Any => true,
+            Self::List(list) => list.iter().any(|o| o.as_bytes() == origin.as_bytes()),
+        }
+    }
+}
+
+impl std::fmt::Display for CorsOrigins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Off => f.write_str("off"),
+            Self::Any => f.write_str("any origin"),
+            Self::List(list) => f.write_str(&list.join(", ")),
+        }
+    }
+}
+
+/// One `--cors-origin` value: `*`, `none`, `null`, or an origin `scheme://host[:port]` (no path; a
+/// trailing `/` is dropped; scheme and host are lower-cased, as browsers send them).
+pub fn parse_origin(value: &str) -> Result<String, String> {
+    let v = value.trim();
+    if v == "*" || v == "none" || v == "null" {
+        return Ok(v.to_string());
+    }
+    let v = v.strip_suffix('/').unwrap_or(v);
+    let bad = |why: &str| {
+        format!("'{value}' is not an origin ({why}); write it as scheme://host[:port], e.g. http://localhost:3000, or * for any, none for no CORS")
+    };
+    let (scheme, rest) = v.split_once("://").ok_or_else(|| bad("no scheme://"))?;
+    if scheme.is_empty()
+        || !scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    {
+        return Err(bad("bad scheme"));
+    }
+    if rest.is_empty() {
+        return Err(bad("no host"));
+    }
+    if rest.contains(['/', '?', '#', '*', ' ', '@']) {
+        return Err(bad("only scheme, host and port"));
+    }
+    let origin = format!("{scheme}://{rest}").to_ascii_lowercase();
+    HeaderValue::from_str(&origin).map_err(|_| bad("not a valid header value"))?;
+    Ok(origin)
+}
+
+/// gRPC-Web translation and CORS around a service.
+#[derive(Clone, Debug)]
+pub struct WebLayer {
+    origins: CorsOrigins,
+}
+
+impl WebLayer {
+    pub fn new(origins: CorsOrigins) -> Self {
+        Self { origins }
+    }
+}
+
+impl<S> Layer<S> for WebLayer
+where
+    S: Clone,
+{
+    type Service = Web<S>;
+
+    fn layer(&self, inner: S) -> Web<S> {
+        let switch = GrpcWebSwitch {
+            grpc_web: GrpcWebLayer::new().layer(inner.clone()),
+            inner,
+        };
+        let cors = match &self.origins {
+            CorsOrigins::Off => None,
+            origins => Some(cors_layer(origins).layer(switch.clone())),
+        };
+        Web {
+            origins: Arc::new(self.origins.clone()),
+            cors,
+            switch,
+        }
+    }
+}
+
+fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
+    let allow_origin = match origins {
+        CorsOrigins::List(list) => AllowOrigin::list(
+            list.iter()
+                .map(|o| HeaderValue::from_str(o).expect("checked by parse_origin")),
+        ),
+        _ => AllowOrigin::any(),
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        // POST for gRPC-Web and Connect, GET for Connect's GET calls, the rest for HTTP/JSON routes.
+        .allow_methods(AllowMethods::list([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ]))
+        // content-type, x-grpc-web, x-user-agent, grpc-timeout, connect-protocol-version, and any
+        // metadata a page sends: whatever the preflight asks for.
+        .allow_headers(AllowHeaders::mirror_request())
+        .expose_headers(ExposeHeaders::list([
+            HeaderName::from_static("grpc-status"),
+            HeaderName::from_static("grpc-message"),
+            HeaderName::from_static("grpc-status-details-bin"),
+        ]))
+        .max_age(PREFLIGHT_MAX_AGE)
+}
+
+/// The service [`WebLayer`] makes.
+#[derive(Clone)]
+pub struct Web<S> {
+    origins: Arc<CorsOrigins>,
+    /// `None` when CORS is off.
+    cors: Option<Cors<GrpcWebSwitch<S>>>,
+    switch: GrpcWebSwitch<S>,
+}
+
+impl<S> Service<Request<Body>> for Web<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Every call below works on a clone, readied there.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let cors = match (&self.cors, request.headers().get(header::ORIGIN)) {
+            (Some(cors), Some(origin)) => {
+                if !self.origins.allows(origin) {
+                    let origin = String::from_utf8_lossy(origin.as_bytes()).into_owned();
+                    tracing::info!(%origin, path = request.uri().path(), "refused: origin not in --cors-origin");
+                    let text = format!(
+                        "protodrop: origin {origin} may not call this server (--cors-origin allows: {})\n",
+                        self.origins
+                    );
+                    let mut response = Response::new(Body::new(axum::body::Body::from(text)));
+                    *response.status_mut() = StatusCode::FORBIDDEN;
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; charset=utf-8"),
+                    );
+                    return futures::future::ready(Ok(response)).boxed();
+                }
+                cors.clone()
+            }
+            // No CORS, or no Origin (not a browser's cross-origin request): nothing to add. The
+            // switch is always ready (it readies clones of its services itself).
+            _ => return self.switch.call(request),
+        };
+        async move {
+            let mut response = cors.oneshot(request).await?;
+            expose_all(&mut response);
+            Ok(response)
+        }
+        .boxed()
+    }
+}
+
+/// Adds every header of an answer a page could not read otherwise to `access-control-expose-headers`
+/// (handlers may set any header; listing them by name also works for credentialed requests).
+fn expose_all(response: &mut Response<Body>) {
+    let headers = response.headers();
+    if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        return;
+    }
+    let mut exposed: Vec<String> = headers
+        .get_all(header::ACCESS_CONTROL_EXPOSE_HEADERS)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for name in headers.keys() {
+        let name = name.as_str();
+        let hidden =
+            !SAFELISTED.contains(&name) && !name.starts_with("access-control-") && name != "vary";
+        if hidden && !exposed.iter().any(|e| e == name) {
+            exposed.push(name.to_string());
+        }
+    }
+    if exposed.is_empty() {
+        return;
+    }
+    if let Ok(value) = HeaderValue::from_str(&exposed.join(", ")) {
+        response
+            .headers_mut()
+            .insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, value);
+    }
+}
+
+fn immediate(status: StatusCode) -> BoxFuture<'static, Result<Response<Body>, Infallible>> {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = status;
+    futures::future::ready(Ok(response)).boxed()
+}
+
+/// gRPC-Web requests through tonic-web, the rest straight to the inner service.
+#[derive(Clone)]
+pub struct GrpcWebSwitch<S> {
+    grpc_web: GrpcWebService<S>,
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for GrpcWebSwitch<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if GRPC_WEB_TYPES.contains(&content_type) {
+            let mut request = request;
+            answer_text_to_text(&mut request);
+            return self.grpc_web.clone().oneshot(request).boxed();
+        }
+        if content_type.starts_with("application/grpc-web") {
+            // e.g. application/grpc-web+json: tonic-web speaks protobuf only.
+            return immediate(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        }
+        self.inner.clone().oneshot(request).boxed()
+    }
+}
+
+/// tonic-web picks the answer's framing from `Accept` alone, matched exactly: a base64 (`-text`)
+/// request with no such `Accept` (curl sends `*/*`) would get binary frames back. Answer in the
+/// request's own framing unless the client asked for binary by name.
+fn answer_text_to_text(request: &mut Request<Body>) {
+    let is_text = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc-web-text"));
+    let wants_binary = request
+        .headers()
+        .get(header::ACCEPT)
+        .is_some_and(|v| v == "application/grpc-web" || v == "application/grpc-web+proto");
+    if is_text && !wants_binary {
+        request.headers_mut().insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/grpc-web-text"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_checked_and_normalized() {
+        assert_eq!(
+            parse_origin("http://localhost:3000/").unwrap(),
+            "http://localhost:3000"
+        );
+        assert_eq!(
+            parse_origin("HTTPS://Example.COM").unwrap(),
+            "https://example.com"
+        );
+        assert_eq!(parse_origin("*").unwrap(), "*");
+        assert_eq!(parse_origin("none").unwrap(), "none");
+        for bad in [
+            "localhost:3000",
+            "http://",
+            "http://a.com/path",
+            "http://*.a.com",
+            "://x",
+        ] {
+            assert!(parse_origin(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn special_values_stand_alone() {
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(CorsOrigins::from_flags(&v(&["*"])), Ok(CorsOrigins::Any));
+        assert_eq!(CorsOrigins::from_flags(&v(&["none"])), Ok(CorsOrigins::Off));
+        assert_eq!(
+            CorsOrigins::from_flags(&v(&["http://a", "http://b"])),
+            Ok(CorsOrigins::List(v(&["http://a", "http://b"])))
+        );
+        assert!(CorsOrigins::from_flags(&v(&["*", "http://a"])).is_err());
+        assert!(CorsOrigins::from_flags(&v(&["none", "http://a"])).is_err());
+    }
+}

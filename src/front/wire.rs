@@ -1,0 +1,290 @@
+//! What Connect and HTTP transcoding share on the wire: request bodies read within
+//! `--max-message-size`, gzip, request headers as metadata and metadata as response headers, a reply
+//! collected into one message, and response bodies fed by a stream of frames.
+
+use std::convert::Infallible;
+use std::io::{Read as _, Write as _};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt as _};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body::Frame;
+use prost_reflect::DynamicMessage;
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Status};
+
+use crate::respond::ReplyStream;
+
+/// A response as every front answers.
+pub type HttpResponse = http::Response<tonic::body::Body>;
+
+/// Reads a whole request body; more than `limit` bytes is RESOURCE_EXHAUSTED.
+pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, Status> {
+    let mut chunks = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| Status::cancelled(format!("reading the request: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large("request body", limit));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+pub fn too_large(what: &str, limit: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "{what} is larger than the limit of {limit} bytes (--max-message-size)"
+    ))
+}
+
+/// A reply over the size limit ends the call with RESOURCE_EXHAUSTED, as over gRPC.
+pub fn check_reply_size(message: &DynamicMessage, limit: usize) -> Result<(), Status> {
+    let size = prost::Message::encoded_len(message);
+    if size > limit {
+        return Err(Status::resource_exhausted(format!(
+            "response message of {size} bytes is larger than the limit of {limit} bytes (--max-message-size)"
+        )));
+    }
+    Ok(())
+}
+
+/// A content coding this server speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+}
+
+impl Encoding {
+    /// The coding a request names (`content-encoding`, `connect-content-encoding`, `compression=`);
+    /// none is identity, an unknown one UNIMPLEMENTED as Connect asks.
+    pub fn parse(name: Option<&str>) -> Result<Encoding, Status> {
+        match name.map(|n| n.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("") | Some("identity") => Ok(Encoding::Identity),
+            Some("gzip") => Ok(Encoding::Gzip),
+            Some(other) => Err(Status::unimplemented(format!(
+                "content encoding '{other}' is not supported (supported: gzip, identity)"
+            ))),
+        }
+    }
+
+    /// The coding to answer in: gzip when an accept list names it (without `q=0`), the request's own
+    /// coding when there is no list, else identity.
+    pub fn accepted(accept: Option<&str>, request: Encoding) -> Encoding {
+        let Some(list) = accept else {
+            return request;
+        };
+        let gzip = list.split(',').any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            parts.next().is_some_and(|c| c.eq_ignore_ascii_case("gzip"))
+                && !parts.any(|p| p.replace(' ', "") == "q=0")
+        });
+        if gzip {
+            Encoding::Gzip
+        } else {
+            Encoding::Identity
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Identity => "identity",
+            Encoding::Gzip => "gzip",
+        }
+    }
+
+    /// Decompresses `data`; more than `limit` bytes once decompressed is RESOURCE_EXHAUSTED. Empty
+    /// content is never decompressed (Connect's rule).
+    pub fn decompress(self, data: Bytes, limit: usize) -> Result<Bytes, Status> {
+        if self == Encoding::Identity || data.is_empty() {
+            return Ok(data);
+        }
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(data.as_ref())
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| Status::invalid_argument(format!("request is not valid gzip: {e}")))?;
+        if out.len() > limit {
+            return Err(too_large("decompressed request", limit));
+        }
+        Ok(out.into())
+    }
+
+    pub fn compress(self, data: Vec<u8>) -> Vec<u8> {
+        match self {
+            Encoding::Identity => data,
+            Encoding::Gzip => {
+                let mut encoder = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(data.len() / 2 + 32),
+                    flate2::Compression::fast(),
+                );
+                // Writing into a Vec cannot fail.
+                let _ = encoder.write_all(&data);
+                encoder.finish().unwrap_or_default()
+            }
+        }
+    }
+}
+
+/// A header's value as text, if it has one.
+pub fn header(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Request headers as the call's metadata (what `when.metadata.*` and `{{metadata.*}}` see), without
+/// the ones that only frame the HTTP exchange.
+pub fn request_metadata(headers: &HeaderMap) -> MetadataMap {
+    let mut headers = headers.clone();
+    for name in [
+        header::CONNECTION,
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+        header::ACCEPT_ENCODING,
+        header::TRANSFER_ENCODING,
+        header::TE,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    let reserved: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("connect-"))
+        .cloned()
+        .collect();
+    for name in reserved {
+        headers.remove(name);
+    }
+    MetadataMap::from_headers(headers)
+}
+
+/// Adds a handler's metadata to response headers, each name after `prefix` (Connect's `trailer-`).
+/// Names that would change how the body is framed are left out.
+pub fn add_metadata(headers: &mut HeaderMap, metadata: &MetadataMap, prefix: &str) {
+    for (name, value) in metadata.clone().into_headers().iter() {
+        if matches!(
+            name.as_str(),
+            "content-type"
+                | "content-length"
+                | "content-encoding"
+                | "transfer-encoding"
+                | "connection"
+        ) {
+            continue;
+        }
+        let name = if prefix.is_empty() {
+            name.clone()
+        } else {
+            match HeaderName::from_bytes(format!("{prefix}{name}").as_bytes()) {
+                Ok(n) => n,
+                Err(_) => continue,
+            }
+        };
+        headers.append(name, value.clone());
+    }
+}
+
+/// The one reply of a unary (or client-streaming) call, with its headers and trailers.
+pub struct SingleReply {
+    pub headers: MetadataMap,
+    pub message: DynamicMessage,
+    pub trailers: MetadataMap,
+}
+
+/// Reads a unary reply to its end. An error status carries the response headers too (an HTTP error
+/// answer has only one set of headers).
+pub async fn single_reply(
+    response: tonic::Response<ReplyStream>,
+    limit: usize,
+) -> Result<SingleReply, Status> {
+    let (headers, mut stream, _) = response.into_parts();
+    let mut message = None;
+    let mut trailers = MetadataMap::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(m) if message.is_none() => {
+                check_reply_size(&m, limit).map_err(|s| with_headers(s, &headers))?;
+                message = Some(m);
+            }
+            Ok(_) => {
+                return Err(with_headers(
+                    Status::internal("a unary method answered more than one message"),
+                    &headers,
+                ))
+            }
+            Err(status) if status.code() == Code::Ok => {
+                trailers = status.metadata().clone();
+                break;
+            }
+            Err(status) => return Err(with_headers(status, &headers)),
+        }
+    }
+    let message = message.ok_or_else(|| {
+        with_headers(Status::internal("the method answered no message"), &headers)
+    })?;
+    Ok(SingleReply {
+        headers,
+        message,
+        trailers,
+    })
+}
+
+/// `status` with `headers` added to its metadata (before its own entries).
+pub fn with_headers(status: Status, headers: &MetadataMap) -> Status {
+    if headers.is_empty() {
+        return status;
+    }
+    let mut merged = headers.clone().into_headers();
+    for (name, value) in status.metadata().clone().into_headers().iter() {
+        merged.append(name.clone(), value.clone());
+    }
+    let mut status = status;
+    *status.metadata_mut() = MetadataMap::from_headers(merged);
+    status
+}
+
+/// A response with a complete body.
+pub fn full_response(
+    status: http::StatusCode,
+    mut headers: HeaderMap,
+    content_type: &'static str,
+    body: Vec<u8>,
+) -> HttpResponse {
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let mut response = http::Response::new(tonic::body::Body::new(axum::body::Body::from(body)));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// A response whose body is produced as `frames` yields (data, then maybe trailers).
+pub fn streaming_response(
+    headers: HeaderMap,
+    content_type: &'static str,
+    frames: impl Stream<Item = Frame<Bytes>> + Send + 'static,
+) -> HttpResponse {
+    let mut response = http::Response::new(tonic::body::Body::new(FrameBody(Box::pin(frames))));
+    *response.headers_mut() = headers;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// An HTTP body over a stream of frames; it never fails (errors are written into the body by the
+/// protocol that produces the frames).
+struct FrameBody(Pin<Box<dyn Stream<Item = Frame<Bytes>> + Send>>);
+
+impl http_body::Body for FrameBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_next_unpin(cx).map(|frame| frame.map(Ok))
+    }
+}

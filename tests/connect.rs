@@ -1,0 +1,615 @@
+//! The Connect protocol on the gRPC port: unary JSON and binary, errors as Connect error JSON with the
+//! mapped HTTP status, streaming in 5-byte envelopes ended by the end-stream message, headers and
+//! trailers, compression, timeouts and GET.
+
+mod common;
+mod http_client;
+
+use std::io::{Read as _, Write as _};
+
+use base64::Engine as _;
+use common::*;
+use http_client::{envelope, envelopes, get, post_json, send};
+use prost::Message as _;
+use prost_reflect::DynamicMessage;
+
+const HANDLERS: &str = r#"
+[[rule]]
+method = "t.Svc/Unary"
+when.request.name = "missing"
+error = { code = "NOT_FOUND", message = "no {{request.name}} here", details = [
+  { "@type" = "google.rpc.ErrorInfo", reason = "GONE", domain = "t.example" },
+] }
+
+[[rule]]
+method = "t.Svc/Unary"
+when.metadata.x-tenant = "acme"
+reply = { text = "tenant acme" }
+
+[[rule]]
+method = "t.Svc/Unary"
+when.request.name = "slow"
+delay = "3s"
+reply = { text = "late" }
+
+[[rule]]
+method = "t.Svc/Unary"
+headers = { x-served-by = "protodrop" }
+trailers = { x-cost = "7" }
+reply = { text = "hello {{request.name}}", big = 9007199254740993, color = "GREEN", num = "{{request.num}}" }
+
+[[rule]]
+method = "t.Svc/Echo"
+reply = "{{request}}"
+
+[[rule]]
+method = "t.Svc/ServerStream"
+when.request.name = "fail"
+stream.messages = [ { text = "one" } ]
+error = { code = "UNAVAILABLE", message = "gone away" }
+
+[[rule]]
+method = "t.Svc/ServerStream"
+trailers = { x-done = "yes" }
+stream.repeat = 3
+stream.message = { text = "item {{index}}", big = "{{index}}" }
+
+[[rule]]
+method = "t.Svc/ClientStream"
+reply = { text = "{{count}} messages, first {{first.name}}, last {{request.name}}" }
+
+[[rule]]
+method = "t.Svc/Bidi"
+reply = { text = "echo {{request.name}}" }
+"#;
+
+fn server() -> Server {
+    Server::start(&t_proto(), &[("t.toml", HANDLERS)])
+}
+
+fn pool(s: &Server) -> prost_reflect::DescriptorPool {
+    compile_protos(&s.protos_dir(), &[]).expect("protos compile")
+}
+
+/// A message of `type_name` from JSON, encoded.
+fn proto_bytes(s: &Server, type_name: &str, value: serde_json::Value) -> Vec<u8> {
+    let desc = pool(s).get_message_by_name(type_name).unwrap();
+    DynamicMessage::deserialize(desc, value)
+        .unwrap()
+        .encode_to_vec()
+}
+
+fn proto_json(s: &Server, type_name: &str, bytes: &[u8]) -> serde_json::Value {
+    let desc = pool(s).get_message_by_name(type_name).unwrap();
+    serde_json::to_value(DynamicMessage::decode(desc, bytes).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn unary_json_with_headers_and_prefixed_trailers() {
+    let s = server();
+    let r = send(
+        s.addr,
+        "POST",
+        "/t.Svc/Unary",
+        &[
+            ("content-type", "application/json"),
+            ("connect-protocol-version", "1"),
+        ],
+        r#"{"name":"ann","num":4}"#,
+    )
+    .await;
+    r.expect(200);
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    // Canonical proto3 JSON: int64 as a string, enums by name.
+    assert_eq!(
+        r.json(),
+        json!({"text": "hello ann", "num": 4, "big": "9007199254740993", "color": "GREEN"})
+    );
+    assert_eq!(r.header("x-served-by").as_deref(), Some("protodrop"));
+    assert_eq!(r.header("trailer-x-cost").as_deref(), Some("7"));
+}
+
+#[tokio::test]
+async fn the_protocol_version_header_may_be_left_out_but_not_wrong() {
+    let s = server();
+    post_json(s.addr, "/t.Svc/Unary", r#"{"name":"curl"}"#)
+        .await
+        .expect(200);
+    let r = send(
+        s.addr,
+        "POST",
+        "/t.Svc/Unary",
+        &[
+            ("content-type", "application/json"),
+            ("connect-protocol-version", "2"),
+        ],
+        "{}",
+    )
+    .await;
+    r.expect(400);
+    assert_eq!(r.json()["code"], "invalid_argument");
+}
+
+#[tokio::test]
+async fn unary_binary_proto() {
+    let s = server();
+    let body = proto_bytes(&s, "t.Req", json!({"name": "bin", "num": 2}));
+    let r = send(
+        s.addr,
+        "POST",
+        "/t.Svc/Unary",
+        &[("content-type", "application/proto")],
+        body,
+    )
+    .await;
+    r.expect(200);
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/proto")
+    );
+    assert_eq!(
+        proto_json(&s, "t.Resp", &r.body),
+        json!({"text": "hello bin", "num": 2, "big": "9007199254740993", "color": "GREEN"})
+    );
+}
+
+#[tokio::test]
+async fn error_is_connect_json_with_the_mapped_http_status() {
+    let s = server();
+    let r = post_json(s.addr, "/t.Svc/Unary", r#"{"name":"missing"}"#).await;
+    r.expect(404);
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    let body = r.json();
+    assert_eq!(body["code"], "not_found");
+    assert_eq!(body["message"], "no missing here");
+    let detail = &body["details"][0];
+    assert_eq!(detail["type"], "google.rpc.ErrorInfo");
+    assert_eq!(
+        detail["debug"],
+        json!({"reason": "GONE", "domain": "t.example"})
+    );
+    // The value is the detail's protobuf, unpadded base64.
+    let value = detail["value"].as_str().unwrap();
+    assert!(!value.ends_with('='));
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(value)
+        .unwrap();
+    let info = rpc_pool()
+        .get_message_by_name("google.rpc.ErrorInfo")
+        .unwrap();
+    let info = DynamicMessage::decode(info, bytes.as_slice()).unwrap();
+    assert_eq!(
+        serde_json::to_value(info).unwrap(),
+        json!({"reason": "GONE", "domain": "t.example"})
+    );
+}
+
+#[tokio::test]
+async fn no_handler_unknown_method_and_bad_json_are_connect_errors() {
+    let s = server();
+    let r = post_json(s.addr, "/t.Svc/Ping", "{}").await;
+    r.expect(501);
+    assert_eq!(r.json()["code"], "unimplemented");
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("no handler for t.Svc/Ping"));
+
+    let r = post_json(s.addr, "/t.Svc/Nope", "{}").await;
+    r.expect(404);
+    assert_eq!(r.json()["code"], "unimplemented");
+    assert!(r.text().contains("no method 'Nope'"), "{}", r.text());
+
+    let r = post_json(s.addr, "/t.Svc/Unary", r#"{"nmae":"x"}"#).await;
+    r.expect(400);
+    assert_eq!(r.json()["code"], "invalid_argument");
+    assert!(r.text().contains("nmae"), "{}", r.text());
+
+    let r = post_json(s.addr, "/t.Svc/Unary", r#"{"name":"#).await;
+    r.expect(400);
+    assert_eq!(r.json()["code"], "invalid_argument");
+
+    let r = send(
+        s.addr,
+        "POST",
+        "/t.Svc/Unary",
+        &[("content-type", "application/proto")],
+        vec![0xff, 0xff, 0xff],
+    )
+    .await;
+    r.expect(400);
+    assert_eq!(r.json()["code"], "invalid_argument");
+}
+
+#[tokio::test]
+async fn request_headers_are_metadata_for_conditions() {
+    let s = server();
+    let r = send(
+        s.addr,
+        "POST",
+        "/t.Svc/Unary",
+        &[("content-type", "application/json"), ("x-tenant", "acme")],
+        "{}",
+    )
+    .await;
+    assert_eq!(r.expect(200).json(), json!({"text": "tenant acme"}));
+}
+
+#[tokio::test]
+async fn well_known_types_and_empty_bodies() {
+    let s = server();
+    // A blank body is the empty message; google.protobuf.Empty answers `{}`.
+    let r = post_json(s.addr, "/t.Svc/Echo", "").await;
+    assert_eq!(r.expect(200).json(), json!({}));
+    let r = post_json(
+        s.addr,
+        "/t.Svc/Echo",
+        r#"{"name":"x","big":"-5","color":"RED","tags":["a","b"],"inner":{"id":3},"ratio":0.5}"#,
+    )
+    .await;
+    assert_eq!(
+        r.expect(200).json(),
+        json!({"name":"x","big":"-5","color":"RED","tags":["a","b"],"inner":{"id":3},"ratio":0.5})
+    );
+}
+
+#[tokio::test]
+async fn server_stream_in_envelopes_ends_with_trailers() {
+    let s = server();
+    let r = send(
+        s.addr,
+        "POST",
+        "/t.Svc/ServerStream",
+        &[("content-type", "application/connect+json")],
+        envelope(0, br#"{"name":"s"}"#),
+    )
+    .await;
+    r.expect(200);
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/connect+json")
+    );
+    let frames = envelopes(&r.body);
+    assert_eq!(frames.len(), 4, "{frames:?}");
+    let messages: Vec<serde_json::Value> = frames[..3]
+        .iter()
+        .map(|(flags, m)| {
+            assert_eq!(*flags, 0);
+            serde_json::from_slice(m).unwrap()
+        })
+        .collect();
+    assert_eq!(
+        messages,
+        vec![
+            json!({"text": "item 0"}),
+            json!({"text": "item 1", "big": "1"}),
+            json!({"text": "item 2", "big": "2"}),
+        ]
+    );
+    let (flags, end) = &frames[3];
+    assert_eq!(*flags, 0x02, "the last envelope is the end-stream message");
+    let end: serde_json::Value = serde_json::from_slice(end).unwrap();
+    assert_eq!(end, json!({"metadata": {"x-done": ["yes"]}}));
+}
+
+#[tokio::test]
+async fn server_stream_error_after_messages_is_in_the_end_stream_message() {
+    let s = server();
+    let r = send(
+        s.addr,
+        "POST",
+        "/t.Svc/ServerStream",
+        &[("content-type", "application/connect+json")],
+        envelope(0, br#"{"name":"fail"}"#),
+    )
+    .await;
+    r.expect(200);
+    let frames = envelopes(&r.body);
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert_eq!(frames[0], (0, br#"{"text":"one"}"#.to_vec()));
+    assert_eq!(frames[1].0, 0x02);
+    let end: serde_json::Value = serde_json::from_slice(&frames[1].1).unwrap();
+    assert_eq!(
+        end,
+        json!({"error": {"code": "unavailable", "message": "gone away"}})
+    );
+}
+
+#[tokio::test]
+async fn server_stream_in_binary() {
+    let s = server();
+    let r = send(
+        s.addr,
+        "POST",
+        "/t.Svc/ServerStream",
+        &[("content-type", "application/connect+proto")],
+        envelope(0, &proto_bytes(&s, "t.Req", json!({"name": "b"}))),
+    )
+    .await;
+    r.expect(200);
+    let frames = envelopes(&r.body);
+    assert_eq!(frames.len(), 4);
+    assert_eq!(
+        proto_json(&s, "t.Resp", &frames[2].1),
+        json!({"text": "item 2", "big": "2"})
+    );
+    assert_eq!(frames[3].0, 0x02);
+}
+
+#[tokio::test]
+async fn client_stream_and_bidi_over_envelopes() {
+    let s = server();
+    let mut body = envelope(0, br#"{"name":"a"}"#);
+    body.extend(envelope(0, br#"{"name":"b"}"#));
+    body.extend(envelope(0, br#"{"name":"c"}"#));
+    let r = send(
+        s.addr,
+        "POST",
+        "/t.Svc/ClientStream",
+        &[("content-type", "application/connect+json")],
+        body.clone(),
+    )
+    .await;
+    let frames = envelopes(&r.expect(200).body);
+    assert_eq!(
+        frames,
+        vec![
+            (0, br#"{"text":"3 messages, first a, last c"}"#.to_vec()),
+            (2, b"{}".to_vec())
+        ]
+    );
+    // Bidi works when the client sends its messages before reading (as HTTP/1.1 clients do).
+    let r = send(
+        s.addr,
+        "POST",
+        "/t.Svc/Bidi",
+        &[("content-type", "application/connect+json")],
+        body,
+    )
+    .await;
+    let texts: Vec<Vec<u8>> = envelopes(&r.expect(200).body)
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(
+        texts,
+        vec![
+            br#"{"text":"echo a"}"#.to_vec(),
+            br#"{"text":"echo b"}"#.to_vec(),
+            br#"{"text":"echo c"}"#.to_vec(),
+            b"{}".to_vec()
+        ]
+    );
+}
+
+#[tokio::test]
+async fn streaming_methods_need_the_streaming_content_type() {
+    let s = server();
+    let r = post_json(s.addr, "/t.Svc/ServerStream", "{}").await;
+    r.expect(415);
+    assert_eq!(r.json()["code"], "unimplemented");
+    assert!(
+        r.text().contains("application/connect+json"),
+        "{}",
+        r.text()
+    );
+    let r = send(
+        s.addr,
+        "POST",
+        "/t.Svc/Unary",
+        &[("content-type", "application/protobuf")],
+        "",
+    )
+    .await;
+    r.expect(415);
+}
+
+#[tokio::test]
+async fn a_truncated_envelope_is_an_error_in_the_end_stream_message() {
+    let s = server();
+    let mut body = envelope(0, br#"{"name":"s"}"#);
+    body.truncate(8);
+    let r = send(
+        s.addr,
+        "POST",
+        "/t.Svc/ServerStream",
+        &[("content-type", "application/connect+json")],
+        body,
+    )
+    .await;
+    let frames = envelopes(&r.expect(200).body);
+    let end: serde_json::Value = serde_json::from_slice(&frames.last().unwrap().1).unwrap();
+    assert_eq!(end["error"]["code"], "invalid_argument", "{end}");
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn gunzip(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn gzip_both_ways() {
+    let s = server();
+    let r = send(
+        s.addr,
+        "POST",
+        "/t.Svc/Echo",
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+            ("accept-encoding", "gzip"),
+        ],
+        gzip(br#"{"name":"zipped"}"#),
+    )
+    .await;
+    r.expect(200);
+    assert_eq!(r.header("content-encoding").as_deref(), Some("gzip"));
+    assert_eq!(gunzip(&r.body), br#"{"name":"zipped"}"#);
+
+    // Streaming: per-envelope compression flag, connect-content-encoding.
+    let r = send(
+        s.addr,
+        "POST",
+        "/t.Svc/ServerStream",
+        &[
+            ("content-type", "application/connect+json"),
+            ("connect-content-encoding", "gzip"),
+            ("connect-accept-encoding", "gzip"),
+        ],
+        envelope(1, &gzip(br#"{"name":"z"}"#)),
+    )
+    .await;
+    r.expect(200);
+    assert_eq!(
+        r.header("connect-content-encoding").as_deref(),
+        Some("gzip")
+    );
+    let frames = envelopes(&r.body);
+    assert_eq!(frames[1].0, 1);
+    assert_eq!(gunzip(&frames[1].1), br#"{"text":"item 1","big":"1"}"#);
+    assert_eq!(
+        frames.last().unwrap().0,
+        2,
+        "the end-stream message is not compressed"
+    );
+
+    let r = send(
+        s.addr,
+        "POST",
+        "/t.Svc/Echo",
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "br"),
+        ],
+        "x",
+    )
+    .await;
+    r.expect(501);
+    assert!(r.text().contains("gzip, identity"), "{}", r.text());
+}
+
+#[tokio::test]
+async fn connect_timeout_ms_ends_the_call_with_deadline_exceeded() {
+    let s = server();
+    let start = std::time::Instant::now();
+    let r = send(
+        s.addr,
+        "POST",
+        "/t.Svc/Unary",
+        &[
+            ("content-type", "application/json"),
+            ("connect-timeout-ms", "200"),
+        ],
+        r#"{"name":"slow"}"#,
+    )
+    .await;
+    r.expect(504);
+    assert_eq!(r.json()["code"], "deadline_exceeded");
+    assert!(start.elapsed() < std::time::Duration::from_secs(2));
+
+    let r = send(
+        s.addr,
+        "POST",
+        "/t.Svc/Unary",
+        &[
+            ("content-type", "application/json"),
+            ("connect-timeout-ms", "soon"),
+        ],
+        "{}",
+    )
+    .await;
+    r.expect(400);
+}
+
+#[tokio::test]
+async fn get_requests_for_unary_methods() {
+    let s = server();
+    let r = get(
+        s.addr,
+        "/t.Svc/Echo?encoding=json&message=%7B%22name%22%3A%22got%22%7D&connect=v1",
+    )
+    .await;
+    assert_eq!(r.expect(200).json(), json!({"name": "got"}));
+
+    let message = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(proto_bytes(
+        &s,
+        "t.Req",
+        json!({"name": "b64"}),
+    ));
+    let r = get(
+        s.addr,
+        &format!("/t.Svc/Echo?encoding=proto&base64=1&message={message}"),
+    )
+    .await;
+    r.expect(200);
+    assert_eq!(proto_json(&s, "t.Req", &r.body), json!({"name": "b64"}));
+}
+
+#[tokio::test]
+async fn reflection_and_health_answer_over_connect_too() {
+    let s = server();
+    // grpc.health.v1.Health/Check, unary: `{}` in, `status: SERVING` (field 1 = 1) out.
+    let r = send(
+        s.addr,
+        "POST",
+        "/grpc.health.v1.Health/Check",
+        &[("content-type", "application/proto")],
+        "",
+    )
+    .await;
+    r.expect(200);
+    assert_eq!(r.body, vec![0x08, 0x01]);
+
+    // Reflection is a bidi stream: `list_services` (field 7, empty string) in one envelope.
+    let r = send(
+        s.addr,
+        "POST",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        &[("content-type", "application/connect+proto")],
+        envelope(0, &[0x3a, 0x00]),
+    )
+    .await;
+    let frames = envelopes(&r.expect(200).body);
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert_eq!(frames[0].0, 0);
+    let listing = String::from_utf8_lossy(&frames[0].1);
+    assert!(listing.contains("t.Svc"), "{listing}");
+    assert_eq!(frames[1], (0x02, b"{}".to_vec()));
+
+    // A watch that outlives connect-timeout-ms ends with deadline_exceeded.
+    let r = send(
+        s.addr,
+        "POST",
+        "/grpc.health.v1.Health/Watch",
+        &[
+            ("content-type", "application/connect+proto"),
+            ("connect-timeout-ms", "300"),
+        ],
+        envelope(0, &[]),
+    )
+    .await;
+    let frames = envelopes(&r.expect(200).body);
+    let (flags, end) = frames.last().unwrap();
+    assert_eq!(*flags, 0x02);
+    let end: serde_json::Value = serde_json::from_slice(end).unwrap();
+    assert_eq!(end["error"]["code"], "deadline_exceeded");
+
+    // JSON would need these services' descriptors.
+    let r = post_json(s.addr, "/grpc.health.v1.Health/Check", "{}").await;
+    r.expect(415);
+}

@@ -1,0 +1,528 @@
+//! HTTP/JSON transcoding from `google.api.http` annotations: routes (variables, `**`, verbs,
+//! `additional_bindings`, the most specific route winning), the request from path, query and body,
+//! `response_body`, errors as google.rpc.Status JSON with the mapped HTTP status, server streams as
+//! NDJSON, annotation problems reported at load, and routes following hot reloads.
+
+mod common;
+mod http_client;
+
+use std::time::Duration;
+
+use common::*;
+use http_client::{get, post_json, send, Reply};
+
+const LIBRARY: &str = r#"syntax = "proto3";
+package lib;
+
+import "google/api/annotations.proto";
+import "google/protobuf/any.proto";
+import "google/protobuf/duration.proto";
+import "google/protobuf/empty.proto";
+import "google/protobuf/struct.proto";
+import "google/protobuf/timestamp.proto";
+
+enum Kind {
+  KIND_UNSPECIFIED = 0;
+  NOVEL = 1;
+  ESSAY = 2;
+}
+
+message Filter {
+  string author = 1;
+  int32 min_pages = 2;
+}
+
+message Query {
+  string name = 1;
+  int64 revision = 2;
+  Filter filter = 3;
+  repeated string tags = 4;
+  Kind kind = 5;
+  bool deep = 6;
+  google.protobuf.Timestamp since = 7;
+  repeated int32 years = 8;
+}
+
+message Book {
+  string name = 1;
+  string title = 2;
+  int64 pages = 3;
+  Kind kind = 4;
+  google.protobuf.Timestamp published = 5;
+  google.protobuf.Duration read_time = 6;
+  google.protobuf.Struct extra = 7;
+  google.protobuf.Any attachment = 8;
+}
+
+message Update {
+  string name = 1;
+  Book book = 2;
+  string reason = 3;
+}
+
+message Name { string name = 1; }
+message Path { string path = 1; }
+message Shelf { string shelf = 1; int32 count = 2; }
+message Wrapped { Book book = 1; string note = 2; repeated Book more = 3; }
+
+service Library {
+  rpc Lookup(Query) returns (Query) {
+    option (google.api.http) = {
+      get: "/v1/{name=shelves/*/books/*}"
+      additional_bindings { get: "/v1/books/{name}" }
+    };
+  }
+  rpc Special(Name) returns (Book) {
+    option (google.api.http) = { get: "/v1/books/special" };
+  }
+  rpc Create(Book) returns (Book) {
+    option (google.api.http) = { post: "/v1/books" body: "*" };
+  }
+  rpc Change(Update) returns (Update) {
+    option (google.api.http) = {
+      patch: "/v1/books/{name}"
+      body: "book"
+      additional_bindings { put: "/v1/books/{name}" body: "book" }
+    };
+  }
+  rpc Remove(Name) returns (google.protobuf.Empty) {
+    option (google.api.http) = { delete: "/v1/books/{name}" };
+  }
+  rpc Archive(Name) returns (Book) {
+    option (google.api.http) = { post: "/v1/books/{name}:archive" };
+  }
+  rpc File(Path) returns (Path) {
+    option (google.api.http) = { get: "/files/{path=**}" };
+  }
+  rpc Cover(Name) returns (Wrapped) {
+    option (google.api.http) = {
+      get: "/v1/covers/{name}"
+      response_body: "book"
+      additional_bindings { get: "/v1/covers/{name}/more" response_body: "more" }
+    };
+  }
+  rpc List(Shelf) returns (stream Book) {
+    option (google.api.http) = { get: "/v1/shelves/{shelf}/books" };
+  }
+  rpc Missing(Name) returns (Book) {
+    option (google.api.http) = { get: "/v1/missing/{name}" };
+  }
+  rpc Unhandled(Name) returns (Book) {
+    option (google.api.http) = { get: "/v1/unhandled" };
+  }
+  rpc Bulk(stream Book) returns (Wrapped) {
+    option (google.api.http) = { post: "/v1/books:bulk" body: "*" };
+  }
+}
+"#;
+
+const HANDLERS: &str = r#"
+[[rule]]
+method = "lib.Library/Lookup"
+reply = "{{request}}"
+
+[[rule]]
+method = "lib.Library/Special"
+when.metadata.x-tenant = "acme"
+reply = { title = "special for acme" }
+
+[[rule]]
+method = "lib.Library/Special"
+reply = { title = "special" }
+
+[[rule]]
+method = "lib.Library/Create"
+headers = { x-served-by = "protodrop" }
+trailers = { x-cost = "3" }
+reply = "{{request}}"
+
+[[rule]]
+method = "lib.Library/Change"
+reply = "{{request}}"
+
+[[rule]]
+method = "lib.Library/Remove"
+
+[[rule]]
+method = "lib.Library/Archive"
+reply = { name = "{{request.name}}", title = "archived" }
+
+[[rule]]
+method = "lib.Library/File"
+reply = "{{request}}"
+
+[[rule]]
+method = "lib.Library/Cover"
+reply = { book = { name = "{{request.name}}", pages = 300 }, note = "not shown", more = [ { title = "a" }, { title = "b" } ] }
+
+[[rule]]
+method = "lib.Library/List"
+when.request.shelf = "broken"
+stream.messages = [ { title = "first" } ]
+error = { code = "DATA_LOSS", message = "shelf collapsed" }
+
+[[rule]]
+method = "lib.Library/List"
+trailers = { x-shelf-size = "3" }
+stream.repeat = 3
+stream.message = { name = "{{request.shelf}}", pages = "{{index}}" }
+
+[[rule]]
+method = "lib.Library/Bulk"
+reply = { note = "{{count}} books, first {{first.title}}, last {{request.title}}" }
+
+[[rule]]
+method = "lib.Library/Missing"
+error = { code = "NOT_FOUND", message = "no book {{request.name}}", details = [
+  { "@type" = "google.rpc.ErrorInfo", reason = "NO_BOOK", domain = "lib.example" },
+] }
+"#;
+
+fn server() -> Server {
+    Server::start(&[("lib.proto", LIBRARY)], &[("lib.toml", HANDLERS)])
+}
+
+async fn ok_json(r: Reply) -> serde_json::Value {
+    r.expect(200);
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    r.json()
+}
+
+#[tokio::test]
+async fn the_seed_greeter_answers_its_annotated_route() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let proto = std::fs::read_to_string(root.join("protos/hello_world.proto")).unwrap();
+    let handler = std::fs::read_to_string(root.join("handlers/hello_world.toml")).unwrap();
+    let s = Server::start(
+        &[("hello_world.proto", &proto)],
+        &[("hello_world.toml", &handler)],
+    );
+    let r = post_json(s.addr, "/v1/example/echo", r#"{"name":"you"}"#).await;
+    assert_eq!(ok_json(r).await, json!({"message": "Hello, you!"}));
+    // No content type at all (curl -d sends a form type): still JSON.
+    let r = send(
+        s.addr,
+        "POST",
+        "/v1/example/echo",
+        &[],
+        r#"{"name":"curl"}"#,
+    )
+    .await;
+    assert_eq!(ok_json(r).await, json!({"message": "Hello, curl!"}));
+}
+
+#[tokio::test]
+async fn path_variables_with_templates_and_additional_bindings() {
+    let s = server();
+    let r = get(s.addr, "/v1/shelves/7/books/42").await;
+    assert_eq!(ok_json(r).await, json!({"name": "shelves/7/books/42"}));
+    let r = get(s.addr, "/v1/books/42").await;
+    assert_eq!(ok_json(r).await, json!({"name": "42"}));
+    // A percent-encoded single segment is decoded.
+    let r = get(s.addr, "/v1/books/a%20b").await;
+    assert_eq!(ok_json(r).await, json!({"name": "a b"}));
+}
+
+#[tokio::test]
+async fn the_most_specific_route_wins() {
+    let s = server();
+    let r = get(s.addr, "/v1/books/special").await;
+    assert_eq!(ok_json(r).await, json!({"title": "special"}));
+    let r = send(
+        s.addr,
+        "GET",
+        "/v1/books/special",
+        &[("x-tenant", "acme")],
+        "",
+    )
+    .await;
+    assert_eq!(ok_json(r).await, json!({"title": "special for acme"}));
+    // A verb: POST /v1/books/{name}:archive, not POST /v1/books.
+    let r = send(s.addr, "POST", "/v1/books/b1:archive", &[], "").await;
+    assert_eq!(ok_json(r).await, json!({"name": "b1", "title": "archived"}));
+}
+
+#[tokio::test]
+async fn double_star_takes_the_rest_of_the_path() {
+    let s = server();
+    let r = get(s.addr, "/files/a/b/c.txt").await;
+    assert_eq!(ok_json(r).await, json!({"path": "a/b/c.txt"}));
+    // In a multi-segment variable %2F stays encoded (http.proto's rule); the rest is decoded.
+    let r = get(s.addr, "/files/dir%2Fname/x%20y").await;
+    assert_eq!(ok_json(r).await, json!({"path": "dir%2Fname/x y"}));
+    let r = get(s.addr, "/files").await;
+    assert_eq!(ok_json(r).await, json!({}));
+}
+
+#[tokio::test]
+async fn query_parameters_nested_repeated_enum_and_well_known() {
+    let s = server();
+    let r = get(
+        s.addr,
+        "/v1/books/q?revision=12&filter.author=Le%20Guin&filter.minPages=100\
+         &tags=a&tags=b&kind=ESSAY&deep=true&since=2024-01-02T03:04:05Z&years=1969&years=1974",
+    )
+    .await;
+    assert_eq!(
+        ok_json(r).await,
+        json!({
+            "name": "q",
+            "revision": "12",
+            "filter": {"author": "Le Guin", "minPages": 100},
+            "tags": ["a", "b"],
+            "kind": "ESSAY",
+            "deep": true,
+            "since": "2024-01-02T03:04:05Z",
+            "years": [1969, 1974],
+        })
+    );
+    // Enums by number too.
+    let r = get(s.addr, "/v1/books/q?kind=1").await;
+    assert_eq!(ok_json(r).await, json!({"name": "q", "kind": "NOVEL"}));
+}
+
+#[tokio::test]
+async fn bad_query_parameters_are_invalid_argument_naming_them() {
+    let s = server();
+    for (query, needle) in [
+        ("colour=red", "no field 'colour'"),
+        ("filter.nope=1", "no field 'nope'"),
+        ("revision=ten", "query parameter 'revision'"),
+        ("kind=POEM", "POEM"),
+        ("deep=maybe", "'maybe' is not true or false"),
+        ("revision=1&revision=2", "more than once"),
+        ("filter=x", "is a message"),
+        ("name=other", "taken from the path"),
+    ] {
+        let r = get(s.addr, &format!("/v1/books/q?{query}")).await;
+        r.expect(400);
+        let body = r.json();
+        assert_eq!(body["code"], 3, "{query}: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{query}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn body_star_with_well_known_types_and_any() {
+    let s = server();
+    let book = json!({
+        "name": "b",
+        "title": "The Dispossessed",
+        "pages": "387",
+        "kind": "NOVEL",
+        "published": "1974-05-01T00:00:00Z",
+        "readTime": "3600s",
+        "extra": {"signed": true, "copies": [1.0, 2.5]},
+        "attachment": {"@type": "type.googleapis.com/lib.Filter", "author": "ULG", "minPages": 1},
+    });
+    let r = post_json(s.addr, "/v1/books", &book.to_string()).await;
+    r.expect(200);
+    assert_eq!(r.header("x-served-by").as_deref(), Some("protodrop"));
+    assert_eq!(r.header("x-cost").as_deref(), Some("3"));
+    assert_eq!(r.json(), book);
+}
+
+#[tokio::test]
+async fn unknown_fields_in_the_body_are_invalid_argument_naming_them() {
+    let s = server();
+    let r = post_json(s.addr, "/v1/books", r#"{"title":"x","auther":"y"}"#).await;
+    r.expect(400);
+    let body = r.json();
+    assert_eq!(body["code"], 3);
+    assert!(
+        body["message"].as_str().unwrap().contains("'auther'"),
+        "{body}"
+    );
+    let r = post_json(s.addr, "/v1/books", r#"{"title":"#).await;
+    r.expect(400);
+}
+
+#[tokio::test]
+async fn body_field_with_patch_and_put() {
+    let s = server();
+    for method in ["PATCH", "PUT"] {
+        let r = send(
+            s.addr,
+            method,
+            "/v1/books/b7?reason=typo",
+            &[("content-type", "application/json")],
+            r#"{"title":"New title","pages":12}"#,
+        )
+        .await;
+        assert_eq!(
+            ok_json(r).await,
+            json!({"name": "b7", "book": {"title": "New title", "pages": "12"}, "reason": "typo"}),
+            "{method}"
+        );
+    }
+    let r = send(s.addr, "PATCH", "/v1/books/b7?book.title=x", &[], "{}").await;
+    r.expect(400);
+    assert!(
+        r.text().contains("taken from the request body"),
+        "{}",
+        r.text()
+    );
+}
+
+#[tokio::test]
+async fn delete_answers_empty() {
+    let s = server();
+    let r = send(s.addr, "DELETE", "/v1/books/b7", &[], "").await;
+    assert_eq!(ok_json(r).await, json!({}));
+}
+
+#[tokio::test]
+async fn response_body_picks_a_field() {
+    let s = server();
+    let r = get(s.addr, "/v1/covers/c1").await;
+    assert_eq!(ok_json(r).await, json!({"name": "c1", "pages": "300"}));
+    let r = get(s.addr, "/v1/covers/c1/more").await;
+    assert_eq!(ok_json(r).await, json!([{"title": "a"}, {"title": "b"}]));
+}
+
+#[tokio::test]
+async fn errors_are_google_rpc_status_with_the_mapped_http_status() {
+    let s = server();
+    let r = get(s.addr, "/v1/missing/m1").await;
+    r.expect(404);
+    assert_eq!(
+        r.json(),
+        json!({
+            "code": 5,
+            "message": "no book m1",
+            "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "NO_BOOK", "domain": "lib.example"}],
+        })
+    );
+    let r = get(s.addr, "/v1/unhandled").await;
+    r.expect(501);
+    assert_eq!(r.json()["code"], 12);
+    assert!(r.text().contains("no handler for lib.Library/Unhandled"));
+}
+
+#[tokio::test]
+async fn unmatched_paths_and_methods() {
+    let s = server();
+    let r = get(s.addr, "/v2/nothing/here").await;
+    r.expect(404);
+    assert_eq!(r.json()["code"], 5);
+    assert!(r.text().contains("GET /v2/nothing/here"), "{}", r.text());
+    let r = send(s.addr, "POST", "/v1/books/b1", &[], "{}").await;
+    r.expect(405);
+    assert_eq!(
+        r.header("allow").as_deref(),
+        Some("DELETE, GET, PATCH, PUT")
+    );
+    assert_eq!(r.json()["code"], 12);
+}
+
+#[tokio::test]
+async fn server_streams_are_newline_delimited_json() {
+    let s = server();
+    let r = get(s.addr, "/v1/shelves/s1/books").await;
+    r.expect(200);
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/x-ndjson")
+    );
+    assert_eq!(
+        r.lines(),
+        vec![
+            json!({"name": "s1"}),
+            json!({"name": "s1", "pages": "1"}),
+            json!({"name": "s1", "pages": "2"}),
+        ]
+    );
+    // An error after the first message is the last line.
+    let r = get(s.addr, "/v1/shelves/broken/books").await;
+    r.expect(200);
+    assert_eq!(
+        r.lines(),
+        vec![
+            json!({"title": "first"}),
+            json!({"error": {"code": 15, "message": "shelf collapsed", "details": []}}),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_client_stream_reads_the_body_as_json_values() {
+    let s = server();
+    let r = post_json(
+        s.addr,
+        "/v1/books:bulk",
+        "{\"title\":\"a\"}\n{\"title\":\"b\"}\n{\"title\":\"c\"}\n",
+    )
+    .await;
+    assert_eq!(
+        ok_json(r).await,
+        json!({"note": "3 books, first a, last c"})
+    );
+}
+
+#[tokio::test]
+async fn bad_annotations_are_load_problems_at_their_line() {
+    let bad = LIBRARY
+        .replace("get: \"/v1/unhandled\"", "get: \"/v1/{nope}\"")
+        .replace("response_body: \"book\"", "response_body: \"cover\"");
+    let (code, out, err) = check(&[("lib.proto", &bad)], &[("lib.toml", HANDLERS)]);
+    assert_eq!(code, 1, "{out}{err}");
+    let all = format!("{out}{err}");
+    let line = line_of(&bad, "/v1/{nope}");
+    assert!(
+        all.contains(&format!("protos/lib.proto:{line}:")),
+        "expected a problem at line {line}:\n{all}"
+    );
+    assert!(all.contains("lib.Name has no field 'nope'"), "{all}");
+    let line = line_of(&bad, "response_body: \"cover\"");
+    assert!(all.contains(&format!("protos/lib.proto:{line}:")), "{all}");
+    assert!(all.contains("lib.Wrapped has no field 'cover'"), "{all}");
+
+    let bad = LIBRARY.replace("\"/v1/books/special\"", "\"/v1/books/{name\"");
+    let (code, out, err) = check(&[("lib.proto", &bad)], &[("lib.toml", HANDLERS)]);
+    assert_eq!(code, 1);
+    let all = format!("{out}{err}");
+    let line = line_of(&bad, "/v1/books/{name\"");
+    assert!(all.contains(&format!("protos/lib.proto:{line}:")), "{all}");
+    assert!(all.contains("bad path template"), "{all}");
+}
+
+#[tokio::test]
+async fn routes_follow_hot_reloads() {
+    let s = Server::start(&t_proto(), &[]);
+    // The server starts watching just after it prints its address.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = get(s.addr, "/v1/shop/items/9").await;
+    r.expect(404);
+    s.write_proto(
+        "shop.proto",
+        r#"syntax = "proto3";
+package shop;
+import "google/api/annotations.proto";
+message ItemRequest { string id = 1; }
+message Item { string id = 1; int64 price_cents = 2; }
+service Catalog {
+  rpc GetItem(ItemRequest) returns (Item) {
+    option (google.api.http) = { get: "/v1/shop/items/{id}" };
+  }
+}
+"#,
+    );
+    s.write_handler(
+        "shop.toml",
+        "[[rule]]\nmethod = \"shop.Catalog/GetItem\"\nreply = { id = \"{{request.id}}\", price_cents = 1999 }\n",
+    );
+    let body = eventually(Duration::from_secs(10), || async {
+        let r = get(s.addr, "/v1/shop/items/9").await;
+        if r.status == 200 {
+            Ok(r.json())
+        } else {
+            Err(format!("{} {}; log:\n{}", r.status, r.text(), s.logs()))
+        }
+    })
+    .await;
+    assert_eq!(body, json!({"id": "9", "priceCents": "1999"}));
+}
