@@ -258,15 +258,17 @@ class Protodrop:
         return self.address_
 
 
-def start_protodrop(workdir: Path, protos: Path = None, handlers: Path = None) -> Protodrop | NotStarted:
-    """protodrop on the repo's protos/ and handlers/, or on the folders given."""
+def start_protodrop(
+    workdir: Path, protos: Path = None, handlers: Path = None, extra_args: tuple[str, ...] = ()
+) -> Protodrop | NotStarted:
+    """protodrop on the repo's protos/ and handlers/, or on the folders given, with extra flags."""
     protos = protos or PROTOS
     handlers = handlers or HANDLERS
     binary = Path(os.environ.get("PROTODROP_BIN") or REPO / "target" / "debug" / "protodrop")
     if not binary.is_file():
         return NotStarted(f"protodrop binary not found at {binary} (build it, or set PROTODROP_BIN)")
     stderr_log = workdir / "protodrop.stderr.log"
-    args = [str(binary), "serve", "--protos", str(protos), "--handlers", str(handlers), "--listen", "127.0.0.1:0"]
+    args = [str(binary), "serve", "--protos", str(protos), "--handlers", str(handlers), "--listen", "127.0.0.1:0", *extra_args]
     with open(stderr_log, "wb") as err:
         proc = _spawn(args, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
     lines: queue.Queue[str | None] = queue.Queue()

@@ -209,3 +209,20 @@ def test_a_handler_file_can_override_health(served):
             assert time.monotonic() < deadline, "removing the override did not restore SERVING within 1 s"
             time.sleep(0.02)
         assert status("") == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_no_reflection_turns_reflection_off(tmp_path: Path):
+    server = start_protodrop(tmp_path, extra_args=("--no-reflection",))
+    if server.proc is None:
+        pytest.fail(server.why)
+    try:
+        cmd = [str(GRPCURL), "-plaintext", server.address_, "list"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        assert done.returncode != 0
+        assert "does not support the reflection API" in done.stderr, done.stderr
+        # The services themselves still answer.
+        with grpc.insecure_channel(server.address_) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            assert health.Check(health_pb2.HealthCheckRequest(service="hello.Hello"), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        _stop(server.proc)
