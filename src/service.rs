@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tower::ServiceExt as _;
 
 use crate::codec::DynamicCodec;
-use crate::front::{connect, health, transcode, HttpService, Protocol};
+use crate::front::{connect, health, transcode, wire, HttpService, Protocol};
 use crate::registry::{Method, Registry, State};
 use crate::respond::{respond, Incoming, ReplyStream};
 
@@ -183,11 +183,6 @@ fn check_size(
     limit: usize,
 ) -> Result<DynamicMessage, Status> {
     let message = item?;
-    let size = prost::Message::encoded_len(&message);
-    if size > limit {
-        return Err(Status::resource_exhausted(format!(
-            "response message of {size} bytes is larger than the limit of {limit} bytes (--max-message-size)"
-        )));
-    }
+    wire::check_reply_size(&message, limit)?;
     Ok(message)
 }

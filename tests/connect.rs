@@ -613,3 +613,22 @@ async fn reflection_and_health_answer_over_connect_too() {
     let r = post_json(s.addr, "/grpc.health.v1.Health/Check", "{}").await;
     r.expect(415);
 }
+
+/// Regression: a unary-framed Connect call to Health/Watch (a never-ending server stream) used to be
+/// bridged as unary and waited for the stream's end forever. It is refused like any streaming method.
+#[tokio::test]
+async fn unary_framing_on_a_built_in_stream_is_refused_not_left_hanging() {
+    let s = server();
+    let call = send(
+        s.addr,
+        "POST",
+        "/grpc.health.v1.Health/Watch",
+        &[("content-type", "application/proto")],
+        "",
+    );
+    let r = tokio::time::timeout(std::time::Duration::from_secs(5), call)
+        .await
+        .expect("answered, not left hanging");
+    r.expect(415);
+    assert!(r.text().contains("streaming method"), "{}", r.text());
+}

@@ -575,6 +575,9 @@ pub async fn serve_get(
         } else {
             Bytes::copy_from_slice(message.as_bytes())
         };
+        if raw.len() > limit {
+            return Err(wire::too_large("request", limit));
+        }
         let encoding = Encoding::parse(param("compression"))?;
         Ok::<_, Status>((encoding.decompress(raw, limit)?, encoding))
     })();

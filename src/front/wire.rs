@@ -104,7 +104,7 @@ impl Encoding {
         }
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(data.as_ref())
-            .take(limit as u64 + 1)
+            .take((limit as u64).saturating_add(1))
             .read_to_end(&mut out)
             .map_err(|e| Status::invalid_argument(format!("request is not valid gzip: {e}")))?;
         if out.len() > limit {

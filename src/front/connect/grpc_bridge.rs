@@ -21,6 +21,9 @@ use crate::front::wire::{self, Encoding, HttpResponse};
 use crate::front::HttpService;
 use tokio::time::Instant;
 
+/// The one unary method among the built-in services.
+const UNARY_BUILT_IN: &str = "/grpc.health.v1.Health/Check";
+
 /// How the Connect request asks to be served.
 pub struct Call {
     pub framing: Framing,
@@ -50,6 +53,16 @@ pub async fn serve(
                 Framing::Unary => "application/proto",
                 Framing::Streaming => "application/connect+proto",
             }
+        ));
+        return unary_error(&status, pool, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+    // Of the built-in methods only Health/Check is unary; the others stream without end (Watch) or
+    // both ways (reflection), and a unary answer would wait for them forever.
+    if framing == Framing::Unary && request.uri().path() != UNARY_BUILT_IN {
+        let status = Status::unimplemented(format!(
+            "{} is a streaming method: call it with {} (messages in 5-byte envelopes), or over gRPC",
+            request.uri().path(),
+            Codec::Proto.streaming_type()
         ));
         return unary_error(&status, pool, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     }
@@ -212,7 +225,15 @@ async fn unary(
     while let Some(frame) = futures::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
     {
         match frame.map(Frame::into_data) {
-            Ok(Ok(chunk)) => data.extend_from_slice(&chunk),
+            Ok(Ok(chunk)) => {
+                // One message and its 5-byte prefix, at most.
+                if data.len() + chunk.len() > limit.saturating_add(5) {
+                    return Err(Status::resource_exhausted(format!(
+                        "answer larger than the limit of {limit} bytes (--max-message-size)"
+                    )));
+                }
+                data.extend_from_slice(&chunk)
+            }
             Ok(Err(frame)) => status = grpc_status(&frame.into_trailers().unwrap_or_default()),
             Err(e) => status = Some(Status::internal(format!("gRPC answer: {e}"))),
         }

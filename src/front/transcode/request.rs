@@ -1,5 +1,6 @@
 //! The request message of a transcoded call: the body (the whole message, one field, or nothing),
-//! then query parameters for the other fields (`?a.b=1&c=2&c=3`), then path variables, which win.
+//! then query parameters for the other fields (`?a.b=1&c=2&c=3`), then path variables (a query
+//! parameter may not name a field the path binds).
 //! Values are read as proto3 JSON reads them: numbers from their text, enums by name or number,
 //! well-known types from their JSON strings; every unknown name is INVALID_ARGUMENT naming it.
 
@@ -120,7 +121,7 @@ fn resolve(
             })?;
         if i + 1 < parts.len() {
             match field.kind() {
-                Kind::Message(inner) if !field.is_list() && !has_scalar_json(&inner) => {
+                Kind::Message(inner) if !field.is_list() && !field.is_map() && !has_scalar_json(&inner) => {
                     desc = inner;
                 }
                 _ => {

@@ -311,14 +311,22 @@ fn decode(raw: &str, all: bool) -> String {
     if all {
         return percent_decode_str(raw).decode_utf8_lossy().into_owned();
     }
+    // Split on `%2F`/`%2f` in one pass (lower-casing the rest at each hit would be quadratic).
     let mut out = String::with_capacity(raw.len());
-    let mut rest = raw;
-    while let Some(i) = rest.to_ascii_lowercase().find("%2f") {
-        out.push_str(&percent_decode_str(&rest[..i]).decode_utf8_lossy());
-        out.push_str(&rest[i..i + 3]);
-        rest = &rest[i + 3..];
+    let mut start = 0;
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    while i + 3 <= bytes.len() {
+        if bytes[i] == b'%' && bytes[i + 1] == b'2' && (bytes[i + 2] | 0x20) == b'f' {
+            out.push_str(&percent_decode_str(&raw[start..i]).decode_utf8_lossy());
+            out.push_str(&raw[i..i + 3]);
+            i += 3;
+            start = i;
+        } else {
+            i += 1;
+        }
     }
-    out.push_str(&percent_decode_str(rest).decode_utf8_lossy());
+    out.push_str(&percent_decode_str(&raw[start..]).decode_utf8_lossy());
     out
 }
 
