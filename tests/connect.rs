@@ -632,3 +632,59 @@ async fn unary_framing_on_a_built_in_stream_is_refused_not_left_hanging() {
     r.expect(415);
     assert!(r.text().contains("streaming method"), "{}", r.text());
 }
+
+/// Regression: `accept-encoding` weights were matched as text, so only a literal `q=0` refused gzip.
+#[tokio::test]
+async fn a_zero_weight_in_accept_encoding_refuses_gzip_whatever_its_spelling() {
+    let s = server();
+    for accept in ["gzip;q=0.0", "gzip; q=0.000", "gzip;Q=0, identity"] {
+        let r = send(
+            s.addr,
+            "POST",
+            "/t.Svc/Echo",
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+                ("accept-encoding", accept),
+            ],
+            gzip(br#"{"name":"plain"}"#),
+        )
+        .await;
+        r.expect(200);
+        assert_eq!(r.header("content-encoding"), None, "{accept}");
+        assert_eq!(r.json()["name"], "plain", "{accept}");
+    }
+    let r = send(
+        s.addr,
+        "POST",
+        "/t.Svc/Echo",
+        &[
+            ("content-type", "application/json"),
+            ("accept-encoding", "gzip;q=0.5"),
+        ],
+        r#"{"name":"zipped"}"#,
+    )
+    .await;
+    r.expect(200);
+    assert_eq!(r.header("content-encoding").as_deref(), Some("gzip"));
+}
+
+/// Regression: `connect-timeout-ms: 0` was taken (an instant deadline); Connect asks for a positive
+/// integer.
+#[tokio::test]
+async fn a_zero_connect_timeout_is_invalid() {
+    let s = server();
+    let r = send(
+        s.addr,
+        "POST",
+        "/t.Svc/Echo",
+        &[
+            ("content-type", "application/json"),
+            ("connect-timeout-ms", "0"),
+        ],
+        "{}",
+    )
+    .await;
+    r.expect(400);
+    assert_eq!(r.json()["code"], "invalid_argument");
+}

@@ -526,3 +526,139 @@ service Catalog {
     .await;
     assert_eq!(body, json!({"id": "9", "priceCents": "1999"}));
 }
+
+const EDGES: &str = r#"syntax = "proto3";
+package edge;
+
+import "google/api/annotations.proto";
+
+message Name { string name = 1; }
+message Path { string path = 1; }
+message Count { string note = 1; }
+
+service Edge {
+  rpc Run(Name) returns (Name) {
+    option (google.api.http) = { post: "/v1:run" body: "*" };
+  }
+  rpc One(Name) returns (Name) {
+    option (google.api.http) = { post: "/v1/one" body: "*" };
+  }
+  rpc Many(stream Name) returns (Count) {
+    option (google.api.http) = { post: "/v1/many" body: "*" };
+  }
+  rpc Upload(Name) returns (Name) {
+    option (google.api.http) = { get: "/v1.files/upload" };
+  }
+  rpc Anything(Path) returns (Path) {
+    option (google.api.http) = { get: "/{path=**}" };
+  }
+  rpc Echo(Name) returns (Name);
+}
+"#;
+
+const EDGE_HANDLERS: &str = r#"
+[[rule]]
+method = "edge.Edge/Run"
+reply = { name = "ran {{request.name}}" }
+
+[[rule]]
+method = "edge.Edge/One"
+reply = "{{request}}"
+
+[[rule]]
+method = "edge.Edge/Many"
+reply = { note = "{{count}}, last {{request.name}}" }
+
+[[rule]]
+method = "edge.Edge/Upload"
+reply = "{{request}}"
+
+[[rule]]
+method = "edge.Edge/Anything"
+reply = "{{request}}"
+
+[[rule]]
+method = "edge.Edge/Echo"
+reply = { name = "echo {{request.name}}" }
+"#;
+
+fn edge_server() -> Server {
+    Server::start(&[("edge.proto", EDGES)], &[("edge.toml", EDGE_HANDLERS)])
+}
+
+/// Regression: a template whose only segment has a verb was indexed under its literal (`v1`) but
+/// looked up under the request's first segment (`v1:run`), so it never matched.
+#[tokio::test]
+async fn a_verb_on_the_only_segment_matches() {
+    let s = edge_server();
+    let r = post_json(s.addr, "/v1:run", r#"{"name":"x"}"#).await;
+    assert_eq!(ok_json(r).await, json!({"name": "ran x"}));
+    // Another verb is still no route of this method (the catch-all GET says 405 for POST).
+    let r = post_json(s.addr, "/v1:walk", "{}").await;
+    r.expect(405);
+}
+
+/// Regression: the body was parsed whole into JSON values (and messages) before a method that takes
+/// one message refused the second; now reading stops at the second value.
+#[tokio::test]
+async fn a_body_of_many_values_is_refused_at_the_second_for_a_unary_method() {
+    let s = edge_server();
+    let body = "1 ".repeat(1_500_000);
+    let r = post_json(s.addr, "/v1/one", &body).await;
+    r.expect(400);
+    assert!(
+        r.text().contains("more than one JSON value"),
+        "{}",
+        r.text()
+    );
+    // What follows the second value is not read: it need not be JSON.
+    let r = post_json(s.addr, "/v1/one", r#"{"name":"a"} {"name":"b"} ]]]"#).await;
+    r.expect(400);
+    assert!(
+        r.text().contains("more than one JSON value"),
+        "{}",
+        r.text()
+    );
+    let r = post_json(s.addr, "/v1/one", r#" {"name":"a"} "#).await;
+    assert_eq!(ok_json(r).await, json!({"name": "a"}));
+}
+
+/// A client stream reads the body's values one at a time, as messages.
+#[tokio::test]
+async fn a_client_stream_takes_the_body_values_as_they_are_read() {
+    let s = edge_server();
+    let body = r#"{"name":"a"}"#.repeat(2000);
+    let r = post_json(s.addr, "/v1/many", &body).await;
+    assert_eq!(ok_json(r).await, json!({"note": "2000, last a"}));
+    let r = post_json(s.addr, "/v1/many", "").await;
+    assert_eq!(ok_json(r).await, json!({"note": "0, last "}));
+    let r = post_json(s.addr, "/v1/many", r#"{"name":"a"} {"name":"#).await;
+    r.expect(400);
+    assert!(r.text().contains("not JSON"), "{}", r.text());
+}
+
+/// Regression: a Connect GET reached Connect only when no route matched, so `/{path=**}` took it.
+#[tokio::test]
+async fn a_connect_get_comes_before_a_catch_all_route() {
+    let s = edge_server();
+    let r = get(
+        s.addr,
+        "/edge.Edge/Echo?encoding=json&message=%7B%22name%22%3A%22got%22%7D",
+    )
+    .await;
+    assert_eq!(ok_json(r).await, json!({"name": "echo got"}));
+    // Without `message=` it is no Connect GET: the catch-all route has it.
+    let r = get(s.addr, "/edge.Edge/Echo").await;
+    assert_eq!(ok_json(r).await, json!({"path": "edge.Edge/Echo"}));
+}
+
+/// Regression: a Connect POST to a path whose routes take another HTTP method was 404, not 405.
+#[tokio::test]
+async fn a_connect_post_to_a_get_route_is_method_not_allowed() {
+    let s = edge_server();
+    let r = post_json(s.addr, "/v1.files/upload", "{}").await;
+    r.expect(405);
+    assert_eq!(r.header("allow").as_deref(), Some("GET"));
+    let r = get(s.addr, "/v1.files/upload?name=f").await;
+    assert_eq!(ok_json(r).await, json!({"name": "f"}));
+}

@@ -156,17 +156,17 @@ pub async fn serve(
             return grpc_bridge::serve(service, request, call, &pool).await;
         }
     };
-    let streaming_method = method.desc.is_client_streaming() || method.desc.is_server_streaming();
     match framing {
-        Framing::Unary if streaming_method => {
-            let status = Status::unimplemented(format!(
-                "{} is a streaming method: call it with {} (messages in 5-byte envelopes), or over gRPC",
-                method.name,
-                codec.streaming_type()
-            ));
-            unary_error(&status, &pool, StatusCode::UNSUPPORTED_MEDIA_TYPE)
-        }
         Framing::Unary => {
+            let how = format!(
+                "call it with {} (messages in 5-byte envelopes), or over gRPC",
+                codec.streaming_type()
+            );
+            if let Some(refusal) =
+                refuse_streaming(&method, &how, StatusCode::UNSUPPORTED_MEDIA_TYPE, &pool)
+            {
+                return refusal;
+            }
             let (parts, body) = request.into_parts();
             let limit = settings.max_message_size;
             let payload = async {
@@ -176,31 +176,34 @@ pub async fn serve(
                 Ok((encoding.decompress(raw, limit)?, encoding))
             }
             .await;
-            let accept = |request: Encoding| {
-                Encoding::accepted(
-                    wire::header(&parts.headers, header::ACCEPT_ENCODING),
-                    request,
-                )
-            };
-            match payload {
-                Ok((raw, encoding)) => {
-                    unary(
-                        state,
-                        method,
-                        &parts.headers,
-                        raw,
-                        codec,
-                        accept(encoding),
-                        deadline,
-                        limit,
-                    )
-                    .await
-                }
-                Err(status) => unary_error(&status, &pool, json::http_status(status.code())),
-            }
+            unary(
+                state,
+                method,
+                &parts.headers,
+                payload,
+                codec,
+                deadline,
+                limit,
+            )
+            .await
         }
         Framing::Streaming => streaming(state, method, request, codec, deadline, settings).await,
     }
+}
+
+/// The refusal of a request that only a unary method takes (a bare message, a GET) when `method`
+/// streams; `None` for a unary method.
+fn refuse_streaming(
+    method: &Method,
+    how: &str,
+    http_status: StatusCode,
+    pool: &DescriptorPool,
+) -> Option<HttpResponse> {
+    if !(method.desc.is_client_streaming() || method.desc.is_server_streaming()) {
+        return None;
+    }
+    let status = Status::unimplemented(format!("{} is a streaming method: {how}", method.name));
+    Some(unary_error(&status, pool, http_status))
 }
 
 /// `Connect-Protocol-Version` may be absent (curl); when present it must be 1.
@@ -213,14 +216,15 @@ fn check_version(headers: &HeaderMap) -> Result<(), Status> {
     }
 }
 
-/// The call's deadline from `connect-timeout-ms` (a positive integer of at most 10 digits).
+/// The call's deadline from `connect-timeout-ms` (a positive integer of at most 10 digits, as the
+/// Connect protocol asks: 0 is refused).
 fn deadline(headers: &HeaderMap) -> Result<Option<Instant>, Status> {
     let Some(value) = headers.get("connect-timeout-ms") else {
         return Ok(None);
     };
     let text = value.to_str().unwrap_or_default();
     match text.parse::<u64>() {
-        Ok(ms) if text.len() <= 10 && text.bytes().all(|b| b.is_ascii_digit()) => {
+        Ok(ms) if ms > 0 && text.len() <= 10 && text.bytes().all(|b| b.is_ascii_digit()) => {
             Ok(Some(Instant::now() + Duration::from_millis(ms)))
         }
         _ => Err(Status::invalid_argument(format!(
@@ -242,19 +246,24 @@ async fn until<T>(
     }
 }
 
-/// One unary call from its (decompressed) payload.
-#[allow(clippy::too_many_arguments)]
+/// One unary call from its payload as read (decompressed, with the coding it came in, which is the
+/// answer's unless `accept-encoding` says otherwise), or the error reading it.
 async fn unary(
     state: Arc<State>,
     method: Arc<Method>,
     headers: &HeaderMap,
-    payload: Bytes,
+    payload: Result<(Bytes, Encoding), Status>,
     codec: Codec,
-    answer_encoding: Encoding,
     deadline: Option<Instant>,
     limit: usize,
 ) -> HttpResponse {
     let pool = state.protos.pool.clone();
+    let (payload, encoding) = match payload {
+        Ok(p) => p,
+        Err(status) => return unary_error(&status, &pool, json::http_status(status.code())),
+    };
+    let answer_encoding =
+        Encoding::accepted(wire::header(headers, header::ACCEPT_ENCODING), encoding);
     let metadata = wire::request_metadata(headers);
     let reply = until(deadline, async {
         let request = codec.decode(&method.desc.input(), &payload)?;
@@ -315,14 +324,7 @@ async fn streaming(
         });
     let (request_encoding, answer_encoding) = match encodings {
         Ok(e) => e,
-        Err(status) => {
-            let end = end_stream(&status, &pool);
-            return wire::streaming_response(
-                HeaderMap::new(),
-                codec.streaming_type(),
-                futures::stream::iter([Frame::data(end)]),
-            );
-        }
+        Err(status) => return only_end(HeaderMap::new(), codec, &status, &pool),
     };
     let incoming = envelopes(body, codec, method.desc.input(), request_encoding, limit);
     let metadata = wire::request_metadata(&parts.headers);
@@ -340,14 +342,7 @@ async fn streaming(
             wire::add_metadata(&mut headers, &metadata, "");
             replies
         }
-        Err(status) => {
-            let end = end_stream(&status, &pool);
-            return wire::streaming_response(
-                headers,
-                codec.streaming_type(),
-                futures::stream::iter([Frame::data(end)]),
-            );
-        }
+        Err(status) => return only_end(headers, codec, &status, &pool),
     };
     let frames = async_stream::stream! {
         loop {
@@ -389,6 +384,20 @@ fn envelope(flags: u8, message: &[u8]) -> Bytes {
     out.extend_from_slice(&(message.len() as u32).to_be_bytes());
     out.extend_from_slice(message);
     out.freeze()
+}
+
+/// A streaming answer that is only its end-stream message.
+fn only_end(
+    headers: HeaderMap,
+    codec: Codec,
+    status: &Status,
+    pool: &DescriptorPool,
+) -> HttpResponse {
+    wire::streaming_response(
+        headers,
+        codec.streaming_type(),
+        futures::stream::iter([Frame::data(end_stream(status, pool))]),
+    )
 }
 
 /// The end-stream envelope: `{"error": {...}}` unless the status is OK, and `"metadata"` (trailers, or
@@ -531,18 +540,11 @@ pub async fn serve_get(
         let status = crate::service::unknown_path(&state, &path);
         return unary_error(&status, &pool, StatusCode::NOT_FOUND);
     };
-    if method.desc.is_client_streaming() || method.desc.is_server_streaming() {
-        let status = Status::unimplemented(format!(
-            "{} is a streaming method; GET is for unary methods only",
-            method.name
-        ));
-        return unary_error(&status, &pool, StatusCode::METHOD_NOT_ALLOWED);
+    let how = "GET is for unary methods only";
+    if let Some(refusal) = refuse_streaming(&method, how, StatusCode::METHOD_NOT_ALLOWED, &pool) {
+        return refusal;
     }
-    let query: Vec<(String, String)> = request
-        .uri()
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
+    let query = wire::query_pairs(request.uri().query());
     let param = |name: &str| {
         query
             .iter()
@@ -585,24 +587,14 @@ pub async fn serve_get(
         Ok(d) => d,
         Err(status) => return unary_error(&status, &pool, StatusCode::BAD_REQUEST),
     };
-    match payload {
-        Ok((raw, encoding)) => {
-            let accept = Encoding::accepted(
-                wire::header(request.headers(), header::ACCEPT_ENCODING),
-                encoding,
-            );
-            unary(
-                state,
-                method,
-                request.headers(),
-                raw,
-                codec,
-                accept,
-                deadline,
-                limit,
-            )
-            .await
-        }
-        Err(status) => unary_error(&status, &pool, json::http_status(status.code())),
-    }
+    unary(
+        state,
+        method,
+        request.headers(),
+        payload,
+        codec,
+        deadline,
+        limit,
+    )
+    .await
 }

@@ -29,17 +29,15 @@ pub enum Protocol {
     Grpc,
     /// `application/json`, `application/proto`, `application/connect+…` on `POST /pkg.Service/Method`.
     Connect,
-    /// Anything else: HTTP/JSON transcoding by `google.api.http` routes.
+    /// Anything else: HTTP/JSON transcoding by `google.api.http` routes, and Connect GET
+    /// (`GET /pkg.Service/Method?encoding=…&message=…`), which `transcode::serve` hands to Connect.
     Http,
 }
 
 impl Protocol {
     pub fn of(request: &http::Request<axum::body::Body>) -> Protocol {
-        let content_type = request
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
+        let content_type =
+            wire::header(request.headers(), http::header::CONTENT_TYPE).unwrap_or_default();
         if content_type.starts_with("application/grpc") {
             return Protocol::Grpc;
         }

@@ -40,6 +40,10 @@ pub async fn serve(
     settings: ServiceSettings,
 ) -> HttpResponse {
     let path = request.uri().path().to_string();
+    // A Connect GET of a served method comes first: a route such as `/{x=**}` would take it too.
+    if super::connect::is_get_request(&request) && state.methods.contains_key(&path) {
+        return super::connect::serve_get(state, request, settings).await;
+    }
     match state.routes.find(request.method(), &path) {
         Lookup::Found(route, bindings) => {
             let pool = state.protos.pool.clone();
@@ -76,9 +80,10 @@ pub async fn serve(
     }
 }
 
-/// Whether some route takes this request (Connect defers to it when a route looks like a method path).
+/// Whether some route has this path, with this HTTP method or another (Connect defers to
+/// transcoding when a route looks like a method path, so that it answers or says 405).
 pub fn has_route(state: &State, method: &http::Method, path: &str) -> bool {
-    matches!(state.routes.find(method, path), Lookup::Found(..))
+    !matches!(state.routes.find(method, path), Lookup::NotFound)
 }
 
 async fn call(
@@ -97,39 +102,46 @@ async fn call(
             Status::internal(format!("route {} names no served method", route.pattern))
         })?;
     let (parts, body) = request.into_parts();
-    let query: Vec<(String, String)> = parts
-        .uri
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
+    let query = wire::query_pairs(parts.uri.query());
     // A route without `body` ignores the request body, as grpc-gateway does.
-    let bodies = if matches!(route.body, BodyRule::None) {
-        Vec::new()
+    let incoming: Incoming = if matches!(route.body, BodyRule::None) {
+        let message = request::build(route, None, &bindings, &query)?;
+        Box::pin(futures::stream::iter([Ok(message)]))
     } else {
         let body = wire::read_body(body, limit).await?;
         let body = Encoding::parse(wire::header(&parts.headers, http::header::CONTENT_ENCODING))?
             .decompress(body, limit)?;
-        json_values(&body)?
-    };
-    let messages = if method.desc.is_client_streaming() && !matches!(route.body, BodyRule::None) {
-        bodies
-            .into_iter()
-            .map(|b| request::build(route, Some(b), &bindings, &query))
-            .collect::<Result<Vec<_>, _>>()?
-    } else {
-        if bodies.len() > 1 {
-            return Err(Status::invalid_argument(
-                "the request body holds more than one JSON value",
-            ));
+        let mut values = JsonValues::new(body);
+        if method.desc.is_client_streaming() {
+            // One message per value, built as the method reads them.
+            let route = route.clone();
+            Box::pin(futures::stream::unfold(Some(values), move |values| {
+                let route = route.clone();
+                let bindings = bindings.clone();
+                let query = query.clone();
+                async move {
+                    let mut values = values?;
+                    match values.next()? {
+                        Ok(value) => {
+                            let message = request::build(&route, Some(value), &bindings, &query);
+                            let rest = message.is_ok().then_some(values);
+                            Some((message, rest))
+                        }
+                        Err(status) => Some((Err(status), None)),
+                    }
+                }
+            }))
+        } else {
+            let first = values.next().transpose()?;
+            if values.next().transpose()?.is_some() {
+                return Err(Status::invalid_argument(
+                    "the request body holds more than one JSON value",
+                ));
+            }
+            let message = request::build(route, first, &bindings, &query)?;
+            Box::pin(futures::stream::iter([Ok(message)]))
         }
-        vec![request::build(
-            route,
-            bodies.into_iter().next(),
-            &bindings,
-            &query,
-        )?]
     };
-    let incoming: Incoming = Box::pin(futures::stream::iter(messages.into_iter().map(Ok)));
     let metadata = wire::request_metadata(&parts.headers);
     let response = respond(state.clone(), method.clone(), metadata, incoming).await?;
     if method.desc.is_server_streaming() {
@@ -143,12 +155,32 @@ async fn call(
     Ok(wire::full_response(StatusCode::OK, headers, JSON, body))
 }
 
-/// The JSON values of a body, in order (none for an empty body).
-fn json_values(body: &Bytes) -> Result<Vec<Json>, Status> {
-    serde_json::Deserializer::from_slice(body)
-        .into_iter::<Json>()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Status::invalid_argument(format!("the request body is not JSON: {e}")))
+/// The JSON values of a body, read one at a time (none for an empty body).
+struct JsonValues {
+    body: Bytes,
+    offset: usize,
+}
+
+impl JsonValues {
+    fn new(body: Bytes) -> JsonValues {
+        JsonValues { body, offset: 0 }
+    }
+
+    /// The next value; `None` at the end of the body. After an error the rest is not read.
+    fn next(&mut self) -> Option<Result<Json, Status>> {
+        let rest = self.body.get(self.offset..)?;
+        let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<Json>();
+        let value = values.next();
+        self.offset = match value {
+            Some(Ok(_)) => self.offset + values.byte_offset(),
+            _ => self.body.len() + 1,
+        };
+        Some(
+            value?.map_err(|e| {
+                Status::invalid_argument(format!("the request body is not JSON: {e}"))
+            }),
+        )
+    }
 }
 
 /// A server stream as newline-delimited JSON. An error before the first message is an HTTP error;

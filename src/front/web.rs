@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::wire;
 use futures::future::BoxFuture;
 use futures::FutureExt as _;
 use http::header::{self, HeaderName, HeaderValue};
@@ -309,11 +310,8 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let content_type = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
+        let content_type =
+            wire::header(request.headers(), header::CONTENT_TYPE).unwrap_or_default();
         if GRPC_WEB_TYPES.contains(&content_type) {
             let mut request = request;
             answer_text_to_text(&mut request);
@@ -331,10 +329,8 @@ where
 /// request with no such `Accept` (curl sends `*/*`) would get binary frames back. Answer in the
 /// request's own framing unless the client asked for binary by name.
 fn answer_text_to_text(request: &mut Request<Body>) {
-    let is_text = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc-web-text"));
+    let is_text = wire::header(request.headers(), header::CONTENT_TYPE)
+        .is_some_and(|v| v.starts_with("application/grpc-web-text"));
     let wants_binary = request
         .headers()
         .get(header::ACCEPT)

@@ -71,7 +71,8 @@ impl Encoding {
         }
     }
 
-    /// The coding to answer in: gzip when an accept list names it (without `q=0`), the request's own
+    /// The coding to answer in: gzip when an accept list names it with a
+    /// nonzero weight (`gzip;q=0.0` refuses it), the request's own
     /// coding when there is no list, else identity.
     pub fn accepted(accept: Option<&str>, request: Encoding) -> Encoding {
         let Some(list) = accept else {
@@ -80,7 +81,13 @@ impl Encoding {
         let gzip = list.split(',').any(|item| {
             let mut parts = item.split(';').map(str::trim);
             parts.next().is_some_and(|c| c.eq_ignore_ascii_case("gzip"))
-                && !parts.any(|p| p.replace(' ', "") == "q=0")
+                && !parts.any(|p| {
+                    let Some((name, value)) = p.split_once('=') else {
+                        return false;
+                    };
+                    name.trim().eq_ignore_ascii_case("q")
+                        && value.trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
+                })
         });
         if gzip {
             Encoding::Gzip
@@ -132,6 +139,13 @@ impl Encoding {
 /// A header's value as text, if it has one.
 pub fn header(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A query string's name/value pairs, decoded, in order (none without a query).
+pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
 }
 
 /// Request headers as the call's metadata (what `when.metadata.*` and `{{metadata.*}}` see), without

@@ -277,7 +277,7 @@ impl FileCtx<'_> {
             .into_iter()
             .filter(|k| node.get(k).is_some())
             .collect();
-        if answers.len() > 1 && !(answers == ["stream", "error"]) {
+        if answers.len() > 1 && answers != ["stream", "error"] {
             return Err(self.error(
                 node.span.start..node.span.start + 1,
                 format!("a rule has one answer, this one has {}: keep one of them (only `stream` may be followed by `error`)", answers.join(" and ")),

@@ -15,7 +15,7 @@ use prost_reflect::DescriptorPool;
 use tonic::{Code, Status};
 use tower::ServiceExt as _;
 
-use super::{end_stream, envelope, unary_error, until, Codec, Framing};
+use super::{end_stream, envelope, only_end, unary_error, until, Codec, Framing};
 use crate::front::json;
 use crate::front::wire::{self, Encoding, HttpResponse};
 use crate::front::HttpService;
@@ -112,7 +112,7 @@ pub async fn serve(
         Err(status) => {
             return match framing {
                 Framing::Unary => unary_error(&status, pool, json::http_status(status.code())),
-                Framing::Streaming => only_end(&status, pool),
+                Framing::Streaming => only_end(HeaderMap::new(), Codec::Proto, &status, pool),
             }
         }
     };
@@ -142,15 +142,6 @@ fn grpc_status(headers: &HeaderMap) -> Option<Status> {
     Some(Status::from_header_map(&headers).unwrap_or_else(|| Status::unknown("no grpc-status")))
 }
 
-/// A Connect stream that is only its end.
-fn only_end(status: &Status, pool: &DescriptorPool) -> HttpResponse {
-    wire::streaming_response(
-        HeaderMap::new(),
-        Codec::Proto.streaming_type(),
-        futures::stream::iter([Frame::data(end_stream(status, pool))]),
-    )
-}
-
 /// A gRPC answer as a Connect stream: frames through, the status as the end-stream message.
 fn streaming(
     response: http::Response<tonic::body::Body>,
@@ -159,7 +150,7 @@ fn streaming(
 ) -> HttpResponse {
     let (parts, body) = response.into_parts();
     if let Some(status) = grpc_status(&parts.headers) {
-        return only_end(&status, &pool);
+        return only_end(HeaderMap::new(), Codec::Proto, &status, &pool);
     }
     let mut headers = HeaderMap::new();
     for (name, value) in &parts.headers {

@@ -174,16 +174,20 @@ impl Routes {
     /// The most specific route for `method` and `path` (still percent-encoded); among equally specific
     /// ones, the first loaded.
     pub fn find(&self, method: &http::Method, path: &str) -> Lookup<'_> {
-        let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        let trimmed = path.trim_start_matches('/');
+        let first = trimmed.split('/').next().unwrap_or("");
         let first = percent_encoding::percent_decode_str(first).decode_utf8_lossy();
-        let literal = self
-            .by_first
-            .get(first.as_ref())
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
+        let by_first = |key: &str| self.by_first.get(key).map(Vec::as_slice).unwrap_or(&[]);
+        let literal = by_first(first.as_ref());
+        // When the first segment is also the last, it may carry the `:verb` (`/v1:run`), which the
+        // template's literal does not.
+        let before_verb = match first.rsplit_once(':') {
+            Some((head, _)) if !trimmed.contains('/') && !head.is_empty() => by_first(head),
+            _ => &[],
+        };
         let mut best: Option<(usize, Bindings)> = None;
         let mut allowed = Vec::new();
-        for &index in literal.iter().chain(&self.wild_first) {
+        for &index in literal.iter().chain(before_verb).chain(&self.wild_first) {
             let route = &self.routes[index];
             let Some(bindings) = route.template.matches(path) else {
                 continue;
