@@ -36,6 +36,13 @@ pub async fn respond(
         return Err(Status::unimplemented(state.no_handler_message(&method)));
     }
     drop(state);
+    // A client or bidi stream answered by a script is the script's whole: it reads every message.
+    if method.desc.is_client_streaming() {
+        if let Some(script) = rules(&method).stream_script() {
+            let script = script.clone();
+            return run_script(script, &method, None, metadata, Some(incoming)).await;
+        }
+    }
     match (
         method.desc.is_client_streaming(),
         method.desc.is_server_streaming(),
@@ -126,10 +133,6 @@ async fn client_stream(
     metadata: MetadataMap,
     mut incoming: Incoming,
 ) -> Result<Response<ReplyStream>, Status> {
-    if let Some(script) = rules(&method).stream_script() {
-        let script = script.clone();
-        return run_script(script, &method, None, metadata, Some(incoming)).await;
-    }
     let (mut first, mut last, mut count) = (None, None, 0u64);
     while let Some(message) = next_message(&mut incoming).await? {
         count += 1;
@@ -159,10 +162,6 @@ async fn bidi_stream(
     metadata: MetadataMap,
     mut incoming: Incoming,
 ) -> Result<Response<ReplyStream>, Status> {
-    if let Some(script) = rules(&method).stream_script() {
-        let script = script.clone();
-        return run_script(script, &method, None, metadata, Some(incoming)).await;
-    }
     let Some(first) = next_message(&mut incoming).await? else {
         return Ok(Response::new(Box::pin(futures::stream::empty())));
     };
