@@ -144,6 +144,7 @@ impl StreamingService<DynamicMessage> for Call {
     fn call(&mut self, request: Request<Streaming<DynamicMessage>>) -> Self::Future {
         let limit = self.max_reply_size;
         let (metadata, _, streaming) = request.into_parts();
+        let deadline = grpc_timeout(&metadata).map(|t| tokio::time::Instant::now() + t);
         let answer = respond(
             self.state.clone(),
             self.method.clone(),
@@ -153,9 +154,55 @@ impl StreamingService<DynamicMessage> for Call {
         Box::pin(async move {
             let response = answer.await?;
             Ok(response.map(|stream| -> ReplyStream {
-                Box::pin(stream.map(move |item| check_size(item, limit)))
+                let checked = stream.map(move |item| check_size(item, limit));
+                match deadline {
+                    Some(deadline) => Box::pin(until_deadline(checked, deadline)),
+                    None => Box::pin(checked),
+                }
             }))
         })
+    }
+}
+
+/// The call's `grpc-timeout`, if it sent one (`1500m`, `2S`, …).
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    use std::time::Duration;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// tonic enforces `grpc-timeout` only until the response headers; a reply stream is cut here when
+/// the deadline passes, which also drops (and so cancels) whatever produces it — a delay, a script.
+fn until_deadline(
+    stream: impl futures::Stream<Item = Result<DynamicMessage, Status>> + Send + 'static,
+    deadline: tokio::time::Instant,
+) -> impl futures::Stream<Item = Result<DynamicMessage, Status>> + Send + 'static {
+    async_stream::stream! {
+        let mut stream = std::pin::pin!(stream);
+        let expiry = tokio::time::sleep_until(deadline);
+        let mut expiry = std::pin::pin!(expiry);
+        loop {
+            tokio::select! {
+                item = stream.next() => match item {
+                    Some(item) => yield item,
+                    None => break,
+                },
+                () = &mut expiry => {
+                    yield Err(Status::deadline_exceeded("deadline exceeded while streaming the reply"));
+                    break;
+                }
+            }
+        }
     }
 }
 

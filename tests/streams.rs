@@ -199,3 +199,29 @@ async fn bidi_first_message_error_ends_the_call() {
     assert_eq!(out.err(Code::Aborted), "stopped at 1");
     assert!(out.messages.is_empty(), "{:?}", out.messages);
 }
+
+/// Regression: tonic applies `grpc-timeout` only until the response headers, so a slow server stream
+/// used to run past its deadline (here 50 × 100 ms). It ends with DEADLINE_EXCEEDED at the deadline.
+#[tokio::test]
+async fn a_server_stream_ends_at_its_deadline() {
+    let slow = "[[rule]]\nmethod = \"t.Svc/ServerStream\"\nstream.repeat = 50\nstream.message = { text = \"tick {{index}}\" }\nstream.delay = \"100ms\"\n";
+    let server = Server::start(&t_proto(), &[("slow.toml", slow)]);
+    let client = server.client().await;
+    let method = client.method("t.Svc/ServerStream");
+    let request = client.message(&method.input(), serde_json::json!({"name": "x"}));
+    let out = client
+        .call_stream(
+            "/t.Svc/ServerStream",
+            method.output(),
+            futures::stream::iter([request]),
+            &[("grpc-timeout", "450m")],
+        )
+        .await;
+    assert_eq!(out.code(), Code::DeadlineExceeded, "{:?}", out.status);
+    assert!(
+        (2..=5).contains(&out.messages.len()),
+        "about 4 ticks before the deadline, got {}",
+        out.messages.len()
+    );
+    assert!(out.elapsed < Duration::from_secs(2), "ended after {:?}", out.elapsed);
+}
