@@ -95,6 +95,10 @@ pub struct SourceArgs {
     /// Largest map a script may build, in entries.
     #[arg(long, help_heading = "Script limits", env = "PROTODROP_SCRIPT_MAX_MAP_SIZE", default_value_t = ScriptLimits::default().max_map_size, value_name = "N")]
     pub script_max_map_size: usize,
+
+    /// Longest one script call may run (wall clock) before it ends with DEADLINE_EXCEEDED; 0 = no limit.
+    #[arg(long, help_heading = "Script limits", env = "PROTODROP_SCRIPT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub script_timeout: std::time::Duration,
 }
 
 impl SourceArgs {
@@ -110,6 +114,7 @@ impl SourceArgs {
                 max_string_size: self.script_max_string_size,
                 max_array_size: self.script_max_array_size,
                 max_map_size: self.script_max_map_size,
+                max_duration: self.script_timeout,
             },
         }
     }

@@ -254,6 +254,7 @@ async fn run_script(
 ) -> Result<Response<ReplyStream>, Status> {
     let cancel = CancellationToken::new();
     let guard = cancel.clone().drop_guard();
+    let cancel_on_timeout = cancel.clone();
     let feed_error = Arc::new(Mutex::new(None::<Status>));
     let (feeder, incoming) = match incoming {
         Some(stream) => {
@@ -279,8 +280,11 @@ async fn run_script(
         cancel,
     };
     let (tx, mut events) = mpsc::channel(16);
+    let timeout = script.limits().max_duration;
+    let timer = Timer::start(timeout, cancel_on_timeout);
     let mut run = tokio::task::spawn_blocking(move || {
-        script.run(call, &mut |event| tx.blocking_send(event).is_ok())
+        let result = script.run(call, &mut |event| tx.blocking_send(event).is_ok());
+        timer.explain(result)
     });
 
     let headers = match events.recv().await {
@@ -354,6 +358,49 @@ fn check_feed(error: &Mutex<Option<Status>>) -> Result<(), Status> {
 
 async fn next_message(incoming: &mut Incoming) -> Result<Option<DynamicMessage>, Status> {
     incoming.next().await.transpose()
+}
+
+/// `--script-timeout`: cancels a script that runs too long, and names the limit in its status.
+struct Timer {
+    fired: Arc<std::sync::atomic::AtomicBool>,
+    task: Option<AbortOnDrop>,
+    timeout: std::time::Duration,
+}
+
+impl Timer {
+    fn start(timeout: std::time::Duration, cancel: CancellationToken) -> Timer {
+        let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = (!timeout.is_zero()).then(|| {
+            let fired = fired.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                fired.store(true, std::sync::atomic::Ordering::SeqCst);
+                cancel.cancel();
+            }))
+        });
+        Timer {
+            fired,
+            task,
+            timeout,
+        }
+    }
+
+    /// A script stopped by this timer ends with DEADLINE_EXCEEDED instead of CANCELLED.
+    fn explain<T>(self, result: Result<T, Status>) -> Result<T, Status> {
+        drop(self.task);
+        match result {
+            Err(status)
+                if self.fired.load(std::sync::atomic::Ordering::SeqCst)
+                    && status.code() == tonic::Code::Cancelled =>
+            {
+                Err(Status::deadline_exceeded(format!(
+                    "script ran longer than {} (--script-timeout)",
+                    humantime::format_duration(self.timeout)
+                )))
+            }
+            other => other,
+        }
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

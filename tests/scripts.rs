@@ -391,3 +391,32 @@ async fn editing_a_script_file_reloads_it() {
     })
     .await;
 }
+
+/// A script within its operation budget can still run long (here it sleeps): `--script-timeout` ends
+/// it with DEADLINE_EXCEEDED naming the flag, and the server answers the next call.
+#[tokio::test]
+async fn a_script_over_its_wall_clock_limit_ends_with_deadline_exceeded() {
+    let h = r#"
+[[rule]]
+method = "t.Svc/Unary"
+when.request.name = "slow"
+code = "sleep(10000); #{ text: \"late\" }"
+
+[[rule]]
+method = "t.Svc/Unary"
+reply.text = "alive"
+"#;
+    let s = Server::start_with(
+        &t_proto(),
+        &[("t.toml", h)],
+        Options { args: vec!["--script-timeout".into(), "300ms".into()], ..Options::default() },
+    );
+    let c = s.client().await;
+    let start = Instant::now();
+    let out = c.unary("t.Svc/Unary", json!({ "name": "slow" })).await;
+    let took = start.elapsed();
+    let message = out.err(Code::DeadlineExceeded);
+    assert!(message.contains("--script-timeout"), "{message}");
+    assert!(took < Duration::from_secs(3), "stopped after {took:?}");
+    assert_eq!(c.unary("t.Svc/Unary", json!({})).await.single(), &json!({ "text": "alive" }));
+}

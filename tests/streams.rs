@@ -223,5 +223,9 @@ async fn a_server_stream_ends_at_its_deadline() {
         "about 4 ticks before the deadline, got {}",
         out.messages.len()
     );
-    assert!(out.elapsed < Duration::from_secs(2), "ended after {:?}", out.elapsed);
+    assert!(
+        out.elapsed < Duration::from_secs(2),
+        "ended after {:?}",
+        out.elapsed
+    );
 }

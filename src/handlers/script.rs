@@ -72,6 +72,9 @@ pub struct ScriptLimits {
     pub max_string_size: usize,
     pub max_array_size: usize,
     pub max_map_size: usize,
+    /// Longest one script call may run (wall clock), whatever its operation count; enforced by the
+    /// caller, which cancels the call. Zero means no limit.
+    pub max_duration: std::time::Duration,
 }
 
 impl Default for ScriptLimits {
@@ -82,6 +85,7 @@ impl Default for ScriptLimits {
             max_string_size: 1 << 20,
             max_array_size: 100_000,
             max_map_size: 100_000,
+            max_duration: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -198,6 +202,13 @@ impl fmt::Debug for ScriptEngine {
 #[derive(Clone)]
 pub struct Script {
     inner: Arc<ScriptInner>,
+}
+
+impl Script {
+    /// The limits this script runs with.
+    pub fn limits(&self) -> &ScriptLimits {
+        &self.inner.engine.limits
+    }
 }
 
 impl fmt::Debug for Script {
