@@ -143,6 +143,10 @@ pub struct ServeArgs {
     #[arg(long, env = "PROTODROP_NO_WATCH")]
     pub no_watch: bool,
 
+    /// On SIGTERM/SIGINT, how long calls in flight may take to finish before they are cut (exit 0).
+    #[arg(long, env = "PROTODROP_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub shutdown_grace: std::time::Duration,
+
     /// Origin whose web pages may call the server (CORS, for gRPC-Web, Connect and HTTP/JSON from a
     /// browser), e.g. http://localhost:3000; repeatable (the environment variable takes a ','-separated
     /// list). The default, *, lets a page from any origin call: right for a development mock, not for a

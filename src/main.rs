@@ -119,7 +119,26 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_message_size: args.max_message_size,
         };
         tracing::info!(cors = %cors, "gRPC-Web on");
-        server::serve(listener, registry, settings, WebLayer::new(cors), shutdown).await?;
+        // On a signal the server stops accepting and lets calls in flight finish, for at most the
+        // grace period; then they are cut and the process exits 0 all the same.
+        let (signalled_tx, signalled) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown.await;
+            tracing::info!(grace = %humantime::format_duration(args.shutdown_grace), "shutting down");
+            let _ = signalled_tx.send(());
+        };
+        let serving = server::serve(listener, registry, settings, WebLayer::new(cors), shutdown);
+        let grace_over = async {
+            if signalled.await.is_ok() {
+                tokio::time::sleep(args.shutdown_grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            result = serving => result?,
+            () = grace_over => tracing::warn!("grace period over: calls still in flight were cut"),
+        }
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })

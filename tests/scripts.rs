@@ -409,7 +409,10 @@ reply.text = "alive"
     let s = Server::start_with(
         &t_proto(),
         &[("t.toml", h)],
-        Options { args: vec!["--script-timeout".into(), "300ms".into()], ..Options::default() },
+        Options {
+            args: vec!["--script-timeout".into(), "300ms".into()],
+            ..Options::default()
+        },
     );
     let c = s.client().await;
     let start = Instant::now();
@@ -418,5 +421,8 @@ reply.text = "alive"
     let message = out.err(Code::DeadlineExceeded);
     assert!(message.contains("--script-timeout"), "{message}");
     assert!(took < Duration::from_secs(3), "stopped after {took:?}");
-    assert_eq!(c.unary("t.Svc/Unary", json!({})).await.single(), &json!({ "text": "alive" }));
+    assert_eq!(
+        c.unary("t.Svc/Unary", json!({})).await.single(),
+        &json!({ "text": "alive" })
+    );
 }
