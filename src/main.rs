@@ -98,7 +98,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .thread_stack_size(stack)
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
@@ -141,7 +141,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // A blocking task (a script) that ignores cancellation must not hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 /// Completes on SIGINT or SIGTERM. The handlers are installed now, not at the first poll, so a

@@ -383,18 +383,32 @@ async fn sigterm_waits_for_calls_in_flight_only_for_the_grace_period() {
     let mut s = Server::start_with(
         &t_proto(),
         &[("slow.toml", slow)],
-        Options { args: vec!["--shutdown-grace".into(), "500ms".into()], ..Options::default() },
+        Options {
+            args: vec!["--shutdown-grace".into(), "500ms".into()],
+            ..Options::default()
+        },
     );
     let c = s.client().await;
     let call = tokio::spawn(async move { c.server_stream("t.Svc/ServerStream", json!({})).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = std::time::Instant::now();
     let status = s.signal_and_wait("TERM", Duration::from_secs(5)).await;
-    let status = status.unwrap_or_else(|| panic!("still running 5 s after SIGTERM; log:\n{}", s.logs()));
+    let status =
+        status.unwrap_or_else(|| panic!("still running 5 s after SIGTERM; log:\n{}", s.logs()));
     assert!(status.success(), "exits 0, got {status}");
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(400), "waited for the call in flight: only {took:?}");
-    assert!(took < Duration::from_secs(3), "stopped waiting after the grace period: {took:?}");
+    assert!(
+        took >= Duration::from_millis(400),
+        "waited for the call in flight: only {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "stopped waiting after the grace period: {took:?}"
+    );
     let out = call.await.unwrap();
-    assert!(!out.messages.is_empty() && out.messages.len() < 100, "cut mid-stream: {} messages", out.messages.len());
+    assert!(
+        !out.messages.is_empty() && out.messages.len() < 100,
+        "cut mid-stream: {} messages",
+        out.messages.len()
+    );
 }
