@@ -67,12 +67,13 @@ impl State {
             .collect();
         let routes = crate::front::transcode::Routes::build(&protos.pool, &proto_roots)?;
         let engine = ScriptEngine::new(sources.script_limits.clone());
+        let handlers = handlers::load(&sources.handlers, &protos.pool, &engine)?;
+        let rule_count = handlers.rule_count();
         let Handlers {
             mut methods,
             files,
             health,
-        } = handlers::load(&sources.handlers, &protos.pool, &engine)?;
-        let rule_count = methods.values().map(|m| m.rules.len()).sum();
+        } = handlers;
         let mut served = HashMap::new();
         for service in protos.pool.services() {
             for desc in service.methods() {

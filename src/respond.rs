@@ -10,6 +10,7 @@ use futures::{Stream, StreamExt};
 use prost_reflect::{DynamicMessage, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
 use tonic::{Response, Status};
 
@@ -260,7 +261,7 @@ async fn run_script(
         Some(stream) => {
             let (tx, rx) = mpsc::channel(16);
             (
-                Some(AbortOnDrop(tokio::spawn(feed(
+                Some(AbortOnDropHandle::new(tokio::spawn(feed(
                     stream,
                     tx,
                     feed_error.clone(),
@@ -363,7 +364,7 @@ async fn next_message(incoming: &mut Incoming) -> Result<Option<DynamicMessage>,
 /// `--script-timeout`: cancels a script that runs too long, and names the limit in its status.
 struct Timer {
     fired: Arc<std::sync::atomic::AtomicBool>,
-    task: Option<AbortOnDrop>,
+    task: Option<AbortOnDropHandle<()>>,
     timeout: std::time::Duration,
 }
 
@@ -372,7 +373,7 @@ impl Timer {
         let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let task = (!timeout.is_zero()).then(|| {
             let fired = fired.clone();
-            AbortOnDrop(tokio::spawn(async move {
+            AbortOnDropHandle::new(tokio::spawn(async move {
                 tokio::time::sleep(timeout).await;
                 fired.store(true, std::sync::atomic::Ordering::SeqCst);
                 cancel.cancel();
@@ -400,14 +401,6 @@ impl Timer {
             }
             other => other,
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -65,11 +65,12 @@ impl tower::Service<http::Request<Body>> for DynamicService {
             }
         }
         let path = request.uri().path();
-        if let Some(front) = front_for(&self.registry, &state, path) {
-            return Box::pin(front.oneshot(request));
-        }
+        // The user's methods first (one lookup on the hot path), then the built-in services.
         let Some(method) = state.methods.get(path).cloned() else {
-            let status = unknown_path(&state, request.uri().path());
+            if let Some(front) = front_for(&self.registry, &state, path) {
+                return Box::pin(front.oneshot(request));
+            }
+            let status = unknown_path(&state, path);
             return Box::pin(async move { Ok(status.into_http()) });
         };
         let limit = self.settings.max_message_size;

@@ -1125,7 +1125,7 @@ impl FileCtx<'_> {
 }
 
 /// gRPC status code names, indexed by code.
-pub const CODE_NAMES: &[&str] = &[
+const CODE_NAMES: &[&str] = &[
     "OK",
     "CANCELLED",
     "UNKNOWN",
