@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::handlers::script::ScriptLimits;
 use crate::registry::Sources;
+use crate::server::TlsFiles;
 
 /// Serve any folder of .proto files over gRPC, answering from handler files — no code generation.
 #[derive(Parser, Debug)]
@@ -153,6 +154,53 @@ pub struct ServeArgs {
     /// server others can reach. `none` turns CORS off.
     #[arg(long, env = "PROTODROP_CORS_ORIGIN", value_delimiter = ',', default_value = "*", value_parser = crate::front::web::parse_origin, value_name = "ORIGIN")]
     pub cors_origin: Vec<String>,
+
+    /// PEM file with the server's certificate (its chain, leaf first): serve TLS on the port, for every
+    /// protocol (gRPC, gRPC-Web, Connect, HTTP/JSON). Needs --tls-key. Read once at start-up.
+    #[arg(
+        long,
+        help_heading = "TLS",
+        env = "PROTODROP_TLS_CERT",
+        requires = "tls_key",
+        value_name = "PEM"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file with the private key of --tls-cert (PKCS#8, PKCS#1 RSA or SEC1 EC). Needs --tls-cert.
+    #[arg(
+        long,
+        help_heading = "TLS",
+        env = "PROTODROP_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "PEM"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM file with the CA certificate(s) that sign client certificates: makes a client certificate
+    /// signed by one of them mandatory (mutual TLS). Needs --tls-cert and --tls-key.
+    #[arg(
+        long,
+        help_heading = "TLS",
+        env = "PROTODROP_TLS_CLIENT_CA",
+        requires = "tls_cert",
+        requires = "tls_key",
+        value_name = "PEM"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// The TLS files, when TLS is on (clap has checked that certificate and key come together).
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// `4194304`, `4096KiB`, `4MiB`, `4M`, `1GiB`.

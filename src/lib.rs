@@ -14,5 +14,6 @@ pub mod protos;
 pub mod registry;
 pub mod reload;
 pub mod respond;
+pub mod run;
 pub mod server;
 pub mod service;

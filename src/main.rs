@@ -1,18 +1,13 @@
-//! The `protodrop` binary: parses flags and wires the library's parts together.
+//! The `protodrop` binary: parses flags, sets up logging, and runs the command (see `protodrop::run`).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use protodrop::cli::{Cli, Command, ServeArgs, SourceArgs};
-use protodrop::front::web::{CorsOrigins, WebLayer};
-use protodrop::registry::{Registry, State};
-use protodrop::service::ServiceSettings;
-use protodrop::{reload, server};
+use protodrop::cli::{Cli, Command};
+use protodrop::run;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -24,8 +19,8 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match cli.command() {
-        Command::Serve(args) => serve(args),
-        Command::Check(args) => check(&args),
+        Command::Serve(args) => run::serve(args),
+        Command::Check(args) => run::check(&args),
     };
     match result {
         Ok(code) => code,
@@ -34,138 +29,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn check(args: &SourceArgs) -> anyhow::Result<ExitCode> {
-    match State::build(&args.sources()) {
-        Ok(state) => {
-            println!(
-                "ok: {} services, {} methods, {} rules in {} handler files",
-                state.service_count(),
-                state.methods.len(),
-                state.rule_count,
-                state.handler_files
-            );
-            let mut unanswered: Vec<&str> = state
-                .methods
-                .values()
-                .filter(|m| m.rules.is_none())
-                .map(|m| m.name.as_str())
-                .collect();
-            unanswered.sort_unstable();
-            if !unanswered.is_empty() {
-                println!(
-                    "methods without a handler (they answer UNIMPLEMENTED): {}",
-                    unanswered.join(", ")
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(problems) => {
-            eprintln!("{problems}");
-            eprintln!("{} problem(s) found", problems.0.len());
-            Ok(ExitCode::FAILURE)
-        }
-    }
-}
-
-fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let sources = args.sources.sources();
-    let cors = CorsOrigins::from_flags(&args.cors_origin).map_err(anyhow::Error::msg)?;
-    let state = match State::build(&sources) {
-        Ok(state) => state,
-        Err(problems) => {
-            eprintln!("{problems}");
-            eprintln!(
-                "not serving: {} problem(s) in the protos or handlers",
-                problems.0.len()
-            );
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    tracing::info!(
-        services = state.service_count(),
-        methods = state.methods.len(),
-        rules = state.rule_count,
-        "loaded"
-    );
-    let registry = Arc::new(Registry::new(state));
-    // Rhai recurses on the native stack: a deep script must not overflow a thread (that would abort
-    // the server, not fail the call). ~128 KiB per allowed call level covers debug builds.
-    let stack = (args.sources.script_max_call_depth * (128 << 10)).max(8 << 20);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_stack_size(stack)
-        .build()
-        .context("starting the async runtime")?;
-    let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("binding {}", args.listen))?;
-        let addr = listener.local_addr()?;
-        let shutdown = shutdown_signal()?;
-        // Watch before announcing the address, so an edit made right after the line is seen.
-        let _watcher = if args.no_watch {
-            None
-        } else {
-            Some(
-                reload::watch(sources, registry.clone())
-                    .context("watching the protos and handlers folders")?,
-            )
-        };
-        // Tests and scripts read this line to learn the port when listening on port 0.
-        println!("listening on {addr}");
-        let settings = ServiceSettings {
-            max_message_size: args.max_message_size,
-        };
-        tracing::info!(cors = %cors, "gRPC-Web on");
-        // On a signal the server stops accepting and lets calls in flight finish, for at most the
-        // grace period; then they are cut and the process exits 0 all the same.
-        let (signalled_tx, signalled) = tokio::sync::oneshot::channel::<()>();
-        let shutdown = async move {
-            shutdown.await;
-            tracing::info!(grace = %humantime::format_duration(args.shutdown_grace), "shutting down");
-            let _ = signalled_tx.send(());
-        };
-        let serving = server::serve(listener, registry, settings, WebLayer::new(cors), shutdown);
-        let grace_over = async {
-            if signalled.await.is_ok() {
-                tokio::time::sleep(args.shutdown_grace).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::select! {
-            result = serving => result?,
-            () = grace_over => tracing::warn!("grace period over: calls still in flight were cut"),
-        }
-        tracing::info!("stopped");
-        Ok(ExitCode::SUCCESS)
-    });
-    // A blocking task (a script) that ignores cancellation must not hold the exit up.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    result
-}
-
-/// Completes on SIGINT or SIGTERM. The handlers are installed now, not at the first poll, so a
-/// signal that arrives right after start-up still shuts down cleanly.
-#[cfg(unix)]
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-    })
-}
-
-#[cfg(not(unix))]
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    Ok(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
 }

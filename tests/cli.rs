@@ -30,6 +30,10 @@ fn help_lists_every_flag_and_the_check_command() {
         "PROTODROP_LISTEN",
         "PROTODROP_PROTOS",
         "PROTODROP_HANDLERS",
+        "--tls-cert",
+        "--tls-key",
+        "--tls-client-ca",
+        "PROTODROP_TLS_CERT",
     ] {
         assert!(
             stdout.contains(flag),
@@ -59,7 +63,7 @@ fn help_lists_every_flag_and_the_check_command() {
         );
     }
     assert!(
-        !stdout.contains("--listen"),
+        !stdout.contains("--listen") && !stdout.contains("--tls-"),
         "check does not listen:\n{stdout}"
     );
 }

@@ -614,6 +614,15 @@ impl Client {
         }
     }
 
+    /// A client on a channel the test set up itself (e.g. over TLS, see tests/tls.rs).
+    pub fn with_channel(channel: Channel, pool: DescriptorPool) -> Client {
+        Client {
+            pool,
+            channel,
+            gzip: false,
+        }
+    }
+
     /// Sends requests gzip-compressed and accepts gzip responses.
     pub fn gzip(mut self) -> Self {
         self.gzip = true;
