@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tonic_health::ServingStatus;
 
 use arc_swap::ArcSwap;
@@ -48,10 +48,10 @@ pub struct State {
     pub methods: HashMap<String, Arc<Method>>,
     pub rule_count: usize,
     pub handler_files: usize,
-    /// Reflection over this state's descriptors; `None` when turned off.
-    pub reflection: Option<Reflection>,
+    /// Reflection over this state's descriptors (see [`State::reflection`]); `None` when turned off.
+    reflection: Option<Arc<LazyReflection>>,
     /// HTTP/JSON transcoding routes from the `google.api.http` annotations, rebuilt with the protos.
-    pub routes: crate::front::transcode::Routes,
+    pub routes: Arc<crate::front::transcode::Routes>,
     /// Health overrides from the handler files' `[health]` tables.
     pub health_overrides: BTreeMap<String, ServingStatus>,
 }
@@ -60,12 +60,37 @@ impl State {
     /// Loads protos, then handlers against them. All problems of both are reported together when the
     /// protos compile; handlers cannot be checked without them.
     pub fn build(sources: &Sources) -> Result<State, Diagnostics> {
+        let started = std::time::Instant::now();
         let protos = protos::load(&sources.protos, &sources.include_roots)?;
         // A bad google.api.http annotation is a proto problem, reported at its line.
         let proto_roots: Vec<PathBuf> = std::iter::once(sources.protos.clone())
             .chain(sources.include_roots.iter().cloned())
             .collect();
         let routes = crate::front::transcode::Routes::build(&protos.pool, &proto_roots)?;
+        let reflection = sources
+            .reflection
+            .then(|| Arc::new(LazyReflection::new(protos.pool.clone())));
+        tracing::debug!(elapsed = ?started.elapsed(), "protos compiled");
+        Self::with_handlers(protos, Arc::new(routes), reflection, sources)
+    }
+
+    /// This state's protos with the handlers read again: what a handler edit needs (compiling a
+    /// large proto tree takes far longer than reading its handlers).
+    pub fn rebuild_handlers(&self, sources: &Sources) -> Result<State, Diagnostics> {
+        Self::with_handlers(
+            self.protos.clone(),
+            self.routes.clone(),
+            self.reflection.clone(),
+            sources,
+        )
+    }
+
+    fn with_handlers(
+        protos: Protos,
+        routes: Arc<crate::front::transcode::Routes>,
+        reflection: Option<Arc<LazyReflection>>,
+        sources: &Sources,
+    ) -> Result<State, Diagnostics> {
         let engine = ScriptEngine::new(sources.script_limits.clone());
         let handlers = handlers::load(&sources.handlers, &protos.pool, &engine)?;
         let rule_count = handlers.rule_count();
@@ -82,17 +107,6 @@ impl State {
                 served.insert(format!("/{name}"), Arc::new(Method { desc, name, rules }));
             }
         }
-        let reflection = if sources.reflection {
-            let built = Reflection::new(&protos.pool).map_err(|e| {
-                Diagnostics(vec![crate::diagnostic::Diagnostic::file(
-                    &sources.protos,
-                    format!("building reflection: {e}"),
-                )])
-            })?;
-            Some(built)
-        } else {
-            None
-        };
         Ok(State {
             routes,
             reflection,
@@ -103,6 +117,11 @@ impl State {
             handler_files: files.len(),
             health_overrides: health,
         })
+    }
+
+    /// Reflection over this state's descriptors, built on first use; `None` when turned off.
+    pub fn reflection(&self) -> Option<&Reflection> {
+        self.reflection.as_ref()?.get()
     }
 
     pub fn service_count(&self) -> usize {
@@ -178,6 +197,56 @@ fn example_fields(desc: &prost_reflect::MessageDescriptor) -> String {
         .join(", ")
 }
 
+/// Reflection, built when first asked for or by a background thread right after a load: building it
+/// costs about as much as compiling the protos (tonic-reflection indexes every symbol of every
+/// file), which start-up and reloads should not wait for.
+pub struct LazyReflection {
+    pool: prost_reflect::DescriptorPool,
+    built: OnceLock<Option<Reflection>>,
+}
+
+impl LazyReflection {
+    fn new(pool: prost_reflect::DescriptorPool) -> Self {
+        Self {
+            pool,
+            built: OnceLock::new(),
+        }
+    }
+
+    fn get(&self) -> Option<&Reflection> {
+        self.built
+            .get_or_init(|| match Reflection::new(&self.pool) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::error!("server reflection is off for this load: {e}");
+                    None
+                }
+            })
+            .as_ref()
+    }
+}
+
+impl std::fmt::Debug for LazyReflection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LazyReflection")
+    }
+}
+
+/// Builds a new state's reflection off the request path, so the first reflection call finds it
+/// ready (or waits only for the rest of the build).
+fn warm_up(state: &Arc<State>) {
+    if state
+        .reflection
+        .as_ref()
+        .is_some_and(|r| r.built.get().is_none())
+    {
+        let state = state.clone();
+        std::thread::spawn(move || {
+            state.reflection();
+        });
+    }
+}
+
 /// The current state, swapped atomically by reloads, and the health statuses that follow it.
 pub struct Registry {
     current: ArcSwap<State>,
@@ -188,8 +257,10 @@ impl Registry {
     pub fn new(state: State) -> Self {
         let health = Health::new();
         health.update(&BTreeMap::new(), &state.health_statuses());
+        let state = Arc::new(state);
+        warm_up(&state);
         Self {
-            current: ArcSwap::from_pointee(state),
+            current: ArcSwap::new(state),
             health,
         }
     }
@@ -200,7 +271,9 @@ impl Registry {
 
     pub fn swap(&self, state: State) {
         let now = state.health_statuses();
-        let before = self.current.swap(Arc::new(state));
+        let state = Arc::new(state);
+        warm_up(&state);
+        let before = self.current.swap(state);
         self.health.update(&before.health_statuses(), &now);
     }
 }

@@ -42,7 +42,11 @@ pub fn too_large(what: &str, limit: usize) -> Status {
 
 /// A reply over the size limit ends the call with RESOURCE_EXHAUSTED, as over gRPC.
 pub fn check_reply_size(message: &DynamicMessage, limit: usize) -> Result<(), Status> {
-    let size = prost::Message::encoded_len(message);
+    check_reply_len(prost::Message::encoded_len(message), limit)
+}
+
+/// [`check_reply_size`] for a length already measured.
+pub fn check_reply_len(size: usize, limit: usize) -> Result<(), Status> {
     if size > limit {
         return Err(Status::resource_exhausted(format!(
             "response message of {size} bytes is larger than the limit of {limit} bytes (--max-message-size)"

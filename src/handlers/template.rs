@@ -747,12 +747,58 @@ fn coerce(value: Option<Value>, from: &Ty, to: &Kind) -> Result<Value, String> {
         (Value::Message(m), Kind::String) => Value::String(message_json(&m)),
         (v @ Value::String(_), Kind::String) => v,
         (Value::EnumNumber(n), Kind::Enum(_)) => Value::EnumNumber(n),
+        // Integer to integer (`{{index}}` into an int32) without the trip through text; the same
+        // range check as `parse_num`.
+        (v @ (Value::I32(_) | Value::I64(_) | Value::U32(_) | Value::U64(_)), kind)
+            if integer_of(&v).is_some() && is_integer_kind(kind) =>
+        {
+            let n = integer_of(&v).expect("checked");
+            let bad = |what: &str| format!("'{n}' is not {what}");
+            match kind {
+                Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+                    Value::I32(i32::try_from(n).map_err(|_| bad("an int32"))?)
+                }
+                Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+                    Value::I64(i64::try_from(n).map_err(|_| bad("an int64"))?)
+                }
+                Kind::Uint32 | Kind::Fixed32 => {
+                    Value::U32(u32::try_from(n).map_err(|_| bad("a uint32"))?)
+                }
+                _ => Value::U64(u64::try_from(n).map_err(|_| bad("a uint64"))?),
+            }
+        }
         (other, kind) => {
             let mut text = String::new();
             write_text(&mut text, &other, from);
             parse_text(text, kind)?
         }
     })
+}
+
+fn integer_of(value: &Value) -> Option<i128> {
+    match value {
+        Value::I32(n) => Some(i128::from(*n)),
+        Value::I64(n) => Some(i128::from(*n)),
+        Value::U32(n) => Some(i128::from(*n)),
+        Value::U64(n) => Some(i128::from(*n)),
+        _ => None,
+    }
+}
+
+fn is_integer_kind(kind: &Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Int32
+            | Kind::Sint32
+            | Kind::Sfixed32
+            | Kind::Int64
+            | Kind::Sint64
+            | Kind::Sfixed64
+            | Kind::Uint32
+            | Kind::Fixed32
+            | Kind::Uint64
+            | Kind::Fixed64
+    )
 }
 
 /// Reads text as a value of `kind`.

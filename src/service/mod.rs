@@ -1,5 +1,8 @@
 //! The one gRPC service behind every `/package.Service/Method` path: looks the method up in the
-//! current state and hands the call to tonic's gRPC machinery with a codec for that method's types.
+//! current state; a unary call is answered by [`unary`], the streaming shapes by tonic's gRPC
+//! machinery with a codec for that method's types.
+
+mod unary;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,10 +17,12 @@ use tonic::server::{Grpc, StreamingService};
 use tonic::{Request, Response, Status, Streaming};
 use tower::ServiceExt as _;
 
-use crate::codec::DynamicCodec;
-use crate::front::{connect, health, transcode, wire, HttpService, Protocol};
+use crate::codec::{encode_reply, DynamicCodec, ServerCodec};
+use crate::front::{connect, health, transcode, HttpService, Protocol};
 use crate::registry::{Method, Registry, State};
 use crate::respond::{respond, Incoming, ReplyStream};
+
+const GRPC_ENCODING: &str = "grpc-encoding";
 
 /// Settings of the gRPC layer.
 #[derive(Clone, Copy, Debug)]
@@ -73,13 +78,23 @@ impl tower::Service<http::Request<Body>> for DynamicService {
             let status = unknown_path(&state, path);
             return Box::pin(async move { Ok(status.into_http()) });
         };
+        if !method.desc.is_client_streaming() && !method.desc.is_server_streaming() {
+            return Box::pin(unary::serve(state, method, request, self.settings).map(Ok));
+        }
         let limit = self.settings.max_message_size;
-        let codec = DynamicCodec::new(method.desc.input());
+        let codec = ServerCodec(DynamicCodec::new(method.desc.input()));
         let mut grpc = Grpc::new(codec)
             .accept_compressed(CompressionEncoding::Gzip)
-            .send_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
+        // As for unary calls: gzip replies only to a client that sent gzip.
+        if request
+            .headers()
+            .get(GRPC_ENCODING)
+            .is_some_and(|e| e == "gzip")
+        {
+            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+        }
         let call = Call {
             state,
             method,
@@ -97,7 +112,7 @@ fn front_for(registry: &Registry, state: &State, path: &str) -> Option<HttpServi
     if path.starts_with(health::PREFIX) {
         return Some(registry.health.service.clone());
     }
-    state.reflection.as_ref()?.route(path).cloned()
+    state.reflection()?.route(path).cloned()
 }
 
 /// `UNIMPLEMENTED`, naming what was asked for and what is there.
@@ -137,10 +152,13 @@ struct Call {
     max_reply_size: usize,
 }
 
+/// Reply messages, encoded as they are produced.
+type EncodedStream = Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, Status>> + Send>>;
+
 impl StreamingService<DynamicMessage> for Call {
-    type Response = DynamicMessage;
-    type ResponseStream = ReplyStream;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ReplyStream>, Status>> + Send>>;
+    type Response = bytes::Bytes;
+    type ResponseStream = EncodedStream;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<EncodedStream>, Status>> + Send>>;
 
     fn call(&mut self, request: Request<Streaming<DynamicMessage>>) -> Self::Future {
         let limit = self.max_reply_size;
@@ -154,12 +172,12 @@ impl StreamingService<DynamicMessage> for Call {
         );
         Box::pin(async move {
             let response = answer.await?;
-            Ok(response.map(|stream| -> ReplyStream {
-                let checked = stream.map(move |item| check_size(item, limit));
-                match deadline {
-                    Some(deadline) => Box::pin(until_deadline(checked, deadline)),
-                    None => Box::pin(checked),
-                }
+            Ok(response.map(|stream| -> EncodedStream {
+                let stream: ReplyStream = match deadline {
+                    Some(deadline) => Box::pin(until_deadline(stream, deadline)),
+                    None => stream,
+                };
+                Box::pin(stream.map(move |item| encode_reply(&item?, limit)))
             }))
         })
     }
@@ -222,15 +240,4 @@ fn incoming(streaming: Streaming<DynamicMessage>) -> Incoming {
         });
         Some((item, s))
     }))
-}
-
-/// A reply over `--max-message-size` ends the call with RESOURCE_EXHAUSTED, as gRPC implementations
-/// answer it (tonic's own check, which stays as a backstop, would say INTERNAL).
-fn check_size(
-    item: Result<DynamicMessage, Status>,
-    limit: usize,
-) -> Result<DynamicMessage, Status> {
-    let message = item?;
-    wire::check_reply_size(&message, limit)?;
-    Ok(message)
 }

@@ -1,11 +1,13 @@
 //! `DynamicMessage` on the gRPC wire: a tonic [`Codec`] whose message types are known only at run time.
 //!
 //! tonic's framing, compression and size limits stay tonic's; this codec only turns one message body
-//! into a `DynamicMessage` of the method's input type and back.
+//! into a `DynamicMessage` of the method's input type, and writes replies already encoded by
+//! [`encode`] (measured once, so the size limit costs no second pass).
 
-use bytes::Buf;
-use prost::Message;
-use prost_reflect::ReflectMessage;
+pub mod encode;
+
+use bytes::{Buf, BufMut, Bytes};
+use prost::Message as _;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
@@ -38,6 +40,26 @@ impl Codec for DynamicCodec {
     }
 }
 
+/// The server's codec: decodes requests like [`DynamicCodec`], writes replies that
+/// [`encode_reply`] encoded beforehand (so the size limit is checked without a second pass).
+#[derive(Clone, Debug)]
+pub struct ServerCodec(pub DynamicCodec);
+
+impl Codec for ServerCodec {
+    type Encode = Bytes;
+    type Decode = DynamicMessage;
+    type Encoder = BytesEncoder;
+    type Decoder = DynamicDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        BytesEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        self.0.decoder()
+    }
+}
+
 /// Writes a `DynamicMessage` as protobuf bytes.
 #[derive(Debug)]
 pub struct DynamicEncoder;
@@ -47,10 +69,35 @@ impl Encoder for DynamicEncoder {
     type Error = Status;
 
     fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        item.encode(dst).map_err(|e| {
-            Status::internal(format!("encoding {}: {e}", item.descriptor().full_name()))
-        })
+        let measured = encode::Measured::new(&item);
+        dst.reserve(measured.len());
+        measured.write(dst);
+        Ok(())
     }
+}
+
+/// Writes a message encoded beforehand.
+#[derive(Debug)]
+pub struct BytesEncoder;
+
+impl Encoder for BytesEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+/// A reply's bytes, or RESOURCE_EXHAUSTED when it is over `limit` (`--max-message-size`), as gRPC
+/// implementations answer it (tonic's own check would say INTERNAL).
+pub fn encode_reply(message: &DynamicMessage, limit: usize) -> Result<Bytes, Status> {
+    let measured = encode::Measured::new(message);
+    crate::front::wire::check_reply_len(measured.len(), limit)?;
+    let mut out = Vec::with_capacity(measured.len());
+    measured.write(&mut out);
+    Ok(out.into())
 }
 
 /// Reads protobuf bytes as a `DynamicMessage` of one type.

@@ -1,0 +1,265 @@
+//! Unary gRPC calls without tonic's streaming machinery: the hot path.
+//!
+//! A unary call is one framed message in and one out. Reading the frame straight off the body and
+//! answering with a body that holds the whole reply frame and the trailers saves the per-call buffers,
+//! boxed streams and wakeups of `tonic::server::Grpc`, which is what a compiled tonic server pays too.
+//! What tonic would answer stays the same: its status codes and messages for bad frames, gzip both
+//! ways, trailers-only errors.
+
+use std::io::{Read as _, Write as _};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use futures::StreamExt as _;
+use http::header::{HeaderMap, HeaderValue};
+use http_body::{Body as _, Frame};
+use prost_reflect::DynamicMessage;
+use tonic::metadata::MetadataMap;
+use tonic::Status;
+
+use super::{ServiceSettings, GRPC_ENCODING};
+use crate::codec::encode::Measured;
+use crate::front::wire;
+use crate::registry::{Method, State};
+use crate::respond::respond;
+
+type Body = axum::body::Body;
+
+/// The 5-byte prefix of every gRPC message: a compressed flag and a big-endian length.
+const PREFIX: usize = 5;
+
+/// Answers one unary call. Every failure becomes a gRPC status, as tonic would send it.
+pub(super) async fn serve(
+    state: Arc<State>,
+    method: Arc<Method>,
+    request: http::Request<Body>,
+    settings: ServiceSettings,
+) -> http::Response<tonic::body::Body> {
+    let (parts, body) = request.into_parts();
+    let gzip_in = match request_encoding(&parts.headers) {
+        Ok(gzip) => gzip,
+        Err(status) => return status.into_http(),
+    };
+    // Replies are compressed only for a client that compressed its request and accepts gzip (what
+    // grpc-go does); compressing every reply to a client that merely accepts gzip costs CPU for
+    // nothing on a mock's small messages.
+    let gzip_out = gzip_in && accepts_gzip(&parts.headers);
+    let limit = settings.max_message_size;
+    let message = match read_message(body, gzip_in, limit).await {
+        Ok(bytes) => bytes,
+        Err(status) => return status.into_http(),
+    };
+    let input = method.desc.input();
+    let request = match DynamicMessage::decode(input.clone(), message) {
+        Ok(m) => m,
+        Err(e) => {
+            return Status::invalid_argument(format!(
+                "request is not a valid {}: {e}",
+                input.full_name()
+            ))
+            .into_http()
+        }
+    };
+    let metadata = MetadataMap::from_headers(parts.headers);
+    let incoming = Box::pin(futures::stream::once(async move { Ok(request) }));
+    let response = match respond(state, method, metadata, incoming).await {
+        Ok(response) => response,
+        Err(status) => return status.into_http(),
+    };
+    let (metadata, mut replies, _) = response.into_parts();
+    let mut headers = sanitized(metadata.into_headers());
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    if gzip_out {
+        headers.insert(GRPC_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    let (data, status) = match replies.next().await {
+        Some(Ok(reply)) => match frame(&reply, gzip_out, limit) {
+            // A unary reply ends after its message: what follows is the trailers, if any.
+            Ok(data) => match replies.next().await {
+                Some(Err(status)) => (Some(data), status),
+                _ => (Some(data), Status::ok("")),
+            },
+            Err(status) => (None, status),
+        },
+        Some(Err(status)) => (None, status),
+        None => (None, Status::ok("")),
+    };
+    let mut trailers = HeaderMap::new();
+    if let Err(bad) = status.add_header(&mut trailers) {
+        trailers = HeaderMap::new();
+        let _ = Status::internal(format!("invalid trailer: {}", bad.message()))
+            .add_header(&mut trailers);
+    }
+    let mut response = http::Response::new(tonic::body::Body::new(UnaryBody {
+        data,
+        trailers: Some(trailers),
+    }));
+    *response.headers_mut() = headers;
+    response
+}
+
+/// `grpc-encoding`: identity or gzip; anything else UNIMPLEMENTED, as tonic answers it.
+fn request_encoding(headers: &HeaderMap) -> Result<bool, Status> {
+    match headers.get(GRPC_ENCODING).map(HeaderValue::as_bytes) {
+        None | Some(b"identity") => Ok(false),
+        Some(b"gzip") => Ok(true),
+        Some(other) => {
+            let mut status = Status::unimplemented(format!(
+                "Content is compressed with `{}` which isn't supported",
+                String::from_utf8_lossy(other)
+            ));
+            status.metadata_mut().insert(
+                "grpc-accept-encoding",
+                tonic::metadata::MetadataValue::from_static("gzip"),
+            );
+            Err(status)
+        }
+    }
+}
+
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("grpc-accept-encoding")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| e.trim() == "gzip")
+}
+
+/// The call's one message, read as soon as it is whole (a client need not half-close first).
+async fn read_message(mut body: Body, gzip: bool, limit: usize) -> Result<Bytes, Status> {
+    let mut buf = BytesMut::new();
+    loop {
+        if buf.len() >= PREFIX {
+            let compressed = match buf[0] {
+                0 => false,
+                1 if gzip => true,
+                1 => return Err(Status::internal(
+                    "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+                )),
+                f => return Err(Status::internal(format!(
+                    "protocol error: received message with invalid compression flag: {f} (valid flags are 0 and 1), while sending request"
+                ))),
+            };
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if len > limit {
+                return Err(request_too_large(len, limit));
+            }
+            if buf.len() >= PREFIX + len {
+                buf.advance(PREFIX);
+                let message = buf.split_to(len).freeze();
+                return if compressed {
+                    gunzip(&message, limit)
+                } else {
+                    Ok(message)
+                };
+            }
+        }
+        match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if buf.is_empty() && data.len() >= PREFIX {
+                        // The usual case: the whole frame in one chunk, taken without a copy.
+                        buf = BytesMut::from(data);
+                    } else {
+                        buf.extend_from_slice(&data);
+                    }
+                }
+            }
+            Some(Err(e)) => return Err(Status::cancelled(format!("reading the request: {e}"))),
+            None if buf.is_empty() => return Err(Status::internal("Missing request message.")),
+            None => return Err(Status::internal("Unexpected EOF decoding stream.")),
+        }
+    }
+}
+
+fn request_too_large(len: usize, limit: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "request message of {len} bytes is larger than the limit of {limit} bytes (--max-message-size)"
+    ))
+}
+
+fn gunzip(data: &[u8], limit: usize) -> Result<Bytes, Status> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .take((limit as u64).saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| Status::internal(format!("Error decompressing: {e}")))?;
+    if out.len() > limit {
+        return Err(request_too_large(out.len(), limit));
+    }
+    Ok(out.into())
+}
+
+/// The reply as one gRPC frame, measured once for both the size limit and the prefix.
+fn frame(reply: &DynamicMessage, gzip: bool, limit: usize) -> Result<Bytes, Status> {
+    let measured = Measured::new(reply);
+    wire::check_reply_len(measured.len(), limit)?;
+    if gzip {
+        let mut plain = Vec::with_capacity(measured.len());
+        measured.write(&mut plain);
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder
+            .write_all(&plain)
+            .map_err(|e| Status::internal(format!("compressing the reply: {e}")))?;
+        let packed = encoder
+            .finish()
+            .map_err(|e| Status::internal(format!("compressing the reply: {e}")))?;
+        let mut out = BytesMut::with_capacity(PREFIX + packed.len());
+        out.put_u8(1);
+        out.put_u32(packed.len() as u32);
+        out.put_slice(&packed);
+        return Ok(out.freeze());
+    }
+    let mut out = BytesMut::with_capacity(PREFIX + measured.len());
+    out.put_u8(0);
+    out.put_u32(measured.len() as u32);
+    measured.write(&mut out);
+    Ok(out.freeze())
+}
+
+/// Headers a handler may not set, because the transport owns them (tonic drops the same ones).
+fn sanitized(mut headers: HeaderMap) -> HeaderMap {
+    for reserved in [
+        "te",
+        "user-agent",
+        "content-type",
+        "grpc-message",
+        "grpc-message-type",
+        "grpc-status",
+    ] {
+        headers.remove(reserved);
+    }
+    headers
+}
+
+/// A reply frame, then trailers: the whole body of a unary answer. No exact size hint: it would
+/// become a `content-length` that leaves no room for the trailers gRPC-Web adds to the body.
+struct UnaryBody {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl http_body::Body for UnaryBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if let Some(data) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+}
