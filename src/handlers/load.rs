@@ -38,9 +38,6 @@ pub fn load(
     engine: &ScriptEngine,
 ) -> Result<Handlers, Diagnostics> {
     let mut problems = Diagnostics::default();
-    let mut methods: HashMap<String, MethodRules> = HashMap::new();
-    let mut defaults: HashMap<String, Vec<Rule>> = HashMap::new();
-    let mut health = BTreeMap::new();
     let mut files = Vec::new();
     if !dir.is_dir() {
         problems.push(Diagnostic::file(dir, "handlers folder not found"));
@@ -57,17 +54,44 @@ pub fn load(
             Err(e) => problems.push(Diagnostic::file(e.path().unwrap_or(dir), e.to_string())),
         }
     }
+    let mut sources = Vec::new();
     for path in &files {
-        let source = match std::fs::read_to_string(path) {
-            Ok(s) => s,
-            Err(e) => {
-                problems.push(Diagnostic::file(path, format!("cannot read: {e}")));
-                continue;
-            }
-        };
+        match std::fs::read_to_string(path) {
+            Ok(s) => sources.push((path.clone(), s)),
+            Err(e) => problems.push(Diagnostic::file(path, format!("cannot read: {e}"))),
+        }
+    }
+    check_sources(&sources, files, pool, engine, problems)
+}
+
+/// Checks one handler file given as text, exactly as [`load`] checks each file of a folder (a
+/// `script = "…"` file is still read relative to `path`). Public so the fuzz targets need no disk I/O.
+pub fn load_source(
+    path: &FsPath,
+    source: &str,
+    pool: &DescriptorPool,
+    engine: &ScriptEngine,
+) -> Result<Handlers, Diagnostics> {
+    let sources = [(path.to_path_buf(), source.to_string())];
+    let files = vec![path.to_path_buf()];
+    check_sources(&sources, files, pool, engine, Diagnostics::default())
+}
+
+/// The rules of the handler files' texts, in order; `files` is what [`Handlers::files`] reports.
+fn check_sources(
+    sources: &[(PathBuf, String)],
+    files: Vec<PathBuf>,
+    pool: &DescriptorPool,
+    engine: &ScriptEngine,
+    mut problems: Diagnostics,
+) -> Result<Handlers, Diagnostics> {
+    let mut methods: HashMap<String, MethodRules> = HashMap::new();
+    let mut defaults: HashMap<String, Vec<Rule>> = HashMap::new();
+    let mut health = BTreeMap::new();
+    for (path, source) in sources {
         let mut file = FileCtx {
             path,
-            source: &source,
+            source,
             pool,
             engine,
             problems: &mut problems,
