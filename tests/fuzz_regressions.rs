@@ -37,3 +37,24 @@ fn load_source_checks_a_file_as_load_does() {
         "{problems}"
     );
 }
+
+/// `script = "/dev/zero"` hung the loader (it read the device to the end); only regular files are
+/// scripts now.
+#[test]
+fn a_script_that_is_not_a_regular_file_is_refused() {
+    let pool = protodrop::protos::load(&root().join("protos"), &[])
+        .expect("seed protos")
+        .pool;
+    let engine = ScriptEngine::new(ScriptLimits::default());
+    let text = "[[rule]]\nmethod = \"hello.Hello/GetFeature\"\nscript = \"/dev/zero\"\n";
+    let problems = load_source(
+        &root().join("handlers/zero.toml"),
+        text,
+        &pool,
+        &engine,
+    )
+    .expect_err("a device is not a script");
+    let shown = problems.to_string();
+    assert!(shown.contains("/dev/zero") && shown.contains("not a regular file"), "{shown}");
+    assert!(shown.contains("zero.toml:3:"), "{shown}");
+}

@@ -1062,6 +1062,13 @@ impl FileCtx<'_> {
         };
         if is_file {
             let path = self.path.parent().unwrap_or(FsPath::new(".")).join(text);
+            // Only a regular file: `/dev/zero` or a FIFO would hang the load (found by fuzzing).
+            if std::fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
+                return Err(self.error(
+                    node.span.clone(),
+                    format!("cannot read script {}: not a regular file", path.display()),
+                ));
+            }
             let source = std::fs::read_to_string(&path).map_err(|e| {
                 self.error(
                     node.span.clone(),
