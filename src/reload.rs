@@ -1,8 +1,17 @@
 //! Watches the protos and handlers folders; on a change, rebuilds the whole state off the request path
 //! and swaps it in. A broken edit is logged precisely and the last good state keeps serving.
+//!
+//! A folder that disappears (`rm -rf`, a checkout or a deploy script that swaps it) takes its inotify
+//! watch with it, and a watch never comes back by itself. So the watcher notes when a folder is
+//! removed or renamed away, and while one is gone it looks for it every 250 ms and
+//! watches it again when it is back. While a folder is gone nothing is rebuilt: the last good state
+//! keeps serving (an empty or half-deleted folder must not become the served state), and a warning
+//! says so.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use notify::event::{EventKind, ModifyKind};
@@ -14,47 +23,143 @@ use crate::registry::{Registry, Sources, State};
 /// How long the watcher waits for a burst of file events (an editor's save) to settle.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
 
-/// Keeps watching while alive.
+/// While a folder is gone, how often to look for it: no event says a removed folder is back.
+const POLL_WHILE_GONE: Duration = Duration::from_millis(250);
+
+type FsDebouncer = Debouncer<notify::RecommendedWatcher, RecommendedCache>;
+
+/// Keeps watching while alive; dropping it stops the watcher thread.
 pub struct Watcher {
-    _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
+    signals: mpsc::Sender<Signal>,
+    worker: Option<JoinHandle<()>>,
 }
 
-/// Starts watching `sources`' folders; every relevant change rebuilds and swaps `registry`.
-pub fn watch(sources: Sources, registry: Arc<Registry>) -> notify::Result<Watcher> {
-    let folders = [sources.protos.clone(), sources.handlers.clone()];
-    let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
-        let events = match result {
-            Ok(events) => events,
-            Err(errors) => {
-                for e in errors {
-                    tracing::warn!("watching files: {e}");
-                }
-                return;
-            }
-        };
-        let changed: Vec<_> = events
-            .iter()
-            .filter(|e| is_change(&e.kind))
-            .flat_map(|e| e.paths.iter())
-            .filter(|p| is_watched_file(p))
-            .collect();
-        if let Some(first) = changed.first() {
-            tracing::debug!(file = %first.display(), "change seen");
-            rebuild(&sources, &registry);
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.signals.send(Signal::Stop);
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
         }
-    })?;
-    for folder in &folders {
-        debouncer.watch(folder, RecursiveMode::Recursive)?;
     }
+}
+
+enum Signal {
+    Events(DebounceEventResult),
+    Stop,
+}
+
+/// Starts watching `sources`' folders; every relevant change rebuilds and swaps `registry`. The
+/// folders are watched when this returns, so an edit made right after is seen.
+pub fn watch(sources: Sources, registry: Arc<Registry>) -> notify::Result<Watcher> {
+    let (signals, inbox) = mpsc::channel();
+    let events = signals.clone();
+    let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
+        let _ = events.send(Signal::Events(result));
+    })?;
+    let mut watched = Watched::new(&sources)?;
+    watched.arm_all(&mut debouncer)?;
+    let worker = std::thread::Builder::new()
+        .name("protodrop-reload".into())
+        .spawn(move || run(debouncer, watched, inbox, &sources, &registry))
+        .map_err(notify::Error::io)?;
     Ok(Watcher {
-        _debouncer: debouncer,
+        signals,
+        worker: Some(worker),
     })
 }
 
-/// Rebuilds from disk and swaps the state in, or keeps the old one and says why.
-pub fn rebuild(sources: &Sources, registry: &Registry) {
+/// The watcher thread: owns the debouncer (re-arming needs it) and does the rebuilds.
+fn run(
+    mut debouncer: FsDebouncer,
+    mut watched: Watched,
+    inbox: mpsc::Receiver<Signal>,
+    sources: &Sources,
+    registry: &Registry,
+) {
+    // A proto edit (or a lost event, or a folder back) needs a full build; until one succeeds, later
+    // handler edits must not be checked against the old compiled protos alone.
+    let mut protos_dirty = false;
+    loop {
+        let signal = if watched.any_folder_gone() {
+            inbox.recv_timeout(POLL_WHILE_GONE)
+        } else {
+            inbox.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        };
+        let mut changed = false;
+        match signal {
+            Ok(Signal::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(Signal::Events(Err(errors))) => {
+                for e in errors {
+                    tracing::warn!("watching files: {e}");
+                }
+            }
+            Ok(Signal::Events(Ok(events))) => {
+                for event in &events {
+                    watched.note(&event.event);
+                    // A rescan means the kernel's queue overflowed: events were lost, rebuild.
+                    let relevant = event.need_rescan()
+                        || (is_change(&event.kind)
+                            && event.paths.iter().any(|p| is_watched_file(p)));
+                    if relevant && !only_handler_files(&event.paths) {
+                        protos_dirty = true;
+                    }
+                    if relevant && !changed {
+                        if let Some(p) = event.paths.first() {
+                            tracing::debug!(file = %p.display(), "change seen");
+                        }
+                        changed = true;
+                    }
+                }
+            }
+        }
+        let came_back = watched.refresh(&mut debouncer);
+        if !(changed || came_back) {
+            continue;
+        }
+        protos_dirty |= came_back;
+        match watched.gone_folder() {
+            // Building now would fail (or serve a half-deleted tree); the warning was logged.
+            Some(gone) => {
+                tracing::debug!(folder = %gone.display(), "not reloading: folder is gone")
+            }
+            None if protos_dirty => protos_dirty = !rebuild(sources, registry),
+            None => {
+                rebuild_handlers(sources, registry);
+            }
+        }
+    }
+}
+
+/// Handler files only (`.toml`, `.rhai`): the compiled protos can be kept.
+fn only_handler_files(paths: &[PathBuf]) -> bool {
+    paths
+        .iter()
+        .all(|p| p.extension().is_some_and(|e| e == "toml" || e == "rhai"))
+}
+
+/// Rebuilds from disk and swaps the state in, or keeps the old one and says why. True when swapped.
+pub fn rebuild(sources: &Sources, registry: &Registry) -> bool {
+    swap_in(State::build(sources), Instant::now(), registry)
+}
+
+/// Reads the handlers again against the current state's compiled protos: a handler edit on a large
+/// proto tree is served in milliseconds instead of a full compile.
+pub fn rebuild_handlers(sources: &Sources, registry: &Registry) -> bool {
     let started = Instant::now();
-    match State::build(sources) {
+    swap_in(
+        registry.current().rebuild_handlers(sources),
+        started,
+        registry,
+    )
+}
+
+fn swap_in(
+    built: Result<State, crate::diagnostic::Diagnostics>,
+    started: Instant,
+    registry: &Registry,
+) -> bool {
+    match built {
         Ok(state) => {
             tracing::info!(
                 services = state.service_count(),
@@ -64,10 +169,132 @@ pub fn rebuild(sources: &Sources, registry: &Registry) {
                 "reloaded"
             );
             registry.swap(state);
+            true
         }
         Err(problems) => {
             tracing::error!("reload failed, still serving the previous state:\n{problems}");
+            false
         }
+    }
+}
+
+/// One watched folder.
+struct Entry {
+    /// Absolute, as notify reports event paths.
+    path: PathBuf,
+    /// Whether a watch for it is in place (notify drops the watch when the folder is removed).
+    armed: bool,
+    /// An event said the folder itself was removed, renamed or created: its watch, if notify still
+    /// holds one, may follow an old inode.
+    touched: bool,
+}
+
+struct Watched {
+    /// Outer folders first: watching one again re-walks what is inside it.
+    entries: Vec<Entry>,
+}
+
+impl Watched {
+    fn new(sources: &Sources) -> notify::Result<Watched> {
+        let cwd = std::env::current_dir().map_err(notify::Error::io)?;
+        let mut entries: Vec<Entry> = Vec::new();
+        for folder in [&sources.protos, &sources.handlers] {
+            let path = cwd.join(folder);
+            if !entries.iter().any(|e| e.path == path) {
+                entries.push(Entry {
+                    path,
+                    armed: false,
+                    touched: false,
+                });
+            }
+        }
+        entries.sort_by_key(|e| e.path.components().count());
+        Ok(Watched { entries })
+    }
+
+    /// At start-up a folder that cannot be watched is an error.
+    fn arm_all(&mut self, debouncer: &mut FsDebouncer) -> notify::Result<()> {
+        for e in &mut self.entries {
+            debouncer.watch(&e.path, RecursiveMode::Recursive)?;
+            e.armed = true;
+        }
+        Ok(())
+    }
+
+    /// Records what an event says about a folder itself.
+    fn note(&mut self, event: &notify::Event) {
+        let about_the_folder = matches!(
+            event.kind,
+            EventKind::Remove(_) | EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_))
+        );
+        if !about_the_folder {
+            return;
+        }
+        for e in &mut self.entries {
+            if event.paths.iter().any(|p| p == &e.path) {
+                e.touched = true;
+            }
+        }
+    }
+
+    /// Brings the watches in line with the disk: forgets a folder that is gone (with a warning),
+    /// watches again one that is back or was replaced. Returns whether a folder came back or was
+    /// replaced (and so must be re-read).
+    fn refresh(&mut self, debouncer: &mut FsDebouncer) -> bool {
+        let mut came_back = false;
+        // Folders watched again below: what is inside them was unwatched and re-walked with them.
+        let mut rearmed: Vec<PathBuf> = Vec::new();
+        for e in &mut self.entries {
+            let touched = std::mem::take(&mut e.touched);
+            if !e.path.is_dir() {
+                if e.armed {
+                    tracing::warn!(
+                        folder = %e.path.display(),
+                        "folder is gone: still serving the last good state; it is reloaded when the folder is back"
+                    );
+                }
+                e.armed = false;
+                continue;
+            }
+            let inside_rearmed = rearmed.iter().any(|r| e.path.starts_with(r));
+            if e.armed && !touched && !inside_rearmed {
+                continue;
+            }
+            if !inside_rearmed {
+                // A watch notify still holds (the folder was renamed away, or replaced within one
+                // burst of events) follows the old inode: drop it first. None held is fine.
+                let _ = debouncer.unwatch(&e.path);
+            }
+            match debouncer.watch(&e.path, RecursiveMode::Recursive) {
+                Ok(()) => {
+                    if !e.armed {
+                        tracing::info!(folder = %e.path.display(), "folder is back: watching it again");
+                    } else if !inside_rearmed {
+                        tracing::info!(folder = %e.path.display(), "folder was replaced: watching the new one");
+                    }
+                    e.armed = true;
+                    came_back = true;
+                    rearmed.push(e.path.clone());
+                }
+                // Probably gone again already; the next event or poll tries again.
+                Err(err) => {
+                    e.armed = false;
+                    tracing::debug!(folder = %e.path.display(), "cannot watch yet: {err}");
+                }
+            }
+        }
+        came_back
+    }
+
+    fn any_folder_gone(&self) -> bool {
+        self.entries.iter().any(|e| !e.armed)
+    }
+
+    fn gone_folder(&self) -> Option<&Path> {
+        self.entries
+            .iter()
+            .find(|e| !e.armed)
+            .map(|e| e.path.as_path())
     }
 }
 

@@ -35,6 +35,9 @@ use crate::service::{DynamicService, ServiceSettings};
 /// client that connects and says nothing must not hold a task forever).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
 /// Serves until `shutdown` completes, then lets calls in flight finish. With `tls`, every connection
 /// is a TLS one (a plaintext client fails its first read).
 pub async fn serve(
@@ -51,6 +54,9 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         // HTTP/1.1 for curl, browsers and gRPC-Web; HTTP/2 for gRPC.
         .accept_http1(true)
+        // tonic announces no limit by default; every open stream holds buffers, so one client
+        // must not be able to open an unbounded number of them.
+        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
         // gRPC-Web (translated to gRPC) and CORS, before anything else sees the request.
         .layer(web)
         .add_routes(Routes::from(router));

@@ -335,3 +335,69 @@ fn health_override_with_a_bad_status() {
     let h = "[health]\n\"t.Svc\" = \"DOWN\"\n";
     check_handler_fails(h, "\"DOWN\"", &["SERVING", "NOT_SERVING"]);
 }
+
+/// `serve` on a folder that does not exist exits 1 and names it, rather than serving nothing.
+#[test]
+fn serve_refuses_a_missing_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(&dir.path().join("protos"), &t_proto());
+    std::fs::create_dir(dir.path().join("handlers")).unwrap();
+    for (flag, folder, what) in [
+        ("--protos", "no-protos", "protos folder not found"),
+        ("--handlers", "no-handlers", "handlers folder not found"),
+    ] {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+        if flag == "--protos" {
+            args.extend(["--protos", folder, "--handlers", "handlers"]);
+        } else {
+            args.extend(["--protos", "protos", "--handlers", folder]);
+        }
+        let (code, stdout, stderr) = protodrop(&args, Some(dir.path()), &[]);
+        assert_eq!(code, 1, "{flag}: stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(!stdout.contains("listening on"), "{stdout}");
+        assert!(
+            stderr.contains(folder) && stderr.contains(what),
+            "{flag}: names the folder: {stderr}"
+        );
+    }
+}
+
+/// A Rhai syntax error stops `serve` at start-up like any other load problem: exit 1, file:line.
+#[test]
+fn serve_refuses_a_script_with_a_syntax_error() {
+    let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\nscript = \"s.rhai\"\n";
+    let script = "let a = 1;\nlet b = a +;\n#{}\n";
+    let err = match Server::try_start(
+        &t_proto(),
+        &[("t.toml", h), ("s.rhai", script)],
+        Options::default(),
+    ) {
+        Ok(_) => panic!("serve started with a broken script"),
+        Err(e) => e,
+    };
+    assert!(
+        err.contains("exit: exit status: 1"),
+        "exits non-zero: {err}"
+    );
+    assert!(
+        err.contains("handlers/s.rhai:2:"),
+        "points at the line: {err}"
+    );
+}
+
+/// The sandbox at load time: `import` (the only way a Rhai script could reach a file) is refused
+/// where it is written.
+#[test]
+fn a_script_that_imports_is_refused_at_load() {
+    let h =
+        "[[rule]]\nmethod = \"t.Svc/Unary\"\ncode = '''\nimport \"/etc/passwd\" as p;\np::x\n'''\n";
+    let (code, _stdout, stderr) = check(&t_proto(), &[("t.toml", h)]);
+    assert_eq!(code, 1, "{stderr}");
+    let line = line_of(h, "import");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with(&format!("handlers/t.toml:{line}:"))),
+        "points at the import: {stderr}"
+    );
+}

@@ -115,7 +115,7 @@ impl Decoder for DynamicDecoder {
         message
             .merge(src.copy_to_bytes(src.remaining()))
             .map_err(|e| {
-                Status::invalid_argument(format!(
+                Status::internal(format!(
                     "request is not a valid {}: {e}",
                     self.0.full_name()
                 ))

@@ -54,8 +54,9 @@ pub(super) async fn serve(
     let input = method.desc.input();
     let request = match DynamicMessage::decode(input.clone(), message) {
         Ok(m) => m,
+        // gRPC's status table: a request that does not parse is INTERNAL (as grpc-go, grpc-java).
         Err(e) => {
-            return Status::invalid_argument(format!(
+            return Status::internal(format!(
                 "request is not a valid {}: {e}",
                 input.full_name()
             ))

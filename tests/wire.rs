@@ -1,0 +1,594 @@
+//! Bad bytes on the wire (issue 5, part 1). Each case is sent with a raw HTTP/2 client, so the test
+//! controls every byte; each asserts the HTTP status and `grpc-status` gRPC specifies, then that a
+//! normal call still succeeds on the same connection and on a fresh one.
+//!
+//! Status codes follow gRPC's own table (doc/statuscodes.md in grpc/grpc) and what grpc-go,
+//! grpc-java and tonic answer: a body that ends inside a frame, a request that does not parse, a
+//! compressed flag with no `grpc-encoding`: INTERNAL; an unknown `grpc-encoding`: UNIMPLEMENTED with
+//! `grpc-accept-encoding`; a message over `--max-message-size`: RESOURCE_EXHAUSTED; a content type
+//! that is not gRPC's: HTTP 415 (PROTOCOL-HTTP2.md). Where protodrop answers otherwise today, a test
+//! asserts what a client can rely on now and an `#[ignore]`d one pins the specified answer.
+
+mod common;
+mod raw;
+
+use std::io::{Read as _, Write as _};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use prost_reflect::DynamicMessage;
+use raw::*;
+use tonic::Code;
+
+const HANDLER: &str = r#"
+[[rule]]
+method = "t.Svc/Unary"
+reply.text = "hi {{request.name}}"
+
+[[rule]]
+method = "t.Svc/Echo"
+reply = "{{request}}"
+
+[[rule]]
+method = "t.Svc/ServerStream"
+stream.repeat = 100000
+stream.message = { text = "{{request.name}}", list = ["{{metadata.x-pad}}"] }
+
+[[rule]]
+method = "t.Svc/Bidi"
+reply = { text = "{{request.name}}", num = "{{count}}" }
+
+[[rule]]
+method = "t.Svc/Ping"
+
+[[rule]]
+method = "t.Svc/ClientStream"
+reply.text = "cs {{count}}"
+
+[[rule]]
+method = "d.Deep/Echo"
+reply = "{{request}}"
+"#;
+
+/// A recursive message, for nesting bombs.
+const DEEP_PROTO: &str = r#"syntax = "proto3";
+package d;
+message Node { Node child = 1; string name = 2; }
+service Deep { rpc Echo(Node) returns (Node); }
+"#;
+
+fn serve() -> Server {
+    Server::start(
+        &[("t.proto", T_PROTO), ("d.proto", DEEP_PROTO)],
+        &[("t.toml", HANDLER)],
+    )
+}
+
+/// `t.Req { name }` in a frame.
+fn req(name: &str) -> Bytes {
+    frame(false, &string_field(1, name.as_bytes()))
+}
+
+/// `t.Resp.text` of a reply message.
+fn resp_text(message: &[u8]) -> String {
+    static POOL: std::sync::OnceLock<prost_reflect::DescriptorPool> = std::sync::OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.proto"), T_PROTO).unwrap();
+        compile_protos(dir.path(), &[]).unwrap()
+    });
+    let desc = pool.get_message_by_name("t.Resp").unwrap();
+    let m = DynamicMessage::decode(desc, message).expect("a t.Resp");
+    to_json(&m)["text"].as_str().unwrap_or_default().to_string()
+}
+
+/// A normal unary call on `conn` answers as it should.
+async fn assert_serves(conn: &mut Conn, what: &str) {
+    let answer = conn.call("/t.Svc/Unary", &[], req("ok")).await;
+    answer.expect_status(Code::Ok);
+    let messages = answer.messages();
+    assert_eq!(messages.len(), 1, "{what}: one reply: {answer:?}");
+    assert_eq!(resp_text(&messages[0]), "hi ok", "{what}");
+}
+
+/// After a bad call on `conn`: a normal call succeeds on the same connection and on a fresh one.
+async fn assert_still_serving(conn: &mut Conn) {
+    assert_serves(conn, "the same connection").await;
+    let mut fresh = Conn::connect(conn.addr).await;
+    assert_serves(&mut fresh, "a fresh connection").await;
+}
+
+/// Unary calls have framing code of their own (src/service/unary.rs); the other shapes go through
+/// tonic's. Every framing case is sent to both.
+const PATHS: [&str; 2] = ["/t.Svc/Unary", "/t.Svc/ClientStream"];
+
+#[tokio::test]
+async fn a_body_that_ends_inside_the_frame_header_is_internal() {
+    let s = serve();
+    let mut conn = Conn::connect(s.addr).await;
+    for path in PATHS {
+        let answer = conn.call(path, &[], Bytes::from_static(&[0, 0, 0])).await;
+        let message = answer.expect_status(Code::Internal);
+        assert!(message.contains("EOF"), "{path}: {message}");
+        assert_still_serving(&mut conn).await;
+    }
+}
+
+#[tokio::test]
+async fn a_length_prefix_larger_than_the_body_is_internal() {
+    let s = serve();
+    let mut conn = Conn::connect(s.addr).await;
+    for path in PATHS {
+        let mut body = frame(false, &string_field(1, b"0123456789")).to_vec();
+        body[4] = 100; // says 100 bytes, 12 follow
+        let answer = conn.call(path, &[], body.into()).await;
+        answer.expect_status(Code::Internal);
+        assert_still_serving(&mut conn).await;
+    }
+}
+
+/// A frame header announcing 4 GiB is refused from the header alone: the server neither waits for
+/// the body nor allocates for it.
+#[tokio::test]
+async fn a_length_prefix_over_the_limit_is_resource_exhausted_at_once() {
+    let s = serve();
+    let mut conn = Conn::connect(s.addr).await;
+    for path in PATHS {
+        let (response, mut stream) = conn.open(path, &[]).await;
+        stream
+            .send_data(Bytes::from_static(&[0, 0xff, 0xff, 0xff, 0xff]), false)
+            .unwrap();
+        let started = Instant::now();
+        let answer = read_answer(response).await;
+        answer.expect_status(Code::ResourceExhausted);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{path}: answered after {:?}, without the body",
+            started.elapsed()
+        );
+        assert_still_serving(&mut conn).await;
+    }
+}
+
+/// The default `--max-message-size` is 4 MiB: a request of exactly 4 MiB is served, one byte more is
+/// RESOURCE_EXHAUSTED (tests/cli.rs checks the flag with a smaller limit).
+#[tokio::test]
+async fn the_default_size_limit_is_4_mib() {
+    let s = serve();
+    let mut conn = Conn::connect(s.addr).await;
+    const LIMIT: usize = 4 << 20;
+    // A string field of n bytes takes 1 (tag) + 4 (length varint, for these sizes) + n bytes.
+    let at_limit = string_field(1, &vec![b'x'; LIMIT - 5]);
+    assert_eq!(at_limit.len(), LIMIT);
+    let over = string_field(1, &vec![b'x'; LIMIT - 4]);
+    assert_eq!(over.len(), LIMIT + 1);
+    // Ping and ClientStream answer small replies whatever the request.
+    for path in ["/t.Svc/Ping", "/t.Svc/ClientStream"] {
+        let answer = conn.call(path, &[], frame(false, &at_limit)).await;
+        answer.expect_status(Code::Ok);
+        let answer = conn.call(path, &[], frame(false, &over)).await;
+        let message = answer.expect_status(Code::ResourceExhausted);
+        assert!(
+            message.contains(&LIMIT.to_string()),
+            "{path}: names the limit: {message}"
+        );
+        assert_still_serving(&mut conn).await;
+    }
+}
+
+/// Bytes that are not protobuf at all (wire type 7 does not exist). The call fails and the server
+/// serves on; the exact code is pinned by the ignored test below.
+#[tokio::test]
+async fn garbage_instead_of_protobuf_fails_the_call_and_the_server_serves_on() {
+    let s = serve();
+    let mut conn = Conn::connect(s.addr).await;
+    for path in PATHS {
+        let answer = conn.call(path, &[], frame(false, &[0xff; 16])).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let code = answer.grpc_status().expect("a grpc-status");
+        assert_ne!(
+            code, 0,
+            "{path}: garbage must not be answered OK: {answer:?}"
+        );
+        assert!(
+            answer.grpc_message().contains("t.Req"),
+            "{path}: names the expected type: {}",
+            answer.grpc_message()
+        );
+        assert_still_serving(&mut conn).await;
+    }
+}
+
+/// gRPC's status table: "Error parsing request proto: INTERNAL" (grpc-go and grpc-java answer that,
+/// and so does tonic's own prost codec).
+#[tokio::test]
+async fn a_request_that_does_not_parse_is_internal() {
+    let s = serve();
+    let mut conn = Conn::connect(s.addr).await;
+    for path in PATHS {
+        let answer = conn.call(path, &[], frame(false, &[0xff; 16])).await;
+        answer.expect_status(Code::Internal);
+    }
+}
+
+/// Protobuf does not say which message it is. A valid message of another type whose field 1 is a
+/// number (`t.Inner { id: 5 }`) clashes with `t.Req.name` (a string) and fails like garbage; one
+/// whose fields fit (`t.Resp { num: 7 }`: field 2, a varint, as `t.Req.num`) is read as a `t.Req`,
+/// and unknown field numbers are skipped, as every protobuf runtime does.
+#[tokio::test]
+async fn a_message_of_another_type_fails_only_when_its_fields_clash() {
+    let s = serve();
+    let mut conn = Conn::connect(s.addr).await;
+    let inner = [0x08, 0x05]; // field 1, varint 5
+    for path in PATHS {
+        let answer = conn.call(path, &[], frame(false, &inner)).await;
+        assert_ne!(answer.grpc_status(), Some(0), "{path}: {answer:?}");
+        assert!(answer.grpc_message().contains("t.Req"), "{answer:?}");
+        assert_still_serving(&mut conn).await;
+    }
+
+    // t.Resp { num: 7, count: 9 } to Echo (t.Req in, t.Req out): num fits, count (11) is unknown.
+    let resp = [0x10, 0x07, 0x58, 0x09];
+    let answer = conn.call("/t.Svc/Echo", &[], frame(false, &resp)).await;
+    answer.expect_status(Code::Ok);
+    let echoed = answer.messages();
+    assert_eq!(echoed.len(), 1, "{answer:?}");
+    assert_eq!(&echoed[0][..2], &[0x10, 0x07], "num = 7 came back");
+}
+
+/// gRPC's compression spec: a message with its compressed flag set but no `grpc-encoding` "MUST
+/// fail with INTERNAL status".
+#[tokio::test]
+async fn the_compressed_flag_without_grpc_encoding_is_internal() {
+    let s = serve();
+    let mut conn = Conn::connect(s.addr).await;
+    for path in PATHS {
+        let answer = conn
+            .call(path, &[], frame(true, &string_field(1, b"x")))
+            .await;
+        let message = answer.expect_status(Code::Internal);
+        assert!(message.contains("compressed"), "{path}: {message}");
+        // A flag other than 0 and 1 is as wrong.
+        let mut bad_flag = req("x").to_vec();
+        bad_flag[0] = 7;
+        let answer = conn.call(path, &[], bad_flag.into()).await;
+        answer.expect_status(Code::Internal);
+        assert_still_serving(&mut conn).await;
+    }
+}
+
+/// gRPC's compression spec: an encoding the server does not support is UNIMPLEMENTED, and the answer
+/// says which it accepts in `grpc-accept-encoding`.
+#[tokio::test]
+async fn an_unknown_grpc_encoding_is_unimplemented_and_lists_the_accepted_ones() {
+    let s = serve();
+    let mut conn = Conn::connect(s.addr).await;
+    for path in PATHS {
+        let answer = conn
+            .call(
+                path,
+                &[("grpc-encoding", "snappy")],
+                frame(true, b"whatever"),
+            )
+            .await;
+        let message = answer.expect_status(Code::Unimplemented);
+        assert!(message.contains("snappy"), "{path}: {message}");
+        let accepted = answer
+            .headers
+            .get("grpc-accept-encoding")
+            .or_else(|| answer.trailers.as_ref()?.get("grpc-accept-encoding"))
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        assert!(
+            accepted.contains("gzip"),
+            "{path}: grpc-accept-encoding: {answer:?}"
+        );
+        assert_still_serving(&mut conn).await;
+    }
+}
+
+/// gzip that does not inflate is INTERNAL ("could not decompress" in gRPC's table); a gzip bomb
+/// (16 MiB of zeros in ~16 KiB) is RESOURCE_EXHAUSTED at the 4 MiB limit, and the server's peak
+/// memory shows it never inflated the whole thing.
+#[tokio::test]
+async fn broken_gzip_is_internal_and_a_gzip_bomb_is_resource_exhausted() {
+    let s = serve();
+    let mut conn = Conn::connect(s.addr).await;
+    let gzip = [("grpc-encoding", "gzip")];
+    let zeros = vec![0u8; 16 << 20];
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&zeros).unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 64 << 10, "{} bytes", bomb.len());
+    for path in PATHS {
+        let answer = conn
+            .call(path, &gzip, frame(true, b"not gzip at all"))
+            .await;
+        answer.expect_status(Code::Internal);
+
+        let before = proc_status_kib(s.pid(), "VmHWM");
+        let answer = conn.call(path, &gzip, frame(true, &bomb)).await;
+        answer.expect_status(Code::ResourceExhausted);
+        let peak = proc_status_kib(s.pid(), "VmHWM");
+        assert!(
+            peak < before + 12 * 1024,
+            "{path}: peak RSS grew from {before} KiB to {peak} KiB"
+        );
+        assert_still_serving(&mut conn).await;
+    }
+}
+
+/// `d.Node` nested `depth` times: each level is field 1 (tag, length) around the one inside it.
+fn nested(depth: usize) -> Vec<u8> {
+    let leaf = string_field(2, b"leaf");
+    let mut len = leaf.len();
+    let mut headers = Vec::with_capacity(depth);
+    for _ in 0..depth {
+        let mut header = vec![0x0a];
+        raw::varint(&mut header, len as u64);
+        len += header.len();
+        headers.push(header);
+    }
+    let mut out = Vec::with_capacity(len);
+    for header in headers.iter().rev() {
+        out.extend_from_slice(header);
+    }
+    out.extend_from_slice(&leaf);
+    out
+}
+
+/// A message nested 100,000 deep (~400 KiB) must not overflow the server's stack: decoding stops at
+/// protobuf's recursion limit (100, as in every protobuf runtime) and the call fails. One nested 90
+/// deep is served.
+#[tokio::test]
+async fn a_deeply_nested_message_is_refused_without_crashing_the_server() {
+    let mut s = serve();
+    let mut conn = Conn::connect(s.addr).await;
+    let answer = conn
+        .call("/d.Deep/Echo", &[], frame(false, &nested(90)))
+        .await;
+    answer.expect_status(Code::Ok);
+    assert_eq!(answer.messages(), vec![Bytes::from(nested(90))]);
+
+    let answer = conn
+        .call("/d.Deep/Echo", &[], frame(false, &nested(100_000)))
+        .await;
+    assert_ne!(answer.grpc_status(), Some(0), "{answer:?}");
+    assert!(
+        answer.grpc_message().contains("recursion"),
+        "{}",
+        answer.grpc_message()
+    );
+    assert!(s.is_running(), "the server is alive");
+    assert_still_serving(&mut conn).await;
+}
+
+/// The body of an HTTP/1.1 response read from a raw socket: status line and headers, then the body
+/// (by content-length, chunked, or to the end of the connection).
+fn http1(addr: std::net::SocketAddr, request: &[u8]) -> (String, Vec<u8>) {
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Read until the server closes or goes quiet (it may keep the connection alive).
+    tcp.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    loop {
+        match tcp.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(_) => break,
+        }
+    }
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP/1.1 answer: {:?}", String::from_utf8_lossy(&out)));
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    (head, out[split + 4..].to_vec())
+}
+
+fn http1_grpc_request(addr: std::net::SocketAddr) -> Vec<u8> {
+    let body = req("h1");
+    let mut request = format!(
+        "POST /t.Svc/Unary HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/grpc\r\nte: trailers\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    request
+}
+
+/// gRPC needs HTTP/2. HTTP/1.1 is served on the same port (gRPC-Web, Connect, HTTP/JSON), and a
+/// plain `application/grpc` request over HTTP/1.1 must not hang or hurt the server.
+#[tokio::test]
+async fn grpc_over_http1_is_answered_and_the_server_serves_on() {
+    let s = serve();
+    let (head, _) = http1(s.addr, &http1_grpc_request(s.addr));
+    assert!(head.starts_with("HTTP/1.1 "), "{head}");
+    let mut conn = Conn::connect(s.addr).await;
+    assert_serves(&mut conn, "after HTTP/1.1").await;
+}
+
+/// HTTP/1.1 cannot carry the trailers the gRPC status travels in (hyper drops trailers the answer
+/// did not announce), so today the answer is `200` with the message and no `grpc-status` at all: a
+/// client cannot tell success from failure. It must be refused in a way the client can read: an
+/// HTTP error status (grpc-go answers 505), or a trailers-only gRPC error (status in the headers).
+#[tokio::test]
+#[ignore = "bug: application/grpc over HTTP/1.1 is answered 200 with no grpc-status (src/front/web.rs)"]
+async fn grpc_over_http1_is_refused_with_a_status_the_client_can_read() {
+    let s = serve();
+    let (head, body) = http1(s.addr, &http1_grpc_request(s.addr));
+    let status_line = head.lines().next().unwrap_or_default();
+    let refused_by_http = !status_line.starts_with("HTTP/1.1 2");
+    let lower = head.to_ascii_lowercase();
+    let grpc_error_in_headers = lower
+        .lines()
+        .any(|l| l.starts_with("grpc-status:") && l.trim() != "grpc-status: 0");
+    assert!(
+        refused_by_http || grpc_error_in_headers,
+        "answered as a success with no status:\n{head}\n{:?}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+/// PROTOCOL-HTTP2.md: a request whose content type is not `application/grpc…` SHOULD get HTTP 415,
+/// so that a plain HTTP client never takes a gRPC answer for success. On protodrop's port such a
+/// request is HTTP/JSON transcoding's; a gRPC method path it has no route for gets an HTTP error,
+/// never a 200, and the server serves on.
+#[tokio::test]
+async fn a_missing_or_foreign_content_type_is_an_http_error() {
+    let s = serve();
+    let mut conn = Conn::connect(s.addr).await;
+    for content_type in ["", "text/plain"] {
+        let answer = conn
+            .call("/t.Svc/Unary", &[("content-type", content_type)], req("x"))
+            .await;
+        assert!(
+            answer.status.is_client_error(),
+            "content-type {content_type:?}: {answer:?}"
+        );
+        assert_eq!(answer.grpc_status(), None, "not a gRPC answer: {answer:?}");
+    }
+    assert_still_serving(&mut conn).await;
+}
+
+/// The status gRPC asks for is 415 Unsupported Media Type (saying which types are served); today it
+/// is transcoding's 404 "no HTTP route for POST /t.Svc/Unary", which reads as if the method did not
+/// exist.
+#[tokio::test]
+#[ignore = "bug: a gRPC method path with no or a foreign content type answers 404 (src/front/mod.rs, Protocol::of), gRPC says 415"]
+async fn a_missing_or_foreign_content_type_is_415() {
+    let s = serve();
+    let mut conn = Conn::connect(s.addr).await;
+    for content_type in ["", "text/plain"] {
+        let answer = conn
+            .call("/t.Svc/Unary", &[("content-type", content_type)], req("x"))
+            .await;
+        assert_eq!(
+            answer.status, 415,
+            "content-type {content_type:?}: {answer:?}"
+        );
+    }
+}
+/// A client that resets its stream mid-call (RST_STREAM CANCEL): the call is dropped, and the same
+/// connection goes on serving, for a bidi stream and for a server stream that was still sending.
+#[tokio::test]
+async fn a_stream_reset_mid_call_leaves_the_connection_serving() {
+    let s = serve();
+    let mut conn = Conn::connect(s.addr).await;
+
+    let (response, mut stream) = conn.open("/t.Svc/Bidi", &[]).await;
+    stream.send_data(req("one"), false).unwrap();
+    let response = tokio::time::timeout(RAW_TIMEOUT, response)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(RAW_TIMEOUT, body.data())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp_text(&messages(&first)[0]), "one");
+    stream.send_reset(h2::Reason::CANCEL);
+    drop(body);
+    assert_serves(&mut conn, "after a bidi reset").await;
+
+    // A server stream of 100,000 messages, reset after the first bytes.
+    let (response, mut stream) = conn.open("/t.Svc/ServerStream", &[]).await;
+    stream.send_data(req("many"), true).unwrap();
+    let mut body = tokio::time::timeout(RAW_TIMEOUT, response)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_body();
+    let chunk = tokio::time::timeout(RAW_TIMEOUT, body.data())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(!chunk.is_empty());
+    stream.send_reset(h2::Reason::CANCEL);
+    drop(body);
+    assert_still_serving(&mut conn).await;
+}
+
+/// Polls `VmRSS` until two readings 500 ms apart differ by less than 2 % (at most `limit`).
+async fn settled_rss(pid: u32, limit: Duration) -> u64 {
+    let started = Instant::now();
+    let mut last = proc_status_kib(pid, "VmRSS");
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = proc_status_kib(pid, "VmRSS");
+        if now.abs_diff(last) * 50 < last || started.elapsed() > limit {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// A client that opens 2,000 server streams on one connection and never reads them (no
+/// WINDOW_UPDATE). HTTP/2 flow control holds their data back: the server buffers a bounded amount
+/// per stream (tonic encodes up to 32 KiB ahead, and hyper holds one such chunk while it waits for
+/// window: about 40 KiB measured), its memory stops growing, and other clients are served.
+#[tokio::test]
+async fn thousands_of_streams_never_read_hold_bounded_memory_and_others_are_served() {
+    let s = serve();
+    let before = proc_status_kib(s.pid(), "VmRSS");
+    let mut greedy = Conn::connect(s.addr).await;
+    let pad = "p".repeat(900);
+    let mut held = Vec::new();
+    const STREAMS: u64 = 2000;
+    for i in 0..STREAMS {
+        let (response, mut stream) = greedy
+            .open("/t.Svc/ServerStream", &[("x-pad", pad.as_str())])
+            .await;
+        stream
+            .send_data(req(&format!("never read {i}")), true)
+            .unwrap();
+        held.push((response, stream));
+    }
+    // Filling every stream's buffers takes the server a few seconds on a busy debug build.
+    let during = settled_rss(s.pid(), Duration::from_secs(60)).await;
+    let per_stream = during.saturating_sub(before) / STREAMS;
+    eprintln!("RSS {before} KiB before, {during} KiB with {STREAMS} unread streams ({per_stream} KiB each)");
+    assert!(per_stream < 100, "{per_stream} KiB per unread stream");
+
+    let mut other = Conn::connect(s.addr).await;
+    let started = Instant::now();
+    assert_serves(&mut other, "another client").await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "another client waited {took:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later = proc_status_kib(s.pid(), "VmRSS");
+    assert!(
+        later < during + during / 10,
+        "RSS kept growing: {during} KiB, then {later} KiB"
+    );
+
+    drop(held);
+    drop(greedy);
+    assert_serves(&mut other, "after the greedy client left").await;
+}
+
+/// Regression: tonic passes `max_concurrent_streams(None)` to hyper (overriding hyper's default of
+/// 200), so the server announced no limit; at ~40 KiB per unread stream (above), 100,000 streams on
+/// one connection held ~4 GiB. It announces 1,024 now.
+#[tokio::test]
+async fn the_server_limits_concurrent_streams_per_connection() {
+    let s = serve();
+    let mut conn = Conn::connect(s.addr).await;
+    // After a round trip the client has the server's SETTINGS.
+    assert_serves(&mut conn, "first call").await;
+    let max = conn.max_concurrent_send_streams();
+    assert!(
+        max <= 10_000,
+        "the server allows {max} concurrent streams per connection"
+    );
+}
