@@ -47,14 +47,12 @@ fn a_script_that_is_not_a_regular_file_is_refused() {
         .pool;
     let engine = ScriptEngine::new(ScriptLimits::default());
     let text = "[[rule]]\nmethod = \"hello.Hello/GetFeature\"\nscript = \"/dev/zero\"\n";
-    let problems = load_source(
-        &root().join("handlers/zero.toml"),
-        text,
-        &pool,
-        &engine,
-    )
-    .expect_err("a device is not a script");
+    let problems = load_source(&root().join("handlers/zero.toml"), text, &pool, &engine)
+        .expect_err("a device is not a script");
     let shown = problems.to_string();
-    assert!(shown.contains("/dev/zero") && shown.contains("not a regular file"), "{shown}");
+    assert!(
+        shown.contains("/dev/zero") && shown.contains("not a regular file"),
+        "{shown}"
+    );
     assert!(shown.contains("zero.toml:3:"), "{shown}");
 }

@@ -56,11 +56,8 @@ pub(super) async fn serve(
         Ok(m) => m,
         // gRPC's status table: a request that does not parse is INTERNAL (as grpc-go, grpc-java).
         Err(e) => {
-            return Status::internal(format!(
-                "request is not a valid {}: {e}",
-                input.full_name()
-            ))
-            .into_http()
+            return Status::internal(format!("request is not a valid {}: {e}", input.full_name()))
+                .into_http()
         }
     };
     let metadata = MetadataMap::from_headers(parts.headers);
