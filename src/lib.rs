@@ -5,6 +5,8 @@
 //! [`service`] (one tower service for every path, one branch per RPC shape, [`codec`] on the wire).
 //! [`reload`] watches both folders and swaps the registry; [`server`] puts it on a socket.
 
+#![forbid(unsafe_code)]
+
 pub mod cli;
 pub mod codec;
 pub mod diagnostic;

@@ -1,5 +1,7 @@
 //! The `protodrop` binary: parses flags, sets up logging, and runs the command (see `protodrop::run`).
 
+#![forbid(unsafe_code)]
+
 use std::io::IsTerminal;
 use std::process::ExitCode;
 

@@ -47,6 +47,10 @@ pub fn check(args: &SourceArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Scripts that may run at once (tokio's blocking pool; a streaming script also uses one helper
+/// thread). Threads are only made when needed and their stacks are reserved, not touched.
+pub const MAX_SCRIPT_THREADS: usize = 4096;
+
 /// `protodrop serve`: runs until SIGINT/SIGTERM (then exits 0 after the grace period at most).
 /// Problems in the protos or handlers are printed and give a failure exit code; an `Err` is anything
 /// else that keeps the server from starting (a bad flag value, a TLS file, a busy address).
@@ -82,6 +86,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_stack_size(stack)
+        // Every running script holds a blocking-pool thread (a streaming one waits in `next()`):
+        // tokio's default of 512 would make the 513th open script session wait for another to end.
+        .max_blocking_threads(MAX_SCRIPT_THREADS)
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async {

@@ -123,15 +123,10 @@ async fn call_past_deadline(
 }
 
 /// DEADLINE_EXCEEDED is what gRPC specifies ("Deadline expires before server returns status",
-/// both sides). Before the response headers tonic's own `grpc-timeout` layer answers instead, with
-/// CANCELLED "Timeout expired" (tonic maps its `TimeoutExpired` to CANCELLED); the ignored test
-/// below pins the code.
+/// both sides), before and after the response headers.
 #[track_caller]
 fn assert_past_deadline(path: &str, code: Code) {
-    assert!(
-        matches!(code, Code::DeadlineExceeded | Code::Cancelled),
-        "{path}: {code:?}"
-    );
+    assert_eq!(code, Code::DeadlineExceeded, "{path}");
 }
 
 #[tokio::test]
@@ -180,11 +175,10 @@ async fn a_script_past_the_deadline_ends_the_call_and_stops() {
     assert_ticks_stop(&s, "tick 1").await;
 }
 
-/// gRPC's status table: "Deadline expires before server returns status: DEADLINE_EXCEEDED". Today
-/// a call whose deadline passes before its response headers (a unary or client-stream `delay`, a
-/// unary script) gets tonic's CANCELLED "Timeout expired".
+/// gRPC's status table: "Deadline expires before server returns status: DEADLINE_EXCEEDED".
+/// Regression: a call whose deadline passed before its response headers (a unary or client-stream
+/// `delay`, a unary script) got tonic's CANCELLED "Timeout expired".
 #[tokio::test]
-#[ignore = "bug: before the response headers the deadline answers CANCELLED (tonic's GrpcTimeout layer, which wraps src/service/ and maps its timeout to CANCELLED)"]
 async fn a_deadline_that_passes_before_the_headers_is_deadline_exceeded() {
     let s = serve(HANDLER);
     let mut conn = Conn::connect(s.addr).await;

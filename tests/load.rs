@@ -212,13 +212,10 @@ async fn every_shape_at_once_rules_and_scripts() {
 }
 
 /// 1,000 chat-like clients: each opens a bidi stream answered by a script, sends one message and
-/// keeps the stream open, waiting for its answer. Measured today: 512 get it within ~1.5 s; the other
-/// 488 only after ~11 s. A script waiting in `next()` holds a thread of tokio's blocking pool (512
-/// threads; a streaming script also holds a helper thread: 1,030 threads in the server), so the
-/// other scripts do not start until `--script-timeout` (10 s) kills the first ones, which then fail
-/// with DEADLINE_EXCEEDED; with `--script-timeout 0` they would wait forever.
+/// keeps the stream open, waiting for its answer. Regression: a script waiting in `next()` holds a
+/// thread of tokio's blocking pool, which was 512 threads, so only 512 got their answer within
+/// ~1.5 s and the other 488 waited until `--script-timeout` (10 s) killed the first ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: at most 512 script-answered streams run at once (tokio's blocking pool, src/respond.rs run_script); the 513th waits for one to end"]
 async fn a_thousand_open_bidi_script_sessions_are_all_answered_at_once() {
     let s = serve();
     let clients = clients(&s).await;

@@ -413,11 +413,9 @@ async fn grpc_over_http1_is_answered_and_the_server_serves_on() {
 }
 
 /// HTTP/1.1 cannot carry the trailers the gRPC status travels in (hyper drops trailers the answer
-/// did not announce), so today the answer is `200` with the message and no `grpc-status` at all: a
-/// client cannot tell success from failure. It must be refused in a way the client can read: an
-/// HTTP error status (grpc-go answers 505), or a trailers-only gRPC error (status in the headers).
+/// did not announce). Regression: the answer was `200` with the message and no `grpc-status`, so a
+/// client could not tell success from failure; it is 505 now, as grpc-go answers.
 #[tokio::test]
-#[ignore = "bug: application/grpc over HTTP/1.1 is answered 200 with no grpc-status (src/front/web.rs)"]
 async fn grpc_over_http1_is_refused_with_a_status_the_client_can_read() {
     let s = serve();
     let (head, body) = http1(s.addr, &http1_grpc_request(s.addr));
@@ -455,11 +453,10 @@ async fn a_missing_or_foreign_content_type_is_an_http_error() {
     assert_still_serving(&mut conn).await;
 }
 
-/// The status gRPC asks for is 415 Unsupported Media Type (saying which types are served); today it
-/// is transcoding's 404 "no HTTP route for POST /t.Svc/Unary", which reads as if the method did not
-/// exist.
+/// The status gRPC asks for is 415 Unsupported Media Type (saying which types are served).
+/// Regression: it was transcoding's 404 "no HTTP route for POST /t.Svc/Unary", which read as if the
+/// method did not exist.
 #[tokio::test]
-#[ignore = "bug: a gRPC method path with no or a foreign content type answers 404 (src/front/mod.rs, Protocol::of), gRPC says 415"]
 async fn a_missing_or_foreign_content_type_is_415() {
     let s = serve();
     let mut conn = Conn::connect(s.addr).await;

@@ -68,6 +68,20 @@ pub async fn serve(
         Lookup::NotFound if super::connect::is_get_request(&request) => {
             super::connect::serve_get(state, request, settings).await
         }
+        // A method's own path with a content type no protocol here speaks: 415, as gRPC asks, naming
+        // what is spoken (a 404 would read as if the method did not exist).
+        Lookup::NotFound
+            if request.method() == http::Method::POST && state.methods.contains_key(&path) =>
+        {
+            let status = Status::invalid_argument(format!(
+                "POST {path}: content type {:?} is not served here; use application/grpc (gRPC), \
+                 application/grpc-web (gRPC-Web), application/json or application/proto (Connect)",
+                super::wire::header(request.headers(), http::header::CONTENT_TYPE).unwrap_or("")
+            ));
+            let mut response = error(&status, &state.protos.pool, HeaderMap::new());
+            *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+            response
+        }
         Lookup::NotFound => {
             let status = Status::not_found(format!(
                 "no HTTP route for {} {path} ({} google.api.http routes loaded; \

@@ -19,7 +19,7 @@ use super::wire;
 use futures::future::BoxFuture;
 use futures::FutureExt as _;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 use tonic::body::Body;
 use tonic_web::{GrpcWebLayer, GrpcWebService};
 use tower::{Layer, Service, ServiceExt as _};
@@ -320,6 +320,11 @@ where
         if content_type.starts_with("application/grpc-web") {
             // e.g. application/grpc-web+json: tonic-web speaks protobuf only.
             return immediate(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        }
+        if content_type.starts_with("application/grpc") && request.version() < Version::HTTP_2 {
+            // gRPC's status travels in trailers, which HTTP/1.1 cannot carry here: a client would
+            // read every answer as a success. Refuse as grpc-go does.
+            return immediate(StatusCode::HTTP_VERSION_NOT_SUPPORTED);
         }
         self.inner.clone().oneshot(request).boxed()
     }

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::{FutureExt as _, StreamExt as _};
 use prost_reflect::DynamicMessage;
@@ -78,8 +79,13 @@ impl tower::Service<http::Request<Body>> for DynamicService {
             let status = unknown_path(&state, path);
             return Box::pin(async move { Ok(status.into_http()) });
         };
+        // One timer tick (tokio's are 1 ms) early: tonic's own `grpc-timeout` timer, around this
+        // service, starts a moment before ours and would otherwise fire first, with CANCELLED.
+        let deadline = grpc_timeout(request.headers())
+            .map(|t| tokio::time::Instant::now() + t.saturating_sub(Duration::from_millis(1)));
         if !method.desc.is_client_streaming() && !method.desc.is_server_streaming() {
-            return Box::pin(unary::serve(state, method, request, self.settings).map(Ok));
+            let answer = unary::serve(state, method, request, self.settings);
+            return Box::pin(before_deadline(answer, deadline).map(Ok));
         }
         let limit = self.settings.max_message_size;
         let codec = ServerCodec(DynamicCodec::new(method.desc.input()));
@@ -99,8 +105,27 @@ impl tower::Service<http::Request<Body>> for DynamicService {
             state,
             method,
             max_reply_size: limit,
+            deadline,
         };
-        Box::pin(async move { Ok(grpc.streaming(call, request).await) })
+        let answer = async move { grpc.streaming(call, request).await };
+        Box::pin(before_deadline(answer, deadline).map(Ok))
+    }
+}
+
+/// An answer that is not ready (its headers, for a stream) when the deadline passes is
+/// DEADLINE_EXCEEDED, as gRPC's status table says (tonic's own timer would answer CANCELLED).
+async fn before_deadline(
+    answer: impl Future<Output = http::Response<tonic::body::Body>>,
+    deadline: Option<tokio::time::Instant>,
+) -> http::Response<tonic::body::Body> {
+    let Some(deadline) = deadline else {
+        return answer.await;
+    };
+    match tokio::time::timeout_at(deadline, answer).await {
+        Ok(response) => response,
+        Err(_) => {
+            Status::deadline_exceeded("deadline exceeded before the reply started").into_http()
+        }
     }
 }
 
@@ -150,6 +175,7 @@ struct Call {
     state: Arc<State>,
     method: Arc<Method>,
     max_reply_size: usize,
+    deadline: Option<tokio::time::Instant>,
 }
 
 /// Reply messages, encoded as they are produced.
@@ -163,7 +189,7 @@ impl StreamingService<DynamicMessage> for Call {
     fn call(&mut self, request: Request<Streaming<DynamicMessage>>) -> Self::Future {
         let limit = self.max_reply_size;
         let (metadata, _, streaming) = request.into_parts();
-        let deadline = grpc_timeout(&metadata).map(|t| tokio::time::Instant::now() + t);
+        let deadline = self.deadline;
         let answer = respond(
             self.state.clone(),
             self.method.clone(),
@@ -184,11 +210,10 @@ impl StreamingService<DynamicMessage> for Call {
 }
 
 /// The call's `grpc-timeout`, if it sent one (`1500m`, `2S`, …).
-fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
-    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    let text = headers.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
     let n: u64 = digits.parse().ok()?;
-    use std::time::Duration;
     Some(match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
         "M" => Duration::from_secs(n.saturating_mul(60)),
