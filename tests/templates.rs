@@ -53,6 +53,12 @@ when.request.name = "message-text"
 reply.text = "inner={{request.inner}}"
 
 [[rule]]
+method = "t.Svc/Unary"
+when.request.name = "inject"
+reply = { text = "[{{request.tags.0}}] {{request.inner}}", list = ["{{request.tags.1}}"] }
+headers = { x-tag = "{{request.tags.2}}" }
+
+[[rule]]
 method = "t.Svc/Echo"
 reply = "{{request}}"
 
@@ -259,4 +265,41 @@ async fn a_message_inside_text_is_written_as_json() {
     let json_part: serde_json::Value = serde_json::from_str(text.strip_prefix("inner=").unwrap())
         .unwrap_or_else(|e| panic!("not JSON after 'inner=': {text}: {e}"));
     assert_eq!(json_part, json!({ "id": 4, "label": "x" }));
+}
+
+/// Values from the request are data: a value that looks like a template is not expanded, one that
+/// closes a JSON string stays inside it, and one that would add a header line is refused (the call
+/// fails cleanly; no header is smuggled in).
+#[tokio::test]
+async fn request_values_cannot_inject_into_templates_json_or_headers() {
+    let (_s, c) = setup().await;
+    let sneaky_label = r#"x","id":99,"label":"y"#;
+    let req = json!({
+        "name": "inject",
+        "tags": ["{{request.name}}", "{{metadata.authorization}}", "plain"],
+        "inner": { "id": 1, "label": sneaky_label },
+    });
+    let out = c.unary("t.Svc/Unary", req).await;
+    let reply = out.single();
+    let text = reply["text"].as_str().unwrap();
+    let (tag, json_part) = text.split_once(' ').unwrap();
+    assert_eq!(
+        tag, "[{{request.name}}]",
+        "a request value was expanded as a template"
+    );
+    let inner: serde_json::Value = serde_json::from_str(json_part).unwrap();
+    assert_eq!(inner, json!({ "id": 1, "label": sneaky_label }));
+    assert_eq!(reply["list"], json!(["{{metadata.authorization}}"]));
+    assert_eq!(out.header("x-tag").as_deref(), Some("plain"));
+
+    let req = json!({ "name": "inject", "tags": ["a", "b", "v\r\nx-evil: 1"] });
+    let out = c.unary("t.Svc/Unary", req).await;
+    assert!(out.header("x-evil").is_none(), "{out:?}");
+    out.err(tonic::Code::Internal);
+    // The server serves on.
+    let req = json!({ "name": "inject", "tags": ["a", "b", "c"] });
+    assert_eq!(
+        c.unary("t.Svc/Unary", req).await.header("x-tag").as_deref(),
+        Some("c")
+    );
 }
