@@ -93,11 +93,20 @@ impl Encoder for BytesEncoder {
 /// A reply's bytes, or RESOURCE_EXHAUSTED when it is over `limit` (`--max-message-size`), as gRPC
 /// implementations answer it (tonic's own check would say INTERNAL).
 pub fn encode_reply(message: &DynamicMessage, limit: usize) -> Result<Bytes, Status> {
-    let measured = encode::Measured::new(message);
-    crate::front::wire::check_reply_len(measured.len(), limit)?;
+    let measured = measure_reply(message, limit)?;
     let mut out = Vec::with_capacity(measured.len());
     measured.write(&mut out);
     Ok(out.into())
+}
+
+/// A reply measured once, for the size limit and then for writing it.
+pub fn measure_reply(
+    message: &DynamicMessage,
+    limit: usize,
+) -> Result<encode::Measured<'_>, Status> {
+    let measured = encode::Measured::new(message);
+    crate::front::wire::check_reply_len(measured.len(), limit)?;
+    Ok(measured)
 }
 
 /// Reads protobuf bytes as a `DynamicMessage` of one type.

@@ -24,7 +24,6 @@ use futures::{Future, StreamExt as _};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 use http_body::Frame;
-use prost::Message as _;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
@@ -67,7 +66,7 @@ impl Codec {
     fn encode(self, message: &DynamicMessage) -> Result<Vec<u8>, Status> {
         match self {
             Codec::Json => json::encode(message),
-            Codec::Proto => Ok(message.encode_to_vec()),
+            Codec::Proto => Ok(crate::codec::encode::encode_to_vec(message)),
         }
     }
 

@@ -42,7 +42,7 @@ pub fn too_large(what: &str, limit: usize) -> Status {
 
 /// A reply over the size limit ends the call with RESOURCE_EXHAUSTED, as over gRPC.
 pub fn check_reply_size(message: &DynamicMessage, limit: usize) -> Result<(), Status> {
-    check_reply_len(prost::Message::encoded_len(message), limit)
+    check_reply_len(crate::codec::encode::Measured::new(message).len(), limit)
 }
 
 /// [`check_reply_size`] for a length already measured.
@@ -113,15 +113,13 @@ impl Encoding {
         if self == Encoding::Identity || data.is_empty() {
             return Ok(data);
         }
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(data.as_ref())
-            .take((limit as u64).saturating_add(1))
-            .read_to_end(&mut out)
-            .map_err(|e| Status::invalid_argument(format!("request is not valid gzip: {e}")))?;
-        if out.len() > limit {
-            return Err(too_large("decompressed request", limit));
+        match gunzip_within(&data, limit) {
+            Ok(out) => Ok(out.into()),
+            Err(Gunzip::Corrupt(e)) => Err(Status::invalid_argument(format!(
+                "request is not valid gzip: {e}"
+            ))),
+            Err(Gunzip::TooLarge(_)) => Err(too_large("decompressed request", limit)),
         }
-        Ok(out.into())
     }
 
     pub fn compress(self, data: Vec<u8>) -> Vec<u8> {
@@ -138,6 +136,28 @@ impl Encoding {
             }
         }
     }
+}
+
+/// Why gzip content could not be read within a limit.
+pub enum Gunzip {
+    Corrupt(std::io::Error),
+    /// More than the limit once decompressed (the length read: the limit + 1 at most, a bomb is
+    /// never inflated whole).
+    TooLarge(usize),
+}
+
+/// Decompresses gzip `data`, reading at most one byte past `limit`. Each protocol answers the
+/// failures with its own status.
+pub fn gunzip_within(data: &[u8], limit: usize) -> Result<Vec<u8>, Gunzip> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .take((limit as u64).saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(Gunzip::Corrupt)?;
+    if out.len() > limit {
+        return Err(Gunzip::TooLarge(out.len()));
+    }
+    Ok(out)
 }
 
 /// A header's value as text, if it has one.

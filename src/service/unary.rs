@@ -6,7 +6,6 @@
 //! What tonic would answer stays the same: its status codes and messages for bad frames, gzip both
 //! ways, trailers-only errors.
 
-use std::io::{Read as _, Write as _};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,7 +19,7 @@ use tonic::metadata::MetadataMap;
 use tonic::Status;
 
 use super::{ServiceSettings, GRPC_ENCODING};
-use crate::codec::encode::Measured;
+use crate::codec::measure_reply;
 use crate::front::wire;
 use crate::registry::{Method, State};
 use crate::respond::respond;
@@ -183,31 +182,20 @@ fn request_too_large(len: usize, limit: usize) -> Status {
 }
 
 fn gunzip(data: &[u8], limit: usize) -> Result<Bytes, Status> {
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(data)
-        .take((limit as u64).saturating_add(1))
-        .read_to_end(&mut out)
-        .map_err(|e| Status::internal(format!("Error decompressing: {e}")))?;
-    if out.len() > limit {
-        return Err(request_too_large(out.len(), limit));
+    match wire::gunzip_within(data, limit) {
+        Ok(out) => Ok(out.into()),
+        Err(wire::Gunzip::Corrupt(e)) => Err(Status::internal(format!("Error decompressing: {e}"))),
+        Err(wire::Gunzip::TooLarge(len)) => Err(request_too_large(len, limit)),
     }
-    Ok(out.into())
 }
 
 /// The reply as one gRPC frame, measured once for both the size limit and the prefix.
 fn frame(reply: &DynamicMessage, gzip: bool, limit: usize) -> Result<Bytes, Status> {
-    let measured = Measured::new(reply);
-    wire::check_reply_len(measured.len(), limit)?;
+    let measured = measure_reply(reply, limit)?;
     if gzip {
         let mut plain = Vec::with_capacity(measured.len());
         measured.write(&mut plain);
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        encoder
-            .write_all(&plain)
-            .map_err(|e| Status::internal(format!("compressing the reply: {e}")))?;
-        let packed = encoder
-            .finish()
-            .map_err(|e| Status::internal(format!("compressing the reply: {e}")))?;
+        let packed = wire::Encoding::Gzip.compress(plain);
         let mut out = BytesMut::with_capacity(PREFIX + packed.len());
         out.put_u8(1);
         out.put_u32(packed.len() as u32);
