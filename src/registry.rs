@@ -14,6 +14,7 @@ use prost_reflect::{Kind, MethodDescriptor};
 use crate::diagnostic::Diagnostics;
 use crate::front::health::Health;
 use crate::front::reflection::Reflection;
+use crate::handlers::emit::Direct;
 use crate::handlers::script::{ScriptEngine, ScriptLimits};
 use crate::handlers::{self, Handlers, MethodRules};
 use crate::protos::{self, Protos};
@@ -37,6 +38,8 @@ pub struct Method {
     pub name: String,
     /// `None` when no handler file has a rule for it.
     pub rules: Option<MethodRules>,
+    /// The rules compiled to write replies straight from the request's bytes, when they can be.
+    pub direct: Option<Direct>,
 }
 
 /// Everything a call needs, as of one load.
@@ -104,7 +107,16 @@ impl State {
             for desc in service.methods() {
                 let name = format!("{}/{}", service.full_name(), desc.name());
                 let rules = methods.remove(&name);
-                served.insert(format!("/{name}"), Arc::new(Method { desc, name, rules }));
+                let direct = rules.as_ref().and_then(|r| Direct::compile(&desc, r));
+                served.insert(
+                    format!("/{name}"),
+                    Arc::new(Method {
+                        desc,
+                        name,
+                        rules,
+                        direct,
+                    }),
+                );
             }
         }
         Ok(State {

@@ -412,7 +412,7 @@ fn reply_error(e: String) -> Status {
     Status::internal(format!("cannot build the reply: {e}"))
 }
 
-fn with_headers(headers: MetadataMap, stream: ReplyStream) -> Response<ReplyStream> {
+pub(crate) fn with_headers<S>(headers: MetadataMap, stream: S) -> Response<S> {
     let mut response = Response::new(stream);
     *response.metadata_mut() = headers;
     response
@@ -427,7 +427,7 @@ fn once_then_trailers(
     futures::stream::iter(std::iter::once(Ok(reply)).chain(end))
 }
 
-fn end_with_trailers(trailers: MetadataMap) -> Result<(), Status> {
+pub(crate) fn end_with_trailers(trailers: MetadataMap) -> Result<(), Status> {
     if trailers.is_empty() {
         Ok(())
     } else {
@@ -443,7 +443,7 @@ fn with_metadata<const N: usize>(mut status: Status, maps: [MetadataMap; N]) -> 
     status
 }
 
-fn extend_metadata(dst: &mut MetadataMap, src: MetadataMap) {
+pub(crate) fn extend_metadata(dst: &mut MetadataMap, src: MetadataMap) {
     for entry in src.iter() {
         match entry {
             KeyAndValueRef::Ascii(k, v) => {

@@ -287,6 +287,8 @@ const SET_NESTED: f64 = 0.12;
 /// recursive type costs one strategy per level.
 struct Gen {
     unknown_fields: bool,
+    /// Whether map fields are ever set.
+    maps: bool,
     cache: RefCell<HashMap<(String, u32), BoxedStrategy<DynamicMessage>>>,
 }
 
@@ -294,7 +296,17 @@ impl Gen {
     fn new() -> Self {
         Gen {
             unknown_fields: true,
+            maps: true,
             cache: RefCell::default(),
+        }
+    }
+
+    /// Known fields, no map entries: what the direct path writes itself (it leaves the rest to the
+    /// general path, which the mutated requests of its tests exercise).
+    fn direct_inputs() -> Self {
+        Gen {
+            maps: false,
+            ..Gen::known_only()
         }
     }
 
@@ -325,10 +337,14 @@ impl Gen {
         let field_values: Vec<_> = fields
             .iter()
             .map(|f| {
+                if f.is_map() && !self.maps {
+                    return Just(None).boxed();
+                }
                 proptest::option::weighted(
                     set,
                     self.field_value(&f.kind(), f.is_list(), f.is_map(), depth),
                 )
+                .boxed()
             })
             .collect();
         let extensions: Vec<_> = desc.extensions().collect();
@@ -1300,4 +1316,305 @@ fn bench_payload_req() {
     .unwrap();
     assert_eq!(Hex(&encode_to_vec(&dynamic)), Hex(&body), "fast encoder");
     check_message(&dynamic).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replies written from the request's bytes (`protodrop::handlers::emit`)
+
+/// Whether every part of `message` is something `codec::canonical` covers: proto3 types without
+/// extensions, no unknown fields, no map entries.
+fn directly_readable(message: &DynamicMessage) -> bool {
+    let desc = message.descriptor();
+    desc.parent_file().syntax() == prost_reflect::Syntax::Proto3
+        && desc.extension_ranges().next().is_none()
+        && message.unknown_fields().next().is_none()
+        && message.fields().all(|(field, value)| match value {
+            _ if field.is_map() => false,
+            Value::Message(m) => directly_readable(m),
+            Value::List(items) => items.iter().all(|v| match v {
+                Value::Message(m) => directly_readable(m),
+                _ => true,
+            }),
+            _ => true,
+        })
+}
+
+/// Ways to make canonical bytes non-canonical (or malformed): what a hand-rolled client might send.
+#[derive(Clone, Debug)]
+enum Mutation {
+    /// The record at this index written twice.
+    Duplicate(usize),
+    /// Two neighbouring records swapped.
+    Swap(usize),
+    /// A zero varint for the field of this record, before it.
+    ZeroBefore(usize),
+    /// This record's value replaced by a zero varint or an empty payload (a default written out).
+    Zero(usize),
+    /// This record's key written as an overlong varint.
+    LongKey(usize),
+    /// The last byte cut off.
+    Truncate,
+}
+
+fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
+    let one = prop_oneof![
+        any::<usize>().prop_map(Mutation::Duplicate),
+        any::<usize>().prop_map(Mutation::Swap),
+        any::<usize>().prop_map(Mutation::ZeroBefore),
+        any::<usize>().prop_map(Mutation::Zero),
+        any::<usize>().prop_map(Mutation::LongKey),
+        Just(Mutation::Truncate),
+    ];
+    vec(one, 1..=2)
+}
+
+/// The top-level records of well-formed bytes: (key, the whole record).
+fn records(mut buf: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let start = buf;
+        let key = prost::encoding::decode_varint(&mut buf).expect("a key");
+        let wire = WireType::try_from(key & 7).expect("a wire type");
+        prost::encoding::skip_field(
+            wire,
+            (key >> 3) as u32,
+            &mut buf,
+            prost::encoding::DecodeContext::default(),
+        )
+        .expect("a well-formed record");
+        out.push((key, start[..start.len() - buf.len()].to_vec()));
+    }
+    out
+}
+
+fn mutate(bytes: &[u8], mutations: &[Mutation]) -> Vec<u8> {
+    let mut recs = records(bytes);
+    let mut truncate = false;
+    for m in mutations {
+        if recs.is_empty() {
+            break;
+        }
+        let at = |i: &usize| i % recs.len();
+        match m {
+            Mutation::Duplicate(i) => {
+                let r = recs[at(i)].clone();
+                recs.insert(at(i), r);
+            }
+            Mutation::Swap(i) if recs.len() > 1 => {
+                let i = i % (recs.len() - 1);
+                recs.swap(i, i + 1);
+            }
+            Mutation::Swap(_) => {}
+            Mutation::ZeroBefore(i) => {
+                let number = recs[at(i)].0 >> 3;
+                let mut zero = Vec::new();
+                encode_key(number as u32, WireType::Varint, &mut zero);
+                zero.push(0);
+                recs.insert(at(i), (number << 3, zero));
+            }
+            Mutation::Zero(i) => {
+                let i = at(i);
+                let key = recs[i].0;
+                if matches!(key & 7, 0 | 2) {
+                    let mut zero = Vec::new();
+                    encode_varint(key, &mut zero);
+                    zero.push(0);
+                    recs[i].1 = zero;
+                }
+            }
+            Mutation::LongKey(i) => {
+                let (key, record) = &recs[at(i)];
+                let mut long = Vec::new();
+                encode_varint(*key, &mut long);
+                let last = long.len() - 1;
+                long[last] |= 0x80;
+                long.push(0);
+                long.extend_from_slice(&record[prost::encoding::encoded_len_varint(*key)..]);
+                let i = at(i);
+                recs[i].1 = long;
+            }
+            Mutation::Truncate => truncate = true,
+        }
+    }
+    let mut out: Vec<u8> = recs.into_iter().flat_map(|(_, r)| r).collect();
+    if truncate {
+        out.pop();
+    }
+    out
+}
+
+/// Over every type of a pool: bytes the check accepts decode and encode back to themselves, and
+/// the bytes of every message it covers are accepted. Returns (cases, accepted).
+fn check_canonical(pool: &DescriptorPool) -> (u64, u64) {
+    use protodrop::codec::canonical::Layouts;
+    let gen = Gen::new();
+    let (cases, accepted) = (Cell::new(0u64), Cell::new(0u64));
+    for desc in message_types(pool) {
+        let layouts = Layouts::new(&desc);
+        let strategy = (gen.message(&desc, DEPTH).prop_map(Shown), mutations());
+        let result = runner_with(4).run(&strategy, |(Shown(message), mutations)| {
+            let bytes = message.encode_to_vec();
+            if directly_readable(&message) {
+                prop_assert!(
+                    layouts.is_canonical(&bytes),
+                    "not accepted: {:?}",
+                    Hex(&bytes)
+                );
+            }
+            for candidate in [bytes.clone(), mutate(&bytes, &mutations)] {
+                cases.set(cases.get() + 1);
+                if !layouts.is_canonical(&candidate) {
+                    continue;
+                }
+                accepted.set(accepted.get() + 1);
+                let decoded = DynamicMessage::decode(desc.clone(), candidate.as_slice())
+                    .map_err(|e| TestCaseError::fail(format!("accepted, but: {e}")))?;
+                same_bytes(&decoded.encode_to_vec(), &candidate, "re-encoded")?;
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{}: {e}", desc.full_name());
+        }
+    }
+    (cases.get(), accepted.get())
+}
+
+#[test]
+fn canonical_check_accepts_exactly_bytes_that_encode_back_the_same() {
+    for (name, pool) in [
+        ("fixtures", &*KINDS),
+        ("bench", &*BENCH),
+        ("seeds", &SEEDS.pool),
+    ] {
+        let (cases, accepted) = check_canonical(pool);
+        eprintln!("{name}: {cases} byte strings, {accepted} accepted as canonical");
+        assert!(
+            accepted * 4 > cases,
+            "{name}: only {accepted} of {cases} accepted"
+        );
+    }
+}
+
+/// The handler `tests/fixtures/direct/direct.toml` over `direct.proto`, loaded as the server loads
+/// them, with every method's rules compiled to their direct form.
+static DIRECT: LazyLock<(protodrop::protos::Protos, protodrop::handlers::Handlers)> =
+    LazyLock::new(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/direct");
+        let protos = protodrop::protos::load(&root, &[fixtures()])
+            .unwrap_or_else(|e| panic!("loading {}: {e}", root.display()));
+        let engine = protodrop::handlers::script::ScriptEngine::new(Default::default());
+        let handlers = protodrop::handlers::load(&root, &protos.pool, &engine)
+            .unwrap_or_else(|e| panic!("loading direct.toml: {e}"));
+        (protos, handlers)
+    });
+
+/// Replies to generated requests (and mutated ones) of `method`: the direct path's bytes, when it
+/// writes them, equal the general path's. Returns (cases, written directly).
+fn check_direct(method: &str) -> (u64, u64) {
+    use protodrop::handlers::emit::{Direct, DirectReply, RawScope};
+    use protodrop::handlers::template::Scope;
+    use protodrop::handlers::{rule::StreamSource, Answer};
+    let (protos, handlers) = &*DIRECT;
+    let (service, name) = method.split_once('/').expect("a method path");
+    let desc = protos
+        .pool
+        .get_service_by_name(service)
+        .and_then(|s| s.methods().find(|m| m.name() == name))
+        .unwrap_or_else(|| panic!("no method {method}"));
+    let rules = &handlers.methods[method];
+    let direct =
+        Direct::compile(&desc, rules).unwrap_or_else(|| panic!("{method} has no direct form"));
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert("x-user", "ada".parse().unwrap());
+    // (emitter, template, index) for each reply message.
+    let replies: Vec<_> = match (&direct.reply, &direct.rule.answer) {
+        (DirectReply::One(e), Answer::Reply(t)) => vec![(e, t, None)],
+        (DirectReply::Repeat(n, e), Answer::Stream(s)) => {
+            let StreamSource::Repeat(_, t) = &s.source else {
+                unreachable!()
+            };
+            (0..*n).map(|i| (e, t, Some(i))).collect()
+        }
+        _ => panic!("{method}: unexpected answer"),
+    };
+    let gen = Gen::direct_inputs();
+    let (cases, direct_count) = (Cell::new(0u64), Cell::new(0u64));
+    let strategy = (
+        gen.message(&desc.input(), DEPTH).prop_map(Shown),
+        mutations(),
+    );
+    let result = runner().run(&strategy, |(Shown(message), mutations)| {
+        let bytes = message.encode_to_vec();
+        for candidate in [bytes.clone(), mutate(&bytes, &mutations)] {
+            cases.set(cases.get() + 1);
+            if !direct.layouts.is_canonical(&candidate) {
+                continue;
+            }
+            let request = DynamicMessage::decode(desc.input(), candidate.as_slice())
+                .map_err(|e| TestCaseError::fail(format!("accepted, but: {e}")))?;
+            for (emitter, template, index) in &replies {
+                let mut written = Vec::new();
+                let raw = RawScope {
+                    request: &candidate,
+                    index: *index,
+                    count: None,
+                    metadata: &metadata,
+                };
+                if emitter.emit(&raw, &mut written).is_err() {
+                    continue;
+                }
+                direct_count.set(direct_count.get() + 1);
+                let scope = Scope {
+                    index: *index,
+                    ..Scope::new(Some(&request), &metadata)
+                };
+                let general = template
+                    .render(&scope)
+                    .map_err(|e| TestCaseError::fail(format!("general path failed: {e}")))?;
+                same_bytes(&written, &encode_to_vec(&general), "direct reply")?;
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{method}: {e}");
+    }
+    (cases.get(), direct_count.get())
+}
+
+#[test]
+fn direct_replies_equal_the_general_paths() {
+    for method in [
+        "encoding.direct.Direct/Echo",
+        "encoding.direct.Direct/EchoNested",
+        "encoding.direct.Direct/Copy",
+        "encoding.direct.Direct/Fetch",
+    ] {
+        let (cases, written) = check_direct(method);
+        eprintln!("{method}: {cases} requests, {written} replies written directly");
+        assert!(
+            written * 4 > cases,
+            "{method}: only {written} of {cases} written directly"
+        );
+    }
+}
+
+#[test]
+fn the_bench_handlers_compile_to_direct_replies() {
+    let root = bench("protos");
+    let protos = protodrop::protos::load(&root, &[]).expect("bench protos");
+    let engine = protodrop::handlers::script::ScriptEngine::new(Default::default());
+    let handlers = protodrop::handlers::load(&bench("handlers/main"), &protos.pool, &engine)
+        .expect("bench handlers");
+    for service in protos.pool.services() {
+        for method in service.methods() {
+            let name = format!("{}/{}", service.full_name(), method.name());
+            let rules = &handlers.methods[&name];
+            assert!(
+                protodrop::handlers::emit::Direct::compile(&method, rules).is_some(),
+                "{name} is not answered directly"
+            );
+        }
+    }
 }

@@ -4,10 +4,10 @@
 //! into a `DynamicMessage` of the method's input type, and writes replies already encoded by
 //! [`encode`] (measured once, so the size limit costs no second pass).
 
+pub mod canonical;
 pub mod encode;
 
 use bytes::{Buf, BufMut, Bytes};
-use prost::Message as _;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
@@ -40,23 +40,24 @@ impl Codec for DynamicCodec {
     }
 }
 
-/// The server's codec: decodes requests like [`DynamicCodec`], writes replies that
-/// [`encode_reply`] encoded beforehand (so the size limit is checked without a second pass).
-#[derive(Clone, Debug)]
-pub struct ServerCodec(pub DynamicCodec);
+/// The server's codec for streaming calls: messages in and out as bytes. Requests are decoded
+/// (or read without decoding) by the service; replies were encoded by [`encode_reply`] or an
+/// emitter beforehand, so the size limit is checked without a second pass.
+#[derive(Clone, Debug, Default)]
+pub struct ServerCodec;
 
 impl Codec for ServerCodec {
     type Encode = Bytes;
-    type Decode = DynamicMessage;
+    type Decode = Bytes;
     type Encoder = BytesEncoder;
-    type Decoder = DynamicDecoder;
+    type Decoder = BytesDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
         BytesEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        self.0.decoder()
+        BytesDecoder
     }
 }
 
@@ -120,15 +121,28 @@ impl Decoder for DynamicDecoder {
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
         // An empty buffer is a valid message (every field default): never answer `Ok(None)` here,
         // or tonic reports "Missing request message" for `google.protobuf.Empty`.
-        let mut message = DynamicMessage::new(self.0.clone());
-        message
-            .merge(src.copy_to_bytes(src.remaining()))
-            .map_err(|e| {
-                Status::internal(format!(
-                    "request is not a valid {}: {e}",
-                    self.0.full_name()
-                ))
-            })?;
-        Ok(Some(message))
+        decode_request(&self.0, src.copy_to_bytes(src.remaining())).map(Some)
+    }
+}
+
+/// A request message of type `desc`. gRPC's status table: a request that does not parse is
+/// INTERNAL (as grpc-go and grpc-java answer it).
+pub fn decode_request(desc: &MessageDescriptor, bytes: Bytes) -> Result<DynamicMessage, Status> {
+    DynamicMessage::decode(desc.clone(), bytes)
+        .map_err(|e| Status::internal(format!("request is not a valid {}: {e}", desc.full_name())))
+}
+
+/// Takes each message's bytes as they are: the server decodes them itself, or copies from them
+/// without decoding (see [`crate::handlers::emit`]).
+#[derive(Debug)]
+pub struct BytesDecoder;
+
+impl Decoder for BytesDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        // As above: an empty message is a message.
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }

@@ -99,7 +99,7 @@ impl Roots {
 }
 
 #[derive(Clone, Debug)]
-enum Root {
+pub(crate) enum Root {
     Request,
     First,
     Count,
@@ -109,7 +109,7 @@ enum Root {
 }
 
 #[derive(Clone, Debug)]
-enum Step {
+pub(crate) enum Step {
     Field(FieldDescriptor),
     Index(usize),
 }
@@ -118,8 +118,8 @@ enum Step {
 #[derive(Clone, Debug)]
 pub struct Path {
     text: String,
-    root: Root,
-    steps: Vec<Step>,
+    pub(crate) root: Root,
+    pub(crate) steps: Vec<Step>,
     pub ty: Ty,
 }
 
@@ -364,11 +364,11 @@ pub fn kind_name(kind: &Kind) -> String {
 /// A string with `{{path}}` holes.
 #[derive(Clone, Debug)]
 pub struct Text {
-    parts: Vec<Part>,
+    pub(crate) parts: Vec<Part>,
 }
 
 #[derive(Clone, Debug)]
-enum Part {
+pub(crate) enum Part {
     Literal(String),
     Value(Path),
 }
@@ -746,6 +746,8 @@ fn coerce(value: Option<Value>, from: &Ty, to: &Kind) -> Result<Value, String> {
         }
         (Value::Message(m), Kind::String) => Value::String(message_json(&m)),
         (v @ Value::String(_), Kind::String) => v,
+        // Bytes stay bytes (through text, anything not UTF-8 would be mangled).
+        (v @ Value::Bytes(_), Kind::Bytes) => v,
         (Value::EnumNumber(n), Kind::Enum(_)) => Value::EnumNumber(n),
         // Integer to integer (`{{index}}` into an int32) without the trip through text; the same
         // range check as `parse_num`.

@@ -2,6 +2,7 @@
 //! current state; a unary call is answered by [`unary`], the streaming shapes by tonic's gRPC
 //! machinery with a codec for that method's types.
 
+mod direct;
 mod unary;
 
 use std::convert::Infallible;
@@ -11,14 +12,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::{FutureExt as _, StreamExt as _};
-use prost_reflect::DynamicMessage;
+use prost_reflect::MessageDescriptor;
 use tonic::codec::CompressionEncoding;
 use tonic::server::{Grpc, StreamingService};
 use tonic::{Request, Response, Status, Streaming};
 use tower::ServiceExt as _;
 
-use crate::codec::{encode_reply, DynamicCodec, ServerCodec};
+use crate::codec::{decode_request, encode_reply, ServerCodec};
 use crate::front::{connect, health, transcode, HttpService, Protocol};
 use crate::registry::{Method, Registry, State};
 use crate::respond::{respond, Incoming, ReplyStream};
@@ -88,8 +90,7 @@ impl tower::Service<http::Request<Body>> for DynamicService {
             return Box::pin(before_deadline(answer, deadline).map(Ok));
         }
         let limit = self.settings.max_message_size;
-        let codec = ServerCodec(DynamicCodec::new(method.desc.input()));
-        let mut grpc = Grpc::new(codec)
+        let mut grpc = Grpc::new(ServerCodec)
             .accept_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
@@ -179,34 +180,56 @@ struct Call {
 }
 
 /// Reply messages, encoded as they are produced.
-type EncodedStream = Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, Status>> + Send>>;
+type EncodedStream = Pin<Box<dyn futures::Stream<Item = Result<Bytes, Status>> + Send>>;
 
-impl StreamingService<DynamicMessage> for Call {
-    type Response = bytes::Bytes;
+impl StreamingService<Bytes> for Call {
+    type Response = Bytes;
     type ResponseStream = EncodedStream;
     type Future = Pin<Box<dyn Future<Output = Result<Response<EncodedStream>, Status>> + Send>>;
 
-    fn call(&mut self, request: Request<Streaming<DynamicMessage>>) -> Self::Future {
+    fn call(&mut self, request: Request<Streaming<Bytes>>) -> Self::Future {
         let limit = self.max_reply_size;
         let (metadata, _, streaming) = request.into_parts();
         let deadline = self.deadline;
-        let answer = respond(
-            self.state.clone(),
-            self.method.clone(),
-            metadata,
-            incoming(streaming),
-        );
+        let (state, method) = (self.state.clone(), self.method.clone());
         Box::pin(async move {
-            let response = answer.await?;
-            Ok(response.map(|stream| -> EncodedStream {
-                let stream: ReplyStream = match deadline {
-                    Some(deadline) => Box::pin(until_deadline(stream, deadline)),
-                    None => stream,
-                };
-                Box::pin(stream.map(move |item| encode_reply(&item?, limit)))
+            let response = match method.direct.is_some() {
+                true => match direct::streaming(method.clone(), metadata, streaming, limit).await {
+                    Ok(answer) => answer?,
+                    // The general path, with the message already read put back in front.
+                    Err((first, rest, metadata)) => {
+                        let input = method.desc.input();
+                        let first = first.map(|bytes| decode_request(&input, bytes));
+                        let incoming =
+                            Box::pin(futures::stream::iter(first).chain(incoming(rest, input)));
+                        general(state, method, metadata, incoming, limit).await?
+                    }
+                },
+                false => {
+                    let incoming = incoming(streaming, method.desc.input());
+                    general(state, method, metadata, incoming, limit).await?
+                }
+            };
+            Ok(response.map(|stream| match deadline {
+                Some(deadline) => Box::pin(until_deadline(stream, deadline)) as EncodedStream,
+                None => stream,
             }))
         })
     }
+}
+
+/// A call answered from its decoded messages by [`respond`], its replies encoded as they come.
+async fn general(
+    state: Arc<State>,
+    method: Arc<Method>,
+    metadata: tonic::metadata::MetadataMap,
+    incoming: Incoming,
+    limit: usize,
+) -> Result<Response<EncodedStream>, Status> {
+    let response = respond(state, method, metadata, incoming).await?;
+    Ok(response.map(|stream: ReplyStream| -> EncodedStream {
+        Box::pin(stream.map(move |item| encode_reply(&item?, limit)))
+    }))
 }
 
 /// The call's `grpc-timeout`, if it sent one (`1500m`, `2S`, …).
@@ -227,10 +250,10 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
 
 /// tonic enforces `grpc-timeout` only until the response headers; a reply stream is cut here when
 /// the deadline passes, which also drops (and so cancels) whatever produces it — a delay, a script.
-fn until_deadline(
-    stream: impl futures::Stream<Item = Result<DynamicMessage, Status>> + Send + 'static,
+fn until_deadline<T: Send + 'static>(
+    stream: impl futures::Stream<Item = Result<T, Status>> + Send + 'static,
     deadline: tokio::time::Instant,
-) -> impl futures::Stream<Item = Result<DynamicMessage, Status>> + Send + 'static {
+) -> impl futures::Stream<Item = Result<T, Status>> + Send + 'static {
     async_stream::stream! {
         let mut stream = std::pin::pin!(stream);
         let expiry = tokio::time::sleep_until(deadline);
@@ -250,19 +273,25 @@ fn until_deadline(
     }
 }
 
-/// tonic's message stream as protocol-neutral `Incoming`. A message over `--max-message-size` is
-/// RESOURCE_EXHAUSTED, as gRPC implementations answer it (tonic says OUT_OF_RANGE).
-fn incoming(streaming: Streaming<DynamicMessage>) -> Incoming {
-    Box::pin(futures::stream::unfold(streaming, |mut s| async move {
-        let item = s.message().await.transpose()?.map_err(|status| {
-            if status.code() == tonic::Code::OutOfRange
-                && status.message().contains("message length too large")
-            {
-                Status::resource_exhausted(format!("request {}", status.message()))
-            } else {
-                status
-            }
-        });
-        Some((item, s))
+/// tonic's message stream as protocol-neutral `Incoming`, each message decoded as `input`.
+fn incoming(streaming: Streaming<Bytes>, input: MessageDescriptor) -> Incoming {
+    Box::pin(futures::stream::unfold(streaming, move |mut s| {
+        let input = input.clone();
+        async move {
+            let item = s.message().await.map_err(size_status).transpose()?;
+            Some((item.and_then(|bytes| decode_request(&input, bytes)), s))
+        }
     }))
+}
+
+/// A message over `--max-message-size` is RESOURCE_EXHAUSTED, as gRPC implementations answer it
+/// (tonic says OUT_OF_RANGE).
+fn size_status(status: Status) -> Status {
+    if status.code() == tonic::Code::OutOfRange
+        && status.message().contains("message length too large")
+    {
+        Status::resource_exhausted(format!("request {}", status.message()))
+    } else {
+        status
+    }
 }

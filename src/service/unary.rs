@@ -18,9 +18,10 @@ use prost_reflect::DynamicMessage;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
-use super::{ServiceSettings, GRPC_ENCODING};
-use crate::codec::measure_reply;
+use super::{direct, ServiceSettings, GRPC_ENCODING};
+use crate::codec::{decode_request, measure_reply};
 use crate::front::wire;
+use crate::handlers::rule::ok_with_trailers;
 use crate::registry::{Method, State};
 use crate::respond::respond;
 
@@ -50,30 +51,31 @@ pub(super) async fn serve(
         Ok(bytes) => bytes,
         Err(status) => return status.into_http(),
     };
-    let input = method.desc.input();
-    let request = match DynamicMessage::decode(input.clone(), message) {
-        Ok(m) => m,
-        // gRPC's status table: a request that does not parse is INTERNAL (as grpc-go, grpc-java).
-        Err(e) => {
-            return Status::internal(format!("request is not a valid {}: {e}", input.full_name()))
-                .into_http()
-        }
-    };
     let metadata = MetadataMap::from_headers(parts.headers);
+    if let Some(direct) = &method.direct {
+        if let Some(answer) = direct::unary(direct, &message, &metadata, PREFIX).await {
+            return match answer {
+                Ok(reply) => {
+                    let (data, status) = match finish_frame(reply.message, gzip_out, limit) {
+                        Ok(data) => (Some(data), end_status(reply.trailers)),
+                        Err(status) => (None, status),
+                    };
+                    http_response(reply.headers, data, status, gzip_out)
+                }
+                Err(status) => status.into_http(),
+            };
+        }
+    }
+    let request = match decode_request(&method.desc.input(), message) {
+        Ok(m) => m,
+        Err(status) => return status.into_http(),
+    };
     let incoming = Box::pin(futures::stream::once(async move { Ok(request) }));
     let response = match respond(state, method, metadata, incoming).await {
         Ok(response) => response,
         Err(status) => return status.into_http(),
     };
     let (metadata, mut replies, _) = response.into_parts();
-    let mut headers = sanitized(metadata.into_headers());
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    if gzip_out {
-        headers.insert(GRPC_ENCODING, HeaderValue::from_static("gzip"));
-    }
     let (data, status) = match replies.next().await {
         Some(Ok(reply)) => match frame(&reply, gzip_out, limit) {
             // A unary reply ends after its message: what follows is the trailers, if any.
@@ -86,6 +88,24 @@ pub(super) async fn serve(
         Some(Err(status)) => (None, status),
         None => (None, Status::ok("")),
     };
+    http_response(metadata, data, status, gzip_out)
+}
+
+/// A unary answer: headers, the reply frame if any, the status (with any custom trailers).
+fn http_response(
+    metadata: MetadataMap,
+    data: Option<Bytes>,
+    status: Status,
+    gzip_out: bool,
+) -> http::Response<tonic::body::Body> {
+    let mut headers = sanitized(metadata.into_headers());
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    if gzip_out {
+        headers.insert(GRPC_ENCODING, HeaderValue::from_static("gzip"));
+    }
     let mut trailers = HeaderMap::new();
     if let Err(bad) = status.add_header(&mut trailers) {
         trailers = HeaderMap::new();
@@ -192,21 +212,37 @@ fn gunzip(data: &[u8], limit: usize) -> Result<Bytes, Status> {
 /// The reply as one gRPC frame, measured once for both the size limit and the prefix.
 fn frame(reply: &DynamicMessage, gzip: bool, limit: usize) -> Result<Bytes, Status> {
     let measured = measure_reply(reply, limit)?;
+    let mut buf = Vec::with_capacity(PREFIX + measured.len());
+    buf.resize(PREFIX, 0);
+    measured.write(&mut buf);
+    finish_frame(buf, gzip, limit)
+}
+
+/// A frame around an encoded reply in `buf[PREFIX..]` (the prefix bytes were reserved, so the usual
+/// uncompressed reply is framed in place).
+fn finish_frame(mut buf: Vec<u8>, gzip: bool, limit: usize) -> Result<Bytes, Status> {
+    let len = buf.len() - PREFIX;
+    wire::check_reply_len(len, limit)?;
     if gzip {
-        let mut plain = Vec::with_capacity(measured.len());
-        measured.write(&mut plain);
-        let packed = wire::Encoding::Gzip.compress(plain);
+        let packed = wire::Encoding::Gzip.compress(buf.split_off(PREFIX));
         let mut out = BytesMut::with_capacity(PREFIX + packed.len());
         out.put_u8(1);
         out.put_u32(packed.len() as u32);
         out.put_slice(&packed);
         return Ok(out.freeze());
     }
-    let mut out = BytesMut::with_capacity(PREFIX + measured.len());
-    out.put_u8(0);
-    out.put_u32(measured.len() as u32);
-    measured.write(&mut out);
-    Ok(out.freeze())
+    buf[0] = 0;
+    buf[1..PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(buf.into())
+}
+
+/// The status a reply ends with: OK, carrying the rule's trailers if it has any.
+fn end_status(trailers: MetadataMap) -> Status {
+    if trailers.is_empty() {
+        Status::ok("")
+    } else {
+        ok_with_trailers(trailers)
+    }
 }
 
 /// Headers a handler may not set, because the transport owns them (tonic drops the same ones).

@@ -1,0 +1,654 @@
+//! Replies written straight to bytes: a rule's templates compiled at load into emitters that read the
+//! request's canonical bytes (see [`crate::codec::canonical`]) and write the reply's, with no
+//! `DynamicMessage` on either side.
+//!
+//! Only what can be written exactly as the general path would write it compiles: constants (encoded
+//! once at load), copies of request fields into fields of the same type, text with string, integer
+//! or boolean holes, `{{index}}`/`{{count}}`, metadata, nested message templates. Anything else — a
+//! condition, a script, a `for_each`, a conversion between types — leaves the method to the general
+//! path, and so does any request that is not canonical. `tests/emit.rs` compares both paths.
+
+use std::time::Duration;
+
+use prost::encoding::{encode_key, encode_varint, WireType};
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor};
+use tonic::metadata::MetadataMap;
+
+use super::rule::{Answer, MethodRules, Rule, StreamSource};
+use super::template::{MessageTemplate, Part, Path, Root, Step, Text, Ty, ValueTemplate};
+use crate::codec::canonical::{self, Layouts};
+use crate::codec::encode::encode_to_vec;
+
+/// What an emitter reads during one call.
+#[derive(Clone, Copy)]
+pub struct RawScope<'a> {
+    /// The request's bytes, already checked canonical.
+    pub request: &'a [u8],
+    pub index: Option<u64>,
+    pub count: Option<u64>,
+    pub metadata: &'a MetadataMap,
+}
+
+/// The emitter cannot write this reply (an `{{index}}` out of its field's range): the general path
+/// answers instead, and reports it as it does.
+#[derive(Debug)]
+pub struct Declined;
+
+/// A method whose one rule is answered by emitters.
+#[derive(Debug)]
+pub struct Direct {
+    /// Checks requests of the method's input type.
+    pub layouts: Layouts,
+    /// The rule every call selects (the method's first, which has no conditions).
+    pub rule: Rule,
+    pub reply: DirectReply,
+}
+
+#[derive(Debug)]
+pub enum DirectReply {
+    One(Emitter),
+    /// A `stream` answer of a server-streaming method (its delay and `then` are in `rule`).
+    Messages(Vec<Emitter>),
+    Repeat(u64, Emitter),
+}
+
+impl Direct {
+    /// The direct form of `rules` for `method`, when every part of its answer compiles.
+    pub fn compile(method: &MethodDescriptor, rules: &MethodRules) -> Option<Direct> {
+        let rule = rules.rules.first()?;
+        let metadata_only = |t: &Text| t.parts.iter().all(|p| !needs_message(p));
+        if !rule.is_default()
+            || !rule.headers.iter().all(|h| metadata_only(&h.value))
+            || !rule.trailers.iter().all(|h| metadata_only(&h.value))
+        {
+            return None;
+        }
+        let (client, server) = (method.is_client_streaming(), method.is_server_streaming());
+        let reply = match (&rule.answer, client, server) {
+            (Answer::Reply(t), false, _) | (Answer::Reply(t), true, true) => {
+                DirectReply::One(Emitter::compile(t)?)
+            }
+            (Answer::Stream(stream), false, true) => {
+                if !stream
+                    .then
+                    .as_ref()
+                    .is_none_or(|e| metadata_only(&e.message))
+                {
+                    return None;
+                }
+                match &stream.source {
+                    StreamSource::Messages(ts) => DirectReply::Messages(
+                        ts.iter().map(Emitter::compile).collect::<Option<_>>()?,
+                    ),
+                    StreamSource::Repeat(n, t) => DirectReply::Repeat(*n, Emitter::compile(t)?),
+                    StreamSource::ForEach(..) => return None,
+                }
+            }
+            _ => return None,
+        };
+        Some(Direct {
+            layouts: Layouts::new(&method.input()),
+            rule: rule.clone(),
+            reply,
+        })
+    }
+
+    /// The rule's delay before answering.
+    pub fn delay(&self) -> Option<Duration> {
+        self.rule.delay
+    }
+}
+
+/// A template value that reads the call's messages (only metadata can be read without them).
+fn needs_message(part: &Part) -> bool {
+    matches!(part, Part::Value(p) if !matches!(p.root, Root::Metadata(_)))
+}
+
+/// One reply message's template, compiled.
+#[derive(Debug)]
+pub struct Emitter {
+    /// By ascending field number, as the general encoder writes them.
+    ops: Vec<Op>,
+}
+
+#[derive(Debug)]
+enum Op {
+    /// Fields that do not depend on the call, encoded at load.
+    Const(Vec<u8>),
+    /// The whole reply is the request's message at this path (`reply = "{{request}}"`).
+    Whole(Vec<u32>),
+    /// A sub-message copied from the request, when set there.
+    Message {
+        number: u32,
+        path: Vec<u32>,
+    },
+    /// A scalar of the same kind copied from the request.
+    Scalar {
+        number: u32,
+        wire: WireType,
+        path: Vec<u32>,
+        implicit: bool,
+    },
+    /// A repeated field copied from a repeated field of the same kind and packing.
+    List {
+        number: u32,
+        wire: WireType,
+        packed: bool,
+        path: Vec<u32>,
+    },
+    Text {
+        number: u32,
+        implicit: bool,
+        parts: Vec<TextPart>,
+    },
+    /// `{{index}}` or `{{count}}` into an integer field.
+    Counter {
+        number: u32,
+        counter: Counter,
+        kind: Kind,
+        implicit: bool,
+    },
+    Nested {
+        number: u32,
+        emitter: Emitter,
+    },
+}
+
+#[derive(Debug)]
+enum TextPart {
+    Literal(String),
+    Str(Vec<u32>),
+    Int(Vec<u32>, Kind),
+    Bool(Vec<u32>),
+    Counter(Counter),
+    Metadata(String),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Counter {
+    Index,
+    Count,
+}
+
+impl Emitter {
+    /// `None` when some part of `template` is left to the general path.
+    pub fn compile(template: &MessageTemplate) -> Option<Emitter> {
+        if let Some(message) = &template.constant {
+            return Some(Emitter {
+                ops: vec![Op::Const(encode_to_vec(message))],
+            });
+        }
+        if let Some(path) = &template.whole {
+            let same_type = matches!(&path.ty, Ty::Proto { kind: Kind::Message(d), list: false, map: false } if *d == template.desc);
+            if !same_type || !matches!(path.root, Root::Request) {
+                return None;
+            }
+            return Some(Emitter {
+                ops: vec![Op::Whole(request_steps(path)?)],
+            });
+        }
+        let mut fields: Vec<&(FieldDescriptor, ValueTemplate)> = template.fields.iter().collect();
+        fields.sort_by_key(|(f, _)| f.number());
+        // A field set twice, or two members of one oneof: the last one wins in the general path.
+        let numbers = fields
+            .windows(2)
+            .all(|w| w[0].0.number() != w[1].0.number());
+        let mut oneofs: Vec<String> = fields
+            .iter()
+            .filter_map(|(f, _)| f.containing_oneof().map(|o| o.full_name().to_string()))
+            .collect();
+        let total = oneofs.len();
+        oneofs.sort();
+        oneofs.dedup();
+        if !numbers || oneofs.len() != total {
+            return None;
+        }
+        let mut ops: Vec<Op> = Vec::new();
+        for (field, value) in fields {
+            let op = compile_field(&template.desc, field, value)?;
+            match (ops.last_mut(), op) {
+                (Some(Op::Const(prev)), Op::Const(next)) => prev.extend_from_slice(&next),
+                (_, op) => ops.push(op),
+            }
+        }
+        Some(Emitter { ops })
+    }
+
+    /// Appends the reply's bytes to `out`.
+    pub fn emit(&self, scope: &RawScope<'_>, out: &mut Vec<u8>) -> Result<(), Declined> {
+        for op in &self.ops {
+            match op {
+                Op::Const(bytes) => out.extend_from_slice(bytes),
+                Op::Whole(path) => {
+                    if let Some(message) = message_at(scope.request, path) {
+                        out.extend_from_slice(message);
+                    }
+                }
+                Op::Message { number, path } => {
+                    if let Some(message) = message_at(scope.request, path) {
+                        write_len_delimited(*number, message, out);
+                    }
+                }
+                Op::Scalar {
+                    number,
+                    wire,
+                    path,
+                    implicit,
+                } => match field_at(scope.request, path) {
+                    Some(field) if *implicit && is_zero(*wire, field.value) => {}
+                    Some(field) => write_value(*number, *wire, field.value, out),
+                    None if *implicit => {}
+                    None => write_default(*number, *wire, out),
+                },
+                Op::List {
+                    number,
+                    wire,
+                    packed,
+                    path,
+                } => {
+                    if let Some(field) = field_at(scope.request, path) {
+                        if *packed {
+                            write_len_delimited(*number, field.value, out);
+                        } else {
+                            for value in canonical::values(field.records) {
+                                write_value(*number, *wire, value, out);
+                            }
+                        }
+                    }
+                }
+                Op::Text {
+                    number,
+                    implicit,
+                    parts,
+                } => {
+                    let text = render_text(parts, scope)?;
+                    if !(*implicit && text.is_empty()) {
+                        write_len_delimited(*number, text.as_bytes(), out);
+                    }
+                }
+                Op::Counter {
+                    number,
+                    counter,
+                    kind,
+                    implicit,
+                } => {
+                    let n = counter_value(*counter, scope).ok_or(Declined)?;
+                    if !(*implicit && n == 0) {
+                        write_integer(*number, kind, n, out)?;
+                    }
+                }
+                Op::Nested { number, emitter } => {
+                    let mut nested = Vec::new();
+                    emitter.emit(scope, &mut nested)?;
+                    write_len_delimited(*number, &nested, out);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn compile_field(
+    desc: &MessageDescriptor,
+    field: &FieldDescriptor,
+    value: &ValueTemplate,
+) -> Option<Op> {
+    let number = field.number();
+    let implicit = !field.is_list() && !field.supports_presence();
+    let kind = field.kind();
+    if field.is_map() {
+        return match value {
+            ValueTemplate::Const(v) => Some(Op::Const(encode_one(desc, field, v))),
+            _ => None,
+        };
+    }
+    match value {
+        ValueTemplate::Const(v) => Some(Op::Const(encode_one(desc, field, v))),
+        ValueTemplate::Whole(path) => match (&path.root, &path.ty) {
+            (Root::Index | Root::Count, _) if !field.is_list() => {
+                let counter = counter_of(&path.root)?;
+                if kind == Kind::String {
+                    return Some(Op::Text {
+                        number,
+                        implicit,
+                        parts: vec![TextPart::Counter(counter)],
+                    });
+                }
+                is_integer(&kind).then_some(Op::Counter {
+                    number,
+                    counter,
+                    kind,
+                    implicit,
+                })
+            }
+            (Root::Metadata(key), _) if !field.is_list() && kind == Kind::String => {
+                Some(Op::Text {
+                    number,
+                    implicit,
+                    parts: vec![TextPart::Metadata(key.clone())],
+                })
+            }
+            (
+                Root::Request,
+                Ty::Proto {
+                    kind: from,
+                    list,
+                    map: false,
+                },
+            ) => {
+                let path = request_steps(path)?;
+                if *from != kind || matches!(kind, Kind::Float | Kind::Double) {
+                    return None;
+                }
+                match (list, field.is_list()) {
+                    (true, true) => {
+                        let source = last_field(value)?;
+                        (source.is_packed() == field.is_packed()).then(|| Op::List {
+                            number,
+                            wire: wire_type(&kind),
+                            packed: field.is_packed(),
+                            path,
+                        })
+                    }
+                    (false, false) if matches!(kind, Kind::Message(_)) => {
+                        Some(Op::Message { number, path })
+                    }
+                    (false, false) => Some(Op::Scalar {
+                        number,
+                        wire: wire_type(&kind),
+                        path,
+                        implicit,
+                    }),
+                    _ => None,
+                }
+            }
+            _ => None,
+        },
+        ValueTemplate::Text(text) if !field.is_list() && kind == Kind::String => Some(Op::Text {
+            number,
+            implicit,
+            parts: text
+                .parts
+                .iter()
+                .map(compile_text_part)
+                .collect::<Option<_>>()?,
+        }),
+        ValueTemplate::Message(template) if !field.is_list() => Some(Op::Nested {
+            number,
+            emitter: Emitter::compile(template)?,
+        }),
+        _ => None,
+    }
+}
+
+/// The field a `Whole` template copies from.
+fn last_field(value: &ValueTemplate) -> Option<FieldDescriptor> {
+    match value {
+        ValueTemplate::Whole(path) => path.last_field().map(|(f, _)| f),
+        _ => None,
+    }
+}
+
+fn compile_text_part(part: &Part) -> Option<TextPart> {
+    let path = match part {
+        Part::Literal(s) => return Some(TextPart::Literal(s.clone())),
+        Part::Value(path) => path,
+    };
+    match (&path.root, &path.ty) {
+        (Root::Index | Root::Count, _) => counter_of(&path.root).map(TextPart::Counter),
+        (Root::Metadata(key), _) => Some(TextPart::Metadata(key.clone())),
+        (
+            Root::Request,
+            Ty::Proto {
+                kind,
+                list: false,
+                map: false,
+            },
+        ) => {
+            let steps = request_steps(path)?;
+            match kind {
+                Kind::String => Some(TextPart::Str(steps)),
+                Kind::Bool => Some(TextPart::Bool(steps)),
+                k if is_integer(k) => Some(TextPart::Int(steps, k.clone())),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn counter_of(root: &Root) -> Option<Counter> {
+    match root {
+        Root::Index => Some(Counter::Index),
+        Root::Count => Some(Counter::Count),
+        _ => None,
+    }
+}
+
+/// The field numbers of a `request.a.b` path whose every step but the last is a singular message.
+fn request_steps(path: &Path) -> Option<Vec<u32>> {
+    let mut numbers = Vec::with_capacity(path.steps.len());
+    for (i, step) in path.steps.iter().enumerate() {
+        let Step::Field(f) = step else { return None };
+        let last = i + 1 == path.steps.len();
+        if !last && (f.is_list() || f.is_map() || !matches!(f.kind(), Kind::Message(_))) {
+            return None;
+        }
+        numbers.push(f.number());
+    }
+    Some(numbers)
+}
+
+/// The bytes of one field's value as the general encoder writes it in a message of type `desc`.
+fn encode_one(
+    desc: &MessageDescriptor,
+    field: &FieldDescriptor,
+    value: &prost_reflect::Value,
+) -> Vec<u8> {
+    let mut message = DynamicMessage::new(desc.clone());
+    message.set_field(field, value.clone());
+    encode_to_vec(&message)
+}
+
+fn is_integer(kind: &Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Int32
+            | Kind::Sint32
+            | Kind::Sfixed32
+            | Kind::Int64
+            | Kind::Sint64
+            | Kind::Sfixed64
+            | Kind::Uint32
+            | Kind::Fixed32
+            | Kind::Uint64
+            | Kind::Fixed64
+    )
+}
+
+fn wire_type(kind: &Kind) -> WireType {
+    match kind {
+        Kind::Sfixed32 | Kind::Fixed32 | Kind::Float => WireType::ThirtyTwoBit,
+        Kind::Sfixed64 | Kind::Fixed64 | Kind::Double => WireType::SixtyFourBit,
+        Kind::String | Kind::Bytes | Kind::Message(_) => WireType::LengthDelimited,
+        _ => WireType::Varint,
+    }
+}
+
+/// The field at `path` in canonical bytes; `None` when it or a message on the way is not set.
+fn field_at<'a>(request: &'a [u8], path: &[u32]) -> Option<canonical::RawField<'a>> {
+    let (last, parents) = path.split_last()?;
+    let mut message = request;
+    for number in parents {
+        message = canonical::find(message, *number)?.value;
+    }
+    canonical::find(message, *last)
+}
+
+fn message_at<'a>(request: &'a [u8], path: &[u32]) -> Option<&'a [u8]> {
+    if path.is_empty() {
+        return Some(request);
+    }
+    field_at(request, path).map(|f| f.value)
+}
+
+fn is_zero(wire: WireType, value: &[u8]) -> bool {
+    match wire {
+        WireType::LengthDelimited => value.is_empty(),
+        _ => value.iter().all(|b| *b == 0),
+    }
+}
+
+fn write_len_delimited(number: u32, bytes: &[u8], out: &mut Vec<u8>) {
+    encode_key(number, WireType::LengthDelimited, out);
+    encode_varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+/// A value as found in the request (a varint, fixed bytes, or a payload) under a new key.
+fn write_value(number: u32, wire: WireType, value: &[u8], out: &mut Vec<u8>) {
+    if wire == WireType::LengthDelimited {
+        write_len_delimited(number, value, out);
+    } else {
+        encode_key(number, wire, out);
+        out.extend_from_slice(value);
+    }
+}
+
+fn write_default(number: u32, wire: WireType, out: &mut Vec<u8>) {
+    encode_key(number, wire, out);
+    let zeros: &[u8] = match wire {
+        WireType::SixtyFourBit => &[0; 8],
+        WireType::ThirtyTwoBit => &[0; 4],
+        _ => &[0],
+    };
+    out.extend_from_slice(zeros);
+}
+
+fn counter_value(counter: Counter, scope: &RawScope<'_>) -> Option<u64> {
+    match counter {
+        Counter::Index => scope.index,
+        Counter::Count => scope.count,
+    }
+}
+
+/// `n` into an integer field, with the general path's range check (out of range: it reports it).
+fn write_integer(number: u32, kind: &Kind, n: u64, out: &mut Vec<u8>) -> Result<(), Declined> {
+    let fits32 = |signed: bool| {
+        if signed {
+            i32::try_from(n).is_ok()
+        } else {
+            u32::try_from(n).is_ok()
+        }
+    };
+    match kind {
+        Kind::Int32 | Kind::Uint32 | Kind::Int64 | Kind::Uint64 => {
+            let ok = match kind {
+                Kind::Int32 => fits32(true),
+                Kind::Uint32 => fits32(false),
+                Kind::Int64 => i64::try_from(n).is_ok(),
+                _ => true,
+            };
+            if !ok {
+                return Err(Declined);
+            }
+            encode_key(number, WireType::Varint, out);
+            encode_varint(n, out);
+        }
+        Kind::Sint32 | Kind::Sint64 => {
+            let ok = if *kind == Kind::Sint32 {
+                fits32(true)
+            } else {
+                i64::try_from(n).is_ok()
+            };
+            if !ok {
+                return Err(Declined);
+            }
+            encode_key(number, WireType::Varint, out);
+            encode_varint(n << 1, out);
+        }
+        Kind::Fixed32 | Kind::Sfixed32 => {
+            if !fits32(*kind == Kind::Sfixed32) {
+                return Err(Declined);
+            }
+            encode_key(number, WireType::ThirtyTwoBit, out);
+            out.extend_from_slice(&(n as u32).to_le_bytes());
+        }
+        Kind::Fixed64 | Kind::Sfixed64 => {
+            if *kind == Kind::Sfixed64 && i64::try_from(n).is_err() {
+                return Err(Declined);
+            }
+            encode_key(number, WireType::SixtyFourBit, out);
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        _ => return Err(Declined),
+    }
+    Ok(())
+}
+
+fn render_text(parts: &[TextPart], scope: &RawScope<'_>) -> Result<String, Declined> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for part in parts {
+        match part {
+            TextPart::Literal(s) => out.push_str(s),
+            TextPart::Str(path) => {
+                if let Some(field) = field_at(scope.request, path) {
+                    out.push_str(std::str::from_utf8(field.value).map_err(|_| Declined)?);
+                }
+            }
+            TextPart::Int(path, kind) => {
+                let value = field_at(scope.request, path).map_or(&[][..], |f| f.value);
+                write_int_text(&mut out, kind, value)?;
+            }
+            TextPart::Bool(path) => {
+                let set = field_at(scope.request, path).is_some_and(|f| f.value != [0]);
+                out.push_str(if set { "true" } else { "false" });
+            }
+            TextPart::Counter(counter) => {
+                let n = counter_value(*counter, scope).ok_or(Declined)?;
+                write!(out, "{n}").expect("writing to a String");
+            }
+            TextPart::Metadata(key) => {
+                if let Some(v) = scope.metadata.get(key.as_str()) {
+                    out.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An integer as found in canonical bytes (empty: not set, so 0), written in decimal.
+fn write_int_text(out: &mut String, kind: &Kind, mut value: &[u8]) -> Result<(), Declined> {
+    use std::fmt::Write as _;
+    if value.is_empty() {
+        out.push('0');
+        return Ok(());
+    }
+    let fixed = |bytes: &[u8]| -> Result<u64, Declined> {
+        let mut b = [0u8; 8];
+        b.get_mut(..bytes.len())
+            .ok_or(Declined)?
+            .copy_from_slice(bytes);
+        Ok(u64::from_le_bytes(b))
+    };
+    let text = match kind {
+        Kind::Fixed32 => (fixed(value)? as u32).to_string(),
+        Kind::Sfixed32 => (fixed(value)? as u32 as i32).to_string(),
+        Kind::Fixed64 => fixed(value)?.to_string(),
+        Kind::Sfixed64 => (fixed(value)? as i64).to_string(),
+        _ => {
+            let v = canonical::read_varint(&mut value).ok_or(Declined)?;
+            match kind {
+                Kind::Int32 => (v as i32).to_string(),
+                Kind::Int64 => (v as i64).to_string(),
+                Kind::Uint32 | Kind::Uint64 => v.to_string(),
+                Kind::Sint32 | Kind::Sint64 => ((v >> 1) as i64 ^ -((v & 1) as i64)).to_string(),
+                _ => return Err(Declined),
+            }
+        }
+    };
+    write!(out, "{text}").expect("writing to a String");
+    Ok(())
+}

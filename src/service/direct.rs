@@ -1,0 +1,222 @@
+//! Calls of methods whose rule compiled to emitters ([`crate::handlers::emit`]): the reply is
+//! written from the request's bytes, never decoded. A request that is not canonical, or a reply an
+//! emitter declines, goes the general way ([`crate::respond`]) with the same outcome.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost_reflect::DynamicMessage;
+use tonic::metadata::MetadataMap;
+use tonic::{Response, Status, Streaming};
+
+use super::EncodedStream;
+use crate::codec::{decode_request, encode_reply};
+use crate::front::wire::check_reply_len;
+use crate::handlers::emit::{Direct, DirectReply, Emitter, RawScope};
+use crate::handlers::rule::StreamSource;
+use crate::handlers::template::{MessageTemplate, Scope};
+use crate::handlers::Answer;
+use crate::registry::Method;
+use crate::respond::{end_with_trailers, extend_metadata, with_headers};
+
+/// A unary reply: headers, the encoded message, trailers.
+pub(super) struct UnaryReply {
+    pub headers: MetadataMap,
+    pub message: Vec<u8>,
+    pub trailers: MetadataMap,
+}
+
+/// The direct answer to a unary call, with `reserve` bytes left free at the start of the message
+/// (for the frame prefix); `None` when the general path must answer.
+pub(super) async fn unary(
+    direct: &Direct,
+    request: &[u8],
+    metadata: &MetadataMap,
+    reserve: usize,
+) -> Option<Result<UnaryReply, Status>> {
+    let DirectReply::One(emitter) = &direct.reply else {
+        return None;
+    };
+    if !direct.layouts.is_canonical(request) {
+        return None;
+    }
+    let mut message = vec![0; reserve];
+    emitter
+        .emit(&raw_scope(request, None, metadata), &mut message)
+        .ok()?;
+    if let Some(delay) = direct.delay() {
+        tokio::time::sleep(delay).await;
+    }
+    let scope = Scope::new(None, metadata);
+    Some((|| {
+        Ok(UnaryReply {
+            headers: direct.rule.headers(&scope)?,
+            message,
+            trailers: direct.rule.trailers(&scope)?,
+        })
+    })())
+}
+
+fn raw_scope<'a>(request: &'a [u8], count: Option<u64>, metadata: &'a MetadataMap) -> RawScope<'a> {
+    RawScope {
+        request,
+        index: None,
+        count,
+        metadata,
+    }
+}
+
+/// A server-streaming or bidi call of a method with a direct form. `Err(streaming)` hands the call
+/// back untouched when its first message shows the general path must answer.
+pub(super) async fn streaming(
+    method: Arc<Method>,
+    metadata: MetadataMap,
+    mut streaming: Streaming<Bytes>,
+    limit: usize,
+) -> Result<Result<Response<EncodedStream>, Status>, (Option<Bytes>, Streaming<Bytes>, MetadataMap)>
+{
+    let direct = method.direct.as_ref().expect("called for a direct method");
+    let first = match next(&mut streaming).await {
+        Ok(Some(first)) => first,
+        Ok(None) if method.desc.is_client_streaming() => {
+            // A bidi call without messages: no headers, no replies (as the general path).
+            return Ok(Ok(Response::new(Box::pin(futures::stream::empty()))));
+        }
+        Ok(None) => return Err((None, streaming, metadata)),
+        Err(status) => return Ok(Err(status)),
+    };
+    if !direct.layouts.is_canonical(&first) {
+        return Err((Some(first), streaming, metadata));
+    }
+    if method.desc.is_client_streaming() {
+        return Ok(bidi(method, metadata, first, streaming, limit));
+    }
+    Ok(server_stream(method, metadata, first, limit).await)
+}
+
+/// One (canonical) request, then the rule's messages, each written when it is due.
+async fn server_stream(
+    method: Arc<Method>,
+    metadata: MetadataMap,
+    request: Bytes,
+    limit: usize,
+) -> Result<Response<EncodedStream>, Status> {
+    let direct = method.direct.as_ref().expect("direct method");
+    if let Some(delay) = direct.delay() {
+        tokio::time::sleep(delay).await;
+    }
+    let scope = Scope::new(None, &metadata);
+    let headers = direct.rule.headers(&scope)?;
+    let trailers = direct.rule.trailers(&scope)?;
+    let stream = async_stream::try_stream! {
+        let direct = method.direct.as_ref().expect("direct method");
+        let Answer::Stream(answer) = &direct.rule.answer else {
+            // `reply` on a server-streaming method: one message.
+            let DirectReply::One(emitter) = &direct.reply else { unreachable!("compiled from a reply") };
+            let Answer::Reply(template) = &direct.rule.answer else { unreachable!("compiled from a reply") };
+            yield message(emitter, template, &method, &request, true, None, None, &metadata, limit)?;
+            end_with_trailers(trailers)?;
+            return;
+        };
+        let emitters: Box<dyn Iterator<Item = (&Emitter, Option<u64>)> + Send> = match &direct.reply {
+            DirectReply::Messages(list) => Box::new(list.iter().map(|e| (e, None))),
+            DirectReply::Repeat(n, emitter) => Box::new((0..*n).map(move |i| (emitter, Some(i)))),
+            DirectReply::One(_) => unreachable!("a stream answer compiles to messages"),
+        };
+        for (i, (emitter, index)) in emitters.enumerate() {
+            if let Some(d) = answer.delay {
+                tokio::time::sleep(d).await;
+            }
+            let template = match &answer.source {
+                StreamSource::Messages(list) => &list[i],
+                StreamSource::Repeat(_, t) | StreamSource::ForEach(_, t) => t,
+            };
+            yield message(emitter, template, &method, &request, true, index, None, &metadata, limit)?;
+        }
+        if let Some(error) = &answer.then {
+            Err(error.render(&scope_of(&metadata)))?;
+        }
+        end_with_trailers(trailers)?;
+    };
+    Ok(with_headers(headers, Box::pin(stream)))
+}
+
+/// Each incoming message answered at once; the headers wait for the first (as the general path).
+fn bidi(
+    method: Arc<Method>,
+    metadata: MetadataMap,
+    first: Bytes,
+    mut incoming: Streaming<Bytes>,
+    limit: usize,
+) -> Result<Response<EncodedStream>, Status> {
+    let direct = method.direct.as_ref().expect("direct method");
+    let headers = direct.rule.headers(&scope_of(&metadata))?;
+    let stream = async_stream::try_stream! {
+        let direct = method.direct.as_ref().expect("direct method");
+        let (DirectReply::One(emitter), Answer::Reply(template)) = (&direct.reply, &direct.rule.answer) else {
+            unreachable!("a bidi method compiles from a reply")
+        };
+        let mut trailers = MetadataMap::new();
+        let mut next_message = Some(first);
+        let mut count = 0;
+        while let Some(request) = next_message.take() {
+            count += 1;
+            if let Some(delay) = direct.delay() {
+                tokio::time::sleep(delay).await;
+            }
+            extend_metadata(&mut trailers, direct.rule.trailers(&scope_of(&metadata))?);
+            let canonical = direct.layouts.is_canonical(&request);
+            yield message(emitter, template, &method, &request, canonical, None, Some(count), &metadata, limit)?;
+            next_message = next(&mut incoming).await?;
+        }
+        end_with_trailers(trailers)?;
+    };
+    Ok(with_headers(headers, Box::pin(stream)))
+}
+
+/// One reply: emitted from the request's bytes, or — when the request is not canonical or the
+/// emitter declines — decoded and rendered by the template, as the general path does.
+#[allow(clippy::too_many_arguments)]
+fn message(
+    emitter: &Emitter,
+    template: &MessageTemplate,
+    method: &Method,
+    request: &Bytes,
+    canonical: bool,
+    index: Option<u64>,
+    count: Option<u64>,
+    metadata: &MetadataMap,
+    limit: usize,
+) -> Result<Bytes, Status> {
+    if canonical {
+        let mut out = Vec::new();
+        let scope = RawScope {
+            index,
+            ..raw_scope(request, count, metadata)
+        };
+        // Declined: the general path below answers, or reports why it cannot.
+        if let Ok(()) = emitter.emit(&scope, &mut out) {
+            check_reply_len(out.len(), limit)?;
+            return Ok(out.into());
+        }
+    }
+    let decoded: DynamicMessage = decode_request(&method.desc.input(), request.clone())?;
+    let scope = Scope {
+        index,
+        count,
+        ..Scope::new(Some(&decoded), metadata)
+    };
+    let reply = template
+        .render(&scope)
+        .map_err(|e| Status::internal(format!("cannot build the reply: {e}")))?;
+    encode_reply(&reply, limit)
+}
+
+fn scope_of(metadata: &MetadataMap) -> Scope<'_> {
+    Scope::new(None, metadata)
+}
+
+/// The next message's bytes; over-size is RESOURCE_EXHAUSTED (see `super::incoming`).
+pub(super) async fn next(streaming: &mut Streaming<Bytes>) -> Result<Option<Bytes>, Status> {
+    streaming.message().await.map_err(super::size_status)
+}
