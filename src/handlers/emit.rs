@@ -214,6 +214,11 @@ impl Emitter {
         Some(Emitter { ops })
     }
 
+    /// Whether the reply is the whole request as it came (`reply = "{{request}}"`, same type).
+    pub fn is_echo(&self) -> bool {
+        matches!(self.ops.as_slice(), [Op::Whole(path)] if path.is_empty())
+    }
+
     /// Appends the reply's bytes to `out`.
     pub fn emit(&self, scope: &RawScope<'_>, out: &mut Vec<u8>) -> Result<(), Declined> {
         for op in &self.ops {

@@ -164,7 +164,9 @@ fn bidi(
             if let Some(delay) = direct.delay() {
                 tokio::time::sleep(delay).await;
             }
-            extend_metadata(&mut trailers, direct.rule.trailers(&scope_of(&metadata))?);
+            if !direct.rule.trailers.is_empty() {
+                extend_metadata(&mut trailers, direct.rule.trailers(&scope_of(&metadata))?);
+            }
             let canonical = direct.layouts.is_canonical(&request);
             yield message(emitter, template, &method, &request, canonical, None, Some(count), &metadata, limit)?;
             next_message = next(&mut incoming).await?;
@@ -188,6 +190,10 @@ fn message(
     metadata: &MetadataMap,
     limit: usize,
 ) -> Result<Bytes, Status> {
+    if canonical && emitter.is_echo() {
+        check_reply_len(request.len(), limit)?;
+        return Ok(request.clone());
+    }
     if canonical {
         let mut out = Vec::new();
         let scope = RawScope {
