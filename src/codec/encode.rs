@@ -309,7 +309,8 @@ fn write_single(
     }
 }
 
-fn wire_type(kind: &Kind) -> WireType {
+/// The wire type of a (non-group) value of `kind`.
+pub fn wire_type(kind: &Kind) -> WireType {
     match kind {
         Kind::Sfixed32 | Kind::Fixed32 | Kind::Float => WireType::ThirtyTwoBit,
         Kind::Sfixed64 | Kind::Fixed64 | Kind::Double => WireType::SixtyFourBit,

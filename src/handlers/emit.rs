@@ -15,9 +15,11 @@ use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Me
 use tonic::metadata::MetadataMap;
 
 use super::rule::{Answer, MethodRules, Rule, StreamSource};
-use super::template::{MessageTemplate, Part, Path, Root, Step, Text, Ty, ValueTemplate};
+use super::template::{
+    is_integer_kind, MessageTemplate, Part, Path, Root, Step, Text, Ty, ValueTemplate,
+};
 use crate::codec::canonical::{self, Layouts};
-use crate::codec::encode::encode_to_vec;
+use crate::codec::encode::{encode_to_vec, wire_type};
 
 /// What an emitter reads during one call.
 #[derive(Clone, Copy)]
@@ -319,7 +321,7 @@ fn compile_field(
                         parts: vec![TextPart::Counter(counter)],
                     });
                 }
-                is_integer(&kind).then_some(Op::Counter {
+                is_integer_kind(&kind).then_some(Op::Counter {
                     number,
                     counter,
                     kind,
@@ -414,7 +416,7 @@ fn compile_text_part(part: &Part) -> Option<TextPart> {
             match kind {
                 Kind::String => Some(TextPart::Str(steps)),
                 Kind::Bool => Some(TextPart::Bool(steps)),
-                k if is_integer(k) => Some(TextPart::Int(steps, k.clone())),
+                k if is_integer_kind(k) => Some(TextPart::Int(steps, k.clone())),
                 _ => None,
             }
         }
@@ -453,31 +455,6 @@ fn encode_one(
     let mut message = DynamicMessage::new(desc.clone());
     message.set_field(field, value.clone());
     encode_to_vec(&message)
-}
-
-fn is_integer(kind: &Kind) -> bool {
-    matches!(
-        kind,
-        Kind::Int32
-            | Kind::Sint32
-            | Kind::Sfixed32
-            | Kind::Int64
-            | Kind::Sint64
-            | Kind::Sfixed64
-            | Kind::Uint32
-            | Kind::Fixed32
-            | Kind::Uint64
-            | Kind::Fixed64
-    )
-}
-
-fn wire_type(kind: &Kind) -> WireType {
-    match kind {
-        Kind::Sfixed32 | Kind::Fixed32 | Kind::Float => WireType::ThirtyTwoBit,
-        Kind::Sfixed64 | Kind::Fixed64 | Kind::Double => WireType::SixtyFourBit,
-        Kind::String | Kind::Bytes | Kind::Message(_) => WireType::LengthDelimited,
-        _ => WireType::Varint,
-    }
 }
 
 /// The field at `path` in canonical bytes; `None` when it or a message on the way is not set.

@@ -787,7 +787,7 @@ fn integer_of(value: &Value) -> Option<i128> {
     }
 }
 
-fn is_integer_kind(kind: &Kind) -> bool {
+pub(crate) fn is_integer_kind(kind: &Kind) -> bool {
     matches!(
         kind,
         Kind::Int32
