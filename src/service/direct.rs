@@ -40,7 +40,9 @@ pub(super) async fn unary(
     if !direct.layouts.is_canonical(request) {
         return None;
     }
-    let mut message = vec![0; reserve];
+    // Replies that copy from the request are about its size.
+    let mut message = Vec::with_capacity(reserve + request.len() + 32);
+    message.resize(reserve, 0);
     emitter
         .emit(&raw_scope(request, None, metadata), &mut message)
         .ok()?;
@@ -66,32 +68,52 @@ fn raw_scope<'a>(request: &'a [u8], count: Option<u64>, metadata: &'a MetadataMa
     }
 }
 
-/// A server-streaming or bidi call of a method with a direct form. `Err(streaming)` hands the call
-/// back untouched when its first message shows the general path must answer.
+/// How a streaming call went here.
+pub(super) enum Streamed {
+    Answered(Result<Response<EncodedStream>, Status>),
+    /// The first message (if any) shows the general path must answer: the call, as read so far.
+    General {
+        first: Option<Bytes>,
+        rest: Box<Streaming<Bytes>>,
+        metadata: MetadataMap,
+    },
+}
+
+/// A server-streaming or bidi call of a method with a direct form.
 pub(super) async fn streaming(
     method: Arc<Method>,
     metadata: MetadataMap,
-    mut streaming: Streaming<Bytes>,
+    mut rest: Streaming<Bytes>,
     limit: usize,
-) -> Result<Result<Response<EncodedStream>, Status>, (Option<Bytes>, Streaming<Bytes>, MetadataMap)>
-{
+) -> Streamed {
     let direct = method.direct.as_ref().expect("called for a direct method");
-    let first = match next(&mut streaming).await {
+    let first = match next(&mut rest).await {
         Ok(Some(first)) => first,
         Ok(None) if method.desc.is_client_streaming() => {
             // A bidi call without messages: no headers, no replies (as the general path).
-            return Ok(Ok(Response::new(Box::pin(futures::stream::empty()))));
+            return Streamed::Answered(Ok(Response::new(Box::pin(futures::stream::empty()))));
         }
-        Ok(None) => return Err((None, streaming, metadata)),
-        Err(status) => return Ok(Err(status)),
+        Ok(None) => {
+            return Streamed::General {
+                first: None,
+                rest: Box::new(rest),
+                metadata,
+            }
+        }
+        Err(status) => return Streamed::Answered(Err(status)),
     };
     if !direct.layouts.is_canonical(&first) {
-        return Err((Some(first), streaming, metadata));
+        return Streamed::General {
+            first: Some(first),
+            rest: Box::new(rest),
+            metadata,
+        };
     }
-    if method.desc.is_client_streaming() {
-        return Ok(bidi(method, metadata, first, streaming, limit));
-    }
-    Ok(server_stream(method, metadata, first, limit).await)
+    Streamed::Answered(if method.desc.is_client_streaming() {
+        bidi(method, metadata, first, rest, limit)
+    } else {
+        server_stream(method, metadata, first, limit).await
+    })
 }
 
 /// One (canonical) request, then the rule's messages, each written when it is due.

@@ -193,22 +193,25 @@ impl StreamingService<Bytes> for Call {
         let deadline = self.deadline;
         let (state, method) = (self.state.clone(), self.method.clone());
         Box::pin(async move {
-            let response = match method.direct.is_some() {
-                true => match direct::streaming(method.clone(), metadata, streaming, limit).await {
-                    Ok(answer) => answer?,
+            let response = if method.direct.is_some() {
+                match direct::streaming(method.clone(), metadata, streaming, limit).await {
+                    direct::Streamed::Answered(answer) => answer?,
                     // The general path, with the message already read put back in front.
-                    Err((first, rest, metadata)) => {
+                    direct::Streamed::General {
+                        first,
+                        rest,
+                        metadata,
+                    } => {
                         let input = method.desc.input();
                         let first = first.map(|bytes| decode_request(&input, bytes));
                         let incoming =
-                            Box::pin(futures::stream::iter(first).chain(incoming(rest, input)));
+                            Box::pin(futures::stream::iter(first).chain(incoming(*rest, input)));
                         general(state, method, metadata, incoming, limit).await?
                     }
-                },
-                false => {
-                    let incoming = incoming(streaming, method.desc.input());
-                    general(state, method, metadata, incoming, limit).await?
                 }
+            } else {
+                let incoming = incoming(streaming, method.desc.input());
+                general(state, method, metadata, incoming, limit).await?
             };
             Ok(response.map(|stream| match deadline {
                 Some(deadline) => Box::pin(until_deadline(stream, deadline)) as EncodedStream,
