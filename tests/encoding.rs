@@ -1527,8 +1527,12 @@ fn check_direct(method: &str) -> (u64, u64) {
         Direct::compile(&desc, rules).unwrap_or_else(|| panic!("{method} has no direct form"));
     let mut metadata = tonic::metadata::MetadataMap::new();
     metadata.insert("x-user", "ada".parse().unwrap());
+    let only = direct.only();
     // (emitter, template, index) for each reply message.
-    let replies: Vec<_> = match (&direct.reply, &direct.rule.answer) {
+    let replies: Vec<_> = match (
+        only.reply.as_ref().expect("a direct reply"),
+        &only.rule.answer,
+    ) {
         (DirectReply::One(e), Answer::Reply(t)) => vec![(e, t, None)],
         (DirectReply::Repeat(n, e), Answer::Stream(s)) => {
             let StreamSource::Repeat(_, t) = &s.source else {
@@ -1581,6 +1585,75 @@ fn check_direct(method: &str) -> (u64, u64) {
         panic!("{method}: {e}");
     }
     (cases.get(), direct_count.get())
+}
+
+/// A method with conditions on every kind of field: for generated requests, the rule the direct
+/// path selects from the request's bytes is the general path's, and so is its reply.
+#[test]
+fn direct_rule_selection_equals_the_general_paths() {
+    use protodrop::handlers::emit::{Direct, DirectReply, RawScope};
+    use protodrop::handlers::template::Scope;
+    use protodrop::handlers::Answer;
+    let (protos, handlers) = &*DIRECT;
+    let method = "encoding.direct.Direct/Pick";
+    let desc = protos
+        .pool
+        .get_service_by_name("encoding.direct.Direct")
+        .and_then(|s| s.methods().find(|m| m.name() == "Pick"))
+        .expect("Pick");
+    let rules = &handlers.methods[method];
+    let direct = Direct::compile(&desc, rules).expect("Pick has a direct form");
+    let gen = Gen::direct_inputs();
+    let strategy = (
+        gen.message(&desc.input(), DEPTH).prop_map(Shown),
+        any::<bool>(),
+    );
+    let picked = RefCell::new(vec![0u32; rules.rules.len() + 1]);
+    let result = runner_with(1).run(&strategy, |(Shown(message), ada)| {
+        let bytes = message.encode_to_vec();
+        prop_assert!(direct.layouts.is_canonical(&bytes));
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        if ada {
+            metadata.insert("x-user", "ada".parse().unwrap());
+        }
+        let raw = RawScope {
+            request: &bytes,
+            index: None,
+            count: None,
+            metadata: &metadata,
+        };
+        let scope = Scope::new(Some(&message), &metadata);
+        let general = rules.select(&scope).map(|r| r.origin.clone());
+        let chosen = direct.select(&raw);
+        prop_assert_eq!(
+            chosen.map(|c| c.rule.origin.clone()),
+            general.clone(),
+            "selected rule"
+        );
+        let position = general.map_or(rules.rules.len(), |o| {
+            rules.rules.iter().position(|r| r.origin == o).unwrap()
+        });
+        picked.borrow_mut()[position] += 1;
+        if let Some((Some(DirectReply::One(emitter)), Answer::Reply(template))) =
+            chosen.map(|c| (&c.reply, &c.rule.answer))
+        {
+            let mut written = Vec::new();
+            emitter.emit(&raw, &mut written).expect("emitted");
+            let reply = template.render(&scope).expect("rendered");
+            same_bytes(&written, &encode_to_vec(&reply), "direct reply")?;
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{method}: {e}");
+    }
+    let picked = picked.into_inner();
+    eprintln!("{method}: requests per rule (last: none) {picked:?}");
+    // Every rule is reached by some request, so each condition was tried both ways.
+    assert!(
+        picked[..rules.rules.len()].iter().all(|n| *n > 0),
+        "{picked:?}"
+    );
 }
 
 #[test]

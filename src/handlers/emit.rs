@@ -4,16 +4,18 @@
 //!
 //! Only what can be written exactly as the general path would write it compiles: constants (encoded
 //! once at load), copies of request fields into fields of the same type, text with string, integer
-//! or boolean holes, `{{index}}`/`{{count}}`, metadata, nested message templates. Anything else — a
-//! condition, a script, a `for_each`, a conversion between types — leaves the method to the general
-//! path, and so does any request that is not canonical. `tests/emit.rs` compares both paths.
-
-use std::time::Duration;
+//! or boolean holes, `{{index}}`/`{{count}}`, metadata, nested message templates; and `when`
+//! conditions on metadata and on scalar request fields. Anything else — a script, a `for_each`, a
+//! conversion between types, a condition on a list — leaves the rule (or the method) to the general
+//! path, and so does any request that is not canonical. `tests/encoding.rs` compares both paths.
 
 use prost::encoding::{encode_key, encode_varint, WireType};
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor};
+use prost_reflect::{
+    DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor, Value,
+};
 use tonic::metadata::MetadataMap;
 
+use super::matcher::{self, Condition, Subject};
 use super::rule::{Answer, MethodRules, Rule, StreamSource};
 use super::template::{
     is_integer_kind, MessageTemplate, Part, Path, Root, Step, Text, Ty, ValueTemplate,
@@ -36,69 +38,218 @@ pub struct RawScope<'a> {
 #[derive(Debug)]
 pub struct Declined;
 
-/// A method whose one rule is answered by emitters.
+/// A method whose rules are answered by emitters.
 #[derive(Debug)]
 pub struct Direct {
     /// Checks requests of the method's input type.
     pub layouts: Layouts,
-    /// The rule every call selects (the method's first, which has no conditions).
+    /// The method's rules in the order they are tried. A streaming method has exactly one, without
+    /// conditions (a bidi call selects a rule per message, which the general path does).
+    choices: Vec<Choice>,
+}
+
+/// One rule, its conditions read from the request's bytes, its reply if it compiled.
+#[derive(Debug)]
+pub struct Choice {
     pub rule: Rule,
-    pub reply: DirectReply,
+    conditions: Vec<RawCondition>,
+    /// `None`: when this rule is selected, the general path answers (an error, a script, …).
+    pub reply: Option<DirectReply>,
 }
 
 #[derive(Debug)]
 pub enum DirectReply {
     One(Emitter),
-    /// A `stream` answer of a server-streaming method (its delay and `then` are in `rule`).
+    /// A `stream` answer of a server-streaming method (its delay and `then` are in the rule).
     Messages(Vec<Emitter>),
     Repeat(u64, Emitter),
 }
 
 impl Direct {
-    /// The direct form of `rules` for `method`, when every part of its answer compiles.
+    /// The direct form of `rules` for `method`, when their conditions and at least one reply compile.
     pub fn compile(method: &MethodDescriptor, rules: &MethodRules) -> Option<Direct> {
-        let rule = rules.rules.first()?;
-        let metadata_only = |t: &Text| t.parts.iter().all(|p| !needs_message(p));
-        if !rule.is_default()
-            || !rule.headers.iter().all(|h| metadata_only(&h.value))
-            || !rule.trailers.iter().all(|h| metadata_only(&h.value))
+        let (client, server) = (method.is_client_streaming(), method.is_server_streaming());
+        let streaming = client || server;
+        if client && !server
+            || (streaming && (rules.rules.len() != 1 || !rules.rules[0].is_default()))
         {
             return None;
         }
-        let (client, server) = (method.is_client_streaming(), method.is_server_streaming());
-        let reply = match (&rule.answer, client, server) {
-            (Answer::Reply(t), false, _) | (Answer::Reply(t), true, true) => {
-                DirectReply::One(Emitter::compile(t)?)
-            }
-            (Answer::Stream(stream), false, true) => {
-                if !stream
-                    .then
-                    .as_ref()
-                    .is_none_or(|e| metadata_only(&e.message))
-                {
-                    return None;
-                }
-                match &stream.source {
-                    StreamSource::Messages(ts) => DirectReply::Messages(
-                        ts.iter().map(Emitter::compile).collect::<Option<_>>()?,
-                    ),
-                    StreamSource::Repeat(n, t) => DirectReply::Repeat(*n, Emitter::compile(t)?),
-                    StreamSource::ForEach(..) => return None,
-                }
-            }
-            _ => return None,
-        };
+        let choices = rules
+            .rules
+            .iter()
+            .map(|rule| {
+                Some(Choice {
+                    conditions: rule
+                        .conditions
+                        .iter()
+                        .map(RawCondition::compile)
+                        .collect::<Option<_>>()?,
+                    reply: compile_reply(rule, client, server),
+                    rule: rule.clone(),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        if choices.iter().all(|c| c.reply.is_none()) {
+            return None;
+        }
         Some(Direct {
             layouts: Layouts::new(&method.input()),
-            rule: rule.clone(),
-            reply,
+            choices,
         })
     }
 
-    /// The rule's delay before answering.
-    pub fn delay(&self) -> Option<Duration> {
-        self.rule.delay
+    /// The rule a (canonical) request selects, as the general path would; `None` when none matches.
+    pub fn select(&self, scope: &RawScope<'_>) -> Option<&Choice> {
+        self.choices
+            .iter()
+            .find(|c| c.conditions.iter().all(|k| k.holds(scope)))
     }
+
+    /// The one rule of a streaming method.
+    pub fn only(&self) -> &Choice {
+        &self.choices[0]
+    }
+}
+
+/// A rule's reply as emitters: headers and trailers may read only metadata.
+fn compile_reply(rule: &Rule, client: bool, server: bool) -> Option<DirectReply> {
+    let metadata_only = |t: &Text| t.parts.iter().all(|p| !needs_message(p));
+    if !rule.headers.iter().all(|h| metadata_only(&h.value))
+        || !rule.trailers.iter().all(|h| metadata_only(&h.value))
+    {
+        return None;
+    }
+    Some(match (&rule.answer, client, server) {
+        (Answer::Reply(t), false, _) | (Answer::Reply(t), true, true) => {
+            DirectReply::One(Emitter::compile(t)?)
+        }
+        (Answer::Stream(stream), false, true) => {
+            if !stream
+                .then
+                .as_ref()
+                .is_none_or(|e| metadata_only(&e.message))
+            {
+                return None;
+            }
+            match &stream.source {
+                StreamSource::Messages(ts) => {
+                    DirectReply::Messages(ts.iter().map(Emitter::compile).collect::<Option<_>>()?)
+                }
+                StreamSource::Repeat(n, t) => DirectReply::Repeat(*n, Emitter::compile(t)?),
+                StreamSource::ForEach(..) => return None,
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// A `when` condition evaluated without decoding the request.
+#[derive(Debug)]
+enum RawCondition {
+    /// On metadata only: the general code, with no request.
+    Metadata(Condition),
+    /// On a scalar request field, read from its bytes as the general path reads it.
+    Field {
+        path: Vec<u32>,
+        kind: Kind,
+        op: matcher::Op,
+    },
+}
+
+impl RawCondition {
+    fn compile(condition: &Condition) -> Option<RawCondition> {
+        let path = match &condition.subject {
+            Subject::Metadata(_) => return Some(RawCondition::Metadata(condition.clone())),
+            Subject::Field(path) => path,
+        };
+        let Ty::Proto {
+            kind,
+            list: false,
+            map: false,
+        } = &path.ty
+        else {
+            return None;
+        };
+        let supported = match (&condition.op, kind) {
+            (_, Kind::Message(_)) => matches!(condition.op, matcher::Op::Present(_)),
+            (matcher::Op::Eq(_) | matcher::Op::Present(_), _) => true,
+            (matcher::Op::Contains(Value::String(_)) | matcher::Op::Regex(_), Kind::String) => true,
+            _ => false,
+        };
+        if !supported || !matches!(path.root, Root::Request) {
+            return None;
+        }
+        Some(RawCondition::Field {
+            path: request_steps(path)?,
+            kind: kind.clone(),
+            op: condition.op.clone(),
+        })
+    }
+
+    fn holds(&self, scope: &RawScope<'_>) -> bool {
+        let (path, kind, op) = match self {
+            RawCondition::Metadata(c) => {
+                return c.holds(&super::template::Scope::new(None, scope.metadata))
+            }
+            RawCondition::Field { path, kind, op } => (path, kind, op),
+        };
+        let field = field_at(scope.request, path);
+        if let matcher::Op::Present(want) = op {
+            // Canonical bytes hold a field exactly when it is set (a default without presence is
+            // never written).
+            return field.is_some() == *want;
+        }
+        let Some(value) = scalar_value(kind, field.map(|f| f.value)) else {
+            return false;
+        };
+        match (op, &value) {
+            (matcher::Op::Eq(want), v) => v == want,
+            (matcher::Op::Contains(Value::String(want)), Value::String(s)) => {
+                s.contains(want.as_str())
+            }
+            (matcher::Op::Regex(re), Value::String(s)) => re.is_match(s),
+            _ => false,
+        }
+    }
+}
+
+/// A scalar as found in canonical bytes (`None`: not set, so its default), as prost-reflect reads it.
+fn scalar_value(kind: &Kind, raw: Option<&[u8]>) -> Option<Value> {
+    let Some(mut raw) = raw else {
+        return Some(Value::default_value(kind));
+    };
+    let fixed = |raw: &[u8]| -> Option<u64> {
+        let mut b = [0u8; 8];
+        b.get_mut(..raw.len())?.copy_from_slice(raw);
+        Some(u64::from_le_bytes(b))
+    };
+    let zigzag = |v: u64| (v >> 1) as i64 ^ -((v & 1) as i64);
+    Some(match kind {
+        Kind::String => Value::String(std::str::from_utf8(raw).ok()?.to_string()),
+        Kind::Bytes => Value::Bytes(bytes::Bytes::copy_from_slice(raw)),
+        Kind::Fixed32 => Value::U32(fixed(raw)? as u32),
+        Kind::Sfixed32 => Value::I32(fixed(raw)? as u32 as i32),
+        Kind::Fixed64 => Value::U64(fixed(raw)?),
+        Kind::Sfixed64 => Value::I64(fixed(raw)? as i64),
+        Kind::Float => Value::F32(f32::from_bits(fixed(raw)? as u32)),
+        Kind::Double => Value::F64(f64::from_bits(fixed(raw)?)),
+        Kind::Message(_) => return None,
+        varint_kind => {
+            let v = canonical::read_varint(&mut raw)?;
+            match varint_kind {
+                Kind::Int32 => Value::I32(v as i32),
+                Kind::Int64 => Value::I64(v as i64),
+                Kind::Uint32 => Value::U32(v as u32),
+                Kind::Uint64 => Value::U64(v),
+                Kind::Sint32 => Value::I32(zigzag(v) as i32),
+                Kind::Sint64 => Value::I64(zigzag(v)),
+                Kind::Bool => Value::Bool(v != 0),
+                Kind::Enum(_) => Value::EnumNumber(v as i32),
+                _ => return None,
+            }
+        }
+    })
 }
 
 /// A template value that reads the call's messages (only metadata can be read without them).

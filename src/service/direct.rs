@@ -12,7 +12,7 @@ use tonic::{Response, Status, Streaming};
 use super::EncodedStream;
 use crate::codec::{decode_request, encode_reply};
 use crate::front::wire::check_reply_len;
-use crate::handlers::emit::{Direct, DirectReply, Emitter, RawScope};
+use crate::handlers::emit::{Choice, Direct, DirectReply, Emitter, RawScope};
 use crate::handlers::rule::StreamSource;
 use crate::handlers::template::{MessageTemplate, Scope};
 use crate::handlers::Answer;
@@ -34,27 +34,28 @@ pub(super) async fn unary(
     metadata: &MetadataMap,
     reserve: usize,
 ) -> Option<Result<UnaryReply, Status>> {
-    let DirectReply::One(emitter) = &direct.reply else {
-        return None;
-    };
     if !direct.layouts.is_canonical(request) {
         return None;
     }
+    let raw = raw_scope(request, None, metadata);
+    let choice = direct.select(&raw)?;
+    let Some(DirectReply::One(emitter)) = &choice.reply else {
+        return None;
+    };
     // Replies that copy from the request are about its size.
     let mut message = Vec::with_capacity(reserve + request.len() + 32);
     message.resize(reserve, 0);
-    emitter
-        .emit(&raw_scope(request, None, metadata), &mut message)
-        .ok()?;
-    if let Some(delay) = direct.delay() {
+    emitter.emit(&raw, &mut message).ok()?;
+    let rule = &choice.rule;
+    if let Some(delay) = rule.delay {
         tokio::time::sleep(delay).await;
     }
     let scope = Scope::new(None, metadata);
     Some((|| {
         Ok(UnaryReply {
-            headers: direct.rule.headers(&scope)?,
+            headers: rule.headers(&scope)?,
             message,
-            trailers: direct.rule.trailers(&scope)?,
+            trailers: rule.trailers(&scope)?,
         })
     })())
 }
@@ -123,24 +124,26 @@ async fn server_stream(
     request: Bytes,
     limit: usize,
 ) -> Result<Response<EncodedStream>, Status> {
-    let direct = method.direct.as_ref().expect("direct method");
-    if let Some(delay) = direct.delay() {
+    let choice = only(&method);
+    if let Some(delay) = choice.rule.delay {
         tokio::time::sleep(delay).await;
     }
     let scope = Scope::new(None, &metadata);
-    let headers = direct.rule.headers(&scope)?;
-    let trailers = direct.rule.trailers(&scope)?;
+    let headers = choice.rule.headers(&scope)?;
+    let trailers = choice.rule.trailers(&scope)?;
     let stream = async_stream::try_stream! {
-        let direct = method.direct.as_ref().expect("direct method");
-        let Answer::Stream(answer) = &direct.rule.answer else {
+        let choice = only(&method);
+        let reply = choice.reply.as_ref().expect("a streaming method's one rule has a direct reply");
+        let Answer::Stream(answer) = &choice.rule.answer else {
             // `reply` on a server-streaming method: one message.
-            let DirectReply::One(emitter) = &direct.reply else { unreachable!("compiled from a reply") };
-            let Answer::Reply(template) = &direct.rule.answer else { unreachable!("compiled from a reply") };
+            let (DirectReply::One(emitter), Answer::Reply(template)) = (reply, &choice.rule.answer) else {
+                unreachable!("compiled from a reply")
+            };
             yield message(emitter, template, &method, &request, true, None, None, &metadata, limit)?;
             end_with_trailers(trailers)?;
             return;
         };
-        let emitters: Box<dyn Iterator<Item = (&Emitter, Option<u64>)> + Send> = match &direct.reply {
+        let emitters: Box<dyn Iterator<Item = (&Emitter, Option<u64>)> + Send> = match reply {
             DirectReply::Messages(list) => Box::new(list.iter().map(|e| (e, None))),
             DirectReply::Repeat(n, emitter) => Box::new((0..*n).map(move |i| (emitter, Some(i)))),
             DirectReply::One(_) => unreachable!("a stream answer compiles to messages"),
@@ -171,11 +174,10 @@ fn bidi(
     mut incoming: Streaming<Bytes>,
     limit: usize,
 ) -> Result<Response<EncodedStream>, Status> {
-    let direct = method.direct.as_ref().expect("direct method");
-    let headers = direct.rule.headers(&scope_of(&metadata))?;
+    let headers = only(&method).rule.headers(&scope_of(&metadata))?;
     let stream = async_stream::try_stream! {
-        let direct = method.direct.as_ref().expect("direct method");
-        let (DirectReply::One(emitter), Answer::Reply(template)) = (&direct.reply, &direct.rule.answer) else {
+        let (direct, choice) = (method.direct.as_ref().expect("direct method"), only(&method));
+        let (Some(DirectReply::One(emitter)), Answer::Reply(template)) = (&choice.reply, &choice.rule.answer) else {
             unreachable!("a bidi method compiles from a reply")
         };
         let mut trailers = MetadataMap::new();
@@ -183,11 +185,11 @@ fn bidi(
         let mut count = 0;
         while let Some(request) = next_message.take() {
             count += 1;
-            if let Some(delay) = direct.delay() {
+            if let Some(delay) = choice.rule.delay {
                 tokio::time::sleep(delay).await;
             }
-            if !direct.rule.trailers.is_empty() {
-                extend_metadata(&mut trailers, direct.rule.trailers(&scope_of(&metadata))?);
+            if !choice.rule.trailers.is_empty() {
+                extend_metadata(&mut trailers, choice.rule.trailers(&scope_of(&metadata))?);
             }
             let canonical = direct.layouts.is_canonical(&request);
             yield message(emitter, template, &method, &request, canonical, None, Some(count), &metadata, limit)?;
@@ -238,6 +240,11 @@ fn message(
         .render(&scope)
         .map_err(|e| Status::internal(format!("cannot build the reply: {e}")))?;
     encode_reply(&reply, limit)
+}
+
+/// The one rule of a streaming method with a direct form.
+fn only(method: &Method) -> &Choice {
+    method.direct.as_ref().expect("direct method").only()
 }
 
 fn scope_of(metadata: &MetadataMap) -> Scope<'_> {
