@@ -8,63 +8,107 @@ mod http_client;
 use std::io::{Read as _, Write as _};
 
 use base64::Engine as _;
+use bytes::Bytes;
 use common::*;
-use http_client::{envelope, envelopes, get, post_json, send};
+use http_client::{envelope, envelopes, get, post_json, send, Reply};
 use prost::Message as _;
 use prost_reflect::DynamicMessage;
 
-const HANDLERS: &str = r#"
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "missing"
+fn handlers() -> String {
+    rules(&[
+        (
+            "t.Svc/Unary",
+            r#"when.request.name = "missing"
 error = { code = "NOT_FOUND", message = "no {{request.name}} here", details = [
   { "@type" = "google.rpc.ErrorInfo", reason = "GONE", domain = "t.example" },
-] }
-
-[[rule]]
-method = "t.Svc/Unary"
-when.metadata.x-tenant = "acme"
-reply = { text = "tenant acme" }
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "slow"
+] }"#,
+        ),
+        (
+            "t.Svc/Unary",
+            r#"when.metadata.x-tenant = "acme"
+reply = { text = "tenant acme" }"#,
+        ),
+        (
+            "t.Svc/Unary",
+            r#"when.request.name = "slow"
 delay = "3s"
-reply = { text = "late" }
-
-[[rule]]
-method = "t.Svc/Unary"
-headers = { x-served-by = "protodrop" }
+reply = { text = "late" }"#,
+        ),
+        (
+            "t.Svc/Unary",
+            r#"headers = { x-served-by = "protodrop" }
 trailers = { x-cost = "7" }
-reply = { text = "hello {{request.name}}", big = 9007199254740993, color = "GREEN", num = "{{request.num}}" }
-
-[[rule]]
-method = "t.Svc/Echo"
-reply = "{{request}}"
-
-[[rule]]
-method = "t.Svc/ServerStream"
-when.request.name = "fail"
+reply = { text = "hello {{request.name}}", big = 9007199254740993, color = "GREEN", num = "{{request.num}}" }"#,
+        ),
+        ("t.Svc/Echo", r#"reply = "{{request}}""#),
+        (
+            "t.Svc/ServerStream",
+            r#"when.request.name = "fail"
 stream.messages = [ { text = "one" } ]
-error = { code = "UNAVAILABLE", message = "gone away" }
-
-[[rule]]
-method = "t.Svc/ServerStream"
-trailers = { x-done = "yes" }
+error = { code = "UNAVAILABLE", message = "gone away" }"#,
+        ),
+        (
+            "t.Svc/ServerStream",
+            r#"trailers = { x-done = "yes" }
 stream.repeat = 3
-stream.message = { text = "item {{index}}", big = "{{index}}" }
-
-[[rule]]
-method = "t.Svc/ClientStream"
-reply = { text = "{{count}} messages, first {{first.name}}, last {{request.name}}" }
-
-[[rule]]
-method = "t.Svc/Bidi"
-reply = { text = "echo {{request.name}}" }
-"#;
+stream.message = { text = "item {{index}}", big = "{{index}}" }"#,
+        ),
+        (
+            "t.Svc/ClientStream",
+            r#"reply = { text = "{{count}} messages, first {{first.name}}, last {{request.name}}" }"#,
+        ),
+        (
+            "t.Svc/Bidi",
+            r#"reply = { text = "echo {{request.name}}" }"#,
+        ),
+    ])
+}
 
 fn server() -> Server {
-    Server::start(&t_proto(), &[("t.toml", HANDLERS)])
+    start_t(&handlers())
+}
+
+/// `POST path` with these headers.
+async fn post(s: &Server, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+    send(s.addr, "POST", path, headers, body).await
+}
+
+/// `POST path` with this content type and no other header.
+async fn post_as(s: &Server, path: &str, content_type: &str, body: impl Into<Bytes>) -> Reply {
+    post(s, path, &[("content-type", content_type)], body).await
+}
+
+/// [`post_as`], answered with HTTP 200.
+async fn post_ok(s: &Server, path: &str, content_type: &str, body: impl Into<Bytes>) -> Reply {
+    let r = post_as(s, path, content_type, body).await;
+    r.expect(200);
+    r
+}
+
+/// `POST path` with `content-type: application/json` and then `headers`.
+async fn post_json_with(
+    s: &Server,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    post(s, path, &all, body).await
+}
+
+/// A Connect error answer: this HTTP status and this `code` in the error JSON, which it returns.
+#[track_caller]
+fn connect_error(r: &Reply, status: u16, code: &str) -> serde_json::Value {
+    r.expect(status);
+    let body = r.json();
+    assert_eq!(body["code"], code, "{body}");
+    body
+}
+
+/// The end-stream message's JSON, from its envelope's payload.
+fn end_stream(payload: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(payload).unwrap()
 }
 
 fn pool(s: &Server) -> prost_reflect::DescriptorPool {
@@ -87,14 +131,10 @@ fn proto_json(s: &Server, type_name: &str, bytes: &[u8]) -> serde_json::Value {
 #[tokio::test]
 async fn unary_json_with_headers_and_prefixed_trailers() {
     let s = server();
-    let r = send(
-        s.addr,
-        "POST",
+    let r = post_json_with(
+        &s,
         "/t.Svc/Unary",
-        &[
-            ("content-type", "application/json"),
-            ("connect-protocol-version", "1"),
-        ],
+        &[("connect-protocol-version", "1")],
         r#"{"name":"ann","num":4}"#,
     )
     .await;
@@ -118,34 +158,21 @@ async fn the_protocol_version_header_may_be_left_out_but_not_wrong() {
     post_json(s.addr, "/t.Svc/Unary", r#"{"name":"curl"}"#)
         .await
         .expect(200);
-    let r = send(
-        s.addr,
-        "POST",
+    let r = post_json_with(
+        &s,
         "/t.Svc/Unary",
-        &[
-            ("content-type", "application/json"),
-            ("connect-protocol-version", "2"),
-        ],
+        &[("connect-protocol-version", "2")],
         "{}",
     )
     .await;
-    r.expect(400);
-    assert_eq!(r.json()["code"], "invalid_argument");
+    connect_error(&r, 400, "invalid_argument");
 }
 
 #[tokio::test]
 async fn unary_binary_proto() {
     let s = server();
     let body = proto_bytes(&s, "t.Req", json!({"name": "bin", "num": 2}));
-    let r = send(
-        s.addr,
-        "POST",
-        "/t.Svc/Unary",
-        &[("content-type", "application/proto")],
-        body,
-    )
-    .await;
-    r.expect(200);
+    let r = post_ok(&s, "/t.Svc/Unary", "application/proto", body).await;
     assert_eq!(
         r.header("content-type").as_deref(),
         Some("application/proto")
@@ -160,13 +187,11 @@ async fn unary_binary_proto() {
 async fn error_is_connect_json_with_the_mapped_http_status() {
     let s = server();
     let r = post_json(s.addr, "/t.Svc/Unary", r#"{"name":"missing"}"#).await;
-    r.expect(404);
+    let body = connect_error(&r, 404, "not_found");
     assert_eq!(
         r.header("content-type").as_deref(),
         Some("application/json")
     );
-    let body = r.json();
-    assert_eq!(body["code"], "not_found");
     assert_eq!(body["message"], "no missing here");
     let detail = &body["details"][0];
     assert_eq!(detail["type"], "google.rpc.ErrorInfo");
@@ -194,50 +219,37 @@ async fn error_is_connect_json_with_the_mapped_http_status() {
 async fn no_handler_unknown_method_and_bad_json_are_connect_errors() {
     let s = server();
     let r = post_json(s.addr, "/t.Svc/Ping", "{}").await;
-    r.expect(501);
-    assert_eq!(r.json()["code"], "unimplemented");
-    assert!(r.json()["message"]
+    let body = connect_error(&r, 501, "unimplemented");
+    assert!(body["message"]
         .as_str()
         .unwrap()
         .contains("no handler for t.Svc/Ping"));
 
     let r = post_json(s.addr, "/t.Svc/Nope", "{}").await;
-    r.expect(404);
-    assert_eq!(r.json()["code"], "unimplemented");
+    connect_error(&r, 404, "unimplemented");
     assert!(r.text().contains("no method 'Nope'"), "{}", r.text());
 
     let r = post_json(s.addr, "/t.Svc/Unary", r#"{"nmae":"x"}"#).await;
-    r.expect(400);
-    assert_eq!(r.json()["code"], "invalid_argument");
+    connect_error(&r, 400, "invalid_argument");
     assert!(r.text().contains("nmae"), "{}", r.text());
 
     let r = post_json(s.addr, "/t.Svc/Unary", r#"{"name":"#).await;
-    r.expect(400);
-    assert_eq!(r.json()["code"], "invalid_argument");
+    connect_error(&r, 400, "invalid_argument");
 
-    let r = send(
-        s.addr,
-        "POST",
+    let r = post_as(
+        &s,
         "/t.Svc/Unary",
-        &[("content-type", "application/proto")],
+        "application/proto",
         vec![0xff, 0xff, 0xff],
     )
     .await;
-    r.expect(400);
-    assert_eq!(r.json()["code"], "invalid_argument");
+    connect_error(&r, 400, "invalid_argument");
 }
 
 #[tokio::test]
 async fn request_headers_are_metadata_for_conditions() {
     let s = server();
-    let r = send(
-        s.addr,
-        "POST",
-        "/t.Svc/Unary",
-        &[("content-type", "application/json"), ("x-tenant", "acme")],
-        "{}",
-    )
-    .await;
+    let r = post_json_with(&s, "/t.Svc/Unary", &[("x-tenant", "acme")], "{}").await;
     assert_eq!(r.expect(200).json(), json!({"text": "tenant acme"}));
 }
 
@@ -262,15 +274,13 @@ async fn well_known_types_and_empty_bodies() {
 #[tokio::test]
 async fn server_stream_in_envelopes_ends_with_trailers() {
     let s = server();
-    let r = send(
-        s.addr,
-        "POST",
+    let r = post_ok(
+        &s,
         "/t.Svc/ServerStream",
-        &[("content-type", "application/connect+json")],
+        "application/connect+json",
         envelope(0, br#"{"name":"s"}"#),
     )
     .await;
-    r.expect(200);
     assert_eq!(
         r.header("content-type").as_deref(),
         Some("application/connect+json")
@@ -294,27 +304,25 @@ async fn server_stream_in_envelopes_ends_with_trailers() {
     );
     let (flags, end) = &frames[3];
     assert_eq!(*flags, 0x02, "the last envelope is the end-stream message");
-    let end: serde_json::Value = serde_json::from_slice(end).unwrap();
+    let end = end_stream(end);
     assert_eq!(end, json!({"metadata": {"x-done": ["yes"]}}));
 }
 
 #[tokio::test]
 async fn server_stream_error_after_messages_is_in_the_end_stream_message() {
     let s = server();
-    let r = send(
-        s.addr,
-        "POST",
+    let r = post_ok(
+        &s,
         "/t.Svc/ServerStream",
-        &[("content-type", "application/connect+json")],
+        "application/connect+json",
         envelope(0, br#"{"name":"fail"}"#),
     )
     .await;
-    r.expect(200);
     let frames = envelopes(&r.body);
     assert_eq!(frames.len(), 2, "{frames:?}");
     assert_eq!(frames[0], (0, br#"{"text":"one"}"#.to_vec()));
     assert_eq!(frames[1].0, 0x02);
-    let end: serde_json::Value = serde_json::from_slice(&frames[1].1).unwrap();
+    let end = end_stream(&frames[1].1);
     assert_eq!(
         end,
         json!({"error": {"code": "unavailable", "message": "gone away"}})
@@ -324,15 +332,13 @@ async fn server_stream_error_after_messages_is_in_the_end_stream_message() {
 #[tokio::test]
 async fn server_stream_in_binary() {
     let s = server();
-    let r = send(
-        s.addr,
-        "POST",
+    let r = post_ok(
+        &s,
         "/t.Svc/ServerStream",
-        &[("content-type", "application/connect+proto")],
+        "application/connect+proto",
         envelope(0, &proto_bytes(&s, "t.Req", json!({"name": "b"}))),
     )
     .await;
-    r.expect(200);
     let frames = envelopes(&r.body);
     assert_eq!(frames.len(), 4);
     assert_eq!(
@@ -348,15 +354,14 @@ async fn client_stream_and_bidi_over_envelopes() {
     let mut body = envelope(0, br#"{"name":"a"}"#);
     body.extend(envelope(0, br#"{"name":"b"}"#));
     body.extend(envelope(0, br#"{"name":"c"}"#));
-    let r = send(
-        s.addr,
-        "POST",
+    let r = post_ok(
+        &s,
         "/t.Svc/ClientStream",
-        &[("content-type", "application/connect+json")],
+        "application/connect+json",
         body.clone(),
     )
     .await;
-    let frames = envelopes(&r.expect(200).body);
+    let frames = envelopes(&r.body);
     assert_eq!(
         frames,
         vec![
@@ -365,14 +370,7 @@ async fn client_stream_and_bidi_over_envelopes() {
         ]
     );
     // Bidi works when the client sends its messages before reading (as HTTP/1.1 clients do).
-    let r = send(
-        s.addr,
-        "POST",
-        "/t.Svc/Bidi",
-        &[("content-type", "application/connect+json")],
-        body,
-    )
-    .await;
+    let r = post_as(&s, "/t.Svc/Bidi", "application/connect+json", body).await;
     let texts: Vec<Vec<u8>> = envelopes(&r.expect(200).body)
         .into_iter()
         .map(|(_, m)| m)
@@ -392,21 +390,13 @@ async fn client_stream_and_bidi_over_envelopes() {
 async fn streaming_methods_need_the_streaming_content_type() {
     let s = server();
     let r = post_json(s.addr, "/t.Svc/ServerStream", "{}").await;
-    r.expect(415);
-    assert_eq!(r.json()["code"], "unimplemented");
+    connect_error(&r, 415, "unimplemented");
     assert!(
         r.text().contains("application/connect+json"),
         "{}",
         r.text()
     );
-    let r = send(
-        s.addr,
-        "POST",
-        "/t.Svc/Unary",
-        &[("content-type", "application/protobuf")],
-        "",
-    )
-    .await;
+    let r = post_as(&s, "/t.Svc/Unary", "application/protobuf", "").await;
     r.expect(415);
 }
 
@@ -415,16 +405,9 @@ async fn a_truncated_envelope_is_an_error_in_the_end_stream_message() {
     let s = server();
     let mut body = envelope(0, br#"{"name":"s"}"#);
     body.truncate(8);
-    let r = send(
-        s.addr,
-        "POST",
-        "/t.Svc/ServerStream",
-        &[("content-type", "application/connect+json")],
-        body,
-    )
-    .await;
-    let frames = envelopes(&r.expect(200).body);
-    let end: serde_json::Value = serde_json::from_slice(&frames.last().unwrap().1).unwrap();
+    let r = post_ok(&s, "/t.Svc/ServerStream", "application/connect+json", body).await;
+    let frames = envelopes(&r.body);
+    let end = end_stream(&frames.last().unwrap().1);
     assert_eq!(end["error"]["code"], "invalid_argument", "{end}");
 }
 
@@ -445,15 +428,10 @@ fn gunzip(data: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn gzip_both_ways() {
     let s = server();
-    let r = send(
-        s.addr,
-        "POST",
+    let r = post_json_with(
+        &s,
         "/t.Svc/Echo",
-        &[
-            ("content-type", "application/json"),
-            ("content-encoding", "gzip"),
-            ("accept-encoding", "gzip"),
-        ],
+        &[("content-encoding", "gzip"), ("accept-encoding", "gzip")],
         gzip(br#"{"name":"zipped"}"#),
     )
     .await;
@@ -462,9 +440,8 @@ async fn gzip_both_ways() {
     assert_eq!(gunzip(&r.body), br#"{"name":"zipped"}"#);
 
     // Streaming: per-envelope compression flag, connect-content-encoding.
-    let r = send(
-        s.addr,
-        "POST",
+    let r = post(
+        &s,
         "/t.Svc/ServerStream",
         &[
             ("content-type", "application/connect+json"),
@@ -488,17 +465,7 @@ async fn gzip_both_ways() {
         "the end-stream message is not compressed"
     );
 
-    let r = send(
-        s.addr,
-        "POST",
-        "/t.Svc/Echo",
-        &[
-            ("content-type", "application/json"),
-            ("content-encoding", "br"),
-        ],
-        "x",
-    )
-    .await;
+    let r = post_json_with(&s, "/t.Svc/Echo", &[("content-encoding", "br")], "x").await;
     r.expect(501);
     assert!(r.text().contains("gzip, identity"), "{}", r.text());
 }
@@ -507,44 +474,26 @@ async fn gzip_both_ways() {
 async fn connect_timeout_ms_ends_the_call_with_deadline_exceeded() {
     let s = server();
     let start = std::time::Instant::now();
-    let r = send(
-        s.addr,
-        "POST",
+    let r = post_json_with(
+        &s,
         "/t.Svc/Unary",
-        &[
-            ("content-type", "application/json"),
-            ("connect-timeout-ms", "200"),
-        ],
+        &[("connect-timeout-ms", "200")],
         r#"{"name":"slow"}"#,
     )
     .await;
-    r.expect(504);
-    assert_eq!(r.json()["code"], "deadline_exceeded");
+    connect_error(&r, 504, "deadline_exceeded");
     assert!(start.elapsed() < std::time::Duration::from_secs(2));
 
-    let r = send(
-        s.addr,
-        "POST",
-        "/t.Svc/Unary",
-        &[
-            ("content-type", "application/json"),
-            ("connect-timeout-ms", "soon"),
-        ],
-        "{}",
-    )
-    .await;
+    let r = post_json_with(&s, "/t.Svc/Unary", &[("connect-timeout-ms", "soon")], "{}").await;
     r.expect(400);
 }
 
 #[tokio::test]
 async fn get_requests_for_unary_methods() {
     let s = server();
-    let r = get(
-        s.addr,
-        "/t.Svc/Echo?encoding=json&message=%7B%22name%22%3A%22got%22%7D&connect=v1",
-    )
-    .await;
-    assert_eq!(r.expect(200).json(), json!({"name": "got"}));
+    let path = "/t.Svc/Echo?encoding=json&message=%7B%22name%22%3A%22got%22%7D&connect=v1";
+    let echoed = get(s.addr, path).await.expect(200).json();
+    assert_eq!(echoed, json!({"name": "got"}));
 
     let message = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(proto_bytes(
         &s,
@@ -564,27 +513,18 @@ async fn get_requests_for_unary_methods() {
 async fn reflection_and_health_answer_over_connect_too() {
     let s = server();
     // grpc.health.v1.Health/Check, unary: `{}` in, `status: SERVING` (field 1 = 1) out.
-    let r = send(
-        s.addr,
-        "POST",
-        "/grpc.health.v1.Health/Check",
-        &[("content-type", "application/proto")],
-        "",
-    )
-    .await;
-    r.expect(200);
+    let r = post_ok(&s, "/grpc.health.v1.Health/Check", "application/proto", "").await;
     assert_eq!(r.body, vec![0x08, 0x01]);
 
     // Reflection is a bidi stream: `list_services` (field 7, empty string) in one envelope.
-    let r = send(
-        s.addr,
-        "POST",
+    let r = post_ok(
+        &s,
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        &[("content-type", "application/connect+proto")],
+        "application/connect+proto",
         envelope(0, &[0x3a, 0x00]),
     )
     .await;
-    let frames = envelopes(&r.expect(200).body);
+    let frames = envelopes(&r.body);
     assert_eq!(frames.len(), 2, "{frames:?}");
     assert_eq!(frames[0].0, 0);
     let listing = String::from_utf8_lossy(&frames[0].1);
@@ -592,9 +532,8 @@ async fn reflection_and_health_answer_over_connect_too() {
     assert_eq!(frames[1], (0x02, b"{}".to_vec()));
 
     // A watch that outlives connect-timeout-ms ends with deadline_exceeded.
-    let r = send(
-        s.addr,
-        "POST",
+    let r = post(
+        &s,
         "/grpc.health.v1.Health/Watch",
         &[
             ("content-type", "application/connect+proto"),
@@ -606,7 +545,7 @@ async fn reflection_and_health_answer_over_connect_too() {
     let frames = envelopes(&r.expect(200).body);
     let (flags, end) = frames.last().unwrap();
     assert_eq!(*flags, 0x02);
-    let end: serde_json::Value = serde_json::from_slice(end).unwrap();
+    let end = end_stream(end);
     assert_eq!(end["error"]["code"], "deadline_exceeded");
 
     // JSON would need these services' descriptors.
@@ -619,13 +558,7 @@ async fn reflection_and_health_answer_over_connect_too() {
 #[tokio::test]
 async fn unary_framing_on_a_built_in_stream_is_refused_not_left_hanging() {
     let s = server();
-    let call = send(
-        s.addr,
-        "POST",
-        "/grpc.health.v1.Health/Watch",
-        &[("content-type", "application/proto")],
-        "",
-    );
+    let call = post_as(&s, "/grpc.health.v1.Health/Watch", "application/proto", "");
     let r = tokio::time::timeout(std::time::Duration::from_secs(5), call)
         .await
         .expect("answered, not left hanging");
@@ -638,15 +571,10 @@ async fn unary_framing_on_a_built_in_stream_is_refused_not_left_hanging() {
 async fn a_zero_weight_in_accept_encoding_refuses_gzip_whatever_its_spelling() {
     let s = server();
     for accept in ["gzip;q=0.0", "gzip; q=0.000", "gzip;Q=0, identity"] {
-        let r = send(
-            s.addr,
-            "POST",
+        let r = post_json_with(
+            &s,
             "/t.Svc/Echo",
-            &[
-                ("content-type", "application/json"),
-                ("content-encoding", "gzip"),
-                ("accept-encoding", accept),
-            ],
+            &[("content-encoding", "gzip"), ("accept-encoding", accept)],
             gzip(br#"{"name":"plain"}"#),
         )
         .await;
@@ -654,14 +582,10 @@ async fn a_zero_weight_in_accept_encoding_refuses_gzip_whatever_its_spelling() {
         assert_eq!(r.header("content-encoding"), None, "{accept}");
         assert_eq!(r.json()["name"], "plain", "{accept}");
     }
-    let r = send(
-        s.addr,
-        "POST",
+    let r = post_json_with(
+        &s,
         "/t.Svc/Echo",
-        &[
-            ("content-type", "application/json"),
-            ("accept-encoding", "gzip;q=0.5"),
-        ],
+        &[("accept-encoding", "gzip;q=0.5")],
         r#"{"name":"zipped"}"#,
     )
     .await;
@@ -674,17 +598,6 @@ async fn a_zero_weight_in_accept_encoding_refuses_gzip_whatever_its_spelling() {
 #[tokio::test]
 async fn a_zero_connect_timeout_is_invalid() {
     let s = server();
-    let r = send(
-        s.addr,
-        "POST",
-        "/t.Svc/Echo",
-        &[
-            ("content-type", "application/json"),
-            ("connect-timeout-ms", "0"),
-        ],
-        "{}",
-    )
-    .await;
-    r.expect(400);
-    assert_eq!(r.json()["code"], "invalid_argument");
+    let r = post_json_with(&s, "/t.Svc/Echo", &[("connect-timeout-ms", "0")], "{}").await;
+    connect_error(&r, 400, "invalid_argument");
 }

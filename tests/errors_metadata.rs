@@ -42,50 +42,38 @@ async fn every_code_by_name_and_by_number() {
         } else {
             name.to_string()
         };
-        rules.push_str(&format!(
-            "[[rule]]\nmethod = \"t.Svc/Unary\"\nwhen.request.num = {n}\nerror.code = \"{written}\"\nerror.message = \"by name {n}\"\n\n"
-        ));
-        rules.push_str(&format!(
-            "[[rule]]\nmethod = \"t.Svc/Echo\"\nwhen.request.num = {n}\nerror.code = {n}\nerror.message = \"by number {n}\"\n\n"
-        ));
+        rules += &rule(
+            "t.Svc/Unary",
+            &format!("when.request.num = {n}\nerror.code = \"{written}\"\nerror.message = \"by name {n}\""),
+        );
+        rules += &rule(
+            "t.Svc/Echo",
+            &format!("when.request.num = {n}\nerror.code = {n}\nerror.message = \"by number {n}\""),
+        );
     }
-    let s = Server::start(&t_proto(), &[("t.toml", &rules)]);
-    let c = s.client().await;
+    let (_s, c) = serve_t(&rules).await;
     for n in 1..=16i32 {
-        let out = c.unary("t.Svc/Unary", json!({ "num": n })).await;
-        assert_eq!(
-            out.code(),
-            Code::from_i32(n),
-            "{} by name: got {:?}",
-            CODES[n as usize],
-            out.status
-        );
-        assert_eq!(out.message(), format!("by name {n}"));
-        let out = c.unary("t.Svc/Echo", json!({ "num": n })).await;
-        assert_eq!(
-            out.code(),
-            Code::from_i32(n),
-            "code {n} by number: got {:?}",
-            out.status
-        );
-        assert_eq!(out.message(), format!("by number {n}"));
+        for (method, by) in [("t.Svc/Unary", "by name"), ("t.Svc/Echo", "by number")] {
+            let out = c.unary(method, json!({ "num": n })).await;
+            assert_eq!(
+                out.code(),
+                Code::from_i32(n),
+                "{} (code {n}) {by}: got {:?}",
+                CODES[n as usize],
+                out.status
+            );
+            assert_eq!(out.message(), format!("{by} {n}"));
+        }
     }
 }
 
 #[tokio::test]
 async fn templated_error_message() {
-    let s = Server::start(
-        &t_proto(),
-        &[(
-            "t.toml",
-            r#"
-[[rule]]
-method = "t.Svc/Unary"
-error = { code = "NOT_FOUND", message = "unknown user: {{request.name}} ({{request.num}}, {{request.color}}, {{metadata.x-trace}})" }
-"#,
-        )],
-    );
-    let c = s.client().await;
+    let (_s, c) = serve_t(&rule(
+        "t.Svc/Unary",
+        r#"error = { code = "NOT_FOUND", message = "unknown user: {{request.name}} ({{request.num}}, {{request.color}}, {{metadata.x-trace}})" }"#,
+    ))
+    .await;
     let out = c
         .unary_md(
             "t.Svc/Unary",
@@ -99,23 +87,16 @@ error = { code = "NOT_FOUND", message = "unknown user: {{request.name}} ({{reque
 
 #[tokio::test]
 async fn error_details_are_a_google_rpc_status() {
-    let s = Server::start(
-        &t_proto(),
-        &[(
-            "t.toml",
-            r#"
-[[rule]]
-method = "t.Svc/Unary"
-error.code = "NOT_FOUND"
+    let (_s, c) = serve_t(&rule(
+        "t.Svc/Unary",
+        r#"error.code = "NOT_FOUND"
 error.message = "no user {{request.name}}"
 error.details = [
   { "@type" = "google.rpc.ErrorInfo", reason = "USER_UNKNOWN", domain = "example.com", metadata = { user = "u1" } },
   { "@type" = "type.googleapis.com/google.rpc.BadRequest", field_violations = [{ field = "name", description = "unknown" }] },
-]
-"#,
-        )],
-    );
-    let c = s.client().await;
+]"#,
+    ))
+    .await;
     let out = c.unary("t.Svc/Unary", json!({ "name": "bob" })).await;
     assert_eq!(out.err(Code::NotFound), "no user bob");
     let details = status_details(&out.status);
@@ -138,48 +119,40 @@ error.details = [
     );
 }
 
-const METADATA_RULES: &str = r#"
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "ok"
+fn metadata_rules() -> String {
+    rules(&[
+        (
+            "t.Svc/Unary",
+            r#"when.request.name = "ok"
 reply.text = "fine"
 headers = { x-greeting = "hi {{request.num}}" }
-trailers = { x-done = "yes {{request.name}}" }
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "fail"
+trailers = { x-done = "yes {{request.name}}" }"#,
+        ),
+        (
+            "t.Svc/Unary",
+            r#"when.request.name = "fail"
 error.code = "ABORTED"
 headers = { x-greeting = "hi" }
-trailers = { x-why = "because" }
-
-[[rule]]
-method = "t.Svc/ServerStream"
-stream.messages = [{ num = 1 }, { num = 2 }]
+trailers = { x-why = "because" }"#,
+        ),
+        (
+            "t.Svc/ServerStream",
+            r#"stream.messages = [{ num = 1 }, { num = 2 }]
 headers = { x-h = "stream" }
-trailers = { x-t = "end {{request.name}}" }
-"#;
+trailers = { x-t = "end {{request.name}}" }"#,
+        ),
+    ])
+}
 
 #[tokio::test]
 async fn headers_and_trailers() {
-    let s = Server::start(&t_proto(), &[("t.toml", METADATA_RULES)]);
-    let c = s.client().await;
+    let (_s, c) = serve_t(&metadata_rules()).await;
     let out = c
         .unary("t.Svc/Unary", json!({ "name": "ok", "num": 3 }))
         .await;
     assert_eq!(out.single(), &json!({ "text": "fine" }));
-    assert_eq!(
-        out.header("x-greeting").as_deref(),
-        Some("hi 3"),
-        "headers: {:?}",
-        out.headers
-    );
-    assert_eq!(
-        out.trailer("x-done").as_deref(),
-        Some("yes ok"),
-        "trailers: {:?}",
-        out.trailers
-    );
+    out.expect_header("x-greeting", "hi 3");
+    out.expect_trailer("x-done", "yes ok");
     assert!(
         out.headers.get("x-done").is_none(),
         "trailers are not sent as headers"
@@ -194,27 +167,20 @@ async fn headers_and_trailers() {
         .await;
     out.ok();
     assert_eq!(out.messages.len(), 2);
-    assert_eq!(out.header("x-h").as_deref(), Some("stream"));
-    assert_eq!(out.trailer("x-t").as_deref(), Some("end s"));
+    out.expect_header("x-h", "stream");
+    out.expect_trailer("x-t", "end s");
 }
 
 /// Keys ending in `-bin` take base64 values and carry the decoded bytes (README.md, "Handler reference").
 #[tokio::test]
 async fn binary_headers_and_trailers() {
-    let s = Server::start(
-        &t_proto(),
-        &[(
-            "t.toml",
-            r#"
-[[rule]]
-method = "t.Svc/Unary"
-reply.text = "fine"
+    let (_s, c) = serve_t(&rule(
+        "t.Svc/Unary",
+        r#"reply.text = "fine"
 headers = { x-raw-bin = "AAH/" }
-trailers = { x-sum-bin = "3q2+7w==" }
-"#,
-        )],
-    );
-    let c = s.client().await;
+trailers = { x-sum-bin = "3q2+7w==" }"#,
+    ))
+    .await;
     let out = c.unary("t.Svc/Unary", json!({})).await;
     assert_eq!(out.single(), &json!({ "text": "fine" }));
     let raw = out
@@ -235,90 +201,68 @@ trailers = { x-sum-bin = "3q2+7w==" }
 
 #[tokio::test]
 async fn an_error_carries_the_rules_headers_and_trailers() {
-    let s = Server::start(&t_proto(), &[("t.toml", METADATA_RULES)]);
-    let c = s.client().await;
+    let (_s, c) = serve_t(&metadata_rules()).await;
     let out = c.unary("t.Svc/Unary", json!({ "name": "fail" })).await;
     out.err(Code::Aborted);
     // A trailers-only error response: everything arrives with the status.
+    let status_md = |key| out.status.metadata().get(key).map(|v| v.to_str().unwrap());
     assert_eq!(
-        out.status
-            .metadata()
-            .get("x-greeting")
-            .map(|v| v.to_str().unwrap()),
+        status_md("x-greeting"),
         Some("hi"),
         "{:?}",
         out.status.metadata()
     );
-    assert_eq!(
-        out.status
-            .metadata()
-            .get("x-why")
-            .map(|v| v.to_str().unwrap()),
-        Some("because")
+    assert_eq!(status_md("x-why"), Some("because"));
+}
+
+/// The call took at least `ms` milliseconds.
+#[track_caller]
+fn answered_after(out: &Outcome, ms: u64) {
+    assert!(
+        out.elapsed >= Duration::from_millis(ms),
+        "answered after {:?}",
+        out.elapsed
     );
 }
 
 #[tokio::test]
 async fn delay_waits_before_answering() {
-    let s = Server::start(
-        &t_proto(),
-        &[(
-            "t.toml",
-            r#"
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "slow"
+    let (_s, c) = serve_t(&rules(&[
+        (
+            "t.Svc/Unary",
+            r#"when.request.name = "slow"
 delay = "400ms"
-reply.text = "late"
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "slow-error"
+reply.text = "late""#,
+        ),
+        (
+            "t.Svc/Unary",
+            r#"when.request.name = "slow-error"
 delay = "300ms"
-error.code = "UNAVAILABLE"
-
-[[rule]]
-method = "t.Svc/Unary"
-reply.text = "now"
-"#,
-        )],
-    );
-    let c = s.client().await;
+error.code = "UNAVAILABLE""#,
+        ),
+        ("t.Svc/Unary", r#"reply.text = "now""#),
+    ]))
+    .await;
     let fast = c.unary("t.Svc/Unary", json!({})).await;
     assert_eq!(fast.single(), &json!({ "text": "now" }));
     let out = c.unary("t.Svc/Unary", json!({ "name": "slow" })).await;
     assert_eq!(out.single(), &json!({ "text": "late" }));
-    assert!(
-        out.elapsed >= Duration::from_millis(400),
-        "answered after {:?}",
-        out.elapsed
-    );
+    answered_after(&out, 400);
     let out = c
         .unary("t.Svc/Unary", json!({ "name": "slow-error" }))
         .await;
     out.err(Code::Unavailable);
-    assert!(
-        out.elapsed >= Duration::from_millis(300),
-        "answered after {:?}",
-        out.elapsed
-    );
+    answered_after(&out, 300);
 }
 
 #[tokio::test]
 async fn stream_then_error() {
-    let s = Server::start(
-        &t_proto(),
-        &[(
-            "t.toml",
-            r#"
-[[rule]]
-method = "t.Svc/ServerStream"
-stream.messages = [{ text = "one" }, { text = "two {{request.name}}" }]
-error = { code = "DATA_LOSS", message = "lost after two for {{request.name}}" }
-"#,
-        )],
-    );
-    let c = s.client().await;
+    let (_s, c) = serve_t(&rule(
+        "t.Svc/ServerStream",
+        r#"stream.messages = [{ text = "one" }, { text = "two {{request.name}}" }]
+error = { code = "DATA_LOSS", message = "lost after two for {{request.name}}" }"#,
+    ))
+    .await;
     let out = c
         .server_stream("t.Svc/ServerStream", json!({ "name": "n" }))
         .await;

@@ -15,51 +15,99 @@ use prost::Message as _;
 use prost_reflect::{DescriptorPool, DynamicMessage};
 use serde_json::Value as Json;
 
-const HANDLERS: &str = r#"
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "missing"
-error = { code = "NOT_FOUND", message = "no such thing: {{request.name}}" }
-
-[[rule]]
-method = "t.Svc/Unary"
-reply = { text = "hello {{request.name}}", num = 7 }
+fn handlers() -> String {
+    rules(&[
+        (
+            "t.Svc/Unary",
+            r#"when.request.name = "missing"
+error = { code = "NOT_FOUND", message = "no such thing: {{request.name}}" }"#,
+        ),
+        (
+            "t.Svc/Unary",
+            r#"reply = { text = "hello {{request.name}}", num = 7 }
 headers = { x-head = "h-{{request.name}}" }
-trailers = { x-trail = "t-{{request.name}}" }
-
-[[rule]]
-method = "t.Svc/ServerStream"
-when.request.flag = true
+trailers = { x-trail = "t-{{request.name}}" }"#,
+        ),
+        (
+            "t.Svc/ServerStream",
+            r#"when.request.flag = true
 stream.repeat = 3
 stream.message = { text = "slow {{index}}", num = "{{index}}" }
-stream.delay = "300ms"
-
-[[rule]]
-method = "t.Svc/ServerStream"
-when.request.name = "fail"
+stream.delay = "300ms""#,
+        ),
+        (
+            "t.Svc/ServerStream",
+            r#"when.request.name = "fail"
 stream.repeat = 2
 stream.message = { text = "before {{index}}" }
-error = { code = "ABORTED", message = "stopped after two" }
-
-[[rule]]
-method = "t.Svc/ServerStream"
-stream.repeat = 3
-stream.message = { text = "{{request.name}} #{{index}}", num = "{{index}}" }
-"#;
+error = { code = "ABORTED", message = "stopped after two" }"#,
+        ),
+        (
+            "t.Svc/ServerStream",
+            r#"stream.repeat = 3
+stream.message = { text = "{{request.name}} #{{index}}", num = "{{index}}" }"#,
+        ),
+    ])
+}
 
 const BINARY: &str = "application/grpc-web+proto";
 const TEXT: &str = "application/grpc-web-text";
 
-fn start(args: &[&str]) -> Server {
-    let mut options = Options::default();
-    for a in args {
-        options = options.arg(*a);
-    }
-    Server::start_with(&t_proto(), &[("t.toml", HANDLERS)], options)
+/// A server on [`handlers`], and the descriptors to write its requests and read its replies.
+struct Web {
+    server: Server,
+    pool: DescriptorPool,
 }
 
-fn pool(server: &Server) -> DescriptorPool {
-    compile_protos(&server.protos_dir(), &[]).unwrap()
+impl Web {
+    /// With these extra `serve` arguments.
+    fn start(args: &[&str]) -> Web {
+        let mut options = Options::default();
+        for a in args {
+            options = options.arg(*a);
+        }
+        Self::start_with(options)
+    }
+
+    fn start_with(options: Options) -> Web {
+        let server = Server::start_with(&t_proto(), &[("t.toml", &handlers())], options);
+        let pool = compile_protos(&server.protos_dir(), &[]).unwrap();
+        Web { server, pool }
+    }
+
+    /// A gRPC-Web call to `path` with `extra` headers, its request the `t.Req` written as `request`.
+    async fn call(
+        &self,
+        path: &str,
+        content_type: &str,
+        extra: Headers<'_>,
+        request: Json,
+    ) -> WebReply {
+        let desc = self.pool.get_message_by_name("t.Req").unwrap();
+        let body = DynamicMessage::deserialize(desc, request)
+            .unwrap()
+            .encode_to_vec();
+        grpc_web(&self.server, path, content_type, extra, &body).await
+    }
+
+    /// [`Web::call`] that accepts its own content type, as gRPC-Web clients send.
+    async fn call_accepting(&self, path: &str, content_type: &str, request: Json) -> WebReply {
+        let accept = [("accept", content_type)];
+        self.call(path, content_type, &accept, request).await
+    }
+
+    /// A `t.Svc/Unary` call from a page of `origin`, for `{ name }`.
+    async fn unary_from(&self, content_type: &str, origin: &str, name: &str) -> WebReply {
+        let origin = [("origin", origin)];
+        let request = json!({ "name": name });
+        self.call("/t.Svc/Unary", content_type, &origin, request)
+            .await
+    }
+
+    /// The reply's messages, read as `t.Resp`.
+    fn replies(&self, reply: &WebReply) -> Vec<Json> {
+        reply.decode(&self.pool, "t.Resp")
+    }
 }
 
 fn b64() -> base64::engine::GeneralPurpose {
@@ -284,17 +332,9 @@ async fn grpc_web(
         .expect("gRPC-Web call timed out")
 }
 
-fn req(pool: &DescriptorPool, json: Json) -> Vec<u8> {
-    let desc = pool.get_message_by_name("t.Req").unwrap();
-    DynamicMessage::deserialize(desc, json)
-        .unwrap()
-        .encode_to_vec()
-}
-
 #[tokio::test]
 async fn unary_in_binary_and_text_framing() {
-    let s = start(&[]);
-    let pool = pool(&s);
+    let w = Web::start(&[]);
     for (content_type, accept) in [
         (BINARY, None),
         ("application/grpc-web", None),
@@ -307,8 +347,8 @@ async fn unary_in_binary_and_text_framing() {
         (TEXT, Some("*/*")),
     ] {
         let extra: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
-        let body = req(&pool, json!({ "name": "web" }));
-        let r = grpc_web(&s, "/t.Svc/Unary", content_type, &extra, &body).await;
+        let request = json!({ "name": "web" });
+        let r = w.call("/t.Svc/Unary", content_type, &extra, request).await;
         let what = format!("{content_type} (accept {accept:?})");
         assert_eq!(r.status, 200, "{what}: {r:#?}");
         let expected_type = if content_type.starts_with(TEXT) {
@@ -319,7 +359,7 @@ async fn unary_in_binary_and_text_framing() {
         assert_eq!(r.header("content-type"), Some(expected_type), "{what}");
         assert_eq!(r.header("x-head"), Some("h-web"), "{what}: handler header");
         assert_eq!(
-            r.decode(&pool, "t.Resp"),
+            w.replies(&r),
             vec![json!({ "text": "hello web", "num": 7 })],
             "{what}"
         );
@@ -335,21 +375,14 @@ async fn unary_in_binary_and_text_framing() {
 
 #[tokio::test]
 async fn server_stream_in_binary_and_text_framing() {
-    let s = start(&[]);
-    let pool = pool(&s);
-    for (content_type, accept) in [(BINARY, BINARY), (TEXT, TEXT)] {
-        let body = req(&pool, json!({ "name": "s" }));
-        let r = grpc_web(
-            &s,
-            "/t.Svc/ServerStream",
-            content_type,
-            &[("accept", accept)],
-            &body,
-        )
-        .await;
+    let w = Web::start(&[]);
+    for content_type in [BINARY, TEXT] {
+        let r = w
+            .call_accepting("/t.Svc/ServerStream", content_type, json!({ "name": "s" }))
+            .await;
         assert_eq!(r.status, 200, "{content_type}: {r:#?}");
         assert_eq!(
-            r.decode(&pool, "t.Resp"),
+            w.replies(&r),
             vec![
                 json!({ "text": "s #0" }),
                 json!({ "text": "s #1", "num": 1 }),
@@ -363,18 +396,11 @@ async fn server_stream_in_binary_and_text_framing() {
 
 #[tokio::test]
 async fn server_stream_messages_arrive_as_they_are_sent() {
-    let s = start(&[]);
-    let pool = pool(&s);
+    let w = Web::start(&[]);
     for content_type in [BINARY, TEXT] {
-        let body = req(&pool, json!({ "flag": true }));
-        let r = grpc_web(
-            &s,
-            "/t.Svc/ServerStream",
-            content_type,
-            &[("accept", content_type)],
-            &body,
-        )
-        .await;
+        let r = w
+            .call_accepting("/t.Svc/ServerStream", content_type, json!({ "flag": true }))
+            .await;
         assert_eq!(r.messages.len(), 3, "{r:#?}");
         assert_eq!(r.grpc_status().0, "0");
         // 300 ms before each message: the first is read about 600 ms before the end, not with it.
@@ -389,19 +415,12 @@ async fn server_stream_messages_arrive_as_they_are_sent() {
 
 #[tokio::test]
 async fn errors_end_the_call_with_a_status() {
-    let s = start(&[]);
-    let pool = pool(&s);
+    let w = Web::start(&[]);
     for content_type in [BINARY, TEXT] {
         // A unary error: no message, the status (trailers-only answers put it in the headers).
-        let body = req(&pool, json!({ "name": "missing" }));
-        let r = grpc_web(
-            &s,
-            "/t.Svc/Unary",
-            content_type,
-            &[("accept", content_type)],
-            &body,
-        )
-        .await;
+        let r = w
+            .call_accepting("/t.Svc/Unary", content_type, json!({ "name": "missing" }))
+            .await;
         assert_eq!(r.status, 200);
         assert!(r.messages.is_empty(), "{r:#?}");
         assert_eq!(
@@ -411,15 +430,13 @@ async fn errors_end_the_call_with_a_status() {
         );
 
         // Messages, then an error in the trailer frame.
-        let body = req(&pool, json!({ "name": "fail" }));
-        let r = grpc_web(
-            &s,
-            "/t.Svc/ServerStream",
-            content_type,
-            &[("accept", content_type)],
-            &body,
-        )
-        .await;
+        let r = w
+            .call_accepting(
+                "/t.Svc/ServerStream",
+                content_type,
+                json!({ "name": "fail" }),
+            )
+            .await;
         assert_eq!(r.messages.len(), 2, "{r:#?}");
         assert_eq!(
             r.trailer("grpc-status"),
@@ -428,15 +445,9 @@ async fn errors_end_the_call_with_a_status() {
         );
         assert_eq!(r.grpc_status().1, "stopped after two");
 
-        // An unknown method.
-        let r = grpc_web(
-            &s,
-            "/t.Svc/Nope",
-            content_type,
-            &[("accept", content_type)],
-            &[],
-        )
-        .await;
+        // An unknown method (an empty request body).
+        let accept = [("accept", content_type)];
+        let r = grpc_web(&w.server, "/t.Svc/Nope", content_type, &accept, &[]).await;
         let (code, message) = r.grpc_status();
         assert_eq!(code, "12", "{r:#?}");
         assert!(message.contains("no method 'Nope'"), "{message}");
@@ -445,22 +456,24 @@ async fn errors_end_the_call_with_a_status() {
 
 #[tokio::test]
 async fn health_answers_over_grpc_web() {
-    let s = start(&[]);
+    let w = Web::start(&[]);
+    let s = &w.server;
     // grpc.health.v1.HealthCheckRequest{service: "t.Svc"}; the answer is {status: SERVING (1)}.
     let mut request = vec![0x0a, 5];
     request.extend_from_slice(b"t.Svc");
-    let r = grpc_web(&s, "/grpc.health.v1.Health/Check", BINARY, &[], &request).await;
+    let r = grpc_web(s, "/grpc.health.v1.Health/Check", BINARY, &[], &request).await;
     assert_eq!(r.grpc_status().0, "0", "{r:#?}");
     assert_eq!(r.messages, vec![Bytes::from_static(&[0x08, 0x01])]);
 }
 
 #[tokio::test]
 async fn other_http1_requests_are_not_taken_for_grpc_web() {
-    let s = start(&[]);
+    let w = Web::start(&[]);
+    let s = &w.server;
     // tonic-web alone answers 400 to every HTTP/1.1 request that is not gRPC-Web: Connect and
     // HTTP/JSON requests must reach their own fronts instead.
     let (status, _, _) = http1(
-        &s,
+        s,
         "POST",
         "/t.Svc/Unary",
         &[("content-type", "application/json")],
@@ -468,14 +481,14 @@ async fn other_http1_requests_are_not_taken_for_grpc_web() {
     )
     .await;
     assert_ne!(status, 400, "Connect request refused by the gRPC-Web layer");
-    let (status, _, _) = http1(&s, "GET", "/no/such/route", &[], Vec::new()).await;
+    let (status, _, _) = http1(s, "GET", "/no/such/route", &[], Vec::new()).await;
     assert_ne!(
         status, 400,
         "plain HTTP request refused by the gRPC-Web layer"
     );
     // A gRPC-Web content type tonic-web cannot answer.
     let (status, _, _) = http1(
-        &s,
+        s,
         "POST",
         "/t.Svc/Unary",
         &[("content-type", "application/grpc-web+json")],
@@ -516,9 +529,9 @@ fn header_list(headers: &http::HeaderMap, key: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn any_origin_by_default() {
-    let s = start(&[]);
-    let pool = pool(&s);
-    let (status, h) = preflight(&s, "http://page.example:8080").await;
+    let w = Web::start(&[]);
+    let s = &w.server;
+    let (status, h) = preflight(s, "http://page.example:8080").await;
     assert!(status.is_success(), "{status} {h:#?}");
     assert_eq!(h.get("access-control-allow-origin").unwrap(), "*");
     let methods = header_list(&h, "access-control-allow-methods");
@@ -533,15 +546,7 @@ async fn any_origin_by_default() {
     assert!(h.contains_key("access-control-max-age"));
 
     // The call itself: the origin may read the answer, the status headers and the handler's header.
-    let body = req(&pool, json!({ "name": "x" }));
-    let r = grpc_web(
-        &s,
-        "/t.Svc/Unary",
-        BINARY,
-        &[("origin", "http://page.example:8080")],
-        &body,
-    )
-    .await;
+    let r = w.unary_from(BINARY, "http://page.example:8080", "x").await;
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
     let exposed = header_list(&r.headers, "access-control-expose-headers");
     for wanted in [
@@ -560,15 +565,15 @@ async fn any_origin_by_default() {
 
 #[tokio::test]
 async fn restricted_origins_allow_only_those() {
-    let s = start(&[
+    let w = Web::start(&[
         "--cors-origin",
         "http://allowed.test:3000/",
         "--cors-origin",
         "HTTP://Other.test",
     ]);
-    let pool = pool(&s);
+    let s = &w.server;
     for origin in ["http://allowed.test:3000", "http://other.test"] {
-        let (status, h) = preflight(&s, origin).await;
+        let (status, h) = preflight(s, origin).await;
         assert!(status.is_success(), "{origin}: {status}");
         assert_eq!(h.get("access-control-allow-origin").unwrap(), origin);
         assert!(
@@ -585,7 +590,7 @@ async fn restricted_origins_allow_only_those() {
         "null",
     ] {
         let (status, h, body) = http1(
-            &s,
+            s,
             "OPTIONS",
             "/t.Svc/Unary",
             &[
@@ -605,26 +610,19 @@ async fn restricted_origins_allow_only_those() {
             !h.contains_key("access-control-allow-origin"),
             "{origin}: {h:#?}"
         );
-        let body = req(&pool, json!({ "name": "x" }));
-        let r = grpc_web(&s, "/t.Svc/Unary", BINARY, &[("origin", origin)], &body).await;
+        let r = w.unary_from(BINARY, origin, "x").await;
         assert_eq!(r.status, 403, "{origin}: the call itself is refused too");
     }
     // An allowed origin's call, and a call with no Origin at all (not from a browser page).
-    let body = req(&pool, json!({ "name": "ok" }));
-    let r = grpc_web(
-        &s,
-        "/t.Svc/Unary",
-        TEXT,
-        &[("origin", "http://other.test")],
-        &body,
-    )
-    .await;
+    let r = w.unary_from(TEXT, "http://other.test", "ok").await;
     assert_eq!(
         r.header("access-control-allow-origin"),
         Some("http://other.test")
     );
-    assert_eq!(r.decode(&pool, "t.Resp")[0]["text"], "hello ok");
-    let r = grpc_web(&s, "/t.Svc/Unary", BINARY, &[], &body).await;
+    assert_eq!(w.replies(&r)[0]["text"], "hello ok");
+    let r = w
+        .call("/t.Svc/Unary", BINARY, &[], json!({ "name": "ok" }))
+        .await;
     assert_eq!(r.grpc_status().0, "0");
     assert!(!r.headers.contains_key("access-control-allow-origin"));
 }
@@ -635,30 +633,23 @@ async fn origins_from_the_environment() {
         "PROTODROP_CORS_ORIGIN",
         "http://one.test,http://two.test:8080",
     );
-    let s = Server::start_with(&t_proto(), &[("t.toml", HANDLERS)], options);
-    assert!(preflight(&s, "http://two.test:8080").await.0.is_success());
-    assert_eq!(preflight(&s, "http://three.test").await.0, 403);
+    let w = Web::start_with(options);
+    let s = &w.server;
+    assert!(preflight(s, "http://two.test:8080").await.0.is_success());
+    assert_eq!(preflight(s, "http://three.test").await.0, 403);
 }
 
 #[tokio::test]
 async fn cors_none_sends_no_cors_headers() {
-    let s = start(&["--cors-origin", "none"]);
-    let pool = pool(&s);
-    let (_, h) = preflight(&s, "http://page.test").await;
+    let w = Web::start(&["--cors-origin", "none"]);
+    let s = &w.server;
+    let (_, h) = preflight(s, "http://page.test").await;
     assert!(
         !h.keys().any(|k| k.as_str().starts_with("access-control-")),
         "{h:#?}"
     );
     // gRPC-Web itself still works (for same-origin pages or proxies).
-    let body = req(&pool, json!({ "name": "n" }));
-    let r = grpc_web(
-        &s,
-        "/t.Svc/Unary",
-        BINARY,
-        &[("origin", "http://page.test")],
-        &body,
-    )
-    .await;
+    let r = w.unary_from(BINARY, "http://page.test", "n").await;
     assert_eq!(r.grpc_status().0, "0");
     assert!(!r.headers.contains_key("access-control-allow-origin"));
 }

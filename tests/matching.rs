@@ -3,26 +3,51 @@
 mod common;
 
 use common::*;
+use serde_json::Value as Json;
 use tonic::Code;
 
-/// Starts a server with `t.toml` = `rules`, and answers `Unary` calls with the reply's `text`.
+/// `t.Svc/Unary` rules, one for each `(when, text)`: the rule's `when` lines (none for a default
+/// rule), and it replies `text`.
+fn unary_rules(list: &[(&str, &str)]) -> String {
+    list.iter()
+        .map(|(when, text)| {
+            let lines = format!("{when}\nreply.text = \"{text}\"");
+            rule("t.Svc/Unary", lines.trim_start())
+        })
+        .collect()
+}
+
+/// A request, its metadata, and the text it should be answered with.
+type MetadataCase<'a> = (Json, &'a [(&'a str, &'a str)], &'a str);
+
+/// A server on these handler files, answering `Unary` calls with the reply's `text`.
 struct Fixture {
     server: Server,
     client: Client,
 }
 
 impl Fixture {
+    /// `t.toml` = `rules`.
     async fn new(rules: &str) -> Fixture {
-        let server = Server::start(&t_proto(), &[("t.toml", rules)]);
+        Self::files(&[("t.toml", rules)]).await
+    }
+
+    /// `t.toml` = [`unary_rules`]`(list)`.
+    async fn rules(list: &[(&str, &str)]) -> Fixture {
+        Self::new(&unary_rules(list)).await
+    }
+
+    async fn files(handlers: &[(&str, &str)]) -> Fixture {
+        let server = Server::start(&t_proto(), handlers);
         let client = server.client().await;
         Fixture { server, client }
     }
 
-    async fn text(&self, request: serde_json::Value) -> String {
+    async fn text(&self, request: Json) -> String {
         self.text_md(request, &[]).await
     }
 
-    async fn text_md(&self, request: serde_json::Value, md: &[(&str, &str)]) -> String {
+    async fn text_md(&self, request: Json, md: &[(&str, &str)]) -> String {
         let out = self
             .client
             .unary_md("t.Svc/Unary", request.clone(), md)
@@ -33,384 +58,281 @@ impl Fixture {
             .unwrap_or_else(|| panic!("reply to {request} has no text: {reply}"))
             .to_string()
     }
+
+    /// Each request is answered with its text.
+    async fn answers(&self, cases: &[(Json, &str)]) {
+        for (request, want) in cases {
+            assert_eq!(self.text(request.clone()).await, *want, "{request}");
+        }
+    }
+
+    /// The request is answered with `want`, for the reason `why`.
+    async fn answers_because(&self, request: Json, want: &str, why: &str) {
+        assert_eq!(self.text(request).await, want, "{why}");
+    }
+
+    /// Each request, with its metadata, is answered with its text.
+    async fn answers_md(&self, cases: &[MetadataCase<'_>]) {
+        for (request, md, want) in cases {
+            let got = self.text_md(request.clone(), md).await;
+            assert_eq!(got, *want, "{request} with {md:?}");
+        }
+    }
 }
 
 #[tokio::test]
 async fn equality_on_string_int_int64_enum_and_bool() {
-    let f = Fixture::new(
-        r#"
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "tom"
-reply.text = "string"
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.num = 42
-reply.text = "int"
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.big = "9007199254740993"
-reply.text = "int64"
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.color = "GREEN"
-reply.text = "enum"
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.flag = true
-reply.text = "bool"
-
-[[rule]]
-method = "t.Svc/Unary"
-reply.text = "default"
-"#,
+    let f = Fixture::rules(&[
+        (r#"when.request.name = "tom""#, "string"),
+        ("when.request.num = 42", "int"),
+        (r#"when.request.big = "9007199254740993""#, "int64"),
+        (r#"when.request.color = "GREEN""#, "enum"),
+        ("when.request.flag = true", "bool"),
+        ("", "default"),
+    ])
+    .await;
+    f.answers(&[(json!({ "name": "tom" }), "string")]).await;
+    f.answers_because(
+        json!({ "name": "tommy" }),
+        "default",
+        "equality is not a prefix match",
     )
     .await;
-    assert_eq!(f.text(json!({ "name": "tom" })).await, "string");
-    assert_eq!(
-        f.text(json!({ "name": "tommy" })).await,
+    f.answers(&[
+        (json!({ "num": 42 }), "int"),
+        (json!({ "num": 41 }), "default"),
+        (json!({ "big": "9007199254740993" }), "int64"),
+    ])
+    .await;
+    f.answers_because(
+        json!({ "big": "9007199254740992" }),
         "default",
-        "equality is not a prefix match"
-    );
-    assert_eq!(f.text(json!({ "num": 42 })).await, "int");
-    assert_eq!(f.text(json!({ "num": 41 })).await, "default");
-    assert_eq!(f.text(json!({ "big": "9007199254740993" })).await, "int64");
-    assert_eq!(
-        f.text(json!({ "big": "9007199254740992" })).await,
-        "default",
-        "int64 compared exactly, not as a double"
-    );
-    assert_eq!(f.text(json!({ "color": "GREEN" })).await, "enum");
-    assert_eq!(f.text(json!({ "color": "RED" })).await, "default");
-    assert_eq!(f.text(json!({ "flag": true })).await, "bool");
-    assert_eq!(f.text(json!({ "flag": false })).await, "default");
+        "int64 compared exactly, not as a double",
+    )
+    .await;
+    f.answers(&[
+        (json!({ "color": "GREEN" }), "enum"),
+        (json!({ "color": "RED" }), "default"),
+        (json!({ "flag": true }), "bool"),
+        (json!({ "flag": false }), "default"),
+    ])
+    .await;
 }
 
 #[tokio::test]
 async fn all_conditions_of_a_rule_must_hold() {
-    let f = Fixture::new(
-        r#"
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "tom"
-when.request.num = 1
-reply.text = "both"
-
-[[rule]]
-method = "t.Svc/Unary"
-reply.text = "default"
-"#,
-    )
+    let f = Fixture::rules(&[
+        ("when.request.name = \"tom\"\nwhen.request.num = 1", "both"),
+        ("", "default"),
+    ])
     .await;
-    assert_eq!(f.text(json!({ "name": "tom", "num": 1 })).await, "both");
-    assert_eq!(f.text(json!({ "name": "tom", "num": 2 })).await, "default");
-    assert_eq!(f.text(json!({ "name": "tim", "num": 1 })).await, "default");
+    f.answers(&[
+        (json!({ "name": "tom", "num": 1 }), "both"),
+        (json!({ "name": "tom", "num": 2 }), "default"),
+        (json!({ "name": "tim", "num": 1 }), "default"),
+    ])
+    .await;
 }
 
 #[tokio::test]
 async fn contains_on_a_string_and_on_a_repeated_field() {
-    let f = Fixture::new(
-        r#"
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = { contains = "@" }
-reply.text = "email"
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.tags = { contains = "vip" }
-reply.text = "vip"
-
-[[rule]]
-method = "t.Svc/Unary"
-reply.text = "default"
-"#,
+    let f = Fixture::rules(&[
+        (r#"when.request.name = { contains = "@" }"#, "email"),
+        (r#"when.request.tags = { contains = "vip" }"#, "vip"),
+        ("", "default"),
+    ])
+    .await;
+    f.answers(&[
+        (json!({ "name": "a@b.c" }), "email"),
+        (json!({ "name": "abc" }), "default"),
+        (json!({ "tags": ["x", "vip", "y"] }), "vip"),
+    ])
+    .await;
+    f.answers_because(
+        json!({ "tags": ["vipp", "v"] }),
+        "default",
+        "an element equal to it, not a substring",
     )
     .await;
-    assert_eq!(f.text(json!({ "name": "a@b.c" })).await, "email");
-    assert_eq!(f.text(json!({ "name": "abc" })).await, "default");
-    assert_eq!(f.text(json!({ "tags": ["x", "vip", "y"] })).await, "vip");
-    assert_eq!(
-        f.text(json!({ "tags": ["vipp", "v"] })).await,
-        "default",
-        "an element equal to it, not a substring"
-    );
-    assert_eq!(f.text(json!({ "tags": [] })).await, "default");
+    f.answers(&[(json!({ "tags": [] }), "default")]).await;
 }
 
 #[tokio::test]
 async fn regex_condition() {
-    let f = Fixture::new(
-        r#"
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = { regex = "^[a-z]+[0-9]$" }
-reply.text = "matched"
-
-[[rule]]
-method = "t.Svc/Unary"
-reply.text = "default"
-"#,
-    )
+    let f = Fixture::rules(&[
+        (
+            r#"when.request.name = { regex = "^[a-z]+[0-9]$" }"#,
+            "matched",
+        ),
+        ("", "default"),
+    ])
     .await;
-    assert_eq!(f.text(json!({ "name": "abc7" })).await, "matched");
-    assert_eq!(f.text(json!({ "name": "Abc7" })).await, "default");
-    assert_eq!(f.text(json!({ "name": "abc77" })).await, "default");
+    f.answers(&[
+        (json!({ "name": "abc7" }), "matched"),
+        (json!({ "name": "Abc7" }), "default"),
+        (json!({ "name": "abc77" }), "default"),
+    ])
+    .await;
 }
 
 #[tokio::test]
 async fn present_true_and_false_on_a_sub_message_and_a_scalar() {
-    let f = Fixture::new(
-        r#"
-[[rule]]
-method = "t.Svc/Unary"
-when.request.inner = { present = true }
-when.request.num = { present = true }
-reply.text = "inner and num"
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.inner = { present = true }
-reply.text = "inner"
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.inner = { present = false }
-when.request.num = { present = false }
-reply.text = "neither"
-
-[[rule]]
-method = "t.Svc/Unary"
-reply.text = "default"
-"#,
+    let f = Fixture::rules(&[
+        (
+            "when.request.inner = { present = true }\nwhen.request.num = { present = true }",
+            "inner and num",
+        ),
+        ("when.request.inner = { present = true }", "inner"),
+        (
+            "when.request.inner = { present = false }\nwhen.request.num = { present = false }",
+            "neither",
+        ),
+        ("", "default"),
+    ])
+    .await;
+    f.answers(&[(json!({ "inner": { "id": 1 }, "num": 3 }), "inner and num")])
+        .await;
+    f.answers_because(
+        json!({ "inner": {} }),
+        "inner",
+        "an empty sub-message that is set is present",
     )
     .await;
-    assert_eq!(
-        f.text(json!({ "inner": { "id": 1 }, "num": 3 })).await,
-        "inner and num"
-    );
-    assert_eq!(
-        f.text(json!({ "inner": {} })).await,
+    f.answers_because(
+        json!({ "inner": { "label": "x" }, "num": 0 }),
         "inner",
-        "an empty sub-message that is set is present"
-    );
-    assert_eq!(
-        f.text(json!({ "inner": { "label": "x" }, "num": 0 })).await,
-        "inner",
-        "a scalar at its default is absent"
-    );
-    assert_eq!(f.text(json!({})).await, "neither");
-    assert_eq!(f.text(json!({ "num": 5 })).await, "default");
+        "a scalar at its default is absent",
+    )
+    .await;
+    f.answers(&[(json!({}), "neither"), (json!({ "num": 5 }), "default")])
+        .await;
 }
 
 #[tokio::test]
 async fn nested_paths_dotted_key_nested_tables_and_list_index() {
-    let f = Fixture::new(
-        r#"
-[[rule]]
-method = "t.Svc/Unary"
-when.request."inner.id" = 7
-reply.text = "dotted"
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.inner = { label = "deep" }
-reply.text = "nested table"
-
-[[rule]]
-method = "t.Svc/Unary"
-[rule.when.request.inner]
-id = 8
-label = "both"
-[rule.reply]
-text = "nested header table"
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request."items.1.label" = "second"
-reply.text = "indexed"
-
-[[rule]]
-method = "t.Svc/Unary"
-reply.text = "default"
-"#,
+    // The third rule is written with table headers, which the one-line `when` of `rules` cannot say.
+    let handlers = [
+        unary_rules(&[
+            (r#"when.request."inner.id" = 7"#, "dotted"),
+            (r#"when.request.inner = { label = "deep" }"#, "nested table"),
+        ]),
+        rule(
+            "t.Svc/Unary",
+            "[rule.when.request.inner]\nid = 8\nlabel = \"both\"\n[rule.reply]\ntext = \"nested header table\"",
+        ),
+        unary_rules(&[
+            (r#"when.request."items.1.label" = "second""#, "indexed"),
+            ("", "default"),
+        ]),
+    ]
+    .concat();
+    let f = Fixture::new(&handlers).await;
+    f.answers(&[
+        (json!({ "inner": { "id": 7 } }), "dotted"),
+        (json!({ "inner": { "label": "deep" } }), "nested table"),
+        (
+            json!({ "inner": { "id": 8, "label": "both" } }),
+            "nested header table",
+        ),
+        (json!({ "inner": { "id": 8, "label": "one" } }), "default"),
+        (
+            json!({ "items": [{ "label": "first" }, { "label": "second" }] }),
+            "indexed",
+        ),
+    ])
+    .await;
+    f.answers_because(
+        json!({ "items": [{ "label": "second" }] }),
+        "default",
+        "index past the end does not match",
     )
     .await;
-    assert_eq!(f.text(json!({ "inner": { "id": 7 } })).await, "dotted");
-    assert_eq!(
-        f.text(json!({ "inner": { "label": "deep" } })).await,
-        "nested table"
-    );
-    assert_eq!(
-        f.text(json!({ "inner": { "id": 8, "label": "both" } }))
-            .await,
-        "nested header table"
-    );
-    assert_eq!(
-        f.text(json!({ "inner": { "id": 8, "label": "one" } }))
-            .await,
-        "default"
-    );
-    assert_eq!(
-        f.text(json!({ "items": [{ "label": "first" }, { "label": "second" }] }))
-            .await,
-        "indexed"
-    );
-    assert_eq!(
-        f.text(json!({ "items": [{ "label": "second" }] })).await,
-        "default",
-        "index past the end does not match"
-    );
-    assert_eq!(f.text(json!({})).await, "default");
+    f.answers(&[(json!({}), "default")]).await;
 }
 
 #[tokio::test]
 async fn metadata_conditions() {
-    let f = Fixture::new(
-        r#"
-[[rule]]
-method = "t.Svc/Unary"
-when.metadata.x-user = "alice"
-reply.text = "alice"
-
-[[rule]]
-method = "t.Svc/Unary"
-when.metadata.X-Tenant = "acme"
-reply.text = "tenant (key written in upper case)"
-
-[[rule]]
-method = "t.Svc/Unary"
-when.metadata.x-role = { regex = "^adm" }
-reply.text = "admin"
-
-[[rule]]
-method = "t.Svc/Unary"
-when.metadata.x-agent = { contains = "bot" }
-reply.text = "bot"
-
-[[rule]]
-method = "t.Svc/Unary"
-when.metadata.x-trace = { present = true }
-reply.text = "traced"
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "md"
-when.metadata.x-trace = { present = false }
-reply.text = "untraced"
-
-[[rule]]
-method = "t.Svc/Unary"
-reply.text = "default"
-"#,
-    )
+    let f = Fixture::rules(&[
+        (r#"when.metadata.x-user = "alice""#, "alice"),
+        (
+            r#"when.metadata.X-Tenant = "acme""#,
+            "tenant (key written in upper case)",
+        ),
+        (r#"when.metadata.x-role = { regex = "^adm" }"#, "admin"),
+        (r#"when.metadata.x-agent = { contains = "bot" }"#, "bot"),
+        ("when.metadata.x-trace = { present = true }", "traced"),
+        (
+            "when.request.name = \"md\"\nwhen.metadata.x-trace = { present = false }",
+            "untraced",
+        ),
+        ("", "default"),
+    ])
     .await;
-    assert_eq!(f.text_md(json!({}), &[("x-user", "alice")]).await, "alice");
-    assert_eq!(f.text_md(json!({}), &[("x-user", "bob")]).await, "default");
-    assert_eq!(
-        f.text_md(json!({}), &[("x-tenant", "acme")]).await,
-        "tenant (key written in upper case)"
-    );
-    assert_eq!(f.text_md(json!({}), &[("x-role", "admin")]).await, "admin");
-    assert_eq!(
-        f.text_md(json!({}), &[("x-role", "user-adm")]).await,
-        "default"
-    );
-    assert_eq!(
-        f.text_md(json!({}), &[("x-agent", "a-robot/1")]).await,
-        "bot"
-    );
-    assert_eq!(f.text_md(json!({}), &[("x-trace", "")]).await, "traced");
-    assert_eq!(f.text_md(json!({ "name": "md" }), &[]).await, "untraced");
-    assert_eq!(
-        f.text_md(json!({ "name": "md" }), &[("x-trace", "1")])
-            .await,
-        "traced"
-    );
+    f.answers_md(&[
+        (json!({}), &[("x-user", "alice")], "alice"),
+        (json!({}), &[("x-user", "bob")], "default"),
+        (
+            json!({}),
+            &[("x-tenant", "acme")],
+            "tenant (key written in upper case)",
+        ),
+        (json!({}), &[("x-role", "admin")], "admin"),
+        (json!({}), &[("x-role", "user-adm")], "default"),
+        (json!({}), &[("x-agent", "a-robot/1")], "bot"),
+        (json!({}), &[("x-trace", "")], "traced"),
+        (json!({ "name": "md" }), &[], "untraced"),
+        (json!({ "name": "md" }), &[("x-trace", "1")], "traced"),
+    ])
+    .await;
 }
 
 /// Rules with `when` first, in file order (files sorted by path), then the default rules in file order.
 #[tokio::test]
 async fn first_match_across_files_in_path_order_and_defaults_last() {
-    let first_file = r#"
-[[rule]]
-method = "t.Svc/Unary"
-reply.text = "default in 10"
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "x"
-reply.text = "x in 10"
-"#;
-    let second_file = r#"
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "x"
-reply.text = "x in 20"
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "y"
-reply.text = "y in 20"
-
-[[rule]]
-method = "t.Svc/Unary"
-reply.text = "default in 20"
-"#;
-    let third_file = r#"
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = { regex = "^[xyz]$" }
-reply.text = "xyz in sub/30"
-"#;
+    let first_file = unary_rules(&[
+        ("", "default in 10"),
+        (r#"when.request.name = "x""#, "x in 10"),
+    ]);
+    let second_file = unary_rules(&[
+        (r#"when.request.name = "x""#, "x in 20"),
+        (r#"when.request.name = "y""#, "y in 20"),
+        ("", "default in 20"),
+    ]);
+    let third_file = unary_rules(&[(
+        r#"when.request.name = { regex = "^[xyz]$" }"#,
+        "xyz in sub/30",
+    )]);
     // Written in an order other than their sorted one.
-    let server = Server::start(
-        &t_proto(),
-        &[
-            ("sub/30-c.toml", third_file),
-            ("20-b.toml", second_file),
-            ("10-a.toml", first_file),
-        ],
-    );
-    let c = server.client().await;
-    let text = |out: common::Outcome| out.single()["text"].as_str().unwrap().to_string();
-    assert_eq!(
-        text(c.unary("t.Svc/Unary", json!({ "name": "x" })).await),
-        "x in 10"
-    );
-    assert_eq!(
-        text(c.unary("t.Svc/Unary", json!({ "name": "y" })).await),
+    let f = Fixture::files(&[
+        ("sub/30-c.toml", &third_file),
+        ("20-b.toml", &second_file),
+        ("10-a.toml", &first_file),
+    ])
+    .await;
+    f.answers(&[(json!({ "name": "x" }), "x in 10")]).await;
+    f.answers_because(
+        json!({ "name": "y" }),
         "y in 20",
-        "a `when` rule beats an earlier default"
-    );
-    assert_eq!(
-        text(c.unary("t.Svc/Unary", json!({ "name": "z" })).await),
-        "xyz in sub/30"
-    );
-    assert_eq!(
-        text(c.unary("t.Svc/Unary", json!({ "name": "w" })).await),
+        "a `when` rule beats an earlier default",
+    )
+    .await;
+    f.answers(&[(json!({ "name": "z" }), "xyz in sub/30")])
+        .await;
+    f.answers_because(
+        json!({ "name": "w" }),
         "default in 10",
-        "defaults in file order"
-    );
+        "defaults in file order",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn no_rule_matched_is_unimplemented_and_lists_the_rules() {
-    let rules = r#"[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "a"
-reply.text = "a"
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "b"
-reply.text = "b"
-"#;
-    let f = Fixture::new(rules).await;
+    let f = Fixture::rules(&[
+        (r#"when.request.name = "a""#, "a"),
+        (r#"when.request.name = "b""#, "b"),
+    ])
+    .await;
     let out = f.client.unary("t.Svc/Unary", json!({ "name": "c" })).await;
     let msg = out.err(Code::Unimplemented);
     assert!(msg.contains("no rule for t.Svc/Unary matched"), "{msg}");

@@ -3,84 +3,91 @@
 mod common;
 
 use common::*;
+use serde_json::Value as Json;
 
-const RULES: &str = r##"
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "interp"
-reply.text = "Hello, {{request.name}} #{{request.num}} ({{request.inner.label}}/{{request.items.1.id}})!"
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "copy"
-reply = { inner = "{{request.inner}}", items = "{{request.items}}", list = "{{request.tags}}" }
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "numbers"
-reply = { ratio = "{{request.num}}", big = "{{request.num}}", count = "{{request.num}}", num = "{{request.ratio}}", text = "{{request.ratio}}" }
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "each"
-reply.list = { for_each = "request.tags", value = "{{index}}:{{item}}" }
+/// `t.Svc/Unary` rules, each answering the requests whose `name` is its first half with its second.
+const UNARY_BY_NAME: [(&str, &str); 10] = [
+    (
+        "interp",
+        r#"reply.text = "Hello, {{request.name}} #{{request.num}} ({{request.inner.label}}/{{request.items.1.id}})!""#,
+    ),
+    (
+        "copy",
+        r#"reply = { inner = "{{request.inner}}", items = "{{request.items}}", list = "{{request.tags}}" }"#,
+    ),
+    (
+        "numbers",
+        r#"reply = { ratio = "{{request.num}}", big = "{{request.num}}", count = "{{request.num}}", num = "{{request.ratio}}", text = "{{request.ratio}}" }"#,
+    ),
+    (
+        "each",
+        r##"reply.list = { for_each = "request.tags", value = "{{index}}:{{item}}" }
 reply.ids = { for_each = "request.tags", value = "{{index}}" }
-reply.items = { for_each = "request.items", value = { id = "{{item.id}}", label = "#{{index}} {{item.label}}" } }
+reply.items = { for_each = "request.items", value = { id = "{{item.id}}", label = "#{{index}} {{item.label}}" } }"##,
+    ),
+    ("md", r#"reply.text = "user={{metadata.x-user}};""#),
+    (
+        "enum",
+        r#"reply = { text = "color={{request.color}}", color = "{{request.color}}" }"#,
+    ),
+    (
+        "int64-const",
+        r#"reply = { big = 9007199254740993, ids = [9223372036854775807, "-9223372036854775808"] }"#,
+    ),
+    (
+        "int64-copy",
+        r#"reply = { big = "{{request.big}}", text = "{{request.big}}", ids = ["{{request.big}}", "1{{request.num}}"] }"#,
+    ),
+    ("message-text", r#"reply.text = "inner={{request.inner}}""#),
+    (
+        "inject",
+        r#"reply = { text = "[{{request.tags.0}}] {{request.inner}}", list = ["{{request.tags.1}}"] }
+headers = { x-tag = "{{request.tags.2}}" }"#,
+    ),
+];
 
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "md"
-reply.text = "user={{metadata.x-user}};"
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "enum"
-reply = { text = "color={{request.color}}", color = "{{request.color}}" }
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "int64-const"
-reply = { big = 9007199254740993, ids = [9223372036854775807, "-9223372036854775808"] }
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "int64-copy"
-reply = { big = "{{request.big}}", text = "{{request.big}}", ids = ["{{request.big}}", "1{{request.num}}"] }
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "message-text"
-reply.text = "inner={{request.inner}}"
-
-[[rule]]
-method = "t.Svc/Unary"
-when.request.name = "inject"
-reply = { text = "[{{request.tags.0}}] {{request.inner}}", list = ["{{request.tags.1}}"] }
-headers = { x-tag = "{{request.tags.2}}" }
-
-[[rule]]
-method = "t.Svc/Echo"
-reply = "{{request}}"
-
-[[rule]]
-method = "t.Svc/ClientStream"
-reply = { text = "{{first.name}}..{{request.name}}", num = "{{count}}", inner = "{{first.inner}}" }
-"##;
+fn rules() -> String {
+    let mut rules: String = UNARY_BY_NAME
+        .iter()
+        .map(|(name, answer)| {
+            rule(
+                "t.Svc/Unary",
+                &format!("when.request.name = \"{name}\"\n{answer}"),
+            )
+        })
+        .collect();
+    rules += &rule("t.Svc/Echo", r#"reply = "{{request}}""#);
+    rules += &rule(
+        "t.Svc/ClientStream",
+        r#"reply = { text = "{{first.name}}..{{request.name}}", num = "{{count}}", inner = "{{first.inner}}" }"#,
+    );
+    rules
+}
 
 async fn setup() -> (Server, Client) {
-    let s = Server::start(&t_proto(), &[("t.toml", RULES)]);
-    let c = s.client().await;
-    (s, c)
+    serve_t(&rules()).await
+}
+
+/// The one reply to a successful `t.Svc/Unary` call.
+async fn unary(c: &Client, request: Json) -> Json {
+    c.unary("t.Svc/Unary", request).await.single().clone()
+}
+
+/// The one reply to a successful `t.Svc/ClientStream` call.
+async fn client_stream(c: &Client, requests: Vec<Json>) -> Json {
+    c.client_stream("t.Svc/ClientStream", requests)
+        .await
+        .single()
+        .clone()
 }
 
 #[tokio::test]
 async fn interpolation_into_text() {
     let (_s, c) = setup().await;
     let req = json!({ "name": "interp", "num": 3, "inner": { "label": "in" }, "items": [{ "id": 1 }, { "id": 22 }] });
-    let out = c.unary("t.Svc/Unary", req).await;
     assert_eq!(
-        out.single(),
-        &json!({ "text": "Hello, interp #3 (in/22)!" })
+        unary(&c, req).await,
+        json!({ "text": "Hello, interp #3 (in/22)!" })
     );
 }
 
@@ -93,10 +100,9 @@ async fn whole_sub_message_and_list_copy() {
         "items": [{ "id": 1, "label": "a" }, { "id": 2 }],
         "tags": ["t1", "t2"],
     });
-    let out = c.unary("t.Svc/Unary", req).await;
     assert_eq!(
-        out.single(),
-        &json!({ "inner": { "id": 5, "label": "five" }, "items": [{ "id": 1, "label": "a" }, { "id": 2 }], "list": ["t1", "t2"] })
+        unary(&c, req).await,
+        json!({ "inner": { "id": 5, "label": "five" }, "items": [{ "id": 1, "label": "a" }, { "id": 2 }], "list": ["t1", "t2"] })
     );
 }
 
@@ -121,16 +127,11 @@ async fn whole_request_echo() {
 #[tokio::test]
 async fn numbers_copied_into_other_numeric_types() {
     let (_s, c) = setup().await;
-    let out = c
-        .unary(
-            "t.Svc/Unary",
-            json!({ "name": "numbers", "num": 12, "ratio": 3.0 }),
-        )
-        .await;
+    let req = json!({ "name": "numbers", "num": 12, "ratio": 3.0 });
     // int32 → double, int64, uint64; double (integral) → int32; double → string.
     assert_eq!(
-        out.single(),
-        &json!({ "ratio": 12.0, "big": "12", "count": "12", "num": 3, "text": "3" })
+        unary(&c, req).await,
+        json!({ "ratio": 12.0, "big": "12", "count": "12", "num": 3, "text": "3" })
     );
 }
 
@@ -138,19 +139,17 @@ async fn numbers_copied_into_other_numeric_types() {
 async fn for_each_builds_lists_with_index_and_item() {
     let (_s, c) = setup().await;
     let req = json!({ "name": "each", "tags": ["a", "b", "c"], "items": [{ "id": 10, "label": "ten" }, { "id": 20, "label": "twenty" }] });
-    let out = c.unary("t.Svc/Unary", req).await;
     assert_eq!(
-        out.single(),
-        &json!({
+        unary(&c, req).await,
+        json!({
             "list": ["0:a", "1:b", "2:c"],
             "ids": ["0", "1", "2"],
             "items": [{ "id": 10, "label": "#0 ten" }, { "id": 20, "label": "#1 twenty" }],
         })
     );
-    let out = c.unary("t.Svc/Unary", json!({ "name": "each" })).await;
     assert_eq!(
-        out.single(),
-        &json!({}),
+        unary(&c, json!({ "name": "each" })).await,
+        json!({}),
         "empty source lists give empty lists"
     );
 }
@@ -158,18 +157,14 @@ async fn for_each_builds_lists_with_index_and_item() {
 #[tokio::test]
 async fn metadata_values_in_templates() {
     let (_s, c) = setup().await;
+    let md = [("x-user", "alice")];
     let out = c
-        .unary_md(
-            "t.Svc/Unary",
-            json!({ "name": "md" }),
-            &[("x-user", "alice")],
-        )
+        .unary_md("t.Svc/Unary", json!({ "name": "md" }), &md)
         .await;
     assert_eq!(out.single(), &json!({ "text": "user=alice;" }));
-    let out = c.unary("t.Svc/Unary", json!({ "name": "md" })).await;
     assert_eq!(
-        out.single(),
-        &json!({ "text": "user=;" }),
+        unary(&c, json!({ "name": "md" })).await,
+        json!({ "text": "user=;" }),
         "missing metadata renders as nothing"
     );
 }
@@ -182,21 +177,14 @@ async fn client_stream_count_first_and_last_request() {
         json!({ "name": "middle", "inner": { "id": 2 } }),
         json!({ "name": "last", "inner": { "id": 3 } }),
     ];
-    let out = c.client_stream("t.Svc/ClientStream", reqs).await;
     assert_eq!(
-        out.single(),
-        &json!({ "text": "first..last", "num": 3, "inner": { "id": 1 } })
+        client_stream(&c, reqs).await,
+        json!({ "text": "first..last", "num": 3, "inner": { "id": 1 } })
     );
-
-    let out = c
-        .client_stream(
-            "t.Svc/ClientStream",
-            vec![json!({ "name": "only", "inner": { "id": 9 } })],
-        )
-        .await;
+    let reqs = vec![json!({ "name": "only", "inner": { "id": 9 } })];
     assert_eq!(
-        out.single(),
-        &json!({ "text": "only..only", "num": 1, "inner": { "id": 9 } }),
+        client_stream(&c, reqs).await,
+        json!({ "text": "only..only", "num": 1, "inner": { "id": 9 } }),
         "one message is both first and last"
     );
 }
@@ -206,62 +194,46 @@ async fn client_stream_count_first_and_last_request() {
 #[tokio::test]
 async fn copying_an_unset_sub_message_leaves_it_unset() {
     let (_s, c) = setup().await;
-    let out = c.unary("t.Svc/Unary", json!({ "name": "copy" })).await;
     assert_eq!(
-        out.single(),
-        &json!({}),
+        unary(&c, json!({ "name": "copy" })).await,
+        json!({}),
         "nothing was set in the request, so nothing is set in the reply"
     );
-    let out = c
-        .client_stream("t.Svc/ClientStream", vec![json!({ "name": "only" })])
-        .await;
-    assert_eq!(out.single(), &json!({ "text": "only..only", "num": 1 }));
+    assert_eq!(
+        client_stream(&c, vec![json!({ "name": "only" })]).await,
+        json!({ "text": "only..only", "num": 1 })
+    );
 }
 
 #[tokio::test]
 async fn enum_written_as_its_name_and_copied_as_an_enum() {
     let (_s, c) = setup().await;
-    let out = c
-        .unary("t.Svc/Unary", json!({ "name": "enum", "color": "GREEN" }))
-        .await;
     assert_eq!(
-        out.single(),
-        &json!({ "text": "color=GREEN", "color": "GREEN" })
+        unary(&c, json!({ "name": "enum", "color": "GREEN" })).await,
+        json!({ "text": "color=GREEN", "color": "GREEN" })
     );
 }
 
 #[tokio::test]
 async fn int64_values_keep_every_digit() {
     let (_s, c) = setup().await;
-    let out = c
-        .unary("t.Svc/Unary", json!({ "name": "int64-const" }))
-        .await;
     assert_eq!(
-        out.single(),
-        &json!({ "big": "9007199254740993", "ids": ["9223372036854775807", "-9223372036854775808"] })
+        unary(&c, json!({ "name": "int64-const" })).await,
+        json!({ "big": "9007199254740993", "ids": ["9223372036854775807", "-9223372036854775808"] })
     );
-    let out = c
-        .unary(
-            "t.Svc/Unary",
-            json!({ "name": "int64-copy", "big": "-9007199254740993", "num": 7 }),
-        )
-        .await;
+    let req = json!({ "name": "int64-copy", "big": "-9007199254740993", "num": 7 });
     assert_eq!(
-        out.single(),
-        &json!({ "big": "-9007199254740993", "text": "-9007199254740993", "ids": ["-9007199254740993", "17"] })
+        unary(&c, req).await,
+        json!({ "big": "-9007199254740993", "text": "-9007199254740993", "ids": ["-9007199254740993", "17"] })
     );
 }
 
 #[tokio::test]
 async fn a_message_inside_text_is_written_as_json() {
     let (_s, c) = setup().await;
-    let out = c
-        .unary(
-            "t.Svc/Unary",
-            json!({ "name": "message-text", "inner": { "id": 4, "label": "x" } }),
-        )
-        .await;
-    let text = out.single()["text"].as_str().unwrap().to_string();
+    let req = json!({ "name": "message-text", "inner": { "id": 4, "label": "x" } });
+    let reply = unary(&c, req).await;
+    let text = reply["text"].as_str().unwrap().to_string();
     let json_part: serde_json::Value = serde_json::from_str(text.strip_prefix("inner=").unwrap())
         .unwrap_or_else(|e| panic!("not JSON after 'inner=': {text}: {e}"));
     assert_eq!(json_part, json!({ "id": 4, "label": "x" }));

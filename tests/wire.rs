@@ -21,35 +21,24 @@ use prost_reflect::DynamicMessage;
 use raw::*;
 use tonic::Code;
 
-const HANDLER: &str = r#"
-[[rule]]
-method = "t.Svc/Unary"
-reply.text = "hi {{request.name}}"
-
-[[rule]]
-method = "t.Svc/Echo"
-reply = "{{request}}"
-
-[[rule]]
-method = "t.Svc/ServerStream"
-stream.repeat = 100000
-stream.message = { text = "{{request.name}}", list = ["{{metadata.x-pad}}"] }
-
-[[rule]]
-method = "t.Svc/Bidi"
-reply = { text = "{{request.name}}", num = "{{count}}" }
-
-[[rule]]
-method = "t.Svc/Ping"
-
-[[rule]]
-method = "t.Svc/ClientStream"
-reply.text = "cs {{count}}"
-
-[[rule]]
-method = "d.Deep/Echo"
-reply = "{{request}}"
-"#;
+fn handler() -> String {
+    rules(&[
+        ("t.Svc/Unary", r#"reply.text = "hi {{request.name}}""#),
+        ("t.Svc/Echo", r#"reply = "{{request}}""#),
+        (
+            "t.Svc/ServerStream",
+            r#"stream.repeat = 100000
+stream.message = { text = "{{request.name}}", list = ["{{metadata.x-pad}}"] }"#,
+        ),
+        (
+            "t.Svc/Bidi",
+            r#"reply = { text = "{{request.name}}", num = "{{count}}" }"#,
+        ),
+        ("t.Svc/Ping", ""),
+        ("t.Svc/ClientStream", r#"reply.text = "cs {{count}}""#),
+        ("d.Deep/Echo", r#"reply = "{{request}}""#),
+    ])
+}
 
 /// A recursive message, for nesting bombs.
 const DEEP_PROTO: &str = r#"syntax = "proto3";
@@ -61,8 +50,15 @@ service Deep { rpc Echo(Node) returns (Node); }
 fn serve() -> Server {
     Server::start(
         &[("t.proto", T_PROTO), ("d.proto", DEEP_PROTO)],
-        &[("t.toml", HANDLER)],
+        &[("t.toml", &handler())],
     )
+}
+
+/// [`serve`], and a raw connection to it.
+async fn serve_and_connect() -> (Server, Conn) {
+    let s = serve();
+    let conn = Conn::connect(s.addr).await;
+    (s, conn)
 }
 
 /// `t.Req { name }` in a frame.
@@ -105,8 +101,7 @@ const PATHS: [&str; 2] = ["/t.Svc/Unary", "/t.Svc/ClientStream"];
 
 #[tokio::test]
 async fn a_body_that_ends_inside_the_frame_header_is_internal() {
-    let s = serve();
-    let mut conn = Conn::connect(s.addr).await;
+    let (_s, mut conn) = serve_and_connect().await;
     for path in PATHS {
         let answer = conn.call(path, &[], Bytes::from_static(&[0, 0, 0])).await;
         let message = answer.expect_status(Code::Internal);
@@ -117,8 +112,7 @@ async fn a_body_that_ends_inside_the_frame_header_is_internal() {
 
 #[tokio::test]
 async fn a_length_prefix_larger_than_the_body_is_internal() {
-    let s = serve();
-    let mut conn = Conn::connect(s.addr).await;
+    let (_s, mut conn) = serve_and_connect().await;
     for path in PATHS {
         let mut body = frame(false, &string_field(1, b"0123456789")).to_vec();
         body[4] = 100; // says 100 bytes, 12 follow
@@ -132,8 +126,7 @@ async fn a_length_prefix_larger_than_the_body_is_internal() {
 /// the body nor allocates for it.
 #[tokio::test]
 async fn a_length_prefix_over_the_limit_is_resource_exhausted_at_once() {
-    let s = serve();
-    let mut conn = Conn::connect(s.addr).await;
+    let (_s, mut conn) = serve_and_connect().await;
     for path in PATHS {
         let (response, mut stream) = conn.open(path, &[]).await;
         stream
@@ -155,8 +148,7 @@ async fn a_length_prefix_over_the_limit_is_resource_exhausted_at_once() {
 /// RESOURCE_EXHAUSTED (tests/cli.rs checks the flag with a smaller limit).
 #[tokio::test]
 async fn the_default_size_limit_is_4_mib() {
-    let s = serve();
-    let mut conn = Conn::connect(s.addr).await;
+    let (_s, mut conn) = serve_and_connect().await;
     const LIMIT: usize = 4 << 20;
     // A string field of n bytes takes 1 (tag) + 4 (length varint, for these sizes) + n bytes.
     let at_limit = string_field(1, &vec![b'x'; LIMIT - 5]);
@@ -181,8 +173,7 @@ async fn the_default_size_limit_is_4_mib() {
 /// serves on; the exact code is pinned by the ignored test below.
 #[tokio::test]
 async fn garbage_instead_of_protobuf_fails_the_call_and_the_server_serves_on() {
-    let s = serve();
-    let mut conn = Conn::connect(s.addr).await;
+    let (_s, mut conn) = serve_and_connect().await;
     for path in PATHS {
         let answer = conn.call(path, &[], frame(false, &[0xff; 16])).await;
         assert_eq!(answer.status, 200, "{answer:?}");
@@ -204,8 +195,7 @@ async fn garbage_instead_of_protobuf_fails_the_call_and_the_server_serves_on() {
 /// and so does tonic's own prost codec).
 #[tokio::test]
 async fn a_request_that_does_not_parse_is_internal() {
-    let s = serve();
-    let mut conn = Conn::connect(s.addr).await;
+    let (_s, mut conn) = serve_and_connect().await;
     for path in PATHS {
         let answer = conn.call(path, &[], frame(false, &[0xff; 16])).await;
         answer.expect_status(Code::Internal);
@@ -218,8 +208,7 @@ async fn a_request_that_does_not_parse_is_internal() {
 /// and unknown field numbers are skipped, as every protobuf runtime does.
 #[tokio::test]
 async fn a_message_of_another_type_fails_only_when_its_fields_clash() {
-    let s = serve();
-    let mut conn = Conn::connect(s.addr).await;
+    let (_s, mut conn) = serve_and_connect().await;
     let inner = [0x08, 0x05]; // field 1, varint 5
     for path in PATHS {
         let answer = conn.call(path, &[], frame(false, &inner)).await;
@@ -241,8 +230,7 @@ async fn a_message_of_another_type_fails_only_when_its_fields_clash() {
 /// fail with INTERNAL status".
 #[tokio::test]
 async fn the_compressed_flag_without_grpc_encoding_is_internal() {
-    let s = serve();
-    let mut conn = Conn::connect(s.addr).await;
+    let (_s, mut conn) = serve_and_connect().await;
     for path in PATHS {
         let answer = conn
             .call(path, &[], frame(true, &string_field(1, b"x")))
@@ -262,8 +250,7 @@ async fn the_compressed_flag_without_grpc_encoding_is_internal() {
 /// says which it accepts in `grpc-accept-encoding`.
 #[tokio::test]
 async fn an_unknown_grpc_encoding_is_unimplemented_and_lists_the_accepted_ones() {
-    let s = serve();
-    let mut conn = Conn::connect(s.addr).await;
+    let (_s, mut conn) = serve_and_connect().await;
     for path in PATHS {
         let answer = conn
             .call(
@@ -293,8 +280,7 @@ async fn an_unknown_grpc_encoding_is_unimplemented_and_lists_the_accepted_ones()
 /// memory shows it never inflated the whole thing.
 #[tokio::test]
 async fn broken_gzip_is_internal_and_a_gzip_bomb_is_resource_exhausted() {
-    let s = serve();
-    let mut conn = Conn::connect(s.addr).await;
+    let (s, mut conn) = serve_and_connect().await;
     let gzip = [("grpc-encoding", "gzip")];
     let zeros = vec![0u8; 16 << 20];
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
@@ -343,8 +329,7 @@ fn nested(depth: usize) -> Vec<u8> {
 /// deep is served.
 #[tokio::test]
 async fn a_deeply_nested_message_is_refused_without_crashing_the_server() {
-    let mut s = serve();
-    let mut conn = Conn::connect(s.addr).await;
+    let (mut s, mut conn) = serve_and_connect().await;
     let answer = conn
         .call("/d.Deep/Echo", &[], frame(false, &nested(90)))
         .await;
@@ -432,18 +417,21 @@ async fn grpc_over_http1_is_refused_with_a_status_the_client_can_read() {
     );
 }
 
+/// A unary call whose `content-type` is `content_type`.
+async fn call_as(conn: &mut Conn, content_type: &str) -> Answer {
+    conn.call("/t.Svc/Unary", &[("content-type", content_type)], req("x"))
+        .await
+}
+
 /// PROTOCOL-HTTP2.md: a request whose content type is not `application/grpc…` SHOULD get HTTP 415,
 /// so that a plain HTTP client never takes a gRPC answer for success. On protodrop's port such a
 /// request is HTTP/JSON transcoding's; a gRPC method path it has no route for gets an HTTP error,
 /// never a 200, and the server serves on.
 #[tokio::test]
 async fn a_missing_or_foreign_content_type_is_an_http_error() {
-    let s = serve();
-    let mut conn = Conn::connect(s.addr).await;
+    let (_s, mut conn) = serve_and_connect().await;
     for content_type in ["", "text/plain"] {
-        let answer = conn
-            .call("/t.Svc/Unary", &[("content-type", content_type)], req("x"))
-            .await;
+        let answer = call_as(&mut conn, content_type).await;
         assert!(
             answer.status.is_client_error(),
             "content-type {content_type:?}: {answer:?}"
@@ -458,12 +446,9 @@ async fn a_missing_or_foreign_content_type_is_an_http_error() {
 /// method did not exist.
 #[tokio::test]
 async fn a_missing_or_foreign_content_type_is_415() {
-    let s = serve();
-    let mut conn = Conn::connect(s.addr).await;
+    let (_s, mut conn) = serve_and_connect().await;
     for content_type in ["", "text/plain"] {
-        let answer = conn
-            .call("/t.Svc/Unary", &[("content-type", content_type)], req("x"))
-            .await;
+        let answer = call_as(&mut conn, content_type).await;
         assert_eq!(
             answer.status, 415,
             "content-type {content_type:?}: {answer:?}"
@@ -474,8 +459,7 @@ async fn a_missing_or_foreign_content_type_is_415() {
 /// connection goes on serving, for a bidi stream and for a server stream that was still sending.
 #[tokio::test]
 async fn a_stream_reset_mid_call_leaves_the_connection_serving() {
-    let s = serve();
-    let mut conn = Conn::connect(s.addr).await;
+    let (_s, mut conn) = serve_and_connect().await;
 
     let (response, mut stream) = conn.open("/t.Svc/Bidi", &[]).await;
     stream.send_data(req("one"), false).unwrap();
@@ -579,8 +563,7 @@ async fn thousands_of_streams_never_read_hold_bounded_memory_and_others_are_serv
 /// one connection held ~4 GiB. It announces 1,024 now.
 #[tokio::test]
 async fn the_server_limits_concurrent_streams_per_connection() {
-    let s = serve();
-    let mut conn = Conn::connect(s.addr).await;
+    let (_s, mut conn) = serve_and_connect().await;
     // After a round trip the client has the server's SETTINGS.
     assert_serves(&mut conn, "first call").await;
     let max = conn.max_concurrent_send_streams();
@@ -602,8 +585,7 @@ fn varint_field(number: u32, value: u64) -> Vec<u8> {
 /// other encoding of the same message must get the same answer, through the general path.
 #[tokio::test]
 async fn a_request_in_any_encoding_gets_the_canonical_answer() {
-    let s = serve();
-    let mut conn = Conn::connect(s.addr).await;
+    let (_s, mut conn) = serve_and_connect().await;
     let canonical = [string_field(1, b"ada"), varint_field(2, 5)].concat();
     let others = [
         // fields out of order

@@ -103,6 +103,31 @@ pub fn t_proto() -> [(&'static str, &'static str); 1] {
     [("t.proto", T_PROTO)]
 }
 
+/// One `[[rule]]` for `method`: its `lines` (conditions and answer, one TOML key a line) and a blank
+/// line after it, so that rules joined together read as a handler file.
+pub fn rule(method: &str, lines: &str) -> String {
+    format!("[[rule]]\nmethod = \"{method}\"\n{lines}\n\n")
+}
+
+/// A handler file: a [`rule`] for each `(method, lines)`, in order.
+pub fn rules(list: &[(&str, &str)]) -> String {
+    list.iter()
+        .map(|(method, lines)| rule(method, lines))
+        .collect()
+}
+
+/// A server on [`T_PROTO`] whose only handler file, `t.toml`, is `rules`.
+pub fn start_t(rules: &str) -> Server {
+    Server::start(&t_proto(), &[("t.toml", rules)])
+}
+
+/// [`start_t`], and a client connected to it.
+pub async fn serve_t(rules: &str) -> (Server, Client) {
+    let server = start_t(rules);
+    let client = server.client().await;
+    (server, client)
+}
+
 /// Writes `(relative path, text)` pairs under `root`, creating folders.
 pub fn write_files(root: &Path, files: &[(&str, &str)]) {
     for (name, text) in files {
@@ -573,6 +598,18 @@ impl Outcome {
             self.messages
         );
         self.message()
+    }
+    /// Panics unless the header `key` is `want`.
+    #[track_caller]
+    pub fn expect_header(&self, key: &str, want: &str) {
+        let got = self.header(key);
+        assert_eq!(got.as_deref(), Some(want), "headers: {:?}", self.headers);
+    }
+    /// Panics unless the trailer `key` is `want`.
+    #[track_caller]
+    pub fn expect_trailer(&self, key: &str, want: &str) {
+        let got = self.trailer(key);
+        assert_eq!(got.as_deref(), Some(want), "trailers: {:?}", self.trailers);
     }
     pub fn header(&self, key: &str) -> Option<String> {
         self.headers
