@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
-use prost_reflect::{DynamicMessage, Value};
+use prost_reflect::{DynamicMessage, MessageDescriptor, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -15,7 +15,7 @@ use tonic::metadata::{KeyAndValueRef, MetadataMap};
 use tonic::{Response, Status};
 
 use crate::handlers::rule::{ok_with_trailers, StreamAnswer, StreamSource};
-use crate::handlers::script::{Script, ScriptCall, ScriptEvent};
+use crate::handlers::script::{Inline, Script, ScriptCall, ScriptEvent, ScriptOutcome};
 use crate::handlers::template::Scope;
 use crate::handlers::{Answer, MethodRules, Rule};
 use crate::registry::{Method, State};
@@ -243,9 +243,10 @@ fn render_stream<'a>(
     }
 }
 
-/// Runs a script on a blocking thread. Its headers wait for its first event; its messages stream out as
-/// it sends them; it is cancelled when the call ends early (client gone, deadline) because the
-/// response, which holds the cancellation guard, is dropped.
+/// Runs a script: at once on this worker when it cannot wait (a unary script that does not sleep,
+/// see `Script::try_run_inline`), else on a blocking thread. There its headers wait for its first
+/// event; its messages stream out as it sends them; it is cancelled when the call ends early (client
+/// gone, deadline) because the response, which holds the cancellation guard, is dropped.
 async fn run_script(
     script: Script,
     method: &Method,
@@ -253,9 +254,27 @@ async fn run_script(
     metadata: MetadataMap,
     incoming: Option<Incoming>,
 ) -> Result<Response<ReplyStream>, Status> {
-    let cancel = CancellationToken::new();
+    let streaming_response = method.desc.is_server_streaming();
+    let call = ScriptCall {
+        request,
+        metadata,
+        incoming: None,
+        output: method.desc.output(),
+        streaming_response,
+        cancel: CancellationToken::new(),
+    };
+    let call = match incoming {
+        Some(_) => call,
+        None => match script.try_run_inline(call) {
+            Inline::Ran { headers, result } => {
+                let stream = unary_outcome(result, method.desc.output());
+                return Ok(with_headers(headers, Box::pin(stream)));
+            }
+            Inline::Declined(call) => call,
+        },
+    };
+    let cancel = call.cancel.clone();
     let guard = cancel.clone().drop_guard();
-    let cancel_on_timeout = cancel.clone();
     let feed_error = Arc::new(Mutex::new(None::<Status>));
     let (feeder, incoming) = match incoming {
         Some(stream) => {
@@ -271,21 +290,10 @@ async fn run_script(
         }
         None => (None, None),
     };
-    let streaming_response = method.desc.is_server_streaming();
-    let call = ScriptCall {
-        request,
-        metadata,
-        incoming,
-        output: method.desc.output(),
-        streaming_response,
-        cancel,
-    };
+    let call = ScriptCall { incoming, ..call };
     let (tx, mut events) = mpsc::channel(16);
-    let timeout = script.limits().max_duration;
-    let timer = Timer::start(timeout, cancel_on_timeout);
     let mut run = tokio::task::spawn_blocking(move || {
-        let result = script.run(call, &mut |event| tx.blocking_send(event).is_ok());
-        timer.explain(result)
+        script.run(call, &mut |event| tx.blocking_send(event).is_ok())
     });
 
     let headers = match events.recv().await {
@@ -361,49 +369,6 @@ async fn next_message(incoming: &mut Incoming) -> Result<Option<DynamicMessage>,
     incoming.next().await.transpose()
 }
 
-/// `--script-timeout`: cancels a script that runs too long, and names the limit in its status.
-struct Timer {
-    fired: Arc<std::sync::atomic::AtomicBool>,
-    task: Option<AbortOnDropHandle<()>>,
-    timeout: std::time::Duration,
-}
-
-impl Timer {
-    fn start(timeout: std::time::Duration, cancel: CancellationToken) -> Timer {
-        let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let task = (!timeout.is_zero()).then(|| {
-            let fired = fired.clone();
-            AbortOnDropHandle::new(tokio::spawn(async move {
-                tokio::time::sleep(timeout).await;
-                fired.store(true, std::sync::atomic::Ordering::SeqCst);
-                cancel.cancel();
-            }))
-        });
-        Timer {
-            fired,
-            task,
-            timeout,
-        }
-    }
-
-    /// A script stopped by this timer ends with DEADLINE_EXCEEDED instead of CANCELLED.
-    fn explain<T>(self, result: Result<T, Status>) -> Result<T, Status> {
-        drop(self.task);
-        match result {
-            Err(status)
-                if self.fired.load(std::sync::atomic::Ordering::SeqCst)
-                    && status.code() == tonic::Code::Cancelled =>
-            {
-                Err(Status::deadline_exceeded(format!(
-                    "script ran longer than {} (--script-timeout)",
-                    humantime::format_duration(self.timeout)
-                )))
-            }
-            other => other,
-        }
-    }
-}
-
 fn script_panicked(e: tokio::task::JoinError) -> Status {
     Status::internal(format!("script task failed: {e}"))
 }
@@ -425,6 +390,22 @@ fn once_then_trailers(
 ) -> impl Stream<Item = Result<DynamicMessage, Status>> + Send {
     let end = (!trailers.is_empty()).then(|| Err(ok_with_trailers(trailers)));
     futures::stream::iter(std::iter::once(Ok(reply)).chain(end))
+}
+
+/// A unary script's whole answer once it has run: its reply (an empty `output` for `()`) then
+/// trailers, or its error.
+fn unary_outcome(
+    result: Result<ScriptOutcome, Status>,
+    output: MessageDescriptor,
+) -> impl Stream<Item = Result<DynamicMessage, Status>> + Send {
+    let (first, end) = match result {
+        Ok(outcome) => (
+            Ok(outcome.reply.unwrap_or_else(|| DynamicMessage::new(output))),
+            end_with_trailers(outcome.trailers).err().map(Err),
+        ),
+        Err(status) => (Err(status), None),
+    };
+    futures::stream::iter(std::iter::once(first).chain(end))
 }
 
 pub(crate) fn end_with_trailers(trailers: MetadataMap) -> Result<(), Status> {

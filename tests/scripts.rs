@@ -426,3 +426,39 @@ reply.text = "alive"
         &json!({ "text": "alive" })
     );
 }
+
+/// Without an operation budget, a busy loop is still ended by `--script-timeout` (checked by the
+/// engine between operations), and the server answers the next call.
+#[tokio::test]
+async fn an_endless_loop_without_an_operation_budget_ends_at_the_script_timeout() {
+    let h = r#"
+[[rule]]
+method = "t.Svc/Unary"
+when.request.name = "spin"
+code = "loop {}"
+
+[[rule]]
+method = "t.Svc/Unary"
+reply.text = "alive"
+"#;
+    let s = Server::start_with(
+        &t_proto(),
+        &[("t.toml", h)],
+        Options::default()
+            .arg("--script-timeout")
+            .arg("300ms")
+            .arg("--script-max-operations")
+            .arg("0"),
+    );
+    let c = s.client().await;
+    let start = Instant::now();
+    let out = c.unary("t.Svc/Unary", json!({ "name": "spin" })).await;
+    let took = start.elapsed();
+    let message = out.err(Code::DeadlineExceeded);
+    assert_eq!(message, "script ran longer than 300ms (--script-timeout)");
+    assert!(took < Duration::from_secs(3), "stopped after {took:?}");
+    assert_eq!(
+        c.unary("t.Svc/Unary", json!({})).await.single(),
+        &json!({ "text": "alive" })
+    );
+}

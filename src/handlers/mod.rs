@@ -5,6 +5,7 @@ mod load;
 pub mod matcher;
 pub mod rule;
 pub mod script;
+mod script_convert;
 pub mod template;
 mod toml_tree;
 

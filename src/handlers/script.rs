@@ -10,22 +10,22 @@
 //! a `'static` registered function cannot hold without `unsafe`; so for server-streaming and bidi
 //! calls the script runs on a scoped helper thread while the calling thread relays its events to
 //! the callback, in order. Unary and client-streaming calls run on the calling thread, no helper.
+//!
+//! A unary script that cannot wait (see [`Script::try_run_inline`]) may instead run right on an
+//! async worker, which saves the hop to tokio's blocking pool and back.
 
 use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
-use prost_reflect::{
-    DeserializeOptions, DynamicMessage, MessageDescriptor, ReflectMessage, SerializeOptions,
-};
-use rhai::serde::{DynamicDeserializer, DynamicSerializer};
+use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage};
 use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Position, Scope, AST, FLOAT, INT};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
@@ -35,14 +35,21 @@ use tonic::metadata::{
 };
 use tonic::{Code, Status};
 
+use super::script_convert::{dynamic_to_message, message_to_dynamic};
 use crate::diagnostic::Diagnostic;
 
 /// Maximum nesting of expressions at the top level of a script (checked when compiling).
 const MAX_EXPR_DEPTH: usize = 64;
 /// Maximum nesting of expressions inside script functions (checked when compiling).
 const MAX_FUNCTION_EXPR_DEPTH: usize = 32;
-/// The cancel token sits behind a mutex, so the progress hook looks at it only this often.
+/// How often (in operations) the progress hook looks at the cancel token and the clock.
 const CANCEL_CHECK_EVERY: u64 = 256;
+/// Operations a script may run on an async worker before it is moved to a blocking thread: a few
+/// hundred microseconds at most, so a busy script cannot stall the other calls of its worker.
+const INLINE_OPERATIONS: u64 = 20_000;
+/// Names of the API functions that wait (and of `print`/`debug`, whose output a rerun would
+/// repeat): a script naming none of them is tried inline first.
+const WAITING_NAMES: [&str; 5] = ["sleep", "next", "send", "print", "debug"];
 /// Events a streaming script may run ahead of the caller's `events` callback.
 const EVENT_BUFFER: usize = 8;
 /// Native stack per script call level for the helper thread of streaming calls. Rhai recurses on
@@ -50,12 +57,6 @@ const EVENT_BUFFER: usize = 8;
 /// maximum expression depth) and ~45 KiB in debug builds for a plain recursive function. Only
 /// touched pages cost memory, so this is generous.
 const HELPER_STACK_PER_CALL_LEVEL: usize = 128 << 10;
-
-/// How requests and incoming messages are shown to scripts: proto3 JSON names, every field present,
-/// 64-bit integers as numbers.
-const TO_SCRIPT: SerializeOptions = SerializeOptions::new()
-    .stringify_64_bit_integers(false)
-    .skip_default_fields(false);
 
 /// Base64 for `-bin` metadata given by scripts: padding optional, as gRPC peers send both.
 const BASE64_LENIENT: GeneralPurpose = GeneralPurpose::new(
@@ -72,8 +73,8 @@ pub struct ScriptLimits {
     pub max_string_size: usize,
     pub max_array_size: usize,
     pub max_map_size: usize,
-    /// Longest one script call may run (wall clock), whatever its operation count; enforced by the
-    /// caller, which cancels the call. Zero means no limit.
+    /// Longest one script call may run (wall clock), whatever its operation count; checked between
+    /// operations and while the script waits. Zero means no limit.
     pub max_duration: std::time::Duration,
 }
 
@@ -129,10 +130,10 @@ impl ScriptEngine {
                 }
                 CURRENT
                     .with(|cell| match cell.try_borrow().as_deref() {
-                        Ok(Some(state)) => state.cancel.is_cancelled(),
-                        _ => false,
+                        Ok(Some(state)) => state.interruption(ops),
+                        _ => None,
                     })
-                    .then(|| Dynamic::from(Stop::Cancelled))
+                    .map(Dynamic::from)
             });
         register_api(&mut engine);
         let helper_stack_size = (limits.max_call_depth.saturating_add(1))
@@ -183,6 +184,7 @@ impl ScriptEngine {
             inner: Arc::new(ScriptInner {
                 engine: self.inner.clone(),
                 ast,
+                may_wait: names_any(source, &WAITING_NAMES),
                 file: file.to_path_buf(),
                 line_offset,
             }),
@@ -223,6 +225,8 @@ impl fmt::Debug for Script {
 struct ScriptInner {
     engine: Arc<EngineInner>,
     ast: AST,
+    /// The text names a function that waits: not worth trying inline.
+    may_wait: bool,
     file: PathBuf,
     line_offset: usize,
 }
@@ -258,6 +262,24 @@ pub struct ScriptOutcome {
 
 type EvalResult = Result<Dynamic, Box<EvalAltResult>>;
 
+/// What [`Script::try_run_inline`] did.
+pub enum Inline {
+    /// The script ran to its end: its headers (sent exactly once, also on failure) and its result.
+    Ran {
+        headers: MetadataMap,
+        result: Result<ScriptOutcome, Status>,
+    },
+    /// The script must run where blocking is allowed ([`Script::run`]); here is the call back,
+    /// untouched.
+    Declined(ScriptCall),
+}
+
+/// How one evaluation ended: done, or given up on the async worker to be run again elsewhere.
+enum Ran {
+    Done(Result<ScriptOutcome, Status>),
+    NotInline(ScriptCall),
+}
+
 impl Script {
     /// Runs to completion, blocking the calling thread. Call it inside a tokio runtime from a
     /// thread where blocking is allowed (`tokio::task::spawn_blocking`): `next()` and `sleep()`
@@ -268,6 +290,40 @@ impl Script {
         call: ScriptCall,
         events: &mut dyn FnMut(ScriptEvent) -> bool,
     ) -> Result<ScriptOutcome, Status> {
+        match self.run_on_this_thread(call, false, events) {
+            Ran::Done(result) => result,
+            Ran::NotInline(_) => unreachable!("only inline runs are given up"),
+        }
+    }
+
+    /// Runs a unary call on this (async) thread when the script cannot wait: it is not a stream
+    /// and names no waiting function. Should it still reach `sleep()` (through a name built at
+    /// run time) or run more than [`INLINE_OPERATIONS`], it is stopped with nothing sent, and the
+    /// call is handed back to be run from the start by [`Script::run`] on a blocking thread. The
+    /// only effects of the abandoned attempt were on state that the rerun builds afresh.
+    pub fn try_run_inline(&self, call: ScriptCall) -> Inline {
+        if self.inner.may_wait || call.streaming_response || call.incoming.is_some() {
+            return Inline::Declined(call);
+        }
+        let mut headers = MetadataMap::new();
+        let ran = self.run_on_this_thread(call, true, &mut |event| {
+            if let ScriptEvent::Headers(h) = event {
+                headers = h;
+            }
+            true
+        });
+        match ran {
+            Ran::Done(result) => Inline::Ran { headers, result },
+            Ran::NotInline(call) => Inline::Declined(call),
+        }
+    }
+
+    fn run_on_this_thread(
+        &self,
+        call: ScriptCall,
+        inline: bool,
+        events: &mut dyn FnMut(ScriptEvent) -> bool,
+    ) -> Ran {
         let ScriptCall {
             request,
             metadata,
@@ -277,47 +333,68 @@ impl Script {
             cancel,
         } = call;
 
-        let request = match &request {
-            Some(message) => message_to_dynamic(message).map_err(|err| {
-                Status::internal(format!(
-                    "cannot show the {} request to the script: {err}",
-                    message.descriptor().full_name()
-                ))
-            })?,
+        let shown = match &request {
+            Some(message) => match message_to_dynamic(message) {
+                Ok(shown) => shown,
+                Err(err) => {
+                    return Ran::Done(Err(Status::internal(format!(
+                        "cannot show the {} request to the script: {err}",
+                        message.descriptor().full_name()
+                    ))))
+                }
+            },
             None => Dynamic::UNIT,
         };
         let mut scope = Scope::new();
         scope
-            .push_dynamic("request", request)
+            .push_dynamic("request", shown)
             .push("metadata", metadata_to_map(&metadata));
 
+        let max_duration = self.limits().max_duration;
         let state = CallState {
             incoming,
             output: output.clone(),
             streaming_response,
             cancel,
             runtime: Handle::try_current().ok(),
+            deadline: (!max_duration.is_zero())
+                .then(|| Instant::now().checked_add(max_duration))
+                .flatten(),
+            inline,
             headers: MetadataMap::new(),
             trailers: MetadataMap::new(),
             headers_sent: false,
             sink: None,
         };
         let (result, mut state) = if streaming_response {
-            self.eval_relaying(scope, state, events)?
+            match self.eval_relaying(scope, state, events) {
+                Ok(ran) => ran,
+                Err(status) => return Ran::Done(Err(status)),
+            }
         } else {
             self.eval(scope, state)
         };
 
-        if matches!(&result, Err(err) if is_client_gone(err)) {
-            return Err(Status::cancelled("client went away"));
+        if matches!(&result, Err(err) if is_stop(err, |s| matches!(s, Stop::NotInline))) {
+            return Ran::NotInline(ScriptCall {
+                request,
+                metadata,
+                incoming: state.incoming,
+                output,
+                streaming_response,
+                cancel: state.cancel,
+            });
+        }
+        if matches!(&result, Err(err) if is_stop(err, |s| matches!(s, Stop::ClientGone))) {
+            return Ran::Done(Err(Status::cancelled("client went away")));
         }
         if !state.headers_sent && !events(ScriptEvent::Headers(std::mem::take(&mut state.headers)))
         {
-            return Err(Status::cancelled("client went away"));
+            return Ran::Done(Err(Status::cancelled("client went away")));
         }
 
         let trailers = state.trailers;
-        match result {
+        Ran::Done(match result {
             Ok(value) if value.is_unit() => Ok(ScriptOutcome {
                 reply: None,
                 trailers,
@@ -337,7 +414,7 @@ impl Script {
                 let (code, message) = self.describe(*err);
                 Err(Status::with_metadata(code, message, trailers))
             }
-        }
+        })
     }
 
     /// Evaluates on this thread with `state` installed for the registered functions.
@@ -397,7 +474,15 @@ impl Script {
             EvalAltResult::ErrorTerminated(token, _) => match token.try_cast::<Stop>() {
                 Some(Stop::Fail(code, message)) => (code, message),
                 Some(Stop::Cancelled) => (Code::Cancelled, "call cancelled".into()),
+                Some(Stop::TimedOut) => (
+                    Code::DeadlineExceeded,
+                    format!(
+                        "script ran longer than {} (--script-timeout)",
+                        humantime::format_duration(limits.max_duration)
+                    ),
+                ),
                 Some(Stop::ClientGone) => (Code::Cancelled, "client went away".into()),
+                Some(Stop::NotInline) => (Code::Internal, "script stopped to be moved".into()),
                 None => (Code::Unknown, "script terminated".into()),
             },
             EvalAltResult::ErrorTooManyOperations(_) => exhausted(format!(
@@ -476,13 +561,21 @@ fn innermost(mut err: EvalAltResult) -> (EvalAltResult, Position) {
     }
 }
 
-fn is_client_gone(err: &EvalAltResult) -> bool {
+/// Whether the script was stopped by the API for a reason `which` picks.
+fn is_stop(err: &EvalAltResult, which: impl Fn(&Stop) -> bool) -> bool {
     match err.unwrap_inner() {
-        EvalAltResult::ErrorTerminated(token, _) => token
-            .read_lock::<Stop>()
-            .is_some_and(|stop| matches!(*stop, Stop::ClientGone)),
+        EvalAltResult::ErrorTerminated(token, _) => {
+            token.read_lock::<Stop>().is_some_and(|stop| which(&stop))
+        }
         _ => false,
     }
+}
+
+/// Whether `source` contains one of `names` as a whole word (in code, strings or comments alike).
+fn names_any(source: &str, names: &[&str]) -> bool {
+    source
+        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .any(|word| names.contains(&word))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -500,11 +593,30 @@ struct CallState {
     cancel: CancellationToken,
     /// Captured by `run()`: the helper thread of a streaming call is outside the runtime.
     runtime: Option<Handle>,
+    /// `--script-timeout` from the start of the run.
+    deadline: Option<Instant>,
+    /// Running on an async worker: must not block, nor run long (see `Script::try_run_inline`).
+    inline: bool,
     headers: MetadataMap,
     trailers: MetadataMap,
     headers_sent: bool,
     /// Where `send()` delivers events; set only on the helper thread of a streaming call.
     sink: Option<EventSink>,
+}
+
+impl CallState {
+    /// Why the progress hook should stop the script now, if it should.
+    fn interruption(&self, ops: u64) -> Option<Stop> {
+        if self.cancel.is_cancelled() {
+            Some(Stop::Cancelled)
+        } else if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            Some(Stop::TimedOut)
+        } else if self.inline && ops >= INLINE_OPERATIONS {
+            Some(Stop::NotInline)
+        } else {
+            None
+        }
+    }
 }
 
 /// The helper thread's end of the relay to the caller's `events` callback.
@@ -562,7 +674,11 @@ fn with_call<R>(
 enum Stop {
     Fail(Code, String),
     Cancelled,
+    /// Past `--script-timeout`.
+    TimedOut,
     ClientGone,
+    /// An inline run must move to a blocking thread (see `Script::try_run_inline`).
+    NotInline,
 }
 
 fn stop(reason: Stop) -> Box<EvalAltResult> {
@@ -649,9 +765,12 @@ fn next(state: &mut CallState) -> Result<Dynamic, Box<EvalAltResult>> {
     let message = match incoming.try_recv() {
         Ok(message) => Some(message),
         Err(TryRecvError::Disconnected) => None,
-        Err(TryRecvError::Empty) => {
-            block_on(state.runtime.as_ref(), &state.cancel, incoming.recv())?
-        }
+        Err(TryRecvError::Empty) => block_on(
+            state.runtime.as_ref(),
+            &state.cancel,
+            state.deadline,
+            incoming.recv(),
+        )?,
     };
     match message {
         Some(message) => message_to_dynamic(&message).map_err(|err| {
@@ -705,26 +824,41 @@ fn sleep(duration: Duration) -> Result<(), Box<EvalAltResult>> {
     if duration.is_zero() {
         return Ok(());
     }
-    // Only the handle and token are needed while blocking; don't hold the state borrowed.
-    let (runtime, cancel) = with_call(|state| Ok((state.runtime.clone(), state.cancel.clone())))?;
+    // Only the handle, token and deadline are needed while blocking; don't hold the state borrowed.
+    let (runtime, cancel, deadline) = with_call(|state| {
+        if state.inline {
+            // An async worker must not block: rerun where it may.
+            return Err(stop(Stop::NotInline));
+        }
+        Ok((state.runtime.clone(), state.cancel.clone(), state.deadline))
+    })?;
     // Lazy: the timer must be created inside the runtime that block_on enters.
-    block_on(runtime.as_ref(), &cancel, async move {
+    block_on(runtime.as_ref(), &cancel, deadline, async move {
         tokio::time::sleep(duration).await
     })
 }
 
-/// Blocks this (non-async) thread on `future`, stopping the script if the call is cancelled first.
+/// Blocks this (non-async) thread on `future`, stopping the script if the call is cancelled or
+/// its `--script-timeout` passes first.
 fn block_on<F: Future>(
     runtime: Option<&Handle>,
     cancel: &CancellationToken,
+    deadline: Option<Instant>,
     future: F,
 ) -> Result<F::Output, Box<EvalAltResult>> {
     let runtime = runtime
         .ok_or_else(|| api_error(Code::Internal, "scripts must run inside a tokio runtime"))?;
     runtime.block_on(async {
+        let timeout = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = cancel.cancelled() => Err(stop(Stop::Cancelled)),
+            _ = timeout => Err(stop(Stop::TimedOut)),
             output = future => Ok(output),
         }
     })
@@ -777,29 +911,6 @@ fn parse_code(code: &Dynamic) -> Result<Code, String> {
 
 // ---------------------------------------------------------------------------------------------
 // Conversions
-
-fn message_to_dynamic(message: &DynamicMessage) -> Result<Dynamic, Box<EvalAltResult>> {
-    // Straight into Rhai values, without a serde_json tree in between.
-    message.serialize_with_options(&mut DynamicSerializer::new(Dynamic::UNIT), &TO_SCRIPT)
-}
-
-/// Converts a script value to `desc` as proto3 JSON would be; unknown fields are an error.
-fn dynamic_to_message(value: &Dynamic, desc: &MessageDescriptor) -> Result<DynamicMessage, String> {
-    let options = DeserializeOptions::new();
-    // Straight from Rhai values first (a third faster); on failure, again through serde_json,
-    // whose errors name the problem plainly where Rhai's deserializer wraps them as syntax errors.
-    DynamicMessage::deserialize_with_options(
-        desc.clone(),
-        DynamicDeserializer::new(value),
-        &options,
-    )
-    .or_else(|_| {
-        let json: serde_json::Value =
-            rhai::serde::from_dynamic(value).map_err(|err| err.to_string())?;
-        DynamicMessage::deserialize_with_options(desc.clone(), json, &options)
-            .map_err(|err| err.to_string())
-    })
-}
 
 /// Request metadata as a Rhai map of string to string; `-bin` values as base64, the first value of
 /// a repeated key.
@@ -854,7 +965,7 @@ mod tests {
     use std::sync::OnceLock;
     use std::time::Instant;
 
-    use prost_reflect::DescriptorPool;
+    use prost_reflect::{DescriptorPool, SerializeOptions};
     use serde_json::json;
 
     const PROTO: &str = r#"
@@ -1365,6 +1476,102 @@ mod tests {
             .await
             .expect("run() hung");
         assert!(matches!(joined, Err(err) if err.is_panic()));
+    }
+
+    /// `--script-timeout` is enforced by the engine itself: between operations, and in the waits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_script_timeout_stops_an_endless_loop_a_sleep_and_a_wait_for_the_client() {
+        let limits = ScriptLimits {
+            max_operations: 0,
+            max_duration: Duration::from_millis(100),
+            ..Default::default()
+        };
+        let sources = ["loop { }", "sleep(60000); #{}", "let m = next(); #{}"];
+        for (source, streaming) in sources.into_iter().flat_map(|s| [(s, false), (s, true)]) {
+            let script = compile_with(limits.clone(), source);
+            let mut call = call(None);
+            call.streaming_response = streaming;
+            let (_tx, rx) = tokio::sync::mpsc::channel(1);
+            call.incoming = Some(rx);
+            let started = Instant::now();
+            let (result, _) = run_blocking(&script, call, usize::MAX).await;
+            let status = result.err().unwrap();
+            assert_eq!(
+                (status.code(), status.message()),
+                (
+                    Code::DeadlineExceeded,
+                    "script ran longer than 100ms (--script-timeout)"
+                ),
+                "{source}"
+            );
+            let took = started.elapsed();
+            assert!(took >= Duration::from_millis(100), "{source}: {took:?}");
+            assert!(took < Duration::from_secs(5), "{source}: {took:?}");
+        }
+    }
+
+    #[test]
+    fn a_script_that_cannot_wait_runs_inline() {
+        let script = compile(r#"header("x-a", "1"); #{ message: "hi " + request.name }"#);
+        let Inline::Ran { headers, result } =
+            script.try_run_inline(call(Some(message("t.Req", json!({ "name": "x" })))))
+        else {
+            panic!("declined");
+        };
+        assert_eq!(pairs(&headers), [("x-a".to_string(), "1".to_string())]);
+        assert_eq!(
+            to_json(&result.unwrap().reply.unwrap()),
+            json!({ "message": "hi x" })
+        );
+
+        // Its failures too, with the headers set before.
+        let script = compile(r#"header("x-a", "1"); fail("NOT_FOUND", "none")"#);
+        let Inline::Ran { headers, result } = script.try_run_inline(call(None)) else {
+            panic!("declined");
+        };
+        assert_eq!(headers.len(), 1);
+        assert_eq!(result.err().unwrap().code(), Code::NotFound);
+    }
+
+    /// Streams, scripts that name a waiting function, and scripts that turn out to wait or to run
+    /// long are handed back untouched, to run from the start on a blocking thread.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scripts_that_may_wait_or_run_long_are_handed_back() {
+        let mut streaming = call(None);
+        streaming.streaming_response = true;
+        let mut reading = call(None);
+        reading.incoming = Some(tokio::sync::mpsc::channel(1).1);
+        for (source, call) in [
+            ("#{}", streaming),
+            ("#{}", reading),
+            ("sleep(1); #{}", call(None)),
+            ("print(1); #{}", call(None)),
+        ] {
+            assert!(
+                matches!(compile(source).try_run_inline(call), Inline::Declined(_)),
+                "{source}"
+            );
+        }
+
+        // A sleep reached through a name built at run time, after a header and a trailer; and a
+        // loop past the inline budget. Both then run in full where blocking is allowed.
+        for source in [
+            r#"header("x-a", "1"); trailer("x-t", "2"); call(Fn("sl" + "eep"), 1); #{ total: 1 }"#,
+            r#"header("x-a", "1"); trailer("x-t", "2"); let n = 0; for i in 0..100000 { n += 1 } #{ total: n / 100000 }"#,
+        ] {
+            let script = compile(source);
+            let Inline::Declined(call) = script.try_run_inline(call(None)) else {
+                panic!("ran inline: {source}");
+            };
+            let (result, seen) = run_blocking(&script, call, usize::MAX).await;
+            let outcome = result.unwrap();
+            assert_eq!(to_json(&outcome.reply.unwrap()), json!({ "total": 1 }));
+            assert_eq!(seen, [Seen::Headers(vec![("x-a".into(), "1".into())])]);
+            assert_eq!(
+                pairs(&outcome.trailers),
+                [("x-t".to_string(), "2".to_string())]
+            );
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
