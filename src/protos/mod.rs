@@ -14,6 +14,9 @@ use walkdir::WalkDir;
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
 
+mod ahead;
+use ahead::ParseAhead;
+
 /// Files compiled into every pool whether or not a user proto imports them: `google.rpc.Status` and the
 /// standard error details are what handler `error.details` are written in.
 const ALWAYS_LOADED: &[&str] = &["google/rpc/status.proto", "google/rpc/error_details.proto"];
@@ -73,14 +76,26 @@ pub struct Protos {
 /// Compiles every `*.proto` under `root` (recursively). Every file is tried, so one load reports the
 /// problems of every broken file, not only the first.
 pub fn load(root: &Path, include_roots: &[PathBuf]) -> Result<Protos, Diagnostics> {
+    load_with_helpers(root, include_roots, ParseAhead::helpers)
+}
+
+/// `load` with `helpers(file count)` threads parsing ahead of the compiler (tests pin the count).
+fn load_with_helpers(
+    root: &Path,
+    include_roots: &[PathBuf],
+    helpers: impl FnOnce(usize) -> usize,
+) -> Result<Protos, Diagnostics> {
     let mut problems = Diagnostics::default();
     if !root.is_dir() {
         problems.push(Diagnostic::file(root, "protos folder not found"));
         return Err(problems);
     }
     let files = find_protos(root, &mut problems);
+    let ahead = ParseAhead::new(root, &files);
 
     let mut resolver = ChainFileResolver::new();
+    // First, so the folder's files come parsed; anything else falls through to the folder itself.
+    resolver.add(ahead.clone());
     resolver.add(IncludeFileResolver::new(root.to_path_buf()));
     for dir in include_roots {
         resolver.add(IncludeFileResolver::new(dir.clone()));
@@ -90,16 +105,22 @@ pub fn load(root: &Path, include_roots: &[PathBuf]) -> Result<Protos, Diagnostic
 
     let mut compiler = protox::Compiler::with_file_resolver(resolver);
     compiler.include_imports(true);
-    for name in ALWAYS_LOADED
-        .iter()
-        .copied()
-        .map(str::to_string)
-        .chain(files.iter().cloned())
-    {
-        if let Err(err) = compiler.open_file(&name) {
-            problems.push(to_diagnostic(&err, root, include_roots));
+    std::thread::scope(|scope| {
+        for _ in 0..helpers(files.len()) {
+            scope.spawn(|| ahead.help());
         }
-    }
+        let _stop_helpers = ahead.close_on_drop();
+        for name in ALWAYS_LOADED
+            .iter()
+            .copied()
+            .map(str::to_string)
+            .chain(files.iter().cloned())
+        {
+            if let Err(err) = compiler.open_file(&name) {
+                problems.push(to_diagnostic(&err, root, include_roots));
+            }
+        }
+    });
     problems.into_result()?;
     // The pool straight from the compiler keeps custom options such as `google.api.http`
     // (rebuilding it from `file_descriptor_set()` loses them).
@@ -178,5 +199,91 @@ fn to_diagnostic(err: &protox::Error, root: &Path, include_roots: &[PathBuf]) ->
             message,
         ),
         Err(_) => Diagnostic::file(file, message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chain of `n` files, each importing the one before it and using its message; `google.api.http`
+    /// on the first so the custom option's survival is compared too. A broken file is imported by the
+    /// next one only (the chain goes on past both), so the compiler asks for it twice.
+    fn tree(n: usize, broken: &[(usize, &str)]) -> tempfile::TempDir {
+        let is_broken = |i: usize| broken.iter().any(|(b, _)| *b == i);
+        let prev = |i: usize| match i {
+            i if i >= 2 && is_broken(i - 2) => i - 3,
+            i => i - 1,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..n {
+            let text = match broken.iter().find(|(b, _)| *b == i) {
+                Some((_, text)) => text.to_string(),
+                None if i == 0 => "syntax = \"proto3\";\npackage p;\nimport \"google/api/annotations.proto\";\n\
+                     message M0 { string a = 1; }\nservice S {\n  rpc Get (M0) returns (M0) {\n    \
+                     option (google.api.http) = { get: \"/m\" };\n  }\n}\n"
+                    .to_string(),
+                None => format!(
+                    "syntax = \"proto3\";\npackage p;\nimport \"f{p:03}.proto\";\n\nmessage M{i} {{\n  M{p} prev = 1;\n}}\n",
+                    p = prev(i)
+                ),
+            };
+            std::fs::write(dir.path().join(format!("f{i:03}.proto")), text).unwrap();
+        }
+        dir
+    }
+
+    fn loaded(dir: &Path, helpers: usize) -> Result<Protos, Diagnostics> {
+        load_with_helpers(dir, &[], |_| helpers)
+    }
+
+    #[test]
+    fn parsing_ahead_builds_the_same_pool() {
+        let dir = tree(150, &[]);
+        let alone = loaded(dir.path(), 0).unwrap();
+        for helpers in [1, 2, 3] {
+            let ahead = loaded(dir.path(), helpers).unwrap();
+            assert_eq!(ahead.files, alone.files);
+            // The encoded pool carries source info and the `google.api.http` option.
+            assert_eq!(ahead.pool.encode_to_vec(), alone.pool.encode_to_vec());
+        }
+        let get = alone
+            .pool
+            .get_service_by_name("p.S")
+            .unwrap()
+            .methods()
+            .next()
+            .unwrap();
+        let http = alone.pool.get_extension_by_name("google.api.http").unwrap();
+        assert!(
+            get.options().has_extension(&http),
+            "the custom option survives"
+        );
+    }
+
+    #[test]
+    fn problems_are_the_same_whoever_parses() {
+        let syntax = "syntax = \"proto3\";\npackage p;\n\nmessage M40 {\n  int32 a = ;\n}\n";
+        let missing =
+            "syntax = \"proto3\";\npackage p;\nimport \"nowhere.proto\";\nmessage M90 {}\n";
+        let duplicate = "syntax = \"proto3\";\npackage p;\n\nmessage M3 {}\n";
+        let dir = tree(120, &[(40, syntax), (90, missing), (110, duplicate)]);
+        let alone = loaded(dir.path(), 0).unwrap_err().to_string();
+        for helpers in [1, 2, 3] {
+            for _ in 0..3 {
+                let ahead = loaded(dir.path(), helpers).unwrap_err().to_string();
+                assert_eq!(ahead, alone, "with {helpers} helpers");
+            }
+        }
+        let at = |file: &str, line: usize| {
+            let want = format!("{}:{line}:", dir.path().join(file).display());
+            assert!(
+                alone.lines().any(|l| l.starts_with(&want)),
+                "expected {want}… in:\n{alone}"
+            );
+        };
+        at("f040.proto", 5); // the syntax error
+        at("f090.proto", 3); // the missing import
+        at("f110.proto", 4); // the second definition of p.M3
     }
 }
