@@ -86,9 +86,10 @@ class Server:
     """A server pinned to SERVER_CPU, started in its own session; `addr` comes from its
     `listening on ADDR` line, and `ready_s` is the time from spawn to that line."""
 
-    def __init__(self, name: str, argv: list, env: dict | None = None, timeout: float = 120):
+    def __init__(self, name: str, argv: list, env: dict | None = None, timeout: float = 120,
+                 cpus: str = SERVER_CPU):
         self.name = name
-        self.argv = ["taskset", "-c", SERVER_CPU] + [str(a) for a in argv]
+        self.argv = ["taskset", "-c", cpus] + [str(a) for a in argv]
         (OUT / "logs").mkdir(parents=True, exist_ok=True)
         self.log_path = OUT / "logs" / f"{name.replace(' ', '-')}.stderr"
         self.stderr = open(self.log_path, "a")
@@ -489,10 +490,10 @@ def measure_reload(cfg, protos: pathlib.Path, handlers: pathlib.Path, handler_fi
     return result
 
 
-def startup(name: str, argv: list, tries: int) -> dict:
+def startup(name: str, argv: list, tries: int, cpus: str = SERVER_CPU) -> dict:
     times, rss, hwm = [], [], []
     for i in range(tries):
-        s = Server(f"{name}-startup", argv, timeout=300)
+        s = Server(f"{name}-startup", argv, timeout=300, cpus=cpus)
         try:
             times.append(s.ready_s)
             time.sleep(0.5)
@@ -502,7 +503,7 @@ def startup(name: str, argv: list, tries: int) -> dict:
             s.stop()
     r = {"tries": tries, "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
          "all_s": [round(t, 3) for t in times], "rss_kib": statistics.median(rss), "hwm_kib": statistics.median(hwm),
-         "command": shlex.join(["taskset", "-c", SERVER_CPU] + [str(a) for a in argv])}
+         "command": shlex.join(["taskset", "-c", cpus] + [str(a) for a in argv])}
     log(f"  {name}: ready in {r['median_s'] * 1000:.0f} ms (median of {tries}: {r['all_s']}), "
         f"RSS {r['rss_kib'] / 1024:.0f} MiB, peak {r['hwm_kib'] / 1024:.0f} MiB")
     return r
@@ -519,8 +520,10 @@ def scenario5(cfg, servers: list) -> dict:
         log(f"scenario 5: generated {summary}")
         protos, handlers = work / "protos", work / "handlers"
         if "protodrop" in servers:
-            res["protodrop_startup"] = startup("protodrop", [cfg.protodrop_bin, "--protos", protos, "--handlers", handlers,
-                                                             "--listen", "127.0.0.1:0"], cfg.startup_tries)
+            argv = [cfg.protodrop_bin, "--protos", protos, "--handlers", handlers, "--listen", "127.0.0.1:0"]
+            res["protodrop_startup"] = startup("protodrop", argv, cfg.startup_tries)
+            # protodrop parses the tree on spare cores (src/protos/ahead.rs): also timed with both cores
+            res["protodrop_startup_2cores"] = startup("protodrop-2cores", argv, cfg.startup_tries, cpus="0,1")
         if "node" in servers:
             res["node_startup"] = startup("node", ["node", BENCH / "peers" / "node" / "server.js", "--protos", protos,
                                                    "--listen", "127.0.0.1:0"], cfg.startup_tries)
