@@ -1552,7 +1552,7 @@ fn check_direct(method: &str) -> (u64, u64) {
         let bytes = message.encode_to_vec();
         for candidate in [bytes.clone(), mutate(&bytes, &mutations)] {
             cases.set(cases.get() + 1);
-            if !direct.layouts.is_canonical(&candidate) {
+            if !direct.is_canonical(&candidate) {
                 continue;
             }
             let request = DynamicMessage::decode(desc.input(), candidate.as_slice())
@@ -1611,7 +1611,7 @@ fn direct_rule_selection_equals_the_general_paths() {
     let picked = RefCell::new(vec![0u32; rules.rules.len() + 1]);
     let result = runner_with(1).run(&strategy, |(Shown(message), ada)| {
         let bytes = message.encode_to_vec();
-        prop_assert!(direct.layouts.is_canonical(&bytes));
+        prop_assert!(direct.is_canonical(&bytes));
         let mut metadata = tonic::metadata::MetadataMap::new();
         if ada {
             metadata.insert("x-user", "ada".parse().unwrap());

@@ -9,6 +9,8 @@
 //! conversion between types, a condition on a list — leaves the rule (or the method) to the general
 //! path, and so does any request that is not canonical. `tests/encoding.rs` compares both paths.
 
+use std::sync::OnceLock;
+
 use prost::encoding::{encode_key, encode_varint, WireType};
 use prost_reflect::{
     DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor, Value,
@@ -41,8 +43,12 @@ pub struct Declined;
 /// A method whose rules are answered by emitters.
 #[derive(Debug)]
 pub struct Direct {
-    /// Checks requests of the method's input type.
-    pub layouts: Layouts,
+    /// The method's input type.
+    input: MessageDescriptor,
+    /// Checks requests of the input type; built on the method's first call, not at load: every
+    /// type reachable from the input is laid out, which for a large tree costs milliseconds per
+    /// method and would make a reload of hundreds of methods take hundreds of them.
+    layouts: OnceLock<Layouts>,
     /// The method's rules in the order they are tried. A streaming method has exactly one, without
     /// conditions (a bidi call selects a rule per message, which the general path does).
     choices: Vec<Choice>,
@@ -94,9 +100,17 @@ impl Direct {
             return None;
         }
         Some(Direct {
-            layouts: Layouts::new(&method.input()),
+            input: method.input(),
+            layouts: OnceLock::new(),
             choices,
         })
+    }
+
+    /// Whether `request` is canonical, so that replies may be written from its bytes.
+    pub fn is_canonical(&self, request: &[u8]) -> bool {
+        self.layouts
+            .get_or_init(|| Layouts::new(&self.input))
+            .is_canonical(request)
     }
 
     /// The rule a (canonical) request selects, as the general path would; `None` when none matches.

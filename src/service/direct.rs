@@ -34,7 +34,7 @@ pub(super) async fn unary(
     metadata: &MetadataMap,
     reserve: usize,
 ) -> Option<Result<UnaryReply, Status>> {
-    if !direct.layouts.is_canonical(request) {
+    if !direct.is_canonical(request) {
         return None;
     }
     let raw = raw_scope(request, None, metadata);
@@ -103,7 +103,7 @@ pub(super) async fn streaming(
         }
         Err(status) => return Streamed::Answered(Err(status)),
     };
-    if !direct.layouts.is_canonical(&first) {
+    if !direct.is_canonical(&first) {
         return Streamed::General {
             first: Some(first),
             rest: Box::new(rest),
@@ -191,7 +191,7 @@ fn bidi(
             if !choice.rule.trailers.is_empty() {
                 extend_metadata(&mut trailers, choice.rule.trailers(&scope_of(&metadata))?);
             }
-            let canonical = direct.layouts.is_canonical(&request);
+            let canonical = direct.is_canonical(&request);
             yield message(emitter, template, &method, &request, canonical, None, Some(count), &metadata, limit)?;
             next_message = next(&mut incoming).await?;
         }
