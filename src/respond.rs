@@ -373,7 +373,7 @@ fn script_panicked(e: tokio::task::JoinError) -> Status {
     Status::internal(format!("script task failed: {e}"))
 }
 
-fn reply_error(e: String) -> Status {
+pub(crate) fn reply_error(e: String) -> Status {
     Status::internal(format!("cannot build the reply: {e}"))
 }
 

@@ -1509,12 +1509,14 @@ static DIRECT: LazyLock<(protodrop::protos::Protos, protodrop::handlers::Handler
         (protos, handlers)
     });
 
-/// Replies to generated requests (and mutated ones) of `method`: the direct path's bytes, when it
-/// writes them, equal the general path's. Returns (cases, written directly).
-fn check_direct(method: &str) -> (u64, u64) {
-    use protodrop::handlers::emit::{Direct, DirectReply, RawScope};
-    use protodrop::handlers::template::Scope;
-    use protodrop::handlers::{rule::StreamSource, Answer};
+/// `method` of `DIRECT` (`pkg.Service/Method`): its descriptor, its rules and their direct form.
+fn direct_method(
+    method: &str,
+) -> (
+    prost_reflect::MethodDescriptor,
+    &'static protodrop::handlers::MethodRules,
+    protodrop::handlers::emit::Direct,
+) {
     let (protos, handlers) = &*DIRECT;
     let (service, name) = method.split_once('/').expect("a method path");
     let desc = protos
@@ -1523,8 +1525,18 @@ fn check_direct(method: &str) -> (u64, u64) {
         .and_then(|s| s.methods().find(|m| m.name() == name))
         .unwrap_or_else(|| panic!("no method {method}"));
     let rules = &handlers.methods[method];
-    let direct =
-        Direct::compile(&desc, rules).unwrap_or_else(|| panic!("{method} has no direct form"));
+    let direct = protodrop::handlers::emit::Direct::compile(&desc, rules)
+        .unwrap_or_else(|| panic!("{method} has no direct form"));
+    (desc, rules, direct)
+}
+
+/// Replies to generated requests (and mutated ones) of `method`: the direct path's bytes, when it
+/// writes them, equal the general path's. Returns (cases, written directly).
+fn check_direct(method: &str) -> (u64, u64) {
+    use protodrop::handlers::emit::{DirectReply, RawScope};
+    use protodrop::handlers::template::Scope;
+    use protodrop::handlers::{rule::StreamSource, Answer};
+    let (desc, _, direct) = direct_method(method);
     let mut metadata = tonic::metadata::MetadataMap::new();
     metadata.insert("x-user", "ada".parse().unwrap());
     let only = direct.only();
@@ -1591,18 +1603,11 @@ fn check_direct(method: &str) -> (u64, u64) {
 /// path selects from the request's bytes is the general path's, and so is its reply.
 #[test]
 fn direct_rule_selection_equals_the_general_paths() {
-    use protodrop::handlers::emit::{Direct, DirectReply, RawScope};
+    use protodrop::handlers::emit::{DirectReply, RawScope};
     use protodrop::handlers::template::Scope;
     use protodrop::handlers::Answer;
-    let (protos, handlers) = &*DIRECT;
     let method = "encoding.direct.Direct/Pick";
-    let desc = protos
-        .pool
-        .get_service_by_name("encoding.direct.Direct")
-        .and_then(|s| s.methods().find(|m| m.name() == "Pick"))
-        .expect("Pick");
-    let rules = &handlers.methods[method];
-    let direct = Direct::compile(&desc, rules).expect("Pick has a direct form");
+    let (desc, rules, direct) = direct_method(method);
     let gen = Gen::direct_inputs();
     let strategy = (
         gen.message(&desc.input(), DEPTH).prop_map(Shown),

@@ -14,7 +14,7 @@ use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, ReflectMessag
 /// A message measured and ready to be written.
 pub struct Measured<'a> {
     message: &'a DynamicMessage,
-    /// Lengths of nested messages and map entries, in the order `write` meets them.
+    /// Lengths of nested messages, map entries and packed lists, in the order `write` meets them.
     lengths: Vec<usize>,
     len: usize,
 }
@@ -78,6 +78,7 @@ fn measure_field(field: &FieldDescriptor, value: &Value, lengths: &mut Vec<usize
             if field.is_packed() {
                 let kind = field.kind();
                 let body: usize = values.iter().map(|v| packed_len(&kind, v)).sum();
+                lengths.push(body);
                 encoding::key_len(number) + encoding::encoded_len_varint(body as u64) + body
             } else {
                 values
@@ -226,7 +227,7 @@ fn write_field(
         Value::List(values) if field.is_list() => {
             if field.is_packed() {
                 let kind = field.kind();
-                let body: usize = values.iter().map(|v| packed_len(&kind, v)).sum();
+                let body = next_len(lengths);
                 encoding::encode_key(number, WireType::LengthDelimited, buf);
                 encoding::encode_varint(body as u64, buf);
                 for v in values {

@@ -325,8 +325,8 @@ enum Op {
 enum TextPart {
     Literal(String),
     Str(Vec<u32>),
-    Int(Vec<u32>, Kind),
-    Bool(Vec<u32>),
+    /// An integer or boolean request field, in decimal / `true`/`false`.
+    Scalar(Vec<u32>, Kind),
     Counter(Counter),
     Metadata(String),
 }
@@ -580,8 +580,9 @@ fn compile_text_part(part: &Part) -> Option<TextPart> {
             let steps = request_steps(path)?;
             match kind {
                 Kind::String => Some(TextPart::Str(steps)),
-                Kind::Bool => Some(TextPart::Bool(steps)),
-                k if is_integer_kind(k) => Some(TextPart::Int(steps, k.clone())),
+                k if *k == Kind::Bool || is_integer_kind(k) => {
+                    Some(TextPart::Scalar(steps, k.clone()))
+                }
                 _ => None,
             }
         }
@@ -744,13 +745,17 @@ fn render_text(parts: &[TextPart], scope: &RawScope<'_>) -> Result<String, Decli
                     out.push_str(std::str::from_utf8(field.value).map_err(|_| Declined)?);
                 }
             }
-            TextPart::Int(path, kind) => {
-                let value = field_at(scope.request, path).map_or(&[][..], |f| f.value);
-                write_int_text(&mut out, kind, value)?;
-            }
-            TextPart::Bool(path) => {
-                let set = field_at(scope.request, path).is_some_and(|f| f.value != [0]);
-                out.push_str(if set { "true" } else { "false" });
+            TextPart::Scalar(path, kind) => {
+                let raw = field_at(scope.request, path).map(|f| f.value);
+                match scalar_value(kind, raw).ok_or(Declined)? {
+                    Value::I32(n) => write!(out, "{n}"),
+                    Value::I64(n) => write!(out, "{n}"),
+                    Value::U32(n) => write!(out, "{n}"),
+                    Value::U64(n) => write!(out, "{n}"),
+                    Value::Bool(b) => write!(out, "{b}"),
+                    _ => return Err(Declined),
+                }
+                .expect("writing to a String");
             }
             TextPart::Counter(counter) => {
                 let n = counter_value(*counter, scope).ok_or(Declined)?;
@@ -764,38 +769,4 @@ fn render_text(parts: &[TextPart], scope: &RawScope<'_>) -> Result<String, Decli
         }
     }
     Ok(out)
-}
-
-/// An integer as found in canonical bytes (empty: not set, so 0), written in decimal.
-fn write_int_text(out: &mut String, kind: &Kind, mut value: &[u8]) -> Result<(), Declined> {
-    use std::fmt::Write as _;
-    if value.is_empty() {
-        out.push('0');
-        return Ok(());
-    }
-    let fixed = |bytes: &[u8]| -> Result<u64, Declined> {
-        let mut b = [0u8; 8];
-        b.get_mut(..bytes.len())
-            .ok_or(Declined)?
-            .copy_from_slice(bytes);
-        Ok(u64::from_le_bytes(b))
-    };
-    let text = match kind {
-        Kind::Fixed32 => (fixed(value)? as u32).to_string(),
-        Kind::Sfixed32 => (fixed(value)? as u32 as i32).to_string(),
-        Kind::Fixed64 => fixed(value)?.to_string(),
-        Kind::Sfixed64 => (fixed(value)? as i64).to_string(),
-        _ => {
-            let v = canonical::read_varint(&mut value).ok_or(Declined)?;
-            match kind {
-                Kind::Int32 => (v as i32).to_string(),
-                Kind::Int64 => (v as i64).to_string(),
-                Kind::Uint32 | Kind::Uint64 => v.to_string(),
-                Kind::Sint32 | Kind::Sint64 => ((v >> 1) as i64 ^ -((v & 1) as i64)).to_string(),
-                _ => return Err(Declined),
-            }
-        }
-    };
-    write!(out, "{text}").expect("writing to a String");
-    Ok(())
 }

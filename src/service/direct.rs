@@ -17,7 +17,7 @@ use crate::handlers::rule::StreamSource;
 use crate::handlers::template::{MessageTemplate, Scope};
 use crate::handlers::Answer;
 use crate::registry::Method;
-use crate::respond::{end_with_trailers, extend_metadata, with_headers};
+use crate::respond::{end_with_trailers, extend_metadata, reply_error, with_headers};
 
 /// A unary reply: headers, the encoded message, trailers.
 pub(super) struct UnaryReply {
@@ -159,7 +159,7 @@ async fn server_stream(
             yield message(emitter, template, &method, &request, true, index, None, &metadata, limit)?;
         }
         if let Some(error) = &answer.then {
-            Err(error.render(&scope_of(&metadata)))?;
+            Err(error.render(&Scope::new(None, &metadata)))?;
         }
         end_with_trailers(trailers)?;
     };
@@ -174,7 +174,7 @@ fn bidi(
     mut incoming: Streaming<Bytes>,
     limit: usize,
 ) -> Result<Response<EncodedStream>, Status> {
-    let headers = only(&method).rule.headers(&scope_of(&metadata))?;
+    let headers = only(&method).rule.headers(&Scope::new(None, &metadata))?;
     let stream = async_stream::try_stream! {
         let (direct, choice) = (method.direct.as_ref().expect("direct method"), only(&method));
         let (Some(DirectReply::One(emitter)), Answer::Reply(template)) = (&choice.reply, &choice.rule.answer) else {
@@ -189,7 +189,7 @@ fn bidi(
                 tokio::time::sleep(delay).await;
             }
             if !choice.rule.trailers.is_empty() {
-                extend_metadata(&mut trailers, choice.rule.trailers(&scope_of(&metadata))?);
+                extend_metadata(&mut trailers, choice.rule.trailers(&Scope::new(None, &metadata))?);
             }
             let canonical = direct.is_canonical(&request);
             yield message(emitter, template, &method, &request, canonical, None, Some(count), &metadata, limit)?;
@@ -236,19 +236,13 @@ fn message(
         count,
         ..Scope::new(Some(&decoded), metadata)
     };
-    let reply = template
-        .render(&scope)
-        .map_err(|e| Status::internal(format!("cannot build the reply: {e}")))?;
+    let reply = template.render(&scope).map_err(reply_error)?;
     encode_reply(&reply, limit)
 }
 
 /// The one rule of a streaming method with a direct form.
 fn only(method: &Method) -> &Choice {
     method.direct.as_ref().expect("direct method").only()
-}
-
-fn scope_of(metadata: &MetadataMap) -> Scope<'_> {
-    Scope::new(None, metadata)
 }
 
 /// The next message's bytes; over-size is RESOURCE_EXHAUSTED (see `super::incoming`).
