@@ -15,7 +15,9 @@ use tonic::metadata::{KeyAndValueRef, MetadataMap};
 use tonic::{Response, Status};
 
 use crate::handlers::rule::{ok_with_trailers, StreamAnswer, StreamSource};
-use crate::handlers::script::{Inline, Script, ScriptCall, ScriptEvent, ScriptOutcome};
+use crate::handlers::script::{
+    Inline, Script, ScriptCall, ScriptEvent, ScriptOutcome, ScriptRequest,
+};
 use crate::handlers::template::Scope;
 use crate::handlers::{Answer, MethodRules, Rule};
 use crate::registry::{Method, State};
@@ -256,7 +258,7 @@ async fn run_script(
 ) -> Result<Response<ReplyStream>, Status> {
     let streaming_response = method.desc.is_server_streaming();
     let call = ScriptCall {
-        request,
+        request: request.map(|m| ScriptRequest::Decoded(Arc::new(m))),
         metadata,
         incoming: None,
         output: method.desc.output(),
@@ -369,7 +371,7 @@ async fn next_message(incoming: &mut Incoming) -> Result<Option<DynamicMessage>,
     incoming.next().await.transpose()
 }
 
-fn script_panicked(e: tokio::task::JoinError) -> Status {
+pub(crate) fn script_panicked(e: tokio::task::JoinError) -> Status {
     Status::internal(format!("script task failed: {e}"))
 }
 

@@ -54,6 +54,13 @@ pub fn encode_to_vec(message: &DynamicMessage) -> Vec<u8> {
     out
 }
 
+/// The records of one field holding `value`, as they are written within a message.
+pub fn encode_field(field: &FieldDescriptor, value: &Value, buf: &mut impl BufMut) {
+    let mut lengths = Vec::new();
+    measure_field(field, value, &mut lengths);
+    write_field(field, field.number(), value, &mut lengths.into_iter(), buf);
+}
+
 /// Messages whose type has extension ranges are left to prost-reflect, which knows where extension
 /// values sit among the fields (proto3 has no extensions, so the hot path never goes there).
 fn has_extensions(message: &DynamicMessage) -> bool {

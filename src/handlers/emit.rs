@@ -43,8 +43,9 @@ pub struct Declined;
 /// A method whose rules are answered by emitters.
 #[derive(Debug)]
 pub struct Direct {
-    /// The method's input type.
+    /// The method's input and output types.
     input: MessageDescriptor,
+    output: MessageDescriptor,
     /// Checks requests of the input type; built on the method's first call, not at load: every
     /// type reachable from the input is laid out, which for a large tree costs milliseconds per
     /// method and would make a reload of hundreds of methods take hundreds of them.
@@ -69,6 +70,9 @@ pub enum DirectReply {
     /// A `stream` answer of a server-streaming method (its delay and `then` are in the rule).
     Messages(Vec<Emitter>),
     Repeat(u64, Emitter),
+    /// A unary script that may run inline ([`super::script::Script::may_run_inline`]): shown the
+    /// request's bytes lazily, its reply written from its values.
+    Script,
 }
 
 impl Direct {
@@ -101,9 +105,18 @@ impl Direct {
         }
         Some(Direct {
             input: method.input(),
+            output: method.output(),
             layouts: OnceLock::new(),
             choices,
         })
+    }
+
+    pub fn input(&self) -> &MessageDescriptor {
+        &self.input
+    }
+
+    pub fn output(&self) -> &MessageDescriptor {
+        &self.output
     }
 
     /// Whether `request` is canonical, so that replies may be written from its bytes.
@@ -138,6 +151,7 @@ fn compile_reply(rule: &Rule, client: bool, server: bool) -> Option<DirectReply>
         (Answer::Reply(t), false, _) | (Answer::Reply(t), true, true) => {
             DirectReply::One(Emitter::compile(t)?)
         }
+        (Answer::Script(script), false, false) if script.may_run_inline() => DirectReply::Script,
         (Answer::Stream(stream), false, true) => {
             if !stream
                 .then

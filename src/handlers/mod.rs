@@ -6,6 +6,7 @@ pub mod matcher;
 pub mod rule;
 pub mod script;
 mod script_convert;
+mod script_lazy;
 pub mod template;
 mod toml_tree;
 

@@ -25,6 +25,7 @@ use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
+use bytes::Bytes;
 use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage};
 use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Position, Scope, AST, FLOAT, INT};
 use tokio::runtime::Handle;
@@ -35,7 +36,8 @@ use tonic::metadata::{
 };
 use tonic::{Code, Status};
 
-use super::script_convert::{dynamic_to_message, message_to_dynamic};
+use super::script_convert::{dynamic_to_message, encode_message};
+use super::script_lazy::{self, plain, LazyMessage};
 use crate::diagnostic::Diagnostic;
 
 /// Maximum nesting of expressions at the top level of a script (checked when compiling).
@@ -136,6 +138,7 @@ impl ScriptEngine {
                     .map(Dynamic::from)
             });
         register_api(&mut engine);
+        script_lazy::register(&mut engine);
         let helper_stack_size = (limits.max_call_depth.saturating_add(1))
             .saturating_mul(HELPER_STACK_PER_CALL_LEVEL)
             .clamp(2 << 20, 1 << 30);
@@ -185,6 +188,8 @@ impl ScriptEngine {
                 engine: self.inner.clone(),
                 ast,
                 may_wait: names_any(source, &WAITING_NAMES),
+                // `eval` could name it too.
+                reads_metadata: names_any(source, &["metadata", "eval"]),
                 file: file.to_path_buf(),
                 line_offset,
             }),
@@ -227,13 +232,15 @@ struct ScriptInner {
     ast: AST,
     /// The text names a function that waits: not worth trying inline.
     may_wait: bool,
+    /// The text names `metadata`: only then is the map built.
+    reads_metadata: bool,
     file: PathBuf,
     line_offset: usize,
 }
 
 pub struct ScriptCall {
     /// Unary / server-streaming calls: the request; `None` for client and bidi streams.
-    pub request: Option<DynamicMessage>,
+    pub request: Option<ScriptRequest>,
     /// Request metadata.
     pub metadata: MetadataMap,
     /// Client and bidi streams: the client's messages; closed when the client has finished.
@@ -246,6 +253,32 @@ pub struct ScriptCall {
     pub cancel: CancellationToken,
 }
 
+/// A request, shown to the script as a [`LazyMessage`].
+#[derive(Clone)]
+pub enum ScriptRequest {
+    Decoded(Arc<DynamicMessage>),
+    /// Canonical bytes of the type (see [`crate::codec::canonical`]), not decoded.
+    Canonical(MessageDescriptor, Bytes),
+}
+
+impl ScriptRequest {
+    fn show(&self) -> Result<Dynamic, Box<EvalAltResult>> {
+        match self {
+            ScriptRequest::Decoded(message) => LazyMessage::show(message.clone()),
+            ScriptRequest::Canonical(desc, bytes) => {
+                LazyMessage::show_canonical(desc.clone(), bytes.clone())
+            }
+        }
+    }
+
+    fn type_name(&self) -> String {
+        match self {
+            ScriptRequest::Decoded(message) => message.descriptor().full_name().to_owned(),
+            ScriptRequest::Canonical(desc, _) => desc.full_name().to_owned(),
+        }
+    }
+}
+
 pub enum ScriptEvent {
     /// Exactly once: before the first `Message`, or before `run()` returns when no message was
     /// sent (also when it returns an error). All headers set so far.
@@ -253,21 +286,22 @@ pub enum ScriptEvent {
     Message(DynamicMessage),
 }
 
-pub struct ScriptOutcome {
-    /// The script's final value converted to `output` (`None` when the script ended with `()`).
+pub struct ScriptOutcome<R = DynamicMessage> {
+    /// The script's final value converted to `output` (`None` when the script ended with `()`):
+    /// a message, or its encoding ([`Script::try_run_inline_encoded`]).
     /// For streaming responses the caller sends it as the last message.
-    pub reply: Option<DynamicMessage>,
+    pub reply: Option<R>,
     pub trailers: MetadataMap,
 }
 
 type EvalResult = Result<Dynamic, Box<EvalAltResult>>;
 
 /// What [`Script::try_run_inline`] did.
-pub enum Inline {
+pub enum Inline<R = DynamicMessage> {
     /// The script ran to its end: its headers (sent exactly once, also on failure) and its result.
     Ran {
         headers: MetadataMap,
-        result: Result<ScriptOutcome, Status>,
+        result: Result<ScriptOutcome<R>, Status>,
     },
     /// The script must run where blocking is allowed ([`Script::run`]); here is the call back,
     /// untouched.
@@ -275,8 +309,8 @@ pub enum Inline {
 }
 
 /// How one evaluation ended: done, or given up on the async worker to be run again elsewhere.
-enum Ran {
-    Done(Result<ScriptOutcome, Status>),
+enum Ran<R> {
+    Done(Result<ScriptOutcome<R>, Status>),
     NotInline(ScriptCall),
 }
 
@@ -290,7 +324,7 @@ impl Script {
         call: ScriptCall,
         events: &mut dyn FnMut(ScriptEvent) -> bool,
     ) -> Result<ScriptOutcome, Status> {
-        match self.run_on_this_thread(call, false, events) {
+        match self.run_on_this_thread(call, false, events, dynamic_to_message) {
             Ran::Done(result) => result,
             Ran::NotInline(_) => unreachable!("only inline runs are given up"),
         }
@@ -302,28 +336,49 @@ impl Script {
     /// call is handed back to be run from the start by [`Script::run`] on a blocking thread. The
     /// only effects of the abandoned attempt were on state that the rerun builds afresh.
     pub fn try_run_inline(&self, call: ScriptCall) -> Inline {
+        self.run_inline(call, dynamic_to_message)
+    }
+
+    /// [`Script::try_run_inline`], the reply encoded at the end of `out` (written from the
+    /// script's values, see [`encode_message`]); its [`ScriptOutcome::reply`] is `Some(())` when
+    /// there is one.
+    pub fn try_run_inline_encoded(&self, call: ScriptCall, out: &mut Vec<u8>) -> Inline<()> {
+        self.run_inline(call, |value, output| encode_message(value, output, out))
+    }
+
+    /// Whether [`Script::try_run_inline`] would try: a unary script naming no waiting function.
+    pub fn may_run_inline(&self) -> bool {
+        !self.inner.may_wait
+    }
+
+    fn run_inline<R>(
+        &self,
+        call: ScriptCall,
+        convert: impl FnOnce(&Dynamic, &MessageDescriptor) -> Result<R, String>,
+    ) -> Inline<R> {
         if self.inner.may_wait || call.streaming_response || call.incoming.is_some() {
             return Inline::Declined(call);
         }
         let mut headers = MetadataMap::new();
-        let ran = self.run_on_this_thread(call, true, &mut |event| {
+        let events = &mut |event| {
             if let ScriptEvent::Headers(h) = event {
                 headers = h;
             }
             true
-        });
-        match ran {
+        };
+        match self.run_on_this_thread(call, true, events, convert) {
             Ran::Done(result) => Inline::Ran { headers, result },
             Ran::NotInline(call) => Inline::Declined(call),
         }
     }
 
-    fn run_on_this_thread(
+    fn run_on_this_thread<R>(
         &self,
         call: ScriptCall,
         inline: bool,
         events: &mut dyn FnMut(ScriptEvent) -> bool,
-    ) -> Ran {
+        convert: impl FnOnce(&Dynamic, &MessageDescriptor) -> Result<R, String>,
+    ) -> Ran<R> {
         let ScriptCall {
             request,
             metadata,
@@ -334,21 +389,22 @@ impl Script {
         } = call;
 
         let shown = match &request {
-            Some(message) => match message_to_dynamic(message) {
+            Some(request) => match request.show() {
                 Ok(shown) => shown,
                 Err(err) => {
                     return Ran::Done(Err(Status::internal(format!(
                         "cannot show the {} request to the script: {err}",
-                        message.descriptor().full_name()
+                        request.type_name()
                     ))))
                 }
             },
             None => Dynamic::UNIT,
         };
         let mut scope = Scope::new();
-        scope
-            .push_dynamic("request", shown)
-            .push("metadata", metadata_to_map(&metadata));
+        scope.push_dynamic("request", shown);
+        if self.inner.reads_metadata {
+            scope.push("metadata", metadata_to_map(&metadata));
+        }
 
         let max_duration = self.limits().max_duration;
         let state = CallState {
@@ -399,7 +455,7 @@ impl Script {
                 reply: None,
                 trailers,
             }),
-            Ok(value) => match dynamic_to_message(&value, &output) {
+            Ok(value) => match convert(&value, &output) {
                 Ok(reply) => Ok(ScriptOutcome {
                     reply: Some(reply),
                     trailers,
@@ -726,18 +782,18 @@ fn register_api(engine: &mut Engine) {
                     "header(): headers were already sent; set them before the first send()",
                 ));
             }
-            add_metadata(&mut state.headers, &key, &value.to_string())
+            add_metadata(&mut state.headers, &key, &text(&value))
                 .map_err(|e| api_error(Code::Unknown, format!("header(): {e}")))
         })
     });
     engine.register_fn("trailer", |key: ImmutableString, value: Dynamic| {
         with_call(|state| {
-            add_metadata(&mut state.trailers, &key, &value.to_string())
+            add_metadata(&mut state.trailers, &key, &text(&value))
                 .map_err(|e| api_error(Code::Unknown, format!("trailer(): {e}")))
         })
     });
     engine.register_fn("fail", |code: Dynamic, message: Dynamic| {
-        fail(&code, message.to_string())
+        fail(&code, text(&message))
     });
     engine.register_fn("fail", |code: Dynamic| fail(&code, String::new()));
     engine.register_fn("sleep", |ms: INT| {
@@ -752,6 +808,14 @@ fn register_api(engine: &mut Engine) {
             )),
         }
     });
+}
+
+/// A value as text, as the script would print it (lazy messages as their maps).
+fn text(value: &Dynamic) -> String {
+    match plain(value) {
+        Ok(plain) => plain.to_string(),
+        Err(_) => value.to_string(),
+    }
 }
 
 fn next(state: &mut CallState) -> Result<Dynamic, Box<EvalAltResult>> {
@@ -773,15 +837,15 @@ fn next(state: &mut CallState) -> Result<Dynamic, Box<EvalAltResult>> {
         )?,
     };
     match message {
-        Some(message) => message_to_dynamic(&message).map_err(|err| {
-            api_error(
-                Code::Internal,
-                format!(
-                    "next(): cannot show the {} message: {err}",
-                    message.descriptor().full_name()
-                ),
-            )
-        }),
+        Some(message) => {
+            let name = message.descriptor().full_name().to_owned();
+            LazyMessage::show(Arc::new(message)).map_err(|err| {
+                api_error(
+                    Code::Internal,
+                    format!("next(): cannot show the {name} message: {err}"),
+                )
+            })
+        }
         None => Ok(Dynamic::UNIT),
     }
 }
@@ -1020,7 +1084,7 @@ mod tests {
 
     fn call(request: Option<DynamicMessage>) -> ScriptCall {
         ScriptCall {
-            request,
+            request: request.map(|m| ScriptRequest::Decoded(Arc::new(m))),
             metadata: MetadataMap::new(),
             incoming: None,
             output: pool().get_message_by_name("t.Reply").unwrap(),

@@ -18,6 +18,10 @@ use prost_reflect::{
 use rhai::serde::{DynamicDeserializer, DynamicSerializer};
 use rhai::{Dynamic, EvalAltResult, ImmutableString, FLOAT, INT};
 
+use super::script_lazy::{plain, LazyMessage};
+use crate::codec::encode::{encode_field, Measured};
+use prost::encoding::{encode_key, encode_varint, WireType};
+
 /// How requests and incoming messages are shown to scripts: proto3 JSON names, every field present,
 /// 64-bit integers as numbers.
 const TO_SCRIPT: SerializeOptions = SerializeOptions::new()
@@ -25,7 +29,7 @@ const TO_SCRIPT: SerializeOptions = SerializeOptions::new()
     .skip_default_fields(false);
 
 /// Well-known types have JSON forms of their own (a Timestamp is a string...): the serde route's.
-fn has_own_json_form(desc: &MessageDescriptor) -> bool {
+pub(super) fn has_own_json_form(desc: &MessageDescriptor) -> bool {
     desc.package_name() == "google.protobuf"
 }
 
@@ -50,7 +54,7 @@ pub fn message_to_dynamic(message: &DynamicMessage) -> Result<Dynamic, Box<EvalA
     Ok(map.into())
 }
 
-fn value_to_dynamic(value: &Value, kind: &Kind) -> Result<Dynamic, Box<EvalAltResult>> {
+pub(super) fn value_to_dynamic(value: &Value, kind: &Kind) -> Result<Dynamic, Box<EvalAltResult>> {
     Ok(match value {
         Value::Bool(b) => (*b).into(),
         Value::I32(n) => INT::from(*n).into(),
@@ -133,6 +137,7 @@ fn dynamic_to_message_via_serde(
     desc: &MessageDescriptor,
 ) -> Result<DynamicMessage, String> {
     let options = DeserializeOptions::new();
+    let value = &plain(value).map_err(|err| err.to_string())?;
     // Straight from Rhai values first; on failure, again through serde_json, whose errors name the
     // problem plainly where Rhai's deserializer wraps them as syntax errors.
     DynamicMessage::deserialize_with_options(
@@ -148,6 +153,91 @@ fn dynamic_to_message_via_serde(
     })
 }
 
+/// Encodes a script value as a `desc` message into `out`: the bytes of `dynamic_to_message`'s
+/// message, written without building that message where [`Write`] can (an untouched lazy message
+/// of the field's type is copied as it came).
+pub fn encode_message(
+    value: &Dynamic,
+    desc: &MessageDescriptor,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    let start = out.len();
+    if Write::message(value, desc, out).is_some() {
+        return Ok(());
+    }
+    out.truncate(start);
+    let message = dynamic_to_message(value, desc)?;
+    Measured::new(&message).write(out);
+    Ok(())
+}
+
+/// The walk from Rhai values to bytes: `None` wherever [`Direct`] would not build the message, or
+/// where the order of the written records is not certain to be its encoder's (map fields).
+struct Write;
+
+impl Write {
+    fn message(value: &Dynamic, desc: &MessageDescriptor, out: &mut Vec<u8>) -> Option<()> {
+        if has_own_json_form(desc) || value.is_shared() {
+            return None;
+        }
+        if let Some(lazy) = value.read_lock::<LazyMessage>() {
+            let bytes = lazy.bytes_of(desc)?;
+            out.extend_from_slice(bytes);
+            return Some(());
+        }
+        let map = value.read_lock::<rhai::Map>()?;
+        let mut fields = Vec::with_capacity(map.len());
+        for (key, value) in map.iter() {
+            let field = desc
+                .get_field_by_json_name(key)
+                .or_else(|| desc.get_field_by_name(key))?;
+            if value.is_unit() {
+                match field.kind() {
+                    Kind::Message(m) if has_own_json_form(&m) => return None,
+                    Kind::Enum(e) if e.full_name() == "google.protobuf.NullValue" => return None,
+                    _ => continue,
+                }
+            }
+            fields.push((field, value));
+        }
+        // Records go out by field number, as the encoder writes them.
+        fields.sort_unstable_by_key(|(field, _)| field.number());
+        let mut oneofs = Vec::new();
+        for (i, (field, _)) in fields.iter().enumerate() {
+            // One field under both its names, two members of one oneof: Direct's (or serde's) call.
+            if i > 0 && fields[i - 1].0.number() == field.number() {
+                return None;
+            }
+            if let Some(oneof) = field.containing_oneof() {
+                if oneofs.contains(&oneof) {
+                    return None;
+                }
+                oneofs.push(oneof);
+            }
+        }
+        for (field, value) in fields {
+            if field.is_map() {
+                return None;
+            }
+            if let (Kind::Message(of), false) = (field.kind(), field.is_list()) {
+                encode_key(field.number(), WireType::LengthDelimited, out);
+                let body = out.len();
+                Self::message(value, &of, out)?;
+                let mut len = Vec::with_capacity(4);
+                encode_varint((out.len() - body) as u64, &mut len);
+                out.splice(body..body, len);
+                continue;
+            }
+            let value = Direct::field(value, &field)?;
+            if !field.supports_presence() && value.is_default_for_field(&field) {
+                continue;
+            }
+            encode_field(&field, &value, out);
+        }
+        Some(())
+    }
+}
+
 /// The direct walk from Rhai values: `None` wherever it is not certain to match the serde route
 /// (which prost-reflect's JSON deserializer drives with the same accepts and rejects as here).
 struct Direct;
@@ -156,6 +246,12 @@ impl Direct {
     fn message(value: &Dynamic, desc: &MessageDescriptor) -> Option<DynamicMessage> {
         if has_own_json_form(desc) || value.is_shared() {
             return None;
+        }
+        if let Some(lazy) = value.read_lock::<LazyMessage>() {
+            return match lazy.message_of(desc) {
+                Some(message) => Some(message),
+                None => Self::message(&lazy.clone().into_map().ok()?, desc),
+            };
         }
         let map = value.read_lock::<rhai::Map>()?;
         let mut message = DynamicMessage::new(desc.clone());

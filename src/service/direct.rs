@@ -6,18 +6,23 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use prost_reflect::DynamicMessage;
+use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
 use tonic::{Response, Status, Streaming};
 
 use super::EncodedStream;
+use crate::codec::encode::Measured;
 use crate::codec::{decode_request, encode_reply};
 use crate::front::wire::check_reply_len;
 use crate::handlers::emit::{Choice, Direct, DirectReply, Emitter, RawScope};
 use crate::handlers::rule::StreamSource;
+use crate::handlers::script::{Inline, Script, ScriptCall, ScriptEvent, ScriptRequest};
 use crate::handlers::template::{MessageTemplate, Scope};
 use crate::handlers::Answer;
 use crate::registry::Method;
-use crate::respond::{end_with_trailers, extend_metadata, reply_error, with_headers};
+use crate::respond::{
+    end_with_trailers, extend_metadata, reply_error, script_panicked, with_headers,
+};
 
 /// A unary reply: headers, the encoded message, trailers.
 pub(super) struct UnaryReply {
@@ -26,38 +31,125 @@ pub(super) struct UnaryReply {
     pub trailers: MetadataMap,
 }
 
+/// How a unary call went here.
+pub(super) enum Unary {
+    Reply(UnaryReply),
+    /// The call ends with this status, after these headers.
+    Failed(MetadataMap, Status),
+    /// The general path must answer: the call, given back.
+    General(Bytes, MetadataMap),
+}
+
 /// The direct answer to a unary call, with `reserve` bytes left free at the start of the message
-/// (for the frame prefix); `None` when the general path must answer.
+/// (for the frame prefix).
 pub(super) async fn unary(
     direct: &Direct,
-    request: &[u8],
-    metadata: &MetadataMap,
+    request: Bytes,
+    metadata: MetadataMap,
     reserve: usize,
-) -> Option<Result<UnaryReply, Status>> {
-    if !direct.is_canonical(request) {
-        return None;
+) -> Unary {
+    if !direct.is_canonical(&request) {
+        return Unary::General(request, metadata);
     }
-    let raw = raw_scope(request, None, metadata);
-    let choice = direct.select(&raw)?;
-    let Some(DirectReply::One(emitter)) = &choice.reply else {
-        return None;
+    let raw = raw_scope(&request, None, &metadata);
+    let Some(choice) = direct.select(&raw) else {
+        return Unary::General(request, metadata);
     };
     // Replies that copy from the request are about its size.
     let mut message = Vec::with_capacity(reserve + request.len() + 32);
     message.resize(reserve, 0);
-    emitter.emit(&raw, &mut message).ok()?;
     let rule = &choice.rule;
+    match &choice.reply {
+        Some(DirectReply::One(emitter)) => {
+            if emitter.emit(&raw, &mut message).is_err() {
+                return Unary::General(request, metadata);
+            }
+        }
+        Some(DirectReply::Script) => {
+            let Answer::Script(script) = &rule.answer else {
+                unreachable!("compiled from a script")
+            };
+            if let Some(delay) = rule.delay {
+                tokio::time::sleep(delay).await;
+            }
+            return script_reply(script, direct, request, metadata, message).await;
+        }
+        _ => return Unary::General(request, metadata),
+    }
     if let Some(delay) = rule.delay {
         tokio::time::sleep(delay).await;
     }
-    let scope = Scope::new(None, metadata);
-    Some((|| {
-        Ok(UnaryReply {
-            headers: rule.headers(&scope)?,
+    let scope = Scope::new(None, &metadata);
+    let rendered = rule
+        .headers(&scope)
+        .and_then(|headers| Ok((headers, rule.trailers(&scope)?)));
+    match rendered {
+        Ok((headers, trailers)) => Unary::Reply(UnaryReply {
+            headers,
             message,
-            trailers: rule.trailers(&scope)?,
-        })
-    })())
+            trailers,
+        }),
+        Err(status) => Unary::Failed(MetadataMap::new(), status),
+    }
+}
+
+/// A unary script's answer, its reply written after what `message` holds: inline when it may run
+/// there (its request shown lazily from the canonical bytes, its reply written from its values),
+/// else on a blocking thread.
+async fn script_reply(
+    script: &Script,
+    direct: &Direct,
+    request: Bytes,
+    metadata: MetadataMap,
+    mut message: Vec<u8>,
+) -> Unary {
+    let call = ScriptCall {
+        request: Some(ScriptRequest::Canonical(direct.input().clone(), request)),
+        metadata,
+        incoming: None,
+        output: direct.output().clone(),
+        streaming_response: false,
+        cancel: CancellationToken::new(),
+    };
+    let (headers, result) = match script.try_run_inline_encoded(call, &mut message) {
+        Inline::Ran { headers, result } => (headers, result.map(|o| o.trailers)),
+        Inline::Declined(call) => {
+            // Stops the script if this call is dropped (client gone, deadline).
+            let _cancel = call.cancel.clone().drop_guard();
+            let script = script.clone();
+            let ran = tokio::task::spawn_blocking(move || {
+                let mut headers = MetadataMap::new();
+                let result = script.run(call, &mut |event| {
+                    if let ScriptEvent::Headers(h) = event {
+                        headers = h;
+                    }
+                    true
+                });
+                (headers, result)
+            })
+            .await;
+            match ran {
+                Ok((headers, result)) => (
+                    headers,
+                    result.map(|outcome| {
+                        if let Some(reply) = outcome.reply {
+                            Measured::new(&reply).write(&mut message);
+                        }
+                        outcome.trailers
+                    }),
+                ),
+                Err(e) => (MetadataMap::new(), Err(script_panicked(e))),
+            }
+        }
+    };
+    match result {
+        Ok(trailers) => Unary::Reply(UnaryReply {
+            headers,
+            message,
+            trailers,
+        }),
+        Err(status) => Unary::Failed(headers, status),
+    }
 }
 
 fn raw_scope<'a>(request: &'a [u8], count: Option<u64>, metadata: &'a MetadataMap) -> RawScope<'a> {
@@ -146,7 +238,7 @@ async fn server_stream(
         let emitters: Box<dyn Iterator<Item = (&Emitter, Option<u64>)> + Send> = match reply {
             DirectReply::Messages(list) => Box::new(list.iter().map(|e| (e, None))),
             DirectReply::Repeat(n, emitter) => Box::new((0..*n).map(move |i| (emitter, Some(i)))),
-            DirectReply::One(_) => unreachable!("a stream answer compiles to messages"),
+            DirectReply::One(_) | DirectReply::Script => unreachable!("a stream answer compiles to messages"),
         };
         for (i, (emitter, index)) in emitters.enumerate() {
             if let Some(d) = answer.delay {

@@ -52,20 +52,22 @@ pub(super) async fn serve(
         Err(status) => return status.into_http(),
     };
     let metadata = MetadataMap::from_headers(parts.headers);
-    if let Some(direct) = &method.direct {
-        if let Some(answer) = direct::unary(direct, &message, &metadata, PREFIX).await {
-            return match answer {
-                Ok(reply) => {
-                    let (data, status) = match finish_frame(reply.message, gzip_out, limit) {
-                        Ok(data) => (Some(data), end_status(reply.trailers)),
-                        Err(status) => (None, status),
-                    };
-                    http_response(reply.headers, data, status, gzip_out)
-                }
-                Err(status) => status.into_http(),
-            };
-        }
-    }
+    let (message, metadata) = match &method.direct {
+        Some(direct) => match direct::unary(direct, message, metadata, PREFIX).await {
+            direct::Unary::Reply(reply) => {
+                let (data, status) = match finish_frame(reply.message, gzip_out, limit) {
+                    Ok(data) => (Some(data), end_status(reply.trailers)),
+                    Err(status) => (None, status),
+                };
+                return http_response(reply.headers, data, status, gzip_out);
+            }
+            direct::Unary::Failed(headers, status) => {
+                return http_response(headers, None, status, gzip_out)
+            }
+            direct::Unary::General(message, metadata) => (message, metadata),
+        },
+        None => (message, metadata),
+    };
     let request = match decode_request(&method.desc.input(), message) {
         Ok(m) => m,
         Err(status) => return status.into_http(),
