@@ -2,7 +2,9 @@
 //! written from the request's bytes, never decoded. A request that is not canonical, or a reply an
 //! emitter declines, goes the general way ([`crate::respond`]) with the same outcome.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use prost_reflect::DynamicMessage;
@@ -263,16 +265,27 @@ fn bidi(
     method: Arc<Method>,
     metadata: MetadataMap,
     first: Bytes,
-    mut incoming: Streaming<Bytes>,
+    incoming: Streaming<Bytes>,
     limit: usize,
 ) -> Result<Response<EncodedStream>, Status> {
-    let headers = only(&method).rule.headers(&Scope::new(None, &metadata))?;
-    let stream = async_stream::try_stream! {
-        let (direct, choice) = (method.direct.as_ref().expect("direct method"), only(&method));
-        let (Some(DirectReply::One(emitter)), Answer::Reply(template)) = (&choice.reply, &choice.rule.answer) else {
-            unreachable!("a bidi method compiles from a reply")
+    let rule = &only(&method).rule;
+    let headers = rule.headers(&Scope::new(None, &metadata))?;
+    if rule.delay.is_none() && rule.trailers.is_empty() {
+        let replies = BidiReplies {
+            method,
+            metadata,
+            incoming,
+            next: Some(first),
+            count: 0,
+            done: false,
+            limit,
         };
+        return Ok(with_headers(headers, Box::pin(replies)));
+    }
+    let stream = async_stream::try_stream! {
+        let choice = only(&method);
         let mut trailers = MetadataMap::new();
+        let mut incoming = incoming;
         let mut next_message = Some(first);
         let mut count = 0;
         while let Some(request) = next_message.take() {
@@ -283,13 +296,91 @@ fn bidi(
             if !choice.rule.trailers.is_empty() {
                 extend_metadata(&mut trailers, choice.rule.trailers(&Scope::new(None, &metadata))?);
             }
-            let canonical = direct.is_canonical(&request);
-            yield message(emitter, template, &method, &request, canonical, None, Some(count), &metadata, limit)?;
+            yield bidi_reply(&method, &request, count, &metadata, limit)?;
             next_message = next(&mut incoming).await?;
         }
         end_with_trailers(trailers)?;
     };
     Ok(with_headers(headers, Box::pin(stream)))
+}
+
+/// The replies of a bidi call whose rule has no delay and no trailers: each one written as its
+/// message is polled in, by a plain stream (the generator above costs more per message than the
+/// echo itself).
+struct BidiReplies {
+    method: Arc<Method>,
+    metadata: MetadataMap,
+    incoming: Streaming<Bytes>,
+    /// A message read and not yet answered.
+    next: Option<Bytes>,
+    count: u64,
+    done: bool,
+    limit: usize,
+}
+
+impl futures::Stream for BidiReplies {
+    type Item = Result<Bytes, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some(request) = this.next.take() {
+            this.count += 1;
+            let reply = bidi_reply(
+                &this.method,
+                &request,
+                this.count,
+                &this.metadata,
+                this.limit,
+            );
+            this.done = reply.is_err();
+            return Poll::Ready(Some(reply));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match std::task::ready!(Pin::new(&mut this.incoming).poll_next(cx)) {
+            Some(Ok(request)) => {
+                this.next = Some(request);
+                self.poll_next(cx)
+            }
+            Some(Err(status)) => {
+                this.done = true;
+                Poll::Ready(Some(Err(super::size_status(status))))
+            }
+            None => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+/// The answer to one message of a bidi call.
+fn bidi_reply(
+    method: &Method,
+    request: &Bytes,
+    count: u64,
+    metadata: &MetadataMap,
+    limit: usize,
+) -> Result<Bytes, Status> {
+    let (direct, choice) = (method.direct.as_ref().expect("direct method"), only(method));
+    let (Some(DirectReply::One(emitter)), Answer::Reply(template)) =
+        (&choice.reply, &choice.rule.answer)
+    else {
+        unreachable!("a bidi method compiles from a reply")
+    };
+    let canonical = direct.is_canonical(request);
+    message(
+        emitter,
+        template,
+        method,
+        request,
+        canonical,
+        None,
+        Some(count),
+        metadata,
+        limit,
+    )
 }
 
 /// One reply: emitted from the request's bytes, or — when the request is not canonical or the
