@@ -183,6 +183,7 @@ impl ScriptEngine {
                 }
             })?;
         ast.set_source(file.display().to_string());
+        ast.combine(AST::new_from_module(script_lazy::accessors(source)));
         Ok(Script {
             inner: Arc::new(ScriptInner {
                 engine: self.inner.clone(),

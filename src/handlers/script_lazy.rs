@@ -183,6 +183,13 @@ impl LazyMessage {
         Ok(map.get(name).cloned().unwrap_or(Dynamic::UNIT))
     }
 
+    /// `self[name] = value`, as on the map.
+    fn set(&mut self, name: &str, value: Dynamic) -> RhaiResult<()> {
+        let mut map = self.map()?.write_lock::<rhai::Map>().expect("a map");
+        map.insert(name.into(), value);
+        Ok(())
+    }
+
     fn descriptor(&self) -> MessageDescriptor {
         match &self.0 {
             State::Canonical { desc, .. } => desc.clone(),
@@ -232,11 +239,7 @@ pub fn register(engine: &mut Engine) {
 
     engine.register_indexer_get(|lazy: &mut LazyMessage, name: ImmutableString| lazy.get(&name));
     engine.register_indexer_set(
-        |lazy: &mut LazyMessage, name: ImmutableString, value: Dynamic| -> RhaiResult<()> {
-            let mut map = lazy.map()?.write_lock::<rhai::Map>().expect("a map");
-            map.insert(name.as_str().into(), value);
-            Ok(())
-        },
+        |lazy: &mut LazyMessage, name: ImmutableString, value: Dynamic| lazy.set(&name, value),
     );
 
     // The map functions with the lazy message first; `pure` as Rhai declares them for maps (a
@@ -367,6 +370,39 @@ pub fn register(engine: &mut Engine) {
             plus(ctx, Dynamic::from(a), Dynamic::from(b))
         },
     );
+}
+
+/// Getters and setters on lazy messages for every name `source` reads or writes as a property,
+/// to be merged into its AST. Without them, `request.name` still works — Rhai falls back on the
+/// indexer — but only after failing to find `get$name`, which costs an error built and dropped
+/// (its message formatted) on every access. Names are taken from the text (any identifier after
+/// a `.`), so a few may never be properties: a getter that is never called costs nothing.
+pub fn accessors(source: &str) -> rhai::Module {
+    let mut module = rhai::Module::new();
+    let mut names: Vec<&str> = Vec::new();
+    let bytes = source.as_bytes();
+    for (i, _) in source.match_indices('.') {
+        let rest = &source[i + 1..];
+        let start = rest.len() - rest.trim_start().len();
+        let word = &rest[start..];
+        let end = word
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(word.len());
+        let word = &word[..end];
+        let starts_well = word.starts_with(|c: char| c.is_alphabetic() || c == '_');
+        if starts_well && bytes.get(i.wrapping_sub(1)) != Some(&b'.') && !names.contains(&word) {
+            names.push(word);
+        }
+    }
+    for name in names {
+        let owned: ImmutableString = name.into();
+        module.set_getter_fn(name, move |lazy: &mut LazyMessage| lazy.get(&owned));
+        let owned: ImmutableString = name.into();
+        module.set_setter_fn(name, move |lazy: &mut LazyMessage, value: Dynamic| {
+            lazy.set(&owned, value)
+        });
+    }
+    module
 }
 
 /// What Rhai's `to_json` writes for the map, lazy messages in it converted.
