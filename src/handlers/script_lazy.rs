@@ -587,20 +587,38 @@ mod tests {
         "#{ inners: [request.inner, request.c2] }",
         "#{ ts: request.ts, maybe: request.maybe }",
         "let r = request; r.inner.name = \"w\"; r",
+        // Captured by closures, values become shared.
+        "let f = || request; f.call()",
+        "let f = || request.inner; #{ inner: f.call(), c2: request.inner }",
+        "let r = request; let g = || r.s; r.s = \"q\"; [g.call(), r, r.keys()]",
+        "let r = request.inner; let g = || r; #{ inner: g.call(), inners: [r] }",
     ];
 
-    /// What a script gives: its value with lazy messages as maps, or its error.
-    fn run(script: &str, request: Dynamic) -> (Result<Dynamic, String>, String) {
+    /// What a script gives: its value with lazy messages as maps, or its error. With
+    /// `with_accessors`, its properties are read through [`accessors`], as scripts are compiled.
+    fn run_with(
+        script: &str,
+        request: Dynamic,
+        with_accessors: bool,
+    ) -> (Result<Dynamic, String>, String) {
         let mut scope = Scope::new();
         scope.push_dynamic("request", request);
+        let mut ast = engine().compile(script).unwrap();
+        if with_accessors {
+            ast.combine(rhai::AST::new_from_module(accessors(script)));
+        }
         let result = engine()
-            .eval_with_scope::<Dynamic>(&mut scope, script)
+            .eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
             .map_err(|e| e.to_string());
         let shown = match &result {
             Ok(value) => format!("{:?}", plain(value).unwrap()),
             Err(e) => e.clone(),
         };
         (result, shown)
+    }
+
+    fn run(script: &str, request: Dynamic) -> (Result<Dynamic, String>, String) {
+        run_with(script, request, true)
     }
 
     /// The script's value as an `l.All` reply, shown as JSON (compact, and map entries in order).
@@ -628,8 +646,11 @@ mod tests {
                 LazyMessage::show(Arc::new(message.clone())).unwrap(),
                 LazyMessage::show_canonical(desc("l.All"), bytes.clone()).unwrap(),
             ];
-            for lazy in lazies {
-                let (new, new_shown) = run(script, lazy);
+            let both_ways = lazies
+                .into_iter()
+                .flat_map(|lazy| [(lazy.clone(), true), (lazy, false)]);
+            for (lazy, with_accessors) in both_ways {
+                let (new, new_shown) = run_with(script, lazy, with_accessors);
                 if both_fail {
                     assert!(old.is_err() && new.is_err(), "{script} (seed {seed})");
                     continue;
