@@ -5,9 +5,11 @@
 //! Only what can be written exactly as the general path would write it compiles: constants (encoded
 //! once at load), copies of request fields into fields of the same type, text with string, integer
 //! or boolean holes, `{{index}}`/`{{count}}`, metadata, nested message templates; and `when`
-//! conditions on metadata and on scalar request fields. Anything else — a script, a `for_each`, a
-//! conversion between types, a condition on a list — leaves the rule (or the method) to the general
-//! path, and so does any request that is not canonical. `tests/encoding.rs` compares both paths.
+//! conditions on metadata and on scalar request fields; and unary scripts that run inline, shown
+//! the canonical request lazily (see `script_lazy`). Anything else — a `for_each`, a conversion
+//! between types, a condition on a list, a script that may wait — leaves the rule (or the method)
+//! to the general path, and so does any request that is not canonical. `tests/encoding.rs`
+//! compares both paths.
 
 use std::sync::OnceLock;
 

@@ -4,6 +4,7 @@
 //! these walks give exactly its values, and only handle the shapes they are sure of. Anything else
 //! (well-known types with their own JSON forms, extensions, a value that does not fit its field) goes
 //! the serde route, which then also words the error. The unit tests compare both routes.
+//! [`encode_message`] goes one step further for replies: from Rhai values straight to bytes.
 
 use std::str::FromStr;
 
@@ -11,6 +12,7 @@ use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::{DecodePaddingMode, GeneralPurpose as Engine64};
 use base64::{DecodeError, Engine as _};
+use prost::encoding::{encode_key, encode_varint, WireType};
 use prost_reflect::{
     DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor,
     ReflectMessage, SerializeOptions, Value,
@@ -20,7 +22,6 @@ use rhai::{Dynamic, EvalAltResult, ImmutableString, FLOAT, INT};
 
 use super::script_lazy::{plain, LazyMessage};
 use crate::codec::encode::{encode_field, Measured};
-use prost::encoding::{encode_key, encode_varint, WireType};
 
 /// How requests and incoming messages are shown to scripts: proto3 JSON names, every field present,
 /// 64-bit integers as numbers.

@@ -155,14 +155,22 @@ impl LazyMessage {
                 let lazy = |m: &DynamicMessage| {
                     Dynamic::from(LazyMessage(State::Decoded(Arc::new(m.clone()))))
                 };
+                // (Messages with extensions show them the serde route's way: not lazily.)
+                let plain = |m: &DynamicMessage| m.extensions().next().is_none();
                 Some(match message.get_field(field).as_ref() {
-                    Value::List(items) => items
-                        .iter()
-                        .filter_map(Value::as_message)
-                        .map(lazy)
-                        .collect::<rhai::Array>()
-                        .into(),
-                    Value::Message(m) if message.has_field(field) => lazy(m),
+                    Value::List(items) => {
+                        let items: Vec<_> = items.iter().filter_map(Value::as_message).collect();
+                        if !items.iter().all(|m| plain(m)) {
+                            return None;
+                        }
+                        items.into_iter().map(lazy).collect::<rhai::Array>().into()
+                    }
+                    Value::Message(m) if message.has_field(field) => {
+                        if !plain(m) {
+                            return None;
+                        }
+                        lazy(m)
+                    }
                     _ => Dynamic::UNIT,
                 })
             }
@@ -442,13 +450,23 @@ mod tests {
         message Other { string name = 1; Color color = 2; repeated int32 nums = 3; }
     "#;
 
+    /// Extensions, shown the serde route's way (`"[x.more]"`).
+    const PROTO2: &str = r#"
+        syntax = "proto2";
+        package x;
+        message Ext { optional string a = 1; extensions 100 to 200; }
+        extend Ext { optional int32 more = 100; }
+        message Holder { optional Ext ext = 1; repeated Ext exts = 2; optional string s = 3; }
+    "#;
+
     fn pool() -> &'static DescriptorPool {
         static POOL: OnceLock<DescriptorPool> = OnceLock::new();
         POOL.get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join("l.proto"), PROTO).unwrap();
+            std::fs::write(dir.path().join("x.proto"), PROTO2).unwrap();
             let mut compiler = protox::Compiler::new([dir.path()]).unwrap();
-            compiler.open_file("l.proto").unwrap();
+            compiler.open_files(["l.proto", "x.proto"]).unwrap();
             compiler.descriptor_pool()
         })
     }
@@ -736,6 +754,29 @@ mod tests {
             reply.get_field_by_name("u64").unwrap().as_u64(),
             Some(u64::MAX - 1)
         );
+    }
+
+    #[test]
+    fn sub_messages_with_extensions_show_as_they_always_did() {
+        let json =
+            json!({ "ext": { "a": "x", "[x.more]": 5 }, "exts": [{ "[x.more]": 6 }], "s": "t" });
+        let message = DynamicMessage::deserialize(desc("x.Holder"), json).unwrap();
+        for script in [
+            "request",
+            "request.ext",
+            "request.exts",
+            "request.s",
+            "request.keys()",
+        ] {
+            let (_, old) = run(script, message_to_dynamic(&message).unwrap());
+            let (_, new) = run(
+                script,
+                LazyMessage::show(Arc::new(message.clone())).unwrap(),
+            );
+            assert_eq!(new, old, "{script}");
+        }
+        let (_, shown) = run("request.ext", message_to_dynamic(&message).unwrap());
+        assert!(shown.contains("x.more"), "{shown}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Calls of methods whose rule compiled to emitters ([`crate::handlers::emit`]): the reply is
-//! written from the request's bytes, never decoded. A request that is not canonical, or a reply an
+//! written from the request's bytes, never decoded (a unary script is shown those bytes lazily). A request that is not canonical, or a reply an
 //! emitter declines, goes the general way ([`crate::respond`]) with the same outcome.
 
 use std::pin::Pin;
@@ -38,6 +38,8 @@ pub(super) enum Unary {
     Reply(UnaryReply),
     /// The call ends with this status, after these headers.
     Failed(MetadataMap, Status),
+    /// The call ends with this status alone (trailers-only).
+    Status(Status),
     /// The general path must answer: the call, given back.
     General(Bytes, MetadataMap),
 }
@@ -91,7 +93,7 @@ pub(super) async fn unary(
             message,
             trailers,
         }),
-        Err(status) => Unary::Failed(MetadataMap::new(), status),
+        Err(status) => Unary::Status(status),
     }
 }
 

@@ -64,6 +64,7 @@ pub(super) async fn serve(
             direct::Unary::Failed(headers, status) => {
                 return http_response(headers, None, status, gzip_out)
             }
+            direct::Unary::Status(status) => return status.into_http(),
             direct::Unary::General(message, metadata) => (message, metadata),
         },
         None => (message, metadata),
