@@ -110,7 +110,10 @@ fn http_response(
         headers.insert(GRPC_ENCODING, HeaderValue::from_static("gzip"));
     }
     let mut trailers = HeaderMap::new();
-    if let Err(bad) = status.add_header(&mut trailers) {
+    if is_plain_ok(&status) {
+        // What `add_header` writes for it, without its general work.
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    } else if let Err(bad) = status.add_header(&mut trailers) {
         trailers = HeaderMap::new();
         let _ = Status::internal(format!("invalid trailer: {}", bad.message()))
             .add_header(&mut trailers);
@@ -121,6 +124,14 @@ fn http_response(
     }));
     *response.headers_mut() = headers;
     response
+}
+
+/// OK, with no message, details or custom trailers: the status of most answers.
+fn is_plain_ok(status: &Status) -> bool {
+    status.code() == tonic::Code::Ok
+        && status.message().is_empty()
+        && status.details().is_empty()
+        && status.metadata().is_empty()
 }
 
 /// `grpc-encoding`: identity or gzip; anything else UNIMPLEMENTED, as tonic answers it.
@@ -250,6 +261,9 @@ fn end_status(trailers: MetadataMap) -> Status {
 
 /// Headers a handler may not set, because the transport owns them (tonic drops the same ones).
 fn sanitized(mut headers: HeaderMap) -> HeaderMap {
+    if headers.is_empty() {
+        return headers;
+    }
     for reserved in [
         "te",
         "user-agent",
