@@ -581,6 +581,13 @@ fn varint_field(number: u32, value: u64) -> Vec<u8> {
     out
 }
 
+/// A unary call of `path` with `body` in one frame, which must succeed: its messages.
+async fn call_ok(conn: &mut Conn, path: &str, body: &[u8]) -> Vec<Bytes> {
+    let answer = conn.call(path, &[], frame(false, body)).await;
+    answer.expect_status(Code::Ok);
+    answer.messages()
+}
+
 /// Replies are written straight from a request in canonical form (src/handlers/emit.rs); any
 /// other encoding of the same message must get the same answer, through the general path.
 #[tokio::test]
@@ -602,17 +609,14 @@ async fn a_request_in_any_encoding_gets_the_canonical_answer() {
         [string_field(1, b"ada"), vec![2 << 3, 0x85, 0x00]].concat(),
     ];
     for body in std::iter::once(&canonical).chain(&others) {
-        let answer = conn.call("/t.Svc/Echo", &[], frame(false, body)).await;
-        answer.expect_status(Code::Ok);
+        let messages = call_ok(&mut conn, "/t.Svc/Echo", body).await;
         assert_eq!(
-            answer.messages(),
+            messages,
             [Bytes::from(canonical.clone())],
             "echo of {body:?}"
         );
-
-        let answer = conn.call("/t.Svc/Unary", &[], frame(false, body)).await;
-        answer.expect_status(Code::Ok);
-        assert_eq!(resp_text(&answer.messages()[0]), "hi ada", "{body:?}");
+        let messages = call_ok(&mut conn, "/t.Svc/Unary", body).await;
+        assert_eq!(resp_text(&messages[0]), "hi ada", "{body:?}");
     }
     // Bidi: canonical and other messages in one stream, each answered as its canonical form.
     let chunks: Vec<Bytes> = [&canonical, &others[0], &canonical, &others[1]]
@@ -691,19 +695,13 @@ async fn a_script_answers_any_encoding_as_the_canonical_request() {
     ]
     .concat();
     for body in std::iter::once(&canonical).chain(&others) {
-        let answer = conn.call("/t.Svc/Echo", &[], frame(false, body)).await;
-        answer.expect_status(Code::Ok);
+        let messages = call_ok(&mut conn, "/t.Svc/Echo", body).await;
         assert_eq!(
-            answer.messages(),
+            messages,
             [Bytes::from(canonical.clone())],
             "echo of {body:?}"
         );
-        let answer = conn.call("/t.Svc/Unary", &[], frame(false, body)).await;
-        answer.expect_status(Code::Ok);
-        assert_eq!(
-            answer.messages(),
-            [Bytes::from(reply.clone())],
-            "reply to {body:?}"
-        );
+        let messages = call_ok(&mut conn, "/t.Svc/Unary", body).await;
+        assert_eq!(messages, [Bytes::from(reply.clone())], "reply to {body:?}");
     }
 }

@@ -172,6 +172,27 @@ pub fn encode_message(
     Ok(())
 }
 
+/// The field a map entry sets, read alike by both walks: `Some(None)` for `()`, which leaves the
+/// field unset (the serde route reads it as JSON null); `None` where only the serde route can say
+/// (no such field, or a null that means something).
+fn entry_field(
+    desc: &MessageDescriptor,
+    key: &str,
+    value: &Dynamic,
+) -> Option<Option<FieldDescriptor>> {
+    let field = desc
+        .get_field_by_json_name(key)
+        .or_else(|| desc.get_field_by_name(key))?;
+    if !value.is_unit() {
+        return Some(Some(field));
+    }
+    match field.kind() {
+        Kind::Message(m) if has_own_json_form(&m) => None,
+        Kind::Enum(e) if e.full_name() == "google.protobuf.NullValue" => None,
+        _ => Some(None),
+    }
+}
+
 /// The walk from Rhai values to bytes: `None` wherever [`Direct`] would not build the message, or
 /// where the order of the written records is not certain to be its encoder's (map fields).
 struct Write;
@@ -189,17 +210,9 @@ impl Write {
         let map = value.read_lock::<rhai::Map>()?;
         let mut fields = Vec::with_capacity(map.len());
         for (key, value) in map.iter() {
-            let field = desc
-                .get_field_by_json_name(key)
-                .or_else(|| desc.get_field_by_name(key))?;
-            if value.is_unit() {
-                match field.kind() {
-                    Kind::Message(m) if has_own_json_form(&m) => return None,
-                    Kind::Enum(e) if e.full_name() == "google.protobuf.NullValue" => return None,
-                    _ => continue,
-                }
+            if let Some(field) = entry_field(desc, key, value)? {
+                fields.push((field, value));
             }
-            fields.push((field, value));
         }
         // Records go out by field number, as the encoder writes them.
         fields.sort_unstable_by_key(|(field, _)| field.number());
@@ -257,17 +270,9 @@ impl Direct {
         let map = value.read_lock::<rhai::Map>()?;
         let mut message = DynamicMessage::new(desc.clone());
         for (key, value) in map.iter() {
-            let field = desc
-                .get_field_by_json_name(key)
-                .or_else(|| desc.get_field_by_name(key))?;
-            // `()` leaves the field unset (the serde route reads it as JSON null).
-            if value.is_unit() {
-                match field.kind() {
-                    Kind::Message(m) if has_own_json_form(&m) => return None,
-                    Kind::Enum(e) if e.full_name() == "google.protobuf.NullValue" => return None,
-                    _ => continue,
-                }
-            }
+            let Some(field) = entry_field(desc, key, value)? else {
+                continue;
+            };
             let value = Self::field(value, &field)?;
             // Two members of one oneof (or one field under both its names): the serde route's error.
             if let Some(oneof) = field.containing_oneof() {
