@@ -230,7 +230,8 @@ impl Write {
             }
         }
         for (field, value) in fields {
-            if field.is_map() {
+            // Map entries come in hash order; groups are not length-delimited: the encoder's.
+            if field.is_map() || field.is_group() {
                 return None;
             }
             if let (Kind::Message(of), false) = (field.kind(), field.is_list()) {

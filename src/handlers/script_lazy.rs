@@ -457,6 +457,7 @@ mod tests {
         message Ext { optional string a = 1; extensions 100 to 200; }
         extend Ext { optional int32 more = 100; }
         message Holder { optional Ext ext = 1; repeated Ext exts = 2; optional string s = 3; }
+        message WithGroup { optional group Grp = 1 { optional int32 v = 2; } optional int32 n = 3; }
     "#;
 
     fn pool() -> &'static DescriptorPool {
@@ -777,6 +778,21 @@ mod tests {
         }
         let (_, shown) = run("request.ext", message_to_dynamic(&message).unwrap());
         assert!(shown.contains("x.more"), "{shown}");
+    }
+
+    #[test]
+    fn replies_written_from_values_match_the_encoder_for_proto2_groups() {
+        let desc = desc("x.WithGroup");
+        let (value, _) = run("#{ grp: #{ v: 5 }, n: 0 }", Dynamic::UNIT);
+        let value = value.unwrap();
+        let mut out = Vec::new();
+        encode_message(&value, &desc, &mut out).unwrap();
+        assert_eq!(
+            out,
+            encode_to_vec(&dynamic_to_message(&value, &desc).unwrap())
+        );
+        // (start group 1, v = 5, end group 1, n = 0: proto2 writes a set default)
+        assert_eq!(out, [0x0b, 0x10, 0x05, 0x0c, 0x18, 0x00]);
     }
 
     #[test]
