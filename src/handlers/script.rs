@@ -1048,13 +1048,7 @@ mod tests {
 
     fn pool() -> &'static DescriptorPool {
         static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-        POOL.get_or_init(|| {
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::write(dir.path().join("t.proto"), PROTO).unwrap();
-            let mut compiler = protox::Compiler::new([dir.path()]).unwrap();
-            compiler.open_file("t.proto").unwrap();
-            compiler.descriptor_pool()
-        })
+        POOL.get_or_init(|| crate::protos::compile_texts(&[("t.proto", PROTO)]))
     }
 
     fn message(name: &str, json: serde_json::Value) -> DynamicMessage {
@@ -1543,6 +1537,31 @@ mod tests {
         assert!(matches!(joined, Err(err) if err.is_panic()));
     }
 
+    /// Scripts that never end by themselves — a loop, a sleep, a wait for a client that sends
+    /// nothing — each as a unary and as a streaming call (which runs on the helper thread), with
+    /// the client's sender that keeps its stream open.
+    fn endless_calls(
+        limits: &ScriptLimits,
+    ) -> Vec<(
+        &'static str,
+        Script,
+        ScriptCall,
+        tokio::sync::mpsc::Sender<DynamicMessage>,
+    )> {
+        let sources = ["loop { }", "sleep(60000); #{}", "let m = next(); #{}"];
+        sources
+            .into_iter()
+            .flat_map(|s| [(s, false), (s, true)])
+            .map(|(source, streaming)| {
+                let mut call = call(None);
+                call.streaming_response = streaming;
+                let (client, rx) = tokio::sync::mpsc::channel(1);
+                call.incoming = Some(rx);
+                (source, compile_with(limits.clone(), source), call, client)
+            })
+            .collect()
+    }
+
     /// `--script-timeout` is enforced by the engine itself: between operations, and in the waits.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_script_timeout_stops_an_endless_loop_a_sleep_and_a_wait_for_the_client() {
@@ -1551,13 +1570,7 @@ mod tests {
             max_duration: Duration::from_millis(100),
             ..Default::default()
         };
-        let sources = ["loop { }", "sleep(60000); #{}", "let m = next(); #{}"];
-        for (source, streaming) in sources.into_iter().flat_map(|s| [(s, false), (s, true)]) {
-            let script = compile_with(limits.clone(), source);
-            let mut call = call(None);
-            call.streaming_response = streaming;
-            let (_tx, rx) = tokio::sync::mpsc::channel(1);
-            call.incoming = Some(rx);
+        for (source, script, call, _client) in endless_calls(&limits) {
             let started = Instant::now();
             let (result, _) = run_blocking(&script, call, usize::MAX).await;
             let status = result.err().unwrap();
@@ -1645,14 +1658,7 @@ mod tests {
             max_operations: u64::MAX,
             ..Default::default()
         };
-        let sources = ["loop { }", "sleep(60000); #{}", "let m = next(); #{}"];
-        // Streaming responses run on the helper thread: the same must hold there.
-        for (source, streaming) in sources.into_iter().flat_map(|s| [(s, false), (s, true)]) {
-            let script = compile_with(limits.clone(), source);
-            let mut call = call(None);
-            call.streaming_response = streaming;
-            let (_tx, rx) = tokio::sync::mpsc::channel(1);
-            call.incoming = Some(rx);
+        for (source, script, call, _client) in endless_calls(&limits) {
             let cancel = call.cancel.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(50));

@@ -461,13 +461,7 @@ mod tests {
 
     fn pool() -> &'static DescriptorPool {
         static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-        POOL.get_or_init(|| {
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::write(dir.path().join("c.proto"), PROTO).unwrap();
-            let mut compiler = protox::Compiler::new([dir.path()]).unwrap();
-            compiler.open_file("c.proto").unwrap();
-            compiler.descriptor_pool()
-        })
+        POOL.get_or_init(|| crate::protos::compile_texts(&[("c.proto", PROTO)]))
     }
 
     fn desc(name: &str) -> MessageDescriptor {

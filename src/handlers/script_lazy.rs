@@ -463,12 +463,7 @@ mod tests {
     fn pool() -> &'static DescriptorPool {
         static POOL: OnceLock<DescriptorPool> = OnceLock::new();
         POOL.get_or_init(|| {
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::write(dir.path().join("l.proto"), PROTO).unwrap();
-            std::fs::write(dir.path().join("x.proto"), PROTO2).unwrap();
-            let mut compiler = protox::Compiler::new([dir.path()]).unwrap();
-            compiler.open_files(["l.proto", "x.proto"]).unwrap();
-            compiler.descriptor_pool()
+            crate::protos::compile_texts(&[("l.proto", PROTO), ("x.proto", PROTO2)])
         })
     }
 

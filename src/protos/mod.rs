@@ -202,6 +202,20 @@ fn to_diagnostic(err: &protox::Error, root: &Path, include_roots: &[PathBuf]) ->
     }
 }
 
+/// For unit tests: `files` (name, text) compiled into a pool, with protox's well-known types.
+#[cfg(test)]
+pub(crate) fn compile_texts(files: &[(&str, &str)]) -> prost_reflect::DescriptorPool {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let mut compiler = protox::Compiler::new([dir.path()]).unwrap();
+    compiler
+        .open_files(files.iter().map(|(name, _)| name))
+        .unwrap();
+    compiler.descriptor_pool()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
