@@ -140,6 +140,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PROTODROP_MAX_MESSAGE_SIZE", default_value = "4MiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_message_size: usize,
 
+    /// Threads serving calls [default: one per core this process may use]. With 1 (the default on one
+    /// core), a single-threaded scheduler serves everything, which on one core answers more calls per
+    /// second than a multi-threaded one. Scripts that wait (next(), sleep()) run on threads of their own.
+    #[arg(long, env = "PROTODROP_THREADS", value_name = "N")]
+    pub threads: Option<std::num::NonZeroUsize>,
+
     /// Do not watch the folders for changes.
     #[arg(long, env = "PROTODROP_NO_WATCH")]
     pub no_watch: bool,

@@ -22,6 +22,7 @@ fn help_lists_every_flag_and_the_check_command() {
         "-I, --proto-path",
         "--max-message-size",
         "--no-watch",
+        "--threads",
         "--script-max-operations",
         "--script-max-call-depth",
         "--script-max-string-size",

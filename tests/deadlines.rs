@@ -79,12 +79,19 @@ loop { print(`tick ${first.num}`); send(#{ num: first.num }); sleep(50); }
 const DEADLINE: Duration = Duration::from_millis(300);
 
 fn serve(handler: &str) -> Server {
-    Server::start_with(
-        &t_proto(),
-        &[("t.toml", handler)],
-        // A long grace period: a server left running a call would wait that long on SIGTERM.
-        Options::default().arg("--shutdown-grace").arg("10s"),
-    )
+    serve_threads(handler, None)
+}
+
+/// [`serve`] with `--threads` (`--threads 1`: timers, calls and the script's thread all meet on
+/// one serving thread).
+fn serve_threads(handler: &str, threads: Option<usize>) -> Server {
+    // A long grace period: a server left running a call would wait that long on SIGTERM.
+    let options = Options::default().arg("--shutdown-grace").arg("10s");
+    let options = match threads {
+        Some(n) => options.arg("--threads").arg(n.to_string()),
+        None => options,
+    };
+    Server::start_with(&t_proto(), &[("t.toml", handler)], options)
 }
 
 /// `t.Req { name, num }` in a frame.
@@ -131,7 +138,13 @@ fn assert_past_deadline(path: &str, code: Code) {
 
 #[tokio::test]
 async fn a_delay_longer_than_the_deadline_ends_the_call_at_the_deadline() {
-    let s = serve(HANDLER);
+    for threads in [1, 2] {
+        a_delay_longer_than_the_deadline_ends_the_call_at_the_deadline_on(threads).await;
+    }
+}
+
+async fn a_delay_longer_than_the_deadline_ends_the_call_at_the_deadline_on(threads: usize) {
+    let s = serve_threads(HANDLER, Some(threads));
     let mut conn = Conn::connect(s.addr).await;
     let (code, _) = call_past_deadline(&mut conn, "/t.Svc/Unary", vec![req("slow", 0)]).await;
     assert_past_deadline("unary", code);
@@ -168,11 +181,13 @@ async fn a_delay_longer_than_the_deadline_ends_the_call_at_the_deadline() {
 /// deadline, not at `--script-timeout` (10 s), and stops running.
 #[tokio::test]
 async fn a_script_past_the_deadline_ends_the_call_and_stops() {
-    let s = serve(HANDLER);
-    let mut conn = Conn::connect(s.addr).await;
-    let (code, _) = call_past_deadline(&mut conn, "/t.Svc/Unary", vec![req("script", 1)]).await;
-    assert_past_deadline("unary script", code);
-    assert_ticks_stop(&s, "tick 1").await;
+    for threads in [1, 2] {
+        let s = serve_threads(HANDLER, Some(threads));
+        let mut conn = Conn::connect(s.addr).await;
+        let (code, _) = call_past_deadline(&mut conn, "/t.Svc/Unary", vec![req("script", 1)]).await;
+        assert_past_deadline("unary script", code);
+        assert_ticks_stop(&s, "tick 1").await;
+    }
 }
 
 /// gRPC's status table: "Deadline expires before server returns status: DEADLINE_EXCEEDED".
