@@ -407,7 +407,8 @@ def reference_bytes(cfg, keys: list) -> dict:
         server.stop()
 
 
-def run_server(name: str, cfg, keys: list, reference: dict, results: dict) -> None:
+def start_server(name: str, cfg, keys: list, reference: dict, results: dict) -> Server | None:
+    """Starts `name`, records its start-up and idle RSS, and checks its replies to `keys`."""
     entry = results["servers"].setdefault(name, {})
     log(f"{name}: starting")
     try:
@@ -415,22 +416,64 @@ def run_server(name: str, cfg, keys: list, reference: dict, results: dict) -> No
     except RuntimeError as e:
         log(f"  {e}")
         entry["problem"] = str(e)
-        return
+        return None
+    entry["command"] = shlex.join(server.argv)
+    entry["ready_s"] = server.ready_s
+    time.sleep(1.0)
+    entry["idle_rss_kib"] = server.status("VmRSS")
+    log(f"  ready in {server.ready_s * 1000:.0f} ms at {server.addr}; idle RSS {entry['idle_rss_kib'] / 1024:.1f} MiB")
+    entry["verify"] = verify(server, keys, reference)
+    return server
+
+
+def rounds(servers: list, scenarios: set) -> list:
+    """The load rounds, in order: (key, [(server, load key), …]). Every server takes its turn at each
+    -m of a round before the next -m, so a slow drift of a shared machine (another VM, thermal) is
+    felt by all of them alike instead of by whichever ran last. The Rhai script (scenario 3) takes
+    its turn in scenario 2's round, right after the template: the tonic echo is its reference."""
+    out = []
+    for key in ("s1", "s2", "s4f", "s4e"):
+        turns = [(name, key) for name in servers] if LOADS[key]["scenario"] in scenarios else []
+        if key == "s2" and 3 in scenarios and "protodrop" in servers:
+            if not turns:
+                turns = [("tonic", "s2")] if "tonic" in servers else []
+            after = max([i + 1 for i, (n, _) in enumerate(turns) if n in ("protodrop", "tonic")] or [0])
+            turns.insert(after, ("protodrop-script", "s3"))
+        if turns:
+            out.append((key, turns))
+    return out
+
+
+def run_interleaved(cfg, servers: list, scenarios: set, reference: dict, results: dict) -> None:
+    plan = rounds(servers, scenarios)
+    names = list(dict.fromkeys(name for _, turns in plan for name, _ in turns))
+    if 6 in scenarios:
+        names += [n for n in servers if n not in names]
+    live = {}
     try:
-        entry["command"] = shlex.join(server.argv)
-        entry["ready_s"] = server.ready_s
-        time.sleep(1.0)
-        entry["idle_rss_kib"] = server.status("VmRSS")
-        log(f"  ready in {server.ready_s * 1000:.0f} ms at {server.addr}; idle RSS {entry['idle_rss_kib'] / 1024:.1f} MiB")
-        entry["verify"] = verify(server, keys, reference)
-        for key in keys:
+        for name in names:
+            server = start_server(name, cfg, [k for _, turns in plan for n, k in turns if n == name], reference, results)
+            if server:
+                live[name] = server
+        for key, turns in plan:
+            log(f"{key}: " + ", ".join(f"{n} ({k})" if k != key else n for n, k in turns) + f" in turn at -m {cfg.streams}")
             for m in cfg.streams:
-                results["runs"].append(h2load(server, key, m, cfg))
+                for name, load_key in turns:
+                    server = live.get(name)
+                    if server is None:
+                        continue
+                    if not server.alive():
+                        results["servers"][name].setdefault("problem", f"{name} exited")
+                        continue
+                    results["runs"].append(h2load(server, load_key, m, cfg))
             if key == "s1":
-                entry["peak_rss_kib"] = server.status("VmHWM")
-                log(f"  peak RSS after scenario 1: {entry['peak_rss_kib'] / 1024:.1f} MiB")
+                for name, _ in turns:
+                    if name in live and live[name].alive():
+                        results["servers"][name]["peak_rss_kib"] = live[name].status("VmHWM")
+                        log(f"  {name}: peak RSS after scenario 1: {results['servers'][name]['peak_rss_kib'] / 1024:.1f} MiB")
     finally:
-        server.stop()
+        for server in live.values():
+            server.stop()
 
 
 # ---------------------------------------------------------------- scenario 5
@@ -643,13 +686,10 @@ def main() -> None:
         "servers": {}, "runs": [],
     }
     started = time.perf_counter()
-    ref_keys = sorted(set(keys) | ({"s3"} if 3 in scenarios else set()))
+    ref_keys = sorted(set(keys) | ({"s2", "s3"} if 3 in scenarios else set()))
     reference = reference_bytes(cfg, ref_keys) if ref_keys else {}
-    for name in servers:
-        if keys or 6 in scenarios:
-            run_server(name, cfg, keys, reference, results)
-    if 3 in scenarios and "protodrop" in servers:
-        run_server("protodrop-script", cfg, ["s3"], reference, results)
+    if keys or scenarios & {3, 6}:
+        run_interleaved(cfg, servers, scenarios, reference, results)
     if 5 in scenarios:
         results["scenario5"] = scenario5(cfg, servers)
     results["elapsed_s"] = time.perf_counter() - started

@@ -403,8 +403,11 @@ def main() -> None:
            "- Every server runs pinned to core 0 (`taskset -c 0`), h2load to core 1 (`taskset -c 1`): "
            f"`h2load -c {cfg['connections']} -m M -D {cfg['duration']} --warm-up-time {cfg['warmup']} -d REQUEST "
            "-H 'content-type: application/grpc' -H 'te: trailers' http://127.0.0.1:PORT/PATH`, "
-           f"for M in {', '.join(map(str, cfg['streams']))}. Each server is started once and runs all its scenarios; "
-           "tokio sizes its runtime to the one core it is given, so protodrop and tonic run one worker thread.",
+           f"for M in {', '.join(map(str, cfg['streams']))}. All servers are started once, together; for each scenario "
+           "and M they take their turns one after the other (tonic, protodrop, protodrop's script for scenario 3, Node, "
+           "Python), so a slow drift of the machine is felt by all of them alike. The tonic reference's "
+           "`#[tokio::main]` runtime gets one worker thread for its one core; protodrop, given one core, runs tokio's "
+           "current-thread scheduler (its default: `--threads` = the cores it may use).",
            "- Servers: protodrop (release build, bench/handlers/main; bench/handlers/script for scenario 3); the "
            "compiled reference `bench/reference` (tonic 0.14.9, tonic-prost-build code generated in build.rs with "
            "protox as the compiler, the same release profile as protodrop; `Fetch` returns a `tokio_stream::iter`, "

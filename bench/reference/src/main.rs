@@ -88,8 +88,20 @@ impl bench::stream_server::Stream for Streams {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // What `#[tokio::main]` builds — unless REFERENCE_RUNTIME=current_thread asks for the
+    // single-threaded scheduler protodrop runs on one core, for the by-hand comparison of the two on
+    // the same scheduler (bench/README.md).
+    let runtime = match std::env::var("REFERENCE_RUNTIME").as_deref() {
+        Ok("current_thread") => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build()?;
+    runtime.block_on(serve())
+}
+
+async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:50051".to_string());
