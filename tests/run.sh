@@ -4,9 +4,9 @@
 #   2. cargo build --locked (debug),
 #   3. cargo test --locked (all Rust tests); cargo audit only when asked (PROTODROP_AUDIT=1, or
 #      ADVISORY_DB=<advisory-db checkout>): see below why it is not on by default,
-#   4. pytest tests/e2e (servers with --threads 1): the five seed posts' Python clients against protodrop and against the seeds'
-#      own Python servers (see tests/e2e/conftest.py), and curl over Connect and HTTP/JSON
-#      (test_http.py; curl is installed with apt-get when missing),
+#   4. pytest tests/e2e, protodrop on --threads 1: the five seed posts' Python clients against
+#      protodrop and against the seeds' own Python servers (see tests/e2e/conftest.py), and curl
+#      over Connect and HTTP/JSON (test_http.py; curl is installed with apt-get when missing),
 #   5. tests/e2e/web (node --test): a page in headless Debian Chromium calling protodrop over gRPC-Web
 #      from another origin, and buf curl over gRPC, gRPC-Web and Connect (Debian's chromium is
 #      installed with apt-get when /usr/bin/chromium is missing; npm ci installs the rest).
@@ -61,9 +61,9 @@ if ! command -v curl >/dev/null 2>&1; then
 fi
 export PROTODROP_BIN="${CARGO_TARGET_DIR:-$REPO/target}/debug/protodrop"
 echo "PROTODROP_BIN=$PROTODROP_BIN"
-# The Rust tests serve with the default --threads (one per core: the multi-threaded scheduler on a
-# machine of two or more); the real clients here meet the single-threaded one, the default on one
-# core, so both serve the five seeds' clients and the tools.
+# The Rust and node tests serve with the default --threads (one per core: the multi-threaded
+# scheduler on a machine of two or more); the seed clients, grpcurl and curl here meet the
+# single-threaded one, the default on one core.
 PROTODROP_THREADS=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/e2e
 
 section "node --test tests/e2e/web"
