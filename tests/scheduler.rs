@@ -20,78 +20,73 @@ async fn serve_threads(threads: usize, rules: &str, args: &[&str]) -> (Server, C
     (server, client)
 }
 
-/// While `slow` (a call in flight) has not finished, ten plain calls are each answered within
-/// [`PROMPT`]; then `slow` ends with `want`.
-async fn others_answered_while(
-    c: &Client,
-    slow: serde_json::Value,
-    want: serde_json::Value,
-    slow_for: Duration,
-) {
-    let start = Instant::now();
-    let slow_call = {
-        let c = c.clone();
-        tokio::spawn(async move { c.unary("t.Svc/Unary", slow).await })
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    for i in 0..10 {
-        let out = c.unary("t.Svc/Unary", json!({ "name": "quick" })).await;
-        assert_eq!(out.single(), &json!({ "text": "quick" }), "call {i}");
-        assert!(out.elapsed < PROMPT, "call {i} took {:?}", out.elapsed);
-    }
-    assert!(
-        !slow_call.is_finished(),
-        "the slow call was already over after {:?}: the test shows nothing",
-        start.elapsed()
-    );
-    let slow = slow_call.await.unwrap();
-    assert_eq!(slow.single(), &want);
-    assert!(start.elapsed() >= slow_for, "{:?}", start.elapsed());
-}
-
-fn quick_and(slow_rule: &str) -> String {
-    rules(&[
+/// On 1 and on 2 threads: while a call answered by `slow_rule` (a script taking 3 s or more) is in
+/// flight, ten plain calls are each answered within [`PROMPT`]; then the slow call ends with
+/// `{ text: answer }`. `args`: extra flags.
+async fn a_slow_script_holds_nobody_up(slow_rule: &str, args: &[&str], answer: &str) {
+    let handler = rules(&[
         (
             "t.Svc/Unary",
             &format!("when.request.name = \"slow\"\n{slow_rule}"),
         ),
         ("t.Svc/Unary", "reply.text = \"{{request.name}}\""),
-    ])
+    ]);
+    for threads in [1, 2] {
+        let (_s, c) = serve_threads(threads, &handler, args).await;
+        let start = Instant::now();
+        let slow_call = {
+            let c = c.clone();
+            tokio::spawn(async move { c.unary("t.Svc/Unary", json!({ "name": "slow" })).await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for i in 0..10 {
+            let out = c.unary("t.Svc/Unary", json!({ "name": "quick" })).await;
+            assert_eq!(
+                out.single(),
+                &json!({ "text": "quick" }),
+                "threads {threads}, call {i}"
+            );
+            assert!(
+                out.elapsed < PROMPT,
+                "threads {threads}: call {i} took {:?}",
+                out.elapsed
+            );
+        }
+        assert!(
+            !slow_call.is_finished(),
+            "the slow call was already over after {:?}: the test shows nothing",
+            start.elapsed()
+        );
+        let slow = slow_call.await.unwrap();
+        assert_eq!(
+            slow.single(),
+            &json!({ "text": answer }),
+            "threads {threads}"
+        );
+        assert!(
+            start.elapsed() >= Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+    }
 }
 
 #[tokio::test]
 async fn a_sleeping_script_leaves_the_other_calls_answered() {
-    for threads in [1, 2] {
-        let h = quick_and("code = 'sleep(3000); #{ text: \"slept\" }'");
-        let (_s, c) = serve_threads(threads, &h, &[]).await;
-        others_answered_while(
-            &c,
-            json!({ "name": "slow" }),
-            json!({ "text": "slept" }),
-            Duration::from_secs(3),
-        )
-        .await;
-    }
+    a_slow_script_holds_nobody_up("code = 'sleep(3000); #{ text: \"slept\" }'", &[], "slept").await;
 }
 
 /// A unary script naming no waiting function is first tried on the serving thread, within a small
 /// operation budget; one that needs more is moved off it, so a long computation holds up nobody.
 #[tokio::test]
 async fn a_long_computation_leaves_the_other_calls_answered() {
-    for threads in [1, 2] {
-        let h = quick_and(
-            "code = '''\nlet t = timestamp();\nlet n = 0;\nwhile t.elapsed < 3.0 { n += 1; }\n#{ text: if n > 0 { \"done\" } else { \"none\" } }\n'''",
-        );
+    a_slow_script_holds_nobody_up(
+        "code = '''\nlet t = timestamp();\nlet n = 0;\nwhile t.elapsed < 3.0 { n += 1; }\n#{ text: if n > 0 { \"done\" } else { \"none\" } }\n'''",
         // It counts to whatever 3 s allows: no operation budget.
-        let (_s, c) = serve_threads(threads, &h, &["--script-max-operations", "0"]).await;
-        others_answered_while(
-            &c,
-            json!({ "name": "slow" }),
-            json!({ "text": "done" }),
-            Duration::from_secs(3),
-        )
-        .await;
-    }
+        &["--script-max-operations", "0"],
+        "done",
+    )
+    .await;
 }
 
 /// A bidi script waits in `next()` between messages (on a thread of its own): meanwhile unary calls
