@@ -444,6 +444,16 @@ def rounds(servers: list, scenarios: set) -> list:
     return out
 
 
+def median_run(runs: list) -> dict:
+    """With --turns N, the turn whose throughput is the median (the lower middle one for an even N),
+    with every turn's throughput beside it."""
+    ranked = sorted(runs, key=lambda r: r["msgs_per_s"] if r.get("msgs_per_s") is not None else -1)
+    chosen = dict(ranked[(len(ranked) - 1) // 2])
+    if len(runs) > 1:
+        chosen["turns_msgs_per_s"] = [r.get("msgs_per_s") for r in runs]
+    return chosen
+
+
 def run_interleaved(cfg, servers: list, scenarios: set, reference: dict, results: dict) -> None:
     plan = rounds(servers, scenarios)
     names = list(dict.fromkeys(name for _, turns in plan for name, _ in turns))
@@ -458,14 +468,18 @@ def run_interleaved(cfg, servers: list, scenarios: set, reference: dict, results
         for key, turns in plan:
             log(f"{key}: " + ", ".join(f"{n} ({k})" if k != key else n for n, k in turns) + f" in turn at -m {cfg.streams}")
             for m in cfg.streams:
-                for name, load_key in turns:
-                    server = live.get(name)
-                    if server is None:
-                        continue
-                    if not server.alive():
-                        results["servers"][name].setdefault("problem", f"{name} exited")
-                        continue
-                    results["runs"].append(h2load(server, load_key, m, cfg))
+                taken = {}
+                for _ in range(cfg.turns):
+                    for name, load_key in turns:
+                        server = live.get(name)
+                        if server is None:
+                            continue
+                        if not server.alive():
+                            results["servers"][name].setdefault("problem", f"{name} exited")
+                            continue
+                        taken.setdefault(name, []).append(h2load(server, load_key, m, cfg))
+                for runs in taken.values():
+                    results["runs"].append(median_run(runs))
             if key == "s1":
                 for name, _ in turns:
                     if name in live and live[name].alive():
@@ -655,6 +669,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int)
     ap.add_argument("--streams", help="h2load -m values, comma-separated")
     ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--turns", type=int, default=1,
+                    help="turns each server takes at each -m (interleaved); the median one is reported")
     ap.add_argument("--python-threads", type=int, default=16)
     ap.add_argument("--keep-logs", action="store_true", help="keep h2load's per-request logs in out/raw")
     ap.add_argument("--commands", default="", help="the build commands bench/run ran (for RESULTS.md)")
@@ -680,7 +696,7 @@ def main() -> None:
             == (20, 5, [1, 8, 32], 16, [1, 2, 3, 4, 5, 6], SERVER_ORDER) else "custom"),
         "invocation": cfg.invocation,
         "config": {"duration": cfg.duration, "latency_duration": cfg.latency_duration, "warmup": cfg.warmup, "streams": cfg.streams,
-                   "connections": cfg.connections, "python_threads": cfg.python_threads,
+                   "connections": cfg.connections, "python_threads": cfg.python_threads, "turns": cfg.turns,
                    "scenarios": sorted(scenarios), "servers": servers, "echo_count": make_requests.ECHO_COUNT},
         "machine": machine(cfg), "build_commands": cfg.commands, "loads": LOADS,
         "servers": {}, "runs": [],

@@ -407,7 +407,9 @@ def main() -> None:
            "and M they take their turns one after the other (tonic, protodrop, protodrop's script for scenario 3, Node, "
            "Python), so a slow drift of the machine is felt by all of them alike. The tonic reference's "
            "`#[tokio::main]` runtime gets one worker thread for its one core; protodrop, given one core, runs tokio's "
-           "current-thread scheduler (its default: `--threads` = the cores it may use).",
+           "current-thread scheduler (its default: `--threads` = the cores it may use)."
+           + (f" Each server took {cfg['turns']} turns at each M; every figure is from its median turn "
+              "(all turns' throughput: `turns_msgs_per_s` in out/results.json)." if cfg.get("turns", 1) > 1 else ""),
            "- Servers: protodrop (release build, bench/handlers/main; bench/handlers/script for scenario 3); the "
            "compiled reference `bench/reference` (tonic 0.14.9, tonic-prost-build code generated in build.rs with "
            "protox as the compiler, the same release profile as protodrop; `Fetch` returns a `tokio_stream::iter`, "
