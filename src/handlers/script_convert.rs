@@ -238,9 +238,12 @@ impl Write {
                 encode_key(field.number(), WireType::LengthDelimited, out);
                 let body = out.len();
                 Self::message(value, &of, out)?;
-                let mut len = Vec::with_capacity(4);
-                encode_varint((out.len() - body) as u64, &mut len);
-                out.splice(body..body, len);
+                // The body's length goes in front of it, from a buffer on the stack.
+                let mut prefix = [0u8; 10];
+                let mut free = &mut prefix[..];
+                encode_varint((out.len() - body) as u64, &mut free);
+                let used = 10 - free.len();
+                out.splice(body..body, prefix[..used].iter().copied());
                 continue;
             }
             let value = Direct::field(value, &field)?;

@@ -1,6 +1,7 @@
 //! Calls of methods whose rule compiled to emitters ([`crate::handlers::emit`]): the reply is
-//! written from the request's bytes, never decoded (a unary script is shown those bytes lazily). A request that is not canonical, or a reply an
-//! emitter declines, goes the general way ([`crate::respond`]) with the same outcome.
+//! written from the request's bytes, never decoded (a unary script is shown those bytes lazily). A
+//! request that is not canonical, or a reply an emitter declines, goes the general way
+//! ([`crate::respond`]) with the same outcome.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -63,25 +64,26 @@ pub(super) async fn unary(
     let mut message = Vec::with_capacity(reserve + request.len() + 32);
     message.resize(reserve, 0);
     let rule = &choice.rule;
-    match &choice.reply {
+    let script = match &choice.reply {
         Some(DirectReply::One(emitter)) => {
             if emitter.emit(&raw, &mut message).is_err() {
                 return Unary::General(request, metadata);
             }
+            None
         }
         Some(DirectReply::Script) => {
             let Answer::Script(script) = &rule.answer else {
                 unreachable!("compiled from a script")
             };
-            if let Some(delay) = rule.delay {
-                tokio::time::sleep(delay).await;
-            }
-            return script_reply(script, direct, request, metadata, message).await;
+            Some(script)
         }
         _ => return Unary::General(request, metadata),
-    }
+    };
     if let Some(delay) = rule.delay {
         tokio::time::sleep(delay).await;
+    }
+    if let Some(script) = script {
+        return script_reply(script, direct, request, metadata, message).await;
     }
     let scope = Scope::new(None, &metadata);
     let rendered = rule
