@@ -11,6 +11,13 @@ use tracing_subscriber::EnvFilter;
 use protodrop::cli::{Cli, Command};
 use protodrop::run;
 
+/// mimalloc, not glibc's malloc: compiling a large proto tree is mostly small allocations (the
+/// bench's 1,000-file tree on one core starts in about three quarters of the time; serving is no
+/// slower). Built without transparent huge pages (`no_thp`): with them, start-up was a little
+/// faster still but the idle server held twice the memory (27 MB against 14 MB).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
