@@ -339,21 +339,25 @@ def h2load_once(server: Server, key: str, streams: int, cfg, latency: bool) -> d
     return result
 
 
-def h2load(server: Server, key: str, streams: int, cfg) -> dict:
-    """Throughput from a run without a log, then latency percentiles from a second, logged run (the
-    log's write per request would slow h2load down in the throughput run)."""
+LATENCY_KEYS = ("p50_us", "p99_us", "max_us", "logged", "latency_run")
+
+
+def h2load(server: Server, key: str, streams: int, cfg, latency: bool = True) -> dict:
+    """Throughput from a run without a log, then (with `latency`) latency percentiles from a second,
+    logged run (the log's write per request would slow h2load down in the throughput run)."""
     load = LOADS[key]
     tp = h2load_once(server, key, streams, cfg, latency=False)
-    lat = h2load_once(server, key, streams, cfg, latency=True)
+    lat = h2load_once(server, key, streams, cfg, latency=True) if latency else {}
     result = {"server": server.name, "load": key, "streams": streams, "connections": cfg.connections, **tp,
-              "msgs_per_s": tp["calls_per_s"] * load["per_call"] if tp.get("calls_per_s") is not None else None,
-              "p50_us": lat["p50_us"], "p99_us": lat["p99_us"], "max_us": lat["max_us"], "logged": lat["logged"],
-              "latency_run": lat}
+              "msgs_per_s": tp["calls_per_s"] * load["per_call"] if tp.get("calls_per_s") is not None else None}
+    if latency:
+        result.update({"p50_us": lat["p50_us"], "p99_us": lat["p99_us"], "max_us": lat["max_us"],
+                       "logged": lat["logged"], "latency_run": lat})
     if not server.alive():
         result["problem"] = f"{server.name} exited during the run"
     label = f"{server.name}-{key}-m{streams}"
     log(f"  {label}: {fmt_rate(result['msgs_per_s'])} {'msg' if load['per_call'] > 1 else 'req'}/s, "
-        f"p50 {fmt_us(result['p50_us'])}, p99 {fmt_us(result['p99_us'])}, failed {result['failed']}, "
+        f"p50 {fmt_us(result.get('p50_us'))}, p99 {fmt_us(result.get('p99_us'))}, failed {result['failed']}, "
         f"server CPU {result['server_cpu']:.0%}, h2load CPU {result['h2load_cpu']:.0%}"
         + (f" (logged run: {fmt_rate(lat['calls_per_s'])} calls/s)" if lat.get("calls_per_s") else ""))
     return result
@@ -446,11 +450,13 @@ def rounds(servers: list, scenarios: set) -> list:
 
 def median_run(runs: list) -> dict:
     """With --turns N, the turn whose throughput is the median (the lower middle one for an even N),
-    with every turn's throughput beside it."""
+    with every turn's throughput beside it, and the latency of the turn that measured it (the last)."""
     ranked = sorted(runs, key=lambda r: r["msgs_per_s"] if r.get("msgs_per_s") is not None else -1)
     chosen = dict(ranked[(len(ranked) - 1) // 2])
     if len(runs) > 1:
         chosen["turns_msgs_per_s"] = [r.get("msgs_per_s") for r in runs]
+        timed = next((r for r in runs if "latency_run" in r), {})
+        chosen.update({k: timed[k] for k in LATENCY_KEYS if k in timed})
     return chosen
 
 
@@ -469,7 +475,7 @@ def run_interleaved(cfg, servers: list, scenarios: set, reference: dict, results
             log(f"{key}: " + ", ".join(f"{n} ({k})" if k != key else n for n, k in turns) + f" in turn at -m {cfg.streams}")
             for m in cfg.streams:
                 taken = {}
-                for _ in range(cfg.turns):
+                for turn in range(cfg.turns):
                     for name, load_key in turns:
                         server = live.get(name)
                         if server is None:
@@ -477,7 +483,10 @@ def run_interleaved(cfg, servers: list, scenarios: set, reference: dict, results
                         if not server.alive():
                             results["servers"][name].setdefault("problem", f"{name} exited")
                             continue
-                        taken.setdefault(name, []).append(h2load(server, load_key, m, cfg))
+                        # Latency once, in the last turn: it needs no median (its run is long and
+                        # every call counts), and a logged run per turn would add half again.
+                        last = turn == cfg.turns - 1
+                        taken.setdefault(name, []).append(h2load(server, load_key, m, cfg, latency=last))
                 for runs in taken.values():
                     results["runs"].append(median_run(runs))
             if key == "s1":

@@ -408,8 +408,9 @@ def main() -> None:
            "Python), so a slow drift of the machine is felt by all of them alike. The tonic reference's "
            "`#[tokio::main]` runtime gets one worker thread for its one core; protodrop, given one core, runs tokio's "
            "current-thread scheduler (its default: `--threads` = the cores it may use)."
-           + (f" Each server took {cfg['turns']} turns at each M; every figure is from its median turn "
-              "(all turns' throughput: `turns_msgs_per_s` in out/results.json)." if cfg.get("turns", 1) > 1 else ""),
+           + (f" Each server took {cfg['turns']} turns at each M; throughput and CPU are from its median turn "
+              "(all turns' throughput: `turns_msgs_per_s` in out/results.json), latency from its last turn."
+              if cfg.get("turns", 1) > 1 else ""),
            "- Servers: protodrop (release build, bench/handlers/main; bench/handlers/script for scenario 3); the "
            "compiled reference `bench/reference` (tonic 0.14.9, tonic-prost-build code generated in build.rs with "
            "protox as the compiler, the same release profile as protodrop; `Fetch` returns a `tokio_stream::iter`, "
@@ -418,7 +419,7 @@ def main() -> None:
            "- Throughput: h2load's req/s over the main duration (warm-up excluded); for the streaming scenarios a "
            f"request is a whole call, so msg/s = calls/s × 1,000 (Fetch) or × {cfg['echo_count']} (bidi Echo, whose "
            f"request body holds {cfg['echo_count']} messages). Ratio: protodrop / tonic at the same -m.",
-           "- Latency: per call, from a second h2load run right after the throughput run, the same but "
+           "- Latency: per call, from a second h2load run right after the (last turn's) throughput run, the same but "
            f"`-D {cfg['latency_duration']}` and with `--log-file` (h2load writes one line per request, which costs it "
            "a syscall each, so the throughput run goes without); p50 and p99 by nearest rank over every request of "
            "its main duration.",
