@@ -277,7 +277,8 @@ async fn an_unknown_grpc_encoding_is_unimplemented_and_lists_the_accepted_ones()
 
 /// gzip that does not inflate is INTERNAL ("could not decompress" in gRPC's table); a gzip bomb
 /// (16 MiB of zeros in ~16 KiB) is RESOURCE_EXHAUSTED at the 4 MiB limit, and the server's peak
-/// memory shows it never inflated the whole thing.
+/// memory shows it never inflated the whole thing, nor held copies of a growing buffer (under
+/// mimalloc a doubling buffer's copies took the peak 12 MiB up).
 #[tokio::test]
 async fn broken_gzip_is_internal_and_a_gzip_bomb_is_resource_exhausted() {
     let (s, mut conn) = serve_and_connect().await;
@@ -298,7 +299,7 @@ async fn broken_gzip_is_internal_and_a_gzip_bomb_is_resource_exhausted() {
         answer.expect_status(Code::ResourceExhausted);
         let peak = proc_status_kib(s.pid(), "VmHWM");
         assert!(
-            peak < before + 12 * 1024,
+            peak < before + 8 * 1024,
             "{path}: peak RSS grew from {before} KiB to {peak} KiB"
         );
         assert_still_serving(&mut conn).await;

@@ -146,10 +146,22 @@ pub enum Gunzip {
     TooLarge(usize),
 }
 
+/// The most deflate can inflate: 258 bytes from every 2 bits (zlib's technical notes say 1032:1).
+const MAX_DEFLATE_RATIO: usize = 1032;
+
 /// Decompresses gzip `data`, reading at most one byte past `limit`. Each protocol answers the
 /// failures with its own status.
 pub fn gunzip_within(data: &[u8], limit: usize) -> Result<Vec<u8>, Gunzip> {
-    let mut out = Vec::new();
+    // One buffer of the right size instead of a doubling one, whose copies would hold up to three
+    // times the message at once: gzip's trailer says the inflated length (mod 2^32). Untrusted, so
+    // capped by the limit and by deflate's largest ratio (1032:1); a wrong one only costs a regrowth.
+    let stated = data
+        .last_chunk::<4>()
+        .map_or(0, |isize| u32::from_le_bytes(*isize) as usize);
+    let capacity = stated
+        .min(limit.saturating_add(1))
+        .min(data.len().saturating_mul(MAX_DEFLATE_RATIO));
+    let mut out = Vec::with_capacity(capacity);
     flate2::read::GzDecoder::new(data)
         .take((limit as u64).saturating_add(1))
         .read_to_end(&mut out)
