@@ -157,7 +157,7 @@ pub fn gunzip_within(data: &[u8], limit: usize) -> Result<Vec<u8>, Gunzip> {
     // capped by the limit and by deflate's largest ratio (1032:1); a wrong one only costs a regrowth.
     let stated = data
         .last_chunk::<4>()
-        .map_or(0, |isize| u32::from_le_bytes(*isize) as usize);
+        .map_or(0, |trailer| u32::from_le_bytes(*trailer) as usize);
     let capacity = stated
         .min(limit.saturating_add(1))
         .min(data.len().saturating_mul(MAX_DEFLATE_RATIO));
