@@ -339,7 +339,8 @@ def h2load_once(server: Server, key: str, streams: int, cfg, latency: bool) -> d
     return result
 
 
-LATENCY_KEYS = ("p50_us", "p99_us", "max_us", "logged", "latency_run")
+# What a logged run adds to a result (beside the run itself, as `latency_run`).
+LATENCY_KEYS = ("p50_us", "p99_us", "max_us", "logged")
 
 
 def h2load(server: Server, key: str, streams: int, cfg, latency: bool = True) -> dict:
@@ -351,8 +352,7 @@ def h2load(server: Server, key: str, streams: int, cfg, latency: bool = True) ->
     result = {"server": server.name, "load": key, "streams": streams, "connections": cfg.connections, **tp,
               "msgs_per_s": tp["calls_per_s"] * load["per_call"] if tp.get("calls_per_s") is not None else None}
     if latency:
-        result.update({"p50_us": lat["p50_us"], "p99_us": lat["p99_us"], "max_us": lat["max_us"],
-                       "logged": lat["logged"], "latency_run": lat})
+        result.update({k: lat[k] for k in LATENCY_KEYS}, latency_run=lat)
     if not server.alive():
         result["problem"] = f"{server.name} exited during the run"
     label = f"{server.name}-{key}-m{streams}"
@@ -456,7 +456,7 @@ def median_run(runs: list) -> dict:
     if len(runs) > 1:
         chosen["turns_msgs_per_s"] = [r.get("msgs_per_s") for r in runs]
         timed = next((r for r in runs if "latency_run" in r), {})
-        chosen.update({k: timed[k] for k in LATENCY_KEYS if k in timed})
+        chosen.update({k: timed[k] for k in (*LATENCY_KEYS, "latency_run") if k in timed})
     return chosen
 
 
