@@ -42,6 +42,10 @@ def lat(us) -> str:
     return f"{us} µs"
 
 
+def us(seconds) -> str:
+    return "—" if seconds is None else f"{seconds * 1e6:,.1f} µs"
+
+
 def mib(kib) -> str:
     return "—" if kib is None else f"{kib / 1024:.1f} MiB"
 
@@ -87,6 +91,14 @@ class Results:
             return None
         return (r["msgs_per_s"] / r["server_cpu"]) / (ref["msgs_per_s"] / ref["server_cpu"])
 
+    def cpu_per_call(self, server: str, key: str, m: int):
+        """Seconds of the server's CPU (user + system) per call: its share of a core over its calls/s."""
+        r = self.run(server, key, m)
+        calls = r and (r.get("calls_per_s") if self.loads[key]["per_call"] > 1 else r.get("msgs_per_s"))
+        if not calls or not r.get("server_cpu"):
+            return None
+        return r["server_cpu"] / calls
+
     def servers_in(self, key: str) -> list:
         if key == "s3" and not any(r["server"] == "protodrop-script" for r in self.runs):
             return []
@@ -99,8 +111,8 @@ def load_table(res: Results, key: str) -> list:
     unit = "msg/s" if load["per_call"] > 1 else "req/s"
     target = load["target"]
     lines = ["| server | -c × -m | " + ("calls/s | " if load["per_call"] > 1 else "") +
-             f"{unit} | ratio to tonic | p50 | p99 | failed | server CPU | h2load CPU | ratio per CPU-second | target ≥ {target:.2f} |",
-             "|---|---|" + ("---:|" if load["per_call"] > 1 else "") + "---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             f"{unit} | ratio to tonic | p50 | p99 | failed | server CPU | h2load CPU | server CPU per call | ratio per CPU-second | target ≥ {target:.2f} |",
+             "|---|---|" + ("---:|" if load["per_call"] > 1 else "") + "---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for m in res.streams:
         for server in res.servers_in(key):
             r = res.run(server, key, m)
@@ -122,8 +134,10 @@ def load_table(res: Results, key: str) -> list:
             failed = (r.get("failed") or 0) + (r.get("errored") or 0) + (r.get("timeout") or 0)
             cells += [rate(r.get("msgs_per_s")), "—" if ratio is None else f"{ratio:.2f}", lat(r.get("p50_us")),
                       lat(r.get("p99_us")), f"{failed:,}", f"{r['server_cpu']:.0%}", f"{r['h2load_cpu']:.0%}"]
+            per_call = res.cpu_per_call(server, key, m)
             cpu_ratio = res.cpu_ratio(server, key, m)
-            cells += ["—" if cpu_ratio is None else f"{cpu_ratio:.2f}", mark(passed) if server == "protodrop" else ""]
+            cells += [us(per_call),
+                      "—" if cpu_ratio is None else f"{cpu_ratio:.2f}", mark(passed) if server == "protodrop" else ""]
             lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -142,14 +156,24 @@ def summary(res: Results) -> list:
                          ", ".join(f"{v:.2f} (-m {m})" for m, v in ratios.items()) + "; per CPU-second: "
                          + ", ".join("—" if v is None else f"{v:.2f}" for v in per_cpu.values()), ok))
     for peer, factor in (("node", NODE_FACTOR), ("python", PYTHON_FACTOR)):
-        vals = {}
+        vals, reference, per_call = {}, {}, {}
         for m in res.streams:
-            a, b = res.run("protodrop", "s1", m), res.run(peer, "s1", m)
+            a, b, t = res.run("protodrop", "s1", m), res.run(peer, "s1", m), res.run("tonic", "s1", m)
             if a and b and b.get("msgs_per_s"):
                 vals[m] = a["msgs_per_s"] / b["msgs_per_s"]
+                reference[m] = t["msgs_per_s"] / b["msgs_per_s"] if t and t.get("msgs_per_s") else None
+                per_call[m] = [res.cpu_per_call(s, "s1", m) for s in ("protodrop", "tonic", peer)]
         if vals:
+            # What the multiple asks of a server, next to what the compiled reference reaches: the
+            # peer's CPU per call over the factor is the budget per call.
+            detail = "; the tonic reference's own: " + ", ".join(
+                "—" if v is None else f"{v:.1f}×" for v in reference.values())
+            budget = [f"-m {m}: {us(pd)} / {us(t)} / {us(peer_us)}, budget {us(peer_us and peer_us / factor)}"
+                      for m, (pd, t, peer_us) in per_call.items()]
+            detail += "; server CPU per call, protodrop / tonic / peer: " + "; ".join(budget)
             rows.append((f"scenario 1: protodrop ≥ {factor}× {LABEL[peer]}",
-                         ", ".join(f"{v:.1f}× (-m {m})" for m, v in vals.items()), all(v >= factor for v in vals.values())))
+                         ", ".join(f"{v:.1f}× (-m {m})" for m, v in vals.items()) + detail,
+                         all(v >= factor for v in vals.values())))
     s5 = res.d.get("scenario5", {})
     if "protodrop_startup" in s5:
         t = s5["protodrop_startup"]["median_s"]
