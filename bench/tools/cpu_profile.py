@@ -12,7 +12,6 @@ import argparse
 import collections
 import pathlib
 import re
-import resource
 import shlex
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import bench  # noqa: E402  (the servers, loads and pinning of bench/run)
+from report import us  # noqa: E402
 
 # What a sample's code is, in the order of the table's rows.
 KERNEL = "kernel (system calls, loopback TCP, scheduling)"
@@ -139,13 +139,9 @@ def profile(name: str, key: str, m: int, cfg) -> dict:
         server.stop()
 
 
-def us(seconds) -> str:
-    return "—" if seconds is None else f"{seconds * 1e6:,.1f} µs"
-
-
-def table(key: str, m: int, results: dict) -> list:
+def table(key: str, connections: int, m: int, results: dict) -> list:
     names = list(results)
-    lines = [f"### Scenario {bench.LOADS[key]['scenario']} ({bench.LOADS[key]['title']}), h2load -c 16 -m {m}", "",
+    lines = [f"### Scenario {bench.LOADS[key]['scenario']} ({bench.LOADS[key]['title']}), h2load -c {connections} -m {m}", "",
              "| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     rows = [("calls/s", [f"{r['calls_per_s']:,.0f}" for r in results.values()]),
             ("**server CPU per call**", [f"**{us(r['user'] + r['system'])}**" for r in results.values()]),
@@ -197,7 +193,7 @@ def main() -> None:
             r = profile(name, cfg.scenario, m, cfg)
             results[name] = r
             commands += [r["h2load"].replace(f"{bench.REPO}/", ""), r["perf"]]
-        md += table(cfg.scenario, m, results)
+        md += table(cfg.scenario, cfg.connections, m, results)
     md += ["## Commands", "", "For each server (as bench/run starts it: see RESULTS.md), the load and, meanwhile, perf:", "",
            "```sh", *dict.fromkeys(commands), "```", ""]
     text = "\n".join(md)
