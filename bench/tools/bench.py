@@ -129,10 +129,14 @@ class Server:
             pass
         return None
 
+    def cpu_times(self) -> tuple:
+        """(user, system) CPU seconds of the whole process (all threads) so far."""
+        fields = open(f"/proc/{self.pid}/stat").read().rsplit(")", 1)[1].split()
+        return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
     def cpu_seconds(self) -> float:
         """user + system CPU time of the whole process (all threads) so far."""
-        fields = open(f"/proc/{self.pid}/stat").read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return sum(self.cpu_times())
 
     def log_text(self) -> str:
         """What the server wrote on stderr since it started."""
@@ -292,21 +296,25 @@ def parse_h2load(text: str) -> dict:
     return r
 
 
+def h2load_argv(addr: str, key: str, connections: int, streams: int, duration: int, warmup: int,
+                extra: list = ()) -> list:
+    """The load: h2load pinned to LOAD_CPU sending `key`'s request to `addr` (`extra` before the URL)."""
+    load = LOADS[key]
+    return ["taskset", "-c", LOAD_CPU, "h2load", "-c", str(connections), "-m", str(streams),
+            "-D", str(duration), "--warm-up-time", str(warmup), "-d", str(DATA / load["body"]),
+            "-H", "content-type: application/grpc", "-H", "te: trailers", *extra, f"http://{addr}{load['path']}"]
+
+
 def h2load_once(server: Server, key: str, streams: int, cfg, latency: bool) -> dict:
     """One h2load run; with `latency`, h2load writes every request's time to a log (a write per
     request on the load core), read here for the percentiles."""
-    load = LOADS[key]
     label = f"{server.name}-{key}-m{streams}" + ("-latency" if latency else "")
     tmpdir = pathlib.Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else OUT / "tmp"
     tmpdir.mkdir(parents=True, exist_ok=True)
     logfile = tmpdir / f"protodrop-bench-{os.getpid()}-{label}.log"
     duration = cfg.latency_duration if latency else cfg.duration
-    cmd = ["taskset", "-c", LOAD_CPU, "h2load", "-c", str(cfg.connections), "-m", str(streams),
-           "-D", str(duration), "--warm-up-time", str(cfg.warmup), "-d", str(DATA / load["body"]),
-           "-H", "content-type: application/grpc", "-H", "te: trailers"]
-    if latency:
-        cmd += ["--log-file", str(logfile)]
-    cmd.append(f"http://{server.addr}{load['path']}")
+    cmd = h2load_argv(server.addr, key, cfg.connections, streams, duration, cfg.warmup,
+                      ["--log-file", str(logfile)] if latency else [])
     raw = OUT / "raw" / f"{label}.txt"
     raw.parent.mkdir(parents=True, exist_ok=True)
     cpu0, usage0, t0 = server.cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()

@@ -99,21 +99,13 @@ def perf_shares(data: pathlib.Path, server: str, binary: str) -> dict:
     return dict(shares)
 
 
-def cpu_ticks(pid: int) -> tuple:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return int(fields[11]), int(fields[12])
-
-
 def profile(name: str, key: str, m: int, cfg) -> dict:
-    load = bench.LOADS[key]
     server = bench.Server(name, bench.server_argv(name, cfg))
     try:
-        h2load = ["taskset", "-c", bench.LOAD_CPU, "h2load", "-c", str(cfg.connections), "-m", str(m),
-                  "-D", str(cfg.seconds), "--warm-up-time", str(cfg.warmup), "-d", str(bench.DATA / load["body"]),
-                  "-H", "content-type: application/grpc", "-H", "te: trailers", f"http://{server.addr}{load['path']}"]
+        h2load = bench.h2load_argv(server.addr, key, cfg.connections, m, cfg.seconds, cfg.warmup)
         with tempfile.TemporaryDirectory() as tmp:
             data = pathlib.Path(tmp) / "perf.data"
-            (u0, s0), t0 = cpu_ticks(server.pid), time.perf_counter()
+            (u0, s0), t0 = server.cpu_times(), time.perf_counter()
             run = subprocess.Popen(h2load, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             # perf over the middle of the measured part: after the warm-up, a second short of its end.
             time.sleep(cfg.warmup + 1)
@@ -122,14 +114,14 @@ def profile(name: str, key: str, m: int, cfg) -> dict:
             subprocess.run(perf, check=True, stdout=subprocess.DEVNULL)
             text, _ = run.communicate()
             wall = time.perf_counter() - t0
-            u1, s1 = cpu_ticks(server.pid)
+            u1, s1 = server.cpu_times()
             # server.argv is `taskset -c CPU EXECUTABLE …`
             shares = perf_shares(data, name, pathlib.Path(server.argv[3]).name)
         parsed = bench.parse_h2load(text)
         calls = parsed.get("calls_per_s")
         if not calls:
             raise RuntimeError(f"h2load against {name} gave no rate:\n{text}")
-        user, system = (u1 - u0) / bench.CLK_TCK / wall / calls, (s1 - s0) / bench.CLK_TCK / wall / calls
+        user, system = (u1 - u0) / wall / calls, (s1 - s0) / wall / calls
         bench.log(f"{name} {key} -m {m}: {calls:,.0f} calls/s, {(user + system) * 1e6:.1f} µs of CPU per call "
                   f"({user * 1e6:.1f} user + {system * 1e6:.1f} system)")
         return {"calls_per_s": calls, "user": user, "system": system, "shares": shares,
