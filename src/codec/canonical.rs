@@ -165,9 +165,7 @@ impl Layouts {
                     return false;
                 };
                 match field.kind {
-                    ValueKind::String => {
-                        !(implicit && payload.is_empty()) && std::str::from_utf8(payload).is_ok()
-                    }
+                    ValueKind::String => !(implicit && payload.is_empty()) && is_utf8(payload),
                     ValueKind::Bytes => !(implicit && payload.is_empty()),
                     ValueKind::Message(ty) => self.check(ty, payload, depth + 1),
                     _ => unreachable!("matched above"),
@@ -383,4 +381,10 @@ pub fn values(mut records: &[u8]) -> impl Iterator<Item = &[u8]> {
         let key = read_varint(&mut records)?;
         skip_value((key & 7) as u8, &mut records)
     })
+}
+
+/// Whether `bytes` is UTF-8; the ASCII test first, inlined, because most strings on the wire are
+/// short and ASCII, where `from_utf8`'s call and set-up cost more than the test itself.
+fn is_utf8(bytes: &[u8]) -> bool {
+    bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
 }

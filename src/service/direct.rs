@@ -300,7 +300,7 @@ fn bidi(
             if !choice.rule.trailers.is_empty() {
                 extend_metadata(&mut trailers, choice.rule.trailers(&Scope::new(None, &metadata))?);
             }
-            yield bidi_reply(&method, &request, count, &metadata, limit)?;
+            yield bidi_reply(&method, request, count, &metadata, limit)?;
             next_message = next(&mut incoming).await?;
         }
         end_with_trailers(trailers)?;
@@ -327,42 +327,40 @@ impl futures::Stream for BidiReplies {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if let Some(request) = this.next.take() {
-            this.count += 1;
-            let reply = bidi_reply(
-                &this.method,
-                &request,
-                this.count,
-                &this.metadata,
-                this.limit,
-            );
-            this.done = reply.is_err();
-            return Poll::Ready(Some(reply));
-        }
-        if this.done {
-            return Poll::Ready(None);
-        }
-        match std::task::ready!(Pin::new(&mut this.incoming).poll_next(cx)) {
-            Some(Ok(request)) => {
-                this.next = Some(request);
-                self.poll_next(cx)
-            }
-            Some(Err(status)) => {
-                this.done = true;
-                Poll::Ready(Some(Err(super::size_status(status))))
-            }
-            None => {
-                this.done = true;
-                Poll::Ready(None)
-            }
-        }
+        // The request is answered from a local, not stored in `next` and read back: the per-message
+        // path is short enough that the round trip through `self` showed in profiles.
+        let request = match this.next.take() {
+            Some(request) => request,
+            None if this.done => return Poll::Ready(None),
+            None => match std::task::ready!(Pin::new(&mut this.incoming).poll_next(cx)) {
+                Some(Ok(request)) => request,
+                Some(Err(status)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(super::size_status(status))));
+                }
+                None => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+            },
+        };
+        this.count += 1;
+        let reply = bidi_reply(
+            &this.method,
+            request,
+            this.count,
+            &this.metadata,
+            this.limit,
+        );
+        this.done = reply.is_err();
+        Poll::Ready(Some(reply))
     }
 }
 
 /// The answer to one message of a bidi call.
 fn bidi_reply(
     method: &Method,
-    request: &Bytes,
+    request: Bytes,
     count: u64,
     metadata: &MetadataMap,
     limit: usize,
@@ -373,12 +371,16 @@ fn bidi_reply(
     else {
         unreachable!("a bidi method compiles from a reply")
     };
-    let canonical = direct.is_canonical(request);
+    let canonical = direct.is_canonical(&request);
+    if canonical && emitter.is_echo() {
+        // The request itself, moved rather than shared with the one dropped here.
+        return echoed(request, limit);
+    }
     message(
         emitter,
         template,
         method,
-        request,
+        &request,
         canonical,
         None,
         Some(count),
@@ -402,8 +404,7 @@ fn message(
     limit: usize,
 ) -> Result<Bytes, Status> {
     if canonical && emitter.is_echo() {
-        check_reply_len(request.len(), limit)?;
-        return Ok(request.clone());
+        return echoed(request.clone(), limit);
     }
     if canonical {
         let mut out = Vec::new();
@@ -425,6 +426,12 @@ fn message(
     };
     let reply = template.render(&scope).map_err(reply_error)?;
     encode_reply(&reply, limit)
+}
+
+/// A canonical request as its own reply: the general path would re-encode it to the same bytes.
+fn echoed(request: Bytes, limit: usize) -> Result<Bytes, Status> {
+    check_reply_len(request.len(), limit)?;
+    Ok(request)
 }
 
 /// The one rule of a streaming method with a direct form.
