@@ -149,7 +149,7 @@ where
         };
         let cors = match &self.origins {
             CorsOrigins::Off => None,
-            origins => Some(cors_layer(origins).layer(switch.clone())),
+            origins => Some(Arc::new(cors_layer(origins).layer(switch.clone()))),
         };
         Web {
             origins: Arc::new(self.origins.clone()),
@@ -192,8 +192,9 @@ fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
 #[derive(Clone)]
 pub struct Web<S> {
     origins: Arc<CorsOrigins>,
-    /// `None` when CORS is off.
-    cors: Option<Cors<GrpcWebSwitch<S>>>,
+    /// `None` when CORS is off. Shared: tonic clones this service for every request, and cloning
+    /// tower-http's CORS settings allocates; a browser's request takes its own copy (below).
+    cors: Option<Arc<Cors<GrpcWebSwitch<S>>>>,
     switch: GrpcWebSwitch<S>,
 }
 
@@ -232,7 +233,7 @@ where
                     );
                     return futures::future::ready(Ok(response)).boxed();
                 }
-                cors.clone()
+                Cors::clone(cors)
             }
             // No CORS, or no Origin (not a browser's cross-origin request): nothing to add. The
             // switch is always ready (it readies clones of its services itself).
