@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use crate::cli::{ServeArgs, SourceArgs};
-use crate::front::web::{CorsOrigins, WebLayer};
+use crate::front::web::CorsOrigins;
 use crate::registry::{Registry, Sources, State};
 use crate::service::ServiceSettings;
 use crate::{reload, server};
@@ -174,7 +174,7 @@ fn serve_on(
             tls,
             registry,
             settings,
-            WebLayer::new(cors),
+            cors,
             shutdown,
         );
         let grace_over = async {
@@ -185,7 +185,7 @@ fn serve_on(
             }
         };
         tokio::select! {
-            result = serving => result?,
+            () = serving => {}
             () = grace_over => tracing::warn!("grace period over: calls still in flight were cut"),
         }
         tracing::info!("stopped");

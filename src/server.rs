@@ -1,20 +1,32 @@
-//! Puts the service on a socket: tonic's server (HTTP/2, and HTTP/1.1 for browsers) with one catch-all
-//! route, wrapped in the gRPC-Web and CORS layer; in plain TCP, or in TLS (`--tls-cert`, `--tls-key`,
-//! and `--tls-client-ca` for mutual TLS).
+//! Puts the service on a socket: hyper's HTTP/2 (and HTTP/1.1, for browsers and curl) connections,
+//! every request to the gRPC-Web and CORS layer and then to the one dynamic service; in plain TCP, or
+//! in TLS (`--tls-cert`, `--tls-key`, and `--tls-client-ca` for mutual TLS).
 //!
-//! TLS is done here with tokio-rustls rather than with tonic's `ServerTlsConfig`: tonic's acceptor
+//! hyper is driven here directly rather than through tonic's `Server`: that one routes by service
+//! name (so a catch-all had to go through an axum router) and wraps every request in layers we do
+//! not use — connection info, a boxed clone of the whole stack, its own `grpc-timeout` timer (ours is
+//! in the service, where it can answer DEADLINE_EXCEEDED as gRPC says) — which cost more per unary
+//! call than our own code does.
+//!
+//! TLS is done with tokio-rustls rather than with tonic's `ServerTlsConfig`: tonic's acceptor
 //! offers ALPN `h2` only, and rustls refuses a client whose ALPN list lacks it, so every client that
 //! offers `http/1.1` alone (`curl --http1.1`, Python's `http.client`, many HTTP/1.1-only libraries
-//! calling Connect, HTTP/JSON or gRPC-Web) would fail its handshake. Ours offers `h2` then `http/1.1`, and hands tonic the decrypted streams;
-//! tonic's HTTP/1.1-or-2 detection then works as in plain TCP.
+//! calling Connect, HTTP/JSON or gRPC-Web) would fail its handshake. Ours offers `h2` then `http/1.1`.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::future::BoxFuture;
+use futures::{Stream, StreamExt as _};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::rustls::crypto::ring;
@@ -24,10 +36,8 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tonic::service::Routes;
-use tonic::transport::server::TcpIncoming;
 
-use crate::front::web::WebLayer;
+use crate::front::web::{CorsOrigins, Web};
 use crate::registry::Registry;
 use crate::service::{DynamicService, ServiceSettings};
 
@@ -38,50 +48,124 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 
-/// Serves until `shutdown` completes, then lets calls in flight finish. With `tls`, every connection
-/// is a TLS one (a plaintext client fails its first read).
+/// Pause after a failed `accept` (too many open files, say), so that an error that repeats does not
+/// spin.
+const ACCEPT_RETRY: Duration = Duration::from_millis(20);
+
+/// Serves until `shutdown` completes; then stops accepting (the listening socket is closed) and
+/// lets the connections finish the calls they have in flight. With `tls`, every connection is a TLS
+/// one (a plaintext client fails its first read).
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsSettings>,
     registry: Arc<Registry>,
     settings: ServiceSettings,
-    web: WebLayer,
+    cors: CorsOrigins,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    // tonic names services at compile time; a fallback route takes every path instead and keeps
-    // tonic's transport and layers (grpc-timeout among them).
-    let router = axum::Router::new().fallback_service(DynamicService::new(registry, settings));
-    let server = tonic::transport::Server::builder()
-        // HTTP/1.1 for curl, browsers and gRPC-Web; HTTP/2 for gRPC.
-        .accept_http1(true)
-        // tonic announces no limit by default; every open stream holds buffers, so one client
-        // must not be able to open an unbounded number of them.
-        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
-        // gRPC-Web (translated to gRPC) and CORS, before anything else sees the request.
-        .layer(web)
-        .add_routes(Routes::from(router));
+) {
+    let service = Http(Arc::new(Web::new(
+        cors,
+        DynamicService::new(registry, settings),
+    )));
+    let connections = GracefulShutdown::new();
     match tls {
-        None => {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            server
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await
-        }
+        None => accept(tcp_incoming(listener), service, &connections, shutdown).await,
         Some(tls) => {
-            server
-                .serve_with_incoming_shutdown(tls_incoming(listener, tls), shutdown)
-                .await
+            accept(tls_incoming(listener, tls), service, &connections, shutdown).await;
+        }
+    }
+    connections.shutdown().await;
+}
+
+/// Serves each connection of `incoming` in its own task until `shutdown`; `incoming` (and with it
+/// the listening socket) is dropped on return.
+async fn accept<IO>(
+    incoming: impl Stream<Item = IO>,
+    service: Http,
+    connections: &GracefulShutdown,
+    shutdown: impl Future<Output = ()>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let http = http_settings();
+    let (mut incoming, mut shutdown) = (pin!(incoming), pin!(shutdown));
+    loop {
+        let io = tokio::select! {
+            () = &mut shutdown => return,
+            io = incoming.next() => match io {
+                Some(io) => io,
+                None => return,
+            },
+        };
+        let connection = http
+            .serve_connection(TokioIo::new(io), service.clone())
+            .into_owned();
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// HTTP/1.1 and HTTP/2, told apart by the HTTP/2 preface.
+fn http_settings() -> auto::Builder<TokioExecutor> {
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http2()
+        .timer(TokioTimer::new())
+        // Every open stream holds buffers, so one client must not be able to open an unbounded
+        // number of them.
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        // No `date` on HTTP/2: gRPC has no use for it (grpc-go and grpc-java send none), and a
+        // value that changes every second costs a clock read and a fresh HPACK literal per answer.
+        // HTTP/1.1 answers (curl, browsers) keep it.
+        .auto_date_header(false);
+    // hyper enforces its HTTP/1 header read timeout (30 s) only when it has a timer.
+    http.http1().timer(TokioTimer::new());
+    http
+}
+
+/// The service hyper calls for every request: gRPC-Web and CORS, then the dynamic service. Shared,
+/// not cloned per request.
+#[derive(Clone)]
+struct Http(Arc<Web>);
+
+impl hyper::service::Service<http::Request<Incoming>> for Http {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn call(&self, request: http::Request<Incoming>) -> Self::Future {
+        self.0.answer(request.map(tonic::body::Body::new))
+    }
+}
+
+/// Connections accepted from `listener`, with Nagle off (gRPC's small frames must leave at once).
+fn tcp_incoming(listener: TcpListener) -> impl Stream<Item = TcpStream> {
+    async_stream::stream! {
+        loop {
+            match listener.accept().await {
+                Ok((tcp, _)) => {
+                    let _ = tcp.set_nodelay(true);
+                    yield tcp;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                }
+            }
         }
     }
 }
 
 /// TLS connections from `listener`. Handshakes run side by side, each in its own task, so a slow or
 /// silent client does not hold up the others; a failed one is logged and dropped. Dropping the
-/// stream (tonic does at shutdown) closes the listener and aborts handshakes in progress.
+/// stream closes the listener and aborts handshakes in progress.
 fn tls_incoming(
     listener: TcpListener,
     tls: TlsSettings,
-) -> impl Stream<Item = Result<TlsStream<TcpStream>, Infallible>> {
+) -> impl Stream<Item = TlsStream<TcpStream>> {
     let acceptor = TlsAcceptor::from(tls.config);
     async_stream::stream! {
         let mut handshakes = JoinSet::new();
@@ -108,16 +192,14 @@ fn tls_incoming(
                             }
                         });
                     }
-                    // As tonic's own TCP stream does, carry on; a pause keeps an error that repeats
-                    // (too many open files) from spinning.
                     Err(e) => {
                         tracing::debug!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        tokio::time::sleep(ACCEPT_RETRY).await;
                     }
                 },
                 Some(done) = handshakes.join_next(), if !handshakes.is_empty() => {
                     if let Ok(Some(stream)) = done {
-                        yield Ok(stream);
+                        yield stream;
                     }
                 }
             }

@@ -1,7 +1,6 @@
 //! Deadlines and cancellation (issue 5, part 2): a call ends when its `grpc-timeout` passes,
-//! whatever it was waiting on (a handler `delay`, a script), with DEADLINE_EXCEEDED (or, before the
-//! response headers, tonic's CANCELLED: see the ignored test), and a client that goes away leaves
-//! nothing running on the server.
+//! whatever it was waiting on (a handler `delay`, a script), with DEADLINE_EXCEEDED (before the
+//! response headers as after them), and a client that goes away leaves nothing running on the server.
 //!
 //! "Nothing running" is observed two ways. A script prints a line every 50 ms: once its client is
 //! gone the lines stop. And a graceful shutdown waits for calls in flight (tests/cli.rs,

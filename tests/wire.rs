@@ -418,6 +418,28 @@ async fn grpc_over_http1_is_refused_with_a_status_the_client_can_read() {
     );
 }
 
+/// HTTP/2 answers carry no `date` (gRPC has no use for it, grpc-go sends none, and it costs a
+/// clock read and a new HPACK literal every second); HTTP/1.1 answers (curl, browsers) keep it.
+#[tokio::test]
+async fn date_is_sent_over_http1_only() {
+    let s = serve();
+    let mut conn = Conn::connect(s.addr).await;
+    let answer = conn.call("/t.Svc/Unary", &[], req("x")).await;
+    answer.expect_status(Code::Ok);
+    assert!(
+        !answer.headers.contains_key("date"),
+        "HTTP/2 headers: {:?}",
+        answer.headers
+    );
+    let (head, _) = http1(s.addr, &http1_grpc_request(s.addr));
+    assert!(
+        head.to_ascii_lowercase()
+            .lines()
+            .any(|l| l.starts_with("date: ")),
+        "HTTP/1.1 head: {head}"
+    );
+}
+
 /// A unary call whose `content-type` is `content_type`.
 async fn call_as(conn: &mut Conn, content_type: &str) -> Answer {
     conn.call("/t.Svc/Unary", &[("content-type", content_type)], req("x"))

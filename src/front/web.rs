@@ -1,4 +1,4 @@
-//! What a browser needs, as one tower layer that `server` puts around every route:
+//! What a browser needs, in front of the dynamic service (`server` sends every request here first):
 //!
 //! * **gRPC-Web**: a request with a gRPC-Web content type (`application/grpc-web`, `…+proto`,
 //!   `application/grpc-web-text`, `…-text+proto`) goes through tonic-web, which turns it into gRPC and
@@ -11,7 +11,6 @@
 //!   that is not allowed gets `403`. Requests without an `Origin` header skip all of this.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,8 +21,10 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use tonic::body::Body;
 use tonic_web::{GrpcWebLayer, GrpcWebService};
-use tower::{Layer, Service, ServiceExt as _};
+use tower::{Layer as _, Service, ServiceExt as _};
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, Cors, CorsLayer, ExposeHeaders};
+
+use crate::service::DynamicService;
 
 /// The four content types tonic-web translates (matched exactly, as tonic-web does).
 const GRPC_WEB_TYPES: [&str; 4] = [
@@ -124,41 +125,6 @@ pub fn parse_origin(value: &str) -> Result<String, String> {
     Ok(origin)
 }
 
-/// gRPC-Web translation and CORS around a service.
-#[derive(Clone, Debug)]
-pub struct WebLayer {
-    origins: CorsOrigins,
-}
-
-impl WebLayer {
-    pub fn new(origins: CorsOrigins) -> Self {
-        Self { origins }
-    }
-}
-
-impl<S> Layer<S> for WebLayer
-where
-    S: Clone,
-{
-    type Service = Web<S>;
-
-    fn layer(&self, inner: S) -> Web<S> {
-        let switch = GrpcWebSwitch {
-            grpc_web: GrpcWebLayer::new().layer(inner.clone()),
-            inner,
-        };
-        let cors = match &self.origins {
-            CorsOrigins::Off => None,
-            origins => Some(Arc::new(cors_layer(origins).layer(switch.clone()))),
-        };
-        Web {
-            origins: Arc::new(self.origins.clone()),
-            cors,
-            switch,
-        }
-    }
-}
-
 fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
     let allow_origin = match origins {
         CorsOrigins::List(list) => AllowOrigin::list(
@@ -188,34 +154,37 @@ fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
         .max_age(PREFLIGHT_MAX_AGE)
 }
 
-/// The service [`WebLayer`] makes.
-#[derive(Clone)]
-pub struct Web<S> {
-    origins: Arc<CorsOrigins>,
-    /// `None` when CORS is off. Shared: tonic clones this service for every request, and cloning
-    /// tower-http's CORS settings allocates; a browser's request takes its own copy (below).
-    cors: Option<Arc<Cors<GrpcWebSwitch<S>>>>,
-    switch: GrpcWebSwitch<S>,
+/// gRPC-Web translation and CORS around the dynamic service: one for the whole server.
+pub struct Web {
+    origins: CorsOrigins,
+    /// `None` when CORS is off.
+    cors: Option<Cors<GrpcWebSwitch>>,
+    switch: GrpcWebSwitch,
 }
 
-impl<S> Service<Request<Body>> for Web<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Every call below works on a clone, readied there.
-        Poll::Ready(Ok(()))
+impl Web {
+    pub fn new(origins: CorsOrigins, service: DynamicService) -> Self {
+        let switch = GrpcWebSwitch {
+            grpc_web: GrpcWebLayer::new().layer(service.clone()),
+            inner: service,
+        };
+        let cors = match &origins {
+            CorsOrigins::Off => None,
+            origins => Some(cors_layer(origins).layer(switch.clone())),
+        };
+        Web {
+            origins,
+            cors,
+            switch,
+        }
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    /// The answer to one request. Takes `&self`, as hyper's services do: the server shares one `Web`
+    /// between all connections instead of cloning the stack for every request.
+    pub fn answer(
+        &self,
+        request: Request<Body>,
+    ) -> BoxFuture<'static, Result<Response<Body>, Infallible>> {
         let cors = match (&self.cors, request.headers().get(header::ORIGIN)) {
             (Some(cors), Some(origin)) => {
                 if !self.origins.allows(origin) {
@@ -233,11 +202,10 @@ where
                     );
                     return futures::future::ready(Ok(response)).boxed();
                 }
-                Cors::clone(cors)
+                cors.clone()
             }
-            // No CORS, or no Origin (not a browser's cross-origin request): nothing to add. The
-            // switch is always ready (it readies clones of its services itself).
-            _ => return self.switch.call(request),
+            // No CORS, or no Origin (not a browser's cross-origin request): nothing to add.
+            _ => return self.switch.answer(request),
         };
         async move {
             let mut response = cors.oneshot(request).await?;
@@ -287,21 +255,15 @@ fn immediate(status: StatusCode) -> BoxFuture<'static, Result<Response<Body>, In
     futures::future::ready(Ok(response)).boxed()
 }
 
-/// gRPC-Web requests through tonic-web, the rest straight to the inner service.
+/// gRPC-Web requests through tonic-web, the rest straight to the dynamic service.
 #[derive(Clone)]
-pub struct GrpcWebSwitch<S> {
-    grpc_web: GrpcWebService<S>,
-    inner: S,
+struct GrpcWebSwitch {
+    grpc_web: GrpcWebService<DynamicService>,
+    inner: DynamicService,
 }
 
-impl<S> Service<Request<Body>> for GrpcWebSwitch<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+/// For tower-http's CORS service, which wraps it.
+impl Service<Request<Body>> for GrpcWebSwitch {
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
@@ -311,6 +273,15 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
+        self.answer(request)
+    }
+}
+
+impl GrpcWebSwitch {
+    fn answer(
+        &self,
+        request: Request<Body>,
+    ) -> BoxFuture<'static, Result<Response<Body>, Infallible>> {
         let content_type =
             wire::header(request.headers(), header::CONTENT_TYPE).unwrap_or_default();
         if GRPC_WEB_TYPES.contains(&content_type) {
@@ -327,7 +298,7 @@ where
             // read every answer as a success. Refuse as grpc-go does.
             return immediate(StatusCode::HTTP_VERSION_NOT_SUPPORTED);
         }
-        self.inner.clone().oneshot(request).boxed()
+        self.inner.answer(request)
     }
 }
 

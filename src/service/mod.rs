@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{FutureExt as _, StreamExt as _};
+use http::HeaderName;
 use prost_reflect::MessageDescriptor;
 use tonic::codec::CompressionEncoding;
 use tonic::server::{Grpc, StreamingService};
@@ -25,7 +26,11 @@ use crate::front::{connect, health, transcode, HttpService, Protocol};
 use crate::registry::{Method, Registry, State};
 use crate::respond::{respond, Incoming, ReplyStream};
 
-const GRPC_ENCODING: &str = "grpc-encoding";
+// Names looked up on every call: a `HeaderName` is hashed as it is, a `&str` parsed first.
+static GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
+static GRPC_ACCEPT_ENCODING: HeaderName = HeaderName::from_static("grpc-accept-encoding");
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Settings of the gRPC layer.
 #[derive(Clone, Copy, Debug)]
@@ -33,6 +38,8 @@ pub struct ServiceSettings {
     /// Largest message accepted or sent, in bytes (`--max-message-size`).
     pub max_message_size: usize,
 }
+
+type Body = axum::body::Body;
 
 /// Serves every method of the registry's current state.
 #[derive(Clone)]
@@ -45,20 +52,15 @@ impl DynamicService {
     pub fn new(registry: Arc<Registry>, settings: ServiceSettings) -> Self {
         Self { registry, settings }
     }
-}
 
-type Body = axum::body::Body;
-
-impl tower::Service<http::Request<Body>> for DynamicService {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    /// The answer to one request (`&self`: the server calls one shared service, not a clone).
+    pub fn answer(
+        &self,
+        request: http::Request<tonic::body::Body>,
+    ) -> Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, Infallible>> + Send>>
+    {
+        // The fronts read bodies as axum's (its `into_data_stream` among them).
+        let request = request.map(Body::new);
         let state = self.registry.current();
         match Protocol::of(&request) {
             Protocol::Grpc => {}
@@ -81,10 +83,7 @@ impl tower::Service<http::Request<Body>> for DynamicService {
             let status = unknown_path(&state, path);
             return Box::pin(async move { Ok(status.into_http()) });
         };
-        // One timer tick (tokio's are 1 ms) early: tonic's own `grpc-timeout` timer, around this
-        // service, starts a moment before ours and would otherwise fire first, with CANCELLED.
-        let deadline = grpc_timeout(request.headers())
-            .map(|t| tokio::time::Instant::now() + t.saturating_sub(Duration::from_millis(1)));
+        let deadline = grpc_timeout(request.headers()).map(|t| tokio::time::Instant::now() + t);
         if !method.desc.is_client_streaming() && !method.desc.is_server_streaming() {
             let answer = unary::serve(state, method, request, self.settings);
             return Box::pin(before_deadline(answer, deadline).map(Ok));
@@ -97,7 +96,7 @@ impl tower::Service<http::Request<Body>> for DynamicService {
         // As for unary calls: gzip replies only to a client that sent gzip.
         if request
             .headers()
-            .get(GRPC_ENCODING)
+            .get(&GRPC_ENCODING)
             .is_some_and(|e| e == "gzip")
         {
             grpc = grpc.send_compressed(CompressionEncoding::Gzip);
@@ -113,8 +112,23 @@ impl tower::Service<http::Request<Body>> for DynamicService {
     }
 }
 
+/// For tonic-web, which wraps the service.
+impl tower::Service<http::Request<tonic::body::Body>> for DynamicService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        self.answer(request)
+    }
+}
+
 /// An answer that is not ready (its headers, for a stream) when the deadline passes is
-/// DEADLINE_EXCEEDED, as gRPC's status table says (tonic's own timer would answer CANCELLED).
+/// DEADLINE_EXCEEDED, as gRPC's status table says.
 async fn before_deadline(
     answer: impl Future<Output = http::Response<tonic::body::Body>>,
     deadline: Option<tokio::time::Instant>,
@@ -237,7 +251,7 @@ async fn general(
 
 /// The call's `grpc-timeout`, if it sent one (`1500m`, `2S`, …).
 fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
-    let text = headers.get("grpc-timeout")?.to_str().ok()?;
+    let text = headers.get(&GRPC_TIMEOUT)?.to_str().ok()?;
     let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
     let n: u64 = digits.parse().ok()?;
     Some(match unit {
@@ -251,8 +265,9 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
     })
 }
 
-/// tonic enforces `grpc-timeout` only until the response headers; a reply stream is cut here when
-/// the deadline passes, which also drops (and so cancels) whatever produces it — a delay, a script.
+/// [`before_deadline`] holds a call to its deadline until the response headers; a reply stream is
+/// cut here when the deadline passes, which also drops (and so cancels) whatever produces it — a
+/// delay, a script.
 fn until_deadline<T: Send + 'static>(
     stream: impl futures::Stream<Item = Result<T, Status>> + Send + 'static,
     deadline: tokio::time::Instant,

@@ -18,7 +18,7 @@ use prost_reflect::DynamicMessage;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
-use super::{direct, ServiceSettings, GRPC_ENCODING};
+use super::{direct, ServiceSettings, GRPC_ACCEPT_ENCODING, GRPC_ENCODING, GRPC_STATUS};
 use crate::codec::{decode_request, measure_reply};
 use crate::front::wire;
 use crate::handlers::rule::ok_with_trailers;
@@ -107,12 +107,12 @@ fn http_response(
         HeaderValue::from_static("application/grpc"),
     );
     if gzip_out {
-        headers.insert(GRPC_ENCODING, HeaderValue::from_static("gzip"));
+        headers.insert(&GRPC_ENCODING, HeaderValue::from_static("gzip"));
     }
     let mut trailers = HeaderMap::new();
     if is_plain_ok(&status) {
         // What `add_header` writes for it, without its general work.
-        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        trailers.insert(&GRPC_STATUS, HeaderValue::from_static("0"));
     } else if let Err(bad) = status.add_header(&mut trailers) {
         trailers = HeaderMap::new();
         let _ = Status::internal(format!("invalid trailer: {}", bad.message()))
@@ -136,7 +136,7 @@ fn is_plain_ok(status: &Status) -> bool {
 
 /// `grpc-encoding`: identity or gzip; anything else UNIMPLEMENTED, as tonic answers it.
 fn request_encoding(headers: &HeaderMap) -> Result<bool, Status> {
-    match headers.get(GRPC_ENCODING).map(HeaderValue::as_bytes) {
+    match headers.get(&GRPC_ENCODING).map(HeaderValue::as_bytes) {
         None | Some(b"identity") => Ok(false),
         Some(b"gzip") => Ok(true),
         Some(other) => {
@@ -155,7 +155,7 @@ fn request_encoding(headers: &HeaderMap) -> Result<bool, Status> {
 
 fn accepts_gzip(headers: &HeaderMap) -> bool {
     headers
-        .get_all("grpc-accept-encoding")
+        .get_all(&GRPC_ACCEPT_ENCODING)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
