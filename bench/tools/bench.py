@@ -673,6 +673,21 @@ def machine(cfg) -> dict:
     }
 
 
+def settle(limit: float = 1.0, max_wait: int = 150) -> None:
+    """Waits (up to max_wait s) for the 1-minute load average to fall under `limit`: bench/run
+    builds right before this script starts, and the load average it leaves behind would otherwise
+    be reported as a busy machine (it decays with a one-minute time constant)."""
+    started = time.time()
+    load1 = float(open("/proc/loadavg").read().split()[0])
+    if load1 < limit:
+        return
+    log(f"load average {load1:.2f} (the builds just done?): waiting up to {max_wait} s for it to fall under {limit}")
+    while load1 >= limit and time.time() - started < max_wait:
+        time.sleep(5)
+        load1 = float(open("/proc/loadavg").read().split()[0])
+    log(f"load average {load1:.2f} after {time.time() - started:.0f} s")
+
+
 # ---------------------------------------------------------------- main
 
 def main() -> None:
@@ -704,6 +719,7 @@ def main() -> None:
     servers = [s for s in SERVER_ORDER if s in cfg.servers.split(",")]
 
     OUT.mkdir(exist_ok=True)
+    settle()
     keys = [k for k in ("s1", "s2", "s4f", "s4e") if LOADS[k]["scenario"] in scenarios]
     if 6 in scenarios and "s1" not in keys:
         log("scenario 6 without scenario 1: peak RSS is measured after scenario 1's load, so only idle RSS is reported")
