@@ -20,7 +20,6 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use futures::{Stream, StreamExt as _};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -39,7 +38,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::front::web::{CorsOrigins, Web};
 use crate::registry::Registry;
-use crate::service::{DynamicService, ServiceSettings};
+use crate::service::{DynamicService, ResponseFuture, ServiceSettings};
 
 /// Longest a client may take to complete its TLS handshake before its connection is dropped (a
 /// client that connects and says nothing must not hold a task forever).
@@ -134,7 +133,7 @@ struct Http(Arc<Web>);
 impl hyper::service::Service<http::Request<Incoming>> for Http {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+    type Future = ResponseFuture;
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
         self.0.answer(request.map(tonic::body::Body::new))

@@ -15,7 +15,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use super::wire;
-use futures::future::BoxFuture;
 use futures::FutureExt as _;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -24,7 +23,7 @@ use tonic_web::{GrpcWebLayer, GrpcWebService};
 use tower::{Layer as _, Service, ServiceExt as _};
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, Cors, CorsLayer, ExposeHeaders};
 
-use crate::service::DynamicService;
+use crate::service::{DynamicService, ResponseFuture};
 
 /// The four content types tonic-web translates (matched exactly, as tonic-web does).
 const GRPC_WEB_TYPES: [&str; 4] = [
@@ -181,10 +180,7 @@ impl Web {
 
     /// The answer to one request. Takes `&self`, as hyper's services do: the server shares one `Web`
     /// between all connections instead of cloning the stack for every request.
-    pub fn answer(
-        &self,
-        request: Request<Body>,
-    ) -> BoxFuture<'static, Result<Response<Body>, Infallible>> {
+    pub fn answer(&self, request: Request<Body>) -> ResponseFuture {
         let cors = match (&self.cors, request.headers().get(header::ORIGIN)) {
             (Some(cors), Some(origin)) => {
                 if !self.origins.allows(origin) {
@@ -249,7 +245,7 @@ fn expose_all(response: &mut Response<Body>) {
     }
 }
 
-fn immediate(status: StatusCode) -> BoxFuture<'static, Result<Response<Body>, Infallible>> {
+fn immediate(status: StatusCode) -> ResponseFuture {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = status;
     futures::future::ready(Ok(response)).boxed()
@@ -266,7 +262,7 @@ struct GrpcWebSwitch {
 impl Service<Request<Body>> for GrpcWebSwitch {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -278,10 +274,7 @@ impl Service<Request<Body>> for GrpcWebSwitch {
 }
 
 impl GrpcWebSwitch {
-    fn answer(
-        &self,
-        request: Request<Body>,
-    ) -> BoxFuture<'static, Result<Response<Body>, Infallible>> {
+    fn answer(&self, request: Request<Body>) -> ResponseFuture {
         let content_type =
             wire::header(request.headers(), header::CONTENT_TYPE).unwrap_or_default();
         if GRPC_WEB_TYPES.contains(&content_type) {

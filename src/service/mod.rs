@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::{FutureExt as _, StreamExt as _};
 use http::HeaderName;
 use prost_reflect::MessageDescriptor;
@@ -41,6 +42,9 @@ pub struct ServiceSettings {
 
 type Body = axum::body::Body;
 
+/// An HTTP answer, when it is ready: what the service, the web front and the server hand on.
+pub type ResponseFuture = BoxFuture<'static, Result<http::Response<tonic::body::Body>, Infallible>>;
+
 /// Serves every method of the registry's current state.
 #[derive(Clone)]
 pub struct DynamicService {
@@ -54,11 +58,7 @@ impl DynamicService {
     }
 
     /// The answer to one request (`&self`: the server calls one shared service, not a clone).
-    pub fn answer(
-        &self,
-        request: http::Request<tonic::body::Body>,
-    ) -> Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, Infallible>> + Send>>
-    {
+    pub fn answer(&self, request: http::Request<tonic::body::Body>) -> ResponseFuture {
         // The fronts read bodies as axum's (its `into_data_stream` among them).
         let request = request.map(Body::new);
         let state = self.registry.current();
@@ -116,7 +116,7 @@ impl DynamicService {
 impl tower::Service<http::Request<tonic::body::Body>> for DynamicService {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
