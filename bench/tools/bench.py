@@ -642,6 +642,11 @@ def sh(cmd: str) -> str:
         return f"({e})"
 
 
+def load_average() -> list:
+    """The 1-, 5- and 15-minute load averages, as /proc/loadavg writes them."""
+    return open("/proc/loadavg").read().split()[:3]
+
+
 def machine(cfg) -> dict:
     lscpu = {}
     for line in sh("LC_ALL=C lscpu").splitlines():
@@ -658,7 +663,7 @@ def machine(cfg) -> dict:
         "memory": sh("free -h | awk '/^Mem:/ {print $2}'"),
         "kernel": platform.release(),
         "os": sh(". /etc/os-release 2>/dev/null && echo \"$PRETTY_NAME\""),
-        "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
+        "loadavg_at_start": load_average(),
         "rustc": sh("rustc --version"),
         "h2load": sh("h2load --version"),
         "node": sh("node --version"),
@@ -678,13 +683,13 @@ def settle(limit: float = 1.0, max_wait: int = 150) -> None:
     builds right before this script starts, and the load average it leaves behind would otherwise
     be reported as a busy machine (it decays with a one-minute time constant)."""
     started = time.time()
-    load1 = float(open("/proc/loadavg").read().split()[0])
+    load1 = float(load_average()[0])
     if load1 < limit:
         return
     log(f"load average {load1:.2f} (the builds just done?): waiting up to {max_wait} s for it to fall under {limit}")
     while load1 >= limit and time.time() - started < max_wait:
         time.sleep(5)
-        load1 = float(open("/proc/loadavg").read().split()[0])
+        load1 = float(load_average()[0])
     log(f"load average {load1:.2f} after {time.time() - started:.0f} s")
 
 
