@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt as _};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -39,6 +39,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::front::web::{CorsOrigins, Web};
 use crate::registry::Registry;
 use crate::service::{DynamicService, ResponseFuture, ServiceSettings};
+
+mod streams;
+use streams::StreamExecutor;
 
 /// Longest a client may take to complete its TLS handshake before its connection is dropped (a
 /// client that connects and says nothing must not hold a task forever).
@@ -101,7 +104,7 @@ async fn accept<IO>(
             .into_owned();
         let connection = connections.watch(connection);
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            if let Err(e) = streams::Connection::new(pin!(connection)).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
@@ -109,8 +112,8 @@ async fn accept<IO>(
 }
 
 /// HTTP/1.1 and HTTP/2, told apart by the HTTP/2 preface.
-fn http_settings() -> auto::Builder<TokioExecutor> {
-    let mut http = auto::Builder::new(TokioExecutor::new());
+fn http_settings() -> auto::Builder<StreamExecutor> {
+    let mut http = auto::Builder::new(StreamExecutor);
     http.http2()
         .timer(TokioTimer::new())
         // Every open stream holds buffers, so one client must not be able to open an unbounded
