@@ -85,8 +85,8 @@ pub struct SourceArgs {
     #[arg(long, help_heading = "Script limits", env = "PROTODROP_SCRIPT_MAX_CALL_DEPTH", default_value_t = ScriptLimits::default().max_call_depth, value_name = "N")]
     pub script_max_call_depth: usize,
 
-    /// Longest string a script may build, in bytes.
-    #[arg(long, help_heading = "Script limits", env = "PROTODROP_SCRIPT_MAX_STRING_SIZE", default_value_t = ScriptLimits::default().max_string_size, value_name = "BYTES")]
+    /// Longest string a script may build, in bytes (suffixes KiB, MiB allowed).
+    #[arg(long, help_heading = "Script limits", env = "PROTODROP_SCRIPT_MAX_STRING_SIZE", default_value_t = ScriptLimits::default().max_string_size, value_parser = parse_size, value_name = "SIZE")]
     pub script_max_string_size: usize,
 
     /// Largest array a script may build, in elements.

@@ -14,7 +14,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
 use tonic::{Response, Status};
 
-use crate::handlers::rule::{ok_with_trailers, StreamAnswer, StreamSource};
+use crate::handlers::rule::{ok_with_trailers, ScriptMetadata, StreamAnswer, StreamSource};
 use crate::handlers::script::{
     Inline, Script, ScriptCall, ScriptEvent, ScriptOutcome, ScriptRequest,
 };
@@ -41,9 +41,10 @@ pub async fn respond(
     drop(state);
     // A client or bidi stream answered by a script is the script's whole: it reads every message.
     if method.desc.is_client_streaming() {
-        if let Some(script) = rules(&method).stream_script() {
+        if let Some((rule, script)) = rules(&method).stream_script() {
             let script = script.clone();
-            return run_script(script, &method, None, metadata, Some(incoming)).await;
+            let base = ScriptMetadata::render(rule, &Scope::new(None, &metadata))?;
+            return run_script(script, &method, None, metadata, Some(incoming), base).await;
         }
     }
     match (
@@ -84,7 +85,8 @@ async fn single_request(
     match &rule.answer {
         Answer::Script(script) => {
             let script = script.clone();
-            run_script(script, &method, Some(request), metadata, None).await
+            let base = ScriptMetadata::render(rule, &scope)?;
+            run_script(script, &method, Some(request), metadata, None, base).await
         }
         Answer::Stream(_) => {
             let headers = rule.headers(&scope)?;
@@ -248,13 +250,15 @@ fn render_stream<'a>(
 /// Runs a script: at once on this worker when it cannot wait (a unary script that does not sleep,
 /// see `Script::try_run_inline`), else on a blocking thread. There its headers wait for its first
 /// event; its messages stream out as it sends them; it is cancelled when the call ends early (client
-/// gone, deadline) because the response, which holds the cancellation guard, is dropped.
+/// gone, deadline) because the response, which holds the cancellation guard, is dropped. The rule's
+/// own headers and trailers (`base`) go under the script's.
 async fn run_script(
     script: Script,
     method: &Method,
     request: Option<DynamicMessage>,
     metadata: MetadataMap,
     incoming: Option<Incoming>,
+    base: ScriptMetadata,
 ) -> Result<Response<ReplyStream>, Status> {
     let streaming_response = method.desc.is_server_streaming();
     let call = ScriptCall {
@@ -269,8 +273,9 @@ async fn run_script(
         Some(_) => call,
         None => match script.try_run_inline(call) {
             Inline::Ran { headers, result } => {
+                let result = base.finish(result, |o| &mut o.trailers);
                 let stream = unary_outcome(result, method.desc.output());
-                return Ok(with_headers(headers, Box::pin(stream)));
+                return Ok(with_headers(base.headers(headers), Box::pin(stream)));
             }
             Inline::Declined(call) => call,
         },
@@ -299,21 +304,22 @@ async fn run_script(
     });
 
     let headers = match events.recv().await {
-        Some(ScriptEvent::Headers(h)) => h,
+        Some(ScriptEvent::Headers(h)) => base.headers(h),
         Some(ScriptEvent::Message(_)) => {
             return Err(Status::internal("script sent a message before its headers"))
         }
         // The script ended without a word: its result (often an error) is the whole answer.
         None => {
-            let outcome = (&mut run).await.map_err(script_panicked)??;
+            let result = (&mut run).await.map_err(script_panicked)?;
+            let outcome = base
+                .finish(result, |o| &mut o.trailers)
+                .map_err(|status| with_metadata(status, [base.headers.clone()]))?;
             check_feed(&feed_error)?;
             let reply = outcome
                 .reply
                 .unwrap_or_else(|| DynamicMessage::new(method.desc.output()));
-            return Ok(Response::new(Box::pin(once_then_trailers(
-                reply,
-                outcome.trailers,
-            ))));
+            let stream = once_then_trailers(reply, outcome.trailers);
+            return Ok(with_headers(base.headers, Box::pin(stream)));
         }
     };
     let unary_response = !streaming_response;
@@ -326,7 +332,7 @@ async fn run_script(
                 yield m;
             }
         }
-        let outcome = run.await.map_err(script_panicked)??;
+        let outcome = base.finish(run.await.map_err(script_panicked)?, |o| &mut o.trailers)?;
         check_feed(&feed_error)?;
         match outcome.reply {
             Some(reply) => yield reply,

@@ -417,3 +417,24 @@ async fn sigterm_waits_for_calls_in_flight_only_for_the_grace_period() {
         out.messages.len()
     );
 }
+
+/// Issue 16 (9): `--script-max-string-size` takes sizes as `--max-message-size` does (`1KiB`).
+/// Regression: only a plain number was accepted, so `1KiB` stopped the server at start.
+#[tokio::test]
+async fn script_max_string_size_takes_a_size_with_a_unit() {
+    let handler = "[[rule]]\nmethod = \"t.Svc/Unary\"\ncode = '''\nlet s = \"\"; s.pad(request.num, 'y'); #{ text: s }\n'''\n";
+    let s = Server::start_with(
+        &t_proto(),
+        &[("t.toml", handler)],
+        Options::default().arg("--script-max-string-size").arg("1KiB"),
+    );
+    let c = s.client().await;
+    let out = c.unary("t.Svc/Unary", json!({ "num": 1024 })).await;
+    assert_eq!(out.single()["text"].as_str().unwrap().len(), 1024);
+    let out = c.unary("t.Svc/Unary", json!({ "num": 1025 })).await;
+    let message = out.err(Code::ResourceExhausted);
+    assert!(message.contains("--script-max-string-size"), "{message}");
+    let (code, _, stderr) = protodrop(&["check", "--script-max-string-size", "2 parsecs"], None, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("KiB"), "says which units: {stderr}");
+}

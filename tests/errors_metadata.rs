@@ -1,6 +1,7 @@
 //! `error` answers (codes, messages, google.rpc details), headers and trailers, `delay`.
 
 mod common;
+mod http_client;
 
 use std::time::Duration;
 
@@ -271,4 +272,205 @@ error = { code = "DATA_LOSS", message = "lost after two for {{request.name}}" }"
         vec![json!({ "text": "one" }), json!({ "text": "two n" })]
     );
     assert_eq!(out.err(Code::DataLoss), "lost after two for n");
+}
+
+/// A proto with a `bytes` field, for binary metadata copied into a message.
+const BLOB_PROTO: &str = r#"syntax = "proto3";
+package b;
+message Blob { bytes data = 1; string text = 2; }
+service Bin { rpc Get(Blob) returns (Blob); }
+"#;
+
+/// Issue 16 (9): binary (`-bin`) request metadata is seen as base64 — the standard alphabet, padded
+/// whatever padding the client sent (tonic sends none) — by `when.metadata`, by `{{metadata.KEY}}`
+/// and by scripts' `metadata`, the form a handler's own `-bin` headers take; copied whole into a
+/// `bytes` field it is the decoded bytes. Regression: invisible (tonic's `MetadataMap::get` is for
+/// text keys only), so the condition never held and the template rendered empty.
+#[tokio::test]
+async fn binary_request_metadata_is_seen_as_base64() {
+    let handler = rules(&[
+        (
+            "t.Svc/Unary",
+            r#"when.metadata."x-t-bin" = "aGk="
+reply.text = "matched {{metadata.x-t-bin}}"
+headers = { x-echo-bin = "{{metadata.x-t-bin}}" }"#,
+        ),
+        (
+            "t.Svc/Unary",
+            r#"when.metadata."x-t-bin" = { regex = "^[A-Za-z0-9+/]+=*$" }
+reply.text = "other {{metadata.x-t-bin}}""#,
+        ),
+        ("t.Svc/Unary", r#"reply.text = "none [{{metadata.x-t-bin}}]""#),
+        ("t.Svc/Echo", r#"code = '''#{ name: metadata["x-t-bin"] }'''"#),
+        (
+            "b.Bin/Get",
+            r#"reply = { data = "{{metadata.x-t-bin}}", text = "{{metadata.x-t-bin}}" }"#,
+        ),
+    ]);
+    let s = Server::start(
+        &[("t.proto", T_PROTO), ("b.proto", BLOB_PROTO)],
+        &[("t.toml", &handler)],
+    );
+    let c = s.client().await;
+    // "hi" is aGk= in padded base64; tonic sends aGk.
+    let out = c
+        .unary_md("t.Svc/Unary", json!({}), &[("x-t-bin", "hi")])
+        .await;
+    assert_eq!(out.single(), &json!({ "text": "matched aGk=" }));
+    let echoed = out.headers.get_bin("x-echo-bin").expect("x-echo-bin");
+    assert_eq!(&echoed.to_bytes().unwrap()[..], b"hi");
+    let out = c
+        .unary_md("t.Svc/Unary", json!({}), &[("x-t-bin", "h")])
+        .await;
+    assert_eq!(out.single(), &json!({ "text": "other aA==" }));
+    let out = c.unary("t.Svc/Unary", json!({})).await;
+    assert_eq!(out.single(), &json!({ "text": "none []" }));
+    // Scripts saw it so already: the same text.
+    let out = c
+        .unary_md("t.Svc/Echo", json!({}), &[("x-t-bin", "hi")])
+        .await;
+    assert_eq!(out.single(), &json!({ "name": "aGk=" }));
+    // Into a bytes field: the bytes (JSON shows bytes as base64); into a string: the base64 text.
+    let out = c
+        .unary_md("b.Bin/Get", json!({}), &[("x-t-bin", "hi!")])
+        .await;
+    assert_eq!(
+        out.single(),
+        &json!({ "data": b64(b"hi!"), "text": "aGkh" })
+    );
+
+    // Over Connect (headers are metadata there too), padded or not, the same.
+    for sent in ["aGk", "aGk="] {
+        let reply = http_client::send(
+            s.addr,
+            "POST",
+            "/t.Svc/Unary",
+            &[("content-type", "application/json"), ("x-t-bin", sent)],
+            "{}",
+        )
+        .await;
+        reply.expect(200);
+        assert_eq!(
+            reply.json(),
+            json!({ "text": "matched aGk=" }),
+            "sent {sent}"
+        );
+    }
+}
+
+/// Issue 16 (9): a rule answered by a script keeps its TOML `headers` and `trailers` (templated as
+/// for any rule). A key the script sets with `header()`/`trailer()` replaces the TOML value of that
+/// key; the others stay. Every shape, the inline unary path, a script that waits, a failing script.
+/// Regression: they were dropped without a word while `check` said ok.
+#[tokio::test]
+async fn a_script_rule_keeps_its_toml_headers_and_trailers() {
+    const TOML: &str = r#"headers = { x-from = "toml", x-over = "toml", x-meta = "{{metadata.x-m}}" }
+trailers = { x-t = "toml", x-t-over = "toml" }"#;
+    const SETS: &str = r#"header("x-over", "script"); trailer("x-t-over", "script");"#;
+    let script = |body: &str| format!("code = '''\n{SETS}\n{body}\n'''\n{TOML}");
+    let handler = rules(&[
+        (
+            "t.Svc/Unary",
+            &format!(
+                "when.request.name = \"fail\"\n{}",
+                script(r#"fail("ABORTED", "no")"#)
+            ),
+        ),
+        ("t.Svc/Unary", &script(r#"#{ text: "hi " + request.name }"#)),
+        // Waits (so it runs on a thread of its own); a header reads the request.
+        (
+            "t.Svc/Echo",
+            &format!(
+                "code = '''\nsleep(1); {SETS} request\n'''\nheaders = {{ x-name = \"{{{{request.name}}}}\" }}\ntrailers = {{ x-t = \"toml\", x-t-over = \"toml\" }}"
+            ),
+        ),
+        (
+            "t.Svc/ServerStream",
+            &script(r#"send(#{ text: "one" }); #{ text: "two" }"#),
+        ),
+        (
+            "t.Svc/ClientStream",
+            &script("let n = 0; while next() != () { n += 1; } #{ num: n }"),
+        ),
+        (
+            "t.Svc/Bidi",
+            &script("loop { let m = next(); if m == () { break; } send(#{ text: m.name }); }"),
+        ),
+    ]);
+    let (_s, c) = serve_t(&handler).await;
+    let md = [("x-m", "m1")];
+    let expect_all = |out: &Outcome, what: &str| {
+        out.ok();
+        for (key, want) in [("x-from", "toml"), ("x-over", "script"), ("x-meta", "m1")] {
+            assert_eq!(
+                out.header(key).as_deref(),
+                Some(want),
+                "{what}: header {key}: {:?}",
+                out.headers
+            );
+        }
+        let n = out.headers.get_all("x-over").iter().count();
+        assert_eq!(n, 1, "{what}: replaced, not added");
+        for (key, want) in [("x-t", "toml"), ("x-t-over", "script")] {
+            assert_eq!(
+                out.trailer(key).as_deref(),
+                Some(want),
+                "{what}: trailer {key}: {:?}",
+                out.trailers
+            );
+        }
+        let n = out.trailers.get_all("x-t-over").iter().count();
+        assert_eq!(n, 1, "{what}: replaced, not added");
+    };
+
+    let out = c.unary_md("t.Svc/Unary", json!({ "name": "u" }), &md).await;
+    assert_eq!(out.messages, vec![json!({ "text": "hi u" })]);
+    expect_all(&out, "unary");
+    let out = c
+        .unary_md("t.Svc/ServerStream", json!({}), &md)
+        .await;
+    assert_eq!(
+        out.messages,
+        vec![json!({ "text": "one" }), json!({ "text": "two" })]
+    );
+    expect_all(&out, "server stream");
+    let out = c
+        .client_stream_md("t.Svc/ClientStream", vec![json!({}), json!({})], &md)
+        .await;
+    assert_eq!(out.messages, vec![json!({ "num": 2 })]);
+    expect_all(&out, "client stream");
+    let two = vec![json!({ "name": "a" }), json!({ "name": "b" })];
+    let out = c.client_stream_md("t.Svc/Bidi", two, &md).await;
+    assert_eq!(
+        out.messages,
+        vec![json!({ "text": "a" }), json!({ "text": "b" })]
+    );
+    expect_all(&out, "bidi");
+
+    let out = c.unary_md("t.Svc/Echo", json!({ "name": "e" }), &md).await;
+    assert_eq!(out.messages, vec![json!({ "name": "e" })]);
+    out.expect_header("x-name", "e");
+    out.expect_trailer("x-t", "toml");
+    out.expect_trailer("x-t-over", "script");
+
+    // A failing script: its status carries the rule's metadata as an `error` rule's does.
+    let out = c
+        .unary_md("t.Svc/Unary", json!({ "name": "fail" }), &md)
+        .await;
+    assert_eq!(out.err(Code::Aborted), "no");
+    for (key, want) in [
+        ("x-from", "toml"),
+        ("x-over", "script"),
+        ("x-t", "toml"),
+        ("x-t-over", "script"),
+    ] {
+        let got = out.headers.get(key).or_else(|| out.trailers.get(key));
+        assert_eq!(
+            got.map(|v| v.to_str().unwrap()),
+            Some(want),
+            "failed script: {key}: {:?} {:?}",
+            out.headers,
+            out.trailers
+        );
+    }
 }

@@ -264,11 +264,22 @@ async fn grpc_web(
     extra: Headers<'_>,
     request: &[u8],
 ) -> WebReply {
-    let text = content_type.starts_with(TEXT);
     let mut body = frame(0, request);
-    if text {
+    if content_type.starts_with(TEXT) {
         body = b64().encode(&body).into_bytes();
     }
+    grpc_web_body(server, path, content_type, extra, body).await
+}
+
+/// [`grpc_web`] with the request body as it is sent (already framed, and base64 for `-text`).
+async fn grpc_web_body(
+    server: &Server,
+    path: &str,
+    content_type: &str,
+    extra: Headers<'_>,
+    body: Vec<u8>,
+) -> WebReply {
+    let text = content_type.starts_with(TEXT);
     let client = HttpClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut builder = http::Request::builder()
         .method("POST")
@@ -679,4 +690,25 @@ fn bad_cors_origins_are_refused_at_start() {
     );
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("cannot be combined"), "{stderr}");
+}
+
+/// Issue 16 (9): a `-text` body that is not base64 is a broken request, INTERNAL (tonic-web's own
+/// status for it, and what grpc-go's gRPC-Web wrappers answer), for a unary call as for a stream.
+/// Regression: the unary path answered CANCELLED, which reads as if the client had given up.
+#[tokio::test]
+async fn malformed_base64_is_internal() {
+    let w = Web::start(&[]);
+    for path in ["/t.Svc/Unary", "/t.Svc/ServerStream"] {
+        for body in ["!!!!", "AAAA####"] {
+            let r = grpc_web_body(&w.server, path, TEXT, &[], body.as_bytes().to_vec()).await;
+            let what = format!("{path} {body:?}");
+            assert_eq!(r.status, 200, "{what}: {r:#?}");
+            let (code, message) = r.grpc_status();
+            assert_eq!(code, "13", "{what}: INTERNAL, got {code} {message:?}");
+            assert!(!message.contains("reading the request"), "{what}: {message}");
+        }
+    }
+    // The server serves on.
+    let r = w.call("/t.Svc/Unary", TEXT, &[], json!({ "name": "x" })).await;
+    assert_eq!(w.replies(&r), vec![json!({ "text": "hello x", "num": 7 })]);
 }

@@ -401,3 +401,38 @@ fn a_script_that_imports_is_refused_at_load() {
         "points at the import: {stderr}"
     );
 }
+
+/// Issue 16 (9): `error.code = "OK"` (or 0) is no error: a unary call would end with status 0 and no
+/// reply message, which clients report as a protocol violation. Refused where it is written, by name
+/// in any case or by number, also after a `stream` (whose messages alone already end with OK).
+#[test]
+fn error_code_ok_is_refused() {
+    let unary = "[[rule]]\nmethod = \"t.Svc/Unary\"\nerror.code = \"OK\"\nerror.message = \"fine\"\n";
+    check_handler_fails(unary, "\"OK\"", &["OK", "reply"]);
+    let by_number = "[[rule]]\nmethod = \"t.Svc/Unary\"\nerror = { code = 0, message = \"x\" }\n";
+    check_handler_fails(by_number, "0, message", &["OK", "reply"]);
+    let after_stream = "[[rule]]\nmethod = \"t.Svc/ServerStream\"\nstream.messages = [{ text = \"a\" }]\nerror.code = \"ok\"\n";
+    check_handler_fails(after_stream, "\"ok\"", &["OK", "stream"]);
+}
+
+/// Issue 16 (9): a client or bidi stream's script reads the messages itself, so its rule's `headers`
+/// and `trailers` (which are applied: tests/errors_metadata.rs) can see metadata only; a template on
+/// `request`, `first` or `count` there is refused at its place rather than rendered empty.
+#[test]
+fn a_stream_scripts_headers_see_metadata_only() {
+    let h = "[[rule]]\nmethod = \"t.Svc/ClientStream\"\ncode = \"#{}\"\nheaders = { x-n = \"{{request.name}}\" }\n";
+    check_handler_fails(h, "{{request.name}}", &["request", "metadata.KEY"]);
+    let h = "[[rule]]\nmethod = \"t.Svc/Bidi\"\ncode = \"()\"\ntrailers = { x-n = \"{{count}}\" }\n";
+    check_handler_fails(h, "{{count}}", &["count", "metadata.KEY"]);
+}
+
+/// A condition on a binary (`-bin`) key compares base64 (README, *Matching*): a value that is not
+/// base64 could never hold, so it is refused where it is written (any padding is accepted).
+#[test]
+fn a_binary_metadata_condition_takes_base64() {
+    let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\nwhen.metadata.\"x-t-bin\" = \"not base64!\"\nreply = {}\n";
+    check_handler_fails(h, "\"not base64!\"", &["x-t-bin", "base64"]);
+    let ok = "[[rule]]\nmethod = \"t.Svc/Unary\"\nwhen.metadata.\"x-t-bin\" = \"aGk\"\nreply = {}\n";
+    let (code, stdout, stderr) = check(&t_proto(), &[("t.toml", ok)]);
+    assert_eq!(code, 0, "unpadded base64 is fine: {stdout}{stderr}");
+}

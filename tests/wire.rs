@@ -728,3 +728,94 @@ async fn a_script_answers_any_encoding_as_the_canonical_request() {
         assert_eq!(messages, [Bytes::from(reply.clone())], "reply to {body:?}");
     }
 }
+
+/// Issue 16 (9): a `grpc-timeout` that is not 1 to 8 digits and a unit (H M S m u n) is a broken
+/// request. grpc-go answers HTTP 400 with INTERNAL "malformed grpc-timeout: …" before the call
+/// starts; regression: it was ignored and the call ran with no deadline.
+#[tokio::test]
+async fn a_malformed_grpc_timeout_is_400_internal() {
+    let (_s, mut conn) = serve_and_connect().await;
+    for path in ["/t.Svc/Unary", "/t.Svc/ClientStream", "/t.Svc/Bidi"] {
+        for timeout in ["1", "S", "abc", "10x", "123456789S", "-1S", "+5S", "1.5S", "5 S"] {
+            let answer = conn.call(path, &[("grpc-timeout", timeout)], req("x")).await;
+            let what = format!("{path} grpc-timeout {timeout:?}");
+            assert_eq!(answer.status, 400, "{what}: {answer:?}");
+            let message = answer.expect_status(Code::Internal);
+            assert!(message.contains("malformed grpc-timeout"), "{what}: {message}");
+            assert!(message.contains(timeout), "{what}: names the value: {message}");
+        }
+    }
+    // Well-formed ones are still honoured, up to the 8 digits gRPC allows.
+    for timeout in ["99999999S", "1H", "5000m", "9999999u"] {
+        let answer = conn.call("/t.Svc/Unary", &[("grpc-timeout", timeout)], req("ok")).await;
+        answer.expect_status(Code::Ok);
+    }
+    assert_still_serving(&mut conn).await;
+}
+
+/// Issue 16 (9): `application/grpcx` only starts like gRPC's type; gRPC's own are `application/grpc`
+/// and `application/grpc+…` / `application/grpc;…` (grpc-go's ContentSubtype). Anything else is
+/// foreign: 415, as `text/plain` gets, over HTTP/2 and HTTP/1.1. Regression: served as gRPC.
+#[tokio::test]
+async fn a_content_type_that_only_starts_like_grpc_is_415() {
+    let (s, mut conn) = serve_and_connect().await;
+    for content_type in ["application/grpcx", "application/grpc2", "application/grpc_proto"] {
+        let answer = call_as(&mut conn, content_type).await;
+        assert_eq!(answer.status, 415, "{content_type}: {answer:?}");
+        let request = format!(
+            "POST /t.Svc/Unary HTTP/1.1\r\nhost: {}\r\ncontent-type: {content_type}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            s.addr
+        );
+        let (head, _) = http1(s.addr, request.as_bytes());
+        assert!(head.starts_with("HTTP/1.1 415"), "{content_type} over HTTP/1.1: {head}");
+    }
+    for content_type in ["application/grpc+proto", "application/grpc;charset=utf-8"] {
+        let answer = call_as(&mut conn, content_type).await;
+        answer.expect_status(Code::Ok);
+    }
+    assert_still_serving(&mut conn).await;
+}
+
+/// Issue 16 (9): gRPC is POST only. grpc-go answers any other method with HTTP 405 and INTERNAL
+/// "… :method "GET" which should be POST"; regression: 200 and INTERNAL "Missing request message".
+#[tokio::test]
+async fn a_grpc_request_that_is_not_a_post_is_405() {
+    let (_s, mut conn) = serve_and_connect().await;
+    for method in ["GET", "PUT", "DELETE"] {
+        for path in ["/t.Svc/Unary", "/t.Svc/ServerStream", "/grpc.health.v1.Health/Check"] {
+            let answer = conn.call_as_method(method, path, &[], req("x")).await;
+            let what = format!("{method} {path}");
+            assert_eq!(answer.status, 405, "{what}: {answer:?}");
+            let message = answer.expect_status(Code::Internal);
+            assert!(message.contains("POST") && message.contains(method), "{what}: {message}");
+        }
+    }
+    assert_still_serving(&mut conn).await;
+}
+
+/// Issue 16 (9): a method that takes one request message and gets two is a broken call: INTERNAL,
+/// with grpc-go's words, whether the second arrives with the first or after it. Regression: the
+/// unary path answered the first and ignored the second.
+#[tokio::test]
+async fn a_second_request_message_to_a_single_request_method_is_internal() {
+    let (_s, mut conn) = serve_and_connect().await;
+    for path in ["/t.Svc/Unary", "/t.Svc/Echo", "/t.Svc/ServerStream"] {
+        let together = [req("a"), req("b")].concat();
+        let answers = [
+            conn.call(path, &[], together.into()).await,
+            conn.call_chunks(path, &[], vec![req("a"), req("b")]).await,
+            // A byte past the message is the start of another.
+            conn.call(path, &[], [req("a"), Bytes::from_static(&[0])].concat().into())
+                .await,
+        ];
+        for answer in answers {
+            let message = answer.expect_status(Code::Internal);
+            assert!(
+                message.contains("multiple request messages"),
+                "{path}: {message}"
+            );
+            assert!(answer.messages().is_empty(), "{path}: no reply: {answer:?}");
+        }
+    }
+    assert_still_serving(&mut conn).await;
+}

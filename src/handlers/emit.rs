@@ -778,8 +778,8 @@ fn render_text(parts: &[TextPart], scope: &RawScope<'_>) -> Result<String, Decli
                 write!(out, "{n}").expect("writing to a String");
             }
             TextPart::Metadata(key) => {
-                if let Some(v) = scope.metadata.get(key.as_str()) {
-                    out.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                if let Some(v) = super::metadata::text(scope.metadata, key) {
+                    out.push_str(&v);
                 }
             }
         }

@@ -336,8 +336,15 @@ impl FileCtx<'_> {
                 output.clone(),
             )))
         };
-        let headers = self.metadata(node.get("headers"), &roots)?;
-        let trailers = self.metadata(node.get("trailers"), &roots)?;
+        // A client/bidi stream's script reads the messages itself: its headers and trailers are
+        // rendered before it starts (and after it ends), from metadata alone.
+        let metadata_roots = if client && matches!(answer, Answer::Script(_)) {
+            Roots::default()
+        } else {
+            roots
+        };
+        let headers = self.metadata(node.get("headers"), &metadata_roots)?;
+        let trailers = self.metadata(node.get("trailers"), &metadata_roots)?;
         let delay = node.get("delay").map(|d| self.duration(d)).transpose()?;
         let origin = self.origin(&node.span);
         Ok((
@@ -522,11 +529,20 @@ impl FileCtx<'_> {
                             format!("metadata values are strings, not {}", operand.type_name()),
                         ));
                     };
-                    let v = Value::String(s.to_string());
-                    if op_name == "eq" {
-                        Op::Eq(v)
+                    let binary = super::metadata::is_binary(&key.name.to_ascii_lowercase());
+                    if op_name == "eq" && binary {
+                        // Binary values are seen as padded base64; any padding is fine here.
+                        let Some(v) = super::metadata::normalized_base64(s) else {
+                            return Err(self.error(
+                                operand.span.clone(),
+                                format!("'{}' is a binary (-bin) key: its value is written in base64, which '{s}' is not", key.name),
+                            ));
+                        };
+                        Op::Eq(Value::String(v))
+                    } else if op_name == "eq" {
+                        Op::Eq(Value::String(s.to_string()))
                     } else {
-                        Op::Contains(v)
+                        Op::Contains(Value::String(s.to_string()))
                     }
                 }
                 "regex" => Op::Regex(self.regex(operand)?),
@@ -956,7 +972,18 @@ impl FileCtx<'_> {
         }
         let code = match node.get("code") {
             None => Code::Unknown,
-            Some(c) => self.code(c)?,
+            Some(c) => {
+                let code = self.code(c)?;
+                if code == Code::Ok {
+                    // A unary call would end with status 0 and no message, which clients take for
+                    // a broken server; after a `stream` it would say what the stream's end says.
+                    return Err(self.error(
+                        c.span.clone(),
+                        "error.code OK is not an error: answer with `reply` (or a `stream` without `error`), or pick a failing code such as UNKNOWN",
+                    ));
+                }
+                code
+            }
         };
         let message = match node.get("message") {
             None => Text::parse("", roots).map_err(|_| Reported)?,

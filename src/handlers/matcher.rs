@@ -36,14 +36,11 @@ impl Condition {
     pub fn holds(&self, scope: &Scope<'_>) -> bool {
         match &self.subject {
             Subject::Metadata(key) => {
-                let value = scope
-                    .metadata
-                    .get(key.as_str())
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                let value = super::metadata::text(scope.metadata, key);
                 match (&self.op, value) {
                     (Op::Present(want), v) => v.is_some() == *want,
                     (_, None) => false,
-                    (Op::Eq(Value::String(want)), Some(v)) => &v == want,
+                    (Op::Eq(Value::String(want)), Some(v)) => *v == **want,
                     (Op::Contains(Value::String(want)), Some(v)) => v.contains(want.as_str()),
                     (Op::Regex(re), Some(v)) => re.is_match(&v),
                     _ => false,

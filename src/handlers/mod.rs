@@ -3,6 +3,7 @@
 pub mod emit;
 mod load;
 pub mod matcher;
+pub mod metadata;
 pub mod rule;
 pub mod script;
 mod script_convert;

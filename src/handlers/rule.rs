@@ -145,10 +145,10 @@ impl MethodRules {
         self.rules.iter().find(|r| r.matches(scope))
     }
 
-    /// The script that handles a whole client or bidi stream, if this method has one.
-    pub fn stream_script(&self) -> Option<&Script> {
+    /// The script that handles a whole client or bidi stream, if this method has one, and its rule.
+    pub fn stream_script(&self) -> Option<(&Rule, &Script)> {
         self.rules.iter().find_map(|r| match &r.answer {
-            Answer::Script(s) => Some(s),
+            Answer::Script(s) => Some((r, s)),
             _ => None,
         })
     }
@@ -160,6 +160,67 @@ impl MethodRules {
             "no rule for {method} matched the request (rules tried: {}); add a rule without `when` to answer every other request",
             tried.join(", ")
         )
+    }
+}
+
+/// A script rule's own `headers` or `trailers` (`base`) with the script's (`over`) on top: a key the
+/// script sets replaces every entry of that key the rule has; the rule's other keys stay.
+pub fn overlay(base: MetadataMap, over: MetadataMap) -> MetadataMap {
+    if base.is_empty() {
+        return over;
+    }
+    if over.is_empty() {
+        return base;
+    }
+    let mut merged = base.into_headers();
+    let over = over.into_headers();
+    for name in over.keys() {
+        merged.remove(name);
+    }
+    for (name, value) in over.iter() {
+        merged.append(name.clone(), value.clone());
+    }
+    MetadataMap::from_headers(merged)
+}
+
+/// A script rule's `headers` and `trailers`, rendered for one call; the script's own go on top
+/// ([`overlay`]), on success and on failure alike (an `error` rule's status carries them too).
+pub struct ScriptMetadata {
+    pub headers: MetadataMap,
+    pub trailers: MetadataMap,
+}
+
+impl ScriptMetadata {
+    pub fn render(rule: &Rule, scope: &Scope<'_>) -> Result<Self, Status> {
+        Ok(Self {
+            headers: rule.headers(scope)?,
+            trailers: rule.trailers(scope)?,
+        })
+    }
+
+    /// The response headers: the rule's, then the script's.
+    pub fn headers(&self, script: MetadataMap) -> MetadataMap {
+        overlay(self.headers.clone(), script)
+    }
+
+    /// The end of the call: the rule's trailers under the script's, in its outcome or its error.
+    pub fn finish<T>(
+        &self,
+        result: Result<T, Status>,
+        trailers_of: impl FnOnce(&mut T) -> &mut MetadataMap,
+    ) -> Result<T, Status> {
+        match result {
+            Ok(mut outcome) => {
+                let trailers = trailers_of(&mut outcome);
+                *trailers = overlay(self.trailers.clone(), std::mem::take(trailers));
+                Ok(outcome)
+            }
+            Err(mut status) => {
+                let script = std::mem::take(status.metadata_mut());
+                *status.metadata_mut() = overlay(self.trailers.clone(), script);
+                Err(status)
+            }
+        }
     }
 }
 

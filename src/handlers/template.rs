@@ -255,18 +255,26 @@ impl Path {
             Root::First => return resolve_in(scope.first?, &self.steps),
             Root::Count => Cow::Owned(Value::U64(scope.count?)),
             Root::Index => Cow::Owned(Value::U64(scope.index?)),
-            Root::Metadata(key) => {
-                let v = scope.metadata.get(key.as_str())?;
-                Cow::Owned(Value::String(
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                ))
-            }
+            Root::Metadata(key) => Cow::Owned(Value::String(
+                super::metadata::text(scope.metadata, key)?.into_owned(),
+            )),
             Root::Item => Cow::Borrowed(scope.item?),
         };
         for step in &self.steps {
             current = step_into(current, step)?;
         }
         Some(current)
+    }
+
+    /// [`Path::resolve`] for a value put whole into a field of `kind`: binary (`-bin`) metadata
+    /// goes into a `bytes` field as its bytes, not as its base64 text.
+    fn resolve_into(&self, scope: &Scope<'_>, kind: &Kind) -> Option<Value> {
+        if let (Root::Metadata(key), Kind::Bytes) = (&self.root, kind) {
+            if super::metadata::is_binary(key) {
+                return super::metadata::bytes(scope.metadata, key).map(Value::Bytes);
+            }
+        }
+        self.resolve(scope).map(Cow::into_owned)
     }
 
     pub fn text(&self) -> &str {
@@ -582,7 +590,7 @@ impl ValueTemplate {
         match self {
             ValueTemplate::Const(v) => Ok(v.clone()),
             ValueTemplate::Whole(path) => {
-                let value = path.resolve(scope).map(Cow::into_owned);
+                let value = path.resolve_into(scope, kind);
                 if field.is_list() && matches!(path.ty, Ty::Proto { list: true, .. }) {
                     let Some(Value::List(items)) = value else {
                         return Ok(Value::List(vec![]));
@@ -661,9 +669,7 @@ impl ValueTemplate {
     fn render_elem(&self, scope: &Scope<'_>, kind: &Kind) -> Result<Value, String> {
         match self {
             ValueTemplate::Const(v) => Ok(v.clone()),
-            ValueTemplate::Whole(path) => {
-                coerce(path.resolve(scope).map(Cow::into_owned), &path.ty, kind)
-            }
+            ValueTemplate::Whole(path) => coerce(path.resolve_into(scope, kind), &path.ty, kind),
             ValueTemplate::Text(text) => parse_text(text.render(scope), kind),
             ValueTemplate::Message(m) => m.render(scope).map(Value::Message),
             _ => Err("nested lists are not allowed in protobuf".into()),

@@ -18,7 +18,7 @@ use crate::codec::encode::Measured;
 use crate::codec::{decode_request, encode_reply};
 use crate::front::wire::check_reply_len;
 use crate::handlers::emit::{Choice, Direct, DirectReply, Emitter, RawScope};
-use crate::handlers::rule::StreamSource;
+use crate::handlers::rule::{ScriptMetadata, StreamSource};
 use crate::handlers::script::{Inline, Script, ScriptCall, ScriptEvent, ScriptRequest};
 use crate::handlers::template::{MessageTemplate, Scope};
 use crate::handlers::Answer;
@@ -83,7 +83,11 @@ pub(super) async fn unary(
         tokio::time::sleep(delay).await;
     }
     if let Some(script) = script {
-        return script_reply(script, direct, request, metadata, message).await;
+        let base = match ScriptMetadata::render(rule, &Scope::new(None, &metadata)) {
+            Ok(base) => base,
+            Err(status) => return Unary::Status(status),
+        };
+        return script_reply(script, direct, request, metadata, message, base).await;
     }
     let scope = Scope::new(None, &metadata);
     let rendered = rule
@@ -101,13 +105,14 @@ pub(super) async fn unary(
 
 /// A unary script's answer, its reply written after what `message` holds: inline when it may run
 /// there (its request shown lazily from the canonical bytes, its reply written from its values),
-/// else on a blocking thread.
+/// else on a blocking thread. The rule's own headers and trailers (`base`) go under the script's.
 async fn script_reply(
     script: &Script,
     direct: &Direct,
     request: Bytes,
     metadata: MetadataMap,
     mut message: Vec<u8>,
+    base: ScriptMetadata,
 ) -> Unary {
     let call = ScriptCall {
         request: Some(ScriptRequest::Canonical(direct.input().clone(), request)),
@@ -148,7 +153,8 @@ async fn script_reply(
             }
         }
     };
-    match result {
+    let headers = base.headers(headers);
+    match base.finish(result, |trailers| trailers) {
         Ok(trailers) => Unary::Reply(UnaryReply {
             headers,
             message,

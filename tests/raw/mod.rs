@@ -172,6 +172,25 @@ impl Conn {
         send.send_request(req, false).expect("send request")
     }
 
+    /// [`Conn::call`] with another HTTP method than POST.
+    pub async fn call_as_method(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Answer {
+        let mut req = self.request(path, headers);
+        *req.method_mut() = method.parse().expect("an HTTP method");
+        let mut send = tokio::time::timeout(RAW_TIMEOUT, self.send.clone().ready())
+            .await
+            .expect("connection ready in time")
+            .expect("connection usable");
+        let (response, mut stream) = send.send_request(req, false).expect("send request");
+        let _ = stream.send_data(body, true);
+        read_answer(response).await
+    }
+
     /// Sends `body` (in one DATA frame, ending the stream) and reads the whole answer.
     pub async fn call(&mut self, path: &str, headers: &[(&str, &str)], body: Bytes) -> Answer {
         self.call_chunks(path, headers, vec![body]).await
