@@ -86,7 +86,7 @@ pub struct SourceArgs {
     pub script_max_call_depth: usize,
 
     /// Longest string a script may build, in bytes (suffixes KiB, MiB allowed).
-    #[arg(long, help_heading = "Script limits", env = "PROTODROP_SCRIPT_MAX_STRING_SIZE", default_value_t = ScriptLimits::default().max_string_size, value_parser = parse_size, value_name = "SIZE")]
+    #[arg(long, help_heading = "Script limits", env = "PROTODROP_SCRIPT_MAX_STRING_SIZE", default_value_t = ScriptLimits::default().max_string_size, value_parser = parse_size, value_name = "BYTES")]
     pub script_max_string_size: usize,
 
     /// Largest array a script may build, in elements.

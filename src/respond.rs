@@ -77,6 +77,9 @@ async fn single_request(
     let request = next_message(&mut incoming)
         .await?
         .ok_or_else(|| Status::internal("missing request message"))?;
+    if next_message(&mut incoming).await?.is_some() {
+        return Err(crate::service::multiple_requests());
+    }
     let scope = Scope::new(Some(&request), &metadata);
     let rule = select(&method, &scope)?;
     if let Some(delay) = rule.delay {

@@ -426,7 +426,9 @@ async fn script_max_string_size_takes_a_size_with_a_unit() {
     let s = Server::start_with(
         &t_proto(),
         &[("t.toml", handler)],
-        Options::default().arg("--script-max-string-size").arg("1KiB"),
+        Options::default()
+            .arg("--script-max-string-size")
+            .arg("1KiB"),
     );
     let c = s.client().await;
     let out = c.unary("t.Svc/Unary", json!({ "num": 1024 })).await;
@@ -434,7 +436,11 @@ async fn script_max_string_size_takes_a_size_with_a_unit() {
     let out = c.unary("t.Svc/Unary", json!({ "num": 1025 })).await;
     let message = out.err(Code::ResourceExhausted);
     assert!(message.contains("--script-max-string-size"), "{message}");
-    let (code, _, stderr) = protodrop(&["check", "--script-max-string-size", "2 parsecs"], None, &[]);
+    let (code, _, stderr) = protodrop(
+        &["check", "--script-max-string-size", "2 parsecs"],
+        None,
+        &[],
+    );
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("KiB"), "says which units: {stderr}");
 }

@@ -300,8 +300,14 @@ headers = { x-echo-bin = "{{metadata.x-t-bin}}" }"#,
             r#"when.metadata."x-t-bin" = { regex = "^[A-Za-z0-9+/]+=*$" }
 reply.text = "other {{metadata.x-t-bin}}""#,
         ),
-        ("t.Svc/Unary", r#"reply.text = "none [{{metadata.x-t-bin}}]""#),
-        ("t.Svc/Echo", r#"code = '''#{ name: metadata["x-t-bin"] }'''"#),
+        (
+            "t.Svc/Unary",
+            r#"reply.text = "none [{{metadata.x-t-bin}}]""#,
+        ),
+        (
+            "t.Svc/Echo",
+            r#"code = '''#{ name: metadata["x-t-bin"] }'''"#,
+        ),
         (
             "b.Bin/Get",
             r#"reply = { data = "{{metadata.x-t-bin}}", text = "{{metadata.x-t-bin}}" }"#,
@@ -426,9 +432,7 @@ trailers = { x-t = "toml", x-t-over = "toml" }"#;
     let out = c.unary_md("t.Svc/Unary", json!({ "name": "u" }), &md).await;
     assert_eq!(out.messages, vec![json!({ "text": "hi u" })]);
     expect_all(&out, "unary");
-    let out = c
-        .unary_md("t.Svc/ServerStream", json!({}), &md)
-        .await;
+    let out = c.unary_md("t.Svc/ServerStream", json!({}), &md).await;
     assert_eq!(
         out.messages,
         vec![json!({ "text": "one" }), json!({ "text": "two" })]

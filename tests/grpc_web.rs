@@ -705,10 +705,15 @@ async fn malformed_base64_is_internal() {
             assert_eq!(r.status, 200, "{what}: {r:#?}");
             let (code, message) = r.grpc_status();
             assert_eq!(code, "13", "{what}: INTERNAL, got {code} {message:?}");
-            assert!(!message.contains("reading the request"), "{what}: {message}");
+            assert!(
+                !message.contains("reading the request"),
+                "{what}: {message}"
+            );
         }
     }
     // The server serves on.
-    let r = w.call("/t.Svc/Unary", TEXT, &[], json!({ "name": "x" })).await;
+    let r = w
+        .call("/t.Svc/Unary", TEXT, &[], json!({ "name": "x" }))
+        .await;
     assert_eq!(w.replies(&r), vec![json!({ "text": "hello x", "num": 7 })]);
 }

@@ -407,7 +407,8 @@ fn a_script_that_imports_is_refused_at_load() {
 /// in any case or by number, also after a `stream` (whose messages alone already end with OK).
 #[test]
 fn error_code_ok_is_refused() {
-    let unary = "[[rule]]\nmethod = \"t.Svc/Unary\"\nerror.code = \"OK\"\nerror.message = \"fine\"\n";
+    let unary =
+        "[[rule]]\nmethod = \"t.Svc/Unary\"\nerror.code = \"OK\"\nerror.message = \"fine\"\n";
     check_handler_fails(unary, "\"OK\"", &["OK", "reply"]);
     let by_number = "[[rule]]\nmethod = \"t.Svc/Unary\"\nerror = { code = 0, message = \"x\" }\n";
     check_handler_fails(by_number, "0, message", &["OK", "reply"]);
@@ -422,7 +423,8 @@ fn error_code_ok_is_refused() {
 fn a_stream_scripts_headers_see_metadata_only() {
     let h = "[[rule]]\nmethod = \"t.Svc/ClientStream\"\ncode = \"#{}\"\nheaders = { x-n = \"{{request.name}}\" }\n";
     check_handler_fails(h, "{{request.name}}", &["request", "metadata.KEY"]);
-    let h = "[[rule]]\nmethod = \"t.Svc/Bidi\"\ncode = \"()\"\ntrailers = { x-n = \"{{count}}\" }\n";
+    let h =
+        "[[rule]]\nmethod = \"t.Svc/Bidi\"\ncode = \"()\"\ntrailers = { x-n = \"{{count}}\" }\n";
     check_handler_fails(h, "{{count}}", &["count", "metadata.KEY"]);
 }
 
@@ -432,7 +434,8 @@ fn a_stream_scripts_headers_see_metadata_only() {
 fn a_binary_metadata_condition_takes_base64() {
     let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\nwhen.metadata.\"x-t-bin\" = \"not base64!\"\nreply = {}\n";
     check_handler_fails(h, "\"not base64!\"", &["x-t-bin", "base64"]);
-    let ok = "[[rule]]\nmethod = \"t.Svc/Unary\"\nwhen.metadata.\"x-t-bin\" = \"aGk\"\nreply = {}\n";
+    let ok =
+        "[[rule]]\nmethod = \"t.Svc/Unary\"\nwhen.metadata.\"x-t-bin\" = \"aGk\"\nreply = {}\n";
     let (code, stdout, stderr) = check(&t_proto(), &[("t.toml", ok)]);
     assert_eq!(code, 0, "unpadded base64 is fine: {stdout}{stderr}");
 }

@@ -38,7 +38,7 @@ impl Protocol {
     pub fn of(request: &http::Request<axum::body::Body>) -> Protocol {
         let content_type =
             wire::header(request.headers(), http::header::CONTENT_TYPE).unwrap_or_default();
-        if content_type.starts_with("application/grpc") {
+        if is_grpc_content_type(content_type) {
             return Protocol::Grpc;
         }
         let connect_type = content_type.starts_with("application/connect+")
@@ -53,6 +53,14 @@ impl Protocol {
             Protocol::Http
         }
     }
+}
+
+/// gRPC's own content types: `application/grpc`, or it followed by `+subtype` or `;parameters`
+/// (grpc-go's `ContentSubtype`). `application/grpcx` only looks like one: it is foreign (415).
+pub fn is_grpc_content_type(content_type: &str) -> bool {
+    content_type
+        .strip_prefix("application/grpc")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
 }
 
 /// `/pkg.Service/Method`: two segments, the first dotted.

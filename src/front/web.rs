@@ -286,7 +286,7 @@ impl GrpcWebSwitch {
             // e.g. application/grpc-web+json: tonic-web speaks protobuf only.
             return immediate(StatusCode::UNSUPPORTED_MEDIA_TYPE);
         }
-        if content_type.starts_with("application/grpc") && request.version() < Version::HTTP_2 {
+        if super::is_grpc_content_type(content_type) && request.version() < Version::HTTP_2 {
             // gRPC's status travels in trailers, which HTTP/1.1 cannot carry here: a client would
             // read every answer as a success. Refuse as grpc-go does.
             return immediate(StatusCode::HTTP_VERSION_NOT_SUPPORTED);

@@ -207,6 +207,14 @@ pub(super) async fn streaming(
         }
         Err(status) => return Streamed::Answered(Err(status)),
     };
+    if !method.desc.is_client_streaming() {
+        // A server stream answers one message: the request must end after it.
+        match next(&mut rest).await {
+            Ok(None) => {}
+            Ok(Some(_)) => return Streamed::Answered(Err(super::multiple_requests())),
+            Err(status) => return Streamed::Answered(Err(status)),
+        }
+    }
     if !direct.is_canonical(&first) {
         return Streamed::General {
             first: Some(first),

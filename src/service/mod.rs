@@ -74,6 +74,19 @@ impl DynamicService {
                 return Box::pin(transcode::serve(state, request, self.settings).map(Ok));
             }
         }
+        // Checked before any routing, as grpc-go does: a call that cannot be a gRPC call gets an HTTP
+        // error status with a gRPC one in its headers.
+        let deadline = match grpc_timeout(request.headers()) {
+            Ok(timeout) => timeout.map(|t| tokio::time::Instant::now() + t),
+            Err(status) => return early_abort(status, http::StatusCode::BAD_REQUEST),
+        };
+        if request.method() != http::Method::POST {
+            let status = Status::internal(format!(
+                "gRPC calls are POST requests, this one is {}",
+                request.method()
+            ));
+            return early_abort(status, http::StatusCode::METHOD_NOT_ALLOWED);
+        }
         let path = request.uri().path();
         // The user's methods first (one lookup on the hot path), then the built-in services.
         let Some(method) = state.methods.get(path).cloned() else {
@@ -83,7 +96,6 @@ impl DynamicService {
             let status = unknown_path(&state, path);
             return Box::pin(async move { Ok(status.into_http()) });
         };
-        let deadline = grpc_timeout(request.headers()).map(|t| tokio::time::Instant::now() + t);
         if !method.desc.is_client_streaming() && !method.desc.is_server_streaming() {
             let answer = unary::serve(state, method, request, self.settings);
             return Box::pin(before_deadline(answer, deadline).map(Ok));
@@ -249,20 +261,49 @@ async fn general(
     }))
 }
 
-/// The call's `grpc-timeout`, if it sent one (`1500m`, `2S`, …).
-fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
-    let text = headers.get(&GRPC_TIMEOUT)?.to_str().ok()?;
-    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+/// A call refused before it starts: `status` in the headers of an answer with HTTP status `code`.
+fn early_abort(status: Status, code: http::StatusCode) -> ResponseFuture {
+    let mut response = status.into_http();
+    *response.status_mut() = code;
+    Box::pin(futures::future::ready(Ok(response)))
+}
+
+/// The call's `grpc-timeout`, if it sent one: 1 to 8 digits and a unit (`1500m`, `2S`, …), as
+/// PROTOCOL-HTTP2.md writes it. Anything else is INTERNAL, as grpc-go answers it (a client that
+/// means a deadline must not be served without one).
+fn grpc_timeout(headers: &http::HeaderMap) -> Result<Option<Duration>, Status> {
+    let Some(value) = headers.get(&GRPC_TIMEOUT) else {
+        return Ok(None);
+    };
+    let malformed = || {
+        Status::internal(format!(
+            "malformed grpc-timeout: {:?} is not 1 to 8 digits and a unit (H, M, S, m, u, n)",
+            String::from_utf8_lossy(value.as_bytes())
+        ))
+    };
+    let (&unit, digits) = value.as_bytes().split_last().ok_or_else(malformed)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(malformed());
+    }
+    let n = digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Ok(Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return Err(malformed()),
+    }))
+}
+
+/// A second message to a method that takes one: grpc-go's status for it.
+pub(crate) fn multiple_requests() -> Status {
+    Status::internal(
+        "cardinality violation: received multiple request messages for non-client-streaming RPC",
+    )
 }
 
 /// [`before_deadline`] holds a call to its deadline until the response headers; a reply stream is

@@ -162,7 +162,8 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
         .any(|e| e.trim() == "gzip")
 }
 
-/// The call's one message, read as soon as it is whole (a client need not half-close first).
+/// The call's one message, and the end of the request: a second message is INTERNAL, as grpc-go
+/// answers it (tonic drops it unread).
 async fn read_message(mut body: Body, gzip: bool, limit: usize) -> Result<Bytes, Status> {
     let mut buf = BytesMut::new();
     loop {
@@ -182,8 +183,12 @@ async fn read_message(mut body: Body, gzip: bool, limit: usize) -> Result<Bytes,
                 return Err(request_too_large(len, limit));
             }
             if buf.len() >= PREFIX + len {
+                if buf.len() > PREFIX + len {
+                    return Err(super::multiple_requests());
+                }
                 buf.advance(PREFIX);
                 let message = buf.split_to(len).freeze();
+                expect_end(&mut body).await?;
                 return if compressed {
                     gunzip(&message, limit)
                 } else {
@@ -202,10 +207,34 @@ async fn read_message(mut body: Body, gzip: bool, limit: usize) -> Result<Bytes,
                     }
                 }
             }
-            Some(Err(e)) => return Err(Status::cancelled(format!("reading the request: {e}"))),
+            Some(Err(e)) => return Err(body_error(e)),
             None if buf.is_empty() => return Err(Status::internal("Missing request message.")),
             None => return Err(Status::internal("Unexpected EOF decoding stream.")),
         }
+    }
+}
+
+/// Reads the rest of a request whose message is whole: nothing but its end (or trailers) may come.
+async fn expect_end(body: &mut Body) -> Result<(), Status> {
+    loop {
+        match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+            Some(Ok(frame)) => {
+                if frame.data_ref().is_some_and(|data| !data.is_empty()) {
+                    return Err(super::multiple_requests());
+                }
+            }
+            Some(Err(e)) => return Err(body_error(e)),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// A request body that failed: the status its producer gave (tonic-web says INTERNAL for base64
+/// that does not decode), else CANCELLED (the client's stream broke off).
+fn body_error(e: axum::Error) -> Status {
+    match e.into_inner().downcast::<Status>() {
+        Ok(status) => *status,
+        Err(e) => Status::cancelled(format!("reading the request: {e}")),
     }
 }
 
