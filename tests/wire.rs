@@ -818,6 +818,7 @@ async fn a_grpc_request_that_is_not_a_post_is_405() {
             let answer = conn.call_as_method(method, path, &[], req("x")).await;
             let what = format!("{method} {path}");
             assert_eq!(answer.status, 405, "{what}: {answer:?}");
+            assert_eq!(answer.headers["allow"], "POST", "{what}");
             assert_eq!(answer.grpc_status(), Some(Code::Internal as i32), "{what}");
             let message = answer.grpc_message();
             assert!(
@@ -835,7 +836,29 @@ async fn a_grpc_request_that_is_not_a_post_is_405() {
 #[tokio::test]
 async fn a_second_request_message_to_a_single_request_method_is_internal() {
     let (_s, mut conn) = serve_and_connect().await;
-    for path in ["/t.Svc/Unary", "/t.Svc/Echo", "/t.Svc/ServerStream"] {
+    // A stream rule with no direct form (`for_each`): the general path.
+    let general = Server::start(
+        &t_proto(),
+        &[(
+            "t.toml",
+            &rule(
+                "t.Svc/ServerStream",
+                "stream.for_each = \"request.tags\"\nstream.message = { text = \"{{item}}\" }",
+            ),
+        )],
+    );
+    let mut general_conn = Conn::connect(general.addr).await;
+    for (on_general, path) in [
+        (false, "/t.Svc/Unary"),
+        (false, "/t.Svc/Echo"),
+        (false, "/t.Svc/ServerStream"),
+        (true, "/t.Svc/ServerStream"),
+    ] {
+        let conn = if on_general {
+            &mut general_conn
+        } else {
+            &mut conn
+        };
         let together = [req("a"), req("b")].concat();
         let answers = [
             conn.call(path, &[], together.into()).await,

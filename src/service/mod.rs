@@ -85,7 +85,13 @@ impl DynamicService {
                 "gRPC calls are POST requests, this one is {}",
                 request.method()
             ));
-            return early_abort(status, http::StatusCode::METHOD_NOT_ALLOWED);
+            let mut response = status.into_http();
+            *response.status_mut() = http::StatusCode::METHOD_NOT_ALLOWED;
+            // HTTP's rule for a 405 (grpc-go sends none; it costs nothing here).
+            response
+                .headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+            return Box::pin(futures::future::ready(Ok(response)));
         }
         let path = request.uri().path();
         // The user's methods first (one lookup on the hot path), then the built-in services.
