@@ -1,6 +1,11 @@
 //! The one gRPC service behind every `/package.Service/Method` path: looks the method up in the
 //! current state; a unary call is answered by [`unary`], the streaming shapes by tonic's gRPC
 //! machinery with a codec for that method's types.
+//!
+//! Two things end a call from outside: its `grpc-timeout` (DEADLINE_EXCEEDED) and the end of the
+//! shutdown grace period (UNAVAILABLE "server shutting down", [`shutdown_status`]). Both are raced
+//! against the answer only once it has had its first poll and is not done, so that a call answered
+//! at once never arms a timer or joins the shutdown token's waiters.
 
 mod direct;
 mod unary;
@@ -20,10 +25,11 @@ use prost_reflect::MessageDescriptor;
 use tonic::codec::CompressionEncoding;
 use tonic::server::{Grpc, StreamingService};
 use tonic::{Request, Response, Status, Streaming};
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use crate::codec::{decode_request, encode_reply, ServerCodec};
-use crate::front::{connect, health, transcode, HttpService, Protocol};
+use crate::front::{connect, health, json, transcode, HttpService, Protocol};
 use crate::registry::{Method, Registry, State};
 use crate::respond::{respond, Incoming, ReplyStream};
 
@@ -38,6 +44,8 @@ static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 pub struct ServiceSettings {
     /// Largest message accepted or sent, in bytes (`--max-message-size`).
     pub max_message_size: usize,
+    /// Largest request header list, counted as HTTP/2 counts it (`--max-header-list-size`).
+    pub max_header_list_size: usize,
 }
 
 type Body = axum::body::Body;
@@ -50,11 +58,23 @@ pub type ResponseFuture = BoxFuture<'static, Result<http::Response<tonic::body::
 pub struct DynamicService {
     registry: Arc<Registry>,
     settings: ServiceSettings,
+    /// Cancelled when the shutdown grace period is over: gRPC calls still running then end with
+    /// [`shutdown_status`].
+    cut: CancellationToken,
+}
+
+/// How a gRPC call still running at the end of the shutdown grace period ends.
+pub fn shutdown_status() -> Status {
+    Status::unavailable("server shutting down")
 }
 
 impl DynamicService {
-    pub fn new(registry: Arc<Registry>, settings: ServiceSettings) -> Self {
-        Self { registry, settings }
+    pub fn new(registry: Arc<Registry>, settings: ServiceSettings, cut: CancellationToken) -> Self {
+        Self {
+            registry,
+            settings,
+            cut,
+        }
     }
 
     /// The answer to one request (`&self`: the server calls one shared service, not a clone).
@@ -62,7 +82,19 @@ impl DynamicService {
         // The fronts read bodies as axum's (its `into_data_stream` among them).
         let request = request.map(Body::new);
         let state = self.registry.current();
-        match Protocol::of(&request) {
+        let protocol = Protocol::of(&request);
+        if let Some(status) = headers_too_large(&request, self.settings.max_header_list_size) {
+            return Box::pin(std::future::ready(Ok(match protocol {
+                Protocol::Grpc => status.into_http(),
+                Protocol::Connect => connect::unary_error(
+                    &status,
+                    &state.protos.pool,
+                    json::http_status(status.code()),
+                ),
+                Protocol::Http => transcode::error(&status, &state.protos.pool, Default::default()),
+            })));
+        }
+        match protocol {
             Protocol::Grpc => {}
             Protocol::Connect => {
                 // Reflection and health are gRPC services; Connect reaches them through a bridge.
@@ -86,7 +118,7 @@ impl DynamicService {
         let deadline = grpc_timeout(request.headers()).map(|t| tokio::time::Instant::now() + t);
         if !method.desc.is_client_streaming() && !method.desc.is_server_streaming() {
             let answer = unary::serve(state, method, request, self.settings);
-            return Box::pin(before_deadline(answer, deadline).map(Ok));
+            return Box::pin(before_deadline(answer, deadline, self.cut.clone()).map(Ok));
         }
         let limit = self.settings.max_message_size;
         let mut grpc = Grpc::new(ServerCodec)
@@ -106,9 +138,10 @@ impl DynamicService {
             method,
             max_reply_size: limit,
             deadline,
+            cut: self.cut.clone(),
         };
         let answer = async move { grpc.streaming(call, request).await };
-        Box::pin(before_deadline(answer, deadline).map(Ok))
+        Box::pin(before_deadline(answer, deadline, self.cut.clone()).map(Ok))
     }
 }
 
@@ -128,20 +161,58 @@ impl tower::Service<http::Request<tonic::body::Body>> for DynamicService {
 }
 
 /// An answer that is not ready (its headers, for a stream) when the deadline passes is
-/// DEADLINE_EXCEEDED, as gRPC's status table says.
+/// DEADLINE_EXCEEDED, as gRPC's status table says; one not ready when `cut` is cancelled is
+/// [`shutdown_status`].
 async fn before_deadline(
     answer: impl Future<Output = http::Response<tonic::body::Body>>,
     deadline: Option<tokio::time::Instant>,
+    cut: CancellationToken,
 ) -> http::Response<tonic::body::Body> {
-    let Some(deadline) = deadline else {
-        return answer.await;
-    };
-    match tokio::time::timeout_at(deadline, answer).await {
-        Ok(response) => response,
-        Err(_) => {
-            Status::deadline_exceeded("deadline exceeded before the reply started").into_http()
+    let answer = async {
+        let Some(deadline) = deadline else {
+            return answer.await;
+        };
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(response) => response,
+            Err(_) => {
+                Status::deadline_exceeded("deadline exceeded before the reply started").into_http()
+            }
         }
+    };
+    let mut answer = std::pin::pin!(answer);
+    if let Poll::Ready(response) = futures::poll!(answer.as_mut()) {
+        return response;
     }
+    tokio::select! {
+        biased;
+        response = answer => response,
+        () = cut.cancelled() => shutdown_status().into_http(),
+    }
+}
+
+/// `RESOURCE_EXHAUSTED` for a request whose headers are over `limit` (as HTTP/2 counts them: name, value
+/// and 32 bytes each, the pseudo-headers included). h2 would refuse them with a bare HTTP 431 that
+/// a gRPC client reports as an unknown error; its limit is set above ours so that the check is here.
+fn headers_too_large<B>(request: &http::Request<B>, limit: usize) -> Option<Status> {
+    const ENTRY: usize = 32;
+    let uri = request.uri();
+    let mut size = ":method".len() + request.method().as_str().len() + ENTRY;
+    size += ":path".len() + uri.path_and_query().map_or(1, |p| p.as_str().len()) + ENTRY;
+    if let Some(authority) = uri.authority() {
+        size += ":authority".len() + authority.as_str().len() + ENTRY;
+    }
+    if let Some(scheme) = uri.scheme_str() {
+        size += ":scheme".len() + scheme.len() + ENTRY;
+    }
+    for (name, value) in request.headers() {
+        size += name.as_str().len() + value.len() + ENTRY;
+    }
+    (size > limit).then(|| {
+        Status::resource_exhausted(format!(
+            "request headers of {size} bytes are over the server's limit of {limit} \
+             (--max-header-list-size)"
+        ))
+    })
 }
 
 /// Reflection and health, when `path` is theirs. The user's protos win if they define these services.
@@ -191,6 +262,7 @@ struct Call {
     method: Arc<Method>,
     max_reply_size: usize,
     deadline: Option<tokio::time::Instant>,
+    cut: CancellationToken,
 }
 
 /// Reply messages, encoded as they are produced.
@@ -205,6 +277,7 @@ impl StreamingService<Bytes> for Call {
         let limit = self.max_reply_size;
         let (metadata, _, streaming) = request.into_parts();
         let deadline = self.deadline;
+        let cut = self.cut.clone();
         let (state, method) = (self.state.clone(), self.method.clone());
         Box::pin(async move {
             let response = if method.direct.is_some() {
@@ -227,10 +300,7 @@ impl StreamingService<Bytes> for Call {
                 let incoming = incoming(streaming, method.desc.input());
                 general(state, method, metadata, incoming, limit).await?
             };
-            Ok(response.map(|stream| match deadline {
-                Some(deadline) => Box::pin(until_deadline(stream, deadline)) as EncodedStream,
-                None => stream,
-            }))
+            Ok(response.map(|stream| Box::pin(until_deadline(stream, deadline, cut)) as EncodedStream))
         })
     }
 }
@@ -265,17 +335,25 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
     })
 }
 
-/// [`before_deadline`] holds a call to its deadline until the response headers; a reply stream is
-/// cut here when the deadline passes, which also drops (and so cancels) whatever produces it — a
-/// delay, a script.
+/// [`before_deadline`] holds a call to its deadline (and the shutdown) until the response headers;
+/// a reply stream is cut here when the deadline passes or `cut` is cancelled, which also drops (and
+/// so cancels) whatever produces it — a delay, a script.
 fn until_deadline<T: Send + 'static>(
     stream: impl futures::Stream<Item = Result<T, Status>> + Send + 'static,
-    deadline: tokio::time::Instant,
+    deadline: Option<tokio::time::Instant>,
+    cut: CancellationToken,
 ) -> impl futures::Stream<Item = Result<T, Status>> + Send + 'static {
     async_stream::stream! {
         let mut stream = std::pin::pin!(stream);
-        let expiry = tokio::time::sleep_until(deadline);
+        let expiry = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
         let mut expiry = std::pin::pin!(expiry);
+        let cancelled = cut.cancelled();
+        let mut cancelled = std::pin::pin!(cancelled);
         loop {
             tokio::select! {
                 item = stream.next() => match item {
@@ -284,6 +362,10 @@ fn until_deadline<T: Send + 'static>(
                 },
                 () = &mut expiry => {
                     yield Err(Status::deadline_exceeded("deadline exceeded while streaming the reply"));
+                    break;
+                }
+                () = &mut cancelled => {
+                    yield Err(shutdown_status());
                     break;
                 }
             }
