@@ -157,8 +157,8 @@ pub struct ServeArgs {
 
     /// Largest request header list (names, values and 32 bytes per header, as HTTP/2 counts it); a
     /// call with more gets RESOURCE_EXHAUSTED. HTTP/2 itself refuses (HTTP 431) past 4 times this.
-    #[arg(long, env = "PROTODROP_MAX_HEADER_LIST_SIZE", default_value = "16KiB", value_parser = parse_header_list_size, value_name = "SIZE")]
-    pub max_header_list_size: u32,
+    #[arg(long, env = "PROTODROP_MAX_HEADER_SIZE", default_value = "16KiB", value_parser = parse_header_size, value_name = "SIZE")]
+    pub max_header_size: u32,
 
     /// Longest a new connection may take to finish its TLS handshake, and then to send its first 24
     /// bytes (the HTTP/2 preface); also the longest an HTTP/1.1 connection may take to send a request
@@ -241,7 +241,7 @@ fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
 
 /// A size (as [`parse_size`]) that HTTP/2's 32-bit setting can carry four times over, and at least
 /// large enough for a call's own headers.
-fn parse_header_list_size(s: &str) -> Result<u32, String> {
+fn parse_header_size(s: &str) -> Result<u32, String> {
     let n = parse_size(s)?;
     match u32::try_from(n) {
         Ok(n) if n >= 1024 && n <= u32::MAX / 4 => Ok(n),

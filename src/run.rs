@@ -164,13 +164,13 @@ fn serve_on(
         }
         let settings = ServiceSettings {
             max_message_size: args.max_message_size,
-            max_header_list_size: args.max_header_list_size as usize,
+            max_header_list_size: args.max_header_size as usize,
         };
         let connection = server::ConnectionSettings {
             handshake_timeout: args.handshake_timeout,
             keepalive_interval: args.keepalive_interval,
             keepalive_timeout: args.keepalive_timeout,
-            max_header_list_size: args.max_header_list_size,
+            max_header_size: args.max_header_size,
         };
         tracing::info!(cors = %cors, "gRPC-Web on");
         // On a signal the server stops accepting and lets calls in flight finish, for at most the

@@ -47,7 +47,7 @@ use preface::PrefaceDeadline;
 use streams::StreamExecutor;
 
 /// How long a connection may stay silent, and how large its request headers may be: `--handshake-timeout`,
-/// `--keepalive-interval`, `--keepalive-timeout`, `--max-header-list-size`.
+/// `--keepalive-interval`, `--keepalive-timeout`, `--max-header-size`.
 ///
 /// A silent socket is closed after at most the handshake timeout (no TLS handshake, no preface, no
 /// HTTP/1.1 request head) or the keep-alive interval plus timeout (an HTTP/2 peer that stopped
@@ -61,7 +61,7 @@ pub struct ConnectionSettings {
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
     /// Our limit, which the service checks (to answer RESOURCE_EXHAUSTED); h2's own is 4 times it.
-    pub max_header_list_size: u32,
+    pub max_header_size: u32,
 }
 
 /// Streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
@@ -163,7 +163,7 @@ fn connection_limits(http: &mut auto::Builder<StreamExecutor>, settings: &Connec
         .keep_alive_timeout(settings.keepalive_timeout)
         // Above ours, so that a request over ours reaches the service and gets RESOURCE_EXHAUSTED
         // rather than h2's bare HTTP 431; h2's still bounds what one header block may hold.
-        .max_header_list_size(settings.max_header_list_size.saturating_mul(4));
+        .max_header_list_size(settings.max_header_size.saturating_mul(4));
     // hyper enforces its HTTP/1 header read timeout only when it has a timer; it runs from the
     // moment a head is awaited, so it also closes idle keep-alive connections.
     http.http1()

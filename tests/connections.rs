@@ -2,7 +2,7 @@
 //! timeouts (`--handshake-timeout`, `--keepalive-interval`, `--keepalive-timeout`, made short here),
 //! a live client is not; at the fd limit, closing them is what lets new calls in. Calls still
 //! running when the shutdown grace period ends get UNAVAILABLE "server shutting down". Request
-//! headers over `--max-header-list-size` get RESOURCE_EXHAUSTED, not a bare HTTP 431.
+//! headers over `--max-header-size` get RESOURCE_EXHAUSTED, not a bare HTTP 431.
 //!
 //! The half-open cases talk raw bytes over TCP (a preface cut short, a HEADERS block never
 //! finished) and never answer the server's PINGs: reading the socket until it closes only drains
@@ -397,7 +397,7 @@ async fn request_headers_over_the_limit_get_resource_exhausted() {
         .call("/t.Svc/Echo", &[("x-big", &big)], body.clone())
         .await;
     let message = answer.expect_status(Code::ResourceExhausted);
-    assert!(message.contains("--max-header-list-size"), "{message}");
+    assert!(message.contains("--max-header-size"), "{message}");
     // The connection is still good for the next call.
     conn.call("/t.Svc/Echo", &[], body).await.expect_status(Code::Ok);
 
@@ -409,8 +409,8 @@ async fn request_headers_over_the_limit_get_resource_exhausted() {
 }
 
 #[tokio::test]
-async fn max_header_list_size_raises_the_limit() {
-    let s = start(Options::default().arg("--max-header-list-size").arg("64KiB"));
+async fn max_header_size_raises_the_limit() {
+    let s = start(Options::default().arg("--max-header-size").arg("64KiB"));
     let c = s.client().await;
     let big = big_header();
     let out = c

@@ -44,7 +44,7 @@ static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 pub struct ServiceSettings {
     /// Largest message accepted or sent, in bytes (`--max-message-size`).
     pub max_message_size: usize,
-    /// Largest request header list, counted as HTTP/2 counts it (`--max-header-list-size`).
+    /// Largest request header list, counted as HTTP/2 counts it (`--max-header-size`).
     pub max_header_list_size: usize,
 }
 
@@ -210,7 +210,7 @@ fn headers_too_large<B>(request: &http::Request<B>, limit: usize) -> Option<Stat
     (size > limit).then(|| {
         Status::resource_exhausted(format!(
             "request headers of {size} bytes are over the server's limit of {limit} \
-             (--max-header-list-size)"
+             (--max-header-size)"
         ))
     })
 }
