@@ -182,7 +182,8 @@ fn serve_on(
             tracing::info!(grace = %humantime::format_duration(args.shutdown_grace), "shutting down");
             let _ = signalled_tx.send(());
         };
-        let cut = CancellationToken::new();
+        // Leaked (one per process): every call borrows it, with no reference count to update.
+        let cut: &'static CancellationToken = Box::leak(Box::new(CancellationToken::new()));
         let serving = server::serve(
             listener,
             tls,
@@ -191,7 +192,7 @@ fn serve_on(
             connection,
             cors,
             shutdown,
-            cut.clone(),
+            cut,
         );
         let mut serving = std::pin::pin!(serving);
         let grace_over = async {

@@ -82,7 +82,7 @@ pub async fn serve(
     connection: ConnectionSettings,
     cors: CorsOrigins,
     shutdown: impl Future<Output = ()> + Send,
-    cut: CancellationToken,
+    cut: &'static CancellationToken,
 ) {
     let service = Http(Arc::new(Web::new(
         cors,

@@ -9,6 +9,7 @@
 //! what the server sends.
 
 mod common;
+mod http_client;
 mod raw;
 
 use std::time::{Duration, Instant};
@@ -382,6 +383,25 @@ async fn a_bidi_call_open_at_shutdown_ends_with_unavailable() {
     assert_shutting_down(&call.end.as_ref().unwrap().1);
 }
 
+/// Connect (here over HTTP/1.1) gets its own error form: HTTP 503 and `unavailable`.
+#[tokio::test]
+async fn a_connect_call_in_a_long_delay_at_shutdown_ends_with_unavailable() {
+    let mut s = start(grace(300));
+    let addr = s.addr;
+    let call = tokio::spawn(async move {
+        http_client::post_json(addr, "/t.Svc/Echo", r#"{"name":"slow"}"#).await
+    });
+    // As for the unary gRPC call: nothing to poll that says the server has it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    terminate(&mut s).await;
+    let reply = call.await.unwrap();
+    reply.expect(503);
+    assert_eq!(
+        reply.json(),
+        json!({ "code": "unavailable", "message": "server shutting down" })
+    );
+}
+
 /// 20,000 bytes in one header: over the default 16 KiB.
 fn big_header() -> String {
     "x".repeat(20_000)
@@ -406,6 +426,18 @@ async fn request_headers_over_the_limit_get_resource_exhausted() {
         .unary_md("t.Svc/Echo", json!({ "name": "h" }), &[("x-big", &big)])
         .await;
     assert_eq!(out.code(), Code::ResourceExhausted, "{:?}", out.status);
+
+    // Connect: its error JSON, with the code's HTTP status.
+    let reply = http_client::send(
+        s.addr,
+        "POST",
+        "/t.Svc/Echo",
+        &[("content-type", "application/json"), ("x-big", &big)],
+        r#"{"name":"h"}"#,
+    )
+    .await;
+    reply.expect(429);
+    assert_eq!(reply.json()["code"], "resource_exhausted");
 }
 
 #[tokio::test]

@@ -59,8 +59,9 @@ pub struct DynamicService {
     registry: Arc<Registry>,
     settings: ServiceSettings,
     /// Cancelled when the shutdown grace period is over: gRPC calls still running then end with
-    /// [`shutdown_status`].
-    cut: CancellationToken,
+    /// [`shutdown_status`]. `'static` so that a call borrows it: a clone per call would take the
+    /// token's lock twice.
+    cut: &'static CancellationToken,
 }
 
 /// How a gRPC call still running at the end of the shutdown grace period ends.
@@ -69,7 +70,11 @@ pub fn shutdown_status() -> Status {
 }
 
 impl DynamicService {
-    pub fn new(registry: Arc<Registry>, settings: ServiceSettings, cut: CancellationToken) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        settings: ServiceSettings,
+        cut: &'static CancellationToken,
+    ) -> Self {
         Self {
             registry,
             settings,
@@ -84,15 +89,7 @@ impl DynamicService {
         let state = self.registry.current();
         let protocol = Protocol::of(&request);
         if let Some(status) = headers_too_large(&request, self.settings.max_header_list_size) {
-            return Box::pin(std::future::ready(Ok(match protocol {
-                Protocol::Grpc => status.into_http(),
-                Protocol::Connect => connect::unary_error(
-                    &status,
-                    &state.protos.pool,
-                    json::http_status(status.code()),
-                ),
-                Protocol::Http => transcode::error(&status, &state.protos.pool, Default::default()),
-            })));
+            return Box::pin(std::future::ready(Ok(error_answer(protocol, &status))));
         }
         match protocol {
             Protocol::Grpc => {}
@@ -100,10 +97,13 @@ impl DynamicService {
                 // Reflection and health are gRPC services; Connect reaches them through a bridge.
                 let builtin = front_for(&self.registry, &state, request.uri().path());
                 let serve = connect::serve(state, request, self.settings, builtin);
-                return Box::pin(serve.map(Ok));
+                let on_cut = || error_answer(Protocol::Connect, &shutdown_status());
+                return Box::pin(unless_cut(serve, self.cut, on_cut).map(Ok));
             }
             Protocol::Http => {
-                return Box::pin(transcode::serve(state, request, self.settings).map(Ok));
+                let serve = transcode::serve(state, request, self.settings);
+                let on_cut = || error_answer(Protocol::Http, &shutdown_status());
+                return Box::pin(unless_cut(serve, self.cut, on_cut).map(Ok));
             }
         }
         let path = request.uri().path();
@@ -118,7 +118,7 @@ impl DynamicService {
         let deadline = grpc_timeout(request.headers()).map(|t| tokio::time::Instant::now() + t);
         if !method.desc.is_client_streaming() && !method.desc.is_server_streaming() {
             let answer = unary::serve(state, method, request, self.settings);
-            return Box::pin(before_deadline(answer, deadline, self.cut.clone()).map(Ok));
+            return Box::pin(before_deadline(answer, deadline, self.cut).map(Ok));
         }
         let limit = self.settings.max_message_size;
         let mut grpc = Grpc::new(ServerCodec)
@@ -138,10 +138,10 @@ impl DynamicService {
             method,
             max_reply_size: limit,
             deadline,
-            cut: self.cut.clone(),
+            cut: self.cut,
         };
         let answer = async move { grpc.streaming(call, request).await };
-        Box::pin(before_deadline(answer, deadline, self.cut.clone()).map(Ok))
+        Box::pin(before_deadline(answer, deadline, self.cut).map(Ok))
     }
 }
 
@@ -166,9 +166,9 @@ impl tower::Service<http::Request<tonic::body::Body>> for DynamicService {
 async fn before_deadline(
     answer: impl Future<Output = http::Response<tonic::body::Body>>,
     deadline: Option<tokio::time::Instant>,
-    cut: CancellationToken,
+    cut: &'static CancellationToken,
 ) -> http::Response<tonic::body::Body> {
-    let answer = async {
+    let answer = async move {
         let Some(deadline) = deadline else {
             return answer.await;
         };
@@ -179,6 +179,16 @@ async fn before_deadline(
             }
         }
     };
+    unless_cut(answer, cut, || shutdown_status().into_http()).await
+}
+
+/// `answer`, or `on_cut()` if `cut` is cancelled before it is ready. `cut` is only waited on (its
+/// waiter list takes a lock) by an answer not ready at its first poll.
+async fn unless_cut<R>(
+    answer: impl Future<Output = R>,
+    cut: &'static CancellationToken,
+    on_cut: impl FnOnce() -> R,
+) -> R {
     let mut answer = std::pin::pin!(answer);
     if let Poll::Ready(response) = futures::poll!(answer.as_mut()) {
         return response;
@@ -186,7 +196,21 @@ async fn before_deadline(
     tokio::select! {
         biased;
         response = answer => response,
-        () = cut.cancelled() => shutdown_status().into_http(),
+        () = cut.cancelled() => on_cut(),
+    }
+}
+
+/// A status as an answer that ends the call, in the request's protocol: trailers-only gRPC, Connect's
+/// error JSON, or HTTP/JSON's `google.rpc.Status`. The status has no details, so no pool is needed
+/// to write them.
+fn error_answer(protocol: Protocol, status: &Status) -> http::Response<tonic::body::Body> {
+    let pool = || prost_reflect::DescriptorPool::global();
+    match protocol {
+        Protocol::Grpc => status.clone().into_http(),
+        Protocol::Connect => {
+            connect::unary_error(status, &pool(), json::http_status(status.code()))
+        }
+        Protocol::Http => transcode::error(status, &pool(), http::HeaderMap::new()),
     }
 }
 
@@ -262,7 +286,7 @@ struct Call {
     method: Arc<Method>,
     max_reply_size: usize,
     deadline: Option<tokio::time::Instant>,
-    cut: CancellationToken,
+    cut: &'static CancellationToken,
 }
 
 /// Reply messages, encoded as they are produced.
@@ -277,7 +301,7 @@ impl StreamingService<Bytes> for Call {
         let limit = self.max_reply_size;
         let (metadata, _, streaming) = request.into_parts();
         let deadline = self.deadline;
-        let cut = self.cut.clone();
+        let cut = self.cut;
         let (state, method) = (self.state.clone(), self.method.clone());
         Box::pin(async move {
             let response = if method.direct.is_some() {
@@ -341,7 +365,7 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
 fn until_deadline<T: Send + 'static>(
     stream: impl futures::Stream<Item = Result<T, Status>> + Send + 'static,
     deadline: Option<tokio::time::Instant>,
-    cut: CancellationToken,
+    cut: &'static CancellationToken,
 ) -> impl futures::Stream<Item = Result<T, Status>> + Send + 'static {
     async_stream::stream! {
         let mut stream = std::pin::pin!(stream);
