@@ -244,7 +244,7 @@ fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
 fn parse_header_size(s: &str) -> Result<u32, String> {
     let n = parse_size(s)?;
     match u32::try_from(n) {
-        Ok(n) if n >= 1024 && n <= u32::MAX / 4 => Ok(n),
+        Ok(n) if (1024..=u32::MAX / 4).contains(&n) => Ok(n),
         _ => Err(format!("'{s}' must be between 1KiB and 1GiB")),
     }
 }

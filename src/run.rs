@@ -191,8 +191,10 @@ fn serve_on(
             settings,
             connection,
             cors,
-            shutdown,
-            cut,
+            server::Shutdown {
+                signal: shutdown,
+                cut,
+            },
         );
         let mut serving = std::pin::pin!(serving);
         let grace_over = async {

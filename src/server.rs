@@ -71,9 +71,16 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// spin.
 const ACCEPT_RETRY: Duration = Duration::from_millis(20);
 
-/// Serves until `shutdown` completes; then stops accepting (the listening socket is closed) and
-/// lets the connections finish the calls they have in flight. With `tls`, every connection is a TLS
-/// one (a plaintext client fails its first read).
+/// How the server stops: `signal` completes to stop accepting, and `cut`, cancelled when the grace
+/// period is over, ends the calls still running (with UNAVAILABLE, so their connections can close).
+pub struct Shutdown<F> {
+    pub signal: F,
+    pub cut: &'static CancellationToken,
+}
+
+/// Serves until `shutdown.signal` completes; then stops accepting (the listening socket is closed)
+/// and lets the connections finish the calls they have in flight, or end them at `shutdown.cut`.
+/// With `tls`, every connection is a TLS one (a plaintext client fails its first read).
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsSettings>,
@@ -81,13 +88,13 @@ pub async fn serve(
     settings: ServiceSettings,
     connection: ConnectionSettings,
     cors: CorsOrigins,
-    shutdown: impl Future<Output = ()> + Send,
-    cut: &'static CancellationToken,
+    shutdown: Shutdown<impl Future<Output = ()> + Send>,
 ) {
     let service = Http(Arc::new(Web::new(
         cors,
-        DynamicService::new(registry, settings, cut),
+        DynamicService::new(registry, settings, shutdown.cut),
     )));
+    let shutdown = shutdown.signal;
     let connections = GracefulShutdown::new();
     match tls {
         None => {

@@ -220,7 +220,11 @@ async fn a_live_client_is_not_cut_during_long_calls() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut conn2 = conn.clone();
     let answer = conn2
-        .call("/t.Svc/Echo", &[], raw::frame(false, &raw::string_field(1, b"idle")))
+        .call(
+            "/t.Svc/Echo",
+            &[],
+            raw::frame(false, &raw::string_field(1, b"idle")),
+        )
         .await;
     answer.expect_status(Code::Ok);
 }
@@ -268,9 +272,14 @@ async fn at_the_fd_limit_silent_connections_are_closed_and_new_calls_get_in() {
             .is_some()
         }
     };
-    assert!(probe(CALL_TIMEOUT).await, "the server answers before the limit");
+    assert!(
+        probe(CALL_TIMEOUT).await,
+        "the server answers before the limit"
+    );
 
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
     let limit = open + 8;
     let ok = std::process::Command::new("prlimit")
         .arg(format!("--pid={pid}"))
@@ -419,7 +428,9 @@ async fn request_headers_over_the_limit_get_resource_exhausted() {
     let message = answer.expect_status(Code::ResourceExhausted);
     assert!(message.contains("--max-header-size"), "{message}");
     // The connection is still good for the next call.
-    conn.call("/t.Svc/Echo", &[], body).await.expect_status(Code::Ok);
+    conn.call("/t.Svc/Echo", &[], body)
+        .await
+        .expect_status(Code::Ok);
 
     let c = s.client().await;
     let out = c

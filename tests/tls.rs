@@ -365,7 +365,9 @@ async fn a_client_silent_after_the_tls_handshake_is_closed() {
 
     // Half a handshake: a TLS record header announcing more than is sent.
     let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    tcp.write_all(&[0x16, 0x03, 0x01, 0x01, 0x00, 0x01]).await.unwrap();
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x01, 0x00, 0x01])
+        .await
+        .unwrap();
     let closed = tokio::time::timeout(Duration::from_secs(5), async {
         while let Ok(n) = tcp.read(&mut buf).await {
             if n == 0 {

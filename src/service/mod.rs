@@ -22,10 +22,10 @@ use futures::future::BoxFuture;
 use futures::{FutureExt as _, StreamExt as _};
 use http::HeaderName;
 use prost_reflect::MessageDescriptor;
+use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 use tonic::server::{Grpc, StreamingService};
 use tonic::{Request, Response, Status, Streaming};
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use crate::codec::{decode_request, encode_reply, ServerCodec};
@@ -324,7 +324,8 @@ impl StreamingService<Bytes> for Call {
                 let incoming = incoming(streaming, method.desc.input());
                 general(state, method, metadata, incoming, limit).await?
             };
-            Ok(response.map(|stream| Box::pin(until_deadline(stream, deadline, cut)) as EncodedStream))
+            Ok(response
+                .map(|stream| Box::pin(until_deadline(stream, deadline, cut)) as EncodedStream))
         })
     }
 }
