@@ -411,6 +411,32 @@ async fn a_connect_call_in_a_long_delay_at_shutdown_ends_with_unavailable() {
     );
 }
 
+/// gRPC-Web over HTTP/1.1: the status reaches the page too (headers of a trailers-only answer, or
+/// the trailer frame).
+#[tokio::test]
+async fn a_grpc_web_call_in_a_long_delay_at_shutdown_ends_with_unavailable() {
+    let mut s = start(grace(300));
+    let addr = s.addr;
+    let call = tokio::spawn(async move {
+        let body = raw::frame(false, &raw::string_field(1, b"slow"));
+        let headers = [("content-type", "application/grpc-web+proto")];
+        http_client::send(addr, "POST", "/t.Svc/Echo", &headers, body).await
+    });
+    // As for the unary gRPC call: nothing to poll that says the server has it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    terminate(&mut s).await;
+    let reply = call.await.unwrap();
+    reply.expect(200);
+    let text = format!("{:?} {}", reply.headers, String::from_utf8_lossy(&reply.body));
+    assert!(
+        reply.header("grpc-status").as_deref() == Some("14")
+            || text.contains("grpc-status:14"),
+        "{text}"
+    );
+    let text = percent_encoding::percent_decode_str(&text).decode_utf8_lossy();
+    assert!(text.contains("server shutting down"), "{text}");
+}
+
 /// 20,000 bytes in one header: over the default 16 KiB.
 fn big_header() -> String {
     "x".repeat(20_000)
