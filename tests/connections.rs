@@ -309,6 +309,9 @@ async fn at_the_fd_limit_silent_connections_are_closed_and_new_calls_get_in() {
     .await;
     let wall = started.elapsed();
     let cpu = Duration::from_millis((cpu_ticks(pid) - cpu_before) * 10);
+    eprintln!(
+        "fd limit {limit}: a new call got in after {wall:?}; the server used {cpu:?} of CPU meanwhile"
+    );
     assert!(
         cpu < wall / 2,
         "the server used {cpu:?} of CPU in {wall:?} at the fd limit: accept errors spin"
