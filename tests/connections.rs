@@ -341,6 +341,7 @@ async fn terminate(s: &mut Server) {
     let status =
         status.unwrap_or_else(|| panic!("still running 5 s after SIGTERM; log:\n{}", s.logs()));
     assert!(status.success(), "exits 0, got {status}");
+    eprintln!("exited {:?} after SIGTERM", started.elapsed());
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "exited {:?} after SIGTERM",
