@@ -46,8 +46,8 @@ mod streams;
 use preface::PrefaceDeadline;
 use streams::StreamExecutor;
 
-/// How long a connection may stay silent, and how large its request headers may be: `--handshake-timeout`,
-/// `--keepalive-interval`, `--keepalive-timeout`, `--max-header-size`.
+/// How long a connection may stay silent, and how large its request headers may be:
+/// `--handshake-timeout`, `--keepalive-interval`, `--keepalive-timeout`, `--max-header-size`.
 ///
 /// A silent socket is closed after at most the handshake timeout (no TLS handshake, no preface, no
 /// HTTP/1.1 request head) or the keep-alive interval plus timeout (an HTTP/2 peer that stopped

@@ -1,6 +1,6 @@
 //! Connections on the real binary: silent and half-open ones are closed after the documented
-//! timeouts (`--handshake-timeout`, `--keepalive-interval`, `--keepalive-timeout`, made short here),
-//! a live client is not; at the fd limit, closing them is what lets new calls in. Calls still
+//! timeouts (`--handshake-timeout`, `--keepalive-interval`, `--keepalive-timeout`, short here), a
+//! live client is not; at the fd limit, closing them is what lets new calls in. Calls still
 //! running when the shutdown grace period ends get UNAVAILABLE "server shutting down". Request
 //! headers over `--max-header-size` get RESOURCE_EXHAUSTED, not a bare HTTP 431.
 //!
@@ -231,8 +231,8 @@ async fn a_live_client_is_not_cut_during_long_calls() {
 
 /// Lowers the server's open-file limit to just above what it uses, fills it with silent
 /// connections, and checks that a new call, refused while they stay, gets through once the server
-/// has closed them — while the test still holds them open — and that the failing accepts did not
-/// spin meanwhile.
+/// has closed them — while the test still holds them open — and that the failing accepts did
+/// not spin meanwhile.
 #[tokio::test]
 async fn at_the_fd_limit_silent_connections_are_closed_and_new_calls_get_in() {
     let s = start(
@@ -431,10 +431,13 @@ async fn a_grpc_web_call_in_a_long_delay_at_shutdown_ends_with_unavailable() {
     terminate(&mut s).await;
     let reply = call.await.unwrap();
     reply.expect(200);
-    let text = format!("{:?} {}", reply.headers, String::from_utf8_lossy(&reply.body));
+    let text = format!(
+        "{:?} {}",
+        reply.headers,
+        String::from_utf8_lossy(&reply.body)
+    );
     assert!(
-        reply.header("grpc-status").as_deref() == Some("14")
-            || text.contains("grpc-status:14"),
+        reply.header("grpc-status").as_deref() == Some("14") || text.contains("grpc-status:14"),
         "{text}"
     );
     let text = percent_encoding::percent_decode_str(&text).decode_utf8_lossy();

@@ -3,9 +3,9 @@
 //! machinery with a codec for that method's types.
 //!
 //! Two things end a call from outside: its `grpc-timeout` (DEADLINE_EXCEEDED) and the end of the
-//! shutdown grace period (UNAVAILABLE "server shutting down", [`shutdown_status`]). Both are raced
-//! against the answer only once it has had its first poll and is not done, so that a call answered
-//! at once never arms a timer or joins the shutdown token's waiters.
+//! shutdown grace period (UNAVAILABLE "server shutting down", [`shutdown_status`]). An answer is
+//! raced against them only once its first poll found it not ready, so that a call answered at once
+//! never arms a timer or joins the shutdown token's waiters (a reply stream joins them once).
 
 mod direct;
 mod unary;
@@ -200,9 +200,9 @@ async fn unless_cut<R>(
     }
 }
 
-/// A status as an answer that ends the call, in the request's protocol: trailers-only gRPC, Connect's
-/// error JSON, or HTTP/JSON's `google.rpc.Status`. The status has no details, so no pool is needed
-/// to write them.
+/// A status as an answer that ends the call, in the request's protocol: trailers-only gRPC,
+/// Connect's error JSON, or HTTP/JSON's `google.rpc.Status`. The status has no details, so no pool
+/// is needed to write them.
 fn error_answer(protocol: Protocol, status: &Status) -> http::Response<tonic::body::Body> {
     let pool = || prost_reflect::DescriptorPool::global();
     match protocol {
@@ -214,9 +214,10 @@ fn error_answer(protocol: Protocol, status: &Status) -> http::Response<tonic::bo
     }
 }
 
-/// `RESOURCE_EXHAUSTED` for a request whose headers are over `limit` (as HTTP/2 counts them: name, value
-/// and 32 bytes each, the pseudo-headers included). h2 would refuse them with a bare HTTP 431 that
-/// a gRPC client reports as an unknown error; its limit is set above ours so that the check is here.
+/// `RESOURCE_EXHAUSTED` for a request whose headers are over `limit` (as HTTP/2 counts them: name,
+/// value and 32 bytes each, the pseudo-headers included). h2 would refuse them with a bare HTTP 431
+/// that a gRPC client reports as an unknown error; its limit is set above ours (4×) so that the
+/// check is here.
 fn headers_too_large<B>(request: &http::Request<B>, limit: usize) -> Option<Status> {
     const ENTRY: usize = 32;
     let uri = request.uri();
