@@ -150,9 +150,30 @@ pub struct ServeArgs {
     #[arg(long, env = "PROTODROP_NO_WATCH")]
     pub no_watch: bool,
 
-    /// On SIGTERM/SIGINT, how long calls in flight may take to finish before they are cut (exit 0).
+    /// On SIGTERM/SIGINT, how long calls in flight may take to finish; those still running then end
+    /// with UNAVAILABLE "server shutting down" (exit 0).
     #[arg(long, env = "PROTODROP_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub shutdown_grace: std::time::Duration,
+
+    /// Largest request header list (names, values and 32 bytes per header, as HTTP/2 counts it); a
+    /// call with more gets RESOURCE_EXHAUSTED. HTTP/2 itself refuses (HTTP 431) past 4 times this.
+    #[arg(long, env = "PROTODROP_MAX_HEADER_SIZE", default_value = "16KiB", value_parser = parse_header_size, value_name = "SIZE")]
+    pub max_header_size: u32,
+
+    /// Longest a new connection may take to finish its TLS handshake, and then to send its first 24
+    /// bytes (the HTTP/2 preface); also the longest an HTTP/1.1 connection may take to send a request
+    /// head, idle keep-alive time included.
+    #[arg(long, help_heading = "Connections", env = "PROTODROP_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_timeout, value_name = "DURATION")]
+    pub handshake_timeout: std::time::Duration,
+
+    /// An HTTP/2 connection from which nothing has arrived for this long is sent a PING.
+    #[arg(long, help_heading = "Connections", env = "PROTODROP_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = parse_timeout, value_name = "DURATION")]
+    pub keepalive_interval: std::time::Duration,
+
+    /// An HTTP/2 connection that does not answer a PING within this time is closed (a silent
+    /// connection goes after --keepalive-interval plus this; one that answers stays, calls or not).
+    #[arg(long, help_heading = "Connections", env = "PROTODROP_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_timeout, value_name = "DURATION")]
+    pub keepalive_timeout: std::time::Duration,
 
     /// Origin whose web pages may call the server (CORS, for gRPC-Web, Connect and HTTP/JSON from a
     /// browser), e.g. http://localhost:3000; repeatable (the environment variable takes a ','-separated
@@ -206,6 +227,25 @@ impl ServeArgs {
             }),
             _ => None,
         }
+    }
+}
+
+/// A connection timeout: a duration above zero (zero would close every connection at once).
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be above zero".into());
+    }
+    Ok(d)
+}
+
+/// A size (as [`parse_size`]) that HTTP/2's 32-bit setting can carry four times over, and at least
+/// large enough for a call's own headers.
+fn parse_header_size(s: &str) -> Result<u32, String> {
+    let n = parse_size(s)?;
+    match u32::try_from(n) {
+        Ok(n) if (1024..=u32::MAX / 4).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}' must be between 1KiB and 1GiB")),
     }
 }
 

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::{ServeArgs, SourceArgs};
 use crate::front::web::CorsOrigins;
@@ -51,6 +52,10 @@ pub fn check(args: &SourceArgs) -> anyhow::Result<ExitCode> {
 /// Scripts that may run at once (tokio's blocking pool; a streaming script also uses one helper
 /// thread). Threads are only made when needed and their stacks are reserved, not touched.
 pub const MAX_SCRIPT_THREADS: usize = 4096;
+
+/// Longest the connections may take, once the grace period is over and the calls still running
+/// have been ended, to send those calls' statuses and close.
+const CUT_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `protodrop serve`: runs until SIGINT/SIGTERM (then exits 0 after the grace period at most).
 /// Problems in the protos or handlers are printed and give a failure exit code; an `Err` is anything
@@ -159,24 +164,39 @@ fn serve_on(
         }
         let settings = ServiceSettings {
             max_message_size: args.max_message_size,
+            max_header_list_size: args.max_header_size as usize,
+        };
+        let connection = server::ConnectionSettings {
+            handshake_timeout: args.handshake_timeout,
+            keepalive_interval: args.keepalive_interval,
+            keepalive_timeout: args.keepalive_timeout,
+            max_header_size: args.max_header_size,
         };
         tracing::info!(cors = %cors, "gRPC-Web on");
         // On a signal the server stops accepting and lets calls in flight finish, for at most the
-        // grace period; then they are cut and the process exits 0 all the same.
+        // grace period; then they are cut, each ending with UNAVAILABLE, and the process exits 0
+        // all the same.
         let (signalled_tx, signalled) = tokio::sync::oneshot::channel::<()>();
         let shutdown = async move {
             shutdown.await;
             tracing::info!(grace = %humantime::format_duration(args.shutdown_grace), "shutting down");
             let _ = signalled_tx.send(());
         };
+        // Leaked (one per process): every call borrows it, with no reference count to update.
+        let cut: &'static CancellationToken = Box::leak(Box::new(CancellationToken::new()));
         let serving = server::serve(
             listener,
             tls,
             registry,
             settings,
+            connection,
             cors,
-            shutdown,
+            server::Shutdown {
+                signal: shutdown,
+                cut,
+            },
         );
+        let mut serving = std::pin::pin!(serving);
         let grace_over = async {
             if signalled.await.is_ok() {
                 tokio::time::sleep(args.shutdown_grace).await;
@@ -185,8 +205,16 @@ fn serve_on(
             }
         };
         tokio::select! {
-            () = serving => {}
-            () = grace_over => tracing::warn!("grace period over: calls still in flight were cut"),
+            () = &mut serving => {}
+            () = grace_over => {
+                tracing::warn!("grace period over: calls still in flight end with UNAVAILABLE");
+                cut.cancel();
+                // Their statuses must reach the clients: the connections, already told to go
+                // away, close once their calls have ended.
+                if tokio::time::timeout(CUT_FLUSH, serving).await.is_err() {
+                    tracing::warn!("connections still open after the calls were cut: closed");
+                }
+            }
         }
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)

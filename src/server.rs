@@ -35,17 +35,34 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use crate::front::web::{CorsOrigins, Web};
 use crate::registry::Registry;
 use crate::service::{DynamicService, ResponseFuture, ServiceSettings};
 
+mod preface;
 mod streams;
+use preface::PrefaceDeadline;
 use streams::StreamExecutor;
 
-/// Longest a client may take to complete its TLS handshake before its connection is dropped (a
-/// client that connects and says nothing must not hold a task forever).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may stay silent, and how large its request headers may be:
+/// `--handshake-timeout`, `--keepalive-interval`, `--keepalive-timeout`, `--max-header-size`.
+///
+/// A silent socket is closed after at most the handshake timeout (no TLS handshake, no preface, no
+/// HTTP/1.1 request head) or the keep-alive interval plus timeout (an HTTP/2 peer that stopped
+/// answering PINGs, whatever it left half sent: a HEADERS block, a request body). A connection
+/// whose peer answers PINGs stays open however long it has no call, as with grpc-go's default
+/// (infinite MaxConnectionIdle): it costs a socket and a few KiB, and clients keep channels open on
+/// purpose.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionSettings {
+    pub handshake_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// Our limit, which the service checks (to answer RESOURCE_EXHAUSTED); h2's own is 4 times it.
+    pub max_header_size: u32,
+}
 
 /// Streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
@@ -54,26 +71,39 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// spin.
 const ACCEPT_RETRY: Duration = Duration::from_millis(20);
 
-/// Serves until `shutdown` completes; then stops accepting (the listening socket is closed) and
-/// lets the connections finish the calls they have in flight. With `tls`, every connection is a TLS
-/// one (a plaintext client fails its first read).
+/// How the server stops: `signal` completes to stop accepting, and `cut`, cancelled when the grace
+/// period is over, ends the calls still running (with UNAVAILABLE, so their connections can close).
+pub struct Shutdown<F> {
+    pub signal: F,
+    pub cut: &'static CancellationToken,
+}
+
+/// Serves until `shutdown.signal` completes; then stops accepting (the listening socket is closed)
+/// and lets the connections finish the calls they have in flight, or end them at `shutdown.cut`.
+/// With `tls`, every connection is a TLS one (a plaintext client fails its first read).
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsSettings>,
     registry: Arc<Registry>,
     settings: ServiceSettings,
+    connection: ConnectionSettings,
     cors: CorsOrigins,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: Shutdown<impl Future<Output = ()> + Send>,
 ) {
     let service = Http(Arc::new(Web::new(
         cors,
-        DynamicService::new(registry, settings),
+        DynamicService::new(registry, settings, shutdown.cut),
     )));
+    let shutdown = shutdown.signal;
     let connections = GracefulShutdown::new();
     match tls {
-        None => accept(tcp_incoming(listener), service, &connections, shutdown).await,
+        None => {
+            let incoming = tcp_incoming(listener);
+            accept(incoming, service, connection, &connections, shutdown).await;
+        }
         Some(tls) => {
-            accept(tls_incoming(listener, tls), service, &connections, shutdown).await;
+            let incoming = tls_incoming(listener, tls, connection.handshake_timeout);
+            accept(incoming, service, connection, &connections, shutdown).await;
         }
     }
     connections.shutdown().await;
@@ -84,12 +114,13 @@ pub async fn serve(
 async fn accept<IO>(
     incoming: impl Stream<Item = IO>,
     service: Http,
+    settings: ConnectionSettings,
     connections: &GracefulShutdown,
     shutdown: impl Future<Output = ()>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let http = http_settings();
+    let http = http_settings(&settings);
     let (mut incoming, mut shutdown) = (pin!(incoming), pin!(shutdown));
     loop {
         let io = tokio::select! {
@@ -100,7 +131,10 @@ async fn accept<IO>(
             },
         };
         let connection = http
-            .serve_connection(TokioIo::new(io), service.clone())
+            .serve_connection(
+                TokioIo::new(PrefaceDeadline::new(io, settings.handshake_timeout)),
+                service.clone(),
+            )
             .into_owned();
         let connection = connections.watch(connection);
         tokio::spawn(async move {
@@ -112,7 +146,7 @@ async fn accept<IO>(
 }
 
 /// HTTP/1.1 and HTTP/2, told apart by the HTTP/2 preface.
-fn http_settings() -> auto::Builder<StreamExecutor> {
+fn http_settings(settings: &ConnectionSettings) -> auto::Builder<StreamExecutor> {
     let mut http = auto::Builder::new(StreamExecutor);
     http.http2()
         .timer(TokioTimer::new())
@@ -123,9 +157,25 @@ fn http_settings() -> auto::Builder<StreamExecutor> {
         // value that changes every second costs a clock read and a fresh HPACK literal per answer.
         // HTTP/1.1 answers (curl, browsers) keep it.
         .auto_date_header(false);
-    // hyper enforces its HTTP/1 header read timeout (30 s) only when it has a timer.
-    http.http1().timer(TokioTimer::new());
+    connection_limits(&mut http, settings);
     http
+}
+
+/// What closes silent connections (besides [`PrefaceDeadline`]), and h2's header limit.
+fn connection_limits(http: &mut auto::Builder<StreamExecutor>, settings: &ConnectionSettings) {
+    http.http2()
+        // A PING after an interval with nothing received; no answer within the timeout closes the
+        // connection. Pings go out with calls open or not: a peer silent mid-frame is caught too.
+        .keep_alive_interval(settings.keepalive_interval)
+        .keep_alive_timeout(settings.keepalive_timeout)
+        // Above ours, so that a request over ours reaches the service and gets RESOURCE_EXHAUSTED
+        // rather than h2's bare HTTP 431; h2's still bounds what one header block may hold.
+        .max_header_list_size(settings.max_header_size.saturating_mul(4));
+    // hyper enforces its HTTP/1 header read timeout only when it has a timer; it runs from the
+    // moment a head is awaited, so it also closes idle keep-alive connections.
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.handshake_timeout);
 }
 
 /// The service hyper calls for every request: gRPC-Web and CORS, then the dynamic service. Shared,
@@ -167,6 +217,7 @@ fn tcp_incoming(listener: TcpListener) -> impl Stream<Item = TcpStream> {
 fn tls_incoming(
     listener: TcpListener,
     tls: TlsSettings,
+    handshake_timeout: Duration,
 ) -> impl Stream<Item = TlsStream<TcpStream>> {
     let acceptor = TlsAcceptor::from(tls.config);
     async_stream::stream! {
@@ -178,7 +229,7 @@ fn tls_incoming(
                         let _ = tcp.set_nodelay(true);
                         let acceptor = acceptor.clone();
                         handshakes.spawn(async move {
-                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                                 Ok(Ok(stream)) => Some(stream),
                                 // Info, not debug: "why was my client refused?" is the question
                                 // this answers (no certificate, unknown CA, plaintext client …).
@@ -188,7 +239,7 @@ fn tls_incoming(
                                     None
                                 }
                                 Err(_) => {
-                                    tracing::info!(%peer, timeout = ?HANDSHAKE_TIMEOUT, "TLS handshake timed out");
+                                    tracing::info!(%peer, timeout = ?handshake_timeout, "TLS handshake timed out");
                                     None
                                 }
                             }

@@ -320,6 +320,69 @@ async fn http1_over_tls_is_served() {
     assert!(response.ends_with(r#"{"name":"h1"}"#), "{response}");
 }
 
+/// A client that finishes its TLS handshake and then sends nothing (not even the HTTP/2 preface) is
+/// closed after `--handshake-timeout`; so is one that starts the handshake and stops.
+#[tokio::test]
+async fn a_client_silent_after_the_tls_handshake_is_closed() {
+    let ca = Ca::new("test CA");
+    let s = start(
+        tls_options(&ca.server(), None)
+            .arg("--handshake-timeout")
+            .arg("500ms"),
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(
+            ca.issuer.der().to_vec(),
+        ))
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        // Reads end at close (an error too: no close_notify).
+        while let Ok(n) = tls.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the server kept a silent TLS connection open for 5 s; log:\n{}",
+        s.logs()
+    );
+
+    // Half a handshake: a TLS record header announcing more than is sent.
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x01, 0x00, 0x01])
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(n) = tcp.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the server kept a half-done TLS handshake open for 5 s; log:\n{}",
+        s.logs()
+    );
+}
+
 /// Runs `protodrop serve` with `args` in a folder holding good protos and handlers plus `files`;
 /// returns (exit code, stderr).
 fn serve_fails(files: &[(&str, &str)], args: &[&str]) -> (i32, String) {

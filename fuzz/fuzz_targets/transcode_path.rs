@@ -242,6 +242,7 @@ fn check_serve(fx: &Fixture, method: http::Method, target: &str, body: &str) {
         .expect("a request");
     let settings = ServiceSettings {
         max_message_size: 4 << 20,
+        max_header_list_size: 16 << 10,
     };
     let state = fx.state.clone();
     let call = async move {

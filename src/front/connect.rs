@@ -297,7 +297,11 @@ async fn unary(
 
 /// A unary error: `http_status` and Connect's error JSON; the status' metadata as headers (an error
 /// answer has no other place for them).
-fn unary_error(status: &Status, pool: &DescriptorPool, http_status: StatusCode) -> HttpResponse {
+pub(crate) fn unary_error(
+    status: &Status,
+    pool: &DescriptorPool,
+    http_status: StatusCode,
+) -> HttpResponse {
     let mut headers = HeaderMap::new();
     wire::add_metadata(&mut headers, status.metadata(), "");
     let body = json::to_vec(&json::connect_error(status, pool));

@@ -1,6 +1,11 @@
 //! The one gRPC service behind every `/package.Service/Method` path: looks the method up in the
 //! current state; a unary call is answered by [`unary`], the streaming shapes by tonic's gRPC
 //! machinery with a codec for that method's types.
+//!
+//! Two things end a call from outside: its `grpc-timeout` (DEADLINE_EXCEEDED) and the end of the
+//! shutdown grace period (UNAVAILABLE "server shutting down", [`shutdown_status`]). An answer is
+//! raced against them only once its first poll found it not ready, so that a call answered at once
+//! never arms a timer or joins the shutdown token's waiters (a reply stream joins them once).
 
 mod direct;
 mod unary;
@@ -17,13 +22,14 @@ use futures::future::BoxFuture;
 use futures::{FutureExt as _, StreamExt as _};
 use http::HeaderName;
 use prost_reflect::MessageDescriptor;
+use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 use tonic::server::{Grpc, StreamingService};
 use tonic::{Request, Response, Status, Streaming};
 use tower::ServiceExt as _;
 
 use crate::codec::{decode_request, encode_reply, ServerCodec};
-use crate::front::{connect, health, transcode, HttpService, Protocol};
+use crate::front::{connect, health, json, transcode, HttpService, Protocol};
 use crate::registry::{Method, Registry, State};
 use crate::respond::{respond, Incoming, ReplyStream};
 
@@ -38,6 +44,8 @@ static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 pub struct ServiceSettings {
     /// Largest message accepted or sent, in bytes (`--max-message-size`).
     pub max_message_size: usize,
+    /// Largest request header list, counted as HTTP/2 counts it (`--max-header-size`).
+    pub max_header_list_size: usize,
 }
 
 type Body = axum::body::Body;
@@ -50,11 +58,28 @@ pub type ResponseFuture = BoxFuture<'static, Result<http::Response<tonic::body::
 pub struct DynamicService {
     registry: Arc<Registry>,
     settings: ServiceSettings,
+    /// Cancelled when the shutdown grace period is over: gRPC calls still running then end with
+    /// [`shutdown_status`]. `'static` so that a call borrows it: a clone per call would take the
+    /// token's lock twice.
+    cut: &'static CancellationToken,
+}
+
+/// How a gRPC call still running at the end of the shutdown grace period ends.
+pub fn shutdown_status() -> Status {
+    Status::unavailable("server shutting down")
 }
 
 impl DynamicService {
-    pub fn new(registry: Arc<Registry>, settings: ServiceSettings) -> Self {
-        Self { registry, settings }
+    pub fn new(
+        registry: Arc<Registry>,
+        settings: ServiceSettings,
+        cut: &'static CancellationToken,
+    ) -> Self {
+        Self {
+            registry,
+            settings,
+            cut,
+        }
     }
 
     /// The answer to one request (`&self`: the server calls one shared service, not a clone).
@@ -62,16 +87,23 @@ impl DynamicService {
         // The fronts read bodies as axum's (its `into_data_stream` among them).
         let request = request.map(Body::new);
         let state = self.registry.current();
-        match Protocol::of(&request) {
+        let protocol = Protocol::of(&request);
+        if let Some(status) = headers_too_large(&request, self.settings.max_header_list_size) {
+            return Box::pin(std::future::ready(Ok(error_answer(protocol, &status))));
+        }
+        match protocol {
             Protocol::Grpc => {}
             Protocol::Connect => {
                 // Reflection and health are gRPC services; Connect reaches them through a bridge.
                 let builtin = front_for(&self.registry, &state, request.uri().path());
                 let serve = connect::serve(state, request, self.settings, builtin);
-                return Box::pin(serve.map(Ok));
+                let on_cut = || error_answer(Protocol::Connect, &shutdown_status());
+                return Box::pin(unless_cut(serve, self.cut, on_cut).map(Ok));
             }
             Protocol::Http => {
-                return Box::pin(transcode::serve(state, request, self.settings).map(Ok));
+                let serve = transcode::serve(state, request, self.settings);
+                let on_cut = || error_answer(Protocol::Http, &shutdown_status());
+                return Box::pin(unless_cut(serve, self.cut, on_cut).map(Ok));
             }
         }
         // Checked before any routing, as grpc-go does: a call that cannot be a gRPC call gets an HTTP
@@ -104,7 +136,7 @@ impl DynamicService {
         };
         if !method.desc.is_client_streaming() && !method.desc.is_server_streaming() {
             let answer = unary::serve(state, method, request, self.settings);
-            return Box::pin(before_deadline(answer, deadline).map(Ok));
+            return Box::pin(before_deadline(answer, deadline, self.cut).map(Ok));
         }
         let limit = self.settings.max_message_size;
         let mut grpc = Grpc::new(ServerCodec)
@@ -124,9 +156,10 @@ impl DynamicService {
             method,
             max_reply_size: limit,
             deadline,
+            cut: self.cut,
         };
         let answer = async move { grpc.streaming(call, request).await };
-        Box::pin(before_deadline(answer, deadline).map(Ok))
+        Box::pin(before_deadline(answer, deadline, self.cut).map(Ok))
     }
 }
 
@@ -146,20 +179,83 @@ impl tower::Service<http::Request<tonic::body::Body>> for DynamicService {
 }
 
 /// An answer that is not ready (its headers, for a stream) when the deadline passes is
-/// DEADLINE_EXCEEDED, as gRPC's status table says.
+/// DEADLINE_EXCEEDED, as gRPC's status table says; one not ready when `cut` is cancelled is
+/// [`shutdown_status`].
 async fn before_deadline(
     answer: impl Future<Output = http::Response<tonic::body::Body>>,
     deadline: Option<tokio::time::Instant>,
+    cut: &'static CancellationToken,
 ) -> http::Response<tonic::body::Body> {
-    let Some(deadline) = deadline else {
-        return answer.await;
-    };
-    match tokio::time::timeout_at(deadline, answer).await {
-        Ok(response) => response,
-        Err(_) => {
-            Status::deadline_exceeded("deadline exceeded before the reply started").into_http()
+    let answer = async move {
+        let Some(deadline) = deadline else {
+            return answer.await;
+        };
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(response) => response,
+            Err(_) => {
+                Status::deadline_exceeded("deadline exceeded before the reply started").into_http()
+            }
         }
+    };
+    unless_cut(answer, cut, || shutdown_status().into_http()).await
+}
+
+/// `answer`, or `on_cut()` if `cut` is cancelled before it is ready. `cut` is only waited on (its
+/// waiter list takes a lock) by an answer not ready at its first poll.
+async fn unless_cut<R>(
+    answer: impl Future<Output = R>,
+    cut: &'static CancellationToken,
+    on_cut: impl FnOnce() -> R,
+) -> R {
+    let mut answer = std::pin::pin!(answer);
+    if let Poll::Ready(response) = futures::poll!(answer.as_mut()) {
+        return response;
     }
+    tokio::select! {
+        biased;
+        response = answer => response,
+        () = cut.cancelled() => on_cut(),
+    }
+}
+
+/// A status as an answer that ends the call, in the request's protocol: trailers-only gRPC,
+/// Connect's error JSON, or HTTP/JSON's `google.rpc.Status`. The status has no details, so no pool
+/// is needed to write them.
+fn error_answer(protocol: Protocol, status: &Status) -> http::Response<tonic::body::Body> {
+    let pool = || prost_reflect::DescriptorPool::global();
+    match protocol {
+        Protocol::Grpc => status.clone().into_http(),
+        Protocol::Connect => {
+            connect::unary_error(status, &pool(), json::http_status(status.code()))
+        }
+        Protocol::Http => transcode::error(status, &pool(), http::HeaderMap::new()),
+    }
+}
+
+/// `RESOURCE_EXHAUSTED` for a request whose headers are over `limit` (as HTTP/2 counts them: name,
+/// value and 32 bytes each, the pseudo-headers included). h2 would refuse them with a bare HTTP 431
+/// that a gRPC client reports as an unknown error; its limit is set above ours (4×) so that the
+/// check is here.
+fn headers_too_large<B>(request: &http::Request<B>, limit: usize) -> Option<Status> {
+    const ENTRY: usize = 32;
+    let uri = request.uri();
+    let mut size = ":method".len() + request.method().as_str().len() + ENTRY;
+    size += ":path".len() + uri.path_and_query().map_or(1, |p| p.as_str().len()) + ENTRY;
+    if let Some(authority) = uri.authority() {
+        size += ":authority".len() + authority.as_str().len() + ENTRY;
+    }
+    if let Some(scheme) = uri.scheme_str() {
+        size += ":scheme".len() + scheme.len() + ENTRY;
+    }
+    for (name, value) in request.headers() {
+        size += name.as_str().len() + value.len() + ENTRY;
+    }
+    (size > limit).then(|| {
+        Status::resource_exhausted(format!(
+            "request headers of {size} bytes are over the server's limit of {limit} \
+             (--max-header-size)"
+        ))
+    })
 }
 
 /// Reflection and health, when `path` is theirs. The user's protos win if they define these services.
@@ -209,6 +305,7 @@ struct Call {
     method: Arc<Method>,
     max_reply_size: usize,
     deadline: Option<tokio::time::Instant>,
+    cut: &'static CancellationToken,
 }
 
 /// Reply messages, encoded as they are produced.
@@ -223,6 +320,7 @@ impl StreamingService<Bytes> for Call {
         let limit = self.max_reply_size;
         let (metadata, _, streaming) = request.into_parts();
         let deadline = self.deadline;
+        let cut = self.cut;
         let (state, method) = (self.state.clone(), self.method.clone());
         Box::pin(async move {
             let response = if method.direct.is_some() {
@@ -245,10 +343,8 @@ impl StreamingService<Bytes> for Call {
                 let incoming = incoming(streaming, method.desc.input());
                 general(state, method, metadata, incoming, limit).await?
             };
-            Ok(response.map(|stream| match deadline {
-                Some(deadline) => Box::pin(until_deadline(stream, deadline)) as EncodedStream,
-                None => stream,
-            }))
+            Ok(response
+                .map(|stream| Box::pin(until_deadline(stream, deadline, cut)) as EncodedStream))
         })
     }
 }
@@ -312,17 +408,25 @@ pub(crate) fn multiple_requests() -> Status {
     )
 }
 
-/// [`before_deadline`] holds a call to its deadline until the response headers; a reply stream is
-/// cut here when the deadline passes, which also drops (and so cancels) whatever produces it — a
-/// delay, a script.
+/// [`before_deadline`] holds a call to its deadline (and the shutdown) until the response headers;
+/// a reply stream is cut here when the deadline passes or `cut` is cancelled, which also drops (and
+/// so cancels) whatever produces it — a delay, a script.
 fn until_deadline<T: Send + 'static>(
     stream: impl futures::Stream<Item = Result<T, Status>> + Send + 'static,
-    deadline: tokio::time::Instant,
+    deadline: Option<tokio::time::Instant>,
+    cut: &'static CancellationToken,
 ) -> impl futures::Stream<Item = Result<T, Status>> + Send + 'static {
     async_stream::stream! {
         let mut stream = std::pin::pin!(stream);
-        let expiry = tokio::time::sleep_until(deadline);
+        let expiry = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
         let mut expiry = std::pin::pin!(expiry);
+        let cancelled = cut.cancelled();
+        let mut cancelled = std::pin::pin!(cancelled);
         loop {
             tokio::select! {
                 item = stream.next() => match item {
@@ -331,6 +435,10 @@ fn until_deadline<T: Send + 'static>(
                 },
                 () = &mut expiry => {
                     yield Err(Status::deadline_exceeded("deadline exceeded while streaming the reply"));
+                    break;
+                }
+                () = &mut cancelled => {
+                    yield Err(shutdown_status());
                     break;
                 }
             }
