@@ -335,3 +335,17 @@ impl Registry {
         self.health.update(&before.health_statuses(), &now);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_while_loading_is_a_diagnostic_about_the_folder() {
+        let err = contained(std::path::Path::new("protos"), || panic!("parser bug"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("protos: loading failed"), "{err}");
+        assert!(err.contains("parser bug"), "{err}");
+    }
+}
