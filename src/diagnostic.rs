@@ -126,7 +126,9 @@ fn excerpt(line: &str, column: usize) -> (String, usize) {
         return (line.to_string(), column);
     }
     let column = column.clamp(1, len + 1);
-    let start = column.saturating_sub(MAX_SHOWN_LINE / 2).min(len - MAX_SHOWN_LINE);
+    let start = column
+        .saturating_sub(MAX_SHOWN_LINE / 2)
+        .min(len - MAX_SHOWN_LINE);
     let end = start + MAX_SHOWN_LINE;
     let mut shown = String::new();
     if start > 0 {
@@ -190,9 +192,16 @@ mod tests {
         let column = line.find("nope").unwrap() + 1;
         let d = Diagnostic::at_line("t.toml", Some(&line), 1, column, "no field 'nope'");
         let shown = d.to_string();
-        assert!(shown.starts_with(&format!("t.toml:1:{column}: no field 'nope'")), "{shown}");
+        assert!(
+            shown.starts_with(&format!("t.toml:1:{column}: no field 'nope'")),
+            "{shown}"
+        );
         let lines: Vec<&str> = shown.lines().collect();
-        assert!(lines[2].len() < 2 * MAX_SHOWN_LINE, "the line is cut: {}", lines[2].len());
+        assert!(
+            lines[2].len() < 2 * MAX_SHOWN_LINE,
+            "the line is cut: {}",
+            lines[2].len()
+        );
         // The caret sits under the `n` of `nope`.
         let caret = lines[3].chars().count() - 1;
         assert_eq!(lines[2].chars().nth(caret), Some('n'), "{shown}");

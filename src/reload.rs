@@ -126,7 +126,9 @@ fn supervise(mut body: impl FnMut(bool)) -> bool {
             );
             return false;
         }
-        tracing::error!("the reload thread failed ({message}); restarting it and reloading everything");
+        tracing::error!(
+            "the reload thread failed ({message}); restarting it and reloading everything"
+        );
         restarted = true;
     }
 }
@@ -287,22 +289,7 @@ fn only_handler_files(paths: &[PathBuf]) -> bool {
         .all(|p| p.extension().is_some_and(|e| e == "toml" || e == "rhai"))
 }
 
-/// Rebuilds from disk and swaps the state in, or keeps the old one and says why. True when swapped.
-pub fn rebuild(sources: &Sources, registry: &Registry) -> bool {
-    swap_in(State::build(sources), Instant::now(), registry)
-}
-
-/// Reads the handlers again against the current state's compiled protos: a handler edit on a large
-/// proto tree is served in milliseconds instead of a full compile.
-pub fn rebuild_handlers(sources: &Sources, registry: &Registry) -> bool {
-    let started = Instant::now();
-    swap_in(
-        registry.current().rebuild_handlers(sources),
-        started,
-        registry,
-    )
-}
-
+/// Swaps a built state in, or keeps the old one and says why. True when swapped.
 fn swap_in(
     built: Result<State, crate::diagnostic::Diagnostics>,
     started: Instant,

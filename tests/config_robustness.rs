@@ -63,7 +63,12 @@ async fn text(c: &Client) -> Result<String, String> {
     if out.code() != Code::Ok {
         return Err(format!("{:?}: {}", out.code(), out.message()));
     }
-    Ok(out.messages.first().and_then(|m| m["text"].as_str()).unwrap_or_default().to_string())
+    Ok(out
+        .messages
+        .first()
+        .and_then(|m| m["text"].as_str())
+        .unwrap_or_default()
+        .to_string())
 }
 
 async fn wait_for_text(server: &Server, client: &Client, want: &str) -> Duration {
@@ -117,8 +122,16 @@ async fn a_problem_past_column_65535_while_serving_is_logged_and_later_edits_are
     // Saved in place (truncate and write), as a non-atomic editor does.
     s.write_handler("t.toml", &handler);
     let log = s.wait_for_log(since, "reload failed", POLL_LIMIT).await;
-    assert!(log.contains(&format!("t.toml:{line}:{column}: ")), "{}", tail(&log));
-    assert_eq!(text(&c).await.as_deref(), Ok("v1"), "the last good state serves");
+    assert!(
+        log.contains(&format!("t.toml:{line}:{column}: ")),
+        "{}",
+        tail(&log)
+    );
+    assert_eq!(
+        text(&c).await.as_deref(),
+        Ok("v1"),
+        "the last good state serves"
+    );
 
     s.write_handler("t.toml", HANDLER_V2);
     wait_for_text(&s, &c, "v2").await;
@@ -133,8 +146,16 @@ fn check_reports_a_google_api_http_option_nested_200_and_5000_deep() {
         assert_no_crash(&stderr);
         assert_eq!(code, 1, "{depth} deep: {}", tail(&stderr));
         let at = format!("protos/t.proto:{line}:");
-        assert!(stderr.contains(&at), "{depth} deep: expected {at}… in {}", tail(&stderr));
-        assert!(stderr.contains("nested more than 64 levels"), "{}", tail(&stderr));
+        assert!(
+            stderr.contains(&at),
+            "{depth} deep: expected {at}… in {}",
+            tail(&stderr)
+        );
+        assert!(
+            stderr.contains("nested more than 64 levels"),
+            "{}",
+            tail(&stderr)
+        );
     }
 }
 
@@ -148,8 +169,16 @@ async fn serving_survives_options_nested_200_and_5000_deep_and_keeps_reloading()
         let since = s.logs().len();
         s.write_proto("t.proto", &proto);
         let log = s.wait_for_log(since, "reload failed", POLL_LIMIT).await;
-        assert!(log.contains(&format!("t.proto:{line}:")), "{depth} deep: {}", tail(&log));
-        assert_eq!(text(&c).await.as_deref(), Ok("v1"), "{depth} deep: the last good state serves");
+        assert!(
+            log.contains(&format!("t.proto:{line}:")),
+            "{depth} deep: {}",
+            tail(&log)
+        );
+        assert_eq!(
+            text(&c).await.as_deref(),
+            Ok("v1"),
+            "{depth} deep: the last good state serves"
+        );
     }
     // A later edit is still reloaded: the reload thread (and the process) lived through both.
     s.write_proto("t.proto", &http_proto(1).0);
@@ -184,7 +213,11 @@ async fn a_handler_file_truncated_then_written_100ms_later_fails_no_call() {
     let path = s.handlers_dir().join("t.toml");
     for round in 0..6 {
         let want = if round % 2 == 0 { "v2" } else { "v1" };
-        let file = std::fs::OpenOptions::new().write(true).truncate(true).open(&path).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut file = file;
         file.write_all(if want == "v2" { HANDLER_V2 } else { HANDLER_V1 }.as_bytes())
@@ -195,7 +228,10 @@ async fn a_handler_file_truncated_then_written_100ms_later_fails_no_call() {
     stop.store(true, Ordering::Relaxed);
     caller.await.unwrap();
     let failures = failures.lock().unwrap();
-    assert!(calls.load(Ordering::Relaxed) > 50, "the client kept calling");
+    assert!(
+        calls.load(Ordering::Relaxed) > 50,
+        "the client kept calling"
+    );
     assert!(
         failures.is_empty(),
         "{} of {} calls failed, e.g. {:?}",
@@ -222,7 +258,10 @@ async fn a_handler_file_really_emptied_is_applied_after_the_settle_time() {
     .await;
     let took = start.elapsed();
     assert_eq!(code, Code::Unimplemented);
-    assert!(took >= SETTLE, "applied after {took:?}, before the settle time");
+    assert!(
+        took >= SETTLE,
+        "applied after {took:?}, before the settle time"
+    );
     assert!(took < Duration::from_secs(1), "applied after {took:?}");
 }
 
@@ -261,5 +300,8 @@ fn a_failed_file_does_not_break_a_custom_option_used_by_a_later_one() {
         stderr.contains("protos/api/pb/rpc.proto:4:9: name 'pb.A' is already defined"),
         "{stderr}"
     );
-    assert!(stderr.contains("1 problem(s) found"), "only the duplicate: {stderr}");
+    assert!(
+        stderr.contains("1 problem(s) found"),
+        "only the duplicate: {stderr}"
+    );
 }

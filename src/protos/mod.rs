@@ -142,8 +142,8 @@ fn load_with_helpers(
     problems.into_result()?;
     // The pool straight from the compiler keeps custom options such as `google.api.http`
     // (rebuilding it from `file_descriptor_set()` loses them).
-    let pool = panic::catch_unwind(AssertUnwindSafe(|| compiler.descriptor_pool()))
-        .map_err(|panic| {
+    let pool =
+        panic::catch_unwind(AssertUnwindSafe(|| compiler.descriptor_pool())).map_err(|panic| {
             Diagnostics(vec![Diagnostic::file(
                 root,
                 format!(
@@ -165,7 +165,10 @@ fn check_method_options(
     include_roots: &[PathBuf],
 ) -> Result<(), Diagnostics> {
     let mut problems = Diagnostics::default();
-    for method in pool.services().flat_map(|s| s.methods().collect::<Vec<_>>()) {
+    for method in pool
+        .services()
+        .flat_map(|s| s.methods().collect::<Vec<_>>())
+    {
         if method.method_descriptor_proto().options.is_none() {
             continue;
         }
@@ -186,10 +189,16 @@ fn check_method_options(
         // The option's own location (MethodDescriptorProto field 4 is `options`), else the method's.
         let mut option_path = method.path().to_vec();
         option_path.push(4);
-        let span = file.file_descriptor_proto().source_code_info.as_ref().and_then(|info| {
-            let at = |p: &[i32]| info.location.iter().find(|l| l.path.starts_with(p));
-            at(&option_path).or_else(|| at(method.path())).map(|l| l.span.clone())
-        });
+        let span = file
+            .file_descriptor_proto()
+            .source_code_info
+            .as_ref()
+            .and_then(|info| {
+                let at = |p: &[i32]| info.location.iter().find(|l| l.path.starts_with(p));
+                at(&option_path)
+                    .or_else(|| at(method.path()))
+                    .map(|l| l.span.clone())
+            });
         let source = std::fs::read_to_string(&path).ok();
         problems.push(match span.as_deref() {
             Some([line, column, ..]) => Diagnostic::at_line(
@@ -408,7 +417,11 @@ mod nesting_tests {
     fn a_file_at_the_nesting_limit_loads_with_a_quarter_of_the_build_stack() {
         let dir = tempfile::tempdir().unwrap();
         // service + rpc + the option's own braces: 3 levels around the bindings.
-        std::fs::write(dir.path().join("t.proto"), deep_file(nesting::MAX_NESTING - 3)).unwrap();
+        std::fs::write(
+            dir.path().join("t.proto"),
+            deep_file(nesting::MAX_NESTING - 3),
+        )
+        .unwrap();
         let path = dir.path().to_path_buf();
         let loaded = std::thread::Builder::new()
             .stack_size(crate::registry::BUILD_STACK / 4)
@@ -419,7 +432,9 @@ mod nesting_tests {
         assert_eq!(loaded.unwrap(), vec!["t.proto".to_string()]);
 
         std::fs::write(dir.path().join("t.proto"), deep_file(5_000)).unwrap();
-        let err = load_with_helpers(dir.path(), &[], |_| 0).unwrap_err().to_string();
+        let err = load_with_helpers(dir.path(), &[], |_| 0)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("t.proto:7:"), "{err}");
         assert!(err.contains("nested more than 64 levels"), "{err}");
     }

@@ -31,7 +31,9 @@ pub fn too_deep(source: &str) -> Option<usize> {
                 continue;
             }
             b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                i = source[i + 2..].find("*/").map_or(bytes.len(), |e| i + 2 + e + 2);
+                i = source[i + 2..]
+                    .find("*/")
+                    .map_or(bytes.len(), |e| i + 2 + e + 2);
                 continue;
             }
             quote @ (b'"' | b'\'') => {
@@ -55,7 +57,10 @@ pub fn too_deep(source: &str) -> Option<usize> {
 }
 
 fn memchr(byte: u8, bytes: &[u8], from: usize) -> Option<usize> {
-    bytes[from..].iter().position(|&b| b == byte).map(|p| from + p)
+    bytes[from..]
+        .iter()
+        .position(|&b| b == byte)
+        .map(|p| from + p)
 }
 
 /// The error a resolver returns for a file nested too deeply. protox passes a resolver's error on
