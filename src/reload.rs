@@ -478,4 +478,78 @@ mod tests {
         assert!(!stopped_on_request, "it gave up");
         assert_eq!(runs, MAX_RESTARTS + 1);
     }
+
+    /// Asks the registry's health service for `service`'s status (1 SERVING, 2 NOT_SERVING).
+    fn health_of(registry: &Registry, service: &str) -> u8 {
+        use http_body_util::BodyExt as _;
+        use tower::ServiceExt as _;
+        let mut message = Vec::new();
+        if !service.is_empty() {
+            message.push(0x0a);
+            message.push(service.len() as u8);
+            message.extend_from_slice(service.as_bytes());
+        }
+        let mut body = vec![0];
+        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        body.extend_from_slice(&message);
+        let request = http::Request::post("/grpc.health.v1.Health/Check")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let response = registry
+                .health
+                .service
+                .clone()
+                .oneshot(request)
+                .await
+                .unwrap();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            // One frame: 5 header bytes, then `status` (field 1, varint).
+            assert_eq!(&bytes[..6], &[0, 0, 0, 0, 2, 0x08], "{bytes:?}");
+            bytes[6]
+        })
+    }
+
+    #[test]
+    fn a_reload_thread_that_stops_for_good_turns_health_not_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let (protos, handlers) = (dir.path().join("protos"), dir.path().join("handlers"));
+        std::fs::create_dir_all(&protos).unwrap();
+        std::fs::create_dir_all(&handlers).unwrap();
+        std::fs::write(
+            protos.join("t.proto"),
+            "syntax = \"proto3\";\npackage t;\nmessage M {}\nservice Svc { rpc Unary(M) returns (M); }\n",
+        )
+        .unwrap();
+        let sources = Sources {
+            protos,
+            handlers,
+            include_roots: Vec::new(),
+            script_limits: Default::default(),
+            reflection: false,
+        };
+        let registry = Registry::new(State::build(&sources).unwrap());
+        assert_eq!(health_of(&registry, ""), 1);
+        drop(StopsForGood {
+            registry: &registry,
+            on_purpose: true,
+        });
+        assert_eq!(
+            health_of(&registry, ""),
+            1,
+            "a stop on request changes nothing"
+        );
+        drop(StopsForGood {
+            registry: &registry,
+            on_purpose: false,
+        });
+        assert_eq!(health_of(&registry, ""), 2, "the server");
+        assert_eq!(health_of(&registry, "t.Svc"), 2, "each service");
+    }
 }
