@@ -305,3 +305,28 @@ fn a_failed_file_does_not_break_a_custom_option_used_by_a_later_one() {
         "only the duplicate: {stderr}"
     );
 }
+
+/// The same depth reached without braces, through a dotted option name (`option (r).r.r….x = 1`),
+/// which the nesting check does not count: prost-reflect panics decoding the options past prost's
+/// recursion limit; the panic is caught and reported at the option's line.
+#[test]
+fn check_reports_an_option_nested_through_a_long_dotted_name() {
+    let path = vec!["r"; 300].join(".");
+    let proto = format!(
+        "syntax = \"proto3\";\npackage t;\nimport \"google/protobuf/descriptor.proto\";\n\
+         import \"google/api/annotations.proto\";\nmessage R {{ R r = 1; int32 x = 2; }}\n\
+         extend google.protobuf.MethodOptions {{ R rr = 50000; }}\n\
+         message M {{ string text = 1; }}\nservice Svc {{\n  rpc Unary(M) returns (M) {{\n    \
+         option (rr).{path}.x = 1;\n  }}\n}}\n"
+    );
+    let line = line_of(&proto, "option (rr)");
+    let (code, _, stderr) = check(&[("t.proto", &proto)], &[("t.toml", HANDLER_V1)]);
+    assert_eq!(code, 1, "{}", tail(&stderr));
+    assert!(
+        stderr.contains(&format!(
+            "protos/t.proto:{line}:5: the options of t.Svc.Unary cannot be read"
+        )),
+        "{}",
+        tail(&stderr)
+    );
+}
