@@ -98,19 +98,47 @@ impl fmt::Display for Diagnostic {
         }
         write!(f, "{file}:{}:{}: {}", self.line, self.column, self.message)?;
         if let Some(text) = &self.source_line {
+            let (shown, caret) = excerpt(text, self.column);
             let gutter = self.line.to_string().len();
+            // The caret is padded by hand: a `{:>width$}` width is a u16, and a column past 65,535
+            // (one long line) made formatting panic.
             write!(
                 f,
-                "\n{:gutter$} |\n{} | {text}\n{:gutter$} | {:>col$}",
+                "\n{:gutter$} |\n{} | {shown}\n{:gutter$} | {}^",
                 "",
                 self.line,
                 "",
-                "^",
-                col = self.column
+                " ".repeat(caret.saturating_sub(1)),
             )?;
         }
         Ok(())
     }
+}
+
+/// Longest source line shown whole; a longer one (minified JSON pasted into a file, a generated
+/// line) is cut to a window around the column, so one problem does not print megabytes.
+const MAX_SHOWN_LINE: usize = 160;
+
+/// The part of `line` to show and the 1-based column of the caret in it.
+fn excerpt(line: &str, column: usize) -> (String, usize) {
+    let len = line.chars().count();
+    if len <= MAX_SHOWN_LINE {
+        return (line.to_string(), column);
+    }
+    let column = column.clamp(1, len + 1);
+    let start = column
+        .saturating_sub(MAX_SHOWN_LINE / 2)
+        .min(len - MAX_SHOWN_LINE);
+    let end = start + MAX_SHOWN_LINE;
+    let mut shown = String::new();
+    if start > 0 {
+        shown.push('…');
+    }
+    shown.extend(line.chars().skip(start).take(MAX_SHOWN_LINE));
+    if end < len {
+        shown.push('…');
+    }
+    (shown, column - start + usize::from(start > 0))
 }
 
 /// Everything wrong with one load, in file order. Displayed one problem after another.
@@ -152,4 +180,36 @@ impl fmt::Display for Diagnostics {
 /// `path` relative to `base` when it lies under it, for shorter messages.
 pub fn relative<'a>(path: &'a Path, base: &Path) -> &'a Path {
     path.strip_prefix(base).unwrap_or(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_column_past_u16_is_displayed_with_a_window_of_its_line() {
+        let line = format!("x = \"{}\", nope = 1", "a".repeat(70_000));
+        let column = line.find("nope").unwrap() + 1;
+        let d = Diagnostic::at_line("t.toml", Some(&line), 1, column, "no field 'nope'");
+        let shown = d.to_string();
+        assert!(
+            shown.starts_with(&format!("t.toml:1:{column}: no field 'nope'")),
+            "{shown}"
+        );
+        let lines: Vec<&str> = shown.lines().collect();
+        assert!(
+            lines[2].len() < 2 * MAX_SHOWN_LINE,
+            "the line is cut: {}",
+            lines[2].len()
+        );
+        // The caret sits under the `n` of `nope`.
+        let caret = lines[3].chars().count() - 1;
+        assert_eq!(lines[2].chars().nth(caret), Some('n'), "{shown}");
+    }
+
+    #[test]
+    fn a_short_line_is_shown_whole_with_the_caret_under_the_column() {
+        let d = Diagnostic::at_line("t.toml", Some("a = 1"), 1, 5, "bad");
+        assert_eq!(d.to_string(), "t.toml:1:5: bad\n  |\n1 | a = 1\n  |     ^");
+    }
 }

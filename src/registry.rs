@@ -11,13 +11,52 @@ use tonic_health::ServingStatus;
 use arc_swap::ArcSwap;
 use prost_reflect::{Kind, MethodDescriptor};
 
-use crate::diagnostic::Diagnostics;
+use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::front::health::Health;
 use crate::front::reflection::Reflection;
 use crate::handlers::emit::Direct;
 use crate::handlers::script::{ScriptEngine, ScriptLimits};
 use crate::handlers::{self, Handlers, MethodRules};
 use crate::protos::{self, Protos};
+
+/// Stack of the threads that load protos and handlers (and parse ahead). The parsers recurse once per
+/// nesting level of a file, bounded by `protos::nesting::MAX_NESTING` (and TOML's and Rhai's own
+/// limits); a file at that bound needs under 2 MiB in a debug build, and an overflow would abort the
+/// process, so the margin is wide (Rhai's compiler recurses on this thread too). Only the pages
+/// used are touched.
+pub const BUILD_STACK: usize = 64 << 20;
+
+/// What a caught panic says, for a diagnostic.
+pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with no message".into())
+}
+
+/// Runs a load on a thread of its own with [`BUILD_STACK`]: whichever thread asks (the main thread at
+/// start-up, the reload thread later), the parsers get the same stack. A panic that escapes the
+/// finer-grained catches is a diagnostic about `blame` (the folder being loaded), not a dead thread.
+pub fn contained(
+    blame: &std::path::Path,
+    load: impl FnOnce() -> Result<State, Diagnostics> + Send,
+) -> Result<State, Diagnostics> {
+    let failed = |message: String| Diagnostics(vec![Diagnostic::file(blame, message)]);
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("protodrop-load".into())
+            .stack_size(BUILD_STACK)
+            .spawn_scoped(scope, load)
+            .map_err(|e| failed(format!("cannot start a thread to load the files: {e}")))?;
+        worker.join().unwrap_or_else(|panic| {
+            Err(failed(format!(
+                "loading failed on an unexpected input (please report it): {}",
+                panic_message(&panic)
+            )))
+        })
+    })
+}
 
 /// Where the state is built from; what a reload re-reads.
 #[derive(Clone, Debug)]
@@ -63,6 +102,11 @@ impl State {
     /// Loads protos, then handlers against them. All problems of both are reported together when the
     /// protos compile; handlers cannot be checked without them.
     pub fn build(sources: &Sources) -> Result<State, Diagnostics> {
+        contained(&sources.protos, || Self::build_here(sources))
+    }
+
+    /// [`State::build`] on the calling thread.
+    fn build_here(sources: &Sources) -> Result<State, Diagnostics> {
         let started = std::time::Instant::now();
         let protos = protos::load(&sources.protos, &sources.include_roots)?;
         // A bad google.api.http annotation is a proto problem, reported at its line.
@@ -80,12 +124,14 @@ impl State {
     /// This state's protos with the handlers read again: what a handler edit needs (compiling a
     /// large proto tree takes far longer than reading its handlers).
     pub fn rebuild_handlers(&self, sources: &Sources) -> Result<State, Diagnostics> {
-        Self::with_handlers(
-            self.protos.clone(),
-            self.routes.clone(),
-            self.reflection.clone(),
-            sources,
-        )
+        contained(&sources.handlers, || {
+            Self::with_handlers(
+                self.protos.clone(),
+                self.routes.clone(),
+                self.reflection.clone(),
+                sources,
+            )
+        })
     }
 
     fn with_handlers(
@@ -287,5 +333,19 @@ impl Registry {
         warm_up(&state);
         let before = self.current.swap(state);
         self.health.update(&before.health_statuses(), &now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_while_loading_is_a_diagnostic_about_the_folder() {
+        let err = contained(std::path::Path::new("protos"), || panic!("parser bug"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("protos: loading failed"), "{err}");
+        assert!(err.contains("parser bug"), "{err}");
     }
 }

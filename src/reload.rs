@@ -7,7 +7,16 @@
 //! watches it again when it is back. While a folder is gone nothing is rebuilt: the last good state
 //! keeps serving (an empty or half-deleted folder must not become the served state), and a warning
 //! says so.
+//!
+//! A save caught half-way must not replace a good state either: a changed file found empty, or a load
+//! that fails, waits up to [`SETTLE`] for the rest of the save before it is applied.
+//!
+//! Loads run on a thread of their own with any panic turned into a diagnostic
+//! ([`crate::registry::contained`]); the loop itself is supervised too: restarted after a panic,
+//! and should it stop for good, an ERROR is logged and health turns NOT_SERVING.
 
+use std::collections::BTreeSet;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
@@ -18,6 +27,7 @@ use notify::event::{EventKind, ModifyKind};
 use notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 
+use crate::diagnostic::Diagnostics;
 use crate::registry::{Registry, Sources, State};
 
 /// How long the watcher waits for a burst of file events (an editor's save) to settle.
@@ -25,6 +35,17 @@ pub const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// While a folder is gone, how often to look for it: no event says a removed folder is back.
 const POLL_WHILE_GONE: Duration = Duration::from_millis(250);
+
+/// How long a load that looks like a save caught half-way waits for the rest of it: a changed file
+/// that is empty (an editor that truncates, then writes), or a load that fails (a file cut short).
+/// Any further change within it is loaded at once; if none comes, what is on disk then applies (a
+/// file really emptied is served empty, a broken one logged). Other edits do not wait.
+pub const SETTLE: Duration = Duration::from_millis(300);
+
+/// Panics of the reload loop tolerated within [`RESTART_WINDOW`]; one more and hot reload stops
+/// for good (logged as an error, health turns NOT_SERVING) rather than spin.
+const MAX_RESTARTS: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 type FsDebouncer = Debouncer<notify::RecommendedWatcher, RecommendedCache>;
 
@@ -60,7 +81,22 @@ pub fn watch(sources: Sources, registry: Arc<Registry>) -> notify::Result<Watche
     watched.arm_all(&mut debouncer)?;
     let worker = std::thread::Builder::new()
         .name("protodrop-reload".into())
-        .spawn(move || run(debouncer, watched, inbox, &sources, &registry))
+        .spawn(move || {
+            let mut stopped = StopsForGood {
+                registry: &registry,
+                on_purpose: false,
+            };
+            stopped.on_purpose = supervise(|restarted| {
+                run(
+                    &mut debouncer,
+                    &mut watched,
+                    &inbox,
+                    &sources,
+                    &registry,
+                    restarted,
+                )
+            });
+        })
         .map_err(notify::Error::io)?;
     Ok(Watcher {
         signals,
@@ -68,24 +104,90 @@ pub fn watch(sources: Sources, registry: Arc<Registry>) -> notify::Result<Watche
     })
 }
 
-/// The watcher thread: owns the debouncer (re-arming needs it) and does the rebuilds.
+/// Runs `body` again after each panic (with `true`: a change may have been lost, reload all), up to
+/// [`MAX_RESTARTS`] within [`RESTART_WINDOW`]. True when `body` returned (asked to stop); false when
+/// it gave up.
+fn supervise(mut body: impl FnMut(bool)) -> bool {
+    let mut panics: Vec<Instant> = Vec::new();
+    let mut restarted = false;
+    loop {
+        let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| body(restarted))) else {
+            return true;
+        };
+        let message = crate::registry::panic_message(&panic);
+        let now = Instant::now();
+        panics.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        panics.push(now);
+        if panics.len() > MAX_RESTARTS {
+            tracing::error!(
+                "the reload thread failed {} times within {}s ({message}); giving up",
+                panics.len(),
+                RESTART_WINDOW.as_secs()
+            );
+            return false;
+        }
+        tracing::error!(
+            "the reload thread failed ({message}); restarting it and reloading everything"
+        );
+        restarted = true;
+    }
+}
+
+/// Says so, loudly, when the reload thread ends other than on request (it gave up, or unwound past
+/// the supervisor): the log gets an ERROR and health turns NOT_SERVING, so an orchestrator restarts
+/// a server that would otherwise go on serving stale files in silence.
+struct StopsForGood<'a> {
+    registry: &'a Registry,
+    on_purpose: bool,
+}
+
+impl Drop for StopsForGood<'_> {
+    fn drop(&mut self) {
+        if self.on_purpose {
+            return;
+        }
+        tracing::error!(
+            "hot reload has stopped: edits are no longer served; health reports NOT_SERVING; restart protodrop"
+        );
+        let now = self.registry.current().health_statuses();
+        self.registry.health.update(&now, &Default::default());
+    }
+}
+
+/// The watcher thread's loop: owns the debouncer (re-arming needs it) and does the rebuilds. Returns
+/// when asked to stop. `restarted`: a previous run panicked, so everything is reloaded first.
 fn run(
-    mut debouncer: FsDebouncer,
-    mut watched: Watched,
-    inbox: mpsc::Receiver<Signal>,
+    debouncer: &mut FsDebouncer,
+    watched: &mut Watched,
+    inbox: &mpsc::Receiver<Signal>,
     sources: &Sources,
     registry: &Registry,
+    restarted: bool,
 ) {
     // A proto edit (or a lost event, or a folder back) needs a full build; until one succeeds, later
     // handler edits must not be checked against the old compiled protos alone.
-    let mut protos_dirty = false;
+    let mut protos_dirty = restarted;
+    // A change seen and not yet applied (or reported).
+    let mut pending = restarted;
+    // The watched files changed since the last applied load.
+    let mut changed_files: BTreeSet<PathBuf> = BTreeSet::new();
+    // While a save looks half-done: when to stop waiting for the rest (see SETTLE), and the load
+    // made meanwhile, applied as it is if nothing else changes.
+    let mut settle_until: Option<Instant> = None;
+    let mut held: Option<Result<State, Diagnostics>> = None;
     loop {
-        let signal = if watched.any_folder_gone() {
-            inbox.recv_timeout(POLL_WHILE_GONE)
-        } else {
-            inbox.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        let timeout = [
+            watched.any_folder_gone().then_some(POLL_WHILE_GONE),
+            settle_until.map(|d| d.saturating_duration_since(Instant::now())),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let signal = match timeout {
+            Some(t) => inbox.recv_timeout(t),
+            None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
-        let mut changed = false;
+        let mut fresh = false;
         match signal {
             Ok(Signal::Stop) | Err(RecvTimeoutError::Disconnected) => return,
             Err(RecvTimeoutError::Timeout) => {}
@@ -101,34 +203,83 @@ fn run(
                     let relevant = event.need_rescan()
                         || (is_change(&event.kind)
                             && event.paths.iter().any(|p| is_watched_file(p)));
-                    if relevant && !only_handler_files(&event.paths) {
+                    if !relevant {
+                        continue;
+                    }
+                    if !only_handler_files(&event.paths) {
                         protos_dirty = true;
                     }
-                    if relevant && !changed {
+                    if !fresh {
                         if let Some(p) = event.paths.first() {
                             tracing::debug!(file = %p.display(), "change seen");
                         }
-                        changed = true;
                     }
+                    fresh = true;
+                    changed_files.extend(event.paths.iter().filter(|p| is_source_file(p)).cloned());
                 }
             }
         }
-        let came_back = watched.refresh(&mut debouncer);
-        if !(changed || came_back) {
+        if watched.refresh(debouncer) {
+            protos_dirty = true;
+            fresh = true;
+        }
+        if fresh {
+            pending = true;
+            // Whatever was held is out of date.
+            held = None;
+        }
+        if !pending {
             continue;
         }
-        protos_dirty |= came_back;
-        match watched.gone_folder() {
+        if let Some(gone) = watched.gone_folder() {
             // Building now would fail (or serve a half-deleted tree); the warning was logged.
-            Some(gone) => {
-                tracing::debug!(folder = %gone.display(), "not reloading: folder is gone")
-            }
-            None if protos_dirty => protos_dirty = !rebuild(sources, registry),
-            None => {
-                rebuild_handlers(sources, registry);
-            }
+            tracing::debug!(folder = %gone.display(), "not reloading: folder is gone");
+            continue;
         }
+        let settled = settle_until.is_some_and(|d| Instant::now() >= d);
+        if settle_until.is_some() && !settled && !fresh {
+            continue;
+        }
+        if !settled && any_empty(&changed_files) {
+            tracing::debug!("a changed file is empty: waiting for the rest of the save");
+            settle_until.get_or_insert_with(|| Instant::now() + SETTLE);
+            continue;
+        }
+        let started = Instant::now();
+        let built = match held.take() {
+            Some(built) if settled => built,
+            _ if protos_dirty => State::build(sources),
+            _ => registry.current().rebuild_handlers(sources),
+        };
+        if !settled && (built.is_err() || any_empty(&changed_files)) {
+            tracing::debug!("the load failed or a file is empty: waiting for the rest of the save");
+            settle_until.get_or_insert_with(|| Instant::now() + SETTLE);
+            held = Some(built);
+            continue;
+        }
+        let full = protos_dirty;
+        let swapped = swap_in(built, started, registry);
+        if full {
+            protos_dirty = !swapped;
+        }
+        pending = false;
+        changed_files.clear();
+        settle_until = None;
     }
+}
+
+/// A `.proto`, `.toml` or `.rhai` file.
+fn is_source_file(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e == "proto" || e == "toml" || e == "rhai")
+}
+
+/// Whether one of `files` is there and empty: more likely a save caught between truncating and
+/// writing than meant (a removed file is not empty, it is gone).
+fn any_empty(files: &BTreeSet<PathBuf>) -> bool {
+    files
+        .iter()
+        .any(|f| std::fs::metadata(f).is_ok_and(|m| m.is_file() && m.len() == 0))
 }
 
 /// Handler files only (`.toml`, `.rhai`): the compiled protos can be kept.
@@ -138,22 +289,7 @@ fn only_handler_files(paths: &[PathBuf]) -> bool {
         .all(|p| p.extension().is_some_and(|e| e == "toml" || e == "rhai"))
 }
 
-/// Rebuilds from disk and swaps the state in, or keeps the old one and says why. True when swapped.
-pub fn rebuild(sources: &Sources, registry: &Registry) -> bool {
-    swap_in(State::build(sources), Instant::now(), registry)
-}
-
-/// Reads the handlers again against the current state's compiled protos: a handler edit on a large
-/// proto tree is served in milliseconds instead of a full compile.
-pub fn rebuild_handlers(sources: &Sources, registry: &Registry) -> bool {
-    let started = Instant::now();
-    swap_in(
-        registry.current().rebuild_handlers(sources),
-        started,
-        registry,
-    )
-}
-
+/// Swaps a built state in, or keeps the old one and says why. True when swapped.
 fn swap_in(
     built: Result<State, crate::diagnostic::Diagnostics>,
     started: Instant,
@@ -313,4 +449,107 @@ fn is_watched_file(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e == "proto" || e == "toml" || e == "rhai")
         || path.extension().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_loop_is_restarted_and_told_to_reload_everything() {
+        let mut runs = Vec::new();
+        let stopped_on_request = supervise(|restarted| {
+            runs.push(restarted);
+            if runs.len() <= 2 {
+                panic!("boom {}", runs.len());
+            }
+        });
+        assert!(stopped_on_request);
+        assert_eq!(runs, [false, true, true]);
+    }
+
+    #[test]
+    fn a_loop_that_keeps_panicking_is_given_up_on() {
+        let mut runs = 0;
+        let stopped_on_request = supervise(|_| {
+            runs += 1;
+            panic!("always");
+        });
+        assert!(!stopped_on_request, "it gave up");
+        assert_eq!(runs, MAX_RESTARTS + 1);
+    }
+
+    /// Asks the registry's health service for `service`'s status (1 SERVING, 2 NOT_SERVING).
+    fn health_of(registry: &Registry, service: &str) -> u8 {
+        use http_body_util::BodyExt as _;
+        use tower::ServiceExt as _;
+        let mut message = Vec::new();
+        if !service.is_empty() {
+            message.push(0x0a);
+            message.push(service.len() as u8);
+            message.extend_from_slice(service.as_bytes());
+        }
+        let mut body = vec![0];
+        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        body.extend_from_slice(&message);
+        let request = http::Request::post("/grpc.health.v1.Health/Check")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let response = registry
+                .health
+                .service
+                .clone()
+                .oneshot(request)
+                .await
+                .unwrap();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            // One frame: 5 header bytes, then `status` (field 1, varint).
+            assert_eq!(&bytes[..6], &[0, 0, 0, 0, 2, 0x08], "{bytes:?}");
+            bytes[6]
+        })
+    }
+
+    #[test]
+    fn a_reload_thread_that_stops_for_good_turns_health_not_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let (protos, handlers) = (dir.path().join("protos"), dir.path().join("handlers"));
+        std::fs::create_dir_all(&protos).unwrap();
+        std::fs::create_dir_all(&handlers).unwrap();
+        std::fs::write(
+            protos.join("t.proto"),
+            "syntax = \"proto3\";\npackage t;\nmessage M {}\nservice Svc { rpc Unary(M) returns (M); }\n",
+        )
+        .unwrap();
+        let sources = Sources {
+            protos,
+            handlers,
+            include_roots: Vec::new(),
+            script_limits: Default::default(),
+            reflection: false,
+        };
+        let registry = Registry::new(State::build(&sources).unwrap());
+        assert_eq!(health_of(&registry, ""), 1);
+        drop(StopsForGood {
+            registry: &registry,
+            on_purpose: true,
+        });
+        assert_eq!(
+            health_of(&registry, ""),
+            1,
+            "a stop on request changes nothing"
+        );
+        drop(StopsForGood {
+            registry: &registry,
+            on_purpose: false,
+        });
+        assert_eq!(health_of(&registry, ""), 2, "the server");
+        assert_eq!(health_of(&registry, "t.Svc"), 2, "each service");
+    }
 }

@@ -3,9 +3,9 @@
 //! protox links files one at a time, on one thread, and parses each file only when it reaches it.
 //! Parsing is about a third of a load and needs nothing from other files, so helper threads parse the
 //! folder's files (in the order the compiler asks for them) while the compiler links, and the
-//! compiler takes each file from here. A file here is exactly what protox's own `IncludeFileResolver`
-//! for the folder would have returned (same path, same source, same descriptor or error), so the pool
-//! and every diagnostic stay the same; only the thread that did the parsing differs.
+//! compiler takes each file from here. A file here is exactly what the folder's resolver
+//! (`nesting::CheckedInclude`) would have returned (same source, same descriptor or error), so the
+//! pool and every diagnostic stay the same; only the thread that did the parsing differs.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -137,7 +137,7 @@ impl Drop for CloseOnDrop<'_> {
 impl Inner {
     fn open(&self, i: usize) -> Result<File, protox::Error> {
         let name = &self.names[i];
-        File::open(name, &self.root.join(name))
+        super::nesting::open_checked(name, &self.root.join(name))
     }
 
     fn lock(&self) -> MutexGuard<'_, Slots> {

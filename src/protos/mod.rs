@@ -3,19 +3,20 @@
 //! Imports resolve, in order, against the folder itself, the extra `-I` roots, the `google/api` and
 //! `google/rpc` files bundled in this binary, and protox's bundled well-known types.
 
+use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use miette::Diagnostic as _;
 use prost_reflect::DescriptorPool;
-use protox::file::{
-    ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver,
-};
+use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver};
 use walkdir::WalkDir;
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
 
 mod ahead;
+pub mod nesting;
 use ahead::ParseAhead;
+use nesting::CheckedInclude;
 
 /// Files compiled into every pool whether or not a user proto imports them: `google.rpc.Status` and the
 /// standard error details are what handler `error.details` are written in.
@@ -96,9 +97,9 @@ fn load_with_helpers(
     let mut resolver = ChainFileResolver::new();
     // First, so the folder's files come parsed; anything else falls through to the folder itself.
     resolver.add(ahead.clone());
-    resolver.add(IncludeFileResolver::new(root.to_path_buf()));
+    resolver.add(CheckedInclude(root.to_path_buf()));
     for dir in include_roots {
-        resolver.add(IncludeFileResolver::new(dir.clone()));
+        resolver.add(CheckedInclude(dir.clone()));
     }
     resolver.add(BundledResolver);
     resolver.add(GoogleFileResolver::new());
@@ -107,7 +108,11 @@ fn load_with_helpers(
     compiler.include_imports(true);
     std::thread::scope(|scope| {
         for _ in 0..helpers(files.len()) {
-            scope.spawn(|| ahead.help());
+            // A failed spawn only means the compiler parses that share itself.
+            let _ = std::thread::Builder::new()
+                .name("protodrop-parse".into())
+                .stack_size(crate::registry::BUILD_STACK)
+                .spawn_scoped(scope, || ahead.help());
         }
         let _stop_helpers = ahead.close_on_drop();
         for name in ALWAYS_LOADED
@@ -116,18 +121,97 @@ fn load_with_helpers(
             .map(str::to_string)
             .chain(files.iter().cloned())
         {
-            if let Err(err) = compiler.open_file(&name) {
-                problems.push(to_diagnostic(&err, root, include_roots));
+            // Should protox or prost-reflect panic on some input, the file being compiled is named;
+            // the compiler's state is not trusted after that, so nothing more is compiled.
+            match panic::catch_unwind(AssertUnwindSafe(|| compiler.open_file(&name).err())) {
+                Ok(None) => {}
+                Ok(Some(err)) => problems.push(to_diagnostic(&err, root, include_roots)),
+                Err(panic) => {
+                    problems.push(Diagnostic::file(
+                        root.join(&name),
+                        format!(
+                            "the proto compiler failed on this file or one it imports: {}",
+                            crate::registry::panic_message(&panic)
+                        ),
+                    ));
+                    return;
+                }
             }
         }
     });
     problems.into_result()?;
     // The pool straight from the compiler keeps custom options such as `google.api.http`
     // (rebuilding it from `file_descriptor_set()` loses them).
-    Ok(Protos {
-        pool: compiler.descriptor_pool(),
-        files,
-    })
+    let pool =
+        panic::catch_unwind(AssertUnwindSafe(|| compiler.descriptor_pool())).map_err(|panic| {
+            Diagnostics(vec![Diagnostic::file(
+                root,
+                format!(
+                    "building the descriptor pool failed: {}",
+                    crate::registry::panic_message(&panic)
+                ),
+            )])
+        })?;
+    check_method_options(&pool, root, include_roots)?;
+    Ok(Protos { pool, files })
+}
+
+/// Decodes every method's options once, as transcoding will: prost-reflect panics on options it
+/// cannot decode (nested past prost's recursion limit through a dotted option name, which the
+/// nesting check does not count). Such a method is reported at its option's line.
+fn check_method_options(
+    pool: &DescriptorPool,
+    root: &Path,
+    include_roots: &[PathBuf],
+) -> Result<(), Diagnostics> {
+    let mut problems = Diagnostics::default();
+    for method in pool
+        .services()
+        .flat_map(|s| s.methods().collect::<Vec<_>>())
+    {
+        if method.method_descriptor_proto().options.is_none() {
+            continue;
+        }
+        let Err(panic) = panic::catch_unwind(AssertUnwindSafe(|| drop(method.options()))) else {
+            continue;
+        };
+        let file = method.parent_file();
+        let message = format!(
+            "the options of {} cannot be read (nested too deeply?): {}",
+            method.full_name(),
+            crate::registry::panic_message(&panic)
+        );
+        let path = std::iter::once(root)
+            .chain(include_roots.iter().map(PathBuf::as_path))
+            .map(|dir| dir.join(file.name()))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| root.join(file.name()));
+        // The option's own location (MethodDescriptorProto field 4 is `options`), else the method's.
+        let mut option_path = method.path().to_vec();
+        option_path.push(4);
+        let span = file
+            .file_descriptor_proto()
+            .source_code_info
+            .as_ref()
+            .and_then(|info| {
+                let at = |p: &[i32]| info.location.iter().find(|l| l.path.starts_with(p));
+                at(&option_path)
+                    .or_else(|| at(method.path()))
+                    .map(|l| l.span.clone())
+            });
+        let source = std::fs::read_to_string(&path).ok();
+        problems.push(match span.as_deref() {
+            Some([line, column, ..]) => Diagnostic::at_line(
+                path,
+                source.as_deref(),
+                *line as usize + 1,
+                *column as usize + 1,
+                message,
+            ),
+            _ => Diagnostic::file(path, message),
+        });
+    }
+    problems.into_result()
 }
 
 /// Relative names of every `*.proto` under `root`, sorted.
@@ -157,6 +241,9 @@ fn find_protos(root: &Path, problems: &mut Diagnostics) -> Vec<String> {
 
 /// A protox error (a miette diagnostic) as file:line:column with the offending line.
 fn to_diagnostic(err: &protox::Error, root: &Path, include_roots: &[PathBuf]) -> Diagnostic {
+    if let Some(d) = nesting::diagnostic_of(err) {
+        return d.clone();
+    }
     let mut message = err.to_string();
     if let Some(help) = err.help() {
         message.push_str(&format!(" (help: {help})"));
@@ -299,5 +386,56 @@ mod tests {
         at("f040.proto", 5); // the syntax error
         at("f090.proto", 3); // the missing import
         at("f110.proto", 4); // the second definition of p.M3
+    }
+}
+
+#[cfg(test)]
+mod nesting_tests {
+    use super::*;
+
+    /// A `google.api.http` option whose `additional_bindings` nest `levels` deep, and messages
+    /// declared 30 deep (protox's own limit for those is 31).
+    fn deep_file(levels: usize) -> String {
+        let mut binding = String::from("get: \"/x\"");
+        for _ in 0..levels {
+            binding = format!("get: \"/x\" additional_bindings {{ {binding} }}");
+        }
+        let mut message = String::from("string a = 1;");
+        for i in 0..30 {
+            message = format!("message N{i} {{ {message} }}");
+        }
+        format!(
+            "syntax = \"proto3\";\npackage t;\nimport \"google/api/annotations.proto\";\n\
+             message M {{ {message} }}\nservice S {{\n  rpc Get(M) returns (M) {{\n    \
+             option (google.api.http) = {{ {binding} }};\n  }}\n}}\n"
+        )
+    }
+
+    /// Measures the stack a file at the limit takes: it must load on a thread with a quarter of
+    /// `BUILD_STACK` (the margin against what an optimised or a future build takes).
+    #[test]
+    fn a_file_at_the_nesting_limit_loads_with_a_quarter_of_the_build_stack() {
+        let dir = tempfile::tempdir().unwrap();
+        // service + rpc + the option's own braces: 3 levels around the bindings.
+        std::fs::write(
+            dir.path().join("t.proto"),
+            deep_file(nesting::MAX_NESTING - 3),
+        )
+        .unwrap();
+        let path = dir.path().to_path_buf();
+        let loaded = std::thread::Builder::new()
+            .stack_size(crate::registry::BUILD_STACK / 4)
+            .spawn(move || load_with_helpers(&path, &[], |_| 0).map(|p| p.files))
+            .unwrap()
+            .join()
+            .expect("no panic, no overflow");
+        assert_eq!(loaded.unwrap(), vec!["t.proto".to_string()]);
+
+        std::fs::write(dir.path().join("t.proto"), deep_file(5_000)).unwrap();
+        let err = load_with_helpers(dir.path(), &[], |_| 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("t.proto:7:"), "{err}");
+        assert!(err.contains("nested more than 64 levels"), "{err}");
     }
 }
