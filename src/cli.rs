@@ -97,6 +97,11 @@ pub struct SourceArgs {
     #[arg(long, help_heading = "Script limits", env = "PROTODROP_SCRIPT_MAX_MAP_SIZE", default_value_t = ScriptLimits::default().max_map_size, value_name = "N")]
     pub script_max_map_size: usize,
 
+    /// Most memory one script call may hold (its values, the request shown to it), in bytes
+    /// (suffixes KiB, MiB allowed); past it the call ends with RESOURCE_EXHAUSTED. 0 = no limit.
+    #[arg(long, help_heading = "Script limits", env = "PROTODROP_SCRIPT_MAX_MEMORY", default_value = "64MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub script_max_memory: usize,
+
     /// Longest one script call may run (wall clock) before it ends with DEADLINE_EXCEEDED; 0 = no limit.
     #[arg(long, help_heading = "Script limits", env = "PROTODROP_SCRIPT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub script_timeout: std::time::Duration,
@@ -115,6 +120,7 @@ impl SourceArgs {
                 max_string_size: self.script_max_string_size,
                 max_array_size: self.script_max_array_size,
                 max_map_size: self.script_max_map_size,
+                max_memory: self.script_max_memory,
                 max_duration: self.script_timeout,
             },
         }
