@@ -146,6 +146,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PROTODROP_MAX_MESSAGE_SIZE", default_value = "4MiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_message_size: usize,
 
+    /// Most memory one request may take once decoded, estimated from its bytes before decoding
+    /// (suffixes KiB, MiB allowed): a small message can decode to many times its size (millions of
+    /// empty entries); larger ones get RESOURCE_EXHAUSTED. 0 = no limit.
+    #[arg(long, env = "PROTODROP_MAX_REQUEST_MEMORY", default_value = "64MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub max_request_memory: usize,
+
     /// Threads serving calls [default: one per core this process may use]. With 1 (the default on one
     /// core), a single-threaded scheduler serves everything, which on one core answers more calls per
     /// second than a multi-threaded one. Scripts that wait (next(), sleep()) run on threads of their own.

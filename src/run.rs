@@ -160,6 +160,7 @@ fn serve_on(
         let settings = ServiceSettings {
             max_message_size: args.max_message_size,
         };
+        crate::codec::decoded::set_max_request_memory(args.max_request_memory);
         tracing::info!(cors = %cors, "gRPC-Web on");
         // On a signal the server stops accepting and lets calls in flight finish, for at most the
         // grace period; then they are cut and the process exits 0 all the same.

@@ -46,3 +46,59 @@ for i in 0..500 { m[`k${i}`] = s + i; }
     let peak = peak_mib(&s);
     assert!(peak < 4 * 64 + 64, "the server's peak RSS was {peak} MiB");
 }
+
+/// The bundled seeds, as shipped in protos/ and handlers/.
+fn seeds() -> Server {
+    Server::start(
+        &[
+            ("users.proto", include_str!("../protos/users.proto")),
+            ("faceserver.proto", include_str!("../protos/faceserver.proto")),
+        ],
+        &[
+            ("users.toml", include_str!("../handlers/users.toml")),
+            ("faceserver.toml", include_str!("../handlers/faceserver.toml")),
+        ],
+    )
+}
+
+/// 2,000,000 empty entries of field 1 (`0a 00` each): a 4 MB request, under the 4 MiB
+/// `--max-message-size`, that decodes to over a hundred megabytes.
+fn empty_entries() -> bytes::Bytes {
+    frame(false, &[0x0a, 0x00].repeat(2_000_000))
+}
+
+/// Issue 16 item 4: `users.Users/GetUsers` (a server stream, one reply per entry) held ~120 MB per
+/// call while its replies were unread, 1.2 GB for ten calls on one connection;
+/// `faceserver.Recognition/registration` (a reply listing one id per entry) peaked at 283 MB. Both
+/// requests are now refused before they are decoded, four at once on one connection, and the
+/// server's peak RSS grows by about the requests' own bytes.
+#[tokio::test]
+async fn requests_of_millions_of_empty_entries_are_refused_before_decoding() {
+    let s = seeds();
+    let conn = Conn::connect(s.addr).await;
+    let before = peak_mib(&s);
+    for path in [
+        "/users.Users/GetUsers",
+        "/faceserver.Recognition/registration",
+    ] {
+        let calls = (0..4).map(|_| {
+            let mut conn = conn.clone();
+            async move { conn.call(path, &[], empty_entries()).await }
+        });
+        for answer in join_all(calls).await {
+            let message = answer.expect_status(Code::ResourceExhausted);
+            assert!(message.contains("--max-request-memory"), "{path}: {message}");
+        }
+    }
+    let peak = peak_mib(&s);
+    assert!(
+        peak < before + 64,
+        "the server's peak RSS grew from {before} MiB to {peak} MiB"
+    );
+    // A request of ordinary size is answered as before.
+    let mut conn = conn.clone();
+    let one_user = frame(false, &[0x0a, 0x05, 0x0a, 0x01, b'a', 0x10, 0x07]);
+    let answer = conn.call("/users.Users/GetUsers", &[], one_user).await;
+    assert_eq!(answer.grpc_status(), Some(0), "{}", answer.grpc_message());
+    assert_eq!(answer.messages().len(), 1);
+}

@@ -54,12 +54,15 @@ impl Codec {
     fn decode(self, desc: &MessageDescriptor, bytes: &[u8]) -> Result<DynamicMessage, Status> {
         match self {
             Codec::Json => json::decode(desc, bytes),
-            Codec::Proto => DynamicMessage::decode(desc.clone(), bytes).map_err(|e| {
+            Codec::Proto => {
+                crate::codec::decoded::check(desc, bytes)?;
+                DynamicMessage::decode(desc.clone(), bytes).map_err(|e| {
                 Status::invalid_argument(format!(
                     "request is not a valid {}: {e}",
                     desc.full_name()
                 ))
-            }),
+            })
+            }
         }
     }
 
