@@ -102,3 +102,98 @@ async fn requests_of_millions_of_empty_entries_are_refused_before_decoding() {
     assert_eq!(answer.grpc_status(), Some(0), "{}", answer.grpc_message());
     assert_eq!(answer.messages().len(), 1);
 }
+
+/// A `t.Req` whose `name` is `len` bytes.
+fn named(len: usize) -> bytes::Bytes {
+    frame(false, &string_field(1, &vec![b'n'; len]))
+}
+
+/// Issue 16 item 4: a reply repeating `{{request.name}}` 100 times was built whole (400 MB for a 4 MB
+/// name: 905 MB peak for one call, 2.78 GB for eight) before the 4 MiB check. It now stops as soon
+/// as it passes `--max-message-size`, on the direct path (unary, server stream: compiled emitters)
+/// and on the general one (a client stream renders the template), four calls at once.
+#[tokio::test]
+async fn a_reply_repeating_a_large_field_stops_at_the_message_size_limit() {
+    let text = "{{request.name}}".repeat(100);
+    let handler = rules(&[
+        ("t.Svc/Unary", &format!("reply.text = \"{text}\"")),
+        (
+            "t.Svc/ServerStream",
+            &format!("stream.repeat = 2\nstream.message.text = \"{text}\""),
+        ),
+        ("t.Svc/ClientStream", &format!("reply.text = \"{text}\"")),
+    ]);
+    let s = start_t(&handler);
+    let conn = Conn::connect(s.addr).await;
+    let before = peak_mib(&s);
+    for path in ["/t.Svc/Unary", "/t.Svc/ServerStream", "/t.Svc/ClientStream"] {
+        let calls = (0..4).map(|_| {
+            let mut conn = conn.clone();
+            async move { conn.call(path, &[], named(4_000_000)).await }
+        });
+        for answer in join_all(calls).await {
+            let message = answer.expect_status(Code::ResourceExhausted);
+            assert!(message.contains("--max-message-size"), "{path}: {message}");
+        }
+    }
+    let peak = peak_mib(&s);
+    assert!(
+        peak < before + 100,
+        "the server's peak RSS grew from {before} MiB to {peak} MiB"
+    );
+    // Under the limit, the same template answers.
+    let mut conn = conn.clone();
+    let answer = conn.call("/t.Svc/Unary", &[], named(1000)).await;
+    assert_eq!(answer.grpc_status(), Some(0), "{}", answer.grpc_message());
+}
+
+/// Issue 16 item 4: a response header templated from a 4 MB request field was sent as it was. A
+/// header, trailer or error message built from templates is now bounded (16 KiB for each set):
+/// past it the call ends with RESOURCE_EXHAUSTED saying which, on both paths.
+#[tokio::test]
+async fn headers_trailers_and_error_messages_built_from_a_large_field_are_refused() {
+    let handler = rules(&[
+        (
+            "t.Svc/Unary",
+            "headers.x-name = \"{{request.name}}\"\nreply.text = \"hi\"",
+        ),
+        (
+            "t.Svc/Echo",
+            "trailers.x-name = \"{{request.name}}\"\nreply = \"{{request}}\"",
+        ),
+        (
+            "t.Svc/ClientStream",
+            "error.code = \"NOT_FOUND\"\nerror.message = \"no {{request.name}}\"",
+        ),
+    ]);
+    let s = start_t(&handler);
+    let mut conn = Conn::connect(s.addr).await;
+    for (path, what) in [
+        ("/t.Svc/Unary", "headers"),
+        ("/t.Svc/Echo", "trailers"),
+        ("/t.Svc/ClientStream", "error message"),
+    ] {
+        let answer = conn.call(path, &[], named(4_000_000)).await;
+        let message = answer.expect_status(Code::ResourceExhausted);
+        assert!(message.contains(what), "{path}: {message}");
+        assert!(
+            answer.headers.values().all(|v| v.len() < 16 << 10),
+            "{path}: {:?}",
+            answer.headers.keys().collect::<Vec<_>>()
+        );
+        // A name of ordinary length is still copied.
+        let answer = conn.call(path, &[], named(100)).await;
+        let name = "n".repeat(100);
+        let all: Vec<String> = answer
+            .headers
+            .values()
+            .chain(answer.trailers.iter().flat_map(|t| t.values()))
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        assert!(
+            all.iter().any(|v| v.contains(&name)),
+            "{path}: {all:?} {}",
+            answer.grpc_message()
+        );
+    }
+}

@@ -157,7 +157,7 @@ async fn call(
         }
     };
     let metadata = wire::request_metadata(&parts.headers);
-    let response = respond(state.clone(), method.clone(), metadata, incoming).await?;
+    let response = respond(state.clone(), method.clone(), metadata, incoming, limit).await?;
     if method.desc.is_server_streaming() {
         return stream_reply(state, route, response, limit).await;
     }
