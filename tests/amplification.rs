@@ -148,8 +148,8 @@ async fn a_reply_repeating_a_large_field_stops_at_the_message_size_limit() {
 }
 
 /// Issue 16 item 4: a response header templated from a 4 MB request field was sent as it was. A
-/// header, trailer or error message built from templates is now bounded (16 KiB for each set):
-/// past it the call ends with RESOURCE_EXHAUSTED saying which, on both paths.
+/// header, trailer or error message built from templates, or headers a script sets, are now bounded
+/// (16 KiB for each set): past it the call ends with RESOURCE_EXHAUSTED saying which.
 #[tokio::test]
 async fn headers_trailers_and_error_messages_built_from_a_large_field_are_refused() {
     let handler = rules(&[
@@ -165,15 +165,21 @@ async fn headers_trailers_and_error_messages_built_from_a_large_field_are_refuse
             "t.Svc/ClientStream",
             "error.code = \"NOT_FOUND\"\nerror.message = \"no {{request.name}}\"",
         ),
+        (
+            "t.Svc/ServerStream",
+            "code = '''\nheader(\"x-name\", request.name);\nsend(#{ text: \"hi\" });\n'''",
+        ),
     ]);
     let s = start_t(&handler);
     let mut conn = Conn::connect(s.addr).await;
-    for (path, what) in [
-        ("/t.Svc/Unary", "headers"),
-        ("/t.Svc/Echo", "trailers"),
-        ("/t.Svc/ClientStream", "error message"),
+    // A script is shown strings up to --script-max-string-size (1 MiB): 100 kB for it.
+    for (path, what, len) in [
+        ("/t.Svc/Unary", "headers", 4_000_000),
+        ("/t.Svc/Echo", "trailers", 4_000_000),
+        ("/t.Svc/ClientStream", "error message", 4_000_000),
+        ("/t.Svc/ServerStream", "headers", 100_000),
     ] {
-        let answer = conn.call(path, &[], named(4_000_000)).await;
+        let answer = conn.call(path, &[], named(len)).await;
         let message = answer.expect_status(Code::ResourceExhausted);
         assert!(message.contains(what), "{path}: {message}");
         assert!(

@@ -36,6 +36,7 @@ use tonic::metadata::{
 };
 use tonic::{Code, Status};
 
+use super::budget::MAX_METADATA_SIZE;
 use super::script_convert::{dynamic_to_message, encode_message};
 use super::script_lazy::{self, plain, LazyMessage};
 use crate::diagnostic::Diagnostic;
@@ -854,13 +855,17 @@ fn register_api(engine: &mut Engine) {
                     "header(): headers were already sent; set them before the first send()",
                 ));
             }
-            add_metadata(&mut state.headers, &key, &text(&value))
+            let value = text(&value);
+            check_room(&state.headers, &key, &value, "header")?;
+            add_metadata(&mut state.headers, &key, &value)
                 .map_err(|e| api_error(Code::Unknown, format!("header(): {e}")))
         })
     });
     engine.register_fn("trailer", |key: ImmutableString, value: Dynamic| {
         with_call(|state| {
-            add_metadata(&mut state.trailers, &key, &text(&value))
+            let value = text(&value);
+            check_room(&state.trailers, &key, &value, "trailer")?;
+            add_metadata(&mut state.trailers, &key, &value)
                 .map_err(|e| api_error(Code::Unknown, format!("trailer(): {e}")))
         })
     });
@@ -1078,6 +1083,31 @@ fn metadata_to_map(metadata: &MetadataMap) -> rhai::Map {
 }
 
 /// Adds one response header or trailer. Keys are lower-cased; `-bin` keys take base64 values.
+/// A script's headers (or trailers) stay within what a template's may build
+/// ([`MAX_METADATA_SIZE`]): RESOURCE_EXHAUSTED before one that would pass it is added.
+fn check_room(
+    map: &MetadataMap,
+    key: &str,
+    value: &str,
+    what: &str,
+) -> Result<(), Box<EvalAltResult>> {
+    let used: usize = map
+        .as_ref()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if used + key.len() + value.len() > MAX_METADATA_SIZE {
+        return Err(api_error(
+            Code::ResourceExhausted,
+            format!(
+                "{what}(): the response {what}s would be larger than the limit of \
+                 {MAX_METADATA_SIZE} bytes"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn add_metadata(map: &mut MetadataMap, key: &str, value: &str) -> Result<(), String> {
     let key = key.to_ascii_lowercase();
     if key.ends_with("-bin") {
