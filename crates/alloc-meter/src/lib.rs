@@ -96,8 +96,10 @@ mod tests {
     #[test]
     fn other_threads_do_not_count_here() {
         let before = net_allocated();
+        // Starting and joining a thread allocates a little here; its megabyte is counted there.
         let kept = std::thread::spawn(|| vec![0u8; 1 << 20]).join().unwrap();
-        assert_eq!(net_allocated(), before);
+        assert!((net_allocated() - before).abs() < 64 << 10);
+        let before = net_allocated();
         drop(kept); // freed here: this thread's count goes below where it was
         assert_eq!(net_allocated(), before - (1 << 20));
     }
