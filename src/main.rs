@@ -19,7 +19,8 @@ use protodrop::run;
 /// Metered: each thread keeps its net allocated bytes, which is how one script call's memory is
 /// bounded (`--script-max-memory`, see `handlers::script`).
 #[global_allocator]
-static ALLOCATOR: alloc_meter::Metered<mimalloc::MiMalloc> = alloc_meter::Metered(mimalloc::MiMalloc);
+static ALLOCATOR: alloc_meter::Metered<mimalloc::MiMalloc> =
+    alloc_meter::Metered(mimalloc::MiMalloc);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -129,7 +129,10 @@ fn single_answer(
                 Box::pin(once_then_trailers(reply, trailers)),
             ))
         }
-        Answer::Error(error) => Err(with_metadata(render_error(error, scope), [headers, trailers])),
+        Answer::Error(error) => Err(with_metadata(
+            render_error(error, scope),
+            [headers, trailers],
+        )),
         Answer::Stream(_) | Answer::Script(_) => Err(Status::internal(format!(
             "the rule at {} cannot answer with a single message",
             rule.origin

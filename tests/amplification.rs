@@ -44,6 +44,7 @@ for i in 0..500 { m[`k${i}`] = s + i; }
     }
     // Four calls at once, each stopped at 64 MiB (plus at most one string past it).
     let peak = peak_mib(&s);
+    eprintln!("peak RSS {peak} MiB");
     assert!(peak < 4 * 64 + 64, "the server's peak RSS was {peak} MiB");
 }
 
@@ -52,11 +53,17 @@ fn seeds() -> Server {
     Server::start(
         &[
             ("users.proto", include_str!("../protos/users.proto")),
-            ("faceserver.proto", include_str!("../protos/faceserver.proto")),
+            (
+                "faceserver.proto",
+                include_str!("../protos/faceserver.proto"),
+            ),
         ],
         &[
             ("users.toml", include_str!("../handlers/users.toml")),
-            ("faceserver.toml", include_str!("../handlers/faceserver.toml")),
+            (
+                "faceserver.toml",
+                include_str!("../handlers/faceserver.toml"),
+            ),
         ],
     )
 }
@@ -87,10 +94,14 @@ async fn requests_of_millions_of_empty_entries_are_refused_before_decoding() {
         });
         for answer in join_all(calls).await {
             let message = answer.expect_status(Code::ResourceExhausted);
-            assert!(message.contains("--max-request-memory"), "{path}: {message}");
+            assert!(
+                message.contains("--max-request-memory"),
+                "{path}: {message}"
+            );
         }
     }
     let peak = peak_mib(&s);
+    eprintln!("peak RSS {before} -> {peak} MiB");
     assert!(
         peak < before + 64,
         "the server's peak RSS grew from {before} MiB to {peak} MiB"
@@ -137,6 +148,7 @@ async fn a_reply_repeating_a_large_field_stops_at_the_message_size_limit() {
         }
     }
     let peak = peak_mib(&s);
+    eprintln!("peak RSS {before} -> {peak} MiB");
     assert!(
         peak < before + 100,
         "the server's peak RSS grew from {before} MiB to {peak} MiB"

@@ -57,11 +57,11 @@ impl Codec {
             Codec::Proto => {
                 crate::codec::decoded::check(desc, bytes)?;
                 DynamicMessage::decode(desc.clone(), bytes).map_err(|e| {
-                Status::invalid_argument(format!(
-                    "request is not a valid {}: {e}",
-                    desc.full_name()
-                ))
-            })
+                    Status::invalid_argument(format!(
+                        "request is not a valid {}: {e}",
+                        desc.full_name()
+                    ))
+                })
             }
         }
     }

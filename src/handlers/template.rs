@@ -670,9 +670,11 @@ impl ValueTemplate {
         }
         match self {
             ValueTemplate::Const(v) => Ok(v.clone()),
-            ValueTemplate::Whole(path) => {
-                charge(coerce(path.resolve(scope).map(Cow::into_owned), &path.ty, kind)?)
-            }
+            ValueTemplate::Whole(path) => charge(coerce(
+                path.resolve(scope).map(Cow::into_owned),
+                &path.ty,
+                kind,
+            )?),
             ValueTemplate::Text(text) => charge(parse_text(text.render(scope), kind)?),
             ValueTemplate::Message(m) => m.render(scope).map(Value::Message),
             _ => Err("nested lists are not allowed in protobuf".into()),

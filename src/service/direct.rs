@@ -90,12 +90,13 @@ pub(super) async fn unary(
         return script_reply(script, direct, request, metadata, message).await;
     }
     let scope = Scope::new(None, &metadata);
-    let rendered = budget::bounded_metadata("headers", || rule.headers(&scope)).and_then(|headers| {
-        Ok((
-            headers,
-            budget::bounded_metadata("trailers", || rule.trailers(&scope))?,
-        ))
-    });
+    let rendered =
+        budget::bounded_metadata("headers", || rule.headers(&scope)).and_then(|headers| {
+            Ok((
+                headers,
+                budget::bounded_metadata("trailers", || rule.trailers(&scope))?,
+            ))
+        });
     match rendered {
         Ok((headers, trailers)) => Unary::Reply(UnaryReply {
             headers,
@@ -280,7 +281,8 @@ fn bidi(
     limit: usize,
 ) -> Result<Response<EncodedStream>, Status> {
     let rule = &only(&method).rule;
-    let headers = budget::bounded_metadata("headers", || rule.headers(&Scope::new(None, &metadata)))?;
+    let headers =
+        budget::bounded_metadata("headers", || rule.headers(&Scope::new(None, &metadata)))?;
     if rule.delay.is_none() && rule.trailers.is_empty() {
         let replies = BidiReplies {
             method,

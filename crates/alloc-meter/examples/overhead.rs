@@ -40,5 +40,8 @@ fn main() {
         b.push(pairs(&metered));
     }
     let (a, b) = (median(a), median(b));
-    println!("mimalloc: {a:.2} ns per alloc+free; metered: {b:.2} ns (+{:.2} ns)", b - a);
+    println!(
+        "mimalloc: {a:.2} ns per alloc+free; metered: {b:.2} ns (+{:.2} ns)",
+        b - a
+    );
 }
