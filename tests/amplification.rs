@@ -4,6 +4,7 @@
 //! (VmHWM of the real process) shows that the memory was never taken.
 
 mod common;
+mod http_client;
 mod raw;
 
 use common::*;
@@ -112,6 +113,36 @@ async fn requests_of_millions_of_empty_entries_are_refused_before_decoding() {
     let answer = conn.call("/users.Users/GetUsers", &[], one_user).await;
     assert_eq!(answer.grpc_status(), Some(0), "{}", answer.grpc_message());
     assert_eq!(answer.messages().len(), 1);
+}
+
+/// The same over Connect with JSON: `{"path_list":["","",…]}` (4 MB, 1,333,333 empty strings)
+/// decoded to over a hundred megabytes too; it is now refused before it is parsed.
+#[tokio::test]
+async fn a_json_request_of_millions_of_empty_entries_is_refused_before_parsing() {
+    let s = seeds();
+    let mut body = String::from("{\"path_list\":[\"\"");
+    body.push_str(&",\"\"".repeat(1_333_332));
+    body.push_str("]}");
+    let before = peak_mib(&s);
+    let reply = http_client::send(
+        s.addr,
+        "POST",
+        "/faceserver.Recognition/registration",
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await;
+    assert_eq!(reply.status, 429, "{}", reply.text());
+    let error = reply.json();
+    assert_eq!(error["code"], "resource_exhausted", "{error}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(message.contains("--max-request-memory"), "{message}");
+    let peak = peak_mib(&s);
+    eprintln!("peak RSS {before} -> {peak} MiB");
+    assert!(
+        peak < before + 32,
+        "the server's peak RSS grew from {before} MiB to {peak} MiB"
+    );
 }
 
 /// A `t.Req` whose `name` is `len` bytes.

@@ -8,7 +8,8 @@
 //! message's descriptor, charging each value what the decoded form takes, and stops as soon as the
 //! limit is passed. It runs only on requests large enough to possibly pass the limit (see
 //! [`MAX_PER_BYTE`]), so small calls never pay for it. Malformed bytes end the estimate: decoding
-//! then reports them as it always has.
+//! then reports them as it always has. JSON requests (Connect, HTTP/JSON) are estimated from their
+//! punctuation ([`check_json`]): `[{},{},…]` expands as much as empty entries do.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -58,6 +59,53 @@ pub fn check(desc: &MessageDescriptor, bytes: &[u8]) -> Result<(), Status> {
             bytes.len()
         ))),
     }
+}
+
+/// The most one byte of JSON can cost decoded (`{},` — its parsed form included — is three bytes
+/// charged an object).
+const JSON_MAX_PER_BYTE: usize = (VALUE + MESSAGE + FIELD_NODE).div_ceil(2);
+
+/// [`check`] for a JSON request body (`name`: the type it is read as). Each object is charged a
+/// value, a message and a field node, each further element or field a value, each byte of text
+/// one byte: near what decoding takes for lists of small objects or scalars, the shapes that expand.
+pub fn check_json(name: &str, text: &[u8]) -> Result<(), Status> {
+    let limit = MAX_REQUEST_MEMORY.load(Ordering::Relaxed);
+    if limit == 0 || text.len().saturating_mul(JSON_MAX_PER_BYTE) <= limit {
+        return Ok(());
+    }
+    let mut left = limit;
+    let (mut in_string, mut escaped) = (false, false);
+    let mut result = spend(&mut left, text.len());
+    for &b in text {
+        if result.is_err() {
+            break;
+        }
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        result = match b {
+            b'"' => {
+                in_string = true;
+                Ok(())
+            }
+            b'{' => spend(&mut left, VALUE + MESSAGE + FIELD_NODE),
+            b',' => spend(&mut left, VALUE),
+            _ => Ok(()),
+        };
+    }
+    result.map_err(|Over| {
+        Status::resource_exhausted(format!(
+            "the {name} request ({} bytes of JSON) would take more than {limit} bytes of memory \
+             decoded (--max-request-memory)",
+            text.len()
+        ))
+    })
 }
 
 struct Over;
