@@ -185,3 +185,45 @@ fn estimate(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> MessageDescriptor {
+        let pool = crate::protos::compile_texts(&[(
+            "d.proto",
+            r#"syntax = "proto3"; package d;
+               message Item { uint32 id = 1; }
+               message Req { string name = 1; repeated Item items = 2; repeated int32 nums = 3; }"#,
+        )]);
+        pool.get_message_by_name("d.Req").unwrap()
+    }
+
+    /// Field `number`, length-delimited, `payload`.
+    fn field(number: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![number << 3 | 2];
+        prost::encoding::encode_varint(payload.len() as u64, &mut out);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn a_large_string_or_packed_list_passes_and_millions_of_entries_do_not() {
+        let desc = req();
+        // 4 MB of text, and 1M packed ints: a few megabytes and 64 MB decoded.
+        check(&desc, &field(1, &vec![b'x'; 4_000_000])).unwrap();
+        check(&desc, &field(3, &vec![1u8; 1_000_000])).unwrap();
+        // 2M empty items: 2M messages.
+        let err = check(&desc, &[0x12, 0x00].repeat(2_000_000)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err.message().contains("--max-request-memory"), "{err:?}");
+        // 500k items with an id: each a message with a field node.
+        check(&desc, &[0x12, 0x02, 0x08, 0x01].repeat(500_000)).unwrap_err();
+        // JSON: the same text passes, an array of many objects does not.
+        let text = format!("{{\"name\":\"{}\"}}", "{,}".repeat(1_000_000));
+        check_json("d.Req", text.as_bytes()).unwrap();
+        let items = format!("{{\"items\":[{}{{}}]}}", "{},".repeat(1_000_000));
+        check_json("d.Req", items.as_bytes()).unwrap_err();
+    }
+}
