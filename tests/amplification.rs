@@ -246,3 +246,52 @@ async fn headers_trailers_and_error_messages_built_from_a_large_field_are_refuse
         );
     }
 }
+
+/// `--script-max-memory` counts what a call holds, not what it has sent: a streaming script (run
+/// on a helper thread of its own) may send far more than the limit in total, and is still stopped
+/// when it holds too much.
+#[tokio::test]
+async fn a_streaming_script_is_metered_on_its_own_thread_and_what_it_sends_is_not_held() {
+    let send_much = r#"
+let s = "x";
+s.pad(200000, 'y');
+for i in 0..500 { send(#{ text: s }); }
+"#;
+    let hold_much = r#"
+let s = "x";
+s.pad(1000000, 'y');
+let kept = #{};
+for i in 0..500 { kept[`k${i}`] = s + i; send(#{ num: i }); }
+"#;
+    let s = Server::start_with(
+        &t_proto(),
+        &[(
+            "t.toml",
+            &rules(&[
+                (
+                    "t.Svc/ServerStream",
+                    &format!("when.request.name = \"send\"\ncode = '''\n{send_much}\n'''"),
+                ),
+                (
+                    "t.Svc/ServerStream",
+                    &format!("code = '''\n{hold_much}\n'''"),
+                ),
+            ]),
+        )],
+        Options::default().arg("--script-max-memory").arg("16MiB"),
+    );
+    let c = s.client().await;
+    let sent = c
+        .server_stream("t.Svc/ServerStream", json!({ "name": "send" }))
+        .await;
+    sent.ok();
+    assert_eq!(sent.messages.len(), 500);
+    let held = c.server_stream("t.Svc/ServerStream", json!({})).await;
+    let message = held.err(Code::ResourceExhausted);
+    assert!(message.contains("--script-max-memory"), "{message}");
+    assert!(
+        (10..30).contains(&held.messages.len()),
+        "stopped after {} messages of 1 MB held",
+        held.messages.len()
+    );
+}
