@@ -97,6 +97,11 @@ pub struct SourceArgs {
     #[arg(long, help_heading = "Script limits", env = "PROTODROP_SCRIPT_MAX_MAP_SIZE", default_value_t = ScriptLimits::default().max_map_size, value_name = "N")]
     pub script_max_map_size: usize,
 
+    /// Most memory one script call may hold (its values, the request shown to it), in bytes
+    /// (suffixes KiB, MiB allowed); past it the call ends with RESOURCE_EXHAUSTED. 0 = no limit.
+    #[arg(long, help_heading = "Script limits", env = "PROTODROP_SCRIPT_MAX_MEMORY", default_value = "64MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub script_max_memory: usize,
+
     /// Longest one script call may run (wall clock) before it ends with DEADLINE_EXCEEDED; 0 = no limit.
     #[arg(long, help_heading = "Script limits", env = "PROTODROP_SCRIPT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub script_timeout: std::time::Duration,
@@ -115,6 +120,7 @@ impl SourceArgs {
                 max_string_size: self.script_max_string_size,
                 max_array_size: self.script_max_array_size,
                 max_map_size: self.script_max_map_size,
+                max_memory: self.script_max_memory,
                 max_duration: self.script_timeout,
             },
         }
@@ -139,6 +145,12 @@ pub struct ServeArgs {
     /// Largest message accepted or sent, in bytes (suffixes KiB, MiB allowed); larger ones get RESOURCE_EXHAUSTED.
     #[arg(long, env = "PROTODROP_MAX_MESSAGE_SIZE", default_value = "4MiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_message_size: usize,
+
+    /// Most memory one request may take once decoded, estimated from its bytes before decoding
+    /// (suffixes KiB, MiB allowed): a small message can decode to many times its size (millions of
+    /// empty entries); larger ones get RESOURCE_EXHAUSTED. 0 = no limit.
+    #[arg(long, env = "PROTODROP_MAX_REQUEST_MEMORY", default_value = "64MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub max_request_memory: usize,
 
     /// Threads serving calls [default: one per core this process may use]. With 1 (the default on one
     /// core), a single-threaded scheduler serves everything, which on one core answers more calls per

@@ -15,8 +15,12 @@ use protodrop::run;
 /// bench's 1,000-file tree on one core starts in about three quarters of the time; serving is no
 /// slower). Built without transparent huge pages (`no_thp`): with them, start-up was a little
 /// faster still but the idle server held twice the memory (27 MB against 14 MB).
+///
+/// Metered: each thread keeps its net allocated bytes, which is how one script call's memory is
+/// bounded (`--script-max-memory`, see `handlers::script`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc_meter::Metered<mimalloc::MiMalloc> =
+    alloc_meter::Metered(mimalloc::MiMalloc);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

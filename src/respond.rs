@@ -14,11 +14,14 @@ use tokio_util::task::AbortOnDropHandle;
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
 use tonic::{Response, Status};
 
-use crate::handlers::rule::{ok_with_trailers, ScriptMetadata, StreamAnswer, StreamSource};
+use crate::handlers::budget;
+use crate::handlers::rule::{
+    ok_with_trailers, ErrorTemplate, ScriptMetadata, StreamAnswer, StreamSource,
+};
 use crate::handlers::script::{
     Inline, Script, ScriptCall, ScriptEvent, ScriptOutcome, ScriptRequest,
 };
-use crate::handlers::template::Scope;
+use crate::handlers::template::{MessageTemplate, Scope};
 use crate::handlers::{Answer, MethodRules, Rule};
 use crate::registry::{Method, State};
 
@@ -34,6 +37,7 @@ pub async fn respond(
     method: Arc<Method>,
     metadata: MetadataMap,
     incoming: Incoming,
+    limit: usize,
 ) -> Result<Response<ReplyStream>, Status> {
     if method.rules.is_none() {
         return Err(Status::unimplemented(state.no_handler_message(&method)));
@@ -51,9 +55,9 @@ pub async fn respond(
         method.desc.is_client_streaming(),
         method.desc.is_server_streaming(),
     ) {
-        (false, _) => single_request(method, metadata, incoming).await,
-        (true, false) => client_stream(method, metadata, incoming).await,
-        (true, true) => bidi_stream(method, metadata, incoming).await,
+        (false, _) => single_request(method, metadata, incoming, limit).await,
+        (true, false) => client_stream(method, metadata, incoming, limit).await,
+        (true, true) => bidi_stream(method, metadata, incoming, limit).await,
     }
 }
 
@@ -73,6 +77,7 @@ async fn single_request(
     method: Arc<Method>,
     metadata: MetadataMap,
     mut incoming: Incoming,
+    limit: usize,
 ) -> Result<Response<ReplyStream>, Status> {
     let request = next_message(&mut incoming)
         .await?
@@ -92,8 +97,8 @@ async fn single_request(
             run_script(script, &method, Some(request), metadata, None, base).await
         }
         Answer::Stream(_) => {
-            let headers = rule.headers(&scope)?;
-            let trailers = rule.trailers(&scope)?;
+            let headers = headers_of(rule, &scope)?;
+            let trailers = trailers_of(rule, &scope)?;
             let rule_index = rules(&method)
                 .rules
                 .iter()
@@ -103,7 +108,7 @@ async fn single_request(
             let stream = async_stream::try_stream! {
                 let scope = Scope::new(Some(&request), &metadata);
                 let Answer::Stream(answer) = &rules(&method).rules[rule_index].answer else { unreachable!() };
-                let mut messages = std::pin::pin!(render_stream(answer, scope));
+                let mut messages = std::pin::pin!(render_stream(answer, scope, limit));
                 while let Some(message) = messages.next().await {
                     yield message?;
                 }
@@ -111,23 +116,30 @@ async fn single_request(
             };
             Ok(with_headers(headers, Box::pin(stream)))
         }
-        Answer::Reply(_) | Answer::Error(_) => single_answer(rule, &scope),
+        Answer::Reply(_) | Answer::Error(_) => single_answer(rule, &scope, limit),
     }
 }
 
 /// A rule's one reply, or its error, with the rule's headers and trailers.
-fn single_answer(rule: &Rule, scope: &Scope<'_>) -> Result<Response<ReplyStream>, Status> {
-    let headers = rule.headers(scope)?;
-    let trailers = rule.trailers(scope)?;
+fn single_answer(
+    rule: &Rule,
+    scope: &Scope<'_>,
+    limit: usize,
+) -> Result<Response<ReplyStream>, Status> {
+    let headers = headers_of(rule, scope)?;
+    let trailers = trailers_of(rule, scope)?;
     match &rule.answer {
         Answer::Reply(template) => {
-            let reply = template.render(scope).map_err(reply_error)?;
+            let reply = render_reply(template, scope, limit)?;
             Ok(with_headers(
                 headers,
                 Box::pin(once_then_trailers(reply, trailers)),
             ))
         }
-        Answer::Error(error) => Err(with_metadata(error.render(scope), [headers, trailers])),
+        Answer::Error(error) => Err(with_metadata(
+            render_error(error, scope),
+            [headers, trailers],
+        )),
         Answer::Stream(_) | Answer::Script(_) => Err(Status::internal(format!(
             "the rule at {} cannot answer with a single message",
             rule.origin
@@ -140,6 +152,7 @@ async fn client_stream(
     method: Arc<Method>,
     metadata: MetadataMap,
     mut incoming: Incoming,
+    limit: usize,
 ) -> Result<Response<ReplyStream>, Status> {
     let (mut first, mut last, mut count) = (None, None, 0u64);
     while let Some(message) = next_message(&mut incoming).await? {
@@ -160,7 +173,7 @@ async fn client_stream(
     if let Some(delay) = rule.delay {
         tokio::time::sleep(delay).await;
     }
-    single_answer(rule, &scope)
+    single_answer(rule, &scope, limit)
 }
 
 /// Bidi streaming: each incoming message is matched and answered at once. The first message's rule
@@ -169,6 +182,7 @@ async fn bidi_stream(
     method: Arc<Method>,
     metadata: MetadataMap,
     mut incoming: Incoming,
+    limit: usize,
 ) -> Result<Response<ReplyStream>, Status> {
     let Some(first) = next_message(&mut incoming).await? else {
         return Ok(Response::new(Box::pin(futures::stream::empty())));
@@ -178,7 +192,7 @@ async fn bidi_stream(
             count: Some(1),
             ..Scope::new(Some(&first), &metadata)
         };
-        select(&method, &scope)?.headers(&scope)?
+        headers_of(select(&method, &scope)?, &scope)?
     };
     let stream = async_stream::try_stream! {
         let mut next = Some(first);
@@ -191,16 +205,16 @@ async fn bidi_stream(
             if let Some(delay) = rule.delay {
                 tokio::time::sleep(delay).await;
             }
-            extend_metadata(&mut trailers, rule.trailers(&scope)?);
+            extend_metadata(&mut trailers, trailers_of(rule, &scope)?);
             match &rule.answer {
-                Answer::Reply(template) => yield template.render(&scope).map_err(reply_error)?,
+                Answer::Reply(template) => yield render_reply(template, &scope, limit)?,
                 Answer::Stream(answer) => {
-                    let mut messages = std::pin::pin!(render_stream(answer, scope));
+                    let mut messages = std::pin::pin!(render_stream(answer, scope, limit));
                     while let Some(m) = messages.next().await {
                         yield m?;
                     }
                 }
-                Answer::Error(error) => Err(with_metadata(error.render(&scope), [std::mem::take(&mut trailers)]))?,
+                Answer::Error(error) => Err(with_metadata(render_error(error, &scope), [std::mem::take(&mut trailers)]))?,
                 Answer::Script(_) => Err(Status::internal("a bidi script must be the method's only rule"))?,
             }
             next = next_message(&mut incoming).await?;
@@ -214,6 +228,7 @@ async fn bidi_stream(
 fn render_stream<'a>(
     answer: &'a StreamAnswer,
     scope: Scope<'a>,
+    limit: usize,
 ) -> impl Stream<Item = Result<DynamicMessage, Status>> + Send + 'a {
     async_stream::try_stream! {
         let pause = || async {
@@ -225,13 +240,13 @@ fn render_stream<'a>(
             StreamSource::Messages(templates) => {
                 for template in templates {
                     pause().await;
-                    yield template.render(&scope).map_err(reply_error)?;
+                    yield render_reply(template, &scope, limit)?;
                 }
             }
             StreamSource::Repeat(n, template) => {
                 for i in 0..*n {
                     pause().await;
-                    yield template.render(&Scope { index: Some(i), ..scope }).map_err(reply_error)?;
+                    yield render_reply(template, &Scope { index: Some(i), ..scope }, limit)?;
                 }
             }
             StreamSource::ForEach(path, template) => {
@@ -239,13 +254,13 @@ fn render_stream<'a>(
                 if let Some(Value::List(items)) = list.as_deref() {
                     for (i, item) in items.iter().enumerate() {
                         pause().await;
-                        yield template.render(&Scope { item: Some(item), index: Some(i as u64), ..scope }).map_err(reply_error)?;
+                        yield render_reply(template, &Scope { item: Some(item), index: Some(i as u64), ..scope }, limit)?;
                     }
                 }
             }
         }
         if let Some(error) = &answer.then {
-            Err(error.render(&scope))?;
+            Err(render_error(error, &scope))?;
         }
     }
 }
@@ -382,6 +397,33 @@ async fn next_message(incoming: &mut Incoming) -> Result<Option<DynamicMessage>,
 
 pub(crate) fn script_panicked(e: tokio::task::JoinError) -> Status {
     Status::internal(format!("script task failed: {e}"))
+}
+
+/// A reply rendered within `--max-message-size`, stopped as soon as it cannot fit (see
+/// `handlers::budget`).
+pub(crate) fn render_reply(
+    template: &MessageTemplate,
+    scope: &Scope<'_>,
+    limit: usize,
+) -> Result<DynamicMessage, Status> {
+    budget::within(limit, || template.render(scope))
+        .map_err(|_| budget::reply_too_large(limit))?
+        .map_err(reply_error)
+}
+
+/// A rule's headers and trailers, and an error's status, are built within
+/// [`budget::MAX_METADATA_SIZE`]: a value copied from a large request field is refused, not sent.
+fn headers_of(rule: &Rule, scope: &Scope<'_>) -> Result<MetadataMap, Status> {
+    budget::bounded_metadata("headers", || rule.headers(scope))
+}
+
+fn trailers_of(rule: &Rule, scope: &Scope<'_>) -> Result<MetadataMap, Status> {
+    budget::bounded_metadata("trailers", || rule.trailers(scope))
+}
+
+pub(crate) fn render_error(error: &ErrorTemplate, scope: &Scope<'_>) -> Status {
+    budget::within(budget::MAX_METADATA_SIZE, || error.render(scope))
+        .unwrap_or_else(|_| budget::metadata_too_large("error message"))
 }
 
 pub(crate) fn reply_error(e: String) -> Status {

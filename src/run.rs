@@ -172,6 +172,7 @@ fn serve_on(
             keepalive_timeout: args.keepalive_timeout,
             max_header_size: args.max_header_size,
         };
+        crate::codec::decoded::set_max_request_memory(args.max_request_memory);
         tracing::info!(cors = %cors, "gRPC-Web on");
         // On a signal the server stops accepting and lets calls in flight finish, for at most the
         // grace period; then they are cut, each ending with UNAVAILABLE, and the process exits 0

@@ -5,6 +5,7 @@
 //! [`encode`] (measured once, so the size limit costs no second pass).
 
 pub mod canonical;
+pub mod decoded;
 pub mod encode;
 
 use bytes::{Buf, BufMut, Bytes};
@@ -126,8 +127,10 @@ impl Decoder for DynamicDecoder {
 }
 
 /// A request message of type `desc`. gRPC's status table: a request that does not parse is
-/// INTERNAL (as grpc-go and grpc-java answer it).
+/// INTERNAL (as grpc-go and grpc-java answer it); one that would take more memory decoded than
+/// `--max-request-memory` is RESOURCE_EXHAUSTED (see [`decoded`]).
 pub fn decode_request(desc: &MessageDescriptor, bytes: Bytes) -> Result<DynamicMessage, Status> {
+    decoded::check(desc, &bytes)?;
     DynamicMessage::decode(desc.clone(), bytes)
         .map_err(|e| Status::internal(format!("request is not a valid {}: {e}", desc.full_name())))
 }

@@ -54,12 +54,15 @@ impl Codec {
     fn decode(self, desc: &MessageDescriptor, bytes: &[u8]) -> Result<DynamicMessage, Status> {
         match self {
             Codec::Json => json::decode(desc, bytes),
-            Codec::Proto => DynamicMessage::decode(desc.clone(), bytes).map_err(|e| {
-                Status::invalid_argument(format!(
-                    "request is not a valid {}: {e}",
-                    desc.full_name()
-                ))
-            }),
+            Codec::Proto => {
+                crate::codec::decoded::check(desc, bytes)?;
+                DynamicMessage::decode(desc.clone(), bytes).map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "request is not a valid {}: {e}",
+                        desc.full_name()
+                    ))
+                })
+            }
         }
     }
 
@@ -267,7 +270,7 @@ async fn unary(
     let reply = until(deadline, async {
         let request = codec.decode(&method.desc.input(), &payload)?;
         let incoming: Incoming = Box::pin(futures::stream::iter([Ok(request)]));
-        let response = respond(state, method, metadata, incoming).await?;
+        let response = respond(state, method, metadata, incoming, limit).await?;
         let reply = wire::single_reply(response, limit).await?;
         let body = codec.encode(&reply.message)?;
         Ok((reply, body))
@@ -331,7 +334,7 @@ async fn streaming(
     };
     let incoming = envelopes(body, codec, method.desc.input(), request_encoding, limit);
     let metadata = wire::request_metadata(&parts.headers);
-    let answer = until(deadline, respond(state, method, metadata, incoming)).await;
+    let answer = until(deadline, respond(state, method, metadata, incoming, limit)).await;
     let mut headers = HeaderMap::new();
     if answer_encoding != Encoding::Identity {
         headers.insert(

@@ -16,6 +16,7 @@ pub fn decode(desc: &MessageDescriptor, text: &[u8]) -> Result<DynamicMessage, S
     if text.iter().all(u8::is_ascii_whitespace) {
         return Ok(DynamicMessage::new(desc.clone()));
     }
+    crate::codec::decoded::check_json(desc.full_name(), text)?;
     let mut de = serde_json::Deserializer::from_slice(text);
     DynamicMessage::deserialize(desc.clone(), &mut de)
         .and_then(|message| de.end().map(|()| message))

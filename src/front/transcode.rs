@@ -125,6 +125,7 @@ async fn call(
         let body = wire::read_body(body, limit).await?;
         let body = Encoding::parse(wire::header(&parts.headers, http::header::CONTENT_ENCODING))?
             .decompress(body, limit)?;
+        crate::codec::decoded::check_json(method.desc.input().full_name(), &body)?;
         let mut values = JsonValues::new(body);
         if method.desc.is_client_streaming() {
             // One message per value, built as the method reads them.
@@ -157,7 +158,7 @@ async fn call(
         }
     };
     let metadata = wire::request_metadata(&parts.headers);
-    let response = respond(state.clone(), method.clone(), metadata, incoming).await?;
+    let response = respond(state.clone(), method.clone(), metadata, incoming, limit).await?;
     if method.desc.is_server_streaming() {
         return stream_reply(state, route, response, limit).await;
     }

@@ -403,8 +403,14 @@ impl Emitter {
     }
 
     /// Appends the reply's bytes to `out`.
+    ///
+    /// Declined as soon as `out` cannot fit the call's budget (see `budget`): the general path
+    /// then reports the reply as too large, having built no more of it than this.
     pub fn emit(&self, scope: &RawScope<'_>, out: &mut Vec<u8>) -> Result<(), Declined> {
         for op in &self.ops {
+            if !super::budget::fits(out.len()) {
+                return Err(Declined);
+            }
             match op {
                 Op::Const(bytes) => out.extend_from_slice(bytes),
                 Op::Whole(path) => {
@@ -782,6 +788,9 @@ fn render_text(parts: &[TextPart], scope: &RawScope<'_>) -> Result<String, Decli
                     out.push_str(&v);
                 }
             }
+        }
+        if !super::budget::fits(out.len()) {
+            return Err(Declined);
         }
     }
     Ok(out)

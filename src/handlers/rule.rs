@@ -193,8 +193,8 @@ pub struct ScriptMetadata {
 impl ScriptMetadata {
     pub fn render(rule: &Rule, scope: &Scope<'_>) -> Result<Self, Status> {
         Ok(Self {
-            headers: rule.headers(scope)?,
-            trailers: rule.trailers(scope)?,
+            headers: super::budget::bounded_metadata("headers", || rule.headers(scope))?,
+            trailers: super::budget::bounded_metadata("trailers", || rule.trailers(scope))?,
         })
     }
 

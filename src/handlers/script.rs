@@ -14,7 +14,7 @@
 //! A unary script that cannot wait (see [`Script::try_run_inline`]) may instead run right on an
 //! async worker, which saves the hop to tokio's blocking pool and back.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -36,6 +36,7 @@ use tonic::metadata::{
 };
 use tonic::{Code, Status};
 
+use super::budget::MAX_METADATA_SIZE;
 use super::script_convert::{dynamic_to_message, encode_message};
 use super::script_lazy::{self, plain, LazyMessage};
 use crate::diagnostic::Diagnostic;
@@ -75,6 +76,9 @@ pub struct ScriptLimits {
     pub max_string_size: usize,
     pub max_array_size: usize,
     pub max_map_size: usize,
+    /// Most bytes one call may hold, counted on the thread that runs it (see [`MemoryMeter`]).
+    /// Zero means no limit.
+    pub max_memory: usize,
     /// Longest one script call may run (wall clock), whatever its operation count; checked between
     /// operations and while the script waits. Zero means no limit.
     pub max_duration: std::time::Duration,
@@ -88,6 +92,7 @@ impl Default for ScriptLimits {
             max_string_size: 1 << 20,
             max_array_size: 100_000,
             max_map_size: 100_000,
+            max_memory: 64 << 20,
             max_duration: std::time::Duration::from_secs(10),
         }
     }
@@ -127,6 +132,12 @@ impl ScriptEngine {
                 tracing::debug!(target: "protodrop::script", source, %pos, "{text}")
             })
             .on_progress(|ops| {
+                // Memory on every operation: one operation may allocate up to the largest value
+                // the size limits allow, so checking less often would let a call overshoot by
+                // hundreds of them.
+                if MemoryMeter::exceeded() {
+                    return Some(Dynamic::from(Stop::OutOfMemory));
+                }
                 if ops % CANCEL_CHECK_EVERY != 0 {
                     return None;
                 }
@@ -389,6 +400,7 @@ impl Script {
             cancel,
         } = call;
 
+        let before_show = alloc_meter::net_allocated();
         let shown = match &request {
             Some(request) => match request.show() {
                 Ok(shown) => shown,
@@ -406,6 +418,8 @@ impl Script {
         if self.inner.reads_metadata {
             scope.push("metadata", metadata_to_map(&metadata));
         }
+        // What the script is shown counts against its memory, wherever it then runs.
+        let shown_bytes = alloc_meter::net_allocated() - before_show;
 
         let max_duration = self.limits().max_duration;
         let state = CallState {
@@ -424,12 +438,12 @@ impl Script {
             sink: None,
         };
         let (result, mut state) = if streaming_response {
-            match self.eval_relaying(scope, state, events) {
+            match self.eval_relaying(scope, state, shown_bytes, events) {
                 Ok(ran) => ran,
                 Err(status) => return Ran::Done(Err(status)),
             }
         } else {
-            self.eval(scope, state)
+            self.eval(scope, state, shown_bytes)
         };
 
         if matches!(&result, Err(err) if is_stop(err, |s| matches!(s, Stop::NotInline))) {
@@ -474,8 +488,15 @@ impl Script {
         })
     }
 
-    /// Evaluates on this thread with `state` installed for the registered functions.
-    fn eval(&self, mut scope: Scope<'static>, state: CallState) -> (EvalResult, CallState) {
+    /// Evaluates on this thread with `state` installed for the registered functions, and the
+    /// memory meter started with `charged` bytes already held (the request shown to it).
+    fn eval(
+        &self,
+        mut scope: Scope<'static>,
+        state: CallState,
+        charged: isize,
+    ) -> (EvalResult, CallState) {
+        let _meter = MemoryMeter::start(self.limits().max_memory, charged);
         let installed = Installed::new(state);
         let result = self
             .inner
@@ -491,6 +512,7 @@ impl Script {
         &self,
         scope: Scope<'static>,
         mut state: CallState,
+        charged: isize,
         events: &mut dyn FnMut(ScriptEvent) -> bool,
     ) -> Result<(EvalResult, CallState), Status> {
         std::thread::scope(move |s| {
@@ -504,7 +526,7 @@ impl Script {
                 .name("protodrop-script".into())
                 .stack_size(self.inner.engine.helper_stack_size)
                 .spawn_scoped(s, move || {
-                    let (result, mut state) = self.eval(scope, state);
+                    let (result, mut state) = self.eval(scope, state, charged);
                     state.sink = None; // closes the event channel, ending the relay loop below
                     (result, state)
                 })
@@ -540,6 +562,10 @@ impl Script {
                 ),
                 Some(Stop::ClientGone) => (Code::Cancelled, "client went away".into()),
                 Some(Stop::NotInline) => (Code::Internal, "script stopped to be moved".into()),
+                Some(Stop::OutOfMemory) => exhausted(format!(
+                    "{} bytes of memory (--script-max-memory)",
+                    limits.max_memory
+                )),
                 None => (Code::Unknown, "script terminated".into()),
             },
             EvalAltResult::ErrorTooManyOperations(_) => exhausted(format!(
@@ -686,6 +712,50 @@ impl EventSink {
     }
 }
 
+thread_local! {
+    /// The net allocation (`alloc_meter::net_allocated`) past which the script evaluating on this
+    /// thread is stopped; `None` when none is, or it has no limit.
+    static MEMORY_CEILING: Cell<Option<isize>> = const { Cell::new(None) };
+}
+
+/// `--script-max-memory`. A script evaluates on one thread from start to end (inline on an async
+/// worker, on a blocking thread, or on a streaming call's helper thread — a run moved off a worker
+/// starts again from the beginning), so what it holds is the growth of that thread's net
+/// allocation since it started, which the global allocator keeps (`alloc_meter`). Checked by the
+/// progress hook on every operation; values handed to another thread (`send()`) are taken off.
+struct MemoryMeter;
+
+impl MemoryMeter {
+    /// Starts metering this thread, `charged` bytes already held; stops when dropped.
+    fn start(limit: usize, charged: isize) -> Option<MemoryMeter> {
+        if limit == 0 {
+            return None;
+        }
+        let ceiling = alloc_meter::net_allocated()
+            .saturating_sub(charged)
+            .saturating_add(isize::try_from(limit).unwrap_or(isize::MAX));
+        MEMORY_CEILING.with(|c| c.set(Some(ceiling)));
+        Some(MemoryMeter)
+    }
+
+    fn exceeded() -> bool {
+        MEMORY_CEILING
+            .with(Cell::get)
+            .is_some_and(|ceiling| alloc_meter::net_allocated() > ceiling)
+    }
+
+    /// `bytes` allocated here now belong to another thread.
+    fn released(bytes: isize) {
+        MEMORY_CEILING.with(|c| c.set(c.get().map(|ceiling| ceiling.saturating_add(bytes))));
+    }
+}
+
+impl Drop for MemoryMeter {
+    fn drop(&mut self) {
+        MEMORY_CEILING.with(|c| c.set(None));
+    }
+}
+
 /// Puts a call's state where the registered functions find it, and clears it even on unwind.
 struct Installed;
 
@@ -736,6 +806,8 @@ enum Stop {
     ClientGone,
     /// An inline run must move to a blocking thread (see `Script::try_run_inline`).
     NotInline,
+    /// Past `--script-max-memory`.
+    OutOfMemory,
 }
 
 fn stop(reason: Stop) -> Box<EvalAltResult> {
@@ -783,13 +855,17 @@ fn register_api(engine: &mut Engine) {
                     "header(): headers were already sent; set them before the first send()",
                 ));
             }
-            add_metadata(&mut state.headers, &key, &text(&value))
+            let value = text(&value);
+            check_room(&state.headers, &key, &value, "header")?;
+            add_metadata(&mut state.headers, &key, &value)
                 .map_err(|e| api_error(Code::Unknown, format!("header(): {e}")))
         })
     });
     engine.register_fn("trailer", |key: ImmutableString, value: Dynamic| {
         with_call(|state| {
-            add_metadata(&mut state.trailers, &key, &text(&value))
+            let value = text(&value);
+            check_room(&state.trailers, &key, &value, "trailer")?;
+            add_metadata(&mut state.trailers, &key, &value)
                 .map_err(|e| api_error(Code::Unknown, format!("trailer(): {e}")))
         })
     });
@@ -858,12 +934,15 @@ fn send(state: &mut CallState, message: Dynamic) -> Result<(), Box<EvalAltResult
             "send() is only available in server-streaming and bidi calls",
         ));
     }
+    let before = alloc_meter::net_allocated();
     let message = dynamic_to_message(&message, &state.output).map_err(|err| {
         api_error(
             Code::Internal,
             format!("send(): not a valid {}: {err}", state.output.full_name()),
         )
     })?;
+    // The message leaves this thread (it is freed by the one that writes it out).
+    MemoryMeter::released(alloc_meter::net_allocated() - before);
     let sink = state
         .sink
         .as_ref()
@@ -1004,6 +1083,31 @@ fn metadata_to_map(metadata: &MetadataMap) -> rhai::Map {
 }
 
 /// Adds one response header or trailer. Keys are lower-cased; `-bin` keys take base64 values.
+/// A script's headers (or trailers) stay within what a template's may build
+/// ([`MAX_METADATA_SIZE`]): RESOURCE_EXHAUSTED before one that would pass it is added.
+fn check_room(
+    map: &MetadataMap,
+    key: &str,
+    value: &str,
+    what: &str,
+) -> Result<(), Box<EvalAltResult>> {
+    let used: usize = map
+        .as_ref()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if used + key.len() + value.len() > MAX_METADATA_SIZE {
+        return Err(api_error(
+            Code::ResourceExhausted,
+            format!(
+                "{what}(): the response {what}s would be larger than the limit of \
+                 {MAX_METADATA_SIZE} bytes"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn add_metadata(map: &mut MetadataMap, key: &str, value: &str) -> Result<(), String> {
     let key = key.to_ascii_lowercase();
     if key.ends_with("-bin") {

@@ -437,6 +437,10 @@ impl Text {
                     }
                 }
             }
+            // Stop building as soon as the text cannot fit the call's budget.
+            if !super::budget::fits(out.len()) {
+                break;
+            }
         }
         out
     }
@@ -600,12 +604,13 @@ impl ValueTemplate {
                         .into_iter()
                         .map(|v| coerce(Some(v), &elem, kind))
                         .collect::<Result<_, _>>()
-                        .map(Value::List);
+                        .map(Value::List)
+                        .and_then(charge);
                 }
                 if field.is_map() {
                     return Ok(value.unwrap_or_else(|| Value::Map(Default::default())));
                 }
-                let v = coerce(value, &path.ty, kind)?;
+                let v = charge(coerce(value, &path.ty, kind)?)?;
                 Ok(if field.is_list() {
                     Value::List(vec![v])
                 } else {
@@ -613,7 +618,7 @@ impl ValueTemplate {
                 })
             }
             ValueTemplate::Text(text) => {
-                let v = parse_text(text.render(scope), kind)?;
+                let v = charge(parse_text(text.render(scope), kind)?)?;
                 Ok(if field.is_list() {
                     Value::List(vec![v])
                 } else {
@@ -667,13 +672,39 @@ impl ValueTemplate {
 
     /// One element of a list (or a map value): never wrapped in a list.
     fn render_elem(&self, scope: &Scope<'_>, kind: &Kind) -> Result<Value, String> {
+        // Each element is at least one byte encoded.
+        if !super::budget::spend(1) {
+            return Err(OVER_BUDGET.into());
+        }
         match self {
             ValueTemplate::Const(v) => Ok(v.clone()),
-            ValueTemplate::Whole(path) => coerce(path.resolve_into(scope, kind), &path.ty, kind),
-            ValueTemplate::Text(text) => parse_text(text.render(scope), kind),
+            ValueTemplate::Whole(path) => {
+                charge(coerce(path.resolve_into(scope, kind), &path.ty, kind)?)
+            }
+            ValueTemplate::Text(text) => charge(parse_text(text.render(scope), kind)?),
             ValueTemplate::Message(m) => m.render(scope).map(Value::Message),
             _ => Err("nested lists are not allowed in protobuf".into()),
         }
+    }
+}
+
+const OVER_BUDGET: &str = "over the size limit";
+
+/// Counts a value built for a reply against the call's budget (see `budget`): the contents of
+/// strings and bytes, one byte per list element — each written at least that long.
+fn charge(value: Value) -> Result<Value, String> {
+    fn len(value: &Value) -> usize {
+        match value {
+            Value::String(s) => s.len(),
+            Value::Bytes(b) => b.len(),
+            Value::List(items) => items.iter().map(|v| 1 + len(v)).sum(),
+            _ => 0,
+        }
+    }
+    if super::budget::spend(len(&value)) {
+        Ok(value)
+    } else {
+        Err(OVER_BUDGET.into())
     }
 }
 

@@ -17,14 +17,15 @@ use super::EncodedStream;
 use crate::codec::encode::Measured;
 use crate::codec::{decode_request, encode_reply};
 use crate::front::wire::check_reply_len;
-use crate::handlers::emit::{Choice, Direct, DirectReply, Emitter, RawScope};
+use crate::handlers::budget::{self, Exceeded};
+use crate::handlers::emit::{Choice, Declined, Direct, DirectReply, Emitter, RawScope};
 use crate::handlers::rule::{ScriptMetadata, StreamSource};
 use crate::handlers::script::{Inline, Script, ScriptCall, ScriptEvent, ScriptRequest};
 use crate::handlers::template::{MessageTemplate, Scope};
 use crate::handlers::Answer;
 use crate::registry::Method;
 use crate::respond::{
-    end_with_trailers, extend_metadata, reply_error, script_panicked, with_headers,
+    end_with_trailers, extend_metadata, render_error, render_reply, script_panicked, with_headers,
 };
 
 /// A unary reply: headers, the encoded message, trailers.
@@ -52,6 +53,7 @@ pub(super) async fn unary(
     request: Bytes,
     metadata: MetadataMap,
     reserve: usize,
+    limit: usize,
 ) -> Unary {
     if !direct.is_canonical(&request) {
         return Unary::General(request, metadata);
@@ -66,8 +68,10 @@ pub(super) async fn unary(
     let rule = &choice.rule;
     let script = match &choice.reply {
         Some(DirectReply::One(emitter)) => {
-            if emitter.emit(&raw, &mut message).is_err() {
-                return Unary::General(request, metadata);
+            match budget::within(limit, || emitter.emit(&raw, &mut message)) {
+                Ok(Ok(())) => {}
+                Ok(Err(Declined)) => return Unary::General(request, metadata),
+                Err(Exceeded) => return Unary::Status(budget::reply_too_large(limit)),
             }
             None
         }
@@ -90,9 +94,13 @@ pub(super) async fn unary(
         return script_reply(script, direct, request, metadata, message, base).await;
     }
     let scope = Scope::new(None, &metadata);
-    let rendered = rule
-        .headers(&scope)
-        .and_then(|headers| Ok((headers, rule.trailers(&scope)?)));
+    let rendered =
+        budget::bounded_metadata("headers", || rule.headers(&scope)).and_then(|headers| {
+            Ok((
+                headers,
+                budget::bounded_metadata("trailers", || rule.trailers(&scope))?,
+            ))
+        });
     match rendered {
         Ok((headers, trailers)) => Unary::Reply(UnaryReply {
             headers,
@@ -241,8 +249,8 @@ async fn server_stream(
         tokio::time::sleep(delay).await;
     }
     let scope = Scope::new(None, &metadata);
-    let headers = choice.rule.headers(&scope)?;
-    let trailers = choice.rule.trailers(&scope)?;
+    let headers = budget::bounded_metadata("headers", || choice.rule.headers(&scope))?;
+    let trailers = budget::bounded_metadata("trailers", || choice.rule.trailers(&scope))?;
     let stream = async_stream::try_stream! {
         let choice = only(&method);
         let reply = choice.reply.as_ref().expect("a streaming method's one rule has a direct reply");
@@ -271,7 +279,7 @@ async fn server_stream(
             yield message(emitter, template, &method, &request, true, index, None, &metadata, limit)?;
         }
         if let Some(error) = &answer.then {
-            Err(error.render(&Scope::new(None, &metadata)))?;
+            Err(render_error(error, &Scope::new(None, &metadata)))?;
         }
         end_with_trailers(trailers)?;
     };
@@ -287,7 +295,8 @@ fn bidi(
     limit: usize,
 ) -> Result<Response<EncodedStream>, Status> {
     let rule = &only(&method).rule;
-    let headers = rule.headers(&Scope::new(None, &metadata))?;
+    let headers =
+        budget::bounded_metadata("headers", || rule.headers(&Scope::new(None, &metadata)))?;
     if rule.delay.is_none() && rule.trailers.is_empty() {
         let replies = BidiReplies {
             method,
@@ -312,7 +321,7 @@ fn bidi(
                 tokio::time::sleep(delay).await;
             }
             if !choice.rule.trailers.is_empty() {
-                extend_metadata(&mut trailers, choice.rule.trailers(&Scope::new(None, &metadata))?);
+                extend_metadata(&mut trailers, budget::bounded_metadata("trailers", || choice.rule.trailers(&Scope::new(None, &metadata)))?);
             }
             yield bidi_reply(&method, request, count, &metadata, limit)?;
             next_message = next(&mut incoming).await?;
@@ -427,9 +436,13 @@ fn message(
             ..raw_scope(request, count, metadata)
         };
         // Declined: the general path below answers, or reports why it cannot.
-        if let Ok(()) = emitter.emit(&scope, &mut out) {
-            check_reply_len(out.len(), limit)?;
-            return Ok(out.into());
+        match budget::within(limit, || emitter.emit(&scope, &mut out)) {
+            Ok(Ok(())) => {
+                check_reply_len(out.len(), limit)?;
+                return Ok(out.into());
+            }
+            Ok(Err(Declined)) => {}
+            Err(Exceeded) => return Err(budget::reply_too_large(limit)),
         }
     }
     let decoded: DynamicMessage = decode_request(&method.desc.input(), request.clone())?;
@@ -438,7 +451,7 @@ fn message(
         count,
         ..Scope::new(Some(&decoded), metadata)
     };
-    let reply = template.render(&scope).map_err(reply_error)?;
+    let reply = render_reply(template, &scope, limit)?;
     encode_reply(&reply, limit)
 }
 

@@ -357,7 +357,7 @@ async fn general(
     incoming: Incoming,
     limit: usize,
 ) -> Result<Response<EncodedStream>, Status> {
-    let response = respond(state, method, metadata, incoming).await?;
+    let response = respond(state, method, metadata, incoming, limit).await?;
     Ok(response.map(|stream: ReplyStream| -> EncodedStream {
         Box::pin(stream.map(move |item| encode_reply(&item?, limit)))
     }))

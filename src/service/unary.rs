@@ -53,7 +53,7 @@ pub(super) async fn serve(
     };
     let metadata = MetadataMap::from_headers(parts.headers);
     let (message, metadata) = match &method.direct {
-        Some(direct) => match direct::unary(direct, message, metadata, PREFIX).await {
+        Some(direct) => match direct::unary(direct, message, metadata, PREFIX, limit).await {
             direct::Unary::Reply(reply) => {
                 let (data, status) = match finish_frame(reply.message, gzip_out, limit) {
                     Ok(data) => (Some(data), end_status(reply.trailers)),
@@ -74,7 +74,7 @@ pub(super) async fn serve(
         Err(status) => return status.into_http(),
     };
     let incoming = Box::pin(futures::stream::once(async move { Ok(request) }));
-    let response = match respond(state, method, metadata, incoming).await {
+    let response = match respond(state, method, metadata, incoming, limit).await {
         Ok(response) => response,
         Err(status) => return status.into_http(),
     };
