@@ -11,6 +11,7 @@ use futures_core::Stream;
 use bytes::{Buf, BytesMut};
 
 use std::io;
+use std::time::Instant;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -38,6 +39,67 @@ struct FrameDecoder {
     max_continuation_frames: usize,
 
     partial: Option<Partial>,
+
+    /// PROTODROP: the budget for frames that carry no request.
+    flood: FloodGuard,
+}
+
+/// PROTODROP: control frames (SETTINGS, PING, WINDOW_UPDATE, PRIORITY, and frames of unknown
+/// types) a connection may send at once before it must wait for the budget to refill: each makes
+/// the server work, none carries a request, and h2 put no limit on them, so a few connections
+/// sending nothing else took a core. Real clients send a handful at connection start and then
+/// about one WINDOW_UPDATE (plus one BDP PING) per DATA frame received, which are credited below.
+pub const CONTROL_FRAME_BURST: u32 = 1_000;
+
+/// PROTODROP: the rate at which the control-frame budget refills with time alone.
+pub const CONTROL_FRAMES_PER_SECOND: u32 = 1_000;
+
+/// PROTODROP: budget credited per DATA frame this side sends (the peer's WINDOW_UPDATEs for the
+/// stream and for the connection, or a BDP PING, answer it) and per HEADERS frame received (a
+/// request may come with a PRIORITY frame or two).
+pub const CONTROL_FRAME_CREDIT: u32 = 2;
+
+/// PROTODROP: a token bucket of control frames; a connection that finds it empty is sent GOAWAY
+/// with ENHANCE_YOUR_CALM and closed.
+#[derive(Debug)]
+struct FloodGuard {
+    tokens: u32,
+    refilled: Instant,
+}
+
+impl FloodGuard {
+    fn new() -> Self {
+        FloodGuard {
+            tokens: CONTROL_FRAME_BURST,
+            refilled: Instant::now(),
+        }
+    }
+
+    fn credit(&mut self, n: u32) {
+        self.tokens = self.tokens.saturating_add(n).min(CONTROL_FRAME_BURST);
+    }
+
+    fn charge(&mut self) -> Result<(), Error> {
+        if self.tokens == 0 {
+            // The clock is read only once the bucket is empty.
+            let now = Instant::now();
+            let earned = now.duration_since(self.refilled).as_millis()
+                * u128::from(CONTROL_FRAMES_PER_SECOND)
+                / 1000;
+            if earned > 0 {
+                self.tokens = earned.min(u128::from(CONTROL_FRAME_BURST)) as u32;
+                self.refilled = now;
+            } else {
+                proto_err!(conn: "control frame flood");
+                return Err(Error::library_go_away_data(
+                    Reason::ENHANCE_YOUR_CALM,
+                    "too_many_control_frames",
+                ));
+            }
+        }
+        self.tokens -= 1;
+        Ok(())
+    }
 }
 
 /// Partially loaded headers frame
@@ -89,6 +151,12 @@ impl<T> FramedRead<T> {
         self.decoder.set_max_frame_size(val);
     }
 
+    /// PROTODROP: credits the control-frame budget (see `CONTROL_FRAME_CREDIT`).
+    #[inline]
+    pub(crate) fn credit_control_frames(&mut self, n: u32) {
+        self.decoder.flood.credit(n);
+    }
+
     /// Update the max header list size setting.
     #[inline]
     pub fn set_max_header_list_size(&mut self, val: usize) {
@@ -123,6 +191,7 @@ impl FrameDecoder {
                 max_frame_size,
             ),
             partial: None,
+            flood: FloodGuard::new(), // PROTODROP
         }
     }
 
@@ -225,6 +294,15 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
                 return Ok(None);
             }
         });
+    }
+
+    // PROTODROP: frames that carry no request spend the control-frame budget; a request earns some.
+    match kind {
+        Kind::Settings | Kind::Ping | Kind::WindowUpdate | Kind::Priority | Kind::Unknown => {
+            decoder.flood.charge()?
+        }
+        Kind::Headers => decoder.flood.credit(CONTROL_FRAME_CREDIT),
+        _ => {}
     }
 
     let frame = match kind {

@@ -149,6 +149,10 @@ where
     ///
     /// TODO: Rename this to avoid conflicts with Sink::buffer
     pub fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
+        // PROTODROP: the peer may answer a DATA frame with WINDOW_UPDATEs (or a PING).
+        if let Frame::Data(_) = item {
+            self.inner.credit_control_frames(framed_read::CONTROL_FRAME_CREDIT);
+        }
         self.framed_write().buffer(item)
     }
 

@@ -43,6 +43,9 @@ pub(super) struct Counts {
     /// inc / dec.
     peer: peer::Dyn,
 
+    /// PROTODROP: send budget held by streams released since `Prioritize` last took it back.
+    pub(super) released_send_budget: usize,
+
     /// Maximum number of locally initiated streams
     max_send_streams: usize,
 
@@ -93,6 +96,7 @@ impl Counts {
     pub fn new(peer: peer::Dyn, config: &Config) -> Self {
         Counts {
             peer,
+            released_send_budget: 0, // PROTODROP
             max_send_streams: config.initial_max_send_streams,
             num_send_streams: 0,
             max_recv_streams: config.remote_max_initiated.unwrap_or(usize::MAX),
@@ -325,6 +329,8 @@ impl Counts {
 
         // Release the stream if it requires releasing
         if stream.is_released() {
+            // PROTODROP: budget a released stream still held goes back to its connection.
+            self.released_send_budget += stream.send_budget;
             stream.remove();
         }
     }

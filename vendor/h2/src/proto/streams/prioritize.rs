@@ -56,6 +56,11 @@ pub(super) struct Prioritize {
 
     /// The maximum amount of bytes a stream should buffer.
     max_buffer_size: usize,
+
+    /// PROTODROP: bytes of the connection's send budget held by its streams (the sum of their
+    /// `send_budget`). `max_buffer_size` caps this sum, so that a peer advertising a huge window
+    /// cannot make the connection buffer `max_buffer_size` for every stream. See `rebudget`.
+    send_budget_used: usize,
 }
 
 #[derive(Debug, Eq, PartialEq)]
@@ -101,11 +106,53 @@ impl Prioritize {
             last_opened_id: StreamId::ZERO,
             in_flight_data_frame: InFlightData::Nothing,
             max_buffer_size: config.local_max_buffer_size,
+            send_budget_used: 0, // PROTODROP
         }
     }
 
     pub(crate) fn max_buffer_size(&self) -> usize {
         self.max_buffer_size
+    }
+
+    /// PROTODROP: what a stream allowed to produce more data holds of the connection's send
+    /// budget at least. A producer told of capacity (hyper: `capacity() > 0`) sends its next chunk
+    /// whatever its size, so a stream granted one byte may buffer a whole chunk: reserving this
+    /// much per such stream keeps the number of them, and so the overshoot, small (at most 16).
+    fn arm_reserve(&self) -> usize {
+        cmp::max(self.max_buffer_size / 16, 1)
+    }
+
+    /// PROTODROP: budget the connection has left for streams to produce into.
+    fn budget_room(&self) -> usize {
+        self.max_buffer_size.saturating_sub(self.send_budget_used)
+    }
+
+    /// PROTODROP: recounts what `stream` holds of the connection's send budget: its buffered
+    /// bytes, plus, while it may produce more (capacity beyond its buffered data), that capacity
+    /// but no less than `arm_reserve`. Called wherever h2 changes a stream's buffered data or
+    /// assigned capacity.
+    fn rebudget(&mut self, stream: &mut store::Ptr) {
+        let buffered = stream.buffered_send_data;
+        let available = stream.send_flow.available().as_size() as usize;
+        let armed = if available > buffered {
+            cmp::max(available - buffered, self.arm_reserve())
+        } else {
+            0
+        };
+        let held = buffered + armed;
+        self.send_budget_used = self.send_budget_used - stream.send_budget + held;
+        stream.send_budget = held;
+    }
+
+    /// PROTODROP: offers capacity again to the streams waiting for it once the budget has room
+    /// for one more producer (data was written, or a stream's queue cleared). Also takes back the
+    /// budget of streams released while holding some (should h2 ever release one so).
+    fn assign_budget(&mut self, store: &mut Store, counts: &mut Counts) {
+        let released = mem::take(&mut counts.released_send_budget);
+        self.send_budget_used = self.send_budget_used.saturating_sub(released);
+        if self.budget_room() >= self.arm_reserve() && self.flow.available() > 0 {
+            self.assign_pending_capacity(store, counts);
+        }
     }
 
     /// Queue a frame to be sent to the remote
@@ -171,6 +218,7 @@ impl Prioritize {
 
         // Update the buffered data counter
         stream.buffered_send_data += sz as usize;
+        self.rebudget(stream); // PROTODROP
 
         let span =
             tracing::trace_span!("send_data", sz, requested = stream.requested_send_capacity);
@@ -260,6 +308,7 @@ impl Prioritize {
                     // TODO: proper error handling
                     let _res = stream.send_flow.claim_capacity(diff);
                     debug_assert!(_res.is_ok());
+                    self.rebudget(stream); // PROTODROP
 
                     self.assign_connection_capacity(diff, stream, counts);
                 }
@@ -333,6 +382,7 @@ impl Prioritize {
             // TODO: proper error handling
             let _res = stream.send_flow.claim_capacity(available);
             debug_assert!(_res.is_ok());
+            self.rebudget(stream); // PROTODROP
             // Re-assign all capacity to the connection
             self.assign_connection_capacity(available, stream, counts);
         }
@@ -352,6 +402,7 @@ impl Prioritize {
                 .send_flow
                 .claim_capacity(reserved)
                 .expect("window size should be greater than reserved");
+            self.rebudget(stream); // PROTODROP
 
             self.assign_connection_capacity(reserved, stream, counts);
         }
@@ -382,12 +433,28 @@ impl Prioritize {
         let _res = self.flow.assign_capacity(inc);
         debug_assert!(_res.is_ok());
 
-        // Assign newly acquired capacity to streams pending capacity.
+        self.assign_pending_capacity(store, counts);
+    }
+
+    /// Assign the connection's available capacity to streams pending capacity.
+    ///
+    /// PROTODROP: moved out of `assign_connection_capacity` to be called when budget (not
+    /// window) frees up too; and a stream the budget holds back is queued again while the
+    /// connection still has capacity, so the loop stops when it meets one a second time.
+    fn assign_pending_capacity<R>(&mut self, store: &mut R, counts: &mut Counts)
+    where
+        R: Resolve,
+    {
+        let mut first_requeued: Option<store::Key> = None;
         while self.flow.available() > 0 {
-            let stream = match self.pending_capacity.pop(store) {
+            let mut stream = match self.pending_capacity.pop(store) {
                 Some(stream) => stream,
                 None => return,
             };
+            if first_requeued == Some(stream.key()) {
+                self.pending_capacity.push_front(&mut stream);
+                return;
+            }
 
             // Streams pending capacity may have been reset before capacity
             // became available. In that case, the stream won't want any
@@ -397,12 +464,17 @@ impl Prioritize {
                 continue;
             }
 
-            counts.transition(stream, |_, stream| {
+            let key = stream.key();
+            let requeued = counts.transition(stream, |_, stream| {
                 // Try to assign capacity to the stream. This will also re-queue the
                 // stream if there isn't enough connection level capacity to fulfill
                 // the capacity request.
                 self.try_assign_capacity(stream);
-            })
+                stream.is_pending_send_capacity
+            });
+            if requeued && first_requeued.is_none() {
+                first_requeued = Some(key);
+            }
         }
     }
 
@@ -456,15 +528,30 @@ impl Prioritize {
             // TODO: Should prioritization factor into this?
             let assign = cmp::min(conn_available, additional);
 
-            tracing::trace!(capacity = assign, "assigning");
+            // PROTODROP: capacity up to the data the stream has buffered costs no budget (the
+            // bytes are already held); beyond it the stream may produce more, which it may only
+            // while the connection's budget has room for it (and for at least `arm_reserve`).
+            let available = stream.send_flow.available().as_size() as usize;
+            let free = stream.buffered_send_data.saturating_sub(available);
+            let others = self.send_budget_used - stream.send_budget;
+            let room = self
+                .max_buffer_size
+                .saturating_sub(others + stream.buffered_send_data);
+            let room = if room >= self.arm_reserve() { room } else { 0 };
+            let assign = cmp::min(assign as usize, free + room) as WindowSize;
 
-            // Assign the capacity to the stream
-            stream.assign_capacity(assign, self.max_buffer_size);
+            if assign > 0 {
+                tracing::trace!(capacity = assign, "assigning");
 
-            // Claim the capacity from the connection
-            // TODO: proper error handling
-            let _res = self.flow.claim_capacity(assign);
-            debug_assert!(_res.is_ok());
+                // Assign the capacity to the stream
+                stream.assign_capacity(assign, self.max_buffer_size);
+
+                // Claim the capacity from the connection
+                // TODO: proper error handling
+                let _res = self.flow.claim_capacity(assign);
+                debug_assert!(_res.is_ok());
+                self.rebudget(stream); // PROTODROP
+            }
         }
 
         tracing::trace!(
@@ -519,6 +606,10 @@ impl Prioritize {
         // Reclaim any frame that has previously been written
         self.reclaim_frame(buffer, store, dst);
 
+        // PROTODROP: budget freed since the last call (streams cleared or reset) goes to waiting
+        // streams.
+        self.assign_budget(store, counts);
+
         // The max frame length
         let max_frame_len = dst.max_send_frame_size();
 
@@ -549,6 +640,9 @@ impl Prioritize {
                     // before accepting another frame so that slot is not
                     // overwritten.
                     self.reclaim_frame(buffer, store, dst);
+
+                    // PROTODROP: a DATA frame handed to the codec freed budget.
+                    self.assign_budget(store, counts);
                 }
                 None => {
                     return Ok(BufferStatus::Complete);
@@ -675,6 +769,7 @@ impl Prioritize {
 
         stream.buffered_send_data = 0;
         stream.requested_send_capacity = 0;
+        self.rebudget(stream); // PROTODROP
         if let InFlightData::DataFrame(key) = self.in_flight_data_frame {
             if stream.key() == key {
                 // This stream could get cleaned up now - don't allow the buffered frame to get reclaimed.
@@ -804,6 +899,7 @@ impl Prioritize {
                     // Update the flow control
                     tracing::trace_span!("updating stream flow").in_scope(|| {
                         stream.send_data(len, self.max_buffer_size);
+                        self.rebudget(&mut stream); // PROTODROP
 
                         // Assign the capacity back to the connection that
                         // was just consumed from the stream in the previous

@@ -48,6 +48,10 @@ pub(super) struct Stream {
     /// TODO: Technically this could be greater than the window size...
     pub buffered_send_data: usize,
 
+    /// PROTODROP: what this stream holds of its connection's send budget (see
+    /// `Prioritize::rebudget`).
+    pub send_budget: usize,
+
     /// Task tracking additional send capacity (i.e. window updates).
     send_task: Option<Waker>,
 
@@ -170,6 +174,7 @@ impl Stream {
             send_flow,
             requested_send_capacity: 0,
             buffered_send_data: 0,
+            send_budget: 0, // PROTODROP
             send_task: None,
             pending_send: buffer::Deque::new(),
             is_pending_send_capacity: false,
