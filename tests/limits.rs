@@ -190,6 +190,13 @@ async fn a_huge_window_never_read_costs_no_more_than_the_default_one() {
         "a huge window cost {huge_cost} KiB, the default one {default_cost} KiB"
     );
     assert_another_client_is_served(s.addr).await;
+
+    // For the record (issue 16 asked whether memory comes back when the connections close).
+    drop((_default, _huge));
+    let closed = settled_rss(s.pid(), Duration::from_secs(5)).await;
+    assert_another_client_is_served(s.addr).await;
+    let served = settled_rss(s.pid(), Duration::from_secs(5)).await;
+    eprintln!("RSS {closed} KiB once both connections closed, {served} KiB after another call");
 }
 
 fn grpc(builder: http::request::Builder) -> http::Request<()> {
