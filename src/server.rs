@@ -67,6 +67,14 @@ pub struct ConnectionSettings {
 /// Streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 
+/// Reply bytes an HTTP/2 connection buffers for sending at most, all streams together (plus, for
+/// messages over 64 KiB, up to 16 of them); see vendor/h2/PROTODROP.md.
+pub const MAX_SEND_BUFFER: usize = 1024 * 1024;
+
+/// hyper's HTTP/1.1 buffer limit: the most reply bytes queued for an HTTP/1.1 connection (plus
+/// the one chunk that crosses it), and the longest request head it reads.
+pub const HTTP1_MAX_BUF_SIZE: usize = 64 * 1024;
+
 /// Pause after a failed `accept` (too many open files, say), so that an error that repeats does not
 /// spin.
 const ACCEPT_RETRY: Duration = Duration::from_millis(20);
@@ -153,11 +161,20 @@ fn http_settings(settings: &ConnectionSettings) -> auto::Builder<StreamExecutor>
         // Every open stream holds buffers, so one client must not be able to open an unbounded
         // number of them.
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        // Reply bytes an HTTP/2 connection may buffer for sending, all its streams together
+        // (vendor/h2 makes h2's per-stream limit a per-connection one): whatever window a client
+        // advertises, replies it does not read wait in the handlers, not in memory.
+        .max_send_buf_size(MAX_SEND_BUFFER)
         // No `date` on HTTP/2: gRPC has no use for it (grpc-go and grpc-java send none), and a
         // value that changes every second costs a clock read and a fresh HPACK literal per answer.
         // HTTP/1.1 answers (curl, browsers) keep it.
         .auto_date_header(false);
     connection_limits(&mut http, settings);
+    // A reply's bytes wait in this buffer while the client does not read; hyper's default (~400
+    // KiB, and up to 16 chunks) made each unread HTTP/1.1 connection hold ~600 KB. It also bounds
+    // the request head, so it grows with a raised `--max-header-size` as h2's limit does.
+    let head = (settings.max_header_size as usize).saturating_mul(4);
+    http.http1().max_buf_size(HTTP1_MAX_BUF_SIZE.max(head));
     http
 }
 
