@@ -198,8 +198,10 @@ async fn a_huge_window_never_read_costs_no_more_than_the_default_one() {
     let _again = unread_streams(s.addr, Some(MAX_WINDOW), STREAMS).await;
     let again = settled_rss(s.pid(), Duration::from_secs(30)).await;
     eprintln!("RSS {closed} KiB once both connections closed, {again} KiB with the huge-window one again");
+    // Slack for the allocator's fragmentation: 3 MiB was exceeded by a few hundred KiB on a busy
+    // machine, while an allocator that did not reuse the pages would add the whole +15 MiB again.
     assert!(
-        again < with_huge + 3 * 1024,
+        again < with_huge + 8 * 1024,
         "the same attack again: {again} KiB, the first time {with_huge} KiB"
     );
 }

@@ -32,6 +32,8 @@ use protodrop::respond::{respond, Incoming};
 const CALL_LIMIT: Duration = Duration::from_secs(10);
 /// Most messages one input sends on a client stream.
 const MAX_MESSAGES: usize = 64;
+/// The server's default `--max-message-size`: replies are checked against it while they are built.
+const MAX_MESSAGE_SIZE: usize = 4 << 20;
 
 struct Fixture {
     runtime: tokio::runtime::Runtime,
@@ -142,7 +144,15 @@ fuzz_target!(|data: &[u8]| {
 
     let state = fx.state.clone();
     let call = async move {
-        let response = match respond(state, method, MetadataMap::new(), incoming).await {
+        let response = match respond(
+            state,
+            method,
+            MetadataMap::new(),
+            incoming,
+            MAX_MESSAGE_SIZE,
+        )
+        .await
+        {
             Ok(response) => response,
             Err(_status) => return,
         };
