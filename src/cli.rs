@@ -172,6 +172,18 @@ pub struct ServeArgs {
     #[arg(long, env = "PROTODROP_MAX_HEADER_SIZE", default_value = "16KiB", value_parser = parse_header_size, value_name = "SIZE")]
     pub max_header_size: u32,
 
+    /// Most bytes of response headers, trailers or an error message that handlers (templates,
+    /// scripts) may build for one call (suffixes KiB, MiB allowed); a call past it ends with
+    /// RESOURCE_EXHAUSTED instead of sending them. Some clients refuse more (grpc-java: 8 KiB).
+    #[arg(long, env = "PROTODROP_MAX_REPLY_METADATA_SIZE", default_value = "16KiB", value_parser = parse_reply_metadata_size, value_name = "SIZE")]
+    pub max_reply_metadata_size: usize,
+
+    /// Most reply bytes one connection buffers for sending, all its calls together (suffixes KiB,
+    /// MiB allowed; at least 64KiB): replies a client does not read wait in their handlers beyond
+    /// it. HTTP/1.1 connections buffer at least 4 times --max-header-size (their request head).
+    #[arg(long, help_heading = "Connections", env = "PROTODROP_MAX_SEND_BUFFER", default_value = "1MiB", value_parser = parse_send_buffer, value_name = "SIZE")]
+    pub max_send_buffer: usize,
+
     /// Longest a new connection may take to finish its TLS handshake, and then to send its first 24
     /// bytes (the HTTP/2 preface); also the longest an HTTP/1.1 connection may take to send a request
     /// head, idle keep-alive time included.
@@ -258,6 +270,29 @@ fn parse_header_size(s: &str) -> Result<u32, String> {
     match u32::try_from(n) {
         Ok(n) if (1024..=u32::MAX / 4).contains(&n) => Ok(n),
         _ => Err(format!("'{s}' must be between 1KiB and 1GiB")),
+    }
+}
+
+/// A send buffer (as [`parse_size`]): at least one default HTTP/2 stream window (64 KiB), so that
+/// the connection-wide budget of vendor/h2 holds a full window's reply at least; at most 1 GiB,
+/// so that h2's 32-bit windows can express it.
+fn parse_send_buffer(s: &str) -> Result<usize, String> {
+    let n = parse_size(s)?;
+    if (crate::server::MIN_SEND_BUFFER..=1 << 30).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("'{s}' must be between 64KiB and 1GiB"))
+    }
+}
+
+/// A reply metadata budget (as [`parse_size`]): at least 1 KiB (a few headers and a status
+/// message), at most 64 MiB.
+fn parse_reply_metadata_size(s: &str) -> Result<usize, String> {
+    let n = parse_size(s)?;
+    if (1 << 10..=64 << 20).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("'{s}' must be between 1KiB and 64MiB"))
     }
 }
 

@@ -412,7 +412,7 @@ pub(crate) fn render_reply(
 }
 
 /// A rule's headers and trailers, and an error's status, are built within
-/// [`budget::MAX_METADATA_SIZE`]: a value copied from a large request field is refused, not sent.
+/// [`budget::max_metadata_size`]: a value copied from a large request field is refused, not sent.
 fn headers_of(rule: &Rule, scope: &Scope<'_>) -> Result<MetadataMap, Status> {
     budget::bounded_metadata("headers", || rule.headers(scope))
 }
@@ -422,7 +422,7 @@ fn trailers_of(rule: &Rule, scope: &Scope<'_>) -> Result<MetadataMap, Status> {
 }
 
 pub(crate) fn render_error(error: &ErrorTemplate, scope: &Scope<'_>) -> Status {
-    budget::within(budget::MAX_METADATA_SIZE, || error.render(scope))
+    budget::within(budget::max_metadata_size(), || error.render(scope))
         .unwrap_or_else(|_| budget::metadata_too_large("error message"))
 }
 

@@ -171,7 +171,9 @@ fn serve_on(
             keepalive_interval: args.keepalive_interval,
             keepalive_timeout: args.keepalive_timeout,
             max_header_size: args.max_header_size,
+            max_send_buffer: args.max_send_buffer,
         };
+        crate::handlers::budget::set_max_metadata_size(args.max_reply_metadata_size);
         crate::codec::decoded::set_max_request_memory(args.max_request_memory);
         tracing::info!(cors = %cors, "gRPC-Web on");
         // On a signal the server stops accepting and lets calls in flight finish, for at most the

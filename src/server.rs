@@ -47,7 +47,8 @@ use preface::PrefaceDeadline;
 use streams::StreamExecutor;
 
 /// How long a connection may stay silent, and how large its request headers may be:
-/// `--handshake-timeout`, `--keepalive-interval`, `--keepalive-timeout`, `--max-header-size`.
+/// `--handshake-timeout`, `--keepalive-interval`, `--keepalive-timeout`, `--max-header-size`,
+/// `--max-send-buffer`.
 ///
 /// A silent socket is closed after at most the handshake timeout (no TLS handshake, no preface, no
 /// HTTP/1.1 request head) or the keep-alive interval plus timeout (an HTTP/2 peer that stopped
@@ -62,18 +63,17 @@ pub struct ConnectionSettings {
     pub keepalive_timeout: Duration,
     /// Our limit, which the service checks (to answer RESOURCE_EXHAUSTED); h2's own is 4 times it.
     pub max_header_size: u32,
+    /// Reply bytes a connection buffers for sending at most, all its streams together (plus, for
+    /// HTTP/2 chunks over a sixteenth of it, up to 16 of them; see vendor/h2/PROTODROP.md), and for
+    /// HTTP/1.1 at least 4 times `max_header_size` (`--max-send-buffer`).
+    pub max_send_buffer: usize,
 }
 
 /// Streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 
-/// Reply bytes an HTTP/2 connection buffers for sending at most, all streams together (plus, for
-/// messages over 64 KiB, up to 16 of them); see vendor/h2/PROTODROP.md.
-pub const MAX_SEND_BUFFER: usize = 1024 * 1024;
-
-/// hyper's HTTP/1.1 buffer limit: the most reply bytes queued for an HTTP/1.1 connection (plus
-/// the one chunk that crosses it), and the longest request head it reads.
-pub const HTTP1_MAX_BUF_SIZE: usize = 64 * 1024;
+/// The least `--max-send-buffer`: one default HTTP/2 stream window.
+pub const MIN_SEND_BUFFER: usize = 64 * 1024;
 
 /// Pause after a failed `accept` (too many open files, say), so that an error that repeats does not
 /// spin.
@@ -164,17 +164,18 @@ fn http_settings(settings: &ConnectionSettings) -> auto::Builder<StreamExecutor>
         // Reply bytes an HTTP/2 connection may buffer for sending, all its streams together
         // (vendor/h2 makes h2's per-stream limit a per-connection one): whatever window a client
         // advertises, replies it does not read wait in the handlers, not in memory.
-        .max_send_buf_size(MAX_SEND_BUFFER)
+        .max_send_buf_size(settings.max_send_buffer)
         // No `date` on HTTP/2: gRPC has no use for it (grpc-go and grpc-java send none), and a
         // value that changes every second costs a clock read and a fresh HPACK literal per answer.
         // HTTP/1.1 answers (curl, browsers) keep it.
         .auto_date_header(false);
     connection_limits(&mut http, settings);
-    // A reply's bytes wait in this buffer while the client does not read; hyper's default (~400
-    // KiB, and up to 16 chunks) made each unread HTTP/1.1 connection hold ~600 KB. It also bounds
-    // the request head, so it grows with a raised `--max-header-size` as h2's limit does.
+    // A reply's bytes wait in this buffer while the client does not read (hyper's default, ~400
+    // KiB and up to 16 chunks, made each unread HTTP/1.1 connection hold ~600 KB): the same limit
+    // as an HTTP/2 connection's. It also bounds the request head, so it grows with a raised
+    // `--max-header-size` as h2's limit does; hyper's own least is 8 KiB, below MIN_SEND_BUFFER.
     let head = (settings.max_header_size as usize).saturating_mul(4);
-    http.http1().max_buf_size(HTTP1_MAX_BUF_SIZE.max(head));
+    http.http1().max_buf_size(settings.max_send_buffer.max(head));
     http
 }
 

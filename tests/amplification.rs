@@ -247,6 +247,49 @@ async fn headers_trailers_and_error_messages_built_from_a_large_field_are_refuse
     }
 }
 
+/// `--max-reply-metadata-size` is that bound: a 20 kB header templated from the request (or set by
+/// a script) is refused at the default (16 KiB) and sent with the flag raised; lowered to 1 KiB, a
+/// 2 kB one is refused.
+#[tokio::test]
+async fn max_reply_metadata_size_moves_the_bound_on_built_headers() {
+    let handler = rules(&[
+        (
+            "t.Svc/Unary",
+            "headers.x-name = \"{{request.name}}\"\nreply.text = \"hi\"",
+        ),
+        (
+            "t.Svc/ServerStream",
+            "code = '''\nheader(\"x-name\", request.name);\nsend(#{ text: \"hi\" });\n'''",
+        ),
+    ]);
+    let start = |size: &str| {
+        Server::start_with(
+            &t_proto(),
+            &[("t.toml", &handler)],
+            Options::default().arg(format!("--max-reply-metadata-size={size}")),
+        )
+    };
+    let (default, raised, lowered) = (start_t(&handler), start("32KiB"), start("1KiB"));
+    let name = "n".repeat(20_000);
+    for path in ["/t.Svc/Unary", "/t.Svc/ServerStream"] {
+        let mut conn = Conn::connect(default.addr).await;
+        let answer = conn.call(path, &[], named(20_000)).await;
+        let message = answer.expect_status(Code::ResourceExhausted);
+        assert!(message.contains("--max-reply-metadata-size"), "{path}: {message}");
+
+        let mut conn = Conn::connect(raised.addr).await;
+        let answer = conn.call(path, &[], named(20_000)).await;
+        assert_eq!(answer.grpc_status(), Some(0), "{path}: {}", answer.grpc_message());
+        let header = answer.headers.get("x-name").map(|v| v.as_bytes());
+        assert_eq!(header, Some(name.as_bytes()), "{path}");
+
+        let mut conn = Conn::connect(lowered.addr).await;
+        let answer = conn.call(path, &[], named(2_000)).await;
+        let message = answer.expect_status(Code::ResourceExhausted);
+        assert!(message.contains("1024 bytes"), "{path}: {message}");
+    }
+}
+
 /// `--script-max-memory` counts what a call holds, not what it has sent: a streaming script (run
 /// on a helper thread of its own) may send far more than the limit in total, and is still stopped
 /// when it holds too much.

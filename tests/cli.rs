@@ -334,6 +334,20 @@ fn bad_flag_values_are_refused() {
     let (code, _, stderr) = protodrop(&["serve", "--listen", "nowhere"], None, &[]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--listen"), "{stderr}");
+    // Below one default HTTP/2 stream window, the send budget could not hold a full window's
+    // reply; the environment variable is checked the same way.
+    let (code, _, stderr) = protodrop(&["serve", "--max-send-buffer", "32KiB"], None, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--max-send-buffer") && stderr.contains("between 64KiB and 1GiB"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = protodrop(&["serve"], None, &[("PROTODROP_MAX_SEND_BUFFER", "2GiB")]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("between 64KiB and 1GiB"), "{stderr}");
+    let (code, _, stderr) = protodrop(&["serve", "--max-reply-metadata-size", "100"], None, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--max-reply-metadata-size"), "{stderr}");
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! A size budget for what one call builds from templates, checked while it is built: a reply
 //! (`--max-message-size`) or a set of response headers, trailers or an error message
-//! ([`MAX_METADATA_SIZE`]).
+//! (`--max-reply-metadata-size`, [`max_metadata_size`]).
 //!
 //! Rendering is synchronous, so the budget lives in a thread-local for the length of one
 //! [`within`] and the code that builds (texts, lists, emitters) asks [`fits`] or [`spend`] as it
@@ -11,14 +11,29 @@
 //! constants, conditions) there is no budget.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tonic::Status;
 
-/// Most bytes of response headers (or trailers, or an error message) built from templates for one
-/// call: what servers commonly accept as a whole request header list (16 KiB), so that a client
-/// with such a limit can read them. A templated value copied from a large request field is refused
-/// with RESOURCE_EXHAUSTED rather than sent.
-pub const MAX_METADATA_SIZE: usize = 16 << 10;
+/// `--max-reply-metadata-size`'s default: what servers commonly accept as a whole request header
+/// list (16 KiB), so that a client with such a limit can read what we send.
+pub const DEFAULT_MAX_METADATA_SIZE: usize = 16 << 10;
+
+/// Most bytes of response headers (or trailers, or an error message) built from templates and
+/// scripts for one call. Process-wide, set once at start-up like `--max-request-memory`: it is
+/// read deep in rendering (templates, Rhai's `header()`), far from any per-call settings.
+static MAX_METADATA_SIZE: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_METADATA_SIZE);
+
+/// Sets [`max_metadata_size`] (`--max-reply-metadata-size`).
+pub fn set_max_metadata_size(bytes: usize) {
+    MAX_METADATA_SIZE.store(bytes, Ordering::Relaxed);
+}
+
+/// The bound on response headers, trailers or an error message built for one call: a templated
+/// value copied from a large request field is refused with RESOURCE_EXHAUSTED rather than sent.
+pub fn max_metadata_size() -> usize {
+    MAX_METADATA_SIZE.load(Ordering::Relaxed)
+}
 
 thread_local! {
     /// Bytes left, when a budget is in force on this thread.
@@ -87,26 +102,29 @@ pub fn reply_too_large(limit: usize) -> Status {
 }
 
 /// RESOURCE_EXHAUSTED for response `what` (headers, trailers, an error message) built from templates
-/// past [`MAX_METADATA_SIZE`].
+/// past [`max_metadata_size`].
 pub fn metadata_too_large(what: &str) -> Status {
     Status::resource_exhausted(format!(
-        "the response {what} built for this call are larger than the limit of {MAX_METADATA_SIZE} bytes"
+        "the response {what} built for this call are larger than the limit of {} bytes \
+         (--max-reply-metadata-size)",
+        max_metadata_size()
     ))
 }
 
-/// Runs `f` (which renders headers or trailers) within [`MAX_METADATA_SIZE`], and checks the total
+/// Runs `f` (which renders headers or trailers) within [`max_metadata_size`], and checks the total
 /// of what it built.
 pub fn bounded_metadata(
     what: &str,
     f: impl FnOnce() -> Result<tonic::metadata::MetadataMap, Status>,
 ) -> Result<tonic::metadata::MetadataMap, Status> {
-    let map = within(MAX_METADATA_SIZE, f).map_err(|Exceeded| metadata_too_large(what))??;
+    let limit = max_metadata_size();
+    let map = within(limit, f).map_err(|Exceeded| metadata_too_large(what))??;
     let size: usize = map
         .as_ref()
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len())
         .sum();
-    if size > MAX_METADATA_SIZE {
+    if size > limit {
         return Err(metadata_too_large(what));
     }
     Ok(map)

@@ -36,7 +36,7 @@ use tonic::metadata::{
 };
 use tonic::{Code, Status};
 
-use super::budget::MAX_METADATA_SIZE;
+use super::budget::max_metadata_size;
 use super::script_convert::{dynamic_to_message, encode_message};
 use super::script_lazy::{self, plain, LazyMessage};
 use crate::diagnostic::Diagnostic;
@@ -1084,7 +1084,7 @@ fn metadata_to_map(metadata: &MetadataMap) -> rhai::Map {
 
 /// Adds one response header or trailer. Keys are lower-cased; `-bin` keys take base64 values.
 /// A script's headers (or trailers) stay within what a template's may build
-/// ([`MAX_METADATA_SIZE`]): RESOURCE_EXHAUSTED before one that would pass it is added.
+/// ([`max_metadata_size`]): RESOURCE_EXHAUSTED before one that would pass it is added.
 fn check_room(
     map: &MetadataMap,
     key: &str,
@@ -1096,12 +1096,13 @@ fn check_room(
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len())
         .sum();
-    if used + key.len() + value.len() > MAX_METADATA_SIZE {
+    let limit = max_metadata_size();
+    if used + key.len() + value.len() > limit {
         return Err(api_error(
             Code::ResourceExhausted,
             format!(
                 "{what}(): the response {what}s would be larger than the limit of \
-                 {MAX_METADATA_SIZE} bytes"
+                 {limit} bytes (--max-reply-metadata-size)"
             ),
         ));
     }

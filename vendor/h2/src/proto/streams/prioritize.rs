@@ -128,10 +128,17 @@ impl Prioritize {
     }
 
     /// PROTODROP: recounts what `stream` holds of the connection's send budget: its buffered
-    /// bytes, plus, while it may produce more (capacity beyond its buffered data), that capacity
-    /// but no less than `arm_reserve`. Called wherever h2 changes a stream's buffered data or
-    /// assigned capacity.
-    fn rebudget(&mut self, stream: &mut store::Ptr) {
+    /// bytes that the peer's window for it lets out, plus, while it may produce more (capacity
+    /// beyond its buffered data), that capacity but no less than `arm_reserve`. Called wherever
+    /// h2 changes a stream's buffered data, assigned capacity or window.
+    ///
+    /// Buffered bytes past the stream's window are not counted: they wait for the peer, not for
+    /// the socket, and a peer that never reads that stream would otherwise keep them out of the
+    /// budget for good, so that 16 such streams stalled every other stream of the connection.
+    /// There is at most one chunk of them per stream (a stream is given no capacity, so its
+    /// producer sends nothing more, until its window opens), like the chunk hyper holds per
+    /// stream before asking for capacity.
+    pub(crate) fn rebudget(&mut self, stream: &mut Stream) {
         let buffered = stream.buffered_send_data;
         let available = stream.send_flow.available().as_size() as usize;
         let armed = if available > buffered {
@@ -139,7 +146,8 @@ impl Prioritize {
         } else {
             0
         };
-        let held = buffered + armed;
+        let window = stream.send_flow.window_size() as usize;
+        let held = cmp::min(buffered, window) + armed;
         self.send_budget_used = self.send_budget_used - stream.send_budget + held;
         stream.send_budget = held;
     }
@@ -353,6 +361,7 @@ impl Prioritize {
 
         // Update the stream level flow control.
         stream.send_flow.inc_window(inc)?;
+        self.rebudget(stream); // PROTODROP: more of its buffered data may go out now
 
         // If the stream is waiting on additional capacity, then this will
         // assign it (if available on the connection) and notify the producer

@@ -594,6 +594,9 @@ impl Send {
                         // of a stream is reduced? Maybe it should if the capacity
                         // is reduced to zero, allowing the producer to stop work.
 
+                        // PROTODROP: its window and capacity changed.
+                        self.prioritize.rebudget(stream);
+
                         Ok::<_, proto::Error>(())
                     })?;
 
