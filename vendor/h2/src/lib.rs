@@ -132,7 +132,9 @@ pub mod server;
 mod share;
 
 #[cfg(fuzzing)]
-#[cfg_attr(feature = "unstable", allow(missing_docs))]
+// PROTODROP: `allow` whatever the features: as a path dependency the lints are not capped, and
+// `cargo fuzz` builds with `--cfg fuzzing`, where this undocumented module broke the build.
+#[allow(missing_docs)]
 pub mod fuzz_bridge;
 
 pub use crate::error::{Error, Reason};
