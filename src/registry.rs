@@ -19,23 +19,7 @@ use crate::handlers::script::{ScriptEngine, ScriptLimits};
 use crate::handlers::{self, Handlers, MethodRules};
 use crate::protos::{self, Protos};
 
-/// Stack of the threads that load protos and handlers (and parse ahead). The parsers recurse once per
-/// nesting level of a file, bounded by `protos::nesting::MAX_NESTING` (and TOML's and Rhai's own
-/// limits); a file at that bound needs under 2 MiB in a debug build, and an overflow would abort the
-/// process, so the margin is wide (Rhai's compiler recurses on this thread too). Only the pages
-/// used are touched.
-pub const BUILD_STACK: usize = 64 << 20;
-
-/// What a caught panic says, for a diagnostic.
-pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic with no message".into())
-}
-
-/// Runs a load on a thread of its own with [`BUILD_STACK`]: whichever thread asks (the main thread at
+/// Runs a load on a thread of its own with [`crate::protos::BUILD_STACK`]: whichever thread asks (the main thread at
 /// start-up, the reload thread later), the parsers get the same stack. A panic that escapes the
 /// finer-grained catches is a diagnostic about `blame` (the folder being loaded), not a dead thread.
 pub fn contained(
@@ -46,13 +30,13 @@ pub fn contained(
     std::thread::scope(|scope| {
         let worker = std::thread::Builder::new()
             .name("protodrop-load".into())
-            .stack_size(BUILD_STACK)
+            .stack_size(crate::protos::BUILD_STACK)
             .spawn_scoped(scope, load)
             .map_err(|e| failed(format!("cannot start a thread to load the files: {e}")))?;
         worker.join().unwrap_or_else(|panic| {
             Err(failed(format!(
                 "loading failed on an unexpected input (please report it): {}",
-                panic_message(&panic)
+                crate::diagnostic::panic_message(&panic)
             )))
         })
     })

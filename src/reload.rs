@@ -114,7 +114,7 @@ fn supervise(mut body: impl FnMut(bool)) -> bool {
         let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| body(restarted))) else {
             return true;
         };
-        let message = crate::registry::panic_message(&panic);
+        let message = crate::diagnostic::panic_message(&panic);
         let now = Instant::now();
         panics.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
         panics.push(now);

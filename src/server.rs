@@ -175,7 +175,8 @@ fn http_settings(settings: &ConnectionSettings) -> auto::Builder<StreamExecutor>
     // as an HTTP/2 connection's. It also bounds the request head, so it grows with a raised
     // `--max-header-size` as h2's limit does; hyper's own least is 8 KiB, below MIN_SEND_BUFFER.
     let head = (settings.max_header_size as usize).saturating_mul(4);
-    http.http1().max_buf_size(settings.max_send_buffer.max(head));
+    http.http1()
+        .max_buf_size(settings.max_send_buffer.max(head));
     http
 }
 

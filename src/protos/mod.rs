@@ -18,6 +18,13 @@ pub mod nesting;
 use ahead::ParseAhead;
 use nesting::CheckedInclude;
 
+/// Stack of the threads that load protos and handlers (and parse ahead). The parsers recurse once per
+/// nesting level of a file, bounded by `protos::nesting::MAX_NESTING` (and TOML's and Rhai's own
+/// limits); a file at that bound needs under 2 MiB in a debug build, and an overflow would abort the
+/// process, so the margin is wide (Rhai's compiler recurses on this thread too). Only the pages
+/// used are touched.
+pub const BUILD_STACK: usize = 64 << 20;
+
 /// Files compiled into every pool whether or not a user proto imports them: `google.rpc.Status` and the
 /// standard error details are what handler `error.details` are written in.
 const ALWAYS_LOADED: &[&str] = &["google/rpc/status.proto", "google/rpc/error_details.proto"];
@@ -111,7 +118,7 @@ fn load_with_helpers(
             // A failed spawn only means the compiler parses that share itself.
             let _ = std::thread::Builder::new()
                 .name("protodrop-parse".into())
-                .stack_size(crate::registry::BUILD_STACK)
+                .stack_size(BUILD_STACK)
                 .spawn_scoped(scope, || ahead.help());
         }
         let _stop_helpers = ahead.close_on_drop();
@@ -131,7 +138,7 @@ fn load_with_helpers(
                         root.join(&name),
                         format!(
                             "the proto compiler failed on this file or one it imports: {}",
-                            crate::registry::panic_message(&panic)
+                            crate::diagnostic::panic_message(&panic)
                         ),
                     ));
                     return;
@@ -148,7 +155,7 @@ fn load_with_helpers(
                 root,
                 format!(
                     "building the descriptor pool failed: {}",
-                    crate::registry::panic_message(&panic)
+                    crate::diagnostic::panic_message(&panic)
                 ),
             )])
         })?;
@@ -179,7 +186,7 @@ fn check_method_options(
         let message = format!(
             "the options of {} cannot be read (nested too deeply?): {}",
             method.full_name(),
-            crate::registry::panic_message(&panic)
+            crate::diagnostic::panic_message(&panic)
         );
         let path = std::iter::once(root)
             .chain(include_roots.iter().map(PathBuf::as_path))
@@ -424,7 +431,7 @@ mod nesting_tests {
         .unwrap();
         let path = dir.path().to_path_buf();
         let loaded = std::thread::Builder::new()
-            .stack_size(crate::registry::BUILD_STACK / 4)
+            .stack_size(BUILD_STACK / 4)
             .spawn(move || load_with_helpers(&path, &[], |_| 0).map(|p| p.files))
             .unwrap()
             .join()

@@ -5,7 +5,7 @@
 //! a few thousand levels overflow the thread's stack, which aborts the process (it cannot be caught).
 //! Past 100 levels prost-reflect also panics when it decodes such an option (prost's own recursion
 //! limit). So every file is scanned first, and one nested deeper than [`MAX_NESTING`] is refused with
-//! its line and column; the build thread's stack ([`crate::registry::BUILD_STACK`]) is sized for a
+//! its line and column; the build thread's stack ([`crate::protos::BUILD_STACK`]) is sized for a
 //! file at the limit.
 
 use std::fmt;
