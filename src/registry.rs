@@ -93,11 +93,12 @@ impl State {
     fn build_here(sources: &Sources) -> Result<State, Diagnostics> {
         let started = std::time::Instant::now();
         let protos = protos::load(&sources.protos, &sources.include_roots)?;
-        // A bad google.api.http annotation is a proto problem, reported at its line.
+        // A bad google.api.http annotation costs only its route: a warning at its line (see
+        // `Routes::skipped`), not a load problem.
         let proto_roots: Vec<PathBuf> = std::iter::once(sources.protos.clone())
             .chain(sources.include_roots.iter().cloned())
             .collect();
-        let routes = crate::front::transcode::Routes::build(&protos.pool, &proto_roots)?;
+        let routes = crate::front::transcode::Routes::build(&protos.pool, &proto_roots);
         let reflection = sources
             .reflection
             .then(|| Arc::new(LazyReflection::new(protos.pool.clone())));

@@ -304,6 +304,10 @@ fn swap_in(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "reloaded"
             );
+            // Only when the routes were built again (a handler edit keeps them, and their warnings).
+            if !Arc::ptr_eq(&state.routes, &registry.current().routes) {
+                state.routes.log_skipped();
+            }
             registry.swap(state);
             true
         }

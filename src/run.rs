@@ -15,10 +15,20 @@ use crate::registry::{Registry, Sources, State};
 use crate::service::ServiceSettings;
 use crate::{reload, server};
 
-/// `protodrop check`: load protos and handlers, print a summary or every problem.
+/// `protodrop check`: load protos and handlers, print a summary or every problem. Skipped HTTP
+/// routes are printed as warnings, which do not fail the check.
 pub fn check(args: &SourceArgs) -> anyhow::Result<ExitCode> {
     match State::build(&args.sources()) {
         Ok(state) => {
+            for warning in &state.routes.skipped {
+                eprintln!("warning: {warning}");
+            }
+            if !state.routes.skipped.is_empty() {
+                eprintln!(
+                    "{} HTTP route(s) skipped (their methods still answer gRPC, gRPC-Web and Connect)",
+                    state.routes.skipped.len()
+                );
+            }
             println!(
                 "ok: {} services, {} methods, {} rules in {} handler files",
                 state.service_count(),
@@ -85,6 +95,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         rules = state.rule_count,
         "loaded"
     );
+    state.routes.log_skipped();
     let registry = Arc::new(Registry::new(state));
     // Rhai recurses on the native stack: a deep script must not overflow a thread (that would abort
     // the server, not fail the call). ~128 KiB per allowed call level covers debug builds.

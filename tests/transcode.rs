@@ -1,7 +1,7 @@
 //! HTTP/JSON transcoding from `google.api.http` annotations: routes (variables, `**`, verbs,
 //! `additional_bindings`, the most specific route winning), the request from path, query and body,
 //! `response_body`, errors as google.rpc.Status JSON with the mapped HTTP status, server streams as
-//! NDJSON, annotation problems reported at load, and routes following hot reloads.
+//! NDJSON, annotation problems skipping their route with a warning, and routes following hot reloads.
 
 mod common;
 mod http_client;
@@ -463,31 +463,195 @@ async fn a_client_stream_reads_the_body_as_json_values() {
     );
 }
 
+/// Issue 17: a bad annotation made the whole load fail, so one typo in a route took every method
+/// down. Now the binding is skipped with a warning at its line; `check` passes; the method answers gRPC.
 #[tokio::test]
-async fn bad_annotations_are_load_problems_at_their_line() {
+async fn bad_annotations_skip_their_route_with_a_warning_at_their_line() {
     let bad = LIBRARY
         .replace("get: \"/v1/unhandled\"", "get: \"/v1/{nope}\"")
-        .replace("response_body: \"book\"", "response_body: \"cover\"");
+        .replace("response_body: \"book\"", "response_body: \"cover\"")
+        .replace("\"/v1/books/special\"", "\"/v1/books/{name\"");
     let (code, out, err) = check(&[("lib.proto", &bad)], &[("lib.toml", HANDLERS)]);
-    assert_eq!(code, 1, "{out}{err}");
     let all = format!("{out}{err}");
-    let line = line_of(&bad, "/v1/{nope}");
-    assert!(
-        all.contains(&format!("protos/lib.proto:{line}:")),
-        "expected a problem at line {line}:\n{all}"
-    );
-    assert!(all.contains("lib.Name has no field 'nope'"), "{all}");
-    let line = line_of(&bad, "response_body: \"cover\"");
-    assert!(all.contains(&format!("protos/lib.proto:{line}:")), "{all}");
-    assert!(all.contains("lib.Wrapped has no field 'cover'"), "{all}");
+    assert_eq!(code, 0, "{all}");
+    assert!(out.contains("ok: "), "{all}");
+    for (needle, says) in [
+        ("/v1/{nope}", "lib.Name has no field 'nope'"),
+        (
+            "response_body: \"cover\"",
+            "lib.Wrapped has no field 'cover'",
+        ),
+        ("/v1/books/{name\"", "bad path template"),
+    ] {
+        let line = line_of(&bad, needle);
+        assert!(
+            err.contains(&format!("warning: protos/lib.proto:{line}:")),
+            "expected a warning at line {line}:\n{all}"
+        );
+        assert!(err.contains(says), "{all}");
+    }
+    assert!(err.contains("3 HTTP route(s) skipped"), "{all}");
 
-    let bad = LIBRARY.replace("\"/v1/books/special\"", "\"/v1/books/{name\"");
-    let (code, out, err) = check(&[("lib.proto", &bad)], &[("lib.toml", HANDLERS)]);
-    assert_eq!(code, 1);
-    let all = format!("{out}{err}");
+    let s = Server::start(&[("lib.proto", &bad)], &[("lib.toml", HANDLERS)]);
+    let client = grpc_client(&s).await;
+    // The method whose only route is broken still answers gRPC.
+    let reply = client.unary("lib.Library/Special", json!({})).await;
+    assert_eq!(reply.single(), &json!({"title": "special"}));
+    // Cover lost its first binding, not its additional one.
+    let r = get(s.addr, "/v1/covers/c1/more").await;
+    assert_eq!(ok_json(r).await, json!([{"title": "a"}, {"title": "b"}]));
     let line = line_of(&bad, "/v1/books/{name\"");
-    assert!(all.contains(&format!("protos/lib.proto:{line}:")), "{all}");
-    assert!(all.contains("bad path template"), "{all}");
+    let logs = s.logs();
+    assert!(
+        logs.contains(&format!("protos/lib.proto:{line}:")),
+        "{logs}"
+    );
+    assert!(logs.contains("3 HTTP route(s) skipped"), "{logs}");
+}
+
+/// A gRPC client for the server's protos (with the bundled `google/api` annotations).
+async fn grpc_client(s: &Server) -> Client {
+    let include = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/protos/include");
+    let pool = compile_protos(&s.protos_dir(), &[include]).unwrap_or_else(|e| panic!("{e}"));
+    Client::connect(s.addr, pool).await
+}
+
+/// Declares `GET /v1/things/{name}` in package `pkg`; `import` adds an import line.
+fn things(pkg: &str, import: &str) -> String {
+    format!(
+        r#"syntax = "proto3";
+package {pkg};
+import "google/api/annotations.proto";
+{import}
+message Name {{ string name = 1; }}
+service Things {{
+  rpc Get(Name) returns (Name) {{
+    option (google.api.http) = {{ get: "/v1/things/{{name}}" }};
+  }}
+}}
+"#
+    )
+}
+
+const THINGS_HANDLERS: &str = r#"
+[[rule]]
+method = "alpha.Things/Get"
+reply = { name = "alpha {{request.name}}" }
+
+[[rule]]
+method = "zeta.Things/Get"
+reply = { name = "zeta {{request.name}}" }
+"#;
+
+/// Issue 17: googleapis has 453 routes declared by two services of different packages, and each was
+/// a load problem ("already bound"): the server refused to start. Now the first file in path order
+/// serves the route (`a.proto`, though it imports `z.proto`, which the pool lists first), the other
+/// binding is skipped with a warning naming both places, and both methods answer gRPC.
+#[tokio::test]
+async fn a_route_declared_twice_is_served_by_the_first_file_in_path_order() {
+    let alpha = things("alpha", "import \"z.proto\";");
+    let zeta = things("zeta", "");
+    let protos = [("a.proto", alpha.as_str()), ("z.proto", zeta.as_str())];
+    let line = line_of(&alpha, "/v1/things/");
+
+    let (code, out, err) = check(&protos, &[("things.toml", THINGS_HANDLERS)]);
+    let all = format!("{out}{err}");
+    assert_eq!(code, 0, "{all}");
+    let warning = err
+        .lines()
+        .find(|l| l.starts_with("warning: "))
+        .unwrap_or_else(|| panic!("no warning:\n{all}"));
+    assert!(
+        warning.contains(&format!("protos/z.proto:{line}:"))
+            && warning.contains(&format!("protos/a.proto:{line}:"))
+            && warning.contains("zeta.Things.Get")
+            && warning.contains("alpha.Things.Get"),
+        "{all}"
+    );
+    assert!(err.contains("1 HTTP route(s) skipped"), "{all}");
+
+    let s = Server::start(&protos, &[("things.toml", THINGS_HANDLERS)]);
+    let r = get(s.addr, "/v1/things/x").await;
+    assert_eq!(ok_json(r).await, json!({"name": "alpha x"}));
+    let client = grpc_client(&s).await;
+    for pkg in ["alpha", "zeta"] {
+        let reply = client
+            .unary(&format!("{pkg}.Things/Get"), json!({"name": "y"}))
+            .await;
+        assert_eq!(reply.single(), &json!({"name": format!("{pkg} y")}));
+    }
+    let logs = s.logs();
+    let warned = logs
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("already served"))
+        .unwrap_or_else(|| panic!("no warning in the log:\n{logs}"));
+    assert!(
+        warned.contains(&format!("protos/z.proto:{line}:"))
+            && warned.contains(&format!("protos/a.proto:{line}:")),
+        "{warned}"
+    );
+}
+
+const DOCUMENTS: &str = r#"syntax = "proto3";
+package docs;
+import "google/api/annotations.proto";
+message ListDocumentsRequest { string parent = 1; string collection_id = 2; int32 page_size = 3; }
+message Key { string name = 1; }
+service Firestore {
+  rpc ListDocuments(ListDocumentsRequest) returns (ListDocumentsRequest) {
+    option (google.api.http) = {
+      get: "/v1/{parent=projects/*/databases/*/documents/**}/{collection_id}"
+    };
+  }
+  rpc Summary(Key) returns (Key) {
+    option (google.api.http) = {
+      get: "/v1/{name=projects/*/keyRings/*/cryptoKeys/**}/protectedResourcesSummary"
+    };
+  }
+}
+"#;
+
+/// Issue 17: googleapis puts segments after `**` (firestore ListDocuments, kms inventory,
+/// discoveryengine); those templates were refused ("'**' must be the last segment"). `**` takes the
+/// middle of the path, zero segments or more, the segments after it matching the path's end.
+#[tokio::test]
+async fn segments_after_double_star_route_firestore_style_paths() {
+    let handlers =
+        "[[rule]]\nmethod = \"docs.Firestore/ListDocuments\"\nreply = \"{{request}}\"\n\n\
+                    [[rule]]\nmethod = \"docs.Firestore/Summary\"\nreply = \"{{request}}\"\n";
+    let s = Server::start(&[("docs.proto", DOCUMENTS)], &[("docs.toml", handlers)]);
+    assert!(!s.logs().contains("skipped"), "{}", s.logs());
+    let r = get(
+        s.addr,
+        "/v1/projects/p/databases/d/documents/a/b/c/coll?page_size=2",
+    )
+    .await;
+    assert_eq!(
+        ok_json(r).await,
+        json!({"parent": "projects/p/databases/d/documents/a/b/c", "collectionId": "coll", "pageSize": 2})
+    );
+    // `**` takes no segment: a collection at the root of the database.
+    let r = get(s.addr, "/v1/projects/p/databases/d/documents/coll").await;
+    assert_eq!(
+        ok_json(r).await,
+        json!({"parent": "projects/p/databases/d/documents", "collectionId": "coll"})
+    );
+    // Too short for the segments around `**`.
+    get(s.addr, "/v1/projects/p/databases/d/documents")
+        .await
+        .expect(404);
+    let r = get(
+        s.addr,
+        "/v1/projects/p/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1/protectedResourcesSummary",
+    )
+    .await;
+    assert_eq!(
+        ok_json(r).await,
+        json!({"name": "projects/p/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1"})
+    );
+    get(s.addr, "/v1/projects/p/keyRings/r/cryptoKeys/k/summary")
+        .await
+        .expect(404);
 }
 
 #[tokio::test]

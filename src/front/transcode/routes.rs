@@ -1,7 +1,12 @@
 //! The route table: every `google.api.http` binding (the rule and its `additional_bindings`) of every
-//! method in the pool, checked when the protos load — a template that does not parse, a variable or
-//! `body`/`response_body` naming no field, or a route bound twice is a load problem at its place in
-//! the proto file.
+//! method in the pool, checked when the protos load.
+//!
+//! A binding with a problem — a template that does not parse, a variable or `body`/`response_body`
+//! naming no field, a route another binding already took — is skipped with a warning at its place in
+//! the proto file, never a load error: the method still answers gRPC, gRPC-Web and Connect, which
+//! never needed the route (googleapis alone has hundreds of routes declared by two services of
+//! different packages). Of a route declared twice, the first in path order serves it: services are
+//! taken file by file, files sorted by name (as imports spell them), and in a file in the order written.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -79,6 +84,9 @@ pub enum Lookup<'a> {
 #[derive(Debug, Default)]
 pub struct Routes {
     routes: Vec<Route>,
+    /// The bindings skipped, each a warning at its place (and, for a route taken already, naming
+    /// the binding that serves it).
+    pub skipped: Vec<Diagnostic>,
     by_first: HashMap<String, Vec<usize>>,
     /// Routes whose template starts with a wildcard or variable.
     wild_first: Vec<usize>,
@@ -86,14 +94,20 @@ pub struct Routes {
 
 impl Routes {
     /// The routes of every method of `pool`. `roots` are the folders the proto files were read from
-    /// (the protos folder, then the `-I` roots), to point problems at their line.
-    pub fn build(pool: &DescriptorPool, roots: &[PathBuf]) -> Result<Routes, Diagnostics> {
+    /// (the protos folder, then the `-I` roots), to point problems at their line. Bindings with a
+    /// problem are left out, each with a warning in [`Routes::skipped`].
+    pub fn build(pool: &DescriptorPool, roots: &[PathBuf]) -> Routes {
         let mut routes = Routes::default();
         let Some(http) = pool.get_extension_by_name("google.api.http") else {
-            return Ok(routes);
+            return routes;
         };
         let mut problems = Diagnostics::default();
-        for service in pool.services() {
+        // Path order, so which of two bindings of one route serves it does not depend on imports
+        // (the pool lists an imported file before the file importing it). The sort is stable: in a
+        // file, services stay in the order written.
+        let mut services: Vec<_> = pool.services().collect();
+        services.sort_by(|a, b| a.parent_file().name().cmp(b.parent_file().name()));
+        for service in services {
             for method in service.methods() {
                 let options = method.options();
                 if !options.has_extension(&http) {
@@ -116,12 +130,15 @@ impl Routes {
                     match route(&method, &binding, top) {
                         Ok(route) => {
                             if let Some(other) = routes.same_as(&route) {
+                                let first =
+                                    locate(roots, &other.method, &other.pattern, String::new());
                                 let problem = format!(
-                                    "{} {} of {} is already bound to {}",
+                                    "{} {} of {} skipped: the route is already served by {} ({})",
                                     route.verb,
                                     route.pattern,
                                     method.full_name(),
-                                    other.method.full_name()
+                                    other.method.full_name(),
+                                    place(&first)
                                 );
                                 problems.push(locate(roots, &method, &route.pattern, problem));
                             } else {
@@ -129,16 +146,33 @@ impl Routes {
                             }
                         }
                         Err(Problem { near, message }) => {
-                            let message =
-                                format!("google.api.http of {}: {message}", method.full_name());
+                            let message = format!(
+                                "google.api.http of {}: {message}; the binding is skipped",
+                                method.full_name()
+                            );
                             problems.push(locate(roots, &method, &near, message));
                         }
                     }
                 }
             }
         }
-        problems.into_result()?;
-        Ok(routes)
+        if let Err(problems) = problems.into_result() {
+            routes.skipped = problems.0;
+        }
+        routes
+    }
+
+    /// Logs the skipped bindings: each at WARN on one line, then how many.
+    pub fn log_skipped(&self) {
+        for d in &self.skipped {
+            tracing::warn!("{}: {}", place(d), d.message);
+        }
+        if !self.skipped.is_empty() {
+            tracing::warn!(
+                "{} HTTP route(s) skipped (their methods still answer gRPC, gRPC-Web and Connect)",
+                self.skipped.len()
+            );
+        }
     }
 
     fn push(&mut self, route: Route) {
@@ -216,6 +250,15 @@ impl Routes {
             }
             None => Lookup::NotFound,
         }
+    }
+}
+
+/// `file:line:column` of a diagnostic (`file` when it has no line).
+fn place(d: &Diagnostic) -> String {
+    if d.line == 0 {
+        d.file.display().to_string()
+    } else {
+        format!("{}:{}:{}", d.file.display(), d.line, d.column)
     }
 }
 

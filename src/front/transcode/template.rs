@@ -11,6 +11,13 @@
 //!
 //! A template is parsed into flat segments, with each variable a span over them, and matched against
 //! request paths segment by segment.
+//!
+//! http.proto says `**` should be the last segment, but its grammar allows it anywhere and real APIs
+//! put segments after it (googleapis' firestore `{parent=projects/*/databases/*/documents/**}/{collection_id}`,
+//! kms inventory `…/cryptoKeys/**}/protectedResourcesSummary`, remoteworkers `{name=**/botSessions/*}`).
+//! As grpc-gateway and Envoy do, such templates are taken: one `**` per template, the segments before
+//! it matched from the start of the path, those after it from the end, `**` taking what lies between
+//! (zero segments or more).
 
 use std::cmp::Ordering;
 
@@ -22,7 +29,7 @@ pub enum Segment {
     Literal(String),
     /// `*`: exactly one segment.
     Single,
-    /// `**`: zero or more segments, the last thing before the verb.
+    /// `**`: zero or more segments (at most one per template; segments may follow it).
     Rest,
 }
 
@@ -89,10 +96,9 @@ impl Template {
             variables,
             ..
         } = parser;
-        if let Some(i) = segments.iter().position(|s| *s == Segment::Rest) {
-            if i + 1 != segments.len() {
-                return Err(fail("'**' must be the last segment".into()));
-            }
+        if segments.iter().filter(|s| **s == Segment::Rest).count() > 1 {
+            // Two `**` would make the split between them ambiguous.
+            return Err(fail("'**' may appear only once".into()));
         }
         for (i, v) in variables.iter().enumerate() {
             if variables[..i].iter().any(|w| w.field_path == v.field_path) {
@@ -116,32 +122,48 @@ impl Template {
             None => path,
         };
         let parts: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
-        // Where each template segment starts in `parts`.
+        let one = |segment: &Segment, part: &str| match segment {
+            Segment::Literal(literal) => part == literal || decode(part, true) == *literal,
+            Segment::Single => !part.is_empty(),
+            Segment::Rest => unreachable!("`**` is matched by position"),
+        };
+        // Where each template segment starts in `parts`, and where the last one ends.
         let mut starts = Vec::with_capacity(self.segments.len() + 1);
-        let mut i = 0;
-        for segment in &self.segments {
-            starts.push(i);
-            match segment {
-                Segment::Literal(literal) => {
-                    let part = parts.get(i)?;
-                    if part != literal && decode(part, true) != *literal {
+        match self.segments.iter().position(|s| *s == Segment::Rest) {
+            None => {
+                if parts.len() != self.segments.len() {
+                    return None;
+                }
+                for (i, (segment, part)) in self.segments.iter().zip(&parts).enumerate() {
+                    if !one(segment, part) {
                         return None;
                     }
-                    i += 1;
+                    starts.push(i);
                 }
-                Segment::Single => {
-                    if parts.get(i)?.is_empty() {
+            }
+            Some(rest) => {
+                // Before `**` from the start, after it from the end; `**` takes what is between.
+                let after = self.segments.len() - rest - 1;
+                if parts.len() < rest + after {
+                    return None;
+                }
+                let tail = parts.len() - after;
+                for (i, segment) in self.segments[..rest].iter().enumerate() {
+                    if !one(segment, parts[i]) {
                         return None;
                     }
-                    i += 1;
+                    starts.push(i);
                 }
-                Segment::Rest => i = parts.len(),
+                starts.push(rest);
+                for (j, segment) in self.segments[rest + 1..].iter().enumerate() {
+                    if !one(segment, parts[tail + j]) {
+                        return None;
+                    }
+                    starts.push(tail + j);
+                }
             }
         }
-        starts.push(i);
-        if i != parts.len() {
-            return None;
-        }
+        starts.push(parts.len());
         let bindings = self
             .variables
             .iter()
@@ -363,7 +385,7 @@ mod tests {
             "v1/x",
             "/v1/{name",
             "/v1/{a={b}}",
-            "/v1/**/x",
+            "/v1/**/x/**",
             "/v1//x",
             "/v1/a*",
             "/v1/{1x}",
@@ -391,6 +413,84 @@ mod tests {
         assert_eq!(bind("/v1/{name}:run", "/v1/x:run"), Some(vec!["x".into()]));
         assert_eq!(bind("/v1/{name}:run", "/v1/x"), None);
         assert_eq!(bind("/v1/a:b/c", "/v1/a:b/c"), Some(vec![]));
+    }
+
+    /// googleapis' templates with segments after `**` (firestore ListDocuments and CreateDocument,
+    /// kms inventory, remoteworkers): they parsed as "'**' must be the last segment".
+    #[test]
+    fn segments_after_double_star_match_from_the_end() {
+        let firestore = "/v1/{parent=projects/*/databases/*/documents/**}/{collection_id}";
+        assert_eq!(
+            bind(firestore, "/v1/projects/p/databases/d/documents/a/b/c/coll"),
+            Some(vec![
+                "projects/p/databases/d/documents/a/b/c".into(),
+                "coll".into()
+            ])
+        );
+        // `**` takes zero segments.
+        assert_eq!(
+            bind(firestore, "/v1/projects/p/databases/d/documents/coll"),
+            Some(vec![
+                "projects/p/databases/d/documents".into(),
+                "coll".into()
+            ])
+        );
+        assert_eq!(
+            bind(firestore, "/v1/projects/p/databases/d/documents"),
+            None
+        );
+        assert_eq!(
+            bind(firestore, "/v1/projects/p/databases/d/documents/a/"),
+            None
+        );
+        let firestore_list = "/v1/{parent=projects/*/databases/*/documents/*/**}/{collection_id}";
+        assert_eq!(
+            bind(firestore_list, "/v1/projects/p/databases/d/documents/coll"),
+            None
+        );
+        assert_eq!(
+            bind(
+                firestore_list,
+                "/v1/projects/p/databases/d/documents/a/coll"
+            ),
+            Some(vec![
+                "projects/p/databases/d/documents/a".into(),
+                "coll".into()
+            ])
+        );
+        let kms =
+            "/v1/{name=projects/*/locations/*/keyRings/*/cryptoKeys/**}/protectedResourcesSummary";
+        assert_eq!(
+            bind(kms, "/v1/projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1/protectedResourcesSummary"),
+            Some(vec!["projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1".into()])
+        );
+        assert_eq!(
+            bind(
+                kms,
+                "/v1/projects/p/locations/l/keyRings/r/cryptoKeys/k/other"
+            ),
+            None
+        );
+        let purge =
+            "/v1/{parent=projects/*/locations/*/dataStores/**}/suggestionDenyListEntries:purge";
+        assert_eq!(
+            bind(
+                purge,
+                "/v1/projects/p/locations/l/dataStores/s/x/suggestionDenyListEntries:purge"
+            ),
+            Some(vec!["projects/p/locations/l/dataStores/s/x".into()])
+        );
+        let bots = "/v1test2/{name=**/botSessions/*}";
+        assert_eq!(
+            bind(bots, "/v1test2/a/b/botSessions/7"),
+            Some(vec!["a/b/botSessions/7".into()])
+        );
+        assert_eq!(
+            bind(bots, "/v1test2/botSessions/7"),
+            Some(vec!["botSessions/7".into()])
+        );
+        assert_eq!(bind(bots, "/v1test2/botSessions"), None);
+        assert!(Template::parse("/v1/**/x/**").is_err());
     }
 
     #[test]
