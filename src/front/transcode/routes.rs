@@ -473,3 +473,89 @@ fn rpc_offset(source: &str, name: &str) -> Option<usize> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROTO: &str = r#"syntax = "proto3";
+package t;
+import "google/api/annotations.proto";
+message R { string a = 1; string b = 2; }
+service S {
+  rpc M1(R) returns (R) { option (google.api.http) = { get: "/v1/{a=x/*/d/**}/{b}" }; }
+  rpc M2(R) returns (R) { option (google.api.http) = { get: "/v1/{a=x/*/d/*}/{b}" }; }
+  rpc M3(R) returns (R) { option (google.api.http) = { get: "/v1/{a=**/y/*}" }; }
+  rpc M4(R) returns (R) { option (google.api.http) = { get: "/v1/{a=x/**}" }; }
+  rpc M5(R) returns (R) { option (google.api.http) = { post: "/v1/{a=x/*/d/**}/{b}:run" }; }
+  rpc M6(R) returns (R) { option (google.api.http) = { get: "/{a=**}/y" }; }
+  rpc M7(R) returns (R) { option (google.api.http) = { get: "/v1/{a=x/*/d/*}/{b}" }; }
+}
+"#;
+
+    fn routes() -> Routes {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.proto"), PROTO).unwrap();
+        let protos = crate::protos::load(dir.path(), &[]).unwrap();
+        Routes::build(&protos.pool, &[dir.path().to_path_buf()])
+    }
+
+    /// `find` against every route tried on its own (the fuzz target's oracle), over paths made of
+    /// the templates' literals and other segments, with `**` in the middle of templates.
+    #[test]
+    fn find_agrees_with_brute_force_when_double_star_is_followed_by_segments() {
+        let routes = routes();
+        // M7 repeats M2's route: skipped, with a warning naming both.
+        assert_eq!(routes.len(), 6);
+        assert_eq!(routes.skipped.len(), 1);
+        assert!(
+            routes.skipped[0].message.contains("t.S.M7")
+                && routes.skipped[0].message.contains("served by t.S.M2"),
+            "{}",
+            routes.skipped[0]
+        );
+        let words = ["v1", "x", "d", "y", "q", ""];
+        let mut paths = vec![String::from("/")];
+        for _ in 0..5 {
+            let more: Vec<String> = paths
+                .iter()
+                .flat_map(|p| {
+                    words.iter().map(move |w| {
+                        if p == "/" {
+                            format!("/{w}")
+                        } else {
+                            format!("{p}/{w}")
+                        }
+                    })
+                })
+                .collect();
+            paths.extend(more);
+        }
+        paths.sort();
+        paths.dedup();
+        let mut found = 0;
+        for path in paths.iter().flat_map(|p| [p.clone(), format!("{p}:run")]) {
+            for method in [http::Method::GET, http::Method::POST] {
+                let mut best: Option<&Route> = None;
+                for r in routes.routes.iter().filter(|r| r.verb.allows(&method)) {
+                    if r.template.matches(&path).is_some()
+                        && best.is_none_or(|b| r.template.compare(&b.template).is_lt())
+                    {
+                        best = Some(r);
+                    }
+                }
+                match (routes.find(&method, &path), best) {
+                    (Lookup::Found(r, bindings), Some(b)) => {
+                        assert_eq!(r.pattern, b.pattern, "{method} {path}");
+                        assert_eq!(Some(bindings), b.template.matches(&path));
+                        found += 1;
+                    }
+                    (Lookup::Found(r, _), None) => panic!("{method} {path}: found {}", r.pattern),
+                    (_, Some(b)) => panic!("{method} {path}: missed {}", b.pattern),
+                    (_, None) => {}
+                }
+            }
+        }
+        assert!(found > 100, "only {found} paths matched");
+    }
+}
