@@ -592,6 +592,45 @@ async fn a_route_declared_twice_is_served_by_the_first_file_in_path_order() {
     );
 }
 
+/// A reload that brings a second declaration of a route warns naming both places, keeps the first
+/// one serving it, and the newly loaded method answers gRPC.
+#[tokio::test]
+async fn a_reload_that_declares_a_route_twice_warns_and_keeps_serving() {
+    let alpha = things("alpha", "");
+    let alpha_handler =
+        "[[rule]]\nmethod = \"alpha.Things/Get\"\nreply = { name = \"alpha {{request.name}}\" }\n";
+    let s = Server::start(&[("a.proto", &alpha)], &[("a.toml", alpha_handler)]);
+    // The server starts watching just after it prints its address.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let since = s.logs().len();
+    // Handlers first (a reload between fails and keeps the old state), the proto last.
+    s.write_handler("things.toml", THINGS_HANDLERS);
+    s.remove("handlers/a.toml");
+    s.write_proto("z.proto", &things("zeta", ""));
+    let line = line_of(&alpha, "/v1/things/");
+    let logs = s
+        .wait_for_log(since, "1 HTTP route(s) skipped", Duration::from_secs(10))
+        .await;
+    assert!(
+        logs.contains(&format!("protos/z.proto:{line}:"))
+            && logs.contains(&format!("protos/a.proto:{line}:")),
+        "{logs}"
+    );
+    let r = get(s.addr, "/v1/things/x").await;
+    assert_eq!(ok_json(r).await, json!({"name": "alpha x"}));
+    let client = grpc_client(&s).await;
+    let reply = eventually(Duration::from_secs(10), || async {
+        let reply = client.unary("zeta.Things/Get", json!({"name": "y"})).await;
+        if reply.code() == tonic::Code::Ok {
+            Ok(reply.single().clone())
+        } else {
+            Err(format!("{:?} {}", reply.code(), reply.message()))
+        }
+    })
+    .await;
+    assert_eq!(reply, json!({"name": "zeta y"}));
+}
+
 const DOCUMENTS: &str = r#"syntax = "proto3";
 package docs;
 import "google/api/annotations.proto";
