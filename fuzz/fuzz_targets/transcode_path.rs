@@ -1,5 +1,6 @@
 //! (c) The HTTP/JSON transcoder's route matcher, `Routes::find`, over the routes of
-//! `fuzz/transcode/protos/fuzzhttp.proto` (`{name=shelves/*/books/*}`, `{c=**}:verb`, `custom` with
+//! `fuzz/transcode/protos/fuzzhttp.proto` (`{name=shelves/*/books/*}`, `{c=**}:verb`, segments after
+//! `**` (`{name=shelves/*/docs/**}/{c}`, `{name=**/books/*}:run`), `custom` with
 //! kind `*`, a first segment that is a variable or `**`, `/v1:run`, `additional_bindings`, …), then the
 //! whole transcoded call (`front::transcode::serve`: path variables, query parameters and body into
 //! the request, the handlers of `fuzz/transcode/handlers`, the reply as JSON).
@@ -9,7 +10,7 @@
 //!
 //! Properties: nothing panics; `find` agrees with a brute-force search over every binding of the pool
 //! (each template parsed and matched on its own, the most specific allowed one wins, ties to the first
-//! loaded; 405 with the right `Allow` list, else 404); the served call ends within `CALL_LIMIT` with the
+//! loaded — the fixture is one file, so pool order is the routes' path order; 405 with the right `Allow` list, else 404); the served call ends within `CALL_LIMIT` with the
 //! status the lookup implies, and a 200 JSON answer parses as JSON.
 #![no_main]
 
