@@ -275,11 +275,19 @@ async fn max_reply_metadata_size_moves_the_bound_on_built_headers() {
         let mut conn = Conn::connect(default.addr).await;
         let answer = conn.call(path, &[], named(20_000)).await;
         let message = answer.expect_status(Code::ResourceExhausted);
-        assert!(message.contains("--max-reply-metadata-size"), "{path}: {message}");
+        assert!(
+            message.contains("--max-reply-metadata-size"),
+            "{path}: {message}"
+        );
 
         let mut conn = Conn::connect(raised.addr).await;
         let answer = conn.call(path, &[], named(20_000)).await;
-        assert_eq!(answer.grpc_status(), Some(0), "{path}: {}", answer.grpc_message());
+        assert_eq!(
+            answer.grpc_status(),
+            Some(0),
+            "{path}: {}",
+            answer.grpc_message()
+        );
         let header = answer.headers.get("x-name").map(|v| v.as_bytes());
         assert_eq!(header, Some(name.as_bytes()), "{path}");
 

@@ -59,7 +59,10 @@ async fn assert_another_client_is_served(addr: std::net::SocketAddr) {
     answer.expect_status(Code::Ok);
     assert_eq!(answer.messages().len(), 1, "{answer:?}");
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(2), "another client waited {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "another client waited {took:?}"
+    );
 }
 
 /// Polls `VmRSS` until two readings 300 ms apart differ by less than 1 % (at most `limit`).
@@ -119,7 +122,11 @@ const MAX_WINDOW: u32 = (1 << 31) - 1;
 /// Opens `streams` server streams on a new connection whose client advertises `window` (or h2's
 /// default 65,535) for every stream and for the connection, and then reads nothing more. What it
 /// returns holds the connection open.
-async fn unread_streams(addr: std::net::SocketAddr, window: Option<u32>, streams: usize) -> impl Drop {
+async fn unread_streams(
+    addr: std::net::SocketAddr,
+    window: Option<u32>,
+    streams: usize,
+) -> impl Drop {
     let tcp = TcpStream::connect(addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
     let deaf = Arc::new(AtomicBool::new(false));
@@ -197,7 +204,9 @@ async fn a_huge_window_never_read_costs_no_more_than_the_default_one() {
     let closed = settled_rss(s.pid(), Duration::from_secs(5)).await;
     let _again = unread_streams(s.addr, Some(MAX_WINDOW), STREAMS).await;
     let again = settled_rss(s.pid(), Duration::from_secs(30)).await;
-    eprintln!("RSS {closed} KiB once both connections closed, {again} KiB with the huge-window one again");
+    eprintln!(
+        "RSS {closed} KiB once both connections closed, {again} KiB with the huge-window one again"
+    );
     // Slack for the allocator's fragmentation: 3 MiB was exceeded by a few hundred KiB on a busy
     // machine, while an allocator that did not reuse the pages would add the whole +15 MiB again.
     assert!(
@@ -264,7 +273,9 @@ async fn capped_streams_read_to_the_end_get_everything() {
     }
     assert!(total > 100 << 20, "only {total} bytes");
     let mut conn = conn;
-    conn.call("/t.Svc/Unary", &[], req("after")).await.expect_status(Code::Ok);
+    conn.call("/t.Svc/Unary", &[], req("after"))
+        .await
+        .expect_status(Code::Ok);
 }
 
 /// One HTTP/2 frame: length, type, flags, stream, payload.
@@ -339,7 +350,11 @@ async fn a_control_frame_flood_gets_goaway_enhance_your_calm_and_others_are_serv
         let flooding = tokio::task::spawn_blocking(move || flood(addr, &frame));
         assert_another_client_is_served(s.addr).await;
         let goaway = flooding.await.unwrap();
-        assert_eq!(goaway, Some(0xb), "{what} flood: GOAWAY ENHANCE_YOUR_CALM expected");
+        assert_eq!(
+            goaway,
+            Some(0xb),
+            "{what} flood: GOAWAY ENHANCE_YOUR_CALM expected"
+        );
     }
     assert_another_client_is_served(s.addr).await;
 }
@@ -380,7 +395,9 @@ async fn max_send_buffer_sets_what_an_unread_connection_holds() {
         cost.push(held.saturating_sub(start));
     }
     let (low, high) = (cost[0], cost[1]);
-    eprintln!("{STREAMS} unread streams with a 2^31-1 window: +{low} KiB at 64KiB, +{high} KiB at 16MiB");
+    eprintln!(
+        "{STREAMS} unread streams with a 2^31-1 window: +{low} KiB at 64KiB, +{high} KiB at 16MiB"
+    );
     assert!(
         high > low + 12 * 1024 && high < low + 24 * 1024,
         "+{low} KiB with a 64 KiB send buffer, +{high} KiB with 16 MiB"
@@ -405,7 +422,10 @@ async fn max_send_buffer_sets_what_an_unread_grpc_web_connection_holds() {
     }
     let (low, high) = (per_connection[0], per_connection[1]);
     eprintln!("per unread gRPC-Web connection: {low} KiB at 64KiB, {high} KiB at 4MiB");
-    assert!(low < 1536, "{low} KiB per connection with a 64 KiB send buffer");
+    assert!(
+        low < 1536,
+        "{low} KiB per connection with a 64 KiB send buffer"
+    );
     assert!(
         high > low + 3 * 1024 && high < 6 * 1024,
         "{high} KiB per connection with a 4 MiB send buffer, {low} KiB with 64 KiB"
