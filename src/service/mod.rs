@@ -416,34 +416,82 @@ fn until_deadline<T: Send + 'static>(
     deadline: Option<tokio::time::Instant>,
     cut: &'static CancellationToken,
 ) -> impl futures::Stream<Item = Result<T, Status>> + Send + 'static {
-    async_stream::stream! {
-        let mut stream = std::pin::pin!(stream);
-        let expiry = async {
-            match deadline {
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
-                None => std::future::pending().await,
-            }
+    UntilDeadline {
+        stream: Box::pin(stream),
+        expiry: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+        cut,
+        cancelled: None,
+        done: false,
+    }
+}
+
+/// The stream of [`until_deadline`]. A message that is ready passes straight through (with a
+/// deadline, the clock is read); the timer and the cut are polled, and so wake the call, only while
+/// the stream waits — a stream that never waits ends by itself, and one whose client stops reading
+/// is not polled at all (the connection's own end after the grace period cuts it). Racing them with `select!` on every
+/// message cost a second state machine, a random branch order and a poll of each per message.
+struct UntilDeadline<S> {
+    stream: Pin<Box<S>>,
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    cut: &'static CancellationToken,
+    /// Made on the first wait, so that a stream that never waits never joins the token's waiters.
+    cancelled: Option<Pin<Box<tokio_util::sync::WaitForCancellationFuture<'static>>>>,
+    done: bool,
+}
+
+impl<S, T> futures::Stream for UntilDeadline<S>
+where
+    S: futures::Stream<Item = Result<T, Status>>,
+{
+    type Item = Result<T, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let ended = |this: &mut Self, status: Status| {
+            this.done = true;
+            Poll::Ready(Some(Err(status)))
         };
-        let mut expiry = std::pin::pin!(expiry);
-        let cancelled = cut.cancelled();
-        let mut cancelled = std::pin::pin!(cancelled);
-        loop {
-            tokio::select! {
-                item = stream.next() => match item {
-                    Some(item) => yield item,
-                    None => break,
-                },
-                () = &mut expiry => {
-                    yield Err(Status::deadline_exceeded("deadline exceeded while streaming the reply"));
-                    break;
+        match this.stream.as_mut().poll_next(cx) {
+            Poll::Ready(Some(item)) => {
+                // A deadline's timer is polled only while waiting; a stream that never waits reads
+                // the clock instead (only when the call has a deadline).
+                if this
+                    .expiry
+                    .as_ref()
+                    .is_some_and(|e| tokio::time::Instant::now() >= e.deadline())
+                {
+                    return ended(this, deadline_exceeded_while_streaming());
                 }
-                () = &mut cancelled => {
-                    yield Err(shutdown_status());
-                    break;
+                Poll::Ready(Some(item))
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let cut = this.cut;
+                let cancelled = this
+                    .cancelled
+                    .get_or_insert_with(|| Box::pin(cut.cancelled()));
+                if cancelled.as_mut().poll(cx).is_ready() {
+                    return ended(this, shutdown_status());
                 }
+                if let Some(expiry) = this.expiry.as_mut() {
+                    if expiry.as_mut().poll(cx).is_ready() {
+                        return ended(this, deadline_exceeded_while_streaming());
+                    }
+                }
+                Poll::Pending
             }
         }
     }
+}
+
+fn deadline_exceeded_while_streaming() -> Status {
+    Status::deadline_exceeded("deadline exceeded while streaming the reply")
 }
 
 /// tonic's message stream as protocol-neutral `Incoming`, each message decoded as `input`.
