@@ -59,40 +59,17 @@ async fn client(s: &Server) -> Client {
 }
 
 async fn text(c: &Client) -> Result<String, String> {
-    let out = c.unary("t.Svc/Unary", json!({})).await;
-    if out.code() != Code::Ok {
-        return Err(format!("{:?}: {}", out.code(), out.message()));
-    }
-    Ok(out
-        .messages
-        .first()
-        .and_then(|m| m["text"].as_str())
-        .unwrap_or_default()
-        .to_string())
+    reply_text(c, "t.Svc/Unary").await
 }
 
 async fn wait_for_text(server: &Server, client: &Client, want: &str) -> Duration {
-    let start = Instant::now();
-    eventually(POLL_LIMIT, || async {
-        match text(client).await {
-            Ok(t) if t == want => Ok(()),
-            other => Err(format!("{other:?}; log:\n{}", tail(&server.logs()))),
-        }
-    })
-    .await;
-    start.elapsed()
-}
-
-/// The end of a log, whose lines may be megabytes long.
-fn tail(log: &str) -> String {
-    let chars: Vec<char> = log.chars().collect();
-    chars[chars.len().saturating_sub(4_000)..].iter().collect()
+    wait_for_reply_text(server, client, "t.Svc/Unary", want, POLL_LIMIT).await
 }
 
 #[track_caller]
 fn assert_no_crash(stderr: &str) {
     for sign in ["panicked", "overflowed its stack", "fatal runtime error"] {
-        assert!(!stderr.contains(sign), "{sign}: {}", tail(stderr));
+        assert!(!stderr.contains(sign), "{sign}: {}", log_tail(stderr));
     }
 }
 
@@ -101,13 +78,13 @@ fn check_reports_a_problem_past_column_65535_without_panicking() {
     let (handler, line, column) = long_line_handler();
     let (code, _, stderr) = check(&[("t.proto", &http_proto(0).0)], &[("t.toml", &handler)]);
     assert_no_crash(&stderr);
-    assert_eq!(code, 1, "{}", tail(&stderr));
+    assert_eq!(code, 1, "{}", log_tail(&stderr));
     assert!(
         stderr.contains(&format!("handlers/t.toml:{line}:{column}: ")),
         "{}",
-        tail(&stderr)
+        log_tail(&stderr)
     );
-    assert!(stderr.contains("nope"), "{}", tail(&stderr));
+    assert!(stderr.contains("nope"), "{}", log_tail(&stderr));
     // The offending line is shown as a window around the column, not 70,000 characters.
     assert!(stderr.len() < 10_000, "{} bytes of stderr", stderr.len());
 }
@@ -125,7 +102,7 @@ async fn a_problem_past_column_65535_while_serving_is_logged_and_later_edits_are
     assert!(
         log.contains(&format!("t.toml:{line}:{column}: ")),
         "{}",
-        tail(&log)
+        log_tail(&log)
     );
     assert_eq!(
         text(&c).await.as_deref(),
@@ -144,17 +121,17 @@ fn check_reports_a_google_api_http_option_nested_200_and_5000_deep() {
         let (proto, line) = http_proto(depth);
         let (code, _, stderr) = check(&[("t.proto", &proto)], &[("t.toml", HANDLER_V1)]);
         assert_no_crash(&stderr);
-        assert_eq!(code, 1, "{depth} deep: {}", tail(&stderr));
+        assert_eq!(code, 1, "{depth} deep: {}", log_tail(&stderr));
         let at = format!("protos/t.proto:{line}:");
         assert!(
             stderr.contains(&at),
             "{depth} deep: expected {at}… in {}",
-            tail(&stderr)
+            log_tail(&stderr)
         );
         assert!(
             stderr.contains("nested more than 64 levels"),
             "{}",
-            tail(&stderr)
+            log_tail(&stderr)
         );
     }
 }
@@ -172,7 +149,7 @@ async fn serving_survives_options_nested_200_and_5000_deep_and_keeps_reloading()
         assert!(
             log.contains(&format!("t.proto:{line}:")),
             "{depth} deep: {}",
-            tail(&log)
+            log_tail(&log)
         );
         assert_eq!(
             text(&c).await.as_deref(),
@@ -321,12 +298,12 @@ fn check_reports_an_option_nested_through_a_long_dotted_name() {
     );
     let line = line_of(&proto, "option (rr)");
     let (code, _, stderr) = check(&[("t.proto", &proto)], &[("t.toml", HANDLER_V1)]);
-    assert_eq!(code, 1, "{}", tail(&stderr));
+    assert_eq!(code, 1, "{}", log_tail(&stderr));
     assert!(
         stderr.contains(&format!(
             "protos/t.proto:{line}:5: the options of t.Svc.Unary cannot be read"
         )),
         "{}",
-        tail(&stderr)
+        log_tail(&stderr)
     );
 }

@@ -28,7 +28,12 @@ fn serve() -> Server {
 }
 
 fn serve_repeating(repeat: u32) -> Server {
-    Server::start(
+    serve_repeating_with(repeat, Options::default())
+}
+
+/// The handlers of [`serve_repeating`], served with `options`.
+fn serve_repeating_with(repeat: u32, options: Options) -> Server {
+    Server::start_with(
         &t_proto(),
         &[(
             "t.toml",
@@ -43,6 +48,7 @@ fn serve_repeating(repeat: u32) -> Server {
                 ),
             ]),
         )],
+        options,
     )
 }
 
@@ -361,21 +367,8 @@ async fn a_control_frame_flood_gets_goaway_enhance_your_calm_and_others_are_serv
 
 /// A server like [`serve`] with `--max-send-buffer=size`.
 fn serve_with_send_buffer(size: &str) -> Server {
-    Server::start_with(
-        &t_proto(),
-        &[(
-            "t.toml",
-            &rules(&[
-                ("t.Svc/Unary", r#"reply.text = "hi {{request.name}}""#),
-                (
-                    "t.Svc/ServerStream",
-                    &format!(
-                        "stream.repeat = 100000\nstream.message = {{ list = [{}] }}",
-                        ["\"{{request.name}}\""; 16].join(", ")
-                    ),
-                ),
-            ]),
-        )],
+    serve_repeating_with(
+        100_000,
         Options::default().arg(format!("--max-send-buffer={size}")),
     )
 }

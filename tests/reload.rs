@@ -22,30 +22,9 @@ async fn settle() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
-async fn text(c: &Client, method: &str) -> Result<String, String> {
-    let out = c.unary(method, json!({})).await;
-    if out.code() != Code::Ok {
-        return Err(format!("{:?}: {}", out.code(), out.message()));
-    }
-    Ok(out
-        .messages
-        .first()
-        .and_then(|m| m["text"].as_str())
-        .unwrap_or_default()
-        .to_string())
-}
-
 /// Polls `method` until its reply's text is `want`; returns how long that took.
 async fn wait_for_text(server: &Server, client: &Client, method: &str, want: &str) -> Duration {
-    let start = Instant::now();
-    eventually(POLL_LIMIT, || async {
-        match text(client, method).await {
-            Ok(t) if t == want => Ok(()),
-            other => Err(format!("{other:?}; log:\n{}", server.logs())),
-        }
-    })
-    .await;
-    start.elapsed()
+    wait_for_reply_text(server, client, method, want, POLL_LIMIT).await
 }
 
 #[tokio::test]
@@ -79,14 +58,14 @@ async fn new_proto_and_handler_are_served_within_a_second() {
     );
     // The old method still answers.
     let c = s.client().await;
-    assert_eq!(text(&c, "t.Svc/Unary").await.unwrap(), "v1");
+    assert_eq!(reply_text(&c, "t.Svc/Unary").await.unwrap(), "v1");
 }
 
 #[tokio::test]
 async fn edited_reply_is_served_within_a_second() {
     let s = Server::start(&t_proto(), &[("t.toml", HANDLER_V1)]);
     let c = s.client().await;
-    assert_eq!(text(&c, "t.Svc/Unary").await.unwrap(), "v1");
+    assert_eq!(reply_text(&c, "t.Svc/Unary").await.unwrap(), "v1");
     settle().await;
     s.write_handler("t.toml", HANDLER_V2);
     let took = wait_for_text(&s, &c, "t.Svc/Unary", "v2").await;
@@ -104,7 +83,7 @@ async fn broken_handler_keeps_the_old_state_and_logs_where_then_recovers() {
     let log = s.wait_for_log(since, "t.toml:3:", POLL_LIMIT).await;
     assert!(log.contains("txt"), "the log says what is wrong: {log}");
     assert_eq!(
-        text(&c, "t.Svc/Unary").await.unwrap(),
+        reply_text(&c, "t.Svc/Unary").await.unwrap(),
         "v1",
         "the last good state keeps serving"
     );
@@ -126,7 +105,7 @@ async fn broken_proto_keeps_the_old_state() {
     s.wait_for_log(since, &format!("t.proto:{line}:"), POLL_LIMIT)
         .await;
     assert_eq!(
-        text(&c, "t.Svc/Unary").await.unwrap(),
+        reply_text(&c, "t.Svc/Unary").await.unwrap(),
         "v1",
         "the last good state keeps serving"
     );
@@ -148,7 +127,7 @@ async fn removed_handler_file_makes_the_method_unimplemented() {
         ],
     );
     let c = s.client().await;
-    assert_eq!(text(&c, "t.Svc/Unary").await.unwrap(), "v1");
+    assert_eq!(reply_text(&c, "t.Svc/Unary").await.unwrap(), "v1");
     settle().await;
     let start = Instant::now();
     s.remove("handlers/t.toml");
@@ -179,7 +158,7 @@ async fn a_call_in_flight_finishes_with_the_state_it_started_with() {
     let c = s.client().await;
     settle().await;
     let c2 = c.clone();
-    let in_flight = tokio::spawn(async move { text(&c2, "t.Svc/Unary").await });
+    let in_flight = tokio::spawn(async move { reply_text(&c2, "t.Svc/Unary").await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     s.write_handler("t.toml", HANDLER_V2);
     wait_for_text(&s, &c, "t.Svc/Unary", "v2").await;
@@ -202,7 +181,7 @@ async fn an_edit_right_after_the_listen_line_is_not_lost() {
         let c = s.client().await;
         let start = Instant::now();
         let seen = loop {
-            let t = text(&c, "t.Svc/Unary").await;
+            let t = reply_text(&c, "t.Svc/Unary").await;
             if t.as_deref() == Ok("v2") || start.elapsed() > Duration::from_secs(2) {
                 break t;
             }
@@ -286,7 +265,7 @@ async fn each_kind_of_broken_edit_keeps_the_last_good_state_and_is_logged_where(
         let log = s.wait_for_log(since, "reload failed", POLL_LIMIT).await;
         assert_points_at(&log, file, line);
         assert_eq!(
-            text(&c, "t.Svc/Unary").await.as_deref(),
+            reply_text(&c, "t.Svc/Unary").await.as_deref(),
             Ok("v1"),
             "{what}: the last good state keeps serving"
         );
@@ -337,7 +316,7 @@ async fn handlers_folder_removed_and_restored_is_watched_again() {
     );
     for _ in 0..5 {
         assert_eq!(
-            text(&c, "t.Svc/Unary").await.as_deref(),
+            reply_text(&c, "t.Svc/Unary").await.as_deref(),
             Ok("v1"),
             "the last good state serves while the folder is gone"
         );
@@ -372,7 +351,7 @@ async fn protos_folder_removed_and_restored_is_watched_again() {
     let since = s.logs().len();
     std::fs::remove_dir_all(s.protos_dir()).unwrap();
     s.wait_for_log(since, "folder is gone", POLL_LIMIT).await;
-    assert_eq!(text(&c, "t.Svc/Unary").await.as_deref(), Ok("v1"));
+    assert_eq!(reply_text(&c, "t.Svc/Unary").await.as_deref(), Ok("v1"));
 
     let n_proto = "syntax = \"proto3\";\npackage n;\nmessage M { string text = 1; }\nservice N { rpc Get(M) returns (M); }\n";
     std::fs::create_dir(s.protos_dir()).unwrap();
@@ -388,7 +367,7 @@ async fn protos_folder_removed_and_restored_is_watched_again() {
         took < RELOAD_DEADLINE,
         "the restored folder was read after {took:?}"
     );
-    assert_eq!(text(&c, "t.Svc/Unary").await.as_deref(), Ok("v1"));
+    assert_eq!(reply_text(&c, "t.Svc/Unary").await.as_deref(), Ok("v1"));
 
     // A later proto edit is seen: a renamed method answers, the old name is gone.
     settle().await;
@@ -431,7 +410,7 @@ async fn a_folder_replaced_in_one_go_is_read_and_watched_again() {
     settle().await;
     std::fs::write(s.root().join("handlers.old/t.toml"), HANDLER_V1).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(text(&c, "t.Svc/Unary").await.as_deref(), Ok("v3"));
+    assert_eq!(reply_text(&c, "t.Svc/Unary").await.as_deref(), Ok("v3"));
     s.write_handler("t.toml", HANDLER_V2);
     let took = wait_for_text(&s, &c, "t.Svc/Unary", "v2").await;
     assert!(

@@ -1013,6 +1013,46 @@ impl Drop for Session {
     }
 }
 
+/// The `text` field of a unary call's reply (`{}` sent), or the status it failed with.
+pub async fn reply_text(client: &Client, method: &str) -> Result<String, String> {
+    let out = client.unary(method, json!({})).await;
+    if out.code() != Code::Ok {
+        return Err(format!("{:?}: {}", out.code(), out.message()));
+    }
+    Ok(out
+        .messages
+        .first()
+        .and_then(|m| m["text"].as_str())
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// Polls `method` until its reply's text is `want` (a reload served), for up to `limit`; returns
+/// how long that took. A failure shows the end of the server's log.
+pub async fn wait_for_reply_text(
+    server: &Server,
+    client: &Client,
+    method: &str,
+    want: &str,
+    limit: Duration,
+) -> Duration {
+    let start = Instant::now();
+    eventually(limit, || async {
+        match reply_text(client, method).await {
+            Ok(t) if t == want => Ok(()),
+            other => Err(format!("{other:?}; log:\n{}", log_tail(&server.logs()))),
+        }
+    })
+    .await;
+    start.elapsed()
+}
+
+/// The end of a log, whose lines may be megabytes long.
+pub fn log_tail(log: &str) -> String {
+    let chars: Vec<char> = log.chars().collect();
+    chars[chars.len().saturating_sub(4_000)..].iter().collect()
+}
+
 /// Polls `f` until it gives `Ok`, every 20 ms, and panics with its last `Err` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> T
 where
