@@ -450,9 +450,7 @@ fn is_change(kind: &EventKind) -> bool {
 }
 
 fn is_watched_file(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e == "proto" || e == "toml" || e == "rhai")
-        || path.extension().is_none()
+    is_source_file(path) || path.extension().is_none()
 }
 
 #[cfg(test)]
