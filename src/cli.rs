@@ -32,7 +32,7 @@ pub enum Command {
     /// Serve the protos with the handlers, reloading both when they change (the default).
     Serve(ServeArgs),
     /// Load protos and handlers, print every problem, and exit non-zero if there is any.
-    Check(SourceArgs),
+    Check(CheckArgs),
 }
 
 impl Cli {
@@ -40,6 +40,18 @@ impl Cli {
     pub fn command(self) -> Command {
         self.command.unwrap_or(Command::Serve(self.serve))
     }
+}
+
+/// `check`: what is loaded, and what to print besides problems.
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub sources: SourceArgs,
+
+    /// Print a starter rule for every method without a handler, as a handler file (TOML) to stdout:
+    /// `protodrop check --starter-rules > handlers/starter.toml` makes every method answer.
+    #[arg(long)]
+    pub starter_rules: bool,
 }
 
 /// What is loaded: the two folders, include roots, and script limits.

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use tonic_health::ServingStatus;
 
 use arc_swap::ArcSwap;
-use prost_reflect::{Kind, MethodDescriptor};
+use prost_reflect::MethodDescriptor;
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::front::health::Health;
@@ -186,7 +186,8 @@ impl State {
         statuses
     }
 
-    /// The `UNIMPLEMENTED` message for a method without rules: which file to add, and what to put in it.
+    /// The `UNIMPLEMENTED` message for a method without rules: which file to add, and a starter rule
+    /// to put in it.
     pub fn no_handler_message(&self, method: &Method) -> String {
         let stem = method
             .desc
@@ -198,46 +199,13 @@ impl State {
             .trim_end_matches(".proto")
             .to_string();
         let file = self.handlers_dir.join(format!("{stem}.toml"));
-        let example = example_fields(&method.desc.output());
-        let body = if method.desc.is_server_streaming() {
-            format!("stream.messages = [ {{ {example} }} ]")
-        } else {
-            format!("reply = {{ {example} }}")
-        };
         format!(
-            "no handler for {name}: add a rule to {file}, e.g.\n[[rule]]\nmethod = \"{name}\"\n{body}",
+            "no handler for {name}: add a rule to {file}, e.g.\n{rule}",
             name = method.name,
-            file = file.display()
+            file = file.display(),
+            rule = handlers::starter::rule(&method.desc).trim_end()
         )
     }
-}
-
-/// `a = "", b = 0, …`: every field of a message with a value of its type, as a starting point.
-fn example_fields(desc: &prost_reflect::MessageDescriptor) -> String {
-    desc.fields()
-        .map(|f| {
-            let value = if f.is_list() {
-                "[]".to_string()
-            } else {
-                match f.kind() {
-                    Kind::String | Kind::Bytes => "\"\"".into(),
-                    Kind::Bool => "false".into(),
-                    Kind::Float | Kind::Double => "0.0".into(),
-                    Kind::Enum(e) => format!(
-                        "\"{}\"",
-                        e.values()
-                            .next()
-                            .map(|v| v.name().to_string())
-                            .unwrap_or_default()
-                    ),
-                    Kind::Message(_) => "{}".into(),
-                    _ => "0".into(),
-                }
-            };
-            format!("{} = {value}", f.name())
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Reflection, built when first asked for or by a background thread right after a load: building it

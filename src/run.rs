@@ -2,6 +2,7 @@
 //! and an exit code (the binary itself only parses flags and sets up logging).
 
 use std::future::Future;
+use std::io::Write as _;
 use std::num::NonZeroUsize;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,54 +10,76 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{ServeArgs, SourceArgs};
+use crate::cli::{CheckArgs, ServeArgs};
 use crate::front::web::CorsOrigins;
-use crate::registry::{Registry, Sources, State};
+use crate::handlers;
+use crate::registry::{Method, Registry, Sources, State};
 use crate::service::ServiceSettings;
 use crate::{reload, server};
 
+/// Most methods without a handler that `check` names; past it, a count and how to see them all.
+const UNANSWERED_SHOWN: usize = 20;
+
 /// `protodrop check`: load protos and handlers, print a summary or every problem. Skipped HTTP
-/// routes are printed as warnings, which do not fail the check.
-pub fn check(args: &SourceArgs) -> anyhow::Result<ExitCode> {
-    match State::build(&args.sources()) {
-        Ok(state) => {
-            for warning in &state.routes.skipped {
-                eprintln!("warning: {warning}");
-            }
-            if !state.routes.skipped.is_empty() {
-                eprintln!(
-                    "{} HTTP route(s) skipped (their methods still answer gRPC, gRPC-Web and Connect)",
-                    state.routes.skipped.len()
-                );
-            }
-            println!(
-                "ok: {} services, {} methods, {} rules in {} handler files",
-                state.service_count(),
-                state.methods.len(),
-                state.rule_count,
-                state.handler_files
-            );
-            let mut unanswered: Vec<&str> = state
-                .methods
-                .values()
-                .filter(|m| m.rules.is_none())
-                .map(|m| m.name.as_str())
-                .collect();
-            unanswered.sort_unstable();
-            if !unanswered.is_empty() {
-                println!(
-                    "methods without a handler (they answer UNIMPLEMENTED): {}",
-                    unanswered.join(", ")
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+/// routes are printed as warnings, which do not fail the check. With `--starter-rules`, stdout is
+/// a handler file with a starter rule for every method without one (the summary goes to stderr).
+pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    let state = match State::build(&args.sources.sources()) {
+        Ok(state) => state,
         Err(problems) => {
             eprintln!("{problems}");
             eprintln!("{} problem(s) found", problems.0.len());
-            Ok(ExitCode::FAILURE)
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    for warning in &state.routes.skipped {
+        eprintln!("warning: {warning}");
+    }
+    if !state.routes.skipped.is_empty() {
+        eprintln!(
+            "{} HTTP route(s) skipped (their methods still answer gRPC, gRPC-Web and Connect)",
+            state.routes.skipped.len()
+        );
+    }
+    let summary = format!(
+        "ok: {} services, {} methods, {} rules in {} handler files",
+        state.service_count(),
+        state.methods.len(),
+        state.rule_count,
+        state.handler_files
+    );
+    let mut unanswered: Vec<&Method> = state
+        .methods
+        .values()
+        .filter(|m| m.rules.is_none())
+        .map(|m| &**m)
+        .collect();
+    unanswered.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    if args.starter_rules {
+        eprintln!("{summary}");
+        let mut out = std::io::stdout().lock();
+        for method in &unanswered {
+            writeln!(out, "{}", handlers::starter::rule(&method.desc))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{summary}");
+    if !unanswered.is_empty() {
+        println!(
+            "{} method(s) without a handler (they answer UNIMPLEMENTED):",
+            unanswered.len()
+        );
+        for method in unanswered.iter().take(UNANSWERED_SHOWN) {
+            println!("  {}", method.name);
+        }
+        if unanswered.len() > UNANSWERED_SHOWN {
+            println!(
+                "  … and {} more; `protodrop check --starter-rules` prints a rule for each",
+                unanswered.len() - UNANSWERED_SHOWN
+            );
         }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Scripts that may run at once (tokio's blocking pool; a streaming script also uses one helper

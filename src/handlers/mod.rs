@@ -9,6 +9,7 @@ pub mod rule;
 pub mod script;
 mod script_convert;
 mod script_lazy;
+pub mod starter;
 pub mod template;
 mod toml_tree;
 
