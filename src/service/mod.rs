@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::{FutureExt as _, StreamExt as _};
+use futures::StreamExt as _;
 use http::HeaderName;
 use prost_reflect::MessageDescriptor;
 use tokio_util::sync::CancellationToken;
@@ -98,12 +98,12 @@ impl DynamicService {
                 let builtin = front_for(&self.registry, &state, request.uri().path());
                 let serve = connect::serve(state, request, self.settings, builtin);
                 let on_cut = || error_answer(Protocol::Connect, &shutdown_status());
-                return Box::pin(unless_cut(serve, self.cut, on_cut).map(Ok));
+                return Box::pin(unless_cut(serve, self.cut, on_cut));
             }
             Protocol::Http => {
                 let serve = transcode::serve(state, request, self.settings);
                 let on_cut = || error_answer(Protocol::Http, &shutdown_status());
-                return Box::pin(unless_cut(serve, self.cut, on_cut).map(Ok));
+                return Box::pin(unless_cut(serve, self.cut, on_cut));
             }
         }
         // Checked before any routing, as grpc-go does: a call that cannot be a gRPC call gets an HTTP
@@ -136,7 +136,7 @@ impl DynamicService {
         };
         if !method.desc.is_client_streaming() && !method.desc.is_server_streaming() {
             let answer = unary::serve(state, method, request, self.settings);
-            return Box::pin(before_deadline(answer, deadline, self.cut).map(Ok));
+            return Box::pin(before_deadline(answer, deadline, self.cut));
         }
         let limit = self.settings.max_message_size;
         let mut grpc = Grpc::new(ServerCodec)
@@ -159,7 +159,7 @@ impl DynamicService {
             cut: self.cut,
         };
         let answer = async move { grpc.streaming(call, request).await };
-        Box::pin(before_deadline(answer, deadline, self.cut).map(Ok))
+        Box::pin(before_deadline(answer, deadline, self.cut))
     }
 }
 
@@ -181,40 +181,84 @@ impl tower::Service<http::Request<tonic::body::Body>> for DynamicService {
 /// An answer that is not ready (its headers, for a stream) when the deadline passes is
 /// DEADLINE_EXCEEDED, as gRPC's status table says; one not ready when `cut` is cancelled is
 /// [`shutdown_status`].
-async fn before_deadline(
-    answer: impl Future<Output = http::Response<tonic::body::Body>>,
+fn before_deadline<F>(
+    answer: F,
     deadline: Option<tokio::time::Instant>,
     cut: &'static CancellationToken,
-) -> http::Response<tonic::body::Body> {
-    let answer = async move {
-        let Some(deadline) = deadline else {
-            return answer.await;
-        };
-        match tokio::time::timeout_at(deadline, answer).await {
-            Ok(response) => response,
-            Err(_) => {
-                Status::deadline_exceeded("deadline exceeded before the reply started").into_http()
-            }
-        }
-    };
-    unless_cut(answer, cut, || shutdown_status().into_http()).await
+) -> Bounded<F>
+where
+    F: Future<Output = http::Response<tonic::body::Body>>,
+{
+    Bounded {
+        answer: Box::pin(answer),
+        deadline,
+        expiry: None,
+        on_deadline: || {
+            Status::deadline_exceeded("deadline exceeded before the reply started").into_http()
+        },
+        cut,
+        cancelled: None,
+        on_cut: || shutdown_status().into_http(),
+    }
 }
 
-/// `answer`, or `on_cut()` if `cut` is cancelled before it is ready. `cut` is only waited on (its
-/// waiter list takes a lock) by an answer not ready at its first poll.
-async fn unless_cut<R>(
-    answer: impl Future<Output = R>,
+/// `answer`, or `on_cut()` if `cut` is cancelled before it is ready.
+fn unless_cut<F: Future>(
+    answer: F,
     cut: &'static CancellationToken,
-    on_cut: impl FnOnce() -> R,
-) -> R {
-    let mut answer = std::pin::pin!(answer);
-    if let Poll::Ready(response) = futures::poll!(answer.as_mut()) {
-        return response;
+    on_cut: fn() -> F::Output,
+) -> Bounded<F> {
+    Bounded {
+        answer: Box::pin(answer),
+        deadline: None,
+        expiry: None,
+        on_deadline: on_cut,
+        cut,
+        cancelled: None,
+        on_cut,
     }
-    tokio::select! {
-        biased;
-        response = answer => response,
-        () = cut.cancelled() => on_cut(),
+}
+
+/// The future of [`before_deadline`] and [`unless_cut`], as an `Ok` for the service. An answer
+/// ready at its first poll (most unary ones) passes straight through: the timer and the cut are
+/// made and polled only once it waits. The answer is boxed on its own so that this wrapper (and the
+/// service's box around it) stays small: an answer's state is large, and async wrappers around it
+/// had copied it several times per call.
+struct Bounded<F: Future> {
+    answer: Pin<Box<F>>,
+    deadline: Option<tokio::time::Instant>,
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    on_deadline: fn() -> F::Output,
+    cut: &'static CancellationToken,
+    /// Made on the first wait, so that an answer that never waits never joins the token's waiters.
+    cancelled: Option<Pin<Box<tokio_util::sync::WaitForCancellationFuture<'static>>>>,
+    on_cut: fn() -> F::Output,
+}
+
+impl<F: Future> Future for Bounded<F> {
+    type Output = Result<F::Output, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Poll::Ready(answer) = this.answer.as_mut().poll(cx) {
+            return Poll::Ready(Ok(answer));
+        }
+        let cut = this.cut;
+        let cancelled = this
+            .cancelled
+            .get_or_insert_with(|| Box::pin(cut.cancelled()));
+        if cancelled.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok((this.on_cut)()));
+        }
+        if let Some(deadline) = this.deadline {
+            let expiry = this
+                .expiry
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if expiry.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok((this.on_deadline)()));
+            }
+        }
+        Poll::Pending
     }
 }
 
