@@ -304,9 +304,15 @@ fn swap_in(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "reloaded"
             );
-            // Only when the routes were built again (a handler edit keeps them, and their warnings).
-            if !Arc::ptr_eq(&state.routes, &registry.current().routes) {
-                state.routes.log_skipped();
+            // Only when the routes were built again (a handler edit keeps them, and their
+            // warnings), or the warnings about built-in services changed (a rule for one).
+            let current = registry.current();
+            if !Arc::ptr_eq(&state.routes, &current.routes) {
+                state.log_warnings();
+            } else if state.builtin_copies != current.builtin_copies {
+                for d in &state.builtin_copies {
+                    tracing::warn!("{d}");
+                }
             }
             registry.swap(state);
             true
@@ -533,6 +539,7 @@ mod tests {
             protos,
             handlers,
             include_roots: Vec::new(),
+            exclude: Vec::new(),
             script_limits: Default::default(),
             reflection: false,
         };
