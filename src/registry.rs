@@ -97,7 +97,8 @@ impl State {
     /// [`State::build`] on the calling thread.
     fn build_here(sources: &Sources) -> Result<State, Diagnostics> {
         let started = std::time::Instant::now();
-        let protos = protos::load(&sources.protos, &sources.include_roots, &sources.exclude)?;
+        let protos =
+            protos::load_excluding(&sources.protos, &sources.include_roots, &sources.exclude)?;
         // A bad google.api.http annotation costs only its route: a warning at its line (see
         // `Routes::skipped`), not a load problem.
         let proto_roots: Vec<PathBuf> = std::iter::once(sources.protos.clone())

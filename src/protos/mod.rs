@@ -90,10 +90,15 @@ pub struct Protos {
     pub files: Vec<String>,
 }
 
-/// Compiles every `*.proto` under `root` (recursively) but those `exclude` (gitignore patterns) or
-/// the folder's [`IGNORE_FILE`] leave out. Every file is tried, so one load reports the problems of
-/// every broken file, not only the first.
-pub fn load(
+/// Compiles every `*.proto` under `root` (recursively). Every file is tried, so one load reports the
+/// problems of every broken file, not only the first.
+pub fn load(root: &Path, include_roots: &[PathBuf]) -> Result<Protos, Diagnostics> {
+    load_excluding(root, include_roots, &[])
+}
+
+/// [`load`], leaving out the files `exclude` (gitignore patterns relative to `root`) or the folder's
+/// [`IGNORE_FILE`] match, unless they are imported.
+pub fn load_excluding(
     root: &Path,
     include_roots: &[PathBuf],
     exclude: &[String],
@@ -355,6 +360,11 @@ fn to_diagnostic(err: &protox::Error, root: &Path, include_roots: &[PathBuf]) ->
     let mut message = err.to_string();
     if let Some(help) = err.help() {
         message.push_str(&format!(" (help: {help})"));
+    } else if message.starts_with("import '") && message.ends_with("' not found") {
+        message.push_str(&format!(
+            " (help: give the folder it is under with -I; a file not meant to be served can be \
+             left out with --exclude or a {IGNORE_FILE} file)"
+        ));
     }
     let file_name = err.file().map(str::to_string);
     let path = |name: &str| -> PathBuf {
