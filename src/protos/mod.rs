@@ -86,7 +86,8 @@ impl FileResolver for BundledResolver {
 #[derive(Clone, Debug)]
 pub struct Protos {
     pub pool: DescriptorPool,
-    /// The user's files (relative names, as imports spell them), sorted.
+    /// The protos folder's files that were compiled, each under the one name it is known by (see
+    /// [`layout`]), sorted.
     pub files: Vec<String>,
 }
 
