@@ -195,6 +195,36 @@ async fn a_file_reachable_under_two_names_is_one_file() {
     }
 }
 
+/// Two folders each import their own neighbour as "x.proto": one name cannot be two files, and the
+/// second importer is told which name to use instead.
+#[test]
+fn an_import_meaning_two_different_neighbours_is_reported() {
+    let x = |p: &str| format!("syntax = \"proto3\";\npackage {p};\nmessage X {{}}\n");
+    let y = |p: &str| {
+        format!(
+            "syntax = \"proto3\";\npackage {p};\nimport \"x.proto\";\nmessage Y {{ X x = 1; }}\n"
+        )
+    };
+    let (xa, xb, ya, yb) = (x("a"), x("b"), y("a"), y("b"));
+    let (code, _, err) = check_in(
+        &[
+            ("protos/a/x.proto", xa.as_bytes()),
+            ("protos/b/x.proto", xb.as_bytes()),
+            ("protos/a/y.proto", ya.as_bytes()),
+            ("protos/b/y.proto", yb.as_bytes()),
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "protos/b/y.proto: imports \"x.proto\", meaning its neighbour protos/b/x.proto"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("import it as \"b/x.proto\""), "{err}");
+}
+
 const BROKEN: &str = "syntax = \"proto3\";\npackage broken;\nmessage B { int32 a = ; }\n";
 const DEP: &str = "syntax = \"proto3\";\npackage dep;\nmessage D { string text = 1; }\n";
 const USES_DEP: &str = "syntax = \"proto3\";\npackage t;\nimport \"vendor/dep.proto\";\n\

@@ -191,16 +191,19 @@ impl Tree {
             if let Some((taken, first_dir)) = state.neighbours.get(import) {
                 let here = dir.join(import);
                 if *first_dir != dir && here.is_file() && self.layout.lookup(import).is_none() {
+                    let instead = self
+                        .root_name(&here)
+                        .map(|(root, rel)| self.layout.known_name(root, &rel))
+                        .map_or(String::new(), |name| format!("; import it as \"{name}\""));
                     self.problems
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .push(Diagnostic::file(
                             path,
                             format!(
-                                "imports \"{import}\", found next to it ({}), but that name already \
-                                 means {} (next to another importer): one name is one file in a \
-                                 load; give the folder as -I or import the file by its path from \
-                                 the protos folder",
+                                "imports \"{import}\", meaning its neighbour {}, but that name \
+                                 already means {} (the neighbour of another importer): one name is \
+                                 one file in a load{instead}",
                                 here.display(),
                                 taken.display()
                             ),
@@ -221,17 +224,22 @@ impl Tree {
         if !path.is_file() {
             return None;
         }
-        let (root, rel) = self.layout.roots.iter().enumerate().find_map(|(i, r)| {
-            path.strip_prefix(r)
-                .ok()
-                .and_then(slash_name)
-                .map(|rel| (i, rel))
-        })?;
+        let (root, rel) = self.root_name(&path)?;
         self.state()
             .neighbours
             .entry(name.to_string())
             .or_insert_with(|| (path.clone(), dir));
         Some((root, rel, path))
+    }
+
+    /// The first root `path` is under, and its name there.
+    fn root_name(&self, path: &Path) -> Option<(usize, String)> {
+        self.layout.roots.iter().enumerate().find_map(|(i, r)| {
+            path.strip_prefix(r)
+                .ok()
+                .and_then(slash_name)
+                .map(|rel| (i, rel))
+        })
     }
 
     /// A file of the protos folder whose path ends with `/name` (a vendored root), the shortest.

@@ -87,7 +87,7 @@ impl FileResolver for BundledResolver {
 pub struct Protos {
     pub pool: DescriptorPool,
     /// The protos folder's files that were compiled, each under the one name it is known by (see
-    /// [`layout`]), sorted.
+    /// the `layout` module), sorted.
     pub files: Vec<String>,
 }
 
