@@ -546,6 +546,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn in_an_include_root_only_proto_files_outside_hidden_folders_count() {
+        let sources = Sources {
+            protos: "/p/protos".into(),
+            handlers: "/p/handlers".into(),
+            include_roots: vec!["/deps/googleapis".into(), "/p/protos/third_party".into()],
+            exclude: Vec::new(),
+            script_limits: Default::default(),
+            reflection: false,
+        };
+        let watched = Watched::new(&sources).unwrap();
+        let roots: Vec<_> = watched.entries.iter().map(|e| e.path.clone()).collect();
+        // A root inside the protos folder is watched with it.
+        assert_eq!(roots.len(), 3, "{roots:?}");
+        let counts = |p: &str| watched.is_watched_file(Path::new(p));
+        assert!(counts("/deps/googleapis/google/api/http.proto"));
+        assert!(counts("/deps/googleapis/google/api"), "a folder renamed or removed");
+        assert!(!counts("/deps/googleapis/.git/objects/ab/cdef"));
+        assert!(!counts("/deps/googleapis/.git/x.proto"));
+        assert!(!counts("/deps/googleapis/README.md"));
+        assert!(counts("/p/protos/.protodropignore"), "the protos folder as before");
+        assert!(counts("/p/handlers/t.toml"));
+        assert!(!counts("/elsewhere/x.proto"));
+    }
+
+    #[test]
     fn a_panicking_loop_is_restarted_and_told_to_reload_everything() {
         let mut runs = Vec::new();
         let stopped_on_request = supervise(|restarted| {
