@@ -561,11 +561,17 @@ mod tests {
         assert_eq!(roots.len(), 3, "{roots:?}");
         let counts = |p: &str| watched.is_watched_file(Path::new(p));
         assert!(counts("/deps/googleapis/google/api/http.proto"));
-        assert!(counts("/deps/googleapis/google/api"), "a folder renamed or removed");
+        assert!(
+            counts("/deps/googleapis/google/api"),
+            "a folder renamed or removed"
+        );
         assert!(!counts("/deps/googleapis/.git/objects/ab/cdef"));
         assert!(!counts("/deps/googleapis/.git/x.proto"));
         assert!(!counts("/deps/googleapis/README.md"));
-        assert!(counts("/p/protos/.protodropignore"), "the protos folder as before");
+        assert!(
+            counts("/p/protos/.protodropignore"),
+            "the protos folder as before"
+        );
         assert!(counts("/p/handlers/t.toml"));
         assert!(!counts("/elsewhere/x.proto"));
     }

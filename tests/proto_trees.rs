@@ -279,6 +279,37 @@ async fn an_excluded_folder_with_a_broken_file_is_not_compiled_unless_imported()
     assert!(err.contains("protos/.protodropignore:2:"), "{err}");
 }
 
+/// `.protodropignore` is watched: a broken fixture dropped in the folder fails the reload (the last
+/// good state serves on); listing its folder in the ignore file loads the tree again.
+#[tokio::test]
+async fn the_ignore_file_is_watched_and_applied_on_reload() {
+    let s = Server::start(&[("t.proto", KV)], &[("t.toml", KV_RULE)]);
+    let since = s.logs().len();
+    s.write_proto("testdata/broken.proto", BROKEN);
+    s.wait_for_log(since, "reload failed", POLL_LIMIT).await;
+
+    let since = s.logs().len();
+    let two = format!("{KV}service Other {{ rpc Get(M) returns (M); }}\n");
+    s.write_proto("t.proto", &two);
+    s.wait_for_log(since, "reload failed", POLL_LIMIT).await;
+    // Only the ignore file changes now: its own change reloads.
+    let since = s.logs().len();
+    s.write_proto(".protodropignore", "testdata/\n");
+    let c = client_of(&s, &[("t.proto", &two)]).await;
+    eventually(POLL_LIMIT, || {
+        let c = c.clone();
+        async move {
+            let r = c.unary("t.Other/Get", json!({})).await;
+            match r.code() {
+                Code::Unimplemented if r.message().starts_with("no handler") => Ok(()),
+                _ => Err(format!("{:?} {}", r.code(), r.message())),
+            }
+        }
+    })
+    .await;
+    assert!(s.logs()[since..].contains("reloaded"), "{}", s.logs());
+}
+
 /// An edit to a file under an `-I` root is reloaded like one in the protos folder.
 #[tokio::test]
 async fn an_edit_under_an_include_root_is_reloaded() {
