@@ -85,6 +85,17 @@ pub struct SourceArgs {
     )]
     pub proto_path: Vec<PathBuf>,
 
+    /// Protos not to compile unless imported: a gitignore pattern relative to --protos, e.g.
+    /// `tests/` or `**/testdata` (repeatable; the environment variable takes a ','-separated list).
+    /// A `.protodropignore` file in the protos folder lists more, one per line.
+    #[arg(
+        long,
+        env = "PROTODROP_EXCLUDE",
+        value_delimiter = ',',
+        value_name = "GLOB"
+    )]
+    pub exclude: Vec<String>,
+
     /// Do not serve gRPC server reflection (grpc.reflection.v1 and v1alpha).
     #[arg(long, env = "PROTODROP_NO_REFLECTION")]
     pub no_reflection: bool,
@@ -125,6 +136,7 @@ impl SourceArgs {
             protos: self.protos.clone(),
             handlers: self.handlers.clone(),
             include_roots: self.proto_path.clone(),
+            exclude: self.exclude.clone(),
             reflection: !self.no_reflection,
             script_limits: ScriptLimits {
                 max_operations: self.script_max_operations,

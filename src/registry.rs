@@ -48,6 +48,8 @@ pub struct Sources {
     pub protos: PathBuf,
     pub handlers: PathBuf,
     pub include_roots: Vec<PathBuf>,
+    /// Gitignore patterns of protos not to compile unless imported (`--exclude`).
+    pub exclude: Vec<String>,
     pub script_limits: ScriptLimits,
     /// Serve server reflection.
     pub reflection: bool,
@@ -80,6 +82,9 @@ pub struct State {
     pub routes: Arc<crate::front::transcode::Routes>,
     /// Health overrides from the handler files' `[health]` tables.
     pub health_overrides: BTreeMap<String, ServingStatus>,
+    /// Warnings about services of the protos that protodrop serves itself (health, reflection):
+    /// the built-in answers their paths.
+    pub builtin_copies: Vec<Diagnostic>,
 }
 
 impl State {
@@ -92,7 +97,8 @@ impl State {
     /// [`State::build`] on the calling thread.
     fn build_here(sources: &Sources) -> Result<State, Diagnostics> {
         let started = std::time::Instant::now();
-        let protos = protos::load(&sources.protos, &sources.include_roots)?;
+        let protos =
+            protos::load_excluding(&sources.protos, &sources.include_roots, &sources.exclude)?;
         // A bad google.api.http annotation costs only its route: a warning at its line (see
         // `Routes::skipped`), not a load problem.
         let proto_roots: Vec<PathBuf> = std::iter::once(sources.protos.clone())
@@ -134,7 +140,42 @@ impl State {
             health,
         } = handlers;
         let mut served = HashMap::new();
+        let mut builtin_copies = Vec::new();
         for service in protos.pool.services() {
+            let builtin = match service.full_name() {
+                crate::front::HEALTH_SERVICE => Some("health"),
+                name if reflection.is_some()
+                    && crate::front::REFLECTION_SERVICES.contains(&name) =>
+                {
+                    Some("server reflection")
+                }
+                _ => None,
+            };
+            if let Some(what) = builtin {
+                let prefix = format!("{}/", service.full_name());
+                let mut unused: Vec<String> = methods
+                    .keys()
+                    .filter(|m| m.starts_with(&prefix))
+                    .cloned()
+                    .collect();
+                unused.sort_unstable();
+                let mut message = format!(
+                    "declares {}, which protodrop serves itself (built-in {what}): the built-in \
+                     answers and this copy's methods are not served",
+                    service.full_name()
+                );
+                if !unused.is_empty() {
+                    message.push_str(&format!(
+                        "; the handler rules for {} are not used",
+                        unused.join(", ")
+                    ));
+                }
+                builtin_copies.push(Diagnostic::file(
+                    proto_path(sources, service.parent_file().name()),
+                    message,
+                ));
+                continue;
+            }
             for desc in service.methods() {
                 let name = format!("{}/{}", service.full_name(), desc.name());
                 let rules = methods.remove(&name);
@@ -159,7 +200,16 @@ impl State {
             rule_count,
             handler_files: files.len(),
             health_overrides: health,
+            builtin_copies,
         })
+    }
+
+    /// Logs the warnings of a load (skipped HTTP routes, copies of built-in services).
+    pub fn log_warnings(&self) {
+        self.routes.log_skipped();
+        for d in &self.builtin_copies {
+            tracing::warn!("{d}");
+        }
     }
 
     /// Reflection over this state's descriptors, built on first use; `None` when turned off.
@@ -206,6 +256,15 @@ impl State {
             rule = handlers::starter::rule(&method.desc).trim_end()
         )
     }
+}
+
+/// The file protox knows as `name`: in the protos folder or the first `-I` root that has it.
+fn proto_path(sources: &Sources, name: &str) -> PathBuf {
+    std::iter::once(&sources.protos)
+        .chain(&sources.include_roots)
+        .map(|root| root.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| sources.protos.join(name))
 }
 
 /// Reflection, built when first asked for or by a background thread right after a load: building it

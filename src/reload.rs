@@ -1,5 +1,11 @@
-//! Watches the protos and handlers folders; on a change, rebuilds the whole state off the request path
-//! and swaps it in. A broken edit is logged precisely and the last good state keeps serving.
+//! Watches the protos and handlers folders, and the `-I` roots; on a change, rebuilds the whole state
+//! off the request path and swaps it in. A broken edit is logged precisely and the last good state
+//! keeps serving.
+//!
+//! An `-I` root is watched for `.proto` files (and folders) only, outside hidden folders such as
+//! `.git` (a dependency checkout's `git fetch` is no change). It is optional: one that is missing
+//! or cannot be watched (too many folders for the inotify limit) gets a warning, not a refusal to
+//! serve, and one that appears later is watched and loaded then.
 //!
 //! A folder that disappears (`rm -rf`, a checkout or a deploy script that swaps it) takes its inotify
 //! watch with it, and a watch never comes back by itself. So the watcher notes when a folder is
@@ -202,7 +208,7 @@ fn run(
                     // A rescan means the kernel's queue overflowed: events were lost, rebuild.
                     let relevant = event.need_rescan()
                         || (is_change(&event.kind)
-                            && event.paths.iter().any(|p| is_watched_file(p)));
+                            && event.paths.iter().any(|p| watched.is_watched_file(p)));
                     if !relevant {
                         continue;
                     }
@@ -304,9 +310,15 @@ fn swap_in(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "reloaded"
             );
-            // Only when the routes were built again (a handler edit keeps them, and their warnings).
-            if !Arc::ptr_eq(&state.routes, &registry.current().routes) {
-                state.routes.log_skipped();
+            // Only when the routes were built again (a handler edit keeps them, and their
+            // warnings), or the warnings about built-in services changed (a rule for one).
+            let current = registry.current();
+            if !Arc::ptr_eq(&state.routes, &current.routes) {
+                state.log_warnings();
+            } else if state.builtin_copies != current.builtin_copies {
+                for d in &state.builtin_copies {
+                    tracing::warn!("{d}");
+                }
             }
             registry.swap(state);
             true
@@ -322,11 +334,16 @@ fn swap_in(
 struct Entry {
     /// Absolute, as notify reports event paths.
     path: PathBuf,
+    /// The protos or handlers folder: while it is gone nothing is rebuilt. An `-I` root is not.
+    required: bool,
     /// Whether a watch for it is in place (notify drops the watch when the folder is removed).
     armed: bool,
     /// An event said the folder itself was removed, renamed or created: its watch, if notify still
     /// holds one, may follow an old inode.
     touched: bool,
+    /// An `-I` root that is there but could not be watched: tried again only when an event says
+    /// it changed (each try walks the whole tree).
+    failed: bool,
 }
 
 struct Watched {
@@ -338,27 +355,77 @@ impl Watched {
     fn new(sources: &Sources) -> notify::Result<Watched> {
         let cwd = std::env::current_dir().map_err(notify::Error::io)?;
         let mut entries: Vec<Entry> = Vec::new();
-        for folder in [&sources.protos, &sources.handlers] {
+        let folders = [&sources.protos, &sources.handlers]
+            .into_iter()
+            .map(|f| (f, true))
+            .chain(sources.include_roots.iter().map(|f| (f, false)));
+        for (folder, required) in folders {
             let path = cwd.join(folder);
-            if !entries.iter().any(|e| e.path == path) {
-                entries.push(Entry {
-                    path,
-                    armed: false,
-                    touched: false,
-                });
+            // A root inside a required folder is watched with it.
+            if entries
+                .iter()
+                .any(|e| e.path == path || (e.required && path.starts_with(&e.path)))
+            {
+                continue;
             }
+            entries.push(Entry {
+                path,
+                required,
+                armed: false,
+                touched: false,
+                failed: false,
+            });
         }
         entries.sort_by_key(|e| e.path.components().count());
         Ok(Watched { entries })
     }
 
-    /// At start-up a folder that cannot be watched is an error.
+    /// At start-up a required folder that cannot be watched is an error; an `-I` root a warning.
     fn arm_all(&mut self, debouncer: &mut FsDebouncer) -> notify::Result<()> {
         for e in &mut self.entries {
-            debouncer.watch(&e.path, RecursiveMode::Recursive)?;
-            e.armed = true;
+            match debouncer.watch(&e.path, RecursiveMode::Recursive) {
+                Ok(()) => e.armed = true,
+                Err(err) if e.required => return Err(err),
+                Err(_) if !e.path.is_dir() => tracing::warn!(
+                    folder = %e.path.display(),
+                    "include root not found: it is watched, and loaded, once it appears"
+                ),
+                Err(err) => {
+                    e.failed = true;
+                    tracing::warn!(
+                        folder = %e.path.display(),
+                        "include root cannot be watched ({err}): edits under it are not reloaded"
+                    );
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Whether a change to `path` can change the state: any source file (or folder) in the protos
+    /// and handlers folders; `.proto` files (or folders) outside hidden folders in an `-I` root.
+    fn is_watched_file(&self, path: &Path) -> bool {
+        if self
+            .entries
+            .iter()
+            .any(|e| e.required && path.starts_with(&e.path))
+        {
+            return is_watched_file(path);
+        }
+        let Some(root) = self
+            .entries
+            .iter()
+            .filter(|e| path.starts_with(&e.path))
+            .max_by_key(|e| e.path.components().count())
+        else {
+            return false;
+        };
+        let hidden = path
+            .strip_prefix(&root.path)
+            .unwrap_or(path)
+            .components()
+            .any(|c| c.as_os_str().to_string_lossy().starts_with('.'));
+        !hidden && path.extension().is_none_or(|x| x == "proto")
     }
 
     /// Records what an event says about a folder itself.
@@ -387,13 +454,24 @@ impl Watched {
         for e in &mut self.entries {
             let touched = std::mem::take(&mut e.touched);
             if !e.path.is_dir() {
-                if e.armed {
+                if e.armed && e.required {
                     tracing::warn!(
                         folder = %e.path.display(),
                         "folder is gone: still serving the last good state; it is reloaded when the folder is back"
                     );
+                } else if e.armed {
+                    tracing::warn!(
+                        folder = %e.path.display(),
+                        "include root is gone: imports from it fail until it is back"
+                    );
+                    // Reloaded now: the state may be built without it (or say why not).
+                    came_back = true;
                 }
                 e.armed = false;
+                e.failed = false;
+                continue;
+            }
+            if e.failed && !touched {
                 continue;
             }
             let inside_rearmed = rearmed.iter().any(|r| e.path.starts_with(r));
@@ -417,23 +495,33 @@ impl Watched {
                     rearmed.push(e.path.clone());
                 }
                 // Probably gone again already; the next event or poll tries again.
-                Err(err) => {
+                Err(err) if e.required || !e.path.is_dir() => {
                     e.armed = false;
                     tracing::debug!(folder = %e.path.display(), "cannot watch yet: {err}");
+                }
+                Err(err) => {
+                    e.armed = false;
+                    e.failed = true;
+                    tracing::warn!(
+                        folder = %e.path.display(),
+                        "include root cannot be watched ({err}): edits under it are not reloaded"
+                    );
                 }
             }
         }
         came_back
     }
 
+    /// Whether a folder is looked for every [`POLL_WHILE_GONE`] (no event says it is back).
     fn any_folder_gone(&self) -> bool {
-        self.entries.iter().any(|e| !e.armed)
+        self.entries.iter().any(|e| !e.armed && !e.failed)
     }
 
+    /// A protos or handlers folder that is gone: nothing is rebuilt meanwhile.
     fn gone_folder(&self) -> Option<&Path> {
         self.entries
             .iter()
-            .find(|e| !e.armed)
+            .find(|e| !e.armed && e.required)
             .map(|e| e.path.as_path())
     }
 }
@@ -456,6 +544,37 @@ fn is_watched_file(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_an_include_root_only_proto_files_outside_hidden_folders_count() {
+        let sources = Sources {
+            protos: "/p/protos".into(),
+            handlers: "/p/handlers".into(),
+            include_roots: vec!["/deps/googleapis".into(), "/p/protos/third_party".into()],
+            exclude: Vec::new(),
+            script_limits: Default::default(),
+            reflection: false,
+        };
+        let watched = Watched::new(&sources).unwrap();
+        let roots: Vec<_> = watched.entries.iter().map(|e| e.path.clone()).collect();
+        // A root inside the protos folder is watched with it.
+        assert_eq!(roots.len(), 3, "{roots:?}");
+        let counts = |p: &str| watched.is_watched_file(Path::new(p));
+        assert!(counts("/deps/googleapis/google/api/http.proto"));
+        assert!(
+            counts("/deps/googleapis/google/api"),
+            "a folder renamed or removed"
+        );
+        assert!(!counts("/deps/googleapis/.git/objects/ab/cdef"));
+        assert!(!counts("/deps/googleapis/.git/x.proto"));
+        assert!(!counts("/deps/googleapis/README.md"));
+        assert!(
+            counts("/p/protos/.protodropignore"),
+            "the protos folder as before"
+        );
+        assert!(counts("/p/handlers/t.toml"));
+        assert!(!counts("/elsewhere/x.proto"));
+    }
 
     #[test]
     fn a_panicking_loop_is_restarted_and_told_to_reload_everything() {
@@ -533,6 +652,7 @@ mod tests {
             protos,
             handlers,
             include_roots: Vec::new(),
+            exclude: Vec::new(),
             script_limits: Default::default(),
             reflection: false,
         };

@@ -32,7 +32,7 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    for warning in &state.routes.skipped {
+    for warning in state.routes.skipped.iter().chain(&state.builtin_copies) {
         eprintln!("warning: {warning}");
     }
     if !state.routes.skipped.is_empty() {
@@ -118,7 +118,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         rules = state.rule_count,
         "loaded"
     );
-    state.routes.log_skipped();
+    state.log_warnings();
     let registry = Arc::new(Registry::new(state));
     // Rhai recurses on the native stack: a deep script must not overflow a thread (that would abort
     // the server, not fail the call). ~128 KiB per allowed call level covers debug builds.

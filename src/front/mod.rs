@@ -13,6 +13,18 @@ pub mod wire;
 
 use std::convert::Infallible;
 
+/// The built-in health service. It answers whatever the protos say: a vendored copy of
+/// `grpc/health/v1/health.proto` (grpc-proto ships one) is compiled, but its service is not
+/// served, with a warning (see `registry::State::builtin_copies`).
+pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// The built-in reflection services, which take precedence over copies in the protos as health
+/// does, unless reflection is turned off (then a copy is served like any other service).
+pub const REFLECTION_SERVICES: [&str; 2] = [
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
 use tower::util::BoxCloneSyncService;
 
 /// A boxed HTTP service, the common shape of every front.

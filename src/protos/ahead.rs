@@ -3,8 +3,8 @@
 //! protox links files one at a time, on one thread, and parses each file only when it reaches it.
 //! Parsing is about a third of a load and needs nothing from other files, so helper threads parse the
 //! folder's files (in the order the compiler asks for them) while the compiler links, and the
-//! compiler takes each file from here. A file here is exactly what the folder's resolver
-//! (`nesting::CheckedInclude`) would have returned (same source, same descriptor or error), so the
+//! compiler takes each file from here. A file here is exactly what reading it on demand
+//! (`nesting::open_checked`) would have returned (same source, same descriptor or error), so the
 //! pool and every diagnostic stay the same; only the thread that did the parsing differs.
 
 use std::collections::HashMap;
@@ -43,8 +43,8 @@ struct Slots {
 pub(super) struct ParseAhead(Arc<Inner>);
 
 struct Inner {
-    root: PathBuf,
     names: Vec<String>,
+    paths: Vec<PathBuf>,
     index: HashMap<String, usize>,
     state: Mutex<Slots>,
     /// Signalled when a file is parsed and when the compiler takes one.
@@ -54,23 +54,25 @@ struct Inner {
 }
 
 impl ParseAhead {
-    /// `names` are relative to `root`, in the order the compiler will open them.
-    pub(super) fn new(root: &Path, names: &[String]) -> Self {
+    /// `files`: the name protox knows each by, and its path, in the order the compiler will open
+    /// them.
+    pub(super) fn new(files: &[(String, PathBuf)]) -> Self {
+        let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
         Self(Arc::new(Inner {
-            root: root.to_path_buf(),
-            names: names.to_vec(),
+            paths: files.iter().map(|(_, p)| p.clone()).collect(),
             index: names
                 .iter()
                 .enumerate()
                 .map(|(i, n)| (n.clone(), i))
                 .collect(),
             state: Mutex::new(Slots {
-                slots: names.iter().map(|_| Slot::Pending).collect(),
+                slots: files.iter().map(|_| Slot::Pending).collect(),
                 taken: 0,
                 closed: false,
             }),
             changed: Condvar::new(),
             next: AtomicUsize::new(0),
+            names,
         }))
     }
 
@@ -136,12 +138,19 @@ impl Drop for CloseOnDrop<'_> {
 
 impl Inner {
     fn open(&self, i: usize) -> Result<File, protox::Error> {
-        let name = &self.names[i];
-        super::nesting::open_checked(name, &self.root.join(name))
+        super::nesting::open_checked(&self.names[i], &self.paths[i])
     }
 
     fn lock(&self) -> MutexGuard<'_, Slots> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl ParseAhead {
+    /// The path of the folder's file protox knows as `name`, if it is one.
+    pub(super) fn path_of(&self, name: &str) -> Option<&Path> {
+        let i = *self.0.index.get(name)?;
+        Some(&self.0.paths[i])
     }
 }
 

@@ -1,22 +1,31 @@
 //! The protos folder → one descriptor pool, compiled in-process by protox.
 //!
-//! Imports resolve, in order, against the folder itself, the extra `-I` roots, the `google/api` and
-//! `google/rpc` files bundled in this binary, and protox's bundled well-known types.
+//! Imports resolve, in order, against the folder itself, the extra `-I` roots, the importing file's
+//! own folder and vendored roots inside the protos folder (see [`layout`]), the `google/api` and
+//! `google/rpc` files bundled in this binary, and protox's bundled well-known types. Files are read
+//! as protoc reads them ([`source`]: a BOM, Latin-1 comments).
 
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError};
 
 use miette::Diagnostic as _;
 use prost_reflect::DescriptorPool;
-use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver};
+use protox::file::{File, FileResolver};
 use walkdir::WalkDir;
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
 
 mod ahead;
+mod layout;
 pub mod nesting;
+pub mod source;
 use ahead::ParseAhead;
-use nesting::CheckedInclude;
+use layout::{Layout, Tree};
+
+/// A file in the protos folder listing, in gitignore syntax, files and folders not to compile
+/// (unless imported), as `--exclude` does.
+pub const IGNORE_FILE: &str = ".protodropignore";
 
 /// Stack of the threads that load protos and handlers (and parse ahead). The parsers recurse once per
 /// nesting level of a file, bounded by `protos::nesting::MAX_NESTING` (and TOML's and Rhai's own
@@ -77,20 +86,32 @@ impl FileResolver for BundledResolver {
 #[derive(Clone, Debug)]
 pub struct Protos {
     pub pool: DescriptorPool,
-    /// The user's files (relative names, as imports spell them), sorted.
+    /// The protos folder's files that were compiled, each under the one name it is known by (see
+    /// the `layout` module), sorted.
     pub files: Vec<String>,
 }
 
 /// Compiles every `*.proto` under `root` (recursively). Every file is tried, so one load reports the
 /// problems of every broken file, not only the first.
 pub fn load(root: &Path, include_roots: &[PathBuf]) -> Result<Protos, Diagnostics> {
-    load_with_helpers(root, include_roots, ParseAhead::helpers)
+    load_excluding(root, include_roots, &[])
+}
+
+/// [`load`], leaving out the files `exclude` (gitignore patterns relative to `root`) or the folder's
+/// [`IGNORE_FILE`] match, unless they are imported.
+pub fn load_excluding(
+    root: &Path,
+    include_roots: &[PathBuf],
+    exclude: &[String],
+) -> Result<Protos, Diagnostics> {
+    load_with_helpers(root, include_roots, exclude, ParseAhead::helpers)
 }
 
 /// `load` with `helpers(file count)` threads parsing ahead of the compiler (tests pin the count).
 fn load_with_helpers(
     root: &Path,
     include_roots: &[PathBuf],
+    exclude: &[String],
     helpers: impl FnOnce(usize) -> usize,
 ) -> Result<Protos, Diagnostics> {
     let mut problems = Diagnostics::default();
@@ -98,18 +119,21 @@ fn load_with_helpers(
         problems.push(Diagnostic::file(root, "protos folder not found"));
         return Err(problems);
     }
-    let files = find_protos(root, &mut problems);
-    let ahead = ParseAhead::new(root, &files);
-
-    let mut resolver = ChainFileResolver::new();
-    // First, so the folder's files come parsed; anything else falls through to the folder itself.
-    resolver.add(ahead.clone());
-    resolver.add(CheckedInclude(root.to_path_buf()));
-    for dir in include_roots {
-        resolver.add(CheckedInclude(dir.clone()));
+    let found = find_protos(root, exclude, &mut problems);
+    let layout = Arc::new(Layout::new(root, include_roots));
+    // Each file under the one name it is known by (two names of one file are one file).
+    let mut files: Vec<(String, PathBuf)> = Vec::with_capacity(found.len());
+    let mut seen = std::collections::HashSet::with_capacity(found.len());
+    for rel in &found {
+        let name = layout.known_name(0, rel);
+        if seen.insert(name.clone()) {
+            files.push((name, root.join(rel)));
+        }
     }
-    resolver.add(BundledResolver);
-    resolver.add(GoogleFileResolver::new());
+    let ahead = ParseAhead::new(&files);
+    let files: Vec<String> = files.into_iter().map(|(name, _)| name).collect();
+    let resolver = Tree::new(layout, ahead.clone(), found);
+    let resolving_problems = resolver.problems.clone();
 
     let mut compiler = protox::Compiler::with_file_resolver(resolver);
     compiler.include_imports(true);
@@ -146,6 +170,11 @@ fn load_with_helpers(
             }
         }
     });
+    problems.0.extend(std::mem::take(
+        &mut *resolving_problems
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    ));
     problems.into_result()?;
     // The pool straight from the compiler keeps custom options such as `google.api.http`
     // (rebuilding it from `file_descriptor_set()` loses them).
@@ -160,6 +189,8 @@ fn load_with_helpers(
             )])
         })?;
     check_method_options(&pool, root, include_roots)?;
+    let mut files = files;
+    files.sort_unstable();
     Ok(Protos { pool, files })
 }
 
@@ -206,7 +237,7 @@ fn check_method_options(
                     .or_else(|| at(method.path()))
                     .map(|l| l.span.clone())
             });
-        let source = std::fs::read_to_string(&path).ok();
+        let source = source::read_for_display(&path);
         problems.push(match span.as_deref() {
             Some([line, column, ..]) => Diagnostic::at_line(
                 path,
@@ -221,10 +252,22 @@ fn check_method_options(
     problems.into_result()
 }
 
-/// Relative names of every `*.proto` under `root`, sorted.
-fn find_protos(root: &Path, problems: &mut Diagnostics) -> Vec<String> {
+/// Relative names of every `*.proto` under `root` that is not excluded, sorted. Excluded folders
+/// are not walked.
+fn find_protos(root: &Path, exclude: &[String], problems: &mut Diagnostics) -> Vec<String> {
+    let excluded = exclusions(root, exclude, problems);
     let mut files = Vec::new();
-    for entry in WalkDir::new(root).follow_links(true).sort_by_file_name() {
+    let walk = WalkDir::new(root)
+        .follow_links(true)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| {
+            e.depth() == 0
+                || !excluded
+                    .matched(e.path(), e.file_type().is_dir())
+                    .is_ignore()
+        });
+    for entry in walk {
         match entry {
             Ok(e)
                 if e.file_type().is_file()
@@ -246,6 +289,70 @@ fn find_protos(root: &Path, problems: &mut Diagnostics) -> Vec<String> {
     files
 }
 
+/// The `--exclude` patterns and the folder's [`IGNORE_FILE`], as one gitignore matcher rooted at
+/// the protos folder. A pattern that does not parse is a problem at its place.
+fn exclusions(
+    root: &Path,
+    exclude: &[String],
+    problems: &mut Diagnostics,
+) -> ignore::gitignore::Gitignore {
+    let mut builder = ignore::gitignore::GitignoreBuilder::new(root);
+    let file = root.join(IGNORE_FILE);
+    if file.is_file() {
+        if let Some(err) = builder.add(&file) {
+            problems.push(ignore_problem(&file, &err));
+        }
+    }
+    for pattern in exclude {
+        if let Err(err) = builder.add_line(None, pattern) {
+            problems.push(Diagnostic::file(
+                root,
+                format!("--exclude {pattern:?}: {}", ignore_message(&err)),
+            ));
+        }
+    }
+    builder.build().unwrap_or_else(|err| {
+        problems.push(Diagnostic::file(root, format!("exclusions: {err}")));
+        ignore::gitignore::Gitignore::empty()
+    })
+}
+
+/// A problem of the ignore file, at its line when the error names one.
+fn ignore_problem(file: &Path, err: &ignore::Error) -> Diagnostic {
+    fn line_of(err: &ignore::Error) -> Option<u64> {
+        match err {
+            ignore::Error::WithLineNumber { line, .. } => Some(*line),
+            ignore::Error::WithPath { err, .. } | ignore::Error::WithDepth { err, .. } => {
+                line_of(err)
+            }
+            ignore::Error::Partial(errs) => errs.first().and_then(line_of),
+            _ => None,
+        }
+    }
+    let message = ignore_message(err);
+    match line_of(err) {
+        Some(line) => Diagnostic::at_line(
+            file,
+            source::read_for_display(file).as_deref(),
+            line as usize,
+            1,
+            message,
+        ),
+        None => Diagnostic::file(file, message),
+    }
+}
+
+/// The innermost message of an ignore error (the outer ones repeat the path and line).
+fn ignore_message(err: &ignore::Error) -> String {
+    match err {
+        ignore::Error::WithLineNumber { err, .. }
+        | ignore::Error::WithPath { err, .. }
+        | ignore::Error::WithDepth { err, .. } => ignore_message(err),
+        ignore::Error::Partial(errs) if !errs.is_empty() => ignore_message(&errs[0]),
+        other => other.to_string(),
+    }
+}
+
 /// A protox error (a miette diagnostic) as file:line:column with the offending line.
 fn to_diagnostic(err: &protox::Error, root: &Path, include_roots: &[PathBuf]) -> Diagnostic {
     if let Some(d) = nesting::diagnostic_of(err) {
@@ -254,6 +361,11 @@ fn to_diagnostic(err: &protox::Error, root: &Path, include_roots: &[PathBuf]) ->
     let mut message = err.to_string();
     if let Some(help) = err.help() {
         message.push_str(&format!(" (help: {help})"));
+    } else if message.starts_with("import '") && message.ends_with("' not found") {
+        message.push_str(&format!(
+            " (help: give the folder it is under with -I; a file not meant to be served can be \
+             left out with --exclude or a {IGNORE_FILE} file)"
+        ));
     }
     let file_name = err.file().map(str::to_string);
     let path = |name: &str| -> PathBuf {
@@ -285,14 +397,14 @@ fn to_diagnostic(err: &protox::Error, root: &Path, include_roots: &[PathBuf]) ->
         return Diagnostic::file(root, message);
     };
     let file = path(&name);
-    match std::fs::read_to_string(&file) {
-        Ok(source) => Diagnostic::at(
+    match source::read_for_display(&file) {
+        Some(source) => Diagnostic::at(
             file,
             &source,
             first.offset()..first.offset() + first.len(),
             message,
         ),
-        Err(_) => Diagnostic::file(file, message),
+        None => Diagnostic::file(file, message),
     }
 }
 
@@ -342,7 +454,7 @@ mod tests {
     }
 
     fn loaded(dir: &Path, helpers: usize) -> Result<Protos, Diagnostics> {
-        load_with_helpers(dir, &[], |_| helpers)
+        load_with_helpers(dir, &[], &[], |_| helpers)
     }
 
     #[test]
@@ -432,14 +544,14 @@ mod nesting_tests {
         let path = dir.path().to_path_buf();
         let loaded = std::thread::Builder::new()
             .stack_size(BUILD_STACK / 4)
-            .spawn(move || load_with_helpers(&path, &[], |_| 0).map(|p| p.files))
+            .spawn(move || load_with_helpers(&path, &[], &[], |_| 0).map(|p| p.files))
             .unwrap()
             .join()
             .expect("no panic, no overflow");
         assert_eq!(loaded.unwrap(), vec!["t.proto".to_string()]);
 
         std::fs::write(dir.path().join("t.proto"), deep_file(5_000)).unwrap();
-        let err = load_with_helpers(dir.path(), &[], |_| 0)
+        let err = load_with_helpers(dir.path(), &[], &[], |_| 0)
             .unwrap_err()
             .to_string();
         assert!(err.contains("t.proto:7:"), "{err}");

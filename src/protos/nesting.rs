@@ -63,79 +63,73 @@ fn memchr(byte: u8, bytes: &[u8], from: usize) -> Option<usize> {
         .map(|p| from + p)
 }
 
-/// The error a resolver returns for a file nested too deeply. protox passes a resolver's error on
-/// as it is; `source()` leads back to the diagnostic (see `protos::to_diagnostic`).
+/// The error a resolver returns for a file it refuses before parsing (nested too deeply, bytes
+/// that are not UTF-8). protox passes a resolver's error on as it is; `source()` leads back to the
+/// diagnostic (see `protos::to_diagnostic`).
 #[derive(Debug)]
-pub struct TooDeep {
-    inner: TooDeepAt,
+pub struct Refused {
+    inner: RefusedAt,
 }
 
-/// The diagnostic itself, reachable through `TooDeep::source`.
+/// The diagnostic itself, reachable through `Refused::source`.
 #[derive(Debug)]
-pub struct TooDeepAt(pub Diagnostic);
+pub struct RefusedAt(pub Diagnostic);
 
-impl fmt::Display for TooDeepAt {
+impl fmt::Display for RefusedAt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
 }
 
-impl std::error::Error for TooDeepAt {}
+impl std::error::Error for RefusedAt {}
 
-impl fmt::Display for TooDeep {
+impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.inner.0.message)
     }
 }
 
-impl std::error::Error for TooDeep {
+impl std::error::Error for Refused {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&self.inner)
     }
 }
 
-/// Reads `path` (the file protox knows as `name`), refuses it when nested too deeply, parses it
-/// otherwise. What protox's `File::open` does, with the check between reading and parsing (one
-/// read: the text checked is the text parsed).
+/// `diagnostic` as the error a resolver returns.
+pub fn refused(diagnostic: Diagnostic) -> protox::Error {
+    protox::Error::new(Refused {
+        inner: RefusedAt(diagnostic),
+    })
+}
+
+/// Reads `path` (the file protox knows as `name`) as protoc would (`super::source`), refuses it when
+/// nested too deeply, parses it otherwise. What protox's `File::open` does, with the checks between
+/// reading and parsing (one read: the text checked is the text parsed).
 pub fn open_checked(name: &str, path: &Path) -> Result<protox::file::File, protox::Error> {
-    let text = match std::fs::read(path).map(String::from_utf8) {
-        Ok(Ok(text)) => text,
-        // Missing, unreadable, not UTF-8: protox says so in its own words.
-        _ => return protox::file::File::open(name, path),
+    let text = match super::source::read(path) {
+        Some(Ok(text)) => text,
+        Some(Err(diagnostic)) => return Err(refused(diagnostic)),
+        // Missing or unreadable: protox says so in its own words.
+        None => return protox::file::File::open(name, path),
     };
     if let Some(offset) = too_deep(&text) {
-        return Err(protox::Error::new(TooDeep {
-            inner: TooDeepAt(Diagnostic::at(
-                PathBuf::from(path),
-                &text,
-                offset..offset + 1,
-                format!(
-                    "nested more than {MAX_NESTING} levels deep (messages within messages, or \
-                     braces within an option value such as additional_bindings): flatten it"
-                ),
-            )),
-        }));
+        return Err(refused(Diagnostic::at(
+            PathBuf::from(path),
+            &text,
+            offset..offset + 1,
+            format!(
+                "nested more than {MAX_NESTING} levels deep (messages within messages, or \
+                 braces within an option value such as additional_bindings): flatten it"
+            ),
+        )));
     }
     protox::file::File::from_source(name, &text)
 }
 
-/// The diagnostic of a `TooDeep` error, if `err` is one.
+/// The diagnostic of a `Refused` error, if `err` is one.
 pub fn diagnostic_of(err: &protox::Error) -> Option<&Diagnostic> {
     let source = std::error::Error::source(err)?;
-    source.downcast_ref::<TooDeepAt>().map(|d| &d.0)
-}
-
-/// An include root, as protox's `IncludeFileResolver`, with the nesting check.
-pub struct CheckedInclude(pub PathBuf);
-
-impl protox::file::FileResolver for CheckedInclude {
-    fn resolve_path(&self, path: &Path) -> Option<String> {
-        protox::file::IncludeFileResolver::new(self.0.clone()).resolve_path(path)
-    }
-
-    fn open_file(&self, name: &str) -> Result<protox::file::File, protox::Error> {
-        open_checked(name, &self.0.join(name))
-    }
+    source.downcast_ref::<RefusedAt>().map(|d| &d.0)
 }
 
 #[cfg(test)]
@@ -165,7 +159,7 @@ mod tests {
         let text = format!("syntax = \"proto3\";\nmessage A {}\n", nested(100));
         std::fs::write(dir.path().join("a.proto"), &text).unwrap();
         let err = open_checked("a.proto", &dir.path().join("a.proto")).unwrap_err();
-        let d = diagnostic_of(&err).expect("a TooDeep error");
+        let d = diagnostic_of(&err).expect("a Refused error");
         assert_eq!((d.line, d.column), (2, 11 + MAX_NESTING));
     }
 }

@@ -436,7 +436,7 @@ fn locate(roots: &[PathBuf], method: &MethodDescriptor, near: &str, message: Str
                 .first()
                 .map_or_else(|| PathBuf::from(&name), |r| r.join(&name))
         });
-    let Ok(source) = std::fs::read_to_string(&file) else {
+    let Some(source) = crate::protos::source::read_for_display(&file) else {
         return Diagnostic::file(file, message);
     };
     let rpc = rpc_offset(&source, method.name()).unwrap_or(0);
