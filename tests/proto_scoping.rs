@@ -167,3 +167,29 @@ fn duplicates_within_a_file_are_reported_at_the_second_occurrence() {
     );
     assert!(stderr.contains("2 problem(s) found"), "{stderr}");
 }
+
+/// A copy of a file: a few of its duplicated names one by one, then how many more — not one
+/// problem per name of a big file.
+#[test]
+fn a_copied_file_is_summarized() {
+    let messages: String = (0..10)
+        .map(|i| format!("message M{i} {{ string x = 1; }}\n"))
+        .collect();
+    let text = format!("syntax = \"proto3\";\npackage p;\n{messages}");
+    let (code, _, stderr) = check(&[("a.proto", &text), ("copy/a.proto", &text)], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("is already defined at protos/a.proto:")
+            .count(),
+        3,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "protos/copy/a.proto: 7 more names of this file are already defined in protos/a.proto"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("4 problem(s) found"), "{stderr}");
+}

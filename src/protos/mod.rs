@@ -277,30 +277,71 @@ fn to_diagnostic(err: &protox::Error, root: &Path, include_roots: &[PathBuf]) ->
     );
     let source = name.and_then(|_| std::fs::read_to_string(&file).ok());
     let mut out = Vec::new();
-    let mut duplicated: Vec<String> = Vec::new();
+    let mut duplicated = std::collections::HashSet::new();
     let mut loaded_twice = false;
+    // Per other file: duplicates named so far, and how many more were left out.
+    let mut per_file: Vec<(PathBuf, usize)> = Vec::new();
     for d in
         std::iter::once(err as &dyn miette::Diagnostic).chain(err.related().into_iter().flatten())
     {
         let text = d.to_string();
         if let Some(dup) = duplicate_name(&text) {
             // The members of a duplicated message or enum are duplicates because it is: one problem.
-            if duplicated.iter().any(|parent| {
-                dup.strip_prefix(parent.as_str())
-                    .is_some_and(|rest| rest.starts_with('.'))
-            }) {
+            if dup
+                .match_indices('.')
+                .any(|(i, _)| duplicated.contains(&dup[..i]))
+            {
                 continue;
             }
-            duplicated.push(dup.to_string());
+            duplicated.insert(dup.to_string());
         }
-        let (diagnostic, same_file) = place(d, text, name, &file, source.as_deref(), &path);
-        // A file loaded under two names duplicates every name in it: one problem, said once.
-        if same_file && std::mem::replace(&mut loaded_twice, true) {
-            continue;
+        let (diagnostic, other) = place(d, text, name, &file, source.as_deref(), &path);
+        match other {
+            // A file loaded under two names duplicates every name in it: one problem, said once.
+            Other::SameFile if std::mem::replace(&mut loaded_twice, true) => continue,
+            // A copy of a file: a few of its names, then how many more.
+            Other::File(other) => {
+                let i = per_file
+                    .iter()
+                    .position(|(p, _)| *p == other)
+                    .unwrap_or_else(|| {
+                        per_file.push((other, 0));
+                        per_file.len() - 1
+                    });
+                per_file[i].1 += 1;
+                if per_file[i].1 > DUPLICATES_SHOWN {
+                    continue;
+                }
+            }
+            _ => {}
         }
         out.push(diagnostic);
     }
+    for (other, n) in per_file {
+        if n > DUPLICATES_SHOWN {
+            out.push(Diagnostic::file(
+                &file,
+                format!(
+                    "{} more names of this file are already defined in {}",
+                    n - DUPLICATES_SHOWN,
+                    other.display()
+                ),
+            ));
+        }
+    }
     out
+}
+
+/// Duplicate names reported one by one per pair of files; the rest are counted.
+const DUPLICATES_SHOWN: usize = 3;
+
+/// Where the other definition of a duplicated name is.
+enum Other {
+    /// Not a duplicate, or its other file is not known by path.
+    Unknown,
+    /// In this same file, loaded under another name.
+    SameFile,
+    File(PathBuf),
 }
 
 /// The name in prost-reflect's "name 'p.M' is already defined …" / "… is defined twice".
@@ -310,8 +351,8 @@ fn duplicate_name(message: &str) -> Option<&str> {
 }
 
 /// One problem of a protox error (`d`, displayed as `text`) in `file` (import name and path), at its
-/// primary label when there is one; the other labels are named in the message by their place. True
-/// when it is a duplicate of a name in this same file loaded under another name.
+/// primary label when there is one; the other labels are named in the message by their place. With
+/// where the other definition is, for a duplicate name.
 fn place(
     d: &dyn miette::Diagnostic,
     text: String,
@@ -319,8 +360,8 @@ fn place(
     file: &Path,
     source: Option<&str>,
     path: &dyn Fn(&str) -> Option<PathBuf>,
-) -> (Diagnostic, bool) {
-    let (mut message, same_file) = name_first_definition(text, name.map(|n| (n, file)), path);
+) -> (Diagnostic, Other) {
+    let (mut message, other) = name_first_definition(text, name.map(|n| (n, file)), path);
     let help = d.help().map(|help| format!(" (help: {help})"));
     let labels: Vec<_> = d.labels().map(|l| l.collect()).unwrap_or_default();
     let (Some(source), Some(primary)) = (
@@ -331,7 +372,7 @@ fn place(
             .or(labels.first().map(|_| 0)),
     ) else {
         message.extend(help);
-        return (Diagnostic::file(file, message), same_file);
+        return (Diagnostic::file(file, message), other);
     };
     for (i, label) in labels.iter().enumerate() {
         match label.label() {
@@ -351,26 +392,26 @@ fn place(
     message.extend(help);
     let at = &labels[primary];
     let span = at.offset()..at.offset() + at.len();
-    (Diagnostic::at(file, source, span, message), same_file)
+    (Diagnostic::at(file, source, span, message), other)
 }
 
 /// prost-reflect names the other definition of a duplicate name by its import name and line
 /// ("… is already defined in file 'a.proto' at 3:9", see vendor/prost-reflect/PROTODROP.md): name it
-/// by path, and when that is this very file, say that it was loaded under two names (and return true).
+/// by path, and when that is this very file, say that it was loaded under two names.
 fn name_first_definition(
     message: String,
     file: Option<(&str, &Path)>,
     path: &dyn Fn(&str) -> Option<PathBuf>,
-) -> (String, bool) {
+) -> (String, Other) {
     const MARK: &str = " is already defined in file '";
     let Some((head, rest)) = message.split_once(MARK) else {
-        return (message, false);
+        return (message, Other::Unknown);
     };
     let Some((other, at)) = rest.split_once('\'') else {
-        return (message, false);
+        return (message, Other::Unknown);
     };
     let Some(other_path) = path(other) else {
-        return (message, false);
+        return (message, Other::Unknown);
     };
     let same_file = file.is_some_and(|(name, this)| {
         match (
@@ -381,20 +422,25 @@ fn name_first_definition(
             _ => false,
         }
     });
-    let message = match file {
-        Some((name, _)) if same_file => format!(
-            "{head} is already defined: this file is loaded under two names, '{other}' and \
-             '{name}' (it is reachable from two include roots; import it by one name)"
+    match file {
+        Some((name, _)) if same_file => (
+            format!(
+                "{head} is already defined: this file is loaded under two names, '{other}' and \
+                 '{name}' (it is reachable from two include roots; import it by one name)"
+            ),
+            Other::SameFile,
         ),
-        _ => format!(
-            "{head} is already defined at {}{}",
-            other_path.display(),
-            at.strip_prefix(" at ")
-                .map(|l| format!(":{l}"))
-                .unwrap_or_default()
+        _ => (
+            format!(
+                "{head} is already defined at {}{}",
+                other_path.display(),
+                at.strip_prefix(" at ")
+                    .map(|l| format!(":{l}"))
+                    .unwrap_or_default()
+            ),
+            Other::File(other_path),
         ),
-    };
-    (message, same_file)
+    }
 }
 
 /// For unit tests: `files` (name, text) compiled into a pool, with protox's well-known types.
