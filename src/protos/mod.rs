@@ -137,6 +137,7 @@ fn load_with_helpers(
 
     let mut compiler = protox::Compiler::with_file_resolver(resolver);
     compiler.include_imports(true);
+    let mut reported = std::collections::HashSet::new();
     std::thread::scope(|scope| {
         for _ in 0..helpers(files.len()) {
             // A failed spawn only means the compiler parses that share itself.
@@ -156,7 +157,15 @@ fn load_with_helpers(
             // the compiler's state is not trusted after that, so nothing more is compiled.
             match panic::catch_unwind(AssertUnwindSafe(|| compiler.open_file(&name).err())) {
                 Ok(None) => {}
-                Ok(Some(err)) => problems.push(to_diagnostic(&err, root, include_roots)),
+                Ok(Some(err)) => {
+                    // A broken file fails every file that imports it with its own error: each
+                    // problem is reported once, where it is.
+                    for d in to_diagnostic(&err, root, include_roots) {
+                        if reported.insert(d.to_string()) {
+                            problems.push(d);
+                        }
+                    }
+                }
                 Err(panic) => {
                     problems.push(Diagnostic::file(
                         root.join(&name),
@@ -353,58 +362,198 @@ fn ignore_message(err: &ignore::Error) -> String {
     }
 }
 
-/// A protox error (a miette diagnostic) as file:line:column with the offending line.
-fn to_diagnostic(err: &protox::Error, root: &Path, include_roots: &[PathBuf]) -> Diagnostic {
+/// A protox error (a miette diagnostic) as file:line:column problems with the offending line: its
+/// own, then one per further problem it carries (prost-reflect reports every problem of a file in
+/// one error, and each is worth fixing before the next load).
+fn to_diagnostic(err: &protox::Error, root: &Path, include_roots: &[PathBuf]) -> Vec<Diagnostic> {
     if let Some(d) = nesting::diagnostic_of(err) {
-        return d.clone();
+        return vec![d.clone()];
     }
-    let mut message = err.to_string();
-    if let Some(help) = err.help() {
-        message.push_str(&format!(" (help: {help})"));
-    } else if message.starts_with("import '") && message.ends_with("' not found") {
-        message.push_str(&format!(
-            " (help: give the folder it is under with -I; a file not meant to be served can be \
-             left out with --exclude or a {IGNORE_FILE} file)"
-        ));
-    }
-    let file_name = err.file().map(str::to_string);
-    let path = |name: &str| -> PathBuf {
+    // The path of a file by its import name, as the resolver chain finds it (the bundled files
+    // have none).
+    let path = |name: &str| -> Option<PathBuf> {
         std::iter::once(root)
             .chain(include_roots.iter().map(PathBuf::as_path))
             .map(|dir| dir.join(name))
             .find(|p| p.is_file())
-            .unwrap_or_else(|| root.join(name))
     };
-    let labels: Vec<_> = err.labels().map(|l| l.collect()).unwrap_or_default();
-    let Some(first) = labels.first() else {
-        return match file_name {
-            Some(name) => Diagnostic::file(path(&name), message),
-            None => Diagnostic::file(root, message),
-        };
-    };
-    // Secondary labels (e.g. "first defined here" in another file) are named in the message.
-    for label in labels.iter().skip(1) {
-        if let Some(text) = label.label() {
-            message.push_str(&format!("; {text}"));
+    let name = err.file();
+    let file = name.map_or_else(
+        || root.to_path_buf(),
+        |name| path(name).unwrap_or_else(|| root.join(name)),
+    );
+    let source = name.and_then(|_| source::read_for_display(&file));
+    let mut out = Vec::new();
+    let mut duplicated = std::collections::HashSet::new();
+    let mut loaded_twice = false;
+    // Per other file: duplicates named so far, and how many more were left out.
+    let mut per_file: Vec<(PathBuf, usize)> = Vec::new();
+    for d in
+        std::iter::once(err as &dyn miette::Diagnostic).chain(err.related().into_iter().flatten())
+    {
+        let text = d.to_string();
+        if let Some(dup) = duplicate_name(&text) {
+            // The members of a duplicated message or enum are duplicates because it is: one problem.
+            if dup
+                .match_indices('.')
+                .any(|(i, _)| duplicated.contains(&dup[..i]))
+            {
+                continue;
+            }
+            duplicated.insert(dup.to_string());
+        }
+        let (diagnostic, other) = place(d, text, name, &file, source.as_deref(), &path);
+        match other {
+            // A file loaded under two names duplicates every name in it: one problem, said once.
+            Other::SameFile if std::mem::replace(&mut loaded_twice, true) => continue,
+            // A copy of a file: a few of its names, then how many more.
+            Other::File(other) => {
+                let i = per_file
+                    .iter()
+                    .position(|(p, _)| *p == other)
+                    .unwrap_or_else(|| {
+                        per_file.push((other, 0));
+                        per_file.len() - 1
+                    });
+                per_file[i].1 += 1;
+                if per_file[i].1 > DUPLICATES_SHOWN {
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        out.push(diagnostic);
+    }
+    for (other, n) in per_file {
+        if n > DUPLICATES_SHOWN {
+            out.push(Diagnostic::file(
+                &file,
+                format!(
+                    "{} more names of this file are already defined in {}",
+                    n - DUPLICATES_SHOWN,
+                    other.display()
+                ),
+            ));
         }
     }
-    if let Some(text) = first.label() {
-        if !message.contains(text) {
-            message.push_str(&format!(" ({text})"));
+    out
+}
+
+/// Duplicate names reported one by one per pair of files; the rest are counted.
+const DUPLICATES_SHOWN: usize = 3;
+
+/// Where the other definition of a duplicated name is.
+enum Other {
+    /// Not a duplicate, or its other file is not known by path.
+    Unknown,
+    /// In this same file, loaded under another name.
+    SameFile,
+    File(PathBuf),
+}
+
+/// The name in prost-reflect's "name 'p.M' is already defined …" / "… is defined twice".
+fn duplicate_name(message: &str) -> Option<&str> {
+    let (name, rest) = message.strip_prefix("name '")?.split_once("' is ")?;
+    (rest.starts_with("already defined") || rest.starts_with("defined twice")).then_some(name)
+}
+
+/// One problem of a protox error (`d`, displayed as `text`) in `file` (import name and path), at its
+/// primary label when there is one; the other labels are named in the message by their place. With
+/// where the other definition is, for a duplicate name.
+fn place(
+    d: &dyn miette::Diagnostic,
+    text: String,
+    name: Option<&str>,
+    file: &Path,
+    source: Option<&str>,
+    path: &dyn Fn(&str) -> Option<PathBuf>,
+) -> (Diagnostic, Other) {
+    let (mut message, other) = name_first_definition(text, name.map(|n| (n, file)), path);
+    let help = match d.help() {
+        Some(help) => Some(format!(" (help: {help})")),
+        None if message.starts_with("import '") && message.ends_with("' not found") => Some(format!(
+            " (help: give the folder it is under with -I; a file not meant to be served can be \
+             left out with --exclude or a {IGNORE_FILE} file)"
+        )),
+        None => None,
+    };
+    let labels: Vec<_> = d.labels().map(|l| l.collect()).unwrap_or_default();
+    let (Some(source), Some(primary)) = (
+        source,
+        labels
+            .iter()
+            .position(|l| l.primary())
+            .or(labels.first().map(|_| 0)),
+    ) else {
+        message.extend(help);
+        return (Diagnostic::file(file, message), other);
+    };
+    for (i, label) in labels.iter().enumerate() {
+        match label.label() {
+            // A label at the problem itself mostly says "found here".
+            Some(text) if i == primary => {
+                if !text.ends_with(" here") && !message.contains(text) {
+                    message.push_str(&format!(" ({text})"));
+                }
+            }
+            Some(text) => {
+                let (line, column, _) = crate::diagnostic::locate(source, label.offset());
+                message.push_str(&format!("; {text}: {}:{line}:{column}", file.display()));
+            }
+            None => {}
         }
     }
-    let Some(name) = file_name else {
-        return Diagnostic::file(root, message);
+    message.extend(help);
+    let at = &labels[primary];
+    let span = at.offset()..at.offset() + at.len();
+    (Diagnostic::at(file, source, span, message), other)
+}
+
+/// prost-reflect names the other definition of a duplicate name by its import name and line
+/// ("… is already defined in file 'a.proto' at 3:9", see vendor/prost-reflect/PROTODROP.md): name it
+/// by path, and when that is this very file, say that it was loaded under two names.
+fn name_first_definition(
+    message: String,
+    file: Option<(&str, &Path)>,
+    path: &dyn Fn(&str) -> Option<PathBuf>,
+) -> (String, Other) {
+    const MARK: &str = " is already defined in file '";
+    let Some((head, rest)) = message.split_once(MARK) else {
+        return (message, Other::Unknown);
     };
-    let file = path(&name);
-    match source::read_for_display(&file) {
-        Some(source) => Diagnostic::at(
-            file,
-            &source,
-            first.offset()..first.offset() + first.len(),
-            message,
+    let Some((other, at)) = rest.split_once('\'') else {
+        return (message, Other::Unknown);
+    };
+    let Some(other_path) = path(other) else {
+        return (message, Other::Unknown);
+    };
+    let same_file = file.is_some_and(|(name, this)| {
+        match (
+            std::fs::canonicalize(this),
+            std::fs::canonicalize(&other_path),
+        ) {
+            (Ok(this), Ok(other_path)) => name != other && this == other_path,
+            _ => false,
+        }
+    });
+    match file {
+        Some((name, _)) if same_file => (
+            format!(
+                "{head} is already defined: this file is loaded under two names, '{other}' and \
+                 '{name}' (it is reachable from two include roots; import it by one name)"
+            ),
+            Other::SameFile,
         ),
-        None => Diagnostic::file(file, message),
+        _ => (
+            format!(
+                "{head} is already defined at {}{}",
+                other_path.display(),
+                at.strip_prefix(" at ")
+                    .map(|l| format!(":{l}"))
+                    .unwrap_or_default()
+            ),
+            Other::File(other_path),
+        ),
     }
 }
 
@@ -505,6 +654,128 @@ mod tests {
         at("f040.proto", 5); // the syntax error
         at("f090.proto", 3); // the missing import
         at("f110.proto", 4); // the second definition of p.M3
+    }
+}
+
+/// Issue 17 item 3: names resolve as protoc resolves them — only the file's own scopes, its imports
+/// and their public imports are searched — whatever order the files are loaded in. Each tree is
+/// loaded twice, with the file that should stay out of scope named to sort first and then last
+/// (files are compiled in path order, and a file compiled earlier is in the pool).
+#[cfg(test)]
+mod scoping_tests {
+    use super::*;
+
+    /// `files` with `{out}` in names and texts replaced by `0_out` then `z_out`: the loads.
+    fn both_orders(files: &[(&str, &str)]) -> Vec<(String, Result<Protos, Diagnostics>)> {
+        ["0_out", "z_out"]
+            .iter()
+            .map(|out| {
+                let dir = tempfile::tempdir().unwrap();
+                for (name, text) in files {
+                    std::fs::write(
+                        dir.path().join(name.replace("{out}", out)),
+                        text.replace("{out}", out),
+                    )
+                    .unwrap();
+                }
+                (out.to_string(), load_with_helpers(dir.path(), &[], &[], |_| 0))
+            })
+            .collect()
+    }
+
+    /// The full name of the type of field `field` of message `message`.
+    fn field_type(protos: &Protos, message: &str, field: &str) -> String {
+        let message = protos.pool.get_message_by_name(message).unwrap();
+        let field = message.get_field_by_name(field).unwrap();
+        field.kind().as_message().unwrap().full_name().to_string()
+    }
+
+    const AB: &str = "syntax = \"proto3\";\npackage a.b;\nmessage M { string ab = 1; }\n";
+    const B: &str = "syntax = \"proto3\";\npackage b;\nmessage M { string b = 1; }\n";
+
+    /// protoc picks `b.M`: package `a.b` is declared only by a file `user.proto` does not import.
+    #[test]
+    fn a_partly_qualified_name_skips_a_package_of_a_file_not_imported() {
+        let user = "syntax = \"proto3\";\npackage a.x;\nimport \"m_b.proto\";\n\
+                    message U { b.M m = 1; }\n";
+        for (order, loaded) in both_orders(&[
+            ("{out}.proto", AB),
+            ("m_b.proto", B),
+            ("m_user.proto", user),
+        ]) {
+            let protos = loaded.unwrap_or_else(|e| panic!("{order}: {e}"));
+            assert_eq!(field_type(&protos, "a.x.U", "m"), "b.M", "{order}");
+        }
+    }
+
+    /// The reverse: `user.proto` imports the file of package `a.b`, so `a.b.M` it is, as protoc.
+    #[test]
+    fn a_partly_qualified_name_takes_the_inner_package_when_imported() {
+        let user = "syntax = \"proto3\";\npackage a.x;\nimport \"m_ab.proto\";\n\
+                    message U { b.M m = 1; }\n";
+        for (order, loaded) in both_orders(&[
+            ("m_ab.proto", AB),
+            ("{out}.proto", B),
+            ("m_user.proto", user),
+        ]) {
+            let protos = loaded.unwrap_or_else(|e| panic!("{order}: {e}"));
+            assert_eq!(field_type(&protos, "a.x.U", "m"), "a.b.M", "{order}");
+        }
+    }
+
+    /// protoc rejects `b.M` when an imported file declares a package nested in `a.b` (so `a.b` is
+    /// in scope) that has no `M`, even though `b.M` exists: the same error in both orders, at the use.
+    #[test]
+    fn an_imported_nested_package_shadows_as_in_protoc() {
+        let abc = "syntax = \"proto3\";\npackage a.b.c;\nmessage Other {}\n";
+        let user = "syntax = \"proto3\";\npackage a.x;\nimport \"m_b.proto\";\n\
+                    import \"{out}.proto\";\nmessage U { b.M m = 1; }\n";
+        let mut errors = Vec::new();
+        for (order, loaded) in both_orders(&[
+            ("{out}.proto", abc),
+            ("m_b.proto", B),
+            ("m_user.proto", user),
+        ]) {
+            let err = loaded.map(|_| ()).unwrap_err();
+            assert_eq!(err.0.len(), 1, "{order}: {err}");
+            let d = &err.0[0];
+            assert!(d.file.ends_with("m_user.proto"), "{order}: {err}");
+            assert_eq!((d.line, d.column), (5, 13), "{order}: {err}");
+            assert!(
+                d.message
+                    .contains("'b.M' resolves to 'a.b.M', which is not defined"),
+                "{order}: {err}"
+            );
+            errors.push(d.message.clone());
+        }
+        assert_eq!(errors[0], errors[1]);
+    }
+
+    /// `import public` is followed to the end of the chain, as protoc does.
+    #[test]
+    fn a_chain_of_public_imports_is_in_scope() {
+        let protos = both_orders(&[
+            // (no file to keep out of scope: the same tree twice)
+            (
+                "d.proto",
+                "syntax = \"proto3\";\npackage d;\nmessage D {}\n",
+            ),
+            (
+                "c.proto",
+                "syntax = \"proto3\";\npackage c;\nimport public \"d.proto\";\n",
+            ),
+            (
+                "b.proto",
+                "syntax = \"proto3\";\npackage b;\nimport public \"c.proto\";\n",
+            ),
+            (
+                "u.proto",
+                "syntax = \"proto3\";\npackage u;\nimport \"b.proto\";\nmessage U { d.D m = 1; }\n",
+            ),
+        ]);
+        let (_, loaded) = &protos[0];
+        let protos = loaded.as_ref().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(field_type(protos, "u.U", "m"), "d.D");
     }
 }
 

@@ -477,7 +477,13 @@ impl fmt::Display for DescriptorErrorKind {
                         f,
                         "name '{}' is already defined in file '{}'",
                         name, first.file
-                    )
+                    )?;
+                    // protodrop patch: where in that file (its label has no span in this
+                    // file's source, so a miette report cannot show it).
+                    match first.span {
+                        Some([line, column, ..]) => write!(f, " at {}:{}", line + 1, column + 1),
+                        None => Ok(()),
+                    }
                 }
             }
             DescriptorErrorKind::DuplicateFieldNumber { number, .. } => {
@@ -759,7 +765,19 @@ impl miette::Diagnostic for DescriptorErrorKind {
         if spans.is_empty() {
             None
         } else {
-            Some(Box::new(spans.into_iter()))
+            // protodrop patch: the error's own place (`label()`) is marked primary, so that a
+            // report shows the problem where it is, not at the first of two definitions.
+            let primary = self.label().and_then(|l| l.resolved);
+            Some(Box::new(spans.into_iter().map(move |span| {
+                if Some(*span.inner()) == primary {
+                    miette::LabeledSpan::new_primary_with_span(
+                        span.label().map(str::to_owned),
+                        *span.inner(),
+                    )
+                } else {
+                    span
+                }
+            })))
         }
     }
 

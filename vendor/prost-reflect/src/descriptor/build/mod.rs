@@ -317,6 +317,7 @@ fn to_json_name(name: &str) -> String {
 }
 
 fn resolve_name<'a, 'b>(
+    files: &[FileDescriptorInner],
     dependencies: &HashSet<FileIndex>,
     names: &'a HashMap<Box<str>, Definition>,
     scope: &str,
@@ -326,11 +327,36 @@ fn resolve_name<'a, 'b>(
     match name.strip_prefix('.') {
         Some(full_name) => ResolveNameResult::new(dependencies, names, full_name, filter),
         None if scope.is_empty() => ResolveNameResult::new(dependencies, names, name, filter),
-        None => resolve_relative_name(dependencies, names, scope, name, filter),
+        None => resolve_relative_name(files, dependencies, names, scope, name, filter),
+    }
+}
+
+// protodrop patch: whether a definition found while resolving a relative name is in scope for the
+// file being built, as protoc's `DescriptorBuilder::FindSymbol` decides: a message, enum or
+// service when its file is this file or one it imports (public imports followed); a package when
+// this file or one of those declares it or a package nested in it, whichever file happened to
+// declare it first. Upstream took any package or message of the whole pool as the scope of a
+// partly qualified name, so `config.core.v3.X` in package `envoy.extensions.foo` stopped at
+// `envoy.extensions.config` as soon as any unrelated file of package `envoy.extensions.config.*`
+// was in the pool, and failed as shadowed: the result depended on which files were loaded first.
+fn in_scope(
+    files: &[FileDescriptorInner],
+    dependencies: &HashSet<FileIndex>,
+    name: &str,
+    def: &Definition,
+) -> bool {
+    match def.kind {
+        DefinitionKind::Package => dependencies.iter().any(|&file| {
+            let package = files[file as usize].raw.package();
+            package.starts_with(name)
+                && matches!(package.as_bytes().get(name.len()), None | Some(&b'.'))
+        }),
+        _ => dependencies.contains(&def.file),
     }
 }
 
 fn resolve_relative_name<'a, 'b>(
+    files: &[FileDescriptorInner],
     dependencies: &HashSet<FileIndex>,
     names: &'a HashMap<Box<str>, Definition>,
     scope: &str,
@@ -357,7 +383,10 @@ fn resolve_relative_name<'a, 'b>(
         } else {
             // Looking up a name including a namespace e.g. `foo.Foo`. First determine the scope using the first component of the name.
             match names.get(candidate.as_ref()) {
-                Some(def) if def.kind.is_parent() => {
+                Some(def)
+                    if def.kind.is_parent()
+                        && in_scope(files, dependencies, candidate.as_ref(), def) =>
+                {
                     let candidate_full = match candidate_parent {
                         "" => Cow::Borrowed(relative_name),
                         _ => Cow::Owned(format!("{candidate_parent}.{relative_name}")),
