@@ -48,6 +48,8 @@ pub struct Sources {
     pub protos: PathBuf,
     pub handlers: PathBuf,
     pub include_roots: Vec<PathBuf>,
+    /// `FileDescriptorSet` files loaded with the protos folder's own (`--descriptor-set`).
+    pub descriptor_sets: Vec<PathBuf>,
     pub script_limits: ScriptLimits,
     /// Serve server reflection.
     pub reflection: bool,
@@ -92,7 +94,11 @@ impl State {
     /// [`State::build`] on the calling thread.
     fn build_here(sources: &Sources) -> Result<State, Diagnostics> {
         let started = std::time::Instant::now();
-        let protos = protos::load(&sources.protos, &sources.include_roots)?;
+        let protos = protos::load(
+            &sources.protos,
+            &sources.include_roots,
+            &sources.descriptor_sets,
+        )?;
         // A bad google.api.http annotation costs only its route: a warning at its line (see
         // `Routes::skipped`), not a load problem.
         let proto_roots: Vec<PathBuf> = std::iter::once(sources.protos.clone())

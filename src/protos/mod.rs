@@ -1,7 +1,11 @@
 //! The protos folder → one descriptor pool, compiled in-process by protox.
 //!
-//! Imports resolve, in order, against the folder itself, the extra `-I` roots, the `google/api` and
+//! Imports resolve, in order, against the folder itself, the descriptor sets (`*.binpb`, `*.pb` in the
+//! folder, then `--descriptor-set` files; see [`sets`]), the extra `-I` roots, the `google/api` and
 //! `google/rpc` files bundled in this binary, and protox's bundled well-known types.
+//!
+//! Editions (`edition = "2023"`) are parsed by a patched protox-parse and their features resolved by a
+//! patched prost-reflect (see their `vendor/*/PROTODROP.md`).
 
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -15,6 +19,7 @@ use crate::diagnostic::{Diagnostic, Diagnostics};
 
 mod ahead;
 pub mod nesting;
+pub mod sets;
 use ahead::ParseAhead;
 use nesting::CheckedInclude;
 
@@ -81,16 +86,22 @@ pub struct Protos {
     pub files: Vec<String>,
 }
 
-/// Compiles every `*.proto` under `root` (recursively). Every file is tried, so one load reports the
-/// problems of every broken file, not only the first.
-pub fn load(root: &Path, include_roots: &[PathBuf]) -> Result<Protos, Diagnostics> {
-    load_with_helpers(root, include_roots, ParseAhead::helpers)
+/// Compiles every `*.proto` under `root` (recursively), with the files of every descriptor set under
+/// `root` and of `descriptor_sets`. Every file is tried, so one load reports the problems of every
+/// broken file, not only the first.
+pub fn load(
+    root: &Path,
+    include_roots: &[PathBuf],
+    descriptor_sets: &[PathBuf],
+) -> Result<Protos, Diagnostics> {
+    load_with_helpers(root, include_roots, descriptor_sets, ParseAhead::helpers)
 }
 
 /// `load` with `helpers(file count)` threads parsing ahead of the compiler (tests pin the count).
 fn load_with_helpers(
     root: &Path,
     include_roots: &[PathBuf],
+    descriptor_sets: &[PathBuf],
     helpers: impl FnOnce(usize) -> usize,
 ) -> Result<Protos, Diagnostics> {
     let mut problems = Diagnostics::default();
@@ -98,13 +109,29 @@ fn load_with_helpers(
         problems.push(Diagnostic::file(root, "protos folder not found"));
         return Err(problems);
     }
-    let files = find_protos(root, &mut problems);
+    let (files, mut set_paths) = find_protos(root, &mut problems);
+    set_paths.extend(descriptor_sets.iter().cloned());
+    let sets = sets::Sets::read(&set_paths, &mut problems);
+    let sources: std::collections::HashSet<&str> = files.iter().map(String::as_str).collect();
+    let shadowed: Vec<&str> = sets.names().filter(|n| sources.contains(n)).collect();
+    if let Some(first) = shadowed.first() {
+        tracing::warn!(
+            "{} file(s) of the descriptor sets are also .proto files in {} ({first}{}): the .proto \
+             files are compiled, the sets' copies ignored",
+            shadowed.len(),
+            root.display(),
+            if shadowed.len() > 1 { ", …" } else { "" }
+        );
+    }
     let ahead = ParseAhead::new(root, &files);
 
     let mut resolver = ChainFileResolver::new();
     // First, so the folder's files come parsed; anything else falls through to the folder itself.
     resolver.add(ahead.clone());
     resolver.add(CheckedInclude(root.to_path_buf()));
+    if !sets.is_empty() {
+        resolver.add(sets.resolver());
+    }
     for dir in include_roots {
         resolver.add(CheckedInclude(dir.clone()));
     }
@@ -127,12 +154,13 @@ fn load_with_helpers(
             .copied()
             .map(str::to_string)
             .chain(files.iter().cloned())
+            .chain(sets.names().map(str::to_string))
         {
             // Should protox or prost-reflect panic on some input, the file being compiled is named;
             // the compiler's state is not trusted after that, so nothing more is compiled.
             match panic::catch_unwind(AssertUnwindSafe(|| compiler.open_file(&name).err())) {
                 Ok(None) => {}
-                Ok(Some(err)) => problems.push(to_diagnostic(&err, root, include_roots)),
+                Ok(Some(err)) => problems.push(to_diagnostic(&err, root, include_roots, &sets)),
                 Err(panic) => {
                     problems.push(Diagnostic::file(
                         root.join(&name),
@@ -221,11 +249,15 @@ fn check_method_options(
     problems.into_result()
 }
 
-/// Relative names of every `*.proto` under `root`, sorted.
-fn find_protos(root: &Path, problems: &mut Diagnostics) -> Vec<String> {
+/// Relative names of every `*.proto` under `root`, sorted, and the paths of its descriptor sets.
+fn find_protos(root: &Path, problems: &mut Diagnostics) -> (Vec<String>, Vec<PathBuf>) {
     let mut files = Vec::new();
+    let mut sets = Vec::new();
     for entry in WalkDir::new(root).follow_links(true).sort_by_file_name() {
         match entry {
+            Ok(e) if e.file_type().is_file() && sets::is_descriptor_set(e.path()) => {
+                sets.push(e.path().to_path_buf());
+            }
             Ok(e)
                 if e.file_type().is_file()
                     && e.path().extension().is_some_and(|x| x == "proto") =>
@@ -243,15 +275,29 @@ fn find_protos(root: &Path, problems: &mut Diagnostics) -> Vec<String> {
             Err(e) => problems.push(Diagnostic::file(e.path().unwrap_or(root), e.to_string())),
         }
     }
-    files
+    (files, sets)
 }
 
 /// A protox error (a miette diagnostic) as file:line:column with the offending line.
-fn to_diagnostic(err: &protox::Error, root: &Path, include_roots: &[PathBuf]) -> Diagnostic {
+fn to_diagnostic(
+    err: &protox::Error,
+    root: &Path,
+    include_roots: &[PathBuf],
+    sets: &sets::Sets,
+) -> Diagnostic {
     if let Some(d) = nesting::diagnostic_of(err) {
         return d.clone();
     }
     let mut message = err.to_string();
+    // A file of a descriptor set has no source to point into: the set is named instead.
+    if let Some(name) = err.file() {
+        let on_disk = std::iter::once(root)
+            .chain(include_roots.iter().map(PathBuf::as_path))
+            .any(|dir| dir.join(name).is_file());
+        if let (false, Some(set)) = (on_disk, sets.set_of(name)) {
+            return Diagnostic::file(set, format!("{name} (in this descriptor set): {message}"));
+        }
+    }
     if let Some(help) = err.help() {
         message.push_str(&format!(" (help: {help})"));
     }
@@ -342,7 +388,7 @@ mod tests {
     }
 
     fn loaded(dir: &Path, helpers: usize) -> Result<Protos, Diagnostics> {
-        load_with_helpers(dir, &[], |_| helpers)
+        load_with_helpers(dir, &[], &[], |_| helpers)
     }
 
     #[test]
@@ -432,14 +478,14 @@ mod nesting_tests {
         let path = dir.path().to_path_buf();
         let loaded = std::thread::Builder::new()
             .stack_size(BUILD_STACK / 4)
-            .spawn(move || load_with_helpers(&path, &[], |_| 0).map(|p| p.files))
+            .spawn(move || load_with_helpers(&path, &[], &[], |_| 0).map(|p| p.files))
             .unwrap()
             .join()
             .expect("no panic, no overflow");
         assert_eq!(loaded.unwrap(), vec!["t.proto".to_string()]);
 
         std::fs::write(dir.path().join("t.proto"), deep_file(5_000)).unwrap();
-        let err = load_with_helpers(dir.path(), &[], |_| 0)
+        let err = load_with_helpers(dir.path(), &[], &[], |_| 0)
             .unwrap_err()
             .to_string();
         assert!(err.contains("t.proto:7:"), "{err}");
