@@ -64,7 +64,9 @@ pub(crate) enum ParseErrorKind {
         span: Span,
     },
     /// protodrop patch.
-    #[error("'{label}' is not allowed in editions: presence is the field_presence feature ({help})")]
+    #[error(
+        "'{label}' is not allowed in editions: presence is the field_presence feature ({help})"
+    )]
     EditionsFieldLabel {
         label: &'static str,
         help: &'static str,

@@ -603,7 +603,9 @@ impl Context {
                     .push(ParseErrorKind::Proto2FieldMissingLabel { span: field_span });
                 None
             }
-            (_, Some((ast::FieldLabel::Required, span))) if self.syntax == ast::Syntax::Editions => {
+            (_, Some((ast::FieldLabel::Required, span)))
+                if self.syntax == ast::Syntax::Editions =>
+            {
                 self.errors.push(ParseErrorKind::EditionsFieldLabel {
                     label: "required",
                     help: "features.field_presence = LEGACY_REQUIRED",
@@ -611,7 +613,9 @@ impl Context {
                 });
                 None
             }
-            (_, Some((ast::FieldLabel::Optional, span))) if self.syntax == ast::Syntax::Editions => {
+            (_, Some((ast::FieldLabel::Optional, span)))
+                if self.syntax == ast::Syntax::Editions =>
+            {
                 self.errors.push(ParseErrorKind::EditionsFieldLabel {
                     label: "optional",
                     help: "EXPLICIT, the default in edition 2023",

@@ -8,6 +8,10 @@
 //! the crate already acts on, once options are resolved (features are options). The descriptor
 //! itself is left as it was given, so reflection serves it unchanged.
 //!
+//! The same pass settles `[packed = …]` in proto2 and proto3 files: `resolve.rs` reads it before
+//! options are resolved, so a file compiled from source (protox hands options over uninterpreted)
+//! had `[packed = true]` ignored in proto2 and `[packed = false]` in proto3.
+//!
 //! Not resolved (the crate behaves here as it does for every syntax): `enum_type = CLOSED` (unknown
 //! values of a closed enum are kept as numbers, not moved to unknown fields) and
 //! `utf8_validation = NONE` (strings are always checked). `json_format` only governs name-conflict
@@ -87,7 +91,12 @@ impl Features {
                 return;
             };
             let read = if number == tag && wire_type == WireType::LengthDelimited {
-                prost::encoding::message::merge(wire_type, &mut set, &mut buf, DecodeContext::default())
+                prost::encoding::message::merge(
+                    wire_type,
+                    &mut set,
+                    &mut buf,
+                    DecodeContext::default(),
+                )
             } else {
                 skip_field(wire_type, number, &mut buf, DecodeContext::default())
             };
@@ -102,7 +111,10 @@ impl Features {
         };
         pick(set.field_presence, &mut self.field_presence);
         pick(set.enum_type, &mut self.enum_type);
-        pick(set.repeated_field_encoding, &mut self.repeated_field_encoding);
+        pick(
+            set.repeated_field_encoding,
+            &mut self.repeated_field_encoding,
+        );
         pick(set.message_encoding, &mut self.message_encoding);
     }
 
@@ -174,18 +186,24 @@ impl DescriptorPoolInner {
         let is_editions = |pool: &DescriptorPoolInner, file: u32| {
             pool.files[file as usize].syntax == Syntax::Editions
         };
-        if !(offsets.file as usize..self.files.len()).any(|f| is_editions(self, f as u32)) {
-            return Ok(());
-        }
         let mut errors = Vec::new();
 
         for message in offsets.message as usize..self.messages.len() {
             for field in 0..self.messages[message].fields.len() {
                 let inner = &self.messages[message].fields[field];
                 if !is_editions(self, inner.id.file) {
+                    if let Some(packed) = self.packed_option(
+                        inner.id.file,
+                        &inner.id.path,
+                        inner.cardinality,
+                        inner.kind,
+                    ) {
+                        self.messages[message].fields[field].is_packed = packed;
+                    }
                     continue;
                 }
-                let features = Features::at(&self.files[inner.id.file as usize].raw, &inner.id.path);
+                let features =
+                    Features::at(&self.files[inner.id.file as usize].raw, &inner.id.path);
                 let kind = self.delimited(inner.kind, &features);
                 let inner = &mut self.messages[message].fields[field];
                 inner.kind = kind;
@@ -207,6 +225,11 @@ impl DescriptorPoolInner {
         for extension in offsets.extension as usize..self.extensions.len() {
             let inner = &self.extensions[extension];
             if !is_editions(self, inner.id.file) {
+                if let Some(packed) =
+                    self.packed_option(inner.id.file, &inner.id.path, inner.cardinality, inner.kind)
+                {
+                    self.extensions[extension].is_packed = packed;
+                }
                 continue;
             }
             let features = Features::at(&self.files[inner.id.file as usize].raw, &inner.id.path);
@@ -231,9 +254,7 @@ impl DescriptorPoolInner {
             }
             let raw = &self.files[file as usize].raw;
             let first = find_enum_proto(raw, path).value.first();
-            if Features::at(raw, path).enum_type == OPEN
-                && first.is_some_and(|v| v.number() != 0)
-            {
+            if Features::at(raw, path).enum_type == OPEN && first.is_some_and(|v| v.number() != 0) {
                 let mut at = path.to_vec();
                 at.extend([tag::enum_::VALUE, 0, tag::enum_value::NUMBER]);
                 errors.push(DescriptorErrorKind::InvalidProto3EnumDefault {
@@ -249,16 +270,36 @@ impl DescriptorPoolInner {
         }
     }
 
+    /// Whether a repeated scalar field of a proto2 or proto3 file is packed, by its resolved
+    /// `packed` option or its syntax's default; `None` when that cannot matter.
+    fn packed_option(
+        &self,
+        file: u32,
+        path: &[i32],
+        cardinality: Cardinality,
+        kind: KindIndex,
+    ) -> Option<bool> {
+        if cardinality != Cardinality::Repeated || !kind.is_packable() {
+            return None;
+        }
+        let file = &self.files[file as usize];
+        let field = field_proto(&file.raw, path)?;
+        Some(
+            field
+                .options
+                .as_ref()
+                .and_then(|o| o.value.packed)
+                .unwrap_or(file.syntax == Syntax::Proto3),
+        )
+    }
+
     /// A message field with DELIMITED encoding is read and written as a group (map entries excepted).
     fn delimited(&self, kind: KindIndex, features: &Features) -> KindIndex {
         match kind {
             KindIndex::Message(message) if features.message_encoding == DELIMITED => {
                 let id = &self.messages[message as usize].id;
                 let entry = find_message_proto(&self.files[id.file as usize].raw, &id.path);
-                let is_map_entry = entry
-                    .options
-                    .as_ref()
-                    .is_some_and(|o| o.value.map_entry());
+                let is_map_entry = entry.options.as_ref().is_some_and(|o| o.value.map_entry());
                 if is_map_entry {
                     kind
                 } else {
@@ -267,5 +308,24 @@ impl DescriptorPoolInner {
             }
             kind => kind,
         }
+    }
+}
+
+/// The field or extension at `path` in `file`.
+fn field_proto<'a>(
+    file: &'a FileDescriptorProto,
+    path: &[i32],
+) -> Option<&'a FieldDescriptorProto> {
+    let (messages, last) = path.split_last_chunk::<2>()?;
+    if messages.is_empty() {
+        return (last[0] == tag::file::EXTENSION)
+            .then(|| file.extension.get(last[1] as usize))
+            .flatten();
+    }
+    let message = find_message_proto(file, messages);
+    match last[0] {
+        tag::message::FIELD => message.field.get(last[1] as usize),
+        tag::message::EXTENSION => message.extension.get(last[1] as usize),
+        _ => None,
     }
 }
