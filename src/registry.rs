@@ -94,7 +94,7 @@ impl State {
     /// [`State::build`] on the calling thread.
     fn build_here(sources: &Sources) -> Result<State, Diagnostics> {
         let started = std::time::Instant::now();
-        let protos = protos::load(
+        let protos = protos::load_with_sets(
             &sources.protos,
             &sources.include_roots,
             &sources.descriptor_sets,

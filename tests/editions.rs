@@ -300,7 +300,7 @@ fn editions_pool() -> DescriptorPool {
             ("p3.proto", PROTO3_TWIN),
         ],
     );
-    protodrop::protos::load(dir.path(), &[], &[])
+    protodrop::protos::load(dir.path(), &[])
         .unwrap_or_else(|e| panic!("{e}"))
         .pool
 }

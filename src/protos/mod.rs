@@ -87,9 +87,14 @@ pub struct Protos {
 }
 
 /// Compiles every `*.proto` under `root` (recursively), with the files of every descriptor set under
-/// `root` and of `descriptor_sets`. Every file is tried, so one load reports the problems of every
-/// broken file, not only the first.
-pub fn load(
+/// `root`. Every file is tried, so one load reports the problems of every broken file, not only the
+/// first.
+pub fn load(root: &Path, include_roots: &[PathBuf]) -> Result<Protos, Diagnostics> {
+    load_with_sets(root, include_roots, &[])
+}
+
+/// [`load`], with the files of `descriptor_sets` too (`--descriptor-set`).
+pub fn load_with_sets(
     root: &Path,
     include_roots: &[PathBuf],
     descriptor_sets: &[PathBuf],

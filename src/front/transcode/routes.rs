@@ -496,7 +496,7 @@ service S {
     fn routes() -> Routes {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("t.proto"), PROTO).unwrap();
-        let protos = crate::protos::load(dir.path(), &[], &[]).unwrap();
+        let protos = crate::protos::load(dir.path(), &[]).unwrap();
         Routes::build(&protos.pool, &[dir.path().to_path_buf()])
     }
 
