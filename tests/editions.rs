@@ -443,4 +443,14 @@ fn editions_mistakes_are_reported_at_their_place() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("protos/x.proto:4:3"), "{err}");
     assert!(err.contains("field_presence"), "{err}");
+
+    let cpp = "edition = \"2023\";\npackage x;\nimport \"google/protobuf/cpp_features.proto\";\n\
+               message M { string s = 1 [features.(pb.cpp).string_type = VIEW]; }\n";
+    let (code, _, err) = check(&[("x.proto", cpp)], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("protos/x.proto:3:1"), "{err}");
+    assert!(
+        err.contains("load this schema as a descriptor set"),
+        "{err}"
+    );
 }

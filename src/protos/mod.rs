@@ -66,6 +66,14 @@ const BUNDLED: &[(&str, &str)] = &[
     ),
 ];
 
+/// protoc's language feature files for editions (`features.(pb.cpp).…`): not bundled, see
+/// `to_diagnostic`.
+const LANGUAGE_FEATURES: &[&str] = &[
+    "google/protobuf/cpp_features.proto",
+    "google/protobuf/java_features.proto",
+    "google/protobuf/go_features.proto",
+];
+
 /// The bundled files as a protox resolver.
 struct BundledResolver;
 
@@ -294,6 +302,17 @@ fn to_diagnostic(
         return d.clone();
     }
     let mut message = err.to_string();
+    if LANGUAGE_FEATURES
+        .iter()
+        .any(|f| message.contains(&format!("'{f}' not found")))
+    {
+        message.push_str(
+            " (protodrop does not bundle the language feature files, which need a newer \
+             descriptor.proto than it compiles with: load this schema as a descriptor set, \
+             `protoc --include_imports -o x.binpb …` or `buf build -o x.binpb`, in the protos folder \
+             or with --descriptor-set)",
+        );
+    }
     // A file of a descriptor set has no source to point into: the set is named instead.
     if let Some(name) = err.file() {
         let on_disk = std::iter::once(root)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import json_format
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 
 from harness import _stop, start_protodrop
 
@@ -172,6 +172,40 @@ def test_json_is_protoc_json(server, generated):
         got = json.loads(reply.read())
     assert got == json_format.MessageToDict(want)
     assert "custom" in got and "explicitZero" in got and "implicit" not in got
+
+
+def test_a_set_with_language_features_is_served(tmp_path):
+    """`features.(pb.cpp)` needs protoc's own descriptor.proto and cpp_features.proto: from a descriptor
+    set they come along, and the set's descriptor.proto is used for the whole pool."""
+    src, protos, handlers = tmp_path / "src", tmp_path / "protos", tmp_path / "handlers"
+    for d in (src, protos, handlers):
+        d.mkdir()
+    (src / "v.proto").write_text(
+        'edition = "2023";\npackage v;\nimport "google/protobuf/cpp_features.proto";\n'
+        'message V { string s = 1 [features.(pb.cpp).string_type = VIEW]; int32 n = 2; }\n'
+        'service S { rpc Get (V) returns (V); }\n'
+    )
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{src}", "--include_imports",
+         f"--descriptor_set_out={protos / 'v.binpb'}", "v.proto"],
+        check=True,
+    )
+    (handlers / "v.toml").write_text('[[rule]]\nmethod = "v.S/Get"\nreply = { s = "x", n = 0 }\n')
+    server = start_protodrop(tmp_path, protos, handlers)
+    if server.proc is None:
+        pytest.fail(server.why)
+    # The reference: Python protobuf's class for v.V, built from the same set.
+    fds = descriptor_pb2.FileDescriptorSet.FromString((protos / "v.binpb").read_bytes())
+    pool = descriptor_pool.DescriptorPool()
+    for file in fds.file:
+        pool.Add(file)
+    V = message_factory.GetMessageClass(pool.FindMessageTypeByName("v.V"))
+    try:
+        got = raw_call(server.address_, "/v.S/Get", b"")
+        assert got == V(s="x", n=0).SerializeToString(deterministic=True)
+        assert V.FromString(got).HasField("n"), "explicit presence keeps the zero"
+    finally:
+        _stop(server.proc)
 
 
 def test_proto2_packed_option_is_honoured(server, generated):
