@@ -168,6 +168,17 @@ fn bad_and_conflicting_descriptor_sets_are_named_and_copies_are_fine() {
     assert!(err.contains("protos/junk.binpb:"), "{err}");
     assert!(err.contains("not a FileDescriptorSet"), "{err}");
 
+    // A set built from the folder it sits in: the sources win, with a warning.
+    let (code, err) = check_dir(
+        &[
+            ("protos/dep.proto", DEP.as_bytes().to_vec()),
+            ("protos/all.binpb", descriptor_set(&[("dep.proto", DEP)], &["dep.proto"])),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("also .proto files in protos (dep.proto)"), "{err}");
+
     // The same name, another file.
     let changed = descriptor_set(
         &[(

@@ -127,7 +127,7 @@ impl FileResolver for SetResolver {
         match self.0.get(name) {
             // Checked when the set was read.
             Some(file) => File::decode_file_descriptor_proto(file.encoded.clone())
-                .map_err(|e| protox::Error::new(e)),
+                .map_err(protox::Error::new),
             None => Err(protox::Error::file_not_found(name)),
         }
     }
