@@ -174,36 +174,62 @@ def test_json_is_protoc_json(server, generated):
     assert "custom" in got and "explicitZero" in got and "implicit" not in got
 
 
-def test_a_set_with_language_features_is_served(tmp_path):
-    """`features.(pb.cpp)` needs protoc's own descriptor.proto and cpp_features.proto: from a descriptor
-    set they come along, and the set's descriptor.proto is used for the whole pool."""
+def serve_protoc_set(tmp_path, source: str, rule: str, message: str):
+    """protoc's descriptor set of `source` as the protos folder's only file; yields (address, Python
+    protobuf's class for `message` built from the same set)."""
     src, protos, handlers = tmp_path / "src", tmp_path / "protos", tmp_path / "handlers"
     for d in (src, protos, handlers):
         d.mkdir()
-    (src / "v.proto").write_text(
-        'edition = "2023";\npackage v;\nimport "google/protobuf/cpp_features.proto";\n'
-        'message V { string s = 1 [features.(pb.cpp).string_type = VIEW]; int32 n = 2; }\n'
-        'service S { rpc Get (V) returns (V); }\n'
-    )
+    (src / "x.proto").write_text(source)
     subprocess.run(
         [sys.executable, "-m", "grpc_tools.protoc", f"-I{src}", "--include_imports",
-         f"--descriptor_set_out={protos / 'v.binpb'}", "v.proto"],
+         f"--descriptor_set_out={protos / 'x.binpb'}", "x.proto"],
         check=True,
     )
-    (handlers / "v.toml").write_text('[[rule]]\nmethod = "v.S/Get"\nreply = { s = "x", n = 0 }\n')
-    server = start_protodrop(tmp_path, protos, handlers)
-    if server.proc is None:
-        pytest.fail(server.why)
-    # The reference: Python protobuf's class for v.V, built from the same set.
-    fds = descriptor_pb2.FileDescriptorSet.FromString((protos / "v.binpb").read_bytes())
+    (handlers / "x.toml").write_text(rule)
+    fds = descriptor_pb2.FileDescriptorSet.FromString((protos / "x.binpb").read_bytes())
     pool = descriptor_pool.DescriptorPool()
     for file in fds.file:
         pool.Add(file)
-    V = message_factory.GetMessageClass(pool.FindMessageTypeByName("v.V"))
+    cls = message_factory.GetMessageClass(pool.FindMessageTypeByName(message))
+    server = start_protodrop(tmp_path, protos, handlers)
+    if server.proc is None:
+        pytest.fail(server.why)
+    return server, cls
+
+
+def test_a_set_with_language_features_is_served(tmp_path):
+    """`features.(pb.cpp)` needs protoc's own descriptor.proto and cpp_features.proto: from a descriptor
+    set they come along, and the set's descriptor.proto is used for the whole pool."""
+    server, V = serve_protoc_set(
+        tmp_path,
+        'edition = "2023";\npackage v;\nimport "google/protobuf/cpp_features.proto";\n'
+        'message V { string s = 1 [features.(pb.cpp).string_type = VIEW]; int32 n = 2; }\n'
+        'service S { rpc Get (V) returns (V); }\n',
+        '[[rule]]\nmethod = "v.S/Get"\nreply = { s = "x", n = 0 }\n',
+        "v.V",
+    )
     try:
         got = raw_call(server.address_, "/v.S/Get", b"")
         assert got == V(s="x", n=0).SerializeToString(deterministic=True)
         assert V.FromString(got).HasField("n"), "explicit presence keeps the zero"
+    finally:
+        _stop(server.proc)
+
+
+def test_an_edition_2024_set_is_served(tmp_path):
+    """Edition 2024 compiles from a descriptor set only (the parser takes 2023); its features resolve."""
+    server, N = serve_protoc_set(
+        tmp_path,
+        'edition = "2024";\npackage n;\n'
+        'message N { int32 a = 1; int32 b = 2 [features.field_presence = IMPLICIT]; repeated int32 c = 3; }\n'
+        'service S { rpc Get (N) returns (N); }\n',
+        '[[rule]]\nmethod = "n.S/Get"\nreply = { a = 0, b = 0, c = [1, 2] }\n',
+        "n.N",
+    )
+    try:
+        got = raw_call(server.address_, "/n.S/Get", b"")
+        assert got == N(a=0, b=0, c=[1, 2]).SerializeToString(deterministic=True)
     finally:
         _stop(server.proc)
 
