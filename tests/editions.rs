@@ -172,12 +172,45 @@ fn bad_and_conflicting_descriptor_sets_are_named_and_copies_are_fine() {
     let (code, err) = check_dir(
         &[
             ("protos/dep.proto", DEP.as_bytes().to_vec()),
-            ("protos/all.binpb", descriptor_set(&[("dep.proto", DEP)], &["dep.proto"])),
+            (
+                "protos/all.binpb",
+                descriptor_set(&[("dep.proto", DEP)], &["dep.proto"]),
+            ),
         ],
         &[],
     );
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("also .proto files in protos (dep.proto)"), "{err}");
+    assert!(
+        err.contains("also .proto files in protos (dep.proto)"),
+        "{err}"
+    );
+
+    // Written without its imports (`protoc -o` without --include_imports).
+    let dir = tempfile::tempdir().unwrap();
+    write_files(
+        dir.path(),
+        &[
+            ("dep.proto", DEP),
+            (
+                "top.proto",
+                "syntax = \"proto3\";\nimport \"dep.proto\";\nmessage T { dep.Msg m = 1; }\n",
+            ),
+        ],
+    );
+    let mut compiler = protox::Compiler::new([dir.path()]).unwrap();
+    compiler.open_files(["top.proto"]).unwrap();
+    let (code, err) = check_dir(
+        &[("protos/top.binpb", compiler.encode_file_descriptor_set())],
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "protos/top.binpb: top.proto (in this descriptor set): import 'dep.proto' not found"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("--include_imports"), "{err}");
 
     // The same name, another file.
     let changed = descriptor_set(

@@ -175,8 +175,11 @@ fn load_with_helpers(
                 Ok(None) => {}
                 Ok(Some(err)) => problems.push(to_diagnostic(&err, root, include_roots, &sets)),
                 Err(panic) => {
+                    let file = set_only(&name, root, include_roots, &sets)
+                        .map(Path::to_path_buf)
+                        .unwrap_or_else(|| root.join(&name));
                     problems.push(Diagnostic::file(
-                        root.join(&name),
+                        file,
                         format!(
                             "the proto compiler failed on this file or one it imports: {}",
                             crate::diagnostic::panic_message(&panic)
@@ -291,6 +294,23 @@ fn find_protos(root: &Path, problems: &mut Diagnostics) -> (Vec<String>, Vec<Pat
     (files, sets)
 }
 
+/// The descriptor set `name` comes from, when no source file of that name is on disk.
+fn set_only<'a>(
+    name: &str,
+    root: &Path,
+    include_roots: &[PathBuf],
+    sets: &'a sets::Sets,
+) -> Option<&'a Path> {
+    let on_disk = std::iter::once(root)
+        .chain(include_roots.iter().map(PathBuf::as_path))
+        .any(|dir| dir.join(name).is_file());
+    if on_disk {
+        None
+    } else {
+        sets.set_of(name)
+    }
+}
+
 /// A protox error (a miette diagnostic) as file:line:column with the offending line.
 fn to_diagnostic(
     err: &protox::Error,
@@ -313,17 +333,22 @@ fn to_diagnostic(
              or with --descriptor-set)",
         );
     }
-    // A file of a descriptor set has no source to point into: the set is named instead.
-    if let Some(name) = err.file() {
-        let on_disk = std::iter::once(root)
-            .chain(include_roots.iter().map(PathBuf::as_path))
-            .any(|dir| dir.join(name).is_file());
-        if let (false, Some(set)) = (on_disk, sets.set_of(name)) {
-            return Diagnostic::file(set, format!("{name} (in this descriptor set): {message}"));
-        }
-    }
     if let Some(help) = err.help() {
         message.push_str(&format!(" (help: {help})"));
+    }
+    // A file of a descriptor set has no source to point into: the set is named instead.
+    if let Some(set) = err
+        .file()
+        .and_then(|name| set_only(name, root, include_roots, sets))
+    {
+        let name = err.file().unwrap_or_default();
+        if message.contains("not found") {
+            message.push_str(
+                " (a set written without its imports? protoc needs --include_imports; buf build \
+                 includes them unless --exclude-imports)",
+            );
+        }
+        return Diagnostic::file(set, format!("{name} (in this descriptor set): {message}"));
     }
     let file_name = err.file().map(str::to_string);
     let path = |name: &str| -> PathBuf {

@@ -126,8 +126,9 @@ impl FileResolver for SetResolver {
     fn open_file(&self, name: &str) -> Result<File, protox::Error> {
         match self.0.get(name) {
             // Checked when the set was read.
-            Some(file) => File::decode_file_descriptor_proto(file.encoded.clone())
-                .map_err(protox::Error::new),
+            Some(file) => {
+                File::decode_file_descriptor_proto(file.encoded.clone()).map_err(protox::Error::new)
+            }
             None => Err(protox::Error::file_not_found(name)),
         }
     }
