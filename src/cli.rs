@@ -95,6 +95,17 @@ pub struct SourceArgs {
         value_name = "GLOB"
     )]
     pub exclude: Vec<String>,
+    /// A FileDescriptorSet file to load with the protos (`buf build -o FILE.binpb`, `protoc
+    /// --include_imports -o FILE.binpb`): the way in for a schema protodrop cannot compile itself.
+    /// `*.binpb` and `*.pb` files in the protos folder are loaded without it. Repeatable; the
+    /// environment variable takes a ':'-separated list.
+    #[arg(
+        long = "descriptor-set",
+        env = "PROTODROP_DESCRIPTOR_SET",
+        value_delimiter = ':',
+        value_name = "FILE"
+    )]
+    pub descriptor_set: Vec<PathBuf>,
 
     /// Do not serve gRPC server reflection (grpc.reflection.v1 and v1alpha).
     #[arg(long, env = "PROTODROP_NO_REFLECTION")]
@@ -137,6 +148,7 @@ impl SourceArgs {
             handlers: self.handlers.clone(),
             include_roots: self.proto_path.clone(),
             exclude: self.exclude.clone(),
+            descriptor_sets: self.descriptor_set.clone(),
             reflection: !self.no_reflection,
             script_limits: ScriptLimits {
                 max_operations: self.script_max_operations,

@@ -50,6 +50,8 @@ pub struct Sources {
     pub include_roots: Vec<PathBuf>,
     /// Gitignore patterns of protos not to compile unless imported (`--exclude`).
     pub exclude: Vec<String>,
+    /// `FileDescriptorSet` files loaded with the protos folder's own (`--descriptor-set`).
+    pub descriptor_sets: Vec<PathBuf>,
     pub script_limits: ScriptLimits,
     /// Serve server reflection.
     pub reflection: bool,
@@ -97,8 +99,12 @@ impl State {
     /// [`State::build`] on the calling thread.
     fn build_here(sources: &Sources) -> Result<State, Diagnostics> {
         let started = std::time::Instant::now();
-        let protos =
-            protos::load_excluding(&sources.protos, &sources.include_roots, &sources.exclude)?;
+        let protos = protos::load_from(
+            &sources.protos,
+            &sources.include_roots,
+            &sources.exclude,
+            &sources.descriptor_sets,
+        )?;
         // A bad google.api.http annotation costs only its route: a warning at its line (see
         // `Routes::skipped`), not a load problem.
         let proto_roots: Vec<PathBuf> = std::iter::once(sources.protos.clone())

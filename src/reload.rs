@@ -274,10 +274,11 @@ fn run(
     }
 }
 
-/// A `.proto`, `.toml` or `.rhai` file.
+/// A `.proto`, `.toml` or `.rhai` file, or a descriptor set (`.binpb`, `.pb`).
 fn is_source_file(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e == "proto" || e == "toml" || e == "rhai")
+        || crate::protos::sets::is_descriptor_set(path)
 }
 
 /// Whether one of `files` is there and empty: more likely a save caught between truncating and
@@ -552,6 +553,7 @@ mod tests {
             handlers: "/p/handlers".into(),
             include_roots: vec!["/deps/googleapis".into(), "/p/protos/third_party".into()],
             exclude: Vec::new(),
+            descriptor_sets: Vec::new(),
             script_limits: Default::default(),
             reflection: false,
         };
@@ -653,6 +655,7 @@ mod tests {
             handlers,
             include_roots: Vec::new(),
             exclude: Vec::new(),
+            descriptor_sets: Vec::new(),
             script_limits: Default::default(),
             reflection: false,
         };

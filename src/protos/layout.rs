@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use protox::file::{File, FileResolver, GoogleFileResolver};
 
 use super::ahead::ParseAhead;
+use super::sets::SetResolver;
 use super::nesting::open_checked;
 use super::BundledResolver;
 use crate::diagnostic::Diagnostic;
@@ -145,6 +146,8 @@ pub(super) struct Tree {
     /// The protos folder's files that are not excluded, relative to it: where vendored roots are
     /// looked for.
     local: Vec<String>,
+    /// The descriptor sets' files: after the protos folder's own, before the `-I` roots.
+    sets: SetResolver,
     bundled: BundledResolver,
     google: GoogleFileResolver,
     state: Mutex<TreeState>,
@@ -163,11 +166,17 @@ struct TreeState {
 }
 
 impl Tree {
-    pub(super) fn new(layout: Arc<Layout>, ahead: ParseAhead, local: Vec<String>) -> Self {
+    pub(super) fn new(
+        layout: Arc<Layout>,
+        ahead: ParseAhead,
+        local: Vec<String>,
+        sets: SetResolver,
+    ) -> Self {
         Self {
             layout,
             ahead,
             local,
+            sets,
             bundled: BundledResolver,
             google: GoogleFileResolver::new(),
             state: Mutex::new(TreeState::default()),
@@ -279,7 +288,14 @@ impl FileResolver for Tree {
             self.note_imports(&file, &path);
             return Ok(file);
         }
-        if let Some((root, path)) = self.layout.lookup(name) {
+        let found = self.layout.lookup(name);
+        if found.as_ref().is_none_or(|(root, _)| *root > 0) {
+            match self.sets.open_file(name) {
+                Err(e) if e.is_file_not_found() => {}
+                other => return other,
+            }
+        }
+        if let Some((root, path)) = found {
             let known = self.layout.known_name(root, name);
             if known != name {
                 return forward(name, &known);

@@ -3,7 +3,11 @@
 //! Imports resolve, in order, against the folder itself, the extra `-I` roots, the importing file's
 //! own folder and vendored roots inside the protos folder (see [`layout`]), the `google/api` and
 //! `google/rpc` files bundled in this binary, and protox's bundled well-known types. Files are read
-//! as protoc reads them ([`source`]: a BOM, Latin-1 comments).
+//! as protoc reads them ([`source`]: a BOM, Latin-1 comments). Descriptor sets (`*.binpb`, `*.pb` in
+//! the folder, then `--descriptor-set` files; see [`sets`]) come right after the folder's own files.
+//!
+//! Editions (`edition = "2023"`) are parsed by a patched protox-parse and their features resolved by a
+//! patched prost-reflect (see their `vendor/*/PROTODROP.md`).
 
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -19,6 +23,7 @@ use crate::diagnostic::{Diagnostic, Diagnostics};
 mod ahead;
 mod layout;
 pub mod nesting;
+pub mod sets;
 pub mod source;
 use ahead::ParseAhead;
 use layout::{Layout, Tree};
@@ -70,6 +75,14 @@ const BUNDLED: &[(&str, &str)] = &[
     ),
 ];
 
+/// protoc's language feature files for editions (`features.(pb.cpp).…`): not bundled, see
+/// `to_diagnostic`.
+const LANGUAGE_FEATURES: &[&str] = &[
+    "google/protobuf/cpp_features.proto",
+    "google/protobuf/java_features.proto",
+    "google/protobuf/go_features.proto",
+];
+
 /// The bundled files as a protox resolver.
 struct BundledResolver;
 
@@ -91,20 +104,29 @@ pub struct Protos {
     pub files: Vec<String>,
 }
 
-/// Compiles every `*.proto` under `root` (recursively). Every file is tried, so one load reports the
-/// problems of every broken file, not only the first.
+/// Compiles every `*.proto` under `root` (recursively), with the files of every descriptor set under
+/// `root`. Every file is tried, so one load reports the problems of every broken file, not only the
+/// first.
 pub fn load(root: &Path, include_roots: &[PathBuf]) -> Result<Protos, Diagnostics> {
-    load_excluding(root, include_roots, &[])
+    load_from(root, include_roots, &[], &[])
 }
 
 /// [`load`], leaving out the files `exclude` (gitignore patterns relative to `root`) or the folder's
-/// [`IGNORE_FILE`] match, unless they are imported.
-pub fn load_excluding(
+/// [`IGNORE_FILE`] match, unless they are imported; with the files of `descriptor_sets` too
+/// (`--descriptor-set`).
+pub fn load_from(
     root: &Path,
     include_roots: &[PathBuf],
     exclude: &[String],
+    descriptor_sets: &[PathBuf],
 ) -> Result<Protos, Diagnostics> {
-    load_with_helpers(root, include_roots, exclude, ParseAhead::helpers)
+    load_with_helpers(
+        root,
+        include_roots,
+        exclude,
+        descriptor_sets,
+        ParseAhead::helpers,
+    )
 }
 
 /// `load` with `helpers(file count)` threads parsing ahead of the compiler (tests pin the count).
@@ -112,6 +134,7 @@ fn load_with_helpers(
     root: &Path,
     include_roots: &[PathBuf],
     exclude: &[String],
+    descriptor_sets: &[PathBuf],
     helpers: impl FnOnce(usize) -> usize,
 ) -> Result<Protos, Diagnostics> {
     let mut problems = Diagnostics::default();
@@ -119,7 +142,9 @@ fn load_with_helpers(
         problems.push(Diagnostic::file(root, "protos folder not found"));
         return Err(problems);
     }
-    let found = find_protos(root, exclude, &mut problems);
+    let (found, mut set_paths) = find_protos(root, exclude, &mut problems);
+    set_paths.extend(descriptor_sets.iter().cloned());
+    let sets = sets::Sets::read(&set_paths, &mut problems);
     let layout = Arc::new(Layout::new(root, include_roots));
     // Each file under the one name it is known by (two names of one file are one file).
     let mut files: Vec<(String, PathBuf)> = Vec::with_capacity(found.len());
@@ -130,9 +155,19 @@ fn load_with_helpers(
             files.push((name, root.join(rel)));
         }
     }
+    let shadowed: Vec<&str> = sets.names().filter(|n| seen.contains(*n)).collect();
+    if let Some(first) = shadowed.first() {
+        tracing::warn!(
+            "{} file(s) of the descriptor sets are also .proto files in {} ({first}{}): the .proto \
+             files are compiled, the sets' copies ignored",
+            shadowed.len(),
+            root.display(),
+            if shadowed.len() > 1 { ", …" } else { "" }
+        );
+    }
     let ahead = ParseAhead::new(&files);
     let files: Vec<String> = files.into_iter().map(|(name, _)| name).collect();
-    let resolver = Tree::new(layout, ahead.clone(), found);
+    let resolver = Tree::new(layout, ahead.clone(), found, sets.resolver());
     let resolving_problems = resolver.problems.clone();
 
     let mut compiler = protox::Compiler::with_file_resolver(resolver);
@@ -152,6 +187,7 @@ fn load_with_helpers(
             .copied()
             .map(str::to_string)
             .chain(files.iter().cloned())
+            .chain(sets.names().map(str::to_string))
         {
             // Should protox or prost-reflect panic on some input, the file being compiled is named;
             // the compiler's state is not trusted after that, so nothing more is compiled.
@@ -160,15 +196,18 @@ fn load_with_helpers(
                 Ok(Some(err)) => {
                     // A broken file fails every file that imports it with its own error: each
                     // problem is reported once, where it is.
-                    for d in to_diagnostic(&err, root, include_roots) {
+                    for d in to_diagnostic(&err, root, include_roots, &sets) {
                         if reported.insert(d.to_string()) {
                             problems.push(d);
                         }
                     }
                 }
                 Err(panic) => {
+                    let file = set_only(&name, root, include_roots, &sets)
+                        .map(Path::to_path_buf)
+                        .unwrap_or_else(|| root.join(&name));
                     problems.push(Diagnostic::file(
-                        root.join(&name),
+                        file,
                         format!(
                             "the proto compiler failed on this file or one it imports: {}",
                             crate::diagnostic::panic_message(&panic)
@@ -261,11 +300,16 @@ fn check_method_options(
     problems.into_result()
 }
 
-/// Relative names of every `*.proto` under `root` that is not excluded, sorted. Excluded folders
-/// are not walked.
-fn find_protos(root: &Path, exclude: &[String], problems: &mut Diagnostics) -> Vec<String> {
+/// Relative names of every `*.proto` under `root` that is not excluded, sorted, and the paths of its
+/// descriptor sets. Excluded folders are not walked.
+fn find_protos(
+    root: &Path,
+    exclude: &[String],
+    problems: &mut Diagnostics,
+) -> (Vec<String>, Vec<PathBuf>) {
     let excluded = exclusions(root, exclude, problems);
     let mut files = Vec::new();
+    let mut sets = Vec::new();
     let walk = WalkDir::new(root)
         .follow_links(true)
         .sort_by_file_name()
@@ -278,6 +322,9 @@ fn find_protos(root: &Path, exclude: &[String], problems: &mut Diagnostics) -> V
         });
     for entry in walk {
         match entry {
+            Ok(e) if e.file_type().is_file() && sets::is_descriptor_set(e.path()) => {
+                sets.push(e.path().to_path_buf());
+            }
             Ok(e)
                 if e.file_type().is_file()
                     && e.path().extension().is_some_and(|x| x == "proto") =>
@@ -295,7 +342,24 @@ fn find_protos(root: &Path, exclude: &[String], problems: &mut Diagnostics) -> V
             Err(e) => problems.push(Diagnostic::file(e.path().unwrap_or(root), e.to_string())),
         }
     }
-    files
+    (files, sets)
+}
+
+/// The descriptor set `name` comes from, when no source file of that name is on disk.
+fn set_only<'a>(
+    name: &str,
+    root: &Path,
+    include_roots: &[PathBuf],
+    sets: &'a sets::Sets,
+) -> Option<&'a Path> {
+    let on_disk = std::iter::once(root)
+        .chain(include_roots.iter().map(PathBuf::as_path))
+        .any(|dir| dir.join(name).is_file());
+    if on_disk {
+        None
+    } else {
+        sets.set_of(name)
+    }
 }
 
 /// The `--exclude` patterns and the folder's [`IGNORE_FILE`], as one gitignore matcher rooted at
@@ -365,9 +429,35 @@ fn ignore_message(err: &ignore::Error) -> String {
 /// A protox error (a miette diagnostic) as file:line:column problems with the offending line: its
 /// own, then one per further problem it carries (prost-reflect reports every problem of a file in
 /// one error, and each is worth fixing before the next load).
-fn to_diagnostic(err: &protox::Error, root: &Path, include_roots: &[PathBuf]) -> Vec<Diagnostic> {
+fn to_diagnostic(
+    err: &protox::Error,
+    root: &Path,
+    include_roots: &[PathBuf],
+    sets: &sets::Sets,
+) -> Vec<Diagnostic> {
     if let Some(d) = nesting::diagnostic_of(err) {
         return vec![d.clone()];
+    }
+    // A file of a descriptor set has no source to point into: the set is named instead.
+    if let Some(set) = err
+        .file()
+        .and_then(|name| set_only(name, root, include_roots, sets))
+    {
+        let name = err.file().unwrap_or_default();
+        let mut message = err.to_string();
+        if let Some(help) = err.help() {
+            message.push_str(&format!(" (help: {help})"));
+        }
+        if message.contains("not found") {
+            message.push_str(
+                " (a set written without its imports? protoc needs --include_imports; buf build \
+                 includes them unless --exclude-imports)",
+            );
+        }
+        return vec![Diagnostic::file(
+            set,
+            format!("{name} (in this descriptor set): {message}"),
+        )];
     }
     // The path of a file by its import name, as the resolver chain finds it (the bundled files
     // have none).
@@ -471,6 +561,18 @@ fn place(
     let (mut message, other) = name_first_definition(text, name.map(|n| (n, file)), path);
     let help = match d.help() {
         Some(help) => Some(format!(" (help: {help})")),
+        None if LANGUAGE_FEATURES
+            .iter()
+            .any(|f| message.contains(&format!("'{f}' not found"))) =>
+        {
+            Some(
+                " (protodrop does not bundle the language feature files, which need a newer \
+                 descriptor.proto than it compiles with: load this schema as a descriptor set, \
+                 `protoc --include_imports -o x.binpb …` or `buf build -o x.binpb`, in the protos \
+                 folder or with --descriptor-set)"
+                    .to_string(),
+            )
+        }
         None if message.starts_with("import '") && message.ends_with("' not found") => Some(format!(
             " (help: give the folder it is under with -I; a file not meant to be served can be \
              left out with --exclude or a {IGNORE_FILE} file)"
@@ -603,7 +705,7 @@ mod tests {
     }
 
     fn loaded(dir: &Path, helpers: usize) -> Result<Protos, Diagnostics> {
-        load_with_helpers(dir, &[], &[], |_| helpers)
+        load_with_helpers(dir, &[], &[], &[], |_| helpers)
     }
 
     #[test]
@@ -678,7 +780,7 @@ mod scoping_tests {
                     )
                     .unwrap();
                 }
-                (out.to_string(), load_with_helpers(dir.path(), &[], &[], |_| 0))
+                (out.to_string(), load_with_helpers(dir.path(), &[], &[], &[], |_| 0))
             })
             .collect()
     }
@@ -815,14 +917,14 @@ mod nesting_tests {
         let path = dir.path().to_path_buf();
         let loaded = std::thread::Builder::new()
             .stack_size(BUILD_STACK / 4)
-            .spawn(move || load_with_helpers(&path, &[], &[], |_| 0).map(|p| p.files))
+            .spawn(move || load_with_helpers(&path, &[], &[], &[], |_| 0).map(|p| p.files))
             .unwrap()
             .join()
             .expect("no panic, no overflow");
         assert_eq!(loaded.unwrap(), vec!["t.proto".to_string()]);
 
         std::fs::write(dir.path().join("t.proto"), deep_file(5_000)).unwrap();
-        let err = load_with_helpers(dir.path(), &[], &[], |_| 0)
+        let err = load_with_helpers(dir.path(), &[], &[], &[], |_| 0)
             .unwrap_err()
             .to_string();
         assert!(err.contains("t.proto:7:"), "{err}");

@@ -177,6 +177,8 @@ pub struct Options {
     pub files: Vec<(String, String)>,
     /// Include roots, relative to the temp folder, also used by the test client to compile the protos.
     pub include: Vec<String>,
+    /// Binary files (e.g. `protos/x.binpb`, a descriptor set) written under the temp folder's root.
+    pub binaries: Vec<(String, Vec<u8>)>,
 }
 
 impl Options {
@@ -190,6 +192,10 @@ impl Options {
     }
     pub fn file(mut self, path: impl Into<String>, text: impl Into<String>) -> Self {
         self.files.push((path.into(), text.into()));
+        self
+    }
+    pub fn binary(mut self, path: impl Into<String>, bytes: Vec<u8>) -> Self {
+        self.binaries.push((path.into(), bytes));
         self
     }
 }
@@ -238,6 +244,11 @@ impl Server {
         write_files(&dir.path().join("handlers"), handlers);
         for (path, text) in &options.files {
             write_file(&dir.path().join(path), text);
+        }
+        for (path, bytes) in &options.binaries {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
         }
         let protos_dir = dir.path().join("protos");
         let handlers_dir = dir.path().join("handlers");

@@ -554,7 +554,8 @@ impl fmt::Display for DescriptorErrorKind {
                 write!(f, "enums must have at least one value")
             }
             DescriptorErrorKind::InvalidProto3EnumDefault { .. } => {
-                write!(f, "the first value for proto3 enums must be 0")
+                // protodrop patch: editions' open enums too.
+                write!(f, "the first value of an open enum (proto3, or editions without enum_type = CLOSED) must be 0")
             }
             DescriptorErrorKind::DuplicateEnumNumber { number, .. } => {
                 write!(f, "enum number '{number}' has already been used")

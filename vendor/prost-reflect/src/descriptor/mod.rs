@@ -44,6 +44,9 @@ pub enum Syntax {
     Proto2,
     /// The `proto3` syntax.
     Proto3,
+    /// `syntax = "editions"` (protodrop patch): field behaviour comes from the file's edition and
+    /// `features` options, resolved per field when the file is added (see `build/features.rs`).
+    Editions,
 }
 
 /// The type of a protobuf message field.

@@ -44,6 +44,10 @@ pub(crate) struct FileDescriptorProto {
     pub source_code_info: Option<SourceCodeInfo>,
     #[prost(string, optional, tag = "12")]
     pub syntax: Option<String>,
+    /// protodrop patch: `FileDescriptorProto.edition` (an `Edition` number), which prost-types 0.14
+    /// lacks; kept so an editions file's descriptor is served back whole.
+    #[prost(int32, optional, tag = "14")]
+    pub edition: Option<i32>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -206,6 +210,11 @@ impl FileDescriptorProto {
                 .collect(),
             options: file.options.map(Options::from_prost),
             source_code_info: file.source_code_info,
+            // prost-types has no `edition` field: a descriptor handed over as prost-types (protox's
+            // parser output) can only say "editions", and protodrop's patched protox-parse accepts
+            // edition 2023 alone.
+            edition: (file.syntax.as_deref() == Some("editions"))
+                .then_some(crate::descriptor::build::EDITION_2023),
             syntax: file.syntax,
         }
     }

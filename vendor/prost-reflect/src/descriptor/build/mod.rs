@@ -1,3 +1,4 @@
+mod features;
 mod names;
 mod options;
 mod resolve;
@@ -21,6 +22,8 @@ use crate::{
     },
     DescriptorError, DescriptorPool,
 };
+
+pub(crate) use features::{EDITION_2023, EDITION_2024};
 
 #[derive(Clone, Copy)]
 struct DescriptorPoolOffsets {
@@ -140,6 +143,12 @@ impl DescriptorPool {
         inner.resolve_names(offsets, deduped_files)?;
 
         self.resolve_options(offsets, deduped_files)?;
+
+        // protodrop patch: an editions file's fields take their presence, encoding and
+        // cardinality from its features, which are only readable once options are resolved.
+        Arc::get_mut(&mut self.inner)
+            .unwrap()
+            .resolve_features(offsets)?;
 
         debug_assert_eq!(Arc::strong_count(&self.inner), 1);
         let inner = Arc::get_mut(&mut self.inner).unwrap();

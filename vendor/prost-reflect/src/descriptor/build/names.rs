@@ -54,9 +54,23 @@ impl Visitor for NameVisitor<'_> {
         let syntax = match file.syntax.as_deref() {
             None | Some("proto2") => Syntax::Proto2,
             Some("proto3") => Syntax::Proto3,
+            // protodrop patch: editions 2023 and 2024 (the same defaults for what is resolved).
+            Some("editions")
+                if matches!(
+                    file.edition,
+                    Some(super::EDITION_2023 | super::EDITION_2024)
+                ) =>
+            {
+                Syntax::Editions
+            }
             Some(syntax) => {
+                let syntax = match (syntax, file.edition) {
+                    ("editions", Some(edition)) => format!("editions (edition {edition})"),
+                    ("editions", None) => "editions (no edition)".to_owned(),
+                    _ => syntax.to_owned(),
+                };
                 self.errors.push(DescriptorErrorKind::UnknownSyntax {
-                    syntax: syntax.to_owned(),
+                    syntax,
                     found: Label::new(
                         &self.pool.files,
                         "found here",
@@ -135,7 +149,9 @@ impl Visitor for NameVisitor<'_> {
             parent,
         });
 
-        if self.pool.files[file as usize].syntax != Syntax::Proto2 {
+        // protodrop patch: proto3 only; an editions file may opt out (json_format), so it is not
+        // checked.
+        if self.pool.files[file as usize].syntax == Syntax::Proto3 {
             self.check_message_field_camel_case_names(file, path, message);
         }
     }
@@ -243,7 +259,9 @@ impl Visitor for NameVisitor<'_> {
             self.errors.push(DescriptorErrorKind::EmptyEnum {
                 found: Label::new(&self.pool.files, "enum defined here", file, path.into()),
             });
-        } else if self.pool.files[file as usize].syntax != Syntax::Proto2
+        // protodrop patch: proto3 here; an editions enum is checked once its features are known
+        // (`build/features.rs`).
+        } else if self.pool.files[file as usize].syntax == Syntax::Proto3
             && enum_.value[0].number() != 0
         {
             self.errors
