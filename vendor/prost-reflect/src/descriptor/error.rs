@@ -219,8 +219,11 @@ impl DescriptorError {
             let file = file.to_owned();
 
             self.source = Some(miette::NamedSource::new(&file, source.to_owned()));
+            // protodrop: one index of line starts for every label, instead of a scan of the
+            // source from its start per label (quadratic for a big file with many errors).
+            let lines = LineStarts::new(source);
             for error in self.errors.as_mut() {
-                error.add_source_code(&file, source);
+                error.add_source_code(&file, source, &lines);
             }
         }
         self
@@ -341,92 +344,92 @@ impl DescriptorErrorKind {
     }
 
     #[cfg(feature = "miette")]
-    fn add_source_code(&mut self, file: &str, source: &str) {
+    fn add_source_code(&mut self, file: &str, source: &str, lines: &LineStarts) {
         match self {
             DescriptorErrorKind::MissingRequiredField { label } => {
-                label.resolve_span(file, source);
+                label.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::UnknownSyntax { found, .. } => {
-                found.resolve_span(file, source);
+                found.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::DuplicateFileName { .. } => {}
             DescriptorErrorKind::FileNotFound { found, .. } => {
-                found.resolve_span(file, source);
+                found.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::InvalidImportIndex => {}
             DescriptorErrorKind::InvalidOneofIndex => {}
             DescriptorErrorKind::DuplicateName { first, second, .. } => {
-                first.resolve_span(file, source);
-                second.resolve_span(file, source);
+                first.resolve_span(file, source, lines);
+                second.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::DuplicateFieldNumber { first, second, .. } => {
-                first.resolve_span(file, source);
-                second.resolve_span(file, source);
+                first.resolve_span(file, source, lines);
+                second.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::DuplicateFieldJsonName { first, second, .. } => {
-                first.resolve_span(file, source);
-                second.resolve_span(file, source);
+                first.resolve_span(file, source, lines);
+                second.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::DuplicateFieldCamelCaseName { first, second, .. } => {
-                first.resolve_span(file, source);
-                second.resolve_span(file, source);
+                first.resolve_span(file, source, lines);
+                second.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::InvalidFieldNumber { found, .. } => {
-                found.resolve_span(file, source);
+                found.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::FieldNumberInReservedRange { defined, found, .. } => {
-                defined.resolve_span(file, source);
-                found.resolve_span(file, source);
+                defined.resolve_span(file, source, lines);
+                found.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::FieldNumberInExtensionRange { defined, found, .. } => {
-                defined.resolve_span(file, source);
-                found.resolve_span(file, source);
+                defined.resolve_span(file, source, lines);
+                found.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::ExtensionNumberOutOfRange { found, .. } => {
-                found.resolve_span(file, source);
+                found.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::NameNotFound { found, .. } => {
-                found.resolve_span(file, source);
+                found.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::NameShadowed { found, .. } => {
-                found.resolve_span(file, source);
+                found.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::InvalidType { found, defined, .. } => {
-                found.resolve_span(file, source);
-                defined.resolve_span(file, source);
+                found.resolve_span(file, source, lines);
+                defined.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::InvalidFieldDefault { found, .. } => {
-                found.resolve_span(file, source);
+                found.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::EmptyEnum { found } => {
-                found.resolve_span(file, source);
+                found.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::InvalidProto3EnumDefault { found } => {
-                found.resolve_span(file, source);
+                found.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::DuplicateEnumNumber { first, second, .. } => {
-                first.resolve_span(file, source);
-                second.resolve_span(file, source);
+                first.resolve_span(file, source, lines);
+                second.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::EnumNumberInReservedRange { defined, found, .. } => {
-                found.resolve_span(file, source);
-                defined.resolve_span(file, source);
+                found.resolve_span(file, source, lines);
+                defined.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::OptionNotFound { found, .. } => {
-                found.resolve_span(file, source);
+                found.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::InvalidOptionType { found, .. } => {
-                found.resolve_span(file, source);
+                found.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::InvalidOptionExtendee { found, .. } => {
-                found.resolve_span(file, source);
+                found.resolve_span(file, source, lines);
             }
             #[cfg(feature = "text-format")]
             DescriptorErrorKind::InvalidMessageOption { found, .. } => {
-                found.resolve_span(file, source);
+                found.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::DuplicateOption { found, .. } => {
-                found.resolve_span(file, source);
+                found.resolve_span(file, source, lines);
             }
             DescriptorErrorKind::DecodeFileDescriptorSet { .. } => {}
         }
@@ -798,12 +801,22 @@ impl Label {
         file: FileIndex,
         path: Box<[i32]>,
     ) -> Self {
-        let file = &files[file as usize].raw;
+        let inner = &files[file as usize];
+        let file = &inner.raw;
 
         let span = file
             .source_code_info
             .as_ref()
-            .and_then(|s| s.location.iter().find(|l| *l.path == *path))
+            .and_then(|s| {
+                let first = inner.locations.get_or_init(|| {
+                    let mut first = std::collections::HashMap::with_capacity(s.location.len());
+                    for (i, l) in s.location.iter().enumerate() {
+                        first.entry(l.path.clone().into_boxed_slice()).or_insert(i);
+                    }
+                    first
+                });
+                s.location.get(*first.get(&path)?)
+            })
             .and_then(|l| match *l.span {
                 [start_line, start_col, end_col] => {
                     Some([start_line, start_col, start_line, end_col])
@@ -826,21 +839,11 @@ impl Label {
     }
 
     #[cfg(feature = "miette")]
-    pub fn resolve_span(&mut self, file: &str, source: &str) {
+    pub fn resolve_span(&mut self, file: &str, source: &str, lines: &LineStarts) {
         if file == self.file {
             if let Some([start_line, start_col, end_line, end_col]) = self.span {
-                let start = miette::SourceOffset::from_location(
-                    source,
-                    start_line.saturating_add(1) as _,
-                    start_col.saturating_add(1) as _,
-                )
-                .offset();
-                let end = miette::SourceOffset::from_location(
-                    source,
-                    end_line.saturating_add(1) as _,
-                    end_col.saturating_add(1) as _,
-                )
-                .offset();
+                let start = lines.offset(source, start_line, start_col);
+                let end = lines.offset(source, end_line, end_col);
                 self.resolved = Some(miette::SourceSpan::from(start..end));
             }
         }
@@ -855,5 +858,34 @@ impl Label {
             )),
             _ => None,
         }
+    }
+}
+
+/// protodrop: byte offsets of the starts of a source's lines, so that a (line, column) span is
+/// turned into an offset without scanning the source from its start.
+#[cfg(feature = "miette")]
+pub(crate) struct LineStarts(Vec<usize>);
+
+#[cfg(feature = "miette")]
+impl LineStarts {
+    fn new(source: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(source.match_indices('\n').map(|(i, _)| i + 1));
+        LineStarts(starts)
+    }
+
+    /// The offset of 0-based `line`, `column` (in chars, as in `SourceCodeInfo`), clamped to the
+    /// line's end and the source's end, as `miette::SourceOffset::from_location` counts them.
+    fn offset(&self, source: &str, line: i32, column: i32) -> usize {
+        let Some(&start) = self.0.get(line.max(0) as usize) else {
+            return source.len();
+        };
+        let rest = &source[start..];
+        let end_of_line = rest.find('\n').unwrap_or(rest.len());
+        start
+            + rest[..end_of_line]
+                .char_indices()
+                .nth(column.max(0) as usize)
+                .map_or(end_of_line, |(i, _)| i)
     }
 }

@@ -188,6 +188,9 @@ struct FileDescriptorInner {
     prost: prost_types::FileDescriptorProto,
     dependencies: Vec<FileIndex>,
     transitive_dependencies: HashSet<FileIndex>,
+    /// protodrop: the first source location of each path, made when an error first needs one (a
+    /// linear search per error label was quadratic for a big file with many errors).
+    locations: std::sync::OnceLock<HashMap<Box<[i32]>, usize>>,
 }
 
 /// A protobuf message definition.

@@ -98,6 +98,7 @@ impl Visitor for NameVisitor<'_> {
             prost: Default::default(), // the prost descriptor is initialized from the internal descriptor once resolution is complete, to avoid needing to duplicate all modifications
             dependencies: Vec::with_capacity(file.dependency.len()),
             transitive_dependencies: HashSet::default(),
+            locations: Default::default(),
         });
 
         if !file.package().is_empty() {
