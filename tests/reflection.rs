@@ -371,9 +371,9 @@ fn commented(package: &str, import: Option<&str>, fields: usize, comment: usize)
 
 #[tokio::test]
 async fn an_answer_over_4_mib_comes_without_source_info_and_the_client_can_use_it() {
-    // 3 MiB of comments in each of two files: either alone fits, the two together do not.
-    let big = commented("big", Some("other.proto"), 48, 64 * 1024);
-    let other = commented("other", None, 48, 64 * 1024);
+    // 5 MiB of comments: the file alone is over the limit with its source info, well under without.
+    let big = commented("big", Some("other.proto"), 80, 64 * 1024);
+    let other = commented("other", None, 2, 100);
     let small =
         "syntax = \"proto3\";\npackage small;\n// A comment kept.\nmessage S { string id = 1; }\n";
     let server = Server::start(
@@ -412,7 +412,7 @@ async fn an_answer_over_4_mib_comes_without_source_info_and_the_client_can_use_i
             .methods()
             .next()
             .unwrap();
-        assert_eq!(method.input().fields().count(), 48);
+        assert_eq!(method.input().fields().count(), 80);
     }
 }
 
