@@ -33,6 +33,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::LazyLock;
 
 use futures::StreamExt;
+use prost::encoding::encoded_len_varint;
 use prost::Message;
 use prost_reflect::{DescriptorPool, FileDescriptor};
 use tonic::{Request, Response, Status, Streaming};
@@ -182,29 +183,40 @@ impl Stream {
                 "invalid MessageRequest: none of its fields is set",
             )));
         };
-        let answer = self.answers.answer(question, &mut self.sent, |files| {
-            ServerReflectionResponse {
-                valid_host: request.host.clone(),
-                original_request: Some(request.clone()),
-                message_response: Some(MessageResponse::FileDescriptorResponse(
-                    FileDescriptorResponse {
-                        file_descriptor_proto: files,
-                    },
-                )),
-            }
-            .encoded_len()
-        });
+        // The reply's size for files of these sizes: the reply without them, plus the
+        // `FileDescriptorResponse` (field 4) holding them as `bytes` (field 1).
+        let bare = ServerReflectionResponse {
+            valid_host: request.host.clone(),
+            original_request: Some(request.clone()),
+            message_response: None,
+        }
+        .encoded_len();
+        let answer_len = |sizes: &[usize]| {
+            let files: usize = sizes
+                .iter()
+                .map(|&len| 1 + encoded_len_varint(len as u64) + len)
+                .sum();
+            bare + 1 + encoded_len_varint(files as u64) + files
+        };
+        let answer = self.answers.answer(question, &mut self.sent, answer_len);
         let message_response = answer.unwrap_or_else(|status| {
             MessageResponse::ErrorResponse(ErrorResponse {
                 error_code: status.code() as i32,
                 error_message: status.message().to_string(),
             })
         });
-        Some(Ok(ServerReflectionResponse {
+        let reply = ServerReflectionResponse {
             valid_host: request.host.clone(),
             original_request: Some(request),
             message_response: Some(message_response),
-        }))
+        };
+        if let (true, Some(MessageResponse::FileDescriptorResponse(files))) =
+            (cfg!(debug_assertions), &reply.message_response)
+        {
+            let sizes: Vec<usize> = files.file_descriptor_proto.iter().map(Vec::len).collect();
+            debug_assert_eq!(answer_len(&sizes), reply.encoded_len());
+        }
+        Some(Ok(reply))
     }
 }
 
@@ -215,7 +227,7 @@ impl Answers {
         &self,
         question: &MessageRequest,
         sent: &mut HashSet<String>,
-        answer_len: impl Fn(Vec<Vec<u8>>) -> usize,
+        answer_len: impl Fn(&[usize]) -> usize,
     ) -> Result<MessageResponse, Status> {
         let files = |root: FileDescriptor, sent: &mut HashSet<String>| {
             with_imports(&root, sent, &answer_len).map(|files| {
@@ -340,7 +352,7 @@ fn file_containing_symbol(pool: &DescriptorPool, name: &str) -> Option<FileDescr
 fn with_imports(
     root: &FileDescriptor,
     sent: &mut HashSet<String>,
-    answer_len: impl Fn(Vec<Vec<u8>>) -> usize,
+    answer_len: impl Fn(&[usize]) -> usize,
 ) -> Result<Vec<Vec<u8>>, Status> {
     // Imports of files already sent are walked too: such a file may have been sent without some
     // of its imports (see above).
@@ -361,37 +373,40 @@ fn with_imports(
         .collect();
 
     let mut files: Vec<Vec<u8>> = chosen.iter().map(|f| f.encode_to_vec()).collect();
-    if answer_len(files.clone()) > ANSWER_LIMIT {
+    let sizes = |files: &[Vec<u8>]| files.iter().map(Vec::len).collect::<Vec<_>>();
+    if answer_len(&sizes(&files)) > ANSWER_LIMIT {
         files = files.iter().map(|f| without_source_info(f)).collect();
-        if answer_len(files.clone()) > ANSWER_LIMIT {
-            let size = files[0].len();
-            let root_alone = answer_len(vec![files[0].clone()]);
-            if root_alone > ANSWER_LIMIT {
-                return Err(Status::resource_exhausted(format!(
-                    "{} is {size} bytes even without source_code_info, over the {ANSWER_LIMIT} \
-                     bytes a gRPC client receives by default",
-                    root.name()
-                )));
-            }
-            // As many imports as fit; the client asks for the others by name.
-            let mut kept = vec![true; files.len()];
-            let mut fitting = vec![files[0].clone()];
-            for (i, file) in files.iter().enumerate().skip(1) {
-                fitting.push(file.clone());
-                if answer_len(fitting.clone()) > ANSWER_LIMIT {
-                    fitting.pop();
-                    kept[i] = false;
-                }
-            }
-            for (file, kept) in chosen.iter().zip(&kept) {
-                if *kept {
-                    sent.insert(file.name().to_string());
-                }
-            }
-            return Ok(fitting);
+    }
+    let sizes = sizes(&files);
+    if answer_len(&sizes[..1]) > ANSWER_LIMIT {
+        return Err(Status::resource_exhausted(format!(
+            "{} is {} bytes even without source_code_info, over the {ANSWER_LIMIT} bytes a gRPC \
+             client receives by default",
+            root.name(),
+            sizes[0]
+        )));
+    }
+    // As many imports as fit (all of them, but for a very large tree); the client asks for the
+    // others by name.
+    let mut kept = vec![true; files.len()];
+    let mut fitting = vec![sizes[0]];
+    for (i, &size) in sizes.iter().enumerate().skip(1) {
+        fitting.push(size);
+        if answer_len(&fitting) > ANSWER_LIMIT {
+            fitting.pop();
+            kept[i] = false;
         }
     }
-    sent.extend(chosen.iter().map(|f| f.name().to_string()));
+    let mut kept = kept.into_iter();
+    let files: Vec<Vec<u8>> = files
+        .into_iter()
+        .zip(&chosen)
+        .filter(|_| kept.next().unwrap_or(false))
+        .map(|(bytes, file)| {
+            sent.insert(file.name().to_string());
+            bytes
+        })
+        .collect();
     Ok(files)
 }
 
