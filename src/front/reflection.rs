@@ -56,7 +56,7 @@ pub const V1ALPHA_PREFIX: &str = "/grpc.reflection.v1alpha.ServerReflection/";
 
 /// The most bytes one answer may take: what gRPC clients accept by default (grpc-go, grpc-java,
 /// grpcio, grpc-dotnet all use 4 MiB).
-pub const ANSWER_LIMIT: usize = 4 * 1024 * 1024;
+const ANSWER_LIMIT: usize = 4 * 1024 * 1024;
 
 /// `source_code_info` in `FileDescriptorProto`.
 const SOURCE_CODE_INFO: u32 = 9;
