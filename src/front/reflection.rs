@@ -191,14 +191,28 @@ impl Stream {
             message_response: None,
         }
         .encoded_len();
-        let answer_len = |sizes: &[usize]| {
+        let answer_len = move |sizes: &[usize]| {
             let files: usize = sizes
                 .iter()
                 .map(|&len| 1 + encoded_len_varint(len as u64) + len)
                 .sum();
             bare + 1 + encoded_len_varint(files as u64) + files
         };
-        let answer = self.answers.answer(question, &mut self.sent, answer_len);
+        // Encoding a large file and its imports takes milliseconds: off the threads serving calls.
+        let answers = self.answers.clone();
+        let question = question.clone();
+        let mut sent = std::mem::take(&mut self.sent);
+        let (answer, sent) = tokio::task::spawn_blocking(move || {
+            let answer = answers.answer(&question, &mut sent, answer_len);
+            (answer, sent)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            // A panic while answering: this question fails, and files sent before may be sent again.
+            let status = Status::internal(format!("reflection failed on this question: {e}"));
+            (Err(status), HashSet::new())
+        });
+        self.sent = sent;
         let message_response = answer.unwrap_or_else(|status| {
             MessageResponse::ErrorResponse(ErrorResponse {
                 error_code: status.code() as i32,
