@@ -235,8 +235,8 @@ impl Stream {
 }
 
 impl Answers {
-    /// The answer to `question`, or the error the stream reports for it. `answer_len` is the
-    /// encoded size of the whole reply carrying these files.
+    /// The answer to `question`, or the error the stream reports for it. `answer_len` gives the
+    /// encoded size of the whole reply for files of the sizes given.
     fn answer(
         &self,
         question: &MessageRequest,
