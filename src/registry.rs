@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use tonic_health::ServingStatus;
 
 use arc_swap::ArcSwap;
@@ -78,8 +78,8 @@ pub struct State {
     pub methods: HashMap<String, Arc<Method>>,
     pub rule_count: usize,
     pub handler_files: usize,
-    /// Reflection over this state's descriptors (see [`State::reflection`]); `None` when turned off.
-    reflection: Option<Arc<LazyReflection>>,
+    /// Reflection over this state's descriptors; `None` when turned off.
+    reflection: Option<Reflection>,
     /// HTTP/JSON transcoding routes from the `google.api.http` annotations, rebuilt with the protos.
     pub routes: Arc<crate::front::transcode::Routes>,
     /// Health overrides from the handler files' `[health]` tables.
@@ -111,9 +111,7 @@ impl State {
             .chain(sources.include_roots.iter().cloned())
             .collect();
         let routes = crate::front::transcode::Routes::build(&protos.pool, &proto_roots);
-        let reflection = sources
-            .reflection
-            .then(|| Arc::new(LazyReflection::new(protos.pool.clone())));
+        let reflection = sources.reflection.then(|| Reflection::new(&protos.pool));
         tracing::debug!(elapsed = ?started.elapsed(), "protos compiled");
         Self::with_handlers(protos, Arc::new(routes), reflection, sources)
     }
@@ -134,7 +132,7 @@ impl State {
     fn with_handlers(
         protos: Protos,
         routes: Arc<crate::front::transcode::Routes>,
-        reflection: Option<Arc<LazyReflection>>,
+        reflection: Option<Reflection>,
         sources: &Sources,
     ) -> Result<State, Diagnostics> {
         let engine = ScriptEngine::new(sources.script_limits.clone());
@@ -218,9 +216,9 @@ impl State {
         }
     }
 
-    /// Reflection over this state's descriptors, built on first use; `None` when turned off.
+    /// Reflection over this state's descriptors; `None` when turned off.
     pub fn reflection(&self) -> Option<&Reflection> {
-        self.reflection.as_ref()?.get()
+        self.reflection.as_ref()
     }
 
     pub fn service_count(&self) -> usize {
@@ -273,56 +271,6 @@ fn proto_path(sources: &Sources, name: &str) -> PathBuf {
         .unwrap_or_else(|| sources.protos.join(name))
 }
 
-/// Reflection, built when first asked for or by a background thread right after a load: building it
-/// costs about as much as compiling the protos (tonic-reflection indexes every symbol of every
-/// file), which start-up and reloads should not wait for.
-pub struct LazyReflection {
-    pool: prost_reflect::DescriptorPool,
-    built: OnceLock<Option<Reflection>>,
-}
-
-impl LazyReflection {
-    fn new(pool: prost_reflect::DescriptorPool) -> Self {
-        Self {
-            pool,
-            built: OnceLock::new(),
-        }
-    }
-
-    fn get(&self) -> Option<&Reflection> {
-        self.built
-            .get_or_init(|| match Reflection::new(&self.pool) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::error!("server reflection is off for this load: {e}");
-                    None
-                }
-            })
-            .as_ref()
-    }
-}
-
-impl std::fmt::Debug for LazyReflection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LazyReflection")
-    }
-}
-
-/// Builds a new state's reflection off the request path, so the first reflection call finds it
-/// ready (or waits only for the rest of the build).
-fn warm_up(state: &Arc<State>) {
-    if state
-        .reflection
-        .as_ref()
-        .is_some_and(|r| r.built.get().is_none())
-    {
-        let state = state.clone();
-        std::thread::spawn(move || {
-            state.reflection();
-        });
-    }
-}
-
 /// The current state, swapped atomically by reloads, and the health statuses that follow it.
 pub struct Registry {
     current: ArcSwap<State>,
@@ -333,10 +281,8 @@ impl Registry {
     pub fn new(state: State) -> Self {
         let health = Health::new();
         health.update(&BTreeMap::new(), &state.health_statuses());
-        let state = Arc::new(state);
-        warm_up(&state);
         Self {
-            current: ArcSwap::new(state),
+            current: ArcSwap::new(Arc::new(state)),
             health,
         }
     }
@@ -347,9 +293,7 @@ impl Registry {
 
     pub fn swap(&self, state: State) {
         let now = state.health_statuses();
-        let state = Arc::new(state);
-        warm_up(&state);
-        let before = self.current.swap(state);
+        let before = self.current.swap(Arc::new(state));
         self.health.update(&before.health_statuses(), &now);
     }
 }

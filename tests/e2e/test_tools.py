@@ -226,3 +226,40 @@ def test_no_reflection_turns_reflection_off(tmp_path: Path):
             assert health.Check(health_pb2.HealthCheckRequest(service="hello.Hello"), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
     finally:
         _stop(server.proc)
+
+
+EXT_PROTOS = {
+    "ext.proto": """syntax = "proto2";
+package ext;
+message Req {
+  optional string id = 1;
+  extensions 100 to 199;
+}
+service Svc { rpc Echo (Req) returns (Req); }
+""",
+    # Extensions declared in another file than the message, one of them in a message's scope.
+    "more.proto": """syntax = "proto2";
+package more;
+import "ext.proto";
+extend ext.Req { optional int32 level = 100; }
+message Holder { extend ext.Req { optional string note = 150; } }
+""",
+}
+
+
+def test_grpcurl_sends_proto2_extensions_it_learns_by_reflection(tmp_path: Path):
+    protos, handlers = tmp_path / "protos", tmp_path / "handlers"
+    protos.mkdir()
+    handlers.mkdir()
+    for name, text in EXT_PROTOS.items():
+        (protos / name).write_text(text)
+    (handlers / "ext.toml").write_text('[[rule]]\nmethod = "ext.Svc/Echo"\nreply = "{{request}}"\n')
+    server = start_protodrop(tmp_path, protos, handlers)
+    if server.proc is None:
+        pytest.fail(server.why)
+    try:
+        request = {"id": "x", "[more.level]": 5, "[more.Holder.note]": "hi"}
+        (reply,) = json_stream(grpcurl(server.address_, "ext.Svc/Echo", data=json.dumps(request)))
+        assert reply == request
+    finally:
+        _stop(server.proc)
