@@ -187,3 +187,35 @@ fn a_copied_file_is_summarized() {
     );
     assert!(stderr.contains("4 problem(s) found"), "{stderr}");
 }
+
+/// Two copies of a big file are diagnosed in about the time one takes to load, not in time growing
+/// with (names × file size): each duplicate's place used to be found by scanning the file from its
+/// start, in prost-reflect and again here (two copies of googleapis' compute.proto: 3 minutes).
+#[test]
+fn a_copy_of_a_big_file_is_diagnosed_in_about_the_time_one_loads() {
+    let messages: String = (0..4000)
+        .map(|i| {
+            format!(
+                "// Message {i}: a comment long enough to make the file as large as real ones are.\n\
+                 message M{i} {{ string x = 1; int64 y = 2; }}\n"
+            )
+        })
+        .collect();
+    let text = format!("syntax = \"proto3\";\npackage p;\n{messages}");
+    let timed = |files: &[(&str, &str)]| {
+        let started = std::time::Instant::now();
+        let (code, _, stderr) = check(files, &[]);
+        (started.elapsed(), code, stderr)
+    };
+    let (one, code, stderr) = timed(&[("a.proto", &text)]);
+    assert_eq!(code, 0, "{stderr}");
+    let (two, code, stderr) = timed(&[("a.proto", &text), ("copy/a.proto", &text)]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("3997 more names of this file are already defined in protos/a.proto"),
+        "{stderr}"
+    );
+    // Generous for a busy machine; the quadratic version took over a minute here.
+    let bound = one * 4 + std::time::Duration::from_secs(5);
+    assert!(two < bound, "two copies took {two:?}, one {one:?}");
+}

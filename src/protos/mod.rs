@@ -492,7 +492,9 @@ fn to_diagnostic(
             }
             duplicated.insert(dup.to_string());
         }
-        let (diagnostic, other) = place(d, text, name, &file, source.as_deref(), &path);
+        // Which duplicates are shown is settled before placing them: placing one finds its line in
+        // the source, and a copied file has thousands.
+        let (message, other) = name_first_definition(text, name.map(|n| (n, file.as_path())), &path);
         match other {
             // A file loaded under two names duplicates every name in it: one problem, said once.
             Other::SameFile if std::mem::replace(&mut loaded_twice, true) => continue,
@@ -512,7 +514,7 @@ fn to_diagnostic(
             }
             _ => {}
         }
-        out.push(diagnostic);
+        out.push(place(d, message, &file, source.as_deref()));
     }
     for (other, n) in per_file {
         if n > DUPLICATES_SHOWN {
@@ -547,18 +549,14 @@ fn duplicate_name(message: &str) -> Option<&str> {
     (rest.starts_with("already defined") || rest.starts_with("defined twice")).then_some(name)
 }
 
-/// One problem of a protox error (`d`, displayed as `text`) in `file` (import name and path), at its
-/// primary label when there is one; the other labels are named in the message by their place. With
-/// where the other definition is, for a duplicate name.
+/// One problem of a protox error (`d`, its text rewritten as `message`) in `file`, at its primary
+/// label when there is one; the other labels are named in the message by their place.
 fn place(
     d: &dyn miette::Diagnostic,
-    text: String,
-    name: Option<&str>,
+    mut message: String,
     file: &Path,
     source: Option<&str>,
-    path: &dyn Fn(&str) -> Option<PathBuf>,
-) -> (Diagnostic, Other) {
-    let (mut message, other) = name_first_definition(text, name.map(|n| (n, file)), path);
+) -> Diagnostic {
     let help = match d.help() {
         Some(help) => Some(format!(" (help: {help})")),
         None if LANGUAGE_FEATURES
@@ -588,7 +586,7 @@ fn place(
             .or(labels.first().map(|_| 0)),
     ) else {
         message.extend(help);
-        return (Diagnostic::file(file, message), other);
+        return Diagnostic::file(file, message);
     };
     for (i, label) in labels.iter().enumerate() {
         match label.label() {
@@ -608,7 +606,7 @@ fn place(
     message.extend(help);
     let at = &labels[primary];
     let span = at.offset()..at.offset() + at.len();
-    (Diagnostic::at(file, source, span, message), other)
+    Diagnostic::at(file, source, span, message)
 }
 
 /// prost-reflect names the other definition of a duplicate name by its import name and line
