@@ -468,6 +468,11 @@ def main() -> None:
     md += memory_section(res)
     md += verification_section(res)
     md += commands_section(res)
+    # Real proto trees are measured by hand (bench/tree-check, bench/tree-memory…): their section is
+    # kept in bench/TREES.md and carried into every report.
+    trees = BENCH / "TREES.md"
+    if trees.exists():
+        md += ["", trees.read_text()]
     (BENCH / "RESULTS.md").write_text("\n".join(md))
     print(f"wrote {BENCH / 'RESULTS.md'}" + (f" and {BENCH / 'results.png'}" if m_plot is not None else " (no plot)"))
 
