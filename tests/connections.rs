@@ -415,6 +415,35 @@ async fn a_connect_call_in_a_long_delay_at_shutdown_ends_with_unavailable() {
     );
 }
 
+/// A Connect server stream already answering when the grace period ends: its body ends with the
+/// end-stream message carrying `unavailable`, as Connect's streaming protocol requires (the body
+/// was cut without one, which clients report as a protocol error).
+#[tokio::test]
+async fn a_connect_server_stream_cut_at_shutdown_ends_with_its_end_stream_message() {
+    let mut s = start(grace(300));
+    let addr = s.addr;
+    let call = tokio::spawn(async move {
+        let headers = [("content-type", "application/connect+json")];
+        let body = http_client::envelope(0, b"{}");
+        http_client::send(addr, "POST", "/t.Svc/ServerStream", &headers, body).await
+    });
+    // As for the unary calls: nothing to poll that says the server has it (its first message
+    // waits 1.2 s).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    terminate(&mut s).await;
+    let reply = call.await.unwrap();
+    reply.expect(200);
+    let envelopes = http_client::envelopes(&reply.body);
+    let (flags, last) = envelopes.last().expect("an end-stream message");
+    assert_eq!(*flags, 2, "the last envelope is the end-stream message: {envelopes:?}");
+    let end: serde_json::Value = serde_json::from_slice(last).unwrap();
+    assert_eq!(
+        end["error"],
+        json!({ "code": "unavailable", "message": "server shutting down" }),
+        "{end}"
+    );
+}
+
 /// gRPC-Web over HTTP/1.1: the status reaches the page too (headers of a trailers-only answer, or
 /// the trailer frame).
 #[tokio::test]

@@ -29,6 +29,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
+use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
 use super::json;
@@ -36,7 +37,7 @@ use super::wire::{self, Encoding, HttpResponse};
 use super::HttpService;
 use crate::registry::{Method, State};
 use crate::respond::{respond, Incoming};
-use crate::service::ServiceSettings;
+use crate::service::{until_deadline, ServiceSettings};
 
 /// Envelope flag: the message is compressed with the stream's `connect-content-encoding`.
 const FLAG_COMPRESSED: u8 = 0x01;
@@ -115,6 +116,7 @@ pub async fn serve(
     request: http::Request<axum::body::Body>,
     settings: ServiceSettings,
     builtin: Option<HttpService>,
+    cut: &'static CancellationToken,
 ) -> HttpResponse {
     let path = request.uri().path().to_string();
     let pool = state.protos.pool.clone();
@@ -189,7 +191,9 @@ pub async fn serve(
             )
             .await
         }
-        Framing::Streaming => streaming(state, method, request, codec, deadline, settings).await,
+        Framing::Streaming => {
+            streaming(state, method, request, codec, deadline, settings, cut).await
+        }
     }
 }
 
@@ -319,6 +323,7 @@ async fn streaming(
     codec: Codec,
     deadline: Option<Instant>,
     settings: ServiceSettings,
+    cut: &'static CancellationToken,
 ) -> HttpResponse {
     let limit = settings.max_message_size;
     let pool = state.protos.pool.clone();
@@ -342,7 +347,7 @@ async fn streaming(
             HeaderValue::from_static(answer_encoding.name()),
         );
     }
-    let mut replies = match answer {
+    let replies = match answer {
         Ok(response) => {
             let (metadata, replies, _) = response.into_parts();
             wire::add_metadata(&mut headers, &metadata, "");
@@ -350,16 +355,18 @@ async fn streaming(
         }
         Err(status) => return only_end(headers, codec, &status, &pool),
     };
+    // The deadline and the shutdown cut end the stream with an error the end-stream message carries
+    // (at shutdown, the body was cut without one).
+    let mut replies = Box::pin(until_deadline(replies, deadline, cut));
     let frames = async_stream::stream! {
         loop {
-            let item = until(deadline, async { Ok(replies.next().await) }).await;
-            let message = match item {
-                Ok(Some(Ok(message))) => message,
-                Ok(Some(Err(status))) | Err(status) => {
+            let message = match replies.next().await {
+                Some(Ok(message)) => message,
+                Some(Err(status)) => {
                     yield Frame::data(end_stream(&status, &pool));
                     return;
                 }
-                Ok(None) => {
+                None => {
                     yield Frame::data(end_stream(&Status::ok(""), &pool));
                     return;
                 }

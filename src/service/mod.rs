@@ -96,7 +96,7 @@ impl DynamicService {
             Protocol::Connect => {
                 // Reflection and health are gRPC services; Connect reaches them through a bridge.
                 let builtin = front_for(&self.registry, &state, request.uri().path());
-                let serve = connect::serve(state, request, self.settings, builtin);
+                let serve = connect::serve(state, request, self.settings, builtin, self.cut);
                 let on_cut = || error_answer(Protocol::Connect, &shutdown_status());
                 return Box::pin(unless_cut(serve, self.cut, on_cut));
             }
@@ -455,7 +455,7 @@ pub(crate) fn multiple_requests() -> Status {
 /// [`before_deadline`] holds a call to its deadline (and the shutdown) until the response headers;
 /// a reply stream is cut here when the deadline passes or `cut` is cancelled, which also drops (and
 /// so cancels) whatever produces it — a delay, a script.
-fn until_deadline<T: Send + 'static>(
+pub(crate) fn until_deadline<T: Send + 'static>(
     stream: impl futures::Stream<Item = Result<T, Status>> + Send + 'static,
     deadline: Option<tokio::time::Instant>,
     cut: &'static CancellationToken,
