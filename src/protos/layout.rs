@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use protox::file::{File, FileResolver, GoogleFileResolver};
 
 use super::ahead::ParseAhead;
-use super::sets::SetResolver;
 use super::nesting::open_checked;
+use super::sets::SetResolver;
 use super::BundledResolver;
 use crate::diagnostic::Diagnostic;
 

@@ -195,11 +195,18 @@ fn load_with_helpers(
                 Ok(None) => {}
                 Ok(Some(err)) => {
                     // A broken file fails every file that imports it with its own error: each
-                    // problem is reported once, where it is.
+                    // problem is reported once, where it is, and each importer gets one line at
+                    // its import (its own problems stay unknown until the import loads).
                     for d in to_diagnostic(&err, root, include_roots, &sets) {
                         if reported.insert(d.to_string()) {
                             problems.push(d);
                         }
+                    }
+                    if let Some(d) = ahead
+                        .path_of(&name)
+                        .and_then(|path| failed_import(&compiler, &name, path, &err))
+                    {
+                        problems.push(d);
                     }
                 }
                 Err(panic) => {
@@ -240,6 +247,49 @@ fn load_with_helpers(
     let mut files = files;
     files.sort_unstable();
     Ok(Protos { pool, files })
+}
+
+/// For `name` (a folder file at `path`) that failed on `err`, a problem of another file: the line
+/// of `name`'s import that failed (its first import the compiler did not take: imports are linked
+/// in order), naming the broken file, as protoc's "Import … was not found or had errors".
+fn failed_import(
+    compiler: &protox::Compiler,
+    name: &str,
+    path: &Path,
+    err: &protox::Error,
+) -> Option<Diagnostic> {
+    let broken = err.file().filter(|f| *f != name)?;
+    let file = nesting::open_checked(name, path).ok()?;
+    let loaded: std::collections::HashSet<&str> = compiler.files().map(|f| f.name()).collect();
+    let descriptor = file.file_descriptor_proto();
+    let (i, import) = descriptor
+        .dependency
+        .iter()
+        .enumerate()
+        .find(|(_, import)| !loaded.contains(import.as_str()))?;
+    let message = if import == broken {
+        format!("import '{import}' has errors (reported at {broken})")
+    } else {
+        format!(
+            "import '{import}' has errors (it imports {broken}, which has errors reported there)"
+        )
+    };
+    let message = format!("{message}; the rest of this file is checked once it loads");
+    let at = descriptor
+        .source_code_info
+        .iter()
+        .flat_map(|info| &info.location)
+        .find(|l| l.path == [3, i as i32] && l.span.len() >= 3);
+    Some(match at {
+        Some(at) => Diagnostic::at_line(
+            path,
+            file.source(),
+            at.span[0] as usize + 1,
+            at.span[1] as usize + 1,
+            message,
+        ),
+        None => Diagnostic::file(path, message),
+    })
 }
 
 /// Decodes every method's options once, as transcoding will: prost-reflect panics on options it
@@ -573,10 +623,12 @@ fn place(
                     .to_string(),
             )
         }
-        None if message.starts_with("import '") && message.ends_with("' not found") => Some(format!(
+        None if message.starts_with("import '") && message.ends_with("' not found") => {
+            Some(format!(
             " (help: give the folder it is under with -I; a file not meant to be served can be \
              left out with --exclude or a {IGNORE_FILE} file)"
-        )),
+        ))
+        }
         None => None,
     };
     let labels: Vec<_> = d.labels().map(|l| l.collect()).unwrap_or_default();
@@ -780,7 +832,10 @@ mod scoping_tests {
                     )
                     .unwrap();
                 }
-                (out.to_string(), load_with_helpers(dir.path(), &[], &[], &[], |_| 0))
+                (
+                    out.to_string(),
+                    load_with_helpers(dir.path(), &[], &[], &[], |_| 0),
+                )
             })
             .collect()
     }
