@@ -233,3 +233,28 @@ fn a_copied_file_is_summarized() {
     );
     assert!(stderr.contains("4 problem(s) found"), "{stderr}");
 }
+
+/// A duplicate name does not hide the file's other problems (prost-reflect stopped before resolving
+/// names when one was defined twice): a typo and a duplicate field number are reported with it, in
+/// one load, as protoc does. A use of the duplicated name itself is not reported again.
+#[test]
+fn a_duplicate_name_does_not_hide_the_other_problems_of_its_file() {
+    let a = "syntax = \"proto3\";\npackage p;\nmessage M { string x = 1; }\n";
+    let b = "syntax = \"proto3\";\npackage p;\nmessage M { string x = 1; }\n\
+             message N { Strin y = 1; int32 z = 1; M m = 3; }\n";
+    let (code, _, stderr) = check(&[("a.proto", a), ("b.proto", b)], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("protos/b.proto:3:9: name 'p.M' is already defined at protos/a.proto:3:9"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("protos/b.proto:4:13: name 'Strin' is not defined"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("protos/b.proto:4:36: field number '1' is already used"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("3 problem(s) found"), "{stderr}");
+}

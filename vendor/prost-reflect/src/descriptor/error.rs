@@ -165,6 +165,33 @@ pub(super) struct Label {
     resolved: Option<miette::SourceSpan>,
 }
 
+impl DescriptorErrorKind {
+    /// protodrop patch: the name a duplicate-name problem is about.
+    pub(super) fn duplicated_name(&self) -> Option<&str> {
+        match self {
+            DescriptorErrorKind::DuplicateName { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
+    /// protodrop patch: whether this problem of name resolution is about one of the `duplicated`
+    /// names, or a name inside one (it resolved to the other definition), so only a consequence of
+    /// the duplicate.
+    pub(super) fn follows_from_a_duplicate(
+        &self,
+        duplicated: &std::collections::HashSet<String>,
+    ) -> bool {
+        let name = match self {
+            DescriptorErrorKind::NameNotFound { name, .. }
+            | DescriptorErrorKind::InvalidType { name, .. } => name,
+            _ => return false,
+        };
+        std::iter::once(name.as_str())
+            .chain(name.match_indices('.').map(|(i, _)| &name[..i]))
+            .any(|n| duplicated.contains(n))
+    }
+}
+
 impl DescriptorError {
     pub(super) fn new(errors: Vec<DescriptorErrorKind>) -> DescriptorError {
         debug_assert!(!errors.is_empty());
@@ -173,6 +200,11 @@ impl DescriptorError {
             #[cfg(feature = "miette")]
             source: None,
         }
+    }
+
+    /// protodrop patch: the problems, to merge those of two passes.
+    pub(super) fn into_kinds(self) -> Vec<DescriptorErrorKind> {
+        self.errors.into_vec()
     }
 
     /// The primary file in which this error occurred.
