@@ -88,6 +88,27 @@ fn latin1_bytes_in_comments_load_and_later_lines_keep_their_columns() {
     assert!(err.contains("Nope"), "{err}");
 }
 
+/// A problem after non-ASCII text on its own line: its column counts characters (what an editor
+/// jumps to; protoc counts bytes, and tabs to the next multiple of 8), and the caret is under it.
+/// A column one further per extra byte of each non-ASCII character was reported before.
+#[test]
+fn a_typo_after_a_non_ascii_character_on_its_line_is_at_its_column() {
+    let text = "syntax = \"proto3\";\npackage p;\nmessage N { /* \u{e9}\u{e9} */ Strin y = 1; }\n";
+    let (code, _, err) = check_in(&[("protos/t.proto", text.as_bytes())], &[]);
+    assert_eq!(code, 1, "{err}");
+    let line = "message N { /* \u{e9}\u{e9} */ Strin y = 1; }";
+    let column = line.chars().position(|c| c == 'S').unwrap() + 1;
+    assert!(
+        err.contains(&format!(
+            "protos/t.proto:3:{column}: name 'Strin' is not defined"
+        )),
+        "{err}"
+    );
+    // The caret line: the gutter, then the caret under the `S`.
+    let caret = format!("  | {}^", " ".repeat(column - 1));
+    assert!(err.lines().any(|l| l == caret), "{err}");
+}
+
 #[test]
 fn a_latin1_byte_in_a_string_literal_is_an_error_at_its_place() {
     let text = b"syntax = \"proto3\";\n// caf\xe9\noption java_package = \"caf\xe9\";\n";

@@ -281,11 +281,11 @@ fn failed_import(
         .flat_map(|info| &info.location)
         .find(|l| l.path == [3, i as i32] && l.span.len() >= 3);
     Some(match at {
-        Some(at) => Diagnostic::at_line(
+        Some(at) => Diagnostic::at_location(
             path,
             file.source(),
-            at.span[0] as usize + 1,
-            at.span[1] as usize + 1,
+            at.span[0] as usize,
+            at.span[1] as usize,
             message,
         ),
         None => Diagnostic::file(path, message),
@@ -337,11 +337,11 @@ fn check_method_options(
             });
         let source = source::read_for_display(&path);
         problems.push(match span.as_deref() {
-            Some([line, column, ..]) => Diagnostic::at_line(
+            Some([line, column, ..]) => Diagnostic::at_location(
                 path,
                 source.as_deref(),
-                *line as usize + 1,
-                *column as usize + 1,
+                *line as usize,
+                *column as usize,
                 message,
             ),
             _ => Diagnostic::file(path, message),

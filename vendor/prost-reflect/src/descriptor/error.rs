@@ -906,18 +906,20 @@ impl LineStarts {
         LineStarts(starts)
     }
 
-    /// The offset of 0-based `line`, `column` (in chars, as in `SourceCodeInfo`), clamped to the
-    /// line's end and the source's end, as `miette::SourceOffset::from_location` counts them.
+    /// The offset of 0-based `line`, `column` (in bytes, as protox-parse writes `SourceCodeInfo`),
+    /// clamped to the line's end and the source's end. (Upstream counted the column in chars, as
+    /// `miette::SourceOffset::from_location` does, so a label after a non-ASCII character on its
+    /// line landed one column further per extra byte.)
     fn offset(&self, source: &str, line: i32, column: i32) -> usize {
         let Some(&start) = self.0.get(line.max(0) as usize) else {
             return source.len();
         };
         let rest = &source[start..];
         let end_of_line = rest.find('\n').unwrap_or(rest.len());
-        start
-            + rest[..end_of_line]
-                .char_indices()
-                .nth(column.max(0) as usize)
-                .map_or(end_of_line, |(i, _)| i)
+        let mut at = (column.max(0) as usize).min(end_of_line);
+        while !rest.is_char_boundary(at) {
+            at -= 1;
+        }
+        start + at
     }
 }
