@@ -9,9 +9,10 @@
 //! Editions (`edition = "2023"`) are parsed by a patched protox-parse and their features resolved by a
 //! patched prost-reflect (see their `vendor/*/PROTODROP.md`).
 
+use std::collections::BTreeSet;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use miette::Diagnostic as _;
 use prost_reflect::DescriptorPool;
@@ -126,6 +127,42 @@ pub fn load_from(
         exclude,
         descriptor_sets,
         ParseAhead::helpers,
+        None,
+    )
+}
+
+/// The files a load read outside the protos folder's own (those of `-I` roots, mostly), noted by
+/// each load whether it succeeds or not, for the watcher (`crate::reload`) to watch. The clones of
+/// one `Sources` share it.
+#[derive(Clone, Debug, Default)]
+pub struct ReadLog(Arc<Mutex<Option<BTreeSet<PathBuf>>>>);
+
+impl ReadLog {
+    /// What the last load read, if a load ran since the last call.
+    pub fn take(&self) -> Option<BTreeSet<PathBuf>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    fn note(&self, reads: BTreeSet<PathBuf>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(reads);
+    }
+}
+
+/// [`load_from`], noting in `reads` the files read outside the protos folder.
+pub fn load_noting(
+    root: &Path,
+    include_roots: &[PathBuf],
+    exclude: &[String],
+    descriptor_sets: &[PathBuf],
+    reads: &ReadLog,
+) -> Result<Protos, Diagnostics> {
+    load_with_helpers(
+        root,
+        include_roots,
+        exclude,
+        descriptor_sets,
+        ParseAhead::helpers,
+        Some(reads),
     )
 }
 
@@ -136,6 +173,7 @@ fn load_with_helpers(
     exclude: &[String],
     descriptor_sets: &[PathBuf],
     helpers: impl FnOnce(usize) -> usize,
+    reads: Option<&ReadLog>,
 ) -> Result<Protos, Diagnostics> {
     let mut problems = Diagnostics::default();
     if !root.is_dir() {
@@ -169,6 +207,7 @@ fn load_with_helpers(
     let files: Vec<String> = files.into_iter().map(|(name, _)| name).collect();
     let resolver = Tree::new(layout, ahead.clone(), found, sets.resolver());
     let resolving_problems = resolver.problems.clone();
+    let read = resolver.reads.clone();
 
     let mut compiler = protox::Compiler::with_file_resolver(resolver);
     compiler.include_imports(true);
@@ -230,6 +269,11 @@ fn load_with_helpers(
             .lock()
             .unwrap_or_else(PoisonError::into_inner),
     ));
+    if let Some(reads) = reads {
+        reads.note(std::mem::take(
+            &mut *read.lock().unwrap_or_else(PoisonError::into_inner),
+        ));
+    }
     problems.into_result()?;
     // The pool straight from the compiler keeps custom options such as `google.api.http`
     // (rebuilding it from `file_descriptor_set()` loses them).
@@ -757,7 +801,7 @@ mod tests {
     }
 
     fn loaded(dir: &Path, helpers: usize) -> Result<Protos, Diagnostics> {
-        load_with_helpers(dir, &[], &[], &[], |_| helpers)
+        load_with_helpers(dir, &[], &[], &[], |_| helpers, None)
     }
 
     #[test]
@@ -834,7 +878,7 @@ mod scoping_tests {
                 }
                 (
                     out.to_string(),
-                    load_with_helpers(dir.path(), &[], &[], &[], |_| 0),
+                    load_with_helpers(dir.path(), &[], &[], &[], |_| 0, None),
                 )
             })
             .collect()
@@ -972,14 +1016,14 @@ mod nesting_tests {
         let path = dir.path().to_path_buf();
         let loaded = std::thread::Builder::new()
             .stack_size(BUILD_STACK / 4)
-            .spawn(move || load_with_helpers(&path, &[], &[], &[], |_| 0).map(|p| p.files))
+            .spawn(move || load_with_helpers(&path, &[], &[], &[], |_| 0, None).map(|p| p.files))
             .unwrap()
             .join()
             .expect("no panic, no overflow");
         assert_eq!(loaded.unwrap(), vec!["t.proto".to_string()]);
 
         std::fs::write(dir.path().join("t.proto"), deep_file(5_000)).unwrap();
-        let err = load_with_helpers(dir.path(), &[], &[], &[], |_| 0)
+        let err = load_with_helpers(dir.path(), &[], &[], &[], |_| 0, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("t.proto:7:"), "{err}");
