@@ -597,3 +597,23 @@ async fn a_descriptor_set_outside_the_protos_folder_is_reloaded() {
     let pool = || prost_reflect::DescriptorPool::decode(v2.as_slice()).map_err(|e| e.to_string());
     wait_until_served(&s, pool, "dep.Extra/Get").await;
 }
+
+/// grpc-proto's current `health.proto` (with `List`) vendored: the built-in health service answers
+/// every method that file (and so reflection) describes, `List` too, with the statuses `Check`
+/// gives.
+#[tokio::test]
+async fn the_built_in_health_answers_list_as_grpc_proto_describes_it() {
+    let protos = [
+        (
+            "grpc/health/v1/health.proto",
+            include_str!("../src/front/proto/health.proto"),
+        ),
+        ("t.proto", KV),
+    ];
+    let s = Server::start(&protos, &[]);
+    let c = s.client().await;
+    let list = c.unary("grpc.health.v1.Health/List", json!({})).await;
+    let statuses = &list.single()["statuses"];
+    assert_eq!(statuses["t.Svc"]["status"], "SERVING", "{statuses}");
+    assert_eq!(statuses[""]["status"], "SERVING", "{statuses}");
+}
