@@ -150,6 +150,7 @@ impl SourceArgs {
             exclude: self.exclude.clone(),
             descriptor_sets: self.descriptor_set.clone(),
             reflection: !self.no_reflection,
+            reads: Default::default(),
             script_limits: ScriptLimits {
                 max_operations: self.script_max_operations,
                 max_call_depth: self.script_max_call_depth,

@@ -46,6 +46,32 @@ impl Diagnostic {
         }
     }
 
+    /// A problem at a 0-based line and byte column of `source`, as a `SourceCodeInfo` span gives
+    /// them (protox-parse counts columns in bytes): reported with its column in characters.
+    pub fn at_location(
+        file: impl Into<PathBuf>,
+        source: Option<&str>,
+        line: usize,
+        byte_column: usize,
+        message: impl Into<String>,
+    ) -> Self {
+        let Some(source) = source else {
+            return Self::at_line(file, None, line + 1, byte_column + 1, message);
+        };
+        let start = if line == 0 {
+            Some(0)
+        } else {
+            source.match_indices('\n').nth(line - 1).map(|(i, _)| i + 1)
+        };
+        let Some(start) = start else {
+            return Self::at_line(file, Some(source), line + 1, byte_column + 1, message);
+        };
+        let rest = &source[start..];
+        let end = rest.find('\n').unwrap_or(rest.len());
+        let offset = start + byte_column.min(end);
+        Self::at(file, source, offset..offset, message)
+    }
+
     /// A problem at a known 1-based line and column of `source`.
     pub fn at_line(
         file: impl Into<PathBuf>,

@@ -55,6 +55,8 @@ pub struct Sources {
     pub script_limits: ScriptLimits,
     /// Serve server reflection.
     pub reflection: bool,
+    /// What each load read outside the protos folder: the files the watcher watches there.
+    pub reads: protos::ReadLog,
 }
 
 /// One method as served.
@@ -99,11 +101,12 @@ impl State {
     /// [`State::build`] on the calling thread.
     fn build_here(sources: &Sources) -> Result<State, Diagnostics> {
         let started = std::time::Instant::now();
-        let protos = protos::load_from(
+        let protos = protos::load_noting(
             &sources.protos,
             &sources.include_roots,
             &sources.exclude,
             &sources.descriptor_sets,
+            &sources.reads,
         )?;
         // A bad google.api.http annotation costs only its route: a warning at its line (see
         // `Routes::skipped`), not a load problem.

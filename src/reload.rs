@@ -2,10 +2,15 @@
 //! off the request path and swaps it in. A broken edit is logged precisely and the last good state
 //! keeps serving.
 //!
-//! An `-I` root is watched for `.proto` files (and folders) only, outside hidden folders such as
-//! `.git` (a dependency checkout's `git fetch` is no change). It is optional: one that is missing
-//! or cannot be watched (too many folders for the inotify limit) gets a warning, not a refusal to
-//! serve, and one that appears later is watched and loaded then.
+//! Outside those two folders only the files a load read are watched: each load notes the files it
+//! read from the `-I` roots (`protos::ReadLog`), and their folders are watched one by one, not
+//! recursively, filtered to those files, from one load to the next (a failed load adds what it read
+//! and drops nothing, so the fix of a broken import is seen). An `-I` root of a whole checkout
+//! (thousands of folders) so costs a watch per folder actually imported from, not one per folder
+//! under it; a new file there that nothing imports yet is no change. `--descriptor-set` files
+//! outside the protos folder are watched the same way. An `-I` root's own folder is watched too
+//! (alone): a root that is missing gets a warning, not a refusal to serve, and one that appears
+//! later is loaded then.
 //!
 //! A folder that disappears (`rm -rf`, a checkout or a deploy script that swaps it) takes its inotify
 //! watch with it, and a watch never comes back by itself. So the watcher notes when a folder is
@@ -21,7 +26,7 @@
 //! ([`crate::registry::contained`]); the loop itself is supervised too: restarted after a panic,
 //! and should it stop for good, an ERROR is logged and health turns NOT_SERVING.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -85,6 +90,7 @@ pub fn watch(sources: Sources, registry: Arc<Registry>) -> notify::Result<Watche
     })?;
     let mut watched = Watched::new(&sources)?;
     watched.arm_all(&mut debouncer)?;
+    watched.follow(&mut debouncer, sources.reads.take(), true);
     let worker = std::thread::Builder::new()
         .name("protodrop-reload".into())
         .spawn(move || {
@@ -254,7 +260,11 @@ fn run(
         let started = Instant::now();
         let built = match held.take() {
             Some(built) if settled => built,
-            _ if protos_dirty => State::build(sources),
+            _ if protos_dirty => {
+                let built = State::build(sources);
+                watched.follow(debouncer, sources.reads.take(), built.is_ok());
+                built
+            }
             _ => registry.current().rebuild_handlers(sources),
         };
         if !settled && (built.is_err() || any_empty(&changed_files)) {
@@ -337,6 +347,9 @@ struct Entry {
     path: PathBuf,
     /// The protos or handlers folder: while it is gone nothing is rebuilt. An `-I` root is not.
     required: bool,
+    /// Watched with what is inside it (the protos and handlers folders), or alone (an `-I` root,
+    /// whose files are watched through `Watched::dirs`).
+    recursive: bool,
     /// Whether a watch for it is in place (notify drops the watch when the folder is removed).
     armed: bool,
     /// An event said the folder itself was removed, renamed or created: its watch, if notify still
@@ -350,6 +363,13 @@ struct Entry {
 struct Watched {
     /// Outer folders first: watching one again re-walks what is inside it.
     entries: Vec<Entry>,
+    /// The files watched outside the protos and handlers folders: those the loads read (see the
+    /// module's doc) and the `--descriptor-set` files. Absolute.
+    files: BTreeSet<PathBuf>,
+    /// The `--descriptor-set` files outside the protos and handlers folders, always in `files`.
+    sets: BTreeSet<PathBuf>,
+    /// The folders of `files` that no entry covers, each watched alone; whether a watch is in place.
+    dirs: BTreeMap<PathBuf, bool>,
 }
 
 impl Watched {
@@ -372,19 +392,95 @@ impl Watched {
             entries.push(Entry {
                 path,
                 required,
+                recursive: required,
                 armed: false,
                 touched: false,
                 failed: false,
             });
         }
         entries.sort_by_key(|e| e.path.components().count());
-        Ok(Watched { entries })
+        let sets: BTreeSet<PathBuf> = sources
+            .descriptor_sets
+            .iter()
+            .map(|s| cwd.join(s))
+            .filter(|s| !entries.iter().any(|e| e.required && s.starts_with(&e.path)))
+            .collect();
+        Ok(Watched {
+            entries,
+            files: BTreeSet::new(),
+            sets,
+            dirs: BTreeMap::new(),
+        })
+    }
+
+    /// Watches the files a load read outside the protos and handlers folders (`reads`, as the
+    /// load noted them; `None` when no load noted anything), with the descriptor sets: after a
+    /// load that succeeded, exactly those; after one that failed, those as well as the ones
+    /// watched already.
+    fn follow(
+        &mut self,
+        debouncer: &mut FsDebouncer,
+        reads: Option<BTreeSet<PathBuf>>,
+        succeeded: bool,
+    ) {
+        let Ok(cwd) = std::env::current_dir() else {
+            return;
+        };
+        let mut files = self.sets.clone();
+        if let Some(reads) = reads {
+            files.extend(reads.iter().map(|p| cwd.join(p)).filter(|p| {
+                !self
+                    .entries
+                    .iter()
+                    .any(|e| e.required && p.starts_with(&e.path))
+            }));
+        } else {
+            files.extend(self.files.iter().cloned());
+        }
+        if !succeeded {
+            files.extend(self.files.iter().cloned());
+        }
+        let dirs: BTreeSet<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent())
+            .filter(|d| !self.entries.iter().any(|e| e.path == *d))
+            .map(Path::to_path_buf)
+            .collect();
+        self.dirs.retain(|dir, armed| {
+            let keep = dirs.contains(dir);
+            if !keep && *armed {
+                let _ = debouncer.unwatch(dir);
+            }
+            keep
+        });
+        for dir in dirs {
+            let armed = self.dirs.entry(dir.clone()).or_insert(false);
+            if !*armed {
+                match debouncer.watch(&dir, RecursiveMode::NonRecursive) {
+                    Ok(()) => *armed = true,
+                    Err(err) => tracing::debug!(folder = %dir.display(), "cannot watch: {err}"),
+                }
+            }
+        }
+        if files != self.files {
+            tracing::debug!(
+                files = files.len(),
+                folders = self.dirs.len(),
+                "watching the files read outside the protos folder"
+            );
+        }
+        self.files = files;
     }
 
     /// At start-up a required folder that cannot be watched is an error; an `-I` root a warning.
     fn arm_all(&mut self, debouncer: &mut FsDebouncer) -> notify::Result<()> {
         for e in &mut self.entries {
-            match debouncer.watch(&e.path, RecursiveMode::Recursive) {
+            let mode = if e.recursive {
+                RecursiveMode::Recursive
+            } else {
+                RecursiveMode::NonRecursive
+            };
+            match debouncer.watch(&e.path, mode) {
                 Ok(()) => e.armed = true,
                 Err(err) if e.required => return Err(err),
                 Err(_) if !e.path.is_dir() => tracing::warn!(
@@ -404,7 +500,8 @@ impl Watched {
     }
 
     /// Whether a change to `path` can change the state: any source file (or folder) in the protos
-    /// and handlers folders; `.proto` files (or folders) outside hidden folders in an `-I` root.
+    /// and handlers folders; elsewhere a file a load read or a descriptor set, or a folder watched
+    /// (an `-I` root, a folder of such files: removed or renamed).
     fn is_watched_file(&self, path: &Path) -> bool {
         if self
             .entries
@@ -413,20 +510,9 @@ impl Watched {
         {
             return is_watched_file(path);
         }
-        let Some(root) = self
-            .entries
-            .iter()
-            .filter(|e| path.starts_with(&e.path))
-            .max_by_key(|e| e.path.components().count())
-        else {
-            return false;
-        };
-        let hidden = path
-            .strip_prefix(&root.path)
-            .unwrap_or(path)
-            .components()
-            .any(|c| c.as_os_str().to_string_lossy().starts_with('.'));
-        !hidden && path.extension().is_none_or(|x| x == "proto")
+        self.files.contains(path)
+            || self.dirs.contains_key(path)
+            || self.entries.iter().any(|e| e.path == path)
     }
 
     /// Records what an event says about a folder itself.
@@ -484,7 +570,12 @@ impl Watched {
                 // burst of events) follows the old inode: drop it first. None held is fine.
                 let _ = debouncer.unwatch(&e.path);
             }
-            match debouncer.watch(&e.path, RecursiveMode::Recursive) {
+            let mode = if e.recursive {
+                RecursiveMode::Recursive
+            } else {
+                RecursiveMode::NonRecursive
+            };
+            match debouncer.watch(&e.path, mode) {
                 Ok(()) => {
                     if !e.armed {
                         tracing::info!(folder = %e.path.display(), "folder is back: watching it again");
@@ -509,6 +600,15 @@ impl Watched {
                     );
                 }
             }
+        }
+        // The folders of read files under a root watched again, or not watched yet: their watches
+        // (if any) follow the old folders.
+        for (dir, armed) in &mut self.dirs {
+            if *armed && !rearmed.iter().any(|r| dir.starts_with(r)) {
+                continue;
+            }
+            let _ = debouncer.unwatch(dir);
+            *armed = debouncer.watch(dir, RecursiveMode::NonRecursive).is_ok();
         }
         came_back
     }
@@ -547,35 +647,64 @@ mod tests {
     use super::*;
 
     #[test]
-    fn in_an_include_root_only_proto_files_outside_hidden_folders_count() {
+    fn in_an_include_root_only_the_files_read_count() {
         let sources = Sources {
             protos: "/p/protos".into(),
             handlers: "/p/handlers".into(),
             include_roots: vec!["/deps/googleapis".into(), "/p/protos/third_party".into()],
             exclude: Vec::new(),
-            descriptor_sets: Vec::new(),
+            descriptor_sets: vec!["/sets/a.binpb".into(), "/p/protos/b.binpb".into()],
             script_limits: Default::default(),
             reflection: false,
+            reads: Default::default(),
         };
-        let watched = Watched::new(&sources).unwrap();
+        let mut watched = Watched::new(&sources).unwrap();
         let roots: Vec<_> = watched.entries.iter().map(|e| e.path.clone()).collect();
         // A root inside the protos folder is watched with it.
         assert_eq!(roots.len(), 3, "{roots:?}");
-        let counts = |p: &str| watched.is_watched_file(Path::new(p));
-        assert!(counts("/deps/googleapis/google/api/http.proto"));
-        assert!(
-            counts("/deps/googleapis/google/api"),
-            "a folder renamed or removed"
+        let mut debouncer = new_debouncer(DEBOUNCE, None, |_: DebounceEventResult| {}).unwrap();
+        let read = |files: &[&str]| Some(files.iter().map(PathBuf::from).collect());
+        watched.follow(
+            &mut debouncer,
+            read(&[
+                "/deps/googleapis/google/api/http.proto",
+                "/p/protos/third_party/x.proto",
+            ]),
+            true,
         );
-        assert!(!counts("/deps/googleapis/.git/objects/ab/cdef"));
-        assert!(!counts("/deps/googleapis/.git/x.proto"));
-        assert!(!counts("/deps/googleapis/README.md"));
+        let counts = |w: &Watched, p: &str| w.is_watched_file(Path::new(p));
+        assert!(counts(&watched, "/deps/googleapis/google/api/http.proto"));
         assert!(
-            counts("/p/protos/.protodropignore"),
+            counts(&watched, "/deps/googleapis/google/api"),
+            "its folder, renamed or removed"
+        );
+        assert!(counts(&watched, "/deps/googleapis"), "the root itself");
+        assert!(!counts(&watched, "/deps/googleapis/google/api/other.proto"));
+        assert!(!counts(&watched, "/deps/googleapis/google/type/date.proto"));
+        assert!(!counts(&watched, "/deps/googleapis/.git/objects/ab/cdef"));
+        assert!(counts(&watched, "/sets/a.binpb"), "a descriptor set");
+        assert!(!counts(&watched, "/sets/c.binpb"));
+        assert!(
+            counts(&watched, "/p/protos/.protodropignore"),
             "the protos folder as before"
         );
-        assert!(counts("/p/handlers/t.toml"));
-        assert!(!counts("/elsewhere/x.proto"));
+        assert!(counts(&watched, "/p/handlers/t.toml"));
+        assert!(!counts(&watched, "/elsewhere/x.proto"));
+        // A failed load adds what it read and keeps the rest; a good one replaces them.
+        watched.follow(
+            &mut debouncer,
+            read(&["/deps/googleapis/google/type/date.proto"]),
+            false,
+        );
+        assert!(counts(&watched, "/deps/googleapis/google/type/date.proto"));
+        assert!(counts(&watched, "/deps/googleapis/google/api/http.proto"));
+        watched.follow(
+            &mut debouncer,
+            read(&["/deps/googleapis/google/type/date.proto"]),
+            true,
+        );
+        assert!(!counts(&watched, "/deps/googleapis/google/api/http.proto"));
+        assert!(counts(&watched, "/sets/a.binpb"), "sets stay");
     }
 
     #[test]
@@ -658,6 +787,7 @@ mod tests {
             descriptor_sets: Vec::new(),
             script_limits: Default::default(),
             reflection: false,
+            reads: Default::default(),
         };
         let registry = Registry::new(State::build(&sources).unwrap());
         assert_eq!(health_of(&registry, ""), 1);

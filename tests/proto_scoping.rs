@@ -65,7 +65,8 @@ async fn the_method_is_served_with_the_type_protoc_resolves() {
 }
 
 /// One broken file imported by three others: each of its problems once, at its place — not once
-/// more per importing file.
+/// more per importing file; each importer gets one line at its import naming the broken file
+/// (protoc's "Import … was not found or had errors"), so a user sees which files wait on it.
 #[test]
 fn a_broken_file_imported_by_three_is_reported_once() {
     let broken =
@@ -97,6 +98,51 @@ fn a_broken_file_imported_by_three_is_reported_once() {
             .matches("protos/broken.proto:5:3: name 'Nope2' is not defined")
             .count(),
         1,
+        "{stderr}"
+    );
+    for importer in ["a1", "a2", "c3"] {
+        assert_eq!(
+            stderr
+                .matches(&format!(
+                    "protos/{importer}.proto:3:1: import 'broken.proto' has errors (reported at \
+                     broken.proto)"
+                ))
+                .count(),
+            1,
+            "{stderr}"
+        );
+    }
+    assert!(stderr.contains("5 problem(s) found"), "{stderr}");
+}
+
+/// A folder file importing a file of an `-I` root that imports a broken one: its import line names
+/// both the import and the broken file further down.
+#[test]
+fn an_importer_of_a_file_importing_a_broken_one_names_both() {
+    let broken = "syntax = \"proto3\";\npackage p;\nmessage B { Nope x = 1; }\n";
+    let mid =
+        "syntax = \"proto3\";\npackage p;\nimport \"broken.proto\";\nmessage M { B b = 1; }\n";
+    let user = "syntax = \"proto3\";\npackage p;\nimport \"google/protobuf/empty.proto\";\n\
+                import \"mid.proto\";\nmessage U { M m = 1; }\n";
+    let (code, _, stderr) = check_with(
+        &[
+            ("u.proto", user),
+            ("../deps/mid.proto", mid),
+            ("../deps/broken.proto", broken),
+        ],
+        &[],
+        &["-I", "deps"],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("deps/broken.proto:3:13: name 'Nope' is not defined"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "protos/u.proto:4:1: import 'mid.proto' has errors (it imports broken.proto, which \
+             has errors reported there)"
+        ),
         "{stderr}"
     );
     assert!(stderr.contains("2 problem(s) found"), "{stderr}");
@@ -218,4 +264,28 @@ fn a_copy_of_a_big_file_is_diagnosed_in_about_the_time_one_loads() {
     // Generous for a busy machine; the quadratic version took over a minute here.
     let bound = one * 4 + std::time::Duration::from_secs(5);
     assert!(two < bound, "two copies took {two:?}, one {one:?}");
+
+/// A duplicate name does not hide the file's other problems (prost-reflect stopped before resolving
+/// names when one was defined twice): a typo and a duplicate field number are reported with it, in
+/// one load, as protoc does. A use of the duplicated name itself is not reported again.
+#[test]
+fn a_duplicate_name_does_not_hide_the_other_problems_of_its_file() {
+    let a = "syntax = \"proto3\";\npackage p;\nmessage M { string x = 1; }\n";
+    let b = "syntax = \"proto3\";\npackage p;\nmessage M { string x = 1; }\n\
+             message N { Strin y = 1; int32 z = 1; M m = 3; }\n";
+    let (code, _, stderr) = check(&[("a.proto", a), ("b.proto", b)], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("protos/b.proto:3:9: name 'p.M' is already defined at protos/a.proto:3:9"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("protos/b.proto:4:13: name 'Strin' is not defined"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("protos/b.proto:4:36: field number '1' is already used"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("3 problem(s) found"), "{stderr}");
 }

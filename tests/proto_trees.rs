@@ -88,6 +88,27 @@ fn latin1_bytes_in_comments_load_and_later_lines_keep_their_columns() {
     assert!(err.contains("Nope"), "{err}");
 }
 
+/// A problem after non-ASCII text on its own line: its column counts characters (what an editor
+/// jumps to; protoc counts bytes, and tabs to the next multiple of 8), and the caret is under it.
+/// A column one further per extra byte of each non-ASCII character was reported before.
+#[test]
+fn a_typo_after_a_non_ascii_character_on_its_line_is_at_its_column() {
+    let text = "syntax = \"proto3\";\npackage p;\nmessage N { /* \u{e9}\u{e9} */ Strin y = 1; }\n";
+    let (code, _, err) = check_in(&[("protos/t.proto", text.as_bytes())], &[]);
+    assert_eq!(code, 1, "{err}");
+    let line = "message N { /* \u{e9}\u{e9} */ Strin y = 1; }";
+    let column = line.chars().position(|c| c == 'S').unwrap() + 1;
+    assert!(
+        err.contains(&format!(
+            "protos/t.proto:3:{column}: name 'Strin' is not defined"
+        )),
+        "{err}"
+    );
+    // The caret line: the gutter, then the caret under the `S`.
+    let caret = format!("  | {}^", " ".repeat(column - 1));
+    assert!(err.lines().any(|l| l == caret), "{err}");
+}
+
 #[test]
 fn a_latin1_byte_in_a_string_literal_is_an_error_at_its_place() {
     let text = b"syntax = \"proto3\";\n// caf\xe9\noption java_package = \"caf\xe9\";\n";
@@ -471,4 +492,128 @@ async fn vendored_health_and_reflection_protos_leave_the_built_ins_answering() {
         out.contains("grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
         "{out}"
     );
+}
+
+/// inotify watches `pid` holds (Linux: one `inotify wd:` line per watch in its fds' fdinfo).
+fn inotify_watches(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .map(|text| {
+            text.lines()
+                .filter(|l| l.starts_with("inotify wd:"))
+                .count()
+        })
+        .sum()
+}
+
+/// Polls until `method` answers UNIMPLEMENTED "no handler" (it is served), with a client of
+/// `pool()`'s descriptors.
+async fn wait_until_served(
+    s: &Server,
+    pool: impl Fn() -> Result<prost_reflect::DescriptorPool, String>,
+    method: &str,
+) {
+    eventually(POLL_LIMIT, || async {
+        let c = Client::connect(s.addr, pool()?).await;
+        let r = c.unary(method, json!({})).await;
+        match r.code() {
+            Code::Unimplemented if r.message().starts_with("no handler") => Ok(()),
+            code => Err(format!("{code:?} {}", r.message())),
+        }
+    })
+    .await;
+}
+
+/// An `-I` root of a whole checkout: only the folders of the files a load read from it are
+/// watched (not its 40 other folders), and that follows the loads: a file imported only since an
+/// edit is watched from then on.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn only_the_folders_read_from_an_include_root_are_watched() {
+    let x = |i: usize| format!("syntax = \"proto3\";\npackage f{i};\nmessage X {{}}\n");
+    let mut options = Options {
+        include: vec!["inc".into()],
+        ..Options::default()
+    }
+    .file(
+        "inc/dep/dep.proto",
+        "syntax = \"proto3\";\npackage dep;\nmessage D { string text = 1; }\n",
+    );
+    for i in 0..40 {
+        options = options.file(format!("inc/f{i}/x.proto"), x(i));
+    }
+    let uses = "syntax = \"proto3\";\npackage t;\nimport \"dep/dep.proto\";\n\
+                service Svc { rpc Unary(dep.D) returns (dep.D); }\n";
+    let s = Server::start_with(&[("t.proto", uses)], &[], options);
+    // The protos and handlers folders, the root itself, inc/dep.
+    let watches = inotify_watches(s.pid());
+    assert!(watches <= 6, "{watches} watches");
+
+    // dep.proto now imports f3/x.proto: served, and f3 watched from then on.
+    std::fs::write(
+        s.root().join("inc/dep/dep.proto"),
+        "syntax = \"proto3\";\npackage dep;\nimport \"f3/x.proto\";\n\
+         message D { string text = 1; }\nservice Extra { rpc Get(f3.X) returns (D); }\n",
+    )
+    .unwrap();
+    let pool = || compile_protos(&s.protos_dir(), &[s.root().join("inc")]);
+    wait_until_served(&s, pool, "dep.Extra/Get").await;
+    std::fs::write(
+        s.root().join("inc/f3/x.proto"),
+        format!("{}service X3 {{ rpc Get(X) returns (X); }}\n", x(3)),
+    )
+    .unwrap();
+    wait_until_served(&s, pool, "f3.X3/Get").await;
+    let watches = inotify_watches(s.pid());
+    assert!(watches <= 7, "{watches} watches");
+}
+
+/// A `--descriptor-set` file outside the protos folder is watched: a new set is served.
+#[tokio::test]
+async fn a_descriptor_set_outside_the_protos_folder_is_reloaded() {
+    let set = |proto: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("dep.proto"), proto).unwrap();
+        let mut compiler = protox::Compiler::new([dir.path()]).unwrap();
+        compiler.include_imports(true);
+        compiler.open_files(["dep.proto"]).unwrap();
+        compiler.encode_file_descriptor_set()
+    };
+    let v1 = "syntax = \"proto3\";\npackage dep;\nmessage D { string text = 1; }\n\
+              service Svc { rpc Get(D) returns (D); }\n";
+    let v2 = format!("{v1}service Extra {{ rpc Get(D) returns (D); }}\n");
+    let s = Server::start_with(
+        &[],
+        &[],
+        Options::default()
+            .binary("sets/dep.binpb", set(v1))
+            .arg("--descriptor-set")
+            .arg("sets/dep.binpb"),
+    );
+    let v2 = set(&v2);
+    std::fs::write(s.root().join("sets/dep.binpb"), &v2).unwrap();
+    let pool = || prost_reflect::DescriptorPool::decode(v2.as_slice()).map_err(|e| e.to_string());
+    wait_until_served(&s, pool, "dep.Extra/Get").await;
+}
+
+/// grpc-proto's current `health.proto` (with `List`) vendored: the built-in health service answers
+/// every method that file (and so reflection) describes, `List` too, with the statuses `Check`
+/// gives.
+#[tokio::test]
+async fn the_built_in_health_answers_list_as_grpc_proto_describes_it() {
+    let protos = [
+        (
+            "grpc/health/v1/health.proto",
+            include_str!("../src/front/proto/health.proto"),
+        ),
+        ("t.proto", KV),
+    ];
+    let s = Server::start(&protos, &[]);
+    let c = s.client().await;
+    let list = c.unary("grpc.health.v1.Health/List", json!({})).await;
+    let statuses = &list.single()["statuses"];
+    assert_eq!(statuses["t.Svc"]["status"], "SERVING", "{statuses}");
+    assert_eq!(statuses[""]["status"], "SERVING", "{statuses}");
 }

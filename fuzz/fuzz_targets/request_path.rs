@@ -56,6 +56,7 @@ fn fixture() -> &'static Fixture {
                 ..ScriptLimits::default()
             },
             reflection: false,
+            reads: Default::default(),
         };
         let state = State::build(&sources).unwrap_or_else(|d| panic!("seed state: {d}"));
         let mut methods: Vec<Arc<Method>> = state.methods.values().cloned().collect();

@@ -64,6 +64,7 @@ fn fixture() -> &'static Fixture {
             include_roots: vec![],
             script_limits: ScriptLimits::default(),
             reflection: false,
+            reads: Default::default(),
         };
         let state = State::build(&sources).unwrap_or_else(|d| panic!("transcode fixture: {d}"));
         let bindings = bindings(&state.protos.pool);

@@ -23,7 +23,9 @@
 //! import they miss. Only a single file over the limit on its own is an error (`RESOURCE_EXHAUSTED`).
 //!
 //! The built-in services' own files (`grpc/health/v1/health.proto`, both reflection protos) are
-//! served beside the user's. A user file of the same name is the one served, and a service both
+//! served beside the user's. The health file is grpc-proto's current one (`proto/health.proto`,
+//! with `List`), which the built-in health service answers in full (`front::health`): a user's
+//! vendored copy of it, served instead under the same name, then describes what answers. A user file of the same name is the one served, and a service both
 //! define is listed once, so a tree that vendors those protos neither breaks nor duplicates them.
 //!
 //! The two versions are the same messages under two package names, identical on the wire, so a
@@ -66,11 +68,16 @@ const SOURCE_CODE_INFO: u32 = 9;
 /// `health.proto`, `reflection_v1.proto`, `reflection_v1alpha.proto`).
 static BUILT_INS: LazyLock<DescriptorPool> = LazyLock::new(|| {
     let mut pool = DescriptorPool::new();
+    // grpc-proto's current health.proto (with `List`, which `front::health` answers beside
+    // tonic-health's `Check` and `Watch`); it imports nothing.
+    let health = protox::file::File::from_source(
+        "grpc/health/v1/health.proto",
+        include_str!("proto/health.proto"),
+    )
+    .expect("the built-in health.proto parses");
+    pool.add_file_descriptor_proto(health.file_descriptor_proto().clone())
+        .expect("the built-in health.proto is valid");
     for (set, name) in [
-        (
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-            "grpc/health/v1/health.proto",
-        ),
         (
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             "grpc/reflection/v1/reflection.proto",
@@ -491,6 +498,12 @@ mod tests {
         ] {
             assert!(services.contains(service), "{services:?}");
         }
+        // grpc-proto's current health service, as `front::health` answers it.
+        let health = BUILT_INS
+            .get_service_by_name("grpc.health.v1.Health")
+            .unwrap();
+        let methods: Vec<String> = health.methods().map(|m| m.name().to_string()).collect();
+        assert_eq!(methods, ["Check", "List", "Watch"]);
     }
 
     #[test]

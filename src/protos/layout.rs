@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use protox::file::{File, FileResolver, GoogleFileResolver};
 
 use super::ahead::ParseAhead;
-use super::sets::SetResolver;
 use super::nesting::open_checked;
+use super::sets::SetResolver;
 use super::BundledResolver;
 use crate::diagnostic::Diagnostic;
 
@@ -153,6 +153,9 @@ pub(super) struct Tree {
     state: Mutex<TreeState>,
     /// Problems found while resolving (drained by the load).
     pub(super) problems: Arc<Mutex<Vec<Diagnostic>>>,
+    /// The files read from the roots and importers' folders (not the folder's own, parsed ahead):
+    /// what the watcher watches outside the protos folder.
+    pub(super) reads: Arc<Mutex<std::collections::BTreeSet<PathBuf>>>,
 }
 
 #[derive(Default)]
@@ -181,6 +184,7 @@ impl Tree {
             google: GoogleFileResolver::new(),
             state: Mutex::new(TreeState::default()),
             problems: Arc::default(),
+            reads: Arc::default(),
         }
     }
 
@@ -263,6 +267,11 @@ impl Tree {
 
     /// `path`, parsed, under `name`, its imports noted.
     fn parsed(&self, name: &str, path: &Path) -> Result<File, protox::Error> {
+        // Noted before reading: a file that fails is watched too, so its fix is reloaded.
+        self.reads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(path.to_path_buf());
         let file = open_checked(name, path)?;
         self.note_imports(&file, path);
         Ok(file)

@@ -9,9 +9,10 @@
 //! Editions (`edition = "2023"`) are parsed by a patched protox-parse and their features resolved by a
 //! patched prost-reflect (see their `vendor/*/PROTODROP.md`).
 
+use std::collections::BTreeSet;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use miette::Diagnostic as _;
 use prost_reflect::DescriptorPool;
@@ -126,6 +127,42 @@ pub fn load_from(
         exclude,
         descriptor_sets,
         ParseAhead::helpers,
+        None,
+    )
+}
+
+/// The files a load read outside the protos folder's own (those of `-I` roots, mostly), noted by
+/// each load whether it succeeds or not, for the watcher (`crate::reload`) to watch. The clones of
+/// one `Sources` share it.
+#[derive(Clone, Debug, Default)]
+pub struct ReadLog(Arc<Mutex<Option<BTreeSet<PathBuf>>>>);
+
+impl ReadLog {
+    /// What the last load read, if a load ran since the last call.
+    pub fn take(&self) -> Option<BTreeSet<PathBuf>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    fn note(&self, reads: BTreeSet<PathBuf>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(reads);
+    }
+}
+
+/// [`load_from`], noting in `reads` the files read outside the protos folder.
+pub fn load_noting(
+    root: &Path,
+    include_roots: &[PathBuf],
+    exclude: &[String],
+    descriptor_sets: &[PathBuf],
+    reads: &ReadLog,
+) -> Result<Protos, Diagnostics> {
+    load_with_helpers(
+        root,
+        include_roots,
+        exclude,
+        descriptor_sets,
+        ParseAhead::helpers,
+        Some(reads),
     )
 }
 
@@ -136,6 +173,7 @@ fn load_with_helpers(
     exclude: &[String],
     descriptor_sets: &[PathBuf],
     helpers: impl FnOnce(usize) -> usize,
+    reads: Option<&ReadLog>,
 ) -> Result<Protos, Diagnostics> {
     let mut problems = Diagnostics::default();
     if !root.is_dir() {
@@ -169,6 +207,7 @@ fn load_with_helpers(
     let files: Vec<String> = files.into_iter().map(|(name, _)| name).collect();
     let resolver = Tree::new(layout, ahead.clone(), found, sets.resolver());
     let resolving_problems = resolver.problems.clone();
+    let read = resolver.reads.clone();
 
     let mut compiler = protox::Compiler::with_file_resolver(resolver);
     compiler.include_imports(true);
@@ -195,11 +234,18 @@ fn load_with_helpers(
                 Ok(None) => {}
                 Ok(Some(err)) => {
                     // A broken file fails every file that imports it with its own error: each
-                    // problem is reported once, where it is.
+                    // problem is reported once, where it is, and each importer gets one line at
+                    // its import (its own problems stay unknown until the import loads).
                     for d in to_diagnostic(&err, root, include_roots, &sets) {
                         if reported.insert(d.to_string()) {
                             problems.push(d);
                         }
+                    }
+                    if let Some(d) = ahead
+                        .path_of(&name)
+                        .and_then(|path| failed_import(&compiler, &name, path, &err))
+                    {
+                        problems.push(d);
                     }
                 }
                 Err(panic) => {
@@ -223,6 +269,11 @@ fn load_with_helpers(
             .lock()
             .unwrap_or_else(PoisonError::into_inner),
     ));
+    if let Some(reads) = reads {
+        reads.note(std::mem::take(
+            &mut *read.lock().unwrap_or_else(PoisonError::into_inner),
+        ));
+    }
     problems.into_result()?;
     // The pool straight from the compiler keeps custom options such as `google.api.http`
     // (rebuilding it from `file_descriptor_set()` loses them).
@@ -240,6 +291,49 @@ fn load_with_helpers(
     let mut files = files;
     files.sort_unstable();
     Ok(Protos { pool, files })
+}
+
+/// For `name` (a folder file at `path`) that failed on `err`, a problem of another file: the line
+/// of `name`'s import that failed (its first import the compiler did not take: imports are linked
+/// in order), naming the broken file, as protoc's "Import … was not found or had errors".
+fn failed_import(
+    compiler: &protox::Compiler,
+    name: &str,
+    path: &Path,
+    err: &protox::Error,
+) -> Option<Diagnostic> {
+    let broken = err.file().filter(|f| *f != name)?;
+    let file = nesting::open_checked(name, path).ok()?;
+    let loaded: std::collections::HashSet<&str> = compiler.files().map(|f| f.name()).collect();
+    let descriptor = file.file_descriptor_proto();
+    let (i, import) = descriptor
+        .dependency
+        .iter()
+        .enumerate()
+        .find(|(_, import)| !loaded.contains(import.as_str()))?;
+    let message = if import == broken {
+        format!("import '{import}' has errors (reported at {broken})")
+    } else {
+        format!(
+            "import '{import}' has errors (it imports {broken}, which has errors reported there)"
+        )
+    };
+    let message = format!("{message}; the rest of this file is checked once it loads");
+    let at = descriptor
+        .source_code_info
+        .iter()
+        .flat_map(|info| &info.location)
+        .find(|l| l.path == [3, i as i32] && l.span.len() >= 3);
+    Some(match at {
+        Some(at) => Diagnostic::at_location(
+            path,
+            file.source(),
+            at.span[0] as usize,
+            at.span[1] as usize,
+            message,
+        ),
+        None => Diagnostic::file(path, message),
+    })
 }
 
 /// Decodes every method's options once, as transcoding will: prost-reflect panics on options it
@@ -287,11 +381,11 @@ fn check_method_options(
             });
         let source = source::read_for_display(&path);
         problems.push(match span.as_deref() {
-            Some([line, column, ..]) => Diagnostic::at_line(
+            Some([line, column, ..]) => Diagnostic::at_location(
                 path,
                 source.as_deref(),
-                *line as usize + 1,
-                *column as usize + 1,
+                *line as usize,
+                *column as usize,
                 message,
             ),
             _ => Diagnostic::file(path, message),
@@ -571,10 +665,12 @@ fn place(
                     .to_string(),
             )
         }
-        None if message.starts_with("import '") && message.ends_with("' not found") => Some(format!(
+        None if message.starts_with("import '") && message.ends_with("' not found") => {
+            Some(format!(
             " (help: give the folder it is under with -I; a file not meant to be served can be \
              left out with --exclude or a {IGNORE_FILE} file)"
-        )),
+        ))
+        }
         None => None,
     };
     let labels: Vec<_> = d.labels().map(|l| l.collect()).unwrap_or_default();
@@ -703,7 +799,7 @@ mod tests {
     }
 
     fn loaded(dir: &Path, helpers: usize) -> Result<Protos, Diagnostics> {
-        load_with_helpers(dir, &[], &[], &[], |_| helpers)
+        load_with_helpers(dir, &[], &[], &[], |_| helpers, None)
     }
 
     #[test]
@@ -778,7 +874,10 @@ mod scoping_tests {
                     )
                     .unwrap();
                 }
-                (out.to_string(), load_with_helpers(dir.path(), &[], &[], &[], |_| 0))
+                (
+                    out.to_string(),
+                    load_with_helpers(dir.path(), &[], &[], &[], |_| 0, None),
+                )
             })
             .collect()
     }
@@ -915,14 +1014,14 @@ mod nesting_tests {
         let path = dir.path().to_path_buf();
         let loaded = std::thread::Builder::new()
             .stack_size(BUILD_STACK / 4)
-            .spawn(move || load_with_helpers(&path, &[], &[], &[], |_| 0).map(|p| p.files))
+            .spawn(move || load_with_helpers(&path, &[], &[], &[], |_| 0, None).map(|p| p.files))
             .unwrap()
             .join()
             .expect("no panic, no overflow");
         assert_eq!(loaded.unwrap(), vec!["t.proto".to_string()]);
 
         std::fs::write(dir.path().join("t.proto"), deep_file(5_000)).unwrap();
-        let err = load_with_helpers(dir.path(), &[], &[], &[], |_| 0)
+        let err = load_with_helpers(dir.path(), &[], &[], &[], |_| 0, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("t.proto:7:"), "{err}");

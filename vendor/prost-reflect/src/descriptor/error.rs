@@ -165,6 +165,33 @@ pub(super) struct Label {
     resolved: Option<miette::SourceSpan>,
 }
 
+impl DescriptorErrorKind {
+    /// protodrop patch: the name a duplicate-name problem is about.
+    pub(super) fn duplicated_name(&self) -> Option<&str> {
+        match self {
+            DescriptorErrorKind::DuplicateName { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
+    /// protodrop patch: whether this problem of name resolution is about one of the `duplicated`
+    /// names, or a name inside one (it resolved to the other definition), so only a consequence of
+    /// the duplicate.
+    pub(super) fn follows_from_a_duplicate(
+        &self,
+        duplicated: &std::collections::HashSet<String>,
+    ) -> bool {
+        let name = match self {
+            DescriptorErrorKind::NameNotFound { name, .. }
+            | DescriptorErrorKind::InvalidType { name, .. } => name,
+            _ => return false,
+        };
+        std::iter::once(name.as_str())
+            .chain(name.match_indices('.').map(|(i, _)| &name[..i]))
+            .any(|n| duplicated.contains(n))
+    }
+}
+
 impl DescriptorError {
     pub(super) fn new(errors: Vec<DescriptorErrorKind>) -> DescriptorError {
         debug_assert!(!errors.is_empty());
@@ -173,6 +200,11 @@ impl DescriptorError {
             #[cfg(feature = "miette")]
             source: None,
         }
+    }
+
+    /// protodrop patch: the problems, to merge those of two passes.
+    pub(super) fn into_kinds(self) -> Vec<DescriptorErrorKind> {
+        self.errors.into_vec()
     }
 
     /// The primary file in which this error occurred.
@@ -874,18 +906,20 @@ impl LineStarts {
         LineStarts(starts)
     }
 
-    /// The offset of 0-based `line`, `column` (in chars, as in `SourceCodeInfo`), clamped to the
-    /// line's end and the source's end, as `miette::SourceOffset::from_location` counts them.
+    /// The offset of 0-based `line`, `column` (in bytes, as protox-parse writes `SourceCodeInfo`),
+    /// clamped to the line's end and the source's end. (Upstream counted the column in chars, as
+    /// `miette::SourceOffset::from_location` does, so a label after a non-ASCII character on its
+    /// line landed one column further per extra byte.)
     fn offset(&self, source: &str, line: i32, column: i32) -> usize {
         let Some(&start) = self.0.get(line.max(0) as usize) else {
             return source.len();
         };
         let rest = &source[start..];
         let end_of_line = rest.find('\n').unwrap_or(rest.len());
-        start
-            + rest[..end_of_line]
-                .char_indices()
-                .nth(column.max(0) as usize)
-                .map_or(end_of_line, |(i, _)| i)
+        let mut at = (column.max(0) as usize).min(end_of_line);
+        while !rest.is_char_boundary(at) {
+            at -= 1;
+        }
+        start + at
     }
 }

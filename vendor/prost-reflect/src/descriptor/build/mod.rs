@@ -138,7 +138,27 @@ impl DescriptorPool {
 
         let inner = Arc::make_mut(&mut self.inner);
 
-        inner.collect_names(offsets, deduped_files)?;
+        // protodrop patch: a duplicate name used to end the build before names were resolved, so
+        // it hid every other problem of the file (a typo, a duplicate field number) until it was
+        // fixed. The resolution pass runs anyway to report those too, leaving out what follows
+        // from the duplicates themselves (a use of a duplicated name resolves to its first
+        // definition, perhaps in a file not imported here). The pool is rolled back either way.
+        if let Err(names) = inner.collect_names(offsets, deduped_files) {
+            let mut errors = names.into_kinds();
+            let duplicated: HashSet<String> = errors
+                .iter()
+                .filter_map(|e| e.duplicated_name().map(str::to_owned))
+                .collect();
+            if let Err(resolved) = inner.resolve_names(offsets, deduped_files) {
+                errors.extend(
+                    resolved
+                        .into_kinds()
+                        .into_iter()
+                        .filter(|e| !e.follows_from_a_duplicate(&duplicated)),
+                );
+            }
+            return Err(DescriptorError::new(errors));
+        }
 
         inner.resolve_names(offsets, deduped_files)?;
 
