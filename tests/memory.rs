@@ -54,17 +54,17 @@ fn a_pool_keeps_each_file_once_and_its_locations_compact() {
         .iter()
         .map(|f| f.source_code_info.as_ref().map_or(0, |s| s.location.len()))
         .sum();
-    assert!(locations > 10_000, "{locations} locations");
+    assert!(locations > 5_000, "{locations} locations");
 
     let before = alloc_meter::net_allocated();
     let pool = DescriptorPool::decode(set.as_slice()).unwrap();
     let kept = alloc_meter::net_allocated() - before;
-    // Two decoded copies of each file (prost-reflect's own and a `prost_types` one) kept about 8
-    // times the encoded size here; one copy with its locations encoded keeps about 2.5 times it
-    // (the rest is the pool's indexes of names, fields and JSON names).
+    // Two decoded copies of each file (prost-reflect's own and a `prost_types` one) kept about 14.5
+    // times the encoded size here; one copy with its locations encoded keeps about 5 times it (the
+    // rest is the pool's indexes of names, fields and JSON names).
     let ratio = kept as f64 / set.len() as f64;
     assert!(
-        ratio < 4.0,
+        ratio < 7.0,
         "the pool keeps {kept} bytes for a {} byte descriptor set ({ratio:.1}x)",
         set.len()
     );
@@ -119,5 +119,38 @@ fn a_compact_pool_still_hands_out_its_comments_and_positions() {
         err.to_string()
             .contains(&format!("already defined in file 'small.proto' at {line}:")),
         "{err}"
+    );
+}
+
+/// Not a check, a measurement (`PROTODROP_TREE=/path/to/googleapis taskset -c 0 cargo test
+/// --release --test memory -- --ignored --nocapture`): the bytes a loaded tree keeps, counted by
+/// the allocator. On one core the load parses on the calling thread alone, so this thread's net
+/// count is the whole of it.
+#[test]
+#[ignore]
+fn what_a_tree_keeps() {
+    let Some(tree) = std::env::var_os("PROTODROP_TREE") else {
+        return;
+    };
+    let before = alloc_meter::net_allocated();
+    let protos = protodrop::protos::load(std::path::Path::new(&tree), &[]).unwrap();
+    let kept = alloc_meter::net_allocated() - before;
+    let encoded = protos.pool.encode_to_vec().len();
+    let without_source_info: usize = protos
+        .pool
+        .files()
+        .map(|f| {
+            let mut file = prost_types::FileDescriptorProto::decode(f.encode_to_vec().as_slice())
+                .unwrap();
+            file.source_code_info = None;
+            file.encoded_len()
+        })
+        .sum();
+    println!(
+        "{} files: {} MB kept; the pool encoded {} MB, {} MB of it without source info",
+        protos.files.len(),
+        kept >> 20,
+        encoded >> 20,
+        without_source_info >> 20
     );
 }
