@@ -135,6 +135,10 @@ fn what_a_tree_keeps() {
     let before = alloc_meter::net_allocated();
     let protos = protodrop::protos::load(std::path::Path::new(&tree), &[]).unwrap();
     let kept = alloc_meter::net_allocated() - before;
+    let before = alloc_meter::net_allocated();
+    let routes = protodrop::front::transcode::Routes::build(&protos.pool, &[tree.clone().into()]);
+    let routes_kept = alloc_meter::net_allocated() - before;
+    drop(routes);
     let encoded = protos.pool.encode_to_vec().len();
     let without_source_info: usize = protos
         .pool
@@ -147,9 +151,11 @@ fn what_a_tree_keeps() {
         })
         .sum();
     println!(
-        "{} files: {} MB kept; the pool encoded {} MB, {} MB of it without source info",
+        "{} files: {} MiB kept, and {} MiB by their HTTP routes; the pool encoded {} MiB, {} MiB of \
+         it without source info",
         protos.files.len(),
         kept >> 20,
+        routes_kept >> 20,
         encoded >> 20,
         without_source_info >> 20
     );
