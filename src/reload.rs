@@ -275,6 +275,8 @@ fn run(
         }
         let full = protos_dirty;
         let swapped = swap_in(built, started, registry);
+        // The old state (once no call holds it) or the failed load is freed: return its pages.
+        alloc_meter::release_free_memory();
         if full {
             protos_dirty = !swapped;
         }

@@ -120,6 +120,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     );
     state.log_warnings();
     let registry = Arc::new(Registry::new(state));
+    // What compiling a large tree freed (parsed files, the compiler's scratch) stays with the
+    // allocator until something allocates again; give it back now, before serving.
+    alloc_meter::release_free_memory();
     // Rhai recurses on the native stack: a deep script must not overflow a thread (that would abort
     // the server, not fail the call). ~128 KiB per allowed call level covers debug builds.
     let stack = (args.sources.script_max_call_depth * (128 << 10)).max(8 << 20);

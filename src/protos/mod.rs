@@ -349,9 +349,9 @@ fn check_method_options(
         .services()
         .flat_map(|s| s.methods().collect::<Vec<_>>())
     {
-        if method.method_descriptor_proto().options.is_none() {
-            continue;
-        }
+        // Every method, with options or not (an empty one decodes in no time): asking whether it
+        // has any through `method_descriptor_proto()` would make the pool's `prost_types` copy of
+        // every file with a service, which it otherwise makes only on demand.
         let Err(panic) = panic::catch_unwind(AssertUnwindSafe(|| drop(method.options()))) else {
             continue;
         };

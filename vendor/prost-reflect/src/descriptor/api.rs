@@ -343,7 +343,7 @@ impl DescriptorPool {
     pub fn file_descriptor_protos(
         &self,
     ) -> impl ExactSizeIterator<Item = &FileDescriptorProto> + '_ {
-        indices(&self.inner.files).map(|index| &self.inner.files[index as usize].prost)
+        indices(&self.inner.files).map(|index| self.inner.files[index as usize].prost())
     }
 
     /// Encodes the files contained within this [`DescriptorPool`] to their byte representation.
@@ -563,14 +563,14 @@ impl FileDescriptor {
     /// Gets the unique name of this file relative to the root of the source tree,
     /// e.g. `path/to/my_package.proto`.
     pub fn name(&self) -> &str {
-        self.inner().prost.name()
+        self.inner().raw.name()
     }
 
     /// Gets the name of the package specifier for a file, e.g. `my.package`.
     ///
     /// If no package name is set, an empty string is returned.
     pub fn package_name(&self) -> &str {
-        self.inner().prost.package()
+        self.inner().raw.package()
     }
 
     /// Gets the index of this file within the parent [`DescriptorPool`].
@@ -588,7 +588,8 @@ impl FileDescriptor {
     /// This corresponds to the [`FileDescriptorProto::dependency`] field.
     pub fn dependencies(&self) -> impl ExactSizeIterator<Item = FileDescriptor> + '_ {
         let pool = self.parent_pool();
-        self.file_descriptor_proto()
+        self.inner()
+            .raw
             .dependency
             .iter()
             .map(|name| pool.get_file_by_name(name).expect("file not found"))
@@ -599,7 +600,7 @@ impl FileDescriptor {
     /// This corresponds to the [`FileDescriptorProto::public_dependency`] field.
     pub fn public_dependencies(&self) -> impl ExactSizeIterator<Item = FileDescriptor> + '_ {
         let pool = self.parent_pool();
-        let raw = self.file_descriptor_proto();
+        let raw = &self.inner().raw;
         raw.public_dependency.iter().map(|&index| {
             pool.get_file_by_name(&raw.dependency[index as usize])
                 .expect("file not found")
@@ -611,7 +612,7 @@ impl FileDescriptor {
     /// This does not include nested messages defined within another message.
     pub fn messages(&self) -> impl ExactSizeIterator<Item = MessageDescriptor> + '_ {
         let pool = self.parent_pool();
-        let raw_file = self.file_descriptor_proto();
+        let raw_file = &self.inner().raw;
         raw_file.message_type.iter().map(move |raw_message| {
             pool.get_message_by_name(join_name(raw_file.package(), raw_message.name()).as_ref())
                 .expect("message not found")
@@ -623,7 +624,7 @@ impl FileDescriptor {
     /// This does not include nested enums defined within another message.
     pub fn enums(&self) -> impl ExactSizeIterator<Item = EnumDescriptor> + '_ {
         let pool = self.parent_pool();
-        let raw_file = self.file_descriptor_proto();
+        let raw_file = &self.inner().raw;
         raw_file.enum_type.iter().map(move |raw_enum| {
             pool.get_enum_by_name(join_name(raw_file.package(), raw_enum.name()).as_ref())
                 .expect("enum not found")
@@ -635,7 +636,7 @@ impl FileDescriptor {
     /// This does not include nested extensions defined within another message.
     pub fn extensions(&self) -> impl ExactSizeIterator<Item = ExtensionDescriptor> + '_ {
         let pool = self.parent_pool();
-        let raw_file = self.file_descriptor_proto();
+        let raw_file = &self.inner().raw;
         raw_file.extension.iter().map(move |raw_extension| {
             pool.get_extension_by_name(join_name(raw_file.package(), raw_extension.name()).as_ref())
                 .expect("extension not found")
@@ -645,7 +646,7 @@ impl FileDescriptor {
     /// Gets the services defined within this file.
     pub fn services(&self) -> impl ExactSizeIterator<Item = ServiceDescriptor> + '_ {
         let pool = self.parent_pool();
-        let raw_file = self.file_descriptor_proto();
+        let raw_file = &self.inner().raw;
         raw_file.service.iter().map(move |raw_service| {
             pool.get_service_by_name(join_name(raw_file.package(), raw_service.name()).as_ref())
                 .expect("service not found")
@@ -654,7 +655,7 @@ impl FileDescriptor {
 
     /// Gets a reference to the raw [`FileDescriptorProto`] wrapped by this [`FileDescriptor`].
     pub fn file_descriptor_proto(&self) -> &FileDescriptorProto {
-        &self.inner().prost
+        self.inner().prost()
     }
 
     /// Encodes this file descriptor to its byte representation.
@@ -750,7 +751,7 @@ impl MessageDescriptor {
 
     /// Gets a reference to the [`FileDescriptorProto`] in which this message is defined.
     pub fn parent_file_descriptor_proto(&self) -> &FileDescriptorProto {
-        &self.pool.inner.files[self.inner().id.file as usize].prost
+        self.pool.inner.files[self.inner().id.file as usize].prost()
     }
 
     /// Gets a reference to the raw [`DescriptorProto`] wrapped by this [`MessageDescriptor`].
@@ -803,7 +804,7 @@ impl MessageDescriptor {
     pub fn child_messages(&self) -> impl ExactSizeIterator<Item = MessageDescriptor> + '_ {
         let pool = self.parent_pool();
         let namespace = self.full_name();
-        let raw_message = self.descriptor_proto();
+        let raw_message = self.raw();
         raw_message.nested_type.iter().map(move |raw_message| {
             pool.get_message_by_name(join_name(namespace, raw_message.name()).as_ref())
                 .expect("message not found")
@@ -814,7 +815,7 @@ impl MessageDescriptor {
     pub fn child_enums(&self) -> impl ExactSizeIterator<Item = EnumDescriptor> + '_ {
         let pool = self.parent_pool();
         let namespace = self.full_name();
-        let raw_message = self.descriptor_proto();
+        let raw_message = self.raw();
         raw_message.enum_type.iter().map(move |raw_enum| {
             pool.get_enum_by_name(join_name(namespace, raw_enum.name()).as_ref())
                 .expect("enum not found")
@@ -828,7 +829,7 @@ impl MessageDescriptor {
     pub fn child_extensions(&self) -> impl ExactSizeIterator<Item = ExtensionDescriptor> + '_ {
         let pool = self.parent_pool();
         let namespace = self.full_name();
-        let raw_message = self.descriptor_proto();
+        let raw_message = self.raw();
         raw_message.extension.iter().map(move |raw_extension| {
             pool.get_extension_by_name(join_name(namespace, raw_extension.name()).as_ref())
                 .expect("extension not found")
@@ -1220,7 +1221,7 @@ impl ExtensionDescriptor {
 
     /// Gets a reference to the [`FileDescriptorProto`] in which this extension is defined.
     pub fn parent_file_descriptor_proto(&self) -> &FileDescriptorProto {
-        &self.pool.inner.files[self.inner().id.file as usize].prost
+        self.pool.inner.files[self.inner().id.file as usize].prost()
     }
 
     /// Gets a reference to the raw [`FieldDescriptorProto`] wrapped by this [`ExtensionDescriptor`].
@@ -1428,7 +1429,7 @@ impl EnumDescriptor {
 
     /// Gets a reference to the [`FileDescriptorProto`] in which this enum is defined.
     pub fn parent_file_descriptor_proto(&self) -> &FileDescriptorProto {
-        &self.pool.inner.files[self.inner().id.file as usize].prost
+        self.pool.inner.files[self.inner().id.file as usize].prost()
     }
 
     /// Gets a reference to the raw [`EnumDescriptorProto`] wrapped by this [`EnumDescriptor`].
@@ -1671,7 +1672,7 @@ impl OneofDescriptor {
         self.fields().len() == 1
             && self
                 .fields()
-                .all(|f| f.field_descriptor_proto().proto3_optional())
+                .all(|f| f.raw().proto3_optional())
     }
 
     fn inner(&self) -> &OneofDescriptorInner {
@@ -1751,7 +1752,7 @@ impl ServiceDescriptor {
 
     /// Gets a reference to the [`FileDescriptorProto`] in which this service is defined.
     pub fn parent_file_descriptor_proto(&self) -> &FileDescriptorProto {
-        &self.pool.inner.files[self.inner().id.file as usize].prost
+        self.pool.inner.files[self.inner().id.file as usize].prost()
     }
 
     /// Gets a reference to the raw [`ServiceDescriptorProto`] wrapped by this [`ServiceDescriptor`].

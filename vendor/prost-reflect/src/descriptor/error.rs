@@ -836,28 +836,28 @@ impl Label {
         let inner = &files[file as usize];
         let file = &inner.raw;
 
-        let span = file
-            .source_code_info
-            .as_ref()
-            .and_then(|s| {
-                let first = inner.locations.get_or_init(|| {
-                    let mut first = std::collections::HashMap::with_capacity(s.location.len());
-                    for (i, l) in s.location.iter().enumerate() {
-                        first.entry(l.path.clone().into_boxed_slice()).or_insert(i);
-                    }
+        let span = file.source_code_info.as_ref().and_then(|s| {
+            let first = inner.locations.get_or_init(|| {
+                // protodrop: a built file holds its locations encoded; they are decoded once here.
+                let info = s.decoded();
+                let mut first = std::collections::HashMap::with_capacity(info.location.len());
+                for l in &info.location {
                     first
-                });
-                s.location.get(*first.get(&path)?)
-            })
-            .and_then(|l| match *l.span {
-                [start_line, start_col, end_col] => {
-                    Some([start_line, start_col, start_line, end_col])
+                        .entry(l.path.clone().into_boxed_slice())
+                        .or_insert_with(|| match *l.span {
+                            [start_line, start_col, end_col] => {
+                                Some([start_line, start_col, start_line, end_col])
+                            }
+                            [start_line, start_col, end_line, end_col] => {
+                                Some([start_line, start_col, end_line, end_col])
+                            }
+                            _ => None,
+                        });
                 }
-                [start_line, start_col, end_line, end_col] => {
-                    Some([start_line, start_col, end_line, end_col])
-                }
-                _ => None,
+                first
             });
+            *first.get(&path)?
+        });
 
         Label {
             file: file.name().to_owned(),

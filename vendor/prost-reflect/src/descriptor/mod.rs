@@ -185,12 +185,22 @@ pub struct FileDescriptor {
 struct FileDescriptorInner {
     syntax: Syntax,
     raw: FileDescriptorProto,
-    prost: prost_types::FileDescriptorProto,
+    /// protodrop: made from `raw` when first asked for (`file_descriptor_proto()` and the other
+    /// `prost_types` accessors), not for every file: it was a second full copy of each file.
+    prost: std::sync::OnceLock<prost_types::FileDescriptorProto>,
     dependencies: Vec<FileIndex>,
     transitive_dependencies: HashSet<FileIndex>,
-    /// protodrop: the first source location of each path, made when an error first needs one (a
-    /// linear search per error label was quadratic for a big file with many errors).
-    locations: std::sync::OnceLock<HashMap<Box<[i32]>, usize>>,
+    /// protodrop: the span of the first source location of each path, made when an error first
+    /// needs one (a linear search per error label was quadratic for a big file with many errors).
+    #[allow(clippy::type_complexity)]
+    locations: std::sync::OnceLock<HashMap<Box<[i32]>, Option<[i32; 4]>>>,
+}
+
+impl FileDescriptorInner {
+    /// protodrop: the `prost_types` copy, made on first use.
+    fn prost(&self) -> &prost_types::FileDescriptorProto {
+        self.prost.get_or_init(|| self.raw.to_prost())
+    }
 }
 
 /// A protobuf message definition.

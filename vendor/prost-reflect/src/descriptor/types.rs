@@ -40,8 +40,9 @@ pub(crate) struct FileDescriptorProto {
     pub extension: Vec<FieldDescriptorProto>,
     #[prost(message, optional, tag = "8")]
     pub options: Option<Options<FileOptions>>,
+    /// protodrop patch: kept encoded once the file is built (see [`SourceInfo`]).
     #[prost(message, optional, tag = "9")]
-    pub source_code_info: Option<SourceCodeInfo>,
+    pub source_code_info: Option<SourceInfo>,
     #[prost(string, optional, tag = "12")]
     pub syntax: Option<String>,
     /// protodrop patch: `FileDescriptorProto.edition` (an `Edition` number), which prost-types 0.14
@@ -177,7 +178,10 @@ pub(crate) struct MethodDescriptorProto {
 #[derive(Clone, Default, PartialEq)]
 pub(crate) struct Options<T> {
     pub(crate) encoded: Vec<u8>,
-    pub(crate) value: T,
+    /// protodrop patch: boxed. Every field, enum value, message… of a file holds an
+    /// `Option<Options<…>>`, set or not; inline, a `FieldOptions` made each of them some 200 bytes
+    /// larger, boxed it is one pointer, and the decoded options exist only where some are written.
+    pub(crate) value: Box<T>,
 }
 
 impl FileDescriptorProto {
@@ -209,7 +213,7 @@ impl FileDescriptorProto {
                 .map(FieldDescriptorProto::from_prost)
                 .collect(),
             options: file.options.map(Options::from_prost),
-            source_code_info: file.source_code_info,
+            source_code_info: file.source_code_info.map(SourceInfo::Decoded),
             // prost-types has no `edition` field: a descriptor handed over as prost-types (protox's
             // parser output) can only say "editions", and protodrop's patched protox-parse accepts
             // edition 2023 alone.
@@ -247,7 +251,10 @@ impl FileDescriptorProto {
                 .map(FieldDescriptorProto::to_prost)
                 .collect(),
             options: self.options.as_ref().map(Options::to_prost),
-            source_code_info: self.source_code_info.clone(),
+            source_code_info: self
+                .source_code_info
+                .as_ref()
+                .map(|info| info.decoded().into_owned()),
             syntax: self.syntax.clone(),
         }
     }
@@ -503,6 +510,99 @@ impl MethodDescriptorProto {
     }
 }
 
+/// protodrop patch: a file's `source_code_info` (every declaration's position and comments), held
+/// decoded while the file is being built — error labels and option resolution read and rewrite it —
+/// then encoded ([`SourceInfo::compact`]). Decoded, each location is a struct of five vectors and
+/// strings with two small heap blocks of its own; encoded, a dozen bytes plus its comments. A large
+/// tree has millions of locations, and nothing reads them after the build but the rare error label
+/// or caller of the `prost_types` accessors (which decode a copy), while reflection sends the bytes
+/// as they are.
+#[derive(Clone, PartialEq)]
+pub(crate) enum SourceInfo {
+    Decoded(SourceCodeInfo),
+    /// The fields of a `SourceCodeInfo` message, encoded.
+    Encoded(Box<[u8]>),
+}
+
+impl Default for SourceInfo {
+    fn default() -> Self {
+        SourceInfo::Decoded(SourceCodeInfo::default())
+    }
+}
+
+impl fmt::Debug for SourceInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.decoded().fmt(f)
+    }
+}
+
+impl SourceInfo {
+    /// Encodes it, once nothing is going to change it.
+    pub(crate) fn compact(&mut self) {
+        if let SourceInfo::Decoded(info) = self {
+            *self = SourceInfo::Encoded(info.encode_to_vec().into_boxed_slice());
+        }
+    }
+
+    /// The locations, decoded (a copy when it is held encoded).
+    pub(crate) fn decoded(&self) -> std::borrow::Cow<'_, SourceCodeInfo> {
+        match self {
+            SourceInfo::Decoded(info) => std::borrow::Cow::Borrowed(info),
+            SourceInfo::Encoded(bytes) => std::borrow::Cow::Owned(
+                // The bytes were encoded from a valid message by `compact`.
+                SourceCodeInfo::decode(&bytes[..]).unwrap_or_default(),
+            ),
+        }
+    }
+
+    /// The locations, to change them (decoded for good when held encoded).
+    pub(crate) fn decoded_mut(&mut self) -> &mut SourceCodeInfo {
+        if let SourceInfo::Encoded(bytes) = self {
+            *self = SourceInfo::Decoded(SourceCodeInfo::decode(&bytes[..]).unwrap_or_default());
+        }
+        match self {
+            SourceInfo::Decoded(info) => info,
+            SourceInfo::Encoded(_) => unreachable!("decoded above"),
+        }
+    }
+}
+
+impl Message for SourceInfo {
+    fn encode_raw(&self, buf: &mut impl BufMut)
+    where
+        Self: Sized,
+    {
+        match self {
+            SourceInfo::Decoded(info) => info.encode_raw(buf),
+            SourceInfo::Encoded(bytes) => buf.put_slice(bytes),
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError>
+    where
+        Self: Sized,
+    {
+        self.decoded_mut().merge_field(tag, wire_type, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            SourceInfo::Decoded(info) => info.encoded_len(),
+            SourceInfo::Encoded(bytes) => bytes.len(),
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = SourceInfo::default();
+    }
+}
+
 impl<T> Options<T>
 where
     T: Message + Clone,
@@ -510,12 +610,12 @@ where
     pub(crate) fn from_prost(options: T) -> Self {
         Options {
             encoded: options.encode_to_vec(),
-            value: options,
+            value: Box::new(options),
         }
     }
 
     fn to_prost(&self) -> T {
-        self.value.clone()
+        (*self.value).clone()
     }
 }
 

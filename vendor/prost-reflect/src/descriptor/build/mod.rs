@@ -81,9 +81,9 @@ impl DescriptorPoolOffsets {
         pool.services.truncate(self.service as usize);
         pool.names.retain(|name, definition| match definition.kind {
             DefinitionKind::Package => pool.files.iter().any(|f| {
-                f.prost.package().starts_with(name.as_ref())
+                f.raw.package().starts_with(name.as_ref())
                     && matches!(
-                        f.prost.package().as_bytes().get(name.len()),
+                        f.raw.package().as_bytes().get(name.len()),
                         None | Some(&b'.')
                     )
             }),
@@ -172,8 +172,13 @@ impl DescriptorPool {
 
         debug_assert_eq!(Arc::strong_count(&self.inner), 1);
         let inner = Arc::get_mut(&mut self.inner).unwrap();
+        // protodrop patch: upstream made each file's `prost_types` copy here, a second full copy of
+        // every file (now made on first use), and kept its source locations decoded (now encoded:
+        // nothing changes them after this point, see `SourceInfo`).
         for file in &mut inner.files[offsets.file as usize..] {
-            file.prost = file.raw.to_prost();
+            if let Some(info) = &mut file.raw.source_code_info {
+                info.compact();
+            }
         }
 
         Ok(())

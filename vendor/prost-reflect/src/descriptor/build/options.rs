@@ -54,7 +54,7 @@ impl DescriptorPool {
         for (file, from, to) in visitor.locations {
             let file = &mut inner.files[file as usize].raw;
             if let Some(source_code_info) = &mut file.source_code_info {
-                for location in &mut source_code_info.location {
+                for location in &mut source_code_info.decoded_mut().location {
                     if location.path.starts_with(&from) {
                         location.path.splice(..from.len(), to.iter().copied());
                     }
