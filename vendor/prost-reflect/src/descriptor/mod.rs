@@ -184,8 +184,9 @@ pub struct FileDescriptor {
 #[derive(Clone)]
 struct FileDescriptorInner {
     syntax: Syntax,
-    raw: FileDescriptorProto,
-    prost: prost_types::FileDescriptorProto,
+    // protodrop patch: shared, so that relocating a file (`build/relocate.rs`) does not copy it.
+    raw: Arc<FileDescriptorProto>,
+    prost: Arc<prost_types::FileDescriptorProto>,
     dependencies: Vec<FileIndex>,
     transitive_dependencies: HashSet<FileIndex>,
     /// protodrop: the first source location of each path, made when an error first needs one (a

@@ -1,5 +1,6 @@
 mod features;
 mod names;
+mod relocate;
 mod options;
 mod resolve;
 mod visit;
@@ -153,7 +154,7 @@ impl DescriptorPool {
         debug_assert_eq!(Arc::strong_count(&self.inner), 1);
         let inner = Arc::get_mut(&mut self.inner).unwrap();
         for file in &mut inner.files[offsets.file as usize..] {
-            file.prost = file.raw.to_prost();
+            file.prost = Arc::new(file.raw.to_prost());
         }
 
         Ok(())
