@@ -16,11 +16,11 @@ use prost_reflect::{
     Value,
 };
 
-use super::template::{Bindings, Template};
+use super::template::{Bindings, Segment, Template};
 use crate::diagnostic::{Diagnostic, Diagnostics};
 
 /// Which HTTP method a route answers.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Verb {
     Method(http::Method),
     /// `custom { kind: "*" }`: any method.
@@ -90,6 +90,19 @@ pub struct Routes {
     by_first: HashMap<String, Vec<usize>>,
     /// Routes whose template starts with a wildcard or variable.
     wild_first: Vec<usize>,
+    /// Each route by its shape, to find one bound twice without comparing it with every other.
+    shapes: HashMap<Shape, usize>,
+}
+
+/// What makes two bindings one route: the HTTP method, the segments, the `:verb`.
+type Shape = (Verb, Vec<Segment>, Option<String>);
+
+fn shape(route: &Route) -> Shape {
+    (
+        route.verb.clone(),
+        route.template.segments.clone(),
+        route.template.verb.clone(),
+    )
 }
 
 impl Routes {
@@ -185,16 +198,13 @@ impl Routes {
                 .push(index),
             None => self.wild_first.push(index),
         }
+        self.shapes.entry(shape(&route)).or_insert(index);
         self.routes.push(route);
     }
 
     /// A route already bound to the same method and path shape.
     fn same_as(&self, route: &Route) -> Option<&Route> {
-        self.routes.iter().find(|r| {
-            r.verb == route.verb
-                && r.template.segments == route.template.segments
-                && r.template.verb == route.template.verb
-        })
+        self.shapes.get(&shape(route)).map(|&i| &self.routes[i])
     }
 
     pub fn len(&self) -> usize {

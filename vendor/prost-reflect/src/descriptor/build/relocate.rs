@@ -12,9 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::descriptor::{
-    tag, Definition, DefinitionKind, DescriptorPoolInner, KindIndex, FileIndex,
-};
+use crate::descriptor::{Definition, DefinitionKind, DescriptorPoolInner, FileIndex, KindIndex};
 use crate::DescriptorPool;
 
 const DROPPED: u32 = u32::MAX;
@@ -208,15 +206,36 @@ impl DescriptorPool {
             pool.services.push(s);
         }
 
-        // Names: every kept definition renumbered; packages defined again by the first kept file
-        // declaring them (or a package inside them), as adding the files in this order does.
-        let renamed = |def: &Definition| -> Option<Definition> {
-            let file = file_map[def.file as usize];
-            if file == DROPPED {
-                return None;
+        // Names: every kept definition renumbered, in place (a copy of the table when it is
+        // shared: no key is hashed again); a package belongs to the first kept file declaring it
+        // (or a package inside it), as adding the files in this order makes it.
+        let mut packages: HashMap<&str, u32> = HashMap::new();
+        for (index, file) in pool.files.iter().enumerate() {
+            let package = file.raw.package();
+            if package.is_empty() {
+                continue;
             }
+            let prefixes = package
+                .match_indices('.')
+                .map(|(i, _)| &package[..i])
+                .chain(std::iter::once(package));
+            for prefix in prefixes {
+                packages.entry(prefix).or_insert(index as u32);
+            }
+        }
+        let mut names = match names {
+            Names::Owned(names) => names,
+            Names::Shared(names) => names.clone(),
+        };
+        names.retain(|name, def| {
             let kind = match def.kind {
-                DefinitionKind::Package => return None,
+                DefinitionKind::Package => match packages.get(name.as_ref()) {
+                    Some(&file) => {
+                        def.file = file;
+                        return true;
+                    }
+                    None => return false,
+                },
                 DefinitionKind::Message(m) => DefinitionKind::Message(messages_map[m as usize]),
                 DefinitionKind::Field(m) => DefinitionKind::Field(messages_map[m as usize]),
                 DefinitionKind::Oneof(m) => DefinitionKind::Oneof(messages_map[m as usize]),
@@ -228,47 +247,16 @@ impl DescriptorPool {
                     DefinitionKind::Extension(extensions_map[x as usize])
                 }
             };
-            Some(Definition {
-                file,
-                path: def.path.clone(),
-                kind,
-            })
-        };
-        match names {
-            Names::Owned(names) => {
-                pool.names.reserve(names.len());
-                for (name, def) in names {
-                    if let Some(def) = renamed(&def) {
-                        pool.names.insert(name, def);
-                    }
-                }
+            let file = file_map[def.file as usize];
+            if file == DROPPED {
+                return false;
             }
-            Names::Shared(names) => {
-                pool.names.reserve(names.len());
-                for (name, def) in names {
-                    if let Some(def) = renamed(def) {
-                        pool.names.insert(name.clone(), def);
-                    }
-                }
-            }
-        }
-        for (index, file) in pool.files.iter().enumerate() {
-            let package = file.raw.package();
-            if package.is_empty() {
-                continue;
-            }
-            let prefixes = package
-                .match_indices('.')
-                .map(|(i, _)| &package[..i])
-                .chain(std::iter::once(package));
-            for prefix in prefixes {
-                pool.names.entry(prefix.into()).or_insert_with(|| Definition {
-                    file: index as u32,
-                    path: Box::new([tag::file::PACKAGE]),
-                    kind: DefinitionKind::Package,
-                });
-            }
-        }
+            def.file = file;
+            def.kind = kind;
+            true
+        });
+        drop(packages);
+        pool.names = names;
         Some(DescriptorPool {
             inner: Arc::new(pool),
         })
