@@ -290,10 +290,12 @@ fn try_reload(
         .map(String::as_str)
         .filter(|n| !affected.contains(n))
         .collect();
+    let order_time = started.elapsed();
     let mut new = pool
         .clone()
         .with_files(&kept)
         .ok_or("the kept files are not closed under imports")?;
+    let kept_time = started.elapsed();
     let mut parsed = parsed;
     for name in order.iter().filter(|n| affected.contains(n.as_str())) {
         let file = parsed.remove(name).ok_or("a file compiled twice")?;
@@ -301,6 +303,7 @@ fn try_reload(
             return Err("a file does not compile");
         }
     }
+    let added_time = started.elapsed();
     if !new
         .files()
         .map(|f| f.name().to_string())
@@ -311,8 +314,11 @@ fn try_reload(
     tracing::debug!(
         changed = changed.len(),
         affected = affected.len(),
-        kept = kept.len(),
+        kept_files = kept.len(),
         parse = ?parse_time,
+        order = ?order_time,
+        kept = ?kept_time,
+        added = ?added_time,
         elapsed = ?started.elapsed(),
         "protos compiled incrementally"
     );

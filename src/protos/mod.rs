@@ -184,7 +184,9 @@ fn load_with_helpers(
         if let Some(pool) =
             incremental::reload(&key, &found, &files, &layout, &stamps, ALWAYS_LOADED)
         {
+            let checking = std::time::Instant::now();
             check_method_options(&pool, root, include_roots)?;
+            tracing::debug!(elapsed = ?checking.elapsed(), "method options checked");
             let mut files: Vec<String> = files.into_iter().map(|(name, _)| name).collect();
             files.sort_unstable();
             return Ok(Protos { pool, files });

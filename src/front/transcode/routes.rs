@@ -115,6 +115,9 @@ impl Routes {
             return routes;
         };
         let mut problems = Diagnostics::default();
+        // The files problems are found in, each read once (hundreds of routes of one big file
+        // can be skipped).
+        let mut sources = HashMap::new();
         // Path order, so which of two bindings of one route serves it does not depend on imports
         // (the pool lists an imported file before the file importing it). The sort is stable: in a
         // file, services stay in the order written.
@@ -143,8 +146,13 @@ impl Routes {
                     match route(&method, &binding, top) {
                         Ok(route) => {
                             if let Some(other) = routes.same_as(&route) {
-                                let first =
-                                    locate(roots, &other.method, &other.pattern, String::new());
+                                let first = locate(
+                                    roots,
+                                    &mut sources,
+                                    &other.method,
+                                    &other.pattern,
+                                    String::new(),
+                                );
                                 let problem = format!(
                                     "{} {} of {} skipped: the route is already served by {} ({})",
                                     route.verb,
@@ -153,7 +161,13 @@ impl Routes {
                                     other.method.full_name(),
                                     place(&first)
                                 );
-                                problems.push(locate(roots, &method, &route.pattern, problem));
+                                problems.push(locate(
+                                    roots,
+                                    &mut sources,
+                                    &method,
+                                    &route.pattern,
+                                    problem,
+                                ));
                             } else {
                                 routes.push(route);
                             }
@@ -163,7 +177,7 @@ impl Routes {
                                 "google.api.http of {}: {message}; the binding is skipped",
                                 method.full_name()
                             );
-                            problems.push(locate(roots, &method, &near, message));
+                            problems.push(locate(roots, &mut sources, &method, &near, message));
                         }
                     }
                 }
@@ -435,7 +449,13 @@ fn field_names(desc: &MessageDescriptor) -> String {
 
 /// The problem at the first place `near` is written (quoted) after the method's `rpc` line in its
 /// file, else at the `rpc` line, else the whole file.
-fn locate(roots: &[PathBuf], method: &MethodDescriptor, near: &str, message: String) -> Diagnostic {
+fn locate(
+    roots: &[PathBuf],
+    sources: &mut HashMap<PathBuf, Option<String>>,
+    method: &MethodDescriptor,
+    near: &str,
+    message: String,
+) -> Diagnostic {
     let name = method.parent_file().name().to_string();
     let file = roots
         .iter()
@@ -446,7 +466,10 @@ fn locate(roots: &[PathBuf], method: &MethodDescriptor, near: &str, message: Str
                 .first()
                 .map_or_else(|| PathBuf::from(&name), |r| r.join(&name))
         });
-    let Some(source) = crate::protos::source::read_for_display(&file) else {
+    let source = sources
+        .entry(file.clone())
+        .or_insert_with(|| crate::protos::source::read_for_display(&file));
+    let Some(source) = source.as_deref() else {
         return Diagnostic::file(file, message);
     };
     let rpc = rpc_offset(&source, method.name()).unwrap_or(0);
