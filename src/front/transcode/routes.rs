@@ -472,7 +472,7 @@ fn locate(
     let Some(source) = source.as_deref() else {
         return Diagnostic::file(file, message);
     };
-    let rpc = rpc_offset(&source, method.name()).unwrap_or(0);
+    let rpc = rpc_offset(source, method.name()).unwrap_or(0);
     let quoted = if near.starts_with('"') {
         near.to_string()
     } else {
@@ -484,7 +484,7 @@ fn locate(
         .or_else(|| source[rpc..].find(near).map(|i| rpc + i))
         .or((rpc > 0).then_some(rpc));
     match found {
-        Some(offset) => Diagnostic::at(file, &source, offset..offset + 1, message),
+        Some(offset) => Diagnostic::at(file, source, offset..offset + 1, message),
         None => Diagnostic::file(file, message),
     }
 }
