@@ -113,9 +113,11 @@ impl State {
         let proto_roots: Vec<PathBuf> = std::iter::once(sources.protos.clone())
             .chain(sources.include_roots.iter().cloned())
             .collect();
+        let compiled = started.elapsed();
         let routes = crate::front::transcode::Routes::build(&protos.pool, &proto_roots);
+        let routed = started.elapsed();
         let reflection = sources.reflection.then(|| Reflection::new(&protos.pool));
-        tracing::debug!(elapsed = ?started.elapsed(), "protos compiled");
+        tracing::debug!(?compiled, ?routed, elapsed = ?started.elapsed(), "protos compiled");
         Self::with_handlers(protos, Arc::new(routes), reflection, sources)
     }
 

@@ -150,7 +150,7 @@ pub(super) struct Tree {
     sets: SetResolver,
     bundled: BundledResolver,
     google: GoogleFileResolver,
-    state: Mutex<TreeState>,
+    state: Arc<Mutex<TreeState>>,
     /// Problems found while resolving (drained by the load).
     pub(super) problems: Arc<Mutex<Vec<Diagnostic>>>,
     /// The files read from the roots and importers' folders (not the folder's own, parsed ahead):
@@ -166,6 +166,10 @@ struct TreeState {
     importer_dirs: HashMap<String, Arc<Path>>,
     /// Names resolved next to their importer: the file, and the importer's folder.
     neighbours: HashMap<String, (PathBuf, Arc<Path>)>,
+    /// How each name asked for was resolved.
+    origins: HashMap<String, Origin>,
+    /// Files read from the roots (not the protos folder's own), as they were before being read.
+    stamps: HashMap<PathBuf, super::incremental::Stamp>,
 }
 
 impl Tree {
@@ -182,7 +186,7 @@ impl Tree {
             sets,
             bundled: BundledResolver,
             google: GoogleFileResolver::new(),
-            state: Mutex::new(TreeState::default()),
+            state: Arc::default(),
             problems: Arc::default(),
             reads: Arc::default(),
         }
@@ -272,9 +276,33 @@ impl Tree {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(path.to_path_buf());
+        // Before reading: a later edit then shows as a change to the next load.
+        if let Some(stamp) = super::incremental::Stamp::of(path) {
+            self.state().stamps.insert(path.to_path_buf(), stamp);
+        }
         let file = open_checked(name, path)?;
         self.note_imports(&file, path);
         Ok(file)
+    }
+}
+
+/// How a [`Tree`] resolved the names the compiler asked for.
+pub(super) struct Record(Arc<Mutex<TreeState>>);
+
+impl Record {
+    /// How each name was resolved, and the stamps of the files read from the roots (not the
+    /// protos folder's own) as they were before being read.
+    pub(super) fn take(
+        &self,
+    ) -> (
+        HashMap<String, Origin>,
+        HashMap<PathBuf, super::incremental::Stamp>,
+    ) {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        (
+            std::mem::take(&mut state.origins),
+            std::mem::take(&mut state.stamps),
+        )
     }
 }
 
@@ -288,43 +316,103 @@ fn forward(alias: &str, name: &str) -> Result<File, protox::Error> {
     )
 }
 
-impl FileResolver for Tree {
-    fn open_file(&self, name: &str) -> Result<File, protox::Error> {
+/// Where a name's file comes from, as [`Tree`] decided it: what an incremental load
+/// (`super::incremental`) checks is decided the same way again before it keeps a compiled file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// One of the protos folder's own files.
+    Folder(PathBuf),
+    /// A descriptor set's.
+    Set,
+    /// Found in a root (protoc's lookup) under its known name.
+    Root(PathBuf),
+    /// Found in a root under another name than it is known by: a forwarding file.
+    Forward(String),
+    /// Next to its importer: depends on which file imported it last, so it is never replayed.
+    Neighbour(PathBuf),
+    /// A vendored root in the protos folder: a forwarding file.
+    Vendored(String),
+    /// Bundled in the binary, or protox's well-known types.
+    Bundled,
+}
+
+impl Origin {
+    /// The file on disk that the compiled file is made from, if one is.
+    pub(super) fn path(&self) -> Option<&Path> {
+        match self {
+            Origin::Folder(p) | Origin::Root(p) | Origin::Neighbour(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+impl Tree {
+    /// Where `name` comes from, without the neighbour rule when `neighbours` is false (it then
+    /// answers `None` where the neighbour rule would have been tried and has a file to offer to
+    /// some importer in `importer_dirs`).
+    pub(super) fn origin(
+        &self,
+        name: &str,
+        neighbours: bool,
+        importer_dirs: &[&Path],
+    ) -> Option<Origin> {
         // The folder's own files, under the names the load gave them.
         if let Some(path) = self.ahead.path_of(name) {
-            let path = path.to_path_buf();
-            let file = self.ahead.open_file(name)?;
-            self.note_imports(&file, &path);
-            return Ok(file);
+            return Some(Origin::Folder(path.to_path_buf()));
         }
         let found = self.layout.lookup(name);
-        if found.as_ref().is_none_or(|(root, _)| *root > 0) {
-            match self.sets.open_file(name) {
-                Err(e) if e.is_file_not_found() => {}
-                other => return other,
-            }
+        if found.as_ref().is_none_or(|(root, _)| *root > 0) && self.sets.has(name) {
+            return Some(Origin::Set);
         }
         if let Some((root, path)) = found {
             let known = self.layout.known_name(root, name);
             if known != name {
-                return forward(name, &known);
+                return Some(Origin::Forward(known));
             }
-            return self.parsed(name, &path);
+            return Some(Origin::Root(path));
         }
-        if let Some((root, rel, path)) = self.neighbour(name) {
-            let known = self.layout.known_name(root, &rel);
-            if known != name {
-                return forward(name, &known);
+        if neighbours {
+            if let Some((root, rel, path)) = self.neighbour(name) {
+                let known = self.layout.known_name(root, &rel);
+                if known != name {
+                    return Some(Origin::Forward(known));
+                }
+                return Some(Origin::Neighbour(path));
             }
-            return self.parsed(name, &path);
+        } else if is_plain_name(name) && importer_dirs.iter().any(|d| d.join(name).is_file()) {
+            return None;
         }
         if let Some(rel) = self.vendored(name) {
-            let known = self.layout.known_name(0, rel);
-            return forward(name, &known);
+            return Some(Origin::Vendored(self.layout.known_name(0, rel)));
         }
-        match self.bundled.open_file(name) {
-            Err(e) if e.is_file_not_found() => self.google.open_file(name),
-            other => other,
+        Some(Origin::Bundled)
+    }
+
+    /// What the compiler resolved through this tree, readable once the compiler owns it.
+    pub(super) fn record(&self) -> Record {
+        Record(self.state.clone())
+    }
+}
+
+impl FileResolver for Tree {
+    fn open_file(&self, name: &str) -> Result<File, protox::Error> {
+        let origin = self.origin(name, true, &[]).unwrap_or(Origin::Bundled);
+        self.state()
+            .origins
+            .insert(name.to_string(), origin.clone());
+        match origin {
+            Origin::Folder(path) => {
+                let file = self.ahead.open_file(name)?;
+                self.note_imports(&file, &path);
+                Ok(file)
+            }
+            Origin::Set => self.sets.open_file(name),
+            Origin::Root(path) | Origin::Neighbour(path) => self.parsed(name, &path),
+            Origin::Forward(known) | Origin::Vendored(known) => forward(name, &known),
+            Origin::Bundled => match self.bundled.open_file(name) {
+                Err(e) if e.is_file_not_found() => self.google.open_file(name),
+                other => other,
+            },
         }
     }
 }

@@ -22,6 +22,7 @@ use walkdir::WalkDir;
 use crate::diagnostic::{Diagnostic, Diagnostics};
 
 mod ahead;
+mod incremental;
 mod layout;
 pub mod nesting;
 pub mod sets;
@@ -203,11 +204,39 @@ fn load_with_helpers(
             if shadowed.len() > 1 { ", …" } else { "" }
         );
     }
+    // Stamped before anything is read: an edit made during the load shows in the next one.
+    let stamps: std::collections::HashMap<PathBuf, incremental::Stamp> = files
+        .iter()
+        .filter_map(|(_, path)| Some((path.clone(), incremental::Stamp::of(path)?)))
+        .collect();
+    let key = incremental::Key {
+        root: root.to_path_buf(),
+        include_roots: include_roots.to_vec(),
+        exclude: exclude.to_vec(),
+        descriptor_sets: descriptor_sets.to_vec(),
+    };
+    // Without descriptor sets, and with nothing to report so far: what changed since the last good
+    // load compiled onto the rest (see `incremental`), when that gives what this load would.
+    let incremental = sets.is_empty() && problems.0.is_empty();
+    if incremental {
+        if let Some(pool) =
+            incremental::reload(&key, &found, &files, &layout, &stamps, ALWAYS_LOADED)
+        {
+            let checking = std::time::Instant::now();
+            check_method_options(&pool, root, include_roots)?;
+            tracing::debug!(elapsed = ?checking.elapsed(), "method options checked");
+            let mut files: Vec<String> = files.into_iter().map(|(name, _)| name).collect();
+            files.sort_unstable();
+            return Ok(Protos { pool, files });
+        }
+    }
+    let memo_files = incremental.then(|| files.clone());
     let ahead = ParseAhead::new(&files);
     let files: Vec<String> = files.into_iter().map(|(name, _)| name).collect();
-    let resolver = Tree::new(layout, ahead.clone(), found, sets.resolver());
+    let resolver = Tree::new(layout, ahead.clone(), found.clone(), sets.resolver());
     let resolving_problems = resolver.problems.clone();
     let read = resolver.reads.clone();
+    let record = resolver.record();
 
     let mut compiler = protox::Compiler::with_file_resolver(resolver);
     compiler.include_imports(true);
@@ -288,6 +317,12 @@ fn load_with_helpers(
             )])
         })?;
     check_method_options(&pool, root, include_roots)?;
+    if let Some(memo_files) = memo_files {
+        let (origins, root_stamps) = record.take();
+        let mut stamps = stamps;
+        stamps.extend(root_stamps);
+        incremental::remember(key, found, memo_files, origins, stamps, &pool);
+    }
     let mut files = files;
     files.sort_unstable();
     Ok(Protos { pool, files })
@@ -1026,5 +1061,283 @@ mod nesting_tests {
             .to_string();
         assert!(err.contains("t.proto:7:"), "{err}");
         assert!(err.contains("nested more than 64 levels"), "{err}");
+    }
+}
+
+/// Issue 17 item 10: a reload compiles only what changed and what imports it (see `incremental`),
+/// and gives what a cold load of the same files gives: the same pool, or the same problems.
+#[cfg(test)]
+mod incremental_tests {
+    use super::*;
+    use std::fmt::Write as _;
+    use std::time::{Duration, SystemTime};
+
+    /// Writes `text` to `rel`, dated in the past (a fresh file is "racily" recent, see
+    /// `incremental::Stamp`), each write at another time.
+    fn write(dir: &Path, rel: &str, text: &str) {
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let path = dir.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let when = SystemTime::now() - Duration::from_secs(3600) + Duration::from_millis(n);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+
+    /// File `i` of a 150-file tree: in folder `d{i % 7}`, package `p{i % 7}`, importing up to three
+    /// earlier files and using their messages (partly qualified names), with an enum, a custom
+    /// field option, extensions of a proto2 message and, every tenth file, a service with an HTTP
+    /// route.
+    fn file(i: usize, extra: &str) -> (String, String) {
+        let mut imports = vec![];
+        let mut fields = String::new();
+        if i > 0 {
+            for (k, j) in [i - 1, i * 7 / 11, i / 3].into_iter().enumerate() {
+                if imports.contains(&j) || j == i {
+                    continue;
+                }
+                imports.push(j);
+                let _ = writeln!(
+                    fields,
+                    "  p{}.M{j} m{k} = {} [(p0.tag) = \"t{j}\"];",
+                    j % 7,
+                    k + 10
+                );
+            }
+        }
+        let mut text = format!("syntax = \"proto3\";\npackage p{};\n", i % 7);
+        for j in &imports {
+            let _ = writeln!(text, "import \"d{}/f{j:03}.proto\";", j % 7);
+        }
+        if i > 0 && !imports.contains(&0) {
+            // The custom option's file, imported directly (protoc's scoping).
+            text.push_str("import \"d0/f000.proto\";\n");
+        }
+        if i > 0 && i.is_multiple_of(10) {
+            text.push_str("import \"google/api/annotations.proto\";\n");
+        }
+        if i == 0 {
+            text.push_str(
+                "import \"google/protobuf/descriptor.proto\";\nimport \"google/api/annotations.proto\";\n\
+                 import \"base.proto\";\nextend google.protobuf.FieldOptions { string tag = 50001; }\n",
+            );
+        }
+        let _ = write!(
+            text,
+            "message M{i} {{\n  string a = 1;\n  E{i} e = 2;\n{fields}{extra}  message N {{ int32 x = 1; }}\n}}\n\
+             enum E{i} {{ E{i}_ZERO = 0; E{i}_ONE = 1; }}\n"
+        );
+        if i.is_multiple_of(10) {
+            let _ = write!(
+                text,
+                "service S{i} {{\n  rpc Get (M{i}) returns (M{i}.N) {{\n    \
+                 option (google.api.http) = {{ get: \"/v1/s{i}\" }};\n  }}\n}}\n"
+            );
+        }
+        (format!("d{}/f{i:03}.proto", i % 7), text)
+    }
+
+    /// A proto2 message others extend, imported by file 0.
+    const BASE: &str =
+        "syntax = \"proto2\";\npackage base;\nmessage Ext { extensions 100 to 999; }\n";
+
+    fn extension(i: usize) -> String {
+        format!("extend base.Ext {{ optional int32 x{i} = {}; }}\n", 100 + i)
+    }
+
+    fn tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "base.proto", BASE);
+        // Compiled last, until a file imports it.
+        write(
+            dir.path(),
+            "zlone.proto",
+            "syntax = \"proto3\";\npackage lone;\nmessage L {}\n",
+        );
+        for i in 0..150 {
+            let (rel, mut text) = file(i, "");
+            if i % 5 == 1 {
+                text.push_str("import \"base.proto\";\n");
+                text.push_str(&extension(i));
+            }
+            write(dir.path(), &rel, &text);
+        }
+        dir
+    }
+
+    /// Everything about a pool's definitions that is not in its encoding: indices, kinds, lookups.
+    fn shape(pool: &DescriptorPool) -> String {
+        let mut out = String::new();
+        for f in pool.files() {
+            let deps: Vec<_> = f.dependencies().map(|d| d.name().to_string()).collect();
+            let _ = writeln!(out, "file {} {deps:?} {:?}", f.name(), f.package_name());
+        }
+        for m in pool.all_messages() {
+            let _ = writeln!(
+                out,
+                "message {} parent={:?} file={} ext={:?}",
+                m.full_name(),
+                m.parent_message().map(|p| p.full_name().to_string()),
+                m.parent_file().name(),
+                m.extensions()
+                    .map(|x| x.full_name().to_string())
+                    .collect::<Vec<_>>()
+            );
+            assert_eq!(pool.get_message_by_name(m.full_name()).as_ref(), Some(&m));
+            for field in m.fields() {
+                let _ = writeln!(
+                    out,
+                    "  {} {} {:?} {} {:?} packed={} presence={} oneof={:?}",
+                    field.name(),
+                    field.number(),
+                    field.kind(),
+                    field.json_name(),
+                    field.cardinality(),
+                    field.is_packed(),
+                    field.supports_presence(),
+                    field.containing_oneof().map(|o| o.name().to_string())
+                );
+                assert_eq!(m.get_field_by_name(field.name()).as_ref(), Some(&field));
+            }
+        }
+        for e in pool.all_enums() {
+            let values: Vec<_> = e
+                .values()
+                .map(|v| (v.name().to_string(), v.number()))
+                .collect();
+            let _ = writeln!(
+                out,
+                "enum {} {values:?} file={}",
+                e.full_name(),
+                e.parent_file().name()
+            );
+            assert_eq!(pool.get_enum_by_name(e.full_name()).as_ref(), Some(&e));
+        }
+        for x in pool.all_extensions() {
+            let _ = writeln!(
+                out,
+                "extension {} of {} {:?} file={}",
+                x.full_name(),
+                x.containing_message().full_name(),
+                x.kind(),
+                x.parent_file().name()
+            );
+            assert_eq!(pool.get_extension_by_name(x.full_name()).as_ref(), Some(&x));
+        }
+        for s in pool.services() {
+            for m in s.methods() {
+                let _ = writeln!(
+                    out,
+                    "method {} {} -> {} options={:?}",
+                    m.full_name(),
+                    m.input().full_name(),
+                    m.output().full_name(),
+                    m.options()
+                );
+            }
+            assert_eq!(pool.get_service_by_name(s.full_name()).as_ref(), Some(&s));
+        }
+        out
+    }
+
+    /// Loads `dir` as a reload would (after the loads before it) and cold; both must agree. True
+    /// when the reload was incremental.
+    fn reload_matches_cold(dir: &Path) -> bool {
+        incremental::USED.with(|u| u.set(false));
+        let reloaded = load_with_helpers(dir, &[], &[], &[], |_| 1, None);
+        let used = incremental::USED.with(|u| u.get());
+        incremental::BYPASS.with(|b| b.set(true));
+        let cold = load_with_helpers(dir, &[], &[], &[], |_| 1, None);
+        incremental::BYPASS.with(|b| b.set(false));
+        match (reloaded, cold) {
+            (Ok(reloaded), Ok(cold)) => {
+                assert_eq!(reloaded.files, cold.files);
+                assert!(
+                    reloaded.pool.encode_to_vec() == cold.pool.encode_to_vec(),
+                    "encoded pools differ"
+                );
+                assert_eq!(shape(&reloaded.pool), shape(&cold.pool));
+            }
+            (Err(reloaded), Err(cold)) => assert_eq!(reloaded.to_string(), cold.to_string()),
+            (reloaded, cold) => panic!(
+                "reload: {:?}\ncold: {:?}",
+                reloaded.map(|p| p.files.len()),
+                cold.map(|p| p.files.len())
+            ),
+        }
+        used
+    }
+
+    #[test]
+    fn a_reload_gives_what_a_cold_load_gives() {
+        let dir = tree();
+        let d = dir.path();
+        if let Err(e) = load_with_helpers(d, &[], &[], &[], |_| 1, None) {
+            panic!("the tree loads: {e}");
+        }
+        incremental::forget(d);
+        assert!(!reload_matches_cold(d), "the first load is cold");
+        assert!(reload_matches_cold(d), "nothing changed");
+
+        // A comment and a field in a file nothing imports.
+        let (leaf, text) = file(149, "  // new\n  string added = 99;\n");
+        write(d, &leaf, &text);
+        assert!(reload_matches_cold(d), "a leaf edit");
+
+        // A field in the file nearly every other imports (through others), a new import in another.
+        let (hub, text) = file(0, "  int64 added = 98;\n");
+        write(d, &hub, &text);
+        let (rel, mut text) = file(120, "");
+        text = text.replacen("package p1;\n", "package p1;\nimport \"zlone.proto\";\n", 1);
+        text = text.replacen("  message N", "  lone.L later = 97;\n  message N", 1);
+        write(d, &rel, &text);
+        assert!(
+            reload_matches_cold(d),
+            "an edit of a file imported by many, a new import"
+        );
+
+        // Broken, then fixed: the problems of a cold load, then an incremental reload again.
+        let (rel, good) = file(5, "");
+        write(d, &rel, &good.replace("string a = 1;", "string a = ;"));
+        assert!(!reload_matches_cold(d), "a broken file");
+        write(d, &rel, &good.replace("M4 m0", "Missing m0"));
+        assert!(!reload_matches_cold(d), "a file that does not compile");
+        write(d, &rel, &good);
+        assert!(reload_matches_cold(d), "the file fixed");
+
+        // Two files defining one name: the order decides which one is reported.
+        write(
+            d,
+            "z.proto",
+            "syntax = \"proto3\";\npackage p3;\nmessage M3 {}\n",
+        );
+        assert!(!reload_matches_cold(d), "a duplicate name");
+        std::fs::remove_file(d.join("z.proto")).unwrap();
+        // The files of the last good load again.
+        assert!(reload_matches_cold(d), "the duplicate removed");
+
+        // A message becomes an enum: its users resolve the name to the other kind.
+        let (rel, text) = file(50, "");
+        let swapped = text
+            .replace("message M50 {", "message Old50 {")
+            .replace("enum E50 {", "enum M50 { M50_Z = 0; }\nenum E50 {");
+        write(d, &rel, &swapped);
+        assert!(!reload_matches_cold(d), "its users no longer compile");
+        write(d, &rel, &text);
+        assert!(reload_matches_cold(d));
+
+        // A file added, a file deleted.
+        write(d, "d1/new.proto", "syntax = \"proto3\";\npackage p1;\nimport \"d1/f001.proto\";\nmessage New { M1 m = 1; }\n");
+        assert!(!reload_matches_cold(d), "a file added");
+        std::fs::remove_file(d.join("d1/new.proto")).unwrap();
+        assert!(!reload_matches_cold(d), "a file deleted");
+        let (leaf, text) = file(148, "  bool more = 96;\n");
+        write(d, &leaf, &text);
+        assert!(reload_matches_cold(d));
     }
 }

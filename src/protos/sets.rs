@@ -122,6 +122,13 @@ impl Sets {
 /// The sets' files as a protox resolver.
 pub struct SetResolver(BTreeMap<String, SetFile>);
 
+impl SetResolver {
+    /// Whether a set has a file of that name.
+    pub fn has(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+}
+
 impl FileResolver for SetResolver {
     fn open_file(&self, name: &str) -> Result<File, protox::Error> {
         match self.0.get(name) {

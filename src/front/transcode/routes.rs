@@ -16,11 +16,11 @@ use prost_reflect::{
     Value,
 };
 
-use super::template::{Bindings, Template};
+use super::template::{Bindings, Segment, Template};
 use crate::diagnostic::{Diagnostic, Diagnostics};
 
 /// Which HTTP method a route answers.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Verb {
     Method(http::Method),
     /// `custom { kind: "*" }`: any method.
@@ -90,6 +90,19 @@ pub struct Routes {
     by_first: HashMap<String, Vec<usize>>,
     /// Routes whose template starts with a wildcard or variable.
     wild_first: Vec<usize>,
+    /// Each route by its shape, to find one bound twice without comparing it with every other.
+    shapes: HashMap<Shape, usize>,
+}
+
+/// What makes two bindings one route: the HTTP method, the segments, the `:verb`.
+type Shape = (Verb, Vec<Segment>, Option<String>);
+
+fn shape(route: &Route) -> Shape {
+    (
+        route.verb.clone(),
+        route.template.segments.clone(),
+        route.template.verb.clone(),
+    )
 }
 
 impl Routes {
@@ -102,6 +115,9 @@ impl Routes {
             return routes;
         };
         let mut problems = Diagnostics::default();
+        // The files problems are found in, each read once (hundreds of routes of one big file
+        // can be skipped).
+        let mut sources = HashMap::new();
         // Path order, so which of two bindings of one route serves it does not depend on imports
         // (the pool lists an imported file before the file importing it). The sort is stable: in a
         // file, services stay in the order written.
@@ -130,8 +146,13 @@ impl Routes {
                     match route(&method, &binding, top) {
                         Ok(route) => {
                             if let Some(other) = routes.same_as(&route) {
-                                let first =
-                                    locate(roots, &other.method, &other.pattern, String::new());
+                                let first = locate(
+                                    roots,
+                                    &mut sources,
+                                    &other.method,
+                                    &other.pattern,
+                                    String::new(),
+                                );
                                 let problem = format!(
                                     "{} {} of {} skipped: the route is already served by {} ({})",
                                     route.verb,
@@ -140,7 +161,13 @@ impl Routes {
                                     other.method.full_name(),
                                     place(&first)
                                 );
-                                problems.push(locate(roots, &method, &route.pattern, problem));
+                                problems.push(locate(
+                                    roots,
+                                    &mut sources,
+                                    &method,
+                                    &route.pattern,
+                                    problem,
+                                ));
                             } else {
                                 routes.push(route);
                             }
@@ -150,7 +177,7 @@ impl Routes {
                                 "google.api.http of {}: {message}; the binding is skipped",
                                 method.full_name()
                             );
-                            problems.push(locate(roots, &method, &near, message));
+                            problems.push(locate(roots, &mut sources, &method, &near, message));
                         }
                     }
                 }
@@ -185,16 +212,13 @@ impl Routes {
                 .push(index),
             None => self.wild_first.push(index),
         }
+        self.shapes.entry(shape(&route)).or_insert(index);
         self.routes.push(route);
     }
 
     /// A route already bound to the same method and path shape.
     fn same_as(&self, route: &Route) -> Option<&Route> {
-        self.routes.iter().find(|r| {
-            r.verb == route.verb
-                && r.template.segments == route.template.segments
-                && r.template.verb == route.template.verb
-        })
+        self.shapes.get(&shape(route)).map(|&i| &self.routes[i])
     }
 
     pub fn len(&self) -> usize {
@@ -425,7 +449,13 @@ fn field_names(desc: &MessageDescriptor) -> String {
 
 /// The problem at the first place `near` is written (quoted) after the method's `rpc` line in its
 /// file, else at the `rpc` line, else the whole file.
-fn locate(roots: &[PathBuf], method: &MethodDescriptor, near: &str, message: String) -> Diagnostic {
+fn locate(
+    roots: &[PathBuf],
+    sources: &mut HashMap<PathBuf, Option<String>>,
+    method: &MethodDescriptor,
+    near: &str,
+    message: String,
+) -> Diagnostic {
     let name = method.parent_file().name().to_string();
     let file = roots
         .iter()
@@ -436,10 +466,13 @@ fn locate(roots: &[PathBuf], method: &MethodDescriptor, near: &str, message: Str
                 .first()
                 .map_or_else(|| PathBuf::from(&name), |r| r.join(&name))
         });
-    let Some(source) = crate::protos::source::read_for_display(&file) else {
+    let source = sources
+        .entry(file.clone())
+        .or_insert_with(|| crate::protos::source::read_for_display(&file));
+    let Some(source) = source.as_deref() else {
         return Diagnostic::file(file, message);
     };
-    let rpc = rpc_offset(&source, method.name()).unwrap_or(0);
+    let rpc = rpc_offset(source, method.name()).unwrap_or(0);
     let quoted = if near.starts_with('"') {
         near.to_string()
     } else {
@@ -451,7 +484,7 @@ fn locate(roots: &[PathBuf], method: &MethodDescriptor, near: &str, message: Str
         .or_else(|| source[rpc..].find(near).map(|i| rpc + i))
         .or((rpc > 0).then_some(rpc));
     match found {
-        Some(offset) => Diagnostic::at(file, &source, offset..offset + 1, message),
+        Some(offset) => Diagnostic::at(file, source, offset..offset + 1, message),
         None => Diagnostic::file(file, message),
     }
 }

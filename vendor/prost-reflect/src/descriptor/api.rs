@@ -374,7 +374,7 @@ impl DescriptorPool {
                 for file in self.files {
                     encoding::message::encode(
                         tag::file_descriptor_set::FILE as u32,
-                        &file.raw,
+                        &*file.raw,
                         buf,
                     );
                 }
@@ -385,7 +385,7 @@ impl DescriptorPool {
                     + self
                         .files
                         .iter()
-                        .map(|f| &f.raw)
+                        .map(|f| &*f.raw)
                         .map(Message::encoded_len)
                         .map(|len| len + encoded_len_varint(len as u64))
                         .sum::<usize>()

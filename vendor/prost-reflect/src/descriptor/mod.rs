@@ -184,10 +184,12 @@ pub struct FileDescriptor {
 #[derive(Clone)]
 struct FileDescriptorInner {
     syntax: Syntax,
-    raw: FileDescriptorProto,
+    // protodrop patch: shared, so that relocating a file (`build/relocate.rs`) does not copy it.
+    raw: Arc<FileDescriptorProto>,
     /// protodrop: made from `raw` when first asked for (`file_descriptor_proto()` and the other
     /// `prost_types` accessors), not for every file: it was a second full copy of each file.
-    prost: std::sync::OnceLock<prost_types::FileDescriptorProto>,
+    /// Shared with the file's relocated copies, like `raw`.
+    prost: Arc<std::sync::OnceLock<prost_types::FileDescriptorProto>>,
     dependencies: Vec<FileIndex>,
     transitive_dependencies: HashSet<FileIndex>,
     /// protodrop: the span of the first source location of each path, made when an error first

@@ -1,5 +1,6 @@
 mod features;
 mod names;
+mod relocate;
 mod options;
 mod resolve;
 mod visit;
@@ -176,7 +177,7 @@ impl DescriptorPool {
         // every file (now made on first use), and kept its source locations decoded (now encoded:
         // nothing changes them after this point, see `SourceInfo`).
         for file in &mut inner.files[offsets.file as usize..] {
-            if let Some(info) = &mut file.raw.source_code_info {
+            if let Some(info) = &mut Arc::make_mut(&mut file.raw).source_code_info {
                 info.compact();
             }
         }

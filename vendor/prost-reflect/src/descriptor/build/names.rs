@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::collections::{hash_map, BTreeMap, HashMap, HashSet};
 
 use crate::{
@@ -94,7 +95,7 @@ impl Visitor for NameVisitor<'_> {
         }
         self.pool.files.push(FileDescriptorInner {
             syntax,
-            raw: file.clone(),
+            raw: Arc::new(file.clone()),
             prost: Default::default(), // the prost descriptor is initialized from the internal descriptor once resolution is complete, to avoid needing to duplicate all modifications
             dependencies: Vec::with_capacity(file.dependency.len()),
             transitive_dependencies: HashSet::default(),

@@ -47,12 +47,12 @@ impl DescriptorPool {
         debug_assert_eq!(Arc::strong_count(&visitor.pool.inner), 1);
         let inner = Arc::get_mut(&mut visitor.pool.inner).unwrap();
         for (file, path, encoded) in visitor.options {
-            let file = &mut inner.files[file as usize].raw;
+            let file = Arc::make_mut(&mut inner.files[file as usize].raw);
             set_file_option(file, &path, &encoded);
         }
 
         for (file, from, to) in visitor.locations {
-            let file = &mut inner.files[file as usize].raw;
+            let file = Arc::make_mut(&mut inner.files[file as usize].raw);
             if let Some(source_code_info) = &mut file.source_code_info {
                 for location in &mut source_code_info.decoded_mut().location {
                     if location.path.starts_with(&from) {

@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::collections::HashSet;
 
 use prost::bytes::Bytes;
@@ -568,7 +569,7 @@ impl ResolveVisitor<'_> {
         if let Some(json_name) = &field.json_name {
             json_name
         } else {
-            let field = find_file_field_proto_mut(&mut self.pool.files[file as usize].raw, path);
+            let field = find_file_field_proto_mut(Arc::make_mut(&mut self.pool.files[file as usize].raw), path);
             field.json_name.insert(to_json_name(field.name()))
         }
     }
@@ -758,7 +759,7 @@ impl ResolveVisitor<'_> {
             field_descriptor_proto::Type::Enum
         };
         set_type_name(
-            &mut self.pool.files[file as usize].raw,
+            Arc::make_mut(&mut self.pool.files[file as usize].raw),
             path,
             tag,
             format!(".{type_name}"),

@@ -1,0 +1,423 @@
+//! Reloading a proto tree by compiling again only what changed and what imports it.
+//!
+//! Compiling a file into the pool (names, resolution, options) is most of a load, and a one-line
+//! edit changes one file. So a good load leaves a [`Memo`]: its pool, how each file's name was
+//! resolved ([`Origin`]) and a [`Stamp`] of each file read from disk, taken before reading it. The
+//! next load of the same sources first checks every file of that pool: each name must resolve as
+//! before (decided by the same code, `Tree::origin`), and a file whose stamp differs is *changed*.
+//! The changed files and every file importing one, directly or not, are *affected*; the others
+//! are kept. Then:
+//!
+//! 1. the affected files are parsed again (from their sources, as a cold load would);
+//! 2. the order a cold load compiles files in is worked out from the import lists (the kept files'
+//!    from the pool, the others' freshly parsed): protox's order, each file after its imports, in
+//!    the order the load asks for them;
+//! 3. the kept files are moved into a new pool in that order without being compiled again
+//!    (`DescriptorPool::with_files`, a patch of prost-reflect that renumbers their definitions),
+//!    the affected files are compiled onto it in that order, and the pool is put in the cold
+//!    load's order.
+//!
+//! A kept file's compiled form depends only on itself and what it imports, none of which changed,
+//! so each file comes out as a cold load makes it, in the same order: the same pool. What does not
+//! hold for an error — which of two files defining one name is reported depends on the order they
+//! were added in — so any problem (a parse error, a file that does not compile, an import never
+//! compiled before), as well as a changed file list, descriptor sets, or a name resolved next to
+//! its importer (which depends on the order of importers), means a cold load instead, which then
+//! reports what it always reported.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use prost_reflect::DescriptorPool;
+use protox::file::FileResolver;
+
+use super::ahead::ParseAhead;
+use super::layout::{Layout, Origin, Tree};
+
+/// What a file on disk looked like: a change to it changes this (its modification and inode-change
+/// times, to the nanosecond, its size and its inode), as for make or cargo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    #[cfg(unix)]
+    changed: (i64, i64),
+    #[cfg(unix)]
+    inode: (u64, u64),
+}
+
+/// File times have the granularity of the kernel's coarse clock (a few milliseconds): two writes
+/// that close give one time. A file modified less than this before it is stamped could change
+/// again unseen, so it gets no stamp and counts as changed in the next load (as git's "racily
+/// clean" entries).
+const RACY: std::time::Duration = std::time::Duration::from_millis(25);
+
+impl Stamp {
+    /// The file's stamp; `None` when it is not there or was modified too recently to trust one.
+    pub(crate) fn of(path: &Path) -> Option<Stamp> {
+        let now = std::time::SystemTime::now();
+        let meta = std::fs::metadata(path).ok()?;
+        if meta.modified().ok()? + RACY > now {
+            return None;
+        }
+        #[cfg(unix)]
+        use std::os::unix::fs::MetadataExt;
+        Some(Stamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            #[cfg(unix)]
+            changed: (meta.ctime(), meta.ctime_nsec()),
+            #[cfg(unix)]
+            inode: (meta.dev(), meta.ino()),
+        })
+    }
+}
+
+/// The arguments of a load: a memo serves a load of the same ones only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Key {
+    pub root: PathBuf,
+    pub include_roots: Vec<PathBuf>,
+    pub exclude: Vec<String>,
+    pub descriptor_sets: Vec<PathBuf>,
+}
+
+/// What a good load leaves for the next one.
+pub(super) struct Memo {
+    key: Key,
+    /// The protos folder's files as found (relative names), and as compiled (known name, path).
+    found: Vec<String>,
+    files: Vec<(String, PathBuf)>,
+    origins: HashMap<String, Origin>,
+    stamps: HashMap<PathBuf, Stamp>,
+    pool: DescriptorPool,
+}
+
+/// The last good loads, the latest last: one per set of sources (a server has one), a few at most.
+static LAST: Mutex<Vec<Arc<Memo>>> = Mutex::new(Vec::new());
+/// Unit tests load many trees at once in one process: with 4 kept, the others' loads pushed a
+/// test's memo out between two of its loads.
+const KEPT: usize = if cfg!(test) { 256 } else { 4 };
+
+fn last(key: &Key) -> Option<Arc<Memo>> {
+    if bypassed() {
+        return None;
+    }
+    let memos = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+    memos.iter().find(|m| m.key == *key).cloned()
+}
+
+/// Tests: forgets the loads of the protos folder `root`.
+#[cfg(test)]
+pub(super) fn forget(root: &Path) {
+    LAST.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .retain(|m| m.key.root != root);
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: whether the last load on this thread was incremental; whether to leave memos alone.
+    pub(super) static USED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    pub(super) static BYPASS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn bypassed() -> bool {
+    #[cfg(test)]
+    if BYPASS.with(|b| b.get()) {
+        return true;
+    }
+    false
+}
+
+/// Keeps a good load for the next one. `stamps`: of every file read from disk, before reading it.
+pub(super) fn remember(
+    key: Key,
+    found: Vec<String>,
+    files: Vec<(String, PathBuf)>,
+    origins: HashMap<String, Origin>,
+    stamps: HashMap<PathBuf, Stamp>,
+    pool: &DescriptorPool,
+) {
+    if bypassed() {
+        return;
+    }
+    let mut memos = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+    memos.retain(|m| m.key != key);
+    if memos.len() >= KEPT {
+        memos.remove(0);
+    }
+    memos.push(Arc::new(Memo {
+        key,
+        found,
+        files,
+        origins,
+        stamps,
+        pool: pool.clone(),
+    }));
+}
+
+/// The pool a cold load of these files would compile, made from the last good load, with what to
+/// remember of it; `None` when it cannot be made exactly that way (see the module's doc).
+/// `folder_stamps`: the protos folder's files, stamped before anything was read.
+pub(super) fn reload(
+    key: &Key,
+    found: &[String],
+    files: &[(String, PathBuf)],
+    layout: &Arc<Layout>,
+    folder_stamps: &HashMap<PathBuf, Stamp>,
+    first: &[&str],
+) -> Option<DescriptorPool> {
+    #[cfg(test)]
+    USED.with(|u| u.set(false));
+    let memo = last(key)?;
+    match try_reload(&memo, key, found, files, layout, folder_stamps, first) {
+        Ok(pool) => {
+            #[cfg(test)]
+            USED.with(|u| u.set(true));
+            Some(pool)
+        }
+        Err(why) => {
+            tracing::debug!(why, "compiling every proto again");
+            None
+        }
+    }
+}
+
+fn try_reload(
+    memo: &Memo,
+    key: &Key,
+    found: &[String],
+    files: &[(String, PathBuf)],
+    layout: &Arc<Layout>,
+    folder_stamps: &HashMap<PathBuf, Stamp>,
+    first: &[&str],
+) -> Result<DescriptorPool, &'static str> {
+    let started = std::time::Instant::now();
+    if memo.found != found || memo.files != files {
+        return Err("the list of files changed");
+    }
+    if !key.descriptor_sets.is_empty() {
+        return Err("descriptor sets");
+    }
+    let tree = Tree::new(
+        layout.clone(),
+        ParseAhead::new(files),
+        found.to_vec(),
+        super::sets::Sets::default().resolver(),
+    );
+    let pool = &memo.pool;
+    let mut importers: HashMap<&str, Vec<&str>> = HashMap::new();
+    let descriptors: Vec<_> = pool.files().collect();
+    for file in &descriptors {
+        for dep in &file.file_descriptor_proto().dependency {
+            importers.entry(dep.as_str()).or_default().push(file.name());
+        }
+    }
+    let mut changed: Vec<&str> = Vec::new();
+    let mut changed_paths: HashSet<PathBuf> = HashSet::new();
+    for file in &descriptors {
+        let name = file.name();
+        let old = memo.origins.get(name).ok_or("a file of unknown origin")?;
+        let dirs: Vec<&Path> = importers
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|i| memo.origins.get(*i)?.path()?.parent())
+            .collect();
+        let now = tree
+            .origin(name, false, &dirs)
+            .ok_or("an import may resolve next to its importer")?;
+        if now != *old {
+            return Err("an import resolves to another file");
+        }
+        if matches!(now, Origin::Neighbour(_) | Origin::Set) {
+            return Err("a file next to its importer, or from a descriptor set");
+        }
+        if let Some(path) = now.path() {
+            let stamp = folder_stamps.get(path).copied().or_else(|| Stamp::of(path));
+            if stamp.is_none() || stamp != memo.stamps.get(path).copied() {
+                changed.push(name);
+                changed_paths.insert(path.to_path_buf());
+            }
+        }
+    }
+    if changed.is_empty() {
+        tracing::debug!(elapsed = ?started.elapsed(), "protos unchanged");
+        return Ok(pool.clone());
+    }
+    // Every file importing a changed one, directly or not.
+    let mut affected: HashSet<&str> = changed.iter().copied().collect();
+    let mut todo = changed.clone();
+    while let Some(name) = todo.pop() {
+        for importer in importers.get(name).into_iter().flatten() {
+            if affected.insert(importer) {
+                todo.push(importer);
+            }
+        }
+    }
+    let parsed = parse(&tree, &affected).ok_or("a file does not parse")?;
+    if !tree
+        .problems
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .is_empty()
+    {
+        return Err("a problem resolving imports");
+    }
+    let parse_time = started.elapsed();
+    let imports = |name: &str| -> Option<Vec<String>> {
+        match parsed.get(name) {
+            Some(file) => Some(file.dependency.clone()),
+            None if affected.contains(name) => None,
+            None => Some(
+                pool.get_file_by_name(name)?
+                    .file_descriptor_proto()
+                    .dependency
+                    .clone(),
+            ),
+        }
+    };
+    let order = compile_order(
+        first
+            .iter()
+            .map(|n| n.to_string())
+            .chain(files.iter().map(|(n, _)| n.clone())),
+        imports,
+    )
+    .ok_or("an import never compiled before, listed twice or in a cycle")?;
+    let kept: Vec<&str> = order
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !affected.contains(n))
+        .collect();
+    let order_time = started.elapsed();
+    let mut new = pool
+        .clone()
+        .with_files(&kept)
+        .ok_or("the kept files are not closed under imports")?;
+    let kept_time = started.elapsed();
+    let mut parsed = parsed;
+    for name in order.iter().filter(|n| affected.contains(n.as_str())) {
+        let file = parsed.remove(name).ok_or("a file compiled twice")?;
+        if new.add_file_descriptor_proto(file).is_err() {
+            return Err("a file does not compile");
+        }
+    }
+    let added_time = started.elapsed();
+    if !new
+        .files()
+        .map(|f| f.name().to_string())
+        .eq(order.iter().cloned())
+    {
+        new = new.with_files(&order).ok_or("not in import order")?;
+    }
+    tracing::debug!(
+        changed = changed.len(),
+        affected = affected.len(),
+        kept_files = kept.len(),
+        parse = ?parse_time,
+        order = ?order_time,
+        kept = ?kept_time,
+        added = ?added_time,
+        elapsed = ?started.elapsed(),
+        "protos compiled incrementally"
+    );
+    // The memo for the next load: what changed is stamped as it was before it was read.
+    let (origins, stamps) = tree.record().take();
+    let mut memo_origins = memo.origins.clone();
+    memo_origins.extend(origins);
+    let mut memo_stamps = memo.stamps.clone();
+    memo_stamps.retain(|p, _| !changed_paths.contains(p));
+    memo_stamps.extend(folder_stamps.iter().map(|(p, s)| (p.clone(), *s)));
+    memo_stamps.extend(stamps);
+    remember(
+        key.clone(),
+        found.to_vec(),
+        files.to_vec(),
+        memo_origins,
+        memo_stamps,
+        &new,
+    );
+    Ok(new)
+}
+
+/// The `affected` files parsed, on two threads; `None` if one does not parse.
+fn parse(
+    tree: &Tree,
+    affected: &HashSet<&str>,
+) -> Option<HashMap<String, prost_types::FileDescriptorProto>> {
+    let names: Vec<&str> = affected.iter().copied().collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 2)
+        .min(names.len());
+    let chunk = names.len().div_ceil(threads.max(1));
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = names
+            .chunks(chunk.max(1))
+            .map(|share| {
+                std::thread::Builder::new()
+                    .name("protodrop-parse".into())
+                    .stack_size(super::BUILD_STACK)
+                    .spawn_scoped(scope, move || {
+                        share
+                            .iter()
+                            .map(|name| {
+                                let file = tree.open_file(name).ok()?;
+                                Some((name.to_string(), file.into()))
+                            })
+                            .collect::<Option<Vec<_>>>()
+                    })
+            })
+            .collect();
+        let mut out = HashMap::with_capacity(names.len());
+        for worker in workers {
+            out.extend(worker.ok()?.join().ok()??);
+        }
+        Some(out)
+    })
+}
+
+/// The order protox's compiler adds files in when asked for `roots` in turn: each file after its
+/// imports (in the order it lists them), depth first. `None` on a file of unknown imports, an import
+/// listed twice or an import cycle (errors: a cold load reports them).
+fn compile_order(
+    roots: impl Iterator<Item = String>,
+    imports: impl Fn(&str) -> Option<Vec<String>>,
+) -> Option<Vec<String>> {
+    let mut order = Vec::new();
+    let mut done: HashSet<String> = HashSet::new();
+    let mut open: HashSet<String> = HashSet::new();
+    // (file, its imports, the next import to visit)
+    let mut stack: Vec<(String, Vec<String>, usize)> = Vec::new();
+    for root in roots {
+        if done.contains(&root) {
+            continue;
+        }
+        let deps = imports(&root)?;
+        open.insert(root.clone());
+        stack.push((root, deps, 0));
+        while let Some((_, deps, next)) = stack.last_mut() {
+            if let Some(dep) = deps.get(*next).cloned() {
+                *next += 1;
+                if deps[..*next - 1].contains(&dep) || open.contains(&dep) {
+                    return None;
+                }
+                if done.contains(&dep) {
+                    continue;
+                }
+                let deps = imports(&dep)?;
+                open.insert(dep.clone());
+                stack.push((dep, deps, 0));
+            } else {
+                let (name, _, _) = stack.pop()?;
+                open.remove(&name);
+                done.insert(name.clone());
+                order.push(name);
+            }
+        }
+    }
+    Some(order)
+}

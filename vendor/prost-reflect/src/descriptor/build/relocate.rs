@@ -1,0 +1,269 @@
+//! protodrop patch: a pool made of some of another pool's files, in a given order, without building
+//! them again.
+//!
+//! A pool only grows by appending files, and building a file (names, resolution, options) is most of
+//! the cost of compiling it. To recompile one file of a large tree, a caller keeps every file that
+//! neither is it nor imports it: it relocates them into a new pool (`DescriptorPool::with_files`),
+//! adds the rest, then relocates once more to put every file where a build from scratch would have
+//! put it. Relocating copies the built definitions and renumbers the indices between them, which
+//! is what a build from scratch in that order would have numbered them: definitions are numbered
+//! per file in the order of the files, and within a file in the same visiting order as before.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::descriptor::{Definition, DefinitionKind, DescriptorPoolInner, FileIndex, KindIndex};
+use crate::DescriptorPool;
+
+const DROPPED: u32 = u32::MAX;
+
+/// The elements of one of the pool's vectors, moved out when the pool is not shared, else cloned.
+enum Items<'a, T> {
+    Owned(Vec<Option<T>>),
+    Shared(&'a [T]),
+}
+
+impl<T: Clone> Items<'_, T> {
+    fn take(&mut self, i: usize) -> T {
+        match self {
+            Items::Owned(items) => items[i].take().expect("each item is taken once"),
+            Items::Shared(items) => items[i].clone(),
+        }
+    }
+}
+
+/// Old index → new index, for the items whose file is kept, in the new order of files then the
+/// old order within a file. Also the old indices in new order.
+fn renumber(files: &[u32], file_of: impl Iterator<Item = FileIndex>, count: usize) -> (Vec<u32>, Vec<usize>) {
+    let mut by_file: HashMap<u32, Vec<usize>> = HashMap::new();
+    for (i, file) in file_of.enumerate() {
+        if files[file as usize] != DROPPED {
+            by_file.entry(files[file as usize]).or_default().push(i);
+        }
+    }
+    let mut new_files: Vec<u32> = by_file.keys().copied().collect();
+    new_files.sort_unstable();
+    let mut map = vec![DROPPED; count];
+    let mut order = Vec::new();
+    for file in new_files {
+        for i in &by_file[&file] {
+            map[*i] = order.len() as u32;
+            order.push(*i);
+        }
+    }
+    (map, order)
+}
+
+impl DescriptorPool {
+    /// protodrop patch: a pool of the files named `files`, in that order. Each must be a file of
+    /// this pool, and come after every file it imports (else `None`). The files' definitions are
+    /// copied, not built again (see `build/relocate.rs`), so the result is what adding these files
+    /// to an empty pool in this order would have made, provided that adding them raised no error.
+    pub fn with_files<S: AsRef<str>>(self, files: &[S]) -> Option<DescriptorPool> {
+        let old = &*self.inner;
+        // Old file index → new one.
+        let mut file_map = vec![DROPPED; old.files.len()];
+        for (new, name) in files.iter().enumerate() {
+            let &old_index = old.file_names.get(name.as_ref())?;
+            if file_map[old_index as usize] != DROPPED {
+                return None;
+            }
+            for &dep in &old.files[old_index as usize].dependencies {
+                if file_map[dep as usize] == DROPPED {
+                    return None;
+                }
+            }
+            file_map[old_index as usize] = new as u32;
+        }
+        let (messages_map, messages_order) = renumber(
+            &file_map,
+            old.messages.iter().map(|m| m.id.file),
+            old.messages.len(),
+        );
+        let (enums_map, enums_order) =
+            renumber(&file_map, old.enums.iter().map(|e| e.id.file), old.enums.len());
+        let (extensions_map, extensions_order) = renumber(
+            &file_map,
+            old.extensions.iter().map(|e| e.id.file),
+            old.extensions.len(),
+        );
+        let (services_map, services_order) = renumber(
+            &file_map,
+            old.services.iter().map(|s| s.id.file),
+            old.services.len(),
+        );
+        let kind = |kind: KindIndex| match kind {
+            KindIndex::Message(m) => KindIndex::Message(messages_map[m as usize]),
+            KindIndex::Group(m) => KindIndex::Group(messages_map[m as usize]),
+            KindIndex::Enum(e) => KindIndex::Enum(enums_map[e as usize]),
+            other => other,
+        };
+        let message = |m: u32| {
+            if m == u32::MAX {
+                m
+            } else {
+                messages_map[m as usize]
+            }
+        };
+
+        let mut owned;
+        let shared;
+        let (mut f, mut ms, mut es, mut xs, mut ss, names) = match Arc::try_unwrap(self.inner) {
+            Ok(pool) => {
+                owned = pool;
+                (
+                    Items::Owned(std::mem::take(&mut owned.files).into_iter().map(Some).collect()),
+                    Items::Owned(std::mem::take(&mut owned.messages).into_iter().map(Some).collect()),
+                    Items::Owned(std::mem::take(&mut owned.enums).into_iter().map(Some).collect()),
+                    Items::Owned(std::mem::take(&mut owned.extensions).into_iter().map(Some).collect()),
+                    Items::Owned(std::mem::take(&mut owned.services).into_iter().map(Some).collect()),
+                    Names::Owned(std::mem::take(&mut owned.names)),
+                )
+            }
+            Err(arc) => {
+                shared = arc;
+                (
+                    Items::Shared(&shared.files[..]),
+                    Items::Shared(&shared.messages[..]),
+                    Items::Shared(&shared.enums[..]),
+                    Items::Shared(&shared.extensions[..]),
+                    Items::Shared(&shared.services[..]),
+                    Names::Shared(&shared.names),
+                )
+            }
+        };
+
+        let mut pool = DescriptorPoolInner::default();
+        let old_files: Vec<usize> = {
+            let mut v = vec![0; files.len()];
+            for (old_index, &new) in file_map.iter().enumerate() {
+                if new != DROPPED {
+                    v[new as usize] = old_index;
+                }
+            }
+            v
+        };
+        for &old_index in &old_files {
+            let mut file = f.take(old_index);
+            for dep in &mut file.dependencies {
+                *dep = file_map[*dep as usize];
+            }
+            file.transitive_dependencies = file
+                .transitive_dependencies
+                .iter()
+                .map(|d| file_map[*d as usize])
+                .collect::<HashSet<_>>();
+            file.locations = Default::default();
+            pool.file_names
+                .insert(file.raw.name().into(), pool.files.len() as u32);
+            pool.files.push(file);
+        }
+        for &i in &messages_order {
+            let mut m = ms.take(i);
+            m.id.file = file_map[m.id.file as usize];
+            m.parent = m.parent.map(message);
+            m.extensions = m
+                .extensions
+                .iter()
+                .map(|x| extensions_map[*x as usize])
+                .filter(|x| *x != DROPPED)
+                .collect();
+            m.extensions.sort_unstable();
+            for field in &mut m.fields {
+                field.id.file = m.id.file;
+                field.kind = kind(field.kind);
+            }
+            for oneof in &mut m.oneofs {
+                oneof.id.file = m.id.file;
+            }
+            pool.messages.push(m);
+        }
+        for &i in &enums_order {
+            let mut e = es.take(i);
+            e.id.file = file_map[e.id.file as usize];
+            e.parent = e.parent.map(message);
+            for value in &mut e.values {
+                value.id.file = e.id.file;
+            }
+            pool.enums.push(e);
+        }
+        for &i in &extensions_order {
+            let mut x = xs.take(i);
+            x.id.file = file_map[x.id.file as usize];
+            x.parent = x.parent.map(message);
+            x.extendee = message(x.extendee);
+            x.kind = kind(x.kind);
+            pool.extensions.push(x);
+        }
+        for &i in &services_order {
+            let mut s = ss.take(i);
+            s.id.file = file_map[s.id.file as usize];
+            for method in &mut s.methods {
+                method.id.file = s.id.file;
+                method.input = message(method.input);
+                method.output = message(method.output);
+            }
+            pool.services.push(s);
+        }
+
+        // Names: every kept definition renumbered, in place (a copy of the table when it is
+        // shared: no key is hashed again); a package belongs to the first kept file declaring it
+        // (or a package inside it), as adding the files in this order makes it.
+        let mut packages: HashMap<&str, u32> = HashMap::new();
+        for (index, file) in pool.files.iter().enumerate() {
+            let package = file.raw.package();
+            if package.is_empty() {
+                continue;
+            }
+            let prefixes = package
+                .match_indices('.')
+                .map(|(i, _)| &package[..i])
+                .chain(std::iter::once(package));
+            for prefix in prefixes {
+                packages.entry(prefix).or_insert(index as u32);
+            }
+        }
+        let mut names = match names {
+            Names::Owned(names) => names,
+            Names::Shared(names) => names.clone(),
+        };
+        names.retain(|name, def| {
+            let kind = match def.kind {
+                DefinitionKind::Package => match packages.get(name.as_ref()) {
+                    Some(&file) => {
+                        def.file = file;
+                        return true;
+                    }
+                    None => return false,
+                },
+                DefinitionKind::Message(m) => DefinitionKind::Message(messages_map[m as usize]),
+                DefinitionKind::Field(m) => DefinitionKind::Field(messages_map[m as usize]),
+                DefinitionKind::Oneof(m) => DefinitionKind::Oneof(messages_map[m as usize]),
+                DefinitionKind::Service(s) => DefinitionKind::Service(services_map[s as usize]),
+                DefinitionKind::Method(s) => DefinitionKind::Method(services_map[s as usize]),
+                DefinitionKind::Enum(e) => DefinitionKind::Enum(enums_map[e as usize]),
+                DefinitionKind::EnumValue(e) => DefinitionKind::EnumValue(enums_map[e as usize]),
+                DefinitionKind::Extension(x) => {
+                    DefinitionKind::Extension(extensions_map[x as usize])
+                }
+            };
+            let file = file_map[def.file as usize];
+            if file == DROPPED {
+                return false;
+            }
+            def.file = file;
+            def.kind = kind;
+            true
+        });
+        drop(packages);
+        pool.names = names;
+        Some(DescriptorPool {
+            inner: Arc::new(pool),
+        })
+    }
+}
+
+enum Names<'a> {
+    Owned(HashMap<Box<str>, Definition>),
+    Shared(&'a HashMap<Box<str>, Definition>),
+}
