@@ -264,6 +264,7 @@ fn a_copy_of_a_big_file_is_diagnosed_in_about_the_time_one_loads() {
     // Generous for a busy machine; the quadratic version took over a minute here.
     let bound = one * 4 + std::time::Duration::from_secs(5);
     assert!(two < bound, "two copies took {two:?}, one {one:?}");
+}
 
 /// A duplicate name does not hide the file's other problems (prost-reflect stopped before resolving
 /// names when one was defined twice): a typo and a duplicate field number are reported with it, in
