@@ -169,7 +169,7 @@ struct TreeState {
     /// How each name asked for was resolved.
     origins: HashMap<String, Origin>,
     /// Files read from the roots (not the protos folder's own), as they were before being read.
-    stamps: HashMap<PathBuf, super::incremental::Stamp>,
+    stamps: HashMap<PathBuf, super::stamp::Stamp>,
 }
 
 impl Tree {
@@ -277,7 +277,7 @@ impl Tree {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(path.to_path_buf());
         // Before reading: a later edit then shows as a change to the next load.
-        if let Some(stamp) = super::incremental::Stamp::of(path) {
+        if let Some(stamp) = super::stamp::Stamp::of(path) {
             self.state().stamps.insert(path.to_path_buf(), stamp);
         }
         let file = open_checked(name, path)?;
@@ -296,7 +296,7 @@ impl Record {
         &self,
     ) -> (
         HashMap<String, Origin>,
-        HashMap<PathBuf, super::incremental::Stamp>,
+        HashMap<PathBuf, super::stamp::Stamp>,
     ) {
         let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         (

@@ -27,6 +27,7 @@ mod layout;
 pub mod nesting;
 pub mod sets;
 pub mod source;
+mod stamp;
 use ahead::ParseAhead;
 use layout::{Layout, Tree};
 
@@ -205,9 +206,9 @@ fn load_with_helpers(
         );
     }
     // Stamped before anything is read: an edit made during the load shows in the next one.
-    let stamps: std::collections::HashMap<PathBuf, incremental::Stamp> = files
+    let stamps: std::collections::HashMap<PathBuf, stamp::Stamp> = files
         .iter()
-        .filter_map(|(_, path)| Some((path.clone(), incremental::Stamp::of(path)?)))
+        .filter_map(|(_, path)| Some((path.clone(), stamp::Stamp::of(path)?)))
         .collect();
     let key = incremental::Key {
         root: root.to_path_buf(),
@@ -1073,7 +1074,7 @@ mod incremental_tests {
     use std::time::{Duration, SystemTime};
 
     /// Writes `text` to `rel`, dated in the past (a fresh file is "racily" recent, see
-    /// `incremental::Stamp`), each write at another time.
+    /// `stamp::Stamp`), each write at another time.
     fn write(dir: &Path, rel: &str, text: &str) {
         static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let path = dir.join(rel);
