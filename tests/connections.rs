@@ -435,7 +435,10 @@ async fn a_connect_server_stream_cut_at_shutdown_ends_with_its_end_stream_messag
     reply.expect(200);
     let envelopes = http_client::envelopes(&reply.body);
     let (flags, last) = envelopes.last().expect("an end-stream message");
-    assert_eq!(*flags, 2, "the last envelope is the end-stream message: {envelopes:?}");
+    assert_eq!(
+        *flags, 2,
+        "the last envelope is the end-stream message: {envelopes:?}"
+    );
     let end: serde_json::Value = serde_json::from_slice(last).unwrap();
     assert_eq!(
         end["error"],

@@ -98,7 +98,13 @@ fn a_compact_pool_still_hands_out_its_comments_and_positions() {
         .get_field_by_name("field_2")
         .unwrap();
     assert_eq!(field.field_descriptor_proto().name(), "field_2");
-    assert!(comment(file.file_descriptor_proto().source_code_info.as_ref().unwrap()).is_some());
+    assert!(comment(
+        file.file_descriptor_proto()
+            .source_code_info
+            .as_ref()
+            .unwrap()
+    )
+    .is_some());
 
     // An error in a later file still finds the place of the first definition in a built one.
     let mut pool = pool;
@@ -114,7 +120,11 @@ fn a_compact_pool_still_hands_out_its_comments_and_positions() {
             ..Default::default()
         })
         .unwrap_err();
-    let line = text.lines().position(|l| l.starts_with("message M1")).unwrap() + 1;
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("message M1"))
+        .unwrap()
+        + 1;
     assert!(
         err.to_string()
             .contains(&format!("already defined in file 'small.proto' at {line}:")),
@@ -144,8 +154,8 @@ fn what_a_tree_keeps() {
         .pool
         .files()
         .map(|f| {
-            let mut file = prost_types::FileDescriptorProto::decode(f.encode_to_vec().as_slice())
-                .unwrap();
+            let mut file =
+                prost_types::FileDescriptorProto::decode(f.encode_to_vec().as_slice()).unwrap();
             file.source_code_info = None;
             file.encoded_len()
         })

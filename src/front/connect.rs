@@ -28,8 +28,8 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
 use tokio::time::Instant;
-use tonic::metadata::MetadataMap;
 use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
 use super::json;

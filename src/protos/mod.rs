@@ -624,7 +624,8 @@ fn to_diagnostic(
         }
         // Which duplicates are shown is settled before placing them: placing one finds its line in
         // the source, and a copied file has thousands.
-        let (message, other) = name_first_definition(text, name.map(|n| (n, file.as_path())), &path);
+        let (message, other) =
+            name_first_definition(text, name.map(|n| (n, file.as_path())), &path);
         match other {
             // A file loaded under two names duplicates every name in it: one problem, said once.
             Other::SameFile if std::mem::replace(&mut loaded_twice, true) => continue,

@@ -5,7 +5,8 @@
 #![cfg(all(feature = "mimalloc", target_os = "linux"))]
 
 #[global_allocator]
-static ALLOCATOR: alloc_meter::Metered<mimalloc::MiMalloc> = alloc_meter::Metered(mimalloc::MiMalloc);
+static ALLOCATOR: alloc_meter::Metered<mimalloc::MiMalloc> =
+    alloc_meter::Metered(mimalloc::MiMalloc);
 
 /// This process's resident memory, in bytes.
 fn rss() -> usize {
