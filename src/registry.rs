@@ -180,7 +180,11 @@ impl State {
                     ));
                 }
                 builtin_copies.push(Diagnostic::file(
-                    proto_path(sources, service.parent_file().name()),
+                    protos::path_or_folder(
+                        &sources.protos,
+                        &sources.include_roots,
+                        service.parent_file().name(),
+                    ),
                     message,
                 ));
                 continue;
@@ -265,15 +269,6 @@ impl State {
             rule = handlers::starter::rule(&method.desc).trim_end()
         )
     }
-}
-
-/// The file protox knows as `name`: in the protos folder or the first `-I` root that has it.
-fn proto_path(sources: &Sources, name: &str) -> PathBuf {
-    std::iter::once(&sources.protos)
-        .chain(&sources.include_roots)
-        .map(|root| root.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| sources.protos.join(name))
 }
 
 /// The current state, swapped atomically by reloads, and the health statuses that follow it.

@@ -397,11 +397,7 @@ fn check_method_options(
             method.full_name(),
             crate::diagnostic::panic_message(&panic)
         );
-        let path = std::iter::once(root)
-            .chain(include_roots.iter().map(PathBuf::as_path))
-            .map(|dir| dir.join(file.name()))
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| root.join(file.name()));
+        let path = path_or_folder(root, include_roots, file.name());
         // The option's own location (MethodDescriptorProto field 4 is `options`), else the method's.
         let mut option_path = method.path().to_vec();
         option_path.push(4);
@@ -482,14 +478,24 @@ fn set_only<'a>(
     include_roots: &[PathBuf],
     sets: &'a sets::Sets,
 ) -> Option<&'a Path> {
-    let on_disk = std::iter::once(root)
-        .chain(include_roots.iter().map(PathBuf::as_path))
-        .any(|dir| dir.join(name).is_file());
-    if on_disk {
-        None
-    } else {
-        sets.set_of(name)
+    match on_disk(root, include_roots, name) {
+        Some(_) => None,
+        None => sets.set_of(name),
     }
+}
+
+/// The file on disk a name stands for: in the protos folder or the first `-I` root that has it
+/// (the bundled files and descriptor sets' files have none).
+pub fn on_disk(root: &Path, include_roots: &[PathBuf], name: &str) -> Option<PathBuf> {
+    std::iter::once(root)
+        .chain(include_roots.iter().map(PathBuf::as_path))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// [`on_disk`], else where the protos folder would have it (a path to name in a diagnostic).
+pub fn path_or_folder(root: &Path, include_roots: &[PathBuf], name: &str) -> PathBuf {
+    on_disk(root, include_roots, name).unwrap_or_else(|| root.join(name))
 }
 
 /// The `--exclude` patterns and the folder's [`IGNORE_FILE`], as one gitignore matcher rooted at
@@ -589,18 +595,11 @@ fn to_diagnostic(
             format!("{name} (in this descriptor set): {message}"),
         )];
     }
-    // The path of a file by its import name, as the resolver chain finds it (the bundled files
-    // have none).
-    let path = |name: &str| -> Option<PathBuf> {
-        std::iter::once(root)
-            .chain(include_roots.iter().map(PathBuf::as_path))
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    };
+    let path = |name: &str| on_disk(root, include_roots, name);
     let name = err.file();
     let file = name.map_or_else(
         || root.to_path_buf(),
-        |name| path(name).unwrap_or_else(|| root.join(name)),
+        |name| path_or_folder(root, include_roots, name),
     );
     let source = name.and_then(|_| source::read_for_display(&file));
     let mut out = Vec::new();

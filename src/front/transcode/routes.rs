@@ -457,15 +457,12 @@ fn locate(
     message: String,
 ) -> Diagnostic {
     let name = method.parent_file().name().to_string();
-    let file = roots
-        .iter()
-        .map(|root| root.join(&name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            roots
-                .first()
-                .map_or_else(|| PathBuf::from(&name), |r| r.join(&name))
-        });
+    let file = match roots.split_first() {
+        Some((protos, include_roots)) => {
+            crate::protos::path_or_folder(protos, include_roots, &name)
+        }
+        None => PathBuf::from(&name),
+    };
     let source = sources
         .entry(file.clone())
         .or_insert_with(|| crate::protos::source::read_for_display(&file));
