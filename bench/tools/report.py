@@ -432,9 +432,10 @@ def main() -> None:
            "-H 'content-type: application/grpc' -H 'te: trailers' http://127.0.0.1:PORT/PATH`, "
            f"for M in {', '.join(map(str, cfg['streams']))}. All servers are started once, together; for each scenario "
            "and M they take their turns one after the other (tonic, protodrop, protodrop's script for scenario 3, Node, "
-           "Python), so a slow drift of the machine is felt by all of them alike. The tonic reference's "
-           "`#[tokio::main]` runtime gets one worker thread for its one core; protodrop, given one core, runs tokio's "
-           "current-thread scheduler (its default: `--threads` = the cores it may use)."
+           "Python), so a slow drift of the machine is felt by all of them alike. The tonic reference is the strongest "
+           "a user would write for one core: tokio's current-thread runtime and TCP_NODELAY, the scheduler protodrop "
+           "runs on one core too (its default: `--threads` = the cores it may use). Results written before 2026-12-06 "
+           "used `#[tokio::main]`'s multi-thread runtime, which roughly halves tonic here (`REFERENCE_RUNTIME=multi_thread`)."
            + (f" Each server took {cfg['turns']} turns at each M; throughput and CPU are from its median turn "
               "(all turns' throughput: `turns_msgs_per_s` in out/results.json), latency from its last turn."
               if cfg.get("turns", 1) > 1 else ""),

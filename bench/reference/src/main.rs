@@ -89,12 +89,13 @@ impl bench::stream_server::Stream for Streams {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // What `#[tokio::main]` builds — unless REFERENCE_RUNTIME=current_thread asks for the
-    // single-threaded scheduler protodrop runs on one core, for the by-hand comparison of the two on
-    // the same scheduler (bench/README.md).
+    // The strongest tonic a user would write for one core: tokio's current-thread scheduler (the one
+    // protodrop runs on one core) and TCP_NODELAY (below). REFERENCE_RUNTIME=multi_thread gives what
+    // `#[tokio::main]` builds instead (one worker thread on one core, plus the hand-off to it), the
+    // reference of the results before 2026-12-06.
     let runtime = match std::env::var("REFERENCE_RUNTIME").as_deref() {
-        Ok("current_thread") => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
+        Ok("multi_thread") => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
     }
     .enable_all()
     .build()?;
