@@ -24,8 +24,8 @@ use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage};
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
-use protodrop::handlers::script::ScriptLimits;
-use protodrop::registry::{Method, Sources, State};
+use protodrop::script::ScriptLimits;
+use protodrop::state::{Method, Sources, State};
 use protodrop::respond::{respond, Incoming};
 
 /// Longest one call (answer and whole reply stream) may take before it counts as a hang.

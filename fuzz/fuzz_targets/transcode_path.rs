@@ -24,8 +24,8 @@ use prost_reflect::{DescriptorPool, Value};
 
 use protodrop::front::transcode::routes::{Lookup, Verb};
 use protodrop::front::transcode::template::Template;
-use protodrop::handlers::script::ScriptLimits;
-use protodrop::registry::{Sources, State};
+use protodrop::script::ScriptLimits;
+use protodrop::state::{Sources, State};
 use protodrop::service::ServiceSettings;
 
 const CALL_LIMIT: Duration = Duration::from_secs(10);

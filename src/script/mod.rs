@@ -14,6 +14,10 @@
 //! A unary script that cannot wait (see [`Script::try_run_inline`]) may instead run right on an
 //! async worker, which saves the hop to tokio's blocking pool and back.
 
+mod convert;
+mod lazy;
+mod to_rhai;
+
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::future::Future;
@@ -36,10 +40,10 @@ use tonic::metadata::{
 };
 use tonic::{Code, Status};
 
-use super::budget::max_metadata_size;
-use super::script_convert::{dynamic_to_message, encode_message};
-use super::script_lazy::{self, plain, LazyMessage};
+use crate::budget::max_metadata_size;
 use crate::diagnostic::Diagnostic;
+use convert::{dynamic_to_message, encode_message};
+use lazy::{plain, LazyMessage};
 
 /// Maximum nesting of expressions at the top level of a script (checked when compiling).
 const MAX_EXPR_DEPTH: usize = 64;
@@ -149,7 +153,7 @@ impl ScriptEngine {
                     .map(Dynamic::from)
             });
         register_api(&mut engine);
-        script_lazy::register(&mut engine);
+        lazy::register(&mut engine);
         let helper_stack_size = (limits.max_call_depth.saturating_add(1))
             .saturating_mul(HELPER_STACK_PER_CALL_LEVEL)
             .clamp(2 << 20, 1 << 30);
@@ -194,7 +198,7 @@ impl ScriptEngine {
                 }
             })?;
         ast.set_source(file.display().to_string());
-        ast.combine(AST::new_from_module(script_lazy::accessors(source)));
+        ast.combine(AST::new_from_module(lazy::accessors(source)));
         Ok(Script {
             inner: Arc::new(ScriptInner {
                 engine: self.inner.clone(),

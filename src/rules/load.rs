@@ -18,7 +18,6 @@ use super::matcher::{Condition, Op, Subject, OPERATORS};
 use super::rule::{
     Answer, ErrorTemplate, MetadataTemplate, MethodRules, Rule, StreamAnswer, StreamSource,
 };
-use super::script::ScriptEngine;
 use super::template::{
     check_assignable, field_names, find_field, kind_name, MessageTemplate, Path, Roots, Text, Ty,
     ValueTemplate,
@@ -26,6 +25,7 @@ use super::template::{
 use super::toml_tree::{self, Key, Node, NodeValue};
 use super::Handlers;
 use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::script::ScriptEngine;
 
 const RULE_KEYS: &[&str] = &[
     "method", "when", "reply", "stream", "error", "script", "code", "headers", "trailers", "delay",
@@ -1080,7 +1080,7 @@ impl FileCtx<'_> {
         Ok((Some(status), out))
     }
 
-    fn script(&mut self, node: &Node, is_file: bool) -> Res<super::script::Script> {
+    fn script(&mut self, node: &Node, is_file: bool) -> Res<crate::script::Script> {
         let Some(text) = node.as_str() else {
             return Err(self.error(
                 node.span.clone(),
