@@ -254,3 +254,192 @@ impl FileCtx<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+    use tonic_health::ServingStatus;
+
+    use super::super::testkit::*;
+    use crate::rules::Answer;
+
+    #[test]
+    fn each_rule_is_filed_under_its_method_with_the_line_it_starts_on() {
+        let h = "# two methods\n[[rule]]\nmethod = \"t.Svc/Unary\"\nreply = { text = \"a\" }\n\n[[rule]]\nmethod = \"/t.Svc/Echo\"\nreply = { name = \"b\" }\n";
+        let handlers = load(h).unwrap();
+        assert_eq!(handlers.rule_count(), 2);
+        assert_eq!(handlers.files, [std::path::PathBuf::from(FILE)]);
+        let unary = &handlers.methods["t.Svc/Unary"].rules[0];
+        assert_eq!(unary.origin, format!("{FILE}:2"));
+        assert_eq!(reply(unary, &request(json!({}))), json!({ "text": "a" }));
+        // A leading slash, as the HTTP/2 path has it, names the same method.
+        let echo = &handlers.methods["t.Svc/Echo"].rules[0];
+        assert_eq!(echo.origin, format!("{FILE}:6"));
+        assert_eq!(reply(echo, &request(json!({}))), json!({ "name": "b" }));
+    }
+
+    #[test]
+    fn a_rule_without_an_answer_replies_with_the_empty_message() {
+        let r = rule("[[rule]]\nmethod = \"t.Svc/Unary\"\n", "Svc/Unary");
+        assert_eq!(reply(&r, &request(json!({ "name": "x" }))), json!({}));
+        assert!(r.headers.is_empty() && r.trailers.is_empty() && r.delay.is_none());
+    }
+
+    #[test]
+    fn a_rule_takes_its_delay() {
+        let r = rule(
+            "[[rule]]\nmethod = \"t.Svc/Unary\"\ndelay = \"150ms\"\n",
+            "Svc/Unary",
+        );
+        assert_eq!(r.delay, Some(Duration::from_millis(150)));
+        let r = rule(
+            "[[rule]]\nmethod = \"t.Svc/Unary\"\ndelay = 20\n",
+            "Svc/Unary",
+        );
+        assert_eq!(
+            r.delay,
+            Some(Duration::from_millis(20)),
+            "a number is milliseconds"
+        );
+    }
+
+    #[test]
+    fn a_bad_delay_says_how_to_write_one() {
+        let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\ndelay = \"soon\"\n";
+        problem_at(h, "\"soon\"", &["invalid duration 'soon'", "150ms"]);
+        let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\ndelay = -5\n";
+        problem_at(h, "-5", &["a duration is a string"]);
+    }
+
+    #[test]
+    fn health_overrides_name_a_service_or_the_server() {
+        let h = "[health]\n\"\" = \"NOT_SERVING\"\n\"t.Svc\" = \"SERVING\"\n\"t.Other\" = \"UNKNOWN\"\n";
+        let handlers = load(h).unwrap();
+        assert_eq!(handlers.rule_count(), 0);
+        assert_eq!(handlers.health[""], ServingStatus::NotServing);
+        assert_eq!(handlers.health["t.Svc"], ServingStatus::Serving);
+        assert_eq!(handlers.health["t.Other"], ServingStatus::Unknown);
+    }
+
+    #[test]
+    fn a_bad_health_table_is_refused_where_it_is_written() {
+        problem_at(
+            "[health]\n\"t.Nope\" = \"NOT_SERVING\"\n",
+            "\"t.Nope\"",
+            &["no service 't.Nope'", "t.Svc", "t.Other"],
+        );
+        problem_at(
+            "[health]\n\"t.Svc\" = \"DOWN\"\n",
+            "\"DOWN\"",
+            &["\"SERVING\", \"NOT_SERVING\" or \"UNKNOWN\""],
+        );
+        problem_at("health = 1\n", "1", &["`health` is a table"]);
+    }
+
+    #[test]
+    fn the_top_level_holds_rules_and_health_only() {
+        problem_at(
+            "[[rules]]\nmethod = \"t.Svc/Unary\"\n",
+            "rules",
+            &[
+                "unknown key 'rules'",
+                "[[rule]] tables and a [health] table",
+            ],
+        );
+        problem_at(
+            "rule = 1\n",
+            "1",
+            &["'rule' must be written as [[rule]] tables"],
+        );
+    }
+
+    #[test]
+    fn invalid_toml_is_reported_at_its_line() {
+        let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\nreply = { text = \"x\" \n";
+        let all = problems(h);
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(
+            (all[0].line, &*all[0].message.get(..13).unwrap()),
+            (3, "invalid TOML:")
+        );
+    }
+
+    #[test]
+    fn an_unknown_rule_key_lists_the_keys() {
+        let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\nrepli = { text = \"x\" }\n";
+        problem_at(
+            h,
+            "repli",
+            &["unknown rule key 'repli'", "reply", "trailers", "delay"],
+        );
+    }
+
+    #[test]
+    fn a_rule_needs_a_method_that_exists() {
+        let h = "[[rule]]\nreply = {}\n";
+        let all = problems(h);
+        assert!(
+            all.iter().any(|d| d
+                .message
+                .contains("rule has no `method = \"package.Service/Method\"`")),
+            "{all:?}"
+        );
+        let h = "[[rule]]\nmethod = 3\n";
+        problem_at(h, "3", &["`method` must be a string", "not an integer"]);
+        let h = "[[rule]]\nmethod = \"Unary\"\n";
+        problem_at(
+            h,
+            "\"Unary\"",
+            &["'Unary' is not of the form package.Service/Method"],
+        );
+        let h = "[[rule]]\nmethod = \"t.Nope/Unary\"\n";
+        problem_at(
+            h,
+            "\"t.Nope/Unary\"",
+            &["no service 't.Nope'", "t.Svc", "t.Other"],
+        );
+        let h = "[[rule]]\nmethod = \"t.Svc/Nope\"\n";
+        problem_at(
+            h,
+            "\"t.Svc/Nope\"",
+            &[
+                "service t.Svc has no method 'Nope'",
+                "Unary",
+                "ServerStream",
+                "Bidi",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_rule_has_one_answer() {
+        let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\nreply = {}\nerror.code = \"NOT_FOUND\"\n";
+        let all = problems(h);
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(all[0].line, 1, "at the rule");
+        assert!(
+            all[0].message.contains("this one has reply and error"),
+            "{}",
+            all[0].message
+        );
+        // `stream` followed by `error` is the one pair allowed.
+        let h = "[[rule]]\nmethod = \"t.Svc/ServerStream\"\nstream.messages = [{}]\nerror.code = \"ABORTED\"\n";
+        let r = rule(h, "Svc/ServerStream");
+        let Answer::Stream(stream) = r.answer else {
+            panic!("a stream: {:?}", r.answer)
+        };
+        assert_eq!(stream.then.unwrap().code, tonic::Code::Aborted);
+    }
+
+    #[test]
+    fn a_stream_answers_only_a_streaming_method() {
+        let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\nstream.messages = [{ text = \"x\" }]\n";
+        problem_at(
+            h,
+            "stream",
+            &["t.Svc/Unary returns a single message, not a stream: use `reply`"],
+        );
+    }
+}

@@ -371,3 +371,164 @@ fn locate_const_error(
         .err()
         .map(|m| (node.span.clone(), m))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::testkit::*;
+    use crate::rules::Answer;
+
+    /// The one rule of `t.Svc/{method}` answering `reply`.
+    #[track_caller]
+    fn replying(method: &str, reply: &str) -> crate::rules::Rule {
+        rule(
+            &format!("[[rule]]\nmethod = \"t.Svc/{method}\"\n{reply}\n"),
+            &format!("Svc/{method}"),
+        )
+    }
+
+    #[test]
+    fn a_reply_without_templates_is_one_constant_built_at_load() {
+        let r = replying(
+            "Unary",
+            "reply = { text = \"a\", num = 7, color = \"GREEN\", list = [\"x\", \"y\"], inner = { id = 1 }, counts = { a = 1 } }",
+        );
+        let Answer::Reply(template) = &r.answer else {
+            panic!("{:?}", r.answer)
+        };
+        assert!(template.constant.is_some(), "built once, at load");
+        assert_eq!(
+            reply(&r, &request(json!({ "name": "ignored" }))),
+            json!({ "text": "a", "num": 7, "color": "GREEN", "list": ["x", "y"], "inner": { "id": 1 }, "counts": { "a": 1 } })
+        );
+    }
+
+    #[test]
+    fn templates_are_filled_from_the_request() {
+        let r = replying(
+            "Unary",
+            "[rule.reply]\ntext = \"hi {{request.name}}\"\nnum = \"{{request.num}}\"\ninner = { id = \"{{request.num}}\", label = \"{{request.name}}!\" }\nitems = [{ id = 1 }, \"{{request.inner}}\"]\ncounts = { n = \"{{request.num}}\" }",
+        );
+        let req = request(json!({ "name": "Ann", "num": 4, "inner": { "id": 9 } }));
+        assert_eq!(
+            reply(&r, &req),
+            json!({
+                "text": "hi Ann",
+                "num": 4,
+                "inner": { "id": 4, "label": "Ann!" },
+                "items": [{ "id": 1 }, { "id": 9 }],
+                "counts": { "n": 4 },
+            })
+        );
+    }
+
+    #[test]
+    fn a_reply_may_be_one_whole_template() {
+        let r = replying("Echo", "reply = \"{{request}}\"");
+        let req = json!({ "name": "x", "tags": ["a"], "inner": { "id": 2 } });
+        assert_eq!(reply(&r, &request(req.clone())), req);
+    }
+
+    #[test]
+    fn for_each_writes_one_element_per_element_of_a_request_list() {
+        let r = replying(
+            "Unary",
+            "reply.list = { for_each = \"request.tags\", value = \"{{index}}:{{item}}\" }\nreply.items = { for_each = \"{{request.tags}}\", value = { label = \"{{item}}\" } }",
+        );
+        assert_eq!(
+            reply(&r, &request(json!({ "tags": ["a", "b"] }))),
+            json!({
+                "list": ["0:a", "1:b"],
+                "items": [{ "label": "a" }, { "label": "b" }],
+            })
+        );
+    }
+
+    #[test]
+    fn a_field_that_does_not_exist_is_refused_at_its_key_with_the_fields_there_are() {
+        let h = "# comment\n[[rule]]\nmethod = \"t.Svc/Unary\"\nreply = { text = \"a\", txt = \"b\" }\n";
+        problem_at(h, "txt", &["t.Resp has no field 'txt'", "text", "counts"]);
+        // A nested message written as its own table: the line of the bad key, not the header's.
+        let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\n[rule.reply]\ntext = \"x\"\n[rule.reply.inner]\nid = 1\nname = \"b\"\n";
+        problem_at(h, "name", &["t.Inner has no field 'name'", "label"]);
+        // In a templated message too.
+        let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\nreply = { text = \"{{request.name}}\", inner = { nope = 1 } }\n";
+        problem_at(h, "nope", &["t.Inner has no field 'nope'"]);
+    }
+
+    #[test]
+    fn a_constant_of_the_wrong_type_is_refused_at_the_value() {
+        let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\nreply.items = [\n  { id = 1 },\n  { id = \"x\" },\n]\n";
+        problem_at(h, "\"x\"", &["not a valid value for t.Inner.id (int32)"]);
+        let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\n\nreply = { num = \"abc\" }\n";
+        problem_at(h, "\"abc\"", &["num", "int32"]);
+        let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\nreply = { color = \"PURPLE\" }\n";
+        problem_at(h, "\"PURPLE\"", &["t.Color"]);
+        let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\nreply = 3\n";
+        problem_at(
+            h,
+            "3",
+            &["expected a table for message t.Resp, found an integer"],
+        );
+    }
+
+    #[test]
+    fn a_template_is_checked_where_it_is_written() {
+        let h =
+            "[[rule]]\nmethod = \"t.Svc/Unary\"\nreply = { text = \"hello {{request.nme}}\" }\n";
+        problem_at(h, "{{request.nme}}", &["nme", "t.Req", "name"]);
+        // `count` exists in client streams only.
+        let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\nreply = { text = \"{{count}}\" }\n";
+        problem_at(h, "{{count}}", &["count", "request"]);
+        // A whole template must fit its field.
+        let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\nreply = { num = \"{{request.inner}}\" }\n";
+        problem_at(h, "\"{{request.inner}}\"", &["num: "]);
+    }
+
+    #[test]
+    fn a_reply_written_as_a_string_is_one_whole_template() {
+        let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\nreply = \"hi {{request.name}}\"\n";
+        problem_at(h, "\"hi", &["must be one template", "t.Resp"]);
+        let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\nreply = \"{{request}}\"\n";
+        let message = problem_at(h, "\"{{request}}\"", &[]);
+        assert!(
+            message.contains("t.Req") && message.contains("t.Resp"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn lists_and_messages_say_how_to_write_them() {
+        let h =
+            "[[rule]]\nmethod = \"t.Svc/Unary\"\nreply.list = { value = \"{{request.name}}\" }\n";
+        problem_at(
+            h,
+            "{ value",
+            &["list is a list: write an array, or { for_each"],
+        );
+        let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\nreply.list = { for_each = \"request.name\", value = \"{{item}}\" }\n";
+        problem_at(
+            h,
+            "\"request.name\"",
+            &["`for_each` needs a repeated field; 'request.name'"],
+        );
+        let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\nreply.inner = \"id {{request.num}}\"\n";
+        problem_at(
+            h,
+            "\"id",
+            &["inner is", "write a table, or a single template"],
+        );
+        let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\nreply.items = [\"x {{request.num}}\"]\n";
+        problem_at(h, "\"x", &["elements of items are messages"]);
+        let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\nreply = { num = { a = 1 } }\n";
+        problem_at(
+            h,
+            "{ a",
+            &["a table is not a valid value for t.Resp.num (int32)"],
+        );
+        let h =
+            "[[rule]]\nmethod = \"t.Svc/Unary\"\nreply = { num = { a = \"{{request.name}}\" } }\n";
+        problem_at(h, "{ a", &["num is int32, not a message"]);
+    }
+}

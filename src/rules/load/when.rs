@@ -222,3 +222,172 @@ fn one_line_regex_error(e: &regex::Error) -> String {
         .unwrap_or(&text);
     last.trim().trim_start_matches("error: ").to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::testkit::*;
+
+    /// The one rule of a `t.Svc/Unary` rule whose `when` lines are `when`.
+    #[track_caller]
+    fn when(when: &str) -> crate::rules::Rule {
+        rule(
+            &format!("[[rule]]\nmethod = \"t.Svc/Unary\"\n{when}\nreply = {{}}\n"),
+            "Svc/Unary",
+        )
+    }
+
+    #[test]
+    fn field_conditions_hold_for_the_requests_they_describe() {
+        let none = metadata(&[]);
+        let r = when("when.request.name = \"x\"\nwhen.request.inner.id = 3");
+        assert!(matches(
+            &r,
+            &request(json!({ "name": "x", "inner": { "id": 3 } })),
+            &none
+        ));
+        assert!(!matches(
+            &r,
+            &request(json!({ "name": "x", "inner": { "id": 4 } })),
+            &none
+        ));
+        assert!(!matches(
+            &r,
+            &request(json!({ "name": "y", "inner": { "id": 3 } })),
+            &none
+        ));
+
+        // A nested table is a path into a nested message; the same condition written so.
+        let r = when("[rule.when.request.inner]\nid = 3");
+        assert!(matches(
+            &r,
+            &request(json!({ "inner": { "id": 3 } })),
+            &none
+        ));
+        assert!(!matches(&r, &request(json!({})), &none));
+
+        let r = when("when.request.color = \"RED\"");
+        assert!(matches(&r, &request(json!({ "color": "RED" })), &none));
+        assert!(!matches(&r, &request(json!({ "color": "GREEN" })), &none));
+    }
+
+    #[test]
+    fn each_operator_means_what_it_says() {
+        let none = metadata(&[]);
+        let r = when("when.request.name = { contains = \"ell\" }");
+        assert!(matches(&r, &request(json!({ "name": "hello" })), &none));
+        assert!(!matches(&r, &request(json!({ "name": "help" })), &none));
+
+        let r = when("when.request.tags = { contains = \"b\" }");
+        assert!(matches(&r, &request(json!({ "tags": ["a", "b"] })), &none));
+        assert!(!matches(
+            &r,
+            &request(json!({ "tags": ["a", "bb"] })),
+            &none
+        ));
+
+        let r = when("when.request.name = { regex = \"^a[0-9]+$\" }");
+        assert!(matches(&r, &request(json!({ "name": "a12" })), &none));
+        assert!(!matches(&r, &request(json!({ "name": "a12b" })), &none));
+
+        let r = when("when.request.inner = { present = true }");
+        assert!(matches(&r, &request(json!({ "inner": {} })), &none));
+        assert!(!matches(&r, &request(json!({})), &none));
+        let r = when("when.request.inner = { present = false }");
+        assert!(matches(&r, &request(json!({})), &none));
+    }
+
+    #[test]
+    fn metadata_conditions_take_keys_in_any_case() {
+        let req = request(json!({}));
+        let r = when("when.metadata.X-Tenant = \"acme\"");
+        assert!(matches(&r, &req, &metadata(&[("x-tenant", "acme")])));
+        assert!(!matches(&r, &req, &metadata(&[("x-tenant", "other")])));
+        assert!(!matches(&r, &req, &metadata(&[])));
+
+        let r = when("when.metadata.x-tenant = { contains = \"cm\" }");
+        assert!(matches(&r, &req, &metadata(&[("x-tenant", "acme")])));
+        let r = when("when.metadata.x-tenant = { regex = \"^a\" }");
+        assert!(matches(&r, &req, &metadata(&[("x-tenant", "acme")])));
+        assert!(!matches(&r, &req, &metadata(&[("x-tenant", "bacme")])));
+        let r = when("when.metadata.x-tenant = { present = false }");
+        assert!(matches(&r, &req, &metadata(&[])));
+        assert!(!matches(&r, &req, &metadata(&[("x-tenant", "acme")])));
+    }
+
+    #[test]
+    fn a_binary_metadata_condition_compares_base64_with_any_padding() {
+        let r = when("when.metadata.\"x-t-bin\" = \"aGk\"");
+        let mut md = metadata(&[]);
+        md.insert_bin(
+            "x-t-bin",
+            tonic::metadata::BinaryMetadataValue::from_bytes(b"hi"),
+        );
+        assert!(matches(&r, &request(json!({})), &md));
+        let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\nwhen.metadata.\"x-t-bin\" = \"not base64!\"\n";
+        problem_at(
+            h,
+            "\"not base64!\"",
+            &["'x-t-bin' is a binary (-bin) key", "base64"],
+        );
+    }
+
+    #[test]
+    fn a_bad_condition_is_refused_where_it_is_written() {
+        let h = |w: &str| format!("[[rule]]\nmethod = \"t.Svc/Unary\"\n{w}\n");
+        problem_at(&h("when = 1"), "1", &["`when` must be a table"]);
+        problem_at(
+            &h("when.body.name = \"x\""),
+            "body",
+            &["unknown condition 'body'", "`request` or `metadata`"],
+        );
+        problem_at(&h("when.request = 1"), "1", &["when.request.FIELD = VALUE"]);
+        problem_at(&h("when.metadata = 1"), "1", &["when.metadata.KEY"]);
+        problem_at(&h("when.request.nam = \"x\""), "nam", &["nam", "t.Req"]);
+        problem_at(
+            &h("when.request.num = \"abc\""),
+            "\"abc\"",
+            &["not a valid value for t.Req.num (int32)"],
+        );
+        problem_at(
+            &h("when.request.num = { contains = 1 }"),
+            "1 }",
+            &["`contains` needs a string or repeated field", "request.num"],
+        );
+        // On a request field a table without an operator is a path into a nested message...
+        problem_at(
+            &h("when.request.name = { like = \"x\" }"),
+            "like",
+            &["'request.name.like'", "string has no field 'like'"],
+        );
+        // ...on a metadata key it can only be an operator.
+        problem_at(
+            &h("when.metadata.k = { like = \"x\" }"),
+            "like",
+            &["unknown operator 'like'", "eq, contains, regex, present"],
+        );
+        problem_at(
+            &h("when.request.name = { eq = \"x\", regex = \"y\" }"),
+            "{ eq",
+            &["exactly one operator"],
+        );
+        problem_at(
+            &h("when.request.flag = { present = \"yes\" }"),
+            "\"yes\"",
+            &["expected true or false"],
+        );
+        problem_at(
+            &h("when.metadata.k = 1"),
+            "1",
+            &["metadata values are strings"],
+        );
+    }
+
+    #[test]
+    fn a_bad_regex_is_reported_on_one_line() {
+        let h = "[[rule]]\nmethod = \"t.Svc/Unary\"\nwhen.request.name = { regex = \"([a-z\" }\n";
+        let message = problem_at(h, "\"([a-z\"", &["invalid regex: "]);
+        assert!(!message.contains('\n'), "{message}");
+    }
+}
