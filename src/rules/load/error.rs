@@ -165,7 +165,6 @@ const CODE_NAMES: &[&str] = &[
 
 #[cfg(test)]
 mod tests {
-    use prost::Message as _;
     use prost_reflect::{DynamicMessage, Value};
     use serde_json::json;
     use tonic::Code;
