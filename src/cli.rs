@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::handlers::script::ScriptLimits;
-use crate::registry::Sources;
+use crate::script::ScriptLimits;
 use crate::server::TlsFiles;
+use crate::state::Sources;
 
 /// Serve any folder of .proto files over gRPC, answering from handler files — no code generation.
 #[derive(Parser, Debug)]

@@ -17,7 +17,7 @@ use protodrop::run;
 /// faster still but the idle server held twice the memory (27 MB against 14 MB).
 ///
 /// Metered: each thread keeps its net allocated bytes, which is how one script call's memory is
-/// bounded (`--script-max-memory`, see `handlers::script`).
+/// bounded (`--script-max-memory`, see `script`).
 #[global_allocator]
 static ALLOCATOR: alloc_meter::Metered<mimalloc::MiMalloc> =
     alloc_meter::Metered(mimalloc::MiMalloc);

@@ -14,16 +14,14 @@ use tokio_util::task::AbortOnDropHandle;
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
 use tonic::{Response, Status};
 
-use crate::handlers::budget;
-use crate::handlers::rule::{
+use crate::budget;
+use crate::rules::rule::{
     ok_with_trailers, ErrorTemplate, ScriptMetadata, StreamAnswer, StreamSource,
 };
-use crate::handlers::script::{
-    Inline, Script, ScriptCall, ScriptEvent, ScriptOutcome, ScriptRequest,
-};
-use crate::handlers::template::{MessageTemplate, Scope};
-use crate::handlers::{Answer, MethodRules, Rule};
-use crate::registry::{Method, State};
+use crate::rules::template::{MessageTemplate, Scope};
+use crate::rules::{Answer, MethodRules, Rule};
+use crate::script::{Inline, Script, ScriptCall, ScriptEvent, ScriptOutcome, ScriptRequest};
+use crate::state::{Method, State};
 
 /// The messages of a reply, then its end: `Err` with a status (an OK one when it carries trailers).
 pub type ReplyStream = Pin<Box<dyn Stream<Item = Result<DynamicMessage, Status>> + Send>>;
@@ -400,7 +398,7 @@ pub(crate) fn script_panicked(e: tokio::task::JoinError) -> Status {
 }
 
 /// A reply rendered within `--max-message-size`, stopped as soon as it cannot fit (see
-/// `handlers::budget`).
+/// `budget`).
 pub(crate) fn render_reply(
     template: &MessageTemplate,
     scope: &Scope<'_>,

@@ -12,10 +12,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{CheckArgs, ServeArgs};
 use crate::front::web::CorsOrigins;
-use crate::handlers;
-use crate::registry::{Method, Registry, Sources, State};
+use crate::rules;
+use crate::server;
 use crate::service::ServiceSettings;
-use crate::{reload, server};
+use crate::state::reload;
+use crate::state::{Method, Registry, Sources, State};
 
 /// Most methods without a handler that `check` names; past it, a count and how to see them all.
 const UNANSWERED_SHOWN: usize = 20;
@@ -59,7 +60,7 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{summary}");
         let mut out = std::io::stdout().lock();
         for method in &unanswered {
-            writeln!(out, "{}", handlers::starter::rule(&method.desc))?;
+            writeln!(out, "{}", rules::starter::rule(&method.desc))?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -210,7 +211,7 @@ fn serve_on(
             max_header_size: args.max_header_size,
             max_send_buffer: args.max_send_buffer,
         };
-        crate::handlers::budget::set_max_metadata_size(args.max_reply_metadata_size);
+        crate::budget::set_max_metadata_size(args.max_reply_metadata_size);
         crate::codec::decoded::set_max_request_memory(args.max_request_memory);
         tracing::info!(cors = %cors, "gRPC-Web on");
         // On a signal the server stops accepting and lets calls in flight finish, for at most the

@@ -38,8 +38,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::front::web::{CorsOrigins, Web};
-use crate::registry::Registry;
 use crate::service::{DynamicService, ResponseFuture, ServiceSettings};
+use crate::state::Registry;
 
 mod preface;
 mod streams;

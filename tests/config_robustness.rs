@@ -14,7 +14,7 @@ use common::*;
 use tonic::Code;
 
 const POLL_LIMIT: Duration = Duration::from_secs(10);
-/// `reload::SETTLE`: how long a file found empty waits for the rest of a save.
+/// `state::reload::SETTLE`: how long a file found empty waits for the rest of a save.
 const SETTLE: Duration = Duration::from_millis(300);
 
 const HANDLER_V1: &str = "[[rule]]\nmethod = \"t.Svc/Unary\"\nreply.text = \"v1\"\n";

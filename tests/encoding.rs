@@ -1498,13 +1498,13 @@ fn canonical_check_accepts_exactly_bytes_that_encode_back_the_same() {
 
 /// The handler `tests/fixtures/direct/direct.toml` over `direct.proto`, loaded as the server loads
 /// them, with every method's rules compiled to their direct form.
-static DIRECT: LazyLock<(protodrop::protos::Protos, protodrop::handlers::Handlers)> =
+static DIRECT: LazyLock<(protodrop::protos::Protos, protodrop::rules::Handlers)> =
     LazyLock::new(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/direct");
         let protos = protodrop::protos::load(&root, &[fixtures()])
             .unwrap_or_else(|e| panic!("loading {}: {e}", root.display()));
-        let engine = protodrop::handlers::script::ScriptEngine::new(Default::default());
-        let handlers = protodrop::handlers::load(&root, &protos.pool, &engine)
+        let engine = protodrop::script::ScriptEngine::new(Default::default());
+        let handlers = protodrop::rules::load(&root, &protos.pool, &engine)
             .unwrap_or_else(|e| panic!("loading direct.toml: {e}"));
         (protos, handlers)
     });
@@ -1514,7 +1514,7 @@ fn direct_method(
     method: &str,
 ) -> (
     prost_reflect::MethodDescriptor,
-    &'static protodrop::handlers::MethodRules,
+    &'static protodrop::rules::MethodRules,
     protodrop::handlers::emit::Direct,
 ) {
     let (protos, handlers) = &*DIRECT;
@@ -1534,8 +1534,8 @@ fn direct_method(
 /// writes them, equal the general path's. Returns (cases, written directly).
 fn check_direct(method: &str) -> (u64, u64) {
     use protodrop::handlers::emit::{DirectReply, RawScope};
-    use protodrop::handlers::template::Scope;
-    use protodrop::handlers::{rule::StreamSource, Answer};
+    use protodrop::rules::template::Scope;
+    use protodrop::rules::{rule::StreamSource, Answer};
     let (desc, _, direct) = direct_method(method);
     let mut metadata = tonic::metadata::MetadataMap::new();
     metadata.insert("x-user", "ada".parse().unwrap());
@@ -1604,8 +1604,8 @@ fn check_direct(method: &str) -> (u64, u64) {
 #[test]
 fn direct_rule_selection_equals_the_general_paths() {
     use protodrop::handlers::emit::{DirectReply, RawScope};
-    use protodrop::handlers::template::Scope;
-    use protodrop::handlers::Answer;
+    use protodrop::rules::template::Scope;
+    use protodrop::rules::Answer;
     let method = "encoding.direct.Direct/Pick";
     let (desc, rules, direct) = direct_method(method);
     let gen = Gen::direct_inputs();
@@ -1682,8 +1682,8 @@ fn direct_replies_equal_the_general_paths() {
 fn the_bench_handlers_compile_to_direct_replies() {
     let root = bench("protos");
     let protos = protodrop::protos::load(&root, &[]).expect("bench protos");
-    let engine = protodrop::handlers::script::ScriptEngine::new(Default::default());
-    let handlers = protodrop::handlers::load(&bench("handlers/main"), &protos.pool, &engine)
+    let engine = protodrop::script::ScriptEngine::new(Default::default());
+    let handlers = protodrop::rules::load(&bench("handlers/main"), &protos.pool, &engine)
         .expect("bench handlers");
     for service in protos.pool.services() {
         for method in service.methods() {

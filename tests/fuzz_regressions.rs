@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use protodrop::handlers::script::{ScriptEngine, ScriptLimits};
-use protodrop::handlers::{load, load_source};
+use protodrop::rules::{load, load_source};
+use protodrop::script::{ScriptEngine, ScriptLimits};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

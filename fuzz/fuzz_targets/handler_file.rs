@@ -1,5 +1,5 @@
 //! (b) The handler-file parser and validator: the input is one handler TOML file, checked against the
-//! seed protos (`../protos`) by `protodrop::handlers::load_source`, the code path the server runs on
+//! seed protos (`../protos`) by `protodrop::rules::load_source`, the code path the server runs on
 //! every file of its handlers folder (TOML, rules, templates, conditions, regexes, Rhai compilation).
 //!
 //! The file is named `handler-scripts/fuzz.toml`, so `script = "echo.rhai"` (and the other files of
@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use prost_reflect::DescriptorPool;
 
-use protodrop::handlers::script::{ScriptEngine, ScriptLimits};
+use protodrop::script::{ScriptEngine, ScriptLimits};
 
 struct Fixture {
     pool: DescriptorPool,
@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let fx = fixture();
-    match protodrop::handlers::load_source(&fx.path, text, &fx.pool, &fx.engine) {
+    match protodrop::rules::load_source(&fx.path, text, &fx.pool, &fx.engine) {
         Ok(handlers) => {
             assert_eq!(handlers.files, vec![fx.path.clone()]);
             for (name, rules) in &handlers.methods {

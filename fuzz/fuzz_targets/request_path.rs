@@ -24,8 +24,8 @@ use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage};
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
-use protodrop::handlers::script::ScriptLimits;
-use protodrop::registry::{Method, Sources, State};
+use protodrop::script::ScriptLimits;
+use protodrop::state::{Method, Sources, State};
 use protodrop::respond::{respond, Incoming};
 
 /// Longest one call (answer and whole reply stream) may take before it counts as a hang.
@@ -50,6 +50,8 @@ fn fixture() -> &'static Fixture {
             protos: root.join("protos"),
             handlers: root.join("handlers"),
             include_roots: vec![],
+            exclude: vec![],
+            descriptor_sets: vec![],
             script_limits: ScriptLimits {
                 // Well below CALL_LIMIT, so a slow script is the server's DEADLINE_EXCEEDED, not a hang.
                 max_duration: Duration::from_secs(2),

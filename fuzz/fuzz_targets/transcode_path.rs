@@ -24,8 +24,8 @@ use prost_reflect::{DescriptorPool, Value};
 
 use protodrop::front::transcode::routes::{Lookup, Verb};
 use protodrop::front::transcode::template::Template;
-use protodrop::handlers::script::ScriptLimits;
-use protodrop::registry::{Sources, State};
+use protodrop::script::ScriptLimits;
+use protodrop::state::{Sources, State};
 use protodrop::service::ServiceSettings;
 
 const CALL_LIMIT: Duration = Duration::from_secs(10);
@@ -62,6 +62,8 @@ fn fixture() -> &'static Fixture {
             protos: dir.join("protos"),
             handlers: dir.join("handlers"),
             include_roots: vec![],
+            exclude: vec![],
+            descriptor_sets: vec![],
             script_limits: ScriptLimits::default(),
             reflection: false,
             reads: Default::default(),

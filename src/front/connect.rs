@@ -35,9 +35,9 @@ use tonic::{Code, Status};
 use super::json;
 use super::wire::{self, Encoding, HttpResponse};
 use super::HttpService;
-use crate::registry::{Method, State};
 use crate::respond::{respond, Incoming};
 use crate::service::{until_deadline, ServiceSettings};
+use crate::state::{Method, State};
 
 /// Envelope flag: the message is compressed with the stream's `connect-content-encoding`.
 const FLAG_COMPRESSED: u8 = 0x01;

@@ -24,9 +24,9 @@ use self::routes::{BodyRule, Lookup, Route};
 use self::template::Bindings;
 use super::json;
 use super::wire::{self, Encoding, HttpResponse};
-use crate::registry::State;
 use crate::respond::{respond, Incoming};
 use crate::service::ServiceSettings;
+use crate::state::State;
 
 pub use self::routes::Routes;
 

@@ -134,7 +134,7 @@ pub fn load_from(
 }
 
 /// The files a load read outside the protos folder's own (those of `-I` roots, mostly), noted by
-/// each load whether it succeeds or not, for the watcher (`crate::reload`) to watch. The clones of
+/// each load whether it succeeds or not, for the watcher (`crate::state::reload`) to watch. The clones of
 /// one `Sources` share it.
 #[derive(Clone, Debug, Default)]
 pub struct ReadLog(Arc<Mutex<Option<BTreeSet<PathBuf>>>>);

@@ -14,19 +14,19 @@ use tonic::metadata::MetadataMap;
 use tonic::{Response, Status, Streaming};
 
 use super::EncodedStream;
+use crate::budget::{self, Exceeded};
 use crate::codec::encode::Measured;
 use crate::codec::{decode_request, encode_reply};
 use crate::front::wire::check_reply_len;
-use crate::handlers::budget::{self, Exceeded};
 use crate::handlers::emit::{Choice, Declined, Direct, DirectReply, Emitter, RawScope};
-use crate::handlers::rule::{ScriptMetadata, StreamSource};
-use crate::handlers::script::{Inline, Script, ScriptCall, ScriptEvent, ScriptRequest};
-use crate::handlers::template::{MessageTemplate, Scope};
-use crate::handlers::Answer;
-use crate::registry::Method;
 use crate::respond::{
     end_with_trailers, extend_metadata, render_error, render_reply, script_panicked, with_headers,
 };
+use crate::rules::rule::{ScriptMetadata, StreamSource};
+use crate::rules::template::{MessageTemplate, Scope};
+use crate::rules::Answer;
+use crate::script::{Inline, Script, ScriptCall, ScriptEvent, ScriptRequest};
+use crate::state::Method;
 
 /// A unary reply: headers, the encoded message, trailers.
 pub(super) struct UnaryReply {

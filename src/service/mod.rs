@@ -30,8 +30,8 @@ use tower::ServiceExt as _;
 
 use crate::codec::{decode_request, encode_reply, ServerCodec};
 use crate::front::{connect, health, json, transcode, HttpService, Protocol};
-use crate::registry::{Method, Registry, State};
 use crate::respond::{respond, Incoming, ReplyStream};
+use crate::state::{Method, Registry, State};
 
 // Names looked up on every call: a `HeaderName` is hashed as it is, a `&str` parsed first.
 static GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");

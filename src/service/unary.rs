@@ -21,9 +21,9 @@ use tonic::Status;
 use super::{direct, ServiceSettings, GRPC_ACCEPT_ENCODING, GRPC_ENCODING, GRPC_STATUS};
 use crate::codec::{decode_request, measure_reply};
 use crate::front::wire;
-use crate::handlers::rule::ok_with_trailers;
-use crate::registry::{Method, State};
 use crate::respond::respond;
+use crate::rules::rule::ok_with_trailers;
+use crate::state::{Method, State};
 
 type Body = axum::body::Body;
 

@@ -23,7 +23,7 @@
 //! that fails, waits up to [`SETTLE`] for the rest of the save before it is applied.
 //!
 //! Loads run on a thread of their own with any panic turned into a diagnostic
-//! ([`crate::registry::contained`]); the loop itself is supervised too: restarted after a panic,
+//! ([`crate::state::contained`]); the loop itself is supervised too: restarted after a panic,
 //! and should it stop for good, an ERROR is logged and health turns NOT_SERVING.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,7 +39,7 @@ use notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 
 use crate::diagnostic::Diagnostics;
-use crate::registry::{Registry, Sources, State};
+use crate::state::{Registry, Sources, State};
 
 /// How long the watcher waits for a burst of file events (an editor's save) to settle.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);

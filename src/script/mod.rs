@@ -13,33 +13,37 @@
 //!
 //! A unary script that cannot wait (see [`Script::try_run_inline`]) may instead run right on an
 //! async worker, which saves the hop to tokio's blocking pool and back.
+//!
+//! This file sets the engine up (limits, sandbox, progress hook), compiles, and runs; the rest lies
+//! below it, each part importing only what is under it: [`api`] the functions scripts call, on
+//! [`call`]'s per-call state and stop reasons; [`lazy`] requests shown as maps converted where the
+//! script looks, [`to_rhai`] messages as Rhai values, [`convert`] Rhai values back to messages.
 
-use std::cell::{Cell, RefCell};
+mod api;
+mod call;
+mod convert;
+mod lazy;
+mod to_rhai;
+
 use std::fmt;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use base64::alphabet;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
-use base64::engine::DecodePaddingMode;
-use base64::Engine as _;
 use bytes::Bytes;
 use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage};
-use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Position, Scope, AST, FLOAT, INT};
+use rhai::{Dynamic, Engine, EvalAltResult, Position, Scope, AST};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::{
-    AsciiMetadataKey, AsciiMetadataValue, BinaryMetadataKey, BinaryMetadataValue, KeyAndValueRef,
-    MetadataMap,
-};
+use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
-use super::budget::max_metadata_size;
-use super::script_convert::{dynamic_to_message, encode_message};
-use super::script_lazy::{self, plain, LazyMessage};
 use crate::diagnostic::Diagnostic;
+use api::{metadata_to_map, register_api};
+pub use call::ScriptEvent;
+use call::{ApiError, CallState, EventSink, Installed, MemoryMeter, Stop, CURRENT};
+use convert::{dynamic_to_message, encode_message};
+use lazy::LazyMessage;
 
 /// Maximum nesting of expressions at the top level of a script (checked when compiling).
 const MAX_EXPR_DEPTH: usize = 64;
@@ -47,9 +51,6 @@ const MAX_EXPR_DEPTH: usize = 64;
 const MAX_FUNCTION_EXPR_DEPTH: usize = 32;
 /// How often (in operations) the progress hook looks at the cancel token and the clock.
 const CANCEL_CHECK_EVERY: u64 = 256;
-/// Operations a script may run on an async worker before it is moved to a blocking thread: a few
-/// hundred microseconds at most, so a busy script cannot stall the other calls of its worker.
-const INLINE_OPERATIONS: u64 = 20_000;
 /// Names of the API functions that wait (and of `print`/`debug`, whose output a rerun would
 /// repeat): a script naming none of them is tried inline first.
 const WAITING_NAMES: [&str; 5] = ["sleep", "next", "send", "print", "debug"];
@@ -60,12 +61,6 @@ const EVENT_BUFFER: usize = 8;
 /// maximum expression depth) and ~45 KiB in debug builds for a plain recursive function. Only
 /// touched pages cost memory, so this is generous.
 const HELPER_STACK_PER_CALL_LEVEL: usize = 128 << 10;
-
-/// Base64 for `-bin` metadata given by scripts: padding optional, as gRPC peers send both.
-const BASE64_LENIENT: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
 
 /// Named limits for every script (they are CLI flags elsewhere). A zero means "unlimited" for the
 /// operation count and the sizes, and "no function calls" for the call depth (Rhai's meaning).
@@ -149,7 +144,7 @@ impl ScriptEngine {
                     .map(Dynamic::from)
             });
         register_api(&mut engine);
-        script_lazy::register(&mut engine);
+        lazy::register(&mut engine);
         let helper_stack_size = (limits.max_call_depth.saturating_add(1))
             .saturating_mul(HELPER_STACK_PER_CALL_LEVEL)
             .clamp(2 << 20, 1 << 30);
@@ -194,7 +189,7 @@ impl ScriptEngine {
                 }
             })?;
         ast.set_source(file.display().to_string());
-        ast.combine(AST::new_from_module(script_lazy::accessors(source)));
+        ast.combine(AST::new_from_module(lazy::accessors(source)));
         Ok(Script {
             inner: Arc::new(ScriptInner {
                 engine: self.inner.clone(),
@@ -291,13 +286,6 @@ impl ScriptRequest {
     }
 }
 
-pub enum ScriptEvent {
-    /// Exactly once: before the first `Message`, or before `run()` returns when no message was
-    /// sent (also when it returns an error). All headers set so far.
-    Headers(MetadataMap),
-    Message(DynamicMessage),
-}
-
 pub struct ScriptOutcome<R = DynamicMessage> {
     /// The script's final value converted to `output` (`None` when the script ended with `()`):
     /// a message, or its encoding ([`Script::try_run_inline_encoded`]).
@@ -344,7 +332,7 @@ impl Script {
 
     /// Runs a unary call on this (async) thread when the script cannot wait: it is not a stream
     /// and names no waiting function. Should it still reach `sleep()` (through a name built at
-    /// run time) or run more than [`INLINE_OPERATIONS`], it is stopped with nothing sent, and the
+    /// run time) or run more than [`call::INLINE_OPERATIONS`], it is stopped with nothing sent, and the
     /// call is handed back to be run from the start by [`Script::run`] on a blocking thread. The
     /// only effects of the abandoned attempt were on state that the rerun builds afresh.
     pub fn try_run_inline(&self, call: ScriptCall) -> Inline {
@@ -661,479 +649,13 @@ fn names_any(source: &str, names: &[&str]) -> bool {
         .any(|word| names.contains(&word))
 }
 
-// ---------------------------------------------------------------------------------------------
-// Per-call state
-
-thread_local! {
-    /// The state of the call running on this thread, if any.
-    static CURRENT: RefCell<Option<CallState>> = const { RefCell::new(None) };
-}
-
-struct CallState {
-    incoming: Option<tokio::sync::mpsc::Receiver<DynamicMessage>>,
-    output: MessageDescriptor,
-    streaming_response: bool,
-    cancel: CancellationToken,
-    /// Captured by `run()`: the helper thread of a streaming call is outside the runtime.
-    runtime: Option<Handle>,
-    /// `--script-timeout` from the start of the run.
-    deadline: Option<Instant>,
-    /// Running on an async worker: must not block, nor run long (see `Script::try_run_inline`).
-    inline: bool,
-    headers: MetadataMap,
-    trailers: MetadataMap,
-    headers_sent: bool,
-    /// Where `send()` delivers events; set only on the helper thread of a streaming call.
-    sink: Option<EventSink>,
-}
-
-impl CallState {
-    /// Why the progress hook should stop the script now, if it should.
-    fn interruption(&self, ops: u64) -> Option<Stop> {
-        if self.cancel.is_cancelled() {
-            Some(Stop::Cancelled)
-        } else if self.deadline.is_some_and(|d| Instant::now() >= d) {
-            Some(Stop::TimedOut)
-        } else if self.inline && ops >= INLINE_OPERATIONS {
-            Some(Stop::NotInline)
-        } else {
-            None
-        }
-    }
-}
-
-/// The helper thread's end of the relay to the caller's `events` callback.
-struct EventSink(mpsc::SyncSender<ScriptEvent>);
-
-impl EventSink {
-    /// Queues `event` for the caller's callback; false when the client is gone.
-    fn emit(&self, event: ScriptEvent) -> bool {
-        self.0.send(event).is_ok()
-    }
-}
-
-thread_local! {
-    /// The net allocation (`alloc_meter::net_allocated`) past which the script evaluating on this
-    /// thread is stopped; `None` when none is, or it has no limit.
-    static MEMORY_CEILING: Cell<Option<isize>> = const { Cell::new(None) };
-}
-
-/// `--script-max-memory`. A script evaluates on one thread from start to end (inline on an async
-/// worker, on a blocking thread, or on a streaming call's helper thread — a run moved off a worker
-/// starts again from the beginning), so what it holds is the growth of that thread's net
-/// allocation since it started, which the global allocator keeps (`alloc_meter`). Checked by the
-/// progress hook on every operation; values handed to another thread (`send()`) are taken off.
-struct MemoryMeter;
-
-impl MemoryMeter {
-    /// Starts metering this thread, `charged` bytes already held; stops when dropped.
-    fn start(limit: usize, charged: isize) -> Option<MemoryMeter> {
-        if limit == 0 {
-            return None;
-        }
-        let ceiling = alloc_meter::net_allocated()
-            .saturating_sub(charged)
-            .saturating_add(isize::try_from(limit).unwrap_or(isize::MAX));
-        MEMORY_CEILING.with(|c| c.set(Some(ceiling)));
-        Some(MemoryMeter)
-    }
-
-    fn exceeded() -> bool {
-        MEMORY_CEILING
-            .with(Cell::get)
-            .is_some_and(|ceiling| alloc_meter::net_allocated() > ceiling)
-    }
-
-    /// `bytes` allocated here now belong to another thread.
-    fn released(bytes: isize) {
-        MEMORY_CEILING.with(|c| c.set(c.get().map(|ceiling| ceiling.saturating_add(bytes))));
-    }
-}
-
-impl Drop for MemoryMeter {
-    fn drop(&mut self) {
-        MEMORY_CEILING.with(|c| c.set(None));
-    }
-}
-
-/// Puts a call's state where the registered functions find it, and clears it even on unwind.
-struct Installed;
-
-impl Installed {
-    fn new(state: CallState) -> Self {
-        CURRENT.with(|cell| *cell.borrow_mut() = Some(state));
-        Self
-    }
-
-    fn finish(self) -> CallState {
-        CURRENT
-            .with(|cell| cell.borrow_mut().take())
-            .expect("call state installed by Installed::new")
-    }
-}
-
-impl Drop for Installed {
-    fn drop(&mut self) {
-        let _ = CURRENT.try_with(|cell| cell.borrow_mut().take());
-    }
-}
-
-/// Runs `f` on the current call's state.
-fn with_call<R>(
-    f: impl FnOnce(&mut CallState) -> Result<R, Box<EvalAltResult>>,
-) -> Result<R, Box<EvalAltResult>> {
-    CURRENT.with(|cell| {
-        let mut state = cell
-            .try_borrow_mut()
-            .map_err(|_| api_error(Code::Internal, "script API re-entered"))?;
-        let state = state
-            .as_mut()
-            .ok_or_else(|| api_error(Code::Internal, "script API used outside a call"))?;
-        f(state)
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Errors raised by the API
-
-/// Why the API stopped a script. Carried by `ErrorTerminated`, which `try`/`catch` cannot catch.
-#[derive(Clone, Debug)]
-enum Stop {
-    Fail(Code, String),
-    Cancelled,
-    /// Past `--script-timeout`.
-    TimedOut,
-    ClientGone,
-    /// An inline run must move to a blocking thread (see `Script::try_run_inline`).
-    NotInline,
-    /// Past `--script-max-memory`.
-    OutOfMemory,
-}
-
-fn stop(reason: Stop) -> Box<EvalAltResult> {
-    EvalAltResult::ErrorTerminated(Dynamic::from(reason), Position::NONE).into()
-}
-
-/// A misuse of the API (a script bug, catchable). Reported as "script error at FILE:LINE:COL" —
-/// a plain string would be indistinguishable from `throw "text"`.
-#[derive(Clone, Debug)]
-struct ApiError {
-    code: Code,
-    message: String,
-}
-
-fn api_error(code: Code, message: impl Into<String>) -> Box<EvalAltResult> {
-    // Position::NONE is filled in by Rhai with the call site.
-    EvalAltResult::ErrorRuntime(
-        Dynamic::from(ApiError {
-            code,
-            message: message.into(),
-        }),
-        Position::NONE,
-    )
-    .into()
-}
-
-// ---------------------------------------------------------------------------------------------
-// The API
-
-fn register_api(engine: &mut Engine) {
-    engine
-        .register_type_with_name::<ApiError>("ScriptError")
-        .register_fn("to_string", |e: &mut ApiError| e.message.clone())
-        .register_fn("to_debug", |e: &mut ApiError| format!("{:?}", e.message));
-
-    engine.register_fn("next", || with_call(next));
-    engine.register_fn("send", |message: Dynamic| {
-        with_call(|state| send(state, message))
-    });
-    engine.register_fn("header", |key: ImmutableString, value: Dynamic| {
-        with_call(|state| {
-            if state.headers_sent {
-                return Err(api_error(
-                    Code::Unknown,
-                    "header(): headers were already sent; set them before the first send()",
-                ));
-            }
-            let value = text(&value);
-            check_room(&state.headers, &key, &value, "header")?;
-            add_metadata(&mut state.headers, &key, &value)
-                .map_err(|e| api_error(Code::Unknown, format!("header(): {e}")))
-        })
-    });
-    engine.register_fn("trailer", |key: ImmutableString, value: Dynamic| {
-        with_call(|state| {
-            let value = text(&value);
-            check_room(&state.trailers, &key, &value, "trailer")?;
-            add_metadata(&mut state.trailers, &key, &value)
-                .map_err(|e| api_error(Code::Unknown, format!("trailer(): {e}")))
-        })
-    });
-    engine.register_fn("fail", |code: Dynamic, message: Dynamic| {
-        fail(&code, text(&message))
-    });
-    engine.register_fn("fail", |code: Dynamic| fail(&code, String::new()));
-    engine.register_fn("sleep", |ms: INT| {
-        sleep(Duration::from_millis(ms.max(0).unsigned_abs()))
-    });
-    engine.register_fn("sleep", |ms: FLOAT| {
-        match Duration::try_from_secs_f64(ms.max(0.0) / 1000.0) {
-            Ok(duration) => sleep(duration),
-            Err(_) => Err(api_error(
-                Code::Unknown,
-                format!("sleep(): {ms} is not a number of milliseconds"),
-            )),
-        }
-    });
-}
-
-/// A value as text, as the script would print it (lazy messages as their maps).
-fn text(value: &Dynamic) -> String {
-    match plain(value) {
-        Ok(plain) => plain.to_string(),
-        Err(_) => value.to_string(),
-    }
-}
-
-fn next(state: &mut CallState) -> Result<Dynamic, Box<EvalAltResult>> {
-    let Some(incoming) = state.incoming.as_mut() else {
-        return Err(api_error(
-            Code::Unknown,
-            "next() is only available in client-streaming and bidi calls",
-        ));
-    };
-    use tokio::sync::mpsc::error::TryRecvError;
-    let message = match incoming.try_recv() {
-        Ok(message) => Some(message),
-        Err(TryRecvError::Disconnected) => None,
-        Err(TryRecvError::Empty) => block_on(
-            state.runtime.as_ref(),
-            &state.cancel,
-            state.deadline,
-            incoming.recv(),
-        )?,
-    };
-    match message {
-        Some(message) => {
-            let name = message.descriptor().full_name().to_owned();
-            LazyMessage::show(Arc::new(message)).map_err(|err| {
-                api_error(
-                    Code::Internal,
-                    format!("next(): cannot show the {name} message: {err}"),
-                )
-            })
-        }
-        None => Ok(Dynamic::UNIT),
-    }
-}
-
-fn send(state: &mut CallState, message: Dynamic) -> Result<(), Box<EvalAltResult>> {
-    if !state.streaming_response {
-        return Err(api_error(
-            Code::Unknown,
-            "send() is only available in server-streaming and bidi calls",
-        ));
-    }
-    let before = alloc_meter::net_allocated();
-    let message = dynamic_to_message(&message, &state.output).map_err(|err| {
-        api_error(
-            Code::Internal,
-            format!("send(): not a valid {}: {err}", state.output.full_name()),
-        )
-    })?;
-    // The message leaves this thread (it is freed by the one that writes it out).
-    MemoryMeter::released(alloc_meter::net_allocated() - before);
-    let sink = state
-        .sink
-        .as_ref()
-        .ok_or_else(|| api_error(Code::Internal, "send(): no event sink"))?;
-    if !state.headers_sent {
-        state.headers_sent = true;
-        if !sink.emit(ScriptEvent::Headers(std::mem::take(&mut state.headers))) {
-            return Err(stop(Stop::ClientGone));
-        }
-    }
-    if !sink.emit(ScriptEvent::Message(message)) {
-        return Err(stop(Stop::ClientGone));
-    }
-    Ok(())
-}
-
-fn fail(code: &Dynamic, message: String) -> Result<(), Box<EvalAltResult>> {
-    let code = parse_code(code).map_err(|e| api_error(Code::Unknown, format!("fail(): {e}")))?;
-    Err(stop(Stop::Fail(code, message)))
-}
-
-fn sleep(duration: Duration) -> Result<(), Box<EvalAltResult>> {
-    if duration.is_zero() {
-        return Ok(());
-    }
-    // Only the handle, token and deadline are needed while blocking; don't hold the state borrowed.
-    let (runtime, cancel, deadline) = with_call(|state| {
-        if state.inline {
-            // An async worker must not block: rerun where it may.
-            return Err(stop(Stop::NotInline));
-        }
-        Ok((state.runtime.clone(), state.cancel.clone(), state.deadline))
-    })?;
-    // Lazy: the timer must be created inside the runtime that block_on enters.
-    block_on(runtime.as_ref(), &cancel, deadline, async move {
-        tokio::time::sleep(duration).await
-    })
-}
-
-/// Blocks this (non-async) thread on `future`, stopping the script if the call is cancelled or
-/// its `--script-timeout` passes first.
-fn block_on<F: Future>(
-    runtime: Option<&Handle>,
-    cancel: &CancellationToken,
-    deadline: Option<Instant>,
-    future: F,
-) -> Result<F::Output, Box<EvalAltResult>> {
-    let runtime = runtime
-        .ok_or_else(|| api_error(Code::Internal, "scripts must run inside a tokio runtime"))?;
-    runtime.block_on(async {
-        let timeout = async {
-            match deadline {
-                Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => Err(stop(Stop::Cancelled)),
-            _ = timeout => Err(stop(Stop::TimedOut)),
-            output = future => Ok(output),
-        }
-    })
-}
-
-/// A gRPC code given to `fail()`: a name in any case (`"NOT_FOUND"`, `"not_found"`, `"NotFound"`)
-/// or its number.
-fn parse_code(code: &Dynamic) -> Result<Code, String> {
-    const NAMES: [(&str, Code); 16] = [
-        ("CANCELLED", Code::Cancelled),
-        ("UNKNOWN", Code::Unknown),
-        ("INVALIDARGUMENT", Code::InvalidArgument),
-        ("DEADLINEEXCEEDED", Code::DeadlineExceeded),
-        ("NOTFOUND", Code::NotFound),
-        ("ALREADYEXISTS", Code::AlreadyExists),
-        ("PERMISSIONDENIED", Code::PermissionDenied),
-        ("RESOURCEEXHAUSTED", Code::ResourceExhausted),
-        ("FAILEDPRECONDITION", Code::FailedPrecondition),
-        ("ABORTED", Code::Aborted),
-        ("OUTOFRANGE", Code::OutOfRange),
-        ("UNIMPLEMENTED", Code::Unimplemented),
-        ("INTERNAL", Code::Internal),
-        ("UNAVAILABLE", Code::Unavailable),
-        ("DATALOSS", Code::DataLoss),
-        ("UNAUTHENTICATED", Code::Unauthenticated),
-    ];
-    if let Ok(n) = code.as_int() {
-        return match i32::try_from(n) {
-            Ok(n @ 1..=16) => Ok(Code::from(n)),
-            _ => Err(format!("{n} is not a gRPC error code (1 to 16)")),
-        };
-    }
-    let Some(name) = code.read_lock::<ImmutableString>() else {
-        return Err(format!(
-            "the code must be a name or a number, not {}",
-            code.type_name()
-        ));
-    };
-    let key: String = name
-        .chars()
-        .filter(|c| *c != '_' && *c != '-')
-        .map(|c| c.to_ascii_uppercase())
-        .collect();
-    NAMES
-        .iter()
-        .find(|(n, _)| *n == key)
-        .map(|(_, code)| *code)
-        .ok_or_else(|| format!("unknown gRPC error code {:?}", name.as_str()))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Conversions
-
-/// Request metadata as a Rhai map of string to string; `-bin` values as base64, the first value of
-/// a repeated key.
-fn metadata_to_map(metadata: &MetadataMap) -> rhai::Map {
-    let mut map = rhai::Map::new();
-    for entry in metadata.iter() {
-        let (key, value) = match entry {
-            KeyAndValueRef::Ascii(key, value) => {
-                let text = value.to_str().map_or_else(
-                    |_| String::from_utf8_lossy(value.as_encoded_bytes()).into_owned(),
-                    str::to_owned,
-                );
-                (key.as_str(), text)
-            }
-            KeyAndValueRef::Binary(key, value) => {
-                let text = match value.to_bytes() {
-                    Ok(bytes) => STANDARD.encode(bytes),
-                    Err(_) => String::from_utf8_lossy(value.as_encoded_bytes()).into_owned(),
-                };
-                (key.as_str(), text)
-            }
-        };
-        map.entry(key.into()).or_insert_with(|| value.into());
-    }
-    map
-}
-
-/// Adds one response header or trailer. Keys are lower-cased; `-bin` keys take base64 values.
-/// A script's headers (or trailers) stay within what a template's may build
-/// ([`max_metadata_size`]): RESOURCE_EXHAUSTED before one that would pass it is added.
-fn check_room(
-    map: &MetadataMap,
-    key: &str,
-    value: &str,
-    what: &str,
-) -> Result<(), Box<EvalAltResult>> {
-    let used: usize = map
-        .as_ref()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len())
-        .sum();
-    let limit = max_metadata_size();
-    if used + key.len() + value.len() > limit {
-        return Err(api_error(
-            Code::ResourceExhausted,
-            format!(
-                "{what}(): the response {what}s would be larger than the limit of \
-                 {limit} bytes (--max-reply-metadata-size)"
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn add_metadata(map: &mut MetadataMap, key: &str, value: &str) -> Result<(), String> {
-    let key = key.to_ascii_lowercase();
-    if key.ends_with("-bin") {
-        let bytes = BASE64_LENIENT
-            .decode(value)
-            .map_err(|err| format!("the value of {key:?} is not base64: {err}"))?;
-        let name = BinaryMetadataKey::from_bytes(key.as_bytes())
-            .map_err(|_| format!("invalid metadata key {key:?}"))?;
-        map.append_bin(name, BinaryMetadataValue::from_bytes(&bytes));
-    } else {
-        let name = AsciiMetadataKey::from_bytes(key.as_bytes())
-            .map_err(|_| format!("invalid metadata key {key:?}"))?;
-        let value = AsciiMetadataValue::try_from(value).map_err(|_| {
-            format!("the value of {key:?} must be printable ASCII (use a -bin key for bytes)")
-        })?;
-        map.append(name, value);
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::OnceLock;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
+
+    use tonic::metadata::{BinaryMetadataValue, KeyAndValueRef};
 
     use prost_reflect::{DescriptorPool, SerializeOptions};
     use serde_json::json;

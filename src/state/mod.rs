@@ -1,6 +1,9 @@
 //! The served state — descriptors, and every method with its rules — built in one go and swapped whole.
 //!
 //! A call takes an `Arc` of its method when it starts, so a reload never changes a call in flight.
+//! [`reload`] watches the folders and swaps a new state in.
+
+pub mod reload;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -15,9 +18,9 @@ use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::front::health::Health;
 use crate::front::reflection::Reflection;
 use crate::handlers::emit::Direct;
-use crate::handlers::script::{ScriptEngine, ScriptLimits};
-use crate::handlers::{self, Handlers, MethodRules};
 use crate::protos::{self, Protos};
+use crate::rules::{self, Handlers, MethodRules};
+use crate::script::{ScriptEngine, ScriptLimits};
 
 /// Runs a load on a thread of its own with [`crate::protos::BUILD_STACK`]: whichever thread asks (the main thread at
 /// start-up, the reload thread later), the parsers get the same stack. A panic that escapes the
@@ -141,7 +144,7 @@ impl State {
         sources: &Sources,
     ) -> Result<State, Diagnostics> {
         let engine = ScriptEngine::new(sources.script_limits.clone());
-        let handlers = handlers::load(&sources.handlers, &protos.pool, &engine)?;
+        let handlers = rules::load(&sources.handlers, &protos.pool, &engine)?;
         let rule_count = handlers.rule_count();
         let Handlers {
             mut methods,
@@ -266,7 +269,7 @@ impl State {
             "no handler for {name}: add a rule to {file}, e.g.\n{rule}",
             name = method.name,
             file = file.display(),
-            rule = handlers::starter::rule(&method.desc).trim_end()
+            rule = rules::starter::rule(&method.desc).trim_end()
         )
     }
 }

@@ -9,8 +9,8 @@ use tonic::metadata::{AsciiMetadataValue, BinaryMetadataValue, MetadataKey, Meta
 use tonic::{Code, Status};
 
 use super::matcher::Condition;
-use super::script::Script;
 use super::template::{MessageTemplate, Path, Scope, Text};
+use crate::script::Script;
 
 /// One `[[rule]]` of a handler file.
 #[derive(Clone, Debug)]
@@ -193,8 +193,8 @@ pub struct ScriptMetadata {
 impl ScriptMetadata {
     pub fn render(rule: &Rule, scope: &Scope<'_>) -> Result<Self, Status> {
         Ok(Self {
-            headers: super::budget::bounded_metadata("headers", || rule.headers(scope))?,
-            trailers: super::budget::bounded_metadata("trailers", || rule.trailers(scope))?,
+            headers: crate::budget::bounded_metadata("headers", || rule.headers(scope))?,
+            trailers: crate::budget::bounded_metadata("trailers", || rule.trailers(scope))?,
         })
     }
 

@@ -438,7 +438,7 @@ impl Text {
                 }
             }
             // Stop building as soon as the text cannot fit the call's budget.
-            if !super::budget::fits(out.len()) {
+            if !crate::budget::fits(out.len()) {
                 break;
             }
         }
@@ -673,7 +673,7 @@ impl ValueTemplate {
     /// One element of a list (or a map value): never wrapped in a list.
     fn render_elem(&self, scope: &Scope<'_>, kind: &Kind) -> Result<Value, String> {
         // Each element is at least one byte encoded.
-        if !super::budget::spend(1) {
+        if !crate::budget::spend(1) {
             return Err(OVER_BUDGET.into());
         }
         match self {
@@ -701,7 +701,7 @@ fn charge(value: Value) -> Result<Value, String> {
             _ => 0,
         }
     }
-    if super::budget::spend(len(&value)) {
+    if crate::budget::spend(len(&value)) {
         Ok(value)
     } else {
         Err(OVER_BUDGET.into())

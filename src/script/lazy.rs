@@ -21,7 +21,7 @@ use rhai::{
     Dynamic, Engine, EvalAltResult, FnPtr, FuncRegistration, ImmutableString, NativeCallContext,
 };
 
-use super::script_convert::{has_own_json_form, message_to_dynamic, value_to_dynamic};
+use super::to_rhai::{has_own_json_form, message_to_dynamic, value_to_dynamic};
 use crate::codec::canonical;
 
 type RhaiResult<T = Dynamic> = Result<T, Box<EvalAltResult>>;
@@ -432,7 +432,7 @@ mod tests {
     use serde_json::json;
 
     use crate::codec::encode::encode_to_vec;
-    use crate::handlers::script_convert::{dynamic_to_message, encode_message};
+    use crate::script::convert::{dynamic_to_message, encode_message};
 
     const PROTO: &str = r#"
         syntax = "proto3";
