@@ -11,10 +11,10 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{CheckArgs, ServeArgs};
-use crate::front::web::CorsOrigins;
 use crate::handlers;
+use crate::protocol::ServiceSettings;
 use crate::registry::{Method, Registry, Sources, State};
-use crate::service::ServiceSettings;
+use crate::server::cors::CorsOrigins;
 use crate::{reload, server};
 
 /// Most methods without a handler that `check` names; past it, a count and how to see them all.
