@@ -50,6 +50,8 @@ fn fixture() -> &'static Fixture {
             protos: root.join("protos"),
             handlers: root.join("handlers"),
             include_roots: vec![],
+            exclude: vec![],
+            descriptor_sets: vec![],
             script_limits: ScriptLimits {
                 // Well below CALL_LIMIT, so a slow script is the server's DEADLINE_EXCEEDED, not a hang.
                 max_duration: Duration::from_secs(2),

@@ -62,6 +62,8 @@ fn fixture() -> &'static Fixture {
             protos: dir.join("protos"),
             handlers: dir.join("handlers"),
             include_roots: vec![],
+            exclude: vec![],
+            descriptor_sets: vec![],
             script_limits: ScriptLimits::default(),
             reflection: false,
             reads: Default::default(),
