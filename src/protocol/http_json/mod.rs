@@ -1,5 +1,5 @@
 //! HTTP/JSON transcoding from `google.api.http` annotations, as grpc-gateway and Envoy do it, in
-//! process: the route a request matches ([`routes`], [`template`]) names the method, the request
+//! process: the route a request matches (`protos::http_routes` and its `pattern`) names the method, the request
 //! message is built from path, query and body ([`request`]), and the reply is written as proto3 JSON —
 //! the whole message or its `response_body` field; a server stream as newline-delimited JSON.
 //! Errors are the HTTP status of their code (google.rpc.Code's mapping) with a `google.rpc.Status`
