@@ -1,7 +1,8 @@
 //! HTTP/JSON transcoding from `google.api.http` annotations, as grpc-gateway and Envoy do it, in
-//! process: the route a request matches (`protos::http_routes` and its `pattern`) names the method, the request
-//! message is built from path, query and body ([`request`]), and the reply is written as proto3 JSON —
-//! the whole message or its `response_body` field; a server stream as newline-delimited JSON.
+//! process: the route a request matches (`protos::http_routes` and its `pattern`) names the method,
+//! the request message is built from path, query and body ([`request`]), and the reply is written as
+//! proto3 JSON — the whole message or its `response_body` field; a server stream as newline-delimited
+//! JSON.
 //! Errors are the HTTP status of their code (google.rpc.Code's mapping) with a `google.rpc.Status`
 //! JSON body. A client stream reads the body as a sequence of JSON values, one message each.
 //!
