@@ -240,7 +240,7 @@ pub struct ServeArgs {
     /// browser), e.g. http://localhost:3000; repeatable (the environment variable takes a ','-separated
     /// list). The default, *, lets a page from any origin call: right for a development mock, not for a
     /// server others can reach. `none` turns CORS off.
-    #[arg(long, env = "PROTODROP_CORS_ORIGIN", value_delimiter = ',', default_value = "*", value_parser = crate::front::web::parse_origin, value_name = "ORIGIN")]
+    #[arg(long, env = "PROTODROP_CORS_ORIGIN", value_delimiter = ',', default_value = "*", value_parser = crate::server::cors::parse_origin, value_name = "ORIGIN")]
     pub cors_origin: Vec<String>,
 
     /// PEM file with the server's certificate (its chain, leaf first): serve TLS on the port, for every

@@ -1,18 +1,23 @@
 //! protodrop: a gRPC server with no code generation.
 //!
-//! Data flow: [`cli`] flags → [`protos`] (folder → descriptor pool) → [`rules`] (handler files →
-//! rules checked against the pool; Rhai [`script`]s) → [`state`] (the swapped state: path → method +
-//! rules) → [`service`] (one tower service for every path, one branch per RPC shape, [`codec`] on the
-//! wire). [`state::reload`] watches both folders and swaps the state; [`server`] puts it on a socket.
+//! Data flow: [`cli`] flags → [`protos`] (folder → descriptor pool, and the HTTP route table) →
+//! [`rules`] (handler files → rules checked against the pool; Rhai [`script`]s) → [`state`] (the
+//! swapped state: path → method + rules, the [`builtin`] services) → [`server`] (sockets, TLS,
+//! hyper; its router picks one [`protocol`] per request) → the protocol reads the call, asks
+//! [`respond`] (and, for gRPC, the compiled path in [`service`]) for the answer, and writes it
+//! ([`codec`] for messages, [`limits`] for the size statuses every layer shares).
+//! [`state::reload`] watches both folders and swaps the state.
 
 #![forbid(unsafe_code)]
 
 pub mod budget;
+pub mod builtin;
 pub mod cli;
 pub mod codec;
 pub mod diagnostic;
-pub mod front;
 pub mod handlers;
+pub mod limits;
+pub mod protocol;
 pub mod protos;
 pub mod respond;
 pub mod rules;

@@ -81,7 +81,7 @@ async fn single_request(
         .await?
         .ok_or_else(|| Status::internal("missing request message"))?;
     if next_message(&mut incoming).await?.is_some() {
-        return Err(crate::service::multiple_requests());
+        return Err(crate::limits::multiple_requests());
     }
     let scope = Scope::new(Some(&request), &metadata);
     let rule = select(&method, &scope)?;

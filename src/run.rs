@@ -11,10 +11,10 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{CheckArgs, ServeArgs};
-use crate::front::web::CorsOrigins;
+use crate::protocol::ServiceSettings;
 use crate::rules;
 use crate::server;
-use crate::service::ServiceSettings;
+use crate::server::cors::CorsOrigins;
 use crate::state::reload;
 use crate::state::{Method, Registry, Sources, State};
 

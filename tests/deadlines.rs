@@ -8,8 +8,10 @@
 //! server whose abandoned calls were really dropped exits at once on SIGTERM.
 //! (The server-streaming case of the first kind is tests/streams.rs,
 //! `a_server_stream_ends_at_its_deadline`; scripts past `--script-timeout` are tests/scripts.rs.)
+//! HTTP/JSON calls have a deadline too: `Grpc-Timeout`, as grpc-gateway reads it.
 
 mod common;
+mod http_client;
 mod raw;
 
 use std::time::{Duration, Instant};
@@ -321,4 +323,94 @@ async fn a_call_still_in_flight_holds_a_graceful_shutdown() {
         started.elapsed()
     );
     reading.abort();
+}
+
+/// Routes for the HTTP/JSON deadline: a unary method whose answer takes 1 s, and a server stream.
+const ROUTED: &str = r#"syntax = "proto3";
+package h;
+import "google/api/annotations.proto";
+message Req { string name = 1; }
+message Res { string text = 1; }
+service Slow {
+  rpc Wait(Req) returns (Res) { option (google.api.http) = { get: "/v1/wait/{name}" }; }
+  rpc Ticks(Req) returns (stream Res) { option (google.api.http) = { get: "/v1/ticks/{name}" }; }
+}
+"#;
+
+const ROUTED_RULES: &str = r#"
+[[rule]]
+method = "h.Slow/Wait"
+delay = "1s"
+reply.text = "late {{request.name}}"
+
+[[rule]]
+method = "h.Slow/Ticks"
+stream.repeat = 1000
+stream.delay = "100ms"
+stream.message = { text = "tick {{index}}" }
+"#;
+
+/// HTTP/JSON honours `Grpc-Timeout` as grpc-gateway's runtime does: a call still unanswered when it
+/// passes is HTTP 504 with DEADLINE_EXCEEDED in the `google.rpc.Status` body the transcoder writes
+/// for every error, at the deadline (not when the delay ends); a stream already started ends with
+/// its error line. Regression: HTTP/JSON had no deadline at all (the call answered 200 after 1 s).
+#[tokio::test]
+async fn an_http_json_call_ends_at_its_grpc_timeout() {
+    use http_client::{get, send};
+    let s = Server::start(&[("h.proto", ROUTED)], &[("h.toml", ROUTED_RULES)]);
+    let timeout = [("Grpc-Timeout", "100m")];
+    let started = Instant::now();
+    let r = send(s.addr, "GET", "/v1/wait/a", &timeout, bytes::Bytes::new()).await;
+    let took = started.elapsed();
+    r.expect(504);
+    assert_eq!(r.json()["code"], 4, "{}", r.text());
+    assert!(
+        took < Duration::from_millis(800),
+        "answered after {took:?}, the deadline was 100 ms"
+    );
+    // A deadline the answer meets changes nothing.
+    let r = send(
+        s.addr,
+        "GET",
+        "/v1/wait/b",
+        &[("Grpc-Timeout", "5S")],
+        bytes::Bytes::new(),
+    )
+    .await;
+    r.expect(200);
+    assert_eq!(r.json(), serde_json::json!({"text": "late b"}));
+    // One that does not read is refused, as grpc-gateway refuses it.
+    let r = send(
+        s.addr,
+        "GET",
+        "/v1/wait/c",
+        &[("Grpc-Timeout", "soon")],
+        bytes::Bytes::new(),
+    )
+    .await;
+    r.expect(400);
+    assert_eq!(r.json()["code"], 3, "{}", r.text());
+    // A stream answers its first messages, then its deadline is its last line.
+    let started = Instant::now();
+    let r = send(
+        s.addr,
+        "GET",
+        "/v1/ticks/d",
+        &[("Grpc-Timeout", "350m")],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    r.expect(200);
+    let lines = r.lines();
+    let last = lines.last().expect("lines");
+    assert_eq!(last["error"]["code"], 4, "{}", r.text());
+    assert!(lines.len() >= 2, "{}", r.text());
+    // Without a deadline the call is answered, late.
+    let r = get(s.addr, "/v1/wait/e").await;
+    r.expect(200);
 }

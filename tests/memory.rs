@@ -146,7 +146,8 @@ fn what_a_tree_keeps() {
     let protos = protodrop::protos::load(std::path::Path::new(&tree), &[]).unwrap();
     let kept = alloc_meter::net_allocated() - before;
     let before = alloc_meter::net_allocated();
-    let routes = protodrop::front::transcode::Routes::build(&protos.pool, &[tree.clone().into()]);
+    let routes =
+        protodrop::protos::http_routes::Routes::build(&protos.pool, &[tree.clone().into()]);
     let routes_kept = alloc_meter::net_allocated() - before;
     drop(routes);
     let encoded = protos.pool.encode_to_vec().len();

@@ -606,7 +606,7 @@ async fn the_built_in_health_answers_list_as_grpc_proto_describes_it() {
     let protos = [
         (
             "grpc/health/v1/health.proto",
-            include_str!("../src/front/proto/health.proto"),
+            include_str!("../src/builtin/proto/health.proto"),
         ),
         ("t.proto", KV),
     ];

@@ -865,3 +865,32 @@ async fn a_connect_post_to_a_get_route_is_method_not_allowed() {
     let r = get(s.addr, "/v1.files/upload?name=f").await;
     assert_eq!(ok_json(r).await, json!({"name": "f"}));
 }
+
+/// One server, GETs of both protocols: each is answered by its own — a Connect GET (a method's
+/// path with `message=`) by Connect, a route's path by HTTP/JSON even with a `message` parameter,
+/// each in its own error form when nothing is there (Connect's string code, google.rpc.Status's
+/// number).
+#[tokio::test]
+async fn connect_and_http_json_gets_on_one_server_are_each_answered_by_their_protocol() {
+    let s = server();
+    let r = get(
+        s.addr,
+        "/lib.Library/Lookup?encoding=json&message=%7B%22name%22%3A%22n1%22%7D",
+    )
+    .await;
+    assert_eq!(ok_json(r).await, json!({"name": "n1"}));
+    let r = get(s.addr, "/v1/books/n2").await;
+    assert_eq!(ok_json(r).await, json!({"name": "n2"}));
+    // `message` on a route's path is a query parameter of the route, and Query has no such field.
+    let r = get(s.addr, "/v1/books/n3?message=x").await;
+    r.expect(400);
+    assert_eq!(r.json()["code"], 3, "{}", r.text());
+    assert!(r.text().contains("message"), "{}", r.text());
+    let r = get(s.addr, "/lib.Library/Nope?encoding=json&message=%7B%7D").await;
+    r.expect(404);
+    assert_eq!(r.json()["code"], "unimplemented", "{}", r.text());
+    assert!(r.text().contains("has no method 'Nope'"), "{}", r.text());
+    let r = get(s.addr, "/v2/nothing").await;
+    r.expect(404);
+    assert_eq!(r.json()["code"], 5, "{}", r.text());
+}

@@ -107,7 +107,7 @@ pub fn measure_reply(
     limit: usize,
 ) -> Result<encode::Measured<'_>, Status> {
     let measured = encode::Measured::new(message);
-    crate::front::wire::check_reply_len(measured.len(), limit)?;
+    crate::limits::check_reply_len(measured.len(), limit)?;
     Ok(measured)
 }
 

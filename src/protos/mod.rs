@@ -8,6 +8,9 @@
 //!
 //! Editions (`edition = "2023"`) are parsed by a patched protox-parse and their features resolved by a
 //! patched prost-reflect (see their `vendor/*/PROTODROP.md`).
+//!
+//! [`http_routes`] is the HTTP/JSON route table built from the pool's `google.api.http` options: it
+//! is made with the protos (and kept in the state), below the protocol that serves it.
 
 use std::collections::BTreeSet;
 use std::panic::{self, AssertUnwindSafe};
@@ -22,6 +25,7 @@ use walkdir::WalkDir;
 use crate::diagnostic::{Diagnostic, Diagnostics};
 
 mod ahead;
+pub mod http_routes;
 mod incremental;
 mod layout;
 pub mod nesting;

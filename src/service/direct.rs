@@ -17,8 +17,8 @@ use super::EncodedStream;
 use crate::budget::{self, Exceeded};
 use crate::codec::encode::Measured;
 use crate::codec::{decode_request, encode_reply};
-use crate::front::wire::check_reply_len;
 use crate::handlers::emit::{Choice, Declined, Direct, DirectReply, Emitter, RawScope};
+use crate::limits::check_reply_len;
 use crate::respond::{
     end_with_trailers, extend_metadata, render_error, render_reply, script_panicked, with_headers,
 };
@@ -29,14 +29,14 @@ use crate::script::{Inline, Script, ScriptCall, ScriptEvent, ScriptRequest};
 use crate::state::Method;
 
 /// A unary reply: headers, the encoded message, trailers.
-pub(super) struct UnaryReply {
+pub(crate) struct UnaryReply {
     pub headers: MetadataMap,
     pub message: Vec<u8>,
     pub trailers: MetadataMap,
 }
 
 /// How a unary call went here.
-pub(super) enum Unary {
+pub(crate) enum Unary {
     Reply(UnaryReply),
     /// The call ends with this status, after these headers.
     Failed(MetadataMap, Status),
@@ -48,7 +48,7 @@ pub(super) enum Unary {
 
 /// The direct answer to a unary call, with `reserve` bytes left free at the start of the message
 /// (for the frame prefix).
-pub(super) async fn unary(
+pub(crate) async fn unary(
     direct: &Direct,
     request: Bytes,
     metadata: MetadataMap,
@@ -182,7 +182,7 @@ fn raw_scope<'a>(request: &'a [u8], count: Option<u64>, metadata: &'a MetadataMa
 }
 
 /// How a streaming call went here.
-pub(super) enum Streamed {
+pub(crate) enum Streamed {
     Answered(Result<Response<EncodedStream>, Status>),
     /// The first message (if any) shows the general path must answer: the call, as read so far.
     General {
@@ -193,7 +193,7 @@ pub(super) enum Streamed {
 }
 
 /// A server-streaming or bidi call of a method with a direct form.
-pub(super) async fn streaming(
+pub(crate) async fn streaming(
     method: Arc<Method>,
     metadata: MetadataMap,
     mut rest: Streaming<Bytes>,
@@ -467,6 +467,6 @@ fn only(method: &Method) -> &Choice {
 }
 
 /// The next message's bytes; over-size is RESOURCE_EXHAUSTED (see `super::incoming`).
-pub(super) async fn next(streaming: &mut Streaming<Bytes>) -> Result<Option<Bytes>, Status> {
+pub(crate) async fn next(streaming: &mut Streaming<Bytes>) -> Result<Option<Bytes>, Status> {
     streaming.message().await.map_err(super::size_status)
 }

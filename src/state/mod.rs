@@ -14,9 +14,9 @@ use tonic_health::ServingStatus;
 use arc_swap::ArcSwap;
 use prost_reflect::MethodDescriptor;
 
+use crate::builtin::health::Health;
+use crate::builtin::reflection::Reflection;
 use crate::diagnostic::{Diagnostic, Diagnostics};
-use crate::front::health::Health;
-use crate::front::reflection::Reflection;
 use crate::handlers::emit::Direct;
 use crate::protos::{self, Protos};
 use crate::rules::{self, Handlers, MethodRules};
@@ -86,7 +86,7 @@ pub struct State {
     /// Reflection over this state's descriptors; `None` when turned off.
     reflection: Option<Reflection>,
     /// HTTP/JSON transcoding routes from the `google.api.http` annotations, rebuilt with the protos.
-    pub routes: Arc<crate::front::transcode::Routes>,
+    pub routes: Arc<crate::protos::http_routes::Routes>,
     /// Health overrides from the handler files' `[health]` tables.
     pub health_overrides: BTreeMap<String, ServingStatus>,
     /// Warnings about services of the protos that protodrop serves itself (health, reflection):
@@ -117,7 +117,7 @@ impl State {
             .chain(sources.include_roots.iter().cloned())
             .collect();
         let compiled = started.elapsed();
-        let routes = crate::front::transcode::Routes::build(&protos.pool, &proto_roots);
+        let routes = crate::protos::http_routes::Routes::build(&protos.pool, &proto_roots);
         let routed = started.elapsed();
         let reflection = sources.reflection.then(|| Reflection::new(&protos.pool));
         tracing::debug!(?compiled, ?routed, elapsed = ?started.elapsed(), "protos compiled");
@@ -139,7 +139,7 @@ impl State {
 
     fn with_handlers(
         protos: Protos,
-        routes: Arc<crate::front::transcode::Routes>,
+        routes: Arc<crate::protos::http_routes::Routes>,
         reflection: Option<Reflection>,
         sources: &Sources,
     ) -> Result<State, Diagnostics> {
@@ -155,9 +155,9 @@ impl State {
         let mut builtin_copies = Vec::new();
         for service in protos.pool.services() {
             let builtin = match service.full_name() {
-                crate::front::HEALTH_SERVICE => Some("health"),
+                crate::builtin::HEALTH_SERVICE => Some("health"),
                 name if reflection.is_some()
-                    && crate::front::REFLECTION_SERVICES.contains(&name) =>
+                    && crate::builtin::REFLECTION_SERVICES.contains(&name) =>
                 {
                     Some("server reflection")
                 }

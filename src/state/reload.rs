@@ -749,7 +749,9 @@ mod tests {
         let request = http::Request::post("/grpc.health.v1.Health/Check")
             .header("content-type", "application/grpc")
             .header("te", "trailers")
-            .body(axum::body::Body::from(body))
+            .body(tonic::body::Body::new(http_body_util::Full::new(
+                bytes::Bytes::from(body),
+            )))
             .unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

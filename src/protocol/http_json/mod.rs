@@ -1,13 +1,20 @@
 //! HTTP/JSON transcoding from `google.api.http` annotations, as grpc-gateway and Envoy do it, in
-//! process: the route a request matches ([`routes`], [`template`]) names the method, the request
-//! message is built from path, query and body ([`request`]), and the reply is written as proto3 JSON —
-//! the whole message or its `response_body` field; a server stream as newline-delimited JSON.
+//! process: the route a request matches (`protos::http_routes` and its `pattern`) names the method,
+//! the request message is built from path, query and body ([`request`]), and the reply is written as
+//! proto3 JSON — the whole message or its `response_body` field; a server stream as newline-delimited
+//! JSON.
 //! Errors are the HTTP status of their code (google.rpc.Code's mapping) with a `google.rpc.Status`
 //! JSON body. A client stream reads the body as a sequence of JSON values, one message each.
+//!
+//! A call has a deadline when it sends `Grpc-Timeout`, as grpc-gateway's runtime honours it: past it,
+//! the answer is HTTP 504 with DEADLINE_EXCEEDED (or, once a stream has started, its error line).
+//!
+//! The route table itself is built with the protos (`protos::http_routes`), below the state that
+//! holds it; this module is the mux over it ([`serve`]), the request message ([`request`]) and the
+//! reply ([`marshal`]).
 
+mod marshal;
 mod request;
-pub mod routes;
-pub mod template;
 
 use std::sync::Arc;
 
@@ -16,38 +23,38 @@ use futures::StreamExt as _;
 use http::header::{HeaderMap, HeaderValue};
 use http::StatusCode;
 use http_body::Frame;
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, Value};
 use serde_json::Value as Json;
+use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
-use self::routes::{BodyRule, Lookup, Route};
-use self::template::Bindings;
-use super::json;
-use super::wire::{self, Encoding, HttpResponse};
+pub use self::marshal::error;
+use self::marshal::{reply_json, ErrorLine};
+use super::compression::Encoding;
+use super::deadline::{until, until_deadline, Deadline};
+use super::wire;
+use super::{json, Body, HttpResponse, ServiceSettings};
+use crate::protos::http_routes::{Bindings, BodyRule, Lookup, Route};
 use crate::respond::{respond, Incoming};
-use crate::service::ServiceSettings;
 use crate::state::State;
-
-pub use self::routes::Routes;
 
 const JSON: &str = "application/json";
 const NDJSON: &str = "application/x-ndjson";
 
+/// What a call past its `Grpc-Timeout` answers.
+const DEADLINE_PASSED: &str = "Grpc-Timeout elapsed";
+
 /// Serves one plain HTTP request by the route it matches.
 pub async fn serve(
     state: Arc<State>,
-    request: http::Request<axum::body::Body>,
+    request: http::Request<Body>,
     settings: ServiceSettings,
+    cut: &'static CancellationToken,
 ) -> HttpResponse {
     let path = request.uri().path().to_string();
-    // A Connect GET of a served method comes first: a route such as `/{x=**}` would take it too.
-    if super::connect::is_get_request(&request) && state.methods.contains_key(&path) {
-        return super::connect::serve_get(state, request, settings).await;
-    }
     match state.routes.find(request.method(), &path) {
         Lookup::Found(route, bindings) => {
             let pool = state.protos.pool.clone();
-            call(&state, route, bindings, request, settings)
+            call(&state, route, bindings, request, settings, cut)
                 .await
                 .unwrap_or_else(|status| error(&status, &pool, HeaderMap::new()))
         }
@@ -65,9 +72,6 @@ pub async fn serve(
             *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
             response
         }
-        Lookup::NotFound if super::connect::is_get_request(&request) => {
-            super::connect::serve_get(state, request, settings).await
-        }
         // A method's own path with a content type no protocol here speaks: 415, as gRPC asks, naming
         // what is spoken (a 404 would read as if the method did not exist).
         Lookup::NotFound
@@ -76,7 +80,7 @@ pub async fn serve(
             let status = Status::invalid_argument(format!(
                 "POST {path}: content type {:?} is not served here; use application/grpc (gRPC), \
                  application/grpc-web (gRPC-Web), application/json or application/proto (Connect)",
-                super::wire::header(request.headers(), http::header::CONTENT_TYPE).unwrap_or("")
+                wire::header(request.headers(), http::header::CONTENT_TYPE).unwrap_or("")
             ));
             let mut response = error(&status, &state.protos.pool, HeaderMap::new());
             *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
@@ -94,8 +98,8 @@ pub async fn serve(
     }
 }
 
-/// Whether some route has this path, with this HTTP method or another (Connect defers to
-/// transcoding when a route looks like a method path, so that it answers or says 405).
+/// Whether some route has this path, with this HTTP method or another (the router sends a request
+/// that could be Connect's here when a route has its path, so that the route answers or says 405).
 pub fn has_route(state: &State, method: &http::Method, path: &str) -> bool {
     !matches!(state.routes.find(method, path), Lookup::NotFound)
 }
@@ -104,8 +108,9 @@ async fn call(
     state: &Arc<State>,
     route: &Route,
     bindings: Bindings,
-    request: http::Request<axum::body::Body>,
+    request: http::Request<Body>,
     settings: ServiceSettings,
+    cut: &'static CancellationToken,
 ) -> Result<HttpResponse, Status> {
     let limit = settings.max_message_size;
     let method = state
@@ -116,6 +121,7 @@ async fn call(
             Status::internal(format!("route {} names no served method", route.pattern))
         })?;
     let (parts, body) = request.into_parts();
+    let deadline = Deadline::http(&parts.headers)?;
     let query = wire::query_pairs(parts.uri.query());
     // A route without `body` ignores the request body, as grpc-gateway does.
     let incoming: Incoming = if matches!(route.body, BodyRule::None) {
@@ -158,16 +164,20 @@ async fn call(
         }
     };
     let metadata = wire::request_metadata(&parts.headers);
-    let response = respond(state.clone(), method.clone(), metadata, incoming, limit).await?;
-    if method.desc.is_server_streaming() {
-        return stream_reply(state, route, response, limit).await;
-    }
-    let reply = wire::single_reply(response, limit).await?;
-    let body = reply_json(&reply.message, route.response_body.as_ref())?;
-    let mut headers = HeaderMap::new();
-    wire::add_metadata(&mut headers, &reply.headers, "");
-    wire::add_metadata(&mut headers, &reply.trailers, "");
-    Ok(wire::full_response(StatusCode::OK, headers, JSON, body))
+    // Dropping the answer at the deadline stops what it runs (a delay, a script).
+    until(deadline, DEADLINE_PASSED, async {
+        let response = respond(state.clone(), method.clone(), metadata, incoming, limit).await?;
+        if method.desc.is_server_streaming() {
+            return stream_reply(state, route, response, limit, deadline, cut).await;
+        }
+        let reply = wire::single_reply(response, limit).await?;
+        let body = reply_json(&reply.message, route.response_body.as_ref())?;
+        let mut headers = HeaderMap::new();
+        wire::add_metadata(&mut headers, &reply.headers, "");
+        wire::add_metadata(&mut headers, &reply.trailers, "");
+        Ok(wire::full_response(StatusCode::OK, headers, JSON, body))
+    })
+    .await
 }
 
 /// The JSON values of a body, read one at a time (none for an empty body).
@@ -199,14 +209,18 @@ impl JsonValues {
 }
 
 /// A server stream as newline-delimited JSON. An error before the first message is an HTTP error;
-/// a later one is a last line `{"error": <google.rpc.Status>}`. Trailers become HTTP trailers.
+/// a later one (the deadline, the shutdown cut among them) is a last line
+/// `{"error": <google.rpc.Status>}`. Trailers become HTTP trailers.
 async fn stream_reply(
     state: &Arc<State>,
     route: &Route,
     response: tonic::Response<crate::respond::ReplyStream>,
     limit: usize,
+    deadline: Deadline,
+    cut: &'static CancellationToken,
 ) -> Result<HttpResponse, Status> {
-    let (metadata, mut stream, _) = response.into_parts();
+    let (metadata, stream, _) = response.into_parts();
+    let mut stream = Box::pin(until_deadline(stream, deadline, cut));
     let first = match stream.next().await {
         Some(Err(status)) if status.code() != Code::Ok => {
             return Err(wire::with_headers(status, &metadata))
@@ -248,85 +262,4 @@ async fn stream_reply(
     let mut headers = HeaderMap::new();
     wire::add_metadata(&mut headers, &metadata, "");
     Ok(wire::streaming_response(headers, NDJSON, lines))
-}
-
-/// The last line of a stream that failed after its first message.
-#[derive(serde::Serialize)]
-struct ErrorLine {
-    error: json::RpcStatus,
-}
-
-/// The reply as JSON text: the whole message, or its `response_body` field. Messages are written
-/// directly so their fields keep proto order.
-fn reply_json(
-    message: &DynamicMessage,
-    field: Option<&FieldDescriptor>,
-) -> Result<Vec<u8>, Status> {
-    let Some(field) = field else {
-        return json::encode(message);
-    };
-    let value = message.get_field(field);
-    match value.as_ref() {
-        Value::Message(inner) if !field.is_list() => return json::encode(inner),
-        Value::List(items) if field.is_list() && matches!(field.kind(), Kind::Message(_)) => {
-            let mut out = b"[".to_vec();
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                if let Value::Message(m) = item {
-                    out.extend(json::encode(m)?);
-                }
-            }
-            out.push(b']');
-            return Ok(out);
-        }
-        _ => {}
-    }
-    let whole = json::to_value(message)?;
-    // Canonical JSON leaves default values out; the field alone is still written.
-    let value = whole
-        .get(field.json_name())
-        .cloned()
-        .unwrap_or_else(|| default_json(field));
-    Ok(to_bytes(&value))
-}
-
-fn default_json(field: &FieldDescriptor) -> Json {
-    if field.is_list() {
-        return Json::Array(Vec::new());
-    }
-    if field.is_map() {
-        return Json::Object(Default::default());
-    }
-    match field.kind() {
-        Kind::Message(desc) => json::to_value(&DynamicMessage::new(desc)).unwrap_or(Json::Null),
-        Kind::String | Kind::Bytes => Json::String(String::new()),
-        Kind::Bool => Json::Bool(false),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint64 | Kind::Fixed64 => {
-            Json::String("0".into())
-        }
-        Kind::Enum(e) => Json::String(e.default_value().name().to_string()),
-        _ => Json::from(0),
-    }
-}
-
-fn to_bytes(json: &Json) -> Vec<u8> {
-    // Serializing a `serde_json::Value` cannot fail.
-    serde_json::to_vec(json).unwrap_or_default()
-}
-
-/// An error as HTTP: the code's status and `google.rpc.Status` JSON; the status' metadata as headers.
-pub fn error(
-    status: &Status,
-    pool: &prost_reflect::DescriptorPool,
-    mut headers: HeaderMap,
-) -> HttpResponse {
-    wire::add_metadata(&mut headers, status.metadata(), "");
-    wire::full_response(
-        json::http_status(status.code()),
-        headers,
-        JSON,
-        json::to_vec(&json::rpc_status(status, pool)),
-    )
 }

@@ -24,7 +24,7 @@
 //!
 //! The built-in services' own files (`grpc/health/v1/health.proto`, both reflection protos) are
 //! served beside the user's. The health file is grpc-proto's current one (`proto/health.proto`,
-//! with `List`), which the built-in health service answers in full (`front::health`): a user's
+//! with `List`), which the built-in health service answers in full (`builtin::health`): a user's
 //! vendored copy of it, served instead under the same name, then describes what answers. A user file of the same name is the one served, and a service both
 //! define is listed once, so a tree that vendors those protos neither breaks nor duplicates them.
 //!
@@ -68,7 +68,7 @@ const SOURCE_CODE_INFO: u32 = 9;
 /// `health.proto`, `reflection_v1.proto`, `reflection_v1alpha.proto`).
 static BUILT_INS: LazyLock<DescriptorPool> = LazyLock::new(|| {
     let mut pool = DescriptorPool::new();
-    // grpc-proto's current health.proto (with `List`, which `front::health` answers beside
+    // grpc-proto's current health.proto (with `List`, which `builtin::health` answers beside
     // tonic-health's `Check` and `Watch`); it imports nothing.
     let health = protox::file::File::from_source(
         "grpc/health/v1/health.proto",
@@ -117,7 +117,7 @@ impl Reflection {
     /// encoded until asked for.
     pub fn new(pool: &DescriptorPool) -> Self {
         let server = ServerReflectionServer::new(Answers { pool: pool.clone() });
-        let service = server.map_request(|mut request: http::Request<axum::body::Body>| {
+        let service = server.map_request(|mut request: http::Request<tonic::body::Body>| {
             if let Some(method) = request.uri().path().strip_prefix(V1ALPHA_PREFIX) {
                 let path = format!("{V1_PREFIX}{method}");
                 let mut parts = request.uri().clone().into_parts();
@@ -498,7 +498,7 @@ mod tests {
         ] {
             assert!(services.contains(service), "{services:?}");
         }
-        // grpc-proto's current health service, as `front::health` answers it.
+        // grpc-proto's current health service, as `builtin::health` answers it.
         let health = BUILT_INS
             .get_service_by_name("grpc.health.v1.Health")
             .unwrap();

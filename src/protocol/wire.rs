@@ -1,9 +1,8 @@
-//! What Connect and HTTP transcoding share on the wire: request bodies read within
-//! `--max-message-size`, gzip, request headers as metadata and metadata as response headers, a reply
-//! collected into one message, and response bodies fed by a stream of frames.
+//! What the protocols that answer in plain HTTP bodies (Connect, HTTP/JSON) share: request bodies
+//! read within `--max-message-size`, request headers as metadata and metadata as response headers,
+//! a reply collected into one message, and response bodies, whole or fed by a stream of frames.
 
 use std::convert::Infallible;
-use std::io::{Read as _, Write as _};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -11,21 +10,23 @@ use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt as _};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_body::Frame;
+use http_body_util::BodyExt as _;
 use prost_reflect::DynamicMessage;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
+use super::{Body, HttpResponse};
+use crate::limits::{check_reply_len, too_large};
 use crate::respond::ReplyStream;
 
-/// A response as every front answers.
-pub type HttpResponse = http::Response<tonic::body::Body>;
-
 /// Reads a whole request body; more than `limit` bytes is RESOURCE_EXHAUSTED.
-pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, Status> {
-    let mut chunks = body.into_data_stream();
+pub async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Status> {
     let mut buf = BytesMut::new();
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|e| Status::cancelled(format!("reading the request: {e}")))?;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Status::cancelled(format!("reading the request: {e}")))?;
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
         if buf.len() + chunk.len() > limit {
             return Err(too_large("request body", limit));
         }
@@ -34,142 +35,9 @@ pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, St
     Ok(buf.freeze())
 }
 
-pub fn too_large(what: &str, limit: usize) -> Status {
-    Status::resource_exhausted(format!(
-        "{what} is larger than the limit of {limit} bytes (--max-message-size)"
-    ))
-}
-
 /// A reply over the size limit ends the call with RESOURCE_EXHAUSTED, as over gRPC.
 pub fn check_reply_size(message: &DynamicMessage, limit: usize) -> Result<(), Status> {
     check_reply_len(crate::codec::encode::Measured::new(message).len(), limit)
-}
-
-/// [`check_reply_size`] for a length already measured.
-pub fn check_reply_len(size: usize, limit: usize) -> Result<(), Status> {
-    if size > limit {
-        return Err(Status::resource_exhausted(format!(
-            "response message of {size} bytes is larger than the limit of {limit} bytes (--max-message-size)"
-        )));
-    }
-    Ok(())
-}
-
-/// A content coding this server speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Encoding {
-    Identity,
-    Gzip,
-}
-
-impl Encoding {
-    /// The coding a request names (`content-encoding`, `connect-content-encoding`, `compression=`);
-    /// none is identity, an unknown one UNIMPLEMENTED as Connect asks.
-    pub fn parse(name: Option<&str>) -> Result<Encoding, Status> {
-        match name.map(|n| n.trim().to_ascii_lowercase()).as_deref() {
-            None | Some("") | Some("identity") => Ok(Encoding::Identity),
-            Some("gzip") => Ok(Encoding::Gzip),
-            Some(other) => Err(Status::unimplemented(format!(
-                "content encoding '{other}' is not supported (supported: gzip, identity)"
-            ))),
-        }
-    }
-
-    /// The coding to answer in: gzip when an accept list names it with a
-    /// nonzero weight (`gzip;q=0.0` refuses it), the request's own
-    /// coding when there is no list, else identity.
-    pub fn accepted(accept: Option<&str>, request: Encoding) -> Encoding {
-        let Some(list) = accept else {
-            return request;
-        };
-        let gzip = list.split(',').any(|item| {
-            let mut parts = item.split(';').map(str::trim);
-            parts.next().is_some_and(|c| c.eq_ignore_ascii_case("gzip"))
-                && !parts.any(|p| {
-                    let Some((name, value)) = p.split_once('=') else {
-                        return false;
-                    };
-                    name.trim().eq_ignore_ascii_case("q")
-                        && value.trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
-                })
-        });
-        if gzip {
-            Encoding::Gzip
-        } else {
-            Encoding::Identity
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Encoding::Identity => "identity",
-            Encoding::Gzip => "gzip",
-        }
-    }
-
-    /// Decompresses `data`; more than `limit` bytes once decompressed is RESOURCE_EXHAUSTED. Empty
-    /// content is never decompressed (Connect's rule).
-    pub fn decompress(self, data: Bytes, limit: usize) -> Result<Bytes, Status> {
-        if self == Encoding::Identity || data.is_empty() {
-            return Ok(data);
-        }
-        match gunzip_within(&data, limit) {
-            Ok(out) => Ok(out.into()),
-            Err(Gunzip::Corrupt(e)) => Err(Status::invalid_argument(format!(
-                "request is not valid gzip: {e}"
-            ))),
-            Err(Gunzip::TooLarge(_)) => Err(too_large("decompressed request", limit)),
-        }
-    }
-
-    pub fn compress(self, data: Vec<u8>) -> Vec<u8> {
-        match self {
-            Encoding::Identity => data,
-            Encoding::Gzip => {
-                let mut encoder = flate2::write::GzEncoder::new(
-                    Vec::with_capacity(data.len() / 2 + 32),
-                    flate2::Compression::fast(),
-                );
-                // Writing into a Vec cannot fail.
-                let _ = encoder.write_all(&data);
-                encoder.finish().unwrap_or_default()
-            }
-        }
-    }
-}
-
-/// Why gzip content could not be read within a limit.
-pub enum Gunzip {
-    Corrupt(std::io::Error),
-    /// More than the limit once decompressed (the length read: the limit + 1 at most, a bomb is
-    /// never inflated whole).
-    TooLarge(usize),
-}
-
-/// The most deflate can inflate: 258 bytes from every 2 bits (zlib's technical notes say 1032:1).
-const MAX_DEFLATE_RATIO: usize = 1032;
-
-/// Decompresses gzip `data`, reading at most one byte past `limit`. Each protocol answers the
-/// failures with its own status.
-pub fn gunzip_within(data: &[u8], limit: usize) -> Result<Vec<u8>, Gunzip> {
-    // One buffer of the right size instead of a doubling one, whose copies would hold up to three
-    // times the message at once: gzip's trailer says the inflated length (mod 2^32). Untrusted, so
-    // capped by the limit and by deflate's largest ratio (1032:1); a wrong one only costs a regrowth.
-    let stated = data
-        .last_chunk::<4>()
-        .map_or(0, |trailer| u32::from_le_bytes(*trailer) as usize);
-    let capacity = stated
-        .min(limit.saturating_add(1))
-        .min(data.len().saturating_mul(MAX_DEFLATE_RATIO));
-    let mut out = Vec::with_capacity(capacity);
-    flate2::read::GzDecoder::new(data)
-        .take((limit as u64).saturating_add(1))
-        .read_to_end(&mut out)
-        .map_err(Gunzip::Corrupt)?;
-    if out.len() > limit {
-        return Err(Gunzip::TooLarge(out.len()));
-    }
-    Ok(out)
 }
 
 /// A header's value as text, if it has one.
@@ -303,7 +171,7 @@ pub fn full_response(
     body: Vec<u8>,
 ) -> HttpResponse {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    let mut response = http::Response::new(tonic::body::Body::new(axum::body::Body::from(body)));
+    let mut response = http::Response::new(Body::new(http_body_util::Full::new(Bytes::from(body))));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
@@ -315,7 +183,7 @@ pub fn streaming_response(
     content_type: &'static str,
     frames: impl Stream<Item = Frame<Bytes>> + Send + 'static,
 ) -> HttpResponse {
-    let mut response = http::Response::new(tonic::body::Body::new(FrameBody(Box::pin(frames))));
+    let mut response = http::Response::new(Body::new(FrameBody(Box::pin(frames))));
     *response.headers_mut() = headers;
     response
         .headers_mut()

@@ -7,7 +7,7 @@
 
 use std::pin::Pin;
 
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 use http_body::{Body as _, Frame};
@@ -15,11 +15,12 @@ use prost_reflect::DescriptorPool;
 use tonic::{Code, Status};
 use tower::ServiceExt as _;
 
-use super::{end_stream, envelope, only_end, unary_error, until, Codec, Framing};
-use crate::front::json;
-use crate::front::wire::{self, Encoding, HttpResponse};
-use crate::front::HttpService;
-use tokio::time::Instant;
+use super::{end_stream, only_end, unary_error, until, Codec, Framing};
+use crate::builtin::HttpService;
+use crate::protocol::compression::Encoding;
+use crate::protocol::deadline::Deadline;
+use crate::protocol::wire;
+use crate::protocol::{envelope, json, Body, HttpResponse};
 
 /// The one unary method among the built-in services.
 const UNARY_BUILT_IN: &str = "/grpc.health.v1.Health/Check";
@@ -28,14 +29,14 @@ const UNARY_BUILT_IN: &str = "/grpc.health.v1.Health/Check";
 pub struct Call {
     pub framing: Framing,
     pub codec: Codec,
-    pub deadline: Option<Instant>,
+    pub deadline: Deadline,
     pub limit: usize,
 }
 
 /// Serves a Connect request with a gRPC service.
 pub async fn serve(
     service: HttpService,
-    request: http::Request<axum::body::Body>,
+    request: http::Request<Body>,
     call: Call,
     pool: &DescriptorPool,
 ) -> HttpResponse {
@@ -93,7 +94,7 @@ pub async fn serve(
             }
             .await;
             match message {
-                Ok(message) => axum::body::Body::from(envelope(0, &message)),
+                Ok(message) => Body::new(http_body_util::Full::new(envelope::encode(0, &message))),
                 Err(status) => return unary_error(&status, pool, json::http_status(status.code())),
             }
         }
@@ -146,7 +147,7 @@ fn grpc_status(headers: &HeaderMap) -> Option<Status> {
 fn streaming(
     response: http::Response<tonic::body::Body>,
     pool: DescriptorPool,
-    deadline: Option<Instant>,
+    deadline: Deadline,
 ) -> HttpResponse {
     let (parts, body) = response.into_parts();
     if let Some(status) = grpc_status(&parts.headers) {
@@ -250,15 +251,9 @@ async fn unary(
 }
 
 /// The one length-prefixed message of a unary gRPC answer.
-fn unframe(mut data: Bytes) -> Result<(u8, Bytes), Status> {
-    if data.len() < 5 {
+fn unframe(data: Bytes) -> Result<(u8, Bytes), Status> {
+    if data.len() < envelope::PREFIX {
         return Err(Status::internal("the gRPC answer has no message"));
     }
-    let flags = data[0];
-    let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
-    data.advance(5);
-    if data.len() != len {
-        return Err(Status::internal("the gRPC answer is not one message"));
-    }
-    Ok((flags, data))
+    envelope::single(data).ok_or_else(|| Status::internal("the gRPC answer is not one message"))
 }

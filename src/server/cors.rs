@@ -1,37 +1,20 @@
-//! What a browser needs, in front of the dynamic service (`server` sends every request here first):
-//!
-//! * **gRPC-Web**: a request with a gRPC-Web content type (`application/grpc-web`, `…+proto`,
-//!   `application/grpc-web-text`, `…-text+proto`) goes through tonic-web, which turns it into gRPC and
-//!   the answer back into gRPC-Web (trailers as a last `0x80` frame; base64 for `-text`). Only the
-//!   shapes a browser can make work over HTTP/1.1: unary and server streaming. Every other request
-//!   passes untouched (tonic-web alone would refuse any other HTTP/1.1 request, Connect's among them).
-//! * **CORS** (`--cors-origin`), for every protocol on the port: preflights are answered here, and
-//!   answers to an allowed origin carry `access-control-allow-origin` and expose the gRPC status
-//!   headers plus every header the answer has (handler `headers` included). A request from an origin
-//!   that is not allowed gets `403`. Requests without an `Origin` header skip all of this.
+//! CORS (`--cors-origin`), a layer around the router and so around every protocol on the port:
+//! preflights are answered here, and answers to an allowed origin carry
+//! `access-control-allow-origin` and expose the gRPC status headers plus every header the answer
+//! has (handler `headers` included). A request from an origin that is not allowed gets `403`.
+//! Requests without an `Origin` header skip all of this.
 
-use std::convert::Infallible;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use super::wire;
+use bytes::Bytes;
 use futures::FutureExt as _;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
-use tonic::body::Body;
-use tonic_web::{GrpcWebLayer, GrpcWebService};
-use tower::{Layer as _, Service, ServiceExt as _};
+use http::{Method, Request, Response, StatusCode};
+use tower::{Layer as _, ServiceExt as _};
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, Cors, CorsLayer, ExposeHeaders};
 
-use crate::service::{DynamicService, ResponseFuture};
-
-/// The four content types tonic-web translates (matched exactly, as tonic-web does).
-const GRPC_WEB_TYPES: [&str; 4] = [
-    "application/grpc-web",
-    "application/grpc-web+proto",
-    "application/grpc-web-text",
-    "application/grpc-web-text+proto",
-];
+use super::router::Router;
+use crate::protocol::{Body, ResponseFuture};
 
 /// Response headers a browser may always read; the others must be exposed.
 const SAFELISTED: [&str; 7] = [
@@ -153,33 +136,29 @@ fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
         .max_age(PREFLIGHT_MAX_AGE)
 }
 
-/// gRPC-Web translation and CORS around the dynamic service: one for the whole server.
-pub struct Web {
+/// CORS around the router: one for the whole server.
+pub struct WithCors {
     origins: CorsOrigins,
     /// `None` when CORS is off.
-    cors: Option<Cors<GrpcWebSwitch>>,
-    switch: GrpcWebSwitch,
+    cors: Option<Cors<Router>>,
+    router: Router,
 }
 
-impl Web {
-    pub fn new(origins: CorsOrigins, service: DynamicService) -> Self {
-        let switch = GrpcWebSwitch {
-            grpc_web: GrpcWebLayer::new().layer(service.clone()),
-            inner: service,
-        };
+impl WithCors {
+    pub fn new(origins: CorsOrigins, router: Router) -> Self {
         let cors = match &origins {
             CorsOrigins::Off => None,
-            origins => Some(cors_layer(origins).layer(switch.clone())),
+            origins => Some(cors_layer(origins).layer(router.clone())),
         };
-        Web {
+        WithCors {
             origins,
             cors,
-            switch,
+            router,
         }
     }
 
-    /// The answer to one request. Takes `&self`, as hyper's services do: the server shares one `Web`
-    /// between all connections instead of cloning the stack for every request.
+    /// The answer to one request. Takes `&self`, as hyper's services do: the server shares one
+    /// `WithCors` between all connections instead of cloning the stack for every request.
     pub fn answer(&self, request: Request<Body>) -> ResponseFuture {
         let cors = match (&self.cors, request.headers().get(header::ORIGIN)) {
             (Some(cors), Some(origin)) => {
@@ -190,7 +169,8 @@ impl Web {
                         "protodrop: origin {origin} may not call this server (--cors-origin allows: {})\n",
                         self.origins
                     );
-                    let mut response = Response::new(Body::new(axum::body::Body::from(text)));
+                    let body = Body::new(http_body_util::Full::new(Bytes::from(text)));
+                    let mut response = Response::new(body);
                     *response.status_mut() = StatusCode::FORBIDDEN;
                     response.headers_mut().insert(
                         header::CONTENT_TYPE,
@@ -201,7 +181,7 @@ impl Web {
                 cors.clone()
             }
             // No CORS, or no Origin (not a browser's cross-origin request): nothing to add.
-            _ => return self.switch.answer(request),
+            _ => return self.router.answer(request),
         };
         async move {
             let mut response = cors.oneshot(request).await?;
@@ -242,74 +222,6 @@ fn expose_all(response: &mut Response<Body>) {
         response
             .headers_mut()
             .insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, value);
-    }
-}
-
-fn immediate(status: StatusCode) -> ResponseFuture {
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = status;
-    futures::future::ready(Ok(response)).boxed()
-}
-
-/// gRPC-Web requests through tonic-web, the rest straight to the dynamic service.
-#[derive(Clone)]
-struct GrpcWebSwitch {
-    grpc_web: GrpcWebService<DynamicService>,
-    inner: DynamicService,
-}
-
-/// For tower-http's CORS service, which wraps it.
-impl Service<Request<Body>> for GrpcWebSwitch {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        self.answer(request)
-    }
-}
-
-impl GrpcWebSwitch {
-    fn answer(&self, request: Request<Body>) -> ResponseFuture {
-        let content_type =
-            wire::header(request.headers(), header::CONTENT_TYPE).unwrap_or_default();
-        if GRPC_WEB_TYPES.contains(&content_type) {
-            let mut request = request;
-            answer_text_to_text(&mut request);
-            return self.grpc_web.clone().oneshot(request).boxed();
-        }
-        if content_type.starts_with("application/grpc-web") {
-            // e.g. application/grpc-web+json: tonic-web speaks protobuf only.
-            return immediate(StatusCode::UNSUPPORTED_MEDIA_TYPE);
-        }
-        if super::is_grpc_content_type(content_type) && request.version() < Version::HTTP_2 {
-            // gRPC's status travels in trailers, which HTTP/1.1 cannot carry here: a client would
-            // read every answer as a success. Refuse as grpc-go does.
-            return immediate(StatusCode::HTTP_VERSION_NOT_SUPPORTED);
-        }
-        self.inner.answer(request)
-    }
-}
-
-/// tonic-web picks the answer's framing from `Accept` alone, matched exactly: a base64 (`-text`)
-/// request with no such `Accept` (curl sends `*/*`) would get binary frames back. Answer in the
-/// request's own framing unless the client asked for binary by name.
-fn answer_text_to_text(request: &mut Request<Body>) {
-    let is_text = wire::header(request.headers(), header::CONTENT_TYPE)
-        .is_some_and(|v| v.starts_with("application/grpc-web-text"));
-    let wants_binary = request
-        .headers()
-        .get(header::ACCEPT)
-        .is_some_and(|v| v == "application/grpc-web" || v == "application/grpc-web+proto");
-    if is_text && !wants_binary {
-        request.headers_mut().insert(
-            header::ACCEPT,
-            HeaderValue::from_static("application/grpc-web-text"),
-        );
     }
 }
 

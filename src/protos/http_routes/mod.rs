@@ -16,7 +16,10 @@ use prost_reflect::{
     Value,
 };
 
-use super::template::{Bindings, Segment, Template};
+pub mod pattern;
+
+pub use self::pattern::Bindings;
+use self::pattern::{Segment, Template};
 use crate::diagnostic::{Diagnostic, Diagnostics};
 
 /// Which HTTP method a route answers.

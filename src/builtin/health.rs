@@ -74,7 +74,7 @@ impl Health {
         let statuses = Statuses::default();
         let list = List(statuses.clone());
         let server = BoxCloneSyncService::new(server);
-        let service = tower::service_fn(move |request: http::Request<axum::body::Body>| {
+        let service = tower::service_fn(move |request: http::Request<tonic::body::Body>| {
             if request.uri().path() == LIST {
                 let list = list.clone();
                 async move {

@@ -12,14 +12,16 @@
 //!
 //! `connect-timeout-ms` bounds the call (`deadline_exceeded`), `Connect-Protocol-Version` is checked
 //! when present, and bodies may be gzip-compressed either way (or identity).
+//!
+//! The router has found what the path names before a request gets here ([`Target`]: a user's
+//! method, or a built-in service reached through [`bridge`]), and told POST from GET.
 
-mod grpc_bridge;
+pub mod bridge;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{Future, StreamExt as _};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
@@ -27,26 +29,33 @@ use http_body::Frame;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use serde::Serialize;
 use serde_json::{json, Map, Value as Json};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
-use super::json;
-use super::wire::{self, Encoding, HttpResponse};
-use super::HttpService;
+use super::compression::Encoding;
+use super::deadline::{until_deadline, Deadline};
+use super::envelope::{
+    self, ReadError, COMPRESSED as FLAG_COMPRESSED, END_STREAM as FLAG_END_STREAM,
+};
+use super::wire;
+use super::{json, Body, HttpResponse, ServiceSettings};
+use crate::builtin::HttpService;
+use crate::limits::too_large;
 use crate::respond::{respond, Incoming};
-use crate::service::{until_deadline, ServiceSettings};
 use crate::state::{Method, State};
 
-/// Envelope flag: the message is compressed with the stream's `connect-content-encoding`.
-const FLAG_COMPRESSED: u8 = 0x01;
-/// Envelope flag: the end-stream message (JSON, error and trailers).
-const FLAG_END_STREAM: u8 = 0x02;
+/// What a Connect request's path names, as the router found it.
+pub enum Target {
+    /// A user's method.
+    Method(Arc<Method>),
+    /// A built-in gRPC service (reflection, health), which the user's protos do not define.
+    Builtin(HttpService),
+}
 
 /// How messages are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Codec {
+pub enum Codec {
     Json,
     Proto,
 }
@@ -91,15 +100,14 @@ impl Codec {
 
 /// The two request shapes: a bare message, or enveloped messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
+pub enum Framing {
     Unary,
     Streaming,
 }
 
 /// The framing and codec a content type names (parameters such as `charset` ignored).
-fn content_type(headers: &HeaderMap) -> Option<(Framing, Codec)> {
-    let value = wire::header(headers, header::CONTENT_TYPE)?;
-    let media = value.split(';').next()?.trim().to_ascii_lowercase();
+pub fn shape(content_type: &str) -> Option<(Framing, Codec)> {
+    let media = content_type.split(';').next()?.trim().to_ascii_lowercase();
     match media.as_str() {
         "application/json" => Some((Framing::Unary, Codec::Json)),
         "application/proto" => Some((Framing::Unary, Codec::Proto)),
@@ -109,31 +117,18 @@ fn content_type(headers: &HeaderMap) -> Option<(Framing, Codec)> {
     }
 }
 
-/// Serves one Connect request (a `POST`) for the method at its path; `builtin` is the gRPC service
-/// (reflection, health) that owns the path when the user's protos do not.
+/// Serves one Connect `POST` for `target`; `shape` is what its content type names (`None`: a
+/// content type that only looks like Connect's, refused here).
 pub async fn serve(
     state: Arc<State>,
-    request: http::Request<axum::body::Body>,
+    target: Target,
+    shape: Option<(Framing, Codec)>,
+    request: http::Request<Body>,
     settings: ServiceSettings,
-    builtin: Option<HttpService>,
     cut: &'static CancellationToken,
 ) -> HttpResponse {
-    let path = request.uri().path().to_string();
     let pool = state.protos.pool.clone();
-    // The user's method, else the built-in service at this path.
-    let target = match (state.methods.get(&path).cloned(), builtin) {
-        (Some(method), _) => Ok(method),
-        (None, Some(service)) => Err(service),
-        (None, None) => {
-            // A transcoding route may look like a method path (`POST /v1.files/upload`).
-            if super::transcode::has_route(&state, request.method(), &path) {
-                return super::transcode::serve(state, request, settings).await;
-            }
-            let status = crate::service::unknown_path(&state, &path);
-            return unary_error(&status, &pool, StatusCode::NOT_FOUND);
-        }
-    };
-    let Some((framing, codec)) = content_type(request.headers()) else {
+    let Some((framing, codec)) = shape else {
         let status = Status::unimplemented(format!(
             "content type '{}' is not supported: use application/json, application/proto, \
              application/connect+json or application/connect+proto",
@@ -144,20 +139,20 @@ pub async fn serve(
     if let Err(status) = check_version(request.headers()) {
         return unary_error(&status, &pool, StatusCode::BAD_REQUEST);
     }
-    let deadline = match deadline(request.headers()) {
+    let deadline = match Deadline::connect(request.headers()) {
         Ok(d) => d,
         Err(status) => return unary_error(&status, &pool, StatusCode::BAD_REQUEST),
     };
     let method = match target {
-        Ok(method) => method,
-        Err(service) => {
-            let call = grpc_bridge::Call {
+        Target::Method(method) => method,
+        Target::Builtin(service) => {
+            let call = bridge::Call {
                 framing,
                 codec,
                 deadline,
                 limit: settings.max_message_size,
             };
-            return grpc_bridge::serve(service, request, call, &pool).await;
+            return bridge::serve(service, request, call, &pool).await;
         }
     };
     match framing {
@@ -222,34 +217,12 @@ fn check_version(headers: &HeaderMap) -> Result<(), Status> {
     }
 }
 
-/// The call's deadline from `connect-timeout-ms` (a positive integer of at most 10 digits, as the
-/// Connect protocol asks: 0 is refused).
-fn deadline(headers: &HeaderMap) -> Result<Option<Instant>, Status> {
-    let Some(value) = headers.get("connect-timeout-ms") else {
-        return Ok(None);
-    };
-    let text = value.to_str().unwrap_or_default();
-    match text.parse::<u64>() {
-        Ok(ms) if ms > 0 && text.len() <= 10 && text.bytes().all(|b| b.is_ascii_digit()) => {
-            Ok(Some(Instant::now() + Duration::from_millis(ms)))
-        }
-        _ => Err(Status::invalid_argument(format!(
-            "connect-timeout-ms '{text}' is not a positive integer of at most 10 digits"
-        ))),
-    }
-}
-
 /// Runs `call` until `deadline`, else DEADLINE_EXCEEDED (dropping the call stops its script).
 async fn until<T>(
-    deadline: Option<Instant>,
+    deadline: Deadline,
     call: impl Future<Output = Result<T, Status>>,
 ) -> Result<T, Status> {
-    match deadline {
-        None => call.await,
-        Some(at) => tokio::time::timeout_at(at, call)
-            .await
-            .unwrap_or_else(|_| Err(Status::deadline_exceeded("connect-timeout-ms elapsed"))),
-    }
+    super::deadline::until(deadline, "connect-timeout-ms elapsed", call).await
 }
 
 /// One unary call from its payload as read (decompressed, with the coding it came in, which is the
@@ -260,7 +233,7 @@ async fn unary(
     headers: &HeaderMap,
     payload: Result<(Bytes, Encoding), Status>,
     codec: Codec,
-    deadline: Option<Instant>,
+    deadline: Deadline,
     limit: usize,
 ) -> HttpResponse {
     let pool = state.protos.pool.clone();
@@ -319,9 +292,9 @@ pub(crate) fn unary_error(
 async fn streaming(
     state: Arc<State>,
     method: Arc<Method>,
-    request: http::Request<axum::body::Body>,
+    request: http::Request<Body>,
     codec: Codec,
-    deadline: Option<Instant>,
+    deadline: Deadline,
     settings: ServiceSettings,
     cut: &'static CancellationToken,
 ) -> HttpResponse {
@@ -378,7 +351,7 @@ async fn streaming(
                         Encoding::Identity => (0, bytes),
                         gzip => (FLAG_COMPRESSED, gzip.compress(bytes)),
                     };
-                    yield Frame::data(envelope(flags, &bytes));
+                    yield Frame::data(envelope::encode(flags, &bytes));
                 }
                 Err(status) => {
                     yield Frame::data(end_stream(&status, &pool));
@@ -388,15 +361,6 @@ async fn streaming(
         }
     };
     wire::streaming_response(headers, codec.streaming_type(), frames)
-}
-
-/// One envelope: flags, big-endian length, message.
-fn envelope(flags: u8, message: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(5 + message.len());
-    out.extend_from_slice(&[flags]);
-    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    out.extend_from_slice(message);
-    out.freeze()
 }
 
 /// A streaming answer that is only its end-stream message.
@@ -427,7 +391,7 @@ fn end_stream(status: &Status, pool: &DescriptorPool) -> Bytes {
         error: (status.code() != Code::Ok).then(|| json::connect_error(status, pool)),
         metadata: metadata_json(status.metadata()),
     };
-    envelope(FLAG_END_STREAM, &json::to_vec(&end))
+    envelope::encode(FLAG_END_STREAM, &json::to_vec(&end))
 }
 
 /// Metadata as Connect writes trailers in JSON: each key to its list of values.
@@ -448,92 +412,67 @@ fn metadata_json(metadata: &MetadataMap) -> Map<String, Json> {
 
 /// The request body's envelopes as messages, read as they arrive.
 fn envelopes(
-    body: axum::body::Body,
+    body: Body,
     codec: Codec,
     desc: MessageDescriptor,
     encoding: Encoding,
     limit: usize,
 ) -> Incoming {
-    let reader = EnvelopeReader {
-        chunks: body.into_data_stream(),
-        buf: BytesMut::new(),
-        encoding,
-        limit,
-    };
+    // Every flag is read; `unwrap` refuses the ones a request may not carry.
+    let reader = envelope::Reader::new(body, u8::MAX, limit);
     Box::pin(futures::stream::unfold(Some(reader), move |reader| {
         let desc = desc.clone();
         async move {
             let mut reader = reader?;
-            match reader.next().await {
-                Ok(Some(bytes)) => Some((codec.decode(&desc, &bytes), Some(reader))),
-                Ok(None) => None,
+            let message = match reader.next().await {
+                Ok(Some((flags, message))) => unwrap(flags, message, encoding, limit),
+                Ok(None) => return None,
+                Err(e) => Err(read_error(e, limit)),
+            };
+            match message {
+                Ok(bytes) => Some((codec.decode(&desc, &bytes), Some(reader))),
                 Err(status) => Some((Err(status), None)),
             }
         }
     }))
 }
 
-struct EnvelopeReader {
-    chunks: axum::body::BodyDataStream,
-    buf: BytesMut,
-    encoding: Encoding,
-    limit: usize,
-}
-
-impl EnvelopeReader {
-    /// The next message's (decompressed) bytes; `None` at the end of the body.
-    async fn next(&mut self) -> Result<Option<Bytes>, Status> {
-        loop {
-            if self.buf.len() >= 5 {
-                let flags = self.buf[0];
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
-                    as usize;
-                if len > self.limit {
-                    return Err(wire::too_large(
-                        &format!("request message of {len} bytes"),
-                        self.limit,
-                    ));
-                }
-                if self.buf.len() >= 5 + len {
-                    self.buf.advance(5);
-                    let message = self.buf.split_to(len).freeze();
-                    return self.unwrap(flags, message).map(Some);
-                }
-            }
-            match self.chunks.next().await {
-                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
-                Some(Err(e)) => return Err(Status::cancelled(format!("reading the request: {e}"))),
-                None if self.buf.is_empty() => return Ok(None),
-                None => {
-                    return Err(Status::invalid_argument(format!(
-                        "the request ends inside an envelope ({} bytes left over)",
-                        self.buf.len()
-                    )))
-                }
-            }
+/// Why a request envelope could not be read, in Connect's words.
+fn read_error(e: ReadError, limit: usize) -> Status {
+    match e {
+        ReadError::Body(status) => Status::cancelled(format!("reading the request: {status}")),
+        ReadError::TooLarge(len) => too_large(&format!("request message of {len} bytes"), limit),
+        ReadError::Truncated(left) => Status::invalid_argument(format!(
+            "the request ends inside an envelope ({left} bytes left over)"
+        )),
+        // Not asked for: every flag is accepted by the reader.
+        ReadError::Flags(flags) => {
+            Status::invalid_argument(format!("request envelope flags {flags:#04x}"))
         }
-    }
-
-    fn unwrap(&self, flags: u8, message: Bytes) -> Result<Bytes, Status> {
-        if flags & FLAG_END_STREAM != 0 {
-            return Err(Status::invalid_argument(
-                "a request envelope has the end-stream flag (0x02), which only responses use",
-            ));
-        }
-        if flags & FLAG_COMPRESSED == 0 {
-            return Ok(message);
-        }
-        if self.encoding == Encoding::Identity {
-            return Err(Status::invalid_argument(
-                "a request envelope is flagged compressed but connect-content-encoding names none",
-            ));
-        }
-        self.encoding.decompress(message, self.limit)
     }
 }
 
-/// A Connect GET: `GET /pkg.Service/Method?message=…` for a unary method the server has.
-pub fn is_get_request(request: &http::Request<axum::body::Body>) -> bool {
+/// An envelope's message, decompressed; flags a request may not carry are refused.
+fn unwrap(flags: u8, message: Bytes, encoding: Encoding, limit: usize) -> Result<Bytes, Status> {
+    if flags & FLAG_END_STREAM != 0 {
+        return Err(Status::invalid_argument(
+            "a request envelope has the end-stream flag (0x02), which only responses use",
+        ));
+    }
+    if flags & FLAG_COMPRESSED == 0 {
+        return Ok(message);
+    }
+    if encoding == Encoding::Identity {
+        return Err(Status::invalid_argument(
+            "a request envelope is flagged compressed but connect-content-encoding names none",
+        ));
+    }
+    encoding.decompress(message, limit)
+}
+
+/// A Connect GET: `GET /pkg.Service/Method?message=…` (the router sends it here when the path is a
+/// served method, or when no HTTP/JSON route has it either).
+pub fn is_get_request(request: &http::Request<Body>) -> bool {
     request.method() == http::Method::GET
         && request
             .uri()
@@ -544,15 +483,11 @@ pub fn is_get_request(request: &http::Request<axum::body::Body>) -> bool {
 /// Serves a Connect GET (`?encoding=json|proto&message=…[&base64=1][&compression=gzip][&connect=v1]`).
 pub async fn serve_get(
     state: Arc<State>,
-    request: http::Request<axum::body::Body>,
+    method: Arc<Method>,
+    request: http::Request<Body>,
     settings: ServiceSettings,
 ) -> HttpResponse {
     let pool = state.protos.pool.clone();
-    let path = request.uri().path().to_string();
-    let Some(method) = state.methods.get(&path).cloned() else {
-        let status = crate::service::unknown_path(&state, &path);
-        return unary_error(&status, &pool, StatusCode::NOT_FOUND);
-    };
     let how = "GET is for unary methods only";
     if let Some(refusal) = refuse_streaming(&method, how, StatusCode::METHOD_NOT_ALLOWED, &pool) {
         return refusal;
@@ -591,12 +526,12 @@ pub async fn serve_get(
             Bytes::copy_from_slice(message.as_bytes())
         };
         if raw.len() > limit {
-            return Err(wire::too_large("request", limit));
+            return Err(too_large("request", limit));
         }
         let encoding = Encoding::parse(param("compression"))?;
         Ok::<_, Status>((encoding.decompress(raw, limit)?, encoding))
     })();
-    let deadline = match deadline(request.headers()) {
+    let deadline = match Deadline::connect(request.headers()) {
         Ok(d) => d,
         Err(status) => return unary_error(&status, &pool, StatusCode::BAD_REQUEST),
     };

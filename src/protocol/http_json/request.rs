@@ -12,9 +12,8 @@ use prost_reflect::{
 use serde_json::{json, Value as Json};
 use tonic::Status;
 
-use super::routes::{BodyRule, Route};
-use super::template::Bindings;
-use crate::front::json;
+use crate::protocol::json;
+use crate::protos::http_routes::{Bindings, BodyRule, Route};
 
 /// Builds one request message; `body` is the parsed body (`None` when there is none).
 pub fn build(

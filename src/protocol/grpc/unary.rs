@@ -10,25 +10,23 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt as _;
 use http::header::{HeaderMap, HeaderValue};
-use http_body::{Body as _, Frame};
+use http_body::Frame;
 use prost_reflect::DynamicMessage;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
-use super::{direct, ServiceSettings, GRPC_ACCEPT_ENCODING, GRPC_ENCODING, GRPC_STATUS};
+use super::{Body, ServiceSettings, GRPC_ACCEPT_ENCODING, GRPC_ENCODING, GRPC_STATUS};
 use crate::codec::{decode_request, measure_reply};
-use crate::front::wire;
+use crate::limits::{check_reply_len, multiple_requests, request_too_large};
+use crate::protocol::compression::{self, Gunzip};
+use crate::protocol::envelope::{self, ReadError, PREFIX};
 use crate::respond::respond;
 use crate::rules::rule::ok_with_trailers;
+use crate::service::direct;
 use crate::state::{Method, State};
-
-type Body = axum::body::Body;
-
-/// The 5-byte prefix of every gRPC message: a compressed flag and a big-endian length.
-const PREFIX: usize = 5;
 
 /// Answers one unary call. Every failure becomes a gRPC status, as tonic would send it.
 pub(super) async fn serve(
@@ -163,92 +161,38 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
 }
 
 /// The call's one message, and the end of the request: a second message is INTERNAL, as grpc-go
-/// answers it (tonic drops it unread).
-async fn read_message(mut body: Body, gzip: bool, limit: usize) -> Result<Bytes, Status> {
-    let mut buf = BytesMut::new();
-    loop {
-        if buf.len() >= PREFIX {
-            let compressed = match buf[0] {
-                0 => false,
-                1 if gzip => true,
-                1 => return Err(Status::internal(
-                    "protocol error: received message with compressed-flag but no grpc-encoding was specified",
-                )),
-                f => return Err(Status::internal(format!(
-                    "protocol error: received message with invalid compression flag: {f} (valid flags are 0 and 1), while sending request"
-                ))),
-            };
-            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if len > limit {
-                return Err(request_too_large(len, limit));
-            }
-            if buf.len() >= PREFIX + len {
-                if buf.len() > PREFIX + len {
-                    return Err(super::multiple_requests());
-                }
-                buf.advance(PREFIX);
-                let message = buf.split_to(len).freeze();
-                expect_end(&mut body).await?;
-                return if compressed {
-                    gunzip(&message, limit)
-                } else {
-                    Ok(message)
-                };
-            }
-        }
-        match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    if buf.is_empty() && data.len() >= PREFIX {
-                        // The usual case: the whole frame in one chunk, taken without a copy.
-                        buf = BytesMut::from(data);
-                    } else {
-                        buf.extend_from_slice(&data);
-                    }
-                }
-            }
-            Some(Err(e)) => return Err(body_error(e)),
-            None if buf.is_empty() => return Err(Status::internal("Missing request message.")),
-            None => return Err(Status::internal("Unexpected EOF decoding stream.")),
-        }
+/// answers it (tonic drops it unread). Errors are worded as tonic words them.
+async fn read_message(body: Body, gzip: bool, limit: usize) -> Result<Bytes, Status> {
+    let flags = if gzip { envelope::COMPRESSED } else { 0 };
+    let mut reader = envelope::Reader::new(body, flags, limit);
+    let (flags, message) = match reader.next().await {
+        Ok(Some(envelope)) => envelope,
+        Ok(None) => return Err(Status::internal("Missing request message.")),
+        Err(ReadError::Body(status)) => return Err(status),
+        Err(ReadError::Flags(1)) => return Err(Status::internal(
+            "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+        )),
+        Err(ReadError::Flags(f)) => return Err(Status::internal(format!(
+            "protocol error: received message with invalid compression flag: {f} (valid flags are 0 and 1), while sending request"
+        ))),
+        Err(ReadError::TooLarge(len)) => return Err(request_too_large(len, limit)),
+        Err(ReadError::Truncated(_)) => return Err(Status::internal("Unexpected EOF decoding stream.")),
+    };
+    if reader.more().await? {
+        return Err(multiple_requests());
     }
-}
-
-/// Reads the rest of a request whose message is whole: nothing but its end (or trailers) may come.
-async fn expect_end(body: &mut Body) -> Result<(), Status> {
-    loop {
-        match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
-            Some(Ok(frame)) => {
-                if frame.data_ref().is_some_and(|data| !data.is_empty()) {
-                    return Err(super::multiple_requests());
-                }
-            }
-            Some(Err(e)) => return Err(body_error(e)),
-            None => return Ok(()),
-        }
+    if flags & envelope::COMPRESSED != 0 {
+        gunzip(&message, limit)
+    } else {
+        Ok(message)
     }
-}
-
-/// A request body that failed: the status its producer gave (tonic-web says INTERNAL for base64
-/// that does not decode), else CANCELLED (the client's stream broke off).
-fn body_error(e: axum::Error) -> Status {
-    match e.into_inner().downcast::<Status>() {
-        Ok(status) => *status,
-        Err(e) => Status::cancelled(format!("reading the request: {e}")),
-    }
-}
-
-fn request_too_large(len: usize, limit: usize) -> Status {
-    Status::resource_exhausted(format!(
-        "request message of {len} bytes is larger than the limit of {limit} bytes (--max-message-size)"
-    ))
 }
 
 fn gunzip(data: &[u8], limit: usize) -> Result<Bytes, Status> {
-    match wire::gunzip_within(data, limit) {
+    match compression::gunzip_within(data, limit) {
         Ok(out) => Ok(out.into()),
-        Err(wire::Gunzip::Corrupt(e)) => Err(Status::internal(format!("Error decompressing: {e}"))),
-        Err(wire::Gunzip::TooLarge(len)) => Err(request_too_large(len, limit)),
+        Err(Gunzip::Corrupt(e)) => Err(Status::internal(format!("Error decompressing: {e}"))),
+        Err(Gunzip::TooLarge(len)) => Err(request_too_large(len, limit)),
     }
 }
 
@@ -265,17 +209,12 @@ fn frame(reply: &DynamicMessage, gzip: bool, limit: usize) -> Result<Bytes, Stat
 /// uncompressed reply is framed in place).
 fn finish_frame(mut buf: Vec<u8>, gzip: bool, limit: usize) -> Result<Bytes, Status> {
     let len = buf.len() - PREFIX;
-    wire::check_reply_len(len, limit)?;
+    check_reply_len(len, limit)?;
     if gzip {
-        let packed = wire::Encoding::Gzip.compress(buf.split_off(PREFIX));
-        let mut out = BytesMut::with_capacity(PREFIX + packed.len());
-        out.put_u8(1);
-        out.put_u32(packed.len() as u32);
-        out.put_slice(&packed);
-        return Ok(out.freeze());
+        let packed = compression::Encoding::Gzip.compress(buf.split_off(PREFIX));
+        return Ok(envelope::encode(envelope::COMPRESSED, &packed));
     }
-    buf[0] = 0;
-    buf[1..PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+    envelope::write_prefix(&mut buf[..PREFIX], 0, len);
     Ok(buf.into())
 }
 

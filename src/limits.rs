@@ -1,0 +1,48 @@
+//! The statuses of the size and cardinality limits every layer enforces: the codec measures a reply,
+//! the engine and each protocol read requests. They live below all of them, so that none has to
+//! import another one (and none the transport) for a message text.
+
+use tonic::Status;
+
+/// A reply over `--max-message-size` ends the call with RESOURCE_EXHAUSTED, whatever the protocol.
+pub fn check_reply_len(size: usize, limit: usize) -> Result<(), Status> {
+    if size > limit {
+        return Err(Status::resource_exhausted(format!(
+            "response message of {size} bytes is larger than the limit of {limit} bytes (--max-message-size)"
+        )));
+    }
+    Ok(())
+}
+
+/// `what` (a body, a decompressed request) is over `--max-message-size`.
+pub fn too_large(what: &str, limit: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "{what} is larger than the limit of {limit} bytes (--max-message-size)"
+    ))
+}
+
+/// A framed request message whose length prefix says `len`, over the limit (gRPC's wording).
+pub fn request_too_large(len: usize, limit: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "request message of {len} bytes is larger than the limit of {limit} bytes (--max-message-size)"
+    ))
+}
+
+/// A second message to a method that takes one: grpc-go's status for it.
+pub fn multiple_requests() -> Status {
+    Status::internal(
+        "cardinality violation: received multiple request messages for non-client-streaming RPC",
+    )
+}
+
+/// A message over `--max-message-size` is RESOURCE_EXHAUSTED, as gRPC implementations answer it
+/// (tonic's `Streaming` says OUT_OF_RANGE).
+pub fn size_status(status: Status) -> Status {
+    if status.code() == tonic::Code::OutOfRange
+        && status.message().contains("message length too large")
+    {
+        Status::resource_exhausted(format!("request {}", status.message()))
+    } else {
+        status
+    }
+}

@@ -1,0 +1,141 @@
+//! The 5-byte envelope every framed protocol here puts around a message: a flags byte and a
+//! big-endian length. gRPC's length-prefixed message, gRPC-Web's (whose trailer frame tonic-web
+//! writes) and Connect streaming's envelope are the same bytes, so they are read and written here
+//! once; each protocol gives the flags their meaning and words its own errors from [`ReadError`].
+
+use std::pin::Pin;
+
+use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use http_body::Body as _;
+use tonic::Status;
+
+/// Length of the prefix: one flags byte and a 4-byte big-endian length.
+pub const PREFIX: usize = 5;
+/// The message is compressed (gRPC and Connect alike).
+pub const COMPRESSED: u8 = 0x01;
+/// Connect's end-stream message (JSON: error and trailers); responses only.
+pub const END_STREAM: u8 = 0x02;
+
+/// The flags and length of the envelope `buf` starts with, once its prefix is in.
+pub fn header(buf: &[u8]) -> Option<(u8, usize)> {
+    let prefix = buf.first_chunk::<PREFIX>()?;
+    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    Some((prefix[0], len))
+}
+
+/// Writes the prefix of a message of `len` bytes into `prefix` (the first [`PREFIX`] bytes of a
+/// buffer reserved for them, so that a message encoded after them is framed in place).
+pub fn write_prefix(prefix: &mut [u8], flags: u8, len: usize) {
+    prefix[0] = flags;
+    prefix[1..PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+}
+
+/// One envelope: flags, length, message.
+pub fn encode(flags: u8, message: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(PREFIX + message.len());
+    out.put_u8(flags);
+    out.put_u32(message.len() as u32);
+    out.put_slice(message);
+    out.freeze()
+}
+
+/// The one envelope `data` holds, whole and alone: `None` if it holds less or more.
+pub fn single(mut data: Bytes) -> Option<(u8, Bytes)> {
+    let (flags, len) = header(&data)?;
+    data.advance(PREFIX);
+    (data.len() == len).then_some((flags, data))
+}
+
+/// Why no envelope could be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The body failed: the status its producer gave (tonic-web's for base64 that does not decode,
+    /// the transport's for a stream that broke off).
+    Body(Status),
+    /// A flags byte with bits the reader was not told to accept, seen as soon as the prefix is in.
+    Flags(u8),
+    /// A length prefix over the limit, seen before the message is read.
+    TooLarge(usize),
+    /// The body ended inside an envelope, with this many bytes of it read.
+    Truncated(usize),
+}
+
+/// Envelopes read off a request body as they arrive, each checked (flags, length) as soon as its
+/// prefix is in, so that a message over the limit is refused before it is buffered.
+pub struct Reader {
+    body: tonic::body::Body,
+    buf: BytesMut,
+    /// Flag bits an envelope may carry; any other is [`ReadError::Flags`].
+    flags: u8,
+    limit: usize,
+}
+
+impl Reader {
+    pub fn new(body: tonic::body::Body, flags: u8, limit: usize) -> Self {
+        Self {
+            body,
+            buf: BytesMut::new(),
+            flags,
+            limit,
+        }
+    }
+
+    /// The next envelope's flags and message; `None` at the end of the body.
+    pub async fn next(&mut self) -> Result<Option<(u8, Bytes)>, ReadError> {
+        loop {
+            if let Some((flags, len)) = header(&self.buf) {
+                if flags & !self.flags != 0 {
+                    return Err(ReadError::Flags(flags));
+                }
+                if len > self.limit {
+                    return Err(ReadError::TooLarge(len));
+                }
+                if self.buf.len() >= PREFIX + len {
+                    self.buf.advance(PREFIX);
+                    return Ok(Some((flags, self.buf.split_to(len).freeze())));
+                }
+            }
+            match self.data().await.map_err(ReadError::Body)? {
+                Some(data) => {
+                    if self.buf.is_empty() && data.len() >= PREFIX {
+                        // The usual case: a whole envelope in one chunk, taken without a copy.
+                        self.buf = BytesMut::from(data);
+                    } else {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                None if self.buf.is_empty() => return Ok(None),
+                None => return Err(ReadError::Truncated(self.buf.len())),
+            }
+        }
+    }
+
+    /// Whether anything but the body's end follows what was read (a second message, or part of
+    /// one); reads to the end when nothing is left over.
+    pub async fn more(&mut self) -> Result<bool, Status> {
+        if !self.buf.is_empty() {
+            return Ok(true);
+        }
+        while let Some(data) = self.data().await? {
+            if !data.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The next data of the body (trailers are skipped); `None` at its end.
+    async fn data(&mut self) -> Result<Option<Bytes>, Status> {
+        loop {
+            match std::future::poll_fn(|cx| Pin::new(&mut self.body).poll_frame(cx)).await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Ok(Some(data));
+                    }
+                }
+                Some(Err(status)) => return Err(status),
+                None => return Ok(None),
+            }
+        }
+    }
+}

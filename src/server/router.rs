@@ -1,0 +1,410 @@
+//! The one router: every request's protocol is told here, once, from its method, path and content
+//! type, and the request goes to exactly one protocol module (or a built-in service), with what
+//! every protocol checks done first (the header list size).
+//!
+//! | request | goes to |
+//! |---|---|
+//! | `application/grpc-web[-text][+proto]` | [`grpc_web`], which calls back into the gRPC branch here |
+//! | `application/grpc[+…\|;…]` over HTTP/2 | the gRPC branch: [`grpc::admit`], then the user's method ([`grpc::serve`]) or a built-in service |
+//! | `POST /pkg.Service/Method` with a Connect content type | [`connect::serve`] (a user's method, or a built-in through its bridge); [`http_json`] when only a route has the path |
+//! | `GET /pkg.Service/Method?message=…` | [`connect::serve_get`] when the method is served or no route has the path |
+//! | anything else | [`http_json::serve`] |
+//!
+//! Not served: another `application/grpc-web…` type (415), gRPC over HTTP/1.1 (505: its status
+//! travels in trailers, which HTTP/1.1 cannot carry here, so a client would read every answer as a
+//! success; grpc-go refuses it the same way).
+//!
+//! The user's methods are looked up once, here, and handed to the protocol; their protos win over
+//! the built-in services if they define them. A call still waiting for its answer at the end of the
+//! shutdown grace period ends with UNAVAILABLE in its protocol's error form.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header;
+use http::{StatusCode, Version};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tower::ServiceExt as _;
+
+use crate::builtin::{health, HttpService};
+use crate::protocol::connect::{self, Codec, Framing, Target};
+use crate::protocol::deadline::{bounded, shutdown_status, Deadline};
+use crate::protocol::grpc_web::{self, GrpcWeb};
+use crate::protocol::{grpc, http_json, json, Body, HttpResponse, ResponseFuture, ServiceSettings};
+use crate::state::{Registry, State};
+
+/// The protocol a request speaks, as told from its method, path and content type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// gRPC (a gRPC-Web request arrives as one, translated).
+    Grpc,
+    GrpcWeb,
+    /// Connect's `POST`: the framing and codec its content type names, `None` for one that only
+    /// looks like Connect's (`application/jsonx`), which Connect refuses.
+    Connect(Option<(Framing, Codec)>),
+    /// A `GET` that Connect or HTTP/JSON may answer (which one depends on the path).
+    ConnectGet,
+    HttpJson,
+    /// Answered at once with this HTTP status.
+    Refused(StatusCode),
+}
+
+impl Kind {
+    fn of(request: &http::Request<Body>) -> Kind {
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if let Some(rest) = content_type.strip_prefix("application/grpc") {
+            if rest.starts_with("-web") {
+                // tonic-web speaks protobuf only, and matches its types exactly.
+                return match grpc_web::CONTENT_TYPES.contains(&content_type) {
+                    true => Kind::GrpcWeb,
+                    false => Kind::Refused(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+                };
+            }
+            // `application/grpc`, or it followed by `+subtype` or `;parameters` (grpc-go's
+            // `ContentSubtype`); `application/grpcx` only looks like one, and is foreign.
+            if rest.is_empty() || rest.starts_with(['+', ';']) {
+                return match request.version() < Version::HTTP_2 {
+                    true => Kind::Refused(StatusCode::HTTP_VERSION_NOT_SUPPORTED),
+                    false => Kind::Grpc,
+                };
+            }
+        }
+        let connect_type = content_type.starts_with("application/connect+")
+            || content_type.starts_with("application/json")
+            || content_type.starts_with("application/proto");
+        let method = request.method();
+        if method == http::Method::POST && connect_type && is_method_path(request.uri().path()) {
+            Kind::Connect(connect::shape(content_type))
+        } else if connect::is_get_request(request) {
+            Kind::ConnectGet
+        } else {
+            Kind::HttpJson
+        }
+    }
+}
+
+/// `/pkg.Service/Method`: two segments, the first dotted.
+fn is_method_path(path: &str) -> bool {
+    let mut parts = path.trim_start_matches('/').split('/');
+    matches!((parts.next(), parts.next(), parts.next()), (Some(s), Some(m), None) if s.contains('.') && !m.is_empty())
+}
+
+/// What the router needs of the server: the state, the settings, the shutdown cut. Cheap to clone
+/// (tonic-web and the CORS layer wrap clones of it).
+#[derive(Clone)]
+struct Core {
+    registry: Arc<Registry>,
+    settings: ServiceSettings,
+    /// Cancelled when the shutdown grace period is over. `'static` so that a call borrows it: a
+    /// clone per call would take the token's lock twice.
+    cut: &'static CancellationToken,
+}
+
+/// Routes every request of the server.
+#[derive(Clone)]
+pub struct Router {
+    core: Core,
+    grpc_web: GrpcWeb<GrpcBranch>,
+}
+
+impl Router {
+    pub fn new(
+        registry: Arc<Registry>,
+        settings: ServiceSettings,
+        cut: &'static CancellationToken,
+    ) -> Self {
+        let core = Core {
+            registry,
+            settings,
+            cut,
+        };
+        Router {
+            grpc_web: GrpcWeb::new(GrpcBranch(core.clone())),
+            core,
+        }
+    }
+
+    /// The answer to one request (`&self`: the server calls one shared router, not a clone).
+    pub fn answer(&self, request: http::Request<Body>) -> ResponseFuture {
+        let kind = Kind::of(&request);
+        match kind {
+            Kind::Refused(status) => return refused(status),
+            // Checked (and the headers counted) on the translated request, in the gRPC branch.
+            Kind::GrpcWeb => return self.grpc_web.serve(request),
+            Kind::Grpc => return self.core.grpc(request),
+            _ => {}
+        }
+        let core = &self.core;
+        let settings = core.settings;
+        if let Some(status) = headers_too_large(&request, settings.max_header_list_size) {
+            return ready(error_answer(kind, &status));
+        }
+        let state = core.registry.current();
+        let path = request.uri().path();
+        // What a Connect request's path names: the user's method, else a built-in service, else an
+        // HTTP/JSON route that looks like a method path (`POST /v1.files/upload`, or `/{x=**}`
+        // taking a GET with a `message` parameter), else nothing (NOT_FOUND, in Connect's words).
+        let target = match state.methods.get(path) {
+            Some(method) => Target::Method(method.clone()),
+            None if kind == Kind::HttpJson => return self.http_json(state, request),
+            None => match builtin(&core.registry, &state, path) {
+                // Connect GET is for the user's unary methods only.
+                Some(service) if kind != Kind::ConnectGet => Target::Builtin(service),
+                _ if http_json::has_route(&state, request.method(), path) => {
+                    return self.http_json(state, request)
+                }
+                _ => {
+                    let status = unknown_path(&state, path);
+                    let pool = &state.protos.pool;
+                    return ready(connect::unary_error(&status, pool, StatusCode::NOT_FOUND));
+                }
+            },
+        };
+        match (kind, target) {
+            (Kind::Connect(shape), target) => self.connect(connect::serve(
+                state, target, shape, request, settings, core.cut,
+            )),
+            (_, Target::Method(method)) if kind == Kind::ConnectGet => {
+                self.connect(connect::serve_get(state, method, request, settings))
+            }
+            _ => self.http_json(state, request),
+        }
+    }
+
+    /// A Connect answer, unless the shutdown cut comes first (Connect's own deadline is inside it).
+    fn connect(
+        &self,
+        answer: impl Future<Output = HttpResponse> + Send + 'static,
+    ) -> ResponseFuture {
+        let on_cut = || error_answer(Kind::Connect(None), &shutdown_status());
+        Box::pin(bounded(
+            answer,
+            Deadline::NONE,
+            self.core.cut,
+            on_cut,
+            on_cut,
+        ))
+    }
+
+    fn http_json(&self, state: Arc<State>, request: http::Request<Body>) -> ResponseFuture {
+        let core = &self.core;
+        let answer = http_json::serve(state, request, core.settings, core.cut);
+        let on_cut = || error_answer(Kind::HttpJson, &shutdown_status());
+        Box::pin(bounded(answer, Deadline::NONE, core.cut, on_cut, on_cut))
+    }
+}
+
+impl Core {
+    /// A gRPC request (or a gRPC-Web one, translated): the user's method, else a built-in service.
+    fn grpc(&self, request: http::Request<Body>) -> ResponseFuture {
+        if let Some(status) = headers_too_large(&request, self.settings.max_header_list_size) {
+            return ready(grpc::error(&status));
+        }
+        let deadline = match grpc::admit(&request) {
+            Ok(deadline) => deadline,
+            Err(response) => return ready(response),
+        };
+        let state = self.registry.current();
+        let path = request.uri().path();
+        // The user's methods first (one lookup on the hot path), then the built-in services.
+        let Some(method) = state.methods.get(path).cloned() else {
+            if let Some(service) = builtin(&self.registry, &state, path) {
+                return Box::pin(service.oneshot(request));
+            }
+            return ready(grpc::error(&unknown_path(&state, path)));
+        };
+        grpc::serve(state, method, request, deadline, self.settings, self.cut)
+    }
+}
+
+/// The gRPC branch as a service, for tonic-web to call with the requests it translated.
+#[derive(Clone)]
+struct GrpcBranch(Core);
+
+impl tower::Service<http::Request<Body>> for GrpcBranch {
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        self.0.grpc(request)
+    }
+}
+
+/// For the CORS layer, which wraps the router.
+impl tower::Service<http::Request<Body>> for Router {
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        self.answer(request)
+    }
+}
+
+fn ready(response: HttpResponse) -> ResponseFuture {
+    Box::pin(futures::future::ready(Ok(response)))
+}
+
+fn refused(status: StatusCode) -> ResponseFuture {
+    let mut response = http::Response::new(Body::empty());
+    *response.status_mut() = status;
+    ready(response)
+}
+
+/// A status as an answer that ends the call, in the request's protocol: Connect's error JSON, or
+/// HTTP/JSON's `google.rpc.Status` (gRPC's are written in the gRPC branch). The status has no
+/// details, so no pool is needed to write them.
+fn error_answer(kind: Kind, status: &Status) -> HttpResponse {
+    let pool = prost_reflect::DescriptorPool::global;
+    match kind {
+        Kind::Grpc | Kind::GrpcWeb | Kind::Refused(_) => grpc::error(status),
+        Kind::Connect(_) => connect::unary_error(status, &pool(), json::http_status(status.code())),
+        Kind::ConnectGet | Kind::HttpJson => {
+            http_json::error(status, &pool(), http::HeaderMap::new())
+        }
+    }
+}
+
+/// `RESOURCE_EXHAUSTED` for a request whose headers are over `limit` (as HTTP/2 counts them: name,
+/// value and 32 bytes each, the pseudo-headers included). h2 would refuse them with a bare HTTP 431
+/// that a gRPC client reports as an unknown error; its limit is set above ours (4×) so that the
+/// check is here.
+fn headers_too_large<B>(request: &http::Request<B>, limit: usize) -> Option<Status> {
+    const ENTRY: usize = 32;
+    let uri = request.uri();
+    let mut size = ":method".len() + request.method().as_str().len() + ENTRY;
+    size += ":path".len() + uri.path_and_query().map_or(1, |p| p.as_str().len()) + ENTRY;
+    if let Some(authority) = uri.authority() {
+        size += ":authority".len() + authority.as_str().len() + ENTRY;
+    }
+    if let Some(scheme) = uri.scheme_str() {
+        size += ":scheme".len() + scheme.len() + ENTRY;
+    }
+    for (name, value) in request.headers() {
+        size += name.as_str().len() + value.len() + ENTRY;
+    }
+    (size > limit).then(|| {
+        Status::resource_exhausted(format!(
+            "request headers of {size} bytes are over the server's limit of {limit} \
+             (--max-header-size)"
+        ))
+    })
+}
+
+/// Reflection and health, when `path` is theirs. The user's protos win if they define these services.
+fn builtin(registry: &Registry, state: &State, path: &str) -> Option<HttpService> {
+    if state.methods.contains_key(path) {
+        return None;
+    }
+    if path.starts_with(health::PREFIX) {
+        return Some(registry.health.service.clone());
+    }
+    state.reflection()?.route(path).cloned()
+}
+
+/// `UNIMPLEMENTED`, naming what was asked for and what is there.
+fn unknown_path(state: &State, path: &str) -> Status {
+    let Some((service, method)) = path.trim_start_matches('/').split_once('/') else {
+        return Status::unimplemented(format!(
+            "'{path}' is not a gRPC method path (/package.Service/Method)"
+        ));
+    };
+    match state.protos.pool.get_service_by_name(service) {
+        Some(s) => {
+            let names: Vec<String> = s.methods().map(|m| m.name().to_string()).collect();
+            Status::unimplemented(format!(
+                "service {service} has no method '{method}' (methods: {})",
+                names.join(", ")
+            ))
+        }
+        None => {
+            let names: Vec<String> = state
+                .protos
+                .pool
+                .services()
+                .map(|s| s.full_name().to_string())
+                .collect();
+            Status::unimplemented(format!(
+                "unknown service '{service}' (services: {})",
+                names.join(", ")
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(method: &str, path: &str, content_type: &str, version: Version) -> Kind {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .version(version)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::empty())
+            .unwrap();
+        Kind::of(&request)
+    }
+
+    #[test]
+    fn each_request_is_told_its_protocol_once() {
+        let h2 = Version::HTTP_2;
+        let h1 = Version::HTTP_11;
+        assert_eq!(kind("POST", "/a.S/M", "application/grpc", h2), Kind::Grpc);
+        assert_eq!(
+            kind("POST", "/a.S/M", "application/grpc+proto", h2),
+            Kind::Grpc
+        );
+        assert_eq!(
+            kind("POST", "/a.S/M", "application/grpc", h1),
+            Kind::Refused(StatusCode::HTTP_VERSION_NOT_SUPPORTED)
+        );
+        assert_eq!(
+            kind("POST", "/a.S/M", "application/grpc-web-text", h1),
+            Kind::GrpcWeb
+        );
+        assert_eq!(
+            kind("POST", "/a.S/M", "application/grpc-web+json", h1),
+            Kind::Refused(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        );
+        assert_eq!(
+            kind("POST", "/a.S/M", "application/json", h1),
+            Kind::Connect(Some((Framing::Unary, Codec::Json)))
+        );
+        assert_eq!(
+            kind("POST", "/a.S/M", "application/connect+proto", h2),
+            Kind::Connect(Some((Framing::Streaming, Codec::Proto)))
+        );
+        assert_eq!(
+            kind("POST", "/a.S/M", "application/jsonx", h1),
+            Kind::Connect(None)
+        );
+        assert_eq!(
+            kind("POST", "/v1/things", "application/json", h1),
+            Kind::HttpJson
+        );
+        assert_eq!(
+            kind("POST", "/a.S/M", "application/grpcx", h2),
+            Kind::HttpJson
+        );
+        assert_eq!(kind("GET", "/a.S/M?message=e30", "", h1), Kind::ConnectGet);
+        assert_eq!(kind("GET", "/v1/things/1", "", h1), Kind::HttpJson);
+    }
+}
