@@ -10,12 +10,12 @@
 pub mod cli;
 pub mod codec;
 pub mod diagnostic;
+pub mod engine;
 pub mod front;
 pub mod handlers;
 pub mod protos;
 pub mod registry;
 pub mod reload;
-pub mod respond;
 pub mod run;
 pub mod server;
 pub mod service;

@@ -12,9 +12,9 @@ use arc_swap::ArcSwap;
 use prost_reflect::MethodDescriptor;
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::engine::emit::Direct;
 use crate::front::health::Health;
 use crate::front::reflection::Reflection;
-use crate::handlers::emit::Direct;
 use crate::handlers::script::{ScriptEngine, ScriptLimits};
 use crate::handlers::{self, Handlers, MethodRules};
 use crate::protos::{self, Protos};

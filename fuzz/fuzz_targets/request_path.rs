@@ -26,7 +26,7 @@ use tonic::Status;
 
 use protodrop::handlers::script::ScriptLimits;
 use protodrop::registry::{Method, Sources, State};
-use protodrop::respond::{respond, Incoming};
+use protodrop::engine::general::{respond, Incoming};
 
 /// Longest one call (answer and whole reply stream) may take before it counts as a hang.
 const CALL_LIMIT: Duration = Duration::from_secs(10);

@@ -35,8 +35,8 @@ use tonic::{Code, Status};
 use super::json;
 use super::wire::{self, Encoding, HttpResponse};
 use super::HttpService;
+use crate::engine::general::{respond, Incoming};
 use crate::registry::{Method, State};
-use crate::respond::{respond, Incoming};
 use crate::service::{until_deadline, ServiceSettings};
 
 /// Envelope flag: the message is compressed with the stream's `connect-content-encoding`.

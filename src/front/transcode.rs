@@ -24,8 +24,8 @@ use self::routes::{BodyRule, Lookup, Route};
 use self::template::Bindings;
 use super::json;
 use super::wire::{self, Encoding, HttpResponse};
+use crate::engine::general::{respond, Incoming};
 use crate::registry::State;
-use crate::respond::{respond, Incoming};
 use crate::service::ServiceSettings;
 
 pub use self::routes::Routes;
@@ -203,7 +203,7 @@ impl JsonValues {
 async fn stream_reply(
     state: &Arc<State>,
     route: &Route,
-    response: tonic::Response<crate::respond::ReplyStream>,
+    response: tonic::Response<crate::engine::general::ReplyStream>,
     limit: usize,
 ) -> Result<HttpResponse, Status> {
     let (metadata, mut stream, _) = response.into_parts();

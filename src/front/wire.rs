@@ -15,7 +15,7 @@ use prost_reflect::DynamicMessage;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
-use crate::respond::ReplyStream;
+use crate::engine::general::ReplyStream;
 
 /// A response as every front answers.
 pub type HttpResponse = http::Response<tonic::body::Body>;

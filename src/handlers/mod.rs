@@ -1,7 +1,6 @@
 //! Handler files: the file model, checked against the descriptors at load; matching; templates; scripts.
 
 pub mod budget;
-pub mod emit;
 mod load;
 pub mod matcher;
 pub mod metadata;

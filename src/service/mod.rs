@@ -7,7 +7,6 @@
 //! raced against them only once its first poll found it not ready, so that a call answered at once
 //! never arms a timer or joins the shutdown token's waiters (a reply stream joins them once).
 
-mod direct;
 mod unary;
 
 use std::convert::Infallible;
@@ -29,9 +28,9 @@ use tonic::{Request, Response, Status, Streaming};
 use tower::ServiceExt as _;
 
 use crate::codec::{decode_request, encode_reply, ServerCodec};
+use crate::engine::general::{respond, Incoming, ReplyStream};
 use crate::front::{connect, health, json, transcode, HttpService, Protocol};
 use crate::registry::{Method, Registry, State};
-use crate::respond::{respond, Incoming, ReplyStream};
 
 // Names looked up on every call: a `HeaderName` is hashed as it is, a `&str` parsed first.
 static GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
@@ -353,7 +352,7 @@ struct Call {
 }
 
 /// Reply messages, encoded as they are produced.
-type EncodedStream = Pin<Box<dyn futures::Stream<Item = Result<Bytes, Status>> + Send>>;
+pub(crate) type EncodedStream = Pin<Box<dyn futures::Stream<Item = Result<Bytes, Status>> + Send>>;
 
 impl StreamingService<Bytes> for Call {
     type Response = Bytes;
@@ -368,10 +367,12 @@ impl StreamingService<Bytes> for Call {
         let (state, method) = (self.state.clone(), self.method.clone());
         Box::pin(async move {
             let response = if method.direct.is_some() {
-                match direct::streaming(method.clone(), metadata, streaming, limit).await {
-                    direct::Streamed::Answered(answer) => answer?,
+                match crate::engine::fast::streaming(method.clone(), metadata, streaming, limit)
+                    .await
+                {
+                    crate::engine::fast::Streamed::Answered(answer) => answer?,
                     // The general path, with the message already read put back in front.
-                    direct::Streamed::General {
+                    crate::engine::fast::Streamed::General {
                         first,
                         rest,
                         metadata,
@@ -551,7 +552,7 @@ fn incoming(streaming: Streaming<Bytes>, input: MessageDescriptor) -> Incoming {
 
 /// A message over `--max-message-size` is RESOURCE_EXHAUSTED, as gRPC implementations answer it
 /// (tonic says OUT_OF_RANGE).
-fn size_status(status: Status) -> Status {
+pub(crate) fn size_status(status: Status) -> Status {
     if status.code() == tonic::Code::OutOfRange
         && status.message().contains("message length too large")
     {

@@ -18,12 +18,12 @@ use prost_reflect::DynamicMessage;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
-use super::{direct, ServiceSettings, GRPC_ACCEPT_ENCODING, GRPC_ENCODING, GRPC_STATUS};
+use super::{ServiceSettings, GRPC_ACCEPT_ENCODING, GRPC_ENCODING, GRPC_STATUS};
 use crate::codec::{decode_request, measure_reply};
+use crate::engine::general::respond;
 use crate::front::wire;
 use crate::handlers::rule::ok_with_trailers;
 use crate::registry::{Method, State};
-use crate::respond::respond;
 
 type Body = axum::body::Body;
 
@@ -53,20 +53,22 @@ pub(super) async fn serve(
     };
     let metadata = MetadataMap::from_headers(parts.headers);
     let (message, metadata) = match &method.direct {
-        Some(direct) => match direct::unary(direct, message, metadata, PREFIX, limit).await {
-            direct::Unary::Reply(reply) => {
-                let (data, status) = match finish_frame(reply.message, gzip_out, limit) {
-                    Ok(data) => (Some(data), end_status(reply.trailers)),
-                    Err(status) => (None, status),
-                };
-                return http_response(reply.headers, data, status, gzip_out);
+        Some(direct) => {
+            match crate::engine::fast::unary(direct, message, metadata, PREFIX, limit).await {
+                crate::engine::fast::Unary::Reply(reply) => {
+                    let (data, status) = match finish_frame(reply.message, gzip_out, limit) {
+                        Ok(data) => (Some(data), end_status(reply.trailers)),
+                        Err(status) => (None, status),
+                    };
+                    return http_response(reply.headers, data, status, gzip_out);
+                }
+                crate::engine::fast::Unary::Failed(headers, status) => {
+                    return http_response(headers, None, status, gzip_out)
+                }
+                crate::engine::fast::Unary::Status(status) => return status.into_http(),
+                crate::engine::fast::Unary::General(message, metadata) => (message, metadata),
             }
-            direct::Unary::Failed(headers, status) => {
-                return http_response(headers, None, status, gzip_out)
-            }
-            direct::Unary::Status(status) => return status.into_http(),
-            direct::Unary::General(message, metadata) => (message, metadata),
-        },
+        }
         None => (message, metadata),
     };
     let request = match decode_request(&method.desc.input(), message) {

@@ -19,13 +19,13 @@ use prost_reflect::{
 };
 use tonic::metadata::MetadataMap;
 
-use super::matcher::{self, Condition, Subject};
-use super::rule::{Answer, MethodRules, Rule, StreamSource};
-use super::template::{
-    is_integer_kind, MessageTemplate, Part, Path, Root, Step, Text, Ty, ValueTemplate,
-};
 use crate::codec::canonical::{self, Layouts};
 use crate::codec::encode::{encode_to_vec, wire_type};
+use crate::handlers::matcher::{self, Condition, Subject};
+use crate::handlers::rule::{Answer, MethodRules, Rule, StreamSource};
+use crate::handlers::template::{
+    is_integer_kind, MessageTemplate, Part, Path, Root, Step, Text, Ty, ValueTemplate,
+};
 
 /// What an emitter reads during one call.
 #[derive(Clone, Copy)]
@@ -72,7 +72,7 @@ pub enum DirectReply {
     /// A `stream` answer of a server-streaming method (its delay and `then` are in the rule).
     Messages(Vec<Emitter>),
     Repeat(u64, Emitter),
-    /// A unary script that may run inline ([`super::script::Script::may_run_inline`]): shown the
+    /// A unary script that may run inline ([`crate::handlers::script::Script::may_run_inline`]): shown the
     /// request's bytes lazily, its reply written from its values.
     Script,
 }
@@ -220,7 +220,7 @@ impl RawCondition {
     fn holds(&self, scope: &RawScope<'_>) -> bool {
         let (path, kind, op) = match self {
             RawCondition::Metadata(c) => {
-                return c.holds(&super::template::Scope::new(None, scope.metadata))
+                return c.holds(&crate::handlers::template::Scope::new(None, scope.metadata))
             }
             RawCondition::Field { path, kind, op } => (path, kind, op),
         };
@@ -408,7 +408,7 @@ impl Emitter {
     /// then reports the reply as too large, having built no more of it than this.
     pub fn emit(&self, scope: &RawScope<'_>, out: &mut Vec<u8>) -> Result<(), Declined> {
         for op in &self.ops {
-            if !super::budget::fits(out.len()) {
+            if !crate::handlers::budget::fits(out.len()) {
                 return Err(Declined);
             }
             match op {
@@ -784,12 +784,12 @@ fn render_text(parts: &[TextPart], scope: &RawScope<'_>) -> Result<String, Decli
                 write!(out, "{n}").expect("writing to a String");
             }
             TextPart::Metadata(key) => {
-                if let Some(v) = super::metadata::text(scope.metadata, key) {
+                if let Some(v) = crate::handlers::metadata::text(scope.metadata, key) {
                     out.push_str(&v);
                 }
             }
         }
-        if !super::budget::fits(out.len()) {
+        if !crate::handlers::budget::fits(out.len()) {
             return Err(Declined);
         }
     }

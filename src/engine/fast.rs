@@ -1,7 +1,7 @@
-//! Calls of methods whose rule compiled to emitters ([`crate::handlers::emit`]): the reply is
+//! Calls of methods whose rule compiled to emitters ([`crate::engine::emit`]): the reply is
 //! written from the request's bytes, never decoded (a unary script is shown those bytes lazily). A
 //! request that is not canonical, or a reply an emitter declines, goes the general way
-//! ([`crate::respond`]) with the same outcome.
+//! ([`crate::engine::general`]) with the same outcome.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,30 +13,30 @@ use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
 use tonic::{Response, Status, Streaming};
 
-use super::EncodedStream;
 use crate::codec::encode::Measured;
 use crate::codec::{decode_request, encode_reply};
+use crate::engine::emit::{Choice, Declined, Direct, DirectReply, Emitter, RawScope};
+use crate::engine::general::{
+    end_with_trailers, extend_metadata, render_error, render_reply, script_panicked, with_headers,
+};
 use crate::front::wire::check_reply_len;
 use crate::handlers::budget::{self, Exceeded};
-use crate::handlers::emit::{Choice, Declined, Direct, DirectReply, Emitter, RawScope};
 use crate::handlers::rule::{ScriptMetadata, StreamSource};
 use crate::handlers::script::{Inline, Script, ScriptCall, ScriptEvent, ScriptRequest};
 use crate::handlers::template::{MessageTemplate, Scope};
 use crate::handlers::Answer;
 use crate::registry::Method;
-use crate::respond::{
-    end_with_trailers, extend_metadata, render_error, render_reply, script_panicked, with_headers,
-};
+use crate::service::EncodedStream;
 
 /// A unary reply: headers, the encoded message, trailers.
-pub(super) struct UnaryReply {
+pub(crate) struct UnaryReply {
     pub headers: MetadataMap,
     pub message: Vec<u8>,
     pub trailers: MetadataMap,
 }
 
 /// How a unary call went here.
-pub(super) enum Unary {
+pub(crate) enum Unary {
     Reply(UnaryReply),
     /// The call ends with this status, after these headers.
     Failed(MetadataMap, Status),
@@ -48,7 +48,7 @@ pub(super) enum Unary {
 
 /// The direct answer to a unary call, with `reserve` bytes left free at the start of the message
 /// (for the frame prefix).
-pub(super) async fn unary(
+pub(crate) async fn unary(
     direct: &Direct,
     request: Bytes,
     metadata: MetadataMap,
@@ -182,7 +182,7 @@ fn raw_scope<'a>(request: &'a [u8], count: Option<u64>, metadata: &'a MetadataMa
 }
 
 /// How a streaming call went here.
-pub(super) enum Streamed {
+pub(crate) enum Streamed {
     Answered(Result<Response<EncodedStream>, Status>),
     /// The first message (if any) shows the general path must answer: the call, as read so far.
     General {
@@ -193,7 +193,7 @@ pub(super) enum Streamed {
 }
 
 /// A server-streaming or bidi call of a method with a direct form.
-pub(super) async fn streaming(
+pub(crate) async fn streaming(
     method: Arc<Method>,
     metadata: MetadataMap,
     mut rest: Streaming<Bytes>,
@@ -219,7 +219,7 @@ pub(super) async fn streaming(
         // A server stream answers one message: the request must end after it.
         match next(&mut rest).await {
             Ok(None) => {}
-            Ok(Some(_)) => return Streamed::Answered(Err(super::multiple_requests())),
+            Ok(Some(_)) => return Streamed::Answered(Err(crate::service::multiple_requests())),
             Err(status) => return Streamed::Answered(Err(status)),
         }
     }
@@ -359,7 +359,7 @@ impl futures::Stream for BidiReplies {
                 Some(Ok(request)) => request,
                 Some(Err(status)) => {
                     this.done = true;
-                    return Poll::Ready(Some(Err(super::size_status(status))));
+                    return Poll::Ready(Some(Err(crate::service::size_status(status))));
                 }
                 None => {
                     this.done = true;
@@ -466,7 +466,10 @@ fn only(method: &Method) -> &Choice {
     method.direct.as_ref().expect("direct method").only()
 }
 
-/// The next message's bytes; over-size is RESOURCE_EXHAUSTED (see `super::incoming`).
-pub(super) async fn next(streaming: &mut Streaming<Bytes>) -> Result<Option<Bytes>, Status> {
-    streaming.message().await.map_err(super::size_status)
+/// The next message's bytes; over-size is RESOURCE_EXHAUSTED (see `crate::service::incoming`).
+pub(crate) async fn next(streaming: &mut Streaming<Bytes>) -> Result<Option<Bytes>, Status> {
+    streaming
+        .message()
+        .await
+        .map_err(crate::service::size_status)
 }
