@@ -35,7 +35,11 @@ use tonic::{Code, Status};
 use super::json;
 use super::wire::{self, Encoding, HttpResponse};
 use super::HttpService;
-use crate::engine::general::{respond, Incoming};
+use crate::engine::{self, End, Event};
+
+/// The request messages, decoded.
+type Incoming =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<DynamicMessage, Status>> + Send>>;
 use crate::registry::{Method, State};
 use crate::service::{until_deadline, ServiceSettings};
 
@@ -273,9 +277,16 @@ async fn unary(
     let metadata = wire::request_metadata(headers);
     let reply = until(deadline, async {
         let request = codec.decode(&method.desc.input(), &payload)?;
-        let incoming: Incoming = Box::pin(futures::stream::iter([Ok(request)]));
-        let response = respond(state, method, metadata, incoming, limit).await?;
-        let reply = wire::single_reply(response, limit).await?;
+        let output = method.desc.output();
+        let requests = engine::Requests::One(engine::Request::Decoded(request));
+        let call = engine::Call {
+            method,
+            metadata,
+            requests,
+            limit,
+            reserve: 0,
+        };
+        let reply = wire::single_reply(engine::answer(call).await, &output, limit).await?;
         let body = codec.encode(&reply.message)?;
         Ok((reply, body))
     })
@@ -339,7 +350,23 @@ async fn streaming(
     };
     let incoming = envelopes(body, codec, method.desc.input(), request_encoding, limit);
     let metadata = wire::request_metadata(&parts.headers);
-    let answer = until(deadline, respond(state, method, metadata, incoming, limit)).await;
+    let output = method.desc.output();
+    let requests =
+        engine::Requests::Stream(Box::pin(incoming.map(|r| r.map(engine::Request::Decoded))));
+    let call = engine::Call {
+        method,
+        metadata,
+        requests,
+        limit,
+        reserve: 0,
+    };
+    let answer = until(deadline, async {
+        engine::answer(call)
+            .await
+            .into_stream()
+            .map_err(End::into_status)
+    })
+    .await;
     let mut headers = HeaderMap::new();
     if answer_encoding != Encoding::Identity {
         headers.insert(
@@ -348,10 +375,13 @@ async fn streaming(
         );
     }
     let replies = match answer {
-        Ok(response) => {
-            let (metadata, replies, _) = response.into_parts();
-            wire::add_metadata(&mut headers, &metadata, "");
-            replies
+        Ok(streamed) => {
+            wire::add_metadata(&mut headers, &streamed.headers, "");
+            // Connect's end-stream message is a status with metadata: the end as one, OK or not.
+            streamed.events.map(move |event| match event {
+                Event::Message(m) => m.into_decoded(&output),
+                Event::End(end) => Err(end.into_status()),
+            })
         }
         Err(status) => return only_end(headers, codec, &status, &pool),
     };

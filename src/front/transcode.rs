@@ -24,7 +24,11 @@ use self::routes::{BodyRule, Lookup, Route};
 use self::template::Bindings;
 use super::json;
 use super::wire::{self, Encoding, HttpResponse};
-use crate::engine::general::{respond, Incoming};
+use crate::engine::{self, End, Event};
+
+/// The request messages, decoded.
+type Incoming =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<DynamicMessage, Status>> + Send>>;
 use crate::registry::State;
 use crate::service::ServiceSettings;
 
@@ -158,11 +162,22 @@ async fn call(
         }
     };
     let metadata = wire::request_metadata(&parts.headers);
-    let response = respond(state.clone(), method.clone(), metadata, incoming, limit).await?;
-    if method.desc.is_server_streaming() {
-        return stream_reply(state, route, response, limit).await;
+    let output = method.desc.output();
+    let server_streaming = method.desc.is_server_streaming();
+    let requests =
+        engine::Requests::Stream(Box::pin(incoming.map(|r| r.map(engine::Request::Decoded))));
+    let call = engine::Call {
+        method,
+        metadata,
+        requests,
+        limit,
+        reserve: 0,
+    };
+    let reply = engine::answer(call).await;
+    if server_streaming {
+        return stream_reply(state, route, reply, &output, limit).await;
     }
-    let reply = wire::single_reply(response, limit).await?;
+    let reply = wire::single_reply(reply, &output, limit).await?;
     let body = reply_json(&reply.message, route.response_body.as_ref())?;
     let mut headers = HeaderMap::new();
     wire::add_metadata(&mut headers, &reply.headers, "");
@@ -203,10 +218,18 @@ impl JsonValues {
 async fn stream_reply(
     state: &Arc<State>,
     route: &Route,
-    response: tonic::Response<crate::engine::general::ReplyStream>,
+    reply: engine::Reply,
+    output: &prost_reflect::MessageDescriptor,
     limit: usize,
 ) -> Result<HttpResponse, Status> {
-    let (metadata, mut stream, _) = response.into_parts();
+    let streamed = reply.into_stream().map_err(End::into_status)?;
+    let metadata = streamed.headers;
+    // Messages as `Ok`, the end as a status (its trailers in its metadata), as the lines are written.
+    let output = output.clone();
+    let mut stream = streamed.events.map(move |event| match event {
+        Event::Message(m) => m.into_decoded(&output),
+        Event::End(end) => Err(end.into_status()),
+    });
     let first = match stream.next().await {
         Some(Err(status)) if status.code() != Code::Ok => {
             return Err(wire::with_headers(status, &metadata))

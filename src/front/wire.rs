@@ -13,9 +13,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_body::Frame;
 use prost_reflect::DynamicMessage;
 use tonic::metadata::MetadataMap;
-use tonic::{Code, Status};
+use tonic::Status;
 
-use crate::engine::general::ReplyStream;
+use crate::engine::{End, Reply};
 
 /// A response as every front answers.
 pub type HttpResponse = http::Response<tonic::body::Body>;
@@ -46,14 +46,7 @@ pub fn check_reply_size(message: &DynamicMessage, limit: usize) -> Result<(), St
 }
 
 /// [`check_reply_size`] for a length already measured.
-pub fn check_reply_len(size: usize, limit: usize) -> Result<(), Status> {
-    if size > limit {
-        return Err(Status::resource_exhausted(format!(
-            "response message of {size} bytes is larger than the limit of {limit} bytes (--max-message-size)"
-        )));
-    }
-    Ok(())
-}
+pub use crate::engine::check_reply_len;
 
 /// A content coding this server speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,41 +236,28 @@ pub struct SingleReply {
     pub trailers: MetadataMap,
 }
 
-/// Reads a unary reply to its end. An error status carries the response headers too (an HTTP error
-/// answer has only one set of headers).
+/// Reads a unary reply to its end, its message as `output` (the method's). An error status
+/// carries the response headers too (an HTTP error answer has only one set of headers).
 pub async fn single_reply(
-    response: tonic::Response<ReplyStream>,
+    reply: Reply,
+    output: &prost_reflect::MessageDescriptor,
     limit: usize,
 ) -> Result<SingleReply, Status> {
-    let (headers, mut stream, _) = response.into_parts();
-    let mut message = None;
-    let mut trailers = MetadataMap::new();
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(m) if message.is_none() => {
-                check_reply_size(&m, limit).map_err(|s| with_headers(s, &headers))?;
-                message = Some(m);
-            }
-            Ok(_) => {
-                return Err(with_headers(
-                    Status::internal("a unary method answered more than one message"),
-                    &headers,
-                ))
-            }
-            Err(status) if status.code() == Code::Ok => {
-                trailers = status.metadata().clone();
-                break;
-            }
-            Err(status) => return Err(with_headers(status, &headers)),
-        }
+    let ready = reply.whole().await.map_err(End::into_status)?;
+    let headers = ready.headers;
+    if !ready.end.is_ok() {
+        return Err(with_headers(ready.end.into_status(), &headers));
     }
-    let message = message.ok_or_else(|| {
-        with_headers(Status::internal("the method answered no message"), &headers)
-    })?;
+    let message = ready
+        .message
+        .ok_or_else(|| Status::internal("the method answered no message"))
+        .and_then(|m| m.into_decoded(output))
+        .and_then(|m| check_reply_size(&m, limit).map(|()| m))
+        .map_err(|s| with_headers(s, &headers))?;
     Ok(SingleReply {
         headers,
         message,
-        trailers,
+        trailers: ready.end.trailers,
     })
 }
 

@@ -20,17 +20,16 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::StreamExt as _;
 use http::HeaderName;
-use prost_reflect::MessageDescriptor;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 use tonic::server::{Grpc, StreamingService};
 use tonic::{Request, Response, Status, Streaming};
 use tower::ServiceExt as _;
 
-use crate::codec::{decode_request, encode_reply, ServerCodec};
-use crate::engine::general::{respond, Incoming, ReplyStream};
+use crate::codec::ServerCodec;
+use crate::engine::{self, Method};
 use crate::front::{connect, health, json, transcode, HttpService, Protocol};
-use crate::registry::{Method, Registry, State};
+use crate::registry::{Registry, State};
 
 // Names looked up on every call: a `HeaderName` is hashed as it is, a `&str` parsed first.
 static GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
@@ -134,7 +133,7 @@ impl DynamicService {
             return Box::pin(async move { Ok(status.into_http()) });
         };
         if !method.desc.is_client_streaming() && !method.desc.is_server_streaming() {
-            let answer = unary::serve(state, method, request, self.settings);
+            let answer = unary::serve(method, request, self.settings);
             return Box::pin(before_deadline(answer, deadline, self.cut));
         }
         let limit = self.settings.max_message_size;
@@ -151,7 +150,6 @@ impl DynamicService {
             grpc = grpc.send_compressed(CompressionEncoding::Gzip);
         }
         let call = Call {
-            state,
             method,
             max_reply_size: limit,
             deadline,
@@ -344,7 +342,6 @@ pub(crate) fn unknown_path(state: &State, path: &str) -> Status {
 
 /// One call, bound to the state it started with.
 struct Call {
-    state: Arc<State>,
     method: Arc<Method>,
     max_reply_size: usize,
     deadline: Option<tokio::time::Instant>,
@@ -352,7 +349,7 @@ struct Call {
 }
 
 /// Reply messages, encoded as they are produced.
-pub(crate) type EncodedStream = Pin<Box<dyn futures::Stream<Item = Result<Bytes, Status>> + Send>>;
+type EncodedStream = Pin<Box<dyn futures::Stream<Item = Result<Bytes, Status>> + Send>>;
 
 impl StreamingService<Bytes> for Call {
     type Response = Bytes;
@@ -364,48 +361,35 @@ impl StreamingService<Bytes> for Call {
         let (metadata, _, streaming) = request.into_parts();
         let deadline = self.deadline;
         let cut = self.cut;
-        let (state, method) = (self.state.clone(), self.method.clone());
+        let method = self.method.clone();
+        // Over-size request messages are RESOURCE_EXHAUSTED (see `size_status`).
+        let requests = streaming.map(|r| r.map(engine::Request::Encoded).map_err(size_status));
+        let call = engine::Call {
+            method,
+            metadata,
+            requests: engine::Requests::Stream(Box::pin(requests)),
+            limit,
+            reserve: 0,
+        };
         Box::pin(async move {
-            let response = if method.direct.is_some() {
-                match crate::engine::fast::streaming(method.clone(), metadata, streaming, limit)
-                    .await
-                {
-                    crate::engine::fast::Streamed::Answered(answer) => answer?,
-                    // The general path, with the message already read put back in front.
-                    crate::engine::fast::Streamed::General {
-                        first,
-                        rest,
-                        metadata,
-                    } => {
-                        let input = method.desc.input();
-                        let first = first.map(|bytes| decode_request(&input, bytes));
-                        let incoming =
-                            Box::pin(futures::stream::iter(first).chain(incoming(*rest, input)));
-                        general(state, method, metadata, incoming, limit).await?
-                    }
-                }
-            } else {
-                let incoming = incoming(streaming, method.desc.input());
-                general(state, method, metadata, incoming, limit).await?
-            };
-            Ok(response
-                .map(|stream| Box::pin(until_deadline(stream, deadline, cut)) as EncodedStream))
+            let streamed = engine::answer(call)
+                .await
+                .into_stream()
+                .map_err(engine::End::into_status)?;
+            // tonic sends custom trailers only from a status: an OK end with trailers is an OK one.
+            let replies = streamed.events.filter_map(move |event| {
+                futures::future::ready(match event {
+                    engine::Event::Message(m) => Some(m.into_bytes(limit)),
+                    engine::Event::End(end) if end.is_ok() && end.trailers.is_empty() => None,
+                    engine::Event::End(end) => Some(Err(end.into_status())),
+                })
+            });
+            let mut response =
+                Response::new(Box::pin(until_deadline(replies, deadline, cut)) as EncodedStream);
+            *response.metadata_mut() = streamed.headers;
+            Ok(response)
         })
     }
-}
-
-/// A call answered from its decoded messages by [`respond`], its replies encoded as they come.
-async fn general(
-    state: Arc<State>,
-    method: Arc<Method>,
-    metadata: tonic::metadata::MetadataMap,
-    incoming: Incoming,
-    limit: usize,
-) -> Result<Response<EncodedStream>, Status> {
-    let response = respond(state, method, metadata, incoming, limit).await?;
-    Ok(response.map(|stream: ReplyStream| -> EncodedStream {
-        Box::pin(stream.map(move |item| encode_reply(&item?, limit)))
-    }))
 }
 
 /// A call refused before it starts: `status` in the headers of an answer with HTTP status `code`.
@@ -446,12 +430,7 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Result<Option<Duration>, Status> {
     }))
 }
 
-/// A second message to a method that takes one: grpc-go's status for it.
-pub(crate) fn multiple_requests() -> Status {
-    Status::internal(
-        "cardinality violation: received multiple request messages for non-client-streaming RPC",
-    )
-}
+pub(crate) use crate::engine::multiple_requests;
 
 /// [`before_deadline`] holds a call to its deadline (and the shutdown) until the response headers;
 /// a reply stream is cut here when the deadline passes or `cut` is cancelled, which also drops (and
@@ -539,20 +518,9 @@ fn deadline_exceeded_while_streaming() -> Status {
     Status::deadline_exceeded("deadline exceeded while streaming the reply")
 }
 
-/// tonic's message stream as protocol-neutral `Incoming`, each message decoded as `input`.
-fn incoming(streaming: Streaming<Bytes>, input: MessageDescriptor) -> Incoming {
-    Box::pin(futures::stream::unfold(streaming, move |mut s| {
-        let input = input.clone();
-        async move {
-            let item = s.message().await.map_err(size_status).transpose()?;
-            Some((item.and_then(|bytes| decode_request(&input, bytes)), s))
-        }
-    }))
-}
-
 /// A message over `--max-message-size` is RESOURCE_EXHAUSTED, as gRPC implementations answer it
 /// (tonic says OUT_OF_RANGE).
-pub(crate) fn size_status(status: Status) -> Status {
+fn size_status(status: Status) -> Status {
     if status.code() == tonic::Code::OutOfRange
         && status.message().contains("message length too large")
     {

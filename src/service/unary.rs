@@ -11,19 +11,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
-use futures::StreamExt as _;
 use http::header::{HeaderMap, HeaderValue};
 use http_body::{Body as _, Frame};
-use prost_reflect::DynamicMessage;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
 use super::{ServiceSettings, GRPC_ACCEPT_ENCODING, GRPC_ENCODING, GRPC_STATUS};
-use crate::codec::{decode_request, measure_reply};
-use crate::engine::general::respond;
+use crate::codec::measure_reply;
+use crate::engine::{self, Message, Method};
 use crate::front::wire;
-use crate::handlers::rule::ok_with_trailers;
-use crate::registry::{Method, State};
 
 type Body = axum::body::Body;
 
@@ -32,7 +28,6 @@ const PREFIX: usize = 5;
 
 /// Answers one unary call. Every failure becomes a gRPC status, as tonic would send it.
 pub(super) async fn serve(
-    state: Arc<State>,
     method: Arc<Method>,
     request: http::Request<Body>,
     settings: ServiceSettings,
@@ -51,49 +46,23 @@ pub(super) async fn serve(
         Ok(bytes) => bytes,
         Err(status) => return status.into_http(),
     };
-    let metadata = MetadataMap::from_headers(parts.headers);
-    let (message, metadata) = match &method.direct {
-        Some(direct) => {
-            match crate::engine::fast::unary(direct, message, metadata, PREFIX, limit).await {
-                crate::engine::fast::Unary::Reply(reply) => {
-                    let (data, status) = match finish_frame(reply.message, gzip_out, limit) {
-                        Ok(data) => (Some(data), end_status(reply.trailers)),
-                        Err(status) => (None, status),
-                    };
-                    return http_response(reply.headers, data, status, gzip_out);
-                }
-                crate::engine::fast::Unary::Failed(headers, status) => {
-                    return http_response(headers, None, status, gzip_out)
-                }
-                crate::engine::fast::Unary::Status(status) => return status.into_http(),
-                crate::engine::fast::Unary::General(message, metadata) => (message, metadata),
-            }
-        }
-        None => (message, metadata),
+    let call = engine::Call {
+        method,
+        metadata: MetadataMap::from_headers(parts.headers),
+        requests: engine::Requests::One(engine::Request::Encoded(message)),
+        limit,
+        reserve: PREFIX,
     };
-    let request = match decode_request(&method.desc.input(), message) {
-        Ok(m) => m,
-        Err(status) => return status.into_http(),
+    let ready = match engine::answer(call).await.whole().await {
+        Ok(ready) => ready,
+        Err(refused) => return refused.into_status().into_http(),
     };
-    let incoming = Box::pin(futures::stream::once(async move { Ok(request) }));
-    let response = match respond(state, method, metadata, incoming, limit).await {
-        Ok(response) => response,
-        Err(status) => return status.into_http(),
+    let (data, end) = match ready.message.map(|m| frame(m, gzip_out, limit)) {
+        Some(Ok(data)) => (Some(data), ready.end),
+        Some(Err(status)) => (None, status.into()),
+        None => (None, ready.end),
     };
-    let (metadata, mut replies, _) = response.into_parts();
-    let (data, status) = match replies.next().await {
-        Some(Ok(reply)) => match frame(&reply, gzip_out, limit) {
-            // A unary reply ends after its message: what follows is the trailers, if any.
-            Ok(data) => match replies.next().await {
-                Some(Err(status)) => (Some(data), status),
-                _ => (Some(data), Status::ok("")),
-            },
-            Err(status) => (None, status),
-        },
-        Some(Err(status)) => (None, status),
-        None => (None, Status::ok("")),
-    };
-    http_response(metadata, data, status, gzip_out)
+    http_response(ready.headers, data, end.into_status(), gzip_out)
 }
 
 /// A unary answer: headers, the reply frame if any, the status (with any custom trailers).
@@ -254,12 +223,25 @@ fn gunzip(data: &[u8], limit: usize) -> Result<Bytes, Status> {
     }
 }
 
-/// The reply as one gRPC frame, measured once for both the size limit and the prefix.
-fn frame(reply: &DynamicMessage, gzip: bool, limit: usize) -> Result<Bytes, Status> {
-    let measured = measure_reply(reply, limit)?;
-    let mut buf = Vec::with_capacity(PREFIX + measured.len());
-    buf.resize(PREFIX, 0);
-    measured.write(&mut buf);
+/// The reply as one gRPC frame: written by the engine after room for the prefix (framed in
+/// place), or measured once for both the size limit and the prefix.
+fn frame(reply: Message, gzip: bool, limit: usize) -> Result<Bytes, Status> {
+    let mut buf = Vec::new();
+    match reply {
+        Message::Reserved(written, PREFIX) => buf = written,
+        Message::Decoded(reply) => {
+            let measured = measure_reply(&reply, limit)?;
+            buf.reserve_exact(PREFIX + measured.len());
+            buf.resize(PREFIX, 0);
+            measured.write(&mut buf);
+        }
+        encoded => {
+            let bytes = encoded.into_bytes(limit)?;
+            buf.reserve_exact(PREFIX + bytes.len());
+            buf.resize(PREFIX, 0);
+            buf.extend_from_slice(&bytes);
+        }
+    }
     finish_frame(buf, gzip, limit)
 }
 
@@ -279,15 +261,6 @@ fn finish_frame(mut buf: Vec<u8>, gzip: bool, limit: usize) -> Result<Bytes, Sta
     buf[0] = 0;
     buf[1..PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(buf.into())
-}
-
-/// The status a reply ends with: OK, carrying the rule's trailers if it has any.
-fn end_status(trailers: MetadataMap) -> Status {
-    if trailers.is_empty() {
-        Status::ok("")
-    } else {
-        ok_with_trailers(trailers)
-    }
 }
 
 /// Headers a handler may not set, because the transport owns them (tonic drops the same ones).
