@@ -107,7 +107,7 @@ pub fn measure_reply(
     limit: usize,
 ) -> Result<encode::Measured<'_>, Status> {
     let measured = encode::Measured::new(message);
-    crate::front::wire::check_reply_len(measured.len(), limit)?;
+    check_reply_len(measured.len(), limit)?;
     Ok(measured)
 }
 
@@ -148,4 +148,14 @@ impl Decoder for BytesDecoder {
         // As above: an empty message is a message.
         Ok(Some(src.copy_to_bytes(src.remaining())))
     }
+}
+
+/// A reply over the size limit ends the call with RESOURCE_EXHAUSTED, as over gRPC.
+pub fn check_reply_len(size: usize, limit: usize) -> Result<(), Status> {
+    if size > limit {
+        return Err(Status::resource_exhausted(format!(
+            "response message of {size} bytes is larger than the limit of {limit} bytes (--max-message-size)"
+        )));
+    }
+    Ok(())
 }

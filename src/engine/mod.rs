@@ -283,13 +283,3 @@ pub fn multiple_requests() -> Status {
         "cardinality violation: received multiple request messages for non-client-streaming RPC",
     )
 }
-
-/// A reply over the size limit ends the call with RESOURCE_EXHAUSTED, as over gRPC.
-pub fn check_reply_len(size: usize, limit: usize) -> Result<(), Status> {
-    if size > limit {
-        return Err(Status::resource_exhausted(format!(
-            "response message of {size} bytes is larger than the limit of {limit} bytes (--max-message-size)"
-        )));
-    }
-    Ok(())
-}

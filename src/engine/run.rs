@@ -25,10 +25,10 @@ use tonic::Status;
 
 use super::emit::{Declined, DirectReply, Emitter, RawScope};
 use super::{
-    check_reply_len, multiple_requests, Call, End, Event, Events, Message, Method, Ready, Reply,
-    Request, Requests, Streamed,
+    multiple_requests, Call, End, Event, Events, Message, Method, Ready, Reply, Request, Requests,
+    Streamed,
 };
-use crate::codec::decode_request;
+use crate::codec::{check_reply_len, decode_request};
 use crate::handlers::budget::{self, Exceeded};
 use crate::handlers::rule::{ErrorTemplate, ScriptMetadata, StreamAnswer, StreamSource};
 use crate::handlers::script::{

@@ -46,7 +46,7 @@ pub fn check_reply_size(message: &DynamicMessage, limit: usize) -> Result<(), St
 }
 
 /// [`check_reply_size`] for a length already measured.
-pub use crate::engine::check_reply_len;
+pub use crate::codec::check_reply_len;
 
 /// A content coding this server speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
