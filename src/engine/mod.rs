@@ -18,6 +18,8 @@
 
 pub mod emit;
 mod run;
+#[cfg(test)]
+mod tests;
 
 use std::path::Path;
 use std::pin::Pin;
