@@ -1,8 +1,9 @@
 //! protodrop: a gRPC server with no code generation.
 //!
 //! Data flow: [`cli`] flags → [`protos`] (folder → descriptor pool) → [`handlers`] (handler files →
-//! rules checked against the pool) → [`registry`] (the swapped state: path → method + rules) →
-//! [`service`] (one tower service for every path, one branch per RPC shape, [`codec`] on the wire).
+//! rules checked against the pool) → [`registry`] (the swapped state: path → [`engine::Method`]) →
+//! [`service`] / [`front`] (each protocol reads a call and writes its answer, [`codec`] on the wire)
+//! → [`engine`] (a call in, the rules executed, reply events out).
 //! [`reload`] watches both folders and swaps the registry; [`server`] puts it on a socket.
 
 #![forbid(unsafe_code)]
