@@ -177,8 +177,9 @@ async fn call(
     if server_streaming {
         return stream_reply(state, route, reply, &output, limit).await;
     }
-    let reply = wire::single_reply(reply, &output, limit).await?;
-    let body = reply_json(&reply.message, route.response_body.as_ref())?;
+    let reply = wire::single_reply(reply, limit).await?;
+    let message = reply.message.into_decoded(&output)?;
+    let body = reply_json(&message, route.response_body.as_ref())?;
     let mut headers = HeaderMap::new();
     wire::add_metadata(&mut headers, &reply.headers, "");
     wire::add_metadata(&mut headers, &reply.trailers, "");

@@ -15,7 +15,7 @@ use prost_reflect::DynamicMessage;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
-use crate::engine::{End, Reply};
+use crate::engine::{End, Message, Reply};
 
 /// A response as every front answers.
 pub type HttpResponse = http::Response<tonic::body::Body>;
@@ -232,17 +232,14 @@ pub fn add_metadata(headers: &mut HeaderMap, metadata: &MetadataMap, prefix: &st
 /// The one reply of a unary (or client-streaming) call, with its headers and trailers.
 pub struct SingleReply {
     pub headers: MetadataMap,
-    pub message: DynamicMessage,
+    /// Encoded when the engine wrote it from canonical request bytes, else decoded.
+    pub message: Message,
     pub trailers: MetadataMap,
 }
 
-/// Reads a unary reply to its end, its message as `output` (the method's). An error status
-/// carries the response headers too (an HTTP error answer has only one set of headers).
-pub async fn single_reply(
-    reply: Reply,
-    output: &prost_reflect::MessageDescriptor,
-    limit: usize,
-) -> Result<SingleReply, Status> {
+/// Reads a unary reply to its end. An error status carries the response headers too (an HTTP error
+/// answer has only one set of headers).
+pub async fn single_reply(reply: Reply, limit: usize) -> Result<SingleReply, Status> {
     let ready = reply.whole().await.map_err(End::into_status)?;
     let headers = ready.headers;
     if !ready.end.is_ok() {
@@ -251,8 +248,11 @@ pub async fn single_reply(
     let message = ready
         .message
         .ok_or_else(|| Status::internal("the method answered no message"))
-        .and_then(|m| m.into_decoded(output))
-        .and_then(|m| check_reply_size(&m, limit).map(|()| m))
+        .and_then(|m| match m {
+            // Bytes the engine wrote are within the limit already.
+            Message::Decoded(d) => check_reply_size(&d, limit).map(|()| Message::Decoded(d)),
+            encoded => Ok(encoded),
+        })
         .map_err(|s| with_headers(s, &headers))?;
     Ok(SingleReply {
         headers,
