@@ -259,6 +259,8 @@ impl Reply {
 
     /// The answer as a stream, for a protocol that streams: a ready one as its events. `Err`: the
     /// call was refused before its headers.
+    // An `End` ends every call: boxing it to shrink this `Err` would allocate on every one.
+    #[allow(clippy::result_large_err)]
     pub fn into_stream(self) -> Result<Streamed, End> {
         match self {
             Reply::Refused(end) => Err(end),
