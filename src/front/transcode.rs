@@ -18,7 +18,7 @@ use http::StatusCode;
 use http_body::Frame;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, Value};
 use serde_json::Value as Json;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use self::routes::{BodyRule, Lookup, Route};
 use self::template::Bindings;
@@ -224,40 +224,38 @@ async fn stream_reply(
     limit: usize,
 ) -> Result<HttpResponse, Status> {
     let streamed = reply.into_stream().map_err(End::into_status)?;
-    let metadata = streamed.headers;
-    // Messages as `Ok`, the end as a status (its trailers in its metadata), as the lines are written.
-    let output = output.clone();
-    let mut stream = streamed.events.map(move |event| match event {
-        Event::Message(m) => m.into_decoded(&output),
-        Event::End(end) => Err(end.into_status()),
-    });
-    let first = match stream.next().await {
-        Some(Err(status)) if status.code() != Code::Ok => {
-            return Err(wire::with_headers(status, &metadata))
+    let (metadata, mut events) = (streamed.headers, streamed.events);
+    let first = match events.next().await {
+        Some(Event::End(end)) if !end.is_ok() => {
+            return Err(wire::with_headers(end.into_status(), &metadata))
         }
         first => first,
     };
     let pool = state.protos.pool.clone();
     let response_body = route.response_body.clone();
+    let output = output.clone();
     let lines = async_stream::stream! {
         let mut next = first;
-        while let Some(item) = next {
-            let line = item.and_then(|m| {
-                wire::check_reply_size(&m, limit)?;
-                reply_json(&m, response_body.as_ref())
-            });
-            match line {
-                Ok(mut bytes) => {
-                    bytes.push(b'\n');
-                    yield Frame::data(Bytes::from(bytes));
-                }
-                Err(status) if status.code() == Code::Ok => {
+        while let Some(event) = next {
+            let line = match event {
+                Event::Message(m) => m.into_decoded(&output).and_then(|m| {
+                    wire::check_reply_size(&m, limit)?;
+                    reply_json(&m, response_body.as_ref())
+                }),
+                Event::End(end) if end.is_ok() => {
                     let mut trailers = HeaderMap::new();
-                    wire::add_metadata(&mut trailers, status.metadata(), "");
+                    wire::add_metadata(&mut trailers, &end.trailers, "");
                     if !trailers.is_empty() {
                         yield Frame::trailers(trailers);
                     }
                     return;
+                }
+                Event::End(end) => Err(end.into_status()),
+            };
+            match line {
+                Ok(mut bytes) => {
+                    bytes.push(b'\n');
+                    yield Frame::data(Bytes::from(bytes));
                 }
                 Err(status) => {
                     let mut bytes = json::to_vec(&ErrorLine { error: json::rpc_status(&status, &pool) });
@@ -266,7 +264,7 @@ async fn stream_reply(
                     return;
                 }
             }
-            next = stream.next().await;
+            next = events.next().await;
         }
     };
     let mut headers = HeaderMap::new();
