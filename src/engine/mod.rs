@@ -190,10 +190,11 @@ impl From<Status> for End {
     }
 }
 
-/// What happens in a streamed reply, after its headers: messages, then one [`End`], always last.
+/// What happens in a streamed reply, after its headers: messages, then one [`End`], always last
+/// (boxed: an event is moved through a few stream layers per message, and the end is large).
 pub enum Event {
     Message(Message),
-    End(End),
+    End(Box<End>),
 }
 
 pub type Events = Pin<Box<dyn Stream<Item = Event> + Send>>;
@@ -240,14 +241,14 @@ impl Reply {
         use futures::StreamExt as _;
         let (message, end) = match events.next().await {
             Some(Event::Message(m)) => match events.next().await {
-                Some(Event::End(end)) => (Some(m), end),
+                Some(Event::End(end)) => (Some(m), *end),
                 None => (Some(m), End::ok(MetadataMap::new())),
                 Some(Event::Message(_)) => (
                     None,
                     Status::internal("a unary method answered more than one message").into(),
                 ),
             },
-            Some(Event::End(end)) => (None, end),
+            Some(Event::End(end)) => (None, *end),
             None => (None, End::ok(MetadataMap::new())),
         };
         Ok(Ready {
@@ -270,7 +271,7 @@ impl Reply {
                 end,
             }) => {
                 let events = message.map(Event::Message).into_iter();
-                let events = events.chain(std::iter::once(Event::End(end)));
+                let events = events.chain(std::iter::once(Event::End(Box::new(end))));
                 Ok(Streamed {
                     headers,
                     events: Box::pin(futures::stream::iter(events)),

@@ -10,6 +10,7 @@
 //! the emitter declines) rendered from the decoded request: the same message either way
 //! (`tests/encoding.rs` and the tests below compare them).
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -63,15 +64,18 @@ pub async fn answer(call: Call) -> Reply {
                 Ok(base) => {
                     let incoming = decoded(&method, requests);
                     let script = ScriptRun::new(script, &method, None, metadata, base);
-                    script.run(Some(incoming), reserve).await
+                    Box::pin(script.run(Some(incoming))).await
                 }
                 Err(status) => Err(status),
             }
         }
         None => match (client, server) {
             (false, _) => single_request(method, metadata, requests, limit, reserve).await,
-            (true, false) => client_stream(method, metadata, requests, limit, reserve).await,
-            (true, true) => bidi(method, metadata, requests, limit).await,
+            // Boxed, as the blocking script: only unary answers stay in the call's own future.
+            (true, false) => {
+                Box::pin(client_stream(method, metadata, requests, limit, reserve)).await
+            }
+            (true, true) => Box::pin(bidi(method, metadata, requests, limit)).await,
         },
     };
     answered.unwrap_or_else(Reply::refused)
@@ -220,7 +224,12 @@ async fn single_request(
                 input => ScriptRequest::Decoded(Arc::new(input.into_decoded(&method)?)),
             };
             let script = ScriptRun::new(script.clone(), &method, Some(request), metadata, base);
-            script.run(None, reserve).await
+            // Inline: no future; else a boxed one, so that a call's future stays small (it is
+            // moved whole when the call starts).
+            match script.try_inline(reserve) {
+                Ok(reply) => Ok(reply),
+                Err(script) => Box::pin(script.run(None)).await,
+            }
         }
         Answer::Stream(_) => {
             let scope = input.scope(&metadata);
@@ -231,12 +240,19 @@ async fn single_request(
                 let (rule, compiled) = chosen(&method, index, &input)?;
                 if let Answer::Stream(answer) = &rule.answer {
                     let scope = input.scope(&metadata);
-                    let mut messages = std::pin::pin!(render_stream(&method, answer, compiled, &input, scope, limit));
-                    while let Some(message) = messages.next().await {
-                        yield Event::Message(message?);
+                    let list = for_each_list(answer, &scope);
+                    for (template, emitter, index, item) in Steps::new(answer, compiled, &list) {
+                        if let Some(d) = answer.delay {
+                            tokio::time::sleep(d).await;
+                        }
+                        let scope = Scope { index, item, ..scope };
+                        yield Event::Message(render(&method, template, emitter, input.canonical(), &scope, limit, 0)?);
+                    }
+                    if let Some(error) = &answer.then {
+                        Err(render_error(error, &scope))?;
                     }
                 }
-                yield Event::End(End::ok(trailers));
+                yield Event::End(Box::new(End::ok(trailers)));
             };
             Ok(Reply::Stream(Streamed {
                 headers,
@@ -392,9 +408,9 @@ async fn bidi(
         // No messages: no headers, no replies.
         return Ok(Reply::Stream(Streamed {
             headers: MetadataMap::new(),
-            events: Box::pin(futures::stream::iter([Event::End(End::ok(
+            events: Box::pin(futures::stream::iter([Event::End(Box::new(End::ok(
                 MetadataMap::new(),
-            ))])),
+            )))])),
         }));
     };
     let mut first = Input::new(&method, first)?;
@@ -451,9 +467,16 @@ async fn bidi(
                     yield Event::Message(render(&method, template, emitter, input.canonical(), &scope, limit, 0)?);
                 }
                 Answer::Stream(answer) => {
-                    let mut messages = std::pin::pin!(render_stream(&method, answer, compiled, &input, scope, limit));
-                    while let Some(m) = messages.next().await {
-                        yield Event::Message(m?);
+                    let list = for_each_list(answer, &scope);
+                    for (template, emitter, index, item) in Steps::new(answer, compiled, &list) {
+                        if let Some(d) = answer.delay {
+                            tokio::time::sleep(d).await;
+                        }
+                        let scope = Scope { index, item, ..scope };
+                        yield Event::Message(render(&method, template, emitter, input.canonical(), &scope, limit, 0)?);
+                    }
+                    if let Some(error) = &answer.then {
+                        Err(render_error(error, &scope))?;
                     }
                 }
                 Answer::Error(error) => Err(with_metadata(render_error(error, &scope), [std::mem::take(&mut trailers)]))?,
@@ -464,7 +487,7 @@ async fn bidi(
                 None => None,
             };
         }
-        yield Event::End(End::ok(trailers));
+        yield Event::End(Box::new(End::ok(trailers)));
     };
     Ok(Reply::Stream(Streamed {
         headers,
@@ -498,7 +521,7 @@ impl Stream for BidiReplies {
         }
         let ended = |this: &mut Self, end: End| {
             this.done = true;
-            Poll::Ready(Some(Event::End(end)))
+            Poll::Ready(Some(Event::End(Box::new(end))))
         };
         let input = match this.next.take() {
             Some(input) => input,
@@ -556,49 +579,68 @@ fn bidi_reply(
     )
 }
 
-/// The messages of a `stream` answer, each rendered when it is due.
-fn render_stream<'a>(
-    method: &'a Method,
+/// The list a `for_each` stream answer walks, resolved in the call's scope.
+fn for_each_list<'s>(answer: &StreamAnswer, scope: &Scope<'s>) -> Option<Cow<'s, Value>> {
+    match &answer.source {
+        StreamSource::ForEach(path, _) => path.resolve(scope),
+        _ => None,
+    }
+}
+
+/// The messages of a `stream` answer, in order: each one's template, its emitter (when the request
+/// is canonical and the answer compiled), its `{{index}}` and its `for_each` item. A plain
+/// iterator, so that the one generator of a stream renders each message when it is due.
+struct Steps<'a> {
     answer: &'a StreamAnswer,
     compiled: Option<&'a DirectReply>,
-    input: &'a Input,
-    scope: Scope<'a>,
-    limit: usize,
-) -> impl Stream<Item = Result<Message, Status>> + Send + 'a {
-    let emitter = move |i: usize| compiled.and_then(|c| c.emitter(i));
-    async_stream::try_stream! {
-        let pause = || async {
-            if let Some(d) = answer.delay {
-                tokio::time::sleep(d).await;
-            }
+    items: &'a [Value],
+    next: usize,
+}
+
+impl<'a> Steps<'a> {
+    fn new(
+        answer: &'a StreamAnswer,
+        compiled: Option<&'a DirectReply>,
+        list: &'a Option<Cow<'_, Value>>,
+    ) -> Self {
+        let items = match list.as_deref() {
+            Some(Value::List(items)) => items.as_slice(),
+            _ => &[],
         };
-        match &answer.source {
-            StreamSource::Messages(templates) => {
-                for (i, template) in templates.iter().enumerate() {
-                    pause().await;
-                    yield render(method, template, emitter(i), input.canonical(), &scope, limit, 0)?;
-                }
-            }
-            StreamSource::Repeat(n, template) => {
-                for i in 0..*n {
-                    pause().await;
-                    let scope = Scope { index: Some(i), ..scope };
-                    yield render(method, template, emitter(0), input.canonical(), &scope, limit, 0)?;
-                }
-            }
-            StreamSource::ForEach(path, template) => {
-                let list = path.resolve(&scope);
-                if let Some(Value::List(items)) = list.as_deref() {
-                    for (i, item) in items.iter().enumerate() {
-                        pause().await;
-                        let scope = Scope { item: Some(item), index: Some(i as u64), ..scope };
-                        yield render(method, template, None, None, &scope, limit, 0)?;
-                    }
-                }
-            }
+        Steps {
+            answer,
+            compiled,
+            items,
+            next: 0,
         }
-        if let Some(error) = &answer.then {
-            Err(render_error(error, &scope))?;
+    }
+}
+
+type Step<'a> = (
+    &'a MessageTemplate,
+    Option<&'a Emitter>,
+    Option<u64>,
+    Option<&'a Value>,
+);
+
+impl<'a> Iterator for Steps<'a> {
+    type Item = Step<'a>;
+
+    fn next(&mut self) -> Option<Step<'a>> {
+        let i = self.next;
+        self.next += 1;
+        let emitter = |j: usize| self.compiled.and_then(|c| c.emitter(j));
+        match &self.answer.source {
+            StreamSource::Messages(templates) => {
+                templates.get(i).map(|t| (t, emitter(i), None, None))
+            }
+            StreamSource::Repeat(n, t) => {
+                ((i as u64) < *n).then(|| (t, emitter(0), Some(i as u64), None))
+            }
+            StreamSource::ForEach(_, t) => {
+                let item = self.items.get(i)?;
+                Some((t, None, Some(i as u64), Some(item)))
+            }
         }
     }
 }
@@ -630,17 +672,16 @@ impl ScriptRun {
         ScriptRun { script, call, base }
     }
 
-    /// Runs the script: at once on this worker when it cannot wait (a unary script that does not
+    /// Runs the script at once on this worker when it cannot wait (a unary script that does not
     /// sleep, see `Script::try_run_inline`; its reply written straight to bytes when its request
-    /// is canonical), else on a blocking thread. There its headers wait for its first event; its
-    /// messages stream out as it sends them; it is cancelled when the call ends early (client
-    /// gone, deadline) because the reply, which holds the cancellation guard, is dropped.
-    async fn run(self, incoming: Option<Incoming>, reserve: usize) -> Result<Reply, Status> {
+    /// is canonical), else gives it back for [`ScriptRun::run`]: on a blocking thread, where its
+    /// headers wait for its first event, its messages stream out as it sends them, and it is
+    /// cancelled when the call ends early (client gone, deadline) because the reply, which holds
+    /// the cancellation guard, is dropped.
+    fn try_inline(self, reserve: usize) -> Result<Reply, ScriptRun> {
         let ScriptRun { script, call, base } = self;
         let output = call.output.clone();
-        let call = if incoming.is_some() {
-            call
-        } else if matches!(call.request, Some(ScriptRequest::Canonical(..))) {
+        let call = if matches!(call.request, Some(ScriptRequest::Canonical(..))) {
             let mut out = Vec::with_capacity(reserve + 64);
             out.resize(reserve, 0);
             match script.try_run_inline_encoded(call, &mut out) {
@@ -673,6 +714,13 @@ impl ScriptRun {
                 Inline::Declined(call) => call,
             }
         };
+        Err(ScriptRun { script, call, base })
+    }
+
+    /// The script on a blocking thread (see [`ScriptRun::try_inline`] for what runs at once).
+    async fn run(self, incoming: Option<Incoming>) -> Result<Reply, Status> {
+        let ScriptRun { script, call, base } = self;
+        let output = call.output.clone();
         let streaming_response = call.streaming_response;
         let cancel = call.cancel.clone();
         let guard = cancel.clone().drop_guard();
@@ -739,7 +787,7 @@ impl ScriptRun {
                 None if !streaming_response => yield Event::Message(Message::Decoded(DynamicMessage::new(output))),
                 None => {}
             }
-            yield Event::End(End::ok(outcome.trailers));
+            yield Event::End(Box::new(End::ok(outcome.trailers)));
         };
         Ok(Reply::Stream(Streamed {
             headers,
@@ -786,7 +834,7 @@ fn decoded(method: &Method, requests: Requests) -> Incoming {
 
 /// A generator's messages and end as events: an error ends the stream as its [`End`].
 fn events(stream: impl Stream<Item = Result<Event, Status>> + Send + 'static) -> Events {
-    Box::pin(stream.map(|item| item.unwrap_or_else(|status| Event::End(status.into()))))
+    Box::pin(stream.map(|item| item.unwrap_or_else(|status| Event::End(Box::new(status.into())))))
 }
 
 /// Passes the client's messages to a script; a broken client stream is kept to end the call with.

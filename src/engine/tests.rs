@@ -156,7 +156,7 @@ async fn call(method: &Arc<Method>, request: Request, reserve: usize) -> (Seen, 
             }
             Event::End(e) => {
                 assert!(end.is_none(), "one end");
-                end = Some(e);
+                end = Some(*e);
             }
         }
     }

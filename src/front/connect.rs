@@ -394,7 +394,7 @@ async fn streaming(
             // Connect's end-stream message is a status with metadata: the end as one, OK or not.
             streamed.events.map(move |event| match event {
                 Event::Message(m) => m.into_decoded(&output),
-                Event::End(end) => Err(end.into_status()),
+                Event::End(end) => Err((*end).into_status()),
             })
         }
         Err(status) => return only_end(headers, codec, &status, &pool),

@@ -227,7 +227,7 @@ async fn stream_reply(
     let (metadata, mut events) = (streamed.headers, streamed.events);
     let first = match events.next().await {
         Some(Event::End(end)) if !end.is_ok() => {
-            return Err(wire::with_headers(end.into_status(), &metadata))
+            return Err(wire::with_headers((*end).into_status(), &metadata))
         }
         first => first,
     };
@@ -250,7 +250,7 @@ async fn stream_reply(
                     }
                     return;
                 }
-                Event::End(end) => Err(end.into_status()),
+                Event::End(end) => Err((*end).into_status()),
             };
             match line {
                 Ok(mut bytes) => {

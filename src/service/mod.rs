@@ -381,7 +381,7 @@ impl StreamingService<Bytes> for Call {
                 futures::future::ready(match event {
                     engine::Event::Message(m) => Some(m.into_bytes(limit)),
                     engine::Event::End(end) if end.is_ok() && end.trailers.is_empty() => None,
-                    engine::Event::End(end) => Some(Err(end.into_status())),
+                    engine::Event::End(end) => Some(Err((*end).into_status())),
                 })
             });
             let mut response =

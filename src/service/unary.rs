@@ -53,9 +53,12 @@ pub(super) async fn serve(
         limit,
         reserve: PREFIX,
     };
-    let ready = match engine::answer(call).await.whole().await {
-        Ok(ready) => ready,
-        Err(refused) => return refused.into_status().into_http(),
+    let ready = match engine::answer(call).await {
+        engine::Reply::Ready(ready) => ready,
+        other => match other.whole().await {
+            Ok(ready) => ready,
+            Err(refused) => return refused.into_status().into_http(),
+        },
     };
     let (data, end) = match ready.message.map(|m| frame(m, gzip_out, limit)) {
         Some(Ok(data)) => (Some(data), ready.end),
