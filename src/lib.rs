@@ -2,11 +2,14 @@
 //!
 //! Data flow: [`cli`] flags → [`protos`] (folder → descriptor pool, and the HTTP route table) →
 //! [`rules`] (handler files → rules checked against the pool; Rhai [`script`]s) → [`state`] (the
-//! swapped state: path → method + rules, the [`builtin`] services) → [`server`] (sockets, TLS,
-//! hyper; its router picks one [`protocol`] per request) → the protocol reads the call, asks
-//! [`respond`] (and, for gRPC, the compiled path in [`service`]) for the answer, and writes it
-//! ([`codec`] for messages, [`limits`] for the size statuses every layer shares).
+//! swapped state: path → [`engine::Method`], the [`builtin`] services) → [`server`] (sockets, TLS,
+//! hyper; its router picks one [`protocol`] per request) → the protocol reads the call and hands it
+//! to the [`engine`] (a call in, the rules executed, reply events out), then writes the events in
+//! its own wire form ([`codec`] for messages, [`limits`] for the size statuses every layer shares).
 //! [`state::reload`] watches both folders and swaps the state.
+//!
+//! ARCHITECTURE.md is the map: which module does what, and where a new protocol, answer kind or
+//! built-in service goes.
 
 #![forbid(unsafe_code)]
 
@@ -15,14 +18,12 @@ pub mod builtin;
 pub mod cli;
 pub mod codec;
 pub mod diagnostic;
-pub mod handlers;
+pub mod engine;
 pub mod limits;
 pub mod protocol;
 pub mod protos;
-pub mod respond;
 pub mod rules;
 pub mod run;
 pub mod script;
 pub mod server;
-pub mod service;
 pub mod state;

@@ -1319,7 +1319,7 @@ fn bench_payload_req() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Replies written from the request's bytes (`protodrop::handlers::emit`)
+// Replies written from the request's bytes (`protodrop::engine::emit`)
 
 /// Whether every part of `message` is something `codec::canonical` covers: proto3 types without
 /// extensions, no unknown fields, no map entries.
@@ -1515,7 +1515,7 @@ fn direct_method(
 ) -> (
     prost_reflect::MethodDescriptor,
     &'static protodrop::rules::MethodRules,
-    protodrop::handlers::emit::Direct,
+    protodrop::engine::emit::Direct,
 ) {
     let (protos, handlers) = &*DIRECT;
     let (service, name) = method.split_once('/').expect("a method path");
@@ -1525,7 +1525,7 @@ fn direct_method(
         .and_then(|s| s.methods().find(|m| m.name() == name))
         .unwrap_or_else(|| panic!("no method {method}"));
     let rules = &handlers.methods[method];
-    let direct = protodrop::handlers::emit::Direct::compile(&desc, rules)
+    let direct = protodrop::engine::emit::Direct::compile(&desc, rules)
         .unwrap_or_else(|| panic!("{method} has no direct form"));
     (desc, rules, direct)
 }
@@ -1533,7 +1533,7 @@ fn direct_method(
 /// Replies to generated requests (and mutated ones) of `method`: the direct path's bytes, when it
 /// writes them, equal the general path's. Returns (cases, written directly).
 fn check_direct(method: &str) -> (u64, u64) {
-    use protodrop::handlers::emit::{DirectReply, RawScope};
+    use protodrop::engine::emit::{DirectReply, RawScope};
     use protodrop::rules::template::Scope;
     use protodrop::rules::{rule::StreamSource, Answer};
     let (desc, _, direct) = direct_method(method);
@@ -1603,7 +1603,7 @@ fn check_direct(method: &str) -> (u64, u64) {
 /// path selects from the request's bytes is the general path's, and so is its reply.
 #[test]
 fn direct_rule_selection_equals_the_general_paths() {
-    use protodrop::handlers::emit::{DirectReply, RawScope};
+    use protodrop::engine::emit::{DirectReply, RawScope};
     use protodrop::rules::template::Scope;
     use protodrop::rules::Answer;
     let method = "encoding.direct.Direct/Pick";
@@ -1690,7 +1690,7 @@ fn the_bench_handlers_compile_to_direct_replies() {
             let name = format!("{}/{}", service.full_name(), method.name());
             let rules = &handlers.methods[&name];
             assert!(
-                protodrop::handlers::emit::Direct::compile(&method, rules).is_some(),
+                protodrop::engine::emit::Direct::compile(&method, rules).is_some(),
                 "{name} is not answered directly"
             );
         }

@@ -1,4 +1,4 @@
-//! (a) The request path: bytes → decode as the method's input → the method's rules (`respond`) →
+//! (a) The request path: bytes → decode as the method's input → the method's rules (`engine::answer`) →
 //! every reply message encoded, over the seed protos and handlers (`../protos`, `../handlers`).
 //!
 //! Input: byte 0 picks the method (modulo the method count, methods sorted by path), byte 1 holds flags
@@ -26,7 +26,7 @@ use tonic::Status;
 
 use protodrop::script::ScriptLimits;
 use protodrop::state::{Method, Sources, State};
-use protodrop::respond::{respond, Incoming};
+use protodrop::engine::{self, Event, Message as Reply, Request, Requests};
 
 /// Longest one call (answer and whole reply stream) may take before it counts as a hang.
 const CALL_LIMIT: Duration = Duration::from_secs(10);
@@ -37,7 +37,6 @@ const MAX_MESSAGE_SIZE: usize = 4 << 20;
 
 struct Fixture {
     runtime: tokio::runtime::Runtime,
-    state: Arc<State>,
     /// Every served method, sorted by path so that byte 0 means the same method on every run.
     methods: Vec<Arc<Method>>,
 }
@@ -68,11 +67,7 @@ fn fixture() -> &'static Fixture {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        Fixture {
-            runtime,
-            state: Arc::new(state),
-            methods,
-        }
+        Fixture { runtime, methods }
     })
 }
 
@@ -143,31 +138,31 @@ fuzz_target!(|data: &[u8]| {
     for message in items.iter().flatten() {
         assert_stable(message);
     }
-    let incoming: Incoming = Box::pin(futures::stream::iter(items));
-
-    let state = fx.state.clone();
+    let items = items.into_iter().map(|item| item.map(Request::Decoded));
+    let call = engine::Call {
+        method,
+        metadata: MetadataMap::new(),
+        requests: Requests::Stream(Box::pin(futures::stream::iter(items))),
+        limit: MAX_MESSAGE_SIZE,
+        reserve: 0,
+    };
     let call = async move {
-        let response = match respond(
-            state,
-            method,
-            MetadataMap::new(),
-            incoming,
-            MAX_MESSAGE_SIZE,
-        )
-        .await
-        {
-            Ok(response) => response,
-            Err(_status) => return,
+        let Ok(streamed) = engine::answer(call).await.into_stream() else {
+            return;
         };
-        let mut replies = response.into_inner();
-        while let Some(item) = replies.next().await {
-            match item {
-                Ok(reply) => {
+        let mut events = streamed.events;
+        while let Some(event) = events.next().await {
+            match event {
+                Event::Message(reply) => {
+                    let reply = match reply {
+                        Reply::Decoded(m) => m,
+                        encoded => encoded.into_decoded(&output).expect("a reply that decodes"),
+                    };
                     assert_eq!(reply.descriptor(), output, "a reply of the wrong type");
                     assert_stable(&reply);
                 }
-                // An error (or an OK status carrying trailers) ends the reply.
-                Err(_status) => break,
+                // The end: its status and trailers.
+                Event::End(_) => break,
             }
         }
     };

@@ -12,7 +12,7 @@ use tower::util::BoxCloneSyncService;
 
 /// The built-in health service. It answers whatever the protos say: a vendored copy of
 /// `grpc/health/v1/health.proto` (grpc-proto ships one) is compiled, but its service is not
-/// served, with a warning (see `registry::State::builtin_copies`).
+/// served, with a warning (see `state::State::builtin_copies`).
 pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 
 /// The built-in reflection services, which take precedence over copies in the protos as health

@@ -136,7 +136,7 @@ pub fn decode_request(desc: &MessageDescriptor, bytes: Bytes) -> Result<DynamicM
 }
 
 /// Takes each message's bytes as they are: the server decodes them itself, or copies from them
-/// without decoding (see [`crate::handlers::emit`]).
+/// without decoding (see [`crate::engine::emit`]).
 #[derive(Debug)]
 pub struct BytesDecoder;
 

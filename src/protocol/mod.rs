@@ -2,7 +2,7 @@
 //!
 //! The router (`server::router`) picks exactly one protocol per request, from method, path and
 //! content type, and hands the request to it; the protocol reads the call off the wire, asks the
-//! engine (`respond`, and for gRPC the compiled path in `service::direct`) for the answer and writes
+//! engine (`engine::answer`: a call in, reply events out) for the answer and writes
 //! it back in its own framing.
 //!
 //! * [`grpc`] — gRPC over HTTP/2: unary on its own framing (the hot path), streams through tonic.

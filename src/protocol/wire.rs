@@ -13,11 +13,11 @@ use http_body::Frame;
 use http_body_util::BodyExt as _;
 use prost_reflect::DynamicMessage;
 use tonic::metadata::MetadataMap;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use super::{Body, HttpResponse};
+use crate::engine::{End, Message, Reply};
 use crate::limits::{check_reply_len, too_large};
-use crate::respond::ReplyStream;
 
 /// Reads a whole request body; more than `limit` bytes is RESOURCE_EXHAUSTED.
 pub async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Status> {
@@ -107,45 +107,32 @@ pub fn add_metadata(headers: &mut HeaderMap, metadata: &MetadataMap, prefix: &st
 /// The one reply of a unary (or client-streaming) call, with its headers and trailers.
 pub struct SingleReply {
     pub headers: MetadataMap,
-    pub message: DynamicMessage,
+    /// Encoded when the engine wrote it from canonical request bytes, else decoded.
+    pub message: Message,
     pub trailers: MetadataMap,
 }
 
 /// Reads a unary reply to its end. An error status carries the response headers too (an HTTP error
 /// answer has only one set of headers).
-pub async fn single_reply(
-    response: tonic::Response<ReplyStream>,
-    limit: usize,
-) -> Result<SingleReply, Status> {
-    let (headers, mut stream, _) = response.into_parts();
-    let mut message = None;
-    let mut trailers = MetadataMap::new();
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(m) if message.is_none() => {
-                check_reply_size(&m, limit).map_err(|s| with_headers(s, &headers))?;
-                message = Some(m);
-            }
-            Ok(_) => {
-                return Err(with_headers(
-                    Status::internal("a unary method answered more than one message"),
-                    &headers,
-                ))
-            }
-            Err(status) if status.code() == Code::Ok => {
-                trailers = status.metadata().clone();
-                break;
-            }
-            Err(status) => return Err(with_headers(status, &headers)),
-        }
+pub async fn single_reply(reply: Reply, limit: usize) -> Result<SingleReply, Status> {
+    let ready = reply.whole().await.map_err(End::into_status)?;
+    let headers = ready.headers;
+    if !ready.end.is_ok() {
+        return Err(with_headers(ready.end.into_status(), &headers));
     }
-    let message = message.ok_or_else(|| {
-        with_headers(Status::internal("the method answered no message"), &headers)
-    })?;
+    let message = ready
+        .message
+        .ok_or_else(|| Status::internal("the method answered no message"))
+        .and_then(|m| match m {
+            // Bytes the engine wrote are within the limit already.
+            Message::Decoded(d) => check_reply_size(&d, limit).map(|()| Message::Decoded(d)),
+            encoded => Ok(encoded),
+        })
+        .map_err(|s| with_headers(s, &headers))?;
     Ok(SingleReply {
         headers,
         message,
-        trailers,
+        trailers: ready.end.trailers,
     })
 }
 

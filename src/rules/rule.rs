@@ -1,4 +1,4 @@
-//! A compiled rule: when it applies and what it answers. Built by `load`, used per call by `respond`.
+//! A compiled rule: when it applies and what it answers. Built by `load`, used per call by the engine.
 
 use std::time::Duration;
 
@@ -222,9 +222,4 @@ impl ScriptMetadata {
             }
         }
     }
-}
-
-/// The body of a status with trailers and code OK: how a stream ends with custom trailers in tonic.
-pub fn ok_with_trailers(trailers: MetadataMap) -> Status {
-    Status::with_metadata(Code::Ok, "", trailers)
 }

@@ -220,7 +220,7 @@ impl Core {
             }
             return ready(grpc::error(&unknown_path(&state, path)));
         };
-        grpc::serve(state, method, request, deadline, self.settings, self.cut)
+        grpc::serve(method, request, deadline, self.settings, self.cut)
     }
 }
 

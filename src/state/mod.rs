@@ -12,14 +12,13 @@ use std::sync::Arc;
 use tonic_health::ServingStatus;
 
 use arc_swap::ArcSwap;
-use prost_reflect::MethodDescriptor;
 
 use crate::builtin::health::Health;
 use crate::builtin::reflection::Reflection;
 use crate::diagnostic::{Diagnostic, Diagnostics};
-use crate::handlers::emit::Direct;
+pub use crate::engine::Method;
 use crate::protos::{self, Protos};
-use crate::rules::{self, Handlers, MethodRules};
+use crate::rules::{self, Handlers};
 use crate::script::{ScriptEngine, ScriptLimits};
 
 /// Runs a load on a thread of its own with [`crate::protos::BUILD_STACK`]: whichever thread asks (the main thread at
@@ -60,18 +59,6 @@ pub struct Sources {
     pub reflection: bool,
     /// What each load read outside the protos folder: the files the watcher watches there.
     pub reads: protos::ReadLog,
-}
-
-/// One method as served.
-#[derive(Debug)]
-pub struct Method {
-    pub desc: MethodDescriptor,
-    /// `pkg.Service/Method`
-    pub name: String,
-    /// `None` when no handler file has a rule for it.
-    pub rules: Option<MethodRules>,
-    /// The rules compiled to write replies straight from the request's bytes, when they can be.
-    pub direct: Option<Direct>,
 }
 
 /// Everything a call needs, as of one load.
@@ -152,6 +139,7 @@ impl State {
             health,
         } = handlers;
         let mut served = HashMap::new();
+        let handlers_dir: Arc<std::path::Path> = Arc::from(sources.handlers.as_path());
         let mut builtin_copies = Vec::new();
         for service in protos.pool.services() {
             let builtin = match service.full_name() {
@@ -195,16 +183,8 @@ impl State {
             for desc in service.methods() {
                 let name = format!("{}/{}", service.full_name(), desc.name());
                 let rules = methods.remove(&name);
-                let direct = rules.as_ref().and_then(|r| Direct::compile(&desc, r));
-                served.insert(
-                    format!("/{name}"),
-                    Arc::new(Method {
-                        desc,
-                        name,
-                        rules,
-                        direct,
-                    }),
-                );
+                let method = Method::new(desc, name, rules, handlers_dir.clone());
+                served.insert(format!("/{}", method.name), Arc::new(method));
             }
         }
         Ok(State {
@@ -250,27 +230,6 @@ impl State {
             .collect();
         statuses.extend(self.health_overrides.clone());
         statuses
-    }
-
-    /// The `UNIMPLEMENTED` message for a method without rules: which file to add, and a starter rule
-    /// to put in it.
-    pub fn no_handler_message(&self, method: &Method) -> String {
-        let stem = method
-            .desc
-            .parent_file()
-            .name()
-            .rsplit('/')
-            .next()
-            .unwrap_or("x")
-            .trim_end_matches(".proto")
-            .to_string();
-        let file = self.handlers_dir.join(format!("{stem}.toml"));
-        format!(
-            "no handler for {name}: add a rule to {file}, e.g.\n{rule}",
-            name = method.name,
-            file = file.display(),
-            rule = rules::starter::rule(&method.desc).trim_end()
-        )
     }
 }
 

@@ -41,9 +41,13 @@ use super::envelope::{
 use super::wire;
 use super::{json, Body, HttpResponse, ServiceSettings};
 use crate::builtin::HttpService;
+use crate::engine::{self, End, Event};
 use crate::limits::too_large;
-use crate::respond::{respond, Incoming};
 use crate::state::{Method, State};
+
+/// The request messages, decoded.
+type Incoming =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<DynamicMessage, Status>> + Send>>;
 
 /// What a Connect request's path names, as the router found it.
 pub enum Target {
@@ -245,11 +249,32 @@ async fn unary(
         Encoding::accepted(wire::header(headers, header::ACCEPT_ENCODING), encoding);
     let metadata = wire::request_metadata(headers);
     let reply = until(deadline, async {
-        let request = codec.decode(&method.desc.input(), &payload)?;
-        let incoming: Incoming = Box::pin(futures::stream::iter([Ok(request)]));
-        let response = respond(state, method, metadata, incoming, limit).await?;
-        let reply = wire::single_reply(response, limit).await?;
-        let body = codec.encode(&reply.message)?;
+        // Canonical protobuf is handed on as bytes: a rule compiled to emitters answers from them.
+        let canonical = codec == Codec::Proto
+            && method
+                .direct
+                .as_ref()
+                .is_some_and(|d| d.is_canonical(&payload));
+        let request = match canonical {
+            true => engine::Request::Encoded(payload),
+            false => engine::Request::Decoded(codec.decode(&method.desc.input(), &payload)?),
+        };
+        let output = method.desc.output();
+        let requests = engine::Requests::One(request);
+        let call = engine::Call {
+            method,
+            metadata,
+            requests,
+            limit,
+            reserve: 0,
+        };
+        let mut reply = wire::single_reply(engine::answer(call).await, limit).await?;
+        let message = std::mem::replace(&mut reply.message, engine::Message::Encoded(Bytes::new()));
+        let body = match (codec, message) {
+            (Codec::Proto, engine::Message::Decoded(m)) => codec.encode(&m)?,
+            (Codec::Proto, encoded) => encoded.into_bytes(limit)?.into(),
+            (Codec::Json, m) => codec.encode(&m.into_decoded(&output)?)?,
+        };
         Ok((reply, body))
     })
     .await;
@@ -312,7 +337,23 @@ async fn streaming(
     };
     let incoming = envelopes(body, codec, method.desc.input(), request_encoding, limit);
     let metadata = wire::request_metadata(&parts.headers);
-    let answer = until(deadline, respond(state, method, metadata, incoming, limit)).await;
+    let output = method.desc.output();
+    let requests =
+        engine::Requests::Stream(Box::pin(incoming.map(|r| r.map(engine::Request::Decoded))));
+    let call = engine::Call {
+        method,
+        metadata,
+        requests,
+        limit,
+        reserve: 0,
+    };
+    let answer = until(deadline, async {
+        engine::answer(call)
+            .await
+            .into_stream()
+            .map_err(End::into_status)
+    })
+    .await;
     let mut headers = HeaderMap::new();
     if answer_encoding != Encoding::Identity {
         headers.insert(
@@ -321,10 +362,13 @@ async fn streaming(
         );
     }
     let replies = match answer {
-        Ok(response) => {
-            let (metadata, replies, _) = response.into_parts();
-            wire::add_metadata(&mut headers, &metadata, "");
-            replies
+        Ok(streamed) => {
+            wire::add_metadata(&mut headers, &streamed.headers, "");
+            // Connect's end-stream message is a status with metadata: the end as one, OK or not.
+            streamed.events.map(move |event| match event {
+                Event::Message(m) => m.into_decoded(&output),
+                Event::End(end) => Err((*end).into_status()),
+            })
         }
         Err(status) => return only_end(headers, codec, &status, &pool),
     };

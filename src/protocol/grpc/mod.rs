@@ -15,7 +15,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use http::HeaderName;
-use prost_reflect::MessageDescriptor;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 use tonic::server::{Grpc, StreamingService};
@@ -23,11 +22,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::deadline::{bounded, shutdown_status, until_deadline, Deadline};
 use super::{Body, HttpResponse, ResponseFuture, ServiceSettings};
-use crate::codec::{decode_request, encode_reply, ServerCodec};
+use crate::codec::ServerCodec;
+use crate::engine::{self, Method};
 use crate::limits::size_status;
-use crate::respond::{respond, Incoming, ReplyStream};
-use crate::service::{direct, EncodedStream};
-use crate::state::{Method, State};
+
+/// Reply messages, encoded as they are produced.
+type EncodedStream = Pin<Box<dyn futures::Stream<Item = Result<Bytes, Status>> + Send>>;
 
 // Names looked up on every call: a `HeaderName` is hashed as it is, a `&str` parsed first.
 static GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
@@ -64,7 +64,6 @@ pub fn admit(request: &http::Request<Body>) -> Result<Deadline, HttpResponse> {
 /// passes is DEADLINE_EXCEEDED, as gRPC's status table says; one not ready when `cut` is cancelled
 /// is [`shutdown_status`].
 pub fn serve(
-    state: Arc<State>,
     method: Arc<Method>,
     request: http::Request<Body>,
     deadline: Deadline,
@@ -72,7 +71,7 @@ pub fn serve(
     cut: &'static CancellationToken,
 ) -> ResponseFuture {
     if !method.desc.is_client_streaming() && !method.desc.is_server_streaming() {
-        let answer = unary::serve(state, method, request, settings);
+        let answer = unary::serve(method, request, settings);
         return Box::pin(before_deadline(answer, deadline, cut));
     }
     let limit = settings.max_message_size;
@@ -89,7 +88,6 @@ pub fn serve(
         grpc = grpc.send_compressed(CompressionEncoding::Gzip);
     }
     let call = Call {
-        state,
         method,
         max_reply_size: limit,
         deadline,
@@ -121,9 +119,8 @@ pub fn error(status: &tonic::Status) -> HttpResponse {
     status.clone().into_http()
 }
 
-/// One call, bound to the state it started with.
+/// One call, bound to the method as it was when the call started.
 struct Call {
-    state: Arc<State>,
     method: Arc<Method>,
     max_reply_size: usize,
     deadline: Deadline,
@@ -140,55 +137,33 @@ impl StreamingService<Bytes> for Call {
         let (metadata, _, streaming) = request.into_parts();
         let deadline = self.deadline;
         let cut = self.cut;
-        let (state, method) = (self.state.clone(), self.method.clone());
+        let method = self.method.clone();
+        // Over-size request messages are RESOURCE_EXHAUSTED (see `size_status`).
+        let requests = streaming.map(|r| r.map(engine::Request::Encoded).map_err(size_status));
+        let call = engine::Call {
+            method,
+            metadata,
+            requests: engine::Requests::Stream(Box::pin(requests)),
+            limit,
+            reserve: 0,
+        };
         Box::pin(async move {
-            let response = if method.direct.is_some() {
-                match direct::streaming(method.clone(), metadata, streaming, limit).await {
-                    direct::Streamed::Answered(answer) => answer?,
-                    // The general path, with the message already read put back in front.
-                    direct::Streamed::General {
-                        first,
-                        rest,
-                        metadata,
-                    } => {
-                        let input = method.desc.input();
-                        let first = first.map(|bytes| decode_request(&input, bytes));
-                        let incoming =
-                            Box::pin(futures::stream::iter(first).chain(incoming(*rest, input)));
-                        general(state, method, metadata, incoming, limit).await?
-                    }
-                }
-            } else {
-                let incoming = incoming(streaming, method.desc.input());
-                general(state, method, metadata, incoming, limit).await?
-            };
-            Ok(response
-                .map(|stream| Box::pin(until_deadline(stream, deadline, cut)) as EncodedStream))
+            let streamed = engine::answer(call)
+                .await
+                .into_stream()
+                .map_err(engine::End::into_status)?;
+            // tonic sends custom trailers only from a status: an OK end with trailers is an OK one.
+            let replies = streamed.events.filter_map(move |event| {
+                futures::future::ready(match event {
+                    engine::Event::Message(m) => Some(m.into_bytes(limit)),
+                    engine::Event::End(end) if end.is_ok() && end.trailers.is_empty() => None,
+                    engine::Event::End(end) => Some(Err((*end).into_status())),
+                })
+            });
+            let mut response =
+                Response::new(Box::pin(until_deadline(replies, deadline, cut)) as EncodedStream);
+            *response.metadata_mut() = streamed.headers;
+            Ok(response)
         })
     }
-}
-
-/// A call answered from its decoded messages by [`respond`], its replies encoded as they come.
-async fn general(
-    state: Arc<State>,
-    method: Arc<Method>,
-    metadata: tonic::metadata::MetadataMap,
-    incoming: Incoming,
-    limit: usize,
-) -> Result<Response<EncodedStream>, Status> {
-    let response = respond(state, method, metadata, incoming, limit).await?;
-    Ok(response.map(|stream: ReplyStream| -> EncodedStream {
-        Box::pin(stream.map(move |item| encode_reply(&item?, limit)))
-    }))
-}
-
-/// tonic's message stream as protocol-neutral `Incoming`, each message decoded as `input`.
-fn incoming(streaming: Streaming<Bytes>, input: MessageDescriptor) -> Incoming {
-    Box::pin(futures::stream::unfold(streaming, move |mut s| {
-        let input = input.clone();
-        async move {
-            let item = s.message().await.map_err(size_status).transpose()?;
-            Some((item.and_then(|bytes| decode_request(&input, bytes)), s))
-        }
-    }))
 }

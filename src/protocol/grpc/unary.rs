@@ -11,26 +11,20 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures::StreamExt as _;
 use http::header::{HeaderMap, HeaderValue};
 use http_body::Frame;
-use prost_reflect::DynamicMessage;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
 use super::{Body, ServiceSettings, GRPC_ACCEPT_ENCODING, GRPC_ENCODING, GRPC_STATUS};
-use crate::codec::{decode_request, measure_reply};
+use crate::codec::measure_reply;
+use crate::engine::{self, Message, Method};
 use crate::limits::{check_reply_len, multiple_requests, request_too_large};
 use crate::protocol::compression::{self, Gunzip};
 use crate::protocol::envelope::{self, ReadError, PREFIX};
-use crate::respond::respond;
-use crate::rules::rule::ok_with_trailers;
-use crate::service::direct;
-use crate::state::{Method, State};
 
 /// Answers one unary call. Every failure becomes a gRPC status, as tonic would send it.
 pub(super) async fn serve(
-    state: Arc<State>,
     method: Arc<Method>,
     request: http::Request<Body>,
     settings: ServiceSettings,
@@ -49,47 +43,26 @@ pub(super) async fn serve(
         Ok(bytes) => bytes,
         Err(status) => return status.into_http(),
     };
-    let metadata = MetadataMap::from_headers(parts.headers);
-    let (message, metadata) = match &method.direct {
-        Some(direct) => match direct::unary(direct, message, metadata, PREFIX, limit).await {
-            direct::Unary::Reply(reply) => {
-                let (data, status) = match finish_frame(reply.message, gzip_out, limit) {
-                    Ok(data) => (Some(data), end_status(reply.trailers)),
-                    Err(status) => (None, status),
-                };
-                return http_response(reply.headers, data, status, gzip_out);
-            }
-            direct::Unary::Failed(headers, status) => {
-                return http_response(headers, None, status, gzip_out)
-            }
-            direct::Unary::Status(status) => return status.into_http(),
-            direct::Unary::General(message, metadata) => (message, metadata),
+    let call = engine::Call {
+        method,
+        metadata: MetadataMap::from_headers(parts.headers),
+        requests: engine::Requests::One(engine::Request::Encoded(message)),
+        limit,
+        reserve: PREFIX,
+    };
+    let ready = match engine::answer(call).await {
+        engine::Reply::Ready(ready) => ready,
+        other => match other.whole().await {
+            Ok(ready) => ready,
+            Err(refused) => return refused.into_status().into_http(),
         },
-        None => (message, metadata),
     };
-    let request = match decode_request(&method.desc.input(), message) {
-        Ok(m) => m,
-        Err(status) => return status.into_http(),
+    let (data, end) = match ready.message.map(|m| frame(m, gzip_out, limit)) {
+        Some(Ok(data)) => (Some(data), ready.end),
+        Some(Err(status)) => (None, status.into()),
+        None => (None, ready.end),
     };
-    let incoming = Box::pin(futures::stream::once(async move { Ok(request) }));
-    let response = match respond(state, method, metadata, incoming, limit).await {
-        Ok(response) => response,
-        Err(status) => return status.into_http(),
-    };
-    let (metadata, mut replies, _) = response.into_parts();
-    let (data, status) = match replies.next().await {
-        Some(Ok(reply)) => match frame(&reply, gzip_out, limit) {
-            // A unary reply ends after its message: what follows is the trailers, if any.
-            Ok(data) => match replies.next().await {
-                Some(Err(status)) => (Some(data), status),
-                _ => (Some(data), Status::ok("")),
-            },
-            Err(status) => (None, status),
-        },
-        Some(Err(status)) => (None, status),
-        None => (None, Status::ok("")),
-    };
-    http_response(metadata, data, status, gzip_out)
+    http_response(ready.headers, data, end.into_status(), gzip_out)
 }
 
 /// A unary answer: headers, the reply frame if any, the status (with any custom trailers).
@@ -196,12 +169,25 @@ fn gunzip(data: &[u8], limit: usize) -> Result<Bytes, Status> {
     }
 }
 
-/// The reply as one gRPC frame, measured once for both the size limit and the prefix.
-fn frame(reply: &DynamicMessage, gzip: bool, limit: usize) -> Result<Bytes, Status> {
-    let measured = measure_reply(reply, limit)?;
-    let mut buf = Vec::with_capacity(PREFIX + measured.len());
-    buf.resize(PREFIX, 0);
-    measured.write(&mut buf);
+/// The reply as one gRPC frame: written by the engine after room for the prefix (framed in
+/// place), or measured once for both the size limit and the prefix.
+fn frame(reply: Message, gzip: bool, limit: usize) -> Result<Bytes, Status> {
+    let mut buf = Vec::new();
+    match reply {
+        Message::Reserved(written, PREFIX) => buf = written,
+        Message::Decoded(reply) => {
+            let measured = measure_reply(&reply, limit)?;
+            buf.reserve_exact(PREFIX + measured.len());
+            buf.resize(PREFIX, 0);
+            measured.write(&mut buf);
+        }
+        encoded => {
+            let bytes = encoded.into_bytes(limit)?;
+            buf.reserve_exact(PREFIX + bytes.len());
+            buf.resize(PREFIX, 0);
+            buf.extend_from_slice(&bytes);
+        }
+    }
     finish_frame(buf, gzip, limit)
 }
 
@@ -216,15 +202,6 @@ fn finish_frame(mut buf: Vec<u8>, gzip: bool, limit: usize) -> Result<Bytes, Sta
     }
     envelope::write_prefix(&mut buf[..PREFIX], 0, len);
     Ok(buf.into())
-}
-
-/// The status a reply ends with: OK, carrying the rule's trailers if it has any.
-fn end_status(trailers: MetadataMap) -> Status {
-    if trailers.is_empty() {
-        Status::ok("")
-    } else {
-        ok_with_trailers(trailers)
-    }
 }
 
 /// Headers a handler may not set, because the transport owns them (tonic drops the same ones).

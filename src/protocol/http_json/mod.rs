@@ -23,9 +23,10 @@ use futures::StreamExt as _;
 use http::header::{HeaderMap, HeaderValue};
 use http::StatusCode;
 use http_body::Frame;
+use prost_reflect::DynamicMessage;
 use serde_json::Value as Json;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status};
+use tonic::Status;
 
 pub use self::marshal::error;
 use self::marshal::{reply_json, ErrorLine};
@@ -33,9 +34,13 @@ use super::compression::Encoding;
 use super::deadline::{until, until_deadline, Deadline};
 use super::wire;
 use super::{json, Body, HttpResponse, ServiceSettings};
+use crate::engine::{self, End, Event};
 use crate::protos::http_routes::{Bindings, BodyRule, Lookup, Route};
-use crate::respond::{respond, Incoming};
 use crate::state::State;
+
+/// The request messages, decoded.
+type Incoming =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<DynamicMessage, Status>> + Send>>;
 
 const JSON: &str = "application/json";
 const NDJSON: &str = "application/x-ndjson";
@@ -164,14 +169,26 @@ async fn call(
         }
     };
     let metadata = wire::request_metadata(&parts.headers);
+    let output = method.desc.output();
+    let server_streaming = method.desc.is_server_streaming();
+    let requests =
+        engine::Requests::Stream(Box::pin(incoming.map(|r| r.map(engine::Request::Decoded))));
+    let call = engine::Call {
+        method,
+        metadata,
+        requests,
+        limit,
+        reserve: 0,
+    };
     // Dropping the answer at the deadline stops what it runs (a delay, a script).
     until(deadline, DEADLINE_PASSED, async {
-        let response = respond(state.clone(), method.clone(), metadata, incoming, limit).await?;
-        if method.desc.is_server_streaming() {
-            return stream_reply(state, route, response, limit, deadline, cut).await;
+        let reply = engine::answer(call).await;
+        if server_streaming {
+            return stream_reply(state, route, reply, &output, limit, deadline, cut).await;
         }
-        let reply = wire::single_reply(response, limit).await?;
-        let body = reply_json(&reply.message, route.response_body.as_ref())?;
+        let reply = wire::single_reply(reply, limit).await?;
+        let message = reply.message.into_decoded(&output)?;
+        let body = reply_json(&message, route.response_body.as_ref())?;
         let mut headers = HeaderMap::new();
         wire::add_metadata(&mut headers, &reply.headers, "");
         wire::add_metadata(&mut headers, &reply.trailers, "");
@@ -214,40 +231,50 @@ impl JsonValues {
 async fn stream_reply(
     state: &Arc<State>,
     route: &Route,
-    response: tonic::Response<crate::respond::ReplyStream>,
+    reply: engine::Reply,
+    output: &prost_reflect::MessageDescriptor,
     limit: usize,
     deadline: Deadline,
     cut: &'static CancellationToken,
 ) -> Result<HttpResponse, Status> {
-    let (metadata, stream, _) = response.into_parts();
-    let mut stream = Box::pin(until_deadline(stream, deadline, cut));
-    let first = match stream.next().await {
-        Some(Err(status)) if status.code() != Code::Ok => {
-            return Err(wire::with_headers(status, &metadata))
+    let streamed = reply.into_stream().map_err(End::into_status)?;
+    let metadata = streamed.headers;
+    // The deadline and the shutdown cut end the stream with an error event.
+    let mut events = Box::pin(
+        until_deadline(streamed.events.map(Ok), deadline, cut)
+            .map(|event| event.unwrap_or_else(|status| Event::End(Box::new(status.into())))),
+    );
+    let first = match events.next().await {
+        Some(Event::End(end)) if !end.is_ok() => {
+            return Err(wire::with_headers((*end).into_status(), &metadata))
         }
         first => first,
     };
     let pool = state.protos.pool.clone();
     let response_body = route.response_body.clone();
+    let output = output.clone();
     let lines = async_stream::stream! {
         let mut next = first;
-        while let Some(item) = next {
-            let line = item.and_then(|m| {
-                wire::check_reply_size(&m, limit)?;
-                reply_json(&m, response_body.as_ref())
-            });
-            match line {
-                Ok(mut bytes) => {
-                    bytes.push(b'\n');
-                    yield Frame::data(Bytes::from(bytes));
-                }
-                Err(status) if status.code() == Code::Ok => {
+        while let Some(event) = next {
+            let line = match event {
+                Event::Message(m) => m.into_decoded(&output).and_then(|m| {
+                    wire::check_reply_size(&m, limit)?;
+                    reply_json(&m, response_body.as_ref())
+                }),
+                Event::End(end) if end.is_ok() => {
                     let mut trailers = HeaderMap::new();
-                    wire::add_metadata(&mut trailers, status.metadata(), "");
+                    wire::add_metadata(&mut trailers, &end.trailers, "");
                     if !trailers.is_empty() {
                         yield Frame::trailers(trailers);
                     }
                     return;
+                }
+                Event::End(end) => Err((*end).into_status()),
+            };
+            match line {
+                Ok(mut bytes) => {
+                    bytes.push(b'\n');
+                    yield Frame::data(Bytes::from(bytes));
                 }
                 Err(status) => {
                     let mut bytes = json::to_vec(&ErrorLine { error: json::rpc_status(&status, &pool) });
@@ -256,7 +283,7 @@ async fn stream_reply(
                     return;
                 }
             }
-            next = stream.next().await;
+            next = events.next().await;
         }
     };
     let mut headers = HeaderMap::new();

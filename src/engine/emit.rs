@@ -139,6 +139,32 @@ impl Direct {
     pub fn only(&self) -> &Choice {
         &self.choices[0]
     }
+
+    /// [`Direct::select`] as the index of the rule in the method's rules (choices are in their
+    /// order, one each).
+    pub fn select_index(&self, scope: &RawScope<'_>) -> Option<usize> {
+        self.choices
+            .iter()
+            .position(|c| c.conditions.iter().all(|k| k.holds(scope)))
+    }
+
+    /// The compiled reply of the method's `index`-th rule, if it compiled.
+    pub fn reply(&self, index: usize) -> Option<&DirectReply> {
+        self.choices.get(index)?.reply.as_ref()
+    }
+}
+
+impl DirectReply {
+    /// The emitter of the answer's `i`-th message template (the one template of a `repeat`, for
+    /// every index), if any: the engine walks the rule's answer and asks for each.
+    pub fn emitter(&self, i: usize) -> Option<&Emitter> {
+        match self {
+            DirectReply::One(e) => (i == 0).then_some(e),
+            DirectReply::Messages(list) => list.get(i),
+            DirectReply::Repeat(_, e) => Some(e),
+            DirectReply::Script => None,
+        }
+    }
 }
 
 /// A rule's reply as emitters: headers and trailers may read only metadata.

@@ -1,0 +1,283 @@
+//! The rule engine: answers one call of a method from its rules, whatever the protocol.
+//!
+//! A protocol hands in a [`Call`] — the method, the request metadata, the request messages (encoded
+//! protobuf as it came, or already decoded from JSON) — and gets a [`Reply`] back: headers, messages
+//! (encoded bytes or a `DynamicMessage`, whichever the engine had: a binary protocol sends bytes as
+//! they are, a JSON one prints messages), and an [`End`] with the status and the trailers. A unary
+//! answer comes back as a ready value; only the streaming shapes yield a stream of [`Event`]s.
+//!
+//! Every rule is executed in one place ([`run`]): selection, `delay`, headers, trailers, errors,
+//! replies, server and client streams, bidi, scripts. How a reply is written is chosen there per
+//! rule and per request: a request whose bytes are canonical, for a rule whose templates compiled to
+//! emitters ([`emit`]), is answered from its bytes without decoding it (a unary script is shown it
+//! lazily); any other request is decoded and the templates rendered. An emitter that declines falls
+//! back to the template, so both ways give the same events.
+//!
+//! The engine knows the rules, scripts and codec below it and nothing above it: the registry holds
+//! `Arc<engine::Method>`, and the protocols turn events into their wire form.
+
+pub mod emit;
+mod run;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::Stream;
+use prost_reflect::{DynamicMessage, MessageDescriptor, MethodDescriptor};
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Status};
+
+use crate::rules::MethodRules;
+use emit::Direct;
+
+pub use run::answer;
+
+/// One method as served: its descriptor, its rules, and their compiled form.
+#[derive(Debug)]
+pub struct Method {
+    pub desc: MethodDescriptor,
+    /// `pkg.Service/Method`
+    pub name: String,
+    /// `None` when no handler file has a rule for it.
+    pub rules: Option<MethodRules>,
+    /// The rules compiled to write replies straight from the request's bytes, when they can be.
+    pub direct: Option<Direct>,
+    /// The handlers folder, named in the answer to a method without rules (the message is built
+    /// only when asked: thousands of methods of a large tree have none).
+    handlers_dir: Arc<Path>,
+}
+
+impl Method {
+    pub fn new(
+        desc: MethodDescriptor,
+        name: String,
+        rules: Option<MethodRules>,
+        handlers_dir: Arc<Path>,
+    ) -> Method {
+        let direct = rules.as_ref().and_then(|r| Direct::compile(&desc, r));
+        Method {
+            desc,
+            name,
+            rules,
+            direct,
+            handlers_dir,
+        }
+    }
+
+    /// The `UNIMPLEMENTED` message for a method without rules: which file to add, and a starter
+    /// rule to put in it.
+    pub fn no_handler_message(&self) -> String {
+        let stem = self
+            .desc
+            .parent_file()
+            .name()
+            .rsplit('/')
+            .next()
+            .unwrap_or("x")
+            .trim_end_matches(".proto")
+            .to_string();
+        let file = self.handlers_dir.join(format!("{stem}.toml"));
+        format!(
+            "no handler for {name}: add a rule to {file}, e.g.\n{rule}",
+            name = self.name,
+            file = file.display(),
+            rule = crate::rules::starter::rule(&self.desc).trim_end()
+        )
+    }
+}
+
+/// A call in: what a protocol read, in a form of no protocol.
+pub struct Call {
+    pub method: Arc<Method>,
+    pub metadata: MetadataMap,
+    pub requests: Requests,
+    /// Largest reply message, in bytes (`--max-message-size`).
+    pub limit: usize,
+    /// Bytes left free at the start of a reply the engine encodes itself
+    /// ([`Message::Reserved`]): a protocol that frames the reply writes its prefix there.
+    pub reserve: usize,
+}
+
+/// One request message: encoded protobuf as it came (the engine may answer from these bytes
+/// without decoding them), or decoded (from JSON).
+pub enum Request {
+    Encoded(Bytes),
+    Decoded(DynamicMessage),
+}
+
+/// The request messages of a call.
+pub enum Requests {
+    /// The one message of a unary call, read whole.
+    One(Request),
+    /// Messages as they arrive; an error ends the call with it.
+    Stream(Pin<Box<dyn Stream<Item = Result<Request, Status>> + Send>>),
+}
+
+/// One reply message.
+pub enum Message {
+    Decoded(DynamicMessage),
+    /// Encoded protobuf.
+    Encoded(Bytes),
+    /// Encoded protobuf after [`Call::reserve`] free bytes, for the protocol's frame prefix.
+    Reserved(Vec<u8>, usize),
+}
+
+impl Message {
+    /// The encoded message, within `limit` (RESOURCE_EXHAUSTED beyond).
+    pub fn into_bytes(self, limit: usize) -> Result<Bytes, Status> {
+        match self {
+            Message::Decoded(m) => crate::codec::encode_reply(&m, limit),
+            Message::Encoded(bytes) => Ok(bytes),
+            Message::Reserved(buf, reserve) => Ok(Bytes::from(buf).slice(reserve..)),
+        }
+    }
+
+    /// The message decoded as `desc` (the method's output), for a protocol that prints it.
+    pub fn into_decoded(self, desc: &MessageDescriptor) -> Result<DynamicMessage, Status> {
+        let bytes = match self {
+            Message::Decoded(m) => return Ok(m),
+            Message::Encoded(bytes) => bytes,
+            Message::Reserved(buf, reserve) => Bytes::from(buf).slice(reserve..),
+        };
+        DynamicMessage::decode(desc.clone(), bytes)
+            .map_err(|e| Status::internal(format!("cannot read back the reply: {e}")))
+    }
+}
+
+/// How a call ends: its status and its trailers, together.
+#[derive(Debug, Clone)]
+pub struct End {
+    pub code: Code,
+    pub message: String,
+    /// `grpc-status-details-bin`: an encoded `google.rpc.Status`, or empty.
+    pub details: Bytes,
+    /// The rule's trailers; on an error answered before any header, its headers too.
+    pub trailers: MetadataMap,
+}
+
+impl End {
+    pub fn ok(trailers: MetadataMap) -> End {
+        End {
+            code: Code::Ok,
+            message: String::new(),
+            details: Bytes::new(),
+            trailers,
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.code == Code::Ok
+    }
+
+    /// The status a tonic-shaped protocol sends (for an OK end, only when it has trailers).
+    pub fn into_status(self) -> Status {
+        Status::with_details_and_metadata(self.code, self.message, self.details, self.trailers)
+    }
+}
+
+impl From<Status> for End {
+    fn from(status: Status) -> End {
+        End {
+            code: status.code(),
+            message: status.message().to_owned(),
+            details: Bytes::copy_from_slice(status.details()),
+            trailers: status.metadata().clone(),
+        }
+    }
+}
+
+/// What happens in a streamed reply, after its headers: messages, then one [`End`], always last
+/// (boxed: an event is moved through a few stream layers per message, and the end is large).
+pub enum Event {
+    Message(Message),
+    End(Box<End>),
+}
+
+pub type Events = Pin<Box<dyn Stream<Item = Event> + Send>>;
+
+/// A call's answer.
+pub enum Reply {
+    /// The call ends before any header (gRPC's trailers-only answer); the rule's headers, if any,
+    /// are in the end's trailers.
+    Refused(End),
+    /// A unary (or client-streaming) answer, all of it ready.
+    Ready(Ready),
+    /// Headers, then events as they come.
+    Stream(Streamed),
+}
+
+/// Headers, the message unless the call failed after its headers, the end.
+pub struct Ready {
+    pub headers: MetadataMap,
+    pub message: Option<Message>,
+    pub end: End,
+}
+
+pub struct Streamed {
+    pub headers: MetadataMap,
+    pub events: Events,
+}
+
+impl Reply {
+    fn refused(status: Status) -> Reply {
+        Reply::Refused(status.into())
+    }
+
+    /// The answer whole, for a protocol that sends one message: a stream is read to its end (a
+    /// second message is INTERNAL). `Err`: the call was refused before its headers.
+    pub async fn whole(self) -> Result<Ready, End> {
+        let Streamed {
+            headers,
+            mut events,
+        } = match self {
+            Reply::Refused(end) => return Err(end),
+            Reply::Ready(ready) => return Ok(ready),
+            Reply::Stream(streamed) => streamed,
+        };
+        use futures::StreamExt as _;
+        let (message, end) = match events.next().await {
+            Some(Event::Message(m)) => match events.next().await {
+                Some(Event::End(end)) => (Some(m), *end),
+                None => (Some(m), End::ok(MetadataMap::new())),
+                Some(Event::Message(_)) => (
+                    None,
+                    Status::internal("a unary method answered more than one message").into(),
+                ),
+            },
+            Some(Event::End(end)) => (None, *end),
+            None => (None, End::ok(MetadataMap::new())),
+        };
+        Ok(Ready {
+            headers,
+            message,
+            end,
+        })
+    }
+
+    /// The answer as a stream, for a protocol that streams: a ready one as its events. `Err`: the
+    /// call was refused before its headers.
+    // An `End` ends every call: boxing it to shrink this `Err` would allocate on every one.
+    #[allow(clippy::result_large_err)]
+    pub fn into_stream(self) -> Result<Streamed, End> {
+        match self {
+            Reply::Refused(end) => Err(end),
+            Reply::Ready(Ready {
+                headers,
+                message,
+                end,
+            }) => {
+                let events = message.map(Event::Message).into_iter();
+                let events = events.chain(std::iter::once(Event::End(Box::new(end))));
+                Ok(Streamed {
+                    headers,
+                    events: Box::pin(futures::stream::iter(events)),
+                })
+            }
+            Reply::Stream(streamed) => Ok(streamed),
+        }
+    }
+}
