@@ -65,7 +65,8 @@ pub enum BodyRule {
 #[derive(Clone, Debug)]
 pub struct Route {
     pub verb: Verb,
-    pub template: Template,
+    /// Shared: a reload that keeps the route's file hands it to the next table as it is.
+    pub template: Arc<Template>,
     /// The template as written, for messages.
     pub pattern: String,
     /// `/pkg.Service/Method`, the key of `State::methods`.
@@ -615,7 +616,7 @@ fn route(method: &MethodDescriptor, rule: &DynamicMessage, top: bool) -> Result<
     };
     Ok(Route {
         verb,
-        template,
+        template: Arc::new(template),
         pattern,
         grpc_path: format!("/{}/{}", method.parent_service().full_name(), method.name()),
         method: method.clone(),
