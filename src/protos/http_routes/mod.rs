@@ -7,6 +7,11 @@
 //! never needed the route (googleapis alone has hundreds of routes declared by two services of
 //! different packages). Of a route declared twice, the first in path order serves it: services are
 //! taken file by file, files sorted by name (as imports spell them), and in a file in the order written.
+//!
+//! The bindings are kept per file: a file's routes depend only on it and what it imports, so an
+//! incremental reload (see `protos::incremental`) makes again only the routes of the files it
+//! compiled again and rebinds the others' descriptors to the new pool ([`Routes::of`]). Which of two
+//! bindings of one route serves is then decided over all files, as a full build decides it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
