@@ -631,6 +631,41 @@ async fn a_reload_that_declares_a_route_twice_warns_and_keeps_serving() {
     assert_eq!(reply, json!({"name": "zeta y"}));
 }
 
+/// A reload compiles again only the edited file and makes only its routes again (issue 17: the
+/// other files' routes are taken from the load before): the edited route serves, the routes of the
+/// files left alone still serve, and a route the edited file gave up goes to the other file that
+/// declares it, as a full build decides.
+#[tokio::test]
+async fn an_edited_route_is_served_and_the_other_files_routes_stay() {
+    let s = Server::start(
+        &[
+            ("a.proto", &things("alpha", "")),
+            ("z.proto", &things("zeta", "")),
+        ],
+        &[("things.toml", THINGS_HANDLERS)],
+    );
+    let r = get(s.addr, "/v1/things/x").await;
+    assert_eq!(ok_json(r).await, json!({"name": "alpha x"}));
+    // The server starts watching just after it prints its address.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_proto(
+        "a.proto",
+        &things("alpha", "").replace("/v1/things/{name}", "/v1/alpha/{name}"),
+    );
+    let body = eventually(Duration::from_secs(10), || async {
+        let r = get(s.addr, "/v1/alpha/x").await;
+        if r.status == 200 {
+            Ok(r.json())
+        } else {
+            Err(format!("{} {}; log:\n{}", r.status, r.text(), s.logs()))
+        }
+    })
+    .await;
+    assert_eq!(body, json!({"name": "alpha x"}));
+    let r = get(s.addr, "/v1/things/y").await;
+    assert_eq!(ok_json(r).await, json!({"name": "zeta y"}));
+}
+
 const DOCUMENTS: &str = r#"syntax = "proto3";
 package docs;
 import "google/api/annotations.proto";

@@ -54,6 +54,26 @@ pub(super) struct Memo {
     origins: HashMap<String, Origin>,
     stamps: HashMap<PathBuf, Stamp>,
     pool: DescriptorPool,
+    /// The load's [`Generation`].
+    generation: Generation,
+}
+
+/// Which load a pool comes from: what lets a reload's users (the HTTP routes) tell which earlier
+/// load the files it did not compile again were kept from.
+pub type Generation = u64;
+
+/// A generation no load had before.
+pub(super) fn next_generation() -> Generation {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// An incremental load: the load it was made from, and the files compiled again (the changed files
+/// and every file importing one); every other file is as that load compiled it.
+#[derive(Clone, Debug)]
+pub struct Reloaded {
+    pub from: Generation,
+    pub recompiled: Arc<HashSet<String>>,
 }
 
 /// The last good loads, the latest last: one per set of sources (a server has one), a few at most.
@@ -101,6 +121,7 @@ pub(super) fn remember(
     origins: HashMap<String, Origin>,
     stamps: HashMap<PathBuf, Stamp>,
     pool: &DescriptorPool,
+    generation: Generation,
 ) {
     if bypassed() {
         return;
@@ -117,12 +138,13 @@ pub(super) fn remember(
         origins,
         stamps,
         pool: pool.clone(),
+        generation,
     }));
 }
 
-/// The pool a cold load of these files would compile, made from the last good load, with what to
-/// remember of it; `None` when it cannot be made exactly that way (see the module's doc).
-/// `folder_stamps`: the protos folder's files, stamped before anything was read.
+/// The pool a cold load of these files would compile, made from the last good load, what it was
+/// made from, and its generation (`generation` when remembered, the last load's when unchanged); `None` when it cannot be made exactly that way (see
+/// the module's doc). `folder_stamps`: the protos folder's files, stamped before anything was read.
 pub(super) fn reload(
     key: &Key,
     found: &[String],
@@ -130,15 +152,33 @@ pub(super) fn reload(
     layout: &Arc<Layout>,
     folder_stamps: &HashMap<PathBuf, Stamp>,
     first: &[&str],
-) -> Option<DescriptorPool> {
+    generation: Generation,
+) -> Option<(DescriptorPool, Reloaded, Generation)> {
     #[cfg(test)]
     USED.with(|u| u.set(false));
     let memo = last(key)?;
-    match try_reload(&memo, key, found, files, layout, folder_stamps, first) {
-        Ok(pool) => {
+    match try_reload(
+        &memo,
+        key,
+        found,
+        files,
+        layout,
+        folder_stamps,
+        first,
+        generation,
+    ) {
+        Ok((pool, recompiled, generation)) => {
             #[cfg(test)]
             USED.with(|u| u.set(true));
-            Some(pool)
+            let from = memo.generation;
+            Some((
+                pool,
+                Reloaded {
+                    from,
+                    recompiled: Arc::new(recompiled),
+                },
+                generation,
+            ))
         }
         Err(why) => {
             tracing::debug!(why, "compiling every proto again");
@@ -155,7 +195,8 @@ fn try_reload(
     layout: &Arc<Layout>,
     folder_stamps: &HashMap<PathBuf, Stamp>,
     first: &[&str],
-) -> Result<DescriptorPool, &'static str> {
+    generation: Generation,
+) -> Result<(DescriptorPool, HashSet<String>, Generation), &'static str> {
     let started = std::time::Instant::now();
     if memo.found != found || memo.files != files {
         return Err("the list of files changed");
@@ -205,9 +246,11 @@ fn try_reload(
             }
         }
     }
+    let checked_time = started.elapsed();
     if changed.is_empty() {
         tracing::debug!(elapsed = ?started.elapsed(), "protos unchanged");
-        return Ok(pool.clone());
+        // The same pool: the same generation.
+        return Ok((pool.clone(), HashSet::new(), memo.generation));
     }
     // Every file importing a changed one, directly or not.
     let mut affected: HashSet<&str> = changed.iter().copied().collect();
@@ -279,6 +322,7 @@ fn try_reload(
         changed = changed.len(),
         affected = affected.len(),
         kept_files = kept.len(),
+        checked = ?checked_time,
         parse = ?parse_time,
         order = ?order_time,
         kept = ?kept_time,
@@ -301,8 +345,13 @@ fn try_reload(
         memo_origins,
         memo_stamps,
         &new,
+        generation,
     );
-    Ok(new)
+    Ok((
+        new,
+        affected.into_iter().map(str::to_string).collect(),
+        generation,
+    ))
 }
 
 /// The `affected` files parsed, on two threads; `None` if one does not parse.

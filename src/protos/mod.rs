@@ -12,7 +12,7 @@
 //! [`http_routes`] is the HTTP/JSON route table built from the pool's `google.api.http` options: it
 //! is made with the protos (and kept in the state), below the protocol that serves it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,6 +27,7 @@ use crate::diagnostic::{Diagnostic, Diagnostics};
 mod ahead;
 pub mod http_routes;
 mod incremental;
+pub use incremental::{Generation, Reloaded};
 mod layout;
 pub mod nesting;
 pub mod sets;
@@ -109,6 +110,11 @@ pub struct Protos {
     /// The protos folder's files that were compiled, each under the one name it is known by (see
     /// the `layout` module), sorted.
     pub files: Vec<String>,
+    /// Which load this is (see [`Reloaded`]).
+    pub generation: incremental::Generation,
+    /// For an incremental load, the load it was made from and the files compiled again: what was
+    /// derived from the others' descriptors there (their HTTP routes) holds here too.
+    pub reloaded: Option<Reloaded>,
 }
 
 /// Compiles every `*.proto` under `root` (recursively), with the files of every descriptor set under
@@ -181,6 +187,7 @@ fn load_with_helpers(
     helpers: impl FnOnce(usize) -> usize,
     reads: Option<&ReadLog>,
 ) -> Result<Protos, Diagnostics> {
+    let started = std::time::Instant::now();
     let mut problems = Diagnostics::default();
     if !root.is_dir() {
         problems.push(Diagnostic::file(root, "protos folder not found"));
@@ -214,6 +221,7 @@ fn load_with_helpers(
         .iter()
         .filter_map(|(_, path)| Some((path.clone(), stamp::Stamp::of(path)?)))
         .collect();
+    tracing::debug!(files = files.len(), elapsed = ?started.elapsed(), "protos found and stamped");
     let key = incremental::Key {
         root: root.to_path_buf(),
         include_roots: include_roots.to_vec(),
@@ -224,15 +232,27 @@ fn load_with_helpers(
     // load compiled onto the rest (see `incremental`), when that gives what this load would.
     let incremental = sets.is_empty() && problems.0.is_empty();
     if incremental {
-        if let Some(pool) =
-            incremental::reload(&key, &found, &files, &layout, &stamps, ALWAYS_LOADED)
-        {
+        if let Some((pool, reloaded, generation)) = incremental::reload(
+            &key,
+            &found,
+            &files,
+            &layout,
+            &stamps,
+            ALWAYS_LOADED,
+            incremental::next_generation(),
+        ) {
+            // The kept files' options were read when they were compiled.
             let checking = std::time::Instant::now();
-            check_method_options(&pool, root, include_roots)?;
+            check_method_options(&pool, Some(&reloaded.recompiled), root, include_roots)?;
             tracing::debug!(elapsed = ?checking.elapsed(), "method options checked");
             let mut files: Vec<String> = files.into_iter().map(|(name, _)| name).collect();
             files.sort_unstable();
-            return Ok(Protos { pool, files });
+            return Ok(Protos {
+                pool,
+                files,
+                generation,
+                reloaded: Some(reloaded),
+            });
         }
     }
     let memo_files = incremental.then(|| files.clone());
@@ -321,16 +341,22 @@ fn load_with_helpers(
                 ),
             )])
         })?;
-    check_method_options(&pool, root, include_roots)?;
+    check_method_options(&pool, None, root, include_roots)?;
+    let generation = incremental::next_generation();
     if let Some(memo_files) = memo_files {
         let (origins, root_stamps) = record.take();
         let mut stamps = stamps;
         stamps.extend(root_stamps);
-        incremental::remember(key, found, memo_files, origins, stamps, &pool);
+        incremental::remember(key, found, memo_files, origins, stamps, &pool, generation);
     }
     let mut files = files;
     files.sort_unstable();
-    Ok(Protos { pool, files })
+    Ok(Protos {
+        pool,
+        files,
+        generation,
+        reloaded: None,
+    })
 }
 
 /// For `name` (a folder file at `path`) that failed on `err`, a problem of another file: the line
@@ -376,17 +402,20 @@ fn failed_import(
     })
 }
 
-/// Decodes every method's options once, as transcoding will: prost-reflect panics on options it
-/// cannot decode (nested past prost's recursion limit through a dotted option name, which the
-/// nesting check does not count). Such a method is reported at its option's line.
+/// Decodes every method's options once (of the files `only` names, when given), as transcoding
+/// will: prost-reflect panics on options it cannot decode (nested past prost's recursion limit
+/// through a dotted option name, which the nesting check does not count). Such a method is reported
+/// at its option's line.
 fn check_method_options(
     pool: &DescriptorPool,
+    only: Option<&HashSet<String>>,
     root: &Path,
     include_roots: &[PathBuf],
 ) -> Result<(), Diagnostics> {
     let mut problems = Diagnostics::default();
     for method in pool
         .services()
+        .filter(|s| only.is_none_or(|only| only.contains(s.parent_file().name())))
         .flat_map(|s| s.methods().collect::<Vec<_>>())
     {
         // Every method, with options or not (an empty one decodes in no time): asking whether it

@@ -104,11 +104,13 @@ impl State {
             .chain(sources.include_roots.iter().cloned())
             .collect();
         let compiled = started.elapsed();
-        let routes = crate::protos::http_routes::Routes::build(&protos.pool, &proto_roots);
+        let routes = crate::protos::http_routes::Routes::of(&protos, &proto_roots);
         let routed = started.elapsed();
         let reflection = sources.reflection.then(|| Reflection::new(&protos.pool));
         tracing::debug!(?compiled, ?routed, elapsed = ?started.elapsed(), "protos compiled");
-        Self::with_handlers(protos, Arc::new(routes), reflection, sources)
+        let state = Self::with_handlers(protos, routes, reflection, sources);
+        tracing::debug!(elapsed = ?started.elapsed(), "handlers loaded");
+        state
     }
 
     /// This state's protos with the handlers read again: what a handler edit needs (compiling a
