@@ -897,7 +897,9 @@ async fn a_bad_request_gets_the_same_answer_in_every_shape() {
     let mut bad_flag = req("x").to_vec();
     bad_flag[0] = 7;
     let gzip: &[(&str, &str)] = &[("grpc-encoding", "gzip")];
-    let cases: [(&str, &[(&str, &str)], Bytes); 7] = [
+    // What is wrong, the request's headers, its body.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Bytes);
+    let cases: [Case; 7] = [
         ("cut in the prefix", &[], Bytes::from_static(&[0, 0, 0])),
         (
             "prefix over the limit",
