@@ -34,15 +34,3 @@ pub fn multiple_requests() -> Status {
         "cardinality violation: received multiple request messages for non-client-streaming RPC",
     )
 }
-
-/// A message over `--max-message-size` is RESOURCE_EXHAUSTED, as gRPC implementations answer it
-/// (tonic's `Streaming` says OUT_OF_RANGE).
-pub fn size_status(status: Status) -> Status {
-    if status.code() == tonic::Code::OutOfRange
-        && status.message().contains("message length too large")
-    {
-        Status::resource_exhausted(format!("request {}", status.message()))
-    } else {
-        status
-    }
-}

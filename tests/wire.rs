@@ -883,3 +883,65 @@ async fn a_second_request_message_to_a_single_request_method_is_internal() {
     }
     assert_still_serving(&mut conn).await;
 }
+
+/// Issue 18: every shape of call is read on one framing, so a bad frame, an over-size message or an
+/// unknown coding gets the same status and the same message whatever the method's shape (the
+/// streaming shapes used to go through tonic's decoder, which worded them otherwise and left
+/// `--max-message-size` unnamed).
+#[tokio::test]
+async fn a_bad_request_gets_the_same_answer_in_every_shape() {
+    let (_s, mut conn) = serve_and_connect().await;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![0u8; 5 << 20]).unwrap();
+    let bomb = gz.finish().unwrap();
+    let mut bad_flag = req("x").to_vec();
+    bad_flag[0] = 7;
+    let gzip: &[(&str, &str)] = &[("grpc-encoding", "gzip")];
+    // What is wrong, the request's headers, its body.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Bytes);
+    let cases: [Case; 7] = [
+        ("cut in the prefix", &[], Bytes::from_static(&[0, 0, 0])),
+        (
+            "prefix over the limit",
+            &[],
+            Bytes::from_static(&[0, 0xff, 0xff, 0xff, 0xff]),
+        ),
+        (
+            "compressed flag without grpc-encoding",
+            &[],
+            frame(true, &string_field(1, b"x")),
+        ),
+        ("flag 7", &[], bad_flag.into()),
+        (
+            "unknown grpc-encoding",
+            &[("grpc-encoding", "snappy")],
+            frame(true, b"x"),
+        ),
+        ("broken gzip", gzip, frame(true, b"not gzip at all")),
+        ("gzip over the limit", gzip, frame(true, &bomb)),
+    ];
+    for (case, headers, body) in cases {
+        let mut answers = Vec::new();
+        for path in [
+            "/t.Svc/Unary",
+            "/t.Svc/ServerStream",
+            "/t.Svc/ClientStream",
+            "/t.Svc/Bidi",
+        ] {
+            let answer = conn.call(path, headers, body.clone()).await;
+            assert_eq!(answer.status, 200, "{case}, {path}: {answer:?}");
+            assert!(answer.messages().is_empty(), "{case}, {path}: {answer:?}");
+            answers.push((path, answer.grpc_status(), answer.grpc_message()));
+        }
+        let (_, code, message) = &answers[0];
+        assert_ne!(*code, Some(0), "{case}: {answers:?}");
+        assert!(
+            answers.iter().all(|(_, c, m)| c == code && m == message),
+            "{case}: {answers:#?}"
+        );
+        if *code == Some(Code::ResourceExhausted as i32) {
+            assert!(message.contains("--max-message-size"), "{case}: {message}");
+        }
+    }
+    assert_still_serving(&mut conn).await;
+}

@@ -1,14 +1,15 @@
-//! `DynamicMessage` on the gRPC wire: a tonic [`Codec`] whose message types are known only at run time.
+//! `DynamicMessage` on the wire: replies encoded in two passes to their exact bytes ([`encode`],
+//! measured once, so the size limit costs no second pass), requests decoded with their decoded size
+//! estimated first ([`decoded`]) or read without decoding ([`canonical`]).
 //!
-//! tonic's framing, compression and size limits stay tonic's; this codec only turns one message body
-//! into a `DynamicMessage` of the method's input type, and writes replies already encoded by
-//! [`encode`] (measured once, so the size limit costs no second pass).
+//! The server frames messages itself (`protocol::envelope`); [`DynamicCodec`] is a tonic [`Codec`]
+//! for a client of methods known only at run time (the tests' client, for one).
 
 pub mod canonical;
 pub mod decoded;
 pub mod encode;
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{Buf, Bytes};
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
@@ -41,27 +42,6 @@ impl Codec for DynamicCodec {
     }
 }
 
-/// The server's codec for streaming calls: messages in and out as bytes. Requests are decoded
-/// (or read without decoding) by the service; replies were encoded by [`encode_reply`] or an
-/// emitter beforehand, so the size limit is checked without a second pass.
-#[derive(Clone, Debug, Default)]
-pub struct ServerCodec;
-
-impl Codec for ServerCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = BytesEncoder;
-    type Decoder = BytesDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        BytesEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        BytesDecoder
-    }
-}
-
 /// Writes a `DynamicMessage` as protobuf bytes.
 #[derive(Debug)]
 pub struct DynamicEncoder;
@@ -74,20 +54,6 @@ impl Encoder for DynamicEncoder {
         let measured = encode::Measured::new(&item);
         dst.reserve(measured.len());
         measured.write(dst);
-        Ok(())
-    }
-}
-
-/// Writes a message encoded beforehand.
-#[derive(Debug)]
-pub struct BytesEncoder;
-
-impl Encoder for BytesEncoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        dst.put_slice(&item);
         Ok(())
     }
 }
@@ -133,19 +99,4 @@ pub fn decode_request(desc: &MessageDescriptor, bytes: Bytes) -> Result<DynamicM
     decoded::check(desc, &bytes)?;
     DynamicMessage::decode(desc.clone(), bytes)
         .map_err(|e| Status::internal(format!("request is not a valid {}: {e}", desc.full_name())))
-}
-
-/// Takes each message's bytes as they are: the server decodes them itself, or copies from them
-/// without decoding (see [`crate::engine::emit`]).
-#[derive(Debug)]
-pub struct BytesDecoder;
-
-impl Decoder for BytesDecoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
-        // As above: an empty message is a message.
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
 }

@@ -5,7 +5,8 @@
 //! engine (`engine::answer`: a call in, reply events out) for the answer and writes
 //! it back in its own framing.
 //!
-//! * [`grpc`] — gRPC over HTTP/2: unary on its own framing (the hot path), streams through tonic.
+//! * [`grpc`] — gRPC over HTTP/2: every shape on one framing over [`envelope`] and [`compression`];
+//!   unary calls without a stream (the hot path).
 //! * [`grpc_web`] — gRPC-Web, binary and text: tonic-web's translation around the gRPC protocol,
 //!   which the router passes in (a protocol never imports another one).
 //! * [`connect`] — Connect: unary, streaming and GET, and its bridge to the built-in services.
