@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// One load problem. Displayed as `file:line:column: message`, then the offending line with a caret.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,10 +172,6 @@ fn excerpt(line: &str, column: usize) -> (String, usize) {
 pub struct Diagnostics(pub Vec<Diagnostic>);
 
 impl Diagnostics {
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     pub fn push(&mut self, d: Diagnostic) {
         self.0.push(d);
     }
@@ -201,11 +197,6 @@ impl fmt::Display for Diagnostics {
         }
         Ok(())
     }
-}
-
-/// `path` relative to `base` when it lies under it, for shorter messages.
-pub fn relative<'a>(path: &'a Path, base: &Path) -> &'a Path {
-    path.strip_prefix(base).unwrap_or(path)
 }
 
 /// What a caught panic says, for a diagnostic.

@@ -13,17 +13,27 @@
 
 #![forbid(unsafe_code)]
 
-pub mod budget;
-pub mod builtin;
+// The library's surface is what the binary and an embedder use: the flags and the commands. All
+// else is the crate's own (`pub(crate)` or private), so it can change without a semver promise.
 pub mod cli;
-pub mod codec;
-pub mod diagnostic;
-pub mod engine;
-pub mod limits;
-pub mod protocol;
-pub mod protos;
-pub mod rules;
 pub mod run;
-pub mod script;
-pub mod server;
-pub mod state;
+
+mod budget;
+mod builtin;
+mod codec;
+mod diagnostic;
+mod engine;
+mod limits;
+mod protocol;
+mod protos;
+mod rules;
+mod script;
+mod server;
+mod state;
+
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+
+#[cfg(test)]
+mod tests;

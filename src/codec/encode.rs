@@ -5,7 +5,7 @@
 //! pass. Here one measuring pass records every nested length (in the order the writing pass needs
 //! them), and the writing pass only reads them back. The bytes are the same as prost-reflect's: the
 //! same field order (by number, unknown fields in between), the same defaults left out, the same
-//! packing; `tests/encoding.rs` checks that over generated messages.
+//! packing; `src/tests/encoding.rs` checks that over generated messages.
 
 use bytes::BufMut;
 use prost::encoding::{self, WireType};
@@ -35,6 +35,7 @@ impl<'a> Measured<'a> {
         self.len
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -13,34 +13,6 @@ use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
-/// Decodes messages of one type and encodes messages of another (a method's input and output).
-#[derive(Clone, Debug)]
-pub struct DynamicCodec {
-    decode_as: MessageDescriptor,
-}
-
-impl DynamicCodec {
-    /// A codec that decodes `decode_as` and encodes whatever `DynamicMessage` it is given.
-    pub fn new(decode_as: MessageDescriptor) -> Self {
-        Self { decode_as }
-    }
-}
-
-impl Codec for DynamicCodec {
-    type Encode = DynamicMessage;
-    type Decode = DynamicMessage;
-    type Encoder = DynamicEncoder;
-    type Decoder = DynamicDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        DynamicEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        DynamicDecoder(self.decode_as.clone())
-    }
-}
-
 /// The server's codec for streaming calls: messages in and out as bytes. Requests are decoded
 /// (or read without decoding) by the service; replies were encoded by [`encode_reply`] or an
 /// emitter beforehand, so the size limit is checked without a second pass.
@@ -59,22 +31,6 @@ impl Codec for ServerCodec {
 
     fn decoder(&mut self) -> Self::Decoder {
         BytesDecoder
-    }
-}
-
-/// Writes a `DynamicMessage` as protobuf bytes.
-#[derive(Debug)]
-pub struct DynamicEncoder;
-
-impl Encoder for DynamicEncoder {
-    type Item = DynamicMessage;
-    type Error = Status;
-
-    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        let measured = encode::Measured::new(&item);
-        dst.reserve(measured.len());
-        measured.write(dst);
-        Ok(())
     }
 }
 
@@ -109,21 +65,6 @@ pub fn measure_reply(
     let measured = encode::Measured::new(message);
     crate::limits::check_reply_len(measured.len(), limit)?;
     Ok(measured)
-}
-
-/// Reads protobuf bytes as a `DynamicMessage` of one type.
-#[derive(Debug)]
-pub struct DynamicDecoder(MessageDescriptor);
-
-impl Decoder for DynamicDecoder {
-    type Item = DynamicMessage;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
-        // An empty buffer is a valid message (every field default): never answer `Ok(None)` here,
-        // or tonic reports "Missing request message" for `google.protobuf.Empty`.
-        decode_request(&self.0, src.copy_to_bytes(src.remaining())).map(Some)
-    }
 }
 
 /// A request message of type `desc`. gRPC's status table: a request that does not parse is

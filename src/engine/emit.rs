@@ -8,7 +8,7 @@
 //! conditions on metadata and on scalar request fields; and unary scripts that run inline, shown
 //! the canonical request lazily (see `script::lazy`). Anything else — a `for_each`, a conversion
 //! between types, a condition on a list, a script that may wait — leaves the rule (or the method)
-//! to the general path, and so does any request that is not canonical. `tests/encoding.rs`
+//! to the general path, and so does any request that is not canonical. `src/tests/encoding.rs`
 //! compares both paths.
 
 use std::sync::OnceLock;
@@ -45,9 +45,8 @@ pub struct Declined;
 /// A method whose rules are answered by emitters.
 #[derive(Debug)]
 pub struct Direct {
-    /// The method's input and output types.
+    /// The method's input type.
     input: MessageDescriptor,
-    output: MessageDescriptor,
     /// Checks requests of the input type; built on the method's first call, not at load: every
     /// type reachable from the input is laid out, which for a large tree costs milliseconds per
     /// method and would make a reload of hundreds of methods take hundreds of them.
@@ -60,6 +59,8 @@ pub struct Direct {
 /// One rule, its conditions read from the request's bytes, its reply if it compiled.
 #[derive(Debug)]
 pub struct Choice {
+    /// The engine runs rules by index ([`Direct::select_index`]); tests compare this with the rules.
+    #[cfg_attr(not(test), allow(dead_code, reason = "read by the tests only"))]
     pub rule: Rule,
     conditions: Vec<RawCondition>,
     /// `None`: when this rule is selected, the general path answers (an error, a script, …).
@@ -71,7 +72,14 @@ pub enum DirectReply {
     One(Emitter),
     /// A `stream` answer of a server-streaming method (its delay and `then` are in the rule).
     Messages(Vec<Emitter>),
-    Repeat(u64, Emitter),
+    Repeat(
+        #[cfg_attr(
+            not(test),
+            allow(dead_code, reason = "the engine counts from the rule; tests read it")
+        )]
+        u64,
+        Emitter,
+    ),
     /// A unary script that may run inline ([`crate::script::Script::may_run_inline`]): shown the
     /// request's bytes lazily, its reply written from its values.
     Script,
@@ -107,18 +115,9 @@ impl Direct {
         }
         Some(Direct {
             input: method.input(),
-            output: method.output(),
             layouts: OnceLock::new(),
             choices,
         })
-    }
-
-    pub fn input(&self) -> &MessageDescriptor {
-        &self.input
-    }
-
-    pub fn output(&self) -> &MessageDescriptor {
-        &self.output
     }
 
     /// Whether `request` is canonical, so that replies may be written from its bytes.
@@ -129,6 +128,8 @@ impl Direct {
     }
 
     /// The rule a (canonical) request selects, as the general path would; `None` when none matches.
+    /// The engine asks for [`Direct::select_index`]; this is for tests comparing it with the rules.
+    #[cfg(test)]
     pub fn select(&self, scope: &RawScope<'_>) -> Option<&Choice> {
         self.choices
             .iter()
@@ -136,6 +137,7 @@ impl Direct {
     }
 
     /// The one rule of a streaming method.
+    #[cfg(test)]
     pub fn only(&self) -> &Choice {
         &self.choices[0]
     }

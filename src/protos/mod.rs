@@ -108,12 +108,17 @@ pub struct Protos {
     pub pool: DescriptorPool,
     /// The protos folder's files that were compiled, each under the one name it is known by (see
     /// the `layout` module), sorted.
+    #[cfg_attr(
+        not(test),
+        allow(dead_code, reason = "read by tests and the memory measurement")
+    )]
     pub files: Vec<String>,
 }
 
 /// Compiles every `*.proto` under `root` (recursively), with the files of every descriptor set under
 /// `root`. Every file is tried, so one load reports the problems of every broken file, not only the
 /// first.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn load(root: &Path, include_roots: &[PathBuf]) -> Result<Protos, Diagnostics> {
     load_from(root, include_roots, &[], &[])
 }
@@ -121,6 +126,7 @@ pub fn load(root: &Path, include_roots: &[PathBuf]) -> Result<Protos, Diagnostic
 /// [`load`], leaving out the files `exclude` (gitignore patterns relative to `root`) or the folder's
 /// [`IGNORE_FILE`] match, unless they are imported; with the files of `descriptor_sets` too
 /// (`--descriptor-set`).
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn load_from(
     root: &Path,
     include_roots: &[PathBuf],

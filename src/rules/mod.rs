@@ -17,7 +17,9 @@ mod toml_tree;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-pub use load::{load, load_source};
+pub use load::load;
+#[cfg(any(test, feature = "fuzzing"))]
+pub use load::load_source;
 pub use rule::{Answer, MethodRules, Rule};
 
 /// Every rule of the handlers folder, by method (`package.Service/Method`).

@@ -38,7 +38,7 @@ use preface::PrefaceDeadline;
 use router::Router;
 use streams::StreamExecutor;
 use tls::tls_incoming;
-pub use tls::{TlsError, TlsFiles, TlsSettings};
+pub use tls::{TlsFiles, TlsSettings};
 
 /// How long a connection may stay silent, and how large its request headers may be:
 /// `--handshake-timeout`, `--keepalive-interval`, `--keepalive-timeout`, `--max-header-size`,

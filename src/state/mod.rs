@@ -65,7 +65,6 @@ pub struct Sources {
 #[derive(Debug)]
 pub struct State {
     pub protos: Protos,
-    pub handlers_dir: PathBuf,
     /// By HTTP path, `/pkg.Service/Method`.
     pub methods: HashMap<String, Arc<Method>>,
     pub rule_count: usize,
@@ -191,7 +190,6 @@ impl State {
             routes,
             reflection,
             protos,
-            handlers_dir: sources.handlers.clone(),
             methods: served,
             rule_count,
             handler_files: files.len(),

@@ -228,10 +228,6 @@ impl Routes {
         self.routes.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
-    }
-
     /// The most specific route for `method` and `path` (still percent-encoded); among equally specific
     /// ones, the first loaded.
     pub fn find(&self, method: &http::Method, path: &str) -> Lookup<'_> {

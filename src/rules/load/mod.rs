@@ -67,7 +67,8 @@ pub fn load(
 }
 
 /// Checks one handler file given as text, exactly as [`load`] checks each file of a folder (a
-/// `script = "…"` file is still read relative to `path`). Public so the fuzz targets need no disk I/O.
+/// `script = "…"` file is still read relative to `path`). For the fuzz targets (no disk I/O) and tests.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn load_source(
     path: &FsPath,
     source: &str,
