@@ -4,9 +4,9 @@
 //! into a `DynamicMessage` of the method's input type, and writes replies already encoded by
 //! [`encode`] (measured once, so the size limit costs no second pass).
 
-pub mod canonical;
-pub mod decoded;
-pub mod encode;
+pub(crate) mod canonical;
+pub(crate) mod decoded;
+pub(crate) mod encode;
 
 use bytes::{Buf, BufMut, Bytes};
 use prost_reflect::{DynamicMessage, MessageDescriptor};
@@ -17,7 +17,7 @@ use tonic::Status;
 /// (or read without decoding) by the service; replies were encoded by [`encode_reply`] or an
 /// emitter beforehand, so the size limit is checked without a second pass.
 #[derive(Clone, Debug, Default)]
-pub struct ServerCodec;
+pub(crate) struct ServerCodec;
 
 impl Codec for ServerCodec {
     type Encode = Bytes;
@@ -36,7 +36,7 @@ impl Codec for ServerCodec {
 
 /// Writes a message encoded beforehand.
 #[derive(Debug)]
-pub struct BytesEncoder;
+pub(crate) struct BytesEncoder;
 
 impl Encoder for BytesEncoder {
     type Item = Bytes;
@@ -50,7 +50,7 @@ impl Encoder for BytesEncoder {
 
 /// A reply's bytes, or RESOURCE_EXHAUSTED when it is over `limit` (`--max-message-size`), as gRPC
 /// implementations answer it (tonic's own check would say INTERNAL).
-pub fn encode_reply(message: &DynamicMessage, limit: usize) -> Result<Bytes, Status> {
+pub(crate) fn encode_reply(message: &DynamicMessage, limit: usize) -> Result<Bytes, Status> {
     let measured = measure_reply(message, limit)?;
     let mut out = Vec::with_capacity(measured.len());
     measured.write(&mut out);
@@ -58,7 +58,7 @@ pub fn encode_reply(message: &DynamicMessage, limit: usize) -> Result<Bytes, Sta
 }
 
 /// A reply measured once, for the size limit and then for writing it.
-pub fn measure_reply(
+pub(crate) fn measure_reply(
     message: &DynamicMessage,
     limit: usize,
 ) -> Result<encode::Measured<'_>, Status> {
@@ -70,7 +70,10 @@ pub fn measure_reply(
 /// A request message of type `desc`. gRPC's status table: a request that does not parse is
 /// INTERNAL (as grpc-go and grpc-java answer it); one that would take more memory decoded than
 /// `--max-request-memory` is RESOURCE_EXHAUSTED (see [`decoded`]).
-pub fn decode_request(desc: &MessageDescriptor, bytes: Bytes) -> Result<DynamicMessage, Status> {
+pub(crate) fn decode_request(
+    desc: &MessageDescriptor,
+    bytes: Bytes,
+) -> Result<DynamicMessage, Status> {
     decoded::check(desc, &bytes)?;
     DynamicMessage::decode(desc.clone(), bytes)
         .map_err(|e| Status::internal(format!("request is not a valid {}: {e}", desc.full_name())))
@@ -79,7 +82,7 @@ pub fn decode_request(desc: &MessageDescriptor, bytes: Bytes) -> Result<DynamicM
 /// Takes each message's bytes as they are: the server decodes them itself, or copies from them
 /// without decoding (see [`crate::engine::emit`]).
 #[derive(Debug)]
-pub struct BytesDecoder;
+pub(crate) struct BytesDecoder;
 
 impl Decoder for BytesDecoder {
     type Item = Bytes;

@@ -16,9 +16,9 @@ use prost_reflect::{
     Value,
 };
 
-pub mod pattern;
+pub(crate) mod pattern;
 
-pub use self::pattern::Bindings;
+pub(crate) use self::pattern::Bindings;
 use self::pattern::{Segment, Template};
 use crate::diagnostic::{Diagnostic, Diagnostics};
 
@@ -193,7 +193,7 @@ impl Routes {
     }
 
     /// Logs the skipped bindings: each at WARN on one line, then how many.
-    pub fn log_skipped(&self) {
+    pub(crate) fn log_skipped(&self) {
         for d in &self.skipped {
             tracing::warn!("{}: {}", place(d), d.message);
         }

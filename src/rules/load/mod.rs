@@ -34,7 +34,7 @@ use crate::rules::Handlers;
 use crate::script::ScriptEngine;
 
 /// Reads every `*.toml` under `dir` (sorted by path) into rules for the methods of `pool`.
-pub fn load(
+pub(crate) fn load(
     dir: &FsPath,
     pool: &DescriptorPool,
     engine: &ScriptEngine,
