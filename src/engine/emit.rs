@@ -142,8 +142,8 @@ impl Direct {
         &self.choices[0]
     }
 
-    /// [`Direct::select`] as the index of the rule in the method's rules (choices are in their
-    /// order, one each).
+    /// The index, in the method's rules, of the rule a (canonical) request selects, as the general
+    /// path would; `None` when none matches (choices are in the rules' order, one each).
     pub(crate) fn select_index(&self, scope: &RawScope<'_>) -> Option<usize> {
         self.choices
             .iter()

@@ -160,7 +160,7 @@ impl ReadLog {
     }
 }
 
-/// [`load_from`], noting in `reads` the files read outside the protos folder.
+/// `load_from`, noting in `reads` the files read outside the protos folder.
 pub(crate) fn load_noting(
     root: &Path,
     include_roots: &[PathBuf],

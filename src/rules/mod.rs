@@ -1,5 +1,5 @@
 //! Handler files as rules: the model ([`rule`]), the loader that checks a handlers folder against
-//! the descriptors ([`load`], one file per section of a handler file), `when` conditions
+//! the descriptors ([`load`](mod@load), one file per section of a handler file), `when` conditions
 //! ([`matcher`]), [`template`]s, request [`metadata`] as rules see it, and [`starter`] rules.
 //!
 //! Rules only describe what to answer; running them is the engine's job, and running a Rhai

@@ -2,7 +2,7 @@
 //! line and column, and what was expected there.
 //!
 //! A handler file is read by one [`FileCtx`] (the file's text, the pool, where problems go), whose
-//! methods are spread over one file per part of a handler file: [`file`] the top level (`[[rule]]`
+//! methods are spread over one file per part of a handler file: [`file`](mod@file) the top level (`[[rule]]`
 //! tables, `[health]`) and one rule's keys and method; [`when`] matching conditions; [`reply`]
 //! messages (replies, stream messages, error details); [`stream`] and [`error`] those answers;
 //! [`metadata`] headers and trailers; [`script`] Rhai scripts. This file drives them — a folder or one
