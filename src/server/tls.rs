@@ -92,7 +92,7 @@ fn handshake_hint(e: &std::io::Error) -> Option<&'static str> {
 
 /// The files named by `--tls-cert`, `--tls-key` and `--tls-client-ca`.
 #[derive(Clone, Debug)]
-pub struct TlsFiles {
+pub(crate) struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     /// CA certificates for client certificates: set, a client must present one they signed (mTLS).
