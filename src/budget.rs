@@ -17,7 +17,7 @@ use tonic::Status;
 
 /// `--max-reply-metadata-size`'s default: what servers commonly accept as a whole request header
 /// list (16 KiB), so that a client with such a limit can read what we send.
-pub const DEFAULT_MAX_METADATA_SIZE: usize = 16 << 10;
+pub(crate) const DEFAULT_MAX_METADATA_SIZE: usize = 16 << 10;
 
 /// Most bytes of response headers (or trailers, or an error message) built from templates and
 /// scripts for one call. Process-wide, set once at start-up like `--max-request-memory`: it is
@@ -25,13 +25,13 @@ pub const DEFAULT_MAX_METADATA_SIZE: usize = 16 << 10;
 static MAX_METADATA_SIZE: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_METADATA_SIZE);
 
 /// Sets [`max_metadata_size`] (`--max-reply-metadata-size`).
-pub fn set_max_metadata_size(bytes: usize) {
+pub(crate) fn set_max_metadata_size(bytes: usize) {
     MAX_METADATA_SIZE.store(bytes, Ordering::Relaxed);
 }
 
 /// The bound on response headers, trailers or an error message built for one call: a templated
 /// value copied from a large request field is refused with RESOURCE_EXHAUSTED rather than sent.
-pub fn max_metadata_size() -> usize {
+pub(crate) fn max_metadata_size() -> usize {
     MAX_METADATA_SIZE.load(Ordering::Relaxed)
 }
 
@@ -44,11 +44,11 @@ thread_local! {
 
 /// What was built did not fit its budget.
 #[derive(Debug)]
-pub struct Exceeded;
+pub(crate) struct Exceeded;
 
 /// Runs `f` with `limit` bytes to spend. `Err` when it ran out: whatever `f` returned is then
 /// incomplete, and is dropped.
-pub fn within<R>(limit: usize, f: impl FnOnce() -> R) -> Result<R, Exceeded> {
+pub(crate) fn within<R>(limit: usize, f: impl FnOnce() -> R) -> Result<R, Exceeded> {
     struct Restore(Option<usize>, bool);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -66,7 +66,7 @@ pub fn within<R>(limit: usize, f: impl FnOnce() -> R) -> Result<R, Exceeded> {
 }
 
 /// Takes `n` bytes; false (from then on) when they are not there.
-pub fn spend(n: usize) -> bool {
+pub(crate) fn spend(n: usize) -> bool {
     match LEFT.get() {
         None => true,
         Some(left) => match left.checked_sub(n) {
@@ -84,7 +84,7 @@ pub fn spend(n: usize) -> bool {
 
 /// Whether something `n` bytes long, not yet counted, still fits (texts being built, bytes being
 /// written); false (from then on) when it does not.
-pub fn fits(n: usize) -> bool {
+pub(crate) fn fits(n: usize) -> bool {
     match LEFT.get() {
         Some(left) if n > left || OVER.get() => {
             OVER.set(true);
@@ -95,7 +95,7 @@ pub fn fits(n: usize) -> bool {
 }
 
 /// RESOURCE_EXHAUSTED for a reply that passed `--max-message-size` while it was built.
-pub fn reply_too_large(limit: usize) -> Status {
+pub(crate) fn reply_too_large(limit: usize) -> Status {
     Status::resource_exhausted(format!(
         "response message is larger than the limit of {limit} bytes (--max-message-size)"
     ))
@@ -103,7 +103,7 @@ pub fn reply_too_large(limit: usize) -> Status {
 
 /// RESOURCE_EXHAUSTED for response `what` (headers, trailers, an error message) built from templates
 /// past [`max_metadata_size`].
-pub fn metadata_too_large(what: &str) -> Status {
+pub(crate) fn metadata_too_large(what: &str) -> Status {
     Status::resource_exhausted(format!(
         "the response {what} built for this call are larger than the limit of {} bytes \
          (--max-reply-metadata-size)",
@@ -113,7 +113,7 @@ pub fn metadata_too_large(what: &str) -> Status {
 
 /// Runs `f` (which renders headers or trailers) within [`max_metadata_size`], and checks the total
 /// of what it built.
-pub fn bounded_metadata(
+pub(crate) fn bounded_metadata(
     what: &str,
     f: impl FnOnce() -> Result<tonic::metadata::MetadataMap, Status>,
 ) -> Result<tonic::metadata::MetadataMap, Status> {

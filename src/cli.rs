@@ -142,7 +142,7 @@ pub struct SourceArgs {
 }
 
 impl SourceArgs {
-    pub fn sources(&self) -> Sources {
+    pub(crate) fn sources(&self) -> Sources {
         Sources {
             protos: self.protos.clone(),
             handlers: self.handlers.clone(),
@@ -279,7 +279,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// The TLS files, when TLS is on (clap has checked that certificate and key come together).
-    pub fn tls_files(&self) -> Option<TlsFiles> {
+    pub(crate) fn tls_files(&self) -> Option<TlsFiles> {
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: cert.clone(),

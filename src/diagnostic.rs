@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// One load problem. Displayed as `file:line:column: message`, then the offending line with a caret.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     /// A problem with a whole file (unreadable, missing), not a place in it.
-    pub fn file(file: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+    pub(crate) fn file(file: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Self {
             file: file.into(),
             line: 0,
@@ -30,7 +30,7 @@ impl Diagnostic {
     }
 
     /// A problem at a byte offset range of `source` (the file's text).
-    pub fn at(
+    pub(crate) fn at(
         file: impl Into<PathBuf>,
         source: &str,
         span: Range<usize>,
@@ -48,7 +48,7 @@ impl Diagnostic {
 
     /// A problem at a 0-based line and byte column of `source`, as a `SourceCodeInfo` span gives
     /// them (protox-parse counts columns in bytes): reported with its column in characters.
-    pub fn at_location(
+    pub(crate) fn at_location(
         file: impl Into<PathBuf>,
         source: Option<&str>,
         line: usize,
@@ -73,7 +73,7 @@ impl Diagnostic {
     }
 
     /// A problem at a known 1-based line and column of `source`.
-    pub fn at_line(
+    pub(crate) fn at_line(
         file: impl Into<PathBuf>,
         source: Option<&str>,
         line: usize,
@@ -94,7 +94,7 @@ impl Diagnostic {
 }
 
 /// 1-based line and column (in characters) of a byte offset, and the text of that line.
-pub fn locate(source: &str, offset: usize) -> (usize, usize, &str) {
+pub(crate) fn locate(source: &str, offset: usize) -> (usize, usize, &str) {
     let offset = floor_char_boundary(source, offset.min(source.len()));
     let line_start = source[..offset].rfind('\n').map_or(0, |i| i + 1);
     let line_end = source[offset..]
@@ -172,16 +172,12 @@ fn excerpt(line: &str, column: usize) -> (String, usize) {
 pub struct Diagnostics(pub Vec<Diagnostic>);
 
 impl Diagnostics {
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn push(&mut self, d: Diagnostic) {
+    pub(crate) fn push(&mut self, d: Diagnostic) {
         self.0.push(d);
     }
 
     /// Ok when nothing was reported.
-    pub fn into_result(mut self) -> Result<(), Diagnostics> {
+    pub(crate) fn into_result(mut self) -> Result<(), Diagnostics> {
         if self.0.is_empty() {
             return Ok(());
         }
@@ -203,13 +199,8 @@ impl fmt::Display for Diagnostics {
     }
 }
 
-/// `path` relative to `base` when it lies under it, for shorter messages.
-pub fn relative<'a>(path: &'a Path, base: &Path) -> &'a Path {
-    path.strip_prefix(base).unwrap_or(path)
-}
-
 /// What a caught panic says, for a diagnostic.
-pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

@@ -85,7 +85,7 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
 
 /// Scripts that may run at once (tokio's blocking pool; a streaming script also uses one helper
 /// thread). Threads are only made when needed and their stacks are reserved, not touched.
-pub const MAX_SCRIPT_THREADS: usize = 4096;
+pub(crate) const MAX_SCRIPT_THREADS: usize = 4096;
 
 /// Longest the connections may take, once the grace period is over and the calls still running
 /// have been ended, to send those calls' statuses and close.

@@ -20,6 +20,8 @@ const LAYERS: &[&[&str]] = &[
     &["server"],
     &["cli"],
     &["run"],
+    // Crate-level tests and the fuzzing entry points reach into every layer.
+    &["tests", "fuzzing"],
 ];
 
 fn layer(module: &str) -> Option<usize> {

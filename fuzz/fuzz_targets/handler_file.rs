@@ -1,5 +1,5 @@
 //! (b) The handler-file parser and validator: the input is one handler TOML file, checked against the
-//! seed protos (`../protos`) by `protodrop::rules::load_source`, the code path the server runs on
+//! seed protos (`../protos`) by `protodrop::fuzzing::rules::load_source`, the code path the server runs on
 //! every file of its handlers folder (TOML, rules, templates, conditions, regexes, Rhai compilation).
 //!
 //! The file is named `handler-scripts/fuzz.toml`, so `script = "echo.rhai"` (and the other files of
@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use prost_reflect::DescriptorPool;
 
-use protodrop::script::{ScriptEngine, ScriptLimits};
+use protodrop::fuzzing::script::{ScriptEngine, ScriptLimits};
 
 struct Fixture {
     pool: DescriptorPool,
@@ -27,7 +27,7 @@ fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let protos = protodrop::protos::load(&fuzz.join("../protos"), &[])
+        let protos = protodrop::fuzzing::protos::load(&fuzz.join("../protos"), &[])
             .unwrap_or_else(|d| panic!("seed protos: {d}"));
         Fixture {
             pool: protos.pool,
@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let fx = fixture();
-    match protodrop::rules::load_source(&fx.path, text, &fx.pool, &fx.engine) {
+    match protodrop::fuzzing::rules::load_source(&fx.path, text, &fx.pool, &fx.engine) {
         Ok(handlers) => {
             assert_eq!(handlers.files, vec![fx.path.clone()]);
             for (name, rules) in &handlers.methods {
@@ -62,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Err(problems) => {
-            assert!(!problems.is_empty(), "rejected without a problem");
+            assert!(!problems.0.is_empty(), "rejected without a problem");
             let lines = text.split('\n').count();
             for problem in &problems.0 {
                 let rendered = problem.to_string();

@@ -11,7 +11,7 @@
 use libfuzzer_sys::fuzz_target;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 
-use protodrop::protos::http_routes::pattern::{Segment, Template};
+use protodrop::fuzzing::protos::http_routes::pattern::{Segment, Template};
 
 /// A request path the template must match: each literal percent-encoded (so no literal character is
 /// taken for a separator), `*` as `x`, `**` as `r/s`.

@@ -24,9 +24,9 @@ use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage};
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
-use protodrop::script::ScriptLimits;
-use protodrop::state::{Method, Sources, State};
-use protodrop::engine::{self, Event, Message as Reply, Request, Requests};
+use protodrop::fuzzing::script::ScriptLimits;
+use protodrop::fuzzing::state::{Method, Sources, State};
+use protodrop::fuzzing::engine::{self, Event, Message as Reply, Request, Requests};
 
 /// Longest one call (answer and whole reply stream) may take before it counts as a hang.
 const CALL_LIMIT: Duration = Duration::from_secs(10);
@@ -71,7 +71,7 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-/// As `protodrop::codec::DynamicDecoder` reads one message body.
+/// As the server decodes one message body (`codec::decode_request`, without its size check).
 fn decode(desc: &MessageDescriptor, bytes: &[u8]) -> Result<DynamicMessage, Status> {
     let mut message = DynamicMessage::new(desc.clone());
     message.merge(bytes).map_err(|e| {

@@ -22,11 +22,11 @@ use http_body_util::BodyExt;
 use libfuzzer_sys::fuzz_target;
 use prost_reflect::{DescriptorPool, Value};
 
-use protodrop::protos::http_routes::pattern::Template;
-use protodrop::protos::http_routes::{Lookup, Verb};
-use protodrop::script::ScriptLimits;
-use protodrop::state::{Sources, State};
-use protodrop::protocol::ServiceSettings;
+use protodrop::fuzzing::protos::http_routes::pattern::Template;
+use protodrop::fuzzing::protos::http_routes::{Lookup, Verb};
+use protodrop::fuzzing::script::ScriptLimits;
+use protodrop::fuzzing::state::{Sources, State};
+use protodrop::fuzzing::protocol::ServiceSettings;
 
 const CALL_LIMIT: Duration = Duration::from_secs(10);
 
@@ -252,7 +252,7 @@ fn check_serve(fx: &Fixture, method: http::Method, target: &str, body: &str) {
     let call = async move {
         static CUT: std::sync::LazyLock<tokio_util::sync::CancellationToken> =
             std::sync::LazyLock::new(Default::default);
-        let response = protodrop::protocol::http_json::serve(state, request, settings, &CUT).await;
+        let response = protodrop::fuzzing::protocol::http_json::serve(state, request, settings, &CUT).await;
         let status = response.status();
         let json = response
             .headers()

@@ -17,7 +17,7 @@ use tower::ServiceExt as _;
 
 use super::HttpService;
 
-pub const PREFIX: &str = "/grpc.health.v1.Health/";
+pub(crate) const PREFIX: &str = "/grpc.health.v1.Health/";
 const LIST: &str = "/grpc.health.v1.Health/List";
 
 /// The statuses as last reported, for `List`.
@@ -25,7 +25,7 @@ type Statuses = Arc<RwLock<BTreeMap<String, ServingStatus>>>;
 
 /// The health service and the handle that sets its statuses.
 #[derive(Clone)]
-pub struct Health {
+pub(crate) struct Health {
     reporter: HealthReporter,
     statuses: Statuses,
     pub service: HttpService,
@@ -69,7 +69,7 @@ impl tonic::server::UnaryService<HealthListRequest> for List {
 }
 
 impl Health {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let (reporter, server) = tonic_health::server::health_reporter();
         let statuses = Statuses::default();
         let list = List(statuses.clone());
@@ -96,7 +96,7 @@ impl Health {
     /// Reports the statuses of `now`; services of `before` missing from `now` turn NOT_SERVING
     /// (watchers are told; a service that comes back reports again). Callable from any thread: the
     /// reporter's lock is runtime-agnostic.
-    pub fn update(
+    pub(crate) fn update(
         &self,
         before: &BTreeMap<String, ServingStatus>,
         now: &BTreeMap<String, ServingStatus>,

@@ -53,8 +53,8 @@ use tower::ServiceExt;
 
 use super::HttpService;
 
-pub const V1_PREFIX: &str = "/grpc.reflection.v1.ServerReflection/";
-pub const V1ALPHA_PREFIX: &str = "/grpc.reflection.v1alpha.ServerReflection/";
+pub(crate) const V1_PREFIX: &str = "/grpc.reflection.v1.ServerReflection/";
+pub(crate) const V1ALPHA_PREFIX: &str = "/grpc.reflection.v1alpha.ServerReflection/";
 
 /// The most bytes one answer may take: what gRPC clients accept by default (grpc-go, grpc-java,
 /// grpcio, grpc-dotnet all use 4 MiB).
@@ -101,7 +101,7 @@ static BUILT_INS: LazyLock<DescriptorPool> = LazyLock::new(|| {
 
 /// Reflection over one pool, both versions.
 #[derive(Clone)]
-pub struct Reflection {
+pub(crate) struct Reflection {
     service: HttpService,
 }
 
@@ -115,7 +115,7 @@ impl Reflection {
     /// Serves every file of `pool` (imports and well-known types included, so clients can resolve
     /// every type a method uses), plus the built-in services' files. Cheap: nothing is indexed or
     /// encoded until asked for.
-    pub fn new(pool: &DescriptorPool) -> Self {
+    pub(crate) fn new(pool: &DescriptorPool) -> Self {
         let server = ServerReflectionServer::new(Answers { pool: pool.clone() });
         let service = server.map_request(|mut request: http::Request<tonic::body::Body>| {
             if let Some(method) = request.uri().path().strip_prefix(V1ALPHA_PREFIX) {
@@ -135,7 +135,7 @@ impl Reflection {
     }
 
     /// The service for `path`, if it is a reflection path.
-    pub fn route(&self, path: &str) -> Option<&HttpService> {
+    pub(crate) fn route(&self, path: &str) -> Option<&HttpService> {
         (path.starts_with(V1_PREFIX) || path.starts_with(V1ALPHA_PREFIX)).then_some(&self.service)
     }
 }

@@ -18,7 +18,7 @@ const MAX_DEPTH: u32 = 64;
 
 /// The layouts of a message type and of every message type reachable from it.
 #[derive(Debug)]
-pub struct Layouts {
+pub(crate) struct Layouts {
     /// Index 0 is the root type. `None`: a type the check does not cover (present → not canonical).
     types: Vec<Option<Layout>>,
 }
@@ -64,7 +64,7 @@ enum ValueKind {
 
 impl Layouts {
     /// Layouts of `root` and everything it contains.
-    pub fn new(root: &MessageDescriptor) -> Layouts {
+    pub(crate) fn new(root: &MessageDescriptor) -> Layouts {
         let mut index: HashMap<String, u32> = HashMap::new();
         let mut pending = vec![root.clone()];
         index.insert(root.full_name().to_string(), 0);
@@ -84,7 +84,7 @@ impl Layouts {
     }
 
     /// Whether `bytes` is a canonical message of the root type.
-    pub fn is_canonical(&self, bytes: &[u8]) -> bool {
+    pub(crate) fn is_canonical(&self, bytes: &[u8]) -> bool {
         self.check(0, bytes, 0)
     }
 
@@ -244,7 +244,7 @@ fn layout(
 }
 
 /// A minimal (canonical) varint: no trailing zero groups, at most 10 bytes.
-pub fn read_varint(buf: &mut &[u8]) -> Option<u64> {
+pub(crate) fn read_varint(buf: &mut &[u8]) -> Option<u64> {
     let mut value = 0u64;
     for (i, &byte) in buf.iter().enumerate().take(10) {
         value |= u64::from(byte & 0x7f) << (7 * i);
@@ -322,7 +322,7 @@ fn packed_ok(kind: ValueKind, mut payload: &[u8]) -> bool {
 
 /// One field found in canonical bytes.
 #[derive(Clone, Copy, Debug)]
-pub struct RawField<'a> {
+pub(crate) struct RawField<'a> {
     /// Every record of the field, keys included (several for an unpacked repeated field).
     pub records: &'a [u8],
     /// The value of the (first) record without its key: the varint, the fixed bytes, or the payload
@@ -331,7 +331,7 @@ pub struct RawField<'a> {
 }
 
 /// The records of field `number` in canonical bytes (which keep each field's records together).
-pub fn find(buf: &[u8], number: u32) -> Option<RawField<'_>> {
+pub(crate) fn find(buf: &[u8], number: u32) -> Option<RawField<'_>> {
     let mut rest = buf;
     // (start of the first record, end of the last, the first value)
     let mut found: Option<(usize, usize, &[u8])> = None;
@@ -373,7 +373,7 @@ fn skip_value<'a>(wire: u8, buf: &mut &'a [u8]) -> Option<&'a [u8]> {
 }
 
 /// Each record of a run of records (as in [`RawField::records`]): its value without key and length.
-pub fn values(mut records: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn values(mut records: &[u8]) -> impl Iterator<Item = &[u8]> {
     std::iter::from_fn(move || {
         if records.is_empty() {
             return None;

@@ -31,20 +31,20 @@ const MAX_PER_BYTE: usize = (VALUE + MESSAGE + FIELD_NODE + VALUE).div_ceil(4);
 const MAX_DEPTH: u32 = 100;
 
 /// Default `--max-request-memory`.
-pub const DEFAULT_MAX_REQUEST_MEMORY: usize = 64 << 20;
+pub(crate) const DEFAULT_MAX_REQUEST_MEMORY: usize = 64 << 20;
 
 static MAX_REQUEST_MEMORY: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_REQUEST_MEMORY);
 
 /// Sets `--max-request-memory` for every request decoded from now on (0 = no limit). One value per
 /// process, as the flag is: requests are decoded in many places (every protocol, streams, the
 /// direct path's fallback), and none of them has another use for the setting.
-pub fn set_max_request_memory(bytes: usize) {
+pub(crate) fn set_max_request_memory(bytes: usize) {
     MAX_REQUEST_MEMORY.store(bytes, Ordering::Relaxed);
 }
 
 /// RESOURCE_EXHAUSTED when a request of type `desc` would take more than `--max-request-memory`
 /// decoded.
-pub fn check(desc: &MessageDescriptor, bytes: &[u8]) -> Result<(), Status> {
+pub(crate) fn check(desc: &MessageDescriptor, bytes: &[u8]) -> Result<(), Status> {
     let limit = MAX_REQUEST_MEMORY.load(Ordering::Relaxed);
     if limit == 0 || bytes.len().saturating_mul(MAX_PER_BYTE) <= limit {
         return Ok(());
@@ -68,7 +68,7 @@ const JSON_MAX_PER_BYTE: usize = (VALUE + MESSAGE + FIELD_NODE).div_ceil(2);
 /// [`check`] for a JSON request body (`name`: the type it is read as). Each object is charged a
 /// value, a message and a field node, each further element or field a value, each byte of text
 /// one byte: near what decoding takes for lists of small objects or scalars, the shapes that expand.
-pub fn check_json(name: &str, text: &[u8]) -> Result<(), Status> {
+pub(crate) fn check_json(name: &str, text: &[u8]) -> Result<(), Status> {
     let limit = MAX_REQUEST_MEMORY.load(Ordering::Relaxed);
     if limit == 0 || text.len().saturating_mul(JSON_MAX_PER_BYTE) <= limit {
         return Ok(());

@@ -5,14 +5,14 @@
 //! pass. Here one measuring pass records every nested length (in the order the writing pass needs
 //! them), and the writing pass only reads them back. The bytes are the same as prost-reflect's: the
 //! same field order (by number, unknown fields in between), the same defaults left out, the same
-//! packing; `tests/encoding.rs` checks that over generated messages.
+//! packing; `src/tests/encoding.rs` checks that over generated messages.
 
 use bytes::BufMut;
 use prost::encoding::{self, WireType};
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, ReflectMessage, Value};
 
 /// A message measured and ready to be written.
-pub struct Measured<'a> {
+pub(crate) struct Measured<'a> {
     message: &'a DynamicMessage,
     /// Lengths of nested messages, map entries and packed lists, in the order `write` meets them.
     lengths: Vec<usize>,
@@ -20,7 +20,7 @@ pub struct Measured<'a> {
 }
 
 impl<'a> Measured<'a> {
-    pub fn new(message: &'a DynamicMessage) -> Self {
+    pub(crate) fn new(message: &'a DynamicMessage) -> Self {
         let mut lengths = Vec::new();
         let len = measure(message, &mut lengths);
         Measured {
@@ -31,23 +31,24 @@ impl<'a> Measured<'a> {
     }
 
     /// The encoded length in bytes.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Writes the message; `buf` must have room for [`len`](Self::len) bytes.
-    pub fn write(&self, buf: &mut impl BufMut) {
+    pub(crate) fn write(&self, buf: &mut impl BufMut) {
         let mut next = self.lengths.iter().copied();
         write(self.message, &mut next, buf);
     }
 }
 
 /// The message's bytes, as `prost::Message::encode_to_vec` would give them.
-pub fn encode_to_vec(message: &DynamicMessage) -> Vec<u8> {
+pub(crate) fn encode_to_vec(message: &DynamicMessage) -> Vec<u8> {
     let measured = Measured::new(message);
     let mut out = Vec::with_capacity(measured.len());
     measured.write(&mut out);
@@ -55,7 +56,7 @@ pub fn encode_to_vec(message: &DynamicMessage) -> Vec<u8> {
 }
 
 /// The records of one field holding `value`, as they are written within a message.
-pub fn encode_field(field: &FieldDescriptor, value: &Value, buf: &mut impl BufMut) {
+pub(crate) fn encode_field(field: &FieldDescriptor, value: &Value, buf: &mut impl BufMut) {
     let mut lengths = Vec::new();
     measure_field(field, value, &mut lengths);
     write_field(field, field.number(), value, &mut lengths.into_iter(), buf);
@@ -318,7 +319,7 @@ fn write_single(
 }
 
 /// The wire type of a (non-group) value of `kind`.
-pub fn wire_type(kind: &Kind) -> WireType {
+pub(crate) fn wire_type(kind: &Kind) -> WireType {
     match kind {
         Kind::Sfixed32 | Kind::Fixed32 | Kind::Float => WireType::ThirtyTwoBit,
         Kind::Sfixed64 | Kind::Fixed64 | Kind::Double => WireType::SixtyFourBit,

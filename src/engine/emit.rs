@@ -8,7 +8,7 @@
 //! conditions on metadata and on scalar request fields; and unary scripts that run inline, shown
 //! the canonical request lazily (see `script::lazy`). Anything else — a `for_each`, a conversion
 //! between types, a condition on a list, a script that may wait — leaves the rule (or the method)
-//! to the general path, and so does any request that is not canonical. `tests/encoding.rs`
+//! to the general path, and so does any request that is not canonical. `src/tests/encoding.rs`
 //! compares both paths.
 
 use std::sync::OnceLock;
@@ -29,7 +29,7 @@ use crate::rules::template::{
 
 /// What an emitter reads during one call.
 #[derive(Clone, Copy)]
-pub struct RawScope<'a> {
+pub(crate) struct RawScope<'a> {
     /// The request's bytes, already checked canonical.
     pub request: &'a [u8],
     pub index: Option<u64>,
@@ -40,14 +40,13 @@ pub struct RawScope<'a> {
 /// The emitter cannot write this reply (an `{{index}}` out of its field's range): the general path
 /// answers instead, and reports it as it does.
 #[derive(Debug)]
-pub struct Declined;
+pub(crate) struct Declined;
 
 /// A method whose rules are answered by emitters.
 #[derive(Debug)]
-pub struct Direct {
-    /// The method's input and output types.
+pub(crate) struct Direct {
+    /// The method's input type.
     input: MessageDescriptor,
-    output: MessageDescriptor,
     /// Checks requests of the input type; built on the method's first call, not at load: every
     /// type reachable from the input is laid out, which for a large tree costs milliseconds per
     /// method and would make a reload of hundreds of methods take hundreds of them.
@@ -59,7 +58,9 @@ pub struct Direct {
 
 /// One rule, its conditions read from the request's bytes, its reply if it compiled.
 #[derive(Debug)]
-pub struct Choice {
+pub(crate) struct Choice {
+    /// The engine runs rules by index ([`Direct::select_index`]); tests compare this with the rules.
+    #[cfg_attr(not(test), allow(dead_code, reason = "read by the tests only"))]
     pub rule: Rule,
     conditions: Vec<RawCondition>,
     /// `None`: when this rule is selected, the general path answers (an error, a script, …).
@@ -67,11 +68,18 @@ pub struct Choice {
 }
 
 #[derive(Debug)]
-pub enum DirectReply {
+pub(crate) enum DirectReply {
     One(Emitter),
     /// A `stream` answer of a server-streaming method (its delay and `then` are in the rule).
     Messages(Vec<Emitter>),
-    Repeat(u64, Emitter),
+    Repeat(
+        #[cfg_attr(
+            not(test),
+            allow(dead_code, reason = "the engine counts from the rule; tests read it")
+        )]
+        u64,
+        Emitter,
+    ),
     /// A unary script that may run inline ([`crate::script::Script::may_run_inline`]): shown the
     /// request's bytes lazily, its reply written from its values.
     Script,
@@ -79,7 +87,7 @@ pub enum DirectReply {
 
 impl Direct {
     /// The direct form of `rules` for `method`, when their conditions and at least one reply compile.
-    pub fn compile(method: &MethodDescriptor, rules: &MethodRules) -> Option<Direct> {
+    pub(crate) fn compile(method: &MethodDescriptor, rules: &MethodRules) -> Option<Direct> {
         let (client, server) = (method.is_client_streaming(), method.is_server_streaming());
         let streaming = client || server;
         if client && !server
@@ -107,28 +115,21 @@ impl Direct {
         }
         Some(Direct {
             input: method.input(),
-            output: method.output(),
             layouts: OnceLock::new(),
             choices,
         })
     }
 
-    pub fn input(&self) -> &MessageDescriptor {
-        &self.input
-    }
-
-    pub fn output(&self) -> &MessageDescriptor {
-        &self.output
-    }
-
     /// Whether `request` is canonical, so that replies may be written from its bytes.
-    pub fn is_canonical(&self, request: &[u8]) -> bool {
+    pub(crate) fn is_canonical(&self, request: &[u8]) -> bool {
         self.layouts
             .get_or_init(|| Layouts::new(&self.input))
             .is_canonical(request)
     }
 
     /// The rule a (canonical) request selects, as the general path would; `None` when none matches.
+    /// The engine asks for [`Direct::select_index`]; this is for tests comparing it with the rules.
+    #[cfg(test)]
     pub fn select(&self, scope: &RawScope<'_>) -> Option<&Choice> {
         self.choices
             .iter()
@@ -136,20 +137,21 @@ impl Direct {
     }
 
     /// The one rule of a streaming method.
+    #[cfg(test)]
     pub fn only(&self) -> &Choice {
         &self.choices[0]
     }
 
-    /// [`Direct::select`] as the index of the rule in the method's rules (choices are in their
-    /// order, one each).
-    pub fn select_index(&self, scope: &RawScope<'_>) -> Option<usize> {
+    /// The index, in the method's rules, of the rule a (canonical) request selects, as the general
+    /// path would; `None` when none matches (choices are in the rules' order, one each).
+    pub(crate) fn select_index(&self, scope: &RawScope<'_>) -> Option<usize> {
         self.choices
             .iter()
             .position(|c| c.conditions.iter().all(|k| k.holds(scope)))
     }
 
     /// The compiled reply of the method's `index`-th rule, if it compiled.
-    pub fn reply(&self, index: usize) -> Option<&DirectReply> {
+    pub(crate) fn reply(&self, index: usize) -> Option<&DirectReply> {
         self.choices.get(index)?.reply.as_ref()
     }
 }
@@ -157,7 +159,7 @@ impl Direct {
 impl DirectReply {
     /// The emitter of the answer's `i`-th message template (the one template of a `repeat`, for
     /// every index), if any: the engine walks the rule's answer and asks for each.
-    pub fn emitter(&self, i: usize) -> Option<&Emitter> {
+    pub(crate) fn emitter(&self, i: usize) -> Option<&Emitter> {
         match self {
             DirectReply::One(e) => (i == 0).then_some(e),
             DirectReply::Messages(list) => list.get(i),
@@ -315,7 +317,7 @@ fn needs_message(part: &Part) -> bool {
 
 /// One reply message's template, compiled.
 #[derive(Debug)]
-pub struct Emitter {
+pub(crate) struct Emitter {
     /// By ascending field number, as the general encoder writes them.
     ops: Vec<Op>,
 }
@@ -381,7 +383,7 @@ enum Counter {
 
 impl Emitter {
     /// `None` when some part of `template` is left to the general path.
-    pub fn compile(template: &MessageTemplate) -> Option<Emitter> {
+    pub(crate) fn compile(template: &MessageTemplate) -> Option<Emitter> {
         if let Some(message) = &template.constant {
             return Some(Emitter {
                 ops: vec![Op::Const(encode_to_vec(message))],
@@ -424,7 +426,7 @@ impl Emitter {
     }
 
     /// Whether the reply is the whole request as it came (`reply = "{{request}}"`, same type).
-    pub fn is_echo(&self) -> bool {
+    pub(crate) fn is_echo(&self) -> bool {
         matches!(self.ops.as_slice(), [Op::Whole(path)] if path.is_empty())
     }
 
@@ -432,7 +434,7 @@ impl Emitter {
     ///
     /// Declined as soon as `out` cannot fit the call's budget (see `budget`): the general path
     /// then reports the reply as too large, having built no more of it than this.
-    pub fn emit(&self, scope: &RawScope<'_>, out: &mut Vec<u8>) -> Result<(), Declined> {
+    pub(crate) fn emit(&self, scope: &RawScope<'_>, out: &mut Vec<u8>) -> Result<(), Declined> {
         for op in &self.ops {
             if !crate::budget::fits(out.len()) {
                 return Err(Declined);

@@ -16,7 +16,7 @@
 //! The engine knows the rules, scripts and codec below it and nothing above it: the registry holds
 //! `Arc<engine::Method>`, and the protocols turn events into their wire form.
 
-pub mod emit;
+pub(crate) mod emit;
 mod run;
 #[cfg(test)]
 mod tests;
@@ -43,16 +43,16 @@ pub struct Method {
     /// `pkg.Service/Method`
     pub name: String,
     /// `None` when no handler file has a rule for it.
-    pub rules: Option<MethodRules>,
+    pub(crate) rules: Option<MethodRules>,
     /// The rules compiled to write replies straight from the request's bytes, when they can be.
-    pub direct: Option<Direct>,
+    pub(crate) direct: Option<Direct>,
     /// The handlers folder, named in the answer to a method without rules (the message is built
     /// only when asked: thousands of methods of a large tree have none).
     handlers_dir: Arc<Path>,
 }
 
 impl Method {
-    pub fn new(
+    pub(crate) fn new(
         desc: MethodDescriptor,
         name: String,
         rules: Option<MethodRules>,
@@ -70,7 +70,7 @@ impl Method {
 
     /// The `UNIMPLEMENTED` message for a method without rules: which file to add, and a starter
     /// rule to put in it.
-    pub fn no_handler_message(&self) -> String {
+    pub(crate) fn no_handler_message(&self) -> String {
         let stem = self
             .desc
             .parent_file()
@@ -128,7 +128,7 @@ pub enum Message {
 
 impl Message {
     /// The encoded message, within `limit` (RESOURCE_EXHAUSTED beyond).
-    pub fn into_bytes(self, limit: usize) -> Result<Bytes, Status> {
+    pub(crate) fn into_bytes(self, limit: usize) -> Result<Bytes, Status> {
         match self {
             Message::Decoded(m) => crate::codec::encode_reply(&m, limit),
             Message::Encoded(bytes) => Ok(bytes),
@@ -160,7 +160,7 @@ pub struct End {
 }
 
 impl End {
-    pub fn ok(trailers: MetadataMap) -> End {
+    pub(crate) fn ok(trailers: MetadataMap) -> End {
         End {
             code: Code::Ok,
             message: String::new(),
@@ -169,12 +169,12 @@ impl End {
         }
     }
 
-    pub fn is_ok(&self) -> bool {
+    pub(crate) fn is_ok(&self) -> bool {
         self.code == Code::Ok
     }
 
     /// The status a tonic-shaped protocol sends (for an OK end, only when it has trailers).
-    pub fn into_status(self) -> Status {
+    pub(crate) fn into_status(self) -> Status {
         Status::with_details_and_metadata(self.code, self.message, self.details, self.trailers)
     }
 }
@@ -197,7 +197,7 @@ pub enum Event {
     End(Box<End>),
 }
 
-pub type Events = Pin<Box<dyn Stream<Item = Event> + Send>>;
+pub(crate) type Events = Pin<Box<dyn Stream<Item = Event> + Send>>;
 
 /// A call's answer.
 pub enum Reply {
@@ -229,7 +229,7 @@ impl Reply {
 
     /// The answer whole, for a protocol that sends one message: a stream is read to its end (a
     /// second message is INTERNAL). `Err`: the call was refused before its headers.
-    pub async fn whole(self) -> Result<Ready, End> {
+    pub(crate) async fn whole(self) -> Result<Ready, End> {
         let Streamed {
             headers,
             mut events,

@@ -8,7 +8,7 @@
 //! selected from either form; a canonical request whose selected rule did not compile is decoded
 //! then. A reply template is written by its emitter from the bytes when it has one, else (or when
 //! the emitter declines) rendered from the decoded request: the same message either way
-//! (`tests/encoding.rs` and the tests below compare them).
+//! (`src/tests/encoding.rs` and the tests below compare them).
 
 use std::borrow::Cow;
 use std::pin::Pin;

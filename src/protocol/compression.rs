@@ -13,7 +13,7 @@ use crate::limits::too_large;
 
 /// A content coding this server speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Encoding {
+pub(crate) enum Encoding {
     Identity,
     Gzip,
 }
@@ -21,7 +21,7 @@ pub enum Encoding {
 impl Encoding {
     /// The coding a request names (`content-encoding`, `connect-content-encoding`, `compression=`);
     /// none is identity, an unknown one UNIMPLEMENTED as Connect asks.
-    pub fn parse(name: Option<&str>) -> Result<Encoding, Status> {
+    pub(crate) fn parse(name: Option<&str>) -> Result<Encoding, Status> {
         match name.map(|n| n.trim().to_ascii_lowercase()).as_deref() {
             None | Some("") | Some("identity") => Ok(Encoding::Identity),
             Some("gzip") => Ok(Encoding::Gzip),
@@ -34,7 +34,7 @@ impl Encoding {
     /// The coding to answer in: gzip when an accept list names it with a
     /// nonzero weight (`gzip;q=0.0` refuses it), the request's own
     /// coding when there is no list, else identity.
-    pub fn accepted(accept: Option<&str>, request: Encoding) -> Encoding {
+    pub(crate) fn accepted(accept: Option<&str>, request: Encoding) -> Encoding {
         let Some(list) = accept else {
             return request;
         };
@@ -56,7 +56,7 @@ impl Encoding {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Encoding::Identity => "identity",
             Encoding::Gzip => "gzip",
@@ -65,7 +65,7 @@ impl Encoding {
 
     /// Decompresses `data`; more than `limit` bytes once decompressed is RESOURCE_EXHAUSTED. Empty
     /// content is never decompressed (Connect's rule).
-    pub fn decompress(self, data: Bytes, limit: usize) -> Result<Bytes, Status> {
+    pub(crate) fn decompress(self, data: Bytes, limit: usize) -> Result<Bytes, Status> {
         if self == Encoding::Identity || data.is_empty() {
             return Ok(data);
         }
@@ -78,7 +78,7 @@ impl Encoding {
         }
     }
 
-    pub fn compress(self, data: Vec<u8>) -> Vec<u8> {
+    pub(crate) fn compress(self, data: Vec<u8>) -> Vec<u8> {
         match self {
             Encoding::Identity => data,
             Encoding::Gzip => {
@@ -95,7 +95,7 @@ impl Encoding {
 }
 
 /// Why gzip content could not be read within a limit.
-pub enum Gunzip {
+pub(crate) enum Gunzip {
     Corrupt(std::io::Error),
     /// More than the limit once decompressed (the length read: the limit + 1 at most, a bomb is
     /// never inflated whole).
@@ -107,7 +107,7 @@ const MAX_DEFLATE_RATIO: usize = 1032;
 
 /// Decompresses gzip `data`, reading at most one byte past `limit`. Each protocol answers the
 /// failures with its own status.
-pub fn gunzip_within(data: &[u8], limit: usize) -> Result<Vec<u8>, Gunzip> {
+pub(crate) fn gunzip_within(data: &[u8], limit: usize) -> Result<Vec<u8>, Gunzip> {
     // One buffer of the right size instead of a doubling one, whose copies would hold up to three
     // times the message at once: gzip's trailer says the inflated length (mod 2^32). Untrusted, so
     // capped by the limit and by deflate's largest ratio (1032:1); a wrong one only costs a regrowth.

@@ -25,15 +25,11 @@ static CONNECT_TIMEOUT: HeaderName = HeaderName::from_static("connect-timeout-ms
 
 /// When a call must be answered by, if it said.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Deadline(Option<Instant>);
+pub(crate) struct Deadline(Option<Instant>);
 
 impl Deadline {
     /// No deadline.
-    pub const NONE: Deadline = Deadline(None);
-
-    pub fn at(self) -> Option<Instant> {
-        self.0
-    }
+    pub(crate) const NONE: Deadline = Deadline(None);
 
     /// A timeout too long for the clock to add is no deadline: it would not pass anyway.
     fn after(timeout: Option<Duration>) -> Deadline {
@@ -43,7 +39,7 @@ impl Deadline {
     /// gRPC's `grpc-timeout`: 1 to 8 digits and a unit (`1500m`, `2S`, …), as PROTOCOL-HTTP2.md
     /// writes it. Anything else is INTERNAL, as grpc-go answers it (a client that means a deadline
     /// must not be served without one).
-    pub fn grpc(headers: &HeaderMap) -> Result<Deadline, Status> {
+    pub(crate) fn grpc(headers: &HeaderMap) -> Result<Deadline, Status> {
         let Some(value) = headers.get(&GRPC_TIMEOUT) else {
             return Ok(Deadline::NONE);
         };
@@ -58,7 +54,7 @@ impl Deadline {
     }
 
     /// Connect's `connect-timeout-ms`: a positive integer of at most 10 digits (0 is refused).
-    pub fn connect(headers: &HeaderMap) -> Result<Deadline, Status> {
+    pub(crate) fn connect(headers: &HeaderMap) -> Result<Deadline, Status> {
         let Some(value) = headers.get(&CONNECT_TIMEOUT) else {
             return Ok(Deadline::NONE);
         };
@@ -76,7 +72,7 @@ impl Deadline {
     /// HTTP/JSON's `Grpc-Timeout`, as grpc-gateway's runtime honours it on a transcoded call:
     /// gRPC's digits and unit (grpc-gateway does not cap the digits; 18 keep the sum in range), and
     /// INVALID_ARGUMENT when it does not read (grpc-gateway's `invalid grpc-timeout`).
-    pub fn http(headers: &HeaderMap) -> Result<Deadline, Status> {
+    pub(crate) fn http(headers: &HeaderMap) -> Result<Deadline, Status> {
         let Some(value) = headers.get(&GRPC_TIMEOUT) else {
             return Ok(Deadline::NONE);
         };
@@ -112,13 +108,13 @@ fn timeout(value: &[u8], max_digits: usize) -> Option<Duration> {
 }
 
 /// How a call still running at the end of the shutdown grace period ends.
-pub fn shutdown_status() -> Status {
+pub(crate) fn shutdown_status() -> Status {
     Status::unavailable("server shutting down")
 }
 
 /// `answer`, or `on_deadline()` if `deadline` passes before it is ready, or `on_cut()` if `cut` is
 /// cancelled first; as an `Ok`, for a service.
-pub fn bounded<F: Future>(
+pub(crate) fn bounded<F: Future>(
     answer: F,
     deadline: Deadline,
     cut: &'static CancellationToken,
@@ -140,7 +136,7 @@ pub fn bounded<F: Future>(
 /// through: the timer and the cut are made and polled only once it waits. The answer is boxed on
 /// its own so that this wrapper (and the service's box around it) stays small: an answer's state is
 /// large, and async wrappers around it had copied it several times per call.
-pub struct Bounded<F: Future> {
+pub(crate) struct Bounded<F: Future> {
     answer: Pin<Box<F>>,
     deadline: Option<Instant>,
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -180,7 +176,7 @@ impl<F: Future> Future for Bounded<F> {
 
 /// Runs `work` until `deadline`, else DEADLINE_EXCEEDED with `message` (dropping the work stops
 /// what it runs: a delay, a script).
-pub async fn until<T>(
+pub(crate) async fn until<T>(
     deadline: Deadline,
     message: &'static str,
     work: impl Future<Output = Result<T, Status>>,
@@ -196,7 +192,7 @@ pub async fn until<T>(
 /// [`bounded`] holds a call to its deadline (and the shutdown) until the response headers; a reply
 /// stream is cut here when the deadline passes or `cut` is cancelled, which also drops (and so
 /// cancels) whatever produces it — a delay, a script.
-pub fn until_deadline<T: Send + 'static>(
+pub(crate) fn until_deadline<T: Send + 'static>(
     stream: impl futures::Stream<Item = Result<T, Status>> + Send + 'static,
     deadline: Deadline,
     cut: &'static CancellationToken,

@@ -10,14 +10,14 @@ use http_body::Body as _;
 use tonic::Status;
 
 /// Length of the prefix: one flags byte and a 4-byte big-endian length.
-pub const PREFIX: usize = 5;
+pub(crate) const PREFIX: usize = 5;
 /// The message is compressed (gRPC and Connect alike).
-pub const COMPRESSED: u8 = 0x01;
+pub(crate) const COMPRESSED: u8 = 0x01;
 /// Connect's end-stream message (JSON: error and trailers); responses only.
-pub const END_STREAM: u8 = 0x02;
+pub(crate) const END_STREAM: u8 = 0x02;
 
 /// The flags and length of the envelope `buf` starts with, once its prefix is in.
-pub fn header(buf: &[u8]) -> Option<(u8, usize)> {
+pub(crate) fn header(buf: &[u8]) -> Option<(u8, usize)> {
     let prefix = buf.first_chunk::<PREFIX>()?;
     let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
     Some((prefix[0], len))
@@ -25,13 +25,13 @@ pub fn header(buf: &[u8]) -> Option<(u8, usize)> {
 
 /// Writes the prefix of a message of `len` bytes into `prefix` (the first [`PREFIX`] bytes of a
 /// buffer reserved for them, so that a message encoded after them is framed in place).
-pub fn write_prefix(prefix: &mut [u8], flags: u8, len: usize) {
+pub(crate) fn write_prefix(prefix: &mut [u8], flags: u8, len: usize) {
     prefix[0] = flags;
     prefix[1..PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
 }
 
 /// One envelope: flags, length, message.
-pub fn encode(flags: u8, message: &[u8]) -> Bytes {
+pub(crate) fn encode(flags: u8, message: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(PREFIX + message.len());
     out.put_u8(flags);
     out.put_u32(message.len() as u32);
@@ -40,7 +40,7 @@ pub fn encode(flags: u8, message: &[u8]) -> Bytes {
 }
 
 /// The one envelope `data` holds, whole and alone: `None` if it holds less or more.
-pub fn single(mut data: Bytes) -> Option<(u8, Bytes)> {
+pub(crate) fn single(mut data: Bytes) -> Option<(u8, Bytes)> {
     let (flags, len) = header(&data)?;
     data.advance(PREFIX);
     (data.len() == len).then_some((flags, data))
@@ -48,7 +48,7 @@ pub fn single(mut data: Bytes) -> Option<(u8, Bytes)> {
 
 /// Why no envelope could be read.
 #[derive(Debug)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     /// The body failed: the status its producer gave (tonic-web's for base64 that does not decode,
     /// the transport's for a stream that broke off).
     Body(Status),
@@ -62,7 +62,7 @@ pub enum ReadError {
 
 /// Envelopes read off a request body as they arrive, each checked (flags, length) as soon as its
 /// prefix is in, so that a message over the limit is refused before it is buffered.
-pub struct Reader {
+pub(crate) struct Reader {
     body: tonic::body::Body,
     buf: BytesMut,
     /// Flag bits an envelope may carry; any other is [`ReadError::Flags`].
@@ -71,7 +71,7 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub fn new(body: tonic::body::Body, flags: u8, limit: usize) -> Self {
+    pub(crate) fn new(body: tonic::body::Body, flags: u8, limit: usize) -> Self {
         Self {
             body,
             buf: BytesMut::new(),
@@ -81,7 +81,7 @@ impl Reader {
     }
 
     /// The next envelope's flags and message; `None` at the end of the body.
-    pub async fn next(&mut self) -> Result<Option<(u8, Bytes)>, ReadError> {
+    pub(crate) async fn next(&mut self) -> Result<Option<(u8, Bytes)>, ReadError> {
         loop {
             if let Some((flags, len)) = header(&self.buf) {
                 if flags & !self.flags != 0 {
@@ -112,7 +112,7 @@ impl Reader {
 
     /// Whether anything but the body's end follows what was read (a second message, or part of
     /// one); reads to the end when nothing is left over.
-    pub async fn more(&mut self) -> Result<bool, Status> {
+    pub(crate) async fn more(&mut self) -> Result<bool, Status> {
         if !self.buf.is_empty() {
             return Ok(true);
         }

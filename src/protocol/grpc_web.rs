@@ -17,7 +17,7 @@ use tower::{Layer as _, Service, ServiceExt as _};
 use super::{Body, HttpResponse, ResponseFuture};
 
 /// The four content types tonic-web translates (matched exactly, as tonic-web does).
-pub const CONTENT_TYPES: [&str; 4] = [
+pub(crate) const CONTENT_TYPES: [&str; 4] = [
     "application/grpc-web",
     "application/grpc-web+proto",
     "application/grpc-web-text",
@@ -26,7 +26,7 @@ pub const CONTENT_TYPES: [&str; 4] = [
 
 /// gRPC-Web in front of the gRPC service `S`.
 #[derive(Clone)]
-pub struct GrpcWeb<S> {
+pub(crate) struct GrpcWeb<S> {
     translated: GrpcWebService<S>,
 }
 
@@ -38,14 +38,14 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    pub fn new(grpc: S) -> Self {
+    pub(crate) fn new(grpc: S) -> Self {
         Self {
             translated: GrpcWebLayer::new().layer(grpc),
         }
     }
 
     /// Serves one gRPC-Web request (its content type is one of [`CONTENT_TYPES`]).
-    pub fn serve(&self, mut request: http::Request<Body>) -> ResponseFuture {
+    pub(crate) fn serve(&self, mut request: http::Request<Body>) -> ResponseFuture {
         answer_text_to_text(&mut request);
         self.translated.clone().oneshot(request).boxed()
     }

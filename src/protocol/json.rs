@@ -12,7 +12,7 @@ use serde_json::{json, Value as Json};
 use tonic::{Code, Status};
 
 /// A message from its JSON text. Blank text is the empty message (curl's `-d ''`, a bodiless POST).
-pub fn decode(desc: &MessageDescriptor, text: &[u8]) -> Result<DynamicMessage, Status> {
+pub(crate) fn decode(desc: &MessageDescriptor, text: &[u8]) -> Result<DynamicMessage, Status> {
     if text.iter().all(u8::is_ascii_whitespace) {
         return Ok(DynamicMessage::new(desc.clone()));
     }
@@ -24,18 +24,18 @@ pub fn decode(desc: &MessageDescriptor, text: &[u8]) -> Result<DynamicMessage, S
 }
 
 /// A message from an already parsed JSON value.
-pub fn from_value(desc: &MessageDescriptor, value: Json) -> Result<DynamicMessage, Status> {
+pub(crate) fn from_value(desc: &MessageDescriptor, value: Json) -> Result<DynamicMessage, Status> {
     DynamicMessage::deserialize(desc.clone(), value).map_err(|e| invalid_json(desc, e))
 }
 
 /// INVALID_ARGUMENT naming the type and, through serde's message, the field (`unrecognized field
 /// name 'nmae' at line 1 column 7`).
-pub fn invalid_json(desc: &MessageDescriptor, e: impl std::fmt::Display) -> Status {
+pub(crate) fn invalid_json(desc: &MessageDescriptor, e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("invalid JSON for {}: {e}", desc.full_name()))
 }
 
 /// A message as canonical proto3 JSON text.
-pub fn encode(message: &DynamicMessage) -> Result<Vec<u8>, Status> {
+pub(crate) fn encode(message: &DynamicMessage) -> Result<Vec<u8>, Status> {
     let mut out = Vec::with_capacity(64);
     message
         .serialize_with_options(
@@ -47,7 +47,7 @@ pub fn encode(message: &DynamicMessage) -> Result<Vec<u8>, Status> {
 }
 
 /// A message as a canonical proto3 JSON value.
-pub fn to_value(message: &DynamicMessage) -> Result<Json, Status> {
+pub(crate) fn to_value(message: &DynamicMessage) -> Result<Json, Status> {
     message
         .serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
         .map_err(|e| encode_error(message, e))
@@ -61,7 +61,7 @@ fn encode_error(message: &DynamicMessage, e: impl std::fmt::Display) -> Status {
 }
 
 /// The HTTP status of a gRPC code, as `google.rpc.Code` documents it (Connect uses the same table).
-pub fn http_status(code: Code) -> http::StatusCode {
+pub(crate) fn http_status(code: Code) -> http::StatusCode {
     use http::StatusCode as S;
     match code {
         Code::Ok => S::OK,
@@ -80,7 +80,7 @@ pub fn http_status(code: Code) -> http::StatusCode {
 }
 
 /// Connect's name of a code (`canceled` is spelt the American way there).
-pub fn connect_code(code: Code) -> &'static str {
+pub(crate) fn connect_code(code: Code) -> &'static str {
     match code {
         Code::Ok => "ok",
         Code::Cancelled => "canceled",
@@ -104,7 +104,7 @@ pub fn connect_code(code: Code) -> &'static str {
 
 /// Connect's error JSON: `{"code":"not_found","message":"…","details":[{"type","value","debug"}]}`.
 #[derive(Debug, Serialize)]
-pub struct ConnectError {
+pub(crate) struct ConnectError {
     code: &'static str,
     #[serde(skip_serializing_if = "String::is_empty")]
     message: String,
@@ -122,7 +122,7 @@ struct ConnectDetail {
     debug: Option<Json>,
 }
 
-pub fn connect_error(status: &Status, pool: &DescriptorPool) -> ConnectError {
+pub(crate) fn connect_error(status: &Status, pool: &DescriptorPool) -> ConnectError {
     ConnectError {
         code: connect_code(status.code()),
         message: status.message().to_string(),
@@ -139,13 +139,13 @@ pub fn connect_error(status: &Status, pool: &DescriptorPool) -> ConnectError {
 
 /// `google.rpc.Status` as proto3 JSON: `{"code":5,"message":"…","details":[{"@type":…,…}]}`.
 #[derive(Debug, Serialize)]
-pub struct RpcStatus {
+pub(crate) struct RpcStatus {
     code: i32,
     message: String,
     details: Vec<Json>,
 }
 
-pub fn rpc_status(status: &Status, pool: &DescriptorPool) -> RpcStatus {
+pub(crate) fn rpc_status(status: &Status, pool: &DescriptorPool) -> RpcStatus {
     RpcStatus {
         code: status.code() as i32,
         message: status.message().to_string(),
@@ -164,7 +164,7 @@ pub fn rpc_status(status: &Status, pool: &DescriptorPool) -> RpcStatus {
 }
 
 /// Serializes an error shape (a plain struct of strings and JSON values cannot fail to serialize).
-pub fn to_vec(value: &impl Serialize) -> Vec<u8> {
+pub(crate) fn to_vec(value: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec())
 }
 

@@ -20,15 +20,15 @@
 //! A new protocol is a module here, plus its detection in `server::router` (its branch of `Kind`,
 //! and the call to its `serve`).
 
-pub mod compression;
-pub mod connect;
-pub mod deadline;
-pub mod envelope;
-pub mod grpc;
-pub mod grpc_web;
-pub mod http_json;
-pub mod json;
-pub mod wire;
+pub(crate) mod compression;
+pub(crate) mod connect;
+pub(crate) mod deadline;
+pub(crate) mod envelope;
+pub(crate) mod grpc;
+pub(crate) mod grpc_web;
+pub(crate) mod http_json;
+pub(crate) mod json;
+pub(crate) mod wire;
 
 use std::convert::Infallible;
 
@@ -36,13 +36,13 @@ use futures::future::BoxFuture;
 
 /// The one request body type, from hyper's `Incoming` boxed once (tonic-web's translation and the
 /// Connect bridge produce their own).
-pub type Body = tonic::body::Body;
+pub(crate) type Body = tonic::body::Body;
 
 /// A response as every protocol answers.
-pub type HttpResponse = http::Response<Body>;
+pub(crate) type HttpResponse = http::Response<Body>;
 
 /// An HTTP answer, when it is ready: what the protocols, the router and the server hand on.
-pub type ResponseFuture = BoxFuture<'static, Result<HttpResponse, Infallible>>;
+pub(crate) type ResponseFuture = BoxFuture<'static, Result<HttpResponse, Infallible>>;
 
 /// Settings every protocol applies.
 #[derive(Clone, Copy, Debug)]

@@ -20,7 +20,7 @@ use crate::engine::{End, Message, Reply};
 use crate::limits::{check_reply_len, too_large};
 
 /// Reads a whole request body; more than `limit` bytes is RESOURCE_EXHAUSTED.
-pub async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Status> {
+pub(crate) async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Status> {
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Status::cancelled(format!("reading the request: {e}")))?;
@@ -36,17 +36,17 @@ pub async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Status> {
 }
 
 /// A reply over the size limit ends the call with RESOURCE_EXHAUSTED, as over gRPC.
-pub fn check_reply_size(message: &DynamicMessage, limit: usize) -> Result<(), Status> {
+pub(crate) fn check_reply_size(message: &DynamicMessage, limit: usize) -> Result<(), Status> {
     check_reply_len(crate::codec::encode::Measured::new(message).len(), limit)
 }
 
 /// A header's value as text, if it has one.
-pub fn header(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
+pub(crate) fn header(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// A query string's name/value pairs, decoded, in order (none without a query).
-pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+pub(crate) fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     query
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default()
@@ -54,7 +54,7 @@ pub fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
 
 /// Request headers as the call's metadata (what `when.metadata.*` and `{{metadata.*}}` see), without
 /// the ones that only frame the HTTP exchange.
-pub fn request_metadata(headers: &HeaderMap) -> MetadataMap {
+pub(crate) fn request_metadata(headers: &HeaderMap) -> MetadataMap {
     let mut headers = headers.clone();
     for name in [
         header::CONNECTION,
@@ -80,7 +80,7 @@ pub fn request_metadata(headers: &HeaderMap) -> MetadataMap {
 
 /// Adds a handler's metadata to response headers, each name after `prefix` (Connect's `trailer-`).
 /// Names that would change how the body is framed are left out.
-pub fn add_metadata(headers: &mut HeaderMap, metadata: &MetadataMap, prefix: &str) {
+pub(crate) fn add_metadata(headers: &mut HeaderMap, metadata: &MetadataMap, prefix: &str) {
     for (name, value) in metadata.clone().into_headers().iter() {
         if matches!(
             name.as_str(),
@@ -105,7 +105,7 @@ pub fn add_metadata(headers: &mut HeaderMap, metadata: &MetadataMap, prefix: &st
 }
 
 /// The one reply of a unary (or client-streaming) call, with its headers and trailers.
-pub struct SingleReply {
+pub(crate) struct SingleReply {
     pub headers: MetadataMap,
     /// Encoded when the engine wrote it from canonical request bytes, else decoded.
     pub message: Message,
@@ -114,7 +114,7 @@ pub struct SingleReply {
 
 /// Reads a unary reply to its end. An error status carries the response headers too (an HTTP error
 /// answer has only one set of headers).
-pub async fn single_reply(reply: Reply, limit: usize) -> Result<SingleReply, Status> {
+pub(crate) async fn single_reply(reply: Reply, limit: usize) -> Result<SingleReply, Status> {
     let ready = reply.whole().await.map_err(End::into_status)?;
     let headers = ready.headers;
     if !ready.end.is_ok() {
@@ -137,7 +137,7 @@ pub async fn single_reply(reply: Reply, limit: usize) -> Result<SingleReply, Sta
 }
 
 /// `status` with `headers` added to its metadata (before its own entries).
-pub fn with_headers(status: Status, headers: &MetadataMap) -> Status {
+pub(crate) fn with_headers(status: Status, headers: &MetadataMap) -> Status {
     if headers.is_empty() {
         return status;
     }
@@ -151,7 +151,7 @@ pub fn with_headers(status: Status, headers: &MetadataMap) -> Status {
 }
 
 /// A response with a complete body.
-pub fn full_response(
+pub(crate) fn full_response(
     status: http::StatusCode,
     mut headers: HeaderMap,
     content_type: &'static str,
@@ -165,7 +165,7 @@ pub fn full_response(
 }
 
 /// A response whose body is produced as `frames` yields (data, then maybe trailers).
-pub fn streaming_response(
+pub(crate) fn streaming_response(
     headers: HeaderMap,
     content_type: &'static str,
     frames: impl Stream<Item = Frame<Bytes>> + Send + 'static,

@@ -60,7 +60,7 @@ pub(super) struct Memo {
 
 /// Which load a pool comes from: what lets a reload's users (the HTTP routes) tell which earlier
 /// load the files it did not compile again were kept from.
-pub type Generation = u64;
+pub(crate) type Generation = u64;
 
 /// A generation no load had before.
 pub(super) fn next_generation() -> Generation {

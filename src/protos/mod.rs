@@ -25,27 +25,27 @@ use walkdir::WalkDir;
 use crate::diagnostic::{Diagnostic, Diagnostics};
 
 mod ahead;
-pub mod http_routes;
+pub(crate) mod http_routes;
 mod incremental;
-pub use incremental::{Generation, Reloaded};
+pub(crate) use incremental::{Generation, Reloaded};
 mod layout;
-pub mod nesting;
-pub mod sets;
-pub mod source;
+pub(crate) mod nesting;
+pub(crate) mod sets;
+pub(crate) mod source;
 mod stamp;
 use ahead::ParseAhead;
 use layout::{Layout, Tree};
 
 /// A file in the protos folder listing, in gitignore syntax, files and folders not to compile
 /// (unless imported), as `--exclude` does.
-pub const IGNORE_FILE: &str = ".protodropignore";
+pub(crate) const IGNORE_FILE: &str = ".protodropignore";
 
 /// Stack of the threads that load protos and handlers (and parse ahead). The parsers recurse once per
 /// nesting level of a file, bounded by `protos::nesting::MAX_NESTING` (and TOML's and Rhai's own
 /// limits); a file at that bound needs under 2 MiB in a debug build, and an overflow would abort the
 /// process, so the margin is wide (Rhai's compiler recurses on this thread too). Only the pages
 /// used are touched.
-pub const BUILD_STACK: usize = 64 << 20;
+pub(crate) const BUILD_STACK: usize = 64 << 20;
 
 /// Files compiled into every pool whether or not a user proto imports them: `google.rpc.Status` and the
 /// standard error details are what handler `error.details` are written in.
@@ -109,6 +109,10 @@ pub struct Protos {
     pub pool: DescriptorPool,
     /// The protos folder's files that were compiled, each under the one name it is known by (see
     /// the `layout` module), sorted.
+    #[cfg_attr(
+        not(test),
+        allow(dead_code, reason = "read by tests and the memory measurement")
+    )]
     pub files: Vec<String>,
     /// Which load this is (see [`Reloaded`]).
     pub generation: incremental::Generation,
@@ -120,6 +124,7 @@ pub struct Protos {
 /// Compiles every `*.proto` under `root` (recursively), with the files of every descriptor set under
 /// `root`. Every file is tried, so one load reports the problems of every broken file, not only the
 /// first.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn load(root: &Path, include_roots: &[PathBuf]) -> Result<Protos, Diagnostics> {
     load_from(root, include_roots, &[], &[])
 }
@@ -127,7 +132,8 @@ pub fn load(root: &Path, include_roots: &[PathBuf]) -> Result<Protos, Diagnostic
 /// [`load`], leaving out the files `exclude` (gitignore patterns relative to `root`) or the folder's
 /// [`IGNORE_FILE`] match, unless they are imported; with the files of `descriptor_sets` too
 /// (`--descriptor-set`).
-pub fn load_from(
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn load_from(
     root: &Path,
     include_roots: &[PathBuf],
     exclude: &[String],
@@ -160,8 +166,8 @@ impl ReadLog {
     }
 }
 
-/// [`load_from`], noting in `reads` the files read outside the protos folder.
-pub fn load_noting(
+/// `load_from`, noting in `reads` the files read outside the protos folder.
+pub(crate) fn load_noting(
     root: &Path,
     include_roots: &[PathBuf],
     exclude: &[String],
@@ -519,7 +525,7 @@ fn set_only<'a>(
 
 /// The file on disk a name stands for: in the protos folder or the first `-I` root that has it
 /// (the bundled files and descriptor sets' files have none).
-pub fn on_disk(root: &Path, include_roots: &[PathBuf], name: &str) -> Option<PathBuf> {
+pub(crate) fn on_disk(root: &Path, include_roots: &[PathBuf], name: &str) -> Option<PathBuf> {
     std::iter::once(root)
         .chain(include_roots.iter().map(PathBuf::as_path))
         .map(|dir| dir.join(name))
@@ -527,7 +533,7 @@ pub fn on_disk(root: &Path, include_roots: &[PathBuf], name: &str) -> Option<Pat
 }
 
 /// [`on_disk`], else where the protos folder would have it (a path to name in a diagnostic).
-pub fn path_or_folder(root: &Path, include_roots: &[PathBuf], name: &str) -> PathBuf {
+pub(crate) fn path_or_folder(root: &Path, include_roots: &[PathBuf], name: &str) -> PathBuf {
     on_disk(root, include_roots, name).unwrap_or_else(|| root.join(name))
 }
 

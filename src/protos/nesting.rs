@@ -16,11 +16,11 @@ use crate::diagnostic::Diagnostic;
 /// Deepest nesting of `{`, `[` and `<` a `.proto` file may have (messages declared inside messages,
 /// message-literal option values, `map<…>`). Real trees stay far below it (googleapis: under 10); it
 /// stays below prost's decoding limit of 100 with room for the declarations around an option.
-pub const MAX_NESTING: usize = 64;
+pub(crate) const MAX_NESTING: usize = 64;
 
 /// The byte offset of the first bracket that opens level `MAX_NESTING + 1`, if any. Brackets in
 /// comments and string literals do not count; unbalanced closers are left to the parser to report.
-pub fn too_deep(source: &str) -> Option<usize> {
+pub(crate) fn too_deep(source: &str) -> Option<usize> {
     let bytes = source.as_bytes();
     let mut depth = 0usize;
     let mut i = 0;
@@ -67,13 +67,13 @@ fn memchr(byte: u8, bytes: &[u8], from: usize) -> Option<usize> {
 /// that are not UTF-8). protox passes a resolver's error on as it is; `source()` leads back to the
 /// diagnostic (see `protos::to_diagnostic`).
 #[derive(Debug)]
-pub struct Refused {
+pub(crate) struct Refused {
     inner: RefusedAt,
 }
 
 /// The diagnostic itself, reachable through `Refused::source`.
 #[derive(Debug)]
-pub struct RefusedAt(pub Diagnostic);
+pub(crate) struct RefusedAt(pub Diagnostic);
 
 impl fmt::Display for RefusedAt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -96,7 +96,7 @@ impl std::error::Error for Refused {
 }
 
 /// `diagnostic` as the error a resolver returns.
-pub fn refused(diagnostic: Diagnostic) -> protox::Error {
+pub(crate) fn refused(diagnostic: Diagnostic) -> protox::Error {
     protox::Error::new(Refused {
         inner: RefusedAt(diagnostic),
     })
@@ -105,7 +105,7 @@ pub fn refused(diagnostic: Diagnostic) -> protox::Error {
 /// Reads `path` (the file protox knows as `name`) as protoc would (`super::source`), refuses it when
 /// nested too deeply, parses it otherwise. What protox's `File::open` does, with the checks between
 /// reading and parsing (one read: the text checked is the text parsed).
-pub fn open_checked(name: &str, path: &Path) -> Result<protox::file::File, protox::Error> {
+pub(crate) fn open_checked(name: &str, path: &Path) -> Result<protox::file::File, protox::Error> {
     let text = match super::source::read(path) {
         Some(Ok(text)) => text,
         Some(Err(diagnostic)) => return Err(refused(diagnostic)),
@@ -127,7 +127,7 @@ pub fn open_checked(name: &str, path: &Path) -> Result<protox::file::File, proto
 }
 
 /// The diagnostic of a `Refused` error, if `err` is one.
-pub fn diagnostic_of(err: &protox::Error) -> Option<&Diagnostic> {
+pub(crate) fn diagnostic_of(err: &protox::Error) -> Option<&Diagnostic> {
     let source = std::error::Error::source(err)?;
     source.downcast_ref::<RefusedAt>().map(|d| &d.0)
 }

@@ -18,10 +18,10 @@ use protox::file::{File, FileResolver};
 use crate::diagnostic::{Diagnostic, Diagnostics};
 
 /// The extensions of descriptor-set files picked up in the protos folder.
-pub const EXTENSIONS: &[&str] = &["binpb", "pb"];
+pub(crate) const EXTENSIONS: &[&str] = &["binpb", "pb"];
 
 /// Whether `path` names a descriptor set by its extension.
-pub fn is_descriptor_set(path: &Path) -> bool {
+pub(crate) fn is_descriptor_set(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| EXTENSIONS.iter().any(|x| e == *x))
 }
@@ -36,7 +36,7 @@ struct SetFile {
 
 /// The files of every set, by name.
 #[derive(Clone, Debug, Default)]
-pub struct Sets {
+pub(crate) struct Sets {
     files: BTreeMap<String, SetFile>,
     /// Names in the order the sets list them (dependencies first, as both tools write them).
     order: Vec<String>,
@@ -44,7 +44,7 @@ pub struct Sets {
 
 impl Sets {
     /// Reads `paths` in order; every problem is reported, each naming its set.
-    pub fn read(paths: &[PathBuf], problems: &mut Diagnostics) -> Sets {
+    pub(crate) fn read(paths: &[PathBuf], problems: &mut Diagnostics) -> Sets {
         let mut sets = Sets::default();
         for path in paths {
             let bytes = match std::fs::read(path) {
@@ -100,31 +100,31 @@ impl Sets {
     }
 
     /// File names, in set order.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
         self.order.iter().map(String::as_str)
     }
 
     /// The set that gives `name`, if one does.
-    pub fn set_of(&self, name: &str) -> Option<&Path> {
+    pub(crate) fn set_of(&self, name: &str) -> Option<&Path> {
         self.files.get(name).map(|f| f.set.as_path())
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.files.is_empty()
     }
 
     /// A resolver serving the sets' files to protox.
-    pub fn resolver(&self) -> SetResolver {
+    pub(crate) fn resolver(&self) -> SetResolver {
         SetResolver(self.files.clone())
     }
 }
 
 /// The sets' files as a protox resolver.
-pub struct SetResolver(BTreeMap<String, SetFile>);
+pub(crate) struct SetResolver(BTreeMap<String, SetFile>);
 
 impl SetResolver {
     /// Whether a set has a file of that name.
-    pub fn has(&self, name: &str) -> bool {
+    pub(crate) fn has(&self, name: &str) -> bool {
         self.0.contains_key(name)
     }
 }

@@ -14,15 +14,15 @@ use crate::diagnostic::Diagnostic;
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// A file's text, or why it cannot be taken.
-pub type Decoded = Result<String, Diagnostic>;
+pub(crate) type Decoded = Result<String, Diagnostic>;
 
 /// Reads `path` as [`decode`] takes it; `None` when it cannot be read.
-pub fn read(path: &Path) -> Option<Decoded> {
+pub(crate) fn read(path: &Path) -> Option<Decoded> {
     std::fs::read(path).ok().map(|bytes| decode(path, bytes))
 }
 
 /// Reads `path` for quoting a line of it in a diagnostic: whatever can be shown.
-pub fn read_for_display(path: &Path) -> Option<String> {
+pub(crate) fn read_for_display(path: &Path) -> Option<String> {
     let bytes = std::fs::read(path).ok()?;
     Some(text(bytes).0)
 }
@@ -30,7 +30,7 @@ pub fn read_for_display(path: &Path) -> Option<String> {
 /// The text protox parses: without a leading BOM, each non-UTF-8 byte in a comment read as
 /// Latin-1 (one character, as an editor showing the file that way counts columns). A non-UTF-8
 /// byte outside comments is refused with its place.
-pub fn decode(path: &Path, bytes: Vec<u8>) -> Decoded {
+pub(crate) fn decode(path: &Path, bytes: Vec<u8>) -> Decoded {
     let (text, refused) = text(bytes);
     match refused {
         None => Ok(text),

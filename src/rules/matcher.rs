@@ -6,16 +6,16 @@ use regex::Regex;
 use super::template::{Path, Scope, Text};
 
 /// Operator keys of a condition table; a table without any of them is a path into a nested message.
-pub const OPERATORS: &[&str] = &["eq", "contains", "regex", "present"];
+pub(crate) const OPERATORS: &[&str] = &["eq", "contains", "regex", "present"];
 
 #[derive(Clone, Debug)]
-pub struct Condition {
+pub(crate) struct Condition {
     pub subject: Subject,
     pub op: Op,
 }
 
 #[derive(Clone, Debug)]
-pub enum Subject {
+pub(crate) enum Subject {
     /// A request field path, `request.…`.
     Field(Path),
     /// A metadata key, lower case.
@@ -23,7 +23,7 @@ pub enum Subject {
 }
 
 #[derive(Clone, Debug)]
-pub enum Op {
+pub(crate) enum Op {
     /// Equal to a value already converted to the field's kind (or a metadata string).
     Eq(Value),
     /// String fields: substring. Repeated fields: has an element equal to the value.
@@ -33,7 +33,7 @@ pub enum Op {
 }
 
 impl Condition {
-    pub fn holds(&self, scope: &Scope<'_>) -> bool {
+    pub(crate) fn holds(&self, scope: &Scope<'_>) -> bool {
         match &self.subject {
             Subject::Metadata(key) => {
                 let value = super::metadata::text(scope.metadata, key);

@@ -13,12 +13,12 @@ use bytes::Bytes;
 use tonic::metadata::MetadataMap;
 
 /// Whether `key` carries bytes (gRPC's `-bin` suffix).
-pub fn is_binary(key: &str) -> bool {
+pub(crate) fn is_binary(key: &str) -> bool {
     key.ends_with("-bin")
 }
 
 /// The value of `key` as text (binary keys in padded base64); `None` when the call has none.
-pub fn text<'m>(metadata: &'m MetadataMap, key: &str) -> Option<Cow<'m, str>> {
+pub(crate) fn text<'m>(metadata: &'m MetadataMap, key: &str) -> Option<Cow<'m, str>> {
     if is_binary(key) {
         let value = metadata.get_bin(key)?;
         return Some(Cow::Owned(match value.to_bytes() {
@@ -32,7 +32,7 @@ pub fn text<'m>(metadata: &'m MetadataMap, key: &str) -> Option<Cow<'m, str>> {
 }
 
 /// The decoded bytes of a binary key; `None` for a text key, a missing one, or one not in base64.
-pub fn bytes(metadata: &MetadataMap, key: &str) -> Option<Bytes> {
+pub(crate) fn bytes(metadata: &MetadataMap, key: &str) -> Option<Bytes> {
     if !is_binary(key) {
         return None;
     }
@@ -41,7 +41,7 @@ pub fn bytes(metadata: &MetadataMap, key: &str) -> Option<Bytes> {
 
 /// A `-bin` value written in a handler (a `when.metadata` equality), in the form [`text`] gives:
 /// padded; `None` when it is not base64.
-pub fn normalized_base64(value: &str) -> Option<String> {
+pub(crate) fn normalized_base64(value: &str) -> Option<String> {
     let lenient = base64::engine::GeneralPurpose::new(
         &base64::alphabet::STANDARD,
         base64::engine::GeneralPurposeConfig::new()

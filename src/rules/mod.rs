@@ -1,5 +1,5 @@
 //! Handler files as rules: the model ([`rule`]), the loader that checks a handlers folder against
-//! the descriptors ([`load`], one file per section of a handler file), `when` conditions
+//! the descriptors ([`load`](mod@load), one file per section of a handler file), `when` conditions
 //! ([`matcher`]), [`template`]s, request [`metadata`] as rules see it, and [`starter`] rules.
 //!
 //! Rules only describe what to answer; running them is the engine's job, and running a Rhai
@@ -7,18 +7,20 @@
 //! depends on `script`, never the other way).
 
 mod load;
-pub mod matcher;
-pub mod metadata;
-pub mod rule;
-pub mod starter;
-pub mod template;
+pub(crate) mod matcher;
+pub(crate) mod metadata;
+pub(crate) mod rule;
+pub(crate) mod starter;
+pub(crate) mod template;
 mod toml_tree;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-pub use load::{load, load_source};
-pub use rule::{Answer, MethodRules, Rule};
+pub(crate) use load::load;
+#[cfg(any(test, feature = "fuzzing"))]
+pub use load::load_source;
+pub(crate) use rule::{Answer, MethodRules, Rule};
 
 /// Every rule of the handlers folder, by method (`package.Service/Method`).
 #[derive(Clone, Debug, Default)]
@@ -27,11 +29,11 @@ pub struct Handlers {
     /// The handler files read, in the order their rules were taken.
     pub files: Vec<PathBuf>,
     /// `[health]` overrides: service name (or "" for the server) → the status to report.
-    pub health: BTreeMap<String, tonic_health::ServingStatus>,
+    pub(crate) health: BTreeMap<String, tonic_health::ServingStatus>,
 }
 
 impl Handlers {
-    pub fn rule_count(&self) -> usize {
+    pub(crate) fn rule_count(&self) -> usize {
         self.methods.values().map(|m| m.rules.len()).sum()
     }
 }

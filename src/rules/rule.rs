@@ -16,16 +16,16 @@ use crate::script::Script;
 #[derive(Clone, Debug)]
 pub struct Rule {
     /// `handlers/x.toml:12`, for messages that name the rule.
-    pub origin: String,
-    pub conditions: Vec<Condition>,
-    pub answer: Answer,
-    pub headers: Vec<MetadataTemplate>,
-    pub trailers: Vec<MetadataTemplate>,
-    pub delay: Option<Duration>,
+    pub(crate) origin: String,
+    pub(crate) conditions: Vec<Condition>,
+    pub(crate) answer: Answer,
+    pub(crate) headers: Vec<MetadataTemplate>,
+    pub(crate) trailers: Vec<MetadataTemplate>,
+    pub(crate) delay: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
-pub enum Answer {
+pub(crate) enum Answer {
     Reply(MessageTemplate),
     Stream(StreamAnswer),
     Error(ErrorTemplate),
@@ -33,7 +33,7 @@ pub enum Answer {
 }
 
 #[derive(Clone, Debug)]
-pub struct StreamAnswer {
+pub(crate) struct StreamAnswer {
     pub source: StreamSource,
     /// Waited before each message.
     pub delay: Option<Duration>,
@@ -42,7 +42,7 @@ pub struct StreamAnswer {
 }
 
 #[derive(Clone, Debug)]
-pub enum StreamSource {
+pub(crate) enum StreamSource {
     Messages(Vec<MessageTemplate>),
     Repeat(u64, MessageTemplate),
     ForEach(Path, MessageTemplate),
@@ -50,7 +50,7 @@ pub enum StreamSource {
 
 /// `error = { code, message, details }`.
 #[derive(Clone, Debug)]
-pub struct ErrorTemplate {
+pub(crate) struct ErrorTemplate {
     pub code: Code,
     pub message: Text,
     /// `google.rpc.Status` to carry the details (`None` when there are none).
@@ -61,31 +61,31 @@ pub struct ErrorTemplate {
 
 /// A header or trailer whose value may be templated.
 #[derive(Clone, Debug)]
-pub struct MetadataTemplate {
+pub(crate) struct MetadataTemplate {
     pub key: String,
     pub value: Text,
 }
 
 impl Rule {
-    pub fn matches(&self, scope: &Scope<'_>) -> bool {
+    pub(crate) fn matches(&self, scope: &Scope<'_>) -> bool {
         self.conditions.iter().all(|c| c.holds(scope))
     }
 
-    pub fn is_default(&self) -> bool {
+    pub(crate) fn is_default(&self) -> bool {
         self.conditions.is_empty()
     }
 
-    pub fn headers(&self, scope: &Scope<'_>) -> Result<MetadataMap, Status> {
+    pub(crate) fn headers(&self, scope: &Scope<'_>) -> Result<MetadataMap, Status> {
         render_metadata(&self.headers, scope)
     }
 
-    pub fn trailers(&self, scope: &Scope<'_>) -> Result<MetadataMap, Status> {
+    pub(crate) fn trailers(&self, scope: &Scope<'_>) -> Result<MetadataMap, Status> {
         render_metadata(&self.trailers, scope)
     }
 }
 
 impl ErrorTemplate {
-    pub fn render(&self, scope: &Scope<'_>) -> Status {
+    pub(crate) fn render(&self, scope: &Scope<'_>) -> Status {
         let message = self.message.render(scope);
         let Some(status_type) = &self.status_type else {
             return Status::new(self.code, message);
@@ -113,7 +113,7 @@ fn render_metadata(
 }
 
 /// Adds `key: value` to `map`; `-bin` keys take base64 text and carry the decoded bytes.
-pub fn insert_metadata(map: &mut MetadataMap, key: &str, value: &str) -> Result<(), Status> {
+pub(crate) fn insert_metadata(map: &mut MetadataMap, key: &str, value: &str) -> Result<(), Status> {
     let bad = |what: String| Status::internal(format!("response metadata '{key}': {what}"));
     if key.ends_with("-bin") {
         use base64::Engine as _;
@@ -141,12 +141,12 @@ pub struct MethodRules {
 }
 
 impl MethodRules {
-    pub fn select(&self, scope: &Scope<'_>) -> Option<&Rule> {
+    pub(crate) fn select(&self, scope: &Scope<'_>) -> Option<&Rule> {
         self.rules.iter().find(|r| r.matches(scope))
     }
 
     /// The script that handles a whole client or bidi stream, if this method has one, and its rule.
-    pub fn stream_script(&self) -> Option<(&Rule, &Script)> {
+    pub(crate) fn stream_script(&self) -> Option<(&Rule, &Script)> {
         self.rules.iter().find_map(|r| match &r.answer {
             Answer::Script(s) => Some((r, s)),
             _ => None,
@@ -154,7 +154,7 @@ impl MethodRules {
     }
 
     /// Why no rule answered, for the `UNIMPLEMENTED` message.
-    pub fn no_match_message(&self, method: &str) -> String {
+    pub(crate) fn no_match_message(&self, method: &str) -> String {
         let tried: Vec<&str> = self.rules.iter().map(|r| r.origin.as_str()).collect();
         format!(
             "no rule for {method} matched the request (rules tried: {}); add a rule without `when` to answer every other request",
@@ -165,7 +165,7 @@ impl MethodRules {
 
 /// A script rule's own `headers` or `trailers` (`base`) with the script's (`over`) on top: a key the
 /// script sets replaces every entry of that key the rule has; the rule's other keys stay.
-pub fn overlay(base: MetadataMap, over: MetadataMap) -> MetadataMap {
+pub(crate) fn overlay(base: MetadataMap, over: MetadataMap) -> MetadataMap {
     if base.is_empty() {
         return over;
     }
@@ -185,13 +185,13 @@ pub fn overlay(base: MetadataMap, over: MetadataMap) -> MetadataMap {
 
 /// A script rule's `headers` and `trailers`, rendered for one call; the script's own go on top
 /// ([`overlay`]), on success and on failure alike (an `error` rule's status carries them too).
-pub struct ScriptMetadata {
+pub(crate) struct ScriptMetadata {
     pub headers: MetadataMap,
     pub trailers: MetadataMap,
 }
 
 impl ScriptMetadata {
-    pub fn render(rule: &Rule, scope: &Scope<'_>) -> Result<Self, Status> {
+    pub(crate) fn render(rule: &Rule, scope: &Scope<'_>) -> Result<Self, Status> {
         Ok(Self {
             headers: crate::budget::bounded_metadata("headers", || rule.headers(scope))?,
             trailers: crate::budget::bounded_metadata("trailers", || rule.trailers(scope))?,
@@ -199,12 +199,12 @@ impl ScriptMetadata {
     }
 
     /// The response headers: the rule's, then the script's.
-    pub fn headers(&self, script: MetadataMap) -> MetadataMap {
+    pub(crate) fn headers(&self, script: MetadataMap) -> MetadataMap {
         overlay(self.headers.clone(), script)
     }
 
     /// The end of the call: the rule's trailers under the script's, in its outcome or its error.
-    pub fn finish<T>(
+    pub(crate) fn finish<T>(
         &self,
         result: Result<T, Status>,
         trailers_of: impl FnOnce(&mut T) -> &mut MetadataMap,

@@ -10,7 +10,7 @@
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor};
 
 /// `[[rule]]` with `method` and a reply (or one stream message) every field of which is set.
-pub fn rule(method: &MethodDescriptor) -> String {
+pub(crate) fn rule(method: &MethodDescriptor) -> String {
     let name = format!("{}/{}", method.parent_service().full_name(), method.name());
     let example = message_value(&method.output());
     let body = if method.is_server_streaming() {

@@ -14,7 +14,7 @@ use tonic::metadata::MetadataMap;
 
 /// What a template can see during one call.
 #[derive(Clone, Copy)]
-pub struct Scope<'a> {
+pub(crate) struct Scope<'a> {
     pub request: Option<&'a DynamicMessage>,
     pub first: Option<&'a DynamicMessage>,
     pub count: Option<u64>,
@@ -24,7 +24,7 @@ pub struct Scope<'a> {
 }
 
 impl<'a> Scope<'a> {
-    pub fn new(request: Option<&'a DynamicMessage>, metadata: &'a MetadataMap) -> Self {
+    pub(crate) fn new(request: Option<&'a DynamicMessage>, metadata: &'a MetadataMap) -> Self {
         Self {
             request,
             first: None,
@@ -38,7 +38,7 @@ impl<'a> Scope<'a> {
 
 /// The static type a path ends at, as far as load-time checks need it.
 #[derive(Clone, Debug)]
-pub enum Ty {
+pub(crate) enum Ty {
     /// A value of one protobuf kind; `list` when it is a whole repeated field.
     Proto {
         kind: Kind,
@@ -65,7 +65,7 @@ impl Ty {
 
 /// Names of the template roots available where a template is written, with their types.
 #[derive(Clone, Debug, Default)]
-pub struct Roots {
+pub(crate) struct Roots {
     /// `request` (and `first` when `first` is set): the input message type.
     pub request: Option<MessageDescriptor>,
     pub first: bool,
@@ -116,7 +116,7 @@ pub(crate) enum Step {
 
 /// A checked path such as `request.lo.latitude`.
 #[derive(Clone, Debug)]
-pub struct Path {
+pub(crate) struct Path {
     text: String,
     pub(crate) root: Root,
     pub(crate) steps: Vec<Step>,
@@ -125,7 +125,7 @@ pub struct Path {
 
 impl Path {
     /// Parses and checks `text` against the roots available here.
-    pub fn parse(text: &str, roots: &Roots) -> Result<Path, String> {
+    pub(crate) fn parse(text: &str, roots: &Roots) -> Result<Path, String> {
         let text = text.trim();
         let mut parts = text.split('.');
         let head = parts.next().unwrap_or_default();
@@ -249,7 +249,7 @@ impl Path {
     }
 
     /// The value at this path in `scope`; unset fields give their defaults, indexes past the end `None`.
-    pub fn resolve<'s>(&self, scope: &Scope<'s>) -> Option<Cow<'s, Value>> {
+    pub(crate) fn resolve<'s>(&self, scope: &Scope<'s>) -> Option<Cow<'s, Value>> {
         let mut current: Cow<'s, Value> = match &self.root {
             Root::Request => return resolve_in(scope.request?, &self.steps),
             Root::First => return resolve_in(scope.first?, &self.steps),
@@ -277,12 +277,12 @@ impl Path {
         self.resolve(scope).map(Cow::into_owned)
     }
 
-    pub fn text(&self) -> &str {
+    pub(crate) fn text(&self) -> &str {
         &self.text
     }
 
     /// The field the path ends at, and whether it ends at one element of it (`xs.0`).
-    pub fn last_field(&self) -> Option<(FieldDescriptor, bool)> {
+    pub(crate) fn last_field(&self) -> Option<(FieldDescriptor, bool)> {
         match self.steps.as_slice() {
             [.., Step::Field(f)] => Some((f.clone(), false)),
             [.., Step::Field(f), Step::Index(_)] => Some((f.clone(), true)),
@@ -291,7 +291,7 @@ impl Path {
     }
 
     /// Whether the field at the path is set: a sub-message present, a scalar not default, a list not empty.
-    pub fn is_present(&self, scope: &Scope<'_>) -> bool {
+    pub(crate) fn is_present(&self, scope: &Scope<'_>) -> bool {
         match self.steps.split_last() {
             Some((Step::Field(f), [])) if matches!(self.root, Root::Request | Root::First) => {
                 let message = if matches!(self.root, Root::Request) {
@@ -347,12 +347,12 @@ fn step_into<'s>(value: Cow<'s, Value>, step: &Step) -> Option<Cow<'s, Value>> {
 }
 
 /// Finds a field by its proto name or its JSON name.
-pub fn find_field(desc: &MessageDescriptor, name: &str) -> Option<FieldDescriptor> {
+pub(crate) fn find_field(desc: &MessageDescriptor, name: &str) -> Option<FieldDescriptor> {
     desc.get_field_by_name(name)
         .or_else(|| desc.get_field_by_json_name(name))
 }
 
-pub fn field_names(desc: &MessageDescriptor) -> String {
+pub(crate) fn field_names(desc: &MessageDescriptor) -> String {
     let names: Vec<String> = desc.fields().map(|f| f.name().to_string()).collect();
     if names.is_empty() {
         "none".into()
@@ -361,7 +361,7 @@ pub fn field_names(desc: &MessageDescriptor) -> String {
     }
 }
 
-pub fn kind_name(kind: &Kind) -> String {
+pub(crate) fn kind_name(kind: &Kind) -> String {
     match kind {
         Kind::Message(m) => format!("message {}", m.full_name()),
         Kind::Enum(e) => format!("enum {}", e.full_name()),
@@ -371,7 +371,7 @@ pub fn kind_name(kind: &Kind) -> String {
 
 /// A string with `{{path}}` holes.
 #[derive(Clone, Debug)]
-pub struct Text {
+pub(crate) struct Text {
     pub(crate) parts: Vec<Part>,
 }
 
@@ -383,7 +383,7 @@ pub(crate) enum Part {
 
 impl Text {
     /// Parses `s`; errors give a message and the byte offset in `s` they are about.
-    pub fn parse(s: &str, roots: &Roots) -> Result<Text, (String, usize)> {
+    pub(crate) fn parse(s: &str, roots: &Roots) -> Result<Text, (String, usize)> {
         let mut parts = Vec::new();
         let mut rest = s;
         let mut offset = 0;
@@ -408,25 +408,25 @@ impl Text {
     }
 
     /// The text of one value.
-    pub fn whole(path: Path) -> Text {
+    pub(crate) fn whole(path: Path) -> Text {
         Text {
             parts: vec![Part::Value(path)],
         }
     }
 
     /// The single path when the string is exactly one `{{path}}`.
-    pub fn as_whole(&self) -> Option<&Path> {
+    pub(crate) fn as_whole(&self) -> Option<&Path> {
         match self.parts.as_slice() {
             [Part::Value(p)] => Some(p),
             _ => None,
         }
     }
 
-    pub fn is_constant(&self) -> bool {
+    pub(crate) fn is_constant(&self) -> bool {
         self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
     }
 
-    pub fn render(&self, scope: &Scope<'_>) -> String {
+    pub(crate) fn render(&self, scope: &Scope<'_>) -> String {
         let mut out = String::new();
         for part in &self.parts {
             match part {
@@ -509,7 +509,7 @@ fn message_json(m: &DynamicMessage) -> String {
 
 /// A field value to build: constant, or computed from the scope.
 #[derive(Clone, Debug)]
-pub enum ValueTemplate {
+pub(crate) enum ValueTemplate {
     Const(Value),
     /// `"{{path}}"`: the value itself, converted to the field's kind.
     Whole(Path),
@@ -527,7 +527,7 @@ pub enum ValueTemplate {
 
 /// A message to build, field by field, or copied whole from a path.
 #[derive(Clone, Debug)]
-pub struct MessageTemplate {
+pub(crate) struct MessageTemplate {
     pub desc: MessageDescriptor,
     pub fields: Vec<(FieldDescriptor, ValueTemplate)>,
     /// The whole message when nothing in it depends on the call: cloned, never rebuilt.
@@ -537,7 +537,7 @@ pub struct MessageTemplate {
 }
 
 impl MessageTemplate {
-    pub fn constant(message: DynamicMessage) -> Self {
+    pub(crate) fn constant(message: DynamicMessage) -> Self {
         Self {
             desc: message.descriptor(),
             fields: vec![],
@@ -546,7 +546,7 @@ impl MessageTemplate {
         }
     }
 
-    pub fn render(&self, scope: &Scope<'_>) -> Result<DynamicMessage, String> {
+    pub(crate) fn render(&self, scope: &Scope<'_>) -> Result<DynamicMessage, String> {
         if let Some(m) = &self.constant {
             return Ok(m.clone());
         }
@@ -720,7 +720,7 @@ fn elem_ty(ty: &Ty) -> Ty {
 }
 
 /// Can a value of type `from` be put in a field of kind `to`? Checked at load.
-pub fn check_assignable(from: &Ty, to: &Kind, to_list: bool) -> Result<(), String> {
+pub(crate) fn check_assignable(from: &Ty, to: &Kind, to_list: bool) -> Result<(), String> {
     let ok = match (from, to) {
         (Ty::Proto { list: true, .. }, _) if !to_list => false,
         (Ty::Proto { map: true, .. }, _) => false,
@@ -841,7 +841,7 @@ pub(crate) fn is_integer_kind(kind: &Kind) -> bool {
 }
 
 /// Reads text as a value of `kind`.
-pub fn parse_text(text: String, kind: &Kind) -> Result<Value, String> {
+pub(crate) fn parse_text(text: String, kind: &Kind) -> Result<Value, String> {
     let bad = |what: &str| format!("'{text}' is not {what}");
     Ok(match kind {
         Kind::String => Value::String(text),

@@ -8,13 +8,13 @@ use toml::Spanned;
 
 /// A TOML value with the byte range it was written at.
 #[derive(Clone, Debug)]
-pub struct Node {
+pub(super) struct Node {
     pub span: Range<usize>,
     pub value: NodeValue,
 }
 
 #[derive(Clone, Debug)]
-pub enum NodeValue {
+pub(super) enum NodeValue {
     Str(String),
     Int(i64),
     Float(f64),
@@ -26,16 +26,16 @@ pub enum NodeValue {
 }
 
 /// A table's entries in the order they were written.
-pub type Table = Vec<(Key, Node)>;
+pub(super) type Table = Vec<(Key, Node)>;
 
 #[derive(Clone, Debug)]
-pub struct Key {
+pub(super) struct Key {
     pub name: String,
     pub span: Range<usize>,
 }
 
 /// Parses a whole file; a syntax error comes back as a message and a byte range.
-pub fn parse(source: &str) -> Result<Node, (String, Range<usize>)> {
+pub(super) fn parse(source: &str) -> Result<Node, (String, Range<usize>)> {
     let root =
         DeTable::parse(source).map_err(|e| (e.message().to_string(), e.span().unwrap_or(0..0)))?;
     let span = root.span();
@@ -91,7 +91,7 @@ fn parse_float(s: &str) -> f64 {
 }
 
 impl Node {
-    pub fn type_name(&self) -> &'static str {
+    pub(super) fn type_name(&self) -> &'static str {
         match self.value {
             NodeValue::Str(_) => "a string",
             NodeValue::Int(_) => "an integer",
@@ -103,14 +103,14 @@ impl Node {
         }
     }
 
-    pub fn as_str(&self) -> Option<&str> {
+    pub(super) fn as_str(&self) -> Option<&str> {
         match &self.value {
             NodeValue::Str(s) => Some(s),
             _ => None,
         }
     }
 
-    pub fn as_table(&self) -> Option<&Table> {
+    pub(super) fn as_table(&self) -> Option<&Table> {
         match &self.value {
             NodeValue::Table(t) => Some(t),
             _ => None,
@@ -118,7 +118,7 @@ impl Node {
     }
 
     /// The entry `name` of a table node.
-    pub fn get(&self, name: &str) -> Option<&Node> {
+    pub(super) fn get(&self, name: &str) -> Option<&Node> {
         self.as_table()?
             .iter()
             .find(|(k, _)| k.name == name)
@@ -126,7 +126,7 @@ impl Node {
     }
 
     /// Whether any string below this node holds a `{{…}}` template.
-    pub fn has_template(&self) -> bool {
+    pub(super) fn has_template(&self) -> bool {
         match &self.value {
             NodeValue::Str(s) => s.contains("{{"),
             NodeValue::Array(items) => items.iter().any(Node::has_template),
@@ -136,7 +136,7 @@ impl Node {
     }
 
     /// The node as JSON, for prost-reflect's canonical proto3 JSON parsing of constant values.
-    pub fn to_json(&self) -> serde_json::Value {
+    pub(super) fn to_json(&self) -> serde_json::Value {
         use serde_json::Value as J;
         match &self.value {
             NodeValue::Str(s) | NodeValue::Datetime(s) => J::String(s.clone()),

@@ -19,7 +19,7 @@ use tonic::Code;
 /// hundred microseconds at most, so a busy script cannot stall the other calls of its worker.
 pub(super) const INLINE_OPERATIONS: u64 = 20_000;
 
-pub enum ScriptEvent {
+pub(crate) enum ScriptEvent {
     /// Exactly once: before the first `Message`, or before `run()` returns when no message was
     /// sent (also when it returns an error). All headers set so far.
     Headers(MetadataMap),

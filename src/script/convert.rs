@@ -25,7 +25,7 @@ use super::to_rhai::has_own_json_form;
 use crate::codec::encode::{encode_field, Measured};
 
 /// Converts a script value to `desc` as proto3 JSON would be; unknown fields are an error.
-pub fn dynamic_to_message(
+pub(super) fn dynamic_to_message(
     value: &Dynamic,
     desc: &MessageDescriptor,
 ) -> Result<DynamicMessage, String> {
@@ -59,7 +59,7 @@ fn dynamic_to_message_via_serde(
 /// Encodes a script value as a `desc` message into `out`: the bytes of `dynamic_to_message`'s
 /// message, written without building that message where [`Write`] can (an untouched lazy message
 /// of the field's type is copied as it came).
-pub fn encode_message(
+pub(super) fn encode_message(
     value: &Dynamic,
     desc: &MessageDescriptor,
     out: &mut Vec<u8>,

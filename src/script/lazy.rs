@@ -28,7 +28,7 @@ type RhaiResult<T = Dynamic> = Result<T, Box<EvalAltResult>>;
 
 /// A message the script has not looked into yet, or the map it became.
 #[derive(Clone)]
-pub struct LazyMessage(State);
+pub(super) struct LazyMessage(State);
 
 #[derive(Clone)]
 enum State {
@@ -45,7 +45,7 @@ enum State {
 impl LazyMessage {
     /// `message` as a script sees it. Types with JSON forms of their own (well-known types) and
     /// messages with extensions are converted at once, as they always were.
-    pub fn show(message: Arc<DynamicMessage>) -> RhaiResult {
+    pub(super) fn show(message: Arc<DynamicMessage>) -> RhaiResult {
         if !lazy_type(&message.descriptor()) || message.extensions().next().is_some() {
             return message_to_dynamic(&message);
         }
@@ -53,7 +53,7 @@ impl LazyMessage {
     }
 
     /// Canonical `bytes` of `desc` as a script sees them (see [`LazyMessage::show`]).
-    pub fn show_canonical(desc: MessageDescriptor, bytes: Bytes) -> RhaiResult {
+    pub(super) fn show_canonical(desc: MessageDescriptor, bytes: Bytes) -> RhaiResult {
         if !lazy_type(&desc) {
             let message = DynamicMessage::decode(desc, bytes).map_err(|e| e.to_string())?;
             return message_to_dynamic(&message);
@@ -62,7 +62,7 @@ impl LazyMessage {
     }
 
     /// The encoded message, when this is still the untouched canonical bytes of `desc`.
-    pub fn bytes_of(&self, desc: &MessageDescriptor) -> Option<&Bytes> {
+    pub(super) fn bytes_of(&self, desc: &MessageDescriptor) -> Option<&Bytes> {
         match &self.0 {
             State::Canonical { desc: d, bytes } if d == desc => Some(bytes),
             _ => None,
@@ -70,7 +70,7 @@ impl LazyMessage {
     }
 
     /// The message, when this is still an untouched message of type `desc`.
-    pub fn message_of(&self, desc: &MessageDescriptor) -> Option<DynamicMessage> {
+    pub(super) fn message_of(&self, desc: &MessageDescriptor) -> Option<DynamicMessage> {
         match &self.0 {
             State::Canonical { desc: d, bytes } if d == desc => {
                 DynamicMessage::decode(desc.clone(), bytes.clone()).ok()
@@ -81,7 +81,7 @@ impl LazyMessage {
     }
 
     /// The map this message is (converting it now if it was not yet).
-    pub fn map(&mut self) -> RhaiResult<&mut Dynamic> {
+    pub(super) fn map(&mut self) -> RhaiResult<&mut Dynamic> {
         let map = match &self.0 {
             State::Map(_) => None,
             State::Canonical { desc, bytes } => {
@@ -215,7 +215,7 @@ fn lazy_type(desc: &MessageDescriptor) -> bool {
 
 /// `value` with every lazy message in it (at any depth of maps and arrays) turned into its map,
 /// for the code that reads plain Rhai values (serde, JSON, display).
-pub fn plain(value: &Dynamic) -> RhaiResult {
+pub(super) fn plain(value: &Dynamic) -> RhaiResult {
     if let Some(lazy) = value.read_lock::<LazyMessage>() {
         let map = lazy.clone().into_map()?;
         return plain(&map);
@@ -242,7 +242,7 @@ pub fn plain(value: &Dynamic) -> RhaiResult {
 /// Makes lazy messages behave as maps: indexing (and property access, which falls back on it), the
 /// map functions of Rhai's standard library, display, JSON. Each converts the level it touches
 /// and then does what it does on maps, by calling the map function itself.
-pub fn register(engine: &mut Engine) {
+pub(super) fn register(engine: &mut Engine) {
     engine.register_type_with_name::<LazyMessage>("map");
 
     engine.register_indexer_get(|lazy: &mut LazyMessage, name: ImmutableString| lazy.get(&name));
@@ -385,7 +385,7 @@ pub fn register(engine: &mut Engine) {
 /// indexer — but only after failing to find `get$name`, which costs an error built and dropped
 /// (its message formatted) on every access. Names are taken from the text (any identifier after
 /// a `.`), so a few may never be properties: a getter that is never called costs nothing.
-pub fn accessors(source: &str) -> rhai::Module {
+pub(super) fn accessors(source: &str) -> rhai::Module {
     let mut module = rhai::Module::new();
     let mut names: Vec<&str> = Vec::new();
     let bytes = source.as_bytes();

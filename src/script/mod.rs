@@ -40,7 +40,7 @@ use tonic::{Code, Status};
 
 use crate::diagnostic::Diagnostic;
 use api::{metadata_to_map, register_api};
-pub use call::ScriptEvent;
+pub(crate) use call::ScriptEvent;
 use call::{ApiError, CallState, EventSink, Installed, MemoryMeter, Stop, CURRENT};
 use convert::{dynamic_to_message, encode_message};
 use lazy::LazyMessage;
@@ -160,7 +160,7 @@ impl ScriptEngine {
     /// Compiles a script once per load. `file` is where the text lives (a `.rhai` file, or the
     /// handler file for inline code); `line_offset` is the number of lines of `file` before the
     /// script text, so that positions point into `file`.
-    pub fn compile(
+    pub(crate) fn compile(
         &self,
         file: &Path,
         source: &str,
@@ -214,13 +214,13 @@ impl fmt::Debug for ScriptEngine {
 
 /// A compiled script (AST + engine); cheap to clone.
 #[derive(Clone)]
-pub struct Script {
+pub(crate) struct Script {
     inner: Arc<ScriptInner>,
 }
 
 impl Script {
     /// The limits this script runs with.
-    pub fn limits(&self) -> &ScriptLimits {
+    pub(crate) fn limits(&self) -> &ScriptLimits {
         &self.inner.engine.limits
     }
 }
@@ -245,7 +245,7 @@ struct ScriptInner {
     line_offset: usize,
 }
 
-pub struct ScriptCall {
+pub(crate) struct ScriptCall {
     /// Unary / server-streaming calls: the request; `None` for client and bidi streams.
     pub request: Option<ScriptRequest>,
     /// Request metadata.
@@ -262,7 +262,7 @@ pub struct ScriptCall {
 
 /// A request, shown to the script as a [`LazyMessage`].
 #[derive(Clone)]
-pub enum ScriptRequest {
+pub(crate) enum ScriptRequest {
     Decoded(Arc<DynamicMessage>),
     /// Canonical bytes of the type (see [`crate::codec::canonical`]), not decoded.
     Canonical(MessageDescriptor, Bytes),
@@ -286,7 +286,7 @@ impl ScriptRequest {
     }
 }
 
-pub struct ScriptOutcome<R = DynamicMessage> {
+pub(crate) struct ScriptOutcome<R = DynamicMessage> {
     /// The script's final value converted to `output` (`None` when the script ended with `()`):
     /// a message, or its encoding ([`Script::try_run_inline_encoded`]).
     /// For streaming responses the caller sends it as the last message.
@@ -297,7 +297,7 @@ pub struct ScriptOutcome<R = DynamicMessage> {
 type EvalResult = Result<Dynamic, Box<EvalAltResult>>;
 
 /// What [`Script::try_run_inline`] did.
-pub enum Inline<R = DynamicMessage> {
+pub(crate) enum Inline<R = DynamicMessage> {
     /// The script ran to its end: its headers (sent exactly once, also on failure) and its result.
     Ran {
         headers: MetadataMap,
@@ -319,7 +319,7 @@ impl Script {
     /// thread where blocking is allowed (`tokio::task::spawn_blocking`): `next()` and `sleep()`
     /// block on the runtime, selecting against `cancel`. `events` gets headers and streamed
     /// messages as they are produced; when it returns false (client gone) the script is stopped.
-    pub fn run(
+    pub(crate) fn run(
         &self,
         call: ScriptCall,
         events: &mut dyn FnMut(ScriptEvent) -> bool,
@@ -335,19 +335,19 @@ impl Script {
     /// run time) or run more than [`call::INLINE_OPERATIONS`], it is stopped with nothing sent, and the
     /// call is handed back to be run from the start by [`Script::run`] on a blocking thread. The
     /// only effects of the abandoned attempt were on state that the rerun builds afresh.
-    pub fn try_run_inline(&self, call: ScriptCall) -> Inline {
+    pub(crate) fn try_run_inline(&self, call: ScriptCall) -> Inline {
         self.run_inline(call, dynamic_to_message)
     }
 
     /// [`Script::try_run_inline`], the reply encoded at the end of `out` (written from the
     /// script's values, see [`encode_message`]); its [`ScriptOutcome::reply`] is `Some(())` when
     /// there is one.
-    pub fn try_run_inline_encoded(&self, call: ScriptCall, out: &mut Vec<u8>) -> Inline<()> {
+    pub(crate) fn try_run_inline_encoded(&self, call: ScriptCall, out: &mut Vec<u8>) -> Inline<()> {
         self.run_inline(call, |value, output| encode_message(value, output, out))
     }
 
     /// Whether [`Script::try_run_inline`] would try: a unary script naming no waiting function.
-    pub fn may_run_inline(&self) -> bool {
+    pub(crate) fn may_run_inline(&self) -> bool {
         !self.inner.may_wait
     }
 

@@ -26,7 +26,7 @@ pub(super) fn has_own_json_form(desc: &MessageDescriptor) -> bool {
 }
 
 /// `message` as the script sees it: a map by JSON name with every field present.
-pub fn message_to_dynamic(message: &DynamicMessage) -> Result<Dynamic, Box<EvalAltResult>> {
+pub(super) fn message_to_dynamic(message: &DynamicMessage) -> Result<Dynamic, Box<EvalAltResult>> {
     let desc = message.descriptor();
     if has_own_json_form(&desc) || message.extensions().next().is_some() {
         return message_to_dynamic_via_serde(message);

@@ -32,7 +32,7 @@ const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// Which origins' pages may call the server (`--cors-origin`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CorsOrigins {
+pub(crate) enum CorsOrigins {
     /// No CORS at all: browsers on other origins cannot read any answer.
     Off,
     /// Any origin (`*`): the development default.
@@ -44,7 +44,7 @@ pub enum CorsOrigins {
 impl CorsOrigins {
     /// From the values of `--cors-origin` (each already checked by [`parse_origin`]): `*` alone is any
     /// origin, `none` alone turns CORS off, anything else is a list of origins.
-    pub fn from_flags(values: &[String]) -> Result<Self, String> {
+    pub(crate) fn from_flags(values: &[String]) -> Result<Self, String> {
         let special = |v: &String| v == "*" || v == "none";
         match values {
             [] => Ok(Self::Any),
@@ -79,7 +79,7 @@ impl std::fmt::Display for CorsOrigins {
 
 /// One `--cors-origin` value: `*`, `none`, `null`, or an origin `scheme://host[:port]` (no path; a
 /// trailing `/` is dropped; scheme and host are lower-cased, as browsers send them).
-pub fn parse_origin(value: &str) -> Result<String, String> {
+pub(crate) fn parse_origin(value: &str) -> Result<String, String> {
     let v = value.trim();
     if v == "*" || v == "none" || v == "null" {
         return Ok(v.to_string());
@@ -137,7 +137,7 @@ fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
 }
 
 /// CORS around the router: one for the whole server.
-pub struct WithCors {
+pub(crate) struct WithCors {
     origins: CorsOrigins,
     /// `None` when CORS is off.
     cors: Option<Cors<Router>>,
@@ -145,7 +145,7 @@ pub struct WithCors {
 }
 
 impl WithCors {
-    pub fn new(origins: CorsOrigins, router: Router) -> Self {
+    pub(crate) fn new(origins: CorsOrigins, router: Router) -> Self {
         let cors = match &origins {
             CorsOrigins::Off => None,
             origins => Some(cors_layer(origins).layer(router.clone())),
@@ -159,7 +159,7 @@ impl WithCors {
 
     /// The answer to one request. Takes `&self`, as hyper's services do: the server shares one
     /// `WithCors` between all connections instead of cloning the stack for every request.
-    pub fn answer(&self, request: Request<Body>) -> ResponseFuture {
+    pub(crate) fn answer(&self, request: Request<Body>) -> ResponseFuture {
         let cors = match (&self.cors, request.headers().get(header::ORIGIN)) {
             (Some(cors), Some(origin)) => {
                 if !self.origins.allows(origin) {

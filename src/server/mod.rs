@@ -27,9 +27,9 @@ use tokio_util::sync::CancellationToken;
 use crate::protocol::{ResponseFuture, ServiceSettings};
 use crate::state::Registry;
 
-pub mod cors;
+pub(crate) mod cors;
 mod preface;
-pub mod router;
+pub(crate) mod router;
 mod streams;
 mod tls;
 
@@ -38,7 +38,7 @@ use preface::PrefaceDeadline;
 use router::Router;
 use streams::StreamExecutor;
 use tls::tls_incoming;
-pub use tls::{TlsError, TlsFiles, TlsSettings};
+pub(crate) use tls::{TlsFiles, TlsSettings};
 
 /// How long a connection may stay silent, and how large its request headers may be:
 /// `--handshake-timeout`, `--keepalive-interval`, `--keepalive-timeout`, `--max-header-size`,
@@ -51,7 +51,7 @@ pub use tls::{TlsError, TlsFiles, TlsSettings};
 /// (infinite MaxConnectionIdle): it costs a socket and a few KiB, and clients keep channels open on
 /// purpose.
 #[derive(Clone, Copy, Debug)]
-pub struct ConnectionSettings {
+pub(crate) struct ConnectionSettings {
     pub handshake_timeout: Duration,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
@@ -64,10 +64,10 @@ pub struct ConnectionSettings {
 }
 
 /// Streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
-pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 1024;
 
 /// The least `--max-send-buffer`: one default HTTP/2 stream window.
-pub const MIN_SEND_BUFFER: usize = 64 * 1024;
+pub(crate) const MIN_SEND_BUFFER: usize = 64 * 1024;
 
 /// Pause after a failed `accept` (too many open files, say), so that an error that repeats does not
 /// spin.
@@ -75,7 +75,7 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(20);
 
 /// How the server stops: `signal` completes to stop accepting, and `cut`, cancelled when the grace
 /// period is over, ends the calls still running (with UNAVAILABLE, so their connections can close).
-pub struct Shutdown<F> {
+pub(crate) struct Shutdown<F> {
     pub signal: F,
     pub cut: &'static CancellationToken,
 }
@@ -83,7 +83,7 @@ pub struct Shutdown<F> {
 /// Serves until `shutdown.signal` completes; then stops accepting (the listening socket is closed)
 /// and lets the connections finish the calls they have in flight, or end them at `shutdown.cut`.
 /// With `tls`, every connection is a TLS one (a plaintext client fails its first read).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<TlsSettings>,
     registry: Arc<Registry>,

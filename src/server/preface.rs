@@ -18,11 +18,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 /// Length of the HTTP/2 client preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`).
-pub const PREFACE_LEN: usize = 24;
+pub(super) const PREFACE_LEN: usize = 24;
 
 /// `io`, failing its reads with `TimedOut` if its first [`PREFACE_LEN`] bytes take longer than the
 /// deadline to arrive.
-pub struct PrefaceDeadline<IO> {
+pub(super) struct PrefaceDeadline<IO> {
     io: IO,
     /// `None` once the preface is in (or the peer closed).
     deadline: Option<Pin<Box<Sleep>>>,
@@ -30,7 +30,7 @@ pub struct PrefaceDeadline<IO> {
 }
 
 impl<IO> PrefaceDeadline<IO> {
-    pub fn new(io: IO, timeout: Duration) -> Self {
+    pub(super) fn new(io: IO, timeout: Duration) -> Self {
         Self {
             io,
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),

@@ -109,13 +109,13 @@ struct Core {
 
 /// Routes every request of the server.
 #[derive(Clone)]
-pub struct Router {
+pub(crate) struct Router {
     core: Core,
     grpc_web: GrpcWeb<GrpcBranch>,
 }
 
 impl Router {
-    pub fn new(
+    pub(crate) fn new(
         registry: Arc<Registry>,
         settings: ServiceSettings,
         cut: &'static CancellationToken,
@@ -132,7 +132,7 @@ impl Router {
     }
 
     /// The answer to one request (`&self`: the server calls one shared router, not a clone).
-    pub fn answer(&self, request: http::Request<Body>) -> ResponseFuture {
+    pub(crate) fn answer(&self, request: http::Request<Body>) -> ResponseFuture {
         let kind = Kind::of(&request);
         match kind {
             Kind::Refused(status) => return refused(status),

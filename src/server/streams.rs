@@ -34,7 +34,7 @@ thread_local! {
 
 /// hyper's executor for HTTP/2 streams: queues a stream for its [`Connection`] to run.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct StreamExecutor;
+pub(super) struct StreamExecutor;
 
 impl<F> hyper::rt::Executor<F> for StreamExecutor
 where
@@ -58,14 +58,14 @@ where
 
 /// An HTTP/2 (or HTTP/1.1) connection future that runs, after each poll, the streams the poll
 /// accepted.
-pub struct Connection<C> {
+pub(super) struct Connection<C> {
     connection: C,
     /// Kept between polls for its capacity.
     accepted: Vec<NewStream>,
 }
 
 impl<C: Future + Unpin> Connection<C> {
-    pub fn new(connection: C) -> Self {
+    pub(super) fn new(connection: C) -> Self {
         Self {
             connection,
             accepted: Vec::new(),

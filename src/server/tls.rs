@@ -92,7 +92,7 @@ fn handshake_hint(e: &std::io::Error) -> Option<&'static str> {
 
 /// The files named by `--tls-cert`, `--tls-key` and `--tls-client-ca`.
 #[derive(Clone, Debug)]
-pub struct TlsFiles {
+pub(crate) struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     /// CA certificates for client certificates: set, a client must present one they signed (mTLS).
@@ -102,7 +102,7 @@ pub struct TlsFiles {
 /// Why the TLS files cannot be used. Every message names the file (and flag) at fault; the cause,
 /// when there is one, is the error's `source` (printed after it by `{:#}`).
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     #[error("cannot read {flag} file {}", path.display())]
     Read {
         flag: &'static str,
@@ -134,7 +134,7 @@ pub enum TlsError {
 /// A server TLS configuration, loaded and checked: ALPN `h2` and `http/1.1`, TLS 1.2 and 1.3,
 /// client certificates required when a client CA was given.
 #[derive(Clone)]
-pub struct TlsSettings {
+pub(crate) struct TlsSettings {
     config: Arc<ServerConfig>,
     verifies_clients: bool,
 }
@@ -149,7 +149,7 @@ impl std::fmt::Debug for TlsSettings {
 
 impl TlsSettings {
     /// Reads and checks the files. Certificates are not reloaded: restart to change them.
-    pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
+    pub(crate) fn load(files: &TlsFiles) -> Result<Self, TlsError> {
         // The provider is named, not taken from the process default: that default panics when a
         // build enables two providers (a dependency may bring aws-lc-rs).
         let provider = Arc::new(ring::default_provider());
@@ -199,7 +199,7 @@ impl TlsSettings {
     }
 
     /// Whether clients must present a certificate (mutual TLS).
-    pub fn verifies_clients(&self) -> bool {
+    pub(crate) fn verifies_clients(&self) -> bool {
         self.verifies_clients
     }
 }

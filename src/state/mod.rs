@@ -3,7 +3,7 @@
 //! A call takes an `Arc` of its method when it starts, so a reload never changes a call in flight.
 //! [`reload`] watches the folders and swaps a new state in.
 
-pub mod reload;
+pub(crate) mod reload;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -24,7 +24,7 @@ use crate::script::{ScriptEngine, ScriptLimits};
 /// Runs a load on a thread of its own with [`crate::protos::BUILD_STACK`]: whichever thread asks (the main thread at
 /// start-up, the reload thread later), the parsers get the same stack. A panic that escapes the
 /// finer-grained catches is a diagnostic about `blame` (the folder being loaded), not a dead thread.
-pub fn contained(
+pub(crate) fn contained(
     blame: &std::path::Path,
     load: impl FnOnce() -> Result<State, Diagnostics> + Send,
 ) -> Result<State, Diagnostics> {
@@ -65,20 +65,19 @@ pub struct Sources {
 #[derive(Debug)]
 pub struct State {
     pub protos: Protos,
-    pub handlers_dir: PathBuf,
     /// By HTTP path, `/pkg.Service/Method`.
     pub methods: HashMap<String, Arc<Method>>,
-    pub rule_count: usize,
-    pub handler_files: usize,
+    pub(crate) rule_count: usize,
+    pub(crate) handler_files: usize,
     /// Reflection over this state's descriptors; `None` when turned off.
     reflection: Option<Reflection>,
     /// HTTP/JSON transcoding routes from the `google.api.http` annotations, rebuilt with the protos.
     pub routes: Arc<crate::protos::http_routes::Routes>,
     /// Health overrides from the handler files' `[health]` tables.
-    pub health_overrides: BTreeMap<String, ServingStatus>,
+    pub(crate) health_overrides: BTreeMap<String, ServingStatus>,
     /// Warnings about services of the protos that protodrop serves itself (health, reflection):
     /// the built-in answers their paths.
-    pub builtin_copies: Vec<Diagnostic>,
+    pub(crate) builtin_copies: Vec<Diagnostic>,
 }
 
 impl State {
@@ -115,7 +114,7 @@ impl State {
 
     /// This state's protos with the handlers read again: what a handler edit needs (compiling a
     /// large proto tree takes far longer than reading its handlers).
-    pub fn rebuild_handlers(&self, sources: &Sources) -> Result<State, Diagnostics> {
+    pub(crate) fn rebuild_handlers(&self, sources: &Sources) -> Result<State, Diagnostics> {
         contained(&sources.handlers, || {
             Self::with_handlers(
                 self.protos.clone(),
@@ -193,7 +192,6 @@ impl State {
             routes,
             reflection,
             protos,
-            handlers_dir: sources.handlers.clone(),
             methods: served,
             rule_count,
             handler_files: files.len(),
@@ -203,7 +201,7 @@ impl State {
     }
 
     /// Logs the warnings of a load (skipped HTTP routes, copies of built-in services).
-    pub fn log_warnings(&self) {
+    pub(crate) fn log_warnings(&self) {
         self.routes.log_skipped();
         for d in &self.builtin_copies {
             tracing::warn!("{d}");
@@ -211,16 +209,16 @@ impl State {
     }
 
     /// Reflection over this state's descriptors; `None` when turned off.
-    pub fn reflection(&self) -> Option<&Reflection> {
+    pub(crate) fn reflection(&self) -> Option<&Reflection> {
         self.reflection.as_ref()
     }
 
-    pub fn service_count(&self) -> usize {
+    pub(crate) fn service_count(&self) -> usize {
         self.protos.pool.services().count()
     }
 
     /// What health reports: every service (and "", the server) SERVING unless a handler says otherwise.
-    pub fn health_statuses(&self) -> BTreeMap<String, ServingStatus> {
+    pub(crate) fn health_statuses(&self) -> BTreeMap<String, ServingStatus> {
         let mut statuses: BTreeMap<String, ServingStatus> = std::iter::once(String::new())
             .chain(
                 self.protos
@@ -236,13 +234,13 @@ impl State {
 }
 
 /// The current state, swapped atomically by reloads, and the health statuses that follow it.
-pub struct Registry {
+pub(crate) struct Registry {
     current: ArcSwap<State>,
     pub health: Health,
 }
 
 impl Registry {
-    pub fn new(state: State) -> Self {
+    pub(crate) fn new(state: State) -> Self {
         let health = Health::new();
         health.update(&BTreeMap::new(), &state.health_statuses());
         Self {
@@ -251,11 +249,11 @@ impl Registry {
         }
     }
 
-    pub fn current(&self) -> Arc<State> {
+    pub(crate) fn current(&self) -> Arc<State> {
         self.current.load_full()
     }
 
-    pub fn swap(&self, state: State) {
+    pub(crate) fn swap(&self, state: State) {
         let now = state.health_statuses();
         let before = self.current.swap(Arc::new(state));
         self.health.update(&before.health_statuses(), &now);

@@ -42,7 +42,7 @@ use crate::diagnostic::Diagnostics;
 use crate::state::{Registry, Sources, State};
 
 /// How long the watcher waits for a burst of file events (an editor's save) to settle.
-pub const DEBOUNCE: Duration = Duration::from_millis(50);
+pub(crate) const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// While a folder is gone, how often to look for it: no event says a removed folder is back.
 const POLL_WHILE_GONE: Duration = Duration::from_millis(250);
@@ -51,7 +51,7 @@ const POLL_WHILE_GONE: Duration = Duration::from_millis(250);
 /// that is empty (an editor that truncates, then writes), or a load that fails (a file cut short).
 /// Any further change within it is loaded at once; if none comes, what is on disk then applies (a
 /// file really emptied is served empty, a broken one logged). Other edits do not wait.
-pub const SETTLE: Duration = Duration::from_millis(300);
+pub(crate) const SETTLE: Duration = Duration::from_millis(300);
 
 /// Panics of the reload loop tolerated within [`RESTART_WINDOW`]; one more and hot reload stops
 /// for good (logged as an error, health turns NOT_SERVING) rather than spin.
@@ -61,7 +61,7 @@ const RESTART_WINDOW: Duration = Duration::from_secs(60);
 type FsDebouncer = Debouncer<notify::RecommendedWatcher, RecommendedCache>;
 
 /// Keeps watching while alive; dropping it stops the watcher thread.
-pub struct Watcher {
+pub(crate) struct Watcher {
     signals: mpsc::Sender<Signal>,
     worker: Option<JoinHandle<()>>,
 }
@@ -82,7 +82,7 @@ enum Signal {
 
 /// Starts watching `sources`' folders; every relevant change rebuilds and swaps `registry`. The
 /// folders are watched when this returns, so an edit made right after is seen.
-pub fn watch(sources: Sources, registry: Arc<Registry>) -> notify::Result<Watcher> {
+pub(crate) fn watch(sources: Sources, registry: Arc<Registry>) -> notify::Result<Watcher> {
     let (signals, inbox) = mpsc::channel();
     let events = signals.clone();
     let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {

@@ -31,8 +31,6 @@ use tonic::metadata::{
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
-use protodrop::codec::DynamicCodec;
-
 #[allow(unused_imports)]
 pub use serde_json::json;
 
@@ -1164,4 +1162,61 @@ pub fn line_of(text: &str, needle: &str) -> usize {
         .position(|l| l.contains(needle))
         .unwrap_or_else(|| panic!("{needle:?} not in the text"))
         + 1
+}
+
+/// The client's codec: requests written as `DynamicMessage`s, replies read as messages of the
+/// method's output type (plain prost-reflect: the server under test is the binary, not the library).
+#[derive(Clone, Debug)]
+pub struct DynamicCodec(MessageDescriptor);
+
+impl DynamicCodec {
+    pub fn new(decode_as: MessageDescriptor) -> Self {
+        Self(decode_as)
+    }
+}
+
+impl tonic::codec::Codec for DynamicCodec {
+    type Encode = DynamicMessage;
+    type Decode = DynamicMessage;
+    type Encoder = DynamicCodec;
+    type Decoder = DynamicCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        self.clone()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        self.clone()
+    }
+}
+
+impl tonic::codec::Encoder for DynamicCodec {
+    type Item = DynamicMessage;
+    type Error = Status;
+
+    fn encode(
+        &mut self,
+        item: DynamicMessage,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        prost::Message::encode(&item, dst).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::codec::Decoder for DynamicCodec {
+    type Item = DynamicMessage;
+    type Error = Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<DynamicMessage>, Status> {
+        // An empty buffer is a valid message (every field default), never `Ok(None)`.
+        let bytes = bytes::Buf::copy_to_bytes(src, bytes::Buf::remaining(src));
+        DynamicMessage::decode(self.0.clone(), bytes)
+            .map(Some)
+            .map_err(|e| {
+                Status::internal(format!("reply is not a valid {}: {e}", self.0.full_name()))
+            })
+    }
 }

@@ -26,7 +26,7 @@ use crate::protocol::{envelope, json, Body, HttpResponse};
 const UNARY_BUILT_IN: &str = "/grpc.health.v1.Health/Check";
 
 /// How the Connect request asks to be served.
-pub struct Call {
+pub(crate) struct Call {
     pub framing: Framing,
     pub codec: Codec,
     pub deadline: Deadline,
@@ -34,7 +34,7 @@ pub struct Call {
 }
 
 /// Serves a Connect request with a gRPC service.
-pub async fn serve(
+pub(crate) async fn serve(
     service: HttpService,
     request: http::Request<Body>,
     call: Call,

@@ -16,7 +16,7 @@
 //! The router has found what the path names before a request gets here ([`Target`]: a user's
 //! method, or a built-in service reached through [`bridge`]), and told POST from GET.
 
-pub mod bridge;
+pub(crate) mod bridge;
 
 use std::sync::Arc;
 
@@ -50,7 +50,7 @@ type Incoming =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<DynamicMessage, Status>> + Send>>;
 
 /// What a Connect request's path names, as the router found it.
-pub enum Target {
+pub(crate) enum Target {
     /// A user's method.
     Method(Arc<Method>),
     /// A built-in gRPC service (reflection, health), which the user's protos do not define.
@@ -59,7 +59,7 @@ pub enum Target {
 
 /// How messages are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Codec {
+pub(crate) enum Codec {
     Json,
     Proto,
 }
@@ -104,13 +104,13 @@ impl Codec {
 
 /// The two request shapes: a bare message, or enveloped messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     Unary,
     Streaming,
 }
 
 /// The framing and codec a content type names (parameters such as `charset` ignored).
-pub fn shape(content_type: &str) -> Option<(Framing, Codec)> {
+pub(crate) fn shape(content_type: &str) -> Option<(Framing, Codec)> {
     let media = content_type.split(';').next()?.trim().to_ascii_lowercase();
     match media.as_str() {
         "application/json" => Some((Framing::Unary, Codec::Json)),
@@ -123,7 +123,7 @@ pub fn shape(content_type: &str) -> Option<(Framing, Codec)> {
 
 /// Serves one Connect `POST` for `target`; `shape` is what its content type names (`None`: a
 /// content type that only looks like Connect's, refused here).
-pub async fn serve(
+pub(crate) async fn serve(
     state: Arc<State>,
     target: Target,
     shape: Option<(Framing, Codec)>,
@@ -516,7 +516,7 @@ fn unwrap(flags: u8, message: Bytes, encoding: Encoding, limit: usize) -> Result
 
 /// A Connect GET: `GET /pkg.Service/Method?message=…` (the router sends it here when the path is a
 /// served method, or when no HTTP/JSON route has it either).
-pub fn is_get_request(request: &http::Request<Body>) -> bool {
+pub(crate) fn is_get_request(request: &http::Request<Body>) -> bool {
     request.method() == http::Method::GET
         && request
             .uri()
@@ -525,7 +525,7 @@ pub fn is_get_request(request: &http::Request<Body>) -> bool {
 }
 
 /// Serves a Connect GET (`?encoding=json|proto&message=…[&base64=1][&compression=gzip][&connect=v1]`).
-pub async fn serve_get(
+pub(crate) async fn serve_get(
     state: Arc<State>,
     method: Arc<Method>,
     request: http::Request<Body>,

@@ -35,7 +35,7 @@ impl Codings {
     /// Replies are compressed only for a client that compressed its request and accepts gzip (what
     /// grpc-go does); compressing every reply to a client that merely accepts gzip costs CPU for
     /// nothing on a mock's small messages.
-    pub fn of(headers: &HeaderMap) -> Result<Codings, Status> {
+    pub(super) fn of(headers: &HeaderMap) -> Result<Codings, Status> {
         let gzip_in = match headers.get(&GRPC_ENCODING).map(HeaderValue::as_bytes) {
             None | Some(b"identity") => false,
             Some(b"gzip") => true,

@@ -31,7 +31,7 @@ static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 /// cannot be a gRPC call gets an HTTP error status with a gRPC one in its headers. The call's
 /// deadline when it may go on.
 #[allow(clippy::result_large_err)]
-pub fn admit(request: &http::Request<Body>) -> Result<Deadline, HttpResponse> {
+pub(crate) fn admit(request: &http::Request<Body>) -> Result<Deadline, HttpResponse> {
     let deadline = Deadline::grpc(request.headers()).map_err(|status| {
         let mut response = status.into_http();
         *response.status_mut() = http::StatusCode::BAD_REQUEST;
@@ -56,7 +56,7 @@ pub fn admit(request: &http::Request<Body>) -> Result<Deadline, HttpResponse> {
 /// Serves one call of `method`. An answer not ready (its headers, for a stream) when the deadline
 /// passes is DEADLINE_EXCEEDED, as gRPC's status table says; one not ready when `cut` is cancelled
 /// is [`shutdown_status`]. A stream is held to both after its headers too.
-pub fn serve(
+pub(crate) fn serve(
     method: Arc<Method>,
     request: http::Request<Body>,
     deadline: Deadline,
@@ -89,6 +89,6 @@ where
 }
 
 /// A status as a gRPC answer that ends the call (trailers-only).
-pub fn error(status: &tonic::Status) -> HttpResponse {
+pub(crate) fn error(status: &tonic::Status) -> HttpResponse {
     status.clone().into_http()
 }

@@ -77,7 +77,7 @@ fn to_bytes(json: &Json) -> Vec<u8> {
 }
 
 /// An error as HTTP: the code's status and `google.rpc.Status` JSON; the status' metadata as headers.
-pub fn error(
+pub(crate) fn error(
     status: &Status,
     pool: &prost_reflect::DescriptorPool,
     mut headers: HeaderMap,

@@ -28,7 +28,7 @@ use serde_json::Value as Json;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-pub use self::marshal::error;
+pub(crate) use self::marshal::error;
 use self::marshal::{reply_json, ErrorLine};
 use super::compression::Encoding;
 use super::deadline::{until, until_deadline, Deadline};
@@ -105,7 +105,7 @@ pub async fn serve(
 
 /// Whether some route has this path, with this HTTP method or another (the router sends a request
 /// that could be Connect's here when a route has its path, so that the route answers or says 405).
-pub fn has_route(state: &State, method: &http::Method, path: &str) -> bool {
+pub(crate) fn has_route(state: &State, method: &http::Method, path: &str) -> bool {
     !matches!(state.routes.find(method, path), Lookup::NotFound)
 }
 

@@ -16,7 +16,7 @@ use crate::protocol::json;
 use crate::protos::http_routes::{Bindings, BodyRule, Route};
 
 /// Builds one request message; `body` is the parsed body (`None` when there is none).
-pub fn build(
+pub(super) fn build(
     route: &Route,
     body: Option<Json>,
     bindings: &Bindings,

@@ -22,9 +22,9 @@ use prost_reflect::{
     MessageDescriptor, MethodDescriptor, Value,
 };
 
-pub mod pattern;
+pub(crate) mod pattern;
 
-pub use self::pattern::Bindings;
+pub(crate) use self::pattern::Bindings;
 use self::pattern::{Segment, Template};
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::protos::{Generation, Protos};
@@ -239,6 +239,7 @@ impl Routes {
     /// The routes of every method of `pool`. `roots` are the folders the proto files were read from
     /// (the protos folder, then the `-I` roots), to point problems at their line. Bindings with a
     /// problem are left out, each with a warning in [`Routes::skipped`].
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn build(pool: &DescriptorPool, roots: &[PathBuf]) -> Routes {
         Routes::make(pool, roots, None)
     }
@@ -442,7 +443,7 @@ impl Routes {
     }
 
     /// Logs the skipped bindings: each at WARN on one line, then how many.
-    pub fn log_skipped(&self) {
+    pub(crate) fn log_skipped(&self) {
         for d in &self.skipped {
             tracing::warn!("{}: {}", place(d), d.message);
         }
@@ -459,11 +460,8 @@ impl Routes {
         self.count
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
     /// The routes that serve, in path order.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn served(&self) -> impl Iterator<Item = &Route> {
         self.routes
             .iter()

@@ -58,7 +58,7 @@ pub struct TemplateError {
 
 /// A variable's value as matched, percent-decoded (a multi-segment value keeps `%2F` encoded, as
 /// http.proto asks).
-pub type Bindings = Vec<(usize, String)>;
+pub(crate) type Bindings = Vec<(usize, String)>;
 
 impl Template {
     pub fn parse(text: &str) -> Result<Template, TemplateError> {
@@ -179,7 +179,7 @@ impl Template {
 
     /// How specific the template is, to choose among templates matching one path: segment by
     /// segment a literal beats `*`, which beats the path's end, which beats `**`; then a verb wins.
-    pub fn specificity(&self) -> (Vec<u8>, bool) {
+    pub(crate) fn specificity(&self) -> (Vec<u8>, bool) {
         let mut rank: Vec<u8> = self
             .segments
             .iter()
@@ -201,7 +201,7 @@ impl Template {
     }
 
     /// The first segment when it is a literal (for indexing routes).
-    pub fn first_literal(&self) -> Option<&str> {
+    pub(crate) fn first_literal(&self) -> Option<&str> {
         match self.segments.first() {
             Some(Segment::Literal(l)) => Some(l),
             _ => None,

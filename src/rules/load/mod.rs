@@ -2,7 +2,7 @@
 //! line and column, and what was expected there.
 //!
 //! A handler file is read by one [`FileCtx`] (the file's text, the pool, where problems go), whose
-//! methods are spread over one file per part of a handler file: [`file`] the top level (`[[rule]]`
+//! methods are spread over one file per part of a handler file: [`file`](mod@file) the top level (`[[rule]]`
 //! tables, `[health]`) and one rule's keys and method; [`when`] matching conditions; [`reply`]
 //! messages (replies, stream messages, error details); [`stream`] and [`error`] those answers;
 //! [`metadata`] headers and trailers; [`script`] Rhai scripts. This file drives them — a folder or one
@@ -34,7 +34,7 @@ use crate::rules::Handlers;
 use crate::script::ScriptEngine;
 
 /// Reads every `*.toml` under `dir` (sorted by path) into rules for the methods of `pool`.
-pub fn load(
+pub(crate) fn load(
     dir: &FsPath,
     pool: &DescriptorPool,
     engine: &ScriptEngine,
@@ -67,7 +67,8 @@ pub fn load(
 }
 
 /// Checks one handler file given as text, exactly as [`load`] checks each file of a folder (a
-/// `script = "…"` file is still read relative to `path`). Public so the fuzz targets need no disk I/O.
+/// `script = "…"` file is still read relative to `path`). For the fuzz targets (no disk I/O) and tests.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn load_source(
     path: &FsPath,
     source: &str,

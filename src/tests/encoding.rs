@@ -1,4 +1,4 @@
-//! The fast encoder (`protodrop::codec::encode`) gives the bytes prost-reflect's own encoder gives,
+//! The fast encoder (`crate::codec::encode`) gives the bytes prost-reflect's own encoder gives,
 //! and, for the bench protos, the bytes prost-generated code gives.
 //!
 //! - Every message type (map entries aside) of three pools: the fixtures in
@@ -21,6 +21,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
+use crate::codec::encode::{encode_to_vec, Measured};
 use bytes::Bytes;
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -33,7 +34,6 @@ use prost_reflect::{
     DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor,
     ReflectMessage, Value,
 };
-use protodrop::codec::encode::{encode_to_vec, Measured};
 
 // ---------------------------------------------------------------------------------------------
 // Pools
@@ -68,10 +68,9 @@ static BENCH: LazyLock<DescriptorPool> =
 
 /// The seed protos of `protos/`, loaded the way the server loads them: with them come the
 /// `google.rpc`, `google.api` and `google/protobuf/descriptor.proto` types.
-static SEEDS: LazyLock<protodrop::protos::Protos> = LazyLock::new(|| {
+static SEEDS: LazyLock<crate::protos::Protos> = LazyLock::new(|| {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("protos");
-    protodrop::protos::load(&root, &[])
-        .unwrap_or_else(|e| panic!("loading {}: {e}", root.display()))
+    crate::protos::load(&root, &[]).unwrap_or_else(|e| panic!("loading {}: {e}", root.display()))
 });
 
 fn message_types(pool: &DescriptorPool) -> Vec<MessageDescriptor> {
@@ -1319,7 +1318,7 @@ fn bench_payload_req() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Replies written from the request's bytes (`protodrop::engine::emit`)
+// Replies written from the request's bytes (`crate::engine::emit`)
 
 /// Whether every part of `message` is something `codec::canonical` covers: proto3 types without
 /// extensions, no unknown fields, no map entries.
@@ -1446,7 +1445,7 @@ fn mutate(bytes: &[u8], mutations: &[Mutation]) -> Vec<u8> {
 /// Over every type of a pool: bytes the check accepts decode and encode back to themselves, and
 /// the bytes of every message it covers are accepted. Returns (cases, accepted).
 fn check_canonical(pool: &DescriptorPool) -> (u64, u64) {
-    use protodrop::codec::canonical::Layouts;
+    use crate::codec::canonical::Layouts;
     let gen = Gen::new();
     let (cases, accepted) = (Cell::new(0u64), Cell::new(0u64));
     for desc in message_types(pool) {
@@ -1498,24 +1497,23 @@ fn canonical_check_accepts_exactly_bytes_that_encode_back_the_same() {
 
 /// The handler `tests/fixtures/direct/direct.toml` over `direct.proto`, loaded as the server loads
 /// them, with every method's rules compiled to their direct form.
-static DIRECT: LazyLock<(protodrop::protos::Protos, protodrop::rules::Handlers)> =
-    LazyLock::new(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/direct");
-        let protos = protodrop::protos::load(&root, &[fixtures()])
-            .unwrap_or_else(|e| panic!("loading {}: {e}", root.display()));
-        let engine = protodrop::script::ScriptEngine::new(Default::default());
-        let handlers = protodrop::rules::load(&root, &protos.pool, &engine)
-            .unwrap_or_else(|e| panic!("loading direct.toml: {e}"));
-        (protos, handlers)
-    });
+static DIRECT: LazyLock<(crate::protos::Protos, crate::rules::Handlers)> = LazyLock::new(|| {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/direct");
+    let protos = crate::protos::load(&root, &[fixtures()])
+        .unwrap_or_else(|e| panic!("loading {}: {e}", root.display()));
+    let engine = crate::script::ScriptEngine::new(Default::default());
+    let handlers = crate::rules::load(&root, &protos.pool, &engine)
+        .unwrap_or_else(|e| panic!("loading direct.toml: {e}"));
+    (protos, handlers)
+});
 
 /// `method` of `DIRECT` (`pkg.Service/Method`): its descriptor, its rules and their direct form.
 fn direct_method(
     method: &str,
 ) -> (
     prost_reflect::MethodDescriptor,
-    &'static protodrop::rules::MethodRules,
-    protodrop::engine::emit::Direct,
+    &'static crate::rules::MethodRules,
+    crate::engine::emit::Direct,
 ) {
     let (protos, handlers) = &*DIRECT;
     let (service, name) = method.split_once('/').expect("a method path");
@@ -1525,7 +1523,7 @@ fn direct_method(
         .and_then(|s| s.methods().find(|m| m.name() == name))
         .unwrap_or_else(|| panic!("no method {method}"));
     let rules = &handlers.methods[method];
-    let direct = protodrop::engine::emit::Direct::compile(&desc, rules)
+    let direct = crate::engine::emit::Direct::compile(&desc, rules)
         .unwrap_or_else(|| panic!("{method} has no direct form"));
     (desc, rules, direct)
 }
@@ -1533,9 +1531,9 @@ fn direct_method(
 /// Replies to generated requests (and mutated ones) of `method`: the direct path's bytes, when it
 /// writes them, equal the general path's. Returns (cases, written directly).
 fn check_direct(method: &str) -> (u64, u64) {
-    use protodrop::engine::emit::{DirectReply, RawScope};
-    use protodrop::rules::template::Scope;
-    use protodrop::rules::{rule::StreamSource, Answer};
+    use crate::engine::emit::{DirectReply, RawScope};
+    use crate::rules::template::Scope;
+    use crate::rules::{rule::StreamSource, Answer};
     let (desc, _, direct) = direct_method(method);
     let mut metadata = tonic::metadata::MetadataMap::new();
     metadata.insert("x-user", "ada".parse().unwrap());
@@ -1603,9 +1601,9 @@ fn check_direct(method: &str) -> (u64, u64) {
 /// path selects from the request's bytes is the general path's, and so is its reply.
 #[test]
 fn direct_rule_selection_equals_the_general_paths() {
-    use protodrop::engine::emit::{DirectReply, RawScope};
-    use protodrop::rules::template::Scope;
-    use protodrop::rules::Answer;
+    use crate::engine::emit::{DirectReply, RawScope};
+    use crate::rules::template::Scope;
+    use crate::rules::Answer;
     let method = "encoding.direct.Direct/Pick";
     let (desc, rules, direct) = direct_method(method);
     let gen = Gen::direct_inputs();
@@ -1681,16 +1679,16 @@ fn direct_replies_equal_the_general_paths() {
 #[test]
 fn the_bench_handlers_compile_to_direct_replies() {
     let root = bench("protos");
-    let protos = protodrop::protos::load(&root, &[]).expect("bench protos");
-    let engine = protodrop::script::ScriptEngine::new(Default::default());
-    let handlers = protodrop::rules::load(&bench("handlers/main"), &protos.pool, &engine)
-        .expect("bench handlers");
+    let protos = crate::protos::load(&root, &[]).expect("bench protos");
+    let engine = crate::script::ScriptEngine::new(Default::default());
+    let handlers =
+        crate::rules::load(&bench("handlers/main"), &protos.pool, &engine).expect("bench handlers");
     for service in protos.pool.services() {
         for method in service.methods() {
             let name = format!("{}/{}", service.full_name(), method.name());
             let rules = &handlers.methods[&name];
             assert!(
-                protodrop::engine::emit::Direct::compile(&method, rules).is_some(),
+                crate::engine::emit::Direct::compile(&method, rules).is_some(),
                 "{name} is not answered directly"
             );
         }

@@ -1,10 +1,11 @@
 //! The fuzz targets' entry points (see `fuzz/README.md`), and inputs the fuzzers found, replayed
-//! through the public API so that a fixed crash stays fixed without a nightly toolchain.
+//! through the crate's loader so that a fixed crash stays fixed without a nightly toolchain (moved
+//! from tests/fuzz_regressions.rs: the loader is internal).
 
 use std::path::{Path, PathBuf};
 
-use protodrop::rules::{load, load_source};
-use protodrop::script::{ScriptEngine, ScriptLimits};
+use crate::rules::{load, load_source};
+use crate::script::{ScriptEngine, ScriptLimits};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -13,7 +14,7 @@ fn root() -> PathBuf {
 /// `handler_file` checks one file's text with `load_source`: it must agree with `load` over a folder.
 #[test]
 fn load_source_checks_a_file_as_load_does() {
-    let pool = protodrop::protos::load(&root().join("protos"), &[])
+    let pool = crate::protos::load(&root().join("protos"), &[])
         .unwrap_or_else(|d| panic!("{d}"))
         .pool;
     let engine = ScriptEngine::new(ScriptLimits::default());
@@ -42,7 +43,7 @@ fn load_source_checks_a_file_as_load_does() {
 /// scripts now.
 #[test]
 fn a_script_that_is_not_a_regular_file_is_refused() {
-    let pool = protodrop::protos::load(&root().join("protos"), &[])
+    let pool = crate::protos::load(&root().join("protos"), &[])
         .expect("seed protos")
         .pool;
     let engine = ScriptEngine::new(ScriptLimits::default());
