@@ -117,6 +117,17 @@ pub enum Requests {
     Stream(Pin<Box<dyn Stream<Item = Result<Request, Status>> + Send>>),
 }
 
+/// Request messages already decoded (from JSON), as they arrive.
+pub(crate) type Decoded = Pin<Box<dyn Stream<Item = Result<DynamicMessage, Status>> + Send>>;
+
+impl Requests {
+    /// The messages of a JSON protocol, decoded as they were read.
+    pub(crate) fn decoded(messages: Decoded) -> Requests {
+        use futures::StreamExt as _;
+        Requests::Stream(Box::pin(messages.map(|r| r.map(Request::Decoded))))
+    }
+}
+
 /// One reply message.
 pub enum Message {
     Decoded(DynamicMessage),

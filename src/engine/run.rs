@@ -25,7 +25,9 @@ use tonic::metadata::{KeyAndValueRef, MetadataMap};
 use tonic::Status;
 
 use super::emit::{Declined, DirectReply, Emitter, RawScope};
-use super::{Call, End, Event, Events, Message, Method, Ready, Reply, Request, Requests, Streamed};
+use super::{
+    Call, Decoded, End, Event, Events, Message, Method, Ready, Reply, Request, Requests, Streamed,
+};
 use crate::budget::{self, Exceeded};
 use crate::codec::decode_request;
 use crate::limits::{check_reply_len, multiple_requests};
@@ -33,8 +35,6 @@ use crate::rules::rule::{ErrorTemplate, ScriptMetadata, StreamAnswer, StreamSour
 use crate::rules::template::{MessageTemplate, Scope};
 use crate::rules::{Answer, MethodRules, Rule};
 use crate::script::{Inline, Script, ScriptCall, ScriptEvent, ScriptOutcome, ScriptRequest};
-
-type Incoming = Pin<Box<dyn Stream<Item = Result<DynamicMessage, Status>> + Send>>;
 
 /// Answers a call, whatever its method's shape.
 pub async fn answer(call: Call) -> Reply {
@@ -714,7 +714,7 @@ impl ScriptRun {
     }
 
     /// The script on a blocking thread (see [`ScriptRun::try_inline`] for what runs at once).
-    async fn run(self, incoming: Option<Incoming>) -> Result<Reply, Status> {
+    async fn run(self, incoming: Option<Decoded>) -> Result<Reply, Status> {
         let ScriptRun { script, call, base } = self;
         let output = call.output.clone();
         let streaming_response = call.streaming_response;
@@ -816,7 +816,7 @@ fn unary_outcome(
 }
 
 /// The client's messages decoded: what scripts and client streams read.
-fn decoded(method: &Method, requests: Requests) -> Incoming {
+fn decoded(method: &Method, requests: Requests) -> Decoded {
     let input = method.desc.input();
     let decode = move |request: Request| match request {
         Request::Encoded(bytes) => decode_request(&input, bytes),
@@ -835,7 +835,7 @@ fn events(stream: impl Stream<Item = Result<Event, Status>> + Send + 'static) ->
 
 /// Passes the client's messages to a script; a broken client stream is kept to end the call with.
 async fn feed(
-    mut stream: Incoming,
+    mut stream: Decoded,
     tx: mpsc::Sender<DynamicMessage>,
     error: Arc<Mutex<Option<Status>>>,
 ) {

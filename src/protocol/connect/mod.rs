@@ -45,10 +45,6 @@ use crate::engine::{self, End, Event};
 use crate::limits::too_large;
 use crate::state::{Method, State};
 
-/// The request messages, decoded.
-type Incoming =
-    std::pin::Pin<Box<dyn futures::Stream<Item = Result<DynamicMessage, Status>> + Send>>;
-
 /// What a Connect request's path names, as the router found it.
 pub(crate) enum Target {
     /// A user's method.
@@ -338,12 +334,10 @@ async fn streaming(
     let incoming = envelopes(body, codec, method.desc.input(), request_encoding, limit);
     let metadata = wire::request_metadata(&parts.headers);
     let output = method.desc.output();
-    let requests =
-        engine::Requests::Stream(Box::pin(incoming.map(|r| r.map(engine::Request::Decoded))));
     let call = engine::Call {
         method,
         metadata,
-        requests,
+        requests: engine::Requests::decoded(incoming),
         limit,
         reserve: 0,
     };
@@ -461,7 +455,7 @@ fn envelopes(
     desc: MessageDescriptor,
     encoding: Encoding,
     limit: usize,
-) -> Incoming {
+) -> engine::Decoded {
     // Every flag is read; `unwrap` refuses the ones a request may not carry.
     let reader = envelope::Reader::new(body, u8::MAX, limit);
     Box::pin(futures::stream::unfold(Some(reader), move |reader| {

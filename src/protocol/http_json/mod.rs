@@ -23,7 +23,6 @@ use futures::StreamExt as _;
 use http::header::{HeaderMap, HeaderValue};
 use http::StatusCode;
 use http_body::Frame;
-use prost_reflect::DynamicMessage;
 use serde_json::Value as Json;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -37,10 +36,6 @@ use super::{json, Body, HttpResponse, ServiceSettings};
 use crate::engine::{self, End, Event};
 use crate::protos::http_routes::{Bindings, BodyRule, Lookup, Route};
 use crate::state::State;
-
-/// The request messages, decoded.
-type Incoming =
-    std::pin::Pin<Box<dyn futures::Stream<Item = Result<DynamicMessage, Status>> + Send>>;
 
 const JSON: &str = "application/json";
 const NDJSON: &str = "application/x-ndjson";
@@ -129,7 +124,7 @@ async fn call(
     let deadline = Deadline::http(&parts.headers)?;
     let query = wire::query_pairs(parts.uri.query());
     // A route without `body` ignores the request body, as grpc-gateway does.
-    let incoming: Incoming = if matches!(route.body, BodyRule::None) {
+    let incoming: engine::Decoded = if matches!(route.body, BodyRule::None) {
         let message = request::build(route, None, &bindings, &query)?;
         Box::pin(futures::stream::iter([Ok(message)]))
     } else {
@@ -171,12 +166,10 @@ async fn call(
     let metadata = wire::request_metadata(&parts.headers);
     let output = method.desc.output();
     let server_streaming = method.desc.is_server_streaming();
-    let requests =
-        engine::Requests::Stream(Box::pin(incoming.map(|r| r.map(engine::Request::Decoded))));
     let call = engine::Call {
         method,
         metadata,
-        requests,
+        requests: engine::Requests::decoded(incoming),
         limit,
         reserve: 0,
     };
