@@ -277,21 +277,8 @@ async fn a_changed_descriptor_set_in_the_folder_is_reloaded() {
 // An editions proto served (its encoding against proto2 and proto3 twins is a unit test now:
 // src/tests/editions.rs, as it drives the crate's loader and encoder).
 
-const EDITIONS: &str = r#"edition = "2023";
-package ed;
-message Inner { int32 x = 1; }
-message E {
-  int32 explicit_zero = 1;
-  int32 required = 3 [features.field_presence = LEGACY_REQUIRED];
-  repeated int32 packed = 4;
-  repeated int32 expanded = 5 [features.repeated_field_encoding = EXPANDED];
-  Inner delimited = 6 [features.message_encoding = DELIMITED];
-  repeated Inner many = 7 [features.message_encoding = DELIMITED];
-  string name = 8;
-  map<string, Inner> by_name = 9;
-}
-service Ed { rpc Echo (E) returns (E); }
-"#;
+/// Every editions feature protodrop resolves per field (shared with src/tests/editions.rs).
+const EDITIONS: &str = include_str!("fixtures/editions/ed.proto");
 
 /// The editions file is served: a reply with an explicit zero keeps it, the echo reads DELIMITED and
 /// packed fields as they were sent.

@@ -14,21 +14,8 @@ fn write_files(dir: &std::path::Path, files: &[(&str, &str)]) {
 // ---------------------------------------------------------------------------------------------
 // Editions semantics: each editions message encodes (and reads) as its proto2 or proto3 twin.
 
-const EDITIONS: &str = r#"edition = "2023";
-package ed;
-message Inner { int32 x = 1; }
-message E {
-  int32 explicit_zero = 1;
-  int32 required = 3 [features.field_presence = LEGACY_REQUIRED];
-  repeated int32 packed = 4;
-  repeated int32 expanded = 5 [features.repeated_field_encoding = EXPANDED];
-  Inner delimited = 6 [features.message_encoding = DELIMITED];
-  repeated Inner many = 7 [features.message_encoding = DELIMITED];
-  string name = 8;
-  map<string, Inner> by_name = 9;
-}
-service Ed { rpc Echo (E) returns (E); }
-"#;
+/// Every editions feature protodrop resolves per field (shared with tests/editions.rs).
+const EDITIONS: &str = include_str!("../../tests/fixtures/editions/ed.proto");
 
 /// File-wide IMPLICIT presence and EXPANDED encoding, overridden back on one field.
 const EDITIONS_IMPLICIT: &str = r#"edition = "2023";
