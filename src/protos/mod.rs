@@ -1113,8 +1113,8 @@ mod incremental_tests {
     use std::time::{Duration, SystemTime};
 
     /// Writes `text` to `rel`, dated in the past (a fresh file is "racily" recent, see
-    /// `stamp::Stamp`), each write at another time.
-    fn write(dir: &Path, rel: &str, text: &str) {
+    /// `stamp::Stamp`), each write at another time. The route table's reload tests write so too.
+    pub(super) fn write(dir: &Path, rel: &str, text: &str) {
         static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let path = dir.join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();

@@ -770,22 +770,9 @@ service S {
         Routes::build(&protos.pool, &[dir.path().to_path_buf()])
     }
 
-    /// Writes `text` to `dir/rel` with a time of its own, an hour back: a file written twice within
-    /// a file system's time granularity would look unchanged to a reload.
-    fn write(dir: &std::path::Path, rel: &str, text: &str) {
-        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let path = dir.join(rel);
-        std::fs::write(&path, text).unwrap();
-        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let when = std::time::SystemTime::now() - std::time::Duration::from_secs(3600)
-            + std::time::Duration::from_millis(n);
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(when)
-            .unwrap();
-    }
+    /// Each write dated apart, as the incremental tests write (a file written twice within a file
+    /// system's time granularity would look unchanged to a reload).
+    use crate::protos::incremental_tests::write;
 
     /// What a request sees of a table: the routes that serve, in order, with their descriptors'
     /// names, and every warning.
