@@ -27,6 +27,7 @@ use tonic::Status;
 use super::emit::{Declined, DirectReply, Emitter, RawScope};
 use super::{
     Call, Decoded, End, Event, Events, Message, Method, Ready, Reply, Request, Requests, Streamed,
+    Watch,
 };
 use crate::budget::{self, Exceeded};
 use crate::codec::decode_request;
@@ -44,6 +45,7 @@ pub async fn answer(call: Call) -> Reply {
         requests,
         limit,
         reserve,
+        watch,
     } = call;
     let Some(rules) = &method.rules else {
         return Reply::refused(Status::unimplemented(method.no_handler_message()));
@@ -55,6 +57,15 @@ pub async fn answer(call: Call) -> Reply {
     // A client or bidi stream answered by a script is the script's whole: it reads every message.
     let answered = match client.then(|| rules.stream_script()).flatten() {
         Some((rule, script)) => {
+            if let Some(watch) = &watch {
+                watch.rule(
+                    rules
+                        .rules
+                        .iter()
+                        .position(|r| std::ptr::eq(r, rule))
+                        .unwrap_or(0),
+                );
+            }
             let script = script.clone();
             match ScriptMetadata::render(rule, &Scope::new(None, &metadata)) {
                 Ok(base) => {
@@ -66,12 +77,19 @@ pub async fn answer(call: Call) -> Reply {
             }
         }
         None => match (client, server) {
-            (false, _) => single_request(method, metadata, requests, limit, reserve).await,
+            (false, _) => {
+                let watch = watch.as_deref();
+                single_request(method, metadata, requests, limit, reserve, watch).await
+            }
             // Boxed, as the blocking script: only unary answers stay in the call's own future.
             (true, false) => {
-                Box::pin(client_stream(method, metadata, requests, limit, reserve)).await
+                let watch = watch.as_deref();
+                Box::pin(client_stream(
+                    method, metadata, requests, limit, reserve, watch,
+                ))
+                .await
             }
-            (true, true) => Box::pin(bidi(method, metadata, requests, limit)).await,
+            (true, true) => Box::pin(bidi(method, metadata, requests, limit, watch)).await,
         },
     };
     answered.unwrap_or_else(Reply::refused)
@@ -140,6 +158,7 @@ fn select(
     input: &mut Input,
     count: Option<u64>,
     metadata: &MetadataMap,
+    watch: Option<&dyn Watch>,
 ) -> Result<usize, Status> {
     let rules = rules_of(method)?;
     let index = match (&*input, &method.direct) {
@@ -157,7 +176,15 @@ fn select(
             rules.rules.iter().position(|r| r.matches(&scope))
         }
     };
-    let index = index.ok_or_else(|| Status::unimplemented(rules.no_match_message(&method.name)))?;
+    let Some(index) = index else {
+        if let Some(watch) = watch {
+            watch.unmatched();
+        }
+        return Err(Status::unimplemented(rules.no_match_message(&method.name)));
+    };
+    if let Some(watch) = watch {
+        watch.rule(index);
+    }
     if chosen(method, index, input)?.1.is_none() {
         input.decode(method)?;
     }
@@ -188,6 +215,7 @@ async fn single_request(
     requests: Requests,
     limit: usize,
     reserve: usize,
+    watch: Option<&dyn Watch>,
 ) -> Result<Reply, Status> {
     let request = match requests {
         Requests::One(request) => request,
@@ -204,7 +232,7 @@ async fn single_request(
         }
     };
     let mut input = Input::new(&method, request)?;
-    let index = select(&method, &mut input, None, &metadata)?;
+    let index = select(&method, &mut input, None, &metadata, watch)?;
     let (rule, compiled) = chosen(&method, index, &input)?;
     if let Some(delay) = rule.delay {
         tokio::time::sleep(delay).await;
@@ -361,6 +389,7 @@ async fn client_stream(
     requests: Requests,
     limit: usize,
     reserve: usize,
+    watch: Option<&dyn Watch>,
 ) -> Result<Reply, Status> {
     let mut incoming = decoded(&method, requests);
     let (mut first, mut last, mut count) = (None, None, 0u64);
@@ -379,9 +408,16 @@ async fn client_stream(
         ..Scope::new(last, &metadata)
     };
     let rules = rules_of(&method)?;
-    let rule = rules
-        .select(&scope)
-        .ok_or_else(|| Status::unimplemented(rules.no_match_message(&method.name)))?;
+    let Some(index) = rules.rules.iter().position(|r| r.matches(&scope)) else {
+        if let Some(watch) = watch {
+            watch.unmatched();
+        }
+        return Err(Status::unimplemented(rules.no_match_message(&method.name)));
+    };
+    if let Some(watch) = watch {
+        watch.rule(index);
+    }
+    let rule = &rules.rules[index];
     if let Some(delay) = rule.delay {
         tokio::time::sleep(delay).await;
     }
@@ -395,6 +431,7 @@ async fn bidi(
     metadata: MetadataMap,
     requests: Requests,
     limit: usize,
+    watch: Option<Arc<dyn Watch>>,
 ) -> Result<Reply, Status> {
     let mut incoming = match requests {
         Requests::Stream(stream) => stream,
@@ -410,7 +447,7 @@ async fn bidi(
         }));
     };
     let mut first = Input::new(&method, first)?;
-    let index = select(&method, &mut first, Some(1), &metadata)?;
+    let index = select(&method, &mut first, Some(1), &metadata, watch.as_deref())?;
     let (rule, _) = chosen(&method, index, &first)?;
     let headers = headers_of(
         rule,
@@ -438,6 +475,7 @@ async fn bidi(
             count: 0,
             done: false,
             limit,
+            watch,
         };
         return Ok(Reply::Stream(Streamed {
             headers,
@@ -450,7 +488,7 @@ async fn bidi(
         let mut trailers = MetadataMap::new();
         while let Some(mut input) = next.take() {
             count += 1;
-            let index = select(&method, &mut input, Some(count), &metadata)?;
+            let index = select(&method, &mut input, Some(count), &metadata, watch.as_deref())?;
             let (rule, compiled) = chosen(&method, index, &input)?;
             if let Some(delay) = rule.delay {
                 tokio::time::sleep(delay).await;
@@ -505,6 +543,7 @@ struct BidiReplies {
     count: u64,
     done: bool,
     limit: usize,
+    watch: Option<Arc<dyn Watch>>,
 }
 
 impl Stream for BidiReplies {
@@ -533,10 +572,20 @@ impl Stream for BidiReplies {
         this.count += 1;
         let reply = match input {
             Input::Canonical(request) if this.echo => {
+                if let Some(watch) = &this.watch {
+                    watch.rule(0);
+                }
                 // The request itself, moved rather than shared with the one dropped here.
                 check_reply_len(request.len(), this.limit).map(|()| Message::Encoded(request))
             }
-            input => bidi_reply(&this.method, input, this.count, &this.metadata, this.limit),
+            input => bidi_reply(
+                &this.method,
+                input,
+                this.count,
+                &this.metadata,
+                this.limit,
+                this.watch.as_deref(),
+            ),
         };
         match reply {
             Ok(message) => Poll::Ready(Some(Event::Message(message))),
@@ -552,8 +601,9 @@ fn bidi_reply(
     count: u64,
     metadata: &MetadataMap,
     limit: usize,
+    watch: Option<&dyn Watch>,
 ) -> Result<Message, Status> {
-    let index = select(method, &mut input, Some(count), metadata)?;
+    let index = select(method, &mut input, Some(count), metadata, watch)?;
     let (rule, compiled) = chosen(method, index, &input)?;
     let scope = Scope {
         count: Some(count),

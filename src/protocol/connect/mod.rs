@@ -43,6 +43,7 @@ use super::{json, Body, HttpResponse, ServiceSettings};
 use crate::builtin::HttpService;
 use crate::engine::{self, End, Event};
 use crate::limits::too_large;
+use crate::observe::{self, Protocol, Seen};
 use crate::state::{Method, State};
 
 /// What a Connect request's path names, as the router found it.
@@ -166,6 +167,7 @@ pub(crate) async fn serve(
             {
                 return refusal;
             }
+            let seen = Seen::of(request.extensions(), Protocol::Connect, settings.observer);
             let (parts, body) = request.into_parts();
             let limit = settings.max_message_size;
             let payload = async {
@@ -183,6 +185,7 @@ pub(crate) async fn serve(
                 codec,
                 deadline,
                 limit,
+                seen,
             )
             .await
         }
@@ -227,6 +230,7 @@ async fn until<T>(
 
 /// One unary call from its payload as read (decompressed, with the coding it came in, which is the
 /// answer's unless `accept-encoding` says otherwise), or the error reading it.
+#[allow(clippy::too_many_arguments)]
 async fn unary(
     state: Arc<State>,
     method: Arc<Method>,
@@ -235,6 +239,7 @@ async fn unary(
     codec: Codec,
     deadline: Deadline,
     limit: usize,
+    seen: Seen,
 ) -> HttpResponse {
     let pool = state.protos.pool.clone();
     let (payload, encoding) = match payload {
@@ -263,8 +268,9 @@ async fn unary(
             requests,
             limit,
             reserve: 0,
+            watch: None,
         };
-        let mut reply = wire::single_reply(engine::answer(call).await, limit).await?;
+        let mut reply = wire::single_reply(observe::answer(call, seen).await, limit).await?;
         let message = std::mem::replace(&mut reply.message, engine::Message::Encoded(Bytes::new()));
         let body = match (codec, message) {
             (Codec::Proto, engine::Message::Decoded(m)) => codec.encode(&m)?,
@@ -321,6 +327,7 @@ async fn streaming(
 ) -> HttpResponse {
     let limit = settings.max_message_size;
     let pool = state.protos.pool.clone();
+    let seen = Seen::of(request.extensions(), Protocol::Connect, settings.observer);
     let (parts, body) = request.into_parts();
     let encodings =
         Encoding::parse(wire::header(&parts.headers, "connect-content-encoding")).map(|request| {
@@ -340,9 +347,10 @@ async fn streaming(
         requests: engine::Requests::decoded(incoming),
         limit,
         reserve: 0,
+        watch: None,
     };
     let answer = until(deadline, async {
-        engine::answer(call)
+        observe::answer(call, seen)
             .await
             .into_stream()
             .map_err(End::into_status)
@@ -573,6 +581,7 @@ pub(crate) async fn serve_get(
         Ok(d) => d,
         Err(status) => return unary_error(&status, &pool, StatusCode::BAD_REQUEST),
     };
+    let seen = Seen::of(request.extensions(), Protocol::Connect, settings.observer);
     unary(
         state,
         method,
@@ -581,6 +590,7 @@ pub(crate) async fn serve_get(
         codec,
         deadline,
         limit,
+        seen,
     )
     .await
 }

@@ -24,6 +24,7 @@ use tonic::{Code, Status};
 use super::frame::{self, Codings};
 use super::{Body, HttpResponse, ServiceSettings};
 use crate::engine::{self, End, Event, Method};
+use crate::observe::{self, Protocol, Seen};
 use crate::protocol::deadline::{until_deadline, Deadline};
 use crate::protocol::envelope::ReadError;
 
@@ -55,14 +56,16 @@ pub(super) async fn serve(
             Err(status) => return status.into_http(),
         }
     };
+    let seen = Seen::of(&parts.extensions, Protocol::Grpc, settings.observer);
     let call = engine::Call {
         method,
         metadata: MetadataMap::from_headers(parts.headers),
         requests,
         limit,
         reserve: 0,
+        watch: None,
     };
-    let streamed = match engine::answer(call).await.into_stream() {
+    let streamed = match observe::answer(call, seen).await.into_stream() {
         Ok(streamed) => streamed,
         Err(refused) => return refused.into_status().into_http(),
     };

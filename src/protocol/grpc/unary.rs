@@ -18,6 +18,7 @@ use tonic::Status;
 use super::frame::{self, Codings};
 use super::{Body, ServiceSettings};
 use crate::engine::{self, End, Method};
+use crate::observe::{self, Protocol, Seen};
 use crate::protocol::envelope::PREFIX;
 
 /// Answers one unary call. Every failure becomes a gRPC status, as tonic would send it.
@@ -36,14 +37,16 @@ pub(super) async fn serve(
         Ok(bytes) => bytes,
         Err(status) => return status.into_http(),
     };
+    let seen = Seen::of(&parts.extensions, Protocol::Grpc, settings.observer);
     let call = engine::Call {
         method,
         metadata: MetadataMap::from_headers(parts.headers),
         requests: engine::Requests::One(engine::Request::Encoded(message)),
         limit,
         reserve: PREFIX,
+        watch: None,
     };
-    let ready = match engine::answer(call).await {
+    let ready = match observe::answer(call, seen).await {
         engine::Reply::Ready(ready) => ready,
         other => match other.whole().await {
             Ok(ready) => ready,

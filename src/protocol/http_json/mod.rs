@@ -34,6 +34,7 @@ use super::deadline::{until, until_deadline, Deadline};
 use super::wire;
 use super::{json, Body, HttpResponse, ServiceSettings};
 use crate::engine::{self, End, Event};
+use crate::observe::{self, Protocol, Seen};
 use crate::protos::http_routes::{Bindings, BodyRule, Lookup, Route};
 use crate::state::State;
 
@@ -120,6 +121,7 @@ async fn call(
         .ok_or_else(|| {
             Status::internal(format!("route {} names no served method", route.pattern))
         })?;
+    let seen = Seen::of(request.extensions(), Protocol::HttpJson, settings.observer);
     let (parts, body) = request.into_parts();
     let deadline = Deadline::http(&parts.headers)?;
     let query = wire::query_pairs(parts.uri.query());
@@ -172,10 +174,11 @@ async fn call(
         requests: engine::Requests::decoded(incoming),
         limit,
         reserve: 0,
+        watch: None,
     };
     // Dropping the answer at the deadline stops what it runs (a delay, a script).
     until(deadline, DEADLINE_PASSED, async {
-        let reply = engine::answer(call).await;
+        let reply = observe::answer(call, seen).await;
         if server_streaming {
             return stream_reply(state, route, reply, &output, limit, deadline, cut).await;
         }
