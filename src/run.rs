@@ -210,6 +210,9 @@ fn serve_on(
         });
         // Leaked (one per process), as `cut` is: every call borrows it.
         let observer: &'static Observer = Box::leak(Box::new(Observer::new(journal)));
+        if let Some(journal) = observer.journal() {
+            registry.settle_on_reload(journal);
+        }
         let settings = ServiceSettings {
             max_message_size: args.max_message_size,
             max_header_list_size: args.max_header_size as usize,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use prost_reflect::{DynamicMessage, MessageDescriptor, SerializeOptions};
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
 use serde_json::{json, Value};
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
 use tonic::Code;
@@ -123,7 +123,7 @@ impl Journal {
         let calls = self.calls();
         let mut out: Vec<Arc<Record>> = calls
             .iter()
-            .filter(|r| method.is_none_or(|m| r.method.name == m))
+            .filter(|r| method.is_none_or(|m| r.method_name() == m))
             .cloned()
             .collect();
         drop(calls);
@@ -131,6 +131,14 @@ impl Journal {
             out.drain(..out.len() - limit);
         }
         out
+    }
+
+    /// Settles every call whose protos are not `pool` (a reload replaced them), so that the
+    /// journal does not keep old descriptor pools alive; run by the reload, off the calls' path.
+    pub(crate) fn settle(&self, pool: &DescriptorPool) {
+        for record in self.list(None, 0) {
+            record.settle(pool);
+        }
     }
 
     pub(crate) fn dropped(&self) -> u64 {
@@ -147,9 +155,6 @@ impl Journal {
 pub(crate) struct Record {
     pub(crate) id: u64,
     pub(crate) protocol: Protocol,
-    /// The method as served when the call started: its descriptors read the payloads, its rules
-    /// name the rules by index.
-    pub(crate) method: Arc<Method>,
     peer: Option<std::net::SocketAddr>,
     started: SystemTime,
     clock: Instant,
@@ -163,6 +168,12 @@ pub(crate) struct Record {
 
 #[derive(Default)]
 struct Progress {
+    /// The method as served when the call started: its descriptors read the payloads, its rules
+    /// name the rules by index. Let go when the record is settled.
+    method: Option<Arc<Method>>,
+    /// The record as JSON, once settled: its method's protos were replaced by a reload, and the
+    /// record no longer holds them (see [`Journal::settle`]).
+    settled: Option<Settled>,
     frames: Vec<Frame>,
     /// Indices of the rules that answered, in the order they first did.
     rules: Vec<usize>,
@@ -175,9 +186,24 @@ struct Progress {
     dropped_frames: u64,
 }
 
+struct Settled {
+    name: String,
+    json: Value,
+}
+
 struct Frame {
     at: Duration,
     kind: FrameKind,
+}
+
+impl Frame {
+    fn size(&self) -> usize {
+        FRAME_OVERHEAD
+            + match &self.kind {
+                FrameKind::Request(p) | FrameKind::Reply(p, _) => p.size(),
+                FrameKind::Headers(h) => metadata_size(h),
+            }
+    }
 }
 
 enum FrameKind {
@@ -245,6 +271,14 @@ impl Payload {
             Payload::Decoded(message) => Some(message.clone()),
         }
     }
+
+    /// The message's bytes, whatever form it was kept in (a decoded one is encoded for this).
+    fn bytes(&self) -> Bytes {
+        match self {
+            Payload::Bytes(bytes) => bytes.clone(),
+            Payload::Decoded(message) => prost::Message::encode_to_vec(message).into(),
+        }
+    }
 }
 
 struct Ended {
@@ -272,7 +306,6 @@ impl Record {
         let record = Record {
             id,
             protocol: seen.protocol,
-            method: call.method.clone(),
             peer: seen.peer,
             started: SystemTime::now(),
             clock: Instant::now(),
@@ -281,7 +314,11 @@ impl Record {
             detached: AtomicBool::new(false),
             progress: Mutex::new(Progress::default()),
         };
-        record.progress().bytes = metadata_size(&record.metadata);
+        {
+            let mut progress = record.progress();
+            progress.bytes = metadata_size(&record.metadata);
+            progress.method = Some(call.method.clone());
+        }
         record
     }
 
@@ -387,14 +424,16 @@ impl Record {
         });
         let rule = progress.rules.first().copied();
         let unmatched = progress.unmatched;
+        let method = progress.method.clone();
         drop(progress);
         if let (Some(journal), false) = (self.journal, self.detached.load(Ordering::Relaxed)) {
             self.progress().bytes += size;
             journal.grew(size);
         }
+        let Some(method) = method else { return };
         log::call_ended(log::Line {
             protocol: self.protocol,
-            method: &self.method,
+            method: &method,
             peer: self.peer,
             code,
             message,
@@ -404,16 +443,29 @@ impl Record {
         });
     }
 
-    /// The origin (`file:line`) of the method's rule at `index`.
-    fn rule_origin(&self, index: usize) -> &str {
-        self.method.rule_origin(index)
+    /// `pkg.Service/Method`.
+    pub(crate) fn method_name(&self) -> String {
+        let progress = self.progress();
+        match (&progress.method, &progress.settled) {
+            (Some(method), _) => method.name.clone(),
+            (None, Some(settled)) => settled.name.clone(),
+            (None, None) => String::new(),
+        }
     }
 
     /// The call as `protodrop.admin.v1.Call` in proto3 JSON.
     pub(crate) fn to_json(&self) -> Value {
         let progress = self.progress();
-        let input = self.method.desc.input();
-        let output = self.method.desc.output();
+        match (&progress.method, &progress.settled) {
+            (Some(method), _) => self.render(&progress, method),
+            (None, Some(settled)) => settled.json.clone(),
+            (None, None) => Value::Null,
+        }
+    }
+
+    fn render(&self, progress: &Progress, method: &Method) -> Value {
+        let input = method.desc.input();
+        let output = method.desc.output();
         let frames: Vec<Value> = progress
             .frames
             .iter()
@@ -427,7 +479,7 @@ impl Record {
                         json!({ "at": at, "replyHeaders": { "metadata": metadata_json(headers) } })
                     }
                     FrameKind::Reply(payload, rule) => {
-                        let rule = rule.map(|i| self.rule_origin(i)).unwrap_or_default();
+                        let rule = rule.map(|i| method.rule_origin(i)).unwrap_or_default();
                         json!({ "at": at, "reply": payload.to_json(&output), "rule": rule })
                     }
                 }
@@ -436,12 +488,12 @@ impl Record {
         let mut call = json!({
             "id": self.id.to_string(),
             "protocol": self.protocol.as_str(),
-            "method": self.method.name,
+            "method": method.name,
             "peer": self.peer.map(|p| p.to_string()).unwrap_or_default(),
             "startTime": humantime::format_rfc3339_nanos(self.started).to_string(),
             "requestMetadata": metadata_json(&self.metadata),
             "frames": frames,
-            "rules": progress.rules.iter().map(|&i| self.rule_origin(i)).collect::<Vec<_>>(),
+            "rules": progress.rules.iter().map(|&i| method.rule_origin(i)).collect::<Vec<_>>(),
             "droppedFrames": progress.dropped_frames.to_string(),
         });
         if let Some(end) = &progress.end {
@@ -454,18 +506,18 @@ impl Record {
             });
         }
         if progress.unmatched {
-            call["nearMisses"] = Value::Array(self.near_misses(&progress));
+            call["nearMisses"] = Value::Array(self.near_misses(progress, method));
         }
         call
     }
 
     /// For a call no rule matched: each rule of the method with how many of its conditions held
     /// for the last request, closest first.
-    fn near_misses(&self, progress: &Progress) -> Vec<Value> {
-        let Some(rules) = &self.method.rules else {
+    fn near_misses(&self, progress: &Progress, method: &Method) -> Vec<Value> {
+        let Some(rules) = &method.rules else {
             return Vec::new();
         };
-        let input = self.method.desc.input();
+        let input = method.desc.input();
         let request = progress.frames.iter().rev().find_map(|f| match &f.kind {
             FrameKind::Request(payload) => payload.decoded(&input),
             _ => None,
@@ -489,17 +541,54 @@ impl Record {
         misses.into_iter().map(|(_, _, v)| v).collect()
     }
 
-    /// The request messages as decoded JSON-ready messages and the end code, for verification.
-    pub(crate) fn requests(&self) -> Vec<DynamicMessage> {
-        let input = self.method.desc.input();
+    /// The request messages' bytes, for verification (which reads them with the protos its filter
+    /// was written against).
+    pub(crate) fn request_bytes(&self) -> Vec<Bytes> {
         self.progress()
             .frames
             .iter()
             .filter_map(|f| match &f.kind {
-                FrameKind::Request(payload) => payload.decoded(&input),
+                FrameKind::Request(payload) => Some(payload.bytes()),
                 _ => None,
             })
             .collect()
+    }
+
+    /// Lets go of the method (and with it the protos it was served from) when those are not
+    /// `pool`'s: the record is kept as its JSON, and its requests as bytes for verification.
+    fn settle(&self, pool: &DescriptorPool) {
+        let mut progress = self.progress();
+        let stale = progress
+            .method
+            .as_ref()
+            .is_some_and(|m| m.desc.parent_pool() != pool);
+        if !stale || progress.end.is_none() {
+            return;
+        }
+        let Some(method) = progress.method.take() else {
+            return;
+        };
+        let json = self.render(&progress, &method);
+        progress
+            .frames
+            .retain(|f| matches!(f.kind, FrameKind::Request(_)));
+        let size = json.to_string().len()
+            + progress.frames.iter().map(|f| f.size()).sum::<usize>()
+            + metadata_size(&self.metadata);
+        let before = progress.bytes;
+        progress.bytes = size;
+        progress.settled = Some(Settled {
+            name: method.name.clone(),
+            json,
+        });
+        drop(progress);
+        if let (Some(journal), false) = (self.journal, self.detached.load(Ordering::Relaxed)) {
+            if size > before {
+                journal.grew(size - before);
+            } else {
+                journal.bytes.fetch_sub(before - size, Ordering::Relaxed);
+            }
+        }
     }
 
     pub(crate) fn metadata(&self) -> &MetadataMap {

@@ -341,3 +341,25 @@ fn calls_are_journaled_while_the_journal_is_read_and_cleared_with_none_lost_or_t
     assert_eq!(journal.dropped(), 0);
     assert_eq!(cleared + left, workers * each as usize);
 }
+
+#[tokio::test]
+async fn a_reload_lets_go_of_the_old_protos_and_the_call_reads_the_same() {
+    let observer = observer(ROOMY);
+    let one = Requests::One(Request::Encoded(req("old", 1)));
+    let unary = method("Unary");
+    run(call("Unary", one, MetadataMap::new()), seen(observer)).await;
+    let journal = observer.journal().unwrap();
+    let before = calls(observer);
+    let held = Arc::strong_count(&unary);
+    // The same pool: nothing to let go of.
+    journal.settle(&methods().0);
+    assert_eq!(Arc::strong_count(&unary), held);
+    // A reload's new pool: the record no longer holds the method (nor its pool).
+    let reloaded = crate::protos::compile_texts(&[("o.proto", PROTO)]);
+    journal.settle(&reloaded);
+    assert_eq!(Arc::strong_count(&unary), held - 1);
+    assert_eq!(calls(observer), before);
+    assert_eq!(journal.list(Some("o.S/Unary"), 0).len(), 1);
+    let bytes = journal.list(None, 0)[0].request_bytes();
+    assert_eq!(bytes, [req("old", 1)]);
+}
