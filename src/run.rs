@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{CheckArgs, ServeArgs};
+use crate::cli::{CheckArgs, LogFormat, ServeArgs};
 use crate::observe::journal::{Caps, Journal};
 use crate::observe::Observer;
 use crate::protocol::ServiceSettings;
@@ -19,6 +19,35 @@ use crate::server;
 use crate::server::cors::CorsOrigins;
 use crate::state::reload;
 use crate::state::{Method, Registry, Sources, State};
+
+/// Sets up the process's logs on stderr in `format`, filtered by `RUST_LOG` (default `info`). Lines
+/// are written by a thread of their own, in batches: with a line per call, a write to stderr per
+/// line would cost a call more than its answer. Lossy: when stderr does not keep up, lines are
+/// dropped rather than calls slowed. Dropping the guard writes what is left.
+pub fn logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (stderr, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("protodrop-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(stderr);
+    match format {
+        LogFormat::Text => logs
+            .event_format(crate::observe::TextFormat::new(
+                std::io::stderr().is_terminal(),
+            ))
+            .init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    guard
+}
 
 /// Most methods without a handler that `check` names; past it, a count and how to see them all.
 const UNANSWERED_SHOWN: usize = 20;
@@ -217,6 +246,7 @@ fn serve_on(
             max_message_size: args.max_message_size,
             max_header_list_size: args.max_header_size as usize,
             observer,
+            peer: None,
         };
         let connection = server::ConnectionSettings {
             handshake_timeout: args.handshake_timeout,

@@ -25,7 +25,7 @@ pub(super) struct Line<'a> {
 
 /// Whether a call's line would be written (tracing caches this per call site).
 pub(super) fn enabled() -> bool {
-    tracing::enabled!(target: "protodrop::call", tracing::Level::INFO)
+    tracing::enabled!(target: TARGET, tracing::Level::INFO)
 }
 
 pub(super) fn call_ended(line: Line<'_>) {
@@ -45,7 +45,8 @@ pub(super) fn call_ended(line: Line<'_>) {
     let method = served.name.as_str();
     let protocol = protocol.as_str();
     let code = crate::rules::code_name(code);
-    let peer = tracing::field::display(peer.map_or_else(String::new, |p| p.to_string()));
+    let peer = tracing::field::display(Peer(peer));
+    let elapsed_us = elapsed.as_micros() as u64;
     let rule_text = rule.map(|i| served.rule_origin(i));
     if unmatched || served.rules.is_none() {
         let rules = served.rules.as_ref();
@@ -57,7 +58,8 @@ pub(super) fn call_ended(line: Line<'_>) {
         } else {
             "no rule matched"
         };
-        tracing::warn!(target: "protodrop::call", %protocol, %method, %code, rule = "no rule", tried = %tried.join(", "), ?elapsed, %peer, %reason, "call not answered by a rule");
+        let tried = tried.join(", ");
+        tracing::warn!(target: TARGET, protocol, method, code, rule = "none", tried = tried.as_str(), elapsed_us, peer, reason, "call not answered by a rule");
         return;
     }
     let scripted = rule.is_some_and(|i| {
@@ -68,8 +70,115 @@ pub(super) fn call_ended(line: Line<'_>) {
             .is_some_and(|r| matches!(r.answer, Answer::Script(_)))
     });
     if scripted && code != "OK" && message.starts_with("script ") {
-        tracing::warn!(target: "protodrop::call", %protocol, %method, %code, rule = %rule_text.unwrap_or(""), ?elapsed, %peer, reason = %message, "script failed");
+        tracing::warn!(target: TARGET, protocol, method, code, rule = rule_text.unwrap_or(""), elapsed_us, peer, reason = message, "script failed");
         return;
     }
-    tracing::info!(target: "protodrop::call", %protocol, %method, %code, rule = %rule_text.unwrap_or(""), ?elapsed, %peer, "call");
+    tracing::info!(target: TARGET, protocol, method, code, rule = rule_text.unwrap_or(""), elapsed_us, peer, "call");
+}
+
+/// A client's address, or `-` when not known.
+struct Peer(Option<std::net::SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(peer) => peer.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// The text log format: tracing-subscriber's own for every line but a call's, which is written
+/// here field by field as the event hands them over (`grpc pkg.S/M OK rule=… elapsed_us=… peer=…`):
+/// the general formatter costs a call more than answering it does.
+pub(crate) struct TextFormat {
+    general: tracing_subscriber::fmt::format::Format,
+}
+
+impl TextFormat {
+    pub(crate) fn new(ansi: bool) -> TextFormat {
+        TextFormat {
+            general: tracing_subscriber::fmt::format::Format::default().with_ansi(ansi),
+        }
+    }
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for TextFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let meta = event.metadata();
+        if meta.target() != TARGET {
+            return self.general.format_event(ctx, writer, event);
+        }
+        let level = if *meta.level() == tracing::Level::WARN {
+            " WARN"
+        } else {
+            " INFO"
+        };
+        write!(
+            writer,
+            "{}{level} {TARGET}:",
+            humantime::format_rfc3339_micros(std::time::SystemTime::now())
+        )?;
+        let mut fields = CallFields {
+            writer: &mut writer,
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        writer.write_char('\n')
+    }
+}
+
+const TARGET: &str = "protodrop::call";
+
+/// Writes a call's fields as they come: the first three (protocol, method, code) bare, the others
+/// as `name=value`; the event's message is left out (every call line would say the same).
+struct CallFields<'w, 'b> {
+    writer: &'w mut tracing_subscriber::fmt::format::Writer<'b>,
+    result: std::fmt::Result,
+}
+
+impl CallFields<'_, '_> {
+    fn name(&mut self, field: &tracing::field::Field) -> std::fmt::Result {
+        match field.name() {
+            "protocol" | "method" | "code" => self.writer.write_char(' '),
+            name => write!(self.writer, " {name}="),
+        }
+    }
+}
+
+impl tracing::field::Visit for CallFields<'_, '_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if self.result.is_ok() && field.name() != "message" {
+            self.result = self.name(field).and_then(|()| match field.name() {
+                "reason" | "tried" => write!(self.writer, "{value:?}"),
+                _ => self.writer.write_str(value),
+            });
+        }
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        if self.result.is_ok() {
+            self.result = self
+                .name(field)
+                .and_then(|()| write!(self.writer, "{value}"));
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if self.result.is_ok() && field.name() != "message" {
+            self.result = self
+                .name(field)
+                .and_then(|()| write!(self.writer, "{value:?}"));
+        }
+    }
 }

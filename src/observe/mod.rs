@@ -24,6 +24,7 @@ use futures::{Stream, StreamExt as _};
 
 use crate::engine::{self, Event, Reply};
 use journal::{Journal, Record};
+pub(crate) use log::TextFormat;
 
 /// The protocol a call came in by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,30 +55,35 @@ pub(crate) struct Seen {
     pub observer: &'static Observer,
 }
 
-/// The client's address, put in each request's extensions by the server (only while calls are
-/// recorded: it costs the request an extension map).
+/// The client's address, in the extensions of a request that reaches the router through a tower
+/// service (tonic-web, the CORS layer) rather than a call that can carry it: the router is called
+/// with the client's address otherwise, which costs a request no extension map.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Peer(pub SocketAddr);
+pub(crate) struct Peer(pub Option<SocketAddr>);
 
 /// Marks a gRPC-Web request translated to gRPC, so that the gRPC branch records it as gRPC-Web.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct FromGrpcWeb;
+pub(crate) struct FromGrpcWeb(pub Option<SocketAddr>);
 
 impl Seen {
-    /// A call of `protocol` whose request carried `extensions`.
+    /// A call of `protocol` from `peer`, whose request carried `extensions`.
     pub(crate) fn of(
         extensions: &http::Extensions,
         protocol: Protocol,
+        peer: Option<SocketAddr>,
         observer: &'static Observer,
     ) -> Seen {
-        let protocol = match (protocol, extensions.get::<FromGrpcWeb>()) {
-            (Protocol::Grpc, Some(_)) => Protocol::GrpcWeb,
-            (protocol, _) => protocol,
-        };
-        Seen {
-            protocol,
-            peer: extensions.get::<Peer>().map(|p| p.0),
-            observer,
+        match (protocol, extensions.get::<FromGrpcWeb>()) {
+            (Protocol::Grpc, Some(web)) => Seen {
+                protocol: Protocol::GrpcWeb,
+                peer: web.0,
+                observer,
+            },
+            _ => Seen {
+                protocol,
+                peer,
+                observer,
+            },
         }
     }
 }

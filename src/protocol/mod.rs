@@ -53,4 +53,7 @@ pub struct ServiceSettings {
     pub max_header_list_size: usize,
     /// Where every call is recorded (the call log, the journal).
     pub(crate) observer: &'static crate::observe::Observer,
+    /// The client of the request at hand: set by the router on its copy for each request (this
+    /// is copied per call anyway), for the call log and the journal.
+    pub(crate) peer: Option<std::net::SocketAddr>,
 }

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
 use futures::FutureExt as _;
 use http::header::{self, HeaderName, HeaderValue};
@@ -14,6 +16,7 @@ use tower::{Layer as _, ServiceExt as _};
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, Cors, CorsLayer, ExposeHeaders};
 
 use super::router::Router;
+use crate::observe::Peer;
 use crate::protocol::{Body, ResponseFuture};
 
 /// Response headers a browser may always read; the others must be exposed.
@@ -159,7 +162,11 @@ impl WithCors {
 
     /// The answer to one request. Takes `&self`, as hyper's services do: the server shares one
     /// `WithCors` between all connections instead of cloning the stack for every request.
-    pub(crate) fn answer(&self, request: Request<Body>) -> ResponseFuture {
+    pub(crate) fn answer(
+        &self,
+        request: Request<Body>,
+        peer: Option<SocketAddr>,
+    ) -> ResponseFuture {
         let cors = match (&self.cors, request.headers().get(header::ORIGIN)) {
             (Some(cors), Some(origin)) => {
                 if !self.origins.allows(origin) {
@@ -181,8 +188,11 @@ impl WithCors {
                 cors.clone()
             }
             // No CORS, or no Origin (not a browser's cross-origin request): nothing to add.
-            _ => return self.router.answer(request),
+            _ => return self.router.answer(request, peer),
         };
+        // Through the layer, the router gets the client from the request.
+        let mut request = request;
+        request.extensions_mut().insert(Peer(peer));
         async move {
             let mut response = cors.oneshot(request).await?;
             expose_all(&mut response);

@@ -25,7 +25,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::observe::{Observer, Peer};
 use crate::protocol::{ResponseFuture, ServiceSettings};
 use crate::state::Registry;
 
@@ -100,7 +99,6 @@ pub(crate) async fn serve(
             Router::new(registry, settings, shutdown.cut),
         )),
         peer: None,
-        observer: settings.observer,
     };
     let shutdown = shutdown.signal;
     let connections = GracefulShutdown::new();
@@ -208,7 +206,6 @@ struct Http {
     stack: Arc<WithCors>,
     /// The client's address, for the call log and the journal.
     peer: Option<SocketAddr>,
-    observer: &'static Observer,
 }
 
 impl hyper::service::Service<http::Request<Incoming>> for Http {
@@ -218,11 +215,8 @@ impl hyper::service::Service<http::Request<Incoming>> for Http {
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
         // The one box of a request body: every protocol reads this type.
-        let mut request = request.map(tonic::body::Body::new);
-        if let (Some(peer), true) = (self.peer, self.observer.records()) {
-            request.extensions_mut().insert(Peer(peer));
-        }
-        self.stack.answer(request)
+        self.stack
+            .answer(request.map(tonic::body::Body::new), self.peer)
     }
 }
 

@@ -23,6 +23,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use std::net::SocketAddr;
+
 use http::header;
 use http::{StatusCode, Version};
 use tokio_util::sync::CancellationToken;
@@ -30,7 +32,7 @@ use tonic::Status;
 use tower::ServiceExt as _;
 
 use crate::builtin::{health, HttpService};
-use crate::observe::FromGrpcWeb;
+use crate::observe::{FromGrpcWeb, Peer};
 use crate::protocol::connect::{self, Codec, Framing, Target};
 use crate::protocol::deadline::{bounded, shutdown_status, Deadline};
 use crate::protocol::grpc_web::{self, GrpcWeb};
@@ -132,24 +134,30 @@ impl Router {
         }
     }
 
-    /// The answer to one request (`&self`: the server calls one shared router, not a clone).
-    pub(crate) fn answer(&self, request: http::Request<Body>) -> ResponseFuture {
+    /// The answer to one request from `peer` (`&self`: the server calls one shared router, not a
+    /// clone).
+    pub(crate) fn answer(
+        &self,
+        request: http::Request<Body>,
+        peer: Option<SocketAddr>,
+    ) -> ResponseFuture {
         let kind = Kind::of(&request);
         match kind {
             Kind::Refused(status) => return refused(status),
             // Checked (and the headers counted) on the translated request, in the gRPC branch.
             Kind::GrpcWeb => {
                 let mut request = request;
-                if self.core.settings.observer.records() {
-                    request.extensions_mut().insert(FromGrpcWeb);
-                }
+                request.extensions_mut().insert(FromGrpcWeb(peer));
                 return self.grpc_web.serve(request);
             }
-            Kind::Grpc => return self.core.grpc(request),
+            Kind::Grpc => return self.core.grpc(request, peer),
             _ => {}
         }
         let core = &self.core;
-        let settings = core.settings;
+        let settings = ServiceSettings {
+            peer,
+            ..core.settings
+        };
         if let Some(status) = headers_too_large(&request, settings.max_header_list_size) {
             return ready(error_answer(kind, &status));
         }
@@ -160,12 +168,12 @@ impl Router {
         // taking a GET with a `message` parameter), else nothing (NOT_FOUND, in Connect's words).
         let target = match state.methods.get(path) {
             Some(method) => Target::Method(method.clone()),
-            None if kind == Kind::HttpJson => return self.http_json(state, request),
+            None if kind == Kind::HttpJson => return self.http_json(state, request, settings),
             None => match builtin(&core.registry, &state, path) {
                 // Connect GET is for the user's unary methods only.
                 Some(service) if kind != Kind::ConnectGet => Target::Builtin(service),
                 _ if http_json::has_route(&state, request.method(), path) => {
-                    return self.http_json(state, request)
+                    return self.http_json(state, request, settings)
                 }
                 _ => {
                     let status = unknown_path(&state, path);
@@ -181,7 +189,7 @@ impl Router {
             (_, Target::Method(method)) if kind == Kind::ConnectGet => {
                 self.connect(connect::serve_get(state, method, request, settings))
             }
-            _ => self.http_json(state, request),
+            _ => self.http_json(state, request, settings),
         }
     }
 
@@ -200,9 +208,14 @@ impl Router {
         ))
     }
 
-    fn http_json(&self, state: Arc<State>, request: http::Request<Body>) -> ResponseFuture {
+    fn http_json(
+        &self,
+        state: Arc<State>,
+        request: http::Request<Body>,
+        settings: ServiceSettings,
+    ) -> ResponseFuture {
         let core = &self.core;
-        let answer = http_json::serve(state, request, core.settings, core.cut);
+        let answer = http_json::serve(state, request, settings, core.cut);
         let on_cut = || error_answer(Kind::HttpJson, &shutdown_status());
         Box::pin(bounded(answer, Deadline::NONE, core.cut, on_cut, on_cut))
     }
@@ -210,7 +223,7 @@ impl Router {
 
 impl Core {
     /// A gRPC request (or a gRPC-Web one, translated): the user's method, else a built-in service.
-    fn grpc(&self, request: http::Request<Body>) -> ResponseFuture {
+    fn grpc(&self, request: http::Request<Body>, peer: Option<SocketAddr>) -> ResponseFuture {
         if let Some(status) = headers_too_large(&request, self.settings.max_header_list_size) {
             return ready(grpc::error(&status));
         }
@@ -227,7 +240,11 @@ impl Core {
             }
             return ready(grpc::error(&unknown_path(&state, path)));
         };
-        grpc::serve(method, request, deadline, self.settings, self.cut)
+        let settings = ServiceSettings {
+            peer,
+            ..self.settings
+        };
+        grpc::serve(method, request, deadline, settings, self.cut)
     }
 }
 
@@ -245,7 +262,8 @@ impl tower::Service<http::Request<Body>> for GrpcBranch {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        self.0.grpc(request)
+        // Its client is in the `FromGrpcWeb` the router put in.
+        self.0.grpc(request, None)
     }
 }
 
@@ -260,7 +278,9 @@ impl tower::Service<http::Request<Body>> for Router {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        self.answer(request)
+        // Reached through the CORS layer, which keeps the client in the request.
+        let peer = request.extensions().get::<Peer>().and_then(|p| p.0);
+        self.answer(request, peer)
     }
 }
 

@@ -167,7 +167,12 @@ pub(crate) async fn serve(
             {
                 return refusal;
             }
-            let seen = Seen::of(request.extensions(), Protocol::Connect, settings.observer);
+            let seen = Seen::of(
+                request.extensions(),
+                Protocol::Connect,
+                settings.peer,
+                settings.observer,
+            );
             let (parts, body) = request.into_parts();
             let limit = settings.max_message_size;
             let payload = async {
@@ -327,7 +332,12 @@ async fn streaming(
 ) -> HttpResponse {
     let limit = settings.max_message_size;
     let pool = state.protos.pool.clone();
-    let seen = Seen::of(request.extensions(), Protocol::Connect, settings.observer);
+    let seen = Seen::of(
+        request.extensions(),
+        Protocol::Connect,
+        settings.peer,
+        settings.observer,
+    );
     let (parts, body) = request.into_parts();
     let encodings =
         Encoding::parse(wire::header(&parts.headers, "connect-content-encoding")).map(|request| {
@@ -581,7 +591,12 @@ pub(crate) async fn serve_get(
         Ok(d) => d,
         Err(status) => return unary_error(&status, &pool, StatusCode::BAD_REQUEST),
     };
-    let seen = Seen::of(request.extensions(), Protocol::Connect, settings.observer);
+    let seen = Seen::of(
+        request.extensions(),
+        Protocol::Connect,
+        settings.peer,
+        settings.observer,
+    );
     unary(
         state,
         method,

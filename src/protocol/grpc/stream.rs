@@ -56,7 +56,12 @@ pub(super) async fn serve(
             Err(status) => return status.into_http(),
         }
     };
-    let seen = Seen::of(&parts.extensions, Protocol::Grpc, settings.observer);
+    let seen = Seen::of(
+        &parts.extensions,
+        Protocol::Grpc,
+        settings.peer,
+        settings.observer,
+    );
     let call = engine::Call {
         method,
         metadata: MetadataMap::from_headers(parts.headers),

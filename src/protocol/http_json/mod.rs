@@ -121,7 +121,12 @@ async fn call(
         .ok_or_else(|| {
             Status::internal(format!("route {} names no served method", route.pattern))
         })?;
-    let seen = Seen::of(request.extensions(), Protocol::HttpJson, settings.observer);
+    let seen = Seen::of(
+        request.extensions(),
+        Protocol::HttpJson,
+        settings.peer,
+        settings.observer,
+    );
     let (parts, body) = request.into_parts();
     let deadline = Deadline::http(&parts.headers)?;
     let query = wire::query_pairs(parts.uri.query());
