@@ -23,6 +23,7 @@ pub(crate) fn filter(submitted: &Submitted, pool: &DescriptorPool) -> Result<Fil
     let mut ctx = FileCtx {
         path: submitted.name(),
         script_dir: std::path::Path::new("."),
+        confined: true,
         source: submitted.source(),
         pool,
         engine: &engine,

@@ -100,6 +100,7 @@ fn check_sources(
         let mut file = FileCtx {
             path,
             script_dir: path.parent().unwrap_or(FsPath::new(".")),
+            confined: false,
             source,
             pool,
             engine,
@@ -176,6 +177,9 @@ struct FileCtx<'a> {
     /// Where `script = "…"` files are read from: the handler file's folder (a runtime rule's is
     /// the handlers folder).
     script_dir: &'a FsPath,
+    /// Text that came over the network (runtime rules): a `script = "…"` file must be inside
+    /// `script_dir`, so that the admin API reads no other file.
+    confined: bool,
     source: &'a str,
     pool: &'a DescriptorPool,
     engine: &'a ScriptEngine,

@@ -325,6 +325,7 @@ impl Written {
         let mut ctx = FileCtx {
             path,
             script_dir,
+            confined: true,
             source: &self.submitted.source,
             pool,
             engine,
@@ -363,6 +364,7 @@ pub(crate) fn rules(
     let mut ctx = FileCtx {
         path: submitted.name(),
         script_dir,
+        confined: true,
         source: &submitted.source,
         pool,
         engine,
@@ -555,6 +557,26 @@ mod tests {
             "{}",
             d.message
         );
+    }
+
+    #[test]
+    fn a_runtime_rules_script_file_stays_inside_the_handlers_folder() {
+        for path in ["../x.rhai", "/etc/passwd", "a/../../x.rhai"] {
+            let text = format!("[[rule]]\nmethod = \"t.Svc/Unary\"\nscript = \"{path}\"\n");
+            let d = &read_toml(&text).unwrap_err().0[0];
+            assert_eq!((d.line, d.column), (3, 10), "{path}");
+            assert!(
+                d.message.contains("inside the handlers folder"),
+                "{}",
+                d.message
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("s")).unwrap();
+        std::fs::write(dir.path().join("s/x.rhai"), "#{ text: \"s\" }").unwrap();
+        let text = "[[rule]]\nmethod = \"t.Svc/Unary\"\nscript = \"./s/x.rhai\"\n";
+        let sub = Submitted::toml(text).unwrap();
+        assert!(rules(&sub, pool(), &engine(), dir.path()).is_ok());
     }
 
     #[test]

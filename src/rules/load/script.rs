@@ -13,6 +13,18 @@ impl FileCtx<'_> {
             ));
         };
         if is_file {
+            let escapes = std::path::Path::new(text).components().any(|c| {
+                !matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            });
+            if self.confined && escapes {
+                return Err(self.error(
+                    node.span.clone(),
+                    format!("a runtime rule's script is a file inside the handlers folder ({}): no absolute path, no '..'", self.script_dir.display()),
+                ));
+            }
             let path = self.script_dir.join(text);
             // Only a regular file: `/dev/zero` or a FIFO would hang the load (found by fuzzing).
             if std::fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
