@@ -300,6 +300,12 @@ impl Registry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Swaps in a state that differs from the current one in its methods' rules only (health stays
+    /// as it is); the caller holds the runtime rules' lock.
+    fn install_methods(&self, state: State) {
+        self.current.store(Arc::new(state));
+    }
+
     /// Swaps `state` in; the caller holds the runtime rules' lock.
     fn install(&self, state: State) {
         let now = state.health_statuses();

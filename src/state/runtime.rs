@@ -422,7 +422,8 @@ impl super::Registry {
             methods = ?touched,
             "runtime rules changed"
         );
-        self.install(state);
+        // The same services and health overrides: health has nothing to update.
+        self.install_methods(state);
         Ok(out)
     }
 }

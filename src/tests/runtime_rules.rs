@@ -442,3 +442,74 @@ async fn a_filter_counts_the_calls_it_matches_status_included() {
         "{problem}"
     );
 }
+
+/// What a change costs on a real tree (run by hand, figures in the report):
+/// `PROTODROP_TREE=/path/to/protos cargo test --lib large_tree -- --ignored --nocapture`
+/// (`PROTODROP_TREE_INCLUDES`: `-I` roots, `:`-separated).
+#[test]
+#[ignore]
+fn large_tree_changes_cost_one_method() {
+    use std::time::Instant;
+    let protos = std::path::PathBuf::from(std::env::var("PROTODROP_TREE").unwrap());
+    let handlers = tempfile::tempdir().unwrap();
+    let sources = Sources {
+        protos,
+        handlers: handlers.path().to_path_buf(),
+        include_roots: std::env::var("PROTODROP_TREE_INCLUDES")
+            .map(|s| s.split(':').map(Into::into).collect())
+            .unwrap_or_default(),
+        exclude: Vec::new(),
+        descriptor_sets: Vec::new(),
+        script_limits: Default::default(),
+        reflection: false,
+        reads: Default::default(),
+    };
+    let started = Instant::now();
+    let registry = Registry::new(State::build(&sources).unwrap());
+    let state = registry.current();
+    eprintln!(
+        "loaded {} methods in {:?}",
+        state.methods.len(),
+        started.elapsed()
+    );
+    let mut names: Vec<&String> = state.methods.keys().collect();
+    names.sort();
+    let pick = |i: usize| {
+        names[i * names.len() / 10]
+            .trim_start_matches('/')
+            .to_string()
+    };
+    let methods: Vec<String> = (0..10).map(pick).collect();
+    drop(state);
+    let rule = |m: &str| format!("[[rule]]\nmethod = \"{m}\"\n");
+    let timed = |what: &str, f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        f();
+        eprintln!("{what}: {:?}", t.elapsed());
+    };
+    timed("add 1 rule", &mut || {
+        registry
+            .add_rules(Submission::Toml(&rule(&methods[0])))
+            .unwrap();
+    });
+    let ten: String = methods.iter().map(|m| rule(m)).collect();
+    timed("add 10 rules (10 methods)", &mut || {
+        registry.add_rules(Submission::Toml(&ten)).unwrap();
+    });
+    timed("replace 1", &mut || {
+        registry
+            .replace_rule("r1", Submission::Toml(&rule(&methods[1])))
+            .unwrap();
+    });
+    timed("delete 1", &mut || registry.delete_rule("r2").unwrap());
+    timed("list all", &mut || {
+        eprintln!("  {} rules listed", registry.list_rules(None).len());
+    });
+    timed("handler reload with 10 runtime rules", &mut || {
+        let state = registry.current().rebuild_handlers(&sources).unwrap();
+        registry.swap(state);
+    });
+    timed("reset", &mut || {
+        registry.reset_rules();
+    });
+}
