@@ -16,7 +16,7 @@ use crate::script::ScriptEngine;
 const FILTER_KEYS: &[&str] = &["method", "when", "status"];
 
 /// The filter written in `submitted`; every problem, at its line and column.
-pub(crate) fn filter(submitted: &Submitted, pool: &DescriptorPool) -> Result<Filter, Diagnostics> {
+fn filter(submitted: &Submitted, pool: &DescriptorPool) -> Result<Filter, Diagnostics> {
     let mut problems = Diagnostics::default();
     // No script is read; the loader's context wants an engine all the same.
     let engine = ScriptEngine::new(Default::default());
@@ -33,6 +33,22 @@ pub(crate) fn filter(submitted: &Submitted, pool: &DescriptorPool) -> Result<Fil
     match read {
         Ok(filter) if problems.0.is_empty() => Ok(filter),
         _ => Err(submitted.explain(problems)),
+    }
+}
+
+impl Filter {
+    /// A filter written in TOML; problems name line and column of `text` (`submitted.toml:L:C`).
+    pub(crate) fn toml(text: &str, pool: &DescriptorPool) -> Result<Filter, Diagnostics> {
+        filter(&Submitted::toml(text)?, pool)
+    }
+
+    /// The same filter as a JSON object (problems as for JSON runtime rules: the line of its
+    /// print and the JSON path).
+    pub(crate) fn json(
+        value: &serde_json::Value,
+        pool: &DescriptorPool,
+    ) -> Result<Filter, Diagnostics> {
+        filter(&Submitted::json(value)?, pool)
     }
 }
 
@@ -103,5 +119,139 @@ impl FileCtx<'_> {
         } else {
             Ok(out)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use prost_reflect::DynamicMessage;
+    use tonic::Code;
+
+    use super::super::testkit::{metadata, pool, pos, request};
+    use crate::rules::filter::Filter;
+
+    fn filter(text: &str) -> Filter {
+        Filter::toml(text, pool()).unwrap_or_else(|d| panic!("the filter should load:\n{d}"))
+    }
+
+    #[test]
+    fn a_filter_matches_method_request_metadata_and_status() {
+        let f = filter("method = \"t.Svc/Unary\"\nwhen.request.name = \"tom\"\nwhen.metadata.x-user = { present = true }\nstatus = \"ok\"\n");
+        let tom = request(json!({"name": "tom"}));
+        let ann = request(json!({"name": "ann"}));
+        let md = metadata(&[("x-user", "u1")]);
+        assert!(f.matches("/t.Svc/Unary", &md, Some(&tom), Code::Ok));
+        assert!(
+            !f.matches("t.Svc/Unary", &md, Some(&ann), Code::Ok),
+            "request"
+        );
+        assert!(
+            !f.matches("t.Svc/Unary", &metadata(&[]), Some(&tom), Code::Ok),
+            "metadata"
+        );
+        assert!(
+            !f.matches("t.Svc/Unary", &md, Some(&tom), Code::NotFound),
+            "status"
+        );
+        assert!(
+            !f.matches("t.Svc/Echo", &md, Some(&tom), Code::Ok),
+            "method"
+        );
+        assert!(!f.matches("t.Svc/Unary", &md, None, Code::Ok), "no request");
+    }
+
+    #[test]
+    fn every_part_is_optional_and_a_status_is_a_name_or_a_number() {
+        let all = filter("");
+        assert!(all.matches("t.Other/Ping", &metadata(&[]), None, Code::Internal));
+        let not_found = filter("status = 5\n");
+        assert!(not_found.matches("t.Svc/Unary", &metadata(&[]), None, Code::NotFound));
+        assert!(!not_found.matches("t.Svc/Unary", &metadata(&[]), None, Code::Ok));
+        let by_name = filter("status = \"NOT_FOUND\"\nwhen.metadata.x-user = \"u1\"\n");
+        assert!(by_name.matches(
+            "t.Svc/Echo",
+            &metadata(&[("x-user", "u1")]),
+            None,
+            Code::NotFound
+        ));
+        assert!(!by_name.matches(
+            "t.Svc/Echo",
+            &metadata(&[("x-user", "u2")]),
+            None,
+            Code::NotFound
+        ));
+    }
+
+    #[test]
+    fn json_is_the_same_filter() {
+        let f = Filter::json(
+            &json!({"method": "t.Svc/Unary", "when": {"request": {"num": 2}}, "status": "OK"}),
+            pool(),
+        )
+        .unwrap();
+        let md = metadata(&[]);
+        assert!(f.matches(
+            "t.Svc/Unary",
+            &md,
+            Some(&request(json!({"num": 2}))),
+            Code::Ok
+        ));
+        assert!(!f.matches(
+            "t.Svc/Unary",
+            &md,
+            Some(&request(json!({"num": 3}))),
+            Code::Ok
+        ));
+    }
+
+    #[test]
+    fn bad_filters_name_line_and_column() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "when.request.name = \"tom\"\n",
+                "request",
+                "need `method = ",
+            ),
+            (
+                "method = \"t.Svc/Unary\"\nwhen.request.nam = \"x\"\n",
+                "nam",
+                "no field 'nam'",
+            ),
+            (
+                "method = \"t.Svc/Nope\"\n",
+                "\"t.Svc/Nope\"",
+                "no method 'Nope'",
+            ),
+            ("status = \"FINE\"\n", "\"FINE\"", "not a gRPC status code"),
+            (
+                "methd = \"t.Svc/Unary\"\n",
+                "methd",
+                "unknown filter key 'methd'",
+            ),
+            ("when.body = 1\n", "body", "unknown condition 'body'"),
+        ];
+        for (text, needle, words) in cases {
+            let (line, column) = pos(text, needle);
+            let problems = Filter::toml(text, pool()).unwrap_err().0;
+            let d = problems
+                .iter()
+                .find(|d| (d.line, d.column) == (line, column))
+                .unwrap_or_else(|| {
+                    panic!("{text}: a problem at {line}:{column}; got {problems:?}")
+                });
+            assert_eq!(d.file.to_str(), Some("submitted.toml"));
+            assert!(d.message.contains(words), "{text}: {}", d.message);
+        }
+    }
+
+    #[test]
+    fn a_request_of_a_reloaded_pool_is_read_as_the_filters_type() {
+        let f = filter("method = \"t.Svc/Unary\"\nwhen.request.name = \"tom\"\n");
+        let again = crate::protos::compile_texts(&[("t.proto", super::super::testkit::PROTO)]);
+        let desc = again.get_message_by_name("t.Req").unwrap();
+        let tom = DynamicMessage::deserialize(desc, json!({"name": "tom"})).unwrap();
+        assert!(f.matches("t.Svc/Unary", &metadata(&[]), Some(&tom), Code::Ok));
     }
 }

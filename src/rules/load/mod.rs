@@ -20,7 +20,6 @@ mod script;
 mod stream;
 mod when;
 
-pub(crate) use filter::filter;
 pub(crate) use runtime::{rules as runtime_rules, Submitted, Written};
 
 use std::collections::{BTreeMap, HashMap};
