@@ -236,6 +236,34 @@ async fn runtime_rules_survive_handler_and_proto_reloads() {
         tree.registry.list_rules(Some("t.Svc/Other"))[0].problem,
         None
     );
+
+    // A handler edit that gives a bidi method a script, which reads the whole stream, keeps that
+    // method's runtime rule aside; the script answers meanwhile.
+    let unary_only = &FILE_RULES[..FILE_RULES
+        .find("\n\n[[rule]]\nmethod = \"t.Svc/Chat\"")
+        .unwrap()];
+    tree.handler_reload(unary_only);
+    assert_eq!(
+        tree.add("[[rule]]\nmethod = \"t.Svc/Chat\"\nreply = { text = \"runtime\" }\n"),
+        ["r3"]
+    );
+    tree.handler_reload(FILE_RULES);
+    let chat = tree.registry.list_rules(Some("t.Svc/Chat"));
+    let seen: Vec<(&str, bool)> = chat
+        .iter()
+        .map(|l| (l.id.as_str(), l.problem.is_some()))
+        .collect();
+    assert_eq!(seen, [("", false), ("r3", true)], "{chat:?}");
+    assert!(chat[1]
+        .problem
+        .as_deref()
+        .unwrap()
+        .contains("can have only that one rule"));
+    let rules = tree.registry.current().methods["/t.Svc/Chat"]
+        .rules
+        .clone()
+        .unwrap();
+    assert_eq!(rules.rules.len(), 1, "the file's script alone is served");
 }
 
 #[tokio::test]

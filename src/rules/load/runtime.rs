@@ -382,10 +382,11 @@ pub(crate) fn rules(
             },
         );
     }
-    let json_rules = submitted
-        .json
-        .then(|| submitted_json_rules(&submitted.root))
-        .unwrap_or_default();
+    let json_rules = if submitted.json {
+        submitted_json_rules(&submitted.root)
+    } else {
+        vec![]
+    };
     let mut out = Vec::new();
     for (index, (_, result)) in read.into_iter().enumerate() {
         let Ok((method, mut rule)) = result else {
