@@ -76,6 +76,16 @@ impl Method {
             .map_or("?", |r| r.origin.as_str())
     }
 
+    /// The same method with other rules (runtime rules layered over the files'), compiled anew.
+    pub(crate) fn with_rules(&self, rules: Option<MethodRules>) -> Method {
+        Method::new(
+            self.desc.clone(),
+            self.name.clone(),
+            rules,
+            self.handlers_dir.clone(),
+        )
+    }
+
     /// The `UNIMPLEMENTED` message for a method without rules: which file to add, and a starter
     /// rule to put in it.
     pub(crate) fn no_handler_message(&self) -> String {

@@ -17,6 +17,8 @@ use crate::script::Script;
 pub struct Rule {
     /// `handlers/x.toml:12`, for messages that name the rule.
     pub(crate) origin: String,
+    /// The rule as it was written (its `[[rule]]` table's text), for listings.
+    pub(crate) text: std::sync::Arc<str>,
     pub(crate) conditions: Vec<Condition>,
     pub(crate) answer: Answer,
     pub(crate) headers: Vec<MetadataTemplate>,

@@ -4,6 +4,7 @@
 //! [`reload`] watches the folders and swaps a new state in.
 
 pub(crate) mod reload;
+pub(crate) mod runtime;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -79,6 +80,13 @@ pub struct State {
     /// Warnings about services of the protos that protodrop serves itself (health, reflection):
     /// the built-in answers their paths.
     pub(crate) builtin_copies: Vec<Diagnostic>,
+    /// The files' rules of the methods runtime rules are layered over, by HTTP path: what those
+    /// methods are rebuilt from when their runtime rules change ([`runtime`]).
+    pub(crate) beneath: HashMap<String, Option<rules::MethodRules>>,
+    /// The script engine the rules were compiled with, and the handlers folder (where a runtime
+    /// rule's `script = "…"` is read from): runtime rules are compiled as the files' were.
+    pub(crate) scripts: ScriptEngine,
+    pub(crate) handlers_dir: Arc<std::path::Path>,
 }
 
 impl State {
@@ -198,7 +206,28 @@ impl State {
             handler_files: files.len(),
             health_overrides: health,
             builtin_copies,
+            beneath: HashMap::new(),
+            scripts: engine,
+            handlers_dir,
         })
+    }
+
+    /// A copy to change a few methods of: the maps of `Arc`s are copied, nothing is compiled.
+    #[cfg_attr(not(test), allow(dead_code))] // by the runtime rules' changes (see there)
+    pub(crate) fn derived(&self) -> State {
+        State {
+            protos: self.protos.clone(),
+            methods: self.methods.clone(),
+            rule_count: self.rule_count,
+            handler_files: self.handler_files,
+            reflection: self.reflection.clone(),
+            routes: self.routes.clone(),
+            health_overrides: self.health_overrides.clone(),
+            builtin_copies: self.builtin_copies.clone(),
+            beneath: self.beneath.clone(),
+            scripts: self.scripts.clone(),
+            handlers_dir: self.handlers_dir.clone(),
+        }
     }
 
     /// Logs the warnings of a load (skipped HTTP routes, copies of built-in services).
@@ -234,12 +263,15 @@ impl State {
     }
 }
 
-/// The current state, swapped atomically by reloads, and the health statuses that follow it.
+/// The current state, swapped atomically by reloads and by changes of the runtime rules, and the
+/// health statuses that follow it.
 pub(crate) struct Registry {
     current: ArcSwap<State>,
     pub health: Health,
     /// The journal, told when a reload replaces the protos so that it lets go of the old ones.
     journal: std::sync::OnceLock<&'static Journal>,
+    /// The runtime rules; its lock serializes every swap ([`runtime`]).
+    runtime: std::sync::Mutex<runtime::Runtime>,
 }
 
 impl Registry {
@@ -250,6 +282,7 @@ impl Registry {
             current: ArcSwap::new(Arc::new(state)),
             health,
             journal: std::sync::OnceLock::new(),
+            runtime: Default::default(),
         }
     }
 
@@ -262,7 +295,28 @@ impl Registry {
         self.current.load_full()
     }
 
+    /// Swaps in a state built from the files, with the runtime rules layered over them.
     pub(crate) fn swap(&self, state: State) {
+        let mut runtime = self.lock_runtime();
+        let state = runtime.relayer(state);
+        self.install(state);
+    }
+
+    fn lock_runtime(&self) -> std::sync::MutexGuard<'_, runtime::Runtime> {
+        // A change that panicked left the store as it was before it (changes edit a copy).
+        self.runtime
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Swaps in a state that differs from the current one in its methods' rules only (health stays
+    /// as it is); the caller holds the runtime rules' lock.
+    fn install_methods(&self, state: State) {
+        self.current.store(Arc::new(state));
+    }
+
+    /// Swaps `state` in; the caller holds the runtime rules' lock.
+    fn install(&self, state: State) {
         let now = state.health_statuses();
         let state = Arc::new(state);
         let before = self.current.swap(state.clone());

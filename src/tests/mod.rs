@@ -5,6 +5,7 @@ mod editions;
 mod encoding;
 mod fuzz_regressions;
 mod memory;
+mod runtime_rules;
 
 /// The binary's allocator meter (`main.rs` wraps mimalloc in it): the memory measurement reads it,
 /// and scripts' memory limits are checked against it as in the server.

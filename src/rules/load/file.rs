@@ -30,10 +30,31 @@ impl FileCtx<'_> {
                 return vec![];
             }
         };
+        self.read_root(&root, Some(health))
+            .into_iter()
+            .filter_map(|(_, rule)| rule.ok())
+            .collect()
+    }
+
+    /// The rules of a parsed file, each with the node it was read from (`Err`: reported). Without
+    /// `health` (runtime rules), a `[health]` table is refused.
+    pub(super) fn read_root<'n>(
+        &mut self,
+        root: &'n Node,
+        mut health: Option<&mut BTreeMap<String, ServingStatus>>,
+    ) -> Vec<(&'n Node, Res<(String, Rule)>)> {
         let mut out = Vec::new();
         for (key, node) in root.as_table().into_iter().flatten() {
             if key.name == "health" {
-                self.health(node, health);
+                match health.as_deref_mut() {
+                    Some(health) => self.health(node, health),
+                    None => {
+                        self.error(
+                            key.span.clone(),
+                            "runtime rules hold [[rule]] tables only: health is set in a handler file",
+                        );
+                    }
+                }
                 continue;
             }
             if key.name != "rule" {
@@ -54,9 +75,7 @@ impl FileCtx<'_> {
                 continue;
             };
             for rule in rules {
-                if let Ok(r) = self.rule(rule) {
-                    out.push(r);
-                }
+                out.push((rule, self.rule(rule)));
             }
         }
         out
@@ -198,6 +217,7 @@ impl FileCtx<'_> {
             full,
             Rule {
                 origin,
+                text: self.rule_text(node),
                 conditions,
                 answer,
                 headers,

@@ -12,11 +12,15 @@
 
 pub(super) mod error;
 mod file;
+mod filter;
 mod metadata;
 mod reply;
+mod runtime;
 mod script;
 mod stream;
 mod when;
+
+pub(crate) use runtime::{rules as runtime_rules, Submitted, Written};
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -94,6 +98,8 @@ fn check_sources(
     for (path, source) in sources {
         let mut file = FileCtx {
             path,
+            script_dir: path.parent().unwrap_or(FsPath::new(".")),
+            confined: false,
             source,
             pool,
             engine,
@@ -126,36 +132,53 @@ fn check_stream_scripts(
     problems: &mut Diagnostics,
 ) {
     for (name, rules) in methods {
-        let reads_stream = name
-            .rsplit_once('/')
-            .and_then(|(svc, m)| {
-                pool.get_service_by_name(svc)?
-                    .methods()
-                    .find(|x| x.name() == m)
-            })
-            .is_some_and(|m| m.is_client_streaming());
-        let has_script = rules
-            .rules
-            .iter()
-            .any(|r| matches!(r.answer, Answer::Script(_)));
-        if reads_stream && has_script && rules.rules.len() > 1 {
-            let origins: Vec<&str> = rules.rules.iter().map(|r| r.origin.as_str()).collect();
-            let file = origins[0].rsplit_once(':').map_or(origins[0], |(f, _)| f);
-            problems.push(Diagnostic::file(
-                PathBuf::from(file),
-                format!(
-                    "{name} is a client/bidi stream answered by a script, which reads the whole stream, so it can have only that one rule (found {}: {})",
-                    rules.rules.len(),
-                    origins.join(", ")
-                ),
-            ));
+        let desc = name.rsplit_once('/').and_then(|(svc, m)| {
+            pool.get_service_by_name(svc)?
+                .methods()
+                .find(|x| x.name() == m)
+        });
+        if let Some(message) = desc.and_then(|d| lone_script_problem(&d, rules)) {
+            let first = rules.rules[0].origin.as_str();
+            let file = first.rsplit_once(':').map_or(first, |(f, _)| f);
+            problems.push(Diagnostic::file(PathBuf::from(file), message));
         }
     }
 }
 
+/// Why `rules` cannot answer `method` together: a client or bidi stream answered by a script has
+/// that one rule (the script reads the whole stream, so no other rule could ever run). Shared by
+/// the handler files and the runtime rules layered over them.
+pub(crate) fn lone_script_problem(
+    method: &prost_reflect::MethodDescriptor,
+    rules: &MethodRules,
+) -> Option<String> {
+    let has_script = rules
+        .rules
+        .iter()
+        .any(|r| matches!(r.answer, Answer::Script(_)));
+    if !(method.is_client_streaming() && has_script && rules.rules.len() > 1) {
+        return None;
+    }
+    let origins: Vec<&str> = rules.rules.iter().map(|r| r.origin.as_str()).collect();
+    Some(format!(
+        "{}/{} is a client/bidi stream answered by a script, which reads the whole stream, so it can have only that one rule (found {}: {})",
+        method.parent_service().full_name(),
+        method.name(),
+        rules.rules.len(),
+        origins.join(", ")
+    ))
+}
+
 /// One handler file being read: its text, what it is checked against, and where its problems go.
 struct FileCtx<'a> {
+    /// What problems name: the file, or a submission's name.
     path: &'a FsPath,
+    /// Where `script = "…"` files are read from: the handler file's folder (a runtime rule's is
+    /// the handlers folder).
+    script_dir: &'a FsPath,
+    /// Text that came over the network (runtime rules): a `script = "…"` file must be inside
+    /// `script_dir`, so that the admin API reads no other file.
+    confined: bool,
     source: &'a str,
     pool: &'a DescriptorPool,
     engine: &'a ScriptEngine,
@@ -178,6 +201,27 @@ impl FileCtx<'_> {
     fn origin(&self, span: &Range<usize>) -> String {
         let (line, _, _) = crate::diagnostic::locate(self.source, span.start);
         format!("{}:{line}", self.path.display())
+    }
+
+    /// The rule written at `node`, as written: an inline table's text, or a `[[rule]]` table from
+    /// its header to the end of its last entry's line (its sub-tables included). For listings.
+    fn rule_text(&self, node: &Node) -> std::sync::Arc<str> {
+        fn extent(node: &Node) -> usize {
+            let inner = match &node.value {
+                NodeValue::Array(items) => items.iter().map(extent).max(),
+                NodeValue::Table(t) => t.iter().map(|(k, v)| k.span.end.max(extent(v))).max(),
+                _ => None,
+            };
+            node.span.end.max(inner.unwrap_or(0))
+        }
+        let start = node.span.start.min(self.source.len());
+        let mut end = extent(node).clamp(start, self.source.len());
+        if self.source[start..].starts_with("[[") {
+            end += self.source[end..]
+                .find('\n')
+                .unwrap_or(self.source.len() - end);
+        }
+        std::sync::Arc::from(self.source[start..end].trim_end())
     }
 
     /// A template text written as the TOML string `node`; a problem points inside the string.
@@ -211,7 +255,7 @@ impl FileCtx<'_> {
 /// RPC shape, like tests/common's `T_PROTO`), a handler file checked as [`load_source`] checks it,
 /// and what a user looks at: the rules a method gets, or a problem at `file:line:column`.
 #[cfg(test)]
-mod testkit {
+pub(in crate::rules) mod testkit {
     use std::path::Path;
     use std::sync::OnceLock;
 

@@ -1,8 +1,6 @@
 //! `script` (a file next to the handler file) and `code` (inline Rhai): compiled once at load, with
 //! positions inside inline code counted from the handler file's own lines.
 
-use std::path::Path as FsPath;
-
 use super::{FileCtx, Reported, Res};
 use crate::rules::toml_tree::Node;
 
@@ -15,7 +13,19 @@ impl FileCtx<'_> {
             ));
         };
         if is_file {
-            let path = self.path.parent().unwrap_or(FsPath::new(".")).join(text);
+            let escapes = std::path::Path::new(text).components().any(|c| {
+                !matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            });
+            if self.confined && escapes {
+                return Err(self.error(
+                    node.span.clone(),
+                    format!("a runtime rule's script is a file inside the handlers folder ({}): no absolute path, no '..'", self.script_dir.display()),
+                ));
+            }
+            let path = self.script_dir.join(text);
             // Only a regular file: `/dev/zero` or a FIFO would hang the load (found by fuzzing).
             if std::fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
                 return Err(self.error(
