@@ -335,12 +335,11 @@ impl Record {
     }
 
     /// Adds a frame, within the journal's byte cap.
-    fn push(&self, kind: FrameKind, size: usize) {
+    fn push(&self, kind: FrameKind, size: usize, at: Duration) {
         let Some(journal) = self.journal else {
             return;
         };
         let size = size + FRAME_OVERHEAD;
-        let at = self.clock.elapsed();
         let mut progress = self.progress();
         if progress.bytes + size > journal.caps.max_bytes {
             progress.dropped_frames += 1;
@@ -361,9 +360,10 @@ impl Record {
         }
         match requests {
             Requests::One(request) => {
+                // Read with the call's start.
                 let payload = Payload::of_request(&request);
                 let size = payload.size();
-                self.push(FrameKind::Request(payload), size);
+                self.push(FrameKind::Request(payload), size, Duration::ZERO);
                 Requests::One(request)
             }
             Requests::Stream(stream) => {
@@ -372,30 +372,52 @@ impl Record {
                     if let Ok(request) = request {
                         let payload = Payload::of_request(request);
                         let size = payload.size();
-                        record.push(FrameKind::Request(payload), size);
+                        record.push(FrameKind::Request(payload), size, record.clock.elapsed());
                     }
                 })))
             }
         }
     }
 
+    /// A unary answer, whole: its headers, message and end, at one moment.
+    pub(super) fn ready(&self, ready: &engine::Ready) {
+        let at = self.clock.elapsed();
+        self.headers_at(&ready.headers, at);
+        if let Some(message) = &ready.message {
+            self.reply_at(message, at);
+        }
+        self.close(ready.end.code, &ready.end.message, &ready.end.trailers, at);
+    }
+
     pub(super) fn headers(&self, headers: &MetadataMap) {
+        self.headers_at(headers, self.clock.elapsed());
+    }
+
+    fn headers_at(&self, headers: &MetadataMap, at: Duration) {
         if self.journal.is_some() && !headers.is_empty() {
-            self.push(FrameKind::Headers(headers.clone()), metadata_size(headers));
+            self.push(
+                FrameKind::Headers(headers.clone()),
+                metadata_size(headers),
+                at,
+            );
         }
     }
 
     pub(super) fn reply(&self, message: &Message) {
+        self.reply_at(message, self.clock.elapsed());
+    }
+
+    fn reply_at(&self, message: &Message, at: Duration) {
         if self.journal.is_some() {
             let payload = Payload::of_reply(message);
             let size = payload.size();
             let rule = self.progress().current;
-            self.push(FrameKind::Reply(payload, rule), size);
+            self.push(FrameKind::Reply(payload, rule), size, at);
         }
     }
 
     pub(super) fn end(&self, end: &End) {
-        self.close(end.code, &end.message, &end.trailers);
+        self.close(end.code, &end.message, &end.trailers, self.clock.elapsed());
     }
 
     /// The reply was dropped: unless its end was seen, the call was cut short.
@@ -405,12 +427,12 @@ impl Record {
                 Code::Cancelled,
                 "the reply was dropped before its end: the client went away, or the deadline or the shutdown ended the call",
                 &MetadataMap::new(),
+                self.clock.elapsed(),
             );
         }
     }
 
-    fn close(&self, code: Code, message: &str, trailers: &MetadataMap) {
-        let elapsed = self.clock.elapsed();
+    fn close(&self, code: Code, message: &str, trailers: &MetadataMap, elapsed: Duration) {
         let mut progress = self.progress();
         if progress.end.is_some() {
             return;

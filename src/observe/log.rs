@@ -119,15 +119,12 @@ where
             return self.general.format_event(ctx, writer, event);
         }
         let level = if *meta.level() == tracing::Level::WARN {
-            " WARN"
+            "  WARN"
         } else {
-            " INFO"
+            "  INFO"
         };
-        write!(
-            writer,
-            "{}{level} {TARGET}:",
-            humantime::format_rfc3339_micros(std::time::SystemTime::now())
-        )?;
+        write_now(&mut writer)?;
+        write!(writer, "{level} {TARGET}:")?;
         let mut fields = CallFields {
             writer: &mut writer,
             result: Ok(()),
@@ -139,6 +136,38 @@ where
 }
 
 const TARGET: &str = "protodrop::call";
+
+/// The time as RFC 3339 with microseconds, as tracing-subscriber writes it; the part up to the
+/// second is formatted once a second per thread.
+fn write_now(writer: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+    use std::cell::RefCell;
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let since = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let micros = since.subsec_micros();
+    SECOND.with_borrow_mut(|(second, text)| {
+        if *second != since.as_secs() {
+            *second = since.as_secs();
+            let whole = now - std::time::Duration::from_micros(micros.into());
+            *text = humantime::format_rfc3339_seconds(whole).to_string();
+            text.pop(); // the `Z`
+        }
+        let mut digits = [b'0'; 6];
+        let mut n = micros;
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        writer.write_str(text)?;
+        writer.write_char('.')?;
+        writer.write_str(std::str::from_utf8(&digits).unwrap_or("000000"))?;
+        writer.write_char('Z')
+    })
+}
 
 /// Writes a call's fields as they come: the first three (protocol, method, code) bare, the others
 /// as `name=value`; the event's message is left out (every call line would say the same).

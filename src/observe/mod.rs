@@ -123,11 +123,7 @@ pub(crate) async fn answer(call: engine::Call, seen: Seen) -> Reply {
     call.requests = record.tee(call.requests);
     match engine::answer(call).await {
         Reply::Ready(ready) => {
-            record.headers(&ready.headers);
-            if let Some(message) = &ready.message {
-                record.reply(message);
-            }
-            record.end(&ready.end);
+            record.ready(&ready);
             Reply::Ready(ready)
         }
         Reply::Refused(end) => {
