@@ -22,6 +22,7 @@
 pub mod cli;
 pub mod run;
 
+mod admin;
 mod budget;
 mod builtin;
 mod codec;

@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["engine"],
     &["builtin"],
     &["state"],
+    &["admin"],
     &["protocol"],
     &["server"],
     &["cli"],

@@ -46,6 +46,13 @@ pub async fn answer(call: Call) -> Reply {
         reserve,
     } = call;
     let Some(rules) = &method.rules else {
+        if let Some(native) = &method.native {
+            // Boxed: the call's own future stays the size the rules' path needs.
+            return Box::pin(super::native::answer(
+                &method, &**native, metadata, requests,
+            ))
+            .await;
+        }
         return Reply::refused(Status::unimplemented(method.no_handler_message()));
     };
     let (client, server) = (
@@ -816,7 +823,7 @@ fn unary_outcome(
 }
 
 /// The client's messages decoded: what scripts and client streams read.
-fn decoded(method: &Method, requests: Requests) -> Decoded {
+pub(super) fn decoded(method: &Method, requests: Requests) -> Decoded {
     let input = method.desc.input();
     let decode = move |request: Request| match request {
         Request::Encoded(bytes) => decode_request(&input, bytes),

@@ -1,5 +1,6 @@
 //! A compiled rule: when it applies and what it answers. Built by `load`, used per call by the engine.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +18,8 @@ use crate::script::Script;
 pub struct Rule {
     /// `handlers/x.toml:12`, for messages that name the rule.
     pub(crate) origin: String,
+    /// The rule as written, from its `[[rule]]` line to its last value (what the admin API lists).
+    pub(crate) text: Arc<str>,
     pub(crate) conditions: Vec<Condition>,
     pub(crate) answer: Answer,
     pub(crate) headers: Vec<MetadataTemplate>,

@@ -194,10 +194,12 @@ impl FileCtx<'_> {
         let trailers = self.metadata(node.get("trailers"), &metadata_roots)?;
         let delay = node.get("delay").map(|d| self.duration(d)).transpose()?;
         let origin = self.origin(&node.span);
+        let text = self.written(node);
         Ok((
             full,
             Rule {
                 origin,
+                text,
                 conditions,
                 answer,
                 headers,
@@ -278,6 +280,19 @@ mod tests {
         let echo = &handlers.methods["t.Svc/Echo"].rules[0];
         assert_eq!(echo.origin, format!("{FILE}:6"));
         assert_eq!(reply(echo, &request(json!({}))), json!({ "name": "b" }));
+    }
+
+    #[test]
+    fn a_rule_keeps_its_text_from_its_header_to_its_last_value() {
+        let first = "[[rule]]\nmethod = \"t.Svc/Unary\"\n# inside\nreply = { text = \"a\" }\n[rule.when]\nrequest.name = \"x\"";
+        let second = "[[rule]]\nmethod = \"t.Svc/Echo\"\ncode = \"\"\"\n[1, 2]\n\"\"\"";
+        let h = format!(
+            "# the first\n{first}\n\n# the second\n{second}\n\n[health]\n\"\" = \"SERVING\"\n"
+        );
+        let handlers = load(&h).unwrap();
+        assert_eq!(&*handlers.methods["t.Svc/Unary"].rules[0].text, first);
+        // A line starting with `[` inside a string is not the next table.
+        assert_eq!(&*handlers.methods["t.Svc/Echo"].rules[0].text, second);
     }
 
     #[test]

@@ -180,6 +180,29 @@ impl FileCtx<'_> {
         format!("{}:{line}", self.path.display())
     }
 
+    /// The text of the rule `node` (a `[[rule]]` table, whose own span is its header): up to the
+    /// end of the line of its last key or value, sub-tables (`[rule.when]`) included.
+    fn written(&self, node: &Node) -> std::sync::Arc<str> {
+        fn end(node: &Node) -> usize {
+            let inner = match &node.value {
+                NodeValue::Table(table) => table
+                    .iter()
+                    .map(|(key, value)| key.span.end.max(end(value)))
+                    .max(),
+                NodeValue::Array(items) => items.iter().map(end).max(),
+                _ => None,
+            };
+            node.span.end.max(inner.unwrap_or(0))
+        }
+        let start = node.span.start.min(self.source.len());
+        let last = end(node).clamp(start, self.source.len());
+        let line_end = self.source[last..]
+            .find('\n')
+            .map_or(self.source.len(), |i| last + i);
+        let text = self.source[start..line_end].trim_end();
+        std::sync::Arc::from(text)
+    }
+
     /// A template text written as the TOML string `node`; a problem points inside the string.
     fn text(&mut self, s: &str, node: &Node, roots: &Roots) -> Res<Text> {
         Text::parse(s, roots).map_err(|(message, offset)| {
