@@ -17,7 +17,8 @@ use prost_reflect::DynamicMessage;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
-use super::{End, Message, Method, Ready, Reply, Requests};
+use super::{End, Message, Method, Ready, Reply, Request, Requests};
+use crate::codec::decode_request;
 use crate::limits::multiple_requests;
 
 /// What answers a native method: one request in, one reply out (unary). Shared by every call of
@@ -39,15 +40,24 @@ pub(super) async fn answer(
     requests: Requests,
 ) -> Reply {
     let answered = async {
-        let mut incoming = super::run::decoded(method, requests);
-        let request = incoming
-            .next()
-            .await
-            .transpose()?
-            .ok_or_else(|| Status::internal("missing request message"))?;
-        if incoming.next().await.transpose()?.is_some() {
-            return Err(multiple_requests());
-        }
+        let request = match requests {
+            Requests::One(request) => request,
+            Requests::Stream(mut stream) => {
+                let first = stream
+                    .next()
+                    .await
+                    .transpose()?
+                    .ok_or_else(|| Status::internal("missing request message"))?;
+                if stream.next().await.transpose()?.is_some() {
+                    return Err(multiple_requests());
+                }
+                first
+            }
+        };
+        let request = match request {
+            Request::Encoded(bytes) => decode_request(&method.desc.input(), bytes)?,
+            Request::Decoded(message) => message,
+        };
         native.answer(request, metadata).await
     };
     match answered.await {

@@ -823,7 +823,7 @@ fn unary_outcome(
 }
 
 /// The client's messages decoded: what scripts and client streams read.
-pub(super) fn decoded(method: &Method, requests: Requests) -> Decoded {
+fn decoded(method: &Method, requests: Requests) -> Decoded {
     let input = method.desc.input();
     let decode = move |request: Request| match request {
         Request::Encoded(bytes) => decode_request(&input, bytes),
