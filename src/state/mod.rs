@@ -175,9 +175,9 @@ impl State {
             let native = sources
                 .natives
                 .iter()
-                .find(|n| n.name == service.full_name());
-            let builtin = match service.full_name() {
-                _ if native.is_some() => native.map(|n| n.what),
+                .find(|n| n.name == service.full_name())
+                .map(|n| n.what);
+            let builtin = native.or(match service.full_name() {
                 crate::builtin::HEALTH_SERVICE => Some("health"),
                 name if reflection.is_some()
                     && crate::builtin::REFLECTION_SERVICES.contains(&name) =>
@@ -185,7 +185,7 @@ impl State {
                     Some("server reflection")
                 }
                 _ => None,
-            };
+            });
             if let Some(what) = builtin {
                 let prefix = format!("{}/", service.full_name());
                 let mut unused: Vec<String> = methods
