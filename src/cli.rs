@@ -161,6 +161,7 @@ impl SourceArgs {
             descriptor_sets: self.descriptor_set.clone(),
             reflection: !self.no_reflection,
             reads: Default::default(),
+            natives: Vec::new(),
             script_limits: ScriptLimits {
                 max_operations: self.script_max_operations,
                 max_call_depth: self.script_max_call_depth,
@@ -272,6 +273,17 @@ pub struct ServeArgs {
     #[arg(long, env = "PROTODROP_CORS_ORIGIN", value_delimiter = ',', default_value = "*", value_parser = crate::server::cors::parse_origin, value_name = "ORIGIN")]
     pub cors_origin: Vec<String>,
 
+    /// Serve the admin API (protodrop.admin.v1.Admin: rules, calls, verification) only on this
+    /// address, a listener of its own, instead of on the main port beside the protos' services (where
+    /// it is reachable by whoever reaches that port). A bare port means 127.0.0.1:PORT; port 0 picks a
+    /// free port, printed on stdout as `admin listening on ADDR` after the main listen line.
+    #[arg(long, help_heading = "Admin API", env = "PROTODROP_ADMIN_LISTEN", value_parser = parse_admin_listen, conflicts_with = "no_admin", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Do not serve the admin API at all: its paths are unknown, reflection does not list it.
+    #[arg(long, help_heading = "Admin API", env = "PROTODROP_NO_ADMIN")]
+    pub no_admin: bool,
+
     /// PEM file with the server's certificate (its chain, leaf first): serve TLS on the port, for every
     /// protocol (gRPC, gRPC-Web, Connect, HTTP/JSON). Needs --tls-key. Read once at start-up.
     #[arg(
@@ -318,6 +330,17 @@ impl ServeArgs {
             _ => None,
         }
     }
+}
+
+/// `--admin-listen`: an address, or a bare port on loopback (the admin API is not for the network
+/// unless you say so).
+fn parse_admin_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.trim().parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.trim()
+        .parse()
+        .map_err(|e| format!("'{s}' is not an address such as 127.0.0.1:9090, or a port: {e}"))
 }
 
 /// A connection timeout: a duration above zero (zero would close every connection at once).

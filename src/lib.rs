@@ -10,7 +10,8 @@
 //! router picks one `protocol` per request) → the protocol reads the call and hands it to the
 //! `engine` (a call in, the rules executed, reply events out), then writes the events in its own
 //! wire form (`codec` for messages, `limits` for the size statuses every layer shares).
-//! `state::reload` watches both folders and swaps the state.
+//! `state::reload` watches both folders and swaps the state. The `admin` API is served by the same
+//! machinery: its methods are native `engine::Method`s that the state serves beside the user's.
 //!
 //! ARCHITECTURE.md is the map: which module does what, and where a new protocol, answer kind or
 //! built-in service goes.
@@ -22,6 +23,7 @@
 pub mod cli;
 pub mod run;
 
+mod admin;
 mod budget;
 mod builtin;
 mod codec;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::Admin;
 use crate::cli::{CheckArgs, LogFormat, ServeArgs};
 use crate::observe::journal::{Caps, Journal};
 use crate::observe::Observer;
@@ -126,7 +127,21 @@ const CUT_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 /// Problems in the protos or handlers are printed and give a failure exit code; an `Err` is anything
 /// else that keeps the server from starting (a bad flag value, a TLS file, a busy address).
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let sources = args.sources.sources();
+    let mut sources = args.sources.sources();
+    let journal = (!args.no_journal).then(|| {
+        Journal::new(Caps {
+            max_calls: args.journal_max_calls,
+            max_bytes: args.journal_max_bytes,
+        })
+    });
+    // Leaked (one per process), as the shutdown cut is: every call borrows it.
+    let observer: &'static Observer = Box::leak(Box::new(Observer::new(journal)));
+    // The admin API: beside the protos' services on the main port, unless it has a listener of its
+    // own (then served from a state of its own, below) or is off.
+    let admin = (!args.no_admin).then(Admin::new);
+    if let (Some(admin), None) = (&admin, args.admin_listen) {
+        sources.natives.push(admin.service().clone());
+    }
     let cors = CorsOrigins::from_flags(&args.cors_origin).map_err(anyhow::Error::msg)?;
     // Read the TLS files before anything slower, so a wrong path fails at once.
     let tls = args
@@ -146,12 +161,21 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     tracing::info!(
         services = state.service_count(),
-        methods = state.methods.len(),
+        methods = state.methods.values().filter(|m| !m.is_native()).count(),
         rules = state.rule_count,
         "loaded"
     );
     state.log_warnings();
     let registry = Arc::new(Registry::new(state));
+    if let Some(journal) = observer.journal() {
+        registry.settle_on_reload(journal);
+    }
+    let admin_registry = admin.as_ref().and_then(|admin| {
+        admin.attach(&registry, observer.journal());
+        args.admin_listen?;
+        let state = State::native_only(admin.service(), !args.sources.no_reflection);
+        Some(Arc::new(Registry::new(state)))
+    });
     // What compiling a large tree freed (parsed files, the compiler's scratch) stays with the
     // allocator until something allocates again; give it back now, before serving.
     alloc_meter::release_free_memory();
@@ -184,7 +208,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let serving = std::thread::Builder::new()
         .name("protodrop-serve".into())
         .stack_size(stack)
-        .spawn(move || serve_on(runtime, threads, args, sources, tls, cors, registry))
+        .spawn(move || {
+            let registries = Registries {
+                main: registry,
+                admin: admin_registry,
+                observer,
+            };
+            serve_on(runtime, threads, args, sources, tls, cors, registries)
+        })
         .context("starting the serving thread")?;
     serving
         .join()
@@ -198,6 +229,14 @@ fn default_threads() -> NonZeroUsize {
     std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
 }
 
+/// What the listeners serve: the main one the protos (and the admin API, unless it has a listener
+/// of its own, `admin`); and where their calls are recorded.
+struct Registries {
+    main: Arc<Registry>,
+    admin: Option<Arc<Registry>>,
+    observer: &'static Observer,
+}
+
 /// The server's life on `runtime`: bind, watch, serve until a signal and the grace period.
 fn serve_on(
     runtime: tokio::runtime::Runtime,
@@ -206,13 +245,27 @@ fn serve_on(
     sources: Sources,
     tls: Option<server::TlsSettings>,
     cors: CorsOrigins,
-    registry: Arc<Registry>,
+    registries: Registries,
 ) -> anyhow::Result<ExitCode> {
+    let Registries {
+        main: registry,
+        admin: admin_registry,
+        observer,
+    } = registries;
     let result = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
         let addr = listener.local_addr()?;
+        let admin_listener = match (args.admin_listen, admin_registry) {
+            (Some(admin_addr), Some(admin_registry)) => {
+                let listener = tokio::net::TcpListener::bind(admin_addr)
+                    .await
+                    .with_context(|| format!("binding {admin_addr} (--admin-listen)"))?;
+                Some((listener, admin_registry))
+            }
+            _ => None,
+        };
         let shutdown = shutdown_signal()?;
         // Watch before announcing the address, so an edit made right after the line is seen.
         let _watcher = if args.no_watch {
@@ -226,21 +279,19 @@ fn serve_on(
         // Tests and scripts read this line to learn the port when listening on port 0. It stays the
         // same with TLS on (parsers expect exactly `listening on ADDR`); the log says the scheme.
         println!("listening on {addr}");
+        match &admin_listener {
+            Some((listener, _)) => {
+                let admin_addr = listener.local_addr()?;
+                println!("admin listening on {admin_addr}");
+                tracing::info!(%admin_addr, "admin API on a listener of its own");
+            }
+            None if args.no_admin => tracing::info!("admin API off"),
+            None => tracing::info!(%addr, "admin API on the main port"),
+        }
         tracing::info!(threads, "serving");
         if let Some(tls) = &tls {
             let clients = if tls.verifies_clients() { "required" } else { "not asked" };
             tracing::info!(scheme = "https", client_certificates = clients, "TLS on");
-        }
-        let journal = (!args.no_journal).then(|| {
-            Journal::new(Caps {
-                max_calls: args.journal_max_calls,
-                max_bytes: args.journal_max_bytes,
-            })
-        });
-        // Leaked (one per process), as `cut` is: every call borrows it.
-        let observer: &'static Observer = Box::leak(Box::new(Observer::new(journal)));
-        if let Some(journal) = observer.journal() {
-            registry.settle_on_reload(journal);
         }
         let settings = ServiceSettings {
             max_message_size: args.max_message_size,
@@ -262,14 +313,34 @@ fn serve_on(
         // grace period; then they are cut, each ending with UNAVAILABLE, and the process exits 0
         // all the same.
         let (signalled_tx, signalled) = tokio::sync::oneshot::channel::<()>();
-        let shutdown = async move {
-            shutdown.await;
-            tracing::info!(grace = %humantime::format_duration(args.shutdown_grace), "shutting down");
-            let _ = signalled_tx.send(());
+        // The admin API's own listener stops with the main one.
+        let stopped = CancellationToken::new();
+        let shutdown = {
+            let stopped = stopped.clone();
+            async move {
+                shutdown.await;
+                tracing::info!(grace = %humantime::format_duration(args.shutdown_grace), "shutting down");
+                let _ = signalled_tx.send(());
+                stopped.cancel();
+            }
         };
         // Leaked (one per process): every call borrows it, with no reference count to update.
         let cut: &'static CancellationToken = Box::leak(Box::new(CancellationToken::new()));
-        let serving = server::serve(
+        let admin_serving = admin_listener.map(|(listener, registry)| {
+            server::serve(
+                listener,
+                tls.clone(),
+                registry,
+                settings,
+                connection,
+                cors.clone(),
+                server::Shutdown {
+                    signal: stopped.cancelled_owned(),
+                    cut,
+                },
+            )
+        });
+        let main_serving = server::serve(
             listener,
             tls,
             registry,
@@ -281,6 +352,14 @@ fn serve_on(
                 cut,
             },
         );
+        let serving = async move {
+            let admin_serving = async move {
+                if let Some(admin_serving) = admin_serving {
+                    admin_serving.await;
+                }
+            };
+            tokio::join!(main_serving, admin_serving);
+        };
         let mut serving = std::pin::pin!(serving);
         let grace_over = async {
             if signalled.await.is_ok() {

@@ -17,6 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["observe"],
     &["builtin"],
     &["state"],
+    &["admin"],
     &["protocol"],
     &["server"],
     &["cli"],

@@ -463,6 +463,8 @@ async fn v1_and_v1alpha_clients_both_list_every_service_once_with_the_built_in_o
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
         "p.names.Svc",
+        // The admin API, served on the same port by default.
+        "protodrop.admin.v1.Admin",
     ]
     .map(String::from)
     .to_vec();

@@ -6,7 +6,8 @@
 #      ADVISORY_DB=<advisory-db checkout>): see below why it is not on by default,
 #   4. pytest tests/e2e, protodrop on --threads 1: the five seed posts' Python clients against
 #      protodrop and against the seeds' own Python servers (see tests/e2e/conftest.py), and curl
-#      over Connect and HTTP/JSON (test_http.py; curl is installed with apt-get when missing),
+#      over Connect and HTTP/JSON (test_http.py; curl is installed with apt-get when missing);
+#      npm ci in tests/e2e/web first, for the buf that test_admin.py runs,
 #   5. tests/e2e/web (node --test): a page in headless Debian Chromium calling protodrop over gRPC-Web
 #      from another origin, and buf curl over gRPC, gRPC-Web and Connect (Debian's chromium is
 #      installed with apt-get when /usr/bin/chromium is missing; npm ci installs the rest).
@@ -59,6 +60,8 @@ if ! command -v curl >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq curl >/dev/null
 fi
+# buf (npm @bufbuild/buf) is used by test_admin.py too: install tests/e2e/web's packages first.
+(cd tests/e2e/web && npm ci --no-audit --no-fund --loglevel=error)
 export PROTODROP_BIN="${CARGO_TARGET_DIR:-$REPO/target}/debug/protodrop"
 echo "PROTODROP_BIN=$PROTODROP_BIN"
 # The Rust and node tests serve with the default --threads (one per core: the multi-threaded
@@ -75,4 +78,4 @@ if [ ! -x /usr/bin/chromium ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 /usr/bin/chromium --version 2>/dev/null || true
-(cd tests/e2e/web && npm ci --no-audit --no-fund --loglevel=error && npm test --silent)
+(cd tests/e2e/web && npm test --silent)

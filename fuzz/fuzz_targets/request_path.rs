@@ -58,6 +58,7 @@ fn fixture() -> &'static Fixture {
             },
             reflection: false,
             reads: Default::default(),
+            natives: Vec::new(),
         };
         let state = State::build(&sources).unwrap_or_else(|d| panic!("seed state: {d}"));
         let mut methods: Vec<Arc<Method>> = state.methods.values().cloned().collect();

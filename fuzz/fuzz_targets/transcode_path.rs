@@ -67,6 +67,7 @@ fn fixture() -> &'static Fixture {
             script_limits: ScriptLimits::default(),
             reflection: false,
             reads: Default::default(),
+            natives: Vec::new(),
         };
         let state = State::build(&sources).unwrap_or_else(|d| panic!("transcode fixture: {d}"));
         let bindings = bindings(&state.protos.pool);

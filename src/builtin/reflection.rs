@@ -113,10 +113,14 @@ impl std::fmt::Debug for Reflection {
 
 impl Reflection {
     /// Serves every file of `pool` (imports and well-known types included, so clients can resolve
-    /// every type a method uses), plus the built-in services' files. Cheap: nothing is indexed or
-    /// encoded until asked for.
-    pub(crate) fn new(pool: &DescriptorPool) -> Self {
-        let server = ServerReflectionServer::new(Answers { pool: pool.clone() });
+    /// every type a method uses), then those of `natives` (the pools of the services protodrop
+    /// answers natively, the admin API's), plus the built-in services' files. Cheap: nothing is
+    /// indexed or encoded until asked for.
+    pub(crate) fn new(pool: &DescriptorPool, natives: &[DescriptorPool]) -> Self {
+        let server = ServerReflectionServer::new(Answers {
+            pool: pool.clone(),
+            natives: natives.to_vec(),
+        });
         let service = server.map_request(|mut request: http::Request<tonic::body::Body>| {
             if let Some(method) = request.uri().path().strip_prefix(V1ALPHA_PREFIX) {
                 let path = format!("{V1_PREFIX}{method}");
@@ -140,10 +144,12 @@ impl Reflection {
     }
 }
 
-/// The answering side: the user's pool, with [`BUILT_INS`] behind it.
+/// The answering side: the user's pool, with the native services' pools and [`BUILT_INS`] behind
+/// it (a file or symbol both define is the user's).
 #[derive(Clone)]
 struct Answers {
     pool: DescriptorPool,
+    natives: Vec<DescriptorPool>,
 }
 
 #[tonic::async_trait]
@@ -316,9 +322,11 @@ impl Answers {
         }
     }
 
-    /// The user's pool, then the built-in services' files.
+    /// The user's pool, the native services' pools, then the built-in services' files.
     fn pools(&self) -> impl Iterator<Item = &DescriptorPool> {
-        [&self.pool, &*BUILT_INS].into_iter()
+        std::iter::once(&self.pool)
+            .chain(&self.natives)
+            .chain(std::iter::once(&*BUILT_INS))
     }
 
     fn message(&self, name: &str) -> Result<prost_reflect::MessageDescriptor, Status> {

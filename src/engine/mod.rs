@@ -17,6 +17,7 @@
 //! `Arc<engine::Method>`, and the protocols turn events into their wire form.
 
 pub(crate) mod emit;
+mod native;
 mod run;
 #[cfg(test)]
 mod tests;
@@ -34,6 +35,7 @@ use tonic::{Code, Status};
 use crate::rules::MethodRules;
 use emit::Direct;
 
+pub(crate) use native::Native;
 pub use run::answer;
 
 /// One method as served: its descriptor, its rules, and their compiled form.
@@ -49,6 +51,8 @@ pub struct Method {
     /// The handlers folder, named in the answer to a method without rules (the message is built
     /// only when asked: thousands of methods of a large tree have none).
     handlers_dir: Arc<Path>,
+    /// What answers a method of protodrop's own (the admin API) instead of rules: see [`native`].
+    native: Option<Arc<dyn Native>>,
 }
 
 impl Method {
@@ -65,6 +69,7 @@ impl Method {
             rules,
             direct,
             handlers_dir,
+            native: None,
         }
     }
 
@@ -84,6 +89,25 @@ impl Method {
             rules,
             self.handlers_dir.clone(),
         )
+    }
+
+    /// A method answered by `native`, not by rules.
+    pub(crate) fn native(desc: MethodDescriptor, native: Arc<dyn Native>) -> Method {
+        let name = format!("{}/{}", desc.parent_service().full_name(), desc.name());
+        Method {
+            desc,
+            name,
+            rules: None,
+            direct: None,
+            handlers_dir: Arc::from(Path::new("")),
+            native: Some(native),
+        }
+    }
+
+    /// Whether protodrop's own code answers this method (the admin API): such a call is no call to
+    /// the mock, so per-call rule work and the journal leave it out.
+    pub(crate) fn is_native(&self) -> bool {
+        self.native.is_some()
     }
 
     /// The `UNIMPLEMENTED` message for a method without rules: which file to add, and a starter

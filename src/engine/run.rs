@@ -48,6 +48,13 @@ pub async fn answer(call: Call) -> Reply {
         watch,
     } = call;
     let Some(rules) = &method.rules else {
+        if let Some(native) = &method.native {
+            // Boxed: the call's own future stays the size the rules' path needs.
+            return Box::pin(super::native::answer(
+                &method, &**native, metadata, requests,
+            ))
+            .await;
+        }
         return Reply::refused(Status::unimplemented(method.no_handler_message()));
     };
     let (client, server) = (

@@ -103,6 +103,32 @@ impl FileResolver for BundledResolver {
     }
 }
 
+/// `source`, a proto bundled in the binary under `name` (the admin API's), compiled into a pool of
+/// its own with what it may import: the bundled `google/api` and `google/rpc` files and the
+/// well-known types. Not the user's pool: a user's tree and its reloads never see it.
+pub(crate) fn compile_bundled(
+    name: &'static str,
+    source: &'static str,
+) -> Result<DescriptorPool, protox::Error> {
+    struct This(&'static str, &'static str);
+    impl FileResolver for This {
+        fn open_file(&self, name: &str) -> Result<File, protox::Error> {
+            match name == self.0 {
+                true => File::from_source(self.0, self.1),
+                false => Err(protox::Error::file_not_found(name)),
+            }
+        }
+    }
+    let mut resolver = protox::file::ChainFileResolver::new();
+    resolver.add(This(name, source));
+    resolver.add(BundledResolver);
+    resolver.add(protox::file::GoogleFileResolver::new());
+    let mut compiler = protox::Compiler::with_file_resolver(resolver);
+    compiler.include_imports(true);
+    compiler.open_file(name)?;
+    Ok(compiler.descriptor_pool())
+}
+
 /// The compiled protos.
 #[derive(Clone, Debug)]
 pub struct Protos {

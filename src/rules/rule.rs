@@ -171,10 +171,6 @@ pub struct MethodRules {
 }
 
 impl MethodRules {
-    pub(crate) fn select(&self, scope: &Scope<'_>) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.matches(scope))
-    }
-
     /// The script that handles a whole client or bidi stream, if this method has one, and its rule.
     pub(crate) fn stream_script(&self) -> Option<(&Rule, &Script)> {
         self.rules.iter().find_map(|r| match &r.answer {

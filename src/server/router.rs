@@ -15,7 +15,9 @@
 //! success; grpc-go refuses it the same way).
 //!
 //! The user's methods are looked up once, here, and handed to the protocol; their protos win over
-//! the built-in services if they define them. A call still waiting for its answer at the end of the
+//! the built-in services if they define them. The admin API's methods are in the same table (the
+//! state puts them there, see `state::NativeService`), so they are found by the same lookup and
+//! served as a user's method is. A call still waiting for its answer at the end of the
 //! shutdown grace period ends with UNAVAILABLE in its protocol's error form.
 
 use std::convert::Infallible;

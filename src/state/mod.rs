@@ -2,6 +2,14 @@
 //!
 //! A call takes an `Arc` of its method when it starts, so a reload never changes a call in flight.
 //! [`reload`] watches the folders and swaps a new state in.
+//!
+//! Services protodrop answers with its own code ([`NativeService`]: the admin API) come in with the
+//! sources and join each state as it is built: their methods in the one method table (so every
+//! protocol finds them with the one lookup it already makes, after which a native method is served
+//! as any other), their `google.api.http` routes tried after the user's, their files listed by
+//! reflection. Their descriptors stay in a pool of their own: a user's tree, and its reloads, are
+//! the same with or without them. A state of a native service alone ([`State::native_only`]) is
+//! what a listener of its own serves (`--admin-listen`).
 
 pub(crate) mod reload;
 pub(crate) mod runtime;
@@ -61,6 +69,22 @@ pub struct Sources {
     pub reflection: bool,
     /// What each load read outside the protos folder: the files the watcher watches there.
     pub reads: protos::ReadLog,
+    /// Services answered by protodrop's own code, served beside the protos' (the admin API when it
+    /// shares the port); none for `check`.
+    pub natives: Vec<Arc<NativeService>>,
+}
+
+/// A service protodrop answers with its own code (the admin API): native `engine::Method`s over a
+/// pool of its own, compiled once at start-up, and the HTTP routes of its annotations.
+#[derive(Debug)]
+pub struct NativeService {
+    /// The service's full name (`protodrop.admin.v1.Admin`).
+    pub(crate) name: String,
+    /// What it is, for the warning about a copy of it in the user's protos.
+    pub(crate) what: &'static str,
+    pub(crate) pool: prost_reflect::DescriptorPool,
+    pub(crate) methods: Vec<Arc<Method>>,
+    pub(crate) routes: Arc<crate::protos::http_routes::Routes>,
 }
 
 /// Everything a call needs, as of one load.
@@ -87,6 +111,8 @@ pub struct State {
     /// rule's `script = "…"` is read from): runtime rules are compiled as the files' were.
     pub(crate) scripts: ScriptEngine,
     pub(crate) handlers_dir: Arc<std::path::Path>,
+    /// The native services served with this state: their routes are tried after the user's.
+    natives: Vec<Arc<NativeService>>,
 }
 
 impl State {
@@ -114,7 +140,10 @@ impl State {
         let compiled = started.elapsed();
         let routes = crate::protos::http_routes::Routes::of(&protos, &proto_roots);
         let routed = started.elapsed();
-        let reflection = sources.reflection.then(|| Reflection::new(&protos.pool));
+        let reflection = sources.reflection.then(|| {
+            let natives: Vec<_> = sources.natives.iter().map(|n| n.pool.clone()).collect();
+            Reflection::new(&protos.pool, &natives)
+        });
         tracing::debug!(?compiled, ?routed, elapsed = ?started.elapsed(), "protos compiled");
         let state = Self::with_handlers(protos, routes, reflection, sources);
         tracing::debug!(elapsed = ?started.elapsed(), "handlers loaded");
@@ -152,7 +181,12 @@ impl State {
         let handlers_dir: Arc<std::path::Path> = Arc::from(sources.handlers.as_path());
         let mut builtin_copies = Vec::new();
         for service in protos.pool.services() {
-            let builtin = match service.full_name() {
+            let native = sources
+                .natives
+                .iter()
+                .find(|n| n.name == service.full_name())
+                .map(|n| n.what);
+            let builtin = native.or(match service.full_name() {
                 crate::builtin::HEALTH_SERVICE => Some("health"),
                 name if reflection.is_some()
                     && crate::builtin::REFLECTION_SERVICES.contains(&name) =>
@@ -160,7 +194,7 @@ impl State {
                     Some("server reflection")
                 }
                 _ => None,
-            };
+            });
             if let Some(what) = builtin {
                 let prefix = format!("{}/", service.full_name());
                 let mut unused: Vec<String> = methods
@@ -197,6 +231,9 @@ impl State {
                 served.insert(format!("/{}", method.name), Arc::new(method));
             }
         }
+        for method in sources.natives.iter().flat_map(|n| &n.methods) {
+            served.insert(format!("/{}", method.name), method.clone());
+        }
         Ok(State {
             routes,
             reflection,
@@ -209,6 +246,7 @@ impl State {
             beneath: HashMap::new(),
             scripts: engine,
             handlers_dir,
+            natives: sources.natives.clone(),
         })
     }
 
@@ -227,7 +265,55 @@ impl State {
             beneath: self.beneath.clone(),
             scripts: self.scripts.clone(),
             handlers_dir: self.handlers_dir.clone(),
+            natives: self.natives.clone(),
         }
+    }
+
+    /// A state serving `native` alone, for a listener of its own: its pool stands for the protos
+    /// (reflection lists it, errors name its services), its methods and routes are the only ones.
+    pub(crate) fn native_only(native: &Arc<NativeService>, reflection: bool) -> State {
+        let methods = native
+            .methods
+            .iter()
+            .map(|m| (format!("/{}", m.name), m.clone()))
+            .collect();
+        State {
+            protos: Protos {
+                pool: native.pool.clone(),
+                files: Vec::new(),
+                generation: 0,
+                reloaded: None,
+            },
+            methods,
+            rule_count: 0,
+            handler_files: 0,
+            reflection: reflection.then(|| Reflection::new(&native.pool, &[])),
+            routes: native.routes.clone(),
+            health_overrides: BTreeMap::new(),
+            builtin_copies: Vec::new(),
+            beneath: HashMap::new(),
+            scripts: ScriptEngine::new(ScriptLimits::default()),
+            handlers_dir: Arc::from(std::path::Path::new("")),
+            natives: Vec::new(),
+        }
+    }
+
+    /// The HTTP route `method path` names: the user's routes first, then the native services'.
+    pub(crate) fn route(
+        &self,
+        method: &http::Method,
+        path: &str,
+    ) -> crate::protos::http_routes::Lookup<'_> {
+        use crate::protos::http_routes::Lookup;
+        let found = self.routes.find(method, path);
+        if !matches!(found, Lookup::NotFound) {
+            return found;
+        }
+        self.natives
+            .iter()
+            .map(|n| n.routes.find(method, path))
+            .find(|l| !matches!(l, Lookup::NotFound))
+            .unwrap_or(found)
     }
 
     /// Logs the warnings of a load (skipped HTTP routes, copies of built-in services).
@@ -256,6 +342,7 @@ impl State {
                     .services()
                     .map(|s| s.full_name().to_string()),
             )
+            .chain(self.natives.iter().map(|n| n.name.clone()))
             .map(|name| (name, ServingStatus::Serving))
             .collect();
         statuses.extend(self.health_overrides.clone());

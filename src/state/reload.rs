@@ -659,6 +659,7 @@ mod tests {
             script_limits: Default::default(),
             reflection: false,
             reads: Default::default(),
+            natives: Vec::new(),
         };
         let mut watched = Watched::new(&sources).unwrap();
         let roots: Vec<_> = watched.entries.iter().map(|e| e.path.clone()).collect();
@@ -792,6 +793,7 @@ mod tests {
             script_limits: Default::default(),
             reflection: false,
             reads: Default::default(),
+            natives: Vec::new(),
         };
         let registry = Registry::new(State::build(&sources).unwrap());
         assert_eq!(health_of(&registry, ""), 1);

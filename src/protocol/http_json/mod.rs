@@ -52,7 +52,7 @@ pub async fn serve(
     cut: &'static CancellationToken,
 ) -> HttpResponse {
     let path = request.uri().path().to_string();
-    match state.routes.find(request.method(), &path) {
+    match state.route(request.method(), &path) {
         Lookup::Found(route, bindings) => {
             let pool = state.protos.pool.clone();
             call(&state, route, bindings, request, settings, cut)
@@ -102,7 +102,7 @@ pub async fn serve(
 /// Whether some route has this path, with this HTTP method or another (the router sends a request
 /// that could be Connect's here when a route has its path, so that the route answers or says 405).
 pub(crate) fn has_route(state: &State, method: &http::Method, path: &str) -> bool {
-    !matches!(state.routes.find(method, path), Lookup::NotFound)
+    !matches!(state.route(method, path), Lookup::NotFound)
 }
 
 async fn call(

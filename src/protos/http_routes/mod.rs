@@ -239,7 +239,6 @@ impl Routes {
     /// The routes of every method of `pool`. `roots` are the folders the proto files were read from
     /// (the protos folder, then the `-I` roots), to point problems at their line. Bindings with a
     /// problem are left out, each with a warning in [`Routes::skipped`].
-    #[cfg(any(test, feature = "fuzzing"))]
     pub fn build(pool: &DescriptorPool, roots: &[PathBuf]) -> Routes {
         Routes::make(pool, roots, None)
     }

@@ -301,6 +301,19 @@ mod tests {
     }
 
     #[test]
+    fn a_rule_keeps_its_text_from_its_header_to_its_last_value() {
+        let first = "[[rule]]\nmethod = \"t.Svc/Unary\"\n# inside\nreply = { text = \"a\" }\n[rule.when]\nrequest.name = \"x\"";
+        let second = "[[rule]]\nmethod = \"t.Svc/Echo\"\ncode = \"\"\"\n[1, 2]\n\"\"\"";
+        let h = format!(
+            "# the first\n{first}\n\n# the second\n{second}\n\n[health]\n\"\" = \"SERVING\"\n"
+        );
+        let handlers = load(&h).unwrap();
+        assert_eq!(&*handlers.methods["t.Svc/Unary"].rules[0].text, first);
+        // A line starting with `[` inside a string is not the next table.
+        assert_eq!(&*handlers.methods["t.Svc/Echo"].rules[0].text, second);
+    }
+
+    #[test]
     fn a_rule_without_an_answer_replies_with_the_empty_message() {
         let r = rule("[[rule]]\nmethod = \"t.Svc/Unary\"\n", "Svc/Unary");
         assert_eq!(reply(&r, &request(json!({ "name": "x" }))), json!({}));
