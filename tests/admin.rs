@@ -72,10 +72,11 @@ fn expected(server: &Server) -> Json {
         "[[rule]]\nmethod = \"t.Svc/Unary\"\n# the default\nreply = { text = \"any\" }";
     let unary_x =
         "[[rule]]\nmethod = \"t.Svc/Unary\"\nwhen.request.name = \"x\"\nreply = { text = \"x\" }";
+    // By method, each method's rules in the order they are tried: those with `when` first.
     json!({ "rules": [
         { "method": "t.Svc/Echo", "origin": origin("a/echo.toml", 1), "text": ECHO_RULES.trim_end() },
-        { "method": "t.Svc/Unary", "origin": origin("t.toml", line_of(T_RULES, "[[rule]]")), "text": unary_default },
         { "method": "t.Svc/Unary", "origin": origin("t.toml", 8), "text": unary_x },
+        { "method": "t.Svc/Unary", "origin": origin("t.toml", line_of(T_RULES, "[[rule]]")), "text": unary_default },
     ]})
 }
 
@@ -191,9 +192,12 @@ async fn list_rules_follows_a_handler_reload() {
     let origin = format!("{}:1", server.handlers_dir().join("z.toml").display());
     eventually(Duration::from_secs(10), || async {
         let reply = http_client::get(server.addr, RULES_ROUTE).await.json();
-        let last = &reply["rules"][3];
-        match (last["origin"].as_str(), last["text"].as_str()) {
-            (Some(o), Some(t)) if o == origin && t == added => Ok(()),
+        let listed = reply["rules"].as_array().into_iter().flatten();
+        match listed
+            .filter(|r| r["origin"] == origin.as_str() && r["text"] == added)
+            .count()
+        {
+            1 => Ok(()),
             _ => Err(reply.to_string()),
         }
     })
