@@ -73,6 +73,9 @@ pub struct State {
     reflection: Option<Reflection>,
     /// HTTP/JSON transcoding routes from the `google.api.http` annotations, rebuilt with the protos.
     pub routes: Arc<crate::protos::http_routes::Routes>,
+    /// The OpenAPI document of `routes`, made when first asked for (`GET /openapi.json`), kept
+    /// while the routes are: a handler reload shares it, a proto reload starts a new one.
+    pub(crate) openapi: Arc<tokio::sync::OnceCell<bytes::Bytes>>,
     /// Health overrides from the handler files' `[health]` tables.
     pub(crate) health_overrides: BTreeMap<String, ServingStatus>,
     /// Warnings about services of the protos that protodrop serves itself (health, reflection):
@@ -107,7 +110,7 @@ impl State {
         let routed = started.elapsed();
         let reflection = sources.reflection.then(|| Reflection::new(&protos.pool));
         tracing::debug!(?compiled, ?routed, elapsed = ?started.elapsed(), "protos compiled");
-        let state = Self::with_handlers(protos, routes, reflection, sources);
+        let state = Self::with_handlers(protos, routes, Arc::default(), reflection, sources);
         tracing::debug!(elapsed = ?started.elapsed(), "handlers loaded");
         state
     }
@@ -119,6 +122,7 @@ impl State {
             Self::with_handlers(
                 self.protos.clone(),
                 self.routes.clone(),
+                self.openapi.clone(),
                 self.reflection.clone(),
                 sources,
             )
@@ -128,6 +132,7 @@ impl State {
     fn with_handlers(
         protos: Protos,
         routes: Arc<crate::protos::http_routes::Routes>,
+        openapi: Arc<tokio::sync::OnceCell<bytes::Bytes>>,
         reflection: Option<Reflection>,
         sources: &Sources,
     ) -> Result<State, Diagnostics> {
@@ -190,6 +195,7 @@ impl State {
         }
         Ok(State {
             routes,
+            openapi,
             reflection,
             protos,
             methods: served,
