@@ -948,3 +948,434 @@ pub(crate) fn clean_comment(text: &str) -> Option<String> {
     }
     (!out.is_empty()).then_some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tree with every kind of field, well-known types, comments, and bindings of each kind.
+    const PROTO: &str = r#"syntax = "proto3";
+package lib.v1;
+import "google/api/annotations.proto";
+import "google/protobuf/any.proto";
+import "google/protobuf/duration.proto";
+import "google/protobuf/empty.proto";
+import "google/protobuf/field_mask.proto";
+import "google/protobuf/struct.proto";
+import "google/protobuf/timestamp.proto";
+import "google/protobuf/wrappers.proto";
+
+// Kinds of books.
+enum Kind {
+  KIND_UNSPECIFIED = 0;
+  // A long story.
+  NOVEL = 1;
+}
+
+// A book on a shelf.
+message Book {
+  // Resource name: shelves/*/books/*.
+  string name = 1;
+  int32 pages = 2;
+  uint32 copies = 3;
+  int64 words = 4;
+  uint64 isbn = 5;
+  double rating = 6;
+  float weight = 7;
+  bool signed = 8;
+  bytes cover = 9;
+  Kind kind = 10;
+  repeated string tags = 11;
+  map<string, int64> counts = 12;
+  google.protobuf.Timestamp published = 13;
+  google.protobuf.Duration read_time = 14;
+  google.protobuf.FieldMask mask = 15;
+  google.protobuf.Struct extra = 16;
+  google.protobuf.Value anything = 17;
+  google.protobuf.Any attachment = 18;
+  google.protobuf.Int64Value big = 19;
+  google.protobuf.BoolValue flag = 20;
+  google.protobuf.NullValue nothing = 21;
+  Book sequel = 22;
+  repeated Book related = 23;
+  fixed64 fixed = 24;
+  sint32 delta = 25;
+  map<int32, Book> by_page = 26;
+}
+
+message Filter { string author = 1; Kind kind = 2; Filter nested = 3; google.protobuf.Timestamp since = 4; }
+message GetBookRequest { string name = 1; Filter filter = 2; repeated string fields = 3; map<string, string> labels = 4; repeated Filter more = 5; }
+message UpdateBookRequest { Book book = 1; google.protobuf.FieldMask update_mask = 2; }
+message CreateBookRequest { string parent = 1; Book book = 2; string book_id = 3; }
+message ListBooksResponse { repeated Book books = 1; string next_page_token = 2; }
+
+// Books, shelved.
+service Library {
+  // Gets a book.
+  //
+  // Any book, (-- api-linter: core::0131=disabled --)on any shelf.
+  rpc GetBook(GetBookRequest) returns (Book) {
+    option (google.api.http) = {
+      get: "/v1/{name=shelves/*/books/*}"
+      additional_bindings { get: "/v1/{name=archives/*/books/*}" }
+    };
+  }
+  rpc UpdateBook(UpdateBookRequest) returns (Book) {
+    option (google.api.http) = { patch: "/v1/{book.name=shelves/*/books/*}" body: "book" };
+  }
+  rpc CreateBook(CreateBookRequest) returns (Book) {
+    option (google.api.http) = { post: "/v1/{parent=shelves/*}/books" body: "*" };
+  }
+  rpc MoveBook(GetBookRequest) returns (google.protobuf.Empty) {
+    option (google.api.http) = { post: "/v1/{name=shelves/*/books/*}:move" body: "*" };
+  }
+  rpc ListBooks(CreateBookRequest) returns (ListBooksResponse) {
+    option (google.api.http) = { get: "/v1/{parent=shelves/*/docs/**}/books" response_body: "books" };
+  }
+  rpc WatchBooks(GetBookRequest) returns (stream Book) {
+    option (google.api.http) = { get: "/v1/watch/*/{name=**}" };
+  }
+  rpc Anything(GetBookRequest) returns (Book) {
+    option (google.api.http) = { custom { kind: "*" path: "/v1/any/{name}" } };
+  }
+  rpc Listing(GetBookRequest) returns (Book) {
+    option (google.api.http) = { custom { kind: "LIST" path: "/v1/list" } };
+  }
+  rpc Old(GetBookRequest) returns (Book) {
+    option deprecated = true;
+    option (google.api.http) = { get: "/v1/old/{name}" };
+  }
+}
+"#;
+
+    const OTHER: &str = r#"syntax = "proto3";
+package other.v2;
+import "google/api/annotations.proto";
+message M { string name = 1; }
+service Library {
+  rpc GetBook(M) returns (M) { option (google.api.http) = { get: "/v2/{name=shelves/*/books/*}" }; }
+}
+"#;
+
+    fn document_of(files: &[(&str, &str)]) -> Json {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let protos = crate::protos::load(dir.path(), &[]).unwrap();
+        let routes = Routes::build(&protos.pool, &[dir.path().to_path_buf()]);
+        let text = document(&[&routes], &Info::default());
+        serde_json::from_str(&text).expect("the document is JSON")
+    }
+
+    fn library() -> Json {
+        document_of(&[("lib.proto", PROTO)])
+    }
+
+    fn names(params: &Json) -> Vec<String> {
+        params
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| {
+                        format!(
+                            "{}:{}",
+                            p["in"].as_str().unwrap(),
+                            p["name"].as_str().unwrap()
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn fields_are_written_as_proto3_json_writes_them() {
+        let doc = library();
+        let book = &doc["components"]["schemas"]["lib.v1.Book"];
+        assert_eq!(book["type"], "object");
+        assert_eq!(book["description"], "A book on a shelf.");
+        let p = &book["properties"];
+        assert_eq!(
+            p["name"]["description"],
+            "Resource name: shelves/*/books/*."
+        );
+        assert_eq!(p["pages"], json!({"type": "integer", "format": "int32"}));
+        assert_eq!(p["copies"]["type"], "integer");
+        assert_eq!(p["copies"]["minimum"], 0);
+        assert_eq!(p["words"], json!({"type": "string", "format": "int64"}));
+        assert_eq!(p["isbn"], json!({"type": "string", "format": "uint64"}));
+        assert_eq!(p["fixed"], json!({"type": "string", "format": "uint64"}));
+        assert_eq!(p["delta"], json!({"type": "integer", "format": "int32"}));
+        assert_eq!(p["rating"], json!({"type": "number", "format": "double"}));
+        assert_eq!(p["weight"], json!({"type": "number", "format": "float"}));
+        assert_eq!(p["signed"], json!({"type": "boolean"}));
+        assert_eq!(p["cover"]["contentEncoding"], "base64");
+        assert_eq!(
+            p["kind"],
+            json!({"$ref": "#/components/schemas/lib.v1.Kind"})
+        );
+        assert_eq!(
+            p["tags"],
+            json!({"type": "array", "items": {"type": "string"}})
+        );
+        assert_eq!(
+            p["counts"],
+            json!({"type": "object", "additionalProperties": {"type": "string", "format": "int64"}})
+        );
+        assert_eq!(
+            p["byPage"]["additionalProperties"],
+            json!({"$ref": "#/components/schemas/lib.v1.Book"})
+        );
+        // JSON names, not proto names.
+        assert!(p.get("read_time").is_none());
+        assert_eq!(p["readTime"]["type"], "string");
+        assert!(p["readTime"]["pattern"].as_str().unwrap().ends_with("s$"));
+        assert_eq!(
+            p["published"],
+            json!({"type": "string", "format": "date-time"})
+        );
+        assert_eq!(p["mask"], json!({"type": "string"}));
+        assert_eq!(p["extra"], json!({"type": "object"}));
+        assert_eq!(p["anything"], json!({}));
+        assert_eq!(p["attachment"]["required"], json!(["@type"]));
+        assert_eq!(p["big"], json!({"type": "string", "format": "int64"}));
+        assert_eq!(p["flag"], json!({"type": "boolean"}));
+        assert_eq!(p["nothing"], json!({"type": "null"}));
+        assert_eq!(
+            p["sequel"],
+            json!({"$ref": "#/components/schemas/lib.v1.Book"})
+        );
+        assert_eq!(
+            p["related"]["items"]["$ref"],
+            "#/components/schemas/lib.v1.Book"
+        );
+        // Well-known types are inlined, never components.
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        assert!(
+            schemas.keys().all(|k| !k.starts_with("google.protobuf.")),
+            "{:?}",
+            schemas.keys()
+        );
+        let kind = &schemas["lib.v1.Kind"];
+        assert_eq!(kind["enum"], json!(["KIND_UNSPECIFIED", "NOVEL"]));
+        assert_eq!(kind["type"], "string");
+        assert!(kind["description"]
+            .as_str()
+            .unwrap()
+            .contains("- NOVEL: A long story."));
+        assert_eq!(
+            schemas["google.rpc.Status"]["properties"]["code"]["type"],
+            "integer"
+        );
+    }
+
+    #[test]
+    fn templates_become_paths_with_one_parameter_per_variable() {
+        let doc = library();
+        let paths = doc["paths"].as_object().unwrap();
+        let mut keys: Vec<&String> = paths.keys().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "/v1/any/{name}",
+                "/v1/old/{name}",
+                "/v1/watch/{wildcard1}/{name}",
+                "/v1/{book.name}",
+                "/v1/{name_1}",
+                "/v1/{name}",
+                "/v1/{name}:move",
+                "/v1/{parent}/books",
+            ]
+        );
+        let get = &paths["/v1/{name}"]["get"];
+        assert_eq!(get["operationId"], "Library_GetBook");
+        let name = &get["parameters"][0];
+        assert_eq!(name["in"], "path");
+        assert_eq!(name["required"], true);
+        assert_eq!(name["schema"]["pattern"], "^shelves/[^/]+/books/[^/]+$");
+        assert!(name["description"]
+            .as_str()
+            .unwrap()
+            .contains("send its `/` as they are"));
+        // The additional binding: same path shape and method, told apart by the suffix.
+        let other = &paths["/v1/{name_1}"]["get"];
+        assert_eq!(other["operationId"], "Library_GetBook2");
+        assert_eq!(
+            other["parameters"][0]["schema"]["pattern"],
+            "^archives/[^/]+/books/[^/]+$"
+        );
+        assert!(other["parameters"][0]["description"]
+            .as_str()
+            .unwrap()
+            .contains("Sets the field `name`."));
+        // `**` in a variable, followed by more segments.
+        let list = &paths["/v1/{parent}/books"]["get"];
+        assert_eq!(
+            list["parameters"][0]["schema"]["pattern"],
+            "^shelves/[^/]+/docs(?:/.*)?$"
+        );
+        // A `*` outside variables, and a variable that is all `**`.
+        let watch = &paths["/v1/watch/{wildcard1}/{name}"]["get"];
+        assert_eq!(
+            names(&watch["parameters"])[..2],
+            ["path:wildcard1", "path:name"]
+        );
+        assert_eq!(watch["parameters"][1]["schema"]["pattern"], "^.*$");
+        // custom "*": every method; custom "LIST": not listable.
+        let any = paths["/v1/any/{name}"].as_object().unwrap();
+        let mut methods: Vec<&String> = any.keys().collect();
+        methods.sort();
+        assert_eq!(methods, ["delete", "get", "patch", "post", "put"]);
+        assert_eq!(any["get"]["operationId"], "Library_Anything_GET");
+        let unlisted = doc["x-protodrop-unlisted"].as_array().unwrap();
+        assert!(
+            unlisted[0].as_str().unwrap().contains("LIST /v1/list"),
+            "{unlisted:?}"
+        );
+        assert_eq!(paths["/v1/old/{name}"]["get"]["deprecated"], true);
+    }
+
+    #[test]
+    fn span_patterns_take_double_star_as_zero_or_more_segments() {
+        let segments = |t: &str| super::super::pattern::Template::parse(t).unwrap().segments;
+        let re = |t: &str| regex::Regex::new(&span_pattern(&segments(t))).unwrap();
+        let firestore = re("/projects/*/documents/**");
+        assert!(firestore.is_match("projects/p/documents"));
+        assert!(firestore.is_match("projects/p/documents/a/b"));
+        assert!(!firestore.is_match("projects/p/documentsX"));
+        assert!(!firestore.is_match("projects/p/q/documents"));
+        let bots = re("/**/botSessions/*");
+        assert!(bots.is_match("botSessions/1"));
+        assert!(bots.is_match("a/b/botSessions/1"));
+        assert!(!bots.is_match("xbotSessions/1"));
+        let middle = re("/x/**/y");
+        assert!(middle.is_match("x/y") && middle.is_match("x/a/b/y"));
+        assert!(!middle.is_match("x/ay"));
+        assert_eq!(span_pattern(&segments("/a.b/*")), "^a\\.b/[^/]+$");
+    }
+
+    #[test]
+    fn query_parameters_are_the_fields_neither_path_nor_body_takes() {
+        let doc = library();
+        let paths = &doc["paths"];
+        // GET: every field but the path's; nested messages by dotted JSON names, down to a
+        // message already on the way; maps and repeated messages left out.
+        let get = names(&paths["/v1/{name}"]["get"]["parameters"]);
+        assert_eq!(
+            get,
+            [
+                "path:name",
+                "query:filter.author",
+                "query:filter.kind",
+                "query:filter.since",
+                "query:fields",
+            ]
+        );
+        let fields = &paths["/v1/{name}"]["get"]["parameters"][4];
+        assert_eq!(
+            fields["schema"],
+            json!({"type": "array", "items": {"type": "string"}})
+        );
+        // body "field": the other fields are query parameters.
+        let patch = &paths["/v1/{book.name}"]["patch"];
+        assert_eq!(
+            names(&patch["parameters"]),
+            ["path:book.name", "query:updateMask"]
+        );
+        // body "*": no query parameters.
+        let create = &paths["/v1/{parent}/books"]["post"];
+        assert_eq!(names(&create["parameters"]), ["path:parent"]);
+    }
+
+    #[test]
+    fn bodies_and_replies_follow_body_and_response_body() {
+        let doc = library();
+        let paths = &doc["paths"];
+        // body "*" without the field the path takes.
+        let create = &paths["/v1/{parent}/books"]["post"]["requestBody"]["content"]
+            ["application/json"]["schema"];
+        let props = create["properties"].as_object().unwrap();
+        let mut keys: Vec<&String> = props.keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["book", "bookId"]);
+        // body "book", whose name the path takes.
+        let patch = &paths["/v1/{book.name}"]["patch"]["requestBody"]["content"]
+            ["application/json"]["schema"];
+        assert!(patch["properties"].get("name").is_none());
+        assert!(patch["properties"].get("pages").is_some());
+        // No body on a GET.
+        assert!(paths["/v1/{name}"]["get"].get("requestBody").is_none());
+        // response_body: the field's schema.
+        let list = &paths["/v1/{parent}/books"]["get"]["responses"]["200"]["content"]
+            ["application/json"]["schema"];
+        assert_eq!(list["type"], "array");
+        assert_eq!(list["items"]["$ref"], "#/components/schemas/lib.v1.Book");
+        // Empty is an object; a server stream is NDJSON; errors are google.rpc.Status.
+        let moved = &paths["/v1/{name}:move"]["post"]["responses"];
+        assert_eq!(
+            moved["200"]["content"]["application/json"]["schema"],
+            json!({"type": "object"})
+        );
+        assert_eq!(
+            moved["default"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/google.rpc.Status"
+        );
+        let watch = &paths["/v1/watch/{wildcard1}/{name}"]["get"]["responses"]["200"]["content"];
+        assert!(watch.get("application/x-ndjson").is_some(), "{watch}");
+    }
+
+    #[test]
+    fn operations_are_tagged_and_summarised_from_comments() {
+        let doc = library();
+        let get = &doc["paths"]["/v1/{name}"]["get"];
+        assert_eq!(get["tags"], json!(["lib.v1.Library"]));
+        assert_eq!(get["summary"], "Gets a book.");
+        // The linter's note is left out.
+        assert_eq!(
+            get["description"],
+            "Gets a book.\n\nAny book, on any shelf."
+        );
+        assert_eq!(get["x-protodrop-method"], "lib.v1.Library/GetBook");
+        assert_eq!(
+            doc["tags"],
+            json!([{ "name": "lib.v1.Library", "description": "Books, shelved." }])
+        );
+    }
+
+    #[test]
+    fn services_sharing_a_simple_name_are_told_apart_by_their_full_name() {
+        let doc = document_of(&[("lib.proto", PROTO), ("other.proto", OTHER)]);
+        let v1 = &doc["paths"]["/v1/{name}"]["get"]["operationId"];
+        let v2 = &doc["paths"]["/v2/{name}"]["get"]["operationId"];
+        assert_eq!(v1, "lib.v1.Library_GetBook");
+        assert_eq!(v2, "other.v2.Library_GetBook");
+    }
+
+    #[test]
+    fn several_tables_make_one_document() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("lib.proto"), PROTO).unwrap();
+        let lib = crate::protos::load(dir.path(), &[]).unwrap();
+        let lib = Routes::build(&lib.pool, &[dir.path().to_path_buf()]);
+        let other_dir = tempfile::tempdir().unwrap();
+        std::fs::write(other_dir.path().join("other.proto"), OTHER).unwrap();
+        let other = crate::protos::load(other_dir.path(), &[]).unwrap();
+        let other = Routes::build(&other.pool, &[other_dir.path().to_path_buf()]);
+        let doc: Json = serde_json::from_str(&document(&[&lib, &other], &Info::default())).unwrap();
+        assert!(doc["paths"]["/v2/{name}"]["get"].is_object());
+        assert!(doc["paths"]["/v1/{name}"]["get"].is_object());
+        assert!(doc["components"]["schemas"]["other.v2.M"].is_object());
+        assert!(doc["components"]["schemas"]["lib.v1.Book"].is_object());
+    }
+
+    #[test]
+    fn comments_lose_their_leading_space_and_linter_notes() {
+        assert_eq!(
+            clean_comment(" One line.\n Two (-- hidden\n note --)lines.\n\n Next.\n").as_deref(),
+            Some("One line.\nTwo lines.\n\nNext.")
+        );
+        assert_eq!(clean_comment(" (-- only a note --)\n"), None);
+    }
+}
