@@ -71,7 +71,10 @@ reply = "{{request.book}}"
 async fn document(s: &Server) -> Json {
     let r = get(s.addr, "/openapi.json").await;
     r.expect(200);
-    assert_eq!(r.header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json")
+    );
     r.json()
 }
 
@@ -112,7 +115,12 @@ async fn an_annotated_tree_is_described_at_openapi_json() {
     let params = get_book["parameters"].as_array().unwrap();
     let described: Vec<(String, String)> = params
         .iter()
-        .map(|p| (p["in"].as_str().unwrap().into(), p["name"].as_str().unwrap().into()))
+        .map(|p| {
+            (
+                p["in"].as_str().unwrap().into(),
+                p["name"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     assert_eq!(
         described,
@@ -124,15 +132,25 @@ async fn an_annotated_tree_is_described_at_openapi_json() {
         ]
     );
     assert_eq!(params[0]["required"], true);
-    assert_eq!(params[0]["schema"]["pattern"], "^shelves/[^/]+/books/[^/]+$");
-    assert_eq!(params[2]["schema"]["$ref"], "#/components/schemas/lib.v1.Kind");
+    assert_eq!(
+        params[0]["schema"]["pattern"],
+        "^shelves/[^/]+/books/[^/]+$"
+    );
+    assert_eq!(
+        params[2]["schema"]["$ref"],
+        "#/components/schemas/lib.v1.Kind"
+    );
     assert_eq!(params[3]["schema"]["type"], "array");
     assert_eq!(
         get_book["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/lib.v1.Book"
     );
     assert_eq!(
-        get_book["responses"]["default"]["content"]["application/json"]["schema"]["$ref"],
+        get_book["responses"]["default"]["$ref"],
+        "#/components/responses/Error"
+    );
+    assert_eq!(
+        doc["components"]["responses"]["Error"]["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/google.rpc.Status"
     );
 
@@ -149,7 +167,10 @@ async fn an_annotated_tree_is_described_at_openapi_json() {
     // The schemas, in proto3 JSON.
     let book = &doc["components"]["schemas"]["lib.v1.Book"];
     assert_eq!(book["description"], "A book on a shelf.");
-    assert_eq!(book["properties"]["pages"], json!({"type": "string", "format": "int64"}));
+    assert_eq!(
+        book["properties"]["pages"],
+        json!({"type": "string", "format": "int64"})
+    );
     assert_eq!(
         book["properties"]["published"],
         json!({"type": "string", "format": "date-time"})
@@ -170,7 +191,12 @@ async fn an_annotated_tree_is_described_at_openapi_json() {
         r.json(),
         json!({"name": "shelves/1/books/2", "title": "by Ann", "pages": "300"})
     );
-    let r = post_json(s.addr, "/v1/shelves/1/books", r#"{"title":"New","pages":"12"}"#).await;
+    let r = post_json(
+        s.addr,
+        "/v1/shelves/1/books",
+        r#"{"title":"New","pages":"12"}"#,
+    )
+    .await;
     r.expect(200);
     assert_eq!(r.json(), json!({"title": "New", "pages": "12"}));
 }

@@ -63,8 +63,10 @@ impl Default for Info {
     }
 }
 
-/// The component every error response names.
+/// The schema every error body has.
 const STATUS: &str = "google.rpc.Status";
+/// The response every operation answers an error with (a component, not a copy per operation).
+const ERROR: &str = "Error";
 
 /// The HTTP methods an OpenAPI path item has an operation for.
 const METHODS: [&str; 8] = [
@@ -192,7 +194,9 @@ impl Document {
             }
             out.push('}');
         }
-        out.push_str("},\"components\":{\"schemas\":{");
+        out.push_str("},\"components\":{\"responses\":");
+        out.push_str(&json!({ ERROR: error_response() }).to_string());
+        out.push_str(",\"schemas\":{");
         for (i, (name, schema)) in self.schemas.iter().enumerate() {
             if i > 0 {
                 out.push(',');
@@ -675,10 +679,7 @@ impl Generator<'_> {
                 "description": description,
                 "content": { content_type: { "schema": schema } },
             },
-            "default": {
-                "description": "An error: the HTTP status of its gRPC code, the google.rpc.Status as JSON.",
-                "content": { "application/json": { "schema": reference(STATUS) } },
-            },
+            "default": { "$ref": format!("#/components/responses/{ERROR}") },
         })
     }
 
@@ -859,6 +860,14 @@ fn any_schema() -> Json {
         "description": "A message of any type: `@type` names it (type.googleapis.com/NAME), its fields follow.",
         "properties": { "@type": { "type": "string" } },
         "required": ["@type"],
+    })
+}
+
+/// Every operation's `default` response.
+fn error_response() -> Json {
+    json!({
+        "description": "An error: the HTTP status of its gRPC code, the google.rpc.Status as JSON.",
+        "content": { "application/json": { "schema": reference(STATUS) } },
     })
 }
 
@@ -1318,8 +1327,10 @@ service Library {
             moved["200"]["content"]["application/json"]["schema"],
             json!({"type": "object"})
         );
+        assert_eq!(moved["default"]["$ref"], "#/components/responses/Error");
         assert_eq!(
-            moved["default"]["content"]["application/json"]["schema"]["$ref"],
+            doc["components"]["responses"]["Error"]["content"]["application/json"]["schema"]
+                ["$ref"],
             "#/components/schemas/google.rpc.Status"
         );
         let watch = &paths["/v1/watch/{wildcard1}/{name}"]["get"]["responses"]["200"]["content"];
