@@ -131,6 +131,9 @@ fn simple(full_name: &str) -> &str {
     full_name.rsplit('.').next().unwrap_or(full_name)
 }
 
+/// The document as it is made. Each operation and schema is kept as JSON text from the moment it is
+/// made: a `serde_json::Value` tree of the whole would take several times the text (googleapis'
+/// document is tens of megabytes).
 #[derive(Default)]
 struct Document {
     /// Path → HTTP method → the operation, as JSON text.
