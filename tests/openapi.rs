@@ -201,14 +201,23 @@ async fn an_annotated_tree_is_described_at_openapi_json() {
     assert_eq!(r.json(), json!({"title": "New", "pages": "12"}));
 }
 
-/// A proto reload brings a new document; until then the one made is kept.
+/// The document is made when first asked for, not at start-up; then kept until a proto reload
+/// brings a new one.
 #[tokio::test]
 async fn the_document_follows_a_hot_reload() {
-    let s = Server::start(&[("lib.proto", LIBRARY)], &[]);
+    const MADE: &str = "OpenAPI document made";
+    let s = Server::start_with(
+        &[("lib.proto", LIBRARY)],
+        &[],
+        Options::default().env("RUST_LOG", "protodrop=debug"),
+    );
     // The server starts watching just after it prints its address.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.logs().matches(MADE).count(), 0, "{}", s.logs());
     let before = document(&s).await;
     assert!(before["paths"].get("/v1/shop/items/{id}").is_none());
+    assert_eq!(document(&s).await, before);
+    assert_eq!(s.logs().matches(MADE).count(), 1, "{}", s.logs());
     s.write_proto(
         "shop.proto",
         r#"syntax = "proto3";
@@ -236,6 +245,7 @@ service Catalog {
         "Catalog_GetItem"
     );
     assert!(after["paths"].get("/v1/{name}").is_some());
+    assert_eq!(s.logs().matches(MADE).count(), 2, "{}", s.logs());
 }
 
 /// The path is the user's when a route of theirs takes it; a tree without annotations has a
