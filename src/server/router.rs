@@ -8,6 +8,7 @@
 //! | `application/grpc[+…\|;…]` over HTTP/2 | the gRPC branch: [`grpc::admit`], then the user's method ([`grpc::serve`]) or a built-in service |
 //! | `POST /pkg.Service/Method` with a Connect content type | [`connect::serve`] (a user's method, or a built-in through its bridge); [`http_json`] when only a route has the path |
 //! | `GET /pkg.Service/Method?message=…` | [`connect::serve_get`] when the method is served or no route has the path |
+//! | `GET /openapi.json` no route of the user's has | the OpenAPI document of the routes ([`OPENAPI_PATH`]) |
 //! | anything else | [`http_json::serve`] |
 //!
 //! Not served: another `application/grpc-web…` type (415), gRPC over HTTP/1.1 (505: its status
@@ -95,6 +96,51 @@ impl Kind {
     }
 }
 
+/// Where the OpenAPI document of the HTTP/JSON routes is served, unless a route of the user's
+/// takes the path.
+pub(crate) const OPENAPI_PATH: &str = "/openapi.json";
+
+/// The OpenAPI document of the state's routes: made on the blocking pool the first time it is asked
+/// for (seconds on a large tree), then kept with the state.
+fn openapi(state: Arc<State>) -> ResponseFuture {
+    use crate::protos::http_routes::openapi;
+    Box::pin(async move {
+        let routes = state.routes.clone();
+        let made = state
+            .openapi
+            .get_or_try_init(|| async move {
+                let started = std::time::Instant::now();
+                let document = tokio::task::spawn_blocking(move || {
+                    let document = openapi::document(&[&routes], &openapi::Info::default());
+                    // What making it took beyond the document itself (each file's comments, the
+                    // pieces) goes back to the system, as after a load.
+                    alloc_meter::release_free_memory();
+                    document
+                })
+                .await?;
+                tracing::debug!(bytes = document.len(), elapsed = ?started.elapsed(), "OpenAPI document made");
+                Ok::<_, tokio::task::JoinError>(bytes::Bytes::from(document))
+            })
+            .await;
+        Ok(match made {
+            Ok(document) => {
+                let body = http_body_util::Full::new(document.clone());
+                let mut response = http::Response::new(Body::new(body));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                response
+            }
+            Err(e) => http_json::error(
+                &Status::internal(format!("the OpenAPI document could not be made: {e}")),
+                &state.protos.pool,
+                http::HeaderMap::new(),
+            ),
+        })
+    })
+}
+
 /// `/pkg.Service/Method`: two segments, the first dotted.
 fn is_method_path(path: &str) -> bool {
     let mut parts = path.trim_start_matches('/').split('/');
@@ -165,6 +211,12 @@ impl Router {
         }
         let state = core.registry.current();
         let path = request.uri().path();
+        if path == OPENAPI_PATH
+            && request.method() == http::Method::GET
+            && !http_json::has_route(&state, request.method(), path)
+        {
+            return openapi(state);
+        }
         // What a Connect request's path names: the user's method, else a built-in service, else an
         // HTTP/JSON route that looks like a method path (`POST /v1.files/upload`, or `/{x=**}`
         // taking a GET with a `message` parameter), else nothing (NOT_FOUND, in Connect's words).

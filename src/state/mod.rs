@@ -99,6 +99,9 @@ pub struct State {
     reflection: Option<Reflection>,
     /// HTTP/JSON transcoding routes from the `google.api.http` annotations, rebuilt with the protos.
     pub routes: Arc<crate::protos::http_routes::Routes>,
+    /// The OpenAPI document of `routes`, made when first asked for (`GET /openapi.json`), kept
+    /// while the routes are: a handler reload shares it, a proto reload starts a new one.
+    pub(crate) openapi: Arc<tokio::sync::OnceCell<bytes::Bytes>>,
     /// Health overrides from the handler files' `[health]` tables.
     pub(crate) health_overrides: BTreeMap<String, ServingStatus>,
     /// Warnings about services of the protos that protodrop serves itself (health, reflection):
@@ -145,7 +148,7 @@ impl State {
             Reflection::new(&protos.pool, &natives)
         });
         tracing::debug!(?compiled, ?routed, elapsed = ?started.elapsed(), "protos compiled");
-        let state = Self::with_handlers(protos, routes, reflection, sources);
+        let state = Self::with_handlers(protos, routes, Arc::default(), reflection, sources);
         tracing::debug!(elapsed = ?started.elapsed(), "handlers loaded");
         state
     }
@@ -157,6 +160,7 @@ impl State {
             Self::with_handlers(
                 self.protos.clone(),
                 self.routes.clone(),
+                self.openapi.clone(),
                 self.reflection.clone(),
                 sources,
             )
@@ -166,6 +170,7 @@ impl State {
     fn with_handlers(
         protos: Protos,
         routes: Arc<crate::protos::http_routes::Routes>,
+        openapi: Arc<tokio::sync::OnceCell<bytes::Bytes>>,
         reflection: Option<Reflection>,
         sources: &Sources,
     ) -> Result<State, Diagnostics> {
@@ -236,6 +241,7 @@ impl State {
         }
         Ok(State {
             routes,
+            openapi,
             reflection,
             protos,
             methods: served,

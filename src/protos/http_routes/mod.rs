@@ -22,6 +22,7 @@ use prost_reflect::{
     MessageDescriptor, MethodDescriptor, Value,
 };
 
+pub(crate) mod openapi;
 pub(crate) mod pattern;
 
 pub(crate) use self::pattern::Bindings;
@@ -460,7 +461,6 @@ impl Routes {
     }
 
     /// The routes that serve, in path order.
-    #[cfg(any(test, feature = "fuzzing"))]
     pub fn served(&self) -> impl Iterator<Item = &Route> {
         self.routes
             .iter()

@@ -41,6 +41,13 @@ pub struct Variable {
     end: usize,
 }
 
+impl Variable {
+    /// The template's segments the variable takes (`{name}` alone takes one `*`).
+    pub fn span(&self) -> std::ops::Range<usize> {
+        self.start..self.end
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Template {
     pub segments: Vec<Segment>,
