@@ -105,13 +105,14 @@ pub(crate) const OPENAPI_PATH: &str = "/openapi.json";
 fn openapi(state: Arc<State>) -> ResponseFuture {
     use crate::protos::http_routes::openapi;
     Box::pin(async move {
-        let routes = state.routes.clone();
+        let tables = state.route_tables();
         let made = state
             .openapi
             .get_or_try_init(|| async move {
                 let started = std::time::Instant::now();
                 let document = tokio::task::spawn_blocking(move || {
-                    let document = openapi::document(&[&routes], &openapi::Info::default());
+                    let tables: Vec<&_> = tables.iter().map(|t| &**t).collect();
+                    let document = openapi::document(&tables, &openapi::Info::default());
                     // What making it took beyond the document itself (each file's comments, the
                     // pieces) goes back to the system, as after a load.
                     alloc_meter::release_free_memory();

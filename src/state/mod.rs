@@ -257,7 +257,6 @@ impl State {
     }
 
     /// A copy to change a few methods of: the maps of `Arc`s are copied, nothing is compiled.
-    #[cfg_attr(not(test), allow(dead_code))] // by the runtime rules' changes (see there)
     pub(crate) fn derived(&self) -> State {
         State {
             protos: self.protos.clone(),
@@ -272,7 +271,16 @@ impl State {
             scripts: self.scripts.clone(),
             handlers_dir: self.handlers_dir.clone(),
             natives: self.natives.clone(),
+            // The same routes: the same document.
+            openapi: self.openapi.clone(),
         }
+    }
+
+    /// The HTTP route tables served: the user's, then the native services' (the admin API's).
+    pub(crate) fn route_tables(&self) -> Vec<Arc<crate::protos::http_routes::Routes>> {
+        std::iter::once(self.routes.clone())
+            .chain(self.natives.iter().map(|n| n.routes.clone()))
+            .collect()
     }
 
     /// A state serving `native` alone, for a listener of its own: its pool stands for the protos
@@ -297,6 +305,7 @@ impl State {
             routes: native.routes.clone(),
             health_overrides: BTreeMap::new(),
             builtin_copies: Vec::new(),
+            openapi: Default::default(),
             beneath: HashMap::new(),
             scripts: ScriptEngine::new(ScriptLimits::default()),
             handlers_dir: Arc::from(std::path::Path::new("")),
