@@ -199,6 +199,10 @@ pub struct ServeArgs {
     #[arg(long, env = "PROTODROP_NO_WATCH")]
     pub no_watch: bool,
 
+    /// Do not count calls, and do not serve Prometheus metrics on `GET /metrics` (the main port).
+    #[arg(long, env = "PROTODROP_NO_METRICS")]
+    pub no_metrics: bool,
+
     /// On SIGTERM/SIGINT, how long calls in flight may take to finish; those still running then end
     /// with UNAVAILABLE "server shutting down" (exit 0).
     #[arg(long, env = "PROTODROP_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]

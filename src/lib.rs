@@ -28,6 +28,7 @@ mod codec;
 mod diagnostic;
 mod engine;
 mod limits;
+mod metrics;
 mod protocol;
 mod protos;
 mod rules;

@@ -96,6 +96,7 @@ const CUT_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 /// else that keeps the server from starting (a bad flag value, a TLS file, a busy address).
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let sources = args.sources.sources();
+    crate::metrics::global().set_enabled(!args.no_metrics);
     let cors = CorsOrigins::from_flags(&args.cors_origin).map_err(anyhow::Error::msg)?;
     // Read the TLS files before anything slower, so a wrong path fails at once.
     let tls = args

@@ -23,7 +23,7 @@ mod tests;
 
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use futures::Stream;
@@ -31,6 +31,7 @@ use prost_reflect::{DynamicMessage, MessageDescriptor, MethodDescriptor};
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
+use crate::metrics::{self, MethodSlot};
 use crate::rules::MethodRules;
 use emit::Direct;
 
@@ -49,6 +50,8 @@ pub struct Method {
     /// The handlers folder, named in the answer to a method without rules (the message is built
     /// only when asked: thousands of methods of a large tree have none).
     handlers_dir: Arc<Path>,
+    /// Its counters (`crate::metrics`), found by name on its first call.
+    metrics: OnceLock<MethodSlot>,
 }
 
 impl Method {
@@ -65,7 +68,36 @@ impl Method {
             rules,
             direct,
             handlers_dir,
+            metrics: OnceLock::new(),
         }
+    }
+
+    /// Starts timing one call of this method over `protocol` (see [`metrics::CallTimer`]): the
+    /// protocol ends it with the call's status.
+    pub(crate) fn call_timer(
+        &self,
+        protocol: metrics::Protocol,
+        deadline: Option<tokio::time::Instant>,
+    ) -> metrics::CallTimer {
+        match self.metrics() {
+            Some(slot) => {
+                let streaming = self.desc.is_client_streaming() || self.desc.is_server_streaming();
+                slot.start(metrics::global(), protocol, streaming, deadline)
+            }
+            None => metrics::CallTimer::OFF,
+        }
+    }
+
+    /// Where this method's calls and rule hits are counted; `None` with `--no-metrics`.
+    pub(crate) fn metrics(&self) -> Option<&MethodSlot> {
+        let global = metrics::global();
+        if !global.enabled() {
+            return None;
+        }
+        Some(self.metrics.get_or_init(|| {
+            let rules = self.rules.iter().flat_map(|r| &r.rules);
+            global.method(&self.name, rules.map(|r| r.origin.as_str()))
+        }))
     }
 
     /// The `UNIMPLEMENTED` message for a method without rules: which file to add, and a starter

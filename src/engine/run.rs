@@ -46,6 +46,7 @@ pub async fn answer(call: Call) -> Reply {
         reserve,
     } = call;
     let Some(rules) = &method.rules else {
+        unmatched(&method);
         return Reply::refused(Status::unimplemented(method.no_handler_message()));
     };
     let (client, server) = (
@@ -55,6 +56,7 @@ pub async fn answer(call: Call) -> Reply {
     // A client or bidi stream answered by a script is the script's whole: it reads every message.
     let answered = match client.then(|| rules.stream_script()).flatten() {
         Some((rule, script)) => {
+            hit(&method, rules, rule);
             let script = script.clone();
             match ScriptMetadata::render(rule, &Scope::new(None, &metadata)) {
                 Ok(base) => {
@@ -75,6 +77,22 @@ pub async fn answer(call: Call) -> Reply {
         },
     };
     answered.unwrap_or_else(Reply::refused)
+}
+
+/// Counts a hit of `rule` (one of `rules`, the method's) in the method's metrics.
+fn hit(method: &Method, rules: &MethodRules, rule: &Rule) {
+    if let Some(metrics) = method.metrics() {
+        if let Some(index) = rules.rules.iter().position(|r| std::ptr::eq(r, rule)) {
+            metrics.rule_hit(index);
+        }
+    }
+}
+
+/// Counts a call no rule answered in the method's metrics.
+fn unmatched(method: &Method) {
+    if let Some(metrics) = method.metrics() {
+        metrics.unmatched();
+    }
 }
 
 /// A request as the rules read it.
@@ -141,6 +159,22 @@ fn select(
     count: Option<u64>,
     metadata: &MetadataMap,
 ) -> Result<usize, Status> {
+    let index = select_uncounted(method, input, count, metadata)?;
+    if let Some(metrics) = method.metrics() {
+        metrics.rule_hit(index);
+    }
+    Ok(index)
+}
+
+/// [`select`] without counting the rule's hit: for a bidi call's first message, whose rule gives
+/// the headers and is selected again (and counted) when the message is answered. An unmatched call
+/// is counted: it ends there.
+fn select_uncounted(
+    method: &Method,
+    input: &mut Input,
+    count: Option<u64>,
+    metadata: &MetadataMap,
+) -> Result<usize, Status> {
     let rules = rules_of(method)?;
     let index = match (&*input, &method.direct) {
         (Input::Canonical(request), Some(direct)) => direct.select_index(&RawScope {
@@ -157,7 +191,10 @@ fn select(
             rules.rules.iter().position(|r| r.matches(&scope))
         }
     };
-    let index = index.ok_or_else(|| Status::unimplemented(rules.no_match_message(&method.name)))?;
+    let Some(index) = index else {
+        unmatched(method);
+        return Err(Status::unimplemented(rules.no_match_message(&method.name)));
+    };
     if chosen(method, index, input)?.1.is_none() {
         input.decode(method)?;
     }
@@ -379,9 +416,11 @@ async fn client_stream(
         ..Scope::new(last, &metadata)
     };
     let rules = rules_of(&method)?;
-    let rule = rules
-        .select(&scope)
-        .ok_or_else(|| Status::unimplemented(rules.no_match_message(&method.name)))?;
+    let Some(rule) = rules.select(&scope) else {
+        unmatched(&method);
+        return Err(Status::unimplemented(rules.no_match_message(&method.name)));
+    };
+    hit(&method, rules, rule);
     if let Some(delay) = rule.delay {
         tokio::time::sleep(delay).await;
     }
@@ -410,7 +449,7 @@ async fn bidi(
         }));
     };
     let mut first = Input::new(&method, first)?;
-    let index = select(&method, &mut first, Some(1), &metadata)?;
+    let index = select_uncounted(&method, &mut first, Some(1), &metadata)?;
     let (rule, _) = chosen(&method, index, &first)?;
     let headers = headers_of(
         rule,

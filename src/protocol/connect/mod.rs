@@ -43,6 +43,7 @@ use super::{json, Body, HttpResponse, ServiceSettings};
 use crate::builtin::HttpService;
 use crate::engine::{self, End, Event};
 use crate::limits::too_large;
+use crate::metrics::Protocol;
 use crate::state::{Method, State};
 
 /// What a Connect request's path names, as the router found it.
@@ -237,9 +238,14 @@ async fn unary(
     limit: usize,
 ) -> HttpResponse {
     let pool = state.protos.pool.clone();
+    // metrics (until the observe boundary): timed from here to the answer's status.
+    let mut timer = method.call_timer(Protocol::Connect, deadline.at());
     let (payload, encoding) = match payload {
         Ok(p) => p,
-        Err(status) => return unary_error(&status, &pool, json::http_status(status.code())),
+        Err(status) => {
+            timer.end(status.code());
+            return unary_error(&status, &pool, json::http_status(status.code()));
+        }
     };
     let answer_encoding =
         Encoding::accepted(wire::header(headers, header::ACCEPT_ENCODING), encoding);
@@ -274,6 +280,7 @@ async fn unary(
         Ok((reply, body))
     })
     .await;
+    timer.end(reply.as_ref().map_or_else(Status::code, |_| Code::Ok));
     match reply {
         Ok((reply, body)) => {
             let mut headers = HeaderMap::new();
@@ -321,6 +328,8 @@ async fn streaming(
 ) -> HttpResponse {
     let limit = settings.max_message_size;
     let pool = state.protos.pool.clone();
+    // metrics (until the observe boundary): timed from here to the end-stream message.
+    let mut timer = method.call_timer(Protocol::Connect, deadline.at());
     let (parts, body) = request.into_parts();
     let encodings =
         Encoding::parse(wire::header(&parts.headers, "connect-content-encoding")).map(|request| {
@@ -329,7 +338,10 @@ async fn streaming(
         });
     let (request_encoding, answer_encoding) = match encodings {
         Ok(e) => e,
-        Err(status) => return only_end(HeaderMap::new(), codec, &status, &pool),
+        Err(status) => {
+            timer.end(status.code());
+            return only_end(HeaderMap::new(), codec, &status, &pool);
+        }
     };
     let incoming = envelopes(body, codec, method.desc.input(), request_encoding, limit);
     let metadata = wire::request_metadata(&parts.headers);
@@ -364,7 +376,10 @@ async fn streaming(
                 Event::End(end) => Err((*end).into_status()),
             })
         }
-        Err(status) => return only_end(headers, codec, &status, &pool),
+        Err(status) => {
+            timer.end(status.code());
+            return only_end(headers, codec, &status, &pool);
+        }
     };
     // The deadline and the shutdown cut end the stream with an error the end-stream message carries
     // (at shutdown, the body was cut without one).
@@ -374,10 +389,12 @@ async fn streaming(
             let message = match replies.next().await {
                 Some(Ok(message)) => message,
                 Some(Err(status)) => {
+                    timer.end(status.code());
                     yield Frame::data(end_stream(&status, &pool));
                     return;
                 }
                 None => {
+                    timer.end(Code::Ok);
                     yield Frame::data(end_stream(&Status::ok(""), &pool));
                     return;
                 }
@@ -392,6 +409,7 @@ async fn streaming(
                     yield Frame::data(envelope::encode(flags, &bytes));
                 }
                 Err(status) => {
+                    timer.end(status.code());
                     yield Frame::data(end_stream(&status, &pool));
                     return;
                 }

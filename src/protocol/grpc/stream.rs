@@ -24,6 +24,7 @@ use tonic::{Code, Status};
 use super::frame::{self, Codings};
 use super::{Body, HttpResponse, ServiceSettings};
 use crate::engine::{self, End, Event, Method};
+use crate::metrics::CallTimer;
 use crate::protocol::deadline::{until_deadline, Deadline};
 use crate::protocol::envelope::ReadError;
 
@@ -39,11 +40,12 @@ pub(super) async fn serve(
     settings: ServiceSettings,
     deadline: Deadline,
     cut: &'static CancellationToken,
+    timer: CallTimer,
 ) -> HttpResponse {
     let (parts, body) = request.into_parts();
     let codings = match Codings::of(&parts.headers) {
         Ok(codings) => codings,
-        Err(status) => return status.into_http(),
+        Err(status) => return refused(status, timer),
     };
     let limit = settings.max_message_size;
     let requests = if method.desc.is_client_streaming() {
@@ -52,7 +54,7 @@ pub(super) async fn serve(
         // A server stream takes one message, read as a unary call's is.
         match frame::one_message(body, codings, limit).await {
             Ok(message) => engine::Requests::One(engine::Request::Encoded(message)),
-            Err(status) => return status.into_http(),
+            Err(status) => return refused(status, timer),
         }
     };
     let call = engine::Call {
@@ -64,7 +66,7 @@ pub(super) async fn serve(
     };
     let streamed = match engine::answer(call).await.into_stream() {
         Ok(streamed) => streamed,
-        Err(refused) => return refused.into_status().into_http(),
+        Err(end) => return refused(end.into_status(), timer),
     };
     let events = until_deadline(streamed.events.map(Ok::<_, Status>), deadline, cut);
     let body = StreamBody {
@@ -73,10 +75,17 @@ pub(super) async fn serve(
         limit,
         data: BytesMut::new(),
         trailers: None,
+        timer,
     };
     let mut response = http::Response::new(tonic::body::Body::new(body));
     *response.headers_mut() = frame::headers(streamed.headers, codings.gzip_out);
     response
+}
+
+/// A call ended before its headers, with `status`.
+fn refused(status: Status, mut timer: CallTimer) -> HttpResponse {
+    timer.end(status.code());
+    status.into_http()
 }
 
 /// The request messages, read as the engine asks for them; an error is the last item.
@@ -112,10 +121,13 @@ struct StreamBody<S> {
     /// Frames written and not yet handed to hyper.
     data: BytesMut,
     trailers: Option<HeaderMap>,
+    /// Ended with the call's status; a body dropped before (the client went away) ends it then.
+    timer: CallTimer,
 }
 
 impl<S> StreamBody<S> {
     fn end(&mut self, end: End) {
+        self.timer.end(end.code);
         self.events = None;
         self.trailers = Some(frame::trailers(end));
     }
