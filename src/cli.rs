@@ -23,8 +23,18 @@ use crate::state::Sources;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// How log lines are written to stderr: `text` for people, `json` (one object a line) for
+    /// machines. Every call is logged at INFO as it ends (target `protodrop::call`).
+    #[arg(long, global = true, env = "PROTODROP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(flatten)]
     pub serve: ServeArgs,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -202,6 +212,25 @@ pub struct ServeArgs {
     /// Do not count calls, and do not serve Prometheus metrics on `GET /metrics` (the main port).
     #[arg(long, env = "PROTODROP_NO_METRICS")]
     pub no_metrics: bool,
+
+    /// Keep no journal of calls (the admin API then lists none and verifies nothing).
+    #[arg(long, help_heading = "Journal", env = "PROTODROP_NO_JOURNAL")]
+    pub no_journal: bool,
+
+    /// Most calls the journal keeps; the oldest are dropped first (and counted).
+    #[arg(
+        long,
+        help_heading = "Journal",
+        env = "PROTODROP_JOURNAL_MAX_CALLS",
+        default_value_t = 10_000,
+        value_name = "N"
+    )]
+    pub journal_max_calls: usize,
+
+    /// Most bytes of messages and metadata the journal keeps (suffixes KiB, MiB allowed); the oldest
+    /// calls are dropped first, and one call's frames past it are counted, not kept.
+    #[arg(long, help_heading = "Journal", env = "PROTODROP_JOURNAL_MAX_BYTES", default_value = "64MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub journal_max_bytes: usize,
 
     /// On SIGTERM/SIGINT, how long calls in flight may take to finish; those still running then end
     /// with UNAVAILABLE "server shutting down" (exit 0).

@@ -29,6 +29,7 @@ mod diagnostic;
 mod engine;
 mod limits;
 mod metrics;
+mod observe;
 mod protocol;
 mod protos;
 mod rules;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use protodrop::cli::{Cli, Command};
+use protodrop::cli::{Cli, Command, LogFormat};
 use protodrop::run;
 
 /// mimalloc, not glibc's malloc: compiling a large proto tree is mostly small allocations (the
@@ -24,13 +24,14 @@ static ALLOCATOR: alloc_meter::Metered<mimalloc::MiMalloc> =
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let result = match cli.command() {
         Command::Serve(args) => run::serve(args),
         Command::Check(args) => run::check(&args),

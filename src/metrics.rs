@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet};
@@ -29,7 +29,6 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use tokio::time::Instant;
 use tonic::Code;
 
 /// What `/metrics` answers with (the Prometheus text format).
@@ -55,8 +54,8 @@ impl Protocol {
         Protocol::HttpJson,
     ];
 
-    /// The `protocol` label.
-    pub(crate) fn name(self) -> &'static str {
+    /// Its name, as logs, the journal and the `protocol` label write it.
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Protocol::Grpc => "grpc",
             Protocol::GrpcWeb => "grpc-web",
@@ -231,7 +230,7 @@ impl Metrics {
                     }
                     let labels = [
                         ("method", &**name),
-                        ("protocol", protocol.name()),
+                        ("protocol", protocol.as_str()),
                         ("code", CODES[code]),
                     ];
                     ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
@@ -260,7 +259,7 @@ impl Metrics {
                     .zip(counts)
                     .collect();
                 let sum = m.latency_nanos[p].load(Relaxed) as f64 / 1e9;
-                let labels = [("method", &**name), ("protocol", protocol.name())];
+                let labels = [("method", &**name), ("protocol", protocol.as_str())];
                 family
                     .encode_family(&labels)?
                     .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
@@ -338,7 +337,7 @@ impl Metrics {
         )?;
         for protocol in Protocol::ALL {
             let open = ConstGauge::new(self.streams_open[protocol as usize].load(Relaxed));
-            open.encode(family.encode_family(&[("protocol", protocol.name())])?)?;
+            open.encode(family.encode_family(&[("protocol", protocol.as_str())])?)?;
         }
         Ok(())
     }
@@ -426,14 +425,12 @@ impl MethodSlot {
     }
 
     /// Times one call of this method over `protocol` until [`CallTimer::end`]; a streaming call is
-    /// counted open meanwhile. `deadline`: the call's own, so that a call dropped past it (its
-    /// answer raced against the deadline and lost) is counted DEADLINE_EXCEEDED, not CANCELLED.
+    /// counted open meanwhile.
     pub(crate) fn start(
         &self,
         metrics: &'static Metrics,
         protocol: Protocol,
         streaming: bool,
-        deadline: Option<Instant>,
     ) -> CallTimer {
         if streaming {
             metrics.streams_open[protocol as usize].fetch_add(1, Relaxed);
@@ -443,14 +440,14 @@ impl MethodSlot {
             metrics,
             protocol,
             streaming,
-            deadline,
             started: Instant::now(),
         }))
     }
 }
 
 /// One call being timed: ended once, by [`CallTimer::end`] or, if it never is (the client went
-/// away, the deadline won), when dropped. A no-op when metrics are off.
+/// away, its deadline or the shutdown cut dropped the answer), when dropped: CANCELLED, as the
+/// journal and the call log record such a call. A no-op when metrics are off.
 pub(crate) struct CallTimer(Option<Timing>);
 
 struct Timing {
@@ -458,13 +455,17 @@ struct Timing {
     metrics: &'static Metrics,
     protocol: Protocol,
     streaming: bool,
-    deadline: Option<Instant>,
     started: Instant,
 }
 
 impl CallTimer {
     /// A timer that counts nothing (metrics off, or no method).
     pub(crate) const OFF: CallTimer = CallTimer(None);
+
+    /// Whether it counts nothing.
+    pub(crate) fn is_off(&self) -> bool {
+        self.0.is_none()
+    }
 
     /// The call ended with `code`.
     pub(crate) fn end(&mut self, code: Code) {
@@ -478,12 +479,7 @@ impl CallTimer {
 
 impl Drop for CallTimer {
     fn drop(&mut self) {
-        let Some(t) = &self.0 else { return };
-        let code = match t.deadline {
-            Some(d) if Instant::now() >= d => Code::DeadlineExceeded,
-            _ => Code::Cancelled,
-        };
-        self.end(code);
+        self.end(Code::Cancelled);
     }
 }
 
@@ -645,8 +641,8 @@ mod tests {
         let m = metrics.method("a.S/Stream", [].into_iter());
         let connection = metrics.connection_opened();
         let _second = metrics.connection_opened();
-        let mut open = m.start(metrics, Protocol::Connect, true, None);
-        let _unary = m.start(metrics, Protocol::Connect, false, None);
+        let mut open = m.start(metrics, Protocol::Connect, true);
+        let _unary = m.start(metrics, Protocol::Connect, false);
         metrics.reloaded(true);
         metrics.reloaded(true);
         metrics.reloaded(false);
@@ -674,20 +670,17 @@ mod tests {
     }
 
     #[test]
-    fn a_call_never_ended_counts_as_cancelled_or_past_its_deadline() {
+    fn a_call_never_ended_counts_as_cancelled() {
         let metrics = leaked();
         let m = metrics.method("a.S/M", [].into_iter());
-        drop(m.start(metrics, Protocol::Grpc, true, None));
-        let past = Instant::now() - Duration::from_millis(1);
-        drop(m.start(metrics, Protocol::Grpc, false, Some(past)));
-        let mut ended = m.start(metrics, Protocol::Grpc, false, None);
+        drop(m.start(metrics, Protocol::Grpc, true));
+        let mut ended = m.start(metrics, Protocol::Grpc, false);
         ended.end(Code::Ok);
         drop(ended);
 
         let s = scrape(metrics);
         let code = |c| value(&s, "protodrop_calls_total", &[("code", c)]);
         assert_eq!(code("CANCELLED"), 1.0);
-        assert_eq!(code("DEADLINE_EXCEEDED"), 1.0);
         assert_eq!(code("OK"), 1.0);
         assert_eq!(streams_of(&s, "grpc"), 0.0);
     }

@@ -11,6 +11,8 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{CheckArgs, ServeArgs};
+use crate::observe::journal::{Caps, Journal};
+use crate::observe::Observer;
 use crate::protocol::ServiceSettings;
 use crate::rules;
 use crate::server;
@@ -201,9 +203,21 @@ fn serve_on(
             let clients = if tls.verifies_clients() { "required" } else { "not asked" };
             tracing::info!(scheme = "https", client_certificates = clients, "TLS on");
         }
+        let journal = (!args.no_journal).then(|| {
+            Journal::new(Caps {
+                max_calls: args.journal_max_calls,
+                max_bytes: args.journal_max_bytes,
+            })
+        });
+        // Leaked (one per process), as `cut` is: every call borrows it.
+        let observer: &'static Observer = Box::leak(Box::new(Observer::new(journal)));
+        if let Some(journal) = observer.journal() {
+            registry.settle_on_reload(journal);
+        }
         let settings = ServiceSettings {
             max_message_size: args.max_message_size,
             max_header_list_size: args.max_header_size as usize,
+            observer,
         };
         let connection = server::ConnectionSettings {
             handshake_timeout: args.handshake_timeout,

@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["script"],
     &["rules"],
     &["engine"],
+    &["observe"],
     &["builtin"],
     &["state"],
     &["protocol"],

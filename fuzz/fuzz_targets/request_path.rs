@@ -145,6 +145,7 @@ fuzz_target!(|data: &[u8]| {
         requests: Requests::Stream(Box::pin(futures::stream::iter(items))),
         limit: MAX_MESSAGE_SIZE,
         reserve: 0,
+        watch: None,
     };
     let call = async move {
         let Ok(streamed) = engine::answer(call).await.into_stream() else {

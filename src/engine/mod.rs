@@ -72,17 +72,20 @@ impl Method {
         }
     }
 
-    /// Starts timing one call of this method over `protocol` (see [`metrics::CallTimer`]): the
-    /// protocol ends it with the call's status.
-    pub(crate) fn call_timer(
-        &self,
-        protocol: metrics::Protocol,
-        deadline: Option<tokio::time::Instant>,
-    ) -> metrics::CallTimer {
+    /// Where the rule at `index` of this method's rules came from (`file:line`).
+    pub(crate) fn rule_origin(&self, index: usize) -> &str {
+        self.rules
+            .as_ref()
+            .and_then(|r| r.rules.get(index))
+            .map_or("?", |r| r.origin.as_str())
+    }
+
+    /// Starts timing one call of this method over `protocol` (see [`metrics::CallTimer`]).
+    pub(crate) fn call_timer(&self, protocol: metrics::Protocol) -> metrics::CallTimer {
         match self.metrics() {
             Some(slot) => {
                 let streaming = self.desc.is_client_streaming() || self.desc.is_server_streaming();
-                slot.start(metrics::global(), protocol, streaming, deadline)
+                slot.start(metrics::global(), protocol, streaming)
             }
             None => metrics::CallTimer::OFF,
         }
@@ -132,6 +135,18 @@ pub struct Call {
     /// Bytes left free at the start of a reply the engine encodes itself
     /// ([`Message::Reserved`]): a protocol that frames the reply writes its prefix there.
     pub reserve: usize,
+    /// Told which rule answers each request (the journal and the call log); `None`: nobody asks.
+    pub watch: Option<Arc<dyn Watch>>,
+}
+
+/// What the engine tells whoever watches a call about its rules, as it goes: the one thing about
+/// a call that its messages and end do not show.
+pub(crate) trait Watch: Send + Sync {
+    /// The method's rule at `index` (in `MethodRules::rules`) answers the request just read; the
+    /// replies that follow, up to the next call of this, are its.
+    fn rule(&self, index: usize);
+    /// No rule of the method matched the request just read.
+    fn unmatched(&self);
 }
 
 /// One request message: encoded protobuf as it came (the engine may answer from these bytes

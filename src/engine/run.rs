@@ -27,6 +27,7 @@ use tonic::Status;
 use super::emit::{Declined, DirectReply, Emitter, RawScope};
 use super::{
     Call, Decoded, End, Event, Events, Message, Method, Ready, Reply, Request, Requests, Streamed,
+    Watch,
 };
 use crate::budget::{self, Exceeded};
 use crate::codec::decode_request;
@@ -44,9 +45,12 @@ pub async fn answer(call: Call) -> Reply {
         requests,
         limit,
         reserve,
+        watch,
     } = call;
     let Some(rules) = &method.rules else {
-        unmatched(&method);
+        if let Some(metrics) = method.metrics() {
+            metrics.unmatched();
+        }
         return Reply::refused(Status::unimplemented(method.no_handler_message()));
     };
     let (client, server) = (
@@ -56,7 +60,8 @@ pub async fn answer(call: Call) -> Reply {
     // A client or bidi stream answered by a script is the script's whole: it reads every message.
     let answered = match client.then(|| rules.stream_script()).flatten() {
         Some((rule, script)) => {
-            hit(&method, rules, rule);
+            let index = rules.rules.iter().position(|r| std::ptr::eq(r, rule));
+            answered_by(&method, watch.as_deref(), index.unwrap_or(0));
             let script = script.clone();
             match ScriptMetadata::render(rule, &Scope::new(None, &metadata)) {
                 Ok(base) => {
@@ -68,28 +73,40 @@ pub async fn answer(call: Call) -> Reply {
             }
         }
         None => match (client, server) {
-            (false, _) => single_request(method, metadata, requests, limit, reserve).await,
+            (false, _) => {
+                let watch = watch.as_deref();
+                single_request(method, metadata, requests, limit, reserve, watch).await
+            }
             // Boxed, as the blocking script: only unary answers stay in the call's own future.
             (true, false) => {
-                Box::pin(client_stream(method, metadata, requests, limit, reserve)).await
+                let watch = watch.as_deref();
+                Box::pin(client_stream(
+                    method, metadata, requests, limit, reserve, watch,
+                ))
+                .await
             }
-            (true, true) => Box::pin(bidi(method, metadata, requests, limit)).await,
+            (true, true) => Box::pin(bidi(method, metadata, requests, limit, watch)).await,
         },
     };
     answered.unwrap_or_else(Reply::refused)
 }
 
-/// Counts a hit of `rule` (one of `rules`, the method's) in the method's metrics.
-fn hit(method: &Method, rules: &MethodRules, rule: &Rule) {
+/// The method's rule at `index` answers the request just read: told to whoever watches the call,
+/// and counted in the method's metrics.
+fn answered_by(method: &Method, watch: Option<&dyn Watch>, index: usize) {
+    if let Some(watch) = watch {
+        watch.rule(index);
+    }
     if let Some(metrics) = method.metrics() {
-        if let Some(index) = rules.rules.iter().position(|r| std::ptr::eq(r, rule)) {
-            metrics.rule_hit(index);
-        }
+        metrics.rule_hit(index);
     }
 }
 
-/// Counts a call no rule answered in the method's metrics.
-fn unmatched(method: &Method) {
+/// No rule of the method matched the request just read (the call ends): told and counted.
+fn unmatched(method: &Method, watch: Option<&dyn Watch>) {
+    if let Some(watch) = watch {
+        watch.unmatched();
+    }
     if let Some(metrics) = method.metrics() {
         metrics.unmatched();
     }
@@ -158,22 +175,22 @@ fn select(
     input: &mut Input,
     count: Option<u64>,
     metadata: &MetadataMap,
+    watch: Option<&dyn Watch>,
 ) -> Result<usize, Status> {
-    let index = select_uncounted(method, input, count, metadata)?;
-    if let Some(metrics) = method.metrics() {
-        metrics.rule_hit(index);
-    }
+    let index = select_untold(method, input, count, metadata, watch)?;
+    answered_by(method, watch, index);
     Ok(index)
 }
 
-/// [`select`] without counting the rule's hit: for a bidi call's first message, whose rule gives
-/// the headers and is selected again (and counted) when the message is answered. An unmatched call
-/// is counted: it ends there.
-fn select_uncounted(
+/// [`select`], with the rule not told to `watch` nor counted: for a bidi call's first message,
+/// whose rule gives the headers and is selected again (and told) when the message is answered.
+/// No rule matching is told: the call ends there.
+fn select_untold(
     method: &Method,
     input: &mut Input,
     count: Option<u64>,
     metadata: &MetadataMap,
+    watch: Option<&dyn Watch>,
 ) -> Result<usize, Status> {
     let rules = rules_of(method)?;
     let index = match (&*input, &method.direct) {
@@ -192,7 +209,7 @@ fn select_uncounted(
         }
     };
     let Some(index) = index else {
-        unmatched(method);
+        unmatched(method, watch);
         return Err(Status::unimplemented(rules.no_match_message(&method.name)));
     };
     if chosen(method, index, input)?.1.is_none() {
@@ -225,6 +242,7 @@ async fn single_request(
     requests: Requests,
     limit: usize,
     reserve: usize,
+    watch: Option<&dyn Watch>,
 ) -> Result<Reply, Status> {
     let request = match requests {
         Requests::One(request) => request,
@@ -241,7 +259,7 @@ async fn single_request(
         }
     };
     let mut input = Input::new(&method, request)?;
-    let index = select(&method, &mut input, None, &metadata)?;
+    let index = select(&method, &mut input, None, &metadata, watch)?;
     let (rule, compiled) = chosen(&method, index, &input)?;
     if let Some(delay) = rule.delay {
         tokio::time::sleep(delay).await;
@@ -398,6 +416,7 @@ async fn client_stream(
     requests: Requests,
     limit: usize,
     reserve: usize,
+    watch: Option<&dyn Watch>,
 ) -> Result<Reply, Status> {
     let mut incoming = decoded(&method, requests);
     let (mut first, mut last, mut count) = (None, None, 0u64);
@@ -416,11 +435,12 @@ async fn client_stream(
         ..Scope::new(last, &metadata)
     };
     let rules = rules_of(&method)?;
-    let Some(rule) = rules.select(&scope) else {
-        unmatched(&method);
+    let Some(index) = rules.rules.iter().position(|r| r.matches(&scope)) else {
+        unmatched(&method, watch);
         return Err(Status::unimplemented(rules.no_match_message(&method.name)));
     };
-    hit(&method, rules, rule);
+    answered_by(&method, watch, index);
+    let rule = &rules.rules[index];
     if let Some(delay) = rule.delay {
         tokio::time::sleep(delay).await;
     }
@@ -434,6 +454,7 @@ async fn bidi(
     metadata: MetadataMap,
     requests: Requests,
     limit: usize,
+    watch: Option<Arc<dyn Watch>>,
 ) -> Result<Reply, Status> {
     let mut incoming = match requests {
         Requests::Stream(stream) => stream,
@@ -449,7 +470,7 @@ async fn bidi(
         }));
     };
     let mut first = Input::new(&method, first)?;
-    let index = select_uncounted(&method, &mut first, Some(1), &metadata)?;
+    let index = select_untold(&method, &mut first, Some(1), &metadata, watch.as_deref())?;
     let (rule, _) = chosen(&method, index, &first)?;
     let headers = headers_of(
         rule,
@@ -477,6 +498,7 @@ async fn bidi(
             count: 0,
             done: false,
             limit,
+            watch,
         };
         return Ok(Reply::Stream(Streamed {
             headers,
@@ -489,7 +511,7 @@ async fn bidi(
         let mut trailers = MetadataMap::new();
         while let Some(mut input) = next.take() {
             count += 1;
-            let index = select(&method, &mut input, Some(count), &metadata)?;
+            let index = select(&method, &mut input, Some(count), &metadata, watch.as_deref())?;
             let (rule, compiled) = chosen(&method, index, &input)?;
             if let Some(delay) = rule.delay {
                 tokio::time::sleep(delay).await;
@@ -544,6 +566,7 @@ struct BidiReplies {
     count: u64,
     done: bool,
     limit: usize,
+    watch: Option<Arc<dyn Watch>>,
 }
 
 impl Stream for BidiReplies {
@@ -572,10 +595,18 @@ impl Stream for BidiReplies {
         this.count += 1;
         let reply = match input {
             Input::Canonical(request) if this.echo => {
+                answered_by(&this.method, this.watch.as_deref(), 0);
                 // The request itself, moved rather than shared with the one dropped here.
                 check_reply_len(request.len(), this.limit).map(|()| Message::Encoded(request))
             }
-            input => bidi_reply(&this.method, input, this.count, &this.metadata, this.limit),
+            input => bidi_reply(
+                &this.method,
+                input,
+                this.count,
+                &this.metadata,
+                this.limit,
+                this.watch.as_deref(),
+            ),
         };
         match reply {
             Ok(message) => Poll::Ready(Some(Event::Message(message))),
@@ -591,8 +622,9 @@ fn bidi_reply(
     count: u64,
     metadata: &MetadataMap,
     limit: usize,
+    watch: Option<&dyn Watch>,
 ) -> Result<Message, Status> {
-    let index = select(method, &mut input, Some(count), metadata)?;
+    let index = select(method, &mut input, Some(count), metadata, watch)?;
     let (rule, compiled) = chosen(method, index, &input)?;
     let scope = Scope {
         count: Some(count),

@@ -122,6 +122,7 @@ async fn call(method: &Arc<Method>, request: Request, reserve: usize) -> (Seen, 
         requests: Requests::One(request),
         limit: 1 << 20,
         reserve,
+        watch: None,
     };
     let reply = answer(call).await;
     let kind = match &reply {

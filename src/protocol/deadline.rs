@@ -31,11 +31,6 @@ impl Deadline {
     /// No deadline.
     pub(crate) const NONE: Deadline = Deadline(None);
 
-    /// When it passes, if it does.
-    pub(crate) fn at(self) -> Option<Instant> {
-        self.0
-    }
-
     /// A timeout too long for the clock to add is no deadline: it would not pass anyway.
     fn after(timeout: Option<Duration>) -> Deadline {
         Deadline(timeout.and_then(|t| Instant::now().checked_add(t)))

@@ -15,7 +15,6 @@ use tonic_web::{GrpcWebLayer, GrpcWebService};
 use tower::{Layer as _, Service, ServiceExt as _};
 
 use super::{Body, HttpResponse, ResponseFuture};
-use crate::metrics::Protocol;
 
 /// The four content types tonic-web translates (matched exactly, as tonic-web does).
 pub(crate) const CONTENT_TYPES: [&str; 4] = [
@@ -48,9 +47,6 @@ where
     /// Serves one gRPC-Web request (its content type is one of [`CONTENT_TYPES`]).
     pub(crate) fn serve(&self, mut request: http::Request<Body>) -> ResponseFuture {
         answer_text_to_text(&mut request);
-        // metrics: the gRPC branch counts the translated call as gRPC-Web's (tonic-web keeps
-        // extensions).
-        request.extensions_mut().insert(Protocol::GrpcWeb);
         self.translated.clone().oneshot(request).boxed()
     }
 }

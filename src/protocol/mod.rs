@@ -51,4 +51,6 @@ pub struct ServiceSettings {
     pub max_message_size: usize,
     /// Largest request header list, counted as HTTP/2 counts it (`--max-header-size`).
     pub max_header_list_size: usize,
+    /// Where every call is recorded (the call log, the journal).
+    pub(crate) observer: &'static crate::observe::Observer,
 }

@@ -68,6 +68,33 @@ impl Condition {
     }
 }
 
+impl Condition {
+    /// The condition as a handler file writes it (`request.name = "tom"`), for near misses.
+    pub(crate) fn describe(&self) -> String {
+        let subject = match &self.subject {
+            Subject::Field(path) => path.text().to_owned(),
+            Subject::Metadata(key) => format!("metadata.{key}"),
+        };
+        let value = |v: &Value| match v {
+            Value::String(s) => format!("{s:?}"),
+            Value::Bool(b) => b.to_string(),
+            Value::I32(n) | Value::EnumNumber(n) => n.to_string(),
+            Value::I64(n) => n.to_string(),
+            Value::U32(n) => n.to_string(),
+            Value::U64(n) => n.to_string(),
+            Value::F32(n) => n.to_string(),
+            Value::F64(n) => n.to_string(),
+            other => format!("{other:?}"),
+        };
+        match &self.op {
+            Op::Eq(v) => format!("{subject} = {}", value(v)),
+            Op::Contains(v) => format!("{subject} = {{ contains = {} }}", value(v)),
+            Op::Regex(re) => format!("{subject} = {{ regex = {:?} }}", re.as_str()),
+            Op::Present(p) => format!("{subject} = {{ present = {p} }}"),
+        }
+    }
+}
+
 /// The value at `path` written as text (numbers in decimal, enums by name), for regexes on non-strings.
 fn path_text(path: &Path, scope: &Scope<'_>) -> String {
     Text::whole(path.clone()).render(scope)

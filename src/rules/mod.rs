@@ -17,6 +17,7 @@ mod toml_tree;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
+pub(crate) use load::error::code_name;
 pub(crate) use load::load;
 #[cfg(any(test, feature = "fuzzing"))]
 pub use load::load_source;

@@ -24,6 +24,14 @@ pub struct Rule {
     pub(crate) delay: Option<Duration>,
 }
 
+/// See [`Rule::near_miss`].
+pub(crate) struct NearMiss {
+    pub held: usize,
+    pub conditions: usize,
+    /// The first condition that failed, as written; empty when all held.
+    pub failed: String,
+}
+
 #[derive(Clone, Debug)]
 pub(crate) enum Answer {
     Reply(MessageTemplate),
@@ -69,6 +77,26 @@ pub(crate) struct MetadataTemplate {
 impl Rule {
     pub(crate) fn matches(&self, scope: &Scope<'_>) -> bool {
         self.conditions.iter().all(|c| c.holds(scope))
+    }
+
+    /// How close a request came to this rule: its conditions that held, and the first that did
+    /// not (as written), for a call no rule matched.
+    pub(crate) fn near_miss(
+        &self,
+        request: Option<&DynamicMessage>,
+        metadata: &MetadataMap,
+    ) -> NearMiss {
+        let scope = Scope::new(request, metadata);
+        let failed: Vec<&Condition> = self
+            .conditions
+            .iter()
+            .filter(|c| !c.holds(&scope))
+            .collect();
+        NearMiss {
+            held: self.conditions.len() - failed.len(),
+            conditions: self.conditions.len(),
+            failed: failed.first().map(|c| c.describe()).unwrap_or_default(),
+        }
     }
 
     pub(crate) fn is_default(&self) -> bool {

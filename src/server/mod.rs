@@ -11,6 +11,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::observe::{Observer, Peer};
 use crate::protocol::{ResponseFuture, ServiceSettings};
 use crate::state::Registry;
 
@@ -92,10 +94,14 @@ pub(crate) async fn serve(
     cors: CorsOrigins,
     shutdown: Shutdown<impl Future<Output = ()> + Send>,
 ) {
-    let service = Http(Arc::new(WithCors::new(
-        cors,
-        Router::new(registry, settings, shutdown.cut),
-    )));
+    let service = Http {
+        stack: Arc::new(WithCors::new(
+            cors,
+            Router::new(registry, settings, shutdown.cut),
+        )),
+        peer: None,
+        observer: settings.observer,
+    };
     let shutdown = shutdown.signal;
     let connections = GracefulShutdown::new();
     match tls {
@@ -120,7 +126,7 @@ async fn accept<IO>(
     connections: &GracefulShutdown,
     shutdown: impl Future<Output = ()>,
 ) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Remote + Unpin + Send + 'static,
 {
     let http = http_settings(&settings);
     let (mut incoming, mut shutdown) = (pin!(incoming), pin!(shutdown));
@@ -132,10 +138,14 @@ async fn accept<IO>(
                 None => return,
             },
         };
+        let service = Http {
+            peer: io.remote(),
+            ..service.clone()
+        };
         let connection = http
             .serve_connection(
                 TokioIo::new(PrefaceDeadline::new(io, settings.handshake_timeout)),
-                service.clone(),
+                service,
             )
             .into_owned();
         let connection = connections.watch(connection);
@@ -195,9 +205,15 @@ fn connection_limits(http: &mut auto::Builder<StreamExecutor>, settings: &Connec
         .header_read_timeout(settings.handshake_timeout);
 }
 
-/// The service hyper calls for every request: CORS, then the router. Shared, not cloned per request.
+/// The service hyper calls for every request of a connection: CORS, then the router. The stack is
+/// shared by every connection, not cloned per request.
 #[derive(Clone)]
-struct Http(Arc<WithCors>);
+struct Http {
+    stack: Arc<WithCors>,
+    /// The client's address, for the call log and the journal.
+    peer: Option<SocketAddr>,
+    observer: &'static Observer,
+}
 
 impl hyper::service::Service<http::Request<Incoming>> for Http {
     type Response = http::Response<tonic::body::Body>;
@@ -206,7 +222,28 @@ impl hyper::service::Service<http::Request<Incoming>> for Http {
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
         // The one box of a request body: every protocol reads this type.
-        self.0.answer(request.map(tonic::body::Body::new))
+        let mut request = request.map(tonic::body::Body::new);
+        if let (Some(peer), true) = (self.peer, self.observer.records()) {
+            request.extensions_mut().insert(Peer(peer));
+        }
+        self.stack.answer(request)
+    }
+}
+
+/// A connection's remote address.
+pub(crate) trait Remote {
+    fn remote(&self) -> Option<SocketAddr>;
+}
+
+impl Remote for TcpStream {
+    fn remote(&self) -> Option<SocketAddr> {
+        self.peer_addr().ok()
+    }
+}
+
+impl Remote for tokio_rustls::server::TlsStream<TcpStream> {
+    fn remote(&self) -> Option<SocketAddr> {
+        self.get_ref().0.peer_addr().ok()
     }
 }
 

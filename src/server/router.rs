@@ -32,6 +32,7 @@ use tower::ServiceExt as _;
 
 use crate::builtin::{health, HttpService};
 use crate::metrics;
+use crate::observe::FromGrpcWeb;
 use crate::protocol::connect::{self, Codec, Framing, Target};
 use crate::protocol::deadline::{bounded, shutdown_status, Deadline};
 use crate::protocol::grpc_web::{self, GrpcWeb};
@@ -141,7 +142,13 @@ impl Router {
         match kind {
             Kind::Refused(status) => return refused(status),
             // Checked (and the headers counted) on the translated request, in the gRPC branch.
-            Kind::GrpcWeb => return self.grpc_web.serve(request),
+            Kind::GrpcWeb => {
+                let mut request = request;
+                if self.core.settings.observer.records() || metrics::global().enabled() {
+                    request.extensions_mut().insert(FromGrpcWeb);
+                }
+                return self.grpc_web.serve(request);
+            }
             Kind::Grpc => return self.core.grpc(request),
             _ => {}
         }

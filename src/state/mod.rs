@@ -17,6 +17,7 @@ use crate::builtin::health::Health;
 use crate::builtin::reflection::Reflection;
 use crate::diagnostic::{Diagnostic, Diagnostics};
 pub use crate::engine::Method;
+use crate::observe::journal::Journal;
 use crate::protos::{self, Protos};
 use crate::rules::{self, Handlers};
 use crate::script::{ScriptEngine, ScriptLimits};
@@ -237,6 +238,8 @@ impl State {
 pub(crate) struct Registry {
     current: ArcSwap<State>,
     pub health: Health,
+    /// The journal, told when a reload replaces the protos so that it lets go of the old ones.
+    journal: std::sync::OnceLock<&'static Journal>,
 }
 
 impl Registry {
@@ -246,7 +249,13 @@ impl Registry {
         Self {
             current: ArcSwap::new(Arc::new(state)),
             health,
+            journal: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Keeps `journal` from holding protos a reload replaced (see `Journal::settle`).
+    pub(crate) fn settle_on_reload(&self, journal: &'static Journal) {
+        let _ = self.journal.set(journal);
     }
 
     pub(crate) fn current(&self) -> Arc<State> {
@@ -255,8 +264,14 @@ impl Registry {
 
     pub(crate) fn swap(&self, state: State) {
         let now = state.health_statuses();
-        let before = self.current.swap(Arc::new(state));
+        let state = Arc::new(state);
+        let before = self.current.swap(state.clone());
         self.health.update(&before.health_statuses(), &now);
+        if let Some(journal) = self.journal.get() {
+            if state.protos.pool != before.protos.pool {
+                journal.settle(&state.protos.pool);
+            }
+        }
     }
 }
 

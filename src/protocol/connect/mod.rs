@@ -43,7 +43,7 @@ use super::{json, Body, HttpResponse, ServiceSettings};
 use crate::builtin::HttpService;
 use crate::engine::{self, End, Event};
 use crate::limits::too_large;
-use crate::metrics::Protocol;
+use crate::observe::{self, Protocol, Seen};
 use crate::state::{Method, State};
 
 /// What a Connect request's path names, as the router found it.
@@ -167,6 +167,7 @@ pub(crate) async fn serve(
             {
                 return refusal;
             }
+            let seen = Seen::of(request.extensions(), Protocol::Connect, settings.observer);
             let (parts, body) = request.into_parts();
             let limit = settings.max_message_size;
             let payload = async {
@@ -184,6 +185,7 @@ pub(crate) async fn serve(
                 codec,
                 deadline,
                 limit,
+                seen,
             )
             .await
         }
@@ -228,6 +230,7 @@ async fn until<T>(
 
 /// One unary call from its payload as read (decompressed, with the coding it came in, which is the
 /// answer's unless `accept-encoding` says otherwise), or the error reading it.
+#[allow(clippy::too_many_arguments)]
 async fn unary(
     state: Arc<State>,
     method: Arc<Method>,
@@ -236,16 +239,12 @@ async fn unary(
     codec: Codec,
     deadline: Deadline,
     limit: usize,
+    seen: Seen,
 ) -> HttpResponse {
     let pool = state.protos.pool.clone();
-    // metrics (until the observe boundary): timed from here to the answer's status.
-    let mut timer = method.call_timer(Protocol::Connect, deadline.at());
     let (payload, encoding) = match payload {
         Ok(p) => p,
-        Err(status) => {
-            timer.end(status.code());
-            return unary_error(&status, &pool, json::http_status(status.code()));
-        }
+        Err(status) => return unary_error(&status, &pool, json::http_status(status.code())),
     };
     let answer_encoding =
         Encoding::accepted(wire::header(headers, header::ACCEPT_ENCODING), encoding);
@@ -269,8 +268,9 @@ async fn unary(
             requests,
             limit,
             reserve: 0,
+            watch: None,
         };
-        let mut reply = wire::single_reply(engine::answer(call).await, limit).await?;
+        let mut reply = wire::single_reply(observe::answer(call, seen).await, limit).await?;
         let message = std::mem::replace(&mut reply.message, engine::Message::Encoded(Bytes::new()));
         let body = match (codec, message) {
             (Codec::Proto, engine::Message::Decoded(m)) => codec.encode(&m)?,
@@ -280,7 +280,6 @@ async fn unary(
         Ok((reply, body))
     })
     .await;
-    timer.end(reply.as_ref().map_or_else(Status::code, |_| Code::Ok));
     match reply {
         Ok((reply, body)) => {
             let mut headers = HeaderMap::new();
@@ -328,8 +327,7 @@ async fn streaming(
 ) -> HttpResponse {
     let limit = settings.max_message_size;
     let pool = state.protos.pool.clone();
-    // metrics (until the observe boundary): timed from here to the end-stream message.
-    let mut timer = method.call_timer(Protocol::Connect, deadline.at());
+    let seen = Seen::of(request.extensions(), Protocol::Connect, settings.observer);
     let (parts, body) = request.into_parts();
     let encodings =
         Encoding::parse(wire::header(&parts.headers, "connect-content-encoding")).map(|request| {
@@ -338,10 +336,7 @@ async fn streaming(
         });
     let (request_encoding, answer_encoding) = match encodings {
         Ok(e) => e,
-        Err(status) => {
-            timer.end(status.code());
-            return only_end(HeaderMap::new(), codec, &status, &pool);
-        }
+        Err(status) => return only_end(HeaderMap::new(), codec, &status, &pool),
     };
     let incoming = envelopes(body, codec, method.desc.input(), request_encoding, limit);
     let metadata = wire::request_metadata(&parts.headers);
@@ -352,9 +347,10 @@ async fn streaming(
         requests: engine::Requests::decoded(incoming),
         limit,
         reserve: 0,
+        watch: None,
     };
     let answer = until(deadline, async {
-        engine::answer(call)
+        observe::answer(call, seen)
             .await
             .into_stream()
             .map_err(End::into_status)
@@ -376,10 +372,7 @@ async fn streaming(
                 Event::End(end) => Err((*end).into_status()),
             })
         }
-        Err(status) => {
-            timer.end(status.code());
-            return only_end(headers, codec, &status, &pool);
-        }
+        Err(status) => return only_end(headers, codec, &status, &pool),
     };
     // The deadline and the shutdown cut end the stream with an error the end-stream message carries
     // (at shutdown, the body was cut without one).
@@ -389,12 +382,10 @@ async fn streaming(
             let message = match replies.next().await {
                 Some(Ok(message)) => message,
                 Some(Err(status)) => {
-                    timer.end(status.code());
                     yield Frame::data(end_stream(&status, &pool));
                     return;
                 }
                 None => {
-                    timer.end(Code::Ok);
                     yield Frame::data(end_stream(&Status::ok(""), &pool));
                     return;
                 }
@@ -409,7 +400,6 @@ async fn streaming(
                     yield Frame::data(envelope::encode(flags, &bytes));
                 }
                 Err(status) => {
-                    timer.end(status.code());
                     yield Frame::data(end_stream(&status, &pool));
                     return;
                 }
@@ -591,6 +581,7 @@ pub(crate) async fn serve_get(
         Ok(d) => d,
         Err(status) => return unary_error(&status, &pool, StatusCode::BAD_REQUEST),
     };
+    let seen = Seen::of(request.extensions(), Protocol::Connect, settings.observer);
     unary(
         state,
         method,
@@ -599,6 +590,7 @@ pub(crate) async fn serve_get(
         codec,
         deadline,
         limit,
+        seen,
     )
     .await
 }

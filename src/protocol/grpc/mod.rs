@@ -21,7 +21,6 @@ use tonic::Status;
 use super::deadline::{bounded, shutdown_status, Deadline};
 use super::{Body, HttpResponse, ResponseFuture, ServiceSettings};
 use crate::engine::Method;
-use crate::metrics::Protocol;
 
 // Names looked up on every call: a `HeaderName` is hashed as it is, a `&str` parsed first.
 static GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
@@ -64,15 +63,11 @@ pub(crate) fn serve(
     settings: ServiceSettings,
     cut: &'static CancellationToken,
 ) -> ResponseFuture {
-    // metrics (until the observe boundary): the call is timed from here to its status; gRPC-Web
-    // calls arrive here translated, marked by `grpc_web`.
-    let protocol = request.extensions().get::<Protocol>().copied();
-    let timer = method.call_timer(protocol.unwrap_or(Protocol::Grpc), deadline.at());
     if !method.desc.is_client_streaming() && !method.desc.is_server_streaming() {
-        let answer = unary::serve(method, request, settings, timer);
+        let answer = unary::serve(method, request, settings);
         return Box::pin(before_deadline(answer, deadline, cut));
     }
-    let answer = stream::serve(method, request, settings, deadline, cut, timer);
+    let answer = stream::serve(method, request, settings, deadline, cut);
     Box::pin(before_deadline(answer, deadline, cut))
 }
 

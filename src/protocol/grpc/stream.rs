@@ -24,7 +24,7 @@ use tonic::{Code, Status};
 use super::frame::{self, Codings};
 use super::{Body, HttpResponse, ServiceSettings};
 use crate::engine::{self, End, Event, Method};
-use crate::metrics::CallTimer;
+use crate::observe::{self, Protocol, Seen};
 use crate::protocol::deadline::{until_deadline, Deadline};
 use crate::protocol::envelope::ReadError;
 
@@ -40,12 +40,11 @@ pub(super) async fn serve(
     settings: ServiceSettings,
     deadline: Deadline,
     cut: &'static CancellationToken,
-    timer: CallTimer,
 ) -> HttpResponse {
     let (parts, body) = request.into_parts();
     let codings = match Codings::of(&parts.headers) {
         Ok(codings) => codings,
-        Err(status) => return refused(status, timer),
+        Err(status) => return status.into_http(),
     };
     let limit = settings.max_message_size;
     let requests = if method.desc.is_client_streaming() {
@@ -54,19 +53,21 @@ pub(super) async fn serve(
         // A server stream takes one message, read as a unary call's is.
         match frame::one_message(body, codings, limit).await {
             Ok(message) => engine::Requests::One(engine::Request::Encoded(message)),
-            Err(status) => return refused(status, timer),
+            Err(status) => return status.into_http(),
         }
     };
+    let seen = Seen::of(&parts.extensions, Protocol::Grpc, settings.observer);
     let call = engine::Call {
         method,
         metadata: MetadataMap::from_headers(parts.headers),
         requests,
         limit,
         reserve: 0,
+        watch: None,
     };
-    let streamed = match engine::answer(call).await.into_stream() {
+    let streamed = match observe::answer(call, seen).await.into_stream() {
         Ok(streamed) => streamed,
-        Err(end) => return refused(end.into_status(), timer),
+        Err(refused) => return refused.into_status().into_http(),
     };
     let events = until_deadline(streamed.events.map(Ok::<_, Status>), deadline, cut);
     let body = StreamBody {
@@ -75,17 +76,10 @@ pub(super) async fn serve(
         limit,
         data: BytesMut::new(),
         trailers: None,
-        timer,
     };
     let mut response = http::Response::new(tonic::body::Body::new(body));
     *response.headers_mut() = frame::headers(streamed.headers, codings.gzip_out);
     response
-}
-
-/// A call ended before its headers, with `status`.
-fn refused(status: Status, mut timer: CallTimer) -> HttpResponse {
-    timer.end(status.code());
-    status.into_http()
 }
 
 /// The request messages, read as the engine asks for them; an error is the last item.
@@ -121,13 +115,10 @@ struct StreamBody<S> {
     /// Frames written and not yet handed to hyper.
     data: BytesMut,
     trailers: Option<HeaderMap>,
-    /// Ended with the call's status; a body dropped before (the client went away) ends it then.
-    timer: CallTimer,
 }
 
 impl<S> StreamBody<S> {
     fn end(&mut self, end: End) {
-        self.timer.end(end.code);
         self.events = None;
         self.trailers = Some(frame::trailers(end));
     }

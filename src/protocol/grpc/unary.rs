@@ -18,7 +18,7 @@ use tonic::Status;
 use super::frame::{self, Codings};
 use super::{Body, ServiceSettings};
 use crate::engine::{self, End, Method};
-use crate::metrics::CallTimer;
+use crate::observe::{self, Protocol, Seen};
 use crate::protocol::envelope::PREFIX;
 
 /// Answers one unary call. Every failure becomes a gRPC status, as tonic would send it.
@@ -26,30 +26,31 @@ pub(super) async fn serve(
     method: Arc<Method>,
     request: http::Request<Body>,
     settings: ServiceSettings,
-    mut timer: CallTimer,
 ) -> http::Response<tonic::body::Body> {
     let (parts, body) = request.into_parts();
     let codings = match Codings::of(&parts.headers) {
         Ok(codings) => codings,
-        Err(status) => return refused(status, timer),
+        Err(status) => return status.into_http(),
     };
     let limit = settings.max_message_size;
     let message = match frame::one_message(body, codings, limit).await {
         Ok(bytes) => bytes,
-        Err(status) => return refused(status, timer),
+        Err(status) => return status.into_http(),
     };
+    let seen = Seen::of(&parts.extensions, Protocol::Grpc, settings.observer);
     let call = engine::Call {
         method,
         metadata: MetadataMap::from_headers(parts.headers),
         requests: engine::Requests::One(engine::Request::Encoded(message)),
         limit,
         reserve: PREFIX,
+        watch: None,
     };
-    let ready = match engine::answer(call).await {
+    let ready = match observe::answer(call, seen).await {
         engine::Reply::Ready(ready) => ready,
         other => match other.whole().await {
             Ok(ready) => ready,
-            Err(end) => return refused(end.into_status(), timer),
+            Err(refused) => return refused.into_status().into_http(),
         },
     };
     let (data, end) = match ready
@@ -60,14 +61,7 @@ pub(super) async fn serve(
         Some(Err(status)) => (None, status.into()),
         None => (None, ready.end),
     };
-    timer.end(end.code);
     http_response(ready.headers, data, end, codings.gzip_out)
-}
-
-/// A call ended before its headers, with `status`.
-fn refused(status: Status, mut timer: CallTimer) -> http::Response<tonic::body::Body> {
-    timer.end(status.code());
-    status.into_http()
 }
 
 /// A unary answer: headers, the reply frame if any, the status (with any custom trailers).

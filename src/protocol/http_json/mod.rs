@@ -25,7 +25,7 @@ use http::StatusCode;
 use http_body::Frame;
 use serde_json::Value as Json;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status};
+use tonic::Status;
 
 pub(crate) use self::marshal::error;
 use self::marshal::{reply_json, ErrorLine};
@@ -34,7 +34,7 @@ use super::deadline::{until, until_deadline, Deadline};
 use super::wire;
 use super::{json, Body, HttpResponse, ServiceSettings};
 use crate::engine::{self, End, Event};
-use crate::metrics::{CallTimer, Protocol};
+use crate::observe::{self, Protocol, Seen};
 use crate::protos::http_routes::{Bindings, BodyRule, Lookup, Route};
 use crate::state::State;
 
@@ -113,6 +113,7 @@ async fn call(
     settings: ServiceSettings,
     cut: &'static CancellationToken,
 ) -> Result<HttpResponse, Status> {
+    let limit = settings.max_message_size;
     let method = state
         .methods
         .get(&route.grpc_path)
@@ -120,37 +121,9 @@ async fn call(
         .ok_or_else(|| {
             Status::internal(format!("route {} names no served method", route.pattern))
         })?;
-    // metrics (until the observe boundary): timed from here to the answer's status, or to the
-    // stream's end (`stream_reply` takes the timer).
-    let deadline = Deadline::http(request.headers());
-    let mut timer = method.call_timer(
-        Protocol::HttpJson,
-        deadline.as_ref().ok().and_then(|d| d.at()),
-    );
-    let answer = call_method(
-        state, route, method, bindings, request, deadline, settings, cut, &mut timer,
-    )
-    .await;
-    timer.end(answer.as_ref().map_or_else(Status::code, |_| Code::Ok));
-    answer
-}
-
-/// A call of `method` by `route`, for [`call`].
-#[allow(clippy::too_many_arguments)]
-async fn call_method(
-    state: &Arc<State>,
-    route: &Route,
-    method: Arc<crate::engine::Method>,
-    bindings: Bindings,
-    request: http::Request<Body>,
-    deadline: Result<Deadline, Status>,
-    settings: ServiceSettings,
-    cut: &'static CancellationToken,
-    timer: &mut CallTimer,
-) -> Result<HttpResponse, Status> {
-    let limit = settings.max_message_size;
-    let deadline = deadline?;
+    let seen = Seen::of(request.extensions(), Protocol::HttpJson, settings.observer);
     let (parts, body) = request.into_parts();
+    let deadline = Deadline::http(&parts.headers)?;
     let query = wire::query_pairs(parts.uri.query());
     // A route without `body` ignores the request body, as grpc-gateway does.
     let incoming: engine::Decoded = if matches!(route.body, BodyRule::None) {
@@ -201,12 +174,13 @@ async fn call_method(
         requests: engine::Requests::decoded(incoming),
         limit,
         reserve: 0,
+        watch: None,
     };
     // Dropping the answer at the deadline stops what it runs (a delay, a script).
     until(deadline, DEADLINE_PASSED, async {
-        let reply = engine::answer(call).await;
+        let reply = observe::answer(call, seen).await;
         if server_streaming {
-            return stream_reply(state, route, reply, &output, limit, deadline, cut, timer).await;
+            return stream_reply(state, route, reply, &output, limit, deadline, cut).await;
         }
         let reply = wire::single_reply(reply, limit).await?;
         let message = reply.message.into_decoded(&output)?;
@@ -249,9 +223,7 @@ impl JsonValues {
 
 /// A server stream as newline-delimited JSON. An error before the first message is an HTTP error;
 /// a later one (the deadline, the shutdown cut among them) is a last line
-/// `{"error": <google.rpc.Status>}`. Trailers become HTTP trailers. Once the stream has started,
-/// it ends `timer`.
-#[allow(clippy::too_many_arguments)]
+/// `{"error": <google.rpc.Status>}`. Trailers become HTTP trailers.
 async fn stream_reply(
     state: &Arc<State>,
     route: &Route,
@@ -260,7 +232,6 @@ async fn stream_reply(
     limit: usize,
     deadline: Deadline,
     cut: &'static CancellationToken,
-    timer: &mut CallTimer,
 ) -> Result<HttpResponse, Status> {
     let streamed = reply.into_stream().map_err(End::into_status)?;
     let metadata = streamed.headers;
@@ -278,7 +249,6 @@ async fn stream_reply(
     let pool = state.protos.pool.clone();
     let response_body = route.response_body.clone();
     let output = output.clone();
-    let mut timer = std::mem::replace(timer, CallTimer::OFF);
     let lines = async_stream::stream! {
         let mut next = first;
         while let Some(event) = next {
@@ -290,7 +260,6 @@ async fn stream_reply(
                 Event::End(end) if end.is_ok() => {
                     let mut trailers = HeaderMap::new();
                     wire::add_metadata(&mut trailers, &end.trailers, "");
-                    timer.end(Code::Ok);
                     if !trailers.is_empty() {
                         yield Frame::trailers(trailers);
                     }
@@ -304,7 +273,6 @@ async fn stream_reply(
                     yield Frame::data(Bytes::from(bytes));
                 }
                 Err(status) => {
-                    timer.end(status.code());
                     let mut bytes = json::to_vec(&ErrorLine { error: json::rpc_status(&status, &pool) });
                     bytes.push(b'\n');
                     yield Frame::data(Bytes::from(bytes));

@@ -142,6 +142,11 @@ impl FileCtx<'_> {
     }
 }
 
+/// The name gRPC gives a code (`NOT_FOUND`).
+pub(crate) fn code_name(code: Code) -> &'static str {
+    CODE_NAMES.get(code as usize).copied().unwrap_or("UNKNOWN")
+}
+
 /// gRPC status code names, indexed by code.
 const CODE_NAMES: &[&str] = &[
     "OK",

@@ -1,0 +1,637 @@
+//! The journal: every call, every frame, bounded.
+//!
+//! A [`Record`] is made when a call reaches the engine and filled as it goes: each request message
+//! as it is read, the reply headers, each reply message with the rule that wrote it, the end. Frames
+//! are kept as they came (bytes are shared with the call, not copied, where the protocol had them)
+//! and turned into JSON only when the journal is read, so that recording costs a call little.
+//!
+//! Bounds: at most `max_calls` calls and `max_bytes` bytes of recorded payload and metadata; the
+//! oldest calls are dropped first, and counted. One call alone may not take more than the byte cap:
+//! its frames past it are counted in the call, not kept. A record is locked while it is written and
+//! while it is read, so a reader never sees half a frame; the list of calls is locked only to add,
+//! drop or copy out the `Arc`s.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
+use serde_json::{json, Value};
+use tonic::metadata::{KeyAndValueRef, MetadataMap};
+use tonic::Code;
+
+use super::{log, Protocol, Seen};
+use crate::engine::{self, End, Message, Method, Request, Requests, Watch};
+
+/// Rough bookkeeping cost of a record and of a frame beyond their payload, so that many empty
+/// messages still count against the byte cap.
+const RECORD_OVERHEAD: usize = 256;
+const FRAME_OVERHEAD: usize = 48;
+
+/// The journal's bounds (`--journal-max-calls`, `--journal-max-bytes`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Caps {
+    pub max_calls: usize,
+    pub max_bytes: usize,
+}
+
+pub(crate) struct Journal {
+    caps: Caps,
+    calls: Mutex<VecDeque<Arc<Record>>>,
+    /// Bytes held by the calls in `calls`.
+    bytes: AtomicUsize,
+    /// Calls dropped to stay within the caps since the last clear.
+    dropped: AtomicU64,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("caps", &self.caps)
+            .field("bytes", &self.bytes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Journal {
+    pub(crate) fn new(caps: Caps) -> Journal {
+        Journal {
+            caps,
+            calls: Mutex::new(VecDeque::new()),
+            bytes: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    fn calls(&self) -> MutexGuard<'_, VecDeque<Arc<Record>>> {
+        // A panic while the list was held leaves it whole (each step is one push or pop).
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, record: Arc<Record>) {
+        self.bytes.fetch_add(RECORD_OVERHEAD, Ordering::Relaxed);
+        let mut calls = self.calls();
+        calls.push_back(record);
+        self.trim(&mut calls);
+    }
+
+    /// `n` more bytes held by a call in the journal.
+    fn grew(&self, n: usize) {
+        let held = self.bytes.fetch_add(n, Ordering::Relaxed) + n;
+        if held > self.caps.max_bytes {
+            self.trim(&mut self.calls());
+        }
+    }
+
+    /// Drops the oldest calls until within both caps (the newest stays, however large).
+    fn trim(&self, calls: &mut VecDeque<Arc<Record>>) {
+        while calls.len() > self.caps.max_calls
+            || (calls.len() > 1 && self.bytes.load(Ordering::Relaxed) > self.caps.max_bytes)
+        {
+            let Some(old) = calls.pop_front() else { break };
+            self.release(&old);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A call leaves the journal: its bytes are no longer the journal's.
+    fn release(&self, record: &Record) {
+        let progress = record.progress();
+        record.detached.store(true, Ordering::Relaxed);
+        self.bytes
+            .fetch_sub(progress.bytes + RECORD_OVERHEAD, Ordering::Relaxed);
+    }
+
+    /// Empties the journal; the number of calls removed.
+    pub(crate) fn clear(&self) -> usize {
+        let mut calls = self.calls();
+        let cleared = calls.len();
+        for record in calls.drain(..) {
+            self.release(&record);
+        }
+        self.dropped.store(0, Ordering::Relaxed);
+        cleared
+    }
+
+    /// The calls kept, oldest first (of `method` when given; the newest `limit` when not 0).
+    pub(crate) fn list(&self, method: Option<&str>, limit: usize) -> Vec<Arc<Record>> {
+        let calls = self.calls();
+        let mut out: Vec<Arc<Record>> = calls
+            .iter()
+            .filter(|r| method.is_none_or(|m| r.method_name() == m))
+            .cloned()
+            .collect();
+        drop(calls);
+        if limit > 0 && out.len() > limit {
+            out.drain(..out.len() - limit);
+        }
+        out
+    }
+
+    /// Settles every call whose protos are not `pool` (a reload replaced them), so that the
+    /// journal does not keep old descriptor pools alive; run by the reload, off the calls' path.
+    pub(crate) fn settle(&self, pool: &DescriptorPool) {
+        for record in self.list(None, 0) {
+            record.settle(pool);
+        }
+    }
+
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Bytes held, as counted against `max_bytes`.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// One call in the journal (and the source of its log line).
+pub(crate) struct Record {
+    pub(crate) id: u64,
+    pub(crate) protocol: Protocol,
+    peer: Option<std::net::SocketAddr>,
+    started: SystemTime,
+    clock: Instant,
+    metadata: MetadataMap,
+    /// The journal it is in; `None` when only the log is on.
+    journal: Option<&'static Journal>,
+    /// Left the journal (dropped or cleared): its bytes are no longer counted there.
+    detached: AtomicBool,
+    progress: Mutex<Progress>,
+}
+
+#[derive(Default)]
+struct Progress {
+    /// The method as served when the call started: its descriptors read the payloads, its rules
+    /// name the rules by index. Let go when the record is settled.
+    method: Option<Arc<Method>>,
+    /// The record as JSON, once settled: its method's protos were replaced by a reload, and the
+    /// record no longer holds them (see [`Journal::settle`]).
+    settled: Option<Settled>,
+    frames: Vec<Frame>,
+    /// Indices of the rules that answered, in the order they first did.
+    rules: Vec<usize>,
+    /// The rule answering now: the replies that follow are its.
+    current: Option<usize>,
+    unmatched: bool,
+    end: Option<Ended>,
+    /// Payload and metadata bytes recorded.
+    bytes: usize,
+    dropped_frames: u64,
+}
+
+struct Settled {
+    name: String,
+    json: Value,
+}
+
+struct Frame {
+    at: Duration,
+    kind: FrameKind,
+}
+
+impl Frame {
+    fn size(&self) -> usize {
+        FRAME_OVERHEAD
+            + match &self.kind {
+                FrameKind::Request(p) | FrameKind::Reply(p, _) => p.size(),
+                FrameKind::Headers(h) => metadata_size(h),
+            }
+    }
+}
+
+enum FrameKind {
+    Request(Payload),
+    Headers(MetadataMap),
+    Reply(Payload, Option<usize>),
+}
+
+/// A message as it passed: bytes when the protocol had bytes, else the decoded message.
+enum Payload {
+    Bytes(Bytes),
+    Decoded(DynamicMessage),
+}
+
+impl Payload {
+    fn of_request(request: &Request) -> Payload {
+        match request {
+            Request::Encoded(bytes) => Payload::Bytes(bytes.clone()),
+            Request::Decoded(message) => Payload::Decoded(message.clone()),
+        }
+    }
+
+    fn of_reply(message: &Message) -> Payload {
+        match message {
+            Message::Encoded(bytes) => Payload::Bytes(bytes.clone()),
+            Message::Reserved(buf, reserve) => {
+                Payload::Bytes(Bytes::copy_from_slice(&buf[*reserve..]))
+            }
+            Message::Decoded(message) => Payload::Decoded(message.clone()),
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            Payload::Bytes(bytes) => bytes.len(),
+            Payload::Decoded(message) => prost::Message::encoded_len(message),
+        }
+    }
+
+    /// `{ json, binary }` as `protodrop.admin.v1.Payload` in proto3 JSON.
+    fn to_json(&self, desc: &MessageDescriptor) -> Value {
+        use base64::Engine as _;
+        let (message, bytes) = match self {
+            Payload::Bytes(bytes) => (
+                DynamicMessage::decode(desc.clone(), bytes.clone()).ok(),
+                bytes.clone(),
+            ),
+            Payload::Decoded(message) => (
+                Some(message.clone()),
+                Bytes::from(prost::Message::encode_to_vec(message)),
+            ),
+        };
+        let json = message
+            .and_then(|m| {
+                m.serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
+                    .ok()
+            })
+            .unwrap_or(Value::Null);
+        json!({ "json": json, "binary": base64::engine::general_purpose::STANDARD.encode(bytes) })
+    }
+
+    fn decoded(&self, desc: &MessageDescriptor) -> Option<DynamicMessage> {
+        match self {
+            Payload::Bytes(bytes) => DynamicMessage::decode(desc.clone(), bytes.clone()).ok(),
+            Payload::Decoded(message) => Some(message.clone()),
+        }
+    }
+
+    /// The message's bytes, whatever form it was kept in (a decoded one is encoded for this).
+    fn bytes(&self) -> Bytes {
+        match self {
+            Payload::Bytes(bytes) => bytes.clone(),
+            Payload::Decoded(message) => prost::Message::encode_to_vec(message).into(),
+        }
+    }
+}
+
+struct Ended {
+    code: Code,
+    message: String,
+    trailers: MetadataMap,
+    elapsed: Duration,
+}
+
+fn metadata_size(metadata: &MetadataMap) -> usize {
+    metadata
+        .as_ref()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 8)
+        .sum()
+}
+
+impl Record {
+    pub(super) fn start(
+        call: &engine::Call,
+        seen: Seen,
+        journal: Option<&'static Journal>,
+    ) -> Record {
+        let id = journal.map_or(0, |j| j.next_id.fetch_add(1, Ordering::Relaxed));
+        let record = Record {
+            id,
+            protocol: seen.protocol,
+            peer: seen.peer,
+            started: SystemTime::now(),
+            clock: Instant::now(),
+            metadata: call.metadata.clone(),
+            journal,
+            detached: AtomicBool::new(false),
+            progress: Mutex::new(Progress::default()),
+        };
+        {
+            let mut progress = record.progress();
+            progress.bytes = metadata_size(&record.metadata);
+            progress.method = Some(call.method.clone());
+        }
+        record
+    }
+
+    /// Puts a started record in its journal.
+    pub(super) fn enter(self: &Arc<Self>) {
+        if let Some(journal) = self.journal {
+            journal.add(self.clone());
+            journal.grew(self.progress().bytes);
+        }
+    }
+
+    fn progress(&self) -> MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a frame, within the journal's byte cap.
+    fn push(&self, kind: FrameKind, size: usize) {
+        let Some(journal) = self.journal else {
+            return;
+        };
+        let size = size + FRAME_OVERHEAD;
+        let at = self.clock.elapsed();
+        let mut progress = self.progress();
+        if progress.bytes + size > journal.caps.max_bytes {
+            progress.dropped_frames += 1;
+            return;
+        }
+        progress.bytes += size;
+        progress.frames.push(Frame { at, kind });
+        drop(progress);
+        if !self.detached.load(Ordering::Relaxed) {
+            journal.grew(size);
+        }
+    }
+
+    /// The requests, recorded as the engine reads them.
+    pub(super) fn tee(self: &Arc<Self>, requests: Requests) -> Requests {
+        if self.journal.is_none() {
+            return requests;
+        }
+        match requests {
+            Requests::One(request) => {
+                let payload = Payload::of_request(&request);
+                let size = payload.size();
+                self.push(FrameKind::Request(payload), size);
+                Requests::One(request)
+            }
+            Requests::Stream(stream) => {
+                let record = self.clone();
+                Requests::Stream(Box::pin(stream.inspect(move |request| {
+                    if let Ok(request) = request {
+                        let payload = Payload::of_request(request);
+                        let size = payload.size();
+                        record.push(FrameKind::Request(payload), size);
+                    }
+                })))
+            }
+        }
+    }
+
+    pub(super) fn headers(&self, headers: &MetadataMap) {
+        if self.journal.is_some() && !headers.is_empty() {
+            self.push(FrameKind::Headers(headers.clone()), metadata_size(headers));
+        }
+    }
+
+    pub(super) fn reply(&self, message: &Message) {
+        if self.journal.is_some() {
+            let payload = Payload::of_reply(message);
+            let size = payload.size();
+            let rule = self.progress().current;
+            self.push(FrameKind::Reply(payload, rule), size);
+        }
+    }
+
+    pub(super) fn end(&self, end: &End) {
+        self.close(end.code, &end.message, &end.trailers);
+    }
+
+    /// The reply was dropped: unless its end was seen, the call was cut short.
+    pub(super) fn cut(&self) {
+        if self.progress().end.is_none() {
+            self.close(
+                Code::Cancelled,
+                "the reply was dropped before its end: the client went away, or the deadline or the shutdown ended the call",
+                &MetadataMap::new(),
+            );
+        }
+    }
+
+    fn close(&self, code: Code, message: &str, trailers: &MetadataMap) {
+        let elapsed = self.clock.elapsed();
+        let mut progress = self.progress();
+        if progress.end.is_some() {
+            return;
+        }
+        let size = metadata_size(trailers) + message.len();
+        progress.end = Some(Ended {
+            code,
+            message: message.to_owned(),
+            trailers: trailers.clone(),
+            elapsed,
+        });
+        let rule = progress.rules.first().copied();
+        let unmatched = progress.unmatched;
+        let method = progress.method.clone();
+        drop(progress);
+        if let (Some(journal), false) = (self.journal, self.detached.load(Ordering::Relaxed)) {
+            self.progress().bytes += size;
+            journal.grew(size);
+        }
+        let Some(method) = method else { return };
+        log::call_ended(log::Line {
+            protocol: self.protocol,
+            method: &method,
+            peer: self.peer,
+            code,
+            message,
+            rule,
+            unmatched,
+            elapsed,
+        });
+    }
+
+    /// `pkg.Service/Method`.
+    pub(crate) fn method_name(&self) -> String {
+        let progress = self.progress();
+        match (&progress.method, &progress.settled) {
+            (Some(method), _) => method.name.clone(),
+            (None, Some(settled)) => settled.name.clone(),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// The call as `protodrop.admin.v1.Call` in proto3 JSON.
+    pub(crate) fn to_json(&self) -> Value {
+        let progress = self.progress();
+        match (&progress.method, &progress.settled) {
+            (Some(method), _) => self.render(&progress, method),
+            (None, Some(settled)) => settled.json.clone(),
+            (None, None) => Value::Null,
+        }
+    }
+
+    fn render(&self, progress: &Progress, method: &Method) -> Value {
+        let input = method.desc.input();
+        let output = method.desc.output();
+        let frames: Vec<Value> = progress
+            .frames
+            .iter()
+            .map(|frame| {
+                let at = duration_json(frame.at);
+                match &frame.kind {
+                    FrameKind::Request(payload) => {
+                        json!({ "at": at, "request": payload.to_json(&input) })
+                    }
+                    FrameKind::Headers(headers) => {
+                        json!({ "at": at, "replyHeaders": { "metadata": metadata_json(headers) } })
+                    }
+                    FrameKind::Reply(payload, rule) => {
+                        let rule = rule.map(|i| method.rule_origin(i)).unwrap_or_default();
+                        json!({ "at": at, "reply": payload.to_json(&output), "rule": rule })
+                    }
+                }
+            })
+            .collect();
+        let mut call = json!({
+            "id": self.id.to_string(),
+            "protocol": self.protocol.as_str(),
+            "method": method.name,
+            "peer": self.peer.map(|p| p.to_string()).unwrap_or_default(),
+            "startTime": humantime::format_rfc3339_nanos(self.started).to_string(),
+            "requestMetadata": metadata_json(&self.metadata),
+            "frames": frames,
+            "rules": progress.rules.iter().map(|&i| method.rule_origin(i)).collect::<Vec<_>>(),
+            "droppedFrames": progress.dropped_frames.to_string(),
+        });
+        if let Some(end) = &progress.end {
+            call["duration"] = duration_json(end.elapsed);
+            call["status"] = json!({
+                "code": end.code as i32,
+                "codeName": crate::rules::code_name(end.code),
+                "message": end.message,
+                "trailers": metadata_json(&end.trailers),
+            });
+        }
+        if progress.unmatched {
+            call["nearMisses"] = Value::Array(self.near_misses(progress, method));
+        }
+        call
+    }
+
+    /// For a call no rule matched: each rule of the method with how many of its conditions held
+    /// for the last request, closest first.
+    fn near_misses(&self, progress: &Progress, method: &Method) -> Vec<Value> {
+        let Some(rules) = &method.rules else {
+            return Vec::new();
+        };
+        let input = method.desc.input();
+        let request = progress.frames.iter().rev().find_map(|f| match &f.kind {
+            FrameKind::Request(payload) => payload.decoded(&input),
+            _ => None,
+        });
+        let mut misses: Vec<(usize, usize, Value)> = rules
+            .rules
+            .iter()
+            .map(|rule| {
+                let miss = rule.near_miss(request.as_ref(), &self.metadata);
+                let value = json!({
+                    "rule": rule.origin,
+                    "held": miss.held,
+                    "conditions": miss.conditions,
+                    "failed": miss.failed,
+                });
+                (miss.held, miss.conditions, value)
+            })
+            .collect();
+        // Most conditions held first; of those, the one with the fewest left to hold.
+        misses.sort_by(|a, b| b.0.cmp(&a.0).then((a.1 - a.0).cmp(&(b.1 - b.0))));
+        misses.into_iter().map(|(_, _, v)| v).collect()
+    }
+
+    /// The request messages' bytes, for verification (which reads them with the protos its filter
+    /// was written against).
+    pub(crate) fn request_bytes(&self) -> Vec<Bytes> {
+        self.progress()
+            .frames
+            .iter()
+            .filter_map(|f| match &f.kind {
+                FrameKind::Request(payload) => Some(payload.bytes()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Lets go of the method (and with it the protos it was served from) when those are not
+    /// `pool`'s: the record is kept as its JSON, and its requests as bytes for verification.
+    fn settle(&self, pool: &DescriptorPool) {
+        let mut progress = self.progress();
+        let stale = progress
+            .method
+            .as_ref()
+            .is_some_and(|m| m.desc.parent_pool() != pool);
+        if !stale || progress.end.is_none() {
+            return;
+        }
+        let Some(method) = progress.method.take() else {
+            return;
+        };
+        let json = self.render(&progress, &method);
+        progress
+            .frames
+            .retain(|f| matches!(f.kind, FrameKind::Request(_)));
+        let size = json.to_string().len()
+            + progress.frames.iter().map(|f| f.size()).sum::<usize>()
+            + metadata_size(&self.metadata);
+        let before = progress.bytes;
+        progress.bytes = size;
+        progress.settled = Some(Settled {
+            name: method.name.clone(),
+            json,
+        });
+        drop(progress);
+        if let (Some(journal), false) = (self.journal, self.detached.load(Ordering::Relaxed)) {
+            if size > before {
+                journal.grew(size - before);
+            } else {
+                journal.bytes.fetch_sub(before - size, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub(crate) fn metadata(&self) -> &MetadataMap {
+        &self.metadata
+    }
+
+    /// The code the call ended with; `None` while it is in flight.
+    pub(crate) fn code(&self) -> Option<Code> {
+        self.progress().end.as_ref().map(|e| e.code)
+    }
+}
+
+impl Watch for Record {
+    fn rule(&self, index: usize) {
+        let mut progress = self.progress();
+        progress.current = Some(index);
+        if !progress.rules.contains(&index) {
+            progress.rules.push(index);
+        }
+    }
+
+    fn unmatched(&self) {
+        self.progress().unmatched = true;
+    }
+}
+
+fn duration_json(d: Duration) -> Value {
+    Value::String(format!("{}.{:09}s", d.as_secs(), d.subsec_nanos()))
+}
+
+fn metadata_json(metadata: &MetadataMap) -> Value {
+    use base64::Engine as _;
+    let entries: Vec<Value> = metadata
+        .iter()
+        .map(|entry| match entry {
+            KeyAndValueRef::Ascii(key, value) => {
+                json!({ "key": key.as_str(), "value": value.to_str().unwrap_or_default() })
+            }
+            KeyAndValueRef::Binary(key, value) => json!({
+                "key": key.as_str(),
+                "value": base64::engine::general_purpose::STANDARD.encode(value.as_encoded_bytes()),
+            }),
+        })
+        .collect();
+    Value::Array(entries)
+}

@@ -1,0 +1,180 @@
+//! Every call seen once, at the engine's boundary: the per-call log line and the journal.
+//!
+//! A protocol hands its [`engine::Call`] to [`answer`] rather than to `engine::answer`, with what
+//! only it knows ([`Seen`]: its name, the client's address). Here the call's requests are teed as the
+//! engine reads them and its reply events as the protocol writes them, and when the call ends —
+//! its `End` passes, or the protocol drops the reply (client gone, deadline, shutdown) — it is
+//! logged and its journal record closed. Nothing above the engine is told twice and no protocol
+//! records anything itself, so all four protocols and all four shapes are recorded alike.
+//!
+//! The engine tells which rule answered through [`engine::Watch`] (the one fact the events do not
+//! carry). When neither the journal nor the call log is on, a call goes straight to the engine.
+
+pub(crate) mod journal;
+mod log;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::{Stream, StreamExt as _};
+
+use crate::engine::{self, Event, Reply};
+use crate::metrics::CallTimer;
+use journal::{Journal, Record};
+
+/// The protocol a call came in by (defined with the metrics, below, which count by it).
+pub(crate) use crate::metrics::Protocol;
+
+/// What a protocol knows of a call that the engine does not.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Seen {
+    pub protocol: Protocol,
+    pub peer: Option<SocketAddr>,
+    /// Where the server records its calls.
+    pub observer: &'static Observer,
+}
+
+/// The client's address, put in each request's extensions by the server (only while calls are
+/// recorded: it costs the request an extension map).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Peer(pub SocketAddr);
+
+/// Marks a gRPC-Web request translated to gRPC, so that the gRPC branch records it as gRPC-Web.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FromGrpcWeb;
+
+impl Seen {
+    /// A call of `protocol` whose request carried `extensions`.
+    pub(crate) fn of(
+        extensions: &http::Extensions,
+        protocol: Protocol,
+        observer: &'static Observer,
+    ) -> Seen {
+        let protocol = match (protocol, extensions.get::<FromGrpcWeb>()) {
+            (Protocol::Grpc, Some(_)) => Protocol::GrpcWeb,
+            (protocol, _) => protocol,
+        };
+        Seen {
+            protocol,
+            peer: extensions.get::<Peer>().map(|p| p.0),
+            observer,
+        }
+    }
+}
+
+/// The journal and the call log, shared by every call of the server.
+#[derive(Debug)]
+pub(crate) struct Observer {
+    journal: Option<Journal>,
+}
+
+impl Observer {
+    pub(crate) fn new(journal: Option<Journal>) -> Observer {
+        Observer { journal }
+    }
+
+    pub(crate) fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+
+    /// Whether calls are recorded at all: the call log at INFO (it is cheap to ask: tracing caches
+    /// the answer per call site until the filter changes) or the journal.
+    pub(crate) fn records(&self) -> bool {
+        self.journal.is_some() || log::enabled()
+    }
+}
+
+/// Answers `call` with the engine, recording it, and counting it in the metrics (`crate::metrics`:
+/// its status, protocol and time; the engine counts the rules' hits).
+pub(crate) async fn answer(call: engine::Call, seen: Seen) -> Reply {
+    let observer = seen.observer;
+    let timer = call.method.call_timer(seen.protocol);
+    if !observer.records() {
+        let reply = engine::answer(call).await;
+        return match timer.is_off() {
+            true => reply,
+            false => timed(reply, None, timer),
+        };
+    }
+    let mut call = call;
+    let record = Arc::new(Record::start(&call, seen, observer.journal.as_ref()));
+    record.enter();
+    call.watch = Some(record.clone());
+    call.requests = record.tee(call.requests);
+    let reply = engine::answer(call).await;
+    match &reply {
+        Reply::Ready(ready) => {
+            record.headers(&ready.headers);
+            if let Some(message) = &ready.message {
+                record.reply(message);
+            }
+            record.end(&ready.end);
+        }
+        Reply::Refused(end) => record.end(end),
+        Reply::Stream(streamed) => record.headers(&streamed.headers),
+    }
+    timed(reply, Some(record), timer)
+}
+
+/// The reply, its end counted in the metrics: now for a ready one, as it passes for a stream (whose
+/// events `record`, if any, records too).
+fn timed(reply: Reply, record: Option<Arc<Record>>, mut timer: CallTimer) -> Reply {
+    match reply {
+        Reply::Ready(ready) => {
+            timer.end(ready.end.code);
+            Reply::Ready(ready)
+        }
+        Reply::Refused(end) => {
+            timer.end(end.code);
+            Reply::Refused(end)
+        }
+        Reply::Stream(streamed) => Reply::Stream(engine::Streamed {
+            headers: streamed.headers,
+            events: Box::pin(Observed {
+                events: streamed.events,
+                record,
+                timer,
+            }),
+        }),
+    }
+}
+
+/// A streamed reply, recorded event by event as the protocol polls it, and its end counted.
+struct Observed {
+    events: engine::Events,
+    record: Option<Arc<Record>>,
+    timer: CallTimer,
+}
+
+impl Stream for Observed {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        let event = std::task::ready!(self.events.poll_next_unpin(cx));
+        match (&event, &self.record) {
+            (Some(Event::Message(message)), Some(record)) => record.reply(message),
+            (Some(Event::End(end)), record) => {
+                if let Some(record) = record {
+                    record.end(end);
+                }
+                self.timer.end(end.code);
+            }
+            _ => {}
+        }
+        Poll::Ready(event)
+    }
+}
+
+impl Drop for Observed {
+    /// A reply dropped before its end: the client went away, or the deadline or the shutdown cut
+    /// it. Recorded (and counted, by the timer's own drop) as CANCELLED unless the end was seen.
+    fn drop(&mut self) {
+        if let Some(record) = &self.record {
+            record.cut();
+        }
+    }
+}

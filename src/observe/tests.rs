@@ -1,0 +1,365 @@
+//! The journal as a test suite reads it: every frame of every shape, in order, with the rule that
+//! wrote each reply; bounded by its caps with the drops counted; read and cleared while calls are
+//! being recorded without a lost or torn entry.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use prost::Message as _;
+use prost_reflect::{DescriptorPool, DynamicMessage};
+use serde_json::Value;
+use tonic::metadata::MetadataMap;
+
+use super::journal::{Caps, Journal};
+use super::{answer, Observer, Protocol, Seen};
+use crate::engine::{Call, Event, Method, Reply, Request, Requests};
+
+const PROTO: &str = r#"
+    syntax = "proto3";
+    package o;
+    message Req { string name = 1; int32 n = 2; }
+    message Rep { string text = 1; int32 n = 2; }
+    service S {
+        rpc Unary(Req) returns (Rep);
+        rpc Chat(stream Req) returns (stream Rep);
+        rpc Picky(Req) returns (Rep);
+    }
+"#;
+
+const RULES: &str = r##"
+[[rule]]
+method = "o.S/Unary"
+reply = { text = "hello {{request.name}}", n = "{{request.n}}" }
+
+[[rule]]
+method = "o.S/Chat"
+when.request.n = 0
+reply = { text = "zero" }
+
+[[rule]]
+method = "o.S/Chat"
+reply = { text = "#{{request.n}}", n = "{{request.n}}" }
+
+[[rule]]
+method = "o.S/Picky"
+when.request.name = "tom"
+when.request.n = 7
+reply = { text = "yes" }
+
+[[rule]]
+method = "o.S/Picky"
+when.metadata.x-key = "k"
+reply = { text = "key" }
+"##;
+
+fn methods() -> &'static (DescriptorPool, Vec<Arc<Method>>) {
+    static METHODS: OnceLock<(DescriptorPool, Vec<Arc<Method>>)> = OnceLock::new();
+    METHODS.get_or_init(|| {
+        let pool = crate::protos::compile_texts(&[("o.proto", PROTO)]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("o.toml"), RULES).unwrap();
+        let engine = crate::script::ScriptEngine::new(Default::default());
+        let mut handlers =
+            crate::rules::load(dir.path(), &pool, &engine).unwrap_or_else(|e| panic!("rules: {e}"));
+        let service = pool.get_service_by_name("o.S").unwrap();
+        let handlers_dir: Arc<std::path::Path> = Arc::from(dir.path());
+        let methods = service
+            .methods()
+            .map(|desc| {
+                let name = format!("o.S/{}", desc.name());
+                let rules = handlers.methods.remove(&name);
+                Arc::new(Method::new(desc, name, rules, handlers_dir.clone()))
+            })
+            .collect();
+        (pool, methods)
+    })
+}
+
+fn method(name: &str) -> Arc<Method> {
+    methods()
+        .1
+        .iter()
+        .find(|m| m.name == format!("o.S/{name}"))
+        .unwrap()
+        .clone()
+}
+
+fn req(name: &str, n: i32) -> Bytes {
+    let desc = methods().0.get_message_by_name("o.Req").unwrap();
+    let mut m = DynamicMessage::new(desc);
+    m.set_field_by_name("name", prost_reflect::Value::String(name.into()));
+    m.set_field_by_name("n", prost_reflect::Value::I32(n));
+    m.encode_to_vec().into()
+}
+
+fn observer(caps: Caps) -> &'static Observer {
+    Box::leak(Box::new(Observer::new(Some(Journal::new(caps)))))
+}
+
+const ROOMY: Caps = Caps {
+    max_calls: 100_000,
+    max_bytes: 1 << 30,
+};
+
+fn seen(observer: &'static Observer) -> Seen {
+    Seen {
+        protocol: Protocol::Grpc,
+        peer: Some("127.0.0.1:5000".parse().unwrap()),
+        observer,
+    }
+}
+
+fn call(name: &str, requests: Requests, metadata: MetadataMap) -> Call {
+    Call {
+        method: method(name),
+        metadata,
+        requests,
+        limit: 4 << 20,
+        reserve: 5,
+        watch: None,
+    }
+}
+
+/// Runs a call to its end, as a protocol would, and returns how many reply messages it had.
+async fn run(call: Call, seen: Seen) -> usize {
+    match answer(call, seen).await {
+        Reply::Ready(ready) => usize::from(ready.message.is_some()),
+        Reply::Refused(_) => 0,
+        Reply::Stream(streamed) => {
+            let events: Vec<Event> = streamed.events.collect().await;
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::Message(_)))
+                .count()
+        }
+    }
+}
+
+fn calls(observer: &Observer) -> Vec<Value> {
+    let journal = observer.journal().unwrap();
+    journal.list(None, 0).iter().map(|r| r.to_json()).collect()
+}
+
+#[tokio::test]
+async fn a_unary_call_is_journaled_with_its_request_reply_rule_and_status() {
+    let observer = observer(ROOMY);
+    let mut metadata = MetadataMap::new();
+    metadata.insert("x-user", "ann".parse().unwrap());
+    let one = Requests::One(Request::Encoded(req("ann", 3)));
+    assert_eq!(run(call("Unary", one, metadata), seen(observer)).await, 1);
+    let calls = calls(observer);
+    assert_eq!(calls.len(), 1);
+    let c = &calls[0];
+    assert_eq!(c["method"], "o.S/Unary");
+    assert_eq!(c["protocol"], "grpc");
+    assert_eq!(c["peer"], "127.0.0.1:5000");
+    assert_eq!(c["status"]["codeName"], "OK");
+    assert!(c["requestMetadata"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["key"] == "x-user" && m["value"] == "ann"));
+    let frames = c["frames"].as_array().unwrap();
+    assert_eq!(frames.len(), 2, "{frames:#?}");
+    assert_eq!(frames[0]["request"]["json"]["name"], "ann");
+    assert_eq!(frames[1]["reply"]["json"]["text"], "hello ann");
+    assert_eq!(frames[1]["reply"]["json"]["n"], 3);
+    let rule = frames[1]["rule"].as_str().unwrap();
+    assert!(rule.ends_with("o.toml:2"), "{rule}");
+    assert_eq!(c["rules"][0], rule);
+    // The bytes are the message's bytes as they were sent.
+    use base64::Engine as _;
+    let binary = base64::engine::general_purpose::STANDARD
+        .decode(frames[0]["request"]["binary"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(binary, req("ann", 3));
+}
+
+#[tokio::test]
+async fn a_bidi_call_of_1000_messages_each_way_is_journaled_whole_and_in_order() {
+    let observer = observer(ROOMY);
+    let requests = futures::stream::iter((0..1000).map(|n| Ok(Request::Encoded(req("x", n)))));
+    let requests = Requests::Stream(Box::pin(requests));
+    assert_eq!(
+        run(call("Chat", requests, MetadataMap::new()), seen(observer)).await,
+        1000
+    );
+    let calls = calls(observer);
+    let frames = calls[0]["frames"].as_array().unwrap();
+    let requests: Vec<&Value> = frames.iter().filter_map(|f| f.get("request")).collect();
+    let replies: Vec<&Value> = frames.iter().filter(|f| f.get("reply").is_some()).collect();
+    assert_eq!((requests.len(), replies.len()), (1000, 1000));
+    for (n, (request, reply)) in requests.iter().zip(&replies).enumerate() {
+        // proto3 JSON leaves out a zero: the first request has no `n`.
+        assert_eq!(request["json"]["n"].as_i64().unwrap_or(0), n as i64);
+        let text = if n == 0 {
+            "zero".to_string()
+        } else {
+            format!("#{n}")
+        };
+        assert_eq!(reply["reply"]["json"]["text"], text);
+        // The first message matched the `when` rule, the others the default one.
+        let line = if n == 0 { "o.toml:6" } else { "o.toml:11" };
+        assert!(reply["rule"].as_str().unwrap().ends_with(line), "{reply}");
+    }
+    // Each reply follows its request.
+    let kinds: Vec<bool> = frames.iter().map(|f| f.get("request").is_some()).collect();
+    assert!(kinds.chunks(2).all(|pair| pair == [true, false]));
+    assert_eq!(calls[0]["status"]["codeName"], "OK");
+    assert_eq!(calls[0]["rules"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn an_unmatched_call_lists_the_rules_that_came_closest() {
+    let observer = observer(ROOMY);
+    let one = Requests::One(Request::Encoded(req("tom", 6)));
+    run(call("Picky", one, MetadataMap::new()), seen(observer)).await;
+    let calls = calls(observer);
+    assert_eq!(calls[0]["status"]["codeName"], "UNIMPLEMENTED");
+    let misses = calls[0]["nearMisses"].as_array().unwrap();
+    assert_eq!(misses.len(), 2);
+    // name held, n did not: one of two; the metadata rule: none of one.
+    assert_eq!(misses[0]["held"], 1);
+    assert_eq!(misses[0]["conditions"], 2);
+    assert_eq!(misses[0]["failed"], "request.n = 7");
+    assert_eq!(misses[1]["failed"], "metadata.x-key = \"k\"");
+}
+
+#[tokio::test]
+async fn the_oldest_calls_are_dropped_first_and_counted() {
+    let observer = observer(Caps {
+        max_calls: 3,
+        max_bytes: 1 << 30,
+    });
+    for n in 0..5 {
+        let one = Requests::One(Request::Encoded(req("a", n)));
+        run(call("Unary", one, MetadataMap::new()), seen(observer)).await;
+    }
+    let journal = observer.journal().unwrap();
+    let kept: Vec<i64> = calls(observer)
+        .iter()
+        .map(|c| c["frames"][0]["request"]["json"]["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(kept, [2, 3, 4]);
+    assert_eq!(journal.dropped(), 2);
+    assert_eq!(journal.clear(), 3);
+    assert_eq!((journal.dropped(), calls(observer).len()), (0, 0));
+}
+
+#[tokio::test]
+async fn the_byte_cap_holds_and_a_call_larger_than_it_keeps_its_first_frames() {
+    let cap = 64 * 1024;
+    let observer = observer(Caps {
+        max_calls: 1000,
+        max_bytes: cap,
+    });
+    let big = "x".repeat(10_000);
+    for _ in 0..20 {
+        let one = Requests::One(Request::Encoded(req(&big, 1)));
+        run(call("Unary", one, MetadataMap::new()), seen(observer)).await;
+    }
+    let journal = observer.journal().unwrap();
+    assert!(journal.bytes() <= cap, "{} > {cap}", journal.bytes());
+    let kept = calls(observer).len();
+    assert!((2..20).contains(&kept), "{kept}");
+    assert_eq!(journal.dropped() as usize + kept, 20);
+    // One stream of 100 messages of 10 kB: it keeps what fits, and counts the rest.
+    journal.clear();
+    let requests: Vec<_> = (0..100)
+        .map(|n| Ok(Request::Encoded(req(&big, n))))
+        .collect();
+    let requests = futures::stream::iter(requests);
+    run(
+        call(
+            "Chat",
+            Requests::Stream(Box::pin(requests)),
+            MetadataMap::new(),
+        ),
+        seen(observer),
+    )
+    .await;
+    let calls = calls(observer);
+    let frames = calls[0]["frames"].as_array().unwrap().len();
+    let dropped: usize = calls[0]["droppedFrames"].as_str().unwrap().parse().unwrap();
+    assert!(frames > 0 && dropped > 0, "{frames} {dropped}");
+    assert_eq!(frames + dropped, 200);
+    assert!(journal.bytes() <= cap + 1024);
+}
+
+#[test]
+fn calls_are_journaled_while_the_journal_is_read_and_cleared_with_none_lost_or_torn() {
+    let observer = observer(ROOMY);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (workers, each) = (8, 200);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let journal = observer.journal().unwrap();
+            let mut cleared = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for record in journal.list(None, 0) {
+                    let c = record.to_json();
+                    let frames = c["frames"].as_array().unwrap();
+                    // A finished call is whole; one in flight has at most its two frames.
+                    if c.get("status").is_some() {
+                        assert_eq!(frames.len(), 2, "{c}");
+                        assert_eq!(frames[1]["reply"]["json"]["text"], "hello w");
+                    } else {
+                        assert!(frames.len() <= 2, "{c}");
+                    }
+                }
+                cleared += journal.clear();
+            }
+            cleared
+        })
+    };
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..workers)
+            .map(|_| {
+                tokio::spawn(async move {
+                    for n in 0..each {
+                        let one = Requests::One(Request::Encoded(req("w", n)));
+                        run(call("Unary", one, MetadataMap::new()), seen(observer)).await;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let cleared = reader.join().unwrap();
+    let journal = observer.journal().unwrap();
+    let left = journal.list(None, 0).len();
+    assert_eq!(journal.dropped(), 0);
+    assert_eq!(cleared + left, workers * each as usize);
+}
+
+#[tokio::test]
+async fn a_reload_lets_go_of_the_old_protos_and_the_call_reads_the_same() {
+    let observer = observer(ROOMY);
+    let one = Requests::One(Request::Encoded(req("old", 1)));
+    let unary = method("Unary");
+    run(call("Unary", one, MetadataMap::new()), seen(observer)).await;
+    let journal = observer.journal().unwrap();
+    let before = calls(observer);
+    let held = Arc::strong_count(&unary);
+    // The same pool: nothing to let go of.
+    journal.settle(&methods().0);
+    assert_eq!(Arc::strong_count(&unary), held);
+    // A reload's new pool: the record no longer holds the method (nor its pool).
+    let reloaded = crate::protos::compile_texts(&[("o.proto", PROTO)]);
+    journal.settle(&reloaded);
+    assert_eq!(Arc::strong_count(&unary), held - 1);
+    assert_eq!(calls(observer), before);
+    assert_eq!(journal.list(Some("o.S/Unary"), 0).len(), 1);
+    let bytes = journal.list(None, 0)[0].request_bytes();
+    assert_eq!(bytes, [req("old", 1)]);
+}
