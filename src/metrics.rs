@@ -148,11 +148,13 @@ impl Metrics {
 
     /// The counters of method `name` and of its rules (by their origins, in rule order): what an
     /// `engine::Method` resolves once and keeps. The same counters for the same name and origin,
-    /// reload after reload.
+    /// reload after reload. `streaming`: the method has a client or server stream (its calls are
+    /// counted in the open streams).
     pub(crate) fn method<'a>(
         &self,
         name: &str,
         origins: impl Iterator<Item = &'a str>,
+        streaming: bool,
     ) -> MethodSlot {
         let counters = {
             let mut methods = self.methods.lock().unwrap_or_else(|e| e.into_inner());
@@ -178,7 +180,11 @@ impl Metrics {
                 })
                 .collect()
         };
-        MethodSlot { counters, rules }
+        MethodSlot {
+            counters,
+            rules,
+            streaming,
+        }
     }
 
     /// A connection was accepted; it is counted open until the guard is dropped.
@@ -395,6 +401,7 @@ impl MethodMetrics {
 pub(crate) struct MethodSlot {
     counters: Arc<MethodMetrics>,
     rules: Box<[Arc<AtomicU64>]>,
+    streaming: bool,
 }
 
 impl std::fmt::Debug for MethodSlot {
@@ -426,12 +433,8 @@ impl MethodSlot {
 
     /// Times one call of this method over `protocol` until [`CallTimer::end`]; a streaming call is
     /// counted open meanwhile.
-    pub(crate) fn start(
-        &self,
-        metrics: &'static Metrics,
-        protocol: Protocol,
-        streaming: bool,
-    ) -> CallTimer {
+    pub(crate) fn start(&self, metrics: &'static Metrics, protocol: Protocol) -> CallTimer {
+        let streaming = self.streaming;
         if streaming {
             metrics.streams_open[protocol as usize].fetch_add(1, Relaxed);
         }
@@ -524,8 +527,12 @@ mod tests {
     #[test]
     fn calls_are_counted_by_method_protocol_and_code() {
         let metrics = leaked();
-        let say = metrics.method("hello.Hello/Say", ["h.toml:1", "h.toml:5"].into_iter());
-        let list = metrics.method("hello.Hello/List", [].into_iter());
+        let say = metrics.method(
+            "hello.Hello/Say",
+            ["h.toml:1", "h.toml:5"].into_iter(),
+            false,
+        );
+        let list = metrics.method("hello.Hello/List", [].into_iter(), false);
         say.call_ended(Protocol::Grpc, Code::Ok, Duration::from_micros(50));
         say.call_ended(Protocol::Grpc, Code::Ok, Duration::from_millis(3));
         say.call_ended(Protocol::Connect, Code::NotFound, Duration::from_secs(20));
@@ -564,7 +571,7 @@ mod tests {
     #[test]
     fn latency_is_a_histogram_per_method_and_protocol() {
         let metrics = leaked();
-        let say = metrics.method("a.S/M", [].into_iter());
+        let say = metrics.method("a.S/M", [].into_iter(), false);
         say.call_ended(Protocol::Grpc, Code::Ok, Duration::from_micros(50));
         say.call_ended(Protocol::Grpc, Code::Internal, Duration::from_millis(3));
         say.call_ended(Protocol::Grpc, Code::Ok, Duration::from_secs(20));
@@ -618,11 +625,15 @@ mod tests {
     #[test]
     fn counters_outlive_a_reload_by_method_name_and_rule_origin() {
         let metrics = leaked();
-        let before = metrics.method("a.S/M", ["a.toml:1", "a.toml:4"].into_iter());
+        let before = metrics.method("a.S/M", ["a.toml:1", "a.toml:4"].into_iter(), false);
         before.rule_hit(0);
         before.call_ended(Protocol::Grpc, Code::Ok, Duration::ZERO);
         // The reload moved the second rule first and added one.
-        let after = metrics.method("a.S/M", ["a.toml:4", "a.toml:1", "b.toml:2"].into_iter());
+        let after = metrics.method(
+            "a.S/M",
+            ["a.toml:4", "a.toml:1", "b.toml:2"].into_iter(),
+            false,
+        );
         after.rule_hit(1);
         after.rule_hit(2);
         after.call_ended(Protocol::Grpc, Code::Ok, Duration::ZERO);
@@ -638,11 +649,12 @@ mod tests {
     #[test]
     fn gauges_and_reloads() {
         let metrics = leaked();
-        let m = metrics.method("a.S/Stream", [].into_iter());
+        let stream = metrics.method("a.S/Stream", [].into_iter(), true);
+        let unary = metrics.method("a.S/Unary", [].into_iter(), false);
         let connection = metrics.connection_opened();
         let _second = metrics.connection_opened();
-        let mut open = m.start(metrics, Protocol::Connect, true);
-        let _unary = m.start(metrics, Protocol::Connect, false);
+        let mut open = stream.start(metrics, Protocol::Connect);
+        let _unary = unary.start(metrics, Protocol::Connect);
         metrics.reloaded(true);
         metrics.reloaded(true);
         metrics.reloaded(false);
@@ -672,9 +684,9 @@ mod tests {
     #[test]
     fn a_call_never_ended_counts_as_cancelled() {
         let metrics = leaked();
-        let m = metrics.method("a.S/M", [].into_iter());
-        drop(m.start(metrics, Protocol::Grpc, true));
-        let mut ended = m.start(metrics, Protocol::Grpc, false);
+        let m = metrics.method("a.S/M", [].into_iter(), true);
+        drop(m.start(metrics, Protocol::Grpc));
+        let mut ended = m.start(metrics, Protocol::Grpc);
         ended.end(Code::Ok);
         drop(ended);
 
@@ -688,7 +700,7 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         let metrics = leaked();
-        let m = metrics.method("a.S/M", [r#"C:\h "x".toml:1"#].into_iter());
+        let m = metrics.method("a.S/M", [r#"C:\h "x".toml:1"#].into_iter(), false);
         m.rule_hit(0);
         // prometheus-parse does not read escapes: the line itself, as the format writes it.
         let line = r#"protodrop_rule_hits_total{method="a.S/M",rule="C:\\h \"x\".toml:1"} 1"#;

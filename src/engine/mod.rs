@@ -83,10 +83,7 @@ impl Method {
     /// Starts timing one call of this method over `protocol` (see [`metrics::CallTimer`]).
     pub(crate) fn call_timer(&self, protocol: metrics::Protocol) -> metrics::CallTimer {
         match self.metrics() {
-            Some(slot) => {
-                let streaming = self.desc.is_client_streaming() || self.desc.is_server_streaming();
-                slot.start(metrics::global(), protocol, streaming)
-            }
+            Some(slot) => slot.start(metrics::global(), protocol),
             None => metrics::CallTimer::OFF,
         }
     }
@@ -99,7 +96,8 @@ impl Method {
         }
         Some(self.metrics.get_or_init(|| {
             let rules = self.rules.iter().flat_map(|r| &r.rules);
-            global.method(&self.name, rules.map(|r| r.origin.as_str()))
+            let streaming = self.desc.is_client_streaming() || self.desc.is_server_streaming();
+            global.method(&self.name, rules.map(|r| r.origin.as_str()), streaming)
         }))
     }
 

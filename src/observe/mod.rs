@@ -92,10 +92,10 @@ impl Observer {
 /// its status, protocol and time; the engine counts the rules' hits).
 pub(crate) async fn answer(call: engine::Call, seen: Seen) -> Reply {
     let observer = seen.observer;
-    let timer = call.method.call_timer(seen.protocol);
+    let mut timer = call.method.call_timer(seen.protocol);
     if !observer.records() {
         let reply = engine::answer(call).await;
-        return match timer.is_off() {
+        return match timer.is_off() || ended(&reply, &mut timer) {
             true => reply,
             false => timed(reply, None, timer),
         };
@@ -117,21 +117,27 @@ pub(crate) async fn answer(call: engine::Call, seen: Seen) -> Reply {
         Reply::Refused(end) => record.end(end),
         Reply::Stream(streamed) => record.headers(&streamed.headers),
     }
-    timed(reply, Some(record), timer)
+    match ended(&reply, &mut timer) {
+        true => reply,
+        false => timed(reply, Some(record), timer),
+    }
 }
 
-/// The reply, its end counted in the metrics: now for a ready one, as it passes for a stream (whose
-/// events `record`, if any, records too).
-fn timed(reply: Reply, record: Option<Arc<Record>>, mut timer: CallTimer) -> Reply {
+/// Ends `timer` (the metrics) with the status of a reply that is whole; false for a stream, whose
+/// end is still to come. (The reply is looked at in place: a unary one is large to move.)
+fn ended(reply: &Reply, timer: &mut CallTimer) -> bool {
     match reply {
-        Reply::Ready(ready) => {
-            timer.end(ready.end.code);
-            Reply::Ready(ready)
-        }
-        Reply::Refused(end) => {
-            timer.end(end.code);
-            Reply::Refused(end)
-        }
+        Reply::Ready(ready) => timer.end(ready.end.code),
+        Reply::Refused(end) => timer.end(end.code),
+        Reply::Stream(_) => return false,
+    }
+    true
+}
+
+/// A streamed reply whose events are recorded (with `record`) and whose end is counted as they
+/// pass.
+fn timed(reply: Reply, record: Option<Arc<Record>>, timer: CallTimer) -> Reply {
+    match reply {
         Reply::Stream(streamed) => Reply::Stream(engine::Streamed {
             headers: streamed.headers,
             events: Box::pin(Observed {
@@ -140,6 +146,7 @@ fn timed(reply: Reply, record: Option<Arc<Record>>, mut timer: CallTimer) -> Rep
                 timer,
             }),
         }),
+        whole => whole,
     }
 }
 
