@@ -7,13 +7,16 @@
 //! per protocol — which the served `engine::Method` holds ([`MethodSlot`]), resolved once, on its
 //! first call, by name from the [`Metrics`] it reports to. Counters are kept by name, not by the
 //! `Method` value, so that they survive a reload (which builds every `Method` again), and only
-//! methods that were called have any: a tree of 12,000 methods costs nothing until they are.
+//! methods that were called have any: a large tree's methods cost nothing until they are.
 //! Rule hits are kept per method by the rule's origin (`file:line`): a rule that keeps its place
 //! across a reload keeps counting, and an edited one starts a series of its own.
 //!
 //! The text is written at scrape time, by walking the counters, through `prometheus-client`'s
 //! encoder (names, escaping, histogram lines as Prometheus reads them). A histogram's count is the
 //! sum of its buckets, so a scrape that races calls never shows a count below its `+Inf` bucket.
+//!
+//! Fed by `observe::answer` (each call's end, whatever the protocol: a [`CallTimer`]), the engine
+//! where it selects a rule (hits, unmatched calls), the server (connections) and the reload loop.
 //!
 //! One [`Metrics`] per process ([`global`]), turned off by `--no-metrics` ([`Metrics::set_enabled`]):
 //! then nothing is counted and `/metrics` is not served. Tests make their own.
@@ -411,9 +414,9 @@ impl std::fmt::Debug for MethodSlot {
 }
 
 impl MethodSlot {
-    /// The per-call entry point: a call of this method over `protocol` ended with `code` after
-    /// `elapsed`. Three atomic adds. (The protocols end a [`CallTimer`] instead, until one
-    /// boundary around the engine observes every call.)
+    /// A call of this method over `protocol` ended with `code` after `elapsed`: three atomic adds.
+    /// For a caller that times calls itself; `observe::answer` uses a [`CallTimer`], which ends
+    /// the same way.
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn call_ended(&self, protocol: Protocol, code: Code, elapsed: Duration) {
         self.counters.call_ended(protocol, code, elapsed);
