@@ -210,6 +210,10 @@ pub struct ServeArgs {
     #[arg(long, env = "PROTODROP_NO_WATCH")]
     pub no_watch: bool,
 
+    /// Do not count calls, and do not serve Prometheus metrics on `GET /metrics` (the main port).
+    #[arg(long, env = "PROTODROP_NO_METRICS")]
+    pub no_metrics: bool,
+
     /// Keep no journal of calls (the admin API then lists none and verifies nothing).
     #[arg(long, help_heading = "Journal", env = "PROTODROP_NO_JOURNAL")]
     pub no_journal: bool,

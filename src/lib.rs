@@ -30,6 +30,7 @@ mod codec;
 mod diagnostic;
 mod engine;
 mod limits;
+mod metrics;
 mod observe;
 mod protocol;
 mod protos;

@@ -142,6 +142,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let (Some(admin), None) = (&admin, args.admin_listen) {
         sources.natives.push(admin.service().clone());
     }
+    crate::metrics::global().set_enabled(!args.no_metrics);
     let cors = CorsOrigins::from_flags(&args.cors_origin).map_err(anyhow::Error::msg)?;
     // Read the TLS files before anything slower, so a wrong path fails at once.
     let tls = args

@@ -24,7 +24,7 @@ mod tests;
 
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use futures::Stream;
@@ -32,6 +32,7 @@ use prost_reflect::{DynamicMessage, MessageDescriptor, MethodDescriptor};
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
+use crate::metrics::{self, MethodSlot};
 use crate::rules::MethodRules;
 use emit::Direct;
 
@@ -53,6 +54,8 @@ pub struct Method {
     handlers_dir: Arc<Path>,
     /// What answers a method of protodrop's own (the admin API) instead of rules: see [`native`].
     native: Option<Arc<dyn Native>>,
+    /// Its counters (`crate::metrics`), found by name on its first call.
+    metrics: OnceLock<MethodSlot>,
 }
 
 impl Method {
@@ -70,6 +73,7 @@ impl Method {
             direct,
             handlers_dir,
             native: None,
+            metrics: OnceLock::new(),
         }
     }
 
@@ -101,6 +105,7 @@ impl Method {
             direct: None,
             handlers_dir: Arc::from(Path::new("")),
             native: Some(native),
+            metrics: OnceLock::new(),
         }
     }
 
@@ -108,6 +113,27 @@ impl Method {
     /// the mock, so per-call rule work and the journal leave it out.
     pub(crate) fn is_native(&self) -> bool {
         self.native.is_some()
+    }
+
+    /// Starts timing one call of this method over `protocol` (see [`metrics::CallTimer`]).
+    pub(crate) fn call_timer(&self, protocol: metrics::Protocol) -> metrics::CallTimer {
+        match self.metrics() {
+            Some(slot) => slot.start(metrics::global(), protocol),
+            None => metrics::CallTimer::OFF,
+        }
+    }
+
+    /// Where this method's calls and rule hits are counted; `None` with `--no-metrics`.
+    pub(crate) fn metrics(&self) -> Option<&MethodSlot> {
+        let global = metrics::global();
+        if !global.enabled() {
+            return None;
+        }
+        Some(self.metrics.get_or_init(|| {
+            let rules = self.rules.iter().flat_map(|r| &r.rules);
+            let streaming = self.desc.is_client_streaming() || self.desc.is_server_streaming();
+            global.method(&self.name, rules.map(|r| r.origin.as_str()), streaming)
+        }))
     }
 
     /// The `UNIMPLEMENTED` message for a method without rules: which file to add, and a starter

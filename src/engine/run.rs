@@ -55,6 +55,9 @@ pub async fn answer(call: Call) -> Reply {
             ))
             .await;
         }
+        if let Some(metrics) = method.metrics() {
+            metrics.unmatched();
+        }
         return Reply::refused(Status::unimplemented(method.no_handler_message()));
     };
     let (client, server) = (
@@ -64,15 +67,8 @@ pub async fn answer(call: Call) -> Reply {
     // A client or bidi stream answered by a script is the script's whole: it reads every message.
     let answered = match client.then(|| rules.stream_script()).flatten() {
         Some((rule, script)) => {
-            if let Some(watch) = &watch {
-                watch.rule(
-                    rules
-                        .rules
-                        .iter()
-                        .position(|r| std::ptr::eq(r, rule))
-                        .unwrap_or(0),
-                );
-            }
+            let index = rules.rules.iter().position(|r| std::ptr::eq(r, rule));
+            answered_by(&method, watch.as_deref(), index.unwrap_or(0));
             let script = script.clone();
             match ScriptMetadata::render(rule, &Scope::new(None, &metadata)) {
                 Ok(base) => {
@@ -100,6 +96,27 @@ pub async fn answer(call: Call) -> Reply {
         },
     };
     answered.unwrap_or_else(Reply::refused)
+}
+
+/// The method's rule at `index` answers the request just read: told to whoever watches the call,
+/// and counted in the method's metrics.
+fn answered_by(method: &Method, watch: Option<&dyn Watch>, index: usize) {
+    if let Some(watch) = watch {
+        watch.rule(index);
+    }
+    if let Some(metrics) = method.metrics() {
+        metrics.rule_hit(index);
+    }
+}
+
+/// No rule of the method matched the request just read (the call ends): told and counted.
+fn unmatched(method: &Method, watch: Option<&dyn Watch>) {
+    if let Some(watch) = watch {
+        watch.unmatched();
+    }
+    if let Some(metrics) = method.metrics() {
+        metrics.unmatched();
+    }
 }
 
 /// A request as the rules read it.
@@ -167,6 +184,21 @@ fn select(
     metadata: &MetadataMap,
     watch: Option<&dyn Watch>,
 ) -> Result<usize, Status> {
+    let index = select_untold(method, input, count, metadata, watch)?;
+    answered_by(method, watch, index);
+    Ok(index)
+}
+
+/// [`select`], with the rule not told to `watch` nor counted: for a bidi call's first message,
+/// whose rule gives the headers and is selected again (and told) when the message is answered.
+/// No rule matching is told: the call ends there.
+fn select_untold(
+    method: &Method,
+    input: &mut Input,
+    count: Option<u64>,
+    metadata: &MetadataMap,
+    watch: Option<&dyn Watch>,
+) -> Result<usize, Status> {
     let rules = rules_of(method)?;
     let index = match (&*input, &method.direct) {
         (Input::Canonical(request), Some(direct)) => direct.select_index(&RawScope {
@@ -184,14 +216,9 @@ fn select(
         }
     };
     let Some(index) = index else {
-        if let Some(watch) = watch {
-            watch.unmatched();
-        }
+        unmatched(method, watch);
         return Err(Status::unimplemented(rules.no_match_message(&method.name)));
     };
-    if let Some(watch) = watch {
-        watch.rule(index);
-    }
     if chosen(method, index, input)?.1.is_none() {
         input.decode(method)?;
     }
@@ -416,14 +443,10 @@ async fn client_stream(
     };
     let rules = rules_of(&method)?;
     let Some(index) = rules.rules.iter().position(|r| r.matches(&scope)) else {
-        if let Some(watch) = watch {
-            watch.unmatched();
-        }
+        unmatched(&method, watch);
         return Err(Status::unimplemented(rules.no_match_message(&method.name)));
     };
-    if let Some(watch) = watch {
-        watch.rule(index);
-    }
+    answered_by(&method, watch, index);
     let rule = &rules.rules[index];
     if let Some(delay) = rule.delay {
         tokio::time::sleep(delay).await;
@@ -454,7 +477,7 @@ async fn bidi(
         }));
     };
     let mut first = Input::new(&method, first)?;
-    let index = select(&method, &mut first, Some(1), &metadata, watch.as_deref())?;
+    let index = select_untold(&method, &mut first, Some(1), &metadata, watch.as_deref())?;
     let (rule, _) = chosen(&method, index, &first)?;
     let headers = headers_of(
         rule,
@@ -579,9 +602,7 @@ impl Stream for BidiReplies {
         this.count += 1;
         let reply = match input {
             Input::Canonical(request) if this.echo => {
-                if let Some(watch) = &this.watch {
-                    watch.rule(0);
-                }
+                answered_by(&this.method, this.watch.as_deref(), 0);
                 // The request itself, moved rather than shared with the one dropped here.
                 check_reply_len(request.len(), this.limit).map(|()| Message::Encoded(request))
             }

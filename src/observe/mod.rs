@@ -23,28 +23,12 @@ use std::task::{Context, Poll};
 use futures::{Stream, StreamExt as _};
 
 use crate::engine::{self, Event, Reply};
+use crate::metrics::CallTimer;
 use journal::{Journal, Record};
 pub(crate) use log::TextFormat;
 
-/// The protocol a call came in by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Protocol {
-    Grpc,
-    GrpcWeb,
-    Connect,
-    HttpJson,
-}
-
-impl Protocol {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Grpc => "grpc",
-            Protocol::GrpcWeb => "grpc-web",
-            Protocol::Connect => "connect",
-            Protocol::HttpJson => "http-json",
-        }
-    }
-}
+/// The protocol a call came in by (defined with the metrics, below, which count by it).
+pub(crate) use crate::metrics::Protocol;
 
 /// What a protocol knows of a call that the engine does not.
 #[derive(Clone, Copy, Debug)]
@@ -110,44 +94,73 @@ impl Observer {
     }
 }
 
-/// Answers `call` with the engine, recording it.
+/// Answers `call` with the engine, recording it, and counting it in the metrics (`crate::metrics`:
+/// its status, protocol and time; the engine counts the rules' hits).
 pub(crate) async fn answer(call: engine::Call, seen: Seen) -> Reply {
     let observer = seen.observer;
-    // An admin API call is no call to the mock.
-    if !observer.records() || call.method.is_native() {
+    // An admin API call is no call to the mock: neither recorded nor counted.
+    if call.method.is_native() {
         return engine::answer(call).await;
+    }
+    let mut timer = call.method.call_timer(seen.protocol);
+    if !observer.records() {
+        let reply = engine::answer(call).await;
+        return match timer.is_off() || ended(&reply, &mut timer) {
+            true => reply,
+            false => timed(reply, None, timer),
+        };
     }
     let mut call = call;
     let record = Arc::new(Record::start(&call, seen, observer.journal.as_ref()));
     record.enter();
     call.watch = Some(record.clone());
     call.requests = record.tee(call.requests);
-    match engine::answer(call).await {
+    let reply = engine::answer(call).await;
+    match &reply {
         Reply::Ready(ready) => {
-            record.ready(&ready);
-            Reply::Ready(ready)
+            record.ready(ready);
         }
-        Reply::Refused(end) => {
-            record.end(&end);
-            Reply::Refused(end)
-        }
-        Reply::Stream(streamed) => {
-            record.headers(&streamed.headers);
-            Reply::Stream(engine::Streamed {
-                headers: streamed.headers,
-                events: Box::pin(Observed {
-                    events: streamed.events,
-                    record,
-                }),
-            })
-        }
+        Reply::Refused(end) => record.end(end),
+        Reply::Stream(streamed) => record.headers(&streamed.headers),
+    }
+    match ended(&reply, &mut timer) {
+        true => reply,
+        false => timed(reply, Some(record), timer),
     }
 }
 
-/// A streamed reply, recorded event by event as the protocol polls it.
+/// Ends `timer` (the metrics) with the status of a reply that is whole; false for a stream, whose
+/// end is still to come. (The reply is looked at in place: a unary one is large to move.)
+fn ended(reply: &Reply, timer: &mut CallTimer) -> bool {
+    match reply {
+        Reply::Ready(ready) => timer.end(ready.end.code),
+        Reply::Refused(end) => timer.end(end.code),
+        Reply::Stream(_) => return false,
+    }
+    true
+}
+
+/// A streamed reply whose events are recorded (with `record`) and whose end is counted as they
+/// pass.
+fn timed(reply: Reply, record: Option<Arc<Record>>, timer: CallTimer) -> Reply {
+    match reply {
+        Reply::Stream(streamed) => Reply::Stream(engine::Streamed {
+            headers: streamed.headers,
+            events: Box::pin(Observed {
+                events: streamed.events,
+                record,
+                timer,
+            }),
+        }),
+        whole => whole,
+    }
+}
+
+/// A streamed reply, recorded event by event as the protocol polls it, and its end counted.
 struct Observed {
     events: engine::Events,
-    record: Arc<Record>,
+    record: Option<Arc<Record>>,
+    timer: CallTimer,
 }
 
 impl Stream for Observed {
@@ -155,10 +168,15 @@ impl Stream for Observed {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         let event = std::task::ready!(self.events.poll_next_unpin(cx));
-        match &event {
-            Some(Event::Message(message)) => self.record.reply(message),
-            Some(Event::End(end)) => self.record.end(end),
-            None => {}
+        match (&event, &self.record) {
+            (Some(Event::Message(message)), Some(record)) => record.reply(message),
+            (Some(Event::End(end)), record) => {
+                if let Some(record) = record {
+                    record.end(end);
+                }
+                self.timer.end(end.code);
+            }
+            _ => {}
         }
         Poll::Ready(event)
     }
@@ -166,8 +184,10 @@ impl Stream for Observed {
 
 impl Drop for Observed {
     /// A reply dropped before its end: the client went away, or the deadline or the shutdown cut
-    /// it. Recorded as CANCELLED unless the end was seen.
+    /// it. Recorded (and counted, by the timer's own drop) as CANCELLED unless the end was seen.
     fn drop(&mut self) {
-        self.record.cut();
+        if let Some(record) = &self.record {
+            record.cut();
+        }
     }
 }

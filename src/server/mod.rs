@@ -147,7 +147,11 @@ async fn accept<IO>(
             )
             .into_owned();
         let connection = connections.watch(connection);
+        let metrics = crate::metrics::global();
+        let open = metrics.enabled().then(|| metrics.connection_opened());
         tokio::spawn(async move {
+            // Counted open (metrics) until the connection's task ends.
+            let _open = open;
             if let Err(e) = streams::Connection::new(pin!(connection)).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }

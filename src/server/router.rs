@@ -9,6 +9,7 @@
 //! | `POST /pkg.Service/Method` with a Connect content type | [`connect::serve`] (a user's method, or a built-in through its bridge); [`http_json`] when only a route has the path |
 //! | `GET /pkg.Service/Method?message=…` | [`connect::serve_get`] when the method is served or no route has the path |
 //! | `GET /openapi.json` no route of the user's has | the OpenAPI document of the routes ([`OPENAPI_PATH`]) |
+//! | `GET /metrics` | the Prometheus text of [`metrics`], unless a user's HTTP route has that path |
 //! | anything else | [`http_json::serve`] |
 //!
 //! Not served: another `application/grpc-web…` type (415), gRPC over HTTP/1.1 (505: its status
@@ -35,11 +36,14 @@ use tonic::Status;
 use tower::ServiceExt as _;
 
 use crate::builtin::{health, HttpService};
+use crate::metrics;
 use crate::observe::{FromGrpcWeb, Peer};
 use crate::protocol::connect::{self, Codec, Framing, Target};
 use crate::protocol::deadline::{bounded, shutdown_status, Deadline};
 use crate::protocol::grpc_web::{self, GrpcWeb};
-use crate::protocol::{grpc, http_json, json, Body, HttpResponse, ResponseFuture, ServiceSettings};
+use crate::protocol::{
+    grpc, http_json, json, wire, Body, HttpResponse, ResponseFuture, ServiceSettings,
+};
 use crate::state::{Registry, State};
 
 /// The protocol a request speaks, as told from its method, path and content type.
@@ -223,6 +227,9 @@ impl Router {
         // taking a GET with a `message` parameter), else nothing (NOT_FOUND, in Connect's words).
         let target = match state.methods.get(path) {
             Some(method) => Target::Method(method.clone()),
+            None if kind == Kind::HttpJson && is_metrics(&request, &state) => {
+                return ready(metrics_answer())
+            }
             None if kind == Kind::HttpJson => return self.http_json(state, request, settings),
             None => match builtin(&core.registry, &state, path) {
                 // Connect GET is for the user's unary methods only.
@@ -398,6 +405,31 @@ fn builtin(registry: &Registry, state: &State, path: &str) -> Option<HttpService
         return Some(registry.health.service.clone());
     }
     state.reflection()?.route(path).cloned()
+}
+
+/// `GET /metrics`, with metrics on, when no `GET` route of the user's protos matches that path:
+/// theirs wins, as their services win over the built-in ones, since a mock answers what the API
+/// it stands in for declares.
+fn is_metrics(request: &http::Request<Body>, state: &State) -> bool {
+    let path = request.uri().path();
+    path == metrics::PATH
+        && request.method() == http::Method::GET
+        && metrics::global().enabled()
+        && !matches!(
+            state.routes.find(request.method(), path),
+            crate::protos::http_routes::Lookup::Found(..)
+        )
+}
+
+/// The Prometheus text of every counter.
+fn metrics_answer() -> HttpResponse {
+    let text = metrics::global().render();
+    wire::full_response(
+        StatusCode::OK,
+        http::HeaderMap::new(),
+        metrics::CONTENT_TYPE,
+        text.into_bytes(),
+    )
 }
 
 /// `UNIMPLEMENTED`, naming what was asked for and what is there.

@@ -275,6 +275,7 @@ fn run(
         }
         let full = protos_dirty;
         let swapped = swap_in(built, started, registry);
+        crate::metrics::global().reloaded(swapped);
         // The old state (once no call holds it) or the failed load is freed: return its pages.
         alloc_meter::release_free_memory();
         if full {
