@@ -1,6 +1,6 @@
 //! The call log: one line per call when it ends, at INFO under the target `protodrop::call`;
 //! at WARN when no rule matched or a script failed, with the reason. The format (text or JSON) is
-//! the process's tracing subscriber's (`--log-format`); `RUST_LOG=protodrop::call=off` silences it.
+//! the process's tracing subscriber's (`--log-format`); `RUST_LOG=info,protodrop::call=warn` keeps only the WARN lines, `=off` none.
 
 use std::time::Duration;
 
@@ -23,9 +23,10 @@ pub(super) struct Line<'a> {
     pub elapsed: Duration,
 }
 
-/// Whether a call's line would be written (tracing caches this per call site).
+/// Whether any call's line may be written: at WARN (no rule matched, a script failed) when not
+/// at INFO (every call). Tracing caches the answer per call site.
 pub(super) fn enabled() -> bool {
-    tracing::enabled!(target: TARGET, tracing::Level::INFO)
+    tracing::enabled!(target: TARGET, tracing::Level::WARN)
 }
 
 pub(super) fn call_ended(line: Line<'_>) {
