@@ -19,6 +19,8 @@ use tonic::Code;
 const CALLS: &str = "/protodrop/admin/v1/calls";
 const VERIFY: &str = "/protodrop/admin/v1/calls:verify";
 const RULES: &str = "/protodrop/admin/v1/rules";
+const LIST_CALLS: &str = "protodrop.admin.v1.Admin/ListCalls";
+const VERIFY_METHOD: &str = "protodrop.admin.v1.Admin/Verify";
 
 /// `j.S`: one method of each shape, a unary one routed for HTTP/JSON, and one whose only rule has
 /// conditions (for near misses).
@@ -92,6 +94,15 @@ fn include() -> std::path::PathBuf {
 /// The server's protos as a client compiles them (google/api from the repository's copy).
 fn pool(server: &Server) -> DescriptorPool {
     compile_protos(&server.protos_dir(), &[include()]).unwrap()
+}
+
+/// The admin proto as a client compiles it from the repository.
+fn admin_pool() -> DescriptorPool {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut compiler = protox::Compiler::new([root.join("src/admin"), include()]).unwrap();
+    compiler.include_imports(true);
+    compiler.open_files(["admin.proto"]).unwrap();
+    compiler.descriptor_pool()
 }
 
 async fn client(server: &Server) -> Client {
@@ -388,4 +399,246 @@ async fn every_shape_over_every_protocol_is_journaled_with_its_frames_rules_and_
         .map(|c| c["id"].as_str().unwrap().parse().unwrap())
         .collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+}
+
+#[tokio::test]
+async fn a_bidi_call_of_a_thousand_messages_each_way_is_journaled_in_full_and_in_order() {
+    let server = start();
+    let grpc = client(&server).await;
+    let sent: Vec<Json> = (0..1000)
+        .map(|i| json!({ "name": format!("m{i}"), "num": i }))
+        .collect();
+    let out = grpc.bidi("j.S/Bidi", sent.clone()).await;
+    assert_eq!(out.ok().messages.len(), 1000);
+
+    let calls = list_calls(server.addr, "method=j.S/Bidi").await;
+    assert_eq!(calls.len(), 1, "{calls:#?}");
+    let call = &calls[0];
+    assert_eq!(code_name(call), "OK");
+    assert!(call.get("droppedFrames").is_none(), "no frame dropped");
+    let got = requests(call);
+    let want: Vec<Json> = sent
+        .iter()
+        .map(|r| match r["num"].as_i64() {
+            // proto3 JSON leaves a default out.
+            Some(0) => json!({ "name": r["name"] }),
+            _ => r.clone(),
+        })
+        .collect();
+    assert_eq!(got, want, "the requests, all and in order");
+    let rule = origin(&server, "re: {{request.name}}");
+    let answered = replies(call);
+    assert_eq!(answered.len(), 1000);
+    for (n, (reply, by)) in answered.iter().enumerate() {
+        let want = json!({ "text": format!("re: m{n}"), "num": n + 1 });
+        assert_eq!(reply, &want, "reply {n}");
+        assert_eq!(by, &rule, "reply {n}");
+    }
+    // Reply n comes after request n in the frames.
+    let mut requests_seen = 0;
+    let mut replies_seen = 0;
+    for frame in frames(call) {
+        if frame.get("request").is_some() {
+            requests_seen += 1;
+        } else if frame.get("reply").is_some() {
+            replies_seen += 1;
+            assert!(
+                replies_seen <= requests_seen,
+                "reply {replies_seen} before request {replies_seen}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn clear_calls_empties_the_journal_and_method_and_limit_filter_it() {
+    let server = start();
+    let grpc = client(&server).await;
+    for name in ["a", "b", "c"] {
+        grpc.unary("j.S/Unary", json!({ "name": name })).await.ok();
+    }
+    grpc.server_stream("j.S/Server", json!({ "name": "s" }))
+        .await
+        .ok();
+
+    let all = list_calls(server.addr, "").await;
+    assert_eq!(all.len(), 4);
+    let unary = list_calls(server.addr, "method=j.S/Unary").await;
+    let names: Vec<Json> = unary
+        .iter()
+        .map(|c| requests(c)[0]["name"].clone())
+        .collect();
+    assert_eq!(names, vec![json!("a"), json!("b"), json!("c")]);
+    // The newest `limit`, oldest first.
+    let newest = list_calls(server.addr, "method=j.S/Unary&limit=2").await;
+    let names: Vec<Json> = newest
+        .iter()
+        .map(|c| requests(c)[0]["name"].clone())
+        .collect();
+    assert_eq!(names, vec![json!("b"), json!("c")]);
+    let last = list_calls(server.addr, "limit=1").await;
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0]["method"], "j.S/Server");
+    assert!(list_calls(server.addr, "method=j.S/Bidi").await.is_empty());
+
+    // Over gRPC, the same filters.
+    let admin = Client::connect(server.addr, admin_pool()).await;
+    let out = admin
+        .unary(LIST_CALLS, json!({ "method": "j.S/Unary", "limit": 1 }))
+        .await;
+    let calls = out.single()["calls"].as_array().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(requests(&calls[0]), vec![json!({ "name": "c" })]);
+
+    assert_eq!(clear_calls(server.addr).await, 4);
+    assert!(list_calls(server.addr, "").await.is_empty());
+    assert_eq!(clear_calls(server.addr).await, 0);
+    // Calls after the clear are journaled as ever.
+    grpc.unary("j.S/Unary", json!({ "name": "d" })).await.ok();
+    let after = list_calls(server.addr, "").await;
+    assert_eq!(after.len(), 1);
+    assert_eq!(requests(&after[0]), vec![json!({ "name": "d" })]);
+}
+
+#[tokio::test]
+async fn verify_counts_what_the_client_did() {
+    let server = start();
+    let grpc = client(&server).await;
+    for _ in 0..3 {
+        grpc.unary_md(
+            "j.S/Unary",
+            json!({ "name": "tom" }),
+            &[("x-user", "admin")],
+        )
+        .await
+        .ok();
+    }
+    for _ in 0..2 {
+        grpc.unary("j.S/Unary", json!({ "name": "ann" })).await.ok();
+    }
+    let ghost = grpc.unary("j.S/Unary", json!({ "name": "ghost" })).await;
+    assert_eq!(ghost.err(Code::NotFound), "no ghost");
+    grpc.client_stream("j.S/Client", vec![json!({ "name": "tom" })])
+        .await
+        .ok();
+
+    let unary = "method = \"j.S/Unary\"\n";
+    let addr = server.addr;
+    assert_eq!(count(addr, unary).await, 6);
+    assert_eq!(
+        count(addr, &format!("{unary}when.request.name = \"tom\"")).await,
+        3
+    );
+    assert_eq!(
+        count(addr, &format!("{unary}when.request.name = \"ann\"")).await,
+        2
+    );
+    assert_eq!(
+        count(addr, &format!("{unary}when.request.name = \"bob\"")).await,
+        0
+    );
+    assert_eq!(
+        count(addr, &format!("{unary}status = \"NOT_FOUND\"")).await,
+        1
+    );
+    assert_eq!(count(addr, &format!("{unary}status = 5")).await, 1);
+    assert_eq!(count(addr, &format!("{unary}status = \"OK\"")).await, 5);
+    assert_eq!(count(addr, "status = \"OK\"").await, 6, "every method");
+    assert_eq!(
+        count(addr, &format!("{unary}when.metadata.x-user = \"admin\"")).await,
+        3
+    );
+    assert_eq!(
+        count(
+            addr,
+            &format!("{unary}when.metadata.x-user = {{ present = false }}")
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        count(addr, "method = \"j.S/Client\"\nwhen.request.name = \"tom\"").await,
+        1
+    );
+
+    // `list` gives the matching calls themselves.
+    let reply = verify(addr, &format!("{unary}when.request.name = \"ann\""), true).await;
+    let body = reply.expect(200).json();
+    assert_eq!(body["count"], "2");
+    let calls = body["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 2);
+    for call in calls {
+        assert_eq!(requests(call), vec![json!({ "name": "ann" })]);
+        assert_eq!(code_name(call), "OK");
+    }
+    let reply = verify(addr, unary, false).await;
+    assert!(reply.expect(200).json()["calls"]
+        .as_array()
+        .is_none_or(|c| c.is_empty()));
+
+    // The same filter as JSON, over gRPC.
+    let admin = Client::connect(addr, admin_pool()).await;
+    let filter = json!({ "method": "j.S/Unary", "when": { "request": { "name": "tom" } } });
+    let out = admin
+        .unary(VERIFY_METHOD, json!({ "filterJson": filter }))
+        .await;
+    assert_eq!(out.single()["count"], "3");
+}
+
+#[tokio::test]
+async fn a_bad_filter_is_invalid_argument_naming_line_and_column() {
+    let server = start();
+    let filter = "method = \"j.S/Unary\"\nwhen.request.nope = \"x\"\n";
+    let reply = verify(server.addr, filter, false).await;
+    let body = reply.expect(400).json();
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains(":2:"), "names line 2: {body}");
+    assert!(message.contains("nope"), "{body}");
+
+    let admin = Client::connect(server.addr, admin_pool()).await;
+    let out = admin
+        .unary(VERIFY_METHOD, json!({ "filter": "status = \"NOPE\"" }))
+        .await;
+    let message = out.err(Code::InvalidArgument);
+    assert!(message.contains(":1:"), "{message}");
+    let out = admin
+        .unary(VERIFY_METHOD, json!({ "filter": "method = \"j.S/Nope\"" }))
+        .await;
+    out.err(Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn an_unmatched_call_lists_its_near_misses() {
+    let server = start();
+    let grpc = client(&server).await;
+    let out = grpc
+        .unary("j.S/Picky", json!({ "name": "x", "num": 8 }))
+        .await;
+    out.err(Code::Unimplemented);
+    let calls = list_calls(server.addr, "method=j.S/Picky").await;
+    assert_eq!(calls.len(), 1);
+    let call = &calls[0];
+    assert_eq!(code_name(call), "UNIMPLEMENTED");
+    assert!(call.get("rules").is_none(), "no rule answered: {call:#}");
+    let misses = call["nearMisses"].as_array().expect("near misses");
+    assert_eq!(misses.len(), 1, "{call:#}");
+    assert_eq!(
+        misses[0]["rule"],
+        origin(&server, "reply = { text = \"picked\" }")
+    );
+    assert_eq!(misses[0]["held"], 1);
+    assert_eq!(misses[0]["conditions"], 2);
+    let failed = misses[0]["failed"].as_str().unwrap();
+    assert!(
+        failed.contains("request.num") && failed.contains('7'),
+        "{failed}"
+    );
+
+    // A call that matched has none.
+    let out = grpc
+        .unary("j.S/Picky", json!({ "name": "x", "num": 7 }))
+        .await;
+    assert_eq!(out.single(), &json!({ "text": "picked" }));
+    let calls = list_calls(server.addr, "method=j.S/Picky").await;
+    assert!(calls[1].get("nearMisses").is_none(), "{:#}", calls[1]);
 }
