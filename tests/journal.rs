@@ -20,6 +20,7 @@ const CALLS: &str = "/protodrop/admin/v1/calls";
 const VERIFY: &str = "/protodrop/admin/v1/calls:verify";
 const RULES: &str = "/protodrop/admin/v1/rules";
 const LIST_CALLS: &str = "protodrop.admin.v1.Admin/ListCalls";
+const ADD_RULES: &str = "protodrop.admin.v1.Admin/AddRules";
 const VERIFY_METHOD: &str = "protodrop.admin.v1.Admin/Verify";
 
 /// `j.S`: one method of each shape, a unary one routed for HTTP/JSON, and one whose only rule has
@@ -641,4 +642,180 @@ async fn an_unmatched_call_lists_its_near_misses() {
     assert_eq!(out.single(), &json!({ "text": "picked" }));
     let calls = list_calls(server.addr, "method=j.S/Picky").await;
     assert!(calls[1].get("nearMisses").is_none(), "{:#}", calls[1]);
+}
+
+// ---- runtime rules ----
+
+async fn add_rules(addr: SocketAddr, toml: &str) -> http_client::Reply {
+    http_client::post_json(addr, RULES, &json!({ "toml": toml }).to_string()).await
+}
+
+async fn list_rules(addr: SocketAddr) -> Json {
+    http_client::get(addr, RULES).await.expect(200).json()
+}
+
+/// The `text` a unary call for `name` is answered with, over gRPC.
+async fn grpc_text(grpc: &Client, name: &str) -> String {
+    let out = grpc.unary("j.S/Unary", json!({ "name": name })).await;
+    out.single()["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The same over Connect.
+async fn connect_text(addr: SocketAddr, name: &str) -> String {
+    let body = connect(addr, "j.S/Unary", "", &[json!({ "name": name })]).await;
+    let reply: Json = serde_json::from_slice(&body).unwrap();
+    reply["text"].as_str().unwrap_or_default().to_string()
+}
+
+const RUNTIME_RULE: &str =
+    "[[rule]]\nmethod = \"j.S/Unary\"\nreply = { text = \"runtime {{request.name}}\" }\n";
+
+#[tokio::test]
+async fn a_runtime_rule_answers_the_next_call_until_it_is_deleted() {
+    let server = start();
+    let addr = server.addr;
+    let grpc = client(&server).await;
+    assert_eq!(grpc_text(&grpc, "u").await, "hello u");
+    let before = list_rules(addr).await;
+
+    let added = add_rules(addr, RUNTIME_RULE).await.expect(200).json();
+    assert_eq!(added["rules"][0]["id"], "r1", "{added}");
+    assert_eq!(added["rules"][0]["origin"], "runtime:r1", "{added}");
+    assert_eq!(added["rules"][0]["method"], "j.S/Unary", "{added}");
+
+    // The very next call, over gRPC and over Connect.
+    assert_eq!(grpc_text(&grpc, "u").await, "runtime u");
+    assert_eq!(connect_text(addr, "v").await, "runtime v");
+    // The journal names it as the rule that answered.
+    let calls = list_calls(addr, "method=j.S/Unary&limit=1").await;
+    assert_eq!(calls[0]["rules"], json!(["runtime:r1"]));
+    assert_eq!(replies(&calls[0])[0].1, "runtime:r1");
+
+    // ListRules shows it, tried first, with the text as written.
+    let listed = list_rules(addr).await;
+    let unary: Vec<&Json> = listed["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["method"] == "j.S/Unary")
+        .collect();
+    assert_eq!(unary[0]["id"], "r1", "{listed:#}");
+    assert_eq!(unary[0]["origin"], "runtime:r1");
+    assert_eq!(unary[0]["text"], RUNTIME_RULE.trim_end());
+    assert_eq!(
+        unary.len(),
+        3,
+        "the file's two and the runtime one: {listed:#}"
+    );
+
+    // Deleted: the file's rule answers again, and the listing is as before.
+    http_client::send(addr, "DELETE", &format!("{RULES}/r1"), &[], "")
+        .await
+        .expect(200);
+    assert_eq!(grpc_text(&grpc, "u").await, "hello u");
+    assert_eq!(connect_text(addr, "v").await, "hello v");
+    assert_eq!(list_rules(addr).await, before);
+    // Deleting it again: NOT_FOUND.
+    http_client::send(addr, "DELETE", &format!("{RULES}/r1"), &[], "")
+        .await
+        .expect(404);
+}
+
+#[tokio::test]
+async fn a_bad_runtime_rule_is_refused_with_a_diagnostic_and_changes_nothing() {
+    let server = start();
+    let addr = server.addr;
+    let grpc = client(&server).await;
+    add_rules(addr, RUNTIME_RULE).await.expect(200);
+    let before = list_rules(addr).await;
+
+    // The second rule's reply names a field `Resp` does not have (line 7 of the text).
+    let bad =
+        "[[rule]]\nmethod = \"j.S/Unary\"\nwhen.request.name = \"a\"\nreply = { text = \"a\" }\n\n\
+               [[rule]]\nmethod = \"j.S/Unary\"\nreply = { nope = \"b\" }\n";
+    let reply = add_rules(addr, bad).await;
+    let body = reply.expect(400).json();
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("submitted.toml:8:"),
+        "names line 8: {body}"
+    );
+    assert!(message.contains("nope"), "{body}");
+
+    // Nothing changed: not even the good first rule was added.
+    assert_eq!(list_rules(addr).await, before);
+    assert_eq!(grpc_text(&grpc, "a").await, "runtime a");
+
+    // Not TOML at all, over gRPC.
+    let admin = Client::connect(addr, admin_pool()).await;
+    let out = admin
+        .unary(ADD_RULES, json!({ "toml": "[[rule]\nmethod = 1" }))
+        .await;
+    let message = out.err(Code::InvalidArgument);
+    assert!(message.contains("submitted.toml:1:"), "{message}");
+    assert_eq!(list_rules(addr).await, before);
+    assert_eq!(connect_text(addr, "a").await, "runtime a");
+}
+
+#[tokio::test]
+async fn reset_rules_deletes_every_runtime_rule() {
+    let server = start();
+    let addr = server.addr;
+    let grpc = client(&server).await;
+    let two =
+        format!("{RUNTIME_RULE}\n[[rule]]\nmethod = \"j.S/Client\"\nreply = {{ text = \"rt\" }}\n");
+    let added = add_rules(addr, &two).await.expect(200).json();
+    let ids: Vec<&Json> = added["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["id"])
+        .collect();
+    assert_eq!(ids, vec!["r1", "r2"]);
+    assert_eq!(grpc_text(&grpc, "u").await, "runtime u");
+    let reset = http_client::post_json(addr, &format!("{RULES}:reset"), "{}").await;
+    assert_eq!(reset.expect(200).json()["deleted"], 2);
+    assert_eq!(grpc_text(&grpc, "u").await, "hello u");
+    let listed = list_rules(addr).await;
+    assert!(
+        listed["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r.get("id").is_none_or(|id| id == "")),
+        "{listed:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_runtime_rule_outlives_a_handler_file_edit() {
+    let server = start();
+    let addr = server.addr;
+    let grpc = client(&server).await;
+    let only_rt = "[[rule]]\nmethod = \"j.S/Unary\"\nwhen.request.name = \"rt\"\nreply = { text = \"runtime\" }\n";
+    add_rules(addr, only_rt).await.expect(200);
+    assert_eq!(grpc_text(&grpc, "rt").await, "runtime");
+
+    server.write_handler("j.toml", &J_RULES.replace("hello {{", "bye {{"));
+    eventually(Duration::from_secs(10), || async {
+        match grpc_text(&grpc, "u").await.as_str() {
+            "bye u" => Ok(()),
+            other => Err(other.to_string()),
+        }
+    })
+    .await;
+    assert_eq!(grpc_text(&grpc, "rt").await, "runtime");
+    assert_eq!(connect_text(addr, "rt").await, "runtime");
+    let listed = list_rules(addr).await;
+    assert!(
+        listed["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["origin"] == "runtime:r1"),
+        "{listed:#}"
+    );
 }
