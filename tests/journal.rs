@@ -819,3 +819,81 @@ async fn a_runtime_rule_outlives_a_handler_file_edit() {
         "{listed:#}"
     );
 }
+
+// ---- concurrency ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_made_while_the_journal_is_read_and_cleared_are_all_accounted_for() {
+    let server = start();
+    let addr = server.addr;
+    let (workers, each) = (8, 40);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut cleared = 0;
+            let mut rounds = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) || rounds == 0 {
+                for call in list_calls(addr, "").await {
+                    // A finished call is whole: every frame its shape gives.
+                    if call.get("status").is_some() {
+                        assert_eq!(code_name(&call), "OK", "{call:#}");
+                        let (sent, answered) = (requests(&call).len(), replies(&call).len());
+                        match call["method"].as_str().unwrap() {
+                            "j.S/Unary" => assert_eq!((sent, answered), (1, 1), "{call:#}"),
+                            "j.S/Bidi" => assert_eq!((sent, answered), (5, 5), "{call:#}"),
+                            other => panic!("{other}"),
+                        }
+                        assert!(call["duration"].is_string(), "{call:#}");
+                    }
+                    assert!(metadata(&call, "x-tag").is_some(), "{call:#}");
+                }
+                cleared += clear_calls(addr).await;
+                rounds += 1;
+            }
+            (cleared, rounds)
+        })
+    };
+    let grpc = client(&server).await;
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let grpc = grpc.clone();
+            tokio::spawn(async move {
+                for n in 0..each {
+                    let tag = format!("{w}-{n}");
+                    let md = [("x-tag", tag.as_str())];
+                    if n % 4 == 0 {
+                        let five = (0..5).map(|i| json!({ "name": format!("{i}") })).collect();
+                        let out = grpc.client_stream_md("j.S/Bidi", five, &md).await;
+                        assert_eq!(out.ok().messages.len(), 5);
+                    } else {
+                        grpc.unary_md("j.S/Unary", json!({ "name": tag }), &md)
+                            .await
+                            .ok();
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (cleared, rounds) = reader.await.unwrap();
+    let kept = list_calls(addr, "").await;
+    assert!(kept.iter().all(|c| c.get("status").is_some()), "{kept:#?}");
+    assert_eq!(
+        cleared + kept.len() as u64,
+        (workers * each) as u64,
+        "cleared {cleared} in {rounds} rounds, {} kept",
+        kept.len()
+    );
+    let body = http_client::get(addr, CALLS).await.json();
+    assert!(
+        body.get("dropped").is_none(),
+        "none dropped: {}",
+        body["dropped"]
+    );
+    let logs = server.logs();
+    assert!(!logs.contains("panicked"), "{}", log_tail(&logs));
+}
