@@ -53,6 +53,7 @@ impl Tree {
             script_limits: Default::default(),
             reflection: false,
             reads: Default::default(),
+            natives: Vec::new(),
         };
         let registry = Registry::new(State::build(&sources).unwrap());
         Tree {
@@ -493,6 +494,7 @@ fn large_tree_changes_cost_one_method() {
         script_limits: Default::default(),
         reflection: false,
         reads: Default::default(),
+        natives: Vec::new(),
     };
     let started = Instant::now();
     let registry = Registry::new(State::build(&sources).unwrap());
