@@ -897,3 +897,108 @@ async fn calls_made_while_the_journal_is_read_and_cleared_are_all_accounted_for(
     let logs = server.logs();
     assert!(!logs.contains("panicked"), "{}", log_tail(&logs));
 }
+
+// ---- switches and the call log ----
+
+#[tokio::test]
+async fn no_journal_makes_list_calls_failed_precondition() {
+    let server = start_with(Options::default().arg("--no-journal"));
+    let grpc = client(&server).await;
+    assert_eq!(grpc_text(&grpc, "u").await, "hello u");
+    let admin = Client::connect(server.addr, admin_pool()).await;
+    let out = admin.unary(LIST_CALLS, json!({})).await;
+    assert!(
+        out.err(Code::FailedPrecondition).contains("--no-journal"),
+        "{}",
+        out.message()
+    );
+    http_client::get(server.addr, CALLS).await.expect(400);
+    let out = admin
+        .unary(VERIFY_METHOD, json!({ "filter": "status = \"OK\"" }))
+        .await;
+    out.err(Code::FailedPrecondition);
+    // Runtime rules do not need the journal.
+    add_rules(server.addr, RUNTIME_RULE).await.expect(200);
+    assert_eq!(grpc_text(&grpc, "u").await, "runtime u");
+}
+
+#[tokio::test]
+async fn each_call_logs_a_line_naming_protocol_method_code_and_rule() {
+    let server = start();
+    let grpc = client(&server).await;
+    let since = server.logs().len();
+    grpc.unary("j.S/Unary", json!({ "name": "u" })).await.ok();
+    let rule = origin(&server, "hello {{request.name}}");
+    let line = log_line(&server, since, "j.S/Unary").await;
+    assert!(line.contains("INFO"), "{line}");
+    for part in ["grpc", "j.S/Unary", " OK", &rule] {
+        assert!(line.contains(part), "{part:?} in {line}");
+    }
+
+    let since = server.logs().len();
+    let ghost = r#"{"name":"ghost"}"#;
+    let reply = http_client::post_json(server.addr, "/j.S/Unary", ghost).await;
+    reply.expect(404);
+    let line = log_line(&server, since, "j.S/Unary").await;
+    for part in ["connect", "NOT_FOUND", &origin(&server, "NOT_FOUND")] {
+        assert!(line.contains(part), "{part:?} in {line}");
+    }
+
+    // No rule matched: WARN, with the reason and the rules tried.
+    let since = server.logs().len();
+    grpc.unary("j.S/Picky", json!({ "name": "y" }))
+        .await
+        .err(Code::Unimplemented);
+    let line = log_line(&server, since, "j.S/Picky").await;
+    assert!(line.contains("WARN"), "{line}");
+    for part in [
+        "UNIMPLEMENTED",
+        "no rule matched",
+        &origin(&server, "picked"),
+    ] {
+        assert!(line.contains(part), "{part:?} in {line}");
+    }
+}
+
+#[tokio::test]
+async fn log_format_json_writes_a_json_object_per_call() {
+    let server = start_with(Options::default().arg("--log-format").arg("json"));
+    let grpc = client(&server).await;
+    grpc.unary("j.S/Unary", json!({ "name": "u" })).await.ok();
+    grpc.unary("j.S/Picky", json!({ "name": "y" }))
+        .await
+        .err(Code::Unimplemented);
+    let line = log_line(&server, 0, "j.S/Unary").await;
+    let logged: Json = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    let fields = logged.get("fields").unwrap_or(&logged);
+    assert_eq!(fields["protocol"], "grpc", "{logged}");
+    assert_eq!(fields["method"], "j.S/Unary", "{logged}");
+    assert_eq!(fields["code"], "OK", "{logged}");
+    assert_eq!(
+        fields["rule"],
+        origin(&server, "hello {{request.name}}"),
+        "{logged}"
+    );
+    assert_eq!(logged["level"], "INFO", "{logged}");
+
+    let line = log_line(&server, 0, "j.S/Picky").await;
+    let logged: Json = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    let fields = logged.get("fields").unwrap_or(&logged);
+    assert_eq!(logged["level"], "WARN", "{logged}");
+    assert_eq!(fields["code"], "UNIMPLEMENTED", "{logged}");
+    assert_eq!(fields["reason"], "no rule matched", "{logged}");
+}
+
+/// The first line of the server's log after `since` bytes that names `method` as a call's line
+/// (target `protodrop::call`), waiting for it to be written.
+async fn log_line(server: &Server, since: usize, method: &str) -> String {
+    eventually(Duration::from_secs(5), || async {
+        let logs = server.logs();
+        logs[since..]
+            .lines()
+            .find(|l| l.contains("protodrop::call") && l.contains(method))
+            .map(str::to_string)
+            .ok_or_else(|| log_tail(&logs))
+    })
+    .await
+}
