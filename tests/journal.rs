@@ -593,7 +593,10 @@ async fn a_bad_filter_is_invalid_argument_naming_line_and_column() {
     let reply = verify(server.addr, filter, false).await;
     let body = reply.expect(400).json();
     let message = body["message"].as_str().unwrap_or_default();
-    assert!(message.contains(":2:"), "names line 2: {body}");
+    assert!(
+        message.starts_with("submitted.toml:2:14:"),
+        "names line and column: {body}"
+    );
     assert!(message.contains("nope"), "{body}");
 
     let admin = Client::connect(server.addr, admin_pool()).await;
@@ -740,8 +743,8 @@ async fn a_bad_runtime_rule_is_refused_with_a_diagnostic_and_changes_nothing() {
     let body = reply.expect(400).json();
     let message = body["message"].as_str().unwrap_or_default();
     assert!(
-        message.contains("submitted.toml:8:"),
-        "names line 8: {body}"
+        message.starts_with("submitted.toml:8:11:"),
+        "names line 8, column 11: {body}"
     );
     assert!(message.contains("nope"), "{body}");
 

@@ -213,7 +213,7 @@ def test_curl_and_buf_curl_verify_what_grpcio_did(served):
     assert [requests_of(c) for c in body["calls"]] == [[{"name": "ann"}]] * 2
     # A bad filter: 400 (INVALID_ARGUMENT) naming the line and column.
     status, body = curl("POST", url, {"filter": unary + 'when.request.nope = "x"'})
-    assert status == 400 and ":2:" in body["message"], body
+    assert status == 400 and body["message"].startswith("submitted.toml:2:14:"), body
 
     done = buf_curl(server.address_, "Verify", {"filter": unary + 'when.request.name = "ann"'})
     assert done.returncode == 0, done.stderr
@@ -246,7 +246,7 @@ def test_a_runtime_rule_from_curl_answers_grpcio_until_deleted_and_a_bad_one_fro
     bad = '[[rule]]\nmethod = "j.S/Unary"\nreply = { nope = "x" }\n'
     done = buf_curl(server.address_, "AddRules", {"toml": bad})
     assert done.returncode != 0, done.stdout
-    assert "invalid_argument" in done.stderr and "submitted.toml:3:" in done.stderr, done.stderr
+    assert "invalid_argument" in done.stderr and "submitted.toml:3:11:" in done.stderr, done.stderr
     _, listed = curl("GET", rules)
     assert [r.get("id") for r in listed["rules"] if r.get("id")] == ["r1"]
     assert answer("u") == "runtime u"
