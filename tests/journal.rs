@@ -74,6 +74,13 @@ method = "j.S/Bidi"
 reply = { text = "re: {{request.name}}", num = "{{count}}" }
 
 [[rule]]
+method = "j.S/Server"
+when.request.name = "slow"
+stream.repeat = 1000
+stream.delay = "20ms"
+stream.message = { text = "slow" }
+
+[[rule]]
 method = "j.S/Picky"
 when.request.name = "x"
 when.request.num = 7
@@ -714,6 +721,21 @@ async fn a_runtime_rule_answers_the_next_call_until_it_is_deleted() {
         "the file's two and the runtime one: {listed:#}"
     );
 
+    // Replaced in place: same id, the new answer.
+    let replacement = RUNTIME_RULE.replace("runtime {{", "replaced {{");
+    let body = json!({ "toml": replacement }).to_string();
+    let replaced = http_client::send(
+        addr,
+        "PUT",
+        &format!("{RULES}/r1"),
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await;
+    let replaced = replaced.expect(200).json();
+    assert_eq!(replaced["rule"]["origin"], "runtime:r1", "{replaced}");
+    assert_eq!(grpc_text(&grpc, "u").await, "replaced u");
+
     // Deleted: the file's rule answers again, and the listing is as before.
     http_client::send(addr, "DELETE", &format!("{RULES}/r1"), &[], "")
         .await
@@ -1004,4 +1026,31 @@ async fn log_line(server: &Server, since: usize, method: &str) -> String {
             .ok_or_else(|| log_tail(&logs))
     })
     .await
+}
+
+#[tokio::test]
+async fn a_call_the_client_walks_away_from_is_journaled_with_its_end() {
+    let server = start();
+    let grpc = client(&server).await;
+    let mut session = grpc.session_md("j.S/Server", &[("x-tag", "gone")]);
+    session.send(json!({ "name": "slow" }));
+    session.close();
+    assert_eq!(session.recv().await, json!({ "text": "slow" }));
+    drop(session);
+    let call = eventually(Duration::from_secs(10), || async {
+        let calls = list_calls(server.addr, "method=j.S/Server").await;
+        match calls.first() {
+            Some(call) if call.get("status").is_some() => Ok(call.clone()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(code_name(&call), "CANCELLED", "{call:#}");
+    assert_eq!(metadata(&call, "x-tag"), Some("gone"));
+    let sent = replies(&call).len();
+    assert!((1..1000).contains(&sent), "{sent} replies: {call:#}");
+    assert!(call["duration"].is_string(), "{call:#}");
+    // The log line says so too.
+    let line = log_line(&server, 0, "j.S/Server").await;
+    assert!(line.contains("CANCELLED"), "{line}");
 }
