@@ -73,17 +73,19 @@ impl Journal {
         self.calls.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Puts `record` in, its bytes so far counted: under the list's lock, so that no clear comes
+    /// between the count and the call being there to clear.
     fn add(&self, record: Arc<Record>) {
-        self.bytes.fetch_add(RECORD_OVERHEAD, Ordering::Relaxed);
         let mut calls = self.calls();
+        let held = record.progress().bytes + RECORD_OVERHEAD;
+        self.bytes.fetch_add(held, Ordering::Relaxed);
         calls.push_back(record);
         self.trim(&mut calls);
     }
 
-    /// `n` more bytes held by a call in the journal.
-    fn grew(&self, n: usize) {
-        let held = self.bytes.fetch_add(n, Ordering::Relaxed) + n;
-        if held > self.caps.max_bytes {
+    /// Trims when more bytes than the cap are held (after a call held more).
+    fn check(&self) {
+        if self.bytes.load(Ordering::Relaxed) > self.caps.max_bytes {
             self.trim(&mut self.calls());
         }
     }
@@ -99,12 +101,14 @@ impl Journal {
         }
     }
 
-    /// A call leaves the journal: its bytes are no longer the journal's.
+    /// A call leaves the journal: its bytes are no longer the journal's. Under the record's lock,
+    /// as every count of its bytes is ([`Record::grow`]), so exactly what was counted is taken off.
     fn release(&self, record: &Record) {
         let progress = record.progress();
         record.detached.store(true, Ordering::Relaxed);
         self.bytes
             .fetch_sub(progress.bytes + RECORD_OVERHEAD, Ordering::Relaxed);
+        drop(progress);
     }
 
     /// Empties the journal; the number of calls removed.
@@ -326,12 +330,32 @@ impl Record {
     pub(super) fn enter(self: &Arc<Self>) {
         if let Some(journal) = self.journal {
             journal.add(self.clone());
-            journal.grew(self.progress().bytes);
         }
     }
 
     fn progress(&self) -> MutexGuard<'_, Progress> {
         self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `n` more bytes recorded, counted in the journal unless the call has left it; with the
+    /// record's lock held (`progress`), as [`Journal::release`] takes it: a clear in between would
+    /// take off bytes never counted. Whether the journal is now over its byte cap (trim with the
+    /// lock let go: trimming takes the list's lock, and the records' after it).
+    fn grow(&self, progress: &mut Progress, n: usize) -> bool {
+        progress.bytes += n;
+        match self.journal {
+            Some(journal) if !self.detached.load(Ordering::Relaxed) => {
+                journal.bytes.fetch_add(n, Ordering::Relaxed) + n > journal.caps.max_bytes
+            }
+            _ => false,
+        }
+    }
+
+    /// [`Record::grow`]'s trim, once the record's lock is let go.
+    fn trim_if(&self, over: bool) {
+        if let (true, Some(journal)) = (over, self.journal) {
+            journal.check();
+        }
     }
 
     /// Adds a frame, within the journal's byte cap.
@@ -345,12 +369,10 @@ impl Record {
             progress.dropped_frames += 1;
             return;
         }
-        progress.bytes += size;
         progress.frames.push(Frame { at, kind });
+        let over = self.grow(&mut progress, size);
         drop(progress);
-        if !self.detached.load(Ordering::Relaxed) {
-            journal.grew(size);
-        }
+        self.trim_if(over);
     }
 
     /// The requests, recorded as the engine reads them.
@@ -447,11 +469,9 @@ impl Record {
         let rule = progress.rules.first().copied();
         let unmatched = progress.unmatched;
         let method = progress.method.clone();
+        let over = self.journal.is_some() && self.grow(&mut progress, size);
         drop(progress);
-        if let (Some(journal), false) = (self.journal, self.detached.load(Ordering::Relaxed)) {
-            self.progress().bytes += size;
-            journal.grew(size);
-        }
+        self.trim_if(over);
         let Some(method) = method else { return };
         log::call_ended(log::Line {
             protocol: self.protocol,
@@ -598,19 +618,22 @@ impl Record {
             + progress.frames.iter().map(|f| f.size()).sum::<usize>()
             + metadata_size(&self.metadata);
         let before = progress.bytes;
-        progress.bytes = size;
         progress.settled = Some(Settled {
             name: method.name.clone(),
             json,
         });
-        drop(progress);
-        if let (Some(journal), false) = (self.journal, self.detached.load(Ordering::Relaxed)) {
-            if size > before {
-                journal.grew(size - before);
-            } else {
+        // Counted with the record's lock held, as `grow` does.
+        let over = if size > before {
+            self.grow(&mut progress, size - before)
+        } else {
+            progress.bytes = size;
+            if let (Some(journal), false) = (self.journal, self.detached.load(Ordering::Relaxed)) {
                 journal.bytes.fetch_sub(before - size, Ordering::Relaxed);
             }
-        }
+            false
+        };
+        drop(progress);
+        self.trim_if(over);
     }
 
     pub(crate) fn metadata(&self) -> &MetadataMap {

@@ -363,3 +363,51 @@ async fn a_reload_lets_go_of_the_old_protos_and_the_call_reads_the_same() {
     let bytes = journal.list(None, 0)[0].request_bytes();
     assert_eq!(bytes, [req("old", 1)]);
 }
+
+/// The journal's byte count stays true while calls with metadata are recorded and the journal is
+/// cleared under them: a clear between a record's bytes being noted and being counted must not
+/// take away bytes the journal never counted (the count wrapped below zero, an overflow panic in a
+/// debug build, and a release build's trim then dropped the calls).
+#[test]
+fn the_byte_count_stays_true_while_calls_are_cleared_under_them() {
+    let observer = observer(ROOMY);
+    let journal = observer.journal().unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clearer = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                journal.clear();
+                most = most.max(journal.bytes());
+            }
+            most
+        })
+    };
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    for n in 0..3000 {
+                        let mut metadata = MetadataMap::new();
+                        metadata.insert("x-tag", "a-long-enough-value".parse().unwrap());
+                        let one = Requests::One(Request::Encoded(req("w", n)));
+                        run(call("Unary", one, metadata), seen(observer)).await;
+                    }
+                })
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("a call panicked");
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = clearer.join().unwrap();
+    assert!(most < 1 << 30, "the count wrapped: {most}");
+    assert_eq!(journal.dropped(), 0);
+    journal.clear();
+    assert_eq!(journal.bytes(), 0);
+}

@@ -40,7 +40,7 @@ message Req { string name = 1; }
 message Resp { string text = 1; }
 """
 
-# A default rule written before a conditional one (which is tried first): listed as written.
+# A default rule written before a conditional one, which is tried (and listed) first.
 T_TOML = """# answers for t.Svc
 [[rule]]
 method = "t.Svc/Unary"
@@ -55,18 +55,19 @@ ECHO_TOML = '[[rule]]\nmethod = "t.Svc/Echo"\nreply = "{{request}}"\n'
 
 
 def expected(handlers: Path) -> list[dict]:
-    """ListRules' answer for the tree: files in path order (a/ before t.toml), rules by line."""
+    """ListRules' answer for the tree: by method, each method's rules in the order they are tried
+    (those with `when` first, then the defaults, each in file order)."""
     return [
         {"method": "t.Svc/Echo", "origin": f"{handlers / 'a' / 'echo.toml'}:1", "text": ECHO_TOML.strip()},
         {
             "method": "t.Svc/Unary",
-            "origin": f"{handlers / 't.toml'}:2",
-            "text": '[[rule]]\nmethod = "t.Svc/Unary"\nreply = { text = "any" }',
+            "origin": f"{handlers / 't.toml'}:6",
+            "text": '[[rule]]\nmethod = "t.Svc/Unary"\nwhen.request.name = "x"\nreply = { text = "x" }',
         },
         {
             "method": "t.Svc/Unary",
-            "origin": f"{handlers / 't.toml'}:6",
-            "text": '[[rule]]\nmethod = "t.Svc/Unary"\nwhen.request.name = "x"\nreply = { text = "x" }',
+            "origin": f"{handlers / 't.toml'}:2",
+            "text": '[[rule]]\nmethod = "t.Svc/Unary"\nreply = { text = "any" }',
         },
     ]
 
