@@ -22,20 +22,13 @@ use crate::state::reload;
 use crate::state::{Method, Registry, Sources, State};
 
 /// Sets up the process's logs on stderr in `format`, filtered by `RUST_LOG` (default `info`). Lines
-/// are written by a thread of their own, in batches: with a line per call, a write to stderr per
-/// line would cost a call more than its answer. Lossy: when stderr does not keep up, lines are
-/// dropped rather than calls slowed. Dropping the guard writes what is left.
-pub fn logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// are written in batches by a thread of their own (see `observe::stderr`: with a line per call,
+/// a write per line would cost a call more than its answer). Dropping the guard writes what is left.
+pub fn logging(format: LogFormat) -> impl Drop {
     use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (stderr, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .thread_name("protodrop-log")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+    let (stderr, flush) = crate::observe::stderr::Stderr::start();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(stderr);
@@ -47,7 +40,7 @@ pub fn logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard
             .init(),
         LogFormat::Json => logs.json().init(),
     }
-    guard
+    flush
 }
 
 /// Most methods without a handler that `check` names; past it, a count and how to see them all.

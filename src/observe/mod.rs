@@ -12,6 +12,7 @@
 
 pub(crate) mod journal;
 mod log;
+pub(crate) mod stderr;
 #[cfg(test)]
 mod tests;
 

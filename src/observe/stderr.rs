@@ -1,0 +1,159 @@
+//! Where log lines go: stderr, written in batches by a thread of its own.
+//!
+//! With a line per call, a write(2) per line costs a call more than its answer, and so does a
+//! channel that wakes a writer thread per line (tracing-appender's `non_blocking` does: a futex wake
+//! and a context switch per line, on the one core a mock often has). Here a line is appended to a
+//! shared buffer under a lock — no wake-up — and the writer thread takes the whole buffer every
+//! [`PERIOD`], so a line reaches stderr within that. The buffer is bounded ([`MOST`]): when stderr
+//! does not keep up, lines are dropped, not calls slowed, and the drop is said on stderr.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// How long a line may wait before it is written.
+const PERIOD: Duration = Duration::from_millis(20);
+/// Most bytes waiting; past it, lines are dropped until the writer catches up.
+const MOST: usize = 8 << 20;
+
+#[derive(Default)]
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Told when the process ends, so the last lines are written at once.
+    stop: Condvar,
+    dropped: AtomicU64,
+}
+
+#[derive(Default)]
+struct Pending {
+    lines: Vec<u8>,
+    stopping: bool,
+}
+
+/// The `MakeWriter` of the process's log: cheap to clone, one per line.
+#[derive(Clone)]
+pub struct Stderr {
+    shared: Arc<Shared>,
+}
+
+/// Writes what is left when dropped (at exit), and stops the writer thread.
+pub struct Flush {
+    shared: Arc<Shared>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Stderr {
+    /// The writer, and the guard that flushes it at exit.
+    pub fn start() -> (Stderr, Flush) {
+        let shared = Arc::new(Shared::default());
+        let writer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("protodrop-log".into())
+                .spawn(move || write_out(&shared))
+                .ok()
+        };
+        (
+            Stderr {
+                shared: shared.clone(),
+            },
+            Flush { shared, writer },
+        )
+    }
+}
+
+/// The writer thread: every period (or at once when stopping), what is pending goes to stderr.
+fn write_out(shared: &Shared) {
+    let mut spare = Vec::new();
+    loop {
+        let stopping = {
+            let pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let (mut pending, _) = shared
+                .stop
+                .wait_timeout_while(pending, PERIOD, |p| !p.stopping)
+                .unwrap_or_else(|e| e.into_inner());
+            std::mem::swap(&mut pending.lines, &mut spare);
+            pending.stopping
+        };
+        let dropped = shared.dropped.swap(0, Ordering::Relaxed);
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(&spare);
+        if dropped > 0 {
+            let _ = writeln!(
+                err,
+                "protodrop: {dropped} log line(s) dropped: stderr did not keep up"
+            );
+        }
+        let _ = err.flush();
+        spare.clear();
+        if stopping {
+            return;
+        }
+    }
+}
+
+impl Drop for Flush {
+    fn drop(&mut self) {
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stopping = true;
+        self.shared.stop.notify_all();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// One line being written (tracing-subscriber writes a whole line in one `write`).
+pub struct Line<'a> {
+    shared: &'a Shared,
+}
+
+impl Write for Line<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if pending.lines.len() + bytes.len() > MOST {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            pending.lines.extend_from_slice(bytes);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Stderr {
+    type Writer = Line<'a>;
+
+    fn make_writer(&'a self) -> Line<'a> {
+        Line {
+            shared: &self.shared,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_past_the_bound_are_dropped_and_counted() {
+        let shared = Shared::default();
+        let mut line = Line { shared: &shared };
+        let big = vec![b'x'; MOST / 2 + 1];
+        line.write_all(&big).unwrap();
+        line.write_all(&big).unwrap();
+        assert_eq!(shared.pending.lock().unwrap().lines.len(), big.len());
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 1);
+    }
+}
