@@ -27,6 +27,7 @@ mod admin;
 mod budget;
 mod builtin;
 mod codec;
+mod codes;
 mod diagnostic;
 mod engine;
 mod limits;

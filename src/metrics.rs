@@ -71,25 +71,7 @@ impl Protocol {
 const PROTOCOLS: usize = Protocol::ALL.len();
 
 /// gRPC's status codes by number, as handler files name them (the `code` label).
-const CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
+use crate::codes::NAMES as CODES;
 
 /// Upper bounds of the latency buckets, in microseconds: a mock answers in microseconds, a rule
 /// with a `delay` or a script in milliseconds to seconds. `+Inf` is the bucket after them.

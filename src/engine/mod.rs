@@ -201,6 +201,26 @@ pub enum Requests {
 pub(crate) type Decoded = Pin<Box<dyn Stream<Item = Result<DynamicMessage, Status>> + Send>>;
 
 impl Requests {
+    /// The one message of a call that takes one (unary, server stream): a stream of them must
+    /// hold exactly one.
+    pub(crate) async fn one(self) -> Result<Request, Status> {
+        use futures::StreamExt as _;
+        match self {
+            Requests::One(request) => Ok(request),
+            Requests::Stream(mut stream) => {
+                let first = stream
+                    .next()
+                    .await
+                    .transpose()?
+                    .ok_or_else(|| Status::internal("missing request message"))?;
+                if stream.next().await.transpose()?.is_some() {
+                    return Err(crate::limits::multiple_requests());
+                }
+                Ok(first)
+            }
+        }
+    }
+
     /// The messages of a JSON protocol, decoded as they were read.
     pub(crate) fn decoded(messages: Decoded) -> Requests {
         use futures::StreamExt as _;

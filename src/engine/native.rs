@@ -12,14 +12,12 @@
 use std::fmt::Debug;
 
 use futures::future::BoxFuture;
-use futures::StreamExt as _;
 use prost_reflect::DynamicMessage;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
 use super::{End, Message, Method, Ready, Reply, Request, Requests};
 use crate::codec::decode_request;
-use crate::limits::multiple_requests;
 
 /// What answers a native method: one request in, one reply out (unary). Shared by every call of
 /// the method, so it is `Send + Sync`; the future may borrow it.
@@ -40,21 +38,7 @@ pub(super) async fn answer(
     requests: Requests,
 ) -> Reply {
     let answered = async {
-        let request = match requests {
-            Requests::One(request) => request,
-            Requests::Stream(mut stream) => {
-                let first = stream
-                    .next()
-                    .await
-                    .transpose()?
-                    .ok_or_else(|| Status::internal("missing request message"))?;
-                if stream.next().await.transpose()?.is_some() {
-                    return Err(multiple_requests());
-                }
-                first
-            }
-        };
-        let request = match request {
+        let request = match requests.one().await? {
             Request::Encoded(bytes) => decode_request(&method.desc.input(), bytes)?,
             Request::Decoded(message) => message,
         };

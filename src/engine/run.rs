@@ -31,7 +31,7 @@ use super::{
 };
 use crate::budget::{self, Exceeded};
 use crate::codec::decode_request;
-use crate::limits::{check_reply_len, multiple_requests};
+use crate::limits::check_reply_len;
 use crate::rules::rule::{ErrorTemplate, ScriptMetadata, StreamAnswer, StreamSource};
 use crate::rules::template::{MessageTemplate, Scope};
 use crate::rules::{Answer, MethodRules, Rule};
@@ -251,20 +251,7 @@ async fn single_request(
     reserve: usize,
     watch: Option<&dyn Watch>,
 ) -> Result<Reply, Status> {
-    let request = match requests {
-        Requests::One(request) => request,
-        Requests::Stream(mut stream) => {
-            let first = stream
-                .next()
-                .await
-                .transpose()?
-                .ok_or_else(|| Status::internal("missing request message"))?;
-            if stream.next().await.transpose()?.is_some() {
-                return Err(multiple_requests());
-            }
-            first
-        }
-    };
+    let request = requests.one().await?;
     let mut input = Input::new(&method, request)?;
     let index = select(&method, &mut input, None, &metadata, watch)?;
     let (rule, compiled) = chosen(&method, index, &input)?;

@@ -542,7 +542,7 @@ impl Record {
             call["duration"] = duration_json(end.elapsed);
             call["status"] = json!({
                 "code": end.code as i32,
-                "codeName": crate::rules::code_name(end.code),
+                "codeName": crate::codes::name(end.code),
                 "message": end.message,
                 "trailers": metadata_json(&end.trailers),
             });

@@ -45,7 +45,7 @@ pub(super) fn call_ended(line: Line<'_>) {
     } = line;
     let method = served.name.as_str();
     let protocol = protocol.as_str();
-    let code = crate::rules::code_name(code);
+    let code = crate::codes::name(code);
     let mut peer_text = [0; 21];
     let peer = peer_str(peer, &mut peer_text);
     let peer = peer.as_ref();

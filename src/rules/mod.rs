@@ -18,7 +18,6 @@ mod toml_tree;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-pub(crate) use load::error::code_name;
 // The admin service's verification uses it (wired in at its merge).
 #[allow(unused_imports)]
 pub(crate) use filter::Filter;

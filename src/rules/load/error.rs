@@ -67,7 +67,7 @@ impl FileCtx<'_> {
     pub(super) fn code(&mut self, node: &Node) -> Res<Code> {
         let code = match &node.value {
             NodeValue::Int(n) if (0..=16).contains(n) => Some(Code::from_i32(*n as i32)),
-            NodeValue::Str(s) => CODE_NAMES
+            NodeValue::Str(s) => crate::codes::NAMES
                 .iter()
                 .position(|c| c.eq_ignore_ascii_case(s.trim()))
                 .map(|i| Code::from_i32(i as i32)),
@@ -78,7 +78,7 @@ impl FileCtx<'_> {
                 node.span.clone(),
                 format!(
                     "not a gRPC status code: expected a number 0..16 or one of {}",
-                    CODE_NAMES.join(", ")
+                    crate::codes::NAMES.join(", ")
                 ),
             )
         })
@@ -141,32 +141,6 @@ impl FileCtx<'_> {
         Ok((Some(status), out))
     }
 }
-
-/// The name gRPC gives a code (`NOT_FOUND`).
-pub(crate) fn code_name(code: Code) -> &'static str {
-    CODE_NAMES.get(code as usize).copied().unwrap_or("UNKNOWN")
-}
-
-/// gRPC status code names, indexed by code.
-const CODE_NAMES: &[&str] = &[
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
 
 #[cfg(test)]
 mod tests {

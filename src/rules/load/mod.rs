@@ -10,7 +10,7 @@
 //! template texts and durations. A problem is reported where it is found and the part being read is
 //! skipped ([`Reported`]), so one load lists every problem of every file.
 
-pub(super) mod error;
+mod error;
 mod file;
 mod filter;
 mod metadata;
