@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 /// Bottom to top. A module may use those on lower layers; modules on one layer do not use each
 /// other.
 const LAYERS: &[&[&str]] = &[
-    &["budget", "limits", "diagnostic", "codes", "metrics"],
+    &["codes"],
+    &["budget", "limits", "diagnostic", "metrics"],
     &["protos"],
     &["codec"],
     &["script"],
