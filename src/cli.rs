@@ -18,13 +18,13 @@ use crate::state::Sources;
     term_width = 100
 )]
 #[command(
-    after_help = "Without a command, `protodrop` runs `serve`.\nLogs go to stderr; filter them with RUST_LOG (e.g. RUST_LOG=protodrop=debug)."
+    after_help = "Without a command, `protodrop` runs `serve`.\nLogs go to stderr; filter them with RUST_LOG (default info,protodrop::call=warn; RUST_LOG=info adds a line per call)."
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// How log lines are written to stderr: `text` for people, `json` (one object a line) for
-    /// machines. Every call is logged at INFO as it ends (target `protodrop::call`).
+    /// machines. With RUST_LOG=info every call is logged as it ends (target `protodrop::call`).
     #[arg(long, global = true, env = "PROTODROP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     #[command(flatten)]
@@ -214,9 +214,10 @@ pub struct ServeArgs {
     #[arg(long, env = "PROTODROP_NO_METRICS")]
     pub no_metrics: bool,
 
-    /// Keep no journal of calls (the admin API then lists none and verifies nothing).
-    #[arg(long, help_heading = "Journal", env = "PROTODROP_NO_JOURNAL")]
-    pub no_journal: bool,
+    /// Keep a journal of every call, every frame (what the admin API lists and verifies). Off
+    /// unless asked: recording every frame costs a call more than the benchmark budget allows.
+    #[arg(long, help_heading = "Journal", env = "PROTODROP_JOURNAL")]
+    pub journal: bool,
 
     /// Most calls the journal keeps; the oldest are dropped first (and counted).
     #[arg(

@@ -21,13 +21,16 @@ use crate::server::cors::CorsOrigins;
 use crate::state::reload;
 use crate::state::{Method, Registry, Sources, State};
 
-/// Sets up the process's logs on stderr in `format`, filtered by `RUST_LOG` (default `info`). Lines
+/// Sets up the process's logs on stderr in `format`, filtered by `RUST_LOG` (default
+/// [`DEFAULT_LOG`]: the per-call INFO lines only when asked for, as they cost a call more than the
+/// benchmark budget allows; a call no rule answered, or whose script failed, is logged at WARN
+/// either way). Lines
 /// are written in batches by a thread of their own (see `observe::stderr`: with a line per call,
 /// a write per line would cost a call more than its answer). Dropping the guard writes what is left.
 pub fn logging(format: LogFormat) -> impl Drop {
     use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG));
     let (stderr, flush) = crate::observe::stderr::Stderr::start();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -42,6 +45,9 @@ pub fn logging(format: LogFormat) -> impl Drop {
     }
     flush
 }
+
+/// The log filter when `RUST_LOG` is not set.
+pub const DEFAULT_LOG: &str = "info,protodrop::call=warn";
 
 /// Most methods without a handler that `check` names; past it, a count and how to see them all.
 const UNANSWERED_SHOWN: usize = 20;
@@ -121,7 +127,7 @@ const CUT_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 /// else that keeps the server from starting (a bad flag value, a TLS file, a busy address).
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut sources = args.sources.sources();
-    let journal = (!args.no_journal).then(|| {
+    let journal = args.journal.then(|| {
         Journal::new(Caps {
             max_calls: args.journal_max_calls,
             max_bytes: args.journal_max_bytes,

@@ -165,16 +165,7 @@ async fn a_reply_repeating_a_large_field_stops_at_the_message_size_limit() {
         ),
         ("t.Svc/ClientStream", &format!("reply.text = \"{text}\"")),
     ]);
-    // Without the journal, which keeps each 4 MB request (within its own cap, --journal-max-bytes):
-    // what is measured here is what building the replies takes.
-    let s = Server::start_with(
-        &t_proto(),
-        &[("t.toml", &handler)],
-        Options {
-            args: vec!["--no-journal".into()],
-            ..Options::default()
-        },
-    );
+    let s = start_t(&handler);
     let conn = Conn::connect(s.addr).await;
     let before = peak_mib(&s);
     for path in ["/t.Svc/Unary", "/t.Svc/ServerStream", "/t.Svc/ClientStream"] {

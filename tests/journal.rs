@@ -88,6 +88,7 @@ reply = { text = "picked" }
 "#;
 
 fn start_with(options: Options) -> Server {
+    let options = options.arg("--journal");
     Server::start_with(&[("j.proto", J_PROTO)], &[("j.toml", J_RULES)], options)
 }
 
@@ -926,14 +927,18 @@ async fn calls_made_while_the_journal_is_read_and_cleared_are_all_accounted_for(
 // ---- switches and the call log ----
 
 #[tokio::test]
-async fn no_journal_makes_list_calls_failed_precondition() {
-    let server = start_with(Options::default().arg("--no-journal"));
+async fn without_journal_list_calls_is_failed_precondition() {
+    let server = Server::start_with(
+        &[("j.proto", J_PROTO)],
+        &[("j.toml", J_RULES)],
+        Options::default(),
+    );
     let grpc = client(&server).await;
     assert_eq!(grpc_text(&grpc, "u").await, "hello u");
     let admin = Client::connect(server.addr, admin_pool()).await;
     let out = admin.unary(LIST_CALLS, json!({})).await;
     assert!(
-        out.err(Code::FailedPrecondition).contains("--no-journal"),
+        out.err(Code::FailedPrecondition).contains("--journal"),
         "{}",
         out.message()
     );

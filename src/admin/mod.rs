@@ -43,7 +43,7 @@ pub(crate) struct Admin {
 pub(crate) struct Context {
     /// Weak: the registry's states hold the methods that hold this.
     registry: OnceLock<Weak<Registry>>,
-    /// `None` with `--no-journal`.
+    /// `None` without `--journal`.
     journal: OnceLock<Option<&'static Journal>>,
 }
 
@@ -64,7 +64,9 @@ impl Context {
     /// The journal, or FAILED_PRECONDITION when the server keeps none.
     pub(crate) fn journal(&self) -> Result<&'static Journal, Status> {
         self.journal.get().copied().flatten().ok_or_else(|| {
-            Status::failed_precondition("the journal is off (--no-journal): no calls are kept")
+            Status::failed_precondition(
+                "the journal is off: start protodrop with --journal (or PROTODROP_JOURNAL=true) to keep calls",
+            )
         })
     }
 }

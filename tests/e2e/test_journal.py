@@ -75,7 +75,7 @@ def served(tmp_path: Path):
     handlers.mkdir()
     (protos / "j.proto").write_text(PROTO)
     (handlers / "j.toml").write_text(J_TOML)
-    server = start_protodrop(tmp_path, protos, handlers)
+    server = start_protodrop(tmp_path, protos, handlers, extra_args=("--journal",))
     if server.proc is None:
         pytest.fail(server.why)
     try:
