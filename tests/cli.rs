@@ -391,6 +391,11 @@ async fn listen_line_is_the_only_stdout_line() {
     let c = s.client().await;
     c.unary("t.Svc/Echo", json!({})).await.ok();
     assert_eq!(s.stdout_rest(), "", "logs go to stderr");
+    // Log lines are written in batches, within 20 ms.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while s.logs().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(!s.logs().is_empty(), "logs go to stderr");
 }
 

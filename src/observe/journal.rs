@@ -313,7 +313,11 @@ impl Record {
             peer: seen.peer,
             started: SystemTime::now(),
             clock: Instant::now(),
-            metadata: call.metadata.clone(),
+            // Only the journal reads it; the log line does not.
+            metadata: match journal {
+                Some(_) => call.metadata.clone(),
+                None => MetadataMap::new(),
+            },
             journal,
             detached: AtomicBool::new(false),
             progress: Mutex::new(Progress::default()),
