@@ -80,7 +80,12 @@ async fn document(s: &Server) -> Json {
 
 #[tokio::test]
 async fn an_annotated_tree_is_described_at_openapi_json() {
-    let s = Server::start(&[("lib.proto", LIBRARY)], &[("lib.toml", HANDLERS)]);
+    // The user's routes alone (the admin API's are described too, see the last test).
+    let s = Server::start_with(
+        &[("lib.proto", LIBRARY)],
+        &[("lib.toml", HANDLERS)],
+        Options::default().arg("--no-admin"),
+    );
     let doc = document(&s).await;
     assert_eq!(doc["openapi"], "3.1.0");
     assert_eq!(
@@ -205,11 +210,22 @@ async fn an_annotated_tree_is_described_at_openapi_json() {
 /// brings a new one.
 #[tokio::test]
 async fn the_document_follows_a_hot_reload() {
+    /// Log lines are written in batches (within 20 ms): wait for the count, then hold it to be exact.
+    async fn made_count_reaches(s: &Server, want: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while s.logs().matches(MADE).count() < want && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(s.logs().matches(MADE).count(), want, "{}", s.logs());
+    }
     const MADE: &str = "OpenAPI document made";
     let s = Server::start_with(
         &[("lib.proto", LIBRARY)],
         &[],
-        Options::default().env("RUST_LOG", "protodrop=debug"),
+        Options::default()
+            .env("RUST_LOG", "protodrop=debug")
+            .arg("--no-admin"),
     );
     // The server starts watching just after it prints its address.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -217,7 +233,7 @@ async fn the_document_follows_a_hot_reload() {
     let before = document(&s).await;
     assert!(before["paths"].get("/v1/shop/items/{id}").is_none());
     assert_eq!(document(&s).await, before);
-    assert_eq!(s.logs().matches(MADE).count(), 1, "{}", s.logs());
+    made_count_reaches(&s, 1).await;
     s.write_proto(
         "shop.proto",
         r#"syntax = "proto3";
@@ -245,7 +261,7 @@ service Catalog {
         "Catalog_GetItem"
     );
     assert!(after["paths"].get("/v1/{name}").is_some());
-    assert_eq!(s.logs().matches(MADE).count(), 2, "{}", s.logs());
+    made_count_reaches(&s, 2).await;
 }
 
 /// The path is the user's when a route of theirs takes it; a tree without annotations has a
@@ -267,8 +283,17 @@ service Specs {
     r.expect(200);
     assert_eq!(r.json(), json!({"openapi": "mine"}));
 
-    let s = Server::start(&t_proto(), &[]);
+    let s = Server::start_with(&t_proto(), &[], Options::default().arg("--no-admin"));
     let doc = document(&s).await;
     assert_eq!(doc["openapi"], "3.1.0");
     assert_eq!(doc["paths"], json!({}));
+    // With the admin API on (the default), its routes are described with the user's.
+    let s = Server::start(&t_proto(), &[]);
+    let doc = document(&s).await;
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.contains_key("/protodrop/admin/v1/calls"), "{paths:?}");
+    assert_eq!(
+        doc["paths"]["/protodrop/admin/v1/calls"]["get"]["operationId"],
+        "Admin_ListCalls"
+    );
 }
