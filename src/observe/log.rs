@@ -167,7 +167,7 @@ where
     }
 }
 
-const TARGET: &str = "protodrop::call";
+pub(super) const TARGET: &str = "protodrop::call";
 
 /// The time as RFC 3339 with microseconds, as tracing-subscriber writes it; the part up to the
 /// second is formatted once a second per thread.

@@ -4,7 +4,8 @@
 //! channel that wakes a writer thread per line (tracing-appender's `non_blocking` does: a futex wake
 //! and a context switch per line, on the one core a mock often has). Here a line is appended to a
 //! shared buffer under a lock — no wake-up — and the writer thread takes the whole buffer every
-//! [`PERIOD`], so a line reaches stderr within that. The buffer is bounded ([`MOST`]): when stderr
+//! [`PERIOD`], so a line reaches stderr within that. Every other line (start-up, reloads,
+//! warnings: rare, and waited for by people and tests) is written at once, after what is pending. The buffer is bounded ([`MOST`]): when stderr
 //! does not keep up, lines are dropped, not calls slowed, and the drop is said on stderr.
 
 use std::io::Write;
@@ -110,6 +111,9 @@ impl Drop for Flush {
 /// One line being written (tracing-subscriber writes a whole line in one `write`).
 pub struct Line<'a> {
     shared: &'a Shared,
+    /// Written at once (with whatever is pending before it, to keep the order): every line but
+    /// a call's, which are rare and which people and tests wait for.
+    at_once: bool,
 }
 
 impl Write for Line<'_> {
@@ -119,7 +123,13 @@ impl Write for Line<'_> {
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if pending.lines.len() + bytes.len() > MOST {
+        if self.at_once {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(&pending.lines);
+            pending.lines.clear();
+            let _ = err.write_all(bytes);
+            let _ = err.flush();
+        } else if pending.lines.len() + bytes.len() > MOST {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
         } else {
             pending.lines.extend_from_slice(bytes);
@@ -138,6 +148,14 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Stderr {
     fn make_writer(&'a self) -> Line<'a> {
         Line {
             shared: &self.shared,
+            at_once: true,
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Line<'a> {
+        Line {
+            shared: &self.shared,
+            at_once: meta.target() != super::log::TARGET,
         }
     }
 }
@@ -149,7 +167,10 @@ mod tests {
     #[test]
     fn lines_past_the_bound_are_dropped_and_counted() {
         let shared = Shared::default();
-        let mut line = Line { shared: &shared };
+        let mut line = Line {
+            shared: &shared,
+            at_once: false,
+        };
         let big = vec![b'x'; MOST / 2 + 1];
         line.write_all(&big).unwrap();
         line.write_all(&big).unwrap();
