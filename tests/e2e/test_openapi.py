@@ -247,7 +247,10 @@ def test_every_listed_operation_has_its_route(served):
             args = ["-I", f"{base}{url}"]
         data = b"{}" if "requestBody" in op else None
         r = curl(*args, data=data)
-        assert r.status not in (404, 405), (method, path, url, r.status, r.body)
+        # The admin API's DeleteRule/ReplaceRule reach their method, which answers NOT_FOUND for
+        # a rule id that does not exist: routed all the same.
+        answered_by_method = r.status == 404 and b"no runtime rule" in r.body
+        assert r.status not in (404, 405) or answered_by_method, (method, path, url, r.status, r.body)
         called += 1
     assert called == sum(1 for _ in _operations(doc))
 
