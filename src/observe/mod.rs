@@ -88,8 +88,9 @@ impl Observer {
         self.journal.as_ref()
     }
 
-    /// Whether calls are recorded at all: the call log at INFO (it is cheap to ask: tracing caches
-    /// the answer per call site until the filter changes) or the journal.
+    /// Whether calls are recorded at all: the journal, or the call log at WARN or more (a line may
+    /// be due: an unmatched call's, at WARN, is on by default). Cheap to ask: tracing caches the
+    /// answer per call site until the filter changes.
     pub(crate) fn records(&self) -> bool {
         self.journal.is_some() || log::enabled()
     }
