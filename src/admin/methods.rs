@@ -141,7 +141,7 @@ async fn verify(call: Call<'_>) -> Answer {
     let journal = call.context.journal()?;
     let state = call.context.state()?;
     let pool = &state.protos.pool;
-    let filter = match json_field(&call.request, "filter_json")? {
+    let filter = match json_field_of(&call.request, "filter_json")? {
         Some(value) => Filter::json(&value, pool),
         None => Filter::toml(&string(&call.request, "filter"), pool),
     }
@@ -290,10 +290,6 @@ fn json_field_of(
         .serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
         .map(Some)
         .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
-}
-
-fn json_field(message: &DynamicMessage, field: &str) -> Result<Option<serde_json::Value>, Status> {
-    json_field_of(message, field)
 }
 
 /// A string field of a request ("" when unset).
