@@ -24,9 +24,9 @@ use crate::state::{Method, Registry, Sources, State};
 /// Sets up the process's logs on stderr in `format`, filtered by `RUST_LOG` (default
 /// [`DEFAULT_LOG`]: the per-call INFO lines only when asked for, as they cost a call more than the
 /// benchmark budget allows; a call no rule answered, or whose script failed, is logged at WARN
-/// either way). Lines
-/// are written in batches by a thread of their own (see `observe::stderr`: with a line per call,
-/// a write per line would cost a call more than its answer). Dropping the guard writes what is left.
+/// either way). Call lines are formatted by `observe` and written in batches by a thread of their
+/// own (see `observe::stderr`: through tracing and with a write per line, a call's line would cost
+/// more than its answer). Dropping the guard writes what is left.
 pub fn logging(format: LogFormat) -> impl Drop {
     use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
@@ -34,15 +34,13 @@ pub fn logging(format: LogFormat) -> impl Drop {
     let (stderr, flush) = crate::observe::stderr::Stderr::start();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(stderr);
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(stderr.clone());
     match format {
-        LogFormat::Text => logs
-            .event_format(crate::observe::TextFormat::new(
-                std::io::stderr().is_terminal(),
-            ))
-            .init(),
+        LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
+    crate::observe::install_call_log(stderr, format == LogFormat::Json);
     flush
 }
 

@@ -1,11 +1,16 @@
 //! The call log: one line per call when it ends, at INFO under the target `protodrop::call`;
-//! at WARN when no rule matched or a script failed, with the reason. The format (text or JSON) is
-//! the process's tracing subscriber's (`--log-format`); `RUST_LOG=info,protodrop::call=warn` keeps only the WARN lines, `=off` none.
+//! at WARN when no rule matched or a script failed, with the reason. The format (text or JSON)
+//! and the filter are the process's log's (`--log-format`, `RUST_LOG`):
+//! `RUST_LOG=info,protodrop::call=warn` (the default) keeps only the WARN lines, `=off` none.
+//! The serving binary writes the lines itself ([`install`]); elsewhere they are tracing events.
 
+use std::cell::RefCell;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tonic::Code;
 
+use super::stderr::Stderr;
 use super::Protocol;
 use crate::engine::Method;
 use crate::rules::Answer;
@@ -24,34 +29,33 @@ pub(super) struct Line<'a> {
 }
 
 /// Whether any call's line may be written: at WARN (no rule matched, a script failed) when not
-/// at INFO (every call). Tracing caches the answer per call site.
+/// at INFO (every call).
 pub(super) fn enabled() -> bool {
-    tracing::enabled!(target: TARGET, tracing::Level::WARN)
+    match SINK.get() {
+        Some(sink) => sink.warn,
+        None => tracing::enabled!(target: TARGET, tracing::Level::WARN),
+    }
+}
+
+/// Why a call is logged at WARN: no rule answered it, or its script failed.
+enum Warning<'a> {
+    Unanswered { reason: &'static str, tried: String },
+    ScriptFailed(&'a str),
 }
 
 pub(super) fn call_ended(line: Line<'_>) {
-    if !enabled() {
-        return;
+    let warning = warning(&line);
+    match (SINK.get(), &warning) {
+        (Some(sink), None) if sink.info => write(sink, &line, None),
+        (Some(sink), Some(warning)) if sink.warn => write(sink, &line, Some(warning)),
+        (Some(_), _) => {}
+        (None, _) => event(&line, warning.as_ref()),
     }
-    let Line {
-        protocol,
-        method: served,
-        peer,
-        code,
-        message,
-        rule,
-        unmatched,
-        elapsed,
-    } = line;
-    let method = served.name.as_str();
-    let protocol = protocol.as_str();
-    let code = crate::codes::name(code);
-    let mut peer_text = [0; 21];
-    let peer = peer_str(peer, &mut peer_text);
-    let peer = peer.as_ref();
-    let elapsed_us = elapsed.as_micros() as u64;
-    let rule_text = rule.map(|i| served.rule_origin(i));
-    if unmatched || served.rules.is_none() {
+}
+
+fn warning<'a>(line: &Line<'a>) -> Option<Warning<'a>> {
+    let served = line.method;
+    if line.unmatched || served.rules.is_none() {
         let rules = served.rules.as_ref();
         let tried: Vec<&str> = rules.map_or(Vec::new(), |r| {
             r.rules.iter().map(|r| r.origin.as_str()).collect()
@@ -61,22 +65,81 @@ pub(super) fn call_ended(line: Line<'_>) {
         } else {
             "no rule matched"
         };
-        let tried = tried.join(", ");
-        tracing::warn!(target: TARGET, protocol, method, code, rule = "none", tried = tried.as_str(), elapsed_us, peer, reason, "call not answered by a rule");
-        return;
+        return Some(Warning::Unanswered {
+            reason,
+            tried: tried.join(", "),
+        });
     }
-    let scripted = rule.is_some_and(|i| {
+    let scripted = line.rule.is_some_and(|i| {
         served
             .rules
             .as_ref()
             .and_then(|r| r.rules.get(i))
             .is_some_and(|r| matches!(r.answer, Answer::Script(_)))
     });
-    if scripted && code != "OK" && message.starts_with("script ") {
-        tracing::warn!(target: TARGET, protocol, method, code, rule = rule_text.unwrap_or(""), elapsed_us, peer, reason = message, "script failed");
-        return;
+    (scripted && line.code != Code::Ok && line.message.starts_with("script "))
+        .then_some(Warning::ScriptFailed(line.message))
+}
+
+/// The line, written into the sink's buffer.
+fn write(sink: &Sink, line: &Line<'_>, warning: Option<&Warning<'_>>) {
+    thread_local! {
+        static TEXT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
-    tracing::info!(target: TARGET, protocol, method, code, rule = rule_text.unwrap_or(""), elapsed_us, peer, "call");
+    TEXT.with_borrow_mut(|out| {
+        out.clear();
+        let message = match warning {
+            None => "call",
+            Some(Warning::Unanswered { .. }) => "call not answered by a rule",
+            Some(Warning::ScriptFailed(_)) => "script failed",
+        };
+        let mut w = Written::start(out, sink.json, warning.is_some(), message);
+        w.bare("protocol", line.protocol.as_str());
+        w.bare("method", &line.method.name);
+        w.bare("code", crate::codes::name(line.code));
+        match (warning, line.rule) {
+            (Some(Warning::Unanswered { tried, .. }), _) => {
+                w.str("rule", "none");
+                w.quoted("tried", tried);
+            }
+            (_, Some(rule)) => w.str("rule", line.method.rule_origin(rule)),
+            (_, None) => w.str("rule", ""),
+        }
+        w.number("elapsed_us", line.elapsed.as_micros() as u64);
+        let mut peer = [0; 21];
+        w.str("peer", &peer_str(line.peer, &mut peer));
+        match warning {
+            Some(Warning::Unanswered { reason, .. }) => w.quoted("reason", reason),
+            Some(Warning::ScriptFailed(message)) => w.quoted("reason", message),
+            None => {}
+        }
+        w.end();
+        sink.stderr.write_batched(out);
+    });
+}
+
+/// The line as a tracing event, when protodrop's own log is not installed (a library user's
+/// subscriber takes it).
+fn event(line: &Line<'_>, warning: Option<&Warning<'_>>) {
+    let protocol = line.protocol.as_str();
+    let method = line.method.name.as_str();
+    let code = crate::codes::name(line.code);
+    let mut peer_text = [0; 21];
+    let peer = peer_str(line.peer, &mut peer_text);
+    let peer = peer.as_ref();
+    let elapsed_us = line.elapsed.as_micros() as u64;
+    let rule = line.rule.map_or("", |i| line.method.rule_origin(i));
+    match warning {
+        Some(Warning::Unanswered { reason, tried }) => {
+            tracing::warn!(target: TARGET, protocol, method, code, rule = "none", tried = tried.as_str(), elapsed_us, peer, reason, "call not answered by a rule")
+        }
+        Some(Warning::ScriptFailed(reason)) => {
+            tracing::warn!(target: TARGET, protocol, method, code, rule, elapsed_us, peer, reason, "script failed")
+        }
+        None => {
+            tracing::info!(target: TARGET, protocol, method, code, rule, elapsed_us, peer, "call")
+        }
+    }
 }
 
 /// A client's address as text, or `-` when not known: an IPv4 one written into `buf` by hand (the
@@ -120,59 +183,123 @@ fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
     std::str::from_utf8(&buf[at..]).unwrap_or("0")
 }
 
-/// The text log format: tracing-subscriber's own for every line but a call's, which is written
-/// here field by field as the event hands them over (`grpc pkg.S/M OK rule=… elapsed_us=… peer=…`):
-/// the general formatter costs a call more than answering it does.
-pub(crate) struct TextFormat {
-    general: tracing_subscriber::fmt::format::Format,
-}
-
-impl TextFormat {
-    pub(crate) fn new(ansi: bool) -> TextFormat {
-        TextFormat {
-            general: tracing_subscriber::fmt::format::Format::default().with_ansi(ansi),
-        }
-    }
-}
-
-impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for TextFormat
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
-        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
-        event: &tracing::Event<'_>,
-    ) -> std::fmt::Result {
-        let meta = event.metadata();
-        if meta.target() != TARGET {
-            return self.general.format_event(ctx, writer, event);
-        }
-        let level = if *meta.level() == tracing::Level::WARN {
-            "  WARN"
-        } else {
-            "  INFO"
-        };
-        write_now(&mut writer)?;
-        write!(writer, "{level} {TARGET}:")?;
-        let mut fields = CallFields {
-            writer: &mut writer,
-            result: Ok(()),
-        };
-        event.record(&mut fields);
-        fields.result?;
-        writer.write_char('\n')
-    }
-}
-
 pub(super) const TARGET: &str = "protodrop::call";
 
-/// The time as RFC 3339 with microseconds, as tracing-subscriber writes it; the part up to the
-/// second is formatted once a second per thread.
-fn write_now(writer: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
-    use std::cell::RefCell;
+/// Where call lines go when the process's log is protodrop's own ([`install`]): straight into the
+/// batched stderr buffer, formatted here. Through tracing, a call's line cost more than answering
+/// the call: the dispatch, the filter, the visit of each field and the general formatter. The
+/// level is read from the filter once, when installed (the filter is fixed for the process).
+struct Sink {
+    stderr: Stderr,
+    json: bool,
+    /// Every call's line is written (INFO), not only the unmatched and failed ones (WARN).
+    info: bool,
+    warn: bool,
+}
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+/// Sends call lines to `stderr` in the given form (text or JSON, the forms the other lines take)
+/// at the levels the installed tracing filter lets through for [`TARGET`]. Call after the
+/// subscriber is installed; without it, call lines are tracing events like any other.
+pub(crate) fn install(stderr: Stderr, json: bool) {
+    let _ = SINK.set(Sink {
+        stderr,
+        json,
+        info: tracing::enabled!(target: TARGET, tracing::Level::INFO),
+        warn: tracing::enabled!(target: TARGET, tracing::Level::WARN),
+    });
+}
+
+/// A call line's fields in order, written as text (`grpc pkg.S/M OK rule=… elapsed_us=…`: the
+/// first three bare, strings with spaces quoted) or as tracing-subscriber's JSON
+/// (`{"timestamp":…,"level":…,"fields":{"message":…,…},"target":…}`).
+struct Written<'b> {
+    out: &'b mut Vec<u8>,
+    json: bool,
+}
+
+impl<'b> Written<'b> {
+    fn start(out: &'b mut Vec<u8>, json: bool, warn: bool, message: &str) -> Written<'b> {
+        let level = if warn { "WARN" } else { "INFO" };
+        if json {
+            out.extend_from_slice(b"{\"timestamp\":\"");
+            write_now(out);
+            out.extend_from_slice(b"\",\"level\":\"");
+            out.extend_from_slice(level.as_bytes());
+            out.extend_from_slice(b"\",\"fields\":{\"message\":");
+            json_str(out, message);
+        } else {
+            write_now(out);
+            out.extend_from_slice(if warn { b"  WARN " } else { b"  INFO " });
+            out.extend_from_slice(TARGET.as_bytes());
+            out.push(b':');
+        }
+        Written { out, json }
+    }
+
+    /// One of the first three fields: bare in text.
+    fn bare(&mut self, name: &str, value: &str) {
+        if self.json {
+            self.str(name, value);
+        } else {
+            self.out.push(b' ');
+            self.out.extend_from_slice(value.as_bytes());
+        }
+    }
+
+    fn str(&mut self, name: &str, value: &str) {
+        self.name(name);
+        match self.json {
+            true => json_str(self.out, value),
+            false => self.out.extend_from_slice(value.as_bytes()),
+        }
+    }
+
+    /// A string that may hold spaces: quoted in text too.
+    fn quoted(&mut self, name: &str, value: &str) {
+        self.name(name);
+        match self.json {
+            true => json_str(self.out, value),
+            false => self.out.extend_from_slice(format!("{value:?}").as_bytes()),
+        }
+    }
+
+    fn number(&mut self, name: &str, value: u64) {
+        self.name(name);
+        self.out
+            .extend_from_slice(decimal(value, &mut [0; 20]).as_bytes());
+    }
+
+    fn name(&mut self, name: &str) {
+        if self.json {
+            self.out.push(b',');
+            json_str(self.out, name);
+            self.out.push(b':');
+        } else {
+            self.out.push(b' ');
+            self.out.extend_from_slice(name.as_bytes());
+            self.out.push(b'=');
+        }
+    }
+
+    fn end(self) {
+        if self.json {
+            self.out.extend_from_slice(b"},\"target\":");
+            json_str(self.out, TARGET);
+            self.out.push(b'}');
+        }
+        self.out.push(b'\n');
+    }
+}
+
+fn json_str(out: &mut Vec<u8>, value: &str) {
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+/// Writes the time as RFC 3339 with microseconds, as tracing-subscriber writes it; the part up to
+/// the second is formatted once a second per thread.
+fn write_now(out: &mut Vec<u8>) {
     thread_local! {
         static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
@@ -184,68 +311,18 @@ fn write_now(writer: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::f
     SECOND.with_borrow_mut(|(second, text)| {
         if *second != since.as_secs() {
             *second = since.as_secs();
-            let whole = now - std::time::Duration::from_micros(micros.into());
+            let whole = now - Duration::from_micros(micros.into());
             *text = humantime::format_rfc3339_seconds(whole).to_string();
             text.pop(); // the `Z`
         }
-        let mut digits = [b'0'; 6];
-        let mut n = micros;
-        for d in digits.iter_mut().rev() {
-            *d = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
-        writer.write_str(text)?;
-        writer.write_char('.')?;
-        writer.write_str(std::str::from_utf8(&digits).unwrap_or("000000"))?;
-        writer.write_char('Z')
-    })
-}
-
-/// Writes a call's fields as they come: the first three (protocol, method, code) bare, the others
-/// as `name=value`; the event's message is left out (every call line would say the same).
-struct CallFields<'w, 'b> {
-    writer: &'w mut tracing_subscriber::fmt::format::Writer<'b>,
-    result: std::fmt::Result,
-}
-
-impl CallFields<'_, '_> {
-    fn name(&mut self, field: &tracing::field::Field) -> std::fmt::Result {
-        match field.name() {
-            "protocol" | "method" | "code" => self.writer.write_char(' '),
-            name => {
-                self.writer.write_char(' ')?;
-                self.writer.write_str(name)?;
-                self.writer.write_char('=')
-            }
-        }
-    }
-}
-
-impl tracing::field::Visit for CallFields<'_, '_> {
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        if self.result.is_ok() && field.name() != "message" {
-            self.result = self.name(field).and_then(|()| match field.name() {
-                "reason" | "tried" => write!(self.writer, "{value:?}"),
-                _ => self.writer.write_str(value),
-            });
-        }
-    }
-
-    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-        if self.result.is_ok() {
-            let mut digits = [0; 20];
-            let text = decimal(value, &mut digits);
-            self.result = self.name(field).and_then(|()| self.writer.write_str(text));
-        }
-    }
-
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        if self.result.is_ok() && field.name() != "message" {
-            self.result = self
-                .name(field)
-                .and_then(|()| write!(self.writer, "{value:?}"));
-        }
-    }
+        out.extend_from_slice(text.as_bytes());
+    });
+    out.push(b'.');
+    // Six digits, with the leading zeros.
+    let mut digits = [0; 20];
+    let digits = decimal(1_000_000 + u64::from(micros), &mut digits).as_bytes();
+    out.extend_from_slice(&digits[1..]);
+    out.push(b'Z');
 }
 
 #[cfg(test)]

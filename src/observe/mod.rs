@@ -26,7 +26,7 @@ use futures::{Stream, StreamExt as _};
 use crate::engine::{self, Event, Reply};
 use crate::metrics::CallTimer;
 use journal::{Journal, Record};
-pub(crate) use log::TextFormat;
+pub(crate) use log::install as install_call_log;
 
 /// The protocol a call came in by (defined with the metrics, below, which count by it).
 pub(crate) use crate::metrics::Protocol;

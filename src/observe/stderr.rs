@@ -4,9 +4,11 @@
 //! channel that wakes a writer thread per line (tracing-appender's `non_blocking` does: a futex wake
 //! and a context switch per line, on the one core a mock often has). Here a line is appended to a
 //! shared buffer under a lock — no wake-up — and the writer thread takes the whole buffer every
-//! [`PERIOD`], so a line reaches stderr within that. Every other line (start-up, reloads,
-//! warnings: rare, and waited for by people and tests) is written at once, after what is pending. The buffer is bounded ([`MOST`]): when stderr
-//! does not keep up, lines are dropped, not calls slowed, and the drop is said on stderr.
+//! [`PERIOD`], so a line reaches stderr within that. Call lines come here already formatted
+//! ([`Stderr::write_batched`], from `observe::log`); every other line (tracing's: start-up,
+//! reloads, warnings — rare, and waited for by people and tests) is written at once, after what is
+//! pending. The buffer is bounded ([`MOST`]): when stderr does not keep up, lines are dropped, not
+//! calls slowed, and the drop is said on stderr.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,7 +71,7 @@ fn write_out(shared: &Shared) {
     let mut spare = Vec::new();
     loop {
         let stopping = {
-            let pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let pending = shared.lock();
             let (mut pending, _) = shared
                 .stop
                 .wait_timeout_while(pending, PERIOD, |p| !p.stopping)
@@ -96,11 +98,7 @@ fn write_out(shared: &Shared) {
 
 impl Drop for Flush {
     fn drop(&mut self) {
-        self.shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .stopping = true;
+        self.shared.lock().stopping = true;
         self.shared.stop.notify_all();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
@@ -108,32 +106,39 @@ impl Drop for Flush {
     }
 }
 
-/// One line being written (tracing-subscriber writes a whole line in one `write`).
+impl Stderr {
+    /// Appends a call's line (whole lines only) to what the writer thread writes next.
+    pub(crate) fn write_batched(&self, line: &[u8]) {
+        let mut pending = self.shared.lock();
+        if pending.lines.len() + line.len() > MOST {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            pending.lines.extend_from_slice(line);
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One line of tracing's being written (tracing-subscriber writes a whole line in one `write`):
+/// at once, after the call lines pending before it, to keep the order. These lines are rare, and
+/// people and tests wait for them.
 pub struct Line<'a> {
     shared: &'a Shared,
-    /// Written at once (with whatever is pending before it, to keep the order): every line but
-    /// a call's, which are rare and which people and tests wait for.
-    at_once: bool,
 }
 
 impl Write for Line<'_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let mut pending = self
-            .shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if self.at_once {
-            let mut err = std::io::stderr().lock();
-            let _ = err.write_all(&pending.lines);
-            pending.lines.clear();
-            let _ = err.write_all(bytes);
-            let _ = err.flush();
-        } else if pending.lines.len() + bytes.len() > MOST {
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-        } else {
-            pending.lines.extend_from_slice(bytes);
-        }
+        let mut pending = self.shared.lock();
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(&pending.lines);
+        pending.lines.clear();
+        let _ = err.write_all(bytes);
+        let _ = err.flush();
         Ok(bytes.len())
     }
 
@@ -148,14 +153,6 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Stderr {
     fn make_writer(&'a self) -> Line<'a> {
         Line {
             shared: &self.shared,
-            at_once: true,
-        }
-    }
-
-    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Line<'a> {
-        Line {
-            shared: &self.shared,
-            at_once: meta.target() != super::log::TARGET,
         }
     }
 }
@@ -166,14 +163,13 @@ mod tests {
 
     #[test]
     fn lines_past_the_bound_are_dropped_and_counted() {
-        let shared = Shared::default();
-        let mut line = Line {
-            shared: &shared,
-            at_once: false,
+        let stderr = Stderr {
+            shared: Arc::new(Shared::default()),
         };
+        let shared = &stderr.shared;
         let big = vec![b'x'; MOST / 2 + 1];
-        line.write_all(&big).unwrap();
-        line.write_all(&big).unwrap();
+        stderr.write_batched(&big);
+        stderr.write_batched(&big);
         assert_eq!(shared.pending.lock().unwrap().lines.len(), big.len());
         assert_eq!(shared.dropped.load(Ordering::Relaxed), 1);
     }
