@@ -20,6 +20,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
 use serde_json::{json, Value};
+use smallvec::SmallVec;
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
 use tonic::Code;
 
@@ -178,9 +179,10 @@ struct Progress {
     /// The record as JSON, once settled: its method's protos were replaced by a reload, and the
     /// record no longer holds them (see [`Journal::settle`]).
     settled: Option<Settled>,
-    frames: Vec<Frame>,
+    /// Inline for a unary call's request and reply: a record is one allocation.
+    frames: SmallVec<[Frame; 2]>,
     /// Indices of the rules that answered, in the order they first did.
-    rules: Vec<usize>,
+    rules: SmallVec<[usize; 2]>,
     /// The rule answering now: the replies that follow are its.
     current: Option<usize>,
     unmatched: bool,
@@ -307,27 +309,27 @@ impl Record {
         journal: Option<&'static Journal>,
     ) -> Record {
         let id = journal.map_or(0, |j| j.next_id.fetch_add(1, Ordering::Relaxed));
-        let record = Record {
+        // Only the journal reads the metadata; the log line does not.
+        let metadata = match journal {
+            Some(_) => call.metadata.clone(),
+            None => MetadataMap::new(),
+        };
+        let clock = Instant::now();
+        Record {
             id,
             protocol: seen.protocol,
             peer: seen.peer,
-            started: SystemTime::now(),
-            clock: Instant::now(),
-            // Only the journal reads it; the log line does not.
-            metadata: match journal {
-                Some(_) => call.metadata.clone(),
-                None => MetadataMap::new(),
-            },
+            started: super::wall_clock(clock),
+            clock,
             journal,
             detached: AtomicBool::new(false),
-            progress: Mutex::new(Progress::default()),
-        };
-        {
-            let mut progress = record.progress();
-            progress.bytes = metadata_size(&record.metadata);
-            progress.method = Some(call.method.clone());
+            progress: Mutex::new(Progress {
+                bytes: metadata_size(&metadata),
+                method: Some(call.method.clone()),
+                ..Progress::default()
+            }),
+            metadata,
         }
-        record
     }
 
     /// Puts a started record in its journal.
@@ -364,19 +366,26 @@ impl Record {
 
     /// Adds a frame, within the journal's byte cap.
     fn push(&self, kind: FrameKind, size: usize, at: Duration) {
+        if self.journal.is_some() {
+            let mut progress = self.progress();
+            let over = self.push_to(&mut progress, kind, size, at);
+            drop(progress);
+            self.trim_if(over);
+        }
+    }
+
+    /// [`Record::push`] with the record locked; whether the journal is now over its byte cap.
+    fn push_to(&self, progress: &mut Progress, kind: FrameKind, size: usize, at: Duration) -> bool {
         let Some(journal) = self.journal else {
-            return;
+            return false;
         };
         let size = size + FRAME_OVERHEAD;
-        let mut progress = self.progress();
         if progress.bytes + size > journal.caps.max_bytes {
             progress.dropped_frames += 1;
-            return;
+            return false;
         }
         progress.frames.push(Frame { at, kind });
-        let over = self.grow(&mut progress, size);
-        drop(progress);
-        self.trim_if(over);
+        self.grow(progress, size)
     }
 
     /// The requests, recorded as the engine reads them.
@@ -405,61 +414,83 @@ impl Record {
         }
     }
 
-    /// A unary answer, whole: its headers, message and end, at one moment.
+    /// A unary answer, whole: its headers, message and end, at one moment, with one lock.
     pub(super) fn ready(&self, ready: &engine::Ready) {
         let at = self.clock.elapsed();
-        self.headers_at(&ready.headers, at);
-        if let Some(message) = &ready.message {
-            self.reply_at(message, at);
+        let mut progress = self.progress();
+        let mut over = false;
+        if self.journal.is_some() {
+            if !ready.headers.is_empty() {
+                let frame = FrameKind::Headers(ready.headers.clone());
+                over |= self.push_to(&mut progress, frame, metadata_size(&ready.headers), at);
+            }
+            if let Some(message) = &ready.message {
+                let payload = Payload::of_reply(message);
+                let size = payload.size();
+                let frame = FrameKind::Reply(payload, progress.current);
+                over |= self.push_to(&mut progress, frame, size, at);
+            }
         }
-        self.close(ready.end.code, &ready.end.message, &ready.end.trailers, at);
+        let end = &ready.end;
+        self.close_locked(progress, over, end.code, &end.message, &end.trailers, at);
     }
 
     pub(super) fn headers(&self, headers: &MetadataMap) {
-        self.headers_at(headers, self.clock.elapsed());
-    }
-
-    fn headers_at(&self, headers: &MetadataMap, at: Duration) {
         if self.journal.is_some() && !headers.is_empty() {
-            self.push(
-                FrameKind::Headers(headers.clone()),
-                metadata_size(headers),
-                at,
-            );
+            let frame = FrameKind::Headers(headers.clone());
+            self.push(frame, metadata_size(headers), self.clock.elapsed());
         }
     }
 
     pub(super) fn reply(&self, message: &Message) {
-        self.reply_at(message, self.clock.elapsed());
-    }
-
-    fn reply_at(&self, message: &Message, at: Duration) {
         if self.journal.is_some() {
+            let at = self.clock.elapsed();
             let payload = Payload::of_reply(message);
             let size = payload.size();
-            let rule = self.progress().current;
-            self.push(FrameKind::Reply(payload, rule), size, at);
+            let mut progress = self.progress();
+            let frame = FrameKind::Reply(payload, progress.current);
+            let over = self.push_to(&mut progress, frame, size, at);
+            drop(progress);
+            self.trim_if(over);
         }
     }
 
     pub(super) fn end(&self, end: &End) {
-        self.close(end.code, &end.message, &end.trailers, self.clock.elapsed());
+        let at = self.clock.elapsed();
+        self.close_locked(
+            self.progress(),
+            false,
+            end.code,
+            &end.message,
+            &end.trailers,
+            at,
+        );
     }
 
     /// The reply was dropped: unless its end was seen, the call was cut short.
     pub(super) fn cut(&self) {
-        if self.progress().end.is_none() {
-            self.close(
-                Code::Cancelled,
-                "the reply was dropped before its end: the client went away, or the deadline or the shutdown ended the call",
-                &MetadataMap::new(),
-                self.clock.elapsed(),
-            );
-        }
+        let at = self.clock.elapsed();
+        self.close_locked(
+            self.progress(),
+            false,
+            Code::Cancelled,
+            "the reply was dropped before its end: the client went away, or the deadline or the shutdown ended the call",
+            &MetadataMap::new(),
+            at,
+        );
     }
 
-    fn close(&self, code: Code, message: &str, trailers: &MetadataMap, elapsed: Duration) {
-        let mut progress = self.progress();
+    /// Records the end (unless one was) with the record locked (`progress`; `over`: a frame just
+    /// pushed put the journal over its cap), lets the lock go, and writes the call's log line.
+    fn close_locked(
+        &self,
+        mut progress: MutexGuard<'_, Progress>,
+        over: bool,
+        code: Code,
+        message: &str,
+        trailers: &MetadataMap,
+        elapsed: Duration,
+    ) {
         if progress.end.is_some() {
             return;
         }
@@ -473,7 +504,7 @@ impl Record {
         let rule = progress.rules.first().copied();
         let unmatched = progress.unmatched;
         let method = progress.method.clone();
-        let over = self.journal.is_some() && self.grow(&mut progress, size);
+        let over = (self.journal.is_some() && self.grow(&mut progress, size)) || over;
         drop(progress);
         self.trim_if(over);
         let Some(method) = method else { return };
@@ -486,6 +517,7 @@ impl Record {
             rule,
             unmatched,
             elapsed,
+            ended: self.started + elapsed,
         });
     }
 
@@ -618,6 +650,7 @@ impl Record {
         progress
             .frames
             .retain(|f| matches!(f.kind, FrameKind::Request(_)));
+        progress.frames.shrink_to_fit();
         let size = json.to_string().len()
             + progress.frames.iter().map(|f| f.size()).sum::<usize>()
             + metadata_size(&self.metadata);

@@ -5,8 +5,10 @@
 //! The serving binary writes the lines itself ([`install`]); elsewhere they are tracing events.
 
 use std::cell::RefCell;
+use std::io::Write as _;
+use std::net::SocketAddr;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::Code;
 
@@ -26,6 +28,8 @@ pub(super) struct Line<'a> {
     pub rule: Option<usize>,
     pub unmatched: bool,
     pub elapsed: Duration,
+    /// When the call ended, by the wall clock.
+    pub ended: SystemTime,
 }
 
 /// Whether any call's line may be written: at WARN (no rule matched, a script failed) when not
@@ -81,19 +85,62 @@ fn warning<'a>(line: &Line<'a>) -> Option<Warning<'a>> {
         .then_some(Warning::ScriptFailed(line.message))
 }
 
+/// What a thread keeps between its call lines: the line being made, and the parts that repeat
+/// from line to line, formatted once (the client's address, for the calls of one connection; the
+/// time up to the second).
+struct Scratch {
+    out: Vec<u8>,
+    peer: Option<Option<SocketAddr>>,
+    peer_text: Vec<u8>,
+    second: u64,
+    second_text: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = const {
+        RefCell::new(Scratch {
+            out: Vec::new(),
+            peer: None,
+            peer_text: Vec::new(),
+            second: u64::MAX,
+            second_text: Vec::new(),
+        })
+    };
+}
+
 /// The line, written into the sink's buffer.
 fn write(sink: &Sink, line: &Line<'_>, warning: Option<&Warning<'_>>) {
-    thread_local! {
-        static TEXT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    }
-    TEXT.with_borrow_mut(|out| {
+    SCRATCH.with_borrow_mut(|scratch| {
+        if scratch.peer != Some(line.peer) {
+            scratch.peer = Some(line.peer);
+            scratch.peer_text.clear();
+            match line.peer {
+                Some(peer) => {
+                    let _ = write!(scratch.peer_text, "{peer}");
+                }
+                None => scratch.peer_text.push(b'-'),
+            }
+        }
+        let Scratch {
+            out,
+            peer_text,
+            second,
+            second_text,
+            ..
+        } = scratch;
         out.clear();
         let message = match warning {
             None => "call",
             Some(Warning::Unanswered { .. }) => "call not answered by a rule",
             Some(Warning::ScriptFailed(_)) => "script failed",
         };
-        let mut w = Written::start(out, sink.json, warning.is_some(), message);
+        let mut w = Written {
+            out,
+            json: sink.json,
+        };
+        w.start(warning.is_some(), message, |out| {
+            write_time(out, line.ended, second, second_text)
+        });
         w.bare("protocol", line.protocol.as_str());
         w.bare("method", &line.method.name);
         w.bare("code", crate::codes::name(line.code));
@@ -106,8 +153,7 @@ fn write(sink: &Sink, line: &Line<'_>, warning: Option<&Warning<'_>>) {
             (_, None) => w.str("rule", ""),
         }
         w.number("elapsed_us", line.elapsed.as_micros() as u64);
-        let mut peer = [0; 21];
-        w.str("peer", &peer_str(line.peer, &mut peer));
+        w.bytes("peer", peer_text);
         match warning {
             Some(Warning::Unanswered { reason, .. }) => w.quoted("reason", reason),
             Some(Warning::ScriptFailed(message)) => w.quoted("reason", message),
@@ -124,9 +170,8 @@ fn event(line: &Line<'_>, warning: Option<&Warning<'_>>) {
     let protocol = line.protocol.as_str();
     let method = line.method.name.as_str();
     let code = crate::codes::name(line.code);
-    let mut peer_text = [0; 21];
-    let peer = peer_str(line.peer, &mut peer_text);
-    let peer = peer.as_ref();
+    let peer = line.peer.map_or_else(|| "-".to_string(), |p| p.to_string());
+    let peer = peer.as_str();
     let elapsed_us = line.elapsed.as_micros() as u64;
     let rule = line.rule.map_or("", |i| line.method.rule_origin(i));
     match warning {
@@ -142,35 +187,9 @@ fn event(line: &Line<'_>, warning: Option<&Warning<'_>>) {
     }
 }
 
-/// A client's address as text, or `-` when not known: an IPv4 one written into `buf` by hand (the
-/// formatting machinery costs a call's log line a third of its time), any other formatted.
-fn peer_str(peer: Option<std::net::SocketAddr>, buf: &mut [u8; 21]) -> std::borrow::Cow<'_, str> {
-    let Some(peer) = peer else {
-        return "-".into();
-    };
-    let std::net::SocketAddr::V4(v4) = peer else {
-        return peer.to_string().into();
-    };
-    let mut at = 0;
-    let mut put = |text: &[u8], at: &mut usize| {
-        buf[*at..*at + text.len()].copy_from_slice(text);
-        *at += text.len();
-    };
-    for (i, octet) in v4.ip().octets().iter().enumerate() {
-        let mut digits = [0; 20];
-        put(decimal(u64::from(*octet), &mut digits).as_bytes(), &mut at);
-        put(if i < 3 { b"." } else { b":" }, &mut at);
-    }
-    let mut digits = [0; 20];
-    put(
-        decimal(u64::from(v4.port()), &mut digits).as_bytes(),
-        &mut at,
-    );
-    std::str::from_utf8(&buf[..at]).unwrap_or("-").into()
-}
-
-/// `n` in decimal, written into the end of `buf`.
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+/// `n` in decimal, written into the end of `buf` (the formatting machinery costs a line as much
+/// as the rest of it).
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut at = buf.len();
     loop {
         at -= 1;
@@ -180,7 +199,7 @@ fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
             break;
         }
     }
-    std::str::from_utf8(&buf[at..]).unwrap_or("0")
+    &buf[at..]
 }
 
 pub(super) const TARGET: &str = "protodrop::call";
@@ -219,23 +238,26 @@ struct Written<'b> {
     json: bool,
 }
 
-impl<'b> Written<'b> {
-    fn start(out: &'b mut Vec<u8>, json: bool, warn: bool, message: &str) -> Written<'b> {
-        let level = if warn { "WARN" } else { "INFO" };
-        if json {
+impl Written<'_> {
+    /// The line's start: its time (written by `time`), level, and message or target.
+    fn start(&mut self, warn: bool, message: &str, time: impl FnOnce(&mut Vec<u8>)) {
+        let out = &mut *self.out;
+        if self.json {
             out.extend_from_slice(b"{\"timestamp\":\"");
-            write_now(out);
-            out.extend_from_slice(b"\",\"level\":\"");
-            out.extend_from_slice(level.as_bytes());
+            time(out);
+            out.extend_from_slice(if warn {
+                b"\",\"level\":\"WARN"
+            } else {
+                b"\",\"level\":\"INFO"
+            });
             out.extend_from_slice(b"\",\"fields\":{\"message\":");
             json_str(out, message);
         } else {
-            write_now(out);
+            time(out);
             out.extend_from_slice(if warn { b"  WARN " } else { b"  INFO " });
             out.extend_from_slice(TARGET.as_bytes());
             out.push(b':');
         }
-        Written { out, json }
     }
 
     /// One of the first three fields: bare in text.
@@ -267,8 +289,20 @@ impl<'b> Written<'b> {
 
     fn number(&mut self, name: &str, value: u64) {
         self.name(name);
-        self.out
-            .extend_from_slice(decimal(value, &mut [0; 20]).as_bytes());
+        self.out.extend_from_slice(decimal(value, &mut [0; 20]));
+    }
+
+    /// Text known to need no quoting or escaping (the client's address).
+    fn bytes(&mut self, name: &str, value: &[u8]) {
+        self.name(name);
+        match self.json {
+            true => {
+                self.out.push(b'"');
+                self.out.extend_from_slice(value);
+                self.out.push(b'"');
+            }
+            false => self.out.extend_from_slice(value),
+        }
     }
 
     fn name(&mut self, name: &str) {
@@ -297,52 +331,43 @@ fn json_str(out: &mut Vec<u8>, value: &str) {
     let _ = serde_json::to_writer(&mut *out, value);
 }
 
-/// Writes the time as RFC 3339 with microseconds, as tracing-subscriber writes it; the part up to
-/// the second is formatted once a second per thread.
-fn write_now(out: &mut Vec<u8>) {
-    thread_local! {
-        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
-    }
-    let now = std::time::SystemTime::now();
-    let since = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+/// Writes `at` as RFC 3339 with microseconds, as tracing-subscriber writes it; the part up to the
+/// second is formatted once a second (`second`, `text`: the thread's last).
+fn write_time(out: &mut Vec<u8>, at: SystemTime, second: &mut u64, text: &mut Vec<u8>) {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     let micros = since.subsec_micros();
-    SECOND.with_borrow_mut(|(second, text)| {
-        if *second != since.as_secs() {
-            *second = since.as_secs();
-            let whole = now - Duration::from_micros(micros.into());
-            *text = humantime::format_rfc3339_seconds(whole).to_string();
-            text.pop(); // the `Z`
-        }
-        out.extend_from_slice(text.as_bytes());
-    });
+    if *second != since.as_secs() {
+        *second = since.as_secs();
+        let whole = at - Duration::from_micros(micros.into());
+        text.clear();
+        let _ = write!(text, "{}", humantime::format_rfc3339_seconds(whole));
+        text.pop(); // the `Z`
+    }
+    out.extend_from_slice(text);
     out.push(b'.');
     // Six digits, with the leading zeros.
     let mut digits = [0; 20];
-    let digits = decimal(1_000_000 + u64::from(micros), &mut digits).as_bytes();
-    out.extend_from_slice(&digits[1..]);
+    out.extend_from_slice(&decimal(1_000_000 + u64::from(micros), &mut digits)[1..]);
     out.push(b'Z');
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{decimal, peer_str};
+    use super::{decimal, write_time};
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
-    fn a_peer_is_written_as_std_writes_it() {
-        for addr in [
-            "10.0.0.255:8080",
-            "127.0.0.1:0",
-            "255.255.255.255:65535",
-            "[::1]:5",
-        ] {
-            let mut buf = [0; 21];
-            assert_eq!(peer_str(Some(addr.parse().unwrap()), &mut buf), addr);
-        }
-        assert_eq!(peer_str(None, &mut [0; 21]), "-");
+    fn numbers_and_times_are_written_as_std_and_tracing_write_them() {
         for n in [0, 7, 10, 1234567890, u64::MAX] {
-            assert_eq!(decimal(n, &mut [0; 20]), n.to_string());
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
+        let (mut second, mut text) = (u64::MAX, Vec::new());
+        for micros in [0, 7, 999_999, 1_700_000_000_000_001] {
+            let at = UNIX_EPOCH + Duration::from_micros(micros);
+            let mut out = Vec::new();
+            write_time(&mut out, at, &mut second, &mut text);
+            let expected = humantime::format_rfc3339_micros(at).to_string();
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
         }
     }
 }

@@ -16,10 +16,12 @@ pub(crate) mod stderr;
 #[cfg(test)]
 mod tests;
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::{Stream, StreamExt as _};
 
@@ -94,6 +96,24 @@ impl Observer {
     pub(crate) fn records(&self) -> bool {
         self.journal.is_some() || log::enabled()
     }
+}
+
+/// The wall-clock time of `at`: the wall clock is read once a second per thread and carried
+/// forward by the monotonic one, so that a call reads one clock, not two.
+pub(crate) fn wall_clock(at: Instant) -> SystemTime {
+    thread_local! {
+        static ANCHOR: Cell<Option<(Instant, SystemTime)>> = const { Cell::new(None) };
+    }
+    ANCHOR.with(|anchor| match anchor.get() {
+        Some((then, wall)) if at >= then && at - then < Duration::from_secs(1) => {
+            wall + (at - then)
+        }
+        _ => {
+            let wall = SystemTime::now();
+            anchor.set(Some((at, wall)));
+            wall
+        }
+    })
 }
 
 /// Answers `call` with the engine, recording it, and counting it in the metrics (`crate::metrics`:
