@@ -2,8 +2,8 @@
 //!
 //! A [`Record`] is made when a call reaches the engine and filled as it goes: each request message
 //! as it is read, the reply headers, each reply message with the rule that wrote it, the end. Frames
-//! are kept as they came (bytes are shared with the call, not copied, where the protocol had them)
-//! and turned into JSON only when the journal is read, so that recording costs a call little.
+//! are kept as bytes (copied, so that the journal holds no more than it counts) and turned into
+//! JSON only when the journal is read, so that recording costs a call little.
 //!
 //! Bounds: at most `max_calls` calls and `max_bytes` bytes of recorded payload and metadata; the
 //! oldest calls are dropped first, and counted. One call alone may not take more than the byte cap:
@@ -227,7 +227,9 @@ enum Payload {
 impl Payload {
     fn of_request(request: &Request) -> Payload {
         match request {
-            Request::Encoded(bytes) => Payload::Bytes(bytes.clone()),
+            // Copied: the request's bytes may be a slice of the connection's read buffer, which
+            // a shared reference would keep whole, beyond what the byte cap counts.
+            Request::Encoded(bytes) => Payload::Bytes(Bytes::copy_from_slice(bytes)),
             Request::Decoded(message) => Payload::Decoded(message.clone()),
         }
     }

@@ -411,3 +411,25 @@ fn the_byte_count_stays_true_while_calls_are_cleared_under_them() {
     journal.clear();
     assert_eq!(journal.bytes(), 0);
 }
+
+#[tokio::test]
+async fn a_request_read_from_a_larger_buffer_is_kept_alone_not_with_the_buffer() {
+    // A protocol's request bytes may be a slice of the connection's read buffer: the journal
+    // counts the message's bytes, so it must not keep the whole buffer alive through a slice.
+    let observer = observer(ROOMY);
+    let message = req("ann", 3);
+    let mut buffer = message.to_vec();
+    buffer.resize(1 << 20, 0);
+    let buffer = Bytes::from(buffer);
+    let request = buffer.slice(..message.len());
+    let one = Requests::One(Request::Encoded(request));
+    run(call("Unary", one, MetadataMap::new()), seen(observer)).await;
+    let records = observer.journal().unwrap().list(None, 0);
+    let kept = records[0].request_bytes();
+    assert_eq!(kept, [message]);
+    assert!(
+        !buffer.as_ptr_range().contains(&kept[0].as_ptr()),
+        "the journal keeps the connection's 1 MiB buffer for a {}-byte request",
+        kept[0].len()
+    );
+}
