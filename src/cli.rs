@@ -278,6 +278,15 @@ pub struct ServeArgs {
     #[arg(long, env = "PROTODROP_CORS_ORIGIN", value_delimiter = ',', default_value = "*", value_parser = crate::server::cors::parse_origin, value_name = "ORIGIN")]
     pub cors_origin: Vec<String>,
 
+    /// Origin whose web pages may call the admin API (rules, calls), e.g. http://localhost:3000;
+    /// repeatable (the environment variable takes a ','-separated list), `*` for any. By default
+    /// none: a page's request to an admin path (one with an `Origin` header) is answered
+    /// PERMISSION_DENIED, so a page open in your browser cannot change what the mock answers.
+    /// Clients that are not browsers send no `Origin` and are not affected. The origin must also
+    /// pass --cors-origin.
+    #[arg(long, help_heading = "Admin API", env = "PROTODROP_ADMIN_CORS_ORIGIN", value_delimiter = ',', value_parser = crate::server::cors::parse_origin, value_name = "ORIGIN")]
+    pub admin_cors_origin: Vec<String>,
+
     /// Serve the admin API (protodrop.admin.v1.Admin: rules, calls, verification) only on this
     /// address, a listener of its own, instead of on the main port beside the protos' services (where
     /// it is reachable by whoever reaches that port). A bare port means 127.0.0.1:PORT; port 0 picks a

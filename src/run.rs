@@ -17,7 +17,7 @@ use crate::observe::Observer;
 use crate::protocol::ServiceSettings;
 use crate::rules;
 use crate::server;
-use crate::server::cors::CorsOrigins;
+use crate::server::cors::CorsPolicy;
 use crate::state::reload;
 use crate::state::{Method, Registry, Sources, State};
 
@@ -142,7 +142,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         sources.natives.push(admin.service().clone());
     }
     crate::metrics::global().set_enabled(!args.no_metrics);
-    let cors = CorsOrigins::from_flags(&args.cors_origin).map_err(anyhow::Error::msg)?;
+    let cors = CorsPolicy::from_flags(&args.cors_origin, &args.admin_cors_origin)
+        .map_err(anyhow::Error::msg)?;
     // Read the TLS files before anything slower, so a wrong path fails at once.
     let tls = args
         .tls_files()
@@ -244,7 +245,7 @@ fn serve_on(
     args: ServeArgs,
     sources: Sources,
     tls: Option<server::TlsSettings>,
-    cors: CorsOrigins,
+    cors: CorsPolicy,
     registries: Registries,
 ) -> anyhow::Result<ExitCode> {
     let Registries {
