@@ -1,4 +1,5 @@
-//! The two commands, `serve` and `check`, as the binary runs them: everything between parsed flags
+//! The commands as the binary runs them — `serve` and `check`, and the client commands of a running
+//! server's admin API (`calls`, `verify`, `rules`, see `remote`): everything between parsed flags
 //! and an exit code (the binary itself only parses flags and sets up logging).
 
 use std::future::Future;
@@ -11,10 +12,14 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
-use crate::cli::{CheckArgs, LogFormat, ServeArgs};
+use crate::cli::{
+    CallsAction, CallsArgs, CheckArgs, LogFormat, RemoteArgs, RulesAction, RulesArgs, ServeArgs,
+    VerifyArgs,
+};
 use crate::observe::journal::{Caps, Journal};
 use crate::observe::Observer;
 use crate::protocol::ServiceSettings;
+use crate::remote;
 use crate::rules;
 use crate::server;
 use crate::server::cors::CorsPolicy;
@@ -112,6 +117,46 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `protodrop calls`: the journal of the server at `--server`, or `calls clear`.
+pub fn calls(args: &CallsArgs) -> anyhow::Result<ExitCode> {
+    let target = target(&args.remote);
+    match args.action {
+        Some(CallsAction::Clear) => remote::clear_calls(&target)?,
+        None => remote::calls(&target, args.method.as_deref(), args.limit, args.json)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `protodrop verify`: exits 1 when `--expect` is not the count.
+pub fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    let as_expected = remote::verify(&target(&args.remote), &args.filter, args.expect, args.json)?;
+    Ok(match as_expected {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::FAILURE,
+    })
+}
+
+/// `protodrop rules add|list|delete|reset`.
+pub fn rules(args: &RulesArgs) -> anyhow::Result<ExitCode> {
+    let target = target(&args.remote);
+    match &args.action {
+        RulesAction::Add { file, json } => remote::add_rules(&target, file, *json)?,
+        RulesAction::List { method, json } => {
+            remote::list_rules(&target, method.as_deref(), *json)?
+        }
+        RulesAction::Delete { id } => remote::delete_rule(&target, id)?,
+        RulesAction::Reset => remote::reset_rules(&target)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn target(args: &RemoteArgs) -> remote::Target {
+    remote::Target {
+        url: args.server.clone(),
+        cacert: args.cacert.clone(),
+    }
 }
 
 /// Scripts that may run at once (tokio's blocking pool; a streaming script also uses one helper
