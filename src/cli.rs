@@ -72,6 +72,27 @@ pub struct RemoteArgs {
     /// --tls-cert).
     #[arg(long, global = true, env = "PROTODROP_CACERT", value_name = "PEM")]
     pub cacert: Option<PathBuf>,
+
+    /// PEM file with a client certificate (its chain, leaf first), for a server started with
+    /// --tls-client-ca (mutual TLS). Needs --client-key.
+    #[arg(
+        long,
+        global = true,
+        env = "PROTODROP_CLIENT_CERT",
+        requires = "client_key",
+        value_name = "PEM"
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM file with the private key of --client-cert. Needs --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "PROTODROP_CLIENT_KEY",
+        requires = "client_cert",
+        value_name = "PEM"
+    )]
+    pub client_key: Option<PathBuf>,
 }
 
 /// `calls`: list the journal, or `calls clear`.

@@ -156,6 +156,7 @@ fn target(args: &RemoteArgs) -> remote::Target {
     remote::Target {
         url: args.server.clone(),
         cacert: args.cacert.clone(),
+        client_identity: args.client_cert.clone().zip(args.client_key.clone()),
     }
 }
 

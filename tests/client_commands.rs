@@ -17,11 +17,21 @@ const FILE_RULES: &str = "[[rule]]\nmethod = \"t.Svc/Unary\"\nreply = { text = \
 const RUNTIME_RULE: &str =
     "# answers from the test\n[[rule]]\nmethod = \"t.Svc/Unary\"\nreply = { text = \"runtime\" }\n";
 
-fn start(args: &[&str]) -> Server {
-    let mut options = Options::default();
-    for a in args {
-        options = options.arg(*a);
+trait ArgsFrom {
+    fn args_from(self, args: &[&str]) -> Self;
+}
+
+impl ArgsFrom for Options {
+    fn args_from(mut self, args: &[&str]) -> Self {
+        for a in args {
+            self = self.arg(*a);
+        }
+        self
     }
+}
+
+fn start(args: &[&str]) -> Server {
+    let options = Options::default().args_from(args);
     Server::start_with(&t_proto(), &[("t.toml", FILE_RULES)], options)
 }
 
@@ -313,4 +323,87 @@ async fn a_server_without_the_admin_api_is_told_apart() {
         err.contains("--no-admin") && err.contains("--admin-listen"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn an_https_server_is_reached_with_cacert_and_a_client_certificate() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let ca = |name: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+    };
+    let sign = |issuer: &CertifiedIssuer<'static, KeyPair>, sans: Vec<String>, usage| {
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.extended_key_usages = vec![usage];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (ours, other) = (ca("test CA"), ca("another CA"));
+    let server_pair = sign(
+        &ours,
+        vec!["127.0.0.1".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let client_pair = sign(&ours, vec![], ExtendedKeyUsagePurpose::ClientAuth);
+    let options = Options::default()
+        .file("tls/server.pem", &server_pair.0)
+        .file("tls/server.key", &server_pair.1)
+        .file("tls/ca.pem", ours.pem())
+        .file("tls/other-ca.pem", other.pem())
+        .file("tls/client.pem", &client_pair.0)
+        .file("tls/client.key", &client_pair.1)
+        .args_from(&[
+            "--tls-cert",
+            "tls/server.pem",
+            "--tls-key",
+            "tls/server.key",
+            "--tls-client-ca",
+            "tls/ca.pem",
+        ]);
+    let server = Server::start_with(&t_proto(), &[("t.toml", FILE_RULES)], options);
+    let https = format!("https://{}", server.addr);
+    let tls_cli = |extra: &[&str]| {
+        let mut cmd = command();
+        cmd.args(["rules", "list", "--server", &https])
+            .args(extra)
+            .current_dir(server.root());
+        run(cmd)
+    };
+    let client_id = [
+        "--client-cert",
+        "tls/client.pem",
+        "--client-key",
+        "tls/client.key",
+    ];
+    let out = ok(tls_cli(
+        &[&["--cacert", "tls/ca.pem"][..], &client_id].concat(),
+    ));
+    assert!(out.starts_with("-  t.Svc/Unary  "), "{out}");
+
+    // The wrong CA: the server's certificate is not trusted, and the error says TLS.
+    let (code, _, err) = tls_cli(&[&["--cacert", "tls/other-ca.pem"][..], &client_id].concat());
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("TLS with {https} failed")), "{err}");
+    // No client certificate where the server asks for one: refused.
+    let (code, _, err) = tls_cli(&["--cacert", "tls/ca.pem"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("the request to {https} failed")) && err.contains("Certificate"),
+        "{err}"
+    );
+    // https without a CA: said before connecting.
+    let (code, _, err) = tls_cli(&[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--cacert"), "{err}");
 }

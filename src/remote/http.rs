@@ -1,7 +1,7 @@
 //! One HTTP/1.1 request to the server's admin routes and its JSON answer, over a plain socket or
 //! TLS (`https://`, the CA given by `--cacert`). A connection per request: a command sends one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,8 +88,11 @@ impl Server {
             (true, None) => bail!(
                 "--server {url}: https needs --cacert PEM (the CA that signed the server's certificate)"
             ),
-            (true, Some(cacert)) => Some(tls(cacert, &host)?),
+            (true, Some(cacert)) => Some(tls(cacert, target.client_identity.as_ref(), &host)?),
         };
+        if !https && target.client_identity.is_some() {
+            bail!("--client-cert is for an https:// server; --server is {url}");
+        }
         Ok(Server {
             url: url.to_string(),
             authority: authority.as_str().to_string(),
@@ -176,14 +179,16 @@ impl Server {
             .and_then(|r| r)
             .with_context(unreachable)?;
         let _ = stream.set_nodelay(true);
+        // Connected: what fails now is the exchange (a TLS alert, a connection closed early).
+        let failed = || format!("the request to {} failed", self.url);
         match &self.tls {
-            None => one_request(stream, request).await.with_context(unreachable),
+            None => one_request(stream, request).await.with_context(failed),
             Some((connector, name)) => {
                 let stream = connector
                     .connect(name.clone(), stream)
                     .await
                     .with_context(|| format!("TLS with {} failed", self.url))?;
-                one_request(stream, request).await.with_context(unreachable)
+                one_request(stream, request).await.with_context(failed)
             }
         }
     }
@@ -228,9 +233,11 @@ fn refused(value: &Json, status: StatusCode) -> Refused {
     }
 }
 
-/// A TLS client trusting the CAs of `cacert`, for `host`.
+/// A TLS client trusting the CAs of `cacert`, for `host`, presenting `identity` (certificate and
+/// key files) if given.
 fn tls(
     cacert: &Path,
+    identity: Option<&(PathBuf, PathBuf)>,
     host: &str,
 ) -> anyhow::Result<(tokio_rustls::TlsConnector, pki_types::ServerName<'static>)> {
     use pki_types::pem::PemObject as _;
@@ -246,11 +253,29 @@ fn tls(
         bail!("--cacert {}: no certificate in it", cacert.display());
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS set-up")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        None => config.with_no_client_auth(),
+        Some((cert, key)) => {
+            let read = |flag: &str, path: &Path| {
+                std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))
+            };
+            let chain = pki_types::CertificateDer::pem_slice_iter(&read("--client-cert", cert)?)
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("--client-cert {}: not PEM", cert.display()))?;
+            if chain.is_empty() {
+                bail!("--client-cert {}: no certificate in it", cert.display());
+            }
+            let key = pki_types::PrivateKeyDer::from_pem_slice(&read("--client-key", key)?)
+                .with_context(|| format!("--client-key {}: no private key in it", key.display()))?;
+            config
+                .with_client_auth_cert(chain, key)
+                .context("--client-cert and --client-key do not make a client identity")?
+        }
+    };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let name = pki_types::ServerName::try_from(host.to_string())
         .with_context(|| format!("'{host}' is not a host name TLS can check"))?;

@@ -30,6 +30,8 @@ pub(crate) struct Target {
     pub(crate) url: String,
     /// PEM file of the CA that signed an `https://` server's certificate.
     pub(crate) cacert: Option<PathBuf>,
+    /// Certificate and key PEM files, for a server that asks for a client certificate.
+    pub(crate) client_identity: Option<(PathBuf, PathBuf)>,
 }
 
 /// A file of rules or a filter, or `-` for stdin, read whole; TOML unless it is JSON (a `.json`
