@@ -44,10 +44,21 @@ pub(crate) struct Server {
     tls: Option<(tokio_rustls::TlsConnector, pki_types::ServerName<'static>)>,
 }
 
-/// An answer of the server, 2xx.
+/// An answer of the server, 2xx: JSON, parsed only as a command needs it (`--json` prints it as
+/// received).
 pub(crate) struct Answer {
     pub(crate) body: Bytes,
-    pub(crate) value: Json,
+}
+
+impl Answer {
+    pub(crate) fn json(&self) -> anyhow::Result<Json> {
+        self.parse()
+    }
+
+    pub(crate) fn parse<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
+        serde_json::from_slice(&self.body)
+            .context("the server's answer is not the admin API's JSON")
+    }
 }
 
 /// The server refused the request (a status other than OK), with its own message.
@@ -151,18 +162,18 @@ impl Server {
                 })?
         };
         let (status, body) = runtime.block_on(exchange)?;
-        let value: Json = match serde_json::from_slice(&body) {
-            Ok(value) => value,
-            Err(_) => bail!(
+        let is_json = |body: &[u8]| body.first() == Some(&b'{');
+        if status.is_success() && is_json(&body) {
+            return Ok(Answer { body });
+        }
+        match serde_json::from_slice::<Json>(&body) {
+            Ok(value) if !status.is_success() => Err(refused(&value, status).into()),
+            _ => bail!(
                 "{} answered HTTP {status} with a body that is not the admin API's JSON (is it protodrop?): {}",
                 self.url,
                 String::from_utf8_lossy(&body[..body.len().min(300)])
             ),
-        };
-        if !status.is_success() {
-            return Err(refused(&value, status).into());
         }
-        Ok(Answer { body, value })
     }
 
     async fn exchange(&self, request: Request<Full<Bytes>>) -> anyhow::Result<(StatusCode, Bytes)> {

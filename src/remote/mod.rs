@@ -117,18 +117,19 @@ pub(crate) fn calls(
     if json {
         return show::raw(&answer);
     }
-    let calls = answer.value["calls"]
-        .as_array()
-        .map_or(&[][..], Vec::as_slice);
-    show::calls(calls)?;
-    show::dropped(&answer.value);
+    let listing: show::Listing = answer.parse()?;
+    show::calls(&listing.calls)?;
+    show::dropped(&listing.dropped);
     Ok(())
 }
 
 /// `protodrop calls clear`: empties the journal.
 pub(crate) fn clear_calls(target: &Target) -> anyhow::Result<()> {
     let answer = Server::new(target)?.send(http::Verb::Delete, &route("calls"), None)?;
-    println!("cleared {} call(s)", show::number(&answer.value["cleared"]));
+    println!(
+        "cleared {} call(s)",
+        show::number(&answer.json()?["cleared"])
+    );
     Ok(())
 }
 
@@ -149,16 +150,14 @@ pub(crate) fn verify(
     let answer = server
         .send(http::Verb::Post, &route("calls:verify"), Some(&body))
         .map_err(|e| submitted.rename(e))?;
-    let count = show::number(&answer.value["count"]);
+    let listing: show::Listing = answer.parse()?;
+    let count = show::number(&listing.count);
     if json {
         show::raw(&answer)?;
     } else {
-        println!("{count} matching call(s)");
-        let calls = answer.value["calls"]
-            .as_array()
-            .map_or(&[][..], Vec::as_slice);
-        show::calls(calls)?;
-        show::dropped(&answer.value);
+        show::line(&format!("{count} matching call(s)"))?;
+        show::calls(&listing.calls)?;
+        show::dropped(&listing.dropped);
     }
     match expect {
         Some(expected) if expected != count => {
@@ -184,7 +183,7 @@ pub(crate) fn add_rules(target: &Target, file: &Path, json: bool) -> anyhow::Res
         return show::raw(&answer);
     }
     show::rules(
-        answer.value["rules"]
+        answer.json()?["rules"]
             .as_array()
             .map_or(&[][..], Vec::as_slice),
     )
@@ -206,7 +205,7 @@ pub(crate) fn list_rules(target: &Target, method: Option<&str>, json: bool) -> a
         return show::raw(&answer);
     }
     show::rules(
-        answer.value["rules"]
+        answer.json()?["rules"]
             .as_array()
             .map_or(&[][..], Vec::as_slice),
     )
@@ -230,7 +229,7 @@ pub(crate) fn reset_rules(target: &Target) -> anyhow::Result<()> {
         Server::new(target)?.send(http::Verb::Post, &route("rules:reset"), Some(&json!({})))?;
     println!(
         "deleted {} runtime rule(s)",
-        show::number(&answer.value["deleted"])
+        show::number(&answer.json()?["deleted"])
     );
     Ok(())
 }
