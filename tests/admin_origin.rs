@@ -12,8 +12,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use common::*;
-use prost::Message as _;
-use prost_reflect::{DescriptorPool, DynamicMessage};
+use prost_reflect::DescriptorPool;
 use tonic::Code;
 
 const RULES: &str = "/protodrop/admin/v1/rules";
