@@ -43,6 +43,143 @@ pub enum Command {
     Serve(ServeArgs),
     /// Load protos and handlers, print every problem, and exit non-zero if there is any.
     Check(CheckArgs),
+    /// List the calls a running server journaled (it needs --journal): a line per call, or its
+    /// admin API's JSON with --json. `calls clear` empties the journal.
+    Calls(CallsArgs),
+    /// Count and list the journaled calls a filter matches (TOML or JSON, as the admin API's Verify
+    /// takes); with --expect N, exit 1 unless exactly N match.
+    Verify(VerifyArgs),
+    /// Add, list, delete or reset the runtime rules of a running server.
+    Rules(RulesArgs),
+}
+
+/// The listen address `serve` takes by default, and so the server the client commands call.
+macro_rules! default_listen {
+    () => {
+        "127.0.0.1:50051"
+    };
+}
+
+/// Which running server the client commands (`calls`, `verify`, `rules`) talk to.
+#[derive(Args, Debug, Clone)]
+pub struct RemoteArgs {
+    /// The server's URL: where its admin API is (the main port, or --admin-listen's). http://, or
+    /// https:// with --cacert.
+    #[arg(long, global = true, env = "PROTODROP_SERVER", default_value = concat!("http://", default_listen!()), value_name = "URL")]
+    pub server: String,
+
+    /// PEM file with the CA certificate(s) that signed an https:// server's certificate (its
+    /// --tls-cert).
+    #[arg(long, global = true, env = "PROTODROP_CACERT", value_name = "PEM")]
+    pub cacert: Option<PathBuf>,
+
+    /// PEM file with a client certificate (its chain, leaf first), for a server started with
+    /// --tls-client-ca (mutual TLS). Needs --client-key.
+    #[arg(
+        long,
+        global = true,
+        env = "PROTODROP_CLIENT_CERT",
+        requires = "client_key",
+        value_name = "PEM"
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM file with the private key of --client-cert. Needs --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "PROTODROP_CLIENT_KEY",
+        requires = "client_cert",
+        value_name = "PEM"
+    )]
+    pub client_key: Option<PathBuf>,
+}
+
+/// `calls`: list the journal, or `calls clear`.
+#[derive(Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct CallsArgs {
+    #[command(subcommand)]
+    pub action: Option<CallsAction>,
+    /// Only calls of this method (`pkg.Service/Method`).
+    #[arg(long, value_name = "METHOD")]
+    pub method: Option<String>,
+    /// Only the newest N calls.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+    /// Print the admin API's answer (ListCalls JSON: every frame of every call) instead of a line
+    /// per call.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum CallsAction {
+    /// Empty the journal (between tests).
+    Clear,
+}
+
+/// `verify FILTER`.
+#[derive(Args, Debug, Clone)]
+pub struct VerifyArgs {
+    /// A filter file, `-` for stdin: `method = "pkg.Service/Method"`, `when.request.FIELD = …`,
+    /// `when.metadata.KEY = …`, `status = "OK"`, written as a rule's `when` (TOML), or the same as a
+    /// JSON object (a .json file, or text starting with `{`).
+    #[arg(value_name = "FILTER_FILE")]
+    pub filter: PathBuf,
+    /// Exit 1 (after printing) unless exactly N calls match: what a shell test asserts.
+    #[arg(long, value_name = "N")]
+    pub expect: Option<u64>,
+    /// Print the admin API's answer (Verify JSON, the matching calls in full) instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// `rules …`.
+#[derive(Args, Debug, Clone)]
+pub struct RulesArgs {
+    #[command(subcommand)]
+    pub action: RulesAction,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum RulesAction {
+    /// Add the rules of a file (`-` for stdin), written as in a handler file (TOML, or the same as
+    /// JSON); all or none: a bad file changes nothing and its problems name file:line:column.
+    /// Prints each new rule's id.
+    Add {
+        /// The rules' file, `-` for stdin: `[[rule]]` tables with `method = …` (TOML), or the same
+        /// structure as a JSON object (a .json file, or text starting with `{`).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Print the admin API's answer (AddRules JSON).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every rule served (runtime ones and the handler files'), per method in the order tried:
+    /// id (`-` for a file's), method, origin.
+    List {
+        /// Only rules of this method (`pkg.Service/Method`).
+        #[arg(long, value_name = "METHOD")]
+        method: Option<String>,
+        /// Print the admin API's answer (ListRules JSON, each rule's text included).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete one runtime rule by its id (`r1`).
+    Delete {
+        /// The id `rules add` printed (`r1`).
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Delete every runtime rule: the handler files' rules alone answer again.
+    Reset,
 }
 
 impl Cli {
@@ -185,7 +322,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "PROTODROP_LISTEN",
-        default_value = "127.0.0.1:50051",
+        default_value = default_listen!(),
         value_name = "ADDR"
     )]
     pub listen: SocketAddr,
@@ -277,6 +414,15 @@ pub struct ServeArgs {
     /// server others can reach. `none` turns CORS off.
     #[arg(long, env = "PROTODROP_CORS_ORIGIN", value_delimiter = ',', default_value = "*", value_parser = crate::server::cors::parse_origin, value_name = "ORIGIN")]
     pub cors_origin: Vec<String>,
+
+    /// Origin whose web pages may call the admin API (rules, calls), e.g. http://localhost:3000;
+    /// repeatable (the environment variable takes a ','-separated list), `*` for any. By default
+    /// none: a page's request to an admin path (one with an `Origin` header) is answered
+    /// PERMISSION_DENIED, so a page open in your browser cannot change what the mock answers.
+    /// Clients that are not browsers send no `Origin` and are not affected. The origin must also
+    /// pass --cors-origin.
+    #[arg(long, help_heading = "Admin API", env = "PROTODROP_ADMIN_CORS_ORIGIN", value_delimiter = ',', value_parser = crate::server::cors::parse_origin, value_name = "ORIGIN")]
+    pub admin_cors_origin: Vec<String>,
 
     /// Serve the admin API (protodrop.admin.v1.Admin: rules, calls, verification) only on this
     /// address, a listener of its own, instead of on the main port beside the protos' services (where

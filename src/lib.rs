@@ -35,6 +35,7 @@ mod metrics;
 mod observe;
 mod protocol;
 mod protos;
+mod remote;
 mod rules;
 mod script;
 mod server;

@@ -26,6 +26,9 @@ fn main() -> ExitCode {
     let result = match cli.command() {
         Command::Serve(args) => run::serve(args),
         Command::Check(args) => run::check(&args),
+        Command::Calls(args) => run::calls(&args),
+        Command::Verify(args) => run::verify(&args),
+        Command::Rules(args) => run::rules(&args),
     };
     // The last log lines before the error, if any.
     drop(flush_at_exit);

@@ -1,4 +1,5 @@
-//! The two commands, `serve` and `check`, as the binary runs them: everything between parsed flags
+//! The commands as the binary runs them — `serve` and `check`, and the client commands of a running
+//! server's admin API (`calls`, `verify`, `rules`, see `remote`): everything between parsed flags
 //! and an exit code (the binary itself only parses flags and sets up logging).
 
 use std::future::Future;
@@ -11,13 +12,17 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
-use crate::cli::{CheckArgs, LogFormat, ServeArgs};
+use crate::cli::{
+    CallsAction, CallsArgs, CheckArgs, LogFormat, RemoteArgs, RulesAction, RulesArgs, ServeArgs,
+    VerifyArgs,
+};
 use crate::observe::journal::{Caps, Journal};
 use crate::observe::Observer;
 use crate::protocol::ServiceSettings;
+use crate::remote;
 use crate::rules;
 use crate::server;
-use crate::server::cors::CorsOrigins;
+use crate::server::cors::CorsPolicy;
 use crate::state::reload;
 use crate::state::{Method, Registry, Sources, State};
 
@@ -112,6 +117,47 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `protodrop calls`: the journal of the server at `--server`, or `calls clear`.
+pub fn calls(args: &CallsArgs) -> anyhow::Result<ExitCode> {
+    let target = target(&args.remote);
+    match args.action {
+        Some(CallsAction::Clear) => remote::clear_calls(&target)?,
+        None => remote::calls(&target, args.method.as_deref(), args.limit, args.json)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `protodrop verify`: exits 1 when `--expect` is not the count.
+pub fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    let as_expected = remote::verify(&target(&args.remote), &args.filter, args.expect, args.json)?;
+    Ok(match as_expected {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::FAILURE,
+    })
+}
+
+/// `protodrop rules add|list|delete|reset`.
+pub fn rules(args: &RulesArgs) -> anyhow::Result<ExitCode> {
+    let target = target(&args.remote);
+    match &args.action {
+        RulesAction::Add { file, json } => remote::add_rules(&target, file, *json)?,
+        RulesAction::List { method, json } => {
+            remote::list_rules(&target, method.as_deref(), *json)?
+        }
+        RulesAction::Delete { id } => remote::delete_rule(&target, id)?,
+        RulesAction::Reset => remote::reset_rules(&target)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn target(args: &RemoteArgs) -> remote::Target {
+    remote::Target {
+        url: args.server.clone(),
+        cacert: args.cacert.clone(),
+        client_identity: args.client_cert.clone().zip(args.client_key.clone()),
+    }
+}
+
 /// Scripts that may run at once (tokio's blocking pool; a streaming script also uses one helper
 /// thread). Threads are only made when needed and their stacks are reserved, not touched.
 pub(crate) const MAX_SCRIPT_THREADS: usize = 4096;
@@ -140,7 +186,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         sources.natives.push(admin.service().clone());
     }
     crate::metrics::global().set_enabled(!args.no_metrics);
-    let cors = CorsOrigins::from_flags(&args.cors_origin).map_err(anyhow::Error::msg)?;
+    let cors = CorsPolicy::from_flags(&args.cors_origin, &args.admin_cors_origin)
+        .map_err(anyhow::Error::msg)?;
     // Read the TLS files before anything slower, so a wrong path fails at once.
     let tls = args
         .tls_files()
@@ -242,7 +289,7 @@ fn serve_on(
     args: ServeArgs,
     sources: Sources,
     tls: Option<server::TlsSettings>,
-    cors: CorsOrigins,
+    cors: CorsPolicy,
     registries: Registries,
 ) -> anyhow::Result<ExitCode> {
     let Registries {

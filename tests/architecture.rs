@@ -21,6 +21,8 @@ const LAYERS: &[&[&str]] = &[
     &["admin"],
     &["protocol"],
     &["server"],
+    // The client commands' HTTP client of the admin API: it knows `admin`'s paths, not the server.
+    &["remote"],
     &["cli"],
     &["run"],
     // Crate-level tests and the fuzzing entry points reach into every layer.

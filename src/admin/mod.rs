@@ -28,6 +28,25 @@ use crate::state::{NativeService, Registry, State};
 /// The service's full name.
 pub(crate) const SERVICE: &str = "protodrop.admin.v1.Admin";
 
+/// The path of every admin call over gRPC, gRPC-Web and Connect starts with this…
+pub(crate) const METHOD_PREFIX: &str = "/protodrop.admin.v1.Admin/";
+/// …and every `google.api.http` route of [`PROTO`] with this (a unit test holds the proto to it).
+pub(crate) const ROUTE_PREFIX: &str = "/protodrop/admin/v1/";
+
+/// Whether a request to `path` is (or could be routed as) an admin call: what the server's origin
+/// guard checks before any routing, so it holds whichever protocol or route the request takes.
+/// Leading slashes are not counted and escapes are decoded first, because the route table matches
+/// `/%70rotodrop/admin/v1/rules` as the `rules` route (a decode only for a path with a `%`).
+pub(crate) fn is_admin_path(path: &str) -> bool {
+    fn under(path: &str) -> bool {
+        let path = path.trim_start_matches('/');
+        path.starts_with(&METHOD_PREFIX[1..]) || path.starts_with(&ROUTE_PREFIX[1..])
+    }
+    under(path)
+        || (path.contains('%')
+            && under(&percent_encoding::percent_decode_str(path).decode_utf8_lossy()))
+}
+
 /// The admin API's contract, bundled in the binary, and the name reflection gives its file.
 pub(crate) const PROTO: &str = include_str!("admin.proto");
 pub(crate) const PROTO_NAME: &str = "protodrop/admin/v1/admin.proto";
@@ -134,6 +153,38 @@ mod tests {
             service.routes.skipped
         );
         assert_eq!(service.routes.len(), 8);
+        // Every route is under ROUTE_PREFIX, or the origin guard would miss it.
+        let templates: Vec<&str> = PROTO
+            .lines()
+            .filter_map(|l| {
+                l.split_once("{get: \"")
+                    .or_else(|| l.split_once("{post: \""))
+                    .or_else(|| l.split_once("{put: \""))
+                    .or_else(|| l.split_once("{delete: \""))
+            })
+            .map(|(_, rest)| rest)
+            .collect();
+        assert_eq!(templates.len(), 8, "{templates:?}");
+        assert!(templates.iter().all(|t| is_admin_path(t)), "{templates:?}");
+        assert!(is_admin_path(&format!("/{}", service.methods[0].name)));
+        for path in [
+            "/%70rotodrop/admin/v1/rules",
+            "/protodrop/%61dmin/v1/calls",
+            "//protodrop/admin/v1/rules",
+            "/protodrop%2Fadmin%2Fv1/rules",
+            "/protodrop.admin.v1.Admin/ResetRules",
+            "/protodrop%2Eadmin.v1.Admin/ResetRules",
+        ] {
+            assert!(is_admin_path(path), "{path}");
+        }
+        for path in [
+            "/t.Svc/Unary",
+            "/protodrop/other",
+            "/v1/protodrop/admin/v1/x",
+            "/%zz",
+        ] {
+            assert!(!is_admin_path(path), "{path}");
+        }
         // Every method has its function (none falls to the catch-all).
         for method in &service.methods {
             assert!(

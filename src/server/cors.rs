@@ -3,6 +3,16 @@
 //! `access-control-allow-origin` and expose the gRPC status headers plus every header the answer
 //! has (handler `headers` included). A request from an origin that is not allowed gets `403`.
 //! Requests without an `Origin` header skip all of this.
+//!
+//! The admin API is guarded here too (`--admin-cors-origin`): a request to an admin path that
+//! carries an `Origin` the flag does not name is answered PERMISSION_DENIED in its protocol's form
+//! ([`Router::refusal`]) before anything is routed, preflights included, whatever `--cors-origin`
+//! says (with CORS off a page can still *send* a simple `text/plain` POST; it only cannot read the
+//! answer). Only browsers send `Origin`, so curl, grpcio, grpcurl and buf curl are not affected. It
+//! sits in this layer, not further in, because the `Origin` lookup is already made here for every
+//! request (a request without one pays nothing more) and because a preflight never reaches the
+//! router. Not even the server's own origin passes: protodrop serves no page that could call it,
+//! and a `Host` that matches the `Origin` is what a DNS-rebinding page sends.
 
 use std::time::Duration;
 
@@ -16,6 +26,7 @@ use tower::{Layer as _, ServiceExt as _};
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, Cors, CorsLayer, ExposeHeaders};
 
 use super::router::Router;
+use crate::admin;
 use crate::observe::Peer;
 use crate::protocol::{Body, ResponseFuture};
 
@@ -62,10 +73,72 @@ impl CorsOrigins {
     }
 
     fn allows(&self, origin: &HeaderValue) -> bool {
+        self.allows_bytes(origin.as_bytes())
+    }
+
+    fn allows_str(&self, origin: &str) -> bool {
+        self.allows_bytes(origin.as_bytes())
+    }
+
+    fn allows_bytes(&self, origin: &[u8]) -> bool {
         match self {
             Self::Off => false,
             Self::Any => true,
-            Self::List(list) => list.iter().any(|o| o.as_bytes() == origin.as_bytes()),
+            Self::List(list) => list.iter().any(|o| o.as_bytes() == origin),
+        }
+    }
+}
+
+/// What `--cors-origin` and `--admin-cors-origin` allow together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CorsPolicy {
+    /// Origins whose pages may call the server's methods.
+    pub(crate) calls: CorsOrigins,
+    /// Origins whose pages may call the admin API as well (`Off`, none, by default).
+    pub(crate) admin: CorsOrigins,
+}
+
+impl CorsPolicy {
+    /// From the values of both flags (each already checked by [`parse_origin`]). An admin origin
+    /// must also pass `--cors-origin`, or its pages could send calls but never read an answer.
+    pub(crate) fn from_flags(calls: &[String], admin: &[String]) -> Result<Self, String> {
+        let calls = CorsOrigins::from_flags(calls)?;
+        let admin = match admin {
+            [] => CorsOrigins::Off,
+            [v] if v == "*" => CorsOrigins::Any,
+            _ if admin.iter().any(|v| v == "*" || v == "none") => {
+                return Err(format!(
+                    "--admin-cors-origin: '*' stands alone and 'none' is the default (got: {})",
+                    admin.join(", ")
+                ))
+            }
+            _ => CorsOrigins::List(admin.to_vec()),
+        };
+        let refused: Vec<&str> = match &admin {
+            CorsOrigins::Off => Vec::new(),
+            CorsOrigins::Any if calls != CorsOrigins::Any => vec!["*"],
+            CorsOrigins::Any => Vec::new(),
+            CorsOrigins::List(list) => list
+                .iter()
+                .filter(|o| !calls.allows_str(o))
+                .map(String::as_str)
+                .collect(),
+        };
+        if !refused.is_empty() {
+            return Err(format!(
+                "--admin-cors-origin {} is not allowed by --cors-origin ({calls}): add it there too",
+                refused.join(", ")
+            ));
+        }
+        Ok(CorsPolicy { calls, admin })
+    }
+}
+
+impl std::fmt::Display for CorsPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.admin {
+            CorsOrigins::Off => write!(f, "{}; admin API: no origin", self.calls),
+            admin => write!(f, "{}; admin API: {admin}", self.calls),
         }
     }
 }
@@ -142,22 +215,58 @@ fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
 /// CORS around the router: one for the whole server.
 pub(crate) struct WithCors {
     origins: CorsOrigins,
+    /// Origins whose pages may call the admin API (`--admin-cors-origin`).
+    admin_origins: CorsOrigins,
     /// `None` when CORS is off.
     cors: Option<Cors<Router>>,
     router: Router,
 }
 
 impl WithCors {
-    pub(crate) fn new(origins: CorsOrigins, router: Router) -> Self {
+    pub(crate) fn new(policy: CorsPolicy, router: Router) -> Self {
+        let CorsPolicy {
+            calls: origins,
+            admin: admin_origins,
+        } = policy;
         let cors = match &origins {
             CorsOrigins::Off => None,
             origins => Some(cors_layer(origins).layer(router.clone())),
         };
         WithCors {
             origins,
+            admin_origins,
             cors,
             router,
         }
+    }
+
+    /// PERMISSION_DENIED for a page's request to the admin API, in the request's protocol (a
+    /// preflight gets HTTP/JSON's 403): its origin is not in `--admin-cors-origin`.
+    fn refuse_admin(&self, request: &Request<Body>, origin: &HeaderValue) -> ResponseFuture {
+        let origin = String::from_utf8_lossy(origin.as_bytes());
+        let path = request.uri().path();
+        tracing::warn!(%origin, path, "refused: a page's call to the admin API (origin not in --admin-cors-origin)");
+        let status = tonic::Status::permission_denied(format!(
+            "protodrop: pages from origin {origin} may not call the admin API (allowed: {}); \
+             start protodrop with --admin-cors-origin {origin} to allow them",
+            match &self.admin_origins {
+                CorsOrigins::Off => "none".to_string(),
+                allowed => allowed.to_string(),
+            }
+        ));
+        let mut response = Router::refusal(request, &status);
+        // A page that may call the server's methods may read why this call was refused; a
+        // preflight gets no CORS header at all (it grants nothing).
+        let preflight = request.method() == Method::OPTIONS;
+        if !preflight && self.cors.is_some() && self.origins.allows_str(&origin) {
+            if let Ok(value) = HeaderValue::from_str(&origin) {
+                let headers = response.headers_mut();
+                headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+                headers.insert(header::VARY, HeaderValue::from_static("origin"));
+            }
+            expose_all(&mut response);
+        }
+        futures::future::ready(Ok(response)).boxed()
     }
 
     /// The answer to one request. Takes `&self`, as hyper's services do: the server shares one
@@ -167,7 +276,13 @@ impl WithCors {
         request: Request<Body>,
         peer: Option<SocketAddr>,
     ) -> ResponseFuture {
-        let cors = match (&self.cors, request.headers().get(header::ORIGIN)) {
+        let origin = request.headers().get(header::ORIGIN);
+        if let Some(origin) = origin {
+            if admin::is_admin_path(request.uri().path()) && !self.admin_origins.allows(origin) {
+                return self.refuse_admin(&request, origin);
+            }
+        }
+        let cors = match (&self.cors, origin) {
             (Some(cors), Some(origin)) => {
                 if !self.origins.allows(origin) {
                     let origin = String::from_utf8_lossy(origin.as_bytes()).into_owned();
@@ -273,5 +388,27 @@ mod tests {
         );
         assert!(CorsOrigins::from_flags(&v(&["*", "http://a"])).is_err());
         assert!(CorsOrigins::from_flags(&v(&["none", "http://a"])).is_err());
+    }
+
+    #[test]
+    fn admin_origins_default_to_none_and_must_pass_cors_origin() {
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let policy = CorsPolicy::from_flags(&v(&["*"]), &[]).unwrap();
+        assert_eq!(policy.admin, CorsOrigins::Off);
+        let policy = CorsPolicy::from_flags(&v(&["*"]), &v(&["http://a"])).unwrap();
+        assert_eq!(policy.admin, CorsOrigins::List(v(&["http://a"])));
+        let policy = CorsPolicy::from_flags(&v(&["http://a", "http://b"]), &v(&["http://b"]));
+        assert!(policy.is_ok());
+        let refused = CorsPolicy::from_flags(&v(&["http://a"]), &v(&["http://b"])).unwrap_err();
+        assert!(refused.contains("http://b"), "{refused}");
+        assert!(CorsPolicy::from_flags(&v(&["none"]), &v(&["http://a"])).is_err());
+        assert!(CorsPolicy::from_flags(&v(&["http://a"]), &v(&["*"])).is_err());
+        assert!(CorsPolicy::from_flags(&v(&["*"]), &v(&["*", "http://a"])).is_err());
+        assert_eq!(
+            CorsPolicy::from_flags(&v(&["*"]), &v(&["*"]))
+                .unwrap()
+                .admin,
+            CorsOrigins::Any
+        );
     }
 }

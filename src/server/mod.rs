@@ -34,7 +34,7 @@ pub(crate) mod router;
 mod streams;
 mod tls;
 
-use cors::{CorsOrigins, WithCors};
+use cors::{CorsPolicy, WithCors};
 use preface::PrefaceDeadline;
 use router::Router;
 use streams::StreamExecutor;
@@ -90,7 +90,7 @@ pub(crate) async fn serve(
     registry: Arc<Registry>,
     settings: ServiceSettings,
     connection: ConnectionSettings,
-    cors: CorsOrigins,
+    cors: CorsPolicy,
     shutdown: Shutdown<impl Future<Output = ()> + Send>,
 ) {
     let service = Http {

@@ -255,6 +255,22 @@ impl Router {
         }
     }
 
+    /// `status` as the answer to `request`, in the protocol it speaks (its error form), without
+    /// serving it: what the origin guard in front of the router (`cors.rs`) answers. A gRPC-Web
+    /// request gets a trailers-only answer of its own content type (grpc-status in the headers).
+    pub(crate) fn refusal(request: &http::Request<Body>, status: &Status) -> HttpResponse {
+        let kind = Kind::of(request);
+        let mut response = error_answer(kind, status);
+        if kind == Kind::GrpcWeb {
+            if let Some(content_type) = request.headers().get(header::CONTENT_TYPE) {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, content_type.clone());
+            }
+        }
+        response
+    }
+
     /// A Connect answer, unless the shutdown cut comes first (Connect's own deadline is inside it).
     fn connect(
         &self,
