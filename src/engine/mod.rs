@@ -180,6 +180,9 @@ pub(crate) trait Watch: Send + Sync {
     fn rule(&self, index: usize);
     /// No rule of the method matched the request just read.
     fn unmatched(&self);
+    /// The request metadata of a call with one request, handed over when the engine is done with
+    /// it, so that keeping it costs no copy (a streaming call's watcher copies it at the start).
+    fn metadata(&self, metadata: MetadataMap);
 }
 
 /// One request message: encoded protobuf as it came (the engine may answer from these bytes

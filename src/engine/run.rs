@@ -251,15 +251,25 @@ async fn single_request(
     reserve: usize,
     watch: Option<&dyn Watch>,
 ) -> Result<Reply, Status> {
+    // A unary call's metadata goes to its watcher when answered, however the answer goes; a
+    // server stream's watcher has its own copy (the stream keeps the metadata to the end).
+    let mut metadata = HandOver {
+        metadata,
+        watch: watch.filter(|_| !method.desc.is_server_streaming()),
+    };
     let request = requests.one().await?;
     let mut input = Input::new(&method, request)?;
     let index = select(&method, &mut input, None, &metadata, watch)?;
     let (rule, compiled) = chosen(&method, index, &input)?;
     if let Some(delay) = rule.delay {
+        // The journal shows the metadata of a call in flight.
+        metadata.now();
         tokio::time::sleep(delay).await;
     }
     match &rule.answer {
         Answer::Script(script) => {
+            metadata.now();
+            let metadata = std::mem::take(&mut metadata.metadata);
             let base = ScriptMetadata::render(rule, &input.scope(&metadata))?;
             let request = match input {
                 // Shown lazily from its bytes (see `script_lazy`).
@@ -277,6 +287,7 @@ async fn single_request(
             }
         }
         Answer::Stream(_) => {
+            let metadata = std::mem::take(&mut metadata.metadata);
             let scope = input.scope(&metadata);
             let headers = headers_of(rule, &scope)?;
             let trailers = trailers_of(rule, &scope)?;
@@ -315,6 +326,37 @@ async fn single_request(
                 limit,
                 reserve,
             )
+        }
+    }
+}
+
+/// A call's metadata, given to the watcher ([`Watch::metadata`]) when dropped, or at once by
+/// [`HandOver::now`] (a copy, for a call that goes on with it).
+struct HandOver<'w> {
+    metadata: MetadataMap,
+    watch: Option<&'w dyn Watch>,
+}
+
+impl HandOver<'_> {
+    fn now(&mut self) {
+        if let Some(watch) = self.watch.take() {
+            watch.metadata(self.metadata.clone());
+        }
+    }
+}
+
+impl std::ops::Deref for HandOver<'_> {
+    type Target = MetadataMap;
+
+    fn deref(&self) -> &MetadataMap {
+        &self.metadata
+    }
+}
+
+impl Drop for HandOver<'_> {
+    fn drop(&mut self) {
+        if let Some(watch) = self.watch {
+            watch.metadata(std::mem::take(&mut self.metadata));
         }
     }
 }

@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -163,7 +163,8 @@ pub(crate) struct Record {
     peer: Option<std::net::SocketAddr>,
     started: SystemTime,
     clock: Instant,
-    metadata: MetadataMap,
+    /// The request metadata (set once: see [`Record::start`]).
+    metadata: OnceLock<MetadataMap>,
     /// The journal it is in; `None` when only the log is on.
     journal: Option<&'static Journal>,
     /// Left the journal (dropped or cleared): its bytes are no longer counted there.
@@ -311,11 +312,14 @@ impl Record {
         journal: Option<&'static Journal>,
     ) -> Record {
         let id = journal.map_or(0, |j| j.next_id.fetch_add(1, Ordering::Relaxed));
-        // Only the journal reads the metadata; the log line does not.
-        let metadata = match journal {
-            Some(_) => call.metadata.clone(),
-            None => MetadataMap::new(),
-        };
+        // Only the journal reads the metadata; a call with one request hands it over when
+        // answered (`Watch::metadata`), a streaming one is copied now.
+        let metadata = OnceLock::new();
+        let streaming = call.method.desc.is_client_streaming();
+        let streaming = streaming || call.method.desc.is_server_streaming();
+        if journal.is_some() && streaming {
+            let _ = metadata.set(call.metadata.clone());
+        }
         let clock = Instant::now();
         Record {
             id,
@@ -326,7 +330,7 @@ impl Record {
             journal,
             detached: AtomicBool::new(false),
             progress: Mutex::new(Progress {
-                bytes: metadata_size(&metadata),
+                bytes: metadata.get().map_or(0, metadata_size),
                 method: Some(call.method.clone()),
                 ..Progress::default()
             }),
@@ -571,7 +575,7 @@ impl Record {
             "method": method.name,
             "peer": self.peer.map(|p| p.to_string()).unwrap_or_default(),
             "startTime": humantime::format_rfc3339_nanos(self.started).to_string(),
-            "requestMetadata": metadata_json(&self.metadata),
+            "requestMetadata": metadata_json(self.metadata()),
             "frames": frames,
             "rules": progress.rules.iter().map(|&i| method.rule_origin(i)).collect::<Vec<_>>(),
             "droppedFrames": progress.dropped_frames.to_string(),
@@ -606,7 +610,7 @@ impl Record {
             .rules
             .iter()
             .map(|rule| {
-                let miss = rule.near_miss(request.as_ref(), &self.metadata);
+                let miss = rule.near_miss(request.as_ref(), self.metadata());
                 let value = json!({
                     "rule": rule.origin,
                     "held": miss.held,
@@ -655,7 +659,7 @@ impl Record {
         progress.frames.shrink_to_fit();
         let size = json.to_string().len()
             + progress.frames.iter().map(|f| f.size()).sum::<usize>()
-            + metadata_size(&self.metadata);
+            + metadata_size(self.metadata());
         let before = progress.bytes;
         progress.settled = Some(Settled {
             name: method.name.clone(),
@@ -675,8 +679,10 @@ impl Record {
         self.trim_if(over);
     }
 
+    /// The request metadata (none yet for a call with one request still being answered).
     pub(crate) fn metadata(&self) -> &MetadataMap {
-        &self.metadata
+        static NONE: LazyLock<MetadataMap> = LazyLock::new(MetadataMap::new);
+        self.metadata.get().unwrap_or(&NONE)
     }
 
     /// The code the call ended with; `None` while it is in flight.
@@ -696,6 +702,19 @@ impl Watch for Record {
 
     fn unmatched(&self) {
         self.progress().unmatched = true;
+    }
+
+    fn metadata(&self, metadata: MetadataMap) {
+        if self.journal.is_none() {
+            return;
+        }
+        let mut progress = self.progress();
+        let size = metadata_size(&metadata);
+        if self.metadata.set(metadata).is_ok() {
+            let over = self.grow(&mut progress, size);
+            drop(progress);
+            self.trim_if(over);
+        }
     }
 }
 

@@ -24,6 +24,7 @@ const PROTO: &str = r#"
         rpc Unary(Req) returns (Rep);
         rpc Chat(stream Req) returns (stream Rep);
         rpc Picky(Req) returns (Rep);
+        rpc Slow(Req) returns (Rep);
     }
 "#;
 
@@ -51,6 +52,11 @@ reply = { text = "yes" }
 method = "o.S/Picky"
 when.metadata.x-key = "k"
 reply = { text = "key" }
+
+[[rule]]
+method = "o.S/Slow"
+delay = "300ms"
+reply = { text = "late" }
 "##;
 
 fn methods() -> &'static (DescriptorPool, Vec<Arc<Method>>) {
@@ -432,4 +438,56 @@ async fn a_request_read_from_a_larger_buffer_is_kept_alone_not_with_the_buffer()
         "the journal keeps the connection's 1 MiB buffer for a {}-byte request",
         kept[0].len()
     );
+}
+
+fn request_metadata(call: &Value, key: &str) -> Option<String> {
+    call["requestMetadata"]
+        .as_array()?
+        .iter()
+        .find(|m| m["key"] == key)
+        .map(|m| m["value"].as_str().unwrap_or_default().to_string())
+}
+
+#[tokio::test]
+async fn a_unary_calls_metadata_is_kept_however_it_ends_and_shown_while_it_waits() {
+    // A unary call's metadata reaches the journal when the engine is done with it: on every way
+    // out (answered, no rule matched, a bad request), and at once when a rule's delay holds it.
+    let observer = observer(ROOMY);
+    let with_user = || {
+        let mut metadata = MetadataMap::new();
+        metadata.insert("x-user", "ann".parse().unwrap());
+        metadata
+    };
+    let answered = Requests::One(Request::Encoded(req("ann", 3)));
+    run(call("Unary", answered, with_user()), seen(observer)).await;
+    let unmatched = Requests::One(Request::Encoded(req("tom", 6)));
+    run(call("Picky", unmatched, with_user()), seen(observer)).await;
+    let garbage = Requests::One(Request::Encoded(Bytes::from_static(&[0xff, 0xff])));
+    run(call("Unary", garbage, with_user()), seen(observer)).await;
+    let ended = calls(observer);
+    let codes: Vec<&Value> = ended.iter().map(|c| &c["status"]["codeName"]).collect();
+    assert_eq!(codes, ["OK", "UNIMPLEMENTED", "INTERNAL"], "{ended:#?}");
+    for c in &ended {
+        assert_eq!(
+            request_metadata(c, "x-user").as_deref(),
+            Some("ann"),
+            "{c:#}"
+        );
+    }
+
+    let slow = Requests::One(Request::Encoded(req("ann", 3)));
+    let waiting = tokio::spawn(run(call("Slow", slow, with_user()), seen(observer)));
+    // Within the delay (300 ms), the call is listed with its metadata and without an end.
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    let in_flight = loop {
+        let seen = calls(observer).get(3).cloned();
+        match seen {
+            Some(c) if request_metadata(&c, "x-user").is_some() => break c,
+            seen if std::time::Instant::now() > until => panic!("in flight: {seen:#?}"),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+        }
+    };
+    assert_eq!(in_flight["method"], "o.S/Slow");
+    assert!(in_flight.get("status").is_none(), "{in_flight:#}");
+    waiting.await.unwrap();
 }
