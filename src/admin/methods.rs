@@ -165,12 +165,13 @@ async fn verify(call: Call<'_>) -> Answer {
                 .collect(),
             _ => Vec::new(),
         };
+        let metadata = record.metadata();
         let hit = if requests.is_empty() {
-            filter.matches(&method, record.metadata(), None, code)
+            filter.matches(&method, &metadata, None, code)
         } else {
             requests
                 .iter()
-                .any(|r| filter.matches(&method, record.metadata(), Some(r), code))
+                .any(|r| filter.matches(&method, &metadata, Some(r), code))
         };
         if hit {
             count += 1;

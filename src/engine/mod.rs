@@ -56,6 +56,9 @@ pub struct Method {
     native: Option<Arc<dyn Native>>,
     /// Its counters (`crate::metrics`), found by name on its first call.
     metrics: OnceLock<MethodSlot>,
+    /// The descriptor's shape, asked of every call (the descriptor looks it up each time).
+    client_streaming: bool,
+    server_streaming: bool,
 }
 
 impl Method {
@@ -67,6 +70,8 @@ impl Method {
     ) -> Method {
         let direct = rules.as_ref().and_then(|r| Direct::compile(&desc, r));
         Method {
+            client_streaming: desc.is_client_streaming(),
+            server_streaming: desc.is_server_streaming(),
             desc,
             name,
             rules,
@@ -75,6 +80,16 @@ impl Method {
             native: None,
             metrics: OnceLock::new(),
         }
+    }
+
+    /// Whether the client sends a stream of messages.
+    pub fn client_streaming(&self) -> bool {
+        self.client_streaming
+    }
+
+    /// Whether the server answers with a stream of messages.
+    pub fn server_streaming(&self) -> bool {
+        self.server_streaming
     }
 
     /// Where the rule at `index` of this method's rules came from (`file:line`).
@@ -99,6 +114,8 @@ impl Method {
     pub(crate) fn native(desc: MethodDescriptor, native: Arc<dyn Native>) -> Method {
         let name = format!("{}/{}", desc.parent_service().full_name(), desc.name());
         Method {
+            client_streaming: desc.is_client_streaming(),
+            server_streaming: desc.is_server_streaming(),
             desc,
             name,
             rules: None,
@@ -131,7 +148,7 @@ impl Method {
         }
         Some(self.metrics.get_or_init(|| {
             let rules = self.rules.iter().flat_map(|r| &r.rules);
-            let streaming = self.desc.is_client_streaming() || self.desc.is_server_streaming();
+            let streaming = self.client_streaming || self.server_streaming;
             global.method(&self.name, rules.map(|r| r.origin.as_str()), streaming)
         }))
     }

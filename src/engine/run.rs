@@ -60,10 +60,7 @@ pub async fn answer(call: Call) -> Reply {
         }
         return Reply::refused(Status::unimplemented(method.no_handler_message()));
     };
-    let (client, server) = (
-        method.desc.is_client_streaming(),
-        method.desc.is_server_streaming(),
-    );
+    let (client, server) = (method.client_streaming(), method.server_streaming());
     // A client or bidi stream answered by a script is the script's whole: it reads every message.
     let answered = match client.then(|| rules.stream_script()).flatten() {
         Some((rule, script)) => {
@@ -255,7 +252,7 @@ async fn single_request(
     // server stream's watcher has its own copy (the stream keeps the metadata to the end).
     let mut metadata = HandOver {
         metadata,
-        watch: watch.filter(|_| !method.desc.is_server_streaming()),
+        watch: watch.filter(|_| !method.server_streaming()),
     };
     let request = requests.one().await?;
     let mut input = Input::new(&method, request)?;
@@ -769,7 +766,7 @@ impl ScriptRun {
             metadata,
             incoming: None,
             output: method.desc.output(),
-            streaming_response: method.desc.is_server_streaming(),
+            streaming_response: method.server_streaming(),
             cancel: CancellationToken::new(),
         };
         ScriptRun { script, call, base }

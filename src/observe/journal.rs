@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -163,8 +163,6 @@ pub(crate) struct Record {
     peer: Option<std::net::SocketAddr>,
     started: SystemTime,
     clock: Instant,
-    /// The request metadata (set once: see [`Record::start`]).
-    metadata: OnceLock<MetadataMap>,
     /// The journal it is in; `None` when only the log is on.
     journal: Option<&'static Journal>,
     /// Left the journal (dropped or cleared): its bytes are no longer counted there.
@@ -174,6 +172,9 @@ pub(crate) struct Record {
 
 #[derive(Default)]
 struct Progress {
+    /// The request metadata: a streaming call's from the start, a call with one request's when
+    /// answered (`Watch::metadata`: see [`Record::start`]).
+    metadata: Option<MetadataMap>,
     /// The method as served when the call started: its descriptors read the payloads, its rules
     /// name the rules by index. Let go when the record is settled.
     method: Option<Arc<Method>>,
@@ -314,12 +315,8 @@ impl Record {
         let id = journal.map_or(0, |j| j.next_id.fetch_add(1, Ordering::Relaxed));
         // Only the journal reads the metadata; a call with one request hands it over when
         // answered (`Watch::metadata`), a streaming one is copied now.
-        let metadata = OnceLock::new();
-        let streaming = call.method.desc.is_client_streaming();
-        let streaming = streaming || call.method.desc.is_server_streaming();
-        if journal.is_some() && streaming {
-            let _ = metadata.set(call.metadata.clone());
-        }
+        let streaming = call.method.client_streaming() || call.method.server_streaming();
+        let metadata = (journal.is_some() && streaming).then(|| call.metadata.clone());
         let clock = Instant::now();
         Record {
             id,
@@ -330,11 +327,11 @@ impl Record {
             journal,
             detached: AtomicBool::new(false),
             progress: Mutex::new(Progress {
-                bytes: metadata.get().map_or(0, metadata_size),
+                bytes: metadata.as_ref().map_or(0, metadata_size),
+                metadata,
                 method: Some(call.method.clone()),
                 ..Progress::default()
             }),
-            metadata,
         }
     }
 
@@ -575,7 +572,7 @@ impl Record {
             "method": method.name,
             "peer": self.peer.map(|p| p.to_string()).unwrap_or_default(),
             "startTime": humantime::format_rfc3339_nanos(self.started).to_string(),
-            "requestMetadata": metadata_json(self.metadata()),
+            "requestMetadata": progress.metadata.as_ref().map_or(Value::Array(Vec::new()), metadata_json),
             "frames": frames,
             "rules": progress.rules.iter().map(|&i| method.rule_origin(i)).collect::<Vec<_>>(),
             "droppedFrames": progress.dropped_frames.to_string(),
@@ -606,11 +603,15 @@ impl Record {
             FrameKind::Request(payload) => payload.decoded(&input),
             _ => None,
         });
+        let none = MetadataMap::new();
         let mut misses: Vec<(usize, usize, Value)> = rules
             .rules
             .iter()
             .map(|rule| {
-                let miss = rule.near_miss(request.as_ref(), self.metadata());
+                let miss = rule.near_miss(
+                    request.as_ref(),
+                    progress.metadata.as_ref().unwrap_or(&none),
+                );
                 let value = json!({
                     "rule": rule.origin,
                     "held": miss.held,
@@ -659,7 +660,7 @@ impl Record {
         progress.frames.shrink_to_fit();
         let size = json.to_string().len()
             + progress.frames.iter().map(|f| f.size()).sum::<usize>()
-            + metadata_size(self.metadata());
+            + progress.metadata.as_ref().map_or(0, metadata_size);
         let before = progress.bytes;
         progress.settled = Some(Settled {
             name: method.name.clone(),
@@ -680,9 +681,8 @@ impl Record {
     }
 
     /// The request metadata (none yet for a call with one request still being answered).
-    pub(crate) fn metadata(&self) -> &MetadataMap {
-        static NONE: LazyLock<MetadataMap> = LazyLock::new(MetadataMap::new);
-        self.metadata.get().unwrap_or(&NONE)
+    pub(crate) fn metadata(&self) -> MetadataMap {
+        self.progress().metadata.clone().unwrap_or_default()
     }
 
     /// The code the call ended with; `None` while it is in flight.
@@ -709,9 +709,9 @@ impl Watch for Record {
             return;
         }
         let mut progress = self.progress();
-        let size = metadata_size(&metadata);
-        if self.metadata.set(metadata).is_ok() {
-            let over = self.grow(&mut progress, size);
+        if progress.metadata.is_none() {
+            let over = self.grow(&mut progress, metadata_size(&metadata));
+            progress.metadata = Some(metadata);
             drop(progress);
             self.trim_if(over);
         }

@@ -208,7 +208,7 @@ fn refuse_streaming(
     http_status: StatusCode,
     pool: &DescriptorPool,
 ) -> Option<HttpResponse> {
-    if !(method.desc.is_client_streaming() || method.desc.is_server_streaming()) {
+    if !(method.client_streaming() || method.server_streaming()) {
         return None;
     }
     let status = Status::unimplemented(format!("{} is a streaming method: {how}", method.name));

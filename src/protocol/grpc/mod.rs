@@ -63,7 +63,7 @@ pub(crate) fn serve(
     settings: ServiceSettings,
     cut: &'static CancellationToken,
 ) -> ResponseFuture {
-    if !method.desc.is_client_streaming() && !method.desc.is_server_streaming() {
+    if !method.client_streaming() && !method.server_streaming() {
         let answer = unary::serve(method, request, settings);
         return Box::pin(before_deadline(answer, deadline, cut));
     }

@@ -47,7 +47,7 @@ pub(super) async fn serve(
         Err(status) => return status.into_http(),
     };
     let limit = settings.max_message_size;
-    let requests = if method.desc.is_client_streaming() {
+    let requests = if method.client_streaming() {
         engine::Requests::Stream(Box::pin(requests(body, codings, limit)))
     } else {
         // A server stream takes one message, read as a unary call's is.

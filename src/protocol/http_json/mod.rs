@@ -140,7 +140,7 @@ async fn call(
             .decompress(body, limit)?;
         crate::codec::decoded::check_json(method.desc.input().full_name(), &body)?;
         let mut values = JsonValues::new(body);
-        if method.desc.is_client_streaming() {
+        if method.client_streaming() {
             // One message per value, built as the method reads them.
             let route = route.clone();
             Box::pin(futures::stream::unfold(Some(values), move |values| {
@@ -172,7 +172,7 @@ async fn call(
     };
     let metadata = wire::request_metadata(&parts.headers);
     let output = method.desc.output();
-    let server_streaming = method.desc.is_server_streaming();
+    let server_streaming = method.server_streaming();
     let call = engine::Call {
         method,
         metadata,
