@@ -17,13 +17,14 @@ pub(crate) mod stderr;
 mod tests;
 
 use std::cell::Cell;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::{Stream, StreamExt as _};
+use futures::{FutureExt as _, Stream, StreamExt as _};
 
 use crate::engine::{self, Event, Reply};
 use crate::metrics::CallTimer;
@@ -118,36 +119,75 @@ pub(crate) fn wall_clock(at: Instant) -> SystemTime {
 
 /// Answers `call` with the engine, recording it, and counting it in the metrics (`crate::metrics`:
 /// its status, protocol and time; the engine counts the rules' hits).
-pub(crate) async fn answer(call: engine::Call, seen: Seen) -> Reply {
+///
+/// Not an `async fn`: the record is set up here, and the engine's own future is returned with the
+/// step that sees its reply, rather than awaited inside a future of ours that the protocol's would
+/// hold (a call's future is large, and each layer of them is one more copy of it per call).
+pub(crate) fn answer(call: engine::Call, seen: Seen) -> impl Future<Output = Reply> {
     let observer = seen.observer;
     // An admin API call is no call to the mock: neither recorded nor counted.
-    if call.method.is_native() {
-        return engine::answer(call).await;
-    }
-    let mut timer = call.method.call_timer(seen.protocol);
-    if !observer.records() {
-        let reply = engine::answer(call).await;
-        return match timer.is_off() || ended(&reply, &mut timer) {
-            true => reply,
-            false => timed(reply, None, timer),
-        };
-    }
-    let mut call = call;
-    let record = Arc::new(Record::start(&call, seen, observer.journal.as_ref()));
-    record.enter();
-    call.watch = Some(record.clone());
-    call.requests = record.tee(call.requests);
-    let reply = engine::answer(call).await;
-    match &reply {
-        Reply::Ready(ready) => {
-            record.ready(ready);
+    let (call, after) = if call.method.is_native() {
+        (call, After::Nothing)
+    } else {
+        let timer = call.method.call_timer(seen.protocol);
+        if !observer.records() {
+            (call, After::Count(timer))
+        } else {
+            let mut call = call;
+            let record = Arc::new(Record::start(&call, seen, observer.journal.as_ref()));
+            record.enter();
+            call.watch = Some(record.clone());
+            call.requests = record.tee(call.requests);
+            (call, After::Record(Unseen(Some(record)), timer))
         }
-        Reply::Refused(end) => record.end(end),
-        Reply::Stream(streamed) => record.headers(&streamed.headers),
+    };
+    engine::answer(call).map(move |reply| after.seen(reply))
+}
+
+/// What is done with a call's reply when the engine gives it.
+enum After {
+    Nothing,
+    /// Counted in the metrics.
+    Count(CallTimer),
+    /// Recorded, and counted.
+    Record(Unseen, CallTimer),
+}
+
+/// A record whose reply has not been seen: if the call is dropped before the engine answers (the
+/// client went away during a rule's delay), it is closed as cut, as a dropped stream is.
+struct Unseen(Option<Arc<Record>>);
+
+impl Drop for Unseen {
+    fn drop(&mut self) {
+        if let Some(record) = self.0.take() {
+            record.cut();
+        }
     }
-    match ended(&reply, &mut timer) {
-        true => reply,
-        false => timed(reply, Some(record), timer),
+}
+
+impl After {
+    fn seen(self, reply: Reply) -> Reply {
+        match self {
+            After::Nothing => reply,
+            After::Count(mut timer) => match timer.is_off() || ended(&reply, &mut timer) {
+                true => reply,
+                false => timed(reply, None, timer),
+            },
+            After::Record(mut unseen, mut timer) => {
+                let Some(record) = unseen.0.take() else {
+                    return reply;
+                };
+                match &reply {
+                    Reply::Ready(ready) => record.ready(ready),
+                    Reply::Refused(end) => record.end(end),
+                    Reply::Stream(streamed) => record.headers(&streamed.headers),
+                }
+                match ended(&reply, &mut timer) {
+                    true => reply,
+                    false => timed(reply, Some(record), timer),
+                }
+            }
+        }
     }
 }
 

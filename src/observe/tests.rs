@@ -491,3 +491,25 @@ async fn a_unary_calls_metadata_is_kept_however_it_ends_and_shown_while_it_waits
     assert!(in_flight.get("status").is_none(), "{in_flight:#}");
     waiting.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_unary_call_dropped_while_its_rule_waits_is_journaled_as_cancelled() {
+    // The client goes away during a rule's delay: the protocol drops the call's future before the
+    // engine answers. The journal closes the call rather than listing it in flight for ever.
+    let observer = observer(ROOMY);
+    let slow = Requests::One(Request::Encoded(req("ann", 3)));
+    let waiting = tokio::spawn(run(call("Slow", slow, MetadataMap::new()), seen(observer)));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while calls(observer).is_empty() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the call never reached the journal"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    waiting.abort();
+    let _ = waiting.await;
+    let c = &calls(observer)[0];
+    assert_eq!(c["status"]["codeName"], "CANCELLED", "{c:#}");
+    assert!(c["duration"].is_string(), "{c:#}");
+}
