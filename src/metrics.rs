@@ -455,13 +455,27 @@ impl CallTimer {
         self.0.is_none()
     }
 
+    /// When the call started (`None` when off): a caller that times the call too reads this
+    /// clock rather than its own.
+    pub(crate) fn started(&self) -> Option<Instant> {
+        self.0.as_ref().map(|t| t.started)
+    }
+
     /// The call ended with `code`.
     pub(crate) fn end(&mut self, code: Code) {
+        if let Some(t) = &self.0 {
+            let elapsed = t.started.elapsed();
+            self.end_after(code, elapsed);
+        }
+    }
+
+    /// The call ended with `code`, `elapsed` after [`CallTimer::started`].
+    pub(crate) fn end_after(&mut self, code: Code, elapsed: Duration) {
         let Some(t) = self.0.take() else { return };
         if t.streaming {
             t.metrics.streams_open[t.protocol as usize].fetch_sub(1, Relaxed);
         }
-        t.counters.call_ended(t.protocol, code, t.started.elapsed());
+        t.counters.call_ended(t.protocol, code, elapsed);
     }
 }
 

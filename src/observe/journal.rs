@@ -311,13 +311,13 @@ impl Record {
         call: &engine::Call,
         seen: Seen,
         journal: Option<&'static Journal>,
+        clock: Instant,
     ) -> Record {
         let id = journal.map_or(0, |j| j.next_id.fetch_add(1, Ordering::Relaxed));
         // Only the journal reads the metadata; a call with one request hands it over when
         // answered (`Watch::metadata`), a streaming one is copied now.
         let streaming = call.method.client_streaming() || call.method.server_streaming();
         let metadata = (journal.is_some() && streaming).then(|| call.metadata.clone());
-        let clock = Instant::now();
         Record {
             id,
             protocol: seen.protocol,
@@ -417,8 +417,9 @@ impl Record {
         }
     }
 
-    /// A unary answer, whole: its headers, message and end, at one moment, with one lock.
-    pub(super) fn ready(&self, ready: &engine::Ready) {
+    /// A unary answer, whole: its headers, message and end, at one moment, with one lock. The
+    /// time the call took.
+    pub(super) fn ready(&self, ready: &engine::Ready) -> Duration {
         let at = self.clock.elapsed();
         let mut progress = self.progress();
         let mut over = false;
@@ -436,6 +437,7 @@ impl Record {
         }
         let end = &ready.end;
         self.close_locked(progress, over, end.code, &end.message, &end.trailers, at);
+        at
     }
 
     pub(super) fn headers(&self, headers: &MetadataMap) {
@@ -458,16 +460,12 @@ impl Record {
         }
     }
 
-    pub(super) fn end(&self, end: &End) {
+    /// The end; the time the call took.
+    pub(super) fn end(&self, end: &End) -> Duration {
         let at = self.clock.elapsed();
-        self.close_locked(
-            self.progress(),
-            false,
-            end.code,
-            &end.message,
-            &end.trailers,
-            at,
-        );
+        let progress = self.progress();
+        self.close_locked(progress, false, end.code, &end.message, &end.trailers, at);
+        at
     }
 
     /// The reply was dropped: unless its end was seen, the call was cut short.

@@ -134,7 +134,9 @@ pub(crate) fn answer(call: engine::Call, seen: Seen) -> impl Future<Output = Rep
             (call, After::Count(timer))
         } else {
             let mut call = call;
-            let record = Arc::new(Record::start(&call, seen, observer.journal.as_ref()));
+            let clock = timer.started().unwrap_or_else(Instant::now);
+            let journal = observer.journal.as_ref();
+            let record = Arc::new(Record::start(&call, seen, journal, clock));
             record.enter();
             call.watch = Some(record.clone());
             call.requests = record.tee(call.requests);
@@ -177,15 +179,17 @@ impl After {
                 let Some(record) = unseen.0.take() else {
                     return reply;
                 };
-                match &reply {
-                    Reply::Ready(ready) => record.ready(ready),
-                    Reply::Refused(end) => record.end(end),
-                    Reply::Stream(streamed) => record.headers(&streamed.headers),
-                }
-                match ended(&reply, &mut timer) {
-                    true => reply,
-                    false => timed(reply, Some(record), timer),
-                }
+                // The record's clock is the timer's: the time taken is read once.
+                let (code, elapsed) = match &reply {
+                    Reply::Ready(ready) => (ready.end.code, record.ready(ready)),
+                    Reply::Refused(end) => (end.code, record.end(end)),
+                    Reply::Stream(streamed) => {
+                        record.headers(&streamed.headers);
+                        return timed(reply, Some(record), timer);
+                    }
+                };
+                timer.end_after(code, elapsed);
+                reply
             }
         }
     }
@@ -232,12 +236,11 @@ impl Stream for Observed {
         let event = std::task::ready!(self.events.poll_next_unpin(cx));
         match (&event, &self.record) {
             (Some(Event::Message(message)), Some(record)) => record.reply(message),
-            (Some(Event::End(end)), record) => {
-                if let Some(record) = record {
-                    record.end(end);
-                }
-                self.timer.end(end.code);
+            (Some(Event::End(end)), Some(record)) => {
+                let elapsed = record.end(end);
+                self.timer.end_after(end.code, elapsed);
             }
+            (Some(Event::End(end)), None) => self.timer.end(end.code),
             _ => {}
         }
         Poll::Ready(event)
