@@ -1059,3 +1059,47 @@ async fn a_call_the_client_walks_away_from_is_journaled_with_its_end() {
     let line = log_line(&server, 0, "j.S/Server").await;
     assert!(line.contains("CANCELLED"), "{line}");
 }
+
+#[tokio::test]
+async fn without_the_journal_unmatched_calls_and_failed_scripts_still_log_a_warn_line() {
+    // The default log: no journal, no line per call, but a WARN line for a call no rule matched
+    // and for a script that failed — told by the engine without a journal record.
+    let failing =
+        "[[rule]]\nmethod = \"j.S/Picky\"\nwhen.request.name = \"s\"\ncode = 'undefined_fn()'\n";
+    let server = Server::start_with(
+        &[("j.proto", J_PROTO)],
+        &[("j.toml", J_RULES), ("s.toml", failing)],
+        Options::default().env("RUST_LOG", "info,protodrop::call=warn"),
+    );
+    let grpc = client(&server).await;
+    grpc.unary("j.S/Unary", json!({ "name": "u" })).await.ok();
+    grpc.unary("j.S/Picky", json!({ "name": "y" }))
+        .await
+        .err(Code::Unimplemented);
+    let line = log_line(&server, 0, "no rule matched").await;
+    assert!(line.contains("WARN"), "{line}");
+    for part in [
+        "grpc",
+        "j.S/Picky",
+        "UNIMPLEMENTED",
+        "rule=none",
+        &origin(&server, "picked"),
+    ] {
+        assert!(line.contains(part), "{part:?} in {line}");
+    }
+    let status = grpc.unary("j.S/Picky", json!({ "name": "s" })).await;
+    let message = status.message();
+    assert!(message.starts_with("script "), "{message}");
+    let line = log_line(&server, 0, "undefined_fn").await;
+    assert!(line.contains("WARN"), "{line}");
+    for part in ["j.S/Picky", "s.toml:1", "reason=\"script "] {
+        assert!(line.contains(part), "{part:?} in {line}");
+    }
+    // An answered call has no line in this log.
+    let logs = server.logs();
+    let calls: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("protodrop::call"))
+        .collect();
+    assert_eq!(calls.len(), 2, "{calls:#?}");
+}

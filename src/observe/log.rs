@@ -41,6 +41,20 @@ pub(super) fn enabled() -> bool {
     }
 }
 
+/// Whether every call's line is written (INFO), not only the WARN ones.
+pub(super) fn every_call() -> bool {
+    match SINK.get() {
+        Some(sink) => sink.info,
+        None => tracing::enabled!(target: TARGET, tracing::Level::INFO),
+    }
+}
+
+/// Whether a call that ended so may have a WARN line: cheap to ask of every call, and never false
+/// for a call [`call_ended`] would warn of.
+pub(super) fn may_warn(method: &Method, unmatched: bool, code: Code, message: &str) -> bool {
+    unmatched || method.rules.is_none() || (code != Code::Ok && message.starts_with("script "))
+}
+
 /// Why a call is logged at WARN: no rule answered it, or its script failed.
 enum Warning<'a> {
     Unanswered { reason: &'static str, tried: String },
@@ -59,6 +73,9 @@ pub(super) fn call_ended(line: Line<'_>) {
 
 fn warning<'a>(line: &Line<'a>) -> Option<Warning<'a>> {
     let served = line.method;
+    if !may_warn(served, line.unmatched, line.code, line.message) {
+        return None;
+    }
     if line.unmatched || served.rules.is_none() {
         let rules = served.rules.as_ref();
         let tried: Vec<&str> = rules.map_or(Vec::new(), |r| {

@@ -8,7 +8,10 @@
 //! records anything itself, so all four protocols and all four shapes are recorded alike.
 //!
 //! The engine tells which rule answered through [`engine::Watch`] (the one fact the events do not
-//! carry). When neither the journal nor the call log is on, a call goes straight to the engine.
+//! carry). A [`Record`] is kept only for the journal or a line per call; with the default log,
+//! which writes a line only for a call no rule matched or whose script failed, the engine tells a
+//! small [`Told`] and the line is written from it and the reply; with neither, a call goes straight
+//! to the engine, counted in the metrics only.
 
 pub(crate) mod journal;
 mod log;
@@ -20,11 +23,14 @@ use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::{FutureExt as _, Stream, StreamExt as _};
+use tonic::metadata::MetadataMap;
+use tonic::Code;
 
 use crate::engine::{self, Event, Reply};
 use crate::metrics::CallTimer;
@@ -91,11 +97,15 @@ impl Observer {
         self.journal.as_ref()
     }
 
-    /// Whether calls are recorded at all: the journal, or the call log at WARN or more (a line may
-    /// be due: an unmatched call's, at WARN, is on by default). Cheap to ask: tracing caches the
-    /// answer per call site until the filter changes.
-    pub(crate) fn records(&self) -> bool {
-        self.journal.is_some() || log::enabled()
+    /// How calls are recorded: in a [`Record`] for the journal or a line per call; only told
+    /// what a WARN line needs when that is all (the default log); not at all when the call log
+    /// is off too.
+    fn recording(&self) -> Recording {
+        match (self.journal.is_some() || log::every_call(), log::enabled()) {
+            (true, _) => Recording::Record,
+            (false, true) => Recording::Warnings,
+            (false, false) => Recording::Nothing,
+        }
     }
 }
 
@@ -130,20 +140,101 @@ pub(crate) fn answer(call: engine::Call, seen: Seen) -> impl Future<Output = Rep
         (call, After::Nothing)
     } else {
         let timer = call.method.call_timer(seen.protocol);
-        if !observer.records() {
-            (call, After::Count(timer))
-        } else {
-            let mut call = call;
-            let clock = timer.started().unwrap_or_else(Instant::now);
-            let journal = observer.journal.as_ref();
-            let record = Arc::new(Record::start(&call, seen, journal, clock));
-            record.enter();
-            call.watch = Some(record.clone());
-            call.requests = record.tee(call.requests);
-            (call, After::Record(Unseen(Some(record)), timer))
+        match observer.recording() {
+            Recording::Nothing => (call, After::Count(timer)),
+            Recording::Warnings => {
+                let mut call = call;
+                let told = Arc::new(Told::default());
+                call.watch = Some(told.clone());
+                let warn = Warn {
+                    told,
+                    method: call.method.clone(),
+                    seen,
+                    clock: timer.started().unwrap_or_else(Instant::now),
+                };
+                (call, After::Warn(warn, timer))
+            }
+            Recording::Record => {
+                let mut call = call;
+                let clock = timer.started().unwrap_or_else(Instant::now);
+                let journal = observer.journal.as_ref();
+                let record = Arc::new(Record::start(&call, seen, journal, clock));
+                record.enter();
+                call.watch = Some(record.clone());
+                call.requests = record.tee(call.requests);
+                (call, After::Record(Unseen(Some(record)), timer))
+            }
         }
     };
     engine::answer(call).map(move |reply| after.seen(reply))
+}
+
+enum Recording {
+    Nothing,
+    Warnings,
+    Record,
+}
+
+/// What the engine tells of a call that a WARN line needs (see [`Recording::Warnings`]): much
+/// less than a [`Record`] keeps, and without a lock.
+struct Told {
+    /// The first rule that answered; `usize::MAX` for none.
+    rule: AtomicUsize,
+    unmatched: AtomicBool,
+}
+
+impl Default for Told {
+    fn default() -> Told {
+        Told {
+            rule: AtomicUsize::new(usize::MAX),
+            unmatched: AtomicBool::new(false),
+        }
+    }
+}
+
+impl engine::Watch for Told {
+    fn rule(&self, index: usize) {
+        let _ = self
+            .rule
+            .compare_exchange(usize::MAX, index, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn unmatched(&self) {
+        self.unmatched.store(true, Ordering::Relaxed);
+    }
+
+    fn metadata(&self, _: MetadataMap) {}
+}
+
+/// A call whose only record is its WARN line, if it has one.
+struct Warn {
+    told: Arc<Told>,
+    method: Arc<engine::Method>,
+    seen: Seen,
+    clock: Instant,
+}
+
+impl Warn {
+    /// The call ended with `end`: its WARN line, if it has one.
+    fn ended(&self, code: Code, message: &str) {
+        let unmatched = self.told.unmatched.load(Ordering::Relaxed);
+        if !log::may_warn(&self.method, unmatched, code, message) {
+            return;
+        }
+        let elapsed = self.clock.elapsed();
+        let rule = self.told.rule.load(Ordering::Relaxed);
+        log::call_ended(log::Line {
+            protocol: self.seen.protocol,
+            method: &self.method,
+            peer: self.seen.peer,
+            code,
+            message,
+            rule: (rule != usize::MAX).then_some(rule),
+            unmatched,
+            elapsed,
+            ended: wall_clock(self.clock + elapsed),
+        });
+    }
 }
 
 /// What is done with a call's reply when the engine gives it.
@@ -151,6 +242,8 @@ enum After {
     Nothing,
     /// Counted in the metrics.
     Count(CallTimer),
+    /// Counted, and logged at WARN if it should be.
+    Warn(Warn, CallTimer),
     /// Recorded, and counted.
     Record(Unseen, CallTimer),
 }
@@ -173,8 +266,17 @@ impl After {
             After::Nothing => reply,
             After::Count(mut timer) => match timer.is_off() || ended(&reply, &mut timer) {
                 true => reply,
-                false => timed(reply, None, timer),
+                false => timed(reply, Recorder::Nothing, timer),
             },
+            After::Warn(warn, mut timer) => {
+                match &reply {
+                    Reply::Ready(ready) => warn.ended(ready.end.code, &ready.end.message),
+                    Reply::Refused(end) => warn.ended(end.code, &end.message),
+                    Reply::Stream(_) => return timed(reply, Recorder::Warn(warn), timer),
+                }
+                ended(&reply, &mut timer);
+                reply
+            }
             After::Record(mut unseen, mut timer) => {
                 let Some(record) = unseen.0.take() else {
                     return reply;
@@ -185,7 +287,7 @@ impl After {
                     Reply::Refused(end) => (end.code, record.end(end)),
                     Reply::Stream(streamed) => {
                         record.headers(&streamed.headers);
-                        return timed(reply, Some(record), timer);
+                        return timed(reply, Recorder::Record(record), timer);
                     }
                 };
                 timer.end_after(code, elapsed);
@@ -206,9 +308,9 @@ fn ended(reply: &Reply, timer: &mut CallTimer) -> bool {
     true
 }
 
-/// A streamed reply whose events are recorded (with `record`) and whose end is counted as they
+/// A streamed reply whose events are recorded (by `record`) and whose end is counted as they
 /// pass.
-fn timed(reply: Reply, record: Option<Arc<Record>>, timer: CallTimer) -> Reply {
+fn timed(reply: Reply, record: Recorder, timer: CallTimer) -> Reply {
     match reply {
         Reply::Stream(streamed) => Reply::Stream(engine::Streamed {
             headers: streamed.headers,
@@ -225,8 +327,15 @@ fn timed(reply: Reply, record: Option<Arc<Record>>, timer: CallTimer) -> Reply {
 /// A streamed reply, recorded event by event as the protocol polls it, and its end counted.
 struct Observed {
     events: engine::Events,
-    record: Option<Arc<Record>>,
+    record: Recorder,
     timer: CallTimer,
+}
+
+/// What records a streamed reply's events.
+enum Recorder {
+    Nothing,
+    Warn(Warn),
+    Record(Arc<Record>),
 }
 
 impl Stream for Observed {
@@ -235,12 +344,17 @@ impl Stream for Observed {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
         let event = std::task::ready!(self.events.poll_next_unpin(cx));
         match (&event, &self.record) {
-            (Some(Event::Message(message)), Some(record)) => record.reply(message),
-            (Some(Event::End(end)), Some(record)) => {
+            (Some(Event::Message(message)), Recorder::Record(record)) => record.reply(message),
+            (Some(Event::End(end)), Recorder::Record(record)) => {
                 let elapsed = record.end(end);
                 self.timer.end_after(end.code, elapsed);
             }
-            (Some(Event::End(end)), None) => self.timer.end(end.code),
+            (Some(Event::End(end)), recorder) => {
+                if let Recorder::Warn(warn) = recorder {
+                    warn.ended(end.code, &end.message);
+                }
+                self.timer.end(end.code);
+            }
             _ => {}
         }
         Poll::Ready(event)
@@ -251,7 +365,7 @@ impl Drop for Observed {
     /// A reply dropped before its end: the client went away, or the deadline or the shutdown cut
     /// it. Recorded (and counted, by the timer's own drop) as CANCELLED unless the end was seen.
     fn drop(&mut self) {
-        if let Some(record) = &self.record {
+        if let Recorder::Record(record) = &self.record {
             record.cut();
         }
     }
