@@ -24,6 +24,16 @@ pub(crate) const NAMES: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 
+/// The code of a call cut short before its end (its answer dropped): DEADLINE_EXCEEDED once its
+/// deadline has passed, as the client is told; else CANCELLED (the client went away, or the
+/// shutdown ended it).
+pub(crate) fn cut_short(deadline: Option<std::time::Instant>) -> Code {
+    match deadline {
+        Some(deadline) if std::time::Instant::now() >= deadline => Code::DeadlineExceeded,
+        _ => Code::Cancelled,
+    }
+}
+
 /// The name gRPC gives `code` (`NOT_FOUND`).
 pub(crate) fn name(code: Code) -> &'static str {
     NAMES.get(code as usize).copied().unwrap_or("UNKNOWN")

@@ -418,7 +418,12 @@ impl MethodSlot {
 
     /// Times one call of this method over `protocol` until [`CallTimer::end`]; a streaming call is
     /// counted open meanwhile.
-    pub(crate) fn start(&self, metrics: &'static Metrics, protocol: Protocol) -> CallTimer {
+    pub(crate) fn start(
+        &self,
+        metrics: &'static Metrics,
+        protocol: Protocol,
+        deadline: Option<Instant>,
+    ) -> CallTimer {
         let streaming = self.streaming;
         if streaming {
             metrics.streams_open[protocol as usize].fetch_add(1, Relaxed);
@@ -429,13 +434,15 @@ impl MethodSlot {
             protocol,
             streaming,
             started: Instant::now(),
+            deadline,
         }))
     }
 }
 
 /// One call being timed: ended once, by [`CallTimer::end`] or, if it never is (the client went
-/// away, its deadline or the shutdown cut dropped the answer), when dropped: CANCELLED, as the
-/// journal and the call log record such a call. A no-op when metrics are off.
+/// away, its deadline or the shutdown cut dropped the answer), when dropped: DEADLINE_EXCEEDED
+/// past its deadline, else CANCELLED ([`crate::codes::cut_short`]), as the journal and the call
+/// log record such a call. A no-op when metrics are off.
 pub(crate) struct CallTimer(Option<Timing>);
 
 struct Timing {
@@ -444,6 +451,7 @@ struct Timing {
     protocol: Protocol,
     streaming: bool,
     started: Instant,
+    deadline: Option<Instant>,
 }
 
 impl CallTimer {
@@ -481,7 +489,10 @@ impl CallTimer {
 
 impl Drop for CallTimer {
     fn drop(&mut self) {
-        self.end(Code::Cancelled);
+        if let Some(t) = &self.0 {
+            let code = crate::codes::cut_short(t.deadline);
+            self.end(code);
+        }
     }
 }
 
@@ -652,8 +663,8 @@ mod tests {
         let unary = metrics.method("a.S/Unary", [].into_iter(), false);
         let connection = metrics.connection_opened();
         let _second = metrics.connection_opened();
-        let mut open = stream.start(metrics, Protocol::Connect);
-        let _unary = unary.start(metrics, Protocol::Connect);
+        let mut open = stream.start(metrics, Protocol::Connect, None);
+        let _unary = unary.start(metrics, Protocol::Connect, None);
         metrics.reloaded(true);
         metrics.reloaded(true);
         metrics.reloaded(false);
@@ -684,8 +695,8 @@ mod tests {
     fn a_call_never_ended_counts_as_cancelled() {
         let metrics = leaked();
         let m = metrics.method("a.S/M", [].into_iter(), true);
-        drop(m.start(metrics, Protocol::Grpc));
-        let mut ended = m.start(metrics, Protocol::Grpc);
+        drop(m.start(metrics, Protocol::Grpc, None));
+        let mut ended = m.start(metrics, Protocol::Grpc, None);
         ended.end(Code::Ok);
         drop(ended);
 

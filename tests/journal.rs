@@ -1103,3 +1103,50 @@ async fn without_the_journal_unmatched_calls_and_failed_scripts_still_log_a_warn
         .collect();
     assert_eq!(calls.len(), 2, "{calls:#?}");
 }
+
+#[tokio::test]
+async fn a_call_its_deadline_cut_is_journaled_and_counted_as_deadline_exceeded() {
+    // The client is told DEADLINE_EXCEEDED; the journal and the metrics say the same, not
+    // CANCELLED (the answer is dropped either way: what dropped it tells them apart).
+    let late = "[[rule]]\nmethod = \"j.S/Picky\"\ndelay = \"5s\"\nreply = { text = \"late\" }\n";
+    let server = Server::start_with(
+        &[("j.proto", J_PROTO)],
+        &[("j.toml", J_RULES), ("late.toml", late)],
+        Options::default().arg("--journal"),
+    );
+    let reply = http_client::send(
+        server.addr,
+        "POST",
+        "/j.S/Picky",
+        &[
+            ("content-type", "application/json"),
+            ("connect-timeout-ms", "200"),
+        ],
+        r#"{"name":"z"}"#,
+    )
+    .await;
+    assert!(
+        reply.text().contains("deadline_exceeded"),
+        "{}",
+        reply.text()
+    );
+    let call = eventually(Duration::from_secs(5), || async {
+        let calls = list_calls(server.addr, "method=j.S/Picky").await;
+        match calls.first() {
+            Some(call) if call.get("status").is_some() => Ok(call.clone()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(code_name(&call), "DEADLINE_EXCEEDED", "{call:#}");
+    let metrics = http_client::get(server.addr, "/metrics")
+        .await
+        .expect(200)
+        .text();
+    let counted = metrics.lines().any(|l| {
+        l.starts_with("protodrop_calls_total{")
+            && l.contains(r#"method="j.S/Picky""#)
+            && l.contains(r#"code="DEADLINE_EXCEEDED""#)
+    });
+    assert!(counted, "{metrics}");
+}

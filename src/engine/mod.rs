@@ -133,9 +133,13 @@ impl Method {
     }
 
     /// Starts timing one call of this method over `protocol` (see [`metrics::CallTimer`]).
-    pub(crate) fn call_timer(&self, protocol: metrics::Protocol) -> metrics::CallTimer {
+    pub(crate) fn call_timer(
+        &self,
+        protocol: metrics::Protocol,
+        deadline: Option<std::time::Instant>,
+    ) -> metrics::CallTimer {
         match self.metrics() {
-            Some(slot) => slot.start(metrics::global(), protocol),
+            Some(slot) => slot.start(metrics::global(), protocol, deadline),
             None => metrics::CallTimer::OFF,
         }
     }

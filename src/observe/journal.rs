@@ -161,6 +161,7 @@ pub(crate) struct Record {
     pub(crate) id: u64,
     pub(crate) protocol: Protocol,
     peer: Option<std::net::SocketAddr>,
+    deadline: Option<Instant>,
     started: SystemTime,
     clock: Instant,
     /// The journal it is in; `None` when only the log is on.
@@ -322,6 +323,7 @@ impl Record {
             id,
             protocol: seen.protocol,
             peer: seen.peer,
+            deadline: seen.deadline,
             started: super::wall_clock(clock),
             clock,
             journal,
@@ -471,14 +473,13 @@ impl Record {
     /// The reply was dropped: unless its end was seen, the call was cut short.
     pub(super) fn cut(&self) {
         let at = self.clock.elapsed();
-        self.close_locked(
-            self.progress(),
-            false,
-            Code::Cancelled,
-            "the reply was dropped before its end: the client went away, or the deadline or the shutdown ended the call",
-            &MetadataMap::new(),
-            at,
-        );
+        let code = crate::codes::cut_short(self.deadline);
+        let message = match code {
+            Code::DeadlineExceeded => "the call's deadline passed before its end",
+            _ => "the reply was dropped before its end: the client went away, or the shutdown ended the call",
+        };
+        let progress = self.progress();
+        self.close_locked(progress, false, code, message, &MetadataMap::new(), at);
     }
 
     /// Records the end (unless one was) with the record locked (`progress`; `over`: a frame just

@@ -47,6 +47,8 @@ pub(crate) struct Seen {
     pub peer: Option<SocketAddr>,
     /// Where the server records its calls.
     pub observer: &'static Observer,
+    /// When the call must be answered by: a call cut short after it ended DEADLINE_EXCEEDED.
+    pub deadline: Option<Instant>,
 }
 
 /// The client's address, in the extensions of a request that reaches the router through a tower
@@ -72,13 +74,20 @@ impl Seen {
                 protocol: Protocol::GrpcWeb,
                 peer: web.0,
                 observer,
+                deadline: None,
             },
             _ => Seen {
                 protocol,
                 peer,
                 observer,
+                deadline: None,
             },
         }
+    }
+
+    /// The same, for a call with `deadline`.
+    pub(crate) fn until(self, deadline: Option<Instant>) -> Seen {
+        Seen { deadline, ..self }
     }
 }
 
@@ -139,7 +148,7 @@ pub(crate) fn answer(call: engine::Call, seen: Seen) -> impl Future<Output = Rep
     let (call, after) = if call.method.is_native() {
         (call, After::Nothing)
     } else {
-        let timer = call.method.call_timer(seen.protocol);
+        let timer = call.method.call_timer(seen.protocol, seen.deadline);
         match observer.recording() {
             Recording::Nothing => (call, After::Count(timer)),
             Recording::Warnings => {

@@ -113,6 +113,7 @@ fn seen(observer: &'static Observer) -> Seen {
         protocol: Protocol::Grpc,
         peer: Some("127.0.0.1:5000".parse().unwrap()),
         observer,
+        deadline: None,
     }
 }
 

@@ -31,6 +31,11 @@ impl Deadline {
     /// No deadline.
     pub(crate) const NONE: Deadline = Deadline(None);
 
+    /// The moment it passes, if any (on std's clock, as the call's records keep time).
+    pub(crate) fn at(self) -> Option<std::time::Instant> {
+        self.0.map(Instant::into_std)
+    }
+
     /// A timeout too long for the clock to add is no deadline: it would not pass anyway.
     fn after(timeout: Option<Duration>) -> Deadline {
         Deadline(timeout.and_then(|t| Instant::now().checked_add(t)))

@@ -172,7 +172,8 @@ pub(crate) async fn serve(
                 Protocol::Connect,
                 settings.peer,
                 settings.observer,
-            );
+            )
+            .until(deadline.at());
             let (parts, body) = request.into_parts();
             let limit = settings.max_message_size;
             let payload = async {
@@ -337,7 +338,8 @@ async fn streaming(
         Protocol::Connect,
         settings.peer,
         settings.observer,
-    );
+    )
+    .until(deadline.at());
     let (parts, body) = request.into_parts();
     let encodings =
         Encoding::parse(wire::header(&parts.headers, "connect-content-encoding")).map(|request| {
@@ -596,7 +598,8 @@ pub(crate) async fn serve_get(
         Protocol::Connect,
         settings.peer,
         settings.observer,
-    );
+    )
+    .until(deadline.at());
     unary(
         state,
         method,

@@ -64,7 +64,7 @@ pub(crate) fn serve(
     cut: &'static CancellationToken,
 ) -> ResponseFuture {
     if !method.client_streaming() && !method.server_streaming() {
-        let answer = unary::serve(method, request, settings);
+        let answer = unary::serve(method, request, settings, deadline);
         return Box::pin(before_deadline(answer, deadline, cut));
     }
     let answer = stream::serve(method, request, settings, deadline, cut);

@@ -61,7 +61,8 @@ pub(super) async fn serve(
         Protocol::Grpc,
         settings.peer,
         settings.observer,
-    );
+    )
+    .until(deadline.at());
     let call = engine::Call {
         method,
         metadata: MetadataMap::from_headers(parts.headers),

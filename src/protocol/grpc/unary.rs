@@ -19,6 +19,7 @@ use super::frame::{self, Codings};
 use super::{Body, ServiceSettings};
 use crate::engine::{self, End, Method};
 use crate::observe::{self, Protocol, Seen};
+use crate::protocol::deadline::Deadline;
 use crate::protocol::envelope::PREFIX;
 
 /// Answers one unary call. Every failure becomes a gRPC status, as tonic would send it.
@@ -26,6 +27,7 @@ pub(super) async fn serve(
     method: Arc<Method>,
     request: http::Request<Body>,
     settings: ServiceSettings,
+    deadline: Deadline,
 ) -> http::Response<tonic::body::Body> {
     let (parts, body) = request.into_parts();
     let codings = match Codings::of(&parts.headers) {
@@ -42,7 +44,8 @@ pub(super) async fn serve(
         Protocol::Grpc,
         settings.peer,
         settings.observer,
-    );
+    )
+    .until(deadline.at());
     let call = engine::Call {
         method,
         metadata: MetadataMap::from_headers(parts.headers),

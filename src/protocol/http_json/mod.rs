@@ -129,6 +129,7 @@ async fn call(
     );
     let (parts, body) = request.into_parts();
     let deadline = Deadline::http(&parts.headers)?;
+    let seen = seen.until(deadline.at());
     let query = wire::query_pairs(parts.uri.query());
     // A route without `body` ignores the request body, as grpc-gateway does.
     let incoming: engine::Decoded = if matches!(route.body, BodyRule::None) {
