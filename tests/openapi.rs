@@ -9,7 +9,7 @@ mod http_client;
 use std::time::Duration;
 
 use common::*;
-use http_client::{get, post_json};
+use http_client::{get, post_json, send};
 use serde_json::{json, Value as Json};
 
 const LIBRARY: &str = r#"syntax = "proto3";
@@ -296,4 +296,53 @@ service Specs {
         doc["paths"]["/protodrop/admin/v1/calls"]["get"]["operationId"],
         "Admin_ListCalls"
     );
+}
+
+#[tokio::test]
+async fn the_document_is_sent_gzipped_to_a_client_that_accepts_gzip() {
+    // A large tree's document is tens of megabytes; a browser or `curl --compressed` gets it
+    // gzipped, any other client plain, and both read the same document.
+    let s = Server::start_with(
+        &[("lib.proto", LIBRARY)],
+        &[("lib.toml", HANDLERS)],
+        Options::default(),
+    );
+    let plain = get(s.addr, "/openapi.json").await;
+    plain.expect(200);
+    assert_eq!(plain.header("content-encoding"), None);
+    let zipped = send(
+        s.addr,
+        "GET",
+        "/openapi.json",
+        &[("accept-encoding", "gzip, br")],
+        "",
+    )
+    .await;
+    zipped.expect(200);
+    assert_eq!(zipped.header("content-encoding").as_deref(), Some("gzip"));
+    assert_eq!(zipped.header("vary").as_deref(), Some("accept-encoding"));
+    let mut inflated = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&zipped.body[..]),
+        &mut inflated,
+    )
+    .unwrap();
+    assert_eq!(inflated, plain.body);
+    assert!(
+        zipped.body.len() * 3 < plain.body.len(),
+        "{} of {}",
+        zipped.body.len(),
+        plain.body.len()
+    );
+    // `gzip;q=0` refuses it.
+    let refused = send(
+        s.addr,
+        "GET",
+        "/openapi.json",
+        &[("accept-encoding", "gzip;q=0")],
+        "",
+    )
+    .await;
+    assert_eq!(refused.header("content-encoding"), None);
+    assert_eq!(refused.body, plain.body);
 }

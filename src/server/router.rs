@@ -105,9 +105,13 @@ impl Kind {
 pub(crate) const OPENAPI_PATH: &str = "/openapi.json";
 
 /// The OpenAPI document of the state's routes: made on the blocking pool the first time it is asked
-/// for (seconds on a large tree), then kept with the state.
-fn openapi(state: Arc<State>) -> ResponseFuture {
+/// for (seconds on a large tree), then kept with the state, gzipped (a large tree's document is
+/// tens of megabytes, a tenth of that gzipped). Sent gzipped to a client that accepts it
+/// (`accept-encoding`), else inflated for it.
+fn openapi(state: Arc<State>, accept: Option<&str>) -> ResponseFuture {
+    use crate::protocol::compression::Encoding;
     use crate::protos::http_routes::openapi;
+    let gzip = Encoding::accepted(accept, Encoding::Identity) == Encoding::Gzip;
     Box::pin(async move {
         let tables = state.route_tables();
         let made = state
@@ -117,24 +121,50 @@ fn openapi(state: Arc<State>) -> ResponseFuture {
                 let document = tokio::task::spawn_blocking(move || {
                     let tables: Vec<&_> = tables.iter().map(|t| &**t).collect();
                     let document = openapi::document(&tables, &openapi::Info::default());
+                    let plain = document.len();
+                    let gzipped = Encoding::Gzip.compress(document.into_bytes());
                     // What making it took beyond the document itself (each file's comments, the
                     // pieces) goes back to the system, as after a load.
                     alloc_meter::release_free_memory();
-                    document
+                    (plain, gzipped)
                 })
                 .await?;
-                tracing::debug!(bytes = document.len(), elapsed = ?started.elapsed(), "OpenAPI document made");
-                Ok::<_, tokio::task::JoinError>(bytes::Bytes::from(document))
+                let (plain, gzipped) = document;
+                tracing::debug!(bytes = plain, gzipped = gzipped.len(), elapsed = ?started.elapsed(), "OpenAPI document made");
+                Ok::<_, tokio::task::JoinError>(bytes::Bytes::from(gzipped))
             })
-            .await;
+            .await
+            .cloned();
+        let made = match (made, gzip) {
+            (Ok(gzipped), false) => tokio::task::spawn_blocking(move || {
+                let mut plain = Vec::new();
+                let mut inflate = flate2::read::GzDecoder::new(&gzipped[..]);
+                std::io::Read::read_to_end(&mut inflate, &mut plain).map(|_| plain.into())
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|inflated| inflated.map_err(|e| e.to_string())),
+            (made, _) => made.map_err(|e| e.to_string()),
+        };
         Ok(match made {
             Ok(document) => {
-                let body = http_body_util::Full::new(document.clone());
+                let body = http_body_util::Full::new(document);
                 let mut response = http::Response::new(Body::new(body));
-                response.headers_mut().insert(
+                let headers = response.headers_mut();
+                headers.insert(
                     header::CONTENT_TYPE,
                     http::HeaderValue::from_static("application/json"),
                 );
+                headers.insert(
+                    header::VARY,
+                    http::HeaderValue::from_static("accept-encoding"),
+                );
+                if gzip {
+                    headers.insert(
+                        header::CONTENT_ENCODING,
+                        http::HeaderValue::from_static("gzip"),
+                    );
+                }
                 response
             }
             Err(e) => http_json::error(
@@ -220,7 +250,8 @@ impl Router {
             && request.method() == http::Method::GET
             && !http_json::has_route(&state, request.method(), path)
         {
-            return openapi(state);
+            let accept = request.headers().get(header::ACCEPT_ENCODING);
+            return openapi(state, accept.and_then(|v| v.to_str().ok()));
         }
         // What a Connect request's path names: the user's method, else a built-in service, else an
         // HTTP/JSON route that looks like a method path (`POST /v1.files/upload`, or `/{x=**}`

@@ -99,8 +99,8 @@ pub struct State {
     reflection: Option<Reflection>,
     /// HTTP/JSON transcoding routes from the `google.api.http` annotations, rebuilt with the protos.
     pub routes: Arc<crate::protos::http_routes::Routes>,
-    /// The OpenAPI document of `routes`, made when first asked for (`GET /openapi.json`), kept
-    /// while the routes are: a handler reload shares it, a proto reload starts a new one.
+    /// The OpenAPI document of `routes`, gzipped, made when first asked for (`GET /openapi.json`),
+    /// kept while the routes are: a handler reload shares it, a proto reload starts a new one.
     pub(crate) openapi: Arc<tokio::sync::OnceCell<bytes::Bytes>>,
     /// Health overrides from the handler files' `[health]` tables.
     pub(crate) health_overrides: BTreeMap<String, ServingStatus>,
