@@ -179,14 +179,7 @@ pub(crate) fn add_rules(target: &Target, file: &Path, json: bool) -> anyhow::Res
     let answer = server
         .send(http::Verb::Post, &route("rules"), Some(&body))
         .map_err(|e| submitted.rename(e))?;
-    if json {
-        return show::raw(&answer);
-    }
-    show::rules(
-        answer.json()?["rules"]
-            .as_array()
-            .map_or(&[][..], Vec::as_slice),
-    )
+    rules_answer(&answer, json)
 }
 
 /// `protodrop rules list`: every rule served, runtime and files', in the order tried.
@@ -201,8 +194,13 @@ pub(crate) fn list_rules(target: &Target, method: Option<&str>, json: bool) -> a
         None => route("rules"),
     };
     let answer = Server::new(target)?.get(&path)?;
+    rules_answer(&answer, json)
+}
+
+/// An answer that lists rules (AddRules, ListRules): as it came with `--json`, else a line each.
+fn rules_answer(answer: &http::Answer, json: bool) -> anyhow::Result<()> {
     if json {
-        return show::raw(&answer);
+        return show::raw(answer);
     }
     show::rules(
         answer.json()?["rules"]
