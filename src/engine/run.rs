@@ -58,6 +58,9 @@ pub async fn answer(call: Call) -> Reply {
         if let Some(metrics) = method.metrics() {
             metrics.unmatched();
         }
+        if let Some(watch) = &watch {
+            watch.metadata(metadata);
+        }
         return Reply::refused(Status::unimplemented(method.no_handler_message()));
     };
     let (client, server) = (method.client_streaming(), method.server_streaming());

@@ -78,8 +78,16 @@ impl Journal {
     /// between the count and the call being there to clear.
     fn add(&self, record: Arc<Record>) {
         let mut calls = self.calls();
-        let held = record.progress().bytes + RECORD_OVERHEAD;
-        self.bytes.fetch_add(held, Ordering::Relaxed);
+        {
+            // Marked entered with its lock held, as `Record::grow` reads the mark: each byte is
+            // counted once, here or there.
+            let progress = record.progress();
+            if record.entered.swap(true, Ordering::Relaxed) {
+                return;
+            }
+            let held = progress.bytes + RECORD_OVERHEAD;
+            self.bytes.fetch_add(held, Ordering::Relaxed);
+        }
         calls.push_back(record);
         self.trim(&mut calls);
     }
@@ -166,8 +174,13 @@ pub(crate) struct Record {
     clock: Instant,
     /// The journal it is in; `None` when only the log is on.
     journal: Option<&'static Journal>,
+    /// In the journal's list (see [`Record::enter`]).
+    entered: AtomicBool,
     /// Left the journal (dropped or cleared): its bytes are no longer counted there.
     detached: AtomicBool,
+    /// Itself, for entering the journal from where only a reference is at hand (the engine's
+    /// `Watch::metadata`).
+    me: std::sync::Weak<Record>,
     progress: Mutex<Progress>,
 }
 
@@ -313,14 +326,16 @@ impl Record {
         seen: Seen,
         journal: Option<&'static Journal>,
         clock: Instant,
-    ) -> Record {
+    ) -> Arc<Record> {
         let id = journal.map_or(0, |j| j.next_id.fetch_add(1, Ordering::Relaxed));
         // Only the journal reads the metadata; a call with one request hands it over when
         // answered (`Watch::metadata`), a streaming one is copied now.
         let streaming = call.method.client_streaming() || call.method.server_streaming();
         let metadata = (journal.is_some() && streaming).then(|| call.metadata.clone());
-        Record {
+        let record = Arc::new_cyclic(|me| Record {
             id,
+            entered: AtomicBool::new(false),
+            me: me.clone(),
             protocol: seen.protocol,
             peer: seen.peer,
             deadline: seen.deadline,
@@ -334,13 +349,22 @@ impl Record {
                 method: Some(call.method.clone()),
                 ..Progress::default()
             }),
+        });
+        if streaming {
+            record.enter();
         }
+        record
     }
 
-    /// Puts a started record in its journal.
-    pub(super) fn enter(self: &Arc<Self>) {
-        if let Some(journal) = self.journal {
-            journal.add(self.clone());
+    /// Puts the record in its journal, once: a streaming call's when it starts, a unary call's
+    /// when its metadata is handed over (or its end comes first), so that no call is listed
+    /// without its metadata.
+    fn enter(&self) {
+        if self.entered.load(Ordering::Relaxed) {
+            return;
+        }
+        if let (Some(journal), Some(me)) = (self.journal, self.me.upgrade()) {
+            journal.add(me);
         }
     }
 
@@ -354,8 +378,10 @@ impl Record {
     /// lock let go: trimming takes the list's lock, and the records' after it).
     fn grow(&self, progress: &mut Progress, n: usize) -> bool {
         progress.bytes += n;
+        let counted =
+            self.entered.load(Ordering::Relaxed) && !self.detached.load(Ordering::Relaxed);
         match self.journal {
-            Some(journal) if !self.detached.load(Ordering::Relaxed) => {
+            Some(journal) if counted => {
                 journal.bytes.fetch_add(n, Ordering::Relaxed) + n > journal.caps.max_bytes
             }
             _ => false,
@@ -422,6 +448,7 @@ impl Record {
     /// A unary answer, whole: its headers, message and end, at one moment, with one lock. The
     /// time the call took.
     pub(super) fn ready(&self, ready: &engine::Ready) -> Duration {
+        self.enter();
         let at = self.clock.elapsed();
         let mut progress = self.progress();
         let mut over = false;
@@ -464,6 +491,7 @@ impl Record {
 
     /// The end; the time the call took.
     pub(super) fn end(&self, end: &End) -> Duration {
+        self.enter();
         let at = self.clock.elapsed();
         let progress = self.progress();
         self.close_locked(progress, false, end.code, &end.message, &end.trailers, at);
@@ -472,6 +500,7 @@ impl Record {
 
     /// The reply was dropped: unless its end was seen, the call was cut short.
     pub(super) fn cut(&self) {
+        self.enter();
         let at = self.clock.elapsed();
         let code = crate::codes::cut_short(self.deadline);
         let message = match code {
@@ -714,6 +743,7 @@ impl Watch for Record {
             drop(progress);
             self.trim_if(over);
         }
+        self.enter();
     }
 }
 

@@ -111,6 +111,17 @@ struct Scratch {
     peer_text: Vec<u8>,
     second: u64,
     second_text: Vec<u8>,
+    /// The fields of the last INFO line that the next one likely repeats (protocol, method, code,
+    /// rule), as written: a client calling one method again and again gets the same ones.
+    same: Same,
+}
+
+struct Same {
+    protocol: &'static str,
+    code: Code,
+    method: String,
+    rule: String,
+    text: Vec<u8>,
 }
 
 thread_local! {
@@ -121,6 +132,13 @@ thread_local! {
             peer_text: Vec::new(),
             second: u64::MAX,
             second_text: Vec::new(),
+            same: Same {
+                protocol: "",
+                code: Code::Ok,
+                method: String::new(),
+                rule: String::new(),
+                text: Vec::new(),
+            },
         })
     };
 }
@@ -138,6 +156,7 @@ fn write(sink: &Sink, line: &Line<'_>, warning: Option<&Warning<'_>>) {
             peer_text,
             second,
             second_text,
+            same,
             ..
         } = scratch;
         out.clear();
@@ -146,24 +165,45 @@ fn write(sink: &Sink, line: &Line<'_>, warning: Option<&Warning<'_>>) {
             Some(Warning::Unanswered { .. }) => "call not answered by a rule",
             Some(Warning::ScriptFailed(_)) => "script failed",
         };
-        let mut w = Written {
-            out,
-            json: sink.json,
-        };
-        w.start(warning.is_some(), message, |out| {
+        let json = sink.json;
+        Written { out, json }.start(warning.is_some(), message, |out| {
             write_time(out, line.ended, second, second_text)
         });
-        w.bare("protocol", line.protocol.as_str());
-        w.bare("method", &line.method.name);
-        w.bare("code", crate::codes::name(line.code));
-        match (warning, line.rule) {
-            (Some(Warning::Unanswered { tried, .. }), _) => {
-                w.str("rule", "none");
+        let protocol = line.protocol.as_str();
+        let method = line.method.name.as_str();
+        let rule = line.rule.map_or("", |i| line.method.rule_origin(i));
+        match warning {
+            None => {
+                let repeated = same.protocol == protocol
+                    && same.code == line.code
+                    && same.method == method
+                    && same.rule == rule;
+                if !repeated {
+                    same.text.clear();
+                    let mut w = Written {
+                        out: &mut same.text,
+                        json,
+                    };
+                    w.fields(protocol, method, line.code, rule);
+                    same.protocol = protocol;
+                    same.code = line.code;
+                    same.method.clear();
+                    same.method.push_str(method);
+                    same.rule.clear();
+                    same.rule.push_str(rule);
+                }
+                out.extend_from_slice(&same.text);
+            }
+            Some(Warning::Unanswered { tried, .. }) => {
+                let mut w = Written { out, json };
+                w.fields(protocol, method, line.code, "none");
                 w.quoted("tried", tried);
             }
-            (_, Some(rule)) => w.str("rule", line.method.rule_origin(rule)),
-            (_, None) => w.str("rule", ""),
+            Some(Warning::ScriptFailed(_)) => {
+                Written { out, json }.fields(protocol, method, line.code, rule);
+            }
         }
+        let mut w = Written { out, json };
         w.number("elapsed_us", line.elapsed.as_micros() as u64);
         w.bytes("peer", peer_text);
         match warning {
@@ -289,6 +329,14 @@ impl Written<'_> {
             out.extend_from_slice(TARGET.as_bytes());
             out.push(b':');
         }
+    }
+
+    /// The fields every line starts with.
+    fn fields(&mut self, protocol: &str, method: &str, code: Code, rule: &str) {
+        self.bare("protocol", protocol);
+        self.bare("method", method);
+        self.bare("code", crate::codes::name(code));
+        self.str("rule", rule);
     }
 
     /// One of the first three fields: bare in text.

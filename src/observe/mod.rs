@@ -167,8 +167,7 @@ pub(crate) fn answer(call: engine::Call, seen: Seen) -> impl Future<Output = Rep
                 let mut call = call;
                 let clock = timer.started().unwrap_or_else(Instant::now);
                 let journal = observer.journal.as_ref();
-                let record = Arc::new(Record::start(&call, seen, journal, clock));
-                record.enter();
+                let record = Record::start(&call, seen, journal, clock);
                 call.watch = Some(record.clone());
                 call.requests = record.tee(call.requests);
                 (call, After::Record(Unseen(Some(record)), timer))

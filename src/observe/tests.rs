@@ -25,6 +25,7 @@ const PROTO: &str = r#"
         rpc Chat(stream Req) returns (stream Rep);
         rpc Picky(Req) returns (Rep);
         rpc Slow(Req) returns (Rep);
+        rpc Bare(Req) returns (Rep);
     }
 "#;
 
@@ -465,9 +466,12 @@ async fn a_unary_calls_metadata_is_kept_however_it_ends_and_shown_while_it_waits
     run(call("Picky", unmatched, with_user()), seen(observer)).await;
     let garbage = Requests::One(Request::Encoded(Bytes::from_static(&[0xff, 0xff])));
     run(call("Unary", garbage, with_user()), seen(observer)).await;
+    let no_rules = Requests::One(Request::Encoded(req("ann", 3)));
+    run(call("Bare", no_rules, with_user()), seen(observer)).await;
     let ended = calls(observer);
     let codes: Vec<&Value> = ended.iter().map(|c| &c["status"]["codeName"]).collect();
-    assert_eq!(codes, ["OK", "UNIMPLEMENTED", "INTERNAL"], "{ended:#?}");
+    let want = ["OK", "UNIMPLEMENTED", "INTERNAL", "UNIMPLEMENTED"];
+    assert_eq!(codes, want, "{ended:#?}");
     for c in &ended {
         assert_eq!(
             request_metadata(c, "x-user").as_deref(),
@@ -481,7 +485,7 @@ async fn a_unary_calls_metadata_is_kept_however_it_ends_and_shown_while_it_waits
     // Within the delay (300 ms), the call is listed with its metadata and without an end.
     let until = std::time::Instant::now() + std::time::Duration::from_millis(200);
     let in_flight = loop {
-        let seen = calls(observer).get(3).cloned();
+        let seen = calls(observer).get(4).cloned();
         match seen {
             Some(c) if request_metadata(&c, "x-user").is_some() => break c,
             seen if std::time::Instant::now() > until => panic!("in flight: {seen:#?}"),
