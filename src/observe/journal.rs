@@ -234,53 +234,69 @@ enum FrameKind {
     Reply(Payload, Option<usize>),
 }
 
-/// A message as it passed: bytes when the protocol had bytes, else the decoded message.
+/// A message as it passed: bytes when the protocol had bytes (a small message's inside the
+/// record, which then needs no allocation of its own), else the decoded message.
 enum Payload {
+    Small(u8, [u8; SMALL]),
     Bytes(Bytes),
     Decoded(DynamicMessage),
 }
+
+/// The most bytes a message may have to be kept inside its frame (no larger than the other forms).
+const SMALL: usize = 32;
 
 impl Payload {
     fn of_request(request: &Request) -> Payload {
         match request {
             // Copied: the request's bytes may be a slice of the connection's read buffer, which
             // a shared reference would keep whole, beyond what the byte cap counts.
-            Request::Encoded(bytes) => Payload::Bytes(Bytes::copy_from_slice(bytes)),
+            Request::Encoded(bytes) => Payload::copied(bytes),
             Request::Decoded(message) => Payload::Decoded(message.clone()),
         }
     }
 
     fn of_reply(message: &Message) -> Payload {
         match message {
-            Message::Encoded(bytes) => Payload::Bytes(bytes.clone()),
-            Message::Reserved(buf, reserve) => {
-                Payload::Bytes(Bytes::copy_from_slice(&buf[*reserve..]))
-            }
+            Message::Encoded(bytes) if bytes.len() > SMALL => Payload::Bytes(bytes.clone()),
+            Message::Encoded(bytes) => Payload::copied(bytes),
+            Message::Reserved(buf, reserve) => Payload::copied(&buf[*reserve..]),
             Message::Decoded(message) => Payload::Decoded(message.clone()),
         }
     }
 
-    fn size(&self) -> usize {
+    fn copied(bytes: &[u8]) -> Payload {
+        if bytes.len() <= SMALL {
+            let mut small = [0; SMALL];
+            small[..bytes.len()].copy_from_slice(bytes);
+            Payload::Small(bytes.len() as u8, small)
+        } else {
+            Payload::Bytes(Bytes::copy_from_slice(bytes))
+        }
+    }
+
+    /// The message's bytes, when it was kept as bytes.
+    fn encoded(&self) -> Option<&[u8]> {
         match self {
-            Payload::Bytes(bytes) => bytes.len(),
-            Payload::Decoded(message) => prost::Message::encoded_len(message),
+            Payload::Small(len, small) => Some(&small[..usize::from(*len)]),
+            Payload::Bytes(bytes) => Some(bytes),
+            Payload::Decoded(_) => None,
+        }
+    }
+
+    fn size(&self) -> usize {
+        match (self.encoded(), self) {
+            (Some(bytes), _) => bytes.len(),
+            (None, Payload::Decoded(message)) => prost::Message::encoded_len(message),
+            (None, _) => 0,
         }
     }
 
     /// `{ json, binary }` as `protodrop.admin.v1.Payload` in proto3 JSON.
     fn to_json(&self, desc: &MessageDescriptor) -> Value {
         use base64::Engine as _;
-        let (message, bytes) = match self {
-            Payload::Bytes(bytes) => (
-                DynamicMessage::decode(desc.clone(), bytes.clone()).ok(),
-                bytes.clone(),
-            ),
-            Payload::Decoded(message) => (
-                Some(message.clone()),
-                Bytes::from(prost::Message::encode_to_vec(message)),
-            ),
-        };
-        let json = message
+        let bytes = self.bytes();
+        let json = self
+            .decoded(desc)
             .and_then(|m| {
                 m.serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
                     .ok()
@@ -290,15 +306,17 @@ impl Payload {
     }
 
     fn decoded(&self, desc: &MessageDescriptor) -> Option<DynamicMessage> {
-        match self {
-            Payload::Bytes(bytes) => DynamicMessage::decode(desc.clone(), bytes.clone()).ok(),
-            Payload::Decoded(message) => Some(message.clone()),
+        match (self.encoded(), self) {
+            (Some(bytes), _) => DynamicMessage::decode(desc.clone(), bytes).ok(),
+            (None, Payload::Decoded(message)) => Some(message.clone()),
+            (None, _) => None,
         }
     }
 
     /// The message's bytes, whatever form it was kept in (a decoded one is encoded for this).
     fn bytes(&self) -> Bytes {
         match self {
+            Payload::Small(..) => Bytes::copy_from_slice(self.encoded().unwrap_or_default()),
             Payload::Bytes(bytes) => bytes.clone(),
             Payload::Decoded(message) => prost::Message::encode_to_vec(message).into(),
         }

@@ -425,7 +425,8 @@ async fn a_request_read_from_a_larger_buffer_is_kept_alone_not_with_the_buffer()
     // A protocol's request bytes may be a slice of the connection's read buffer: the journal
     // counts the message's bytes, so it must not keep the whole buffer alive through a slice.
     let observer = observer(ROOMY);
-    let message = req("ann", 3);
+    // Larger than a message kept inside its frame.
+    let message = req(&"ann".repeat(40), 3);
     let mut buffer = message.to_vec();
     buffer.resize(1 << 20, 0);
     let buffer = Bytes::from(buffer);
