@@ -87,6 +87,18 @@ async fn preflight(addr: SocketAddr, path: &str, origin: &str) -> http_client::R
     .await
 }
 
+/// A POST of `body` as `content_type` to `path`, from a page of `origin`.
+async fn post_from(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    origin: &str,
+    body: impl Into<bytes::Bytes>,
+) -> http_client::Reply {
+    let headers = [("content-type", content_type), ("origin", origin)];
+    http_client::send(addr, "POST", path, &headers, body).await
+}
+
 /// An empty message in a gRPC-Web frame, POSTed to `path` from `origin`.
 async fn grpc_web_empty(addr: SocketAddr, path: &str, origin: &str) -> http_client::Reply {
     let body = http_client::envelope(0, &[]);
@@ -148,14 +160,7 @@ async fn cross_origin_admin_calls_are_refused_in_every_protocol_and_change_nothi
     }
 
     // HTTP/JSON, as a page's fetch() sends it: 403 with google.rpc.Status naming the flag.
-    let reply = http_client::send(
-        addr,
-        "POST",
-        RULES,
-        &[("content-type", "application/json"), ("origin", PAGE)],
-        ADD_BODY.to_string(),
-    )
-    .await;
+    let reply = post_from(addr, RULES, "application/json", PAGE, ADD_BODY.to_string()).await;
     assert_eq!(reply.status, 403, "{}", reply.text());
     let body = reply.json();
     assert_eq!(body["code"], 7, "{body}");
@@ -165,22 +170,15 @@ async fn cross_origin_admin_calls_are_refused_in_every_protocol_and_change_nothi
         "{message}"
     );
     // A "simple" request (text/plain: no preflight at all) is refused the same way.
-    let reply = http_client::send(
-        addr,
-        "POST",
-        RESET,
-        &[("content-type", "text/plain"), ("origin", PAGE)],
-        "{}",
-    )
-    .await;
+    let reply = post_from(addr, RESET, "text/plain", PAGE, "{}").await;
     assert_eq!(reply.status, 403, "{}", reply.text());
 
     // Connect.
-    let reply = http_client::send(
+    let reply = post_from(
         addr,
-        "POST",
         ADD_RULES,
-        &[("content-type", "application/json"), ("origin", PAGE)],
+        "application/json",
+        PAGE,
         ADD_BODY.to_string(),
     )
     .await;
@@ -220,14 +218,7 @@ async fn cross_origin_admin_calls_are_refused_in_every_protocol_and_change_nothi
         "/%70rotodrop/admin/v1/rules:reset",
         "/protodrop/%61dmin/v1/rules:reset",
     ] {
-        let reply = http_client::send(
-            addr,
-            "POST",
-            path,
-            &[("content-type", "text/plain"), ("origin", PAGE)],
-            "{}",
-        )
-        .await;
+        let reply = post_from(addr, path, "text/plain", PAGE, "{}").await;
         assert_eq!(reply.status, 403, "{path}: {}", reply.text());
     }
 
@@ -253,14 +244,7 @@ async fn an_origin_named_by_admin_cors_origin_may_call_the_admin_api() {
         reply.header("access-control-allow-origin").as_deref(),
         Some("*")
     );
-    let reply = http_client::send(
-        addr,
-        "POST",
-        RULES,
-        &[("content-type", "application/json"), ("origin", tool)],
-        ADD_BODY.to_string(),
-    )
-    .await;
+    let reply = post_from(addr, RULES, "application/json", tool, ADD_BODY.to_string()).await;
     reply.expect(200);
     assert!(reply.header("access-control-allow-origin").is_some());
     assert_eq!(unary_text(&server).await, "runtime");
@@ -269,14 +253,7 @@ async fn an_origin_named_by_admin_cors_origin_may_call_the_admin_api() {
     assert!(runtime_rules(addr).await.is_empty());
 
     // Another origin still may not.
-    let reply = http_client::send(
-        addr,
-        "POST",
-        RULES,
-        &[("content-type", "application/json"), ("origin", PAGE)],
-        ADD_BODY.to_string(),
-    )
-    .await;
+    let reply = post_from(addr, RULES, "application/json", PAGE, ADD_BODY.to_string()).await;
     assert_eq!(reply.status, 403, "{}", reply.text());
     assert!(runtime_rules(addr).await.is_empty());
 }
@@ -287,14 +264,7 @@ async fn user_methods_still_answer_cross_origin() {
     let addr = server.addr;
     let reply = preflight(addr, "/t.Svc/Unary", PAGE).await;
     assert!((200..300).contains(&reply.status), "{}", reply.status);
-    let reply = http_client::send(
-        addr,
-        "POST",
-        "/t.Svc/Unary",
-        &[("content-type", "application/json"), ("origin", PAGE)],
-        "{}",
-    )
-    .await;
+    let reply = post_from(addr, "/t.Svc/Unary", "application/json", PAGE, "{}").await;
     reply.expect(200);
     assert_eq!(reply.json()["text"], "file");
     assert_eq!(
@@ -309,14 +279,7 @@ async fn with_cors_off_a_cross_origin_admin_call_is_still_refused() {
     // guard must not depend on CORS being on.
     let server = start(&["--cors-origin", "none"]);
     let addr = server.addr;
-    let reply = http_client::send(
-        addr,
-        "POST",
-        RULES,
-        &[("content-type", "text/plain"), ("origin", PAGE)],
-        ADD_BODY.to_string(),
-    )
-    .await;
+    let reply = post_from(addr, RULES, "text/plain", PAGE, ADD_BODY.to_string()).await;
     assert_eq!(reply.status, 403, "{}", reply.text());
     assert!(runtime_rules(addr).await.is_empty());
 }
