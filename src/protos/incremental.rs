@@ -213,9 +213,14 @@ fn try_reload(
     let pool = &memo.pool;
     let mut importers: HashMap<&str, Vec<&str>> = HashMap::new();
     let descriptors: Vec<_> = pool.files().collect();
+    // Through `dependencies()`, not `file_descriptor_proto()`: that makes (and keeps, shared with
+    // every later pool) a `prost_types` copy of each file, source info decoded.
     for file in &descriptors {
-        for dep in &file.file_descriptor_proto().dependency {
-            importers.entry(dep.as_str()).or_default().push(file.name());
+        for dep in file.dependencies() {
+            importers
+                .entry(descriptors[dep.index()].name())
+                .or_default()
+                .push(file.name());
         }
     }
     let mut changed: Vec<&str> = Vec::new();
@@ -278,9 +283,9 @@ fn try_reload(
             None if affected.contains(name) => None,
             None => Some(
                 pool.get_file_by_name(name)?
-                    .file_descriptor_proto()
-                    .dependency
-                    .clone(),
+                    .dependencies()
+                    .map(|d| d.name().to_string())
+                    .collect(),
             ),
         }
     };
@@ -432,3 +437,6 @@ fn compile_order(
     }
     Some(order)
 }
+
+#[cfg(test)]
+mod relocate_tests;

@@ -1339,6 +1339,32 @@ mod incremental_tests {
         used
     }
 
+    /// An edit of a file nothing imports: the reload shares the other files' definitions with the
+    /// pool it keeps them from (still served until the swap) rather than copying them, and makes
+    /// no `prost_types` copy of them (`file_descriptor_proto()`, a second copy of each file with
+    /// its source info decoded, which the pools after it kept).
+    #[test]
+    fn a_leaf_reload_allocates_little_beside_the_pool_it_keeps_from() {
+        let dir = tree();
+        let d = dir.path();
+        // On this thread alone (`|_| 0`: no helper parses ahead), a cold load's pool is counted.
+        let before = alloc_meter::net_allocated();
+        let cold = load_with_helpers(d, &[], &[], &[], |_| 0, None).unwrap();
+        let pool_bytes = alloc_meter::net_allocated() - before;
+        let (leaf, text) = file(149, "  string added = 99;\n");
+        write(d, &leaf, &text);
+        let before = alloc_meter::net_allocated();
+        let reloaded = load_with_helpers(d, &[], &[], &[], |_| 0, None).unwrap();
+        let reload_bytes = alloc_meter::net_allocated() - before;
+        assert!(reloaded.reloaded.is_some(), "incremental");
+        // Copying them made it 1.4 × the pool; sharing, a quarter (the new pool's tables).
+        assert!(
+            reload_bytes < pool_bytes / 2,
+            "a leaf reload kept {reload_bytes} bytes beside a pool of {pool_bytes}"
+        );
+        drop((cold, reloaded));
+    }
+
     #[test]
     fn a_reload_gives_what_a_cold_load_gives() {
         let dir = tree();

@@ -9,7 +9,7 @@
 //! is what a build from scratch in that order would have numbered them: definitions are numbered
 //! per file in the order of the files, and within a file in the same visiting order as before.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::descriptor::{Definition, DefinitionKind, DescriptorPoolInner, FileIndex, KindIndex};
@@ -33,22 +33,29 @@ impl<T: Clone> Items<'_, T> {
 }
 
 /// Old index → new index, for the items whose file is kept, in the new order of files then the
-/// old order within a file. Also the old indices in new order.
-fn renumber(files: &[u32], file_of: impl Iterator<Item = FileIndex>, count: usize) -> (Vec<u32>, Vec<usize>) {
-    let mut by_file: HashMap<u32, Vec<usize>> = HashMap::new();
-    for (i, file) in file_of.enumerate() {
-        if files[file as usize] != DROPPED {
-            by_file.entry(files[file as usize]).or_default().push(i);
+/// old order within a file. Also the old indices in new order. A counting sort by new file: no
+/// hashing, one pass over the items each way.
+fn renumber(files: &[u32], file_of: impl Iterator<Item = FileIndex> + Clone, count: usize, kept: usize) -> (Vec<u32>, Vec<usize>) {
+    // starts[f]: where the items of new file f begin in the new order.
+    let mut starts = vec![0usize; kept + 1];
+    for file in file_of.clone() {
+        let new = files[file as usize];
+        if new != DROPPED {
+            starts[new as usize + 1] += 1;
         }
     }
-    let mut new_files: Vec<u32> = by_file.keys().copied().collect();
-    new_files.sort_unstable();
+    for f in 0..kept {
+        starts[f + 1] += starts[f];
+    }
     let mut map = vec![DROPPED; count];
-    let mut order = Vec::new();
-    for file in new_files {
-        for i in &by_file[&file] {
-            map[*i] = order.len() as u32;
-            order.push(*i);
+    let mut order = vec![0usize; starts[kept]];
+    for (i, file) in file_of.enumerate() {
+        let new = files[file as usize];
+        if new != DROPPED {
+            let at = &mut starts[new as usize];
+            map[i] = *at as u32;
+            order[*at] = i;
+            *at += 1;
         }
     }
     (map, order)
@@ -79,18 +86,21 @@ impl DescriptorPool {
             &file_map,
             old.messages.iter().map(|m| m.id.file),
             old.messages.len(),
+            files.len(),
         );
         let (enums_map, enums_order) =
-            renumber(&file_map, old.enums.iter().map(|e| e.id.file), old.enums.len());
+            renumber(&file_map, old.enums.iter().map(|e| e.id.file), old.enums.len(), files.len());
         let (extensions_map, extensions_order) = renumber(
             &file_map,
             old.extensions.iter().map(|e| e.id.file),
             old.extensions.len(),
+            files.len(),
         );
         let (services_map, services_order) = renumber(
             &file_map,
             old.services.iter().map(|s| s.id.file),
             old.services.len(),
+            files.len(),
         );
         let kind = |kind: KindIndex| match kind {
             KindIndex::Message(m) => KindIndex::Message(messages_map[m as usize]),
@@ -133,7 +143,15 @@ impl DescriptorPool {
             }
         };
 
-        let mut pool = DescriptorPoolInner::default();
+        let mut pool = DescriptorPoolInner {
+            files: Vec::with_capacity(files.len()),
+            file_names: HashMap::with_capacity(files.len()),
+            messages: Vec::with_capacity(messages_order.len()),
+            enums: Vec::with_capacity(enums_order.len()),
+            extensions: Vec::with_capacity(extensions_order.len()),
+            services: Vec::with_capacity(services_order.len()),
+            names: HashMap::new(),
+        };
         let old_files: Vec<usize> = {
             let mut v = vec![0; files.len()];
             for (old_index, &new) in file_map.iter().enumerate() {
@@ -148,11 +166,8 @@ impl DescriptorPool {
             for dep in &mut file.dependencies {
                 *dep = file_map[*dep as usize];
             }
-            file.transitive_dependencies = file
-                .transitive_dependencies
-                .iter()
-                .map(|d| file_map[*d as usize])
-                .collect::<HashSet<_>>();
+            // Empty once a file is built (`build_files_deduped`).
+            debug_assert!(file.transitive_dependencies.is_empty());
             file.locations = Default::default();
             pool.file_names
                 .insert(file.raw.name().into(), pool.files.len() as u32);
@@ -264,6 +279,6 @@ impl DescriptorPool {
 }
 
 enum Names<'a> {
-    Owned(HashMap<Box<str>, Definition>),
-    Shared(&'a HashMap<Box<str>, Definition>),
+    Owned(HashMap<Arc<str>, Definition>),
+    Shared(&'a HashMap<Arc<str>, Definition>),
 }
