@@ -204,9 +204,10 @@ fn try_reload(
     if !key.descriptor_sets.is_empty() {
         return Err("descriptor sets");
     }
+    let ahead = ParseAhead::new(files);
     let tree = Tree::new(
         layout.clone(),
-        ParseAhead::new(files),
+        ahead.clone(),
         found.to_vec(),
         super::sets::Sets::default().resolver(),
     );
@@ -228,12 +229,21 @@ fn try_reload(
     for file in &descriptors {
         let name = file.name();
         let old = memo.origins.get(name).ok_or("a file of unknown origin")?;
-        let dirs: Vec<&Path> = importers
-            .get(name)
-            .into_iter()
-            .flatten()
-            .filter_map(|i| memo.origins.get(*i)?.path()?.parent())
-            .collect();
+        // The importers' folders, where the name might resolve next to one: asked only for a name
+        // that is not the protos folder's own (those resolve first), each folder once (a
+        // well-known type has thousands of importers, a few hundred folders).
+        let mut dirs: Vec<&Path> = Vec::new();
+        if ahead.path_of(name).is_none() {
+            dirs.extend(
+                importers
+                    .get(name)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| memo.origins.get(*i)?.path()?.parent()),
+            );
+            dirs.sort_unstable();
+            dirs.dedup();
+        }
         let now = tree
             .origin(name, false, &dirs)
             .ok_or("an import may resolve next to its importer")?;
@@ -277,29 +287,38 @@ fn try_reload(
         return Err("a problem resolving imports");
     }
     let parse_time = started.elapsed();
-    let imports = |name: &str| -> Option<Vec<String>> {
+    // Names as the memo's pool spells them: the order borrows them rather than copying each.
+    let by_name: HashMap<&str, usize> = descriptors
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.name(), i))
+        .collect();
+    let known = |name: &str| by_name.get_key_value(name).map(|(name, _)| *name);
+    let imports = |name: &str| -> Option<Vec<&str>> {
         match parsed.get(name) {
-            Some(file) => Some(file.dependency.clone()),
+            // An import the last load did not compile: none (a cold load then).
+            Some(file) => file.dependency.iter().map(|d| known(d)).collect(),
             None if affected.contains(name) => None,
             None => Some(
-                pool.get_file_by_name(name)?
+                descriptors[*by_name.get(name)?]
                     .dependencies()
-                    .map(|d| d.name().to_string())
+                    .map(|d| descriptors[d.index()].name())
                     .collect(),
             ),
         }
     };
-    let order = compile_order(
-        first
-            .iter()
-            .map(|n| n.to_string())
-            .chain(files.iter().map(|(n, _)| n.clone())),
-        imports,
-    )
-    .ok_or("an import never compiled before, listed twice or in a cycle")?;
+    let roots: Vec<&str> = first
+        .iter()
+        .copied()
+        .chain(files.iter().map(|(n, _)| n.as_str()))
+        .map(known)
+        .collect::<Option<_>>()
+        .ok_or("a file never compiled before")?;
+    let order = compile_order(roots.into_iter(), imports)
+        .ok_or("an import never compiled before, listed twice or in a cycle")?;
     let kept: Vec<&str> = order
         .iter()
-        .map(String::as_str)
+        .copied()
         .filter(|n| !affected.contains(n))
         .collect();
     let order_time = started.elapsed();
@@ -309,18 +328,14 @@ fn try_reload(
         .ok_or("the kept files are not closed under imports")?;
     let kept_time = started.elapsed();
     let mut parsed = parsed;
-    for name in order.iter().filter(|n| affected.contains(n.as_str())) {
-        let file = parsed.remove(name).ok_or("a file compiled twice")?;
+    for name in order.iter().filter(|n| affected.contains(*n)) {
+        let file = parsed.remove(*name).ok_or("a file compiled twice")?;
         if new.add_file_descriptor_proto(file).is_err() {
             return Err("a file does not compile");
         }
     }
     let added_time = started.elapsed();
-    if !new
-        .files()
-        .map(|f| f.name().to_string())
-        .eq(order.iter().cloned())
-    {
+    if new.files().len() != order.len() || !new.files().zip(&order).all(|(f, n)| f.name() == *n) {
         new = new.with_files(&order).ok_or("not in import order")?;
     }
     tracing::debug!(
@@ -399,38 +414,38 @@ fn parse(
 /// The order protox's compiler adds files in when asked for `roots` in turn: each file after its
 /// imports (in the order it lists them), depth first. `None` on a file of unknown imports, an import
 /// listed twice or an import cycle (errors: a cold load reports them).
-fn compile_order(
-    roots: impl Iterator<Item = String>,
-    imports: impl Fn(&str) -> Option<Vec<String>>,
-) -> Option<Vec<String>> {
+fn compile_order<'a>(
+    roots: impl Iterator<Item = &'a str>,
+    imports: impl Fn(&str) -> Option<Vec<&'a str>>,
+) -> Option<Vec<&'a str>> {
     let mut order = Vec::new();
-    let mut done: HashSet<String> = HashSet::new();
-    let mut open: HashSet<String> = HashSet::new();
+    let mut done: HashSet<&str> = HashSet::new();
+    let mut open: HashSet<&str> = HashSet::new();
     // (file, its imports, the next import to visit)
-    let mut stack: Vec<(String, Vec<String>, usize)> = Vec::new();
+    let mut stack: Vec<(&str, Vec<&str>, usize)> = Vec::new();
     for root in roots {
-        if done.contains(&root) {
+        if done.contains(root) {
             continue;
         }
-        let deps = imports(&root)?;
-        open.insert(root.clone());
+        let deps = imports(root)?;
+        open.insert(root);
         stack.push((root, deps, 0));
         while let Some((_, deps, next)) = stack.last_mut() {
-            if let Some(dep) = deps.get(*next).cloned() {
+            if let Some(&dep) = deps.get(*next) {
                 *next += 1;
-                if deps[..*next - 1].contains(&dep) || open.contains(&dep) {
+                if deps[..*next - 1].contains(&dep) || open.contains(dep) {
                     return None;
                 }
-                if done.contains(&dep) {
+                if done.contains(dep) {
                     continue;
                 }
-                let deps = imports(&dep)?;
-                open.insert(dep.clone());
+                let deps = imports(dep)?;
+                open.insert(dep);
                 stack.push((dep, deps, 0));
             } else {
                 let (name, _, _) = stack.pop()?;
-                open.remove(&name);
-                done.insert(name.clone());
+                open.remove(name);
+                done.insert(name);
                 order.push(name);
             }
         }
