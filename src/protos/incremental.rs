@@ -51,7 +51,8 @@ pub(super) struct Memo {
     /// The protos folder's files as found (relative names), and as compiled (known name, path).
     found: Vec<String>,
     files: Vec<(String, PathBuf)>,
-    origins: HashMap<String, Origin>,
+    /// Shared with the next memo when a reload resolved every name as this one did (it checks so).
+    origins: Arc<HashMap<String, Origin>>,
     stamps: HashMap<PathBuf, Stamp>,
     pool: DescriptorPool,
     /// The load's [`Generation`].
@@ -118,7 +119,7 @@ pub(super) fn remember(
     key: Key,
     found: Vec<String>,
     files: Vec<(String, PathBuf)>,
-    origins: HashMap<String, Origin>,
+    origins: Arc<HashMap<String, Origin>>,
     stamps: HashMap<PathBuf, Stamp>,
     pool: &DescriptorPool,
     generation: Generation,
@@ -144,13 +145,14 @@ pub(super) fn remember(
 
 /// The pool a cold load of these files would compile, made from the last good load, what it was
 /// made from, and its generation (`generation` when remembered, the last load's when unchanged); `None` when it cannot be made exactly that way (see
-/// the module's doc). `folder_stamps`: the protos folder's files, stamped before anything was read.
+/// the module's doc). `folder_stamps`: the protos folder's files, stamped before anything was read
+/// (taken for the next memo when the reload is made).
 pub(super) fn reload(
     key: &Key,
     found: &[String],
     files: &[(String, PathBuf)],
     layout: &Arc<Layout>,
-    folder_stamps: &HashMap<PathBuf, Stamp>,
+    folder_stamps: &mut HashMap<PathBuf, Stamp>,
     first: &[&str],
     generation: Generation,
 ) -> Option<(DescriptorPool, Reloaded, Generation)> {
@@ -193,7 +195,7 @@ fn try_reload(
     found: &[String],
     files: &[(String, PathBuf)],
     layout: &Arc<Layout>,
-    folder_stamps: &HashMap<PathBuf, Stamp>,
+    folder_stamps: &mut HashMap<PathBuf, Stamp>,
     first: &[&str],
     generation: Generation,
 ) -> Result<(DescriptorPool, HashSet<String>, Generation), &'static str> {
@@ -212,14 +214,19 @@ fn try_reload(
         super::sets::Sets::default().resolver(),
     );
     let pool = &memo.pool;
-    let mut importers: HashMap<&str, Vec<&str>> = HashMap::new();
     let descriptors: Vec<_> = pool.files().collect();
-    // Through `dependencies()`, not `file_descriptor_proto()`: that makes (and keeps, shared with
-    // every later pool) a `prost_types` copy of each file, source info decoded.
-    for file in &descriptors {
-        for dep in file.dependencies() {
+    // Each file's imports, as indices into `descriptors`: read once (through `dependencies()`, not
+    // `file_descriptor_proto()`, which makes and keeps a `prost_types` copy of each file, source
+    // info decoded), for the importers here and the compile order below.
+    let imports_of: Vec<Vec<usize>> = descriptors
+        .iter()
+        .map(|f| f.dependencies().map(|d| d.index()).collect())
+        .collect();
+    let mut importers: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (file, deps) in descriptors.iter().zip(&imports_of) {
+        for &dep in deps {
             importers
-                .entry(descriptors[dep.index()].name())
+                .entry(descriptors[dep].name())
                 .or_default()
                 .push(file.name());
         }
@@ -300,9 +307,9 @@ fn try_reload(
             Some(file) => file.dependency.iter().map(|d| known(d)).collect(),
             None if affected.contains(name) => None,
             None => Some(
-                descriptors[*by_name.get(name)?]
-                    .dependencies()
-                    .map(|d| descriptors[d.index()].name())
+                imports_of[*by_name.get(name)?]
+                    .iter()
+                    .map(|&d| descriptors[d].name())
                     .collect(),
             ),
         }
@@ -352,11 +359,23 @@ fn try_reload(
     );
     // The memo for the next load: what changed is stamped as it was before it was read.
     let (origins, stamps) = tree.record().take();
-    let mut memo_origins = memo.origins.clone();
-    memo_origins.extend(origins);
-    let mut memo_stamps = memo.stamps.clone();
-    memo_stamps.retain(|p, _| !changed_paths.contains(p));
-    memo_stamps.extend(folder_stamps.iter().map(|(p, s)| (p.clone(), *s)));
+    // Every name resolved as before (checked above): the same origins, shared.
+    let memo_origins = if origins.iter().all(|(n, o)| memo.origins.get(n) == Some(o)) {
+        memo.origins.clone()
+    } else {
+        let mut all = (*memo.origins).clone();
+        all.extend(origins);
+        Arc::new(all)
+    };
+    // The folder's files as stamped now, the others' as before unless changed, and those read now.
+    let mut memo_stamps = std::mem::take(folder_stamps);
+    memo_stamps.extend(
+        memo.stamps
+            .iter()
+            .filter(|(p, _)| !changed_paths.contains(*p) && !memo_stamps.contains_key(*p))
+            .map(|(p, s)| (p.clone(), *s))
+            .collect::<Vec<_>>(),
+    );
     memo_stamps.extend(stamps);
     remember(
         key.clone(),

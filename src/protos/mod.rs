@@ -249,7 +249,7 @@ fn load_with_helpers(
         );
     }
     // Stamped before anything is read: an edit made during the load shows in the next one.
-    let stamps: std::collections::HashMap<PathBuf, stamp::Stamp> = files
+    let mut stamps: std::collections::HashMap<PathBuf, stamp::Stamp> = files
         .iter()
         .filter_map(|(_, path)| Some((path.clone(), stamp::Stamp::of(path)?)))
         .collect();
@@ -269,7 +269,7 @@ fn load_with_helpers(
             &found,
             &files,
             &layout,
-            &stamps,
+            &mut stamps,
             ALWAYS_LOADED,
             incremental::next_generation(),
         ) {
@@ -379,7 +379,15 @@ fn load_with_helpers(
         let (origins, root_stamps) = record.take();
         let mut stamps = stamps;
         stamps.extend(root_stamps);
-        incremental::remember(key, found, memo_files, origins, stamps, &pool, generation);
+        incremental::remember(
+            key,
+            found,
+            memo_files,
+            Arc::new(origins),
+            stamps,
+            &pool,
+            generation,
+        );
     }
     let mut files = files;
     files.sort_unstable();
