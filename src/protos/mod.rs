@@ -249,10 +249,7 @@ fn load_with_helpers(
         );
     }
     // Stamped before anything is read: an edit made during the load shows in the next one.
-    let mut stamps: std::collections::HashMap<PathBuf, stamp::Stamp> = files
-        .iter()
-        .filter_map(|(_, path)| Some((path.clone(), stamp::Stamp::of(path)?)))
-        .collect();
+    let mut stamps = stamp::stamp_all(files.iter().map(|(_, path)| path.as_path()));
     tracing::debug!(files = files.len(), elapsed = ?started.elapsed(), "protos found and stamped");
     let key = incremental::Key {
         root: root.to_path_buf(),
