@@ -11,8 +11,6 @@ use prost_types::{
     FileDescriptorProto, MethodDescriptorProto, ServiceDescriptorProto,
 };
 
-use std::fmt::Write as _;
-
 fn field(name: &str, number: i32, type_name: Option<&str>) -> FieldDescriptorProto {
     FieldDescriptorProto {
         name: Some(name.to_owned()),
