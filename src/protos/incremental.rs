@@ -51,7 +51,8 @@ pub(super) struct Memo {
     /// The protos folder's files as found (relative names), and as compiled (known name, path).
     found: Vec<String>,
     files: Vec<(String, PathBuf)>,
-    origins: HashMap<String, Origin>,
+    /// Shared with the next memo when a reload resolved every name as this one did (it checks so).
+    origins: Arc<HashMap<String, Origin>>,
     stamps: HashMap<PathBuf, Stamp>,
     pool: DescriptorPool,
     /// The load's [`Generation`].
@@ -118,7 +119,7 @@ pub(super) fn remember(
     key: Key,
     found: Vec<String>,
     files: Vec<(String, PathBuf)>,
-    origins: HashMap<String, Origin>,
+    origins: Arc<HashMap<String, Origin>>,
     stamps: HashMap<PathBuf, Stamp>,
     pool: &DescriptorPool,
     generation: Generation,
@@ -144,13 +145,14 @@ pub(super) fn remember(
 
 /// The pool a cold load of these files would compile, made from the last good load, what it was
 /// made from, and its generation (`generation` when remembered, the last load's when unchanged); `None` when it cannot be made exactly that way (see
-/// the module's doc). `folder_stamps`: the protos folder's files, stamped before anything was read.
+/// the module's doc). `folder_stamps`: the protos folder's files, stamped before anything was read
+/// (taken for the next memo when the reload is made).
 pub(super) fn reload(
     key: &Key,
     found: &[String],
     files: &[(String, PathBuf)],
     layout: &Arc<Layout>,
-    folder_stamps: &HashMap<PathBuf, Stamp>,
+    folder_stamps: &mut HashMap<PathBuf, Stamp>,
     first: &[&str],
     generation: Generation,
 ) -> Option<(DescriptorPool, Reloaded, Generation)> {
@@ -193,7 +195,7 @@ fn try_reload(
     found: &[String],
     files: &[(String, PathBuf)],
     layout: &Arc<Layout>,
-    folder_stamps: &HashMap<PathBuf, Stamp>,
+    folder_stamps: &mut HashMap<PathBuf, Stamp>,
     first: &[&str],
     generation: Generation,
 ) -> Result<(DescriptorPool, HashSet<String>, Generation), &'static str> {
@@ -204,31 +206,48 @@ fn try_reload(
     if !key.descriptor_sets.is_empty() {
         return Err("descriptor sets");
     }
+    let ahead = ParseAhead::new(files);
     let tree = Tree::new(
         layout.clone(),
-        ParseAhead::new(files),
+        ahead.clone(),
         found.to_vec(),
         super::sets::Sets::default().resolver(),
     );
     let pool = &memo.pool;
-    let mut importers: HashMap<&str, Vec<&str>> = HashMap::new();
     let descriptors: Vec<_> = pool.files().collect();
-    for file in &descriptors {
-        for dep in &file.file_descriptor_proto().dependency {
-            importers.entry(dep.as_str()).or_default().push(file.name());
+    // Each file's imports, as indices into `descriptors`: read once (through `dependencies()`, not
+    // `file_descriptor_proto()`, which makes and keeps a `prost_types` copy of each file, source
+    // info decoded), for the importers here and the compile order below.
+    let imports_of: Vec<Vec<usize>> = descriptors
+        .iter()
+        .map(|f| f.dependencies().map(|d| d.index()).collect())
+        .collect();
+    // Each file's importers, by index.
+    let mut importers: Vec<Vec<usize>> = vec![Vec::new(); descriptors.len()];
+    for (file, deps) in imports_of.iter().enumerate() {
+        for &dep in deps {
+            importers[dep].push(file);
         }
     }
-    let mut changed: Vec<&str> = Vec::new();
+    let mut changed: Vec<usize> = Vec::new();
     let mut changed_paths: HashSet<PathBuf> = HashSet::new();
-    for file in &descriptors {
+    for (index, file) in descriptors.iter().enumerate() {
         let name = file.name();
         let old = memo.origins.get(name).ok_or("a file of unknown origin")?;
-        let dirs: Vec<&Path> = importers
-            .get(name)
-            .into_iter()
-            .flatten()
-            .filter_map(|i| memo.origins.get(*i)?.path()?.parent())
-            .collect();
+        // The importers' folders, where the name might resolve next to one: asked only for a name
+        // that is not the protos folder's own (those resolve first), each folder once (a
+        // well-known type has thousands of importers, a few hundred folders).
+        let mut dirs: Vec<&Path> = Vec::new();
+        if ahead.path_of(name).is_none() {
+            dirs.extend(
+                importers[index]
+                    .iter()
+                    .filter_map(|&i| memo.origins.get(descriptors[i].name())?.path()?.parent()),
+            );
+            // By their bytes: comparing paths component by component costs more than the rest.
+            dirs.sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
+            dirs.dedup();
+        }
         let now = tree
             .origin(name, false, &dirs)
             .ok_or("an import may resolve next to its importer")?;
@@ -241,7 +260,7 @@ fn try_reload(
         if let Some(path) = now.path() {
             let stamp = folder_stamps.get(path).copied().or_else(|| Stamp::of(path));
             if stamp.is_none() || stamp != memo.stamps.get(path).copied() {
-                changed.push(name);
+                changed.push(index);
                 changed_paths.insert(path.to_path_buf());
             }
         }
@@ -253,15 +272,22 @@ fn try_reload(
         return Ok((pool.clone(), HashSet::new(), memo.generation));
     }
     // Every file importing a changed one, directly or not.
-    let mut affected: HashSet<&str> = changed.iter().copied().collect();
+    let mut reached = vec![false; descriptors.len()];
     let mut todo = changed.clone();
-    while let Some(name) = todo.pop() {
-        for importer in importers.get(name).into_iter().flatten() {
-            if affected.insert(importer) {
+    for &i in &changed {
+        reached[i] = true;
+    }
+    while let Some(file) = todo.pop() {
+        for &importer in &importers[file] {
+            if !std::mem::replace(&mut reached[importer], true) {
                 todo.push(importer);
             }
         }
     }
+    let affected: HashSet<&str> = (0..descriptors.len())
+        .filter(|&i| reached[i])
+        .map(|i| descriptors[i].name())
+        .collect();
     let parsed = parse(&tree, &affected).ok_or("a file does not parse")?;
     if !tree
         .problems
@@ -272,29 +298,38 @@ fn try_reload(
         return Err("a problem resolving imports");
     }
     let parse_time = started.elapsed();
-    let imports = |name: &str| -> Option<Vec<String>> {
+    // Names as the memo's pool spells them: the order borrows them rather than copying each.
+    let by_name: HashMap<&str, usize> = descriptors
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.name(), i))
+        .collect();
+    let known = |name: &str| by_name.get_key_value(name).map(|(name, _)| *name);
+    let imports = |name: &str| -> Option<Vec<&str>> {
         match parsed.get(name) {
-            Some(file) => Some(file.dependency.clone()),
+            // An import the last load did not compile: none (a cold load then).
+            Some(file) => file.dependency.iter().map(|d| known(d)).collect(),
             None if affected.contains(name) => None,
             None => Some(
-                pool.get_file_by_name(name)?
-                    .file_descriptor_proto()
-                    .dependency
-                    .clone(),
+                imports_of[*by_name.get(name)?]
+                    .iter()
+                    .map(|&d| descriptors[d].name())
+                    .collect(),
             ),
         }
     };
-    let order = compile_order(
-        first
-            .iter()
-            .map(|n| n.to_string())
-            .chain(files.iter().map(|(n, _)| n.clone())),
-        imports,
-    )
-    .ok_or("an import never compiled before, listed twice or in a cycle")?;
+    let roots: Vec<&str> = first
+        .iter()
+        .copied()
+        .chain(files.iter().map(|(n, _)| n.as_str()))
+        .map(known)
+        .collect::<Option<_>>()
+        .ok_or("a file never compiled before")?;
+    let order = compile_order(roots.into_iter(), imports)
+        .ok_or("an import never compiled before, listed twice or in a cycle")?;
     let kept: Vec<&str> = order
         .iter()
-        .map(String::as_str)
+        .copied()
         .filter(|n| !affected.contains(n))
         .collect();
     let order_time = started.elapsed();
@@ -304,18 +339,14 @@ fn try_reload(
         .ok_or("the kept files are not closed under imports")?;
     let kept_time = started.elapsed();
     let mut parsed = parsed;
-    for name in order.iter().filter(|n| affected.contains(n.as_str())) {
-        let file = parsed.remove(name).ok_or("a file compiled twice")?;
+    for name in order.iter().filter(|n| affected.contains(*n)) {
+        let file = parsed.remove(*name).ok_or("a file compiled twice")?;
         if new.add_file_descriptor_proto(file).is_err() {
             return Err("a file does not compile");
         }
     }
     let added_time = started.elapsed();
-    if !new
-        .files()
-        .map(|f| f.name().to_string())
-        .eq(order.iter().cloned())
-    {
+    if new.files().len() != order.len() || !new.files().zip(&order).all(|(f, n)| f.name() == *n) {
         new = new.with_files(&order).ok_or("not in import order")?;
     }
     tracing::debug!(
@@ -332,11 +363,23 @@ fn try_reload(
     );
     // The memo for the next load: what changed is stamped as it was before it was read.
     let (origins, stamps) = tree.record().take();
-    let mut memo_origins = memo.origins.clone();
-    memo_origins.extend(origins);
-    let mut memo_stamps = memo.stamps.clone();
-    memo_stamps.retain(|p, _| !changed_paths.contains(p));
-    memo_stamps.extend(folder_stamps.iter().map(|(p, s)| (p.clone(), *s)));
+    // Every name resolved as before (checked above): the same origins, shared.
+    let memo_origins = if origins.iter().all(|(n, o)| memo.origins.get(n) == Some(o)) {
+        memo.origins.clone()
+    } else {
+        let mut all = (*memo.origins).clone();
+        all.extend(origins);
+        Arc::new(all)
+    };
+    // The folder's files as stamped now, the others' as before unless changed, and those read now.
+    let mut memo_stamps = std::mem::take(folder_stamps);
+    memo_stamps.extend(
+        memo.stamps
+            .iter()
+            .filter(|(p, _)| !changed_paths.contains(*p) && !memo_stamps.contains_key(*p))
+            .map(|(p, s)| (p.clone(), *s))
+            .collect::<Vec<_>>(),
+    );
     memo_stamps.extend(stamps);
     remember(
         key.clone(),
@@ -394,41 +437,44 @@ fn parse(
 /// The order protox's compiler adds files in when asked for `roots` in turn: each file after its
 /// imports (in the order it lists them), depth first. `None` on a file of unknown imports, an import
 /// listed twice or an import cycle (errors: a cold load reports them).
-fn compile_order(
-    roots: impl Iterator<Item = String>,
-    imports: impl Fn(&str) -> Option<Vec<String>>,
-) -> Option<Vec<String>> {
+fn compile_order<'a>(
+    roots: impl Iterator<Item = &'a str>,
+    imports: impl Fn(&str) -> Option<Vec<&'a str>>,
+) -> Option<Vec<&'a str>> {
     let mut order = Vec::new();
-    let mut done: HashSet<String> = HashSet::new();
-    let mut open: HashSet<String> = HashSet::new();
+    let mut done: HashSet<&str> = HashSet::new();
+    let mut open: HashSet<&str> = HashSet::new();
     // (file, its imports, the next import to visit)
-    let mut stack: Vec<(String, Vec<String>, usize)> = Vec::new();
+    let mut stack: Vec<(&str, Vec<&str>, usize)> = Vec::new();
     for root in roots {
-        if done.contains(&root) {
+        if done.contains(root) {
             continue;
         }
-        let deps = imports(&root)?;
-        open.insert(root.clone());
+        let deps = imports(root)?;
+        open.insert(root);
         stack.push((root, deps, 0));
         while let Some((_, deps, next)) = stack.last_mut() {
-            if let Some(dep) = deps.get(*next).cloned() {
+            if let Some(&dep) = deps.get(*next) {
                 *next += 1;
-                if deps[..*next - 1].contains(&dep) || open.contains(&dep) {
+                if deps[..*next - 1].contains(&dep) || open.contains(dep) {
                     return None;
                 }
-                if done.contains(&dep) {
+                if done.contains(dep) {
                     continue;
                 }
-                let deps = imports(&dep)?;
-                open.insert(dep.clone());
+                let deps = imports(dep)?;
+                open.insert(dep);
                 stack.push((dep, deps, 0));
             } else {
                 let (name, _, _) = stack.pop()?;
-                open.remove(&name);
-                done.insert(name.clone());
+                open.remove(name);
+                done.insert(name);
                 order.push(name);
             }
         }
     }
     Some(order)
 }
+
+#[cfg(test)]
+mod relocate_tests;

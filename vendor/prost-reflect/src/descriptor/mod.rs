@@ -137,7 +137,10 @@ pub struct DescriptorPool {
 
 #[derive(Clone, Default)]
 struct DescriptorPoolInner {
-    names: HashMap<Box<str>, Definition>,
+    // protodrop patch: the names (and paths, json names, per-message lookup tables) are shared
+    // (`Arc`), a definition's `Identity` sharing its key here: relocating a file into a new pool
+    // (`build/relocate.rs`) while the old pool is still in use copies references, not strings.
+    names: HashMap<Arc<str>, Definition>,
     file_names: HashMap<Box<str>, FileIndex>,
     files: Vec<FileDescriptorInner>,
     messages: Vec<MessageDescriptorInner>,
@@ -149,15 +152,15 @@ struct DescriptorPoolInner {
 #[derive(Clone)]
 struct Identity {
     file: FileIndex,
-    path: Box<[i32]>,
-    full_name: Box<str>,
+    path: Arc<[i32]>,
+    full_name: Arc<str>,
     name_index: usize,
 }
 
 #[derive(Clone, Debug)]
 struct Definition {
     file: FileIndex,
-    path: Box<[i32]>,
+    path: Arc<[i32]>,
     kind: DefinitionKind,
 }
 
@@ -191,6 +194,8 @@ struct FileDescriptorInner {
     /// Shared with the file's relocated copies, like `raw`.
     prost: Arc<std::sync::OnceLock<prost_types::FileDescriptorProto>>,
     dependencies: Vec<FileIndex>,
+    /// The files whose names are in scope in this one: itself, its imports and their public
+    /// imports. protodrop patch: set while the file is built, empty afterwards.
     transitive_dependencies: HashSet<FileIndex>,
     /// protodrop: the span of the first source location of each path, made when an error first
     /// needs one (a linear search per error label was quadratic for a big file with many errors).
@@ -218,9 +223,9 @@ struct MessageDescriptorInner {
     parent: Option<MessageIndex>,
     extensions: Vec<ExtensionIndex>,
     fields: Vec<FieldDescriptorInner>,
-    field_numbers: BTreeMap<u32, FieldIndex>,
-    field_names: HashMap<Box<str>, FieldIndex>,
-    field_json_names: HashMap<Box<str>, FieldIndex>,
+    field_numbers: Arc<BTreeMap<u32, FieldIndex>>,
+    field_names: Arc<HashMap<Box<str>, FieldIndex>>,
+    field_json_names: Arc<HashMap<Box<str>, FieldIndex>>,
     oneofs: Vec<OneofDescriptorInner>,
 }
 
@@ -248,7 +253,7 @@ pub struct FieldDescriptor {
 struct FieldDescriptorInner {
     id: Identity,
     number: u32,
-    json_name: Box<str>,
+    json_name: Arc<str>,
     kind: KindIndex,
     oneof: Option<OneofIndex>,
     is_packed: bool,
@@ -269,7 +274,7 @@ pub struct ExtensionDescriptorInner {
     id: Identity,
     parent: Option<MessageIndex>,
     number: u32,
-    json_name: Box<str>,
+    json_name: Arc<str>,
     extendee: MessageIndex,
     kind: KindIndex,
     is_packed: bool,
@@ -289,8 +294,8 @@ struct EnumDescriptorInner {
     id: Identity,
     parent: Option<MessageIndex>,
     values: Vec<EnumValueDescriptorInner>,
-    value_numbers: Vec<(i32, EnumValueIndex)>,
-    value_names: HashMap<Box<str>, EnumValueIndex>,
+    value_numbers: Arc<Vec<(i32, EnumValueIndex)>>,
+    value_names: Arc<HashMap<Box<str>, EnumValueIndex>>,
     allow_alias: bool,
 }
 
@@ -335,14 +340,15 @@ struct MethodDescriptorInner {
 }
 
 impl Identity {
-    fn new(file: FileIndex, path: &[i32], full_name: &str, name: &str) -> Identity {
+    /// `full_name`: the key of the definition's name in the pool's table (`shared_name`).
+    fn new(file: FileIndex, path: &[i32], full_name: Arc<str>, name: &str) -> Identity {
         debug_assert!(full_name.ends_with(name));
         let name_index = full_name.len() - name.len();
         debug_assert!(name_index == 0 || full_name.as_bytes()[name_index - 1] == b'.');
         Identity {
             file,
             path: path.into(),
-            full_name: full_name.into(),
+            full_name,
             name_index,
         }
     }
@@ -428,6 +434,14 @@ impl DescriptorPoolInner {
     fn get_by_name(&self, name: &str) -> Option<&Definition> {
         let name = name.strip_prefix('.').unwrap_or(name);
         self.names.get(name)
+    }
+
+    /// protodrop patch: `full_name` as the names table holds it, shared (a new one if absent).
+    fn shared_name(&self, full_name: &str) -> Arc<str> {
+        match self.names.get_key_value(full_name) {
+            Some((key, _)) => key.clone(),
+            None => full_name.into(),
+        }
     }
 }
 

@@ -180,6 +180,10 @@ impl DescriptorPool {
             if let Some(info) = &mut Arc::make_mut(&mut file.raw).source_code_info {
                 info.compact();
             }
+            // protodrop patch: only the build of the file itself reads the names in its scope
+            // (resolution and options, above); kept, they would have to be renumbered each time
+            // the file is relocated (`relocate.rs`).
+            file.transitive_dependencies = HashSet::new();
         }
 
         Ok(())
@@ -213,7 +217,7 @@ impl fmt::Display for ResolveNameFilter {
 impl<'a, 'b> ResolveNameResult<'a, 'b> {
     fn new(
         dependencies: &HashSet<FileIndex>,
-        names: &'a HashMap<Box<str>, Definition>,
+        names: &'a HashMap<Arc<str>, Definition>,
         name: impl Into<Cow<'b, str>>,
         filter: ResolveNameFilter,
     ) -> Self {
@@ -287,7 +291,7 @@ impl<'a, 'b> ResolveNameResult<'a, 'b> {
                         found_file,
                         join_path(found_path1, found_path2),
                     ),
-                    defined: Label::new(files, "defined here", def.file, def.path.clone()),
+                    defined: Label::new(files, "defined here", def.file, Box::from(&*def.path)),
                 })
             }
             ResolveNameResult::NotImported { name, file } => {
@@ -354,7 +358,7 @@ fn to_json_name(name: &str) -> String {
 fn resolve_name<'a, 'b>(
     files: &[FileDescriptorInner],
     dependencies: &HashSet<FileIndex>,
-    names: &'a HashMap<Box<str>, Definition>,
+    names: &'a HashMap<Arc<str>, Definition>,
     scope: &str,
     name: &'b str,
     filter: ResolveNameFilter,
@@ -393,7 +397,7 @@ fn in_scope(
 fn resolve_relative_name<'a, 'b>(
     files: &[FileDescriptorInner],
     dependencies: &HashSet<FileIndex>,
-    names: &'a HashMap<Box<str>, Definition>,
+    names: &'a HashMap<Arc<str>, Definition>,
     scope: &str,
     relative_name: &'b str,
     filter: ResolveNameFilter,

@@ -1,5 +1,5 @@
 use std::sync::Arc;
-use std::collections::{hash_map, BTreeMap, HashMap, HashSet};
+use std::collections::{hash_map, HashMap, HashSet};
 
 use crate::{
     descriptor::{
@@ -140,12 +140,13 @@ impl Visitor for NameVisitor<'_> {
         );
 
         debug_assert_eq!(to_index(self.pool.messages.len()), index);
+        let shared_name = self.pool.shared_name(full_name);
         self.pool.messages.push(MessageDescriptorInner {
-            id: Identity::new(file, path, full_name, message.name()),
+            id: Identity::new(file, path, shared_name, message.name()),
             fields: Vec::with_capacity(message.field.len()),
-            field_numbers: BTreeMap::new(),
-            field_names: HashMap::with_capacity(message.field.len()),
-            field_json_names: HashMap::with_capacity(message.field.len()),
+            field_numbers: Default::default(),
+            field_names: Arc::new(HashMap::with_capacity(message.field.len())),
+            field_json_names: Arc::new(HashMap::with_capacity(message.field.len())),
             oneofs: Vec::with_capacity(message.oneof_decl.len()),
             extensions: Vec::new(),
             parent,
@@ -197,10 +198,11 @@ impl Visitor for NameVisitor<'_> {
             to_index(self.pool.messages[message as usize].oneofs.len()),
             index
         );
+        let shared_name = self.pool.shared_name(full_name);
         self.pool.messages[message as usize]
             .oneofs
             .push(OneofDescriptorInner {
-                id: Identity::new(file, path, full_name, oneof.name()),
+                id: Identity::new(file, path, shared_name, oneof.name()),
                 fields: Vec::new(),
             });
     }
@@ -288,12 +290,13 @@ impl Visitor for NameVisitor<'_> {
         });
 
         debug_assert_eq!(to_index(self.pool.enums.len()), index);
+        let shared_name = self.pool.shared_name(full_name);
         self.pool.enums.push(EnumDescriptorInner {
-            id: Identity::new(file, path, full_name, enum_.name()),
+            id: Identity::new(file, path, shared_name, enum_.name()),
             parent,
             values: Vec::with_capacity(enum_.value.len()),
-            value_numbers: Vec::with_capacity(enum_.value.len()),
-            value_names: HashMap::with_capacity(enum_.value.len()),
+            value_numbers: Arc::new(Vec::with_capacity(enum_.value.len())),
+            value_names: Arc::new(HashMap::with_capacity(enum_.value.len())),
             allow_alias,
         });
     }
@@ -319,10 +322,11 @@ impl Visitor for NameVisitor<'_> {
             to_index(self.pool.enums[enum_ as usize].values.len()),
             index
         );
+        let shared_name = self.pool.shared_name(full_name);
         self.pool.enums[enum_ as usize]
             .values
             .push(EnumValueDescriptorInner {
-                id: Identity::new(file, path, full_name, value.name()),
+                id: Identity::new(file, path, shared_name, value.name()),
                 number: value.number(),
             });
     }
@@ -359,7 +363,11 @@ impl NameVisitor<'_> {
 
         match self.pool.names.entry(name.into()) {
             hash_map::Entry::Vacant(entry) => {
-                entry.insert(Definition { file, kind, path });
+                entry.insert(Definition {
+                    file,
+                    kind,
+                    path: path.into(),
+                });
             }
             hash_map::Entry::Occupied(_) => {
                 let entry = &self.pool.names[name];
@@ -376,7 +384,7 @@ impl NameVisitor<'_> {
                         &self.pool.files,
                         "first defined here",
                         entry.file,
-                        entry.path.clone(),
+                        Box::from(&*entry.path),
                     ),
                     second: Label::new(&self.pool.files, "defined again here", file, path),
                 })

@@ -9,46 +9,70 @@
 //! is what a build from scratch in that order would have numbered them: definitions are numbered
 //! per file in the order of the files, and within a file in the same visiting order as before.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::descriptor::{Definition, DefinitionKind, DescriptorPoolInner, FileIndex, KindIndex};
+use crate::descriptor::{
+    Definition, DefinitionKind, DescriptorPoolInner, EnumDescriptorInner, ExtensionDescriptorInner,
+    FileDescriptorInner, FileIndex, KindIndex, MessageDescriptorInner, ServiceDescriptorInner,
+};
 use crate::DescriptorPool;
 
 const DROPPED: u32 = u32::MAX;
 
-/// The elements of one of the pool's vectors, moved out when the pool is not shared, else cloned.
+/// The elements of one of the pool's vectors: when the pool is not shared, those from an index on,
+/// moved out, else all of them, cloned.
 enum Items<'a, T> {
-    Owned(Vec<Option<T>>),
+    Owned(usize, Vec<Option<T>>),
     Shared(&'a [T]),
 }
 
 impl<T: Clone> Items<'_, T> {
     fn take(&mut self, i: usize) -> T {
         match self {
-            Items::Owned(items) => items[i].take().expect("each item is taken once"),
+            Items::Owned(from, items) => items[i - *from].take().expect("each item is taken once"),
             Items::Shared(items) => items[i].clone(),
         }
     }
+
+    /// Room in `into` for the items to come, up to `total`.
+    fn reserve(&self, into: &mut Vec<T>, total: usize) {
+        into.reserve(total.saturating_sub(into.len()));
+    }
+}
+
+/// How many items at the front keep their index (`map[i] == i`).
+fn in_place(map: &[u32]) -> usize {
+    map.iter()
+        .enumerate()
+        .take_while(|&(i, &new)| new as usize == i)
+        .count()
 }
 
 /// Old index → new index, for the items whose file is kept, in the new order of files then the
-/// old order within a file. Also the old indices in new order.
-fn renumber(files: &[u32], file_of: impl Iterator<Item = FileIndex>, count: usize) -> (Vec<u32>, Vec<usize>) {
-    let mut by_file: HashMap<u32, Vec<usize>> = HashMap::new();
-    for (i, file) in file_of.enumerate() {
-        if files[file as usize] != DROPPED {
-            by_file.entry(files[file as usize]).or_default().push(i);
+/// old order within a file. Also the old indices in new order. A counting sort by new file: no
+/// hashing, one pass over the items each way.
+fn renumber(files: &[u32], file_of: impl Iterator<Item = FileIndex> + Clone, count: usize, kept: usize) -> (Vec<u32>, Vec<usize>) {
+    // starts[f]: where the items of new file f begin in the new order.
+    let mut starts = vec![0usize; kept + 1];
+    for file in file_of.clone() {
+        let new = files[file as usize];
+        if new != DROPPED {
+            starts[new as usize + 1] += 1;
         }
     }
-    let mut new_files: Vec<u32> = by_file.keys().copied().collect();
-    new_files.sort_unstable();
+    for f in 0..kept {
+        starts[f + 1] += starts[f];
+    }
     let mut map = vec![DROPPED; count];
-    let mut order = Vec::new();
-    for file in new_files {
-        for i in &by_file[&file] {
-            map[*i] = order.len() as u32;
-            order.push(*i);
+    let mut order = vec![0usize; starts[kept]];
+    for (i, file) in file_of.enumerate() {
+        let new = files[file as usize];
+        if new != DROPPED {
+            let at = &mut starts[new as usize];
+            map[i] = *at as u32;
+            order[*at] = i;
+            *at += 1;
         }
     }
     (map, order)
@@ -79,18 +103,21 @@ impl DescriptorPool {
             &file_map,
             old.messages.iter().map(|m| m.id.file),
             old.messages.len(),
+            files.len(),
         );
         let (enums_map, enums_order) =
-            renumber(&file_map, old.enums.iter().map(|e| e.id.file), old.enums.len());
+            renumber(&file_map, old.enums.iter().map(|e| e.id.file), old.enums.len(), files.len());
         let (extensions_map, extensions_order) = renumber(
             &file_map,
             old.extensions.iter().map(|e| e.id.file),
             old.extensions.len(),
+            files.len(),
         );
         let (services_map, services_order) = renumber(
             &file_map,
             old.services.iter().map(|s| s.id.file),
             old.services.len(),
+            files.len(),
         );
         let kind = |kind: KindIndex| match kind {
             KindIndex::Message(m) => KindIndex::Message(messages_map[m as usize]),
@@ -106,22 +133,61 @@ impl DescriptorPool {
             }
         };
 
+        // When the pool is not shared, the items at the front that keep their index (the files
+        // before the first one that moves: putting a pool back in order after a few files were
+        // compiled onto its end moves only what follows them) stay where they are, renumbered in
+        // place; the others are moved out and back in their new order. A shared pool's items are
+        // cloned (cheap: names, paths and lookup tables are shared).
         let mut owned;
         let shared;
+        let mut pool;
         let (mut f, mut ms, mut es, mut xs, mut ss, names) = match Arc::try_unwrap(self.inner) {
-            Ok(pool) => {
-                owned = pool;
+            Ok(inner) => {
+                owned = inner;
+                fn tail<T>(items: &mut Vec<T>, keep: usize) -> Items<'static, T> {
+                    Items::Owned(keep, items.split_off(keep).into_iter().map(Some).collect())
+                }
+                let files_kept = in_place(&file_map);
+                let files_tail = tail(&mut owned.files, files_kept);
+                let messages_tail = tail(&mut owned.messages, in_place(&messages_map));
+                let enums_tail = tail(&mut owned.enums, in_place(&enums_map));
+                let extensions_tail = tail(&mut owned.extensions, in_place(&extensions_map));
+                let services_tail = tail(&mut owned.services, in_place(&services_map));
+                pool = DescriptorPoolInner {
+                    files: std::mem::take(&mut owned.files),
+                    file_names: std::mem::take(&mut owned.file_names),
+                    messages: std::mem::take(&mut owned.messages),
+                    enums: std::mem::take(&mut owned.enums),
+                    extensions: std::mem::take(&mut owned.extensions),
+                    services: std::mem::take(&mut owned.services),
+                    names: HashMap::new(),
+                };
+                // The tail's items go back in their new order, after those kept in place.
+                files_tail.reserve(&mut pool.files, files.len());
+                messages_tail.reserve(&mut pool.messages, messages_order.len());
+                enums_tail.reserve(&mut pool.enums, enums_order.len());
+                extensions_tail.reserve(&mut pool.extensions, extensions_order.len());
+                services_tail.reserve(&mut pool.services, services_order.len());
                 (
-                    Items::Owned(std::mem::take(&mut owned.files).into_iter().map(Some).collect()),
-                    Items::Owned(std::mem::take(&mut owned.messages).into_iter().map(Some).collect()),
-                    Items::Owned(std::mem::take(&mut owned.enums).into_iter().map(Some).collect()),
-                    Items::Owned(std::mem::take(&mut owned.extensions).into_iter().map(Some).collect()),
-                    Items::Owned(std::mem::take(&mut owned.services).into_iter().map(Some).collect()),
+                    files_tail,
+                    messages_tail,
+                    enums_tail,
+                    extensions_tail,
+                    services_tail,
                     Names::Owned(std::mem::take(&mut owned.names)),
                 )
             }
             Err(arc) => {
                 shared = arc;
+                pool = DescriptorPoolInner {
+                    files: Vec::with_capacity(files.len()),
+                    file_names: shared.file_names.clone(),
+                    messages: Vec::with_capacity(messages_order.len()),
+                    enums: Vec::with_capacity(enums_order.len()),
+                    extensions: Vec::with_capacity(extensions_order.len()),
+                    services: Vec::with_capacity(services_order.len()),
+                    names: HashMap::new(),
+                };
                 (
                     Items::Shared(&shared.files[..]),
                     Items::Shared(&shared.messages[..]),
@@ -132,8 +198,21 @@ impl DescriptorPool {
                 )
             }
         };
+        pool.file_names.retain(|_, index| {
+            *index = file_map[*index as usize];
+            *index != DROPPED
+        });
 
-        let mut pool = DescriptorPoolInner::default();
+        let fix_file = |file: &mut FileDescriptorInner| {
+            for dep in &mut file.dependencies {
+                *dep = file_map[*dep as usize];
+            }
+            // Empty once a file is built (`build_files_deduped`).
+            debug_assert!(file.transitive_dependencies.is_empty());
+        };
+        for file in &mut pool.files {
+            fix_file(file);
+        }
         let old_files: Vec<usize> = {
             let mut v = vec![0; files.len()];
             for (old_index, &new) in file_map.iter().enumerate() {
@@ -143,32 +222,25 @@ impl DescriptorPool {
             }
             v
         };
-        for &old_index in &old_files {
+        for &old_index in &old_files[pool.files.len()..] {
             let mut file = f.take(old_index);
-            for dep in &mut file.dependencies {
-                *dep = file_map[*dep as usize];
-            }
-            file.transitive_dependencies = file
-                .transitive_dependencies
-                .iter()
-                .map(|d| file_map[*d as usize])
-                .collect::<HashSet<_>>();
+            fix_file(&mut file);
             file.locations = Default::default();
-            pool.file_names
-                .insert(file.raw.name().into(), pool.files.len() as u32);
             pool.files.push(file);
         }
-        for &i in &messages_order {
-            let mut m = ms.take(i);
+
+        let fix_message = |m: &mut MessageDescriptorInner| {
             m.id.file = file_map[m.id.file as usize];
             m.parent = m.parent.map(message);
-            m.extensions = m
-                .extensions
-                .iter()
-                .map(|x| extensions_map[*x as usize])
-                .filter(|x| *x != DROPPED)
-                .collect();
-            m.extensions.sort_unstable();
+            if !m.extensions.is_empty() {
+                m.extensions = m
+                    .extensions
+                    .iter()
+                    .map(|x| extensions_map[*x as usize])
+                    .filter(|x| *x != DROPPED)
+                    .collect();
+                m.extensions.sort_unstable();
+            }
             for field in &mut m.fields {
                 field.id.file = m.id.file;
                 field.kind = kind(field.kind);
@@ -176,33 +248,53 @@ impl DescriptorPool {
             for oneof in &mut m.oneofs {
                 oneof.id.file = m.id.file;
             }
+        };
+        pool.messages.iter_mut().for_each(&fix_message);
+        for &i in &messages_order[pool.messages.len()..] {
+            let mut m = ms.take(i);
+            fix_message(&mut m);
             pool.messages.push(m);
         }
-        for &i in &enums_order {
-            let mut e = es.take(i);
+
+        let fix_enum = |e: &mut EnumDescriptorInner| {
             e.id.file = file_map[e.id.file as usize];
             e.parent = e.parent.map(message);
             for value in &mut e.values {
                 value.id.file = e.id.file;
             }
+        };
+        pool.enums.iter_mut().for_each(&fix_enum);
+        for &i in &enums_order[pool.enums.len()..] {
+            let mut e = es.take(i);
+            fix_enum(&mut e);
             pool.enums.push(e);
         }
-        for &i in &extensions_order {
-            let mut x = xs.take(i);
+
+        let fix_extension = |x: &mut ExtensionDescriptorInner| {
             x.id.file = file_map[x.id.file as usize];
             x.parent = x.parent.map(message);
             x.extendee = message(x.extendee);
             x.kind = kind(x.kind);
+        };
+        pool.extensions.iter_mut().for_each(&fix_extension);
+        for &i in &extensions_order[pool.extensions.len()..] {
+            let mut x = xs.take(i);
+            fix_extension(&mut x);
             pool.extensions.push(x);
         }
-        for &i in &services_order {
-            let mut s = ss.take(i);
+
+        let fix_service = |s: &mut ServiceDescriptorInner| {
             s.id.file = file_map[s.id.file as usize];
             for method in &mut s.methods {
                 method.id.file = s.id.file;
                 method.input = message(method.input);
                 method.output = message(method.output);
             }
+        };
+        pool.services.iter_mut().for_each(&fix_service);
+        for &i in &services_order[pool.services.len()..] {
+            let mut s = ss.take(i);
+            fix_service(&mut s);
             pool.services.push(s);
         }
 
@@ -264,6 +356,6 @@ impl DescriptorPool {
 }
 
 enum Names<'a> {
-    Owned(HashMap<Box<str>, Definition>),
-    Shared(&'a HashMap<Box<str>, Definition>),
+    Owned(HashMap<Arc<str>, Definition>),
+    Shared(&'a HashMap<Arc<str>, Definition>),
 }

@@ -117,7 +117,8 @@ impl Visitor for ResolveVisitor<'_> {
         let kind =
             self.resolve_field_type(field.r#type(), field.type_name(), full_name, file, path);
 
-        let json_name: Box<str> = self.resolve_field_json_name(field, file, path).into();
+        let json_name: Arc<str> = self.resolve_field_json_name(field, file, path).into();
+        let shared_name = self.pool.shared_name(full_name);
 
         let is_packed = cardinality == Cardinality::Repeated
             && kind.is_some_and(|k| k.is_packable())
@@ -150,7 +151,7 @@ impl Visitor for ResolveVisitor<'_> {
         });
 
         message.fields.push(FieldDescriptorInner {
-            id: Identity::new(file, path, full_name, field.name()),
+            id: Identity::new(file, path, shared_name, field.name()),
             number: field.number() as u32,
             kind: kind.unwrap_or(KindIndex::Double),
             oneof,
@@ -160,7 +161,7 @@ impl Visitor for ResolveVisitor<'_> {
             cardinality,
             default,
         });
-        if let Some(existing) = message.field_numbers.insert(field.number() as u32, index) {
+        if let Some(existing) = Arc::make_mut(&mut message.field_numbers).insert(field.number() as u32, index) {
             self.errors.push(DescriptorErrorKind::DuplicateFieldNumber {
                 number: field.number() as u32,
                 first: Label::new(
@@ -180,7 +181,7 @@ impl Visitor for ResolveVisitor<'_> {
                 ),
             });
         }
-        if let Some(existing) = message.field_names.insert(field.name().into(), index) {
+        if let Some(existing) = Arc::make_mut(&mut message.field_names).insert(field.name().into(), index) {
             self.errors.push(DescriptorErrorKind::DuplicateName {
                 name: full_name.to_owned(),
                 first: Label::new(
@@ -200,7 +201,7 @@ impl Visitor for ResolveVisitor<'_> {
                 ),
             });
         }
-        if let Some(existing) = message.field_json_names.insert(json_name, index) {
+        if let Some(existing) = Arc::make_mut(&mut message.field_json_names).insert(Box::from(&*json_name), index) {
             self.errors
                 .push(DescriptorErrorKind::DuplicateFieldJsonName {
                     name: field.json_name().to_owned(),
@@ -234,7 +235,7 @@ impl Visitor for ResolveVisitor<'_> {
         debug_assert_eq!(to_index(self.pool.services.len()), index);
 
         self.pool.services.push(ServiceDescriptorInner {
-            id: Identity::new(file, path, full_name, service.name()),
+            id: Identity::new(file, path, self.pool.shared_name(full_name), service.name()),
             methods: Vec::with_capacity(service.method.len()),
         });
     }
@@ -272,10 +273,11 @@ impl Visitor for ResolveVisitor<'_> {
             )
             .unwrap_or(MessageIndex::MAX);
 
+        let shared_name = self.pool.shared_name(full_name);
         self.pool.services[service as usize]
             .methods
             .push(MethodDescriptorInner {
-                id: Identity::new(file, path, full_name, method.name()),
+                id: Identity::new(file, path, shared_name, method.name()),
                 input,
                 output,
             });
@@ -324,11 +326,9 @@ impl Visitor for ResolveVisitor<'_> {
             }
             Err(index) => index,
         };
-        enum_
-            .value_numbers
-            .insert(value_numbers_index, (value.number(), index));
+        Arc::make_mut(&mut enum_.value_numbers).insert(value_numbers_index, (value.number(), index));
 
-        if let Some(existing) = enum_.value_names.insert(value.name().into(), index) {
+        if let Some(existing) = Arc::make_mut(&mut enum_.value_names).insert(value.name().into(), index) {
             self.errors.push(DescriptorErrorKind::DuplicateName {
                 name: full_name.to_owned(),
                 first: Label::new(
@@ -406,7 +406,7 @@ impl Visitor for ResolveVisitor<'_> {
         });
 
         self.pool.extensions.push(ExtensionDescriptorInner {
-            id: Identity::new(file, path, full_name, extension.name()),
+            id: Identity::new(file, path, self.pool.shared_name(full_name), extension.name()),
             parent: parent_message,
             number: extension.number() as u32,
             json_name: format!("[{full_name}]").into(),
