@@ -195,7 +195,7 @@ pub struct Call {
 
 /// What the engine tells whoever watches a call about its rules, as it goes: the one thing about
 /// a call that its messages and end do not show.
-pub(crate) trait Watch: Send + Sync {
+pub trait Watch: Send + Sync {
     /// The method's rule at `index` (in `MethodRules::rules`) answers the request just read; the
     /// replies that follow, up to the next call of this, are its.
     fn rule(&self, index: usize);
