@@ -194,7 +194,7 @@ struct Progress {
     method: Option<Arc<Method>>,
     /// The record as JSON, once settled: its method's protos were replaced by a reload, and the
     /// record no longer holds them (see [`Journal::settle`]).
-    settled: Option<Settled>,
+    settled: Option<Box<Settled>>,
     /// Inline for a unary call's request and reply: a record is one allocation.
     frames: SmallVec<[Frame; 2]>,
     /// Indices of the rules that answered, in the order they first did.
@@ -223,14 +223,14 @@ impl Frame {
         FRAME_OVERHEAD
             + match &self.kind {
                 FrameKind::Request(p) | FrameKind::Reply(p, _) => p.size(),
-                FrameKind::Headers(h) => metadata_size(h),
+                FrameKind::Headers(h) => h.size(),
             }
     }
 }
 
 enum FrameKind {
     Request(Payload),
-    Headers(MetadataMap),
+    Headers(Packed),
     Reply(Payload, Option<usize>),
 }
 
@@ -326,16 +326,8 @@ impl Payload {
 struct Ended {
     code: Code,
     message: String,
-    trailers: MetadataMap,
+    trailers: Packed,
     elapsed: Duration,
-}
-
-fn metadata_size(metadata: &MetadataMap) -> usize {
-    metadata
-        .as_ref()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 8)
-        .sum()
 }
 
 impl Record {
@@ -472,8 +464,9 @@ impl Record {
         let mut over = false;
         if self.journal.is_some() {
             if !ready.headers.is_empty() {
-                let frame = FrameKind::Headers(ready.headers.clone());
-                over |= self.push_to(&mut progress, frame, metadata_size(&ready.headers), at);
+                let headers = Packed::of(&ready.headers);
+                let size = headers.size();
+                over |= self.push_to(&mut progress, FrameKind::Headers(headers), size, at);
             }
             if let Some(message) = &ready.message {
                 let payload = Payload::of_reply(message);
@@ -489,8 +482,9 @@ impl Record {
 
     pub(super) fn headers(&self, headers: &MetadataMap) {
         if self.journal.is_some() && !headers.is_empty() {
-            let frame = FrameKind::Headers(headers.clone());
-            self.push(frame, metadata_size(headers), self.clock.elapsed());
+            let headers = Packed::of(headers);
+            let size = headers.size();
+            self.push(FrameKind::Headers(headers), size, self.clock.elapsed());
         }
     }
 
@@ -543,11 +537,12 @@ impl Record {
         if progress.end.is_some() {
             return;
         }
-        let size = metadata_size(trailers) + message.len();
+        let trailers = Packed::of(trailers);
+        let size = trailers.size() + message.len();
         progress.end = Some(Ended {
             code,
             message: message.to_owned(),
-            trailers: trailers.clone(),
+            trailers,
             elapsed,
         });
         let rule = progress.rules.first().copied();
@@ -603,7 +598,7 @@ impl Record {
                         json!({ "at": at, "request": payload.to_json(&input) })
                     }
                     FrameKind::Headers(headers) => {
-                        json!({ "at": at, "replyHeaders": { "metadata": metadata_json(headers) } })
+                        json!({ "at": at, "replyHeaders": { "metadata": metadata_json(&headers.unpack()) } })
                     }
                     FrameKind::Reply(payload, rule) => {
                         let rule = rule.map(|i| method.rule_origin(i)).unwrap_or_default();
@@ -629,7 +624,7 @@ impl Record {
                 "code": end.code as i32,
                 "codeName": crate::codes::name(end.code),
                 "message": end.message,
-                "trailers": metadata_json(&end.trailers),
+                "trailers": metadata_json(&end.trailers.unpack()),
             });
         }
         if progress.unmatched {
@@ -709,10 +704,10 @@ impl Record {
             + progress.frames.iter().map(|f| f.size()).sum::<usize>()
             + progress.metadata.as_ref().map_or(0, Packed::size);
         let before = progress.bytes;
-        progress.settled = Some(Settled {
+        progress.settled = Some(Box::new(Settled {
             name: method.name.clone(),
             json,
-        });
+        }));
         // Counted with the record's lock held, as `grow` does.
         let over = if size > before {
             self.grow(&mut progress, size - before)
