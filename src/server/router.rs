@@ -106,8 +106,8 @@ pub(crate) const OPENAPI_PATH: &str = "/openapi.json";
 
 /// The OpenAPI document of the state's routes: made on the blocking pool the first time it is asked
 /// for (seconds on a large tree), then kept with the state, gzipped (a large tree's document is
-/// tens of megabytes, a tenth of that gzipped). Sent gzipped to a client that accepts it
-/// (`accept-encoding`), else inflated for it.
+/// tens of megabytes, a quarter of that gzipped). Sent gzipped to a client that accepts it
+/// (`accept-encoding`), else inflated as it is sent, a chunk at a time.
 fn openapi(state: Arc<State>, accept: Option<&str>) -> ResponseFuture {
     use crate::protocol::compression::Encoding;
     use crate::protos::http_routes::openapi;
@@ -135,21 +135,13 @@ fn openapi(state: Arc<State>, accept: Option<&str>) -> ResponseFuture {
             })
             .await
             .cloned();
-        let made = match (made, gzip) {
-            (Ok(gzipped), false) => tokio::task::spawn_blocking(move || {
-                let mut plain = Vec::new();
-                let mut inflate = flate2::read::GzDecoder::new(&gzipped[..]);
-                std::io::Read::read_to_end(&mut inflate, &mut plain).map(|_| plain.into())
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|inflated| inflated.map_err(|e| e.to_string())),
-            (made, _) => made.map_err(|e| e.to_string()),
-        };
         Ok(match made {
             Ok(document) => {
-                let body = http_body_util::Full::new(document);
-                let mut response = http::Response::new(Body::new(body));
+                let body = match gzip {
+                    true => Body::new(http_body_util::Full::new(document)),
+                    false => inflated(document),
+                };
+                let mut response = http::Response::new(body);
                 let headers = response.headers_mut();
                 headers.insert(
                     header::CONTENT_TYPE,
@@ -174,6 +166,39 @@ fn openapi(state: Arc<State>, accept: Option<&str>) -> ResponseFuture {
             ),
         })
     })
+}
+
+/// The plain text of a gzipped document, inflated on the blocking pool as the body is sent: a
+/// chunk at a time, never the whole document at once.
+fn inflated(gzipped: bytes::Bytes) -> Body {
+    const CHUNK: usize = 64 << 10;
+    let (chunks, body) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut inflate = flate2::read::GzDecoder::new(&gzipped[..]);
+        loop {
+            let mut chunk = vec![0; CHUNK];
+            let sent = match std::io::Read::read(&mut inflate, &mut chunk) {
+                Ok(0) => return,
+                Ok(n) => {
+                    chunk.truncate(n);
+                    chunks.blocking_send(Ok(chunk.into()))
+                }
+                Err(e) => {
+                    let _ = chunks.blocking_send(Err(e));
+                    return;
+                }
+            };
+            // The client went away.
+            if sent.is_err() {
+                return;
+            }
+        }
+    });
+    let frames = futures::stream::unfold(body, |mut body| async move {
+        let chunk = body.recv().await?;
+        Some((chunk.map(http_body::Frame::data), body))
+    });
+    Body::new(http_body_util::StreamBody::new(frames))
 }
 
 /// `/pkg.Service/Method`: two segments, the first dotted.
