@@ -19,12 +19,15 @@ use std::time::Duration;
 const PERIOD: Duration = Duration::from_millis(20);
 /// Most bytes waiting; past it, lines are dropped until the writer catches up.
 const MOST: usize = 8 << 20;
+/// Pending bytes that wake the writer before its period is up: a busy server's lines are written
+/// in batches small enough to stay in the processor's caches, not a period's worth at once.
+const BATCH: usize = 32 << 10;
 
 #[derive(Default)]
 struct Shared {
     pending: Mutex<Pending>,
-    /// Told when the process ends, so the last lines are written at once.
-    stop: Condvar,
+    /// Told when the process ends, so the last lines are written at once, or when a batch is due.
+    wake: Condvar,
     dropped: AtomicU64,
 }
 
@@ -73,8 +76,8 @@ fn write_out(shared: &Shared) {
         let stopping = {
             let pending = shared.lock();
             let (mut pending, _) = shared
-                .stop
-                .wait_timeout_while(pending, PERIOD, |p| !p.stopping)
+                .wake
+                .wait_timeout_while(pending, PERIOD, |p| !p.stopping && p.lines.len() < BATCH)
                 .unwrap_or_else(|e| e.into_inner());
             std::mem::swap(&mut pending.lines, &mut spare);
             pending.stopping
@@ -99,7 +102,7 @@ fn write_out(shared: &Shared) {
 impl Drop for Flush {
     fn drop(&mut self) {
         self.shared.lock().stopping = true;
-        self.shared.stop.notify_all();
+        self.shared.wake.notify_all();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
@@ -113,7 +116,11 @@ impl Stderr {
         if pending.lines.len() + line.len() > MOST {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
         } else {
+            let was = pending.lines.len();
             pending.lines.extend_from_slice(line);
+            if was < BATCH && pending.lines.len() >= BATCH {
+                self.shared.wake.notify_one();
+            }
         }
     }
 }
