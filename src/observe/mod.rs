@@ -371,7 +371,8 @@ impl Stream for Observed {
 
 impl Drop for Observed {
     /// A reply dropped before its end: the client went away, or the deadline or the shutdown cut
-    /// it. Recorded (and counted, by the timer's own drop) as CANCELLED unless the end was seen.
+    /// it. Recorded (and counted, by the timer's own drop) as `codes::cut_short` says —
+    /// DEADLINE_EXCEEDED past the call's deadline, else CANCELLED — unless the end was seen.
     fn drop(&mut self) {
         if let Recorder::Record(record) = &self.record {
             record.cut();
