@@ -8,12 +8,11 @@ mod common;
 mod http_client;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 use prost::Message as _;
-use prost_reflect::{DescriptorPool, DynamicMessage};
+use prost_reflect::DynamicMessage;
 use serde_json::Value as Json;
 use tonic::Code;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
@@ -52,16 +51,6 @@ fn start(args: &[&str]) -> Server {
         &[("t.toml", T_RULES), ("a/echo.toml", ECHO_RULES)],
         options,
     )
-}
-
-/// The admin proto as a client compiles it from the repository (the server bundles the same file).
-fn admin_pool() -> DescriptorPool {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut compiler =
-        protox::Compiler::new([root.join("src/admin"), root.join("src/protos/include")]).unwrap();
-    compiler.include_imports(true);
-    compiler.open_files(["admin.proto"]).unwrap();
-    compiler.descriptor_pool()
 }
 
 /// What `ListRules` should list for [`start`]'s handlers: files in path order, rules by line.

@@ -9,10 +9,8 @@ mod common;
 mod http_client;
 
 use std::net::SocketAddr;
-use std::path::Path;
 
 use common::*;
-use prost_reflect::DescriptorPool;
 use tonic::Code;
 
 const RULES: &str = "/protodrop/admin/v1/rules";
@@ -34,16 +32,6 @@ fn start(args: &[&str]) -> Server {
         options = options.arg(*a);
     }
     Server::start_with(&t_proto(), &[("t.toml", FILE_RULES)], options)
-}
-
-/// The admin proto as a client compiles it from the repository.
-fn admin_pool() -> DescriptorPool {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut compiler =
-        protox::Compiler::new([root.join("src/admin"), root.join("src/protos/include")]).unwrap();
-    compiler.include_imports(true);
-    compiler.open_files(["admin.proto"]).unwrap();
-    compiler.descriptor_pool()
 }
 
 /// The runtime rules served, asked as curl does (no `Origin`).

@@ -105,15 +105,6 @@ fn pool(server: &Server) -> DescriptorPool {
     compile_protos(&server.protos_dir(), &[include()]).unwrap()
 }
 
-/// The admin proto as a client compiles it from the repository.
-fn admin_pool() -> DescriptorPool {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut compiler = protox::Compiler::new([root.join("src/admin"), include()]).unwrap();
-    compiler.include_imports(true);
-    compiler.open_files(["admin.proto"]).unwrap();
-    compiler.descriptor_pool()
-}
-
 async fn client(server: &Server) -> Client {
     Client::connect(server.addr, pool(server)).await
 }

@@ -1220,3 +1220,14 @@ impl tonic::codec::Decoder for DynamicCodec {
             })
     }
 }
+
+/// The admin API's proto as a client compiles it from the repository (the server bundles the same
+/// file).
+pub fn admin_pool() -> DescriptorPool {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut compiler =
+        protox::Compiler::new([root.join("src/admin"), root.join("src/protos/include")]).unwrap();
+    compiler.include_imports(true);
+    compiler.open_files(["admin.proto"]).unwrap();
+    compiler.descriptor_pool()
+}
