@@ -74,6 +74,24 @@ pub struct Sources {
     pub natives: Vec<Arc<NativeService>>,
 }
 
+#[cfg(test)]
+impl Sources {
+    /// A protos folder and a handlers folder, with every other source and setting at its default.
+    pub(crate) fn folders(protos: PathBuf, handlers: PathBuf) -> Sources {
+        Sources {
+            protos,
+            handlers,
+            include_roots: Vec::new(),
+            exclude: Vec::new(),
+            descriptor_sets: Vec::new(),
+            script_limits: Default::default(),
+            reflection: false,
+            reads: Default::default(),
+            natives: Vec::new(),
+        }
+    }
+}
+
 /// A service protodrop answers with its own code (the admin API): native `engine::Method`s over a
 /// pool of its own, compiled once at start-up, and the HTTP routes of its annotations.
 #[derive(Debug)]

@@ -652,15 +652,9 @@ mod tests {
     #[test]
     fn in_an_include_root_only_the_files_read_count() {
         let sources = Sources {
-            protos: "/p/protos".into(),
-            handlers: "/p/handlers".into(),
             include_roots: vec!["/deps/googleapis".into(), "/p/protos/third_party".into()],
-            exclude: Vec::new(),
             descriptor_sets: vec!["/sets/a.binpb".into(), "/p/protos/b.binpb".into()],
-            script_limits: Default::default(),
-            reflection: false,
-            reads: Default::default(),
-            natives: Vec::new(),
+            ..Sources::folders("/p/protos".into(), "/p/handlers".into())
         };
         let mut watched = Watched::new(&sources).unwrap();
         let roots: Vec<_> = watched.entries.iter().map(|e| e.path.clone()).collect();
@@ -785,17 +779,7 @@ mod tests {
             "syntax = \"proto3\";\npackage t;\nmessage M {}\nservice Svc { rpc Unary(M) returns (M); }\n",
         )
         .unwrap();
-        let sources = Sources {
-            protos,
-            handlers,
-            include_roots: Vec::new(),
-            exclude: Vec::new(),
-            descriptor_sets: Vec::new(),
-            script_limits: Default::default(),
-            reflection: false,
-            reads: Default::default(),
-            natives: Vec::new(),
-        };
+        let sources = Sources::folders(protos, handlers);
         let registry = Registry::new(State::build(&sources).unwrap());
         assert_eq!(health_of(&registry, ""), 1);
         drop(StopsForGood {

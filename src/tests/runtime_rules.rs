@@ -44,17 +44,7 @@ impl Tree {
         std::fs::create_dir_all(&handlers).unwrap();
         std::fs::write(protos.join("t.proto"), PROTO).unwrap();
         std::fs::write(handlers.join("t.toml"), FILE_RULES).unwrap();
-        let sources = Sources {
-            protos,
-            handlers,
-            include_roots: Vec::new(),
-            exclude: Vec::new(),
-            descriptor_sets: Vec::new(),
-            script_limits: Default::default(),
-            reflection: false,
-            reads: Default::default(),
-            natives: Vec::new(),
-        };
+        let sources = Sources::folders(protos, handlers);
         let registry = Registry::new(State::build(&sources).unwrap());
         Tree {
             _dir: dir,
@@ -484,17 +474,10 @@ fn large_tree_changes_cost_one_method() {
     let protos = std::path::PathBuf::from(std::env::var("PROTODROP_TREE").unwrap());
     let handlers = tempfile::tempdir().unwrap();
     let sources = Sources {
-        protos,
-        handlers: handlers.path().to_path_buf(),
         include_roots: std::env::var("PROTODROP_TREE_INCLUDES")
             .map(|s| s.split(':').map(Into::into).collect())
             .unwrap_or_default(),
-        exclude: Vec::new(),
-        descriptor_sets: Vec::new(),
-        script_limits: Default::default(),
-        reflection: false,
-        reads: Default::default(),
-        natives: Vec::new(),
+        ..Sources::folders(protos, handlers.path().to_path_buf())
     };
     let started = Instant::now();
     let registry = Registry::new(State::build(&sources).unwrap());
