@@ -134,6 +134,18 @@ async fn list_calls(addr: SocketAddr, query: &str) -> Vec<Json> {
     body["calls"].as_array().cloned().unwrap_or_default()
 }
 
+/// The first journaled call of `method`, waited for (up to `within`) until it has ended.
+async fn first_ended_call(addr: SocketAddr, method: &str, within: Duration) -> Json {
+    eventually(within, || async {
+        let calls = list_calls(addr, &format!("method={method}")).await;
+        match calls.first() {
+            Some(call) if call.get("status").is_some() => Ok(call.clone()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
 async fn clear_calls(addr: SocketAddr) -> u64 {
     let reply = http_client::send(addr, "DELETE", CALLS, &[], "").await;
     let body = reply.expect(200).json();
@@ -1033,14 +1045,7 @@ async fn a_call_the_client_walks_away_from_is_journaled_with_its_end() {
     session.close();
     assert_eq!(session.recv().await, json!({ "text": "slow" }));
     drop(session);
-    let call = eventually(Duration::from_secs(10), || async {
-        let calls = list_calls(server.addr, "method=j.S/Server").await;
-        match calls.first() {
-            Some(call) if call.get("status").is_some() => Ok(call.clone()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    let call = first_ended_call(server.addr, "j.S/Server", Duration::from_secs(10)).await;
     assert_eq!(code_name(&call), "CANCELLED", "{call:#}");
     assert_eq!(metadata(&call, "x-tag"), Some("gone"));
     let sent = replies(&call).len();
@@ -1121,14 +1126,7 @@ async fn a_call_its_deadline_cut_is_journaled_and_counted_as_deadline_exceeded()
         "{}",
         reply.text()
     );
-    let call = eventually(Duration::from_secs(5), || async {
-        let calls = list_calls(server.addr, "method=j.S/Picky").await;
-        match calls.first() {
-            Some(call) if call.get("status").is_some() => Ok(call.clone()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    let call = first_ended_call(server.addr, "j.S/Picky", Duration::from_secs(5)).await;
     assert_eq!(code_name(&call), "DEADLINE_EXCEEDED", "{call:#}");
     let metrics = http_client::get(server.addr, "/metrics")
         .await
