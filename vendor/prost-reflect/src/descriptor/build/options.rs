@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use prost::{bytes::Bytes, Message};
@@ -51,18 +52,53 @@ impl DescriptorPool {
             set_file_option(file, &path, &encoded);
         }
 
-        for (file, from, to) in visitor.locations {
-            let file = Arc::make_mut(&mut inner.files[file as usize].raw);
+        // protodrop patch: a file's locations are moved in one pass for all of its options
+        // (upstream went over every location of the file once per option, which was quadratic in
+        // a file's size: a third of googleapis' load went to compute.proto-like files).
+        let mut locations = visitor.locations;
+        locations.sort_by_key(|&(file, _, _)| file);
+        for moves in locations.chunk_by(|a, b| a.0 == b.0) {
+            let file = Arc::make_mut(&mut inner.files[moves[0].0 as usize].raw);
             if let Some(source_code_info) = &mut file.source_code_info {
-                for location in &mut source_code_info.decoded_mut().location {
-                    if location.path.starts_with(&from) {
-                        location.path.splice(..from.len(), to.iter().copied());
-                    }
-                }
+                move_locations(&mut source_code_info.decoded_mut().location, moves);
             }
         }
 
         Ok(())
+    }
+}
+
+/// Rewrites each location whose path starts with a move's `from` to start with its `to` instead,
+/// as applying the moves one after the other, in order, to every location would.
+#[allow(clippy::type_complexity)]
+fn move_locations(
+    locations: &mut [prost_types::source_code_info::Location],
+    moves: &[(FileIndex, Box<[i32]>, Box<[i32]>)],
+) {
+    let mut by_from: HashMap<&[i32], Vec<usize>> = HashMap::new();
+    for (i, (_, from, _)) in moves.iter().enumerate() {
+        by_from.entry(from).or_default().push(i);
+    }
+    let mut lengths: Vec<usize> = by_from.keys().map(|from| from.len()).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    for location in locations {
+        // The next move to apply is the first, from `after` on, whose `from` the path starts
+        // with now: the moves before it in order leave this path as it is.
+        let mut after = 0;
+        loop {
+            let path = &location.path;
+            let next = lengths
+                .iter()
+                .take_while(|&&n| n <= path.len())
+                .filter_map(|&n| by_from.get(&path[..n]))
+                .filter_map(|order| order.iter().copied().find(|&i| i >= after))
+                .min();
+            let Some(i) = next else { break };
+            let (_, from, to) = &moves[i];
+            location.path.splice(..from.len(), to.iter().copied());
+            after = i + 1;
+        }
     }
 }
 
