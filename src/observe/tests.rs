@@ -519,3 +519,72 @@ async fn a_unary_call_dropped_while_its_rule_waits_is_journaled_as_cancelled() {
     assert_eq!(c["status"]["codeName"], "CANCELLED", "{c:#}");
     assert!(c["duration"].is_string(), "{c:#}");
 }
+
+#[tokio::test]
+async fn an_ended_call_is_kept_in_little_more_than_its_messages_and_metadata() {
+    // A full journal drops its oldest call for each new one: what a call is kept in is memory the
+    // server writes, and later reads to drop, on every call, long after it left the caches.
+    let observer = observer(Caps {
+        max_calls: 10_000,
+        max_bytes: 1 << 30,
+    });
+    let mut metadata = MetadataMap::new();
+    metadata.insert("user-agent", "grpc-python/1.68.0".parse().unwrap());
+    metadata.insert("x-request-id", "0123456789abcdef".parse().unwrap());
+    let unary = || {
+        let one = Requests::One(Request::Encoded(req("ann", 3)));
+        call("Unary", one, metadata.clone())
+    };
+    run(unary(), seen(observer)).await;
+    let calls = 2_000;
+    let before = alloc_meter::net_allocated();
+    for _ in 0..calls {
+        run(unary(), seen(observer)).await;
+    }
+    let per_call = (alloc_meter::net_allocated() - before) / calls;
+    let recorded = observer.journal().unwrap().list(None, 1)[0].to_json();
+    assert_eq!(recorded["frames"].as_array().map(Vec::len), Some(2));
+    // The messages (7 and 13 bytes) and the metadata (~70 bytes packed) take ~90 of these.
+    assert!(
+        per_call <= 320,
+        "{per_call} bytes kept for each ended unary call"
+    );
+}
+
+#[tokio::test]
+async fn an_ended_call_reads_as_it_was_recorded_whatever_its_form() {
+    // An ended call is kept encoded (`journal::closed`): what it reads as is decoded from there.
+    // An IPv6 peer, a request handed over decoded (HTTP/JSON), a delay and a message of more than
+    // a frame's inline bytes all come back as they went in.
+    let observer = observer(ROOMY);
+    let desc = methods().0.get_message_by_name("o.Req").unwrap();
+    let long = "ann".repeat(40);
+    let request = DynamicMessage::decode(desc, req(&long, -5)).unwrap();
+    let one = Requests::One(Request::Decoded(request));
+    let seen = Seen {
+        protocol: Protocol::HttpJson,
+        peer: Some("[2001:db8::7]:6000".parse().unwrap()),
+        ..seen(observer)
+    };
+    assert_eq!(run(call("Unary", one, MetadataMap::new()), seen).await, 1);
+    let c = &calls(observer)[0];
+    assert_eq!(c["protocol"], "http-json");
+    assert_eq!(c["peer"], "[2001:db8::7]:6000");
+    let frames = c["frames"].as_array().unwrap();
+    assert_eq!(frames[0]["request"]["json"]["name"], long.as_str());
+    assert_eq!(frames[0]["request"]["json"]["n"], -5);
+    assert_eq!(frames[1]["reply"]["json"]["text"], format!("hello {long}"));
+    assert_eq!(c["status"]["codeName"], "OK");
+    assert!(c["duration"].as_str().unwrap().ends_with('s'));
+    let started = humantime::parse_rfc3339(c["startTime"].as_str().unwrap()).unwrap();
+    let age = std::time::SystemTime::now()
+        .duration_since(started)
+        .unwrap();
+    assert!(age < std::time::Duration::from_secs(60), "{c:#}");
+
+    let slow = Requests::One(Request::Encoded(req("bo", 1)));
+    run(call("Slow", slow, MetadataMap::new()), seen).await;
+    let c = &calls(observer)[1];
+    assert!(c["frames"][1]["at"].as_str().unwrap() >= "0.3", "{c:#}");
+    assert!(c["rules"][0].as_str().unwrap().contains("o.toml"), "{c:#}");
+}

@@ -9,9 +9,13 @@
 //! oldest calls are dropped first, and counted. One call alone may not take more than the byte cap:
 //! its frames past it are counted in the call, not kept. A record is locked while it is written and
 //! while it is read, so a reader never sees half a frame; the list of calls is locked only to add,
-//! drop or copy out the `Arc`s.
+//! drop or copy out calls. A call that ends is kept encoded, no longer as its record
+//! ([`closed`] says why).
 
-use std::collections::VecDeque;
+mod closed;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -41,12 +45,25 @@ pub(crate) struct Caps {
 
 pub(crate) struct Journal {
     caps: Caps,
-    calls: Mutex<VecDeque<Arc<Record>>>,
+    calls: Mutex<Calls>,
     /// Bytes held by the calls in `calls`.
     bytes: AtomicUsize,
     /// Calls dropped to stay within the caps since the last clear.
     dropped: AtomicU64,
     next_id: AtomicU64,
+}
+
+/// The calls kept: in flight (or settled by a reload) as records, ended as encoded blocks.
+#[derive(Default)]
+struct Calls {
+    live: BTreeMap<u64, Arc<Record>>,
+    closed: closed::Closed,
+}
+
+impl Calls {
+    fn len(&self) -> usize {
+        self.live.len() + self.closed.len()
+    }
 }
 
 impl std::fmt::Debug for Journal {
@@ -62,14 +79,14 @@ impl Journal {
     pub(crate) fn new(caps: Caps) -> Journal {
         Journal {
             caps,
-            calls: Mutex::new(VecDeque::new()),
+            calls: Mutex::new(Calls::default()),
             bytes: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
         }
     }
 
-    fn calls(&self) -> MutexGuard<'_, VecDeque<Arc<Record>>> {
+    fn calls(&self) -> MutexGuard<'_, Calls> {
         // A panic while the list was held leaves it whole (each step is one push or pop).
         self.calls.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -88,8 +105,22 @@ impl Journal {
             let held = progress.bytes + RECORD_OVERHEAD;
             self.bytes.fetch_add(held, Ordering::Relaxed);
         }
-        calls.push_back(record);
+        calls.live.insert(record.id, record);
         self.trim(&mut calls);
+    }
+
+    /// Call `id` of `method` ended: its record, encoded as `block`, is kept in that form (unless
+    /// the call left the journal meanwhile). `over`: its last frames put the journal over its cap.
+    fn close(&self, id: u64, method: &Arc<Method>, block: &mut [u8], counted: usize, over: bool) {
+        let mut calls = self.calls();
+        // A block's length is kept in 32 bits: a larger call (with a byte cap past 4 GiB) stays a
+        // record.
+        if u32::try_from(block.len()).is_ok() && calls.live.remove(&id).is_some() {
+            calls.closed.push(id, method, block, counted);
+        }
+        if over {
+            self.trim(&mut calls);
+        }
     }
 
     /// Trims when more bytes than the cap are held (after a call held more).
@@ -100,12 +131,20 @@ impl Journal {
     }
 
     /// Drops the oldest calls until within both caps (the newest stays, however large).
-    fn trim(&self, calls: &mut VecDeque<Arc<Record>>) {
+    fn trim(&self, calls: &mut Calls) {
         while calls.len() > self.caps.max_calls
             || (calls.len() > 1 && self.bytes.load(Ordering::Relaxed) > self.caps.max_bytes)
         {
-            let Some(old) = calls.pop_front() else { break };
-            self.release(&old);
+            let oldest_live = calls.live.first_key_value().map(|(&id, _)| id);
+            let closed = calls.closed.front();
+            if let Some(closed) = closed.filter(|c| oldest_live.is_none_or(|live| c.id < live)) {
+                calls.closed.pop_front();
+                self.bytes.fetch_sub(closed.counted, Ordering::Relaxed);
+            } else if let Some((_, old)) = calls.live.pop_first() {
+                self.release(&old);
+            } else {
+                break;
+            }
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -124,9 +163,12 @@ impl Journal {
     pub(crate) fn clear(&self) -> usize {
         let mut calls = self.calls();
         let cleared = calls.len();
-        for record in calls.drain(..) {
+        for (_, record) in std::mem::take(&mut calls.live) {
             self.release(&record);
         }
+        self.bytes
+            .fetch_sub(calls.closed.counted(), Ordering::Relaxed);
+        calls.closed.clear();
         self.dropped.store(0, Ordering::Relaxed);
         cleared
     }
@@ -134,22 +176,36 @@ impl Journal {
     /// The calls kept, oldest first (of `method` when given; the newest `limit` when not 0).
     pub(crate) fn list(&self, method: Option<&str>, limit: usize) -> Vec<Arc<Record>> {
         let calls = self.calls();
-        let mut out: Vec<Arc<Record>> = calls
+        let mut out: Vec<(u64, Arc<Record>)> = calls
+            .live
             .iter()
-            .filter(|r| method.is_none_or(|m| r.method_name() == m))
-            .cloned()
+            .filter(|(_, r)| method.is_none_or(|m| r.method_name() == m))
+            .map(|(&id, r)| (id, r.clone()))
             .collect();
+        let closed = calls.closed.copy();
         drop(calls);
+        out.extend(closed.records(method));
+        out.sort_unstable_by_key(|&(id, _)| id);
         if limit > 0 && out.len() > limit {
             out.drain(..out.len() - limit);
         }
-        out
+        out.into_iter().map(|(_, r)| r).collect()
     }
 
     /// Settles every call whose protos are not `pool` (a reload replaced them), so that the
     /// journal does not keep old descriptor pools alive; run by the reload, off the calls' path.
-    pub(crate) fn settle(&self, pool: &DescriptorPool) {
-        for record in self.list(None, 0) {
+    /// Ended calls of those protos are taken back as records to be settled.
+    pub(crate) fn settle(&'static self, pool: &DescriptorPool) {
+        let mut calls = self.calls();
+        for (entry, mut record) in calls.closed.take_stale(pool) {
+            // Its bytes stay counted, now as the record's.
+            record.journal = Some(self);
+            record.detached = AtomicBool::new(false);
+            calls.live.insert(entry.id, Arc::new(record));
+        }
+        let live: Vec<Arc<Record>> = calls.live.values().cloned().collect();
+        drop(calls);
+        for record in live {
             record.settle(pool);
         }
     }
@@ -420,6 +476,11 @@ impl Record {
         let Some(journal) = self.journal else {
             return false;
         };
+        if progress.end.is_some() {
+            // Not part of the call (a request read after the reply ended it), and a call that
+            // ended is counted as it was then (see `close_locked`).
+            return false;
+        }
         let size = size + FRAME_OVERHEAD;
         if progress.bytes + size > journal.caps.max_bytes {
             progress.dropped_frames += 1;
@@ -549,8 +610,19 @@ impl Record {
         let unmatched = progress.unmatched;
         let method = progress.method.clone();
         let over = (self.journal.is_some() && self.grow(&mut progress, size)) || over;
-        drop(progress);
-        self.trim_if(over);
+        let kept = self.entered.load(Ordering::Relaxed) && !self.detached.load(Ordering::Relaxed);
+        match (self.journal, &method) {
+            (Some(journal), Some(method)) if kept => BLOCK.with_borrow_mut(|block| {
+                closed::encode(self, &progress, block);
+                let counted = progress.bytes + RECORD_OVERHEAD;
+                drop(progress);
+                journal.close(self.id, method, block, counted, over);
+            }),
+            _ => {
+                drop(progress);
+                self.trim_if(over);
+            }
+        }
         let Some(method) = method else { return };
         log::call_ended(log::Line {
             protocol: self.protocol,
@@ -765,6 +837,12 @@ impl Watch for Record {
         }
         self.enter();
     }
+}
+
+thread_local! {
+    /// Where an ended call is encoded before it is copied into the journal (reused: it stays in
+    /// the processor's caches).
+    static BLOCK: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 fn duration_json(d: Duration) -> Value {

@@ -1,0 +1,437 @@
+//! Calls that ended, kept encoded.
+//!
+//! A call in flight is a [`Record`]: shared with the call, locked, growing. Once the call ends
+//! nothing changes it, and a full journal holds thousands of them. Kept as records, each was half
+//! a kilobyte plus an allocation or two, spread over the heap; once the journal was full each new
+//! call dropped the oldest — memory long out of the processor's caches — and wrote its own
+//! elsewhere: about a fifth of a call's time at the journal's default size, against nearly nothing
+//! with a journal of a hundred calls (bench/AB.md). So a call that ends is encoded as one block at
+//! the end of a ring of bytes, a few cache lines written in sequence; its record is let go while
+//! still warm, for the next call's; and the oldest block goes first. Reading the journal is rare:
+//! it copies the blocks out and decodes them back into records.
+//!
+//! A block names its method by an index into a table of the methods (a block holds no `Arc`),
+//! written in its first four bytes so that the table can be compacted in place.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use prost::bytes::{Buf, BufMut};
+use prost_reflect::DescriptorPool;
+use smallvec::SmallVec;
+use tonic::Code;
+
+use super::{Ended, Frame, FrameKind, Packed, Payload, Progress, Record};
+use crate::engine::Method;
+use crate::observe::Protocol;
+
+/// The table is compacted when it has grown to this many methods more than it had after the last
+/// compaction (handler reloads make new methods; the blocks of the old ones are dropped in time).
+const COMPACT_AFTER: usize = 64;
+
+#[derive(Default)]
+pub(super) struct Closed {
+    /// The blocks, oldest first, back to back.
+    bytes: VecDeque<u8>,
+    entries: VecDeque<Entry>,
+    /// The methods the blocks name, by index.
+    methods: Vec<Arc<Method>>,
+    /// A method's index in `methods`, by its address.
+    index: HashMap<usize, u32>,
+    /// The last method looked up (address, index): calls come in runs of one method.
+    last: Option<(usize, u32)>,
+    /// `methods.len()` after the last compaction.
+    compacted: usize,
+    /// What the blocks count against the journal's byte cap.
+    counted: usize,
+}
+
+#[derive(Clone, Copy)]
+pub(super) struct Entry {
+    pub(super) id: u64,
+    len: u32,
+    /// What the call counts against the journal's byte cap (as its record did).
+    pub(super) counted: usize,
+}
+
+impl Closed {
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(super) fn counted(&self) -> usize {
+        self.counted
+    }
+
+    pub(super) fn front(&self) -> Option<Entry> {
+        self.entries.front().copied()
+    }
+
+    /// Appends `block` (made by [`encode`]) for call `id` of `method`.
+    pub(super) fn push(&mut self, id: u64, method: &Arc<Method>, block: &mut [u8], counted: usize) {
+        let slot = self.slot(method);
+        block[..4].copy_from_slice(&slot.to_le_bytes());
+        self.bytes.extend(block.iter());
+        self.entries.push_back(Entry {
+            id,
+            len: block.len() as u32,
+            counted,
+        });
+        self.counted += counted;
+    }
+
+    fn slot(&mut self, method: &Arc<Method>) -> u32 {
+        let key = Arc::as_ptr(method) as usize;
+        match self.last {
+            Some((last, slot)) if last == key => return slot,
+            _ => {}
+        }
+        if let Some(&slot) = self.index.get(&key) {
+            self.last = Some((key, slot));
+            return slot;
+        }
+        if self.methods.len() >= self.compacted + COMPACT_AFTER {
+            self.compact(|_| true);
+        }
+        let slot = self.methods.len() as u32;
+        self.methods.push(method.clone());
+        self.index.insert(key, slot);
+        self.last = Some((key, slot));
+        slot
+    }
+
+    /// Drops the oldest call.
+    pub(super) fn pop_front(&mut self) -> Option<Entry> {
+        let entry = self.entries.pop_front()?;
+        self.bytes.drain(..entry.len as usize);
+        self.counted -= entry.counted;
+        Some(entry)
+    }
+
+    pub(super) fn clear(&mut self) {
+        *self = Closed::default();
+    }
+
+    /// The blocks, copied out to be decoded without the journal's lock.
+    pub(super) fn copy(&self) -> Copied {
+        Copied {
+            bytes: self.bytes.iter().copied().collect(),
+            entries: self.entries.iter().copied().collect(),
+            methods: self.methods.clone(),
+        }
+    }
+
+    /// Takes out the calls whose method is not `pool`'s (a reload replaced their protos), decoded,
+    /// for the journal to settle; the others stay, in order.
+    pub(super) fn take_stale(&mut self, pool: &DescriptorPool) -> Vec<(Entry, Record)> {
+        let stale: Vec<bool> = self
+            .methods
+            .iter()
+            .map(|m| m.desc.parent_pool() != pool)
+            .collect();
+        if !stale.contains(&true) {
+            return Vec::new();
+        }
+        let copied = self.copy();
+        let mut taken = Vec::new();
+        let mut kept = Closed {
+            methods: self.methods.clone(),
+            ..Closed::default()
+        };
+        for (entry, block) in copied.blocks() {
+            if stale[slot_of(block) as usize] {
+                if let Some(record) = decode(entry.id, block, &copied.methods) {
+                    taken.push((entry, record));
+                }
+            } else {
+                kept.bytes.extend(block.iter());
+                kept.entries.push_back(entry);
+                kept.counted += entry.counted;
+            }
+        }
+        kept.compact(|m| m.desc.parent_pool() == pool);
+        *self = kept;
+        taken
+    }
+
+    /// Keeps only the methods some block names (and `keep` accepts), renumbering the blocks.
+    fn compact(&mut self, keep: impl Fn(&Method) -> bool) {
+        let mut used = vec![false; self.methods.len()];
+        let mut offset = 0;
+        let bytes = self.bytes.make_contiguous();
+        for entry in &self.entries {
+            used[slot_of(&bytes[offset..]) as usize] = true;
+            offset += entry.len as usize;
+        }
+        let mut renumbered = vec![u32::MAX; self.methods.len()];
+        let mut methods = Vec::new();
+        for (slot, method) in self.methods.iter().enumerate() {
+            if used[slot] && keep(method) {
+                renumbered[slot] = methods.len() as u32;
+                methods.push(method.clone());
+            }
+        }
+        let mut offset = 0;
+        for entry in &self.entries {
+            let block = &mut bytes[offset..offset + 4];
+            let slot = renumbered[slot_of(block) as usize];
+            block.copy_from_slice(&slot.to_le_bytes());
+            offset += entry.len as usize;
+        }
+        self.index = methods
+            .iter()
+            .enumerate()
+            .map(|(slot, m)| (Arc::as_ptr(m) as usize, slot as u32))
+            .collect();
+        self.compacted = methods.len();
+        self.methods = methods;
+        self.last = None;
+    }
+}
+
+/// The closed calls as copied out of the journal.
+pub(super) struct Copied {
+    bytes: Vec<u8>,
+    entries: Vec<Entry>,
+    methods: Vec<Arc<Method>>,
+}
+
+impl Copied {
+    fn blocks(&self) -> impl Iterator<Item = (Entry, &[u8])> {
+        let mut offset = 0;
+        self.entries.iter().map(move |entry| {
+            let block = &self.bytes[offset..offset + entry.len as usize];
+            offset += entry.len as usize;
+            (*entry, block)
+        })
+    }
+
+    /// The calls of `method` (every call when `None`), decoded, with their ids.
+    pub(super) fn records(&self, method: Option<&str>) -> Vec<(u64, Arc<Record>)> {
+        self.blocks()
+            .filter(|(_, block)| {
+                method.is_none_or(|name| {
+                    self.methods
+                        .get(slot_of(block) as usize)
+                        .is_some_and(|m| m.name == name)
+                })
+            })
+            .filter_map(|(entry, block)| {
+                Some((entry.id, Arc::new(decode(entry.id, block, &self.methods)?)))
+            })
+            .collect()
+    }
+}
+
+fn slot_of(block: &[u8]) -> u32 {
+    u32::from_le_bytes([block[0], block[1], block[2], block[3]])
+}
+
+const UNMATCHED: u8 = 1;
+const PEER: u8 = 2;
+const METADATA: u8 = 4;
+const END: u8 = 8;
+
+const REQUEST: u8 = 0;
+const HEADERS: u8 = 1;
+const REPLY: u8 = 2;
+
+/// `record`'s call, ended, as a block (its first four bytes are left for [`Closed::push`]).
+pub(super) fn encode(record: &Record, progress: &Progress, out: &mut Vec<u8>) {
+    out.clear();
+    out.put_u32_le(0);
+    out.put_u8(record.protocol as u8);
+    let flags = u8::from(progress.unmatched) * UNMATCHED
+        | u8::from(record.peer.is_some()) * PEER
+        | u8::from(progress.metadata.is_some()) * METADATA
+        | u8::from(progress.end.is_some()) * END;
+    out.put_u8(flags);
+    let started = record
+        .started
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    out.put_u64_le(started.as_secs());
+    out.put_u32_le(started.subsec_nanos());
+    if let Some(peer) = record.peer {
+        match peer.ip() {
+            IpAddr::V4(ip) => {
+                out.put_u8(4);
+                out.put_slice(&ip.octets());
+            }
+            IpAddr::V6(ip) => {
+                out.put_u8(6);
+                out.put_slice(&ip.octets());
+            }
+        }
+        out.put_u16_le(peer.port());
+    }
+    out.put_u64_le(progress.bytes as u64);
+    out.put_u64_le(progress.dropped_frames);
+    if let Some(metadata) = &progress.metadata {
+        put_bytes(out, &metadata.0);
+    }
+    out.put_u32_le(progress.rules.len() as u32);
+    for &rule in &progress.rules {
+        out.put_u32_le(rule as u32);
+    }
+    out.put_u32_le(progress.frames.len() as u32);
+    for frame in &progress.frames {
+        out.put_u64_le(frame.at.as_nanos() as u64);
+        match &frame.kind {
+            FrameKind::Request(payload) => {
+                out.put_u8(REQUEST);
+                put_payload(out, payload);
+            }
+            FrameKind::Headers(headers) => {
+                out.put_u8(HEADERS);
+                put_bytes(out, &headers.0);
+            }
+            FrameKind::Reply(payload, rule) => {
+                out.put_u8(REPLY);
+                put_payload(out, payload);
+                out.put_u32_le(rule.map_or(u32::MAX, |r| r as u32));
+            }
+        }
+    }
+    if let Some(end) = &progress.end {
+        out.put_i32_le(end.code as i32);
+        put_bytes(out, end.message.as_bytes());
+        put_bytes(out, &end.trailers.0);
+        out.put_u64_le(end.elapsed.as_nanos() as u64);
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.put_u32_le(bytes.len() as u32);
+    out.put_slice(bytes);
+}
+
+fn put_payload(out: &mut Vec<u8>, payload: &Payload) {
+    match (payload.encoded(), payload) {
+        (Some(bytes), _) => put_bytes(out, bytes),
+        (None, Payload::Decoded(message)) => {
+            out.put_u32_le(prost::Message::encoded_len(message) as u32);
+            prost::Message::encode_raw(message, out);
+        }
+        (None, _) => put_bytes(out, &[]),
+    }
+}
+
+/// The call a block holds, as a record of no journal (`None` for a block not made by [`encode`]).
+fn decode(id: u64, block: &[u8], methods: &[Arc<Method>]) -> Option<Record> {
+    let mut buf = block;
+    let method = methods.get(take_u32(&mut buf)? as usize)?.clone();
+    let protocol = match take_u8(&mut buf)? {
+        0 => Protocol::Grpc,
+        1 => Protocol::GrpcWeb,
+        2 => Protocol::Connect,
+        _ => Protocol::HttpJson,
+    };
+    let flags = take_u8(&mut buf)?;
+    let secs = take_u64(&mut buf)?;
+    let nanos = take_u32(&mut buf)?;
+    let started = UNIX_EPOCH + Duration::new(secs, nanos);
+    let peer = if flags & PEER != 0 {
+        let ip = match take_u8(&mut buf)? {
+            4 => IpAddr::V4(Ipv4Addr::from(
+                <[u8; 4]>::try_from(take(&mut buf, 4)?).ok()?,
+            )),
+            _ => IpAddr::V6(Ipv6Addr::from(
+                <[u8; 16]>::try_from(take(&mut buf, 16)?).ok()?,
+            )),
+        };
+        let port = u16::from_le_bytes(take(&mut buf, 2)?.try_into().ok()?);
+        Some(SocketAddr::new(ip, port))
+    } else {
+        None
+    };
+    let bytes = take_u64(&mut buf)? as usize;
+    let dropped_frames = take_u64(&mut buf)?;
+    let metadata = if flags & METADATA != 0 {
+        Some(Packed(take_bytes(&mut buf)?.to_vec()))
+    } else {
+        None
+    };
+    let mut rules = SmallVec::new();
+    for _ in 0..take_u32(&mut buf)? {
+        rules.push(take_u32(&mut buf)? as usize);
+    }
+    let mut frames = SmallVec::new();
+    for _ in 0..take_u32(&mut buf)? {
+        let at = Duration::from_nanos(take_u64(&mut buf)?);
+        let kind = match take_u8(&mut buf)? {
+            REQUEST => FrameKind::Request(Payload::copied(take_bytes(&mut buf)?)),
+            HEADERS => FrameKind::Headers(Packed(take_bytes(&mut buf)?.to_vec())),
+            _ => {
+                let payload = Payload::copied(take_bytes(&mut buf)?);
+                let rule = take_u32(&mut buf)?;
+                FrameKind::Reply(payload, (rule != u32::MAX).then_some(rule as usize))
+            }
+        };
+        frames.push(Frame { at, kind });
+    }
+    let end = if flags & END != 0 {
+        let code = Code::from_i32(take_u32(&mut buf)? as i32);
+        let message = String::from_utf8_lossy(take_bytes(&mut buf)?).into_owned();
+        let trailers = Packed(take_bytes(&mut buf)?.to_vec());
+        let elapsed = Duration::from_nanos(take_u64(&mut buf)?);
+        Some(Ended {
+            code,
+            message,
+            trailers,
+            elapsed,
+        })
+    } else {
+        None
+    };
+    Some(Record {
+        id,
+        protocol,
+        peer,
+        deadline: None,
+        started,
+        clock: Instant::now(),
+        journal: None,
+        entered: AtomicBool::new(true),
+        detached: AtomicBool::new(true),
+        me: std::sync::Weak::new(),
+        progress: Mutex::new(Progress {
+            metadata,
+            method: Some(method),
+            settled: None,
+            frames,
+            rules,
+            current: None,
+            unmatched: flags & UNMATCHED != 0,
+            end,
+            bytes,
+            dropped_frames,
+        }),
+    })
+}
+
+fn take<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    let (head, rest) = buf.split_at_checked(n)?;
+    *buf = rest;
+    Some(head)
+}
+
+fn take_u8(buf: &mut &[u8]) -> Option<u8> {
+    (buf.remaining() >= 1).then(|| buf.get_u8())
+}
+
+fn take_u32(buf: &mut &[u8]) -> Option<u32> {
+    (buf.remaining() >= 4).then(|| buf.get_u32_le())
+}
+
+fn take_u64(buf: &mut &[u8]) -> Option<u64> {
+    (buf.remaining() >= 8).then(|| buf.get_u64_le())
+}
+
+fn take_bytes<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = take_u32(buf)? as usize;
+    take(buf, len)
+}
