@@ -203,7 +203,9 @@ pub trait Watch: Send + Sync {
     fn unmatched(&self);
     /// The request metadata of a call with one request, handed over when the engine is done with
     /// it, so that keeping it costs no copy (a streaming call's watcher copies it at the start).
-    fn metadata(&self, metadata: MetadataMap);
+    /// `waiting`: the call is not answered yet (a rule's delay, a script); else its answer follows
+    /// at once.
+    fn metadata(&self, metadata: MetadataMap, waiting: bool);
 }
 
 /// One request message: encoded protobuf as it came (the engine may answer from these bytes

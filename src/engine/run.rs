@@ -59,7 +59,7 @@ pub async fn answer(call: Call) -> Reply {
             metrics.unmatched();
         }
         if let Some(watch) = &watch {
-            watch.metadata(metadata);
+            watch.metadata(metadata, false);
         }
         return Reply::refused(Status::unimplemented(method.no_handler_message()));
     };
@@ -340,7 +340,7 @@ struct HandOver<'w> {
 impl HandOver<'_> {
     fn now(&mut self) {
         if let Some(watch) = self.watch.take() {
-            watch.metadata(self.metadata.clone());
+            watch.metadata(self.metadata.clone(), true);
         }
     }
 }
@@ -356,7 +356,7 @@ impl std::ops::Deref for HandOver<'_> {
 impl Drop for HandOver<'_> {
     fn drop(&mut self) {
         if let Some(watch) = self.watch {
-            watch.metadata(std::mem::take(&mut self.metadata));
+            watch.metadata(std::mem::take(&mut self.metadata), false);
         }
     }
 }

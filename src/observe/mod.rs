@@ -211,7 +211,7 @@ impl engine::Watch for Told {
         self.unmatched.store(true, Ordering::Relaxed);
     }
 
-    fn metadata(&self, _: MetadataMap) {}
+    fn metadata(&self, _: MetadataMap, _: bool) {}
 }
 
 /// A call whose only record is its WARN line, if it has one.

@@ -52,7 +52,7 @@ pub(super) struct Closed {
 #[derive(Clone, Copy)]
 pub(super) struct Entry {
     pub(super) id: u64,
-    len: u32,
+    len: usize,
     /// What the call counts against the journal's byte cap (as its record did).
     pub(super) counted: usize,
 }
@@ -77,7 +77,7 @@ impl Closed {
         self.bytes.extend(block.iter());
         self.entries.push_back(Entry {
             id,
-            len: block.len() as u32,
+            len: block.len(),
             counted,
         });
         self.counted += counted;
@@ -106,7 +106,7 @@ impl Closed {
     /// Drops the oldest call.
     pub(super) fn pop_front(&mut self) -> Option<Entry> {
         let entry = self.entries.pop_front()?;
-        self.bytes.drain(..entry.len as usize);
+        self.bytes.drain(..entry.len);
         self.counted -= entry.counted;
         Some(entry)
     }
@@ -164,7 +164,7 @@ impl Closed {
         let bytes = self.bytes.make_contiguous();
         for entry in &self.entries {
             used[slot_of(&bytes[offset..]) as usize] = true;
-            offset += entry.len as usize;
+            offset += entry.len;
         }
         let mut renumbered = vec![u32::MAX; self.methods.len()];
         let mut methods = Vec::new();
@@ -179,7 +179,7 @@ impl Closed {
             let block = &mut bytes[offset..offset + 4];
             let slot = renumbered[slot_of(block) as usize];
             block.copy_from_slice(&slot.to_le_bytes());
-            offset += entry.len as usize;
+            offset += entry.len;
         }
         self.index = methods
             .iter()
@@ -203,8 +203,8 @@ impl Copied {
     fn blocks(&self) -> impl Iterator<Item = (Entry, &[u8])> {
         let mut offset = 0;
         self.entries.iter().map(move |entry| {
-            let block = &self.bytes[offset..offset + entry.len as usize];
-            offset += entry.len as usize;
+            let block = &self.bytes[offset..offset + entry.len];
+            offset += entry.len;
             (*entry, block)
         })
     }

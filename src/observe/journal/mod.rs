@@ -109,16 +109,27 @@ impl Journal {
         self.trim(&mut calls);
     }
 
-    /// Call `id` of `method` ended: its record, encoded as `block`, is kept in that form (unless
-    /// the call left the journal meanwhile). `over`: its last frames put the journal over its cap.
-    fn close(&self, id: u64, method: &Arc<Method>, block: &mut [u8], counted: usize, over: bool) {
+    /// Call `id` of `method` ended: its record, encoded as `block`, is kept in that form. Unless
+    /// `entered`, it enters the journal so, its bytes (`counted`) counted now; else it was listed
+    /// as a record, unless it left the journal meanwhile (then it stays out). `over`: its last
+    /// frames put the journal over its cap.
+    fn close(
+        &self,
+        id: u64,
+        method: &Arc<Method>,
+        block: &mut [u8],
+        counted: usize,
+        entered: bool,
+        over: bool,
+    ) {
         let mut calls = self.calls();
-        // A block's length is kept in 32 bits: a larger call (with a byte cap past 4 GiB) stays a
-        // record.
-        if u32::try_from(block.len()).is_ok() && calls.live.remove(&id).is_some() {
+        if !entered {
+            self.bytes.fetch_add(counted, Ordering::Relaxed);
+            calls.closed.push(id, method, block, counted);
+        } else if calls.live.remove(&id).is_some() {
             calls.closed.push(id, method, block, counted);
         }
-        if over {
+        if over || !entered {
             self.trim(&mut calls);
         }
     }
@@ -423,8 +434,8 @@ impl Record {
     }
 
     /// Puts the record in its journal, once: a streaming call's when it starts, a unary call's
-    /// when its metadata is handed over (or its end comes first), so that no call is listed
-    /// without its metadata.
+    /// when its metadata is handed over while it waits (else it enters ended, see
+    /// [`Journal::close`]), so that no call is listed without its metadata.
     fn enter(&self) {
         if self.entered.load(Ordering::Relaxed) {
             return;
@@ -519,7 +530,6 @@ impl Record {
     /// A unary answer, whole: its headers, message and end, at one moment, with one lock. The
     /// time the call took.
     pub(super) fn ready(&self, ready: &engine::Ready) -> Duration {
-        self.enter();
         let at = self.clock.elapsed();
         let mut progress = self.progress();
         let mut over = false;
@@ -564,7 +574,6 @@ impl Record {
 
     /// The end; the time the call took.
     pub(super) fn end(&self, end: &End) -> Duration {
-        self.enter();
         let at = self.clock.elapsed();
         let progress = self.progress();
         self.close_locked(progress, false, end.code, &end.message, &end.trailers, at);
@@ -573,7 +582,6 @@ impl Record {
 
     /// The reply was dropped: unless its end was seen, the call was cut short.
     pub(super) fn cut(&self) {
-        self.enter();
         let at = self.clock.elapsed();
         let code = crate::codes::cut_short(self.deadline);
         let message = match code {
@@ -610,13 +618,15 @@ impl Record {
         let unmatched = progress.unmatched;
         let method = progress.method.clone();
         let over = (self.journal.is_some() && self.grow(&mut progress, size)) || over;
-        let kept = self.entered.load(Ordering::Relaxed) && !self.detached.load(Ordering::Relaxed);
+        // Not in the journal yet (a call answered at once), or in it and not dropped since.
+        let entered = self.entered.swap(true, Ordering::Relaxed);
+        let kept = !self.detached.load(Ordering::Relaxed);
         match (self.journal, &method) {
             (Some(journal), Some(method)) if kept => BLOCK.with_borrow_mut(|block| {
                 closed::encode(self, &progress, block);
                 let counted = progress.bytes + RECORD_OVERHEAD;
                 drop(progress);
-                journal.close(self.id, method, block, counted, over);
+                journal.close(self.id, method, block, counted, entered, over);
             }),
             _ => {
                 drop(progress);
@@ -823,7 +833,7 @@ impl Watch for Record {
         self.progress().unmatched = true;
     }
 
-    fn metadata(&self, metadata: MetadataMap) {
+    fn metadata(&self, metadata: MetadataMap, waiting: bool) {
         if self.journal.is_none() {
             return;
         }
@@ -835,7 +845,10 @@ impl Watch for Record {
             drop(progress);
             self.trim_if(over);
         }
-        self.enter();
+        // A call answered at once enters the journal with its end, ended (one lock, not two).
+        if waiting {
+            self.enter();
+        }
     }
 }
 
