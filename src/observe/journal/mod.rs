@@ -871,11 +871,11 @@ impl Packed {
     /// Each entry as the name's length (2 bytes), the name, the value's length (4 bytes), the value.
     fn of(metadata: &MetadataMap) -> Packed {
         let headers = metadata.as_ref();
-        let size = headers
-            .iter()
-            .map(|(name, value)| 6 + name.as_str().len() + value.len())
-            .sum();
-        let mut packed = Vec::with_capacity(size);
+        if headers.is_empty() {
+            return Packed(Vec::new());
+        }
+        // One pass: a guess at the size rarely needs to grow (a second pass to measure cost more).
+        let mut packed = Vec::with_capacity(headers.len() * 48);
         for (name, value) in headers {
             let name = name.as_str().as_bytes();
             packed.extend_from_slice(&(name.len() as u16).to_le_bytes());
