@@ -1139,3 +1139,28 @@ async fn a_call_its_deadline_cut_is_journaled_and_counted_as_deadline_exceeded()
     });
     assert!(counted, "{metrics}");
 }
+
+#[tokio::test]
+async fn without_the_journal_each_call_logs_its_line_and_a_call_walked_away_from_its_cut() {
+    // The line per call alone is written from what the engine tells, without a journal record:
+    // the same line, and a call dropped before its end still gets one.
+    let server = Server::start_with(
+        &[("j.proto", J_PROTO)],
+        &[("j.toml", J_RULES)],
+        Options::default().env("RUST_LOG", "info"),
+    );
+    let grpc = client(&server).await;
+    grpc.unary("j.S/Unary", json!({ "name": "u" })).await.ok();
+    let line = log_line(&server, 0, "j.S/Unary").await;
+    let rule = origin(&server, "hello {{request.name}}");
+    for part in ["INFO", "grpc", " OK", &rule] {
+        assert!(line.contains(part), "{part:?} in {line}");
+    }
+    let mut session = grpc.session_md("j.S/Server", &[]);
+    session.send(json!({ "name": "slow" }));
+    session.close();
+    assert_eq!(session.recv().await, json!({ "text": "slow" }));
+    drop(session);
+    let line = log_line(&server, 0, "j.S/Server").await;
+    assert!(line.contains("CANCELLED"), "{line}");
+}

@@ -8,10 +8,10 @@
 //! records anything itself, so all four protocols and all four shapes are recorded alike.
 //!
 //! The engine tells which rule answered through [`engine::Watch`] (the one fact the events do not
-//! carry). A [`Record`] is kept only for the journal or a line per call; with the default log,
-//! which writes a line only for a call no rule matched or whose script failed, the engine tells a
-//! small [`Told`] and the line is written from it and the reply; with neither, a call goes straight
-//! to the engine, counted in the metrics only.
+//! carry). A [`Record`] is kept only for the journal; for the call log alone — the default, which
+//! writes a line only for a call no rule matched or whose script failed, or a line per call at
+//! INFO — the engine tells a small lock-free [`Told`] and the line is written from it and the
+//! reply; with neither, a call goes straight to the engine, counted in the metrics only.
 
 pub(crate) mod journal;
 mod log;
@@ -106,13 +106,12 @@ impl Observer {
         self.journal.as_ref()
     }
 
-    /// How calls are recorded: in a [`Record`] for the journal or a line per call; only told
-    /// what a WARN line needs when that is all (the default log); not at all when the call log
-    /// is off too.
+    /// How calls are recorded: in a [`Record`] for the journal; only told what a log line needs
+    /// when that is all; not at all when the call log is off too.
     fn recording(&self) -> Recording {
-        match (self.journal.is_some() || log::every_call(), log::enabled()) {
+        match (self.journal.is_some(), log::enabled()) {
             (true, _) => Recording::Record,
-            (false, true) => Recording::Warnings,
+            (false, true) => Recording::Line,
             (false, false) => Recording::Nothing,
         }
     }
@@ -151,17 +150,19 @@ pub(crate) fn answer(call: engine::Call, seen: Seen) -> impl Future<Output = Rep
         let timer = call.method.call_timer(seen.protocol, seen.deadline);
         match observer.recording() {
             Recording::Nothing => (call, After::Count(timer)),
-            Recording::Warnings => {
+            Recording::Line => {
                 let mut call = call;
                 let told = Arc::new(Told::default());
                 call.watch = Some(told.clone());
-                let warn = Warn {
+                let line = Line {
                     told,
                     method: call.method.clone(),
                     seen,
                     clock: timer.started().unwrap_or_else(Instant::now),
+                    every: log::every_call(),
+                    open: true,
                 };
-                (call, After::Warn(warn, timer))
+                (call, After::Line(line, timer))
             }
             Recording::Record => {
                 let mut call = call;
@@ -179,12 +180,12 @@ pub(crate) fn answer(call: engine::Call, seen: Seen) -> impl Future<Output = Rep
 
 enum Recording {
     Nothing,
-    Warnings,
+    Line,
     Record,
 }
 
-/// What the engine tells of a call that a WARN line needs (see [`Recording::Warnings`]): much
-/// less than a [`Record`] keeps, and without a lock.
+/// What the engine tells of a call that its log line needs (see [`Recording::Line`]): much less
+/// than a [`Record`] keeps, and without a lock.
 struct Told {
     /// The first rule that answered; `usize::MAX` for none.
     rule: AtomicUsize,
@@ -214,20 +215,27 @@ impl engine::Watch for Told {
     fn metadata(&self, _: MetadataMap, _: bool) {}
 }
 
-/// A call whose only record is its WARN line, if it has one.
-struct Warn {
+/// A call whose only record is its log line, if it has one (a WARN line, or with `every` a line
+/// per call). Dropped before its end was seen (the client went away, the deadline or the shutdown
+/// cut the call), it is logged as [`cut`] says.
+struct Line {
     told: Arc<Told>,
     method: Arc<engine::Method>,
     seen: Seen,
     clock: Instant,
+    /// A line per call (INFO), not only the WARN ones.
+    every: bool,
+    /// Not logged yet.
+    open: bool,
 }
 
-impl Warn {
-    /// The call ended with `end`: its WARN line, if it has one.
-    fn ended(&self, code: Code, message: &str) {
+impl Line {
+    /// The call ended with `end`: its line, if it has one; the time the call took, if read.
+    fn ended(&mut self, code: Code, message: &str) -> Option<Duration> {
+        self.open = false;
         let unmatched = self.told.unmatched.load(Ordering::Relaxed);
-        if !log::may_warn(&self.method, unmatched, code, message) {
-            return;
+        if !self.every && !log::may_warn(&self.method, unmatched, code, message) {
+            return None;
         }
         let elapsed = self.clock.elapsed();
         let rule = self.told.rule.load(Ordering::Relaxed);
@@ -242,6 +250,31 @@ impl Warn {
             elapsed,
             ended: wall_clock(self.clock + elapsed),
         });
+        Some(elapsed)
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        if self.open {
+            let (code, message) = cut(self.seen.deadline);
+            self.ended(code, message);
+        }
+    }
+}
+
+/// What a call whose reply was dropped before its end is recorded as: DEADLINE_EXCEEDED past its
+/// deadline (what the client was told), else CANCELLED.
+fn cut(deadline: Option<Instant>) -> (Code, &'static str) {
+    match crate::codes::cut_short(deadline) {
+        Code::DeadlineExceeded => (
+            Code::DeadlineExceeded,
+            "the call's deadline passed before its end",
+        ),
+        code => (
+            code,
+            "the reply was dropped before its end: the client went away, or the shutdown ended the call",
+        ),
     }
 }
 
@@ -250,8 +283,8 @@ enum After {
     Nothing,
     /// Counted in the metrics.
     Count(CallTimer),
-    /// Counted, and logged at WARN if it should be.
-    Warn(Warn, CallTimer),
+    /// Counted, and logged if it should be.
+    Line(Line, CallTimer),
     /// Recorded, and counted.
     Record(Unseen, CallTimer),
 }
@@ -276,13 +309,17 @@ impl After {
                 true => reply,
                 false => timed(reply, Recorder::Nothing, timer),
             },
-            After::Warn(warn, mut timer) => {
-                match &reply {
-                    Reply::Ready(ready) => warn.ended(ready.end.code, &ready.end.message),
-                    Reply::Refused(end) => warn.ended(end.code, &end.message),
-                    Reply::Stream(_) => return timed(reply, Recorder::Warn(warn), timer),
+            After::Line(mut line, mut timer) => {
+                let end = match &reply {
+                    Reply::Ready(ready) => &ready.end,
+                    Reply::Refused(end) => end,
+                    Reply::Stream(_) => return timed(reply, Recorder::Line(line), timer),
+                };
+                // The line's clock is the timer's: the time taken is read once.
+                match line.ended(end.code, &end.message) {
+                    Some(elapsed) => timer.end_after(end.code, elapsed),
+                    None => timer.end(end.code),
                 }
-                ended(&reply, &mut timer);
                 reply
             }
             After::Record(mut unseen, mut timer) => {
@@ -342,7 +379,7 @@ struct Observed {
 /// What records a streamed reply's events.
 enum Recorder {
     Nothing,
-    Warn(Warn),
+    Line(Line),
     Record(Arc<Record>),
 }
 
@@ -357,11 +394,15 @@ impl Stream for Observed {
                 let elapsed = record.end(end);
                 self.timer.end_after(end.code, elapsed);
             }
-            (Some(Event::End(end)), recorder) => {
-                if let Recorder::Warn(warn) = recorder {
-                    warn.ended(end.code, &end.message);
+            (Some(Event::End(end)), _) => {
+                let elapsed = match &mut self.record {
+                    Recorder::Line(line) => line.ended(end.code, &end.message),
+                    _ => None,
+                };
+                match elapsed {
+                    Some(elapsed) => self.timer.end_after(end.code, elapsed),
+                    None => self.timer.end(end.code),
                 }
-                self.timer.end(end.code);
             }
             _ => {}
         }

@@ -583,11 +583,7 @@ impl Record {
     /// The reply was dropped: unless its end was seen, the call was cut short.
     pub(super) fn cut(&self) {
         let at = self.clock.elapsed();
-        let code = crate::codes::cut_short(self.deadline);
-        let message = match code {
-            Code::DeadlineExceeded => "the call's deadline passed before its end",
-            _ => "the reply was dropped before its end: the client went away, or the shutdown ended the call",
-        };
+        let (code, message) = super::cut(self.deadline);
         let progress = self.progress();
         self.close_locked(progress, false, code, message, &MetadataMap::new(), at);
     }
