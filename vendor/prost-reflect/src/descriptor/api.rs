@@ -899,7 +899,7 @@ impl MessageDescriptor {
         self.raw()
             .options
             .as_ref()
-            .map(|o| o.value.map_entry())
+            .map(|o| o.value().map_entry())
             .unwrap_or(false)
     }
 
@@ -1126,7 +1126,7 @@ impl FieldDescriptor {
         } else if self.is_map() {
             Value::Map(HashMap::default())
         } else if let Some(default_value) = &self.inner().default {
-            default_value.clone()
+            Value::clone(default_value)
         } else {
             self.kind().default_value()
         }
@@ -1324,7 +1324,7 @@ impl ExtensionDescriptor {
         } else if self.is_map() {
             Value::Map(HashMap::default())
         } else if let Some(default_value) = &self.inner().default {
-            default_value.clone()
+            Value::clone(default_value)
         } else {
             self.kind().default_value()
         }
@@ -1962,7 +1962,7 @@ fn decode_options<T>(
 
     let bytes = option
         .as_ref()
-        .map(|o| o.encoded.as_slice())
+        .map(|o| &*o.encoded)
         .unwrap_or_default();
     DynamicMessage::decode(message_desc, bytes).unwrap()
 }

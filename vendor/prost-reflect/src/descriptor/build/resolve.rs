@@ -126,7 +126,7 @@ impl Visitor for ResolveVisitor<'_> {
                 .options
                 .as_ref()
                 .map_or(syntax == Syntax::Proto3, |o| {
-                    o.value.packed.unwrap_or(syntax == Syntax::Proto3)
+                    o.value().packed.unwrap_or(syntax == Syntax::Proto3)
                 }));
 
         let supports_presence = field.proto3_optional()
@@ -136,7 +136,8 @@ impl Visitor for ResolveVisitor<'_> {
 
         let default = kind.and_then(|kind| {
             self.parse_field_default_value(kind, field.default_value.as_deref(), file, path)
-        });
+        })
+        .map(Box::new);
 
         let message = &mut self.pool.messages[message as usize];
 
@@ -398,12 +399,13 @@ impl Visitor for ResolveVisitor<'_> {
                 .options
                 .as_ref()
                 .map_or(syntax == Syntax::Proto3, |o| {
-                    o.value.packed.unwrap_or(syntax == Syntax::Proto3)
+                    o.value().packed.unwrap_or(syntax == Syntax::Proto3)
                 }));
 
         let default = kind.and_then(|kind| {
             self.parse_field_default_value(kind, extension.default_value.as_deref(), file, path)
-        });
+        })
+        .map(Box::new);
 
         self.pool.extensions.push(ExtensionDescriptorInner {
             id: Identity::new(file, path, self.pool.shared_name(full_name), extension.name()),
