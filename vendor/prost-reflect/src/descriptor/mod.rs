@@ -141,6 +141,40 @@ pub struct DescriptorPool {
 /// from the protos being loaded, not from the network.
 type NameMap<K, V> = HashMap<K, V, ahash::RandomState>;
 
+/// protodrop patch: a message's fields (or an enum's values) by name, as their indices sorted by
+/// the name they are looked up by (which each field or value keeps already). Upstream kept a hash
+/// map with a copy of each name as its key, two per message (names, json names): with their
+/// tables, some 100 bytes per field, a tenth of a large pool. Lookups are a binary search of the
+/// few names of one message.
+#[derive(Clone, Debug, Default)]
+struct NameIndex(Vec<u32>);
+
+impl NameIndex {
+    fn with_capacity(capacity: usize) -> Self {
+        NameIndex(Vec::with_capacity(capacity))
+    }
+
+    fn get<'a>(&self, name: &str, name_of: impl Fn(u32) -> &'a str) -> Option<u32> {
+        self.0
+            .binary_search_by(|&index| name_of(index).cmp(name))
+            .ok()
+            .map(|at| self.0[at])
+    }
+
+    /// Adds `index`, known by `name_of(index)`; if another index has that name, `index` takes its
+    /// place and the other is returned (as `HashMap::insert` does).
+    fn insert<'a>(&mut self, index: u32, name_of: impl Fn(u32) -> &'a str) -> Option<u32> {
+        let name = name_of(index);
+        match self.0.binary_search_by(|&other| name_of(other).cmp(name)) {
+            Ok(at) => Some(std::mem::replace(&mut self.0[at], index)),
+            Err(at) => {
+                self.0.insert(at, index);
+                None
+            }
+        }
+    }
+}
+
 #[derive(Clone, Default)]
 struct DescriptorPoolInner {
     // protodrop patch: the names (and paths, json names, per-message lookup tables) are shared
@@ -230,8 +264,8 @@ struct MessageDescriptorInner {
     extensions: Vec<ExtensionIndex>,
     fields: Vec<FieldDescriptorInner>,
     field_numbers: Arc<BTreeMap<u32, FieldIndex>>,
-    field_names: Arc<HashMap<Box<str>, FieldIndex>>,
-    field_json_names: Arc<HashMap<Box<str>, FieldIndex>>,
+    field_names: Arc<NameIndex>,
+    field_json_names: Arc<NameIndex>,
     oneofs: Vec<OneofDescriptorInner>,
 }
 
@@ -305,7 +339,7 @@ struct EnumDescriptorInner {
     parent: Option<MessageIndex>,
     values: Vec<EnumValueDescriptorInner>,
     value_numbers: Arc<Vec<(i32, EnumValueIndex)>>,
-    value_names: Arc<HashMap<Box<str>, EnumValueIndex>>,
+    value_names: Arc<NameIndex>,
     allow_alias: bool,
 }
 

@@ -18,7 +18,7 @@ use crate::{
         },
         Definition, DefinitionKind, DescriptorPoolInner, EnumDescriptorInner, EnumIndex,
         EnumValueDescriptorInner, EnumValueIndex, ExtensionIndex, FieldIndex, FileDescriptorInner,
-        FileIndex, Identity, MessageDescriptorInner, MessageIndex, MethodIndex,
+        FileIndex, Identity, MessageDescriptorInner, MessageIndex, MethodIndex, NameIndex,
         OneofDescriptorInner, OneofIndex, ServiceIndex,
     },
     Syntax,
@@ -155,8 +155,8 @@ impl Visitor for NameVisitor<'_> {
             id: Identity::new(file, path, shared_name, message.name()),
             fields: Vec::with_capacity(message.field.len()),
             field_numbers: Default::default(),
-            field_names: Arc::new(HashMap::with_capacity(message.field.len())),
-            field_json_names: Arc::new(HashMap::with_capacity(message.field.len())),
+            field_names: Arc::new(NameIndex::with_capacity(message.field.len())),
+            field_json_names: Arc::new(NameIndex::with_capacity(message.field.len())),
             oneofs: Vec::with_capacity(message.oneof_decl.len()),
             extensions: Vec::new(),
             parent,
@@ -306,7 +306,7 @@ impl Visitor for NameVisitor<'_> {
             parent,
             values: Vec::with_capacity(enum_.value.len()),
             value_numbers: Arc::new(Vec::with_capacity(enum_.value.len())),
-            value_names: Arc::new(HashMap::with_capacity(enum_.value.len())),
+            value_names: Arc::new(NameIndex::with_capacity(enum_.value.len())),
             allow_alias,
         });
     }

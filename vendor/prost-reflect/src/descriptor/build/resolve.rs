@@ -182,7 +182,10 @@ impl Visitor for ResolveVisitor<'_> {
                 ),
             });
         }
-        if let Some(existing) = Arc::make_mut(&mut message.field_names).insert(field.name().into(), index) {
+        let fields = &message.fields;
+        if let Some(existing) =
+            Arc::make_mut(&mut message.field_names).insert(index, |i| fields[i as usize].id.name())
+        {
             self.errors.push(DescriptorErrorKind::DuplicateName {
                 name: full_name.to_owned(),
                 first: Label::new(
@@ -202,7 +205,9 @@ impl Visitor for ResolveVisitor<'_> {
                 ),
             });
         }
-        if let Some(existing) = Arc::make_mut(&mut message.field_json_names).insert(Box::from(&*json_name), index) {
+        if let Some(existing) = Arc::make_mut(&mut message.field_json_names)
+            .insert(index, |i| &fields[i as usize].json_name)
+        {
             self.errors
                 .push(DescriptorErrorKind::DuplicateFieldJsonName {
                     name: field.json_name().to_owned(),
@@ -329,7 +334,10 @@ impl Visitor for ResolveVisitor<'_> {
         };
         Arc::make_mut(&mut enum_.value_numbers).insert(value_numbers_index, (value.number(), index));
 
-        if let Some(existing) = Arc::make_mut(&mut enum_.value_names).insert(value.name().into(), index) {
+        let values = &enum_.values;
+        if let Some(existing) =
+            Arc::make_mut(&mut enum_.value_names).insert(index, |i| values[i as usize].id.name())
+        {
             self.errors.push(DescriptorErrorKind::DuplicateName {
                 name: full_name.to_owned(),
                 first: Label::new(
