@@ -863,10 +863,11 @@ impl MessageDescriptor {
 
     /// Gets a [`FieldDescriptor`] with the given name, or `None` if no such field exists.
     pub fn get_field_by_name(&self, name: &str) -> Option<FieldDescriptor> {
-        self.inner()
+        let inner = self.inner();
+        inner
             .field_names
-            .get(name)
-            .map(|&index| FieldDescriptor {
+            .get(name, |i| inner.fields[i as usize].id.name())
+            .map(|index| FieldDescriptor {
                 message: self.clone(),
                 index,
             })
@@ -874,10 +875,11 @@ impl MessageDescriptor {
 
     /// Gets a [`FieldDescriptor`] with the given JSON name, or `None` if no such field exists.
     pub fn get_field_by_json_name(&self, json_name: &str) -> Option<FieldDescriptor> {
-        self.inner()
+        let inner = self.inner();
+        inner
             .field_json_names
-            .get(json_name)
-            .map(|&index| FieldDescriptor {
+            .get(json_name, |i| &inner.fields[i as usize].json_name)
+            .map(|index| FieldDescriptor {
                 message: self.clone(),
                 index,
             })
@@ -899,7 +901,7 @@ impl MessageDescriptor {
         self.raw()
             .options
             .as_ref()
-            .map(|o| o.value.map_entry())
+            .map(|o| o.value().map_entry())
             .unwrap_or(false)
     }
 
@@ -1126,7 +1128,7 @@ impl FieldDescriptor {
         } else if self.is_map() {
             Value::Map(HashMap::default())
         } else if let Some(default_value) = &self.inner().default {
-            default_value.clone()
+            Value::clone(default_value)
         } else {
             self.kind().default_value()
         }
@@ -1324,7 +1326,7 @@ impl ExtensionDescriptor {
         } else if self.is_map() {
             Value::Map(HashMap::default())
         } else if let Some(default_value) = &self.inner().default {
-            default_value.clone()
+            Value::clone(default_value)
         } else {
             self.kind().default_value()
         }
@@ -1467,10 +1469,11 @@ impl EnumDescriptor {
 
     /// Gets a [`EnumValueDescriptor`] for the enum value with the given name, or `None` if no such value exists.
     pub fn get_value_by_name(&self, name: &str) -> Option<EnumValueDescriptor> {
-        self.inner()
+        let inner = self.inner();
+        inner
             .value_names
-            .get(name)
-            .map(|&index| EnumValueDescriptor {
+            .get(name, |i| inner.values[i as usize].id.name())
+            .map(|index| EnumValueDescriptor {
                 parent: self.clone(),
                 index,
             })
@@ -1962,7 +1965,7 @@ fn decode_options<T>(
 
     let bytes = option
         .as_ref()
-        .map(|o| o.encoded.as_slice())
+        .map(|o| &*o.encoded)
         .unwrap_or_default();
     DynamicMessage::decode(message_desc, bytes).unwrap()
 }

@@ -175,13 +175,25 @@ pub(crate) struct MethodDescriptorProto {
     pub server_streaming: Option<bool>,
 }
 
-#[derive(Clone, Default, PartialEq)]
+/// protodrop patch: the options are kept encoded (what the pool encodes and what `options()`
+/// decodes), their `prost_types` value decoded only when first read. Upstream kept both, each
+/// decoded value a struct of a few hundred bytes (a `FileOptions` more), for every options of
+/// every file, field, method…, though once the pool is built only `map_entry` (and the
+/// `prost_types` accessors, on demand) read it: on googleapis (100,000 options) that was a tenth
+/// of the pool. Resolving the options (`build/options.rs`) works from the encoded form and sets
+/// the resolved ones encoded, undecoded.
+#[derive(Clone, Default)]
 pub(crate) struct Options<T> {
-    pub(crate) encoded: Vec<u8>,
-    /// protodrop patch: boxed. Every field, enum value, message… of a file holds an
-    /// `Option<Options<…>>`, set or not; inline, a `FieldOptions` made each of them some 200 bytes
-    /// larger, boxed it is one pointer, and the decoded options exist only where some are written.
-    pub(crate) value: Box<T>,
+    pub(crate) encoded: Box<[u8]>,
+    value: std::sync::OnceLock<Box<T>>,
+}
+
+impl<T> PartialEq for Options<T> {
+    /// The value is decoded from the bytes (or they were encoded from it): equal bytes, equal
+    /// options, whether either was decoded yet or not.
+    fn eq(&self, other: &Self) -> bool {
+        self.encoded == other.encoded
+    }
 }
 
 impl FileDescriptorProto {
@@ -605,26 +617,46 @@ impl Message for SourceInfo {
 
 impl<T> Options<T>
 where
-    T: Message + Clone,
+    T: Message + Clone + Default,
 {
     pub(crate) fn from_prost(options: T) -> Self {
         Options {
-            encoded: options.encode_to_vec(),
-            value: Box::new(options),
+            encoded: options.encode_to_vec().into(),
+            value: Box::new(options).into(),
+        }
+    }
+
+    /// protodrop patch: options as encoded, decoded when first read (see [`Options`]).
+    pub(crate) fn from_encoded(encoded: &[u8]) -> Self {
+        Options {
+            encoded: encoded.into(),
+            value: std::sync::OnceLock::new(),
         }
     }
 
     fn to_prost(&self) -> T {
-        (*self.value).clone()
+        self.value().clone()
+    }
+}
+
+impl<T> Options<T>
+where
+    T: Message + Default,
+{
+    /// The decoded options. Options this crate encoded always decode; should some bytes not, they
+    /// read as no options set rather than failing a reader that only looks at one of them.
+    pub(crate) fn value(&self) -> &T {
+        self.value
+            .get_or_init(|| Box::new(T::decode(&*self.encoded).unwrap_or_default()))
     }
 }
 
 impl<T> fmt::Debug for Options<T>
 where
-    T: fmt::Debug,
+    T: Message + Default + fmt::Debug,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.value.fmt(f)
+        self.value().fmt(f)
     }
 }
 
@@ -636,7 +668,7 @@ where
     where
         Self: Sized,
     {
-        buf.put(self.encoded.as_slice());
+        buf.put(&*self.encoded);
     }
 
     fn merge_field(
@@ -671,19 +703,26 @@ where
             }
         }
 
-        encode_key(tag, wire_type, &mut self.encoded);
-        let start = self.encoded.len();
+        // protodrop patch: decoding (a descriptor set) still decodes the value as it goes, which
+        // checks the bytes as upstream did.
+        let mut encoded = std::mem::take(&mut self.encoded).into_vec();
+        encode_key(tag, wire_type, &mut encoded);
+        let start = encoded.len();
         skip_field(
             wire_type,
             tag,
             &mut CopyBufAdapter {
-                dest: &mut self.encoded,
+                dest: &mut encoded,
                 src: buf,
             },
             ctx.clone(),
         )?;
-        self.value
-            .merge_field(tag, wire_type, &mut &self.encoded[start..], ctx)?;
+        if self.value.get().is_none() {
+            let _ = self.value.set(Box::default());
+        }
+        let value = self.value.get_mut().expect("set above");
+        value.merge_field(tag, wire_type, &mut &encoded[start..], ctx)?;
+        self.encoded = encoded.into();
 
         Ok(())
     }
@@ -693,7 +732,6 @@ where
     }
 
     fn clear(&mut self) {
-        self.encoded.clear();
-        self.value.clear();
+        *self = Self::default();
     }
 }

@@ -173,7 +173,7 @@ impl Features {
 }
 
 fn options<T>(options: &Option<crate::descriptor::types::Options<T>>) -> Option<&[u8]> {
-    options.as_ref().map(|o| o.encoded.as_slice())
+    options.as_ref().map(|o| &*o.encoded)
 }
 
 impl DescriptorPoolInner {
@@ -288,7 +288,7 @@ impl DescriptorPoolInner {
             field
                 .options
                 .as_ref()
-                .and_then(|o| o.value.packed)
+                .and_then(|o| o.value().packed)
                 .unwrap_or(file.syntax == Syntax::Proto3),
         )
     }
@@ -299,7 +299,7 @@ impl DescriptorPoolInner {
             KindIndex::Message(message) if features.message_encoding == DELIMITED => {
                 let id = &self.messages[message as usize].id;
                 let entry = find_message_proto(&self.files[id.file as usize].raw, &id.path);
-                let is_map_entry = entry.options.as_ref().is_some_and(|o| o.value.map_entry());
+                let is_map_entry = entry.options.as_ref().is_some_and(|o| o.value().map_entry());
                 if is_map_entry {
                     kind
                 } else {

@@ -8,7 +8,7 @@ mod visit;
 use core::fmt;
 use std::{
     borrow::Cow,
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     iter,
     sync::Arc,
 };
@@ -17,9 +17,9 @@ use crate::{
     descriptor::{
         error::{DescriptorErrorKind, Label},
         to_index,
-        types::FileDescriptorProto,
+        types::{FileDescriptorProto, SourceInfo},
         Definition, DefinitionKind, DescriptorPoolInner, EnumIndex, ExtensionIndex,
-        FileDescriptorInner, FileIndex, MessageIndex, ServiceIndex,
+        FileDescriptorInner, FileIndex, MessageIndex, NameMap, ServiceIndex,
     },
     DescriptorError, DescriptorPool,
 };
@@ -114,12 +114,19 @@ impl DescriptorPool {
     {
         let offsets = DescriptorPoolOffsets::new(&self.inner);
 
-        let deduped_files: Vec<_> = files
+        let mut deduped_files: Vec<_> = files
             .into_iter()
             .filter(|f| !self.inner.file_names.contains_key(f.name()))
             .collect();
+        // protodrop patch: the names pass puts a copy of each file in the pool; its source
+        // locations (a good part of a file, and only ever read from the pool's copy) are moved
+        // there rather than copied with the rest.
+        let source_infos = deduped_files
+            .iter_mut()
+            .map(|file| file.source_code_info.take())
+            .collect();
 
-        let result = self.build_files_deduped(offsets, &deduped_files);
+        let result = self.build_files_deduped(offsets, &deduped_files, source_infos);
         if result.is_err() {
             debug_assert_eq!(Arc::strong_count(&self.inner), 1);
             offsets.rollback(Arc::get_mut(&mut self.inner).unwrap());
@@ -132,6 +139,7 @@ impl DescriptorPool {
         &mut self,
         offsets: DescriptorPoolOffsets,
         deduped_files: &[FileDescriptorProto],
+        source_infos: Vec<Option<SourceInfo>>,
     ) -> Result<(), DescriptorError> {
         if deduped_files.is_empty() {
             return Ok(());
@@ -144,7 +152,7 @@ impl DescriptorPool {
         // fixed. The resolution pass runs anyway to report those too, leaving out what follows
         // from the duplicates themselves (a use of a duplicated name resolves to its first
         // definition, perhaps in a file not imported here). The pool is rolled back either way.
-        if let Err(names) = inner.collect_names(offsets, deduped_files) {
+        if let Err(names) = inner.collect_names(offsets, deduped_files, source_infos) {
             let mut errors = names.into_kinds();
             let duplicated: HashSet<String> = errors
                 .iter()
@@ -217,7 +225,7 @@ impl fmt::Display for ResolveNameFilter {
 impl<'a, 'b> ResolveNameResult<'a, 'b> {
     fn new(
         dependencies: &HashSet<FileIndex>,
-        names: &'a HashMap<Arc<str>, Definition>,
+        names: &'a NameMap<Arc<str>, Definition>,
         name: impl Into<Cow<'b, str>>,
         filter: ResolveNameFilter,
     ) -> Self {
@@ -358,7 +366,7 @@ fn to_json_name(name: &str) -> String {
 fn resolve_name<'a, 'b>(
     files: &[FileDescriptorInner],
     dependencies: &HashSet<FileIndex>,
-    names: &'a HashMap<Arc<str>, Definition>,
+    names: &'a NameMap<Arc<str>, Definition>,
     scope: &str,
     name: &'b str,
     filter: ResolveNameFilter,
@@ -397,7 +405,7 @@ fn in_scope(
 fn resolve_relative_name<'a, 'b>(
     files: &[FileDescriptorInner],
     dependencies: &HashSet<FileIndex>,
-    names: &'a HashMap<Arc<str>, Definition>,
+    names: &'a NameMap<Arc<str>, Definition>,
     scope: &str,
     relative_name: &'b str,
     filter: ResolveNameFilter,

@@ -14,11 +14,11 @@ use crate::{
         types::{
             DescriptorProto, EnumDescriptorProto, EnumValueDescriptorProto, FieldDescriptorProto,
             FileDescriptorProto, MethodDescriptorProto, OneofDescriptorProto,
-            ServiceDescriptorProto,
+            ServiceDescriptorProto, SourceInfo,
         },
         Definition, DefinitionKind, DescriptorPoolInner, EnumDescriptorInner, EnumIndex,
         EnumValueDescriptorInner, EnumValueIndex, ExtensionIndex, FieldIndex, FileDescriptorInner,
-        FileIndex, Identity, MessageDescriptorInner, MessageIndex, MethodIndex,
+        FileIndex, Identity, MessageDescriptorInner, MessageIndex, MethodIndex, NameIndex,
         OneofDescriptorInner, OneofIndex, ServiceIndex,
     },
     Syntax,
@@ -29,10 +29,13 @@ impl DescriptorPoolInner {
         &mut self,
         offsets: DescriptorPoolOffsets,
         files: &[FileDescriptorProto],
+        source_infos: Vec<Option<SourceInfo>>,
     ) -> Result<(), DescriptorError> {
         let mut visitor = NameVisitor {
             pool: self,
             errors: vec![],
+            source_infos,
+            first: offsets.file,
         };
         visit(offsets, files, &mut visitor);
         if visitor.errors.is_empty() {
@@ -46,6 +49,10 @@ impl DescriptorPoolInner {
 struct NameVisitor<'a> {
     pool: &'a mut DescriptorPoolInner,
     errors: Vec<DescriptorErrorKind>,
+    /// protodrop patch: the source locations of the files visited (the first numbered `first`),
+    /// taken out of them to be moved into the pool's copies rather than cloned.
+    source_infos: Vec<Option<SourceInfo>>,
+    first: FileIndex,
 }
 
 impl Visitor for NameVisitor<'_> {
@@ -95,7 +102,10 @@ impl Visitor for NameVisitor<'_> {
         }
         self.pool.files.push(FileDescriptorInner {
             syntax,
-            raw: Arc::new(file.clone()),
+            raw: Arc::new(FileDescriptorProto {
+                source_code_info: self.source_infos[(index - self.first) as usize].take(),
+                ..file.clone()
+            }),
             prost: Default::default(), // the prost descriptor is initialized from the internal descriptor once resolution is complete, to avoid needing to duplicate all modifications
             dependencies: Vec::with_capacity(file.dependency.len()),
             transitive_dependencies: HashSet::default(),
@@ -145,8 +155,8 @@ impl Visitor for NameVisitor<'_> {
             id: Identity::new(file, path, shared_name, message.name()),
             fields: Vec::with_capacity(message.field.len()),
             field_numbers: Default::default(),
-            field_names: Arc::new(HashMap::with_capacity(message.field.len())),
-            field_json_names: Arc::new(HashMap::with_capacity(message.field.len())),
+            field_names: Arc::new(NameIndex::with_capacity(message.field.len())),
+            field_json_names: Arc::new(NameIndex::with_capacity(message.field.len())),
             oneofs: Vec::with_capacity(message.oneof_decl.len()),
             extensions: Vec::new(),
             parent,
@@ -280,8 +290,8 @@ impl Visitor for NameVisitor<'_> {
         }
 
         let allow_alias = enum_.options.as_ref().is_some_and(|o| {
-            o.value.allow_alias()
-                || o.value.uninterpreted_option.iter().any(|u| {
+            o.value().allow_alias()
+                || o.value().uninterpreted_option.iter().any(|u| {
                     u.name.len() == 1
                         && u.name[0].name_part == "allow_alias"
                         && !u.name[0].is_extension
@@ -296,7 +306,7 @@ impl Visitor for NameVisitor<'_> {
             parent,
             values: Vec::with_capacity(enum_.value.len()),
             value_numbers: Arc::new(Vec::with_capacity(enum_.value.len())),
-            value_names: Arc::new(HashMap::with_capacity(enum_.value.len())),
+            value_names: Arc::new(NameIndex::with_capacity(enum_.value.len())),
             allow_alias,
         });
     }

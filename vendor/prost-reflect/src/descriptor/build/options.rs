@@ -75,7 +75,8 @@ fn move_locations(
     locations: &mut [prost_types::source_code_info::Location],
     moves: &[(FileIndex, Box<[i32]>, Box<[i32]>)],
 ) {
-    let mut by_from: HashMap<&[i32], Vec<usize>> = HashMap::new();
+    // aHash: see `NameMap`.
+    let mut by_from: HashMap<&[i32], Vec<usize>, ahash::RandomState> = HashMap::default();
     for (i, (_, from, _)) in moves.iter().enumerate() {
         by_from.entry(from).or_default().push(i);
     }
@@ -117,7 +118,7 @@ impl Visitor for OptionsVisitor<'_> {
             let encoded = self.resolve_options(
                 "google.protobuf.FileOptions",
                 options,
-                &options.value.uninterpreted_option,
+                &options.value().uninterpreted_option,
                 file.package(),
                 index,
                 &path,
@@ -140,7 +141,7 @@ impl Visitor for OptionsVisitor<'_> {
             let encoded = self.resolve_options(
                 "google.protobuf.MessageOptions",
                 options,
-                &options.value.uninterpreted_option,
+                &options.value().uninterpreted_option,
                 full_name,
                 file,
                 &path,
@@ -161,7 +162,7 @@ impl Visitor for OptionsVisitor<'_> {
                 let encoded = self.resolve_options(
                     "google.protobuf.ExtensionRangeOptions",
                     options,
-                    &options.value.uninterpreted_option,
+                    &options.value().uninterpreted_option,
                     full_name,
                     file,
                     &path,
@@ -185,7 +186,7 @@ impl Visitor for OptionsVisitor<'_> {
             let encoded = self.resolve_options(
                 "google.protobuf.FieldOptions",
                 options,
-                &options.value.uninterpreted_option,
+                &options.value().uninterpreted_option,
                 full_name,
                 file,
                 &path,
@@ -208,7 +209,7 @@ impl Visitor for OptionsVisitor<'_> {
             let encoded = self.resolve_options(
                 "google.protobuf.OneofOptions",
                 options,
-                &options.value.uninterpreted_option,
+                &options.value().uninterpreted_option,
                 full_name,
                 file,
                 &path,
@@ -230,7 +231,7 @@ impl Visitor for OptionsVisitor<'_> {
             let encoded = self.resolve_options(
                 "google.protobuf.ServiceOptions",
                 options,
-                &options.value.uninterpreted_option,
+                &options.value().uninterpreted_option,
                 full_name,
                 file,
                 &path,
@@ -253,7 +254,7 @@ impl Visitor for OptionsVisitor<'_> {
             let encoded = self.resolve_options(
                 "google.protobuf.MethodOptions",
                 options,
-                &options.value.uninterpreted_option,
+                &options.value().uninterpreted_option,
                 full_name,
                 file,
                 &path,
@@ -276,7 +277,7 @@ impl Visitor for OptionsVisitor<'_> {
             let encoded = self.resolve_options(
                 "google.protobuf.EnumOptions",
                 options,
-                &options.value.uninterpreted_option,
+                &options.value().uninterpreted_option,
                 full_name,
                 file,
                 &path,
@@ -299,7 +300,7 @@ impl Visitor for OptionsVisitor<'_> {
             let encoded = self.resolve_options(
                 "google.protobuf.EnumValueOptions",
                 options,
-                &options.value.uninterpreted_option,
+                &options.value().uninterpreted_option,
                 full_name,
                 file,
                 &path,
@@ -322,7 +323,7 @@ impl Visitor for OptionsVisitor<'_> {
             let encoded = self.resolve_options(
                 "google.protobuf.FieldOptions",
                 options,
-                &options.value.uninterpreted_option,
+                &options.value().uninterpreted_option,
                 full_name,
                 file,
                 &path,
@@ -348,7 +349,7 @@ impl OptionsVisitor<'_> {
                 .unwrap()
         });
 
-        let mut message = match DynamicMessage::decode(desc, options.encoded.as_slice()) {
+        let mut message = match DynamicMessage::decode(desc, &*options.encoded) {
             Ok(message) => message,
             Err(err) => {
                 self.errors
@@ -761,7 +762,7 @@ fn set_file_option(file: &mut FileDescriptorProto, path: &[i32], encoded: &[u8])
     match path[0] {
         tag::file::OPTIONS => {
             debug_assert_eq!(path.len(), 1);
-            file.options = Some(Options::decode(encoded).unwrap());
+            file.options = Some(Options::from_encoded(encoded));
         }
         tag::file::MESSAGE_TYPE => {
             let message = &mut file.message_type[path[1] as usize];
@@ -774,12 +775,12 @@ fn set_file_option(file: &mut FileDescriptorProto, path: &[i32], encoded: &[u8])
         tag::file::SERVICE => {
             let service = &mut file.service[path[1] as usize];
             match path[2] {
-                tag::service::OPTIONS => service.options = Some(Options::decode(encoded).unwrap()),
+                tag::service::OPTIONS => service.options = Some(Options::from_encoded(encoded)),
                 tag::service::METHOD => {
                     debug_assert_eq!(path.len(), 5);
                     debug_assert_eq!(path[4], tag::method::OPTIONS);
                     let value = &mut service.method[path[3] as usize];
-                    value.options = Some(Options::decode(encoded).unwrap());
+                    value.options = Some(Options::from_encoded(encoded));
                 }
                 p => panic!("unknown path element {p}"),
             }
@@ -788,7 +789,7 @@ fn set_file_option(file: &mut FileDescriptorProto, path: &[i32], encoded: &[u8])
             debug_assert_eq!(path.len(), 3);
             debug_assert_eq!(path[2], tag::field::OPTIONS);
             let field = &mut file.extension[path[1] as usize];
-            field.options = Some(Options::decode(encoded).unwrap());
+            field.options = Some(Options::from_encoded(encoded));
         }
         p => panic!("unknown path element {p}"),
     }
@@ -798,25 +799,25 @@ fn set_message_option(message: &mut DescriptorProto, path: &[i32], encoded: &[u8
     match path[0] {
         tag::message::OPTIONS => {
             debug_assert_eq!(path.len(), 1);
-            message.options = Some(Options::decode(encoded).unwrap());
+            message.options = Some(Options::from_encoded(encoded));
         }
         tag::message::EXTENSION_RANGE => {
             debug_assert_eq!(path.len(), 3);
             debug_assert_eq!(path[2], tag::message::extension_range::OPTIONS);
             let extension_range = &mut message.extension_range[path[1] as usize];
-            extension_range.options = Some(Options::decode(encoded).unwrap());
+            extension_range.options = Some(Options::from_encoded(encoded));
         }
         tag::message::FIELD => {
             debug_assert_eq!(path.len(), 3);
             debug_assert_eq!(path[2], tag::field::OPTIONS);
             let field = &mut message.field[path[1] as usize];
-            field.options = Some(Options::decode(encoded).unwrap());
+            field.options = Some(Options::from_encoded(encoded));
         }
         tag::message::ONEOF_DECL => {
             debug_assert_eq!(path.len(), 3);
             debug_assert_eq!(path[2], tag::oneof::OPTIONS);
             let field = &mut message.oneof_decl[path[1] as usize];
-            field.options = Some(Options::decode(encoded).unwrap());
+            field.options = Some(Options::from_encoded(encoded));
         }
         tag::message::NESTED_TYPE => {
             let nested_message = &mut message.nested_type[path[1] as usize];
@@ -830,7 +831,7 @@ fn set_message_option(message: &mut DescriptorProto, path: &[i32], encoded: &[u8
             debug_assert_eq!(path.len(), 3);
             debug_assert_eq!(path[2], tag::field::OPTIONS);
             let field = &mut message.extension[path[1] as usize];
-            field.options = Some(Options::decode(encoded).unwrap());
+            field.options = Some(Options::from_encoded(encoded));
         }
         p => panic!("unknown path element {p}"),
     }
@@ -838,12 +839,12 @@ fn set_message_option(message: &mut DescriptorProto, path: &[i32], encoded: &[u8
 
 fn set_enum_option(enum_: &mut EnumDescriptorProto, path: &[i32], encoded: &[u8]) {
     match path[0] {
-        tag::enum_::OPTIONS => enum_.options = Some(Options::decode(encoded).unwrap()),
+        tag::enum_::OPTIONS => enum_.options = Some(Options::from_encoded(encoded)),
         tag::enum_::VALUE => {
             debug_assert_eq!(path.len(), 3);
             debug_assert_eq!(path[2], tag::enum_value::OPTIONS);
             let value = &mut enum_.value[path[1] as usize];
-            value.options = Some(Options::decode(encoded).unwrap());
+            value.options = Some(Options::from_encoded(encoded));
         }
         p => panic!("unknown path element {p}"),
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::descriptor::{
     Definition, DefinitionKind, DescriptorPoolInner, EnumDescriptorInner, ExtensionDescriptorInner,
-    FileDescriptorInner, FileIndex, KindIndex, MessageDescriptorInner, ServiceDescriptorInner,
+    FileDescriptorInner, FileIndex, KindIndex, MessageDescriptorInner, NameMap, ServiceDescriptorInner,
 };
 use crate::DescriptorPool;
 
@@ -160,7 +160,7 @@ impl DescriptorPool {
                     enums: std::mem::take(&mut owned.enums),
                     extensions: std::mem::take(&mut owned.extensions),
                     services: std::mem::take(&mut owned.services),
-                    names: HashMap::new(),
+                    names: Default::default(),
                 };
                 // The tail's items go back in their new order, after those kept in place.
                 files_tail.reserve(&mut pool.files, files.len());
@@ -186,7 +186,7 @@ impl DescriptorPool {
                     enums: Vec::with_capacity(enums_order.len()),
                     extensions: Vec::with_capacity(extensions_order.len()),
                     services: Vec::with_capacity(services_order.len()),
-                    names: HashMap::new(),
+                    names: Default::default(),
                 };
                 (
                     Items::Shared(&shared.files[..]),
@@ -356,6 +356,6 @@ impl DescriptorPool {
 }
 
 enum Names<'a> {
-    Owned(HashMap<Arc<str>, Definition>),
-    Shared(&'a HashMap<Arc<str>, Definition>),
+    Owned(NameMap<Arc<str>, Definition>),
+    Shared(&'a NameMap<Arc<str>, Definition>),
 }

@@ -126,7 +126,7 @@ impl Visitor for ResolveVisitor<'_> {
                 .options
                 .as_ref()
                 .map_or(syntax == Syntax::Proto3, |o| {
-                    o.value.packed.unwrap_or(syntax == Syntax::Proto3)
+                    o.value().packed.unwrap_or(syntax == Syntax::Proto3)
                 }));
 
         let supports_presence = field.proto3_optional()
@@ -136,7 +136,8 @@ impl Visitor for ResolveVisitor<'_> {
 
         let default = kind.and_then(|kind| {
             self.parse_field_default_value(kind, field.default_value.as_deref(), file, path)
-        });
+        })
+        .map(Box::new);
 
         let message = &mut self.pool.messages[message as usize];
 
@@ -181,7 +182,10 @@ impl Visitor for ResolveVisitor<'_> {
                 ),
             });
         }
-        if let Some(existing) = Arc::make_mut(&mut message.field_names).insert(field.name().into(), index) {
+        let fields = &message.fields;
+        if let Some(existing) =
+            Arc::make_mut(&mut message.field_names).insert(index, |i| fields[i as usize].id.name())
+        {
             self.errors.push(DescriptorErrorKind::DuplicateName {
                 name: full_name.to_owned(),
                 first: Label::new(
@@ -201,7 +205,9 @@ impl Visitor for ResolveVisitor<'_> {
                 ),
             });
         }
-        if let Some(existing) = Arc::make_mut(&mut message.field_json_names).insert(Box::from(&*json_name), index) {
+        if let Some(existing) = Arc::make_mut(&mut message.field_json_names)
+            .insert(index, |i| &fields[i as usize].json_name)
+        {
             self.errors
                 .push(DescriptorErrorKind::DuplicateFieldJsonName {
                     name: field.json_name().to_owned(),
@@ -328,7 +334,10 @@ impl Visitor for ResolveVisitor<'_> {
         };
         Arc::make_mut(&mut enum_.value_numbers).insert(value_numbers_index, (value.number(), index));
 
-        if let Some(existing) = Arc::make_mut(&mut enum_.value_names).insert(value.name().into(), index) {
+        let values = &enum_.values;
+        if let Some(existing) =
+            Arc::make_mut(&mut enum_.value_names).insert(index, |i| values[i as usize].id.name())
+        {
             self.errors.push(DescriptorErrorKind::DuplicateName {
                 name: full_name.to_owned(),
                 first: Label::new(
@@ -398,12 +407,13 @@ impl Visitor for ResolveVisitor<'_> {
                 .options
                 .as_ref()
                 .map_or(syntax == Syntax::Proto3, |o| {
-                    o.value.packed.unwrap_or(syntax == Syntax::Proto3)
+                    o.value().packed.unwrap_or(syntax == Syntax::Proto3)
                 }));
 
         let default = kind.and_then(|kind| {
             self.parse_field_default_value(kind, extension.default_value.as_deref(), file, path)
-        });
+        })
+        .map(Box::new);
 
         self.pool.extensions.push(ExtensionDescriptorInner {
             id: Identity::new(file, path, self.pool.shared_name(full_name), extension.name()),
