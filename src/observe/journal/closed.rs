@@ -117,8 +117,9 @@ impl Closed {
 
     /// The blocks, copied out to be decoded without the journal's lock.
     pub(super) fn copy(&self) -> Copied {
+        let (front, back) = self.bytes.as_slices();
         Copied {
-            bytes: self.bytes.iter().copied().collect(),
+            bytes: [front, back].concat(),
             entries: self.entries.iter().copied().collect(),
             methods: self.methods.clone(),
         }

@@ -239,7 +239,7 @@ pub(crate) struct Record {
     deadline: Option<Instant>,
     started: SystemTime,
     clock: Instant,
-    /// The journal it is in; `None` when only the log is on.
+    /// The journal it is in; `None` for an ended call decoded from the journal to be read.
     journal: Option<&'static Journal>,
     /// In the journal's list (see [`Record::enter`]).
     entered: AtomicBool,
