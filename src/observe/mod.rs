@@ -230,6 +230,15 @@ struct Line {
 }
 
 impl Line {
+    /// [`Line::ended`], and `timer` ended with it: the line's clock is the timer's, so the time
+    /// the call took is read once when the line read it.
+    fn end(&mut self, code: Code, message: &str, timer: &mut CallTimer) {
+        match self.ended(code, message) {
+            Some(elapsed) => timer.end_after(code, elapsed),
+            None => timer.end(code),
+        }
+    }
+
     /// The call ended with `end`: its line, if it has one; the time the call took, if read.
     fn ended(&mut self, code: Code, message: &str) -> Option<Duration> {
         self.open = false;
@@ -315,11 +324,7 @@ impl After {
                     Reply::Refused(end) => end,
                     Reply::Stream(_) => return timed(reply, Recorder::Line(line), timer),
                 };
-                // The line's clock is the timer's: the time taken is read once.
-                match line.ended(end.code, &end.message) {
-                    Some(elapsed) => timer.end_after(end.code, elapsed),
-                    None => timer.end(end.code),
-                }
+                line.end(end.code, &end.message, &mut timer);
                 reply
             }
             After::Record(mut unseen, mut timer) => {
@@ -395,13 +400,10 @@ impl Stream for Observed {
                 self.timer.end_after(end.code, elapsed);
             }
             (Some(Event::End(end)), _) => {
-                let elapsed = match &mut self.record {
-                    Recorder::Line(line) => line.ended(end.code, &end.message),
-                    _ => None,
-                };
-                match elapsed {
-                    Some(elapsed) => self.timer.end_after(end.code, elapsed),
-                    None => self.timer.end(end.code),
+                let Observed { record, timer, .. } = &mut *self;
+                match record {
+                    Recorder::Line(line) => line.end(end.code, &end.message, timer),
+                    _ => timer.end(end.code),
                 }
             }
             _ => {}

@@ -125,8 +125,8 @@ impl Journal {
         let mut calls = self.calls();
         if !entered {
             self.bytes.fetch_add(counted, Ordering::Relaxed);
-            calls.closed.push(id, method, block, counted);
-        } else if calls.live.remove(&id).is_some() {
+        }
+        if !entered || calls.live.remove(&id).is_some() {
             calls.closed.push(id, method, block, counted);
         }
         if over || !entered {
