@@ -74,13 +74,18 @@ impl Closed {
     pub(super) fn push(&mut self, id: u64, method: &Arc<Method>, block: &mut [u8], counted: usize) {
         let slot = self.slot(method);
         block[..4].copy_from_slice(&slot.to_le_bytes());
-        self.bytes.extend(block.iter());
-        self.entries.push_back(Entry {
+        let entry = Entry {
             id,
             len: block.len(),
             counted,
-        });
-        self.counted += counted;
+        };
+        self.append(entry, block);
+    }
+
+    fn append(&mut self, entry: Entry, block: &[u8]) {
+        self.bytes.extend(block.iter());
+        self.entries.push_back(entry);
+        self.counted += entry.counted;
     }
 
     fn slot(&mut self, method: &Arc<Method>) -> u32 {
@@ -148,9 +153,7 @@ impl Closed {
                     taken.push((entry, record));
                 }
             } else {
-                kept.bytes.extend(block.iter());
-                kept.entries.push_back(entry);
-                kept.counted += entry.counted;
+                kept.append(entry, block);
             }
         }
         kept.compact(|m| m.desc.parent_pool() == pool);
@@ -161,11 +164,9 @@ impl Closed {
     /// Keeps only the methods some block names (and `keep` accepts), renumbering the blocks.
     fn compact(&mut self, keep: impl Fn(&Method) -> bool) {
         let mut used = vec![false; self.methods.len()];
-        let mut offset = 0;
         let bytes = self.bytes.make_contiguous();
-        for entry in &self.entries {
-            used[slot_of(&bytes[offset..]) as usize] = true;
-            offset += entry.len;
+        for start in starts(self.entries.iter()) {
+            used[slot_of(&bytes[start..]) as usize] = true;
         }
         let mut renumbered = vec![u32::MAX; self.methods.len()];
         let mut methods = Vec::new();
@@ -175,12 +176,10 @@ impl Closed {
                 methods.push(method.clone());
             }
         }
-        let mut offset = 0;
-        for entry in &self.entries {
-            let block = &mut bytes[offset..offset + 4];
+        for start in starts(self.entries.iter()) {
+            let block = &mut bytes[start..start + 4];
             let slot = renumbered[slot_of(block) as usize];
             block.copy_from_slice(&slot.to_le_bytes());
-            offset += entry.len;
         }
         self.index = methods
             .iter()
@@ -202,12 +201,9 @@ pub(super) struct Copied {
 
 impl Copied {
     fn blocks(&self) -> impl Iterator<Item = (Entry, &[u8])> {
-        let mut offset = 0;
-        self.entries.iter().map(move |entry| {
-            let block = &self.bytes[offset..offset + entry.len];
-            offset += entry.len;
-            (*entry, block)
-        })
+        starts(self.entries.iter())
+            .zip(&self.entries)
+            .map(|(start, entry)| (*entry, &self.bytes[start..start + entry.len]))
     }
 
     /// The calls of `method` (every call when `None`), decoded, with their ids.
@@ -225,6 +221,15 @@ impl Copied {
             })
             .collect()
     }
+}
+
+/// Where each block starts, the blocks being back to back in the order of `entries`.
+fn starts<'a>(entries: impl Iterator<Item = &'a Entry> + 'a) -> impl Iterator<Item = usize> + 'a {
+    entries.scan(0, |offset, entry| {
+        let start = *offset;
+        *offset += entry.len;
+        Some(start)
+    })
 }
 
 fn slot_of(block: &[u8]) -> u32 {
