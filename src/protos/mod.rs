@@ -911,6 +911,65 @@ mod tests {
         );
     }
 
+    /// A message's build grows in step with its fields, not with their square: its index of field
+    /// names (and of json names) was kept sorted by inserting each field in place, so a field named
+    /// before all those declared earlier moved every one of them. The fields here are declared in
+    /// the reverse of their names' order, each such a field. The file is given as a descriptor, so
+    /// that parsing it (linear, and most of the time in a debug build) does not hide the rest.
+    /// Eight times the fields must cost well under 64 times the time.
+    #[test]
+    fn a_messages_build_grows_in_step_with_its_fields() {
+        use prost_types::{field_descriptor_proto::Type, DescriptorProto, FieldDescriptorProto};
+        // Past 19,000 (reserved for protobuf itself).
+        fn number(i: usize) -> i32 {
+            (if i + 1 < 19_000 { i + 1 } else { i + 1001 }) as i32
+        }
+        let file = |n: usize| prost_types::FileDescriptorProto {
+            name: Some("big.proto".into()),
+            package: Some("p".into()),
+            syntax: Some("proto3".into()),
+            message_type: vec![DescriptorProto {
+                name: Some("M".into()),
+                field: (0..n)
+                    .map(|i| FieldDescriptorProto {
+                        name: Some(format!("f{:07}", n - i)),
+                        number: Some(number(i)),
+                        r#type: Some(Type::String as i32),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let build = |n: usize| {
+            let file = file(n);
+            (0..3)
+                .map(|_| {
+                    let file = file.clone();
+                    let start = std::time::Instant::now();
+                    let mut pool = prost_reflect::DescriptorPool::new();
+                    pool.add_file_descriptor_proto(file).unwrap();
+                    let elapsed = start.elapsed();
+                    let message = pool.get_message_by_name("p.M").unwrap();
+                    let last = message.get_field_by_json_name("f0000001").unwrap();
+                    assert_eq!(last.number() as i32, number(n - 1));
+                    elapsed
+                })
+                .min()
+                .unwrap()
+        };
+        let n = 10_000;
+        build(1000);
+        let (small, large) = (build(n), build(8 * n));
+        let ratio = large.as_secs_f64() / small.as_secs_f64();
+        assert!(
+            ratio < 24.0,
+            "{n} fields built in {small:?}, {} in {large:?}: {ratio:.1} times",
+            8 * n
+        );
+    }
+
     /// A chain of `n` files, each importing the one before it and using its message; `google.api.http`
     /// on the first so the custom option's survival is compared too. A broken file is imported by the
     /// next one only (the chain goes on past both), so the compiler asks for it twice.
