@@ -146,6 +146,9 @@ type NameMap<K, V> = HashMap<K, V, ahash::RandomState>;
 /// map with a copy of each name as its key, two per message (names, json names): with their
 /// tables, some 100 bytes per field, a tenth of a large pool. Lookups are a binary search of the
 /// few names of one message.
+///
+/// Built by `push`ing every index in declaration order, then `sort`ing once: inserting each in
+/// place was quadratic in the size of one message.
 #[derive(Clone, Debug, Default)]
 struct NameIndex(Vec<u32>);
 
@@ -161,17 +164,35 @@ impl NameIndex {
             .map(|at| self.0[at])
     }
 
-    /// Adds `index`, known by `name_of(index)`; if another index has that name, `index` takes its
-    /// place and the other is returned (as `HashMap::insert` does).
-    fn insert<'a>(&mut self, index: u32, name_of: impl Fn(u32) -> &'a str) -> Option<u32> {
-        let name = name_of(index);
-        match self.0.binary_search_by(|&other| name_of(other).cmp(name)) {
-            Ok(at) => Some(std::mem::replace(&mut self.0[at], index)),
-            Err(at) => {
-                self.0.insert(at, index);
-                None
+    /// Adds `index`; the index is unordered (and `get` wrong) until `sort` is called.
+    fn push(&mut self, index: u32) {
+        self.0.push(index);
+    }
+
+    /// Sorts the indices pushed, known by `name_of(index)`, and keeps the last of those sharing a
+    /// name. Returns, for each index but the first of a name, the pair (the one before it with
+    /// that name, it), ordered by the second: what inserting the indices one by one into a
+    /// `HashMap` (upstream) returned for each, and left in it.
+    fn sort<'a>(&mut self, name_of: impl Fn(u32) -> &'a str) -> Vec<(u32, u32)> {
+        // Indices are distinct, so ordering ties by index makes the unstable sort's order that of
+        // a stable one: the same name's indices in the order they were pushed.
+        self.0
+            .sort_unstable_by(|&a, &b| name_of(a).cmp(name_of(b)).then(a.cmp(&b)));
+        let mut duplicates = Vec::new();
+        let mut kept = 0;
+        for at in 0..self.0.len() {
+            let index = self.0[at];
+            if kept > 0 && name_of(self.0[kept - 1]) == name_of(index) {
+                duplicates.push((self.0[kept - 1], index));
+                self.0[kept - 1] = index;
+            } else {
+                self.0[kept] = index;
+                kept += 1;
             }
         }
+        self.0.truncate(kept);
+        duplicates.sort_unstable_by_key(|&(_, second)| second);
+        duplicates
     }
 }
 

@@ -35,8 +35,15 @@ impl DescriptorPoolInner {
         let mut visitor = ResolveVisitor {
             pool: self,
             errors: vec![],
+            files,
+            first_file: offsets.file,
+            indexing: None,
+            error_counts: Vec::new(),
+            deferred: Vec::new(),
         };
         visit(offsets, files, &mut visitor);
+        visitor.index_names();
+        visitor.place_deferred_errors();
         if visitor.errors.is_empty() {
             Ok(())
         } else {
@@ -48,6 +55,24 @@ impl DescriptorPoolInner {
 struct ResolveVisitor<'a> {
     pool: &'a mut DescriptorPoolInner,
     errors: Vec<DescriptorErrorKind>,
+    // protodrop patch: a message's fields (an enum's values) are indexed by name once all are
+    // visited (`index_names`), not one by one, which was quadratic in their number. What follows
+    // lets the duplicates found then be reported where inserting one by one reported them.
+    /// The files being built, the first of them numbered `first_file`.
+    files: &'a [FileDescriptorProto],
+    first_file: FileIndex,
+    /// The message or enum whose fields or values are being visited, not indexed yet.
+    indexing: Option<Indexing>,
+    /// `errors.len()` when each of its fields (values) was visited.
+    error_counts: Vec<usize>,
+    /// Duplicate names found, each with the length `errors` had where it is reported, in order.
+    deferred: Vec<(usize, DescriptorErrorKind)>,
+}
+
+#[derive(Clone, Copy)]
+enum Indexing {
+    Message(MessageIndex),
+    Enum(EnumIndex),
 }
 
 impl Visitor for ResolveVisitor<'_> {
@@ -103,6 +128,10 @@ impl Visitor for ResolveVisitor<'_> {
             to_index(self.pool.messages[message as usize].fields.len()),
             index
         );
+        if index == 0 {
+            self.index_names();
+            self.indexing = Some(Indexing::Message(message));
+        }
 
         let syntax = self.pool.files[file as usize].syntax;
 
@@ -182,52 +211,10 @@ impl Visitor for ResolveVisitor<'_> {
                 ),
             });
         }
-        let fields = &message.fields;
-        if let Some(existing) =
-            Arc::make_mut(&mut message.field_names).insert(index, |i| fields[i as usize].id.name())
-        {
-            self.errors.push(DescriptorErrorKind::DuplicateName {
-                name: full_name.to_owned(),
-                first: Label::new(
-                    &self.pool.files,
-                    "first defined here",
-                    file,
-                    join_path(
-                        &message.fields[existing as usize].id.path,
-                        &[tag::field::NAME],
-                    ),
-                ),
-                second: Label::new(
-                    &self.pool.files,
-                    "defined again here",
-                    file,
-                    join_path(path, &[tag::field::NAME]),
-                ),
-            });
-        }
-        if let Some(existing) = Arc::make_mut(&mut message.field_json_names)
-            .insert(index, |i| &fields[i as usize].json_name)
-        {
-            self.errors
-                .push(DescriptorErrorKind::DuplicateFieldJsonName {
-                    name: field.json_name().to_owned(),
-                    first: Label::new(
-                        &self.pool.files,
-                        "first defined here",
-                        file,
-                        join_path(
-                            &message.fields[existing as usize].id.path,
-                            &[tag::field::NAME],
-                        ),
-                    ),
-                    second: Label::new(
-                        &self.pool.files,
-                        "defined again here",
-                        file,
-                        join_path(path, &[tag::field::NAME]),
-                    ),
-                });
-        }
+        // protodrop patch: indexed by name, and their duplicates reported, in `index_names`.
+        Arc::make_mut(&mut message.field_names).push(index);
+        Arc::make_mut(&mut message.field_json_names).push(index);
+        self.error_counts.push(self.errors.len());
     }
 
     fn visit_service(
@@ -292,12 +279,16 @@ impl Visitor for ResolveVisitor<'_> {
     fn visit_enum_value(
         &mut self,
         path: &[i32],
-        full_name: &str,
+        _full_name: &str,
         file: FileIndex,
         enum_index: EnumIndex,
         index: EnumValueIndex,
         value: &EnumValueDescriptorProto,
     ) {
+        if index == 0 {
+            self.index_names();
+            self.indexing = Some(Indexing::Enum(enum_index));
+        }
         self.check_enum_number(enum_index, value, file, path);
 
         let enum_ = &mut self.pool.enums[enum_index as usize];
@@ -334,29 +325,9 @@ impl Visitor for ResolveVisitor<'_> {
         };
         Arc::make_mut(&mut enum_.value_numbers).insert(value_numbers_index, (value.number(), index));
 
-        let values = &enum_.values;
-        if let Some(existing) =
-            Arc::make_mut(&mut enum_.value_names).insert(index, |i| values[i as usize].id.name())
-        {
-            self.errors.push(DescriptorErrorKind::DuplicateName {
-                name: full_name.to_owned(),
-                first: Label::new(
-                    &self.pool.files,
-                    "first defined here",
-                    file,
-                    join_path(
-                        &enum_.values[existing as usize].id.path,
-                        &[tag::enum_value::NAME],
-                    ),
-                ),
-                second: Label::new(
-                    &self.pool.files,
-                    "defined again here",
-                    file,
-                    join_path(path, &[tag::enum_value::NAME]),
-                ),
-            });
-        }
+        // protodrop patch: indexed by name, and their duplicates reported, in `index_names`.
+        Arc::make_mut(&mut enum_.value_names).push(index);
+        self.error_counts.push(self.errors.len());
     }
 
     fn visit_extension(
@@ -430,6 +401,127 @@ impl Visitor for ResolveVisitor<'_> {
 }
 
 impl ResolveVisitor<'_> {
+    /// protodrop patch: sorts the name indices of the message or enum whose fields or values were
+    /// visited last (called before another's first one is visited, and at the end), and reports
+    /// each name defined again as inserting them one by one did: "first defined here" at the
+    /// previous definition of the name, at the place in `errors` where it was visited.
+    fn index_names(&mut self) {
+        let Some(indexing) = self.indexing.take() else {
+            return;
+        };
+        let files = &self.pool.files;
+        let mut found = Vec::new();
+        match indexing {
+            Indexing::Message(message) => {
+                let message = &mut self.pool.messages[message as usize];
+                let fields = &message.fields;
+                debug_assert_eq!(self.error_counts.len(), fields.len());
+                let names = Arc::make_mut(&mut message.field_names)
+                    .sort(|i| fields[i as usize].id.name());
+                let json_names = Arc::make_mut(&mut message.field_json_names)
+                    .sort(|i| &fields[i as usize].json_name);
+                if names.is_empty() && json_names.is_empty() {
+                    self.error_counts.clear();
+                    return;
+                }
+                let file = message.id.file;
+                let label = |message: &str, index: u32| {
+                    Label::new(
+                        files,
+                        message,
+                        file,
+                        join_path(&fields[index as usize].id.path, &[tag::field::NAME]),
+                    )
+                };
+                let proto = find_message_proto(
+                    &self.files[(file - self.first_file) as usize],
+                    &message.id.path,
+                );
+                // A field's name duplicate is reported before its json name's, as before.
+                let (mut names, mut json_names) =
+                    (names.into_iter().peekable(), json_names.into_iter().peekable());
+                loop {
+                    let name_first = match (names.peek(), json_names.peek()) {
+                        (Some(n), Some(j)) => n.1 <= j.1,
+                        (Some(_), None) => true,
+                        (None, Some(_)) => false,
+                        (None, None) => break,
+                    };
+                    let error = if name_first {
+                        let (first, second) = names.next().unwrap();
+                        (
+                            second,
+                            DescriptorErrorKind::DuplicateName {
+                                name: fields[second as usize].id.full_name().to_owned(),
+                                first: label("first defined here", first),
+                                second: label("defined again here", second),
+                            },
+                        )
+                    } else {
+                        let (first, second) = json_names.next().unwrap();
+                        (
+                            second,
+                            DescriptorErrorKind::DuplicateFieldJsonName {
+                                name: proto.field[second as usize].json_name().to_owned(),
+                                first: label("first defined here", first),
+                                second: label("defined again here", second),
+                            },
+                        )
+                    };
+                    found.push(error);
+                }
+            }
+            Indexing::Enum(enum_) => {
+                let enum_ = &mut self.pool.enums[enum_ as usize];
+                let values = &enum_.values;
+                debug_assert_eq!(self.error_counts.len(), values.len());
+                let names = Arc::make_mut(&mut enum_.value_names)
+                    .sort(|i| values[i as usize].id.name());
+                let file = enum_.id.file;
+                let label = |message: &str, index: u32| {
+                    Label::new(
+                        files,
+                        message,
+                        file,
+                        join_path(&values[index as usize].id.path, &[tag::enum_value::NAME]),
+                    )
+                };
+                for (first, second) in names {
+                    found.push((
+                        second,
+                        DescriptorErrorKind::DuplicateName {
+                            name: values[second as usize].id.full_name().to_owned(),
+                            first: label("first defined here", first),
+                            second: label("defined again here", second),
+                        },
+                    ));
+                }
+            }
+        }
+        for (index, error) in found {
+            self.deferred.push((self.error_counts[index as usize], error));
+        }
+        self.error_counts.clear();
+    }
+
+    /// protodrop patch: puts the duplicates `index_names` found among the other errors, each where
+    /// it was visited.
+    fn place_deferred_errors(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let mut errors = Vec::with_capacity(self.errors.len() + self.deferred.len());
+        let mut rest = std::mem::take(&mut self.errors).into_iter();
+        let mut placed = 0;
+        for (at, error) in self.deferred.drain(..) {
+            errors.extend(rest.by_ref().take(at - placed));
+            placed = at;
+            errors.push(error);
+        }
+        errors.extend(rest);
+        self.errors = errors;
+    }
+
     fn resolve_public_dependencies(&self, dependencies: &mut HashSet<FileIndex>, index: FileIndex) {
         let file = &self.pool.files[index as usize];
 
