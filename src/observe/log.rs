@@ -3,11 +3,15 @@
 //! and the filter are the process's log's (`--log-format`, `RUST_LOG`):
 //! `RUST_LOG=info,protodrop::call=warn` (the default) keeps only the WARN lines, `=off` none.
 //! The serving binary writes the lines itself ([`install`]); elsewhere they are tracing events.
+//!
+//! Where a call ends, its INFO line is only queued (what it says, the method shared): the log's
+//! writer thread formats the queue in batches ([`drain`], see `observe::stderr` for why). A WARN
+//! line is formatted at once, as its reason is text of the moment, and queued in its turn.
 
 use std::cell::RefCell;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::Code;
@@ -20,7 +24,7 @@ use crate::rules::Answer;
 /// What the line of one call says.
 pub(super) struct Line<'a> {
     pub protocol: Protocol,
-    pub method: &'a Method,
+    pub method: &'a Arc<Method>,
     pub peer: Option<std::net::SocketAddr>,
     pub code: Code,
     pub message: &'a str,
@@ -64,11 +68,112 @@ enum Warning<'a> {
 pub(super) fn call_ended(line: Line<'_>) {
     let warning = warning(&line);
     match (SINK.get(), &warning) {
-        (Some(sink), None) if sink.info => write(sink, &line, None),
-        (Some(sink), Some(warning)) if sink.warn => write(sink, &line, Some(warning)),
+        (Some(sink), None) if sink.info => sink.queue(Queued::Call(Said::of(&line))),
+        (Some(sink), Some(warning)) if sink.warn => {
+            let mut text = Vec::new();
+            SCRATCH.with_borrow_mut(|scratch| {
+                format(scratch, sink.json, &line, Some(warning), &mut text)
+            });
+            sink.queue(Queued::Text(text.into_boxed_slice()));
+        }
         (Some(_), _) => {}
         (None, _) => event(&line, warning.as_ref()),
     }
+}
+
+/// A call's line as queued for the writer thread.
+enum Queued {
+    /// An INFO line, formatted when written.
+    Call(Said),
+    /// A WARN line, formatted where the call ended.
+    Text(Box<[u8]>),
+}
+
+/// What an INFO line says, owned.
+struct Said {
+    protocol: Protocol,
+    method: Arc<Method>,
+    peer: Option<SocketAddr>,
+    code: Code,
+    rule: Option<usize>,
+    elapsed: Duration,
+    ended: SystemTime,
+}
+
+impl Said {
+    fn of(line: &Line<'_>) -> Said {
+        Said {
+            protocol: line.protocol,
+            method: line.method.clone(),
+            peer: line.peer,
+            code: line.code,
+            rule: line.rule,
+            elapsed: line.elapsed,
+            ended: line.ended,
+        }
+    }
+
+    fn line(&self) -> Line<'_> {
+        Line {
+            protocol: self.protocol,
+            method: &self.method,
+            peer: self.peer,
+            code: self.code,
+            message: "",
+            rule: self.rule,
+            unmatched: false,
+            elapsed: self.elapsed,
+            ended: self.ended,
+        }
+    }
+}
+
+/// Most lines queued; past it, lines are dropped (and the drop said) until the writer catches up.
+const MOST_QUEUED: usize = 64 << 10;
+/// Lines queued that wake the writer before its period is up.
+const BATCH: usize = 256;
+
+impl Sink {
+    fn queue(&self, queued: Queued) {
+        let mut queue = self.lock();
+        if queue.len() >= MOST_QUEUED {
+            drop(queue);
+            self.stderr.dropped();
+            return;
+        }
+        queue.push(queued);
+        let due = queue.len() == BATCH;
+        drop(queue);
+        if due {
+            self.stderr.wake();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Queued>> {
+        // A panic while the queue was held leaves it whole (each step is one push or swap).
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The queued lines, formatted into `out`: run by the log's writer thread (or by a tracing line
+/// about to be written, to keep the order).
+fn drain(out: &mut Vec<u8>) {
+    thread_local! {
+        /// The queue as taken, reused from batch to batch.
+        static TAKEN: RefCell<Vec<Queued>> = const { RefCell::new(Vec::new()) };
+    }
+    let Some(sink) = SINK.get() else { return };
+    TAKEN.with_borrow_mut(|taken| {
+        std::mem::swap(&mut *sink.lock(), taken);
+        SCRATCH.with_borrow_mut(|scratch| {
+            for queued in taken.drain(..) {
+                match queued {
+                    Queued::Call(said) => format(scratch, sink.json, &said.line(), None, out),
+                    Queued::Text(text) => out.extend_from_slice(&text),
+                }
+            }
+        });
+    });
 }
 
 fn warning<'a>(line: &Line<'a>) -> Option<Warning<'a>> {
@@ -106,7 +211,6 @@ fn warning<'a>(line: &Line<'a>) -> Option<Warning<'a>> {
 /// from line to line, formatted once (the client's address, for the calls of one connection; the
 /// time up to the second).
 struct Scratch {
-    out: Vec<u8>,
     peer: Option<Option<SocketAddr>>,
     peer_text: Vec<u8>,
     second: u64,
@@ -127,7 +231,6 @@ struct Same {
 thread_local! {
     static SCRATCH: RefCell<Scratch> = const {
         RefCell::new(Scratch {
-            out: Vec::new(),
             peer: None,
             peer_text: Vec::new(),
             second: u64::MAX,
@@ -143,29 +246,32 @@ thread_local! {
     };
 }
 
-/// The line, written into the sink's buffer.
-fn write(sink: &Sink, line: &Line<'_>, warning: Option<&Warning<'_>>) {
-    SCRATCH.with_borrow_mut(|scratch| {
+/// The line, appended to `out` (in JSON when `json`).
+fn format(
+    scratch: &mut Scratch,
+    json: bool,
+    line: &Line<'_>,
+    warning: Option<&Warning<'_>>,
+    out: &mut Vec<u8>,
+) {
+    {
         if scratch.peer != Some(line.peer) {
             scratch.peer = Some(line.peer);
             scratch.peer_text.clear();
             write_peer(&mut scratch.peer_text, line.peer);
         }
         let Scratch {
-            out,
             peer_text,
             second,
             second_text,
             same,
             ..
         } = scratch;
-        out.clear();
         let message = match warning {
             None => "call",
             Some(Warning::Unanswered { .. }) => "call not answered by a rule",
             Some(Warning::ScriptFailed(_)) => "script failed",
         };
-        let json = sink.json;
         Written { out, json }.start(warning.is_some(), message, |out| {
             write_time(out, line.ended, second, second_text)
         });
@@ -212,8 +318,7 @@ fn write(sink: &Sink, line: &Line<'_>, warning: Option<&Warning<'_>>) {
             None => {}
         }
         w.end();
-        sink.stderr.write_batched(out);
-    });
+    }
 }
 
 /// The line as a tracing event, when protodrop's own log is not installed (a library user's
@@ -285,6 +390,8 @@ struct Sink {
     /// Every call's line is written (INFO), not only the unmatched and failed ones (WARN).
     info: bool,
     warn: bool,
+    /// The lines not yet written, in order.
+    queue: Mutex<Vec<Queued>>,
 }
 
 static SINK: OnceLock<Sink> = OnceLock::new();
@@ -293,11 +400,13 @@ static SINK: OnceLock<Sink> = OnceLock::new();
 /// at the levels the installed tracing filter lets through for [`TARGET`]. Call after the
 /// subscriber is installed; without it, call lines are tracing events like any other.
 pub(crate) fn install(stderr: Stderr, json: bool) {
+    stderr.set_drain(drain);
     let _ = SINK.set(Sink {
         stderr,
         json,
         info: tracing::enabled!(target: TARGET, tracing::Level::INFO),
         warn: tracing::enabled!(target: TARGET, tracing::Level::WARN),
+        queue: Mutex::new(Vec::new()),
     });
 }
 
@@ -432,8 +541,25 @@ fn write_time(out: &mut Vec<u8>, at: SystemTime, second: &mut u64, text: &mut Ve
 
 #[cfg(test)]
 mod tests {
-    use super::{decimal, write_peer, write_time};
+    use super::{decimal, write_peer, write_time, Queued, Sink, Stderr, MOST_QUEUED};
+    use std::sync::Mutex;
     use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn lines_past_the_bound_are_dropped_and_counted() {
+        let sink = Sink {
+            stderr: Stderr::detached(),
+            json: false,
+            info: true,
+            warn: true,
+            queue: Mutex::new(Vec::new()),
+        };
+        for _ in 0..MOST_QUEUED + 2 {
+            sink.queue(Queued::Text(b"line\n".to_vec().into_boxed_slice()));
+        }
+        assert_eq!(sink.lock().len(), MOST_QUEUED);
+        assert_eq!(sink.stderr.dropped_lines(), 2);
+    }
 
     #[test]
     fn numbers_addresses_and_times_are_written_as_std_and_tracing_write_them() {

@@ -2,38 +2,38 @@
 //!
 //! With a line per call, a write(2) per line costs a call more than its answer, and so does a
 //! channel that wakes a writer thread per line (tracing-appender's `non_blocking` does: a futex wake
-//! and a context switch per line, on the one core a mock often has). Here a line is appended to a
-//! shared buffer under a lock — no wake-up — and the writer thread takes the whole buffer every
-//! [`PERIOD`], so a line reaches stderr within that. Call lines come here already formatted
-//! ([`Stderr::write_batched`], from `observe::log`); every other line (tracing's: start-up,
-//! reloads, warnings — rare, and waited for by people and tests) is written at once, after what is
-//! pending. The buffer is bounded ([`MOST`]): when stderr does not keep up, lines are dropped, not
-//! calls slowed, and the drop is said on stderr.
+//! and a context switch per line, on the one core a mock often has). Call lines are not even
+//! formatted where the call ends: `observe::log` queues what a line says, and the writer thread,
+//! every [`PERIOD`] or when woken for a full batch ([`Stderr::wake`]), formats the queue (the
+//! drain registered with [`Stderr::set_drain`]) and writes it at once. Formatting a line costs
+//! less than it did interleaved with calls, as its code stays in the processor's caches from one
+//! line to the next. Every other line (tracing's: start-up, reloads, warnings — rare, and waited
+//! for by people and tests) is written at once, after the call lines queued before it.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 /// How long a line may wait before it is written.
 const PERIOD: Duration = Duration::from_millis(20);
-/// Most bytes waiting; past it, lines are dropped until the writer catches up.
-const MOST: usize = 8 << 20;
-/// Pending bytes that wake the writer before its period is up: a busy server's lines are written
-/// in batches small enough to stay in the processor's caches, not a period's worth at once.
-const BATCH: usize = 32 << 10;
 
 #[derive(Default)]
 struct Shared {
-    pending: Mutex<Pending>,
-    /// Told when the process ends, so the last lines are written at once, or when a batch is due.
+    /// Held while lines are written, so that they reach stderr in the order they were made.
+    writing: Mutex<Writing>,
+    /// Told when the process ends, or when a batch is due.
     wake: Condvar,
+    woken: AtomicBool,
     dropped: AtomicU64,
+    /// Formats the queued call lines into the buffer it is given (see `observe::log`).
+    drain: OnceLock<fn(&mut Vec<u8>)>,
 }
 
 #[derive(Default)]
-struct Pending {
-    lines: Vec<u8>,
+struct Writing {
+    /// Reused from batch to batch.
+    out: Vec<u8>,
     stopping: bool,
 }
 
@@ -67,33 +67,41 @@ impl Stderr {
             Flush { shared, writer },
         )
     }
+
+    /// Where the writer takes the queued call lines from, formatted.
+    pub(crate) fn set_drain(&self, drain: fn(&mut Vec<u8>)) {
+        let _ = self.shared.drain.set(drain);
+    }
+
+    /// A batch of call lines is queued: written now rather than at the end of the period, so that
+    /// a busy server's batches stay small enough for the processor's caches. A wake-up lost to the
+    /// race with the writer's wait costs at most a period.
+    pub(crate) fn wake(&self) {
+        if !self.shared.woken.swap(true, Ordering::Relaxed) {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// A call line was dropped: more were queued than the bound allows (stderr did not keep up).
+    pub(crate) fn dropped(&self) {
+        self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
-/// The writer thread: every period (or at once when stopping), what is pending goes to stderr.
+/// The writer thread: every period (or at once when woken or stopping), the queued lines go to
+/// stderr.
 fn write_out(shared: &Shared) {
-    let mut spare = Vec::new();
     loop {
-        let stopping = {
-            let pending = shared.lock();
-            let (mut pending, _) = shared
-                .wake
-                .wait_timeout_while(pending, PERIOD, |p| !p.stopping && p.lines.len() < BATCH)
-                .unwrap_or_else(|e| e.into_inner());
-            std::mem::swap(&mut pending.lines, &mut spare);
-            pending.stopping
-        };
-        let dropped = shared.dropped.swap(0, Ordering::Relaxed);
-        let mut err = std::io::stderr().lock();
-        let _ = err.write_all(&spare);
-        if dropped > 0 {
-            let _ = writeln!(
-                err,
-                "protodrop: {dropped} log line(s) dropped: stderr did not keep up"
-            );
-        }
-        let _ = err.flush();
-        spare.clear();
-        if stopping {
+        let writing = shared.lock();
+        let (mut writing, _) = shared
+            .wake
+            .wait_timeout_while(writing, PERIOD, |w| {
+                !w.stopping && !shared.woken.load(Ordering::Relaxed)
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        shared.woken.store(false, Ordering::Relaxed);
+        shared.write_queued(&mut writing.out);
+        if writing.stopping {
             return;
         }
     }
@@ -109,30 +117,36 @@ impl Drop for Flush {
     }
 }
 
-impl Stderr {
-    /// Appends a call's line (whole lines only) to what the writer thread writes next.
-    pub(crate) fn write_batched(&self, line: &[u8]) {
-        let mut pending = self.shared.lock();
-        if pending.lines.len() + line.len() > MOST {
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-        } else {
-            let was = pending.lines.len();
-            pending.lines.extend_from_slice(line);
-            if was < BATCH && pending.lines.len() >= BATCH {
-                self.shared.wake.notify_one();
-            }
-        }
-    }
-}
-
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Writing> {
+        self.writing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Formats the queued call lines into `out` and writes them (the `writing` lock held).
+    fn write_queued(&self, out: &mut Vec<u8>) {
+        out.clear();
+        if let Some(drain) = self.drain.get() {
+            drain(out);
+        }
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if out.is_empty() && dropped == 0 {
+            return;
+        }
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(out);
+        if dropped > 0 {
+            let _ = writeln!(
+                err,
+                "protodrop: {dropped} log line(s) dropped: stderr did not keep up"
+            );
+        }
+        let _ = err.flush();
+        out.clear();
     }
 }
 
 /// One line of tracing's being written (tracing-subscriber writes a whole line in one `write`):
-/// at once, after the call lines pending before it, to keep the order. These lines are rare, and
+/// at once, after the call lines queued before it, to keep the order. These lines are rare, and
 /// people and tests wait for them.
 pub struct Line<'a> {
     shared: &'a Shared,
@@ -140,10 +154,9 @@ pub struct Line<'a> {
 
 impl Write for Line<'_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let mut pending = self.shared.lock();
+        let mut writing = self.shared.lock();
+        self.shared.write_queued(&mut writing.out);
         let mut err = std::io::stderr().lock();
-        let _ = err.write_all(&pending.lines);
-        pending.lines.clear();
         let _ = err.write_all(bytes);
         let _ = err.flush();
         Ok(bytes.len())
@@ -165,19 +178,15 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Stderr {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lines_past_the_bound_are_dropped_and_counted() {
-        let stderr = Stderr {
+impl Stderr {
+    /// A writer with no thread, for tests of what is queued for it.
+    pub(crate) fn detached() -> Stderr {
+        Stderr {
             shared: Arc::new(Shared::default()),
-        };
-        let shared = &stderr.shared;
-        let big = vec![b'x'; MOST / 2 + 1];
-        stderr.write_batched(&big);
-        stderr.write_batched(&big);
-        assert_eq!(shared.pending.lock().unwrap().lines.len(), big.len());
-        assert_eq!(shared.dropped.load(Ordering::Relaxed), 1);
+        }
+    }
+
+    pub(crate) fn dropped_lines(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
     }
 }
