@@ -34,7 +34,7 @@ use tonic::Code;
 
 use crate::engine::{self, Event, Reply};
 use crate::metrics::CallTimer;
-use journal::{Journal, Record};
+use journal::{Journal, Record, Unary};
 pub(crate) use log::install as install_call_log;
 
 /// The protocol a call came in by (defined with the metrics, below, which count by it).
@@ -168,6 +168,13 @@ pub(crate) fn answer(call: engine::Call, seen: Seen) -> impl Future<Output = Rep
                 let mut call = call;
                 let clock = timer.started().unwrap_or_else(Instant::now);
                 let journal = observer.journal.as_ref();
+                if let Some(unary) = journal.and_then(|j| Unary::start(&call, seen, j, clock)) {
+                    call.watch = Some(unary.clone());
+                    let after = After::Unary(Unlisted(Some(unary)), timer);
+                    return engine::answer(call)
+                        .map(move |reply| after.seen(reply))
+                        .left_future();
+                }
                 let record = Record::start(&call, seen, journal, clock);
                 call.watch = Some(record.clone());
                 call.requests = record.tee(call.requests);
@@ -175,7 +182,9 @@ pub(crate) fn answer(call: engine::Call, seen: Seen) -> impl Future<Output = Rep
             }
         }
     };
-    engine::answer(call).map(move |reply| after.seen(reply))
+    engine::answer(call)
+        .map(move |reply| after.seen(reply))
+        .right_future()
 }
 
 enum Recording {
@@ -296,6 +305,20 @@ enum After {
     Line(Line, CallTimer),
     /// Recorded, and counted.
     Record(Unseen, CallTimer),
+    /// A call with one request not listed in the journal: recorded, and counted.
+    Unary(Unlisted, CallTimer),
+}
+
+/// A call with one request whose reply has not been seen: if the call is dropped before the
+/// engine answers, it is recorded as cut, as [`Unseen`] does for a record.
+struct Unlisted(Option<Arc<Unary>>);
+
+impl Drop for Unlisted {
+    fn drop(&mut self) {
+        if let Some(unary) = self.0.take() {
+            unary.cut();
+        }
+    }
 }
 
 /// A record whose reply has not been seen: if the call is dropped before the engine answers (the
@@ -336,6 +359,22 @@ impl After {
                     Reply::Ready(ready) => (ready.end.code, record.ready(ready)),
                     Reply::Refused(end) => (end.code, record.end(end)),
                     Reply::Stream(streamed) => {
+                        record.headers(&streamed.headers);
+                        return timed(reply, Recorder::Record(record), timer);
+                    }
+                };
+                timer.end_after(code, elapsed);
+                reply
+            }
+            After::Unary(mut unlisted, mut timer) => {
+                let Some(unary) = unlisted.0.take() else {
+                    return reply;
+                };
+                let (code, elapsed) = match &reply {
+                    Reply::Ready(ready) => (ready.end.code, unary.ready(ready)),
+                    Reply::Refused(end) => (end.code, unary.end(end)),
+                    Reply::Stream(streamed) => {
+                        let record = unary.record().clone();
                         record.headers(&streamed.headers);
                         return timed(reply, Recorder::Record(record), timer);
                     }

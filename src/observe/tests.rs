@@ -9,7 +9,7 @@ use futures::StreamExt as _;
 use prost::Message as _;
 use prost_reflect::{DescriptorPool, DynamicMessage};
 use serde_json::Value;
-use tonic::metadata::MetadataMap;
+use tonic::metadata::{MetadataMap, MetadataValue};
 
 use super::journal::{Caps, Journal};
 use super::{answer, Observer, Protocol, Seen};
@@ -587,4 +587,60 @@ async fn an_ended_call_reads_as_it_was_recorded_whatever_its_form() {
     let c = &calls(observer)[1];
     assert!(c["frames"][1]["at"].as_str().unwrap() >= "0.3", "{c:#}");
     assert!(c["rules"][0].as_str().unwrap().contains("o.toml"), "{c:#}");
+}
+
+#[tokio::test]
+async fn a_unary_call_answered_at_once_reads_and_counts_as_its_record_would() {
+    // A call with one request answered at once is written into the journal without a record
+    // (`journal::unary`); one whose request comes as a stream (as HTTP/JSON hands it over) has a
+    // record. The same call either way reads the same and counts the same bytes against the cap,
+    // the timings aside — also when no rule matches, and when the cap drops its reply. (A method
+    // without rules reads no request from a stream, so it is not compared here.)
+    fn without_times(mut call: Value) -> Value {
+        for key in ["id", "startTime", "duration"] {
+            call.as_object_mut().unwrap().remove(key);
+        }
+        for frame in call["frames"].as_array_mut().unwrap() {
+            frame.as_object_mut().unwrap().remove("at");
+        }
+        call
+    }
+    let mut metadata = MetadataMap::new();
+    metadata.insert("x-user", "ann".parse().unwrap());
+    metadata.append("x-tag", "one".parse().unwrap());
+    metadata.append("x-tag", "two".parse().unwrap());
+    metadata.insert_bin("x-raw-bin", MetadataValue::from_bytes(&[0, 255, 10]));
+    let long = "ann".repeat(20);
+    let cases = [
+        ("Unary", req(&long, 3), ROOMY),
+        ("Picky", req("tim", 7), ROOMY),
+        (
+            "Unary",
+            req("bo", 2),
+            Caps {
+                max_calls: 10,
+                // Room for the request and the metadata, not for the reply too.
+                max_bytes: 160,
+            },
+        ),
+    ];
+    for (name, request, caps) in cases {
+        let mut read = Vec::new();
+        for streamed in [false, true] {
+            let observer = observer(caps);
+            let requests = match streamed {
+                false => Requests::One(Request::Encoded(request.clone())),
+                true => Requests::Stream(Box::pin(futures::stream::iter([Ok(Request::Encoded(
+                    request.clone(),
+                ))]))),
+            };
+            run(call(name, requests, metadata.clone()), seen(observer)).await;
+            let journal = observer.journal().unwrap();
+            let c = calls(observer).remove(0);
+            read.push((without_times(c), journal.bytes()));
+        }
+        assert_eq!(read[0], read[1], "{name}, cap {}", caps.max_bytes);
+        let dropped = if caps.max_bytes == 160 { "1" } else { "0" };
+        assert_eq!(read[0].0["droppedFrames"], dropped, "{:#}", read[0].0);
+    }
 }

@@ -17,15 +17,16 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prost::bytes::{Buf, BufMut};
-use prost_reflect::DescriptorPool;
+use prost_reflect::{DescriptorPool, DynamicMessage};
 use smallvec::SmallVec;
+use tonic::metadata::MetadataMap;
 use tonic::Code;
 
-use super::{Ended, Frame, FrameKind, Packed, Payload, Progress, Record};
-use crate::engine::Method;
+use super::{Ended, Frame, FrameKind, Packed, Payload, Progress, Record, FRAME_OVERHEAD};
+use crate::engine::{Message, Method, Request};
 use crate::observe::Protocol;
 
 /// The table is compacted when it has grown to this many methods more than it had after the last
@@ -247,21 +248,140 @@ const REPLY: u8 = 2;
 
 /// `record`'s call, ended, as a block (its first four bytes are left for [`Closed::push`]).
 pub(super) fn encode(record: &Record, progress: &Progress, out: &mut Vec<u8>) {
-    out.clear();
-    out.put_u32_le(0);
-    out.put_u8(record.protocol as u8);
     let flags = u8::from(progress.unmatched) * UNMATCHED
-        | u8::from(record.peer.is_some()) * PEER
         | u8::from(progress.metadata.is_some()) * METADATA
         | u8::from(progress.end.is_some()) * END;
-    out.put_u8(flags);
-    let started = record
-        .started
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    put_head(out, record.protocol, flags, record.started, record.peer);
+    out.put_u64_le(progress.bytes as u64);
+    out.put_u64_le(progress.dropped_frames);
+    if let Some(metadata) = &progress.metadata {
+        put_bytes(out, &metadata.0);
+    }
+    put_rules(out, &progress.rules);
+    out.put_u32_le(progress.frames.len() as u32);
+    for frame in &progress.frames {
+        match &frame.kind {
+            FrameKind::Request(payload) => {
+                put_frame_head(out, frame.at, REQUEST);
+                put_body(out, &Body::of_payload(payload));
+            }
+            FrameKind::Headers(headers) => {
+                put_frame_head(out, frame.at, HEADERS);
+                put_bytes(out, &headers.0);
+            }
+            FrameKind::Reply(payload, rule) => {
+                put_frame_head(out, frame.at, REPLY);
+                put_body(out, &Body::of_payload(payload));
+                put_rule(out, *rule);
+            }
+        }
+    }
+    if let Some(end) = &progress.end {
+        put_status(out, end.code, &end.message);
+        put_bytes(out, &end.trailers.0);
+        out.put_u64_le(end.elapsed.as_nanos() as u64);
+    }
+}
+
+/// A call with one request that ended without being listed ([`super::Unary`]), as it passed.
+pub(super) struct Unlisted<'a> {
+    pub protocol: Protocol,
+    pub peer: Option<SocketAddr>,
+    pub started: SystemTime,
+    pub metadata: Option<&'a MetadataMap>,
+    pub rule: Option<usize>,
+    pub unmatched: bool,
+    pub request: Option<&'a Request>,
+    /// The reply's headers (when not empty) and message.
+    pub headers: Option<&'a MetadataMap>,
+    pub message: Option<&'a Message>,
+    pub code: Code,
+    pub text: &'a str,
+    pub trailers: &'a MetadataMap,
+    pub elapsed: Duration,
+    /// The journal's byte cap, which one call's frames may not pass.
+    pub max: usize,
+}
+
+/// `call` as a block: the block [`encode`] makes of a record that saw the same, written straight
+/// from the call's parts; and the bytes it counts against the cap, as that record would.
+pub(super) fn encode_unlisted(call: &Unlisted<'_>, out: &mut Vec<u8>) -> usize {
+    let flags =
+        u8::from(call.unmatched) * UNMATCHED | u8::from(call.metadata.is_some()) * METADATA | END;
+    put_head(out, call.protocol, flags, call.started, call.peer);
+    let counts = out.len();
+    out.put_u64_le(0);
+    out.put_u64_le(0);
+    let (mut bytes, mut dropped) = (0, 0);
+    // A record counts its request when the call starts, the metadata when it is handed over.
+    let request = call.request.map(Body::of_request);
+    let request = request.filter(|body| fits(&mut bytes, &mut dropped, body.size(), call.max));
+    if let Some(metadata) = call.metadata {
+        bytes += put_metadata(out, metadata);
+    }
+    put_rules(out, call.rule.as_slice());
+    let count = out.len();
+    out.put_u32_le(0);
+    let mut frames = 0u32;
+    if let Some(body) = request {
+        put_frame_head(out, Duration::ZERO, REQUEST);
+        put_body(out, &body);
+        frames += 1;
+    }
+    if let Some(headers) = call.headers {
+        let size = Packed::len_of(headers);
+        if fits(&mut bytes, &mut dropped, size, call.max) {
+            put_frame_head(out, call.elapsed, HEADERS);
+            put_metadata(out, headers);
+            frames += 1;
+        }
+    }
+    if let Some(body) = call.message.map(Body::of_reply) {
+        if fits(&mut bytes, &mut dropped, body.size(), call.max) {
+            put_frame_head(out, call.elapsed, REPLY);
+            put_body(out, &body);
+            put_rule(out, call.rule);
+            frames += 1;
+        }
+    }
+    put_status(out, call.code, call.text);
+    bytes += put_metadata(out, call.trailers) + call.text.len();
+    out.put_u64_le(call.elapsed.as_nanos() as u64);
+    out[counts..counts + 8].copy_from_slice(&(bytes as u64).to_le_bytes());
+    out[counts + 8..counts + 16].copy_from_slice(&dropped.to_le_bytes());
+    out[count..count + 4].copy_from_slice(&frames.to_le_bytes());
+    bytes
+}
+
+/// Whether a frame of `size` payload bytes keeps the call within its byte cap `max` (as
+/// `Record::push_to` decides); counted in `bytes` if so, in `dropped` if not.
+fn fits(bytes: &mut usize, dropped: &mut u64, size: usize, max: usize) -> bool {
+    let size = size + FRAME_OVERHEAD;
+    if *bytes + size > max {
+        *dropped += 1;
+        return false;
+    }
+    *bytes += size;
+    true
+}
+
+/// What every block starts with: the method's slot (left blank for [`Closed::push`]), the
+/// protocol, the flags, the start and the client's address.
+fn put_head(
+    out: &mut Vec<u8>,
+    protocol: Protocol,
+    flags: u8,
+    started: SystemTime,
+    peer: Option<SocketAddr>,
+) {
+    out.clear();
+    out.put_u32_le(0);
+    out.put_u8(protocol as u8);
+    out.put_u8(flags | u8::from(peer.is_some()) * PEER);
+    let started = started.duration_since(UNIX_EPOCH).unwrap_or_default();
     out.put_u64_le(started.as_secs());
     out.put_u32_le(started.subsec_nanos());
-    if let Some(peer) = record.peer {
+    if let Some(peer) = peer {
         match peer.ip() {
             IpAddr::V4(ip) => {
                 out.put_u8(4);
@@ -274,40 +394,28 @@ pub(super) fn encode(record: &Record, progress: &Progress, out: &mut Vec<u8>) {
         }
         out.put_u16_le(peer.port());
     }
-    out.put_u64_le(progress.bytes as u64);
-    out.put_u64_le(progress.dropped_frames);
-    if let Some(metadata) = &progress.metadata {
-        put_bytes(out, &metadata.0);
-    }
-    out.put_u32_le(progress.rules.len() as u32);
-    for &rule in &progress.rules {
+}
+
+fn put_rules(out: &mut Vec<u8>, rules: &[usize]) {
+    out.put_u32_le(rules.len() as u32);
+    for &rule in rules {
         out.put_u32_le(rule as u32);
     }
-    out.put_u32_le(progress.frames.len() as u32);
-    for frame in &progress.frames {
-        out.put_u64_le(frame.at.as_nanos() as u64);
-        match &frame.kind {
-            FrameKind::Request(payload) => {
-                out.put_u8(REQUEST);
-                put_payload(out, payload);
-            }
-            FrameKind::Headers(headers) => {
-                out.put_u8(HEADERS);
-                put_bytes(out, &headers.0);
-            }
-            FrameKind::Reply(payload, rule) => {
-                out.put_u8(REPLY);
-                put_payload(out, payload);
-                out.put_u32_le(rule.map_or(u32::MAX, |r| r as u32));
-            }
-        }
-    }
-    if let Some(end) = &progress.end {
-        out.put_i32_le(end.code as i32);
-        put_bytes(out, end.message.as_bytes());
-        put_bytes(out, &end.trailers.0);
-        out.put_u64_le(end.elapsed.as_nanos() as u64);
-    }
+}
+
+fn put_frame_head(out: &mut Vec<u8>, at: Duration, kind: u8) {
+    out.put_u64_le(at.as_nanos() as u64);
+    out.put_u8(kind);
+}
+
+fn put_rule(out: &mut Vec<u8>, rule: Option<usize>) {
+    out.put_u32_le(rule.map_or(u32::MAX, |r| r as u32));
+}
+
+/// The end's code and message (its trailers and time follow).
+fn put_status(out: &mut Vec<u8>, code: Code, message: &str) {
+    out.put_i32_le(code as i32);
+    put_bytes(out, message.as_bytes());
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -315,14 +423,62 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.put_slice(bytes);
 }
 
-fn put_payload(out: &mut Vec<u8>, payload: &Payload) {
-    match (payload.encoded(), payload) {
-        (Some(bytes), _) => put_bytes(out, bytes),
-        (None, Payload::Decoded(message)) => {
-            out.put_u32_le(prost::Message::encoded_len(message) as u32);
-            prost::Message::encode_raw(message, out);
+/// `metadata` packed, as [`put_bytes`] writes bytes; its packed size.
+fn put_metadata(out: &mut Vec<u8>, metadata: &MetadataMap) -> usize {
+    let at = out.len();
+    out.put_u32_le(0);
+    Packed::pack(metadata, out);
+    let len = out.len() - at - 4;
+    out[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    len
+}
+
+/// A message as a block holds it: its bytes, or the decoded message, encoded when written.
+enum Body<'a> {
+    Bytes(&'a [u8]),
+    Decoded(&'a DynamicMessage),
+}
+
+impl<'a> Body<'a> {
+    fn of_request(request: &'a Request) -> Body<'a> {
+        match request {
+            Request::Encoded(bytes) => Body::Bytes(bytes),
+            Request::Decoded(message) => Body::Decoded(message),
         }
-        (None, _) => put_bytes(out, &[]),
+    }
+
+    fn of_reply(message: &'a Message) -> Body<'a> {
+        match message {
+            Message::Encoded(bytes) => Body::Bytes(bytes),
+            Message::Reserved(buf, reserve) => Body::Bytes(&buf[*reserve..]),
+            Message::Decoded(message) => Body::Decoded(message),
+        }
+    }
+
+    fn of_payload(payload: &'a Payload) -> Body<'a> {
+        match (payload.encoded(), payload) {
+            (Some(bytes), _) => Body::Bytes(bytes),
+            (None, Payload::Decoded(message)) => Body::Decoded(message),
+            (None, _) => Body::Bytes(&[]),
+        }
+    }
+
+    /// Its size as `Payload::size` counts it.
+    fn size(&self) -> usize {
+        match self {
+            Body::Bytes(bytes) => bytes.len(),
+            Body::Decoded(message) => prost::Message::encoded_len(*message),
+        }
+    }
+}
+
+fn put_body(out: &mut Vec<u8>, body: &Body<'_>) {
+    match body {
+        Body::Bytes(bytes) => put_bytes(out, bytes),
+        Body::Decoded(message) => {
+            out.put_u32_le(prost::Message::encoded_len(*message) as u32);
+            prost::Message::encode_raw(*message, out);
+        }
     }
 }
 

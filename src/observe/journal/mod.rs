@@ -13,6 +13,7 @@
 //! ([`closed`] says why).
 
 mod closed;
+mod unary;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -30,6 +31,7 @@ use tonic::Code;
 
 use super::{log, Protocol, Seen};
 use crate::engine::{self, End, Message, Method, Request, Requests, Watch};
+pub(crate) use unary::Unary;
 
 /// Rough bookkeeping cost of a record and of a frame beyond their payload, so that many empty
 /// messages still count against the byte cap.
@@ -409,28 +411,42 @@ impl Record {
         // answered (`Watch::metadata`), a streaming one is copied now.
         let streaming = call.method.client_streaming() || call.method.server_streaming();
         let metadata = (journal.is_some() && streaming).then(|| Packed::of(&call.metadata));
-        let record = Arc::new_cyclic(|me| Record {
+        let started = super::wall_clock(clock);
+        let record = Record::new(id, seen, journal, clock, started, &call.method, metadata);
+        if streaming {
+            record.enter();
+        }
+        record
+    }
+
+    /// Call `id`'s record, not listed yet.
+    fn new(
+        id: u64,
+        seen: Seen,
+        journal: Option<&'static Journal>,
+        clock: Instant,
+        started: SystemTime,
+        method: &Arc<Method>,
+        metadata: Option<Packed>,
+    ) -> Arc<Record> {
+        Arc::new_cyclic(|me| Record {
             id,
             entered: AtomicBool::new(false),
             me: me.clone(),
             protocol: seen.protocol,
             peer: seen.peer,
             deadline: seen.deadline,
-            started: super::wall_clock(clock),
+            started,
             clock,
             journal,
             detached: AtomicBool::new(false),
             progress: Mutex::new(Progress {
                 bytes: metadata.as_ref().map_or(0, Packed::size),
                 metadata,
-                method: Some(call.method.clone()),
+                method: Some(method.clone()),
                 ..Progress::default()
             }),
-        });
-        if streaming {
-            record.enter();
-        }
-        record
+        })
     }
 
     /// Puts the record in its journal, once: a streaming call's when it starts, a unary call's
@@ -848,6 +864,14 @@ impl Watch for Record {
     }
 }
 
+/// `request` again: its bytes shared, not copied (a decoded one is cloned).
+fn shared(request: &Request) -> Request {
+    match request {
+        Request::Encoded(bytes) => Request::Encoded(bytes.clone()),
+        Request::Decoded(message) => Request::Decoded(message.clone()),
+    }
+}
+
 thread_local! {
     /// Where an ended call is encoded before it is copied into the journal (reused: it stays in
     /// the processor's caches).
@@ -872,14 +896,28 @@ impl Packed {
         }
         // One pass: a guess at the size rarely needs to grow (a second pass to measure cost more).
         let mut packed = Vec::with_capacity(headers.len() * 48);
-        for (name, value) in headers {
-            let name = name.as_str().as_bytes();
-            packed.extend_from_slice(&(name.len() as u16).to_le_bytes());
-            packed.extend_from_slice(name);
-            packed.extend_from_slice(&(value.len() as u32).to_le_bytes());
-            packed.extend_from_slice(value.as_bytes());
-        }
+        Packed::pack(metadata, &mut packed);
         Packed(packed)
+    }
+
+    /// The size of `metadata` packed.
+    fn len_of(metadata: &MetadataMap) -> usize {
+        metadata
+            .as_ref()
+            .iter()
+            .map(|(name, value)| 6 + name.as_str().len() + value.len())
+            .sum()
+    }
+
+    /// Appends `metadata` to `out` in the packed form.
+    fn pack(metadata: &MetadataMap, out: &mut Vec<u8>) {
+        for (name, value) in metadata.as_ref() {
+            let name = name.as_str().as_bytes();
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(name);
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            out.extend_from_slice(value.as_bytes());
+        }
     }
 
     fn size(&self) -> usize {

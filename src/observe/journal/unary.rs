@@ -1,0 +1,222 @@
+//! A call with one request, not listed in the journal.
+//!
+//! Most calls are unary and answered at once, and no reader can see such a call before it ends: a
+//! call with one request is listed only if it waits (a rule's delay, a script: see
+//! [`Record::enter`]). So it needs no [`Record`] — no lock, no frames, no allocation of its own
+//! beyond this — while it runs: what the journal keeps of it is gathered here (the request,
+//! shared; the rule that answered; the metadata the engine hands over), and when it ends it is
+//! written into its block straight from its reply, the same block its record would have made
+//! (`closed::encode_unlisted`; `an_ended_call_reads_as_it_was_recorded_whatever_its_form` holds
+//! the two alike). A call that waits, or whose answer is a stream, is given its record then, and
+//! goes on as one.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use tonic::metadata::MetadataMap;
+use tonic::Code;
+
+use super::closed::{self, Unlisted};
+use super::{shared, Journal, Record, BLOCK, RECORD_OVERHEAD};
+use crate::engine::{self, End, Method, Request, Requests, Watch};
+use crate::observe::{log, Seen};
+
+pub(crate) struct Unary {
+    id: u64,
+    journal: &'static Journal,
+    method: Arc<Method>,
+    seen: Seen,
+    clock: Instant,
+    started: SystemTime,
+    request: Request,
+    /// The rule that answered; `usize::MAX` for none.
+    rule: AtomicUsize,
+    unmatched: AtomicBool,
+    /// The request metadata, once handed over.
+    metadata: Mutex<Option<MetadataMap>>,
+    ended: AtomicBool,
+    /// The call's record, once it has one: from then on, everything goes to it.
+    record: OnceLock<Arc<Record>>,
+}
+
+impl Unary {
+    /// Call `call` of `journal`, if it has one request read whole and its method answers with one
+    /// message (a server stream is listed from its start).
+    pub(in crate::observe) fn start(
+        call: &engine::Call,
+        seen: Seen,
+        journal: &'static Journal,
+        clock: Instant,
+    ) -> Option<Arc<Unary>> {
+        let Requests::One(request) = &call.requests else {
+            return None;
+        };
+        if call.method.server_streaming() {
+            return None;
+        }
+        Some(Arc::new(Unary {
+            id: journal.next_id.fetch_add(1, Ordering::Relaxed),
+            journal,
+            method: call.method.clone(),
+            seen,
+            clock,
+            started: crate::observe::wall_clock(clock),
+            request: shared(request),
+            rule: AtomicUsize::new(usize::MAX),
+            unmatched: AtomicBool::new(false),
+            metadata: Mutex::new(None),
+            ended: AtomicBool::new(false),
+            record: OnceLock::new(),
+        }))
+    }
+
+    /// The call's record, made now if it has none, with what the call saw so far (not listed
+    /// yet: see [`Record::enter`]).
+    pub(in crate::observe) fn record(&self) -> &Arc<Record> {
+        self.record.get_or_init(|| {
+            let record = Record::new(
+                self.id,
+                self.seen,
+                Some(self.journal),
+                self.clock,
+                self.started,
+                &self.method,
+                None,
+            );
+            // In the order a record is told them.
+            let _ = record.tee(Requests::One(shared(&self.request)));
+            let rule = self.rule.load(Ordering::Relaxed);
+            if rule != usize::MAX {
+                record.rule(rule);
+            }
+            if self.unmatched.load(Ordering::Relaxed) {
+                record.unmatched();
+            }
+            if let Some(metadata) = self.metadata().take() {
+                Watch::metadata(&*record, metadata, false);
+            }
+            record
+        })
+    }
+
+    fn metadata(&self) -> std::sync::MutexGuard<'_, Option<MetadataMap>> {
+        self.metadata.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A unary answer, whole. The time the call took.
+    pub(in crate::observe) fn ready(&self, ready: &engine::Ready) -> Duration {
+        if let Some(record) = self.record.get() {
+            return record.ready(ready);
+        }
+        let elapsed = self.clock.elapsed();
+        let end = &ready.end;
+        let headers = Some(&ready.headers).filter(|h| !h.is_empty());
+        let status = (end.code, end.message.as_str(), &end.trailers);
+        self.close(headers, ready.message.as_ref(), status, elapsed);
+        elapsed
+    }
+
+    /// The call ended with `end` and no message. The time it took.
+    pub(in crate::observe) fn end(&self, end: &End) -> Duration {
+        if let Some(record) = self.record.get() {
+            return record.end(end);
+        }
+        let elapsed = self.clock.elapsed();
+        let status = (end.code, end.message.as_str(), &end.trailers);
+        self.close(None, None, status, elapsed);
+        elapsed
+    }
+
+    /// The call was dropped before its answer: cut short.
+    pub(in crate::observe) fn cut(&self) {
+        if let Some(record) = self.record.get() {
+            return record.cut();
+        }
+        let elapsed = self.clock.elapsed();
+        let (code, message) = crate::observe::cut(self.seen.deadline);
+        self.close(None, None, (code, message, &MetadataMap::new()), elapsed);
+    }
+
+    /// Writes the ended call into the journal, and its log line.
+    fn close(
+        &self,
+        headers: Option<&MetadataMap>,
+        message: Option<&engine::Message>,
+        (code, text, trailers): (Code, &str, &MetadataMap),
+        elapsed: Duration,
+    ) {
+        if self.ended.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let metadata = self.metadata().take();
+        let rule = Some(self.rule.load(Ordering::Relaxed)).filter(|&r| r != usize::MAX);
+        let unmatched = self.unmatched.load(Ordering::Relaxed);
+        let call = Unlisted {
+            protocol: self.seen.protocol,
+            peer: self.seen.peer,
+            started: self.started,
+            metadata: metadata.as_ref(),
+            rule,
+            unmatched,
+            request: Some(&self.request),
+            headers,
+            message,
+            code,
+            text,
+            trailers,
+            elapsed,
+            max: self.journal.caps.max_bytes,
+        };
+        BLOCK.with_borrow_mut(|block| {
+            let counted = closed::encode_unlisted(&call, block) + RECORD_OVERHEAD;
+            self.journal
+                .close(self.id, &self.method, block, counted, false, false);
+        });
+        log::call_ended(log::Line {
+            protocol: self.seen.protocol,
+            method: &self.method,
+            peer: self.seen.peer,
+            code,
+            message: text,
+            rule,
+            unmatched,
+            elapsed,
+            ended: self.started + elapsed,
+        });
+    }
+}
+
+impl Watch for Unary {
+    fn rule(&self, index: usize) {
+        match self.record.get() {
+            Some(record) => record.rule(index),
+            None => {
+                let _ = self.rule.compare_exchange(
+                    usize::MAX,
+                    index,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+    }
+
+    fn unmatched(&self) {
+        match self.record.get() {
+            Some(record) => record.unmatched(),
+            None => self.unmatched.store(true, Ordering::Relaxed),
+        }
+    }
+
+    fn metadata(&self, metadata: MetadataMap, waiting: bool) {
+        // A call that waits is listed, with its record.
+        if waiting || self.record.get().is_some() {
+            return Watch::metadata(&**self.record(), metadata, waiting);
+        }
+        let mut slot = self.metadata();
+        if slot.is_none() {
+            *slot = Some(metadata);
+        }
+    }
+}
