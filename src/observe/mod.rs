@@ -170,7 +170,7 @@ pub(crate) fn answer(call: engine::Call, seen: Seen) -> impl Future<Output = Rep
                 let journal = observer.journal.as_ref();
                 if let Some(unary) = journal.and_then(|j| Unary::start(&call, seen, j, clock)) {
                     call.watch = Some(unary.clone());
-                    let after = After::Unary(Unlisted(Some(unary)), timer);
+                    let after = After::Record(Unseen(Some(Kept::Unary(unary))), timer);
                     return engine::answer(call)
                         .map(move |reply| after.seen(reply))
                         .left_future();
@@ -178,7 +178,10 @@ pub(crate) fn answer(call: engine::Call, seen: Seen) -> impl Future<Output = Rep
                 let record = Record::start(&call, seen, journal, clock);
                 call.watch = Some(record.clone());
                 call.requests = record.tee(call.requests);
-                (call, After::Record(Unseen(Some(record)), timer))
+                (
+                    call,
+                    After::Record(Unseen(Some(Kept::Record(record))), timer),
+                )
             }
         }
     };
@@ -305,30 +308,56 @@ enum After {
     Line(Line, CallTimer),
     /// Recorded, and counted.
     Record(Unseen, CallTimer),
-    /// A call with one request not listed in the journal: recorded, and counted.
-    Unary(Unlisted, CallTimer),
 }
 
-/// A call with one request whose reply has not been seen: if the call is dropped before the
-/// engine answers, it is recorded as cut, as [`Unseen`] does for a record.
-struct Unlisted(Option<Arc<Unary>>);
+/// What keeps a call for the journal: its record, or for a call with one request not listed (yet)
+/// its [`Unary`].
+enum Kept {
+    Record(Arc<Record>),
+    Unary(Arc<Unary>),
+}
 
-impl Drop for Unlisted {
-    fn drop(&mut self) {
-        if let Some(unary) = self.0.take() {
-            unary.cut();
+impl Kept {
+    /// A unary answer, whole; the time the call took.
+    fn ready(&self, ready: &engine::Ready) -> Duration {
+        match self {
+            Kept::Record(record) => record.ready(ready),
+            Kept::Unary(unary) => unary.ready(ready),
+        }
+    }
+
+    /// The end, with no message; the time the call took.
+    fn end(&self, end: &engine::End) -> Duration {
+        match self {
+            Kept::Record(record) => record.end(end),
+            Kept::Unary(unary) => unary.end(end),
+        }
+    }
+
+    fn cut(&self) {
+        match self {
+            Kept::Record(record) => record.cut(),
+            Kept::Unary(unary) => unary.cut(),
+        }
+    }
+
+    /// The call's record, for a reply that streams.
+    fn into_record(self) -> Arc<Record> {
+        match self {
+            Kept::Record(record) => record,
+            Kept::Unary(unary) => unary.record().clone(),
         }
     }
 }
 
-/// A record whose reply has not been seen: if the call is dropped before the engine answers (the
+/// A call whose reply has not been seen: if the call is dropped before the engine answers (the
 /// client went away during a rule's delay), it is closed as cut, as a dropped stream is.
-struct Unseen(Option<Arc<Record>>);
+struct Unseen(Option<Kept>);
 
 impl Drop for Unseen {
     fn drop(&mut self) {
-        if let Some(record) = self.0.take() {
-            record.cut();
+        if let Some(kept) = self.0.take() {
+            kept.cut();
         }
     }
 }
@@ -351,30 +380,15 @@ impl After {
                 reply
             }
             After::Record(mut unseen, mut timer) => {
-                let Some(record) = unseen.0.take() else {
+                let Some(kept) = unseen.0.take() else {
                     return reply;
                 };
                 // The record's clock is the timer's: the time taken is read once.
                 let (code, elapsed) = match &reply {
-                    Reply::Ready(ready) => (ready.end.code, record.ready(ready)),
-                    Reply::Refused(end) => (end.code, record.end(end)),
+                    Reply::Ready(ready) => (ready.end.code, kept.ready(ready)),
+                    Reply::Refused(end) => (end.code, kept.end(end)),
                     Reply::Stream(streamed) => {
-                        record.headers(&streamed.headers);
-                        return timed(reply, Recorder::Record(record), timer);
-                    }
-                };
-                timer.end_after(code, elapsed);
-                reply
-            }
-            After::Unary(mut unlisted, mut timer) => {
-                let Some(unary) = unlisted.0.take() else {
-                    return reply;
-                };
-                let (code, elapsed) = match &reply {
-                    Reply::Ready(ready) => (ready.end.code, unary.ready(ready)),
-                    Reply::Refused(end) => (end.code, unary.end(end)),
-                    Reply::Stream(streamed) => {
-                        let record = unary.record().clone();
+                        let record = kept.into_record();
                         record.headers(&streamed.headers);
                         return timed(reply, Recorder::Record(record), timer);
                     }
