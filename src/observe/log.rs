@@ -254,71 +254,69 @@ fn format(
     warning: Option<&Warning<'_>>,
     out: &mut Vec<u8>,
 ) {
-    {
-        if scratch.peer != Some(line.peer) {
-            scratch.peer = Some(line.peer);
-            scratch.peer_text.clear();
-            write_peer(&mut scratch.peer_text, line.peer);
-        }
-        let Scratch {
-            peer_text,
-            second,
-            second_text,
-            same,
-            ..
-        } = scratch;
-        let message = match warning {
-            None => "call",
-            Some(Warning::Unanswered { .. }) => "call not answered by a rule",
-            Some(Warning::ScriptFailed(_)) => "script failed",
-        };
-        Written { out, json }.start(warning.is_some(), message, |out| {
-            write_time(out, line.ended, second, second_text)
-        });
-        let protocol = line.protocol.as_str();
-        let method = line.method.name.as_str();
-        let rule = line.rule.map_or("", |i| line.method.rule_origin(i));
-        match warning {
-            None => {
-                let repeated = same.protocol == protocol
-                    && same.code == line.code
-                    && same.method == method
-                    && same.rule == rule;
-                if !repeated {
-                    same.text.clear();
-                    let mut w = Written {
-                        out: &mut same.text,
-                        json,
-                    };
-                    w.fields(protocol, method, line.code, rule);
-                    same.protocol = protocol;
-                    same.code = line.code;
-                    same.method.clear();
-                    same.method.push_str(method);
-                    same.rule.clear();
-                    same.rule.push_str(rule);
-                }
-                out.extend_from_slice(&same.text);
-            }
-            Some(Warning::Unanswered { tried, .. }) => {
-                let mut w = Written { out, json };
-                w.fields(protocol, method, line.code, "none");
-                w.quoted("tried", tried);
-            }
-            Some(Warning::ScriptFailed(_)) => {
-                Written { out, json }.fields(protocol, method, line.code, rule);
-            }
-        }
-        let mut w = Written { out, json };
-        w.number("elapsed_us", line.elapsed.as_micros() as u64);
-        w.bytes("peer", peer_text);
-        match warning {
-            Some(Warning::Unanswered { reason, .. }) => w.quoted("reason", reason),
-            Some(Warning::ScriptFailed(message)) => w.quoted("reason", message),
-            None => {}
-        }
-        w.end();
+    if scratch.peer != Some(line.peer) {
+        scratch.peer = Some(line.peer);
+        scratch.peer_text.clear();
+        write_peer(&mut scratch.peer_text, line.peer);
     }
+    let Scratch {
+        peer_text,
+        second,
+        second_text,
+        same,
+        ..
+    } = scratch;
+    let message = match warning {
+        None => "call",
+        Some(Warning::Unanswered { .. }) => "call not answered by a rule",
+        Some(Warning::ScriptFailed(_)) => "script failed",
+    };
+    Written { out, json }.start(warning.is_some(), message, |out| {
+        write_time(out, line.ended, second, second_text)
+    });
+    let protocol = line.protocol.as_str();
+    let method = line.method.name.as_str();
+    let rule = line.rule.map_or("", |i| line.method.rule_origin(i));
+    match warning {
+        None => {
+            let repeated = same.protocol == protocol
+                && same.code == line.code
+                && same.method == method
+                && same.rule == rule;
+            if !repeated {
+                same.text.clear();
+                let mut w = Written {
+                    out: &mut same.text,
+                    json,
+                };
+                w.fields(protocol, method, line.code, rule);
+                same.protocol = protocol;
+                same.code = line.code;
+                same.method.clear();
+                same.method.push_str(method);
+                same.rule.clear();
+                same.rule.push_str(rule);
+            }
+            out.extend_from_slice(&same.text);
+        }
+        Some(Warning::Unanswered { tried, .. }) => {
+            let mut w = Written { out, json };
+            w.fields(protocol, method, line.code, "none");
+            w.quoted("tried", tried);
+        }
+        Some(Warning::ScriptFailed(_)) => {
+            Written { out, json }.fields(protocol, method, line.code, rule);
+        }
+    }
+    let mut w = Written { out, json };
+    w.number("elapsed_us", line.elapsed.as_micros() as u64);
+    w.bytes("peer", peer_text);
+    match warning {
+        Some(Warning::Unanswered { reason, .. }) => w.quoted("reason", reason),
+        Some(Warning::ScriptFailed(message)) => w.quoted("reason", message),
+        None => {}
+    }
+    w.end();
 }
 
 /// The line as a tracing event, when protodrop's own log is not installed (a library user's
