@@ -168,26 +168,25 @@ pub(crate) fn answer(call: engine::Call, seen: Seen) -> impl Future<Output = Rep
                 let mut call = call;
                 let clock = timer.started().unwrap_or_else(Instant::now);
                 let journal = observer.journal.as_ref();
-                if let Some(unary) = journal.and_then(|j| Unary::start(&call, seen, j, clock)) {
-                    call.watch = Some(unary.clone());
-                    let after = After::Record(Unseen(Some(Kept::Unary(unary))), timer);
-                    return engine::answer(call)
-                        .map(move |reply| after.seen(reply))
-                        .left_future();
-                }
-                let record = Record::start(&call, seen, journal, clock);
-                call.watch = Some(record.clone());
-                call.requests = record.tee(call.requests);
-                (
-                    call,
-                    After::Record(Unseen(Some(Kept::Record(record))), timer),
-                )
+                // A call with one request goes without a record unless it waits (see
+                // `journal::unary`).
+                let kept = match journal.and_then(|j| Unary::start(&call, seen, j, clock)) {
+                    Some(unary) => {
+                        call.watch = Some(unary.clone());
+                        Kept::Unary(unary)
+                    }
+                    None => {
+                        let record = Record::start(&call, seen, journal, clock);
+                        call.watch = Some(record.clone());
+                        call.requests = record.tee(call.requests);
+                        Kept::Record(record)
+                    }
+                };
+                (call, After::Record(Unseen(Some(kept)), timer))
             }
         }
     };
-    engine::answer(call)
-        .map(move |reply| after.seen(reply))
-        .right_future()
+    engine::answer(call).map(move |reply| after.seen(reply))
 }
 
 enum Recording {
