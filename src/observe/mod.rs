@@ -196,7 +196,8 @@ enum Recording {
 }
 
 /// What the engine tells of a call that its log line needs (see [`Recording::Line`]): much less
-/// than a [`Record`] keeps, and without a lock.
+/// than a [`Record`] keeps, and without a lock. A call kept for the journal without a record
+/// (`journal::Unary`) is told the same.
 struct Told {
     /// The first rule that answered; `usize::MAX` for none.
     rule: AtomicUsize,
@@ -209,6 +210,18 @@ impl Default for Told {
             rule: AtomicUsize::new(usize::MAX),
             unmatched: AtomicBool::new(false),
         }
+    }
+}
+
+impl Told {
+    /// The first rule that answered, if one did.
+    fn answered_by(&self) -> Option<usize> {
+        let rule = self.rule.load(Ordering::Relaxed);
+        (rule != usize::MAX).then_some(rule)
+    }
+
+    fn was_unmatched(&self) -> bool {
+        self.unmatched.load(Ordering::Relaxed)
     }
 }
 
@@ -253,19 +266,18 @@ impl Line {
     /// The call ended with `end`: its line, if it has one; the time the call took, if read.
     fn ended(&mut self, code: Code, message: &str) -> Option<Duration> {
         self.open = false;
-        let unmatched = self.told.unmatched.load(Ordering::Relaxed);
+        let unmatched = self.told.was_unmatched();
         if !self.every && !log::may_warn(&self.method, unmatched, code, message) {
             return None;
         }
         let elapsed = self.clock.elapsed();
-        let rule = self.told.rule.load(Ordering::Relaxed);
         log::call_ended(log::Line {
             protocol: self.seen.protocol,
             method: &self.method,
             peer: self.seen.peer,
             code,
             message,
-            rule: (rule != usize::MAX).then_some(rule),
+            rule: self.told.answered_by(),
             unmatched,
             elapsed,
             ended: wall_clock(self.clock + elapsed),

@@ -434,7 +434,7 @@ fn put_metadata(out: &mut Vec<u8>, metadata: &MetadataMap) -> usize {
 }
 
 /// A message as a block holds it: its bytes, or the decoded message, encoded when written.
-enum Body<'a> {
+pub(super) enum Body<'a> {
     Bytes(&'a [u8]),
     Decoded(&'a DynamicMessage),
 }
@@ -455,7 +455,7 @@ impl<'a> Body<'a> {
         }
     }
 
-    fn of_payload(payload: &'a Payload) -> Body<'a> {
+    pub(super) fn of_payload(payload: &'a Payload) -> Body<'a> {
         match (payload.encoded(), payload) {
             (Some(bytes), _) => Body::Bytes(bytes),
             (None, Payload::Decoded(message)) => Body::Decoded(message),
@@ -463,8 +463,8 @@ impl<'a> Body<'a> {
         }
     }
 
-    /// Its size as `Payload::size` counts it.
-    fn size(&self) -> usize {
+    /// Its size, as counted against the journal's byte cap.
+    pub(super) fn size(&self) -> usize {
         match self {
             Body::Bytes(bytes) => bytes.len(),
             Body::Decoded(message) => prost::Message::encoded_len(*message),

@@ -353,11 +353,7 @@ impl Payload {
     }
 
     fn size(&self) -> usize {
-        match (self.encoded(), self) {
-            (Some(bytes), _) => bytes.len(),
-            (None, Payload::Decoded(message)) => prost::Message::encoded_len(message),
-            (None, _) => 0,
-        }
+        closed::Body::of_payload(self).size()
     }
 
     /// `{ json, binary }` as `protodrop.admin.v1.Payload` in proto3 JSON.

@@ -10,7 +10,7 @@
 //! the two alike). A call that waits, or whose answer is a stream, is given its record then, and
 //! goes on as one.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,7 +20,7 @@ use tonic::Code;
 use super::closed::{self, Unlisted};
 use super::{shared, Journal, Record, BLOCK, RECORD_OVERHEAD};
 use crate::engine::{self, End, Method, Request, Requests, Watch};
-use crate::observe::{log, Seen};
+use crate::observe::{log, Seen, Told};
 
 pub(crate) struct Unary {
     id: u64,
@@ -30,9 +30,8 @@ pub(crate) struct Unary {
     clock: Instant,
     started: SystemTime,
     request: Request,
-    /// The rule that answered; `usize::MAX` for none.
-    rule: AtomicUsize,
-    unmatched: AtomicBool,
+    /// Which rule answered, or that none did, until the call has its record.
+    told: Told,
     /// The request metadata, once handed over.
     metadata: Mutex<Option<MetadataMap>>,
     ended: AtomicBool,
@@ -63,8 +62,7 @@ impl Unary {
             clock,
             started: crate::observe::wall_clock(clock),
             request: shared(request),
-            rule: AtomicUsize::new(usize::MAX),
-            unmatched: AtomicBool::new(false),
+            told: Told::default(),
             metadata: Mutex::new(None),
             ended: AtomicBool::new(false),
             record: OnceLock::new(),
@@ -86,21 +84,20 @@ impl Unary {
             );
             // In the order a record is told them.
             let _ = record.tee(Requests::One(shared(&self.request)));
-            let rule = self.rule.load(Ordering::Relaxed);
-            if rule != usize::MAX {
+            if let Some(rule) = self.told.answered_by() {
                 record.rule(rule);
             }
-            if self.unmatched.load(Ordering::Relaxed) {
+            if self.told.was_unmatched() {
                 record.unmatched();
             }
-            if let Some(metadata) = self.metadata().take() {
+            if let Some(metadata) = self.handed_over().take() {
                 Watch::metadata(&*record, metadata, false);
             }
             record
         })
     }
 
-    fn metadata(&self) -> std::sync::MutexGuard<'_, Option<MetadataMap>> {
+    fn handed_over(&self) -> std::sync::MutexGuard<'_, Option<MetadataMap>> {
         self.metadata.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -149,9 +146,9 @@ impl Unary {
         if self.ended.swap(true, Ordering::Relaxed) {
             return;
         }
-        let metadata = self.metadata().take();
-        let rule = Some(self.rule.load(Ordering::Relaxed)).filter(|&r| r != usize::MAX);
-        let unmatched = self.unmatched.load(Ordering::Relaxed);
+        let metadata = self.handed_over().take();
+        let rule = self.told.answered_by();
+        let unmatched = self.told.was_unmatched();
         let call = Unlisted {
             protocol: self.seen.protocol,
             peer: self.seen.peer,
@@ -191,21 +188,14 @@ impl Watch for Unary {
     fn rule(&self, index: usize) {
         match self.record.get() {
             Some(record) => record.rule(index),
-            None => {
-                let _ = self.rule.compare_exchange(
-                    usize::MAX,
-                    index,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-            }
+            None => self.told.rule(index),
         }
     }
 
     fn unmatched(&self) {
         match self.record.get() {
             Some(record) => record.unmatched(),
-            None => self.unmatched.store(true, Ordering::Relaxed),
+            None => self.told.unmatched(),
         }
     }
 
@@ -214,7 +204,7 @@ impl Watch for Unary {
         if waiting || self.record.get().is_some() {
             return Watch::metadata(&**self.record(), metadata, waiting);
         }
-        let mut slot = self.metadata();
+        let mut slot = self.handed_over();
         if slot.is_none() {
             *slot = Some(metadata);
         }
