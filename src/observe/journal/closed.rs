@@ -291,7 +291,7 @@ pub(super) struct Unlisted<'a> {
     pub metadata: Option<&'a MetadataMap>,
     pub rule: Option<usize>,
     pub unmatched: bool,
-    pub request: Option<&'a Request>,
+    pub request: &'a Request,
     /// The reply's headers (when not empty) and message.
     pub headers: Option<&'a MetadataMap>,
     pub message: Option<&'a Message>,
@@ -314,8 +314,8 @@ pub(super) fn encode_unlisted(call: &Unlisted<'_>, out: &mut Vec<u8>) -> usize {
     out.put_u64_le(0);
     let (mut bytes, mut dropped) = (0, 0);
     // A record counts its request when the call starts, the metadata when it is handed over.
-    let request = call.request.map(Body::of_request);
-    let request = request.filter(|body| fits(&mut bytes, &mut dropped, body.size(), call.max));
+    let request = Some(Body::of_request(call.request))
+        .filter(|body| fits(&mut bytes, &mut dropped, body.size(), call.max));
     if let Some(metadata) = call.metadata {
         bytes += put_metadata(out, metadata);
     }

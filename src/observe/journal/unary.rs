@@ -6,8 +6,8 @@
 //! beyond this — while it runs: what the journal keeps of it is gathered here (the request,
 //! shared; the rule that answered; the metadata the engine hands over), and when it ends it is
 //! written into its block straight from its reply, the same block its record would have made
-//! (`closed::encode_unlisted`; `an_ended_call_reads_as_it_was_recorded_whatever_its_form` holds
-//! the two alike). A call that waits, or whose answer is a stream, is given its record then, and
+//! (`closed::encode_unlisted`; the test
+//! `a_unary_call_answered_at_once_reads_and_counts_as_its_record_would` holds the two alike). A call that waits, or whose answer is a stream, is given its record then, and
 //! goes on as one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -156,7 +156,7 @@ impl Unary {
             metadata: metadata.as_ref(),
             rule,
             unmatched,
-            request: Some(&self.request),
+            request: &self.request,
             headers,
             message,
             code,
