@@ -45,6 +45,22 @@ fn compiled(files: &[(&str, &str)]) -> Vec<u8> {
     compiler.encode_file_descriptor_set()
 }
 
+/// The pool decoded from `set`, the bytes it keeps allocated, and those as a multiple of the set's
+/// size.
+fn decoded_and_kept(set: &[u8]) -> (DescriptorPool, isize, f64) {
+    let before = alloc_meter::net_allocated();
+    let pool = DescriptorPool::decode(set).unwrap();
+    let kept = alloc_meter::net_allocated() - before;
+    (pool, kept, kept as f64 / set.len() as f64)
+}
+
+fn kept_text(kept: isize, set: &[u8], ratio: f64) -> String {
+    format!(
+        "the pool keeps {kept} bytes for a {} byte descriptor set ({ratio:.1}x)",
+        set.len()
+    )
+}
+
 #[test]
 fn a_pool_keeps_each_file_once_and_its_locations_compact() {
     let set = compiled(&[("big.proto", &commented_file(40, 50))]);
@@ -56,18 +72,11 @@ fn a_pool_keeps_each_file_once_and_its_locations_compact() {
         .sum();
     assert!(locations > 5_000, "{locations} locations");
 
-    let before = alloc_meter::net_allocated();
-    let pool = DescriptorPool::decode(set.as_slice()).unwrap();
-    let kept = alloc_meter::net_allocated() - before;
+    let (pool, kept, ratio) = decoded_and_kept(&set);
     // Two decoded copies of each file (prost-reflect's own and a `prost_types` one) kept about 14.5
     // times the encoded size here; one copy with its locations encoded keeps about 5 times it (the
     // rest is the pool's indexes of names, fields and JSON names).
-    let ratio = kept as f64 / set.len() as f64;
-    assert!(
-        ratio < 7.0,
-        "the pool keeps {kept} bytes for a {} byte descriptor set ({ratio:.1}x)",
-        set.len()
-    );
+    assert!(ratio < 7.0, "{}", kept_text(kept, &set, ratio));
     drop(pool);
 }
 
@@ -166,21 +175,14 @@ fn a_pool_keeps_its_declarations_in_a_few_times_their_encoded_size() {
     // Made once, on first use, by the first build resolving options: not this pool's.
     let _ = DescriptorPool::global();
 
-    let before = alloc_meter::net_allocated();
-    let pool = DescriptorPool::decode(set.as_slice()).unwrap();
-    let kept = alloc_meter::net_allocated() - before;
+    let (pool, kept, ratio) = decoded_and_kept(&set);
     // A declaration takes far more room decoded than encoded (a field is a few bytes on the wire,
     // hundreds in the pool). Each options' decoded value kept beside its bytes, a field's default
     // value inline, and per message two hash maps keyed by copies of the field names and json
     // names (per enum one of the value names) kept 21 times the encoded size here; options kept
     // encoded, the default boxed, and names found through the fields' and values' own
     // (`NameIndex` in vendor/prost-reflect) keep 16 times it.
-    let ratio = kept as f64 / set.len() as f64;
-    assert!(
-        ratio < 18.5,
-        "the pool keeps {kept} bytes for a {} byte descriptor set ({ratio:.1}x)",
-        set.len()
-    );
+    assert!(ratio < 18.5, "{}", kept_text(kept, &set, ratio));
 
     // And still finds every field by name and json name, and every value by name.
     let message = pool.get_message_by_name("mem.Request7").unwrap();
