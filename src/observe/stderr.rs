@@ -141,7 +141,6 @@ impl Shared {
             );
         }
         let _ = err.flush();
-        out.clear();
     }
 }
 
