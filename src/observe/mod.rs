@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::{FutureExt as _, Stream, StreamExt as _};
+use futures::{Stream, StreamExt as _};
 use tonic::metadata::MetadataMap;
 use tonic::Code;
 
@@ -138,55 +138,93 @@ pub(crate) fn wall_clock(at: Instant) -> SystemTime {
 /// Answers `call` with the engine, recording it, and counting it in the metrics (`crate::metrics`:
 /// its status, protocol and time; the engine counts the rules' hits).
 ///
-/// Not an `async fn`: the record is set up here, and the engine's own future is returned with the
-/// step that sees its reply, rather than awaited inside a future of ours that the protocol's would
-/// hold (a call's future is large, and each layer of them is one more copy of it per call).
-pub(crate) fn answer(call: engine::Call, seen: Seen) -> impl Future<Output = Reply> {
-    let observer = seen.observer;
+/// Not an `async fn`, and inlined: the engine's own future is returned with the step that sees its
+/// reply ([`Answer`]), made where the protocol's future holds it. A call's future is large, and
+/// each layer around it, or each move of it before its first poll, is one more copy of it a call.
+#[inline(always)]
+pub(crate) fn answer(mut call: engine::Call, seen: Seen) -> Answer<impl Future<Output = Reply>> {
+    let after = watched(&mut call, seen);
+    Answer {
+        after,
+        answer: engine::answer(call),
+    }
+}
+
+/// What is done with `call`'s reply; the call is watched, if it is recorded.
+fn watched(call: &mut engine::Call, seen: Seen) -> After {
     // An admin API call is no call to the mock: neither recorded nor counted.
-    let (call, after) = if call.method.is_native() {
-        (call, After::Nothing)
-    } else {
-        let timer = call.method.call_timer(seen.protocol, seen.deadline);
-        match observer.recording() {
-            Recording::Nothing => (call, After::Count(timer)),
-            Recording::Line => {
-                let mut call = call;
-                let told = Arc::new(Told::default());
-                call.watch = Some(told.clone());
-                let line = Line {
-                    told,
-                    method: call.method.clone(),
-                    seen,
-                    clock: timer.started().unwrap_or_else(Instant::now),
-                    every: log::every_call(),
-                    open: true,
-                };
-                (call, After::Line(line, timer))
-            }
-            Recording::Record => {
-                let mut call = call;
-                let clock = timer.started().unwrap_or_else(Instant::now);
-                let journal = observer.journal.as_ref();
-                // A call with one request goes without a record unless it waits (see
-                // `journal::unary`).
-                let kept = match journal.and_then(|j| Unary::start(&call, seen, j, clock)) {
-                    Some(unary) => {
-                        call.watch = Some(unary.clone());
-                        Kept::Unary(unary)
-                    }
-                    None => {
-                        let record = Record::start(&call, seen, journal, clock);
-                        call.watch = Some(record.clone());
-                        call.requests = record.tee(call.requests);
-                        Kept::Record(record)
-                    }
-                };
-                (call, After::Record(Unseen(Some(kept)), timer))
-            }
+    if call.method.is_native() {
+        return After::Nothing;
+    }
+    let observer = seen.observer;
+    let timer = call.method.call_timer(seen.protocol, seen.deadline);
+    match observer.recording() {
+        Recording::Nothing => After::Count(timer),
+        Recording::Line => {
+            let told = Arc::new(Told::default());
+            call.watch = Some(told.clone());
+            let line = Line {
+                told,
+                method: call.method.clone(),
+                seen,
+                clock: timer.started().unwrap_or_else(Instant::now),
+                every: log::every_call(),
+                open: true,
+            };
+            After::Line(line, timer)
         }
-    };
-    engine::answer(call).map(move |reply| after.seen(reply))
+        Recording::Record => {
+            let clock = timer.started().unwrap_or_else(Instant::now);
+            let journal = observer.journal.as_ref();
+            // A call with one request goes without a record unless it waits (see
+            // `journal::unary`).
+            let kept = match journal.and_then(|j| Unary::start(call, seen, j, clock)) {
+                Some(unary) => {
+                    call.watch = Some(unary.clone());
+                    Kept::Unary(unary)
+                }
+                None => {
+                    let record = Record::start(call, seen, journal, clock);
+                    call.watch = Some(record.clone());
+                    // Replaced at once by the same requests, teed.
+                    let none = engine::Requests::One(engine::Request::Encoded(Default::default()));
+                    let requests = std::mem::replace(&mut call.requests, none);
+                    call.requests = record.tee(requests);
+                    Kept::Record(record)
+                }
+            };
+            After::Record(Unseen(Some(kept)), timer)
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The engine's answer to a call, and what is done with its reply when it comes ([`After`]).
+    ///
+    /// Not `FutureExt::map` over a future made out of line: moved from there into the protocol's
+    /// future, the engine's future (a unary answer's whole state, over a kilobyte) was copied
+    /// whole, twice a call. Made inline, only what is set before the first poll is copied (the
+    /// call and this step). The reply is seen where the engine's poll put it, not moved through
+    /// a closure (`bench/AB.md`, session 17).
+    pub(crate) struct Answer<F> {
+        after: After,
+        #[pin]
+        answer: F,
+    }
+}
+
+impl<F: Future<Output = Reply>> Future for Answer<F> {
+    type Output = Reply;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        let this = self.project();
+        // Seen in place: a unary reply is large to move.
+        let mut poll = this.answer.poll(cx);
+        if let Poll::Ready(reply) = &mut poll {
+            this.after.seen(reply);
+        }
+        poll
+    }
 }
 
 enum Recording {
@@ -374,67 +412,55 @@ impl Drop for Unseen {
 }
 
 impl After {
-    fn seen(self, reply: Reply) -> Reply {
+    /// Sees `reply`, in place (a unary one is large to move): a whole one ends the call, a stream
+    /// is wrapped to be seen event by event.
+    fn seen(&mut self, reply: &mut Reply) {
+        let (end, ready) = match reply {
+            Reply::Ready(ready) => (&ready.end, Some(&*ready)),
+            Reply::Refused(end) => (&*end, None),
+            Reply::Stream(streamed) => return self.streams(streamed),
+        };
         match self {
-            After::Nothing => reply,
-            After::Count(mut timer) => match timer.is_off() || ended(&reply, &mut timer) {
-                true => reply,
-                false => timed(reply, Recorder::Nothing, timer),
-            },
-            After::Line(mut line, mut timer) => {
-                let end = match &reply {
-                    Reply::Ready(ready) => &ready.end,
-                    Reply::Refused(end) => end,
-                    Reply::Stream(_) => return timed(reply, Recorder::Line(line), timer),
-                };
-                line.end(end.code, &end.message, &mut timer);
-                reply
-            }
-            After::Record(mut unseen, mut timer) => {
+            After::Nothing => {}
+            After::Count(timer) => timer.end(end.code),
+            After::Line(line, timer) => line.end(end.code, &end.message, timer),
+            After::Record(unseen, timer) => {
                 let Some(kept) = unseen.0.take() else {
-                    return reply;
+                    return;
                 };
                 // The record's clock is the timer's: the time taken is read once.
-                let (code, elapsed) = match &reply {
-                    Reply::Ready(ready) => (ready.end.code, kept.ready(ready)),
-                    Reply::Refused(end) => (end.code, kept.end(end)),
-                    Reply::Stream(streamed) => {
-                        let record = kept.into_record();
-                        record.headers(&streamed.headers);
-                        return timed(reply, Recorder::Record(record), timer);
-                    }
+                let elapsed = match ready {
+                    Some(ready) => kept.ready(ready),
+                    None => kept.end(end),
                 };
-                timer.end_after(code, elapsed);
-                reply
+                timer.end_after(end.code, elapsed);
             }
         }
     }
-}
 
-/// Ends `timer` (the metrics) with the status of a reply that is whole; false for a stream, whose
-/// end is still to come. (The reply is looked at in place: a unary one is large to move.)
-fn ended(reply: &Reply, timer: &mut CallTimer) -> bool {
-    match reply {
-        Reply::Ready(ready) => timer.end(ready.end.code),
-        Reply::Refused(end) => timer.end(end.code),
-        Reply::Stream(_) => return false,
-    }
-    true
-}
-
-/// A streamed reply whose events are recorded (by `record`) and whose end is counted as they
-/// pass.
-fn timed(reply: Reply, record: Recorder, timer: CallTimer) -> Reply {
-    match reply {
-        Reply::Stream(streamed) => Reply::Stream(engine::Streamed {
-            headers: streamed.headers,
-            events: Box::pin(Observed {
-                events: streamed.events,
-                record,
-                timer,
-            }),
-        }),
-        whole => whole,
+    /// Sees a reply that streams: its events are wrapped, to be seen as they pass.
+    fn streams(&mut self, streamed: &mut engine::Streamed) {
+        let (recorder, timer) = match std::mem::replace(self, After::Nothing) {
+            After::Nothing => return,
+            After::Count(timer) if timer.is_off() => return,
+            After::Count(timer) => (Recorder::Nothing, timer),
+            After::Line(line, timer) => (Recorder::Line(line), timer),
+            After::Record(mut unseen, timer) => {
+                let Some(kept) = unseen.0.take() else {
+                    return;
+                };
+                let record = kept.into_record();
+                record.headers(&streamed.headers);
+                (Recorder::Record(record), timer)
+            }
+        };
+        // Replaced at once by the same events, observed (an empty stream is a box of nothing).
+        let events = std::mem::replace(&mut streamed.events, Box::pin(futures::stream::empty()));
+        streamed.events = Box::pin(Observed {
+            events,
+            record: recorder,
+            timer,
+        });
     }
 }
 
