@@ -12,12 +12,12 @@ use std::cell::RefCell;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use tonic::Code;
 
 use super::stderr::Stderr;
-use super::Protocol;
+use super::{Protocol, WallTime};
 use crate::engine::Method;
 use crate::rules::Answer;
 
@@ -33,7 +33,7 @@ pub(super) struct Line<'a> {
     pub unmatched: bool,
     pub elapsed: Duration,
     /// When the call ended, by the wall clock.
-    pub ended: SystemTime,
+    pub ended: WallTime,
 }
 
 /// Whether any call's line may be written: at WARN (no rule matched, a script failed) when not
@@ -97,7 +97,7 @@ struct Said {
     code: Code,
     rule: Option<usize>,
     elapsed: Duration,
-    ended: SystemTime,
+    ended: WallTime,
 }
 
 impl Said {
@@ -519,12 +519,11 @@ fn json_str(out: &mut Vec<u8>, value: &str) {
 
 /// Writes `at` as RFC 3339 with microseconds, as tracing-subscriber writes it; the part up to the
 /// second is formatted once a second (`second`, `text`: the thread's last).
-fn write_time(out: &mut Vec<u8>, at: SystemTime, second: &mut u64, text: &mut Vec<u8>) {
-    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let micros = since.subsec_micros();
-    if *second != since.as_secs() {
-        *second = since.as_secs();
-        let whole = at - Duration::from_micros(micros.into());
+fn write_time(out: &mut Vec<u8>, at: WallTime, second: &mut u64, text: &mut Vec<u8>) {
+    let micros = at.subsec_nanos() / 1000;
+    if *second != at.secs() {
+        *second = at.secs();
+        let whole = UNIX_EPOCH + Duration::from_secs(at.secs());
         text.clear();
         let _ = write!(text, "{}", humantime::format_rfc3339_seconds(whole));
         text.pop(); // the `Z`
@@ -539,7 +538,7 @@ fn write_time(out: &mut Vec<u8>, at: SystemTime, second: &mut u64, text: &mut Ve
 
 #[cfg(test)]
 mod tests {
-    use super::{decimal, write_peer, write_time, Queued, Sink, Stderr, MOST_QUEUED};
+    use super::{decimal, write_peer, write_time, Queued, Sink, Stderr, WallTime, MOST_QUEUED};
     use std::sync::Mutex;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -581,7 +580,7 @@ mod tests {
         for micros in [0, 7, 999_999, 1_700_000_000_000_001] {
             let at = UNIX_EPOCH + Duration::from_micros(micros);
             let mut out = Vec::new();
-            write_time(&mut out, at, &mut second, &mut text);
+            write_time(&mut out, WallTime::of(at), &mut second, &mut text);
             let expected = humantime::format_rfc3339_micros(at).to_string();
             assert_eq!(String::from_utf8(out).unwrap(), expected);
         }

@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use prost::bytes::{Buf, BufMut};
 use prost_reflect::{DescriptorPool, DynamicMessage};
@@ -27,7 +27,7 @@ use tonic::Code;
 
 use super::{Ended, Frame, FrameKind, Packed, Payload, Progress, Record, FRAME_OVERHEAD};
 use crate::engine::{Message, Method, Request};
-use crate::observe::Protocol;
+use crate::observe::{Protocol, WallTime};
 
 /// The table is compacted when it has grown to this many methods more than it had after the last
 /// compaction (handler reloads make new methods; the blocks of the old ones are dropped in time).
@@ -287,7 +287,7 @@ pub(super) fn encode(record: &Record, progress: &Progress, out: &mut Vec<u8>) {
 pub(super) struct Unlisted<'a> {
     pub protocol: Protocol,
     pub peer: Option<SocketAddr>,
-    pub started: SystemTime,
+    pub started: WallTime,
     pub metadata: Option<&'a MetadataMap>,
     pub rule: Option<usize>,
     pub unmatched: bool,
@@ -371,15 +371,14 @@ fn put_head(
     out: &mut Vec<u8>,
     protocol: Protocol,
     flags: u8,
-    started: SystemTime,
+    started: WallTime,
     peer: Option<SocketAddr>,
 ) {
     out.clear();
     out.put_u32_le(0);
     out.put_u8(protocol as u8);
     out.put_u8(flags | u8::from(peer.is_some()) * PEER);
-    let started = started.duration_since(UNIX_EPOCH).unwrap_or_default();
-    out.put_u64_le(started.as_secs());
+    out.put_u64_le(started.secs());
     out.put_u32_le(started.subsec_nanos());
     if let Some(peer) = peer {
         match peer.ip() {
@@ -495,7 +494,7 @@ fn decode(id: u64, block: &[u8], methods: &[Arc<Method>]) -> Option<Record> {
     let flags = take_u8(&mut buf)?;
     let secs = take_u64(&mut buf)?;
     let nanos = take_u32(&mut buf)?;
-    let started = UNIX_EPOCH + Duration::new(secs, nanos);
+    let started = WallTime::of(UNIX_EPOCH + Duration::new(secs, nanos));
     let peer = if flags & PEER != 0 {
         let ip = match take_u8(&mut buf)? {
             4 => IpAddr::V4(Ipv4Addr::from(

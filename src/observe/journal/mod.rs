@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -29,7 +29,7 @@ use smallvec::SmallVec;
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
 use tonic::Code;
 
-use super::{log, Protocol, Seen};
+use super::{log, Protocol, Seen, WallTime};
 use crate::engine::{self, End, Message, Method, Request, Requests, Watch};
 pub(crate) use unary::Unary;
 
@@ -239,7 +239,7 @@ pub(crate) struct Record {
     pub(crate) protocol: Protocol,
     peer: Option<std::net::SocketAddr>,
     deadline: Option<Instant>,
-    started: SystemTime,
+    started: WallTime,
     clock: Instant,
     /// The journal it is in; `None` for an ended call decoded from the journal to be read.
     journal: Option<&'static Journal>,
@@ -421,7 +421,7 @@ impl Record {
         seen: Seen,
         journal: Option<&'static Journal>,
         clock: Instant,
-        started: SystemTime,
+        started: WallTime,
         method: &Arc<Method>,
         metadata: Option<Packed>,
     ) -> Arc<Record> {
@@ -651,7 +651,7 @@ impl Record {
             rule,
             unmatched,
             elapsed,
-            ended: self.started + elapsed,
+            ended: self.started.after(elapsed),
         });
     }
 
@@ -702,7 +702,7 @@ impl Record {
             "protocol": self.protocol.as_str(),
             "method": method.name,
             "peer": self.peer.map(|p| p.to_string()).unwrap_or_default(),
-            "startTime": humantime::format_rfc3339_nanos(self.started).to_string(),
+            "startTime": humantime::format_rfc3339_nanos(self.started.system()).to_string(),
             "requestMetadata": metadata_json(&progress.metadata.as_ref().map(Packed::unpack).unwrap_or_default()),
             "frames": frames,
             "rules": progress.rules.iter().map(|&i| method.rule_origin(i)).collect::<Vec<_>>(),

@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tonic::metadata::MetadataMap;
 use tonic::Code;
@@ -20,7 +20,7 @@ use tonic::Code;
 use super::closed::{self, Unlisted};
 use super::{shared, Journal, Record, BLOCK, RECORD_OVERHEAD};
 use crate::engine::{self, End, Method, Request, Requests, Watch};
-use crate::observe::{log, Seen, Told};
+use crate::observe::{log, Seen, Told, WallTime};
 
 pub(crate) struct Unary {
     id: u64,
@@ -28,7 +28,7 @@ pub(crate) struct Unary {
     method: Arc<Method>,
     seen: Seen,
     clock: Instant,
-    started: SystemTime,
+    started: WallTime,
     request: Request,
     /// Which rule answered, or that none did, until the call has its record.
     told: Told,
@@ -179,7 +179,7 @@ impl Unary {
             rule,
             unmatched,
             elapsed,
-            ended: self.started + elapsed,
+            ended: self.started.after(elapsed),
         });
     }
 }
