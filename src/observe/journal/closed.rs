@@ -294,7 +294,7 @@ pub(super) struct Unlisted<'a> {
     pub request: &'a Request,
     /// The reply's headers (when not empty) and message.
     pub headers: Option<&'a MetadataMap>,
-    pub message: Option<&'a Message>,
+    pub message: Option<Body<'a>>,
     pub code: Code,
     pub text: &'a str,
     pub trailers: &'a MetadataMap,
@@ -336,7 +336,7 @@ pub(super) fn encode_unlisted(call: &Unlisted<'_>, out: &mut Vec<u8>) -> usize {
             frames += 1;
         }
     }
-    if let Some(body) = call.message.map(Body::of_reply) {
+    if let Some(body) = &call.message {
         if fits(&mut bytes, &mut dropped, body.size(), call.max) {
             put_frame_head(out, call.elapsed, REPLY);
             put_body(out, &body);
@@ -439,14 +439,14 @@ pub(super) enum Body<'a> {
 }
 
 impl<'a> Body<'a> {
-    fn of_request(request: &'a Request) -> Body<'a> {
+    pub(super) fn of_request(request: &'a Request) -> Body<'a> {
         match request {
             Request::Encoded(bytes) => Body::Bytes(bytes),
             Request::Decoded(message) => Body::Decoded(message),
         }
     }
 
-    fn of_reply(message: &'a Message) -> Body<'a> {
+    pub(super) fn of_reply(message: &'a Message) -> Body<'a> {
         match message {
             Message::Encoded(bytes) => Body::Bytes(bytes),
             Message::Reserved(buf, reserve) => Body::Bytes(&buf[*reserve..]),
@@ -467,6 +467,16 @@ impl<'a> Body<'a> {
         match self {
             Body::Bytes(bytes) => bytes.len(),
             Body::Decoded(message) => prost::Message::encoded_len(*message),
+        }
+    }
+}
+
+impl Body<'_> {
+    /// Appends the message's bytes to `out`, encoding it if decoded.
+    pub(super) fn append_to(&self, out: &mut Vec<u8>) {
+        match self {
+            Body::Bytes(bytes) => out.extend_from_slice(bytes),
+            Body::Decoded(message) => prost::Message::encode_raw(*message, out),
         }
     }
 }

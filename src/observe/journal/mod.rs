@@ -32,6 +32,7 @@ use tonic::Code;
 use super::{log, Protocol, Seen, WallTime};
 use crate::engine::{self, End, Message, Method, Request, Requests, Watch};
 pub(crate) use unary::Unary;
+use unary::Unwritten;
 
 /// Rough bookkeeping cost of a record and of a frame beyond their payload, so that many empty
 /// messages still count against the byte cap.
@@ -55,11 +56,25 @@ pub(crate) struct Journal {
     next_id: AtomicU64,
 }
 
-/// The calls kept: in flight (or settled by a reload) as records, ended as encoded blocks.
+/// Ended calls held unwritten ([`Unwritten`]) before their batch is written into blocks: at most
+/// this many, and at most [`MOST_UNWRITTEN_BYTES`] of their requests and replies. A batch is
+/// written when it is full or when the journal is read, whichever comes first.
+const MOST_UNWRITTEN: usize = 64;
+const MOST_UNWRITTEN_BYTES: usize = 1 << 20;
+
+/// The calls kept: in flight (or settled by a reload) as records, ended as encoded blocks, and
+/// the batch of ended calls not written into blocks yet.
 #[derive(Default)]
 struct Calls {
     live: BTreeMap<u64, Arc<Record>>,
     closed: closed::Closed,
+    unwritten: Vec<Unwritten>,
+    /// The unwritten calls' reply messages, back to back.
+    replies: Vec<u8>,
+    /// What the unwritten calls hold ([`Unwritten::size`]).
+    unwritten_bytes: usize,
+    /// Where a block is encoded before it is copied in (reused).
+    block: Vec<u8>,
 }
 
 impl Calls {
@@ -88,9 +103,59 @@ impl Journal {
         }
     }
 
+    /// The calls, with every ended one written: what each reader, and each change but
+    /// [`Journal::defer`]'s, starts from (a call is seen as soon as it has ended).
     fn calls(&self) -> MutexGuard<'_, Calls> {
+        let mut calls = self.lock();
+        self.write_unwritten(&mut calls);
+        calls
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Calls> {
         // A panic while the list was held leaves it whole (each step is one push or pop).
         self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An unlisted call ended with `message`: held with its batch, which is written if full.
+    fn defer(&self, mut call: Unwritten, message: Option<&Message>) {
+        let mut calls = self.lock();
+        let calls = &mut *calls;
+        if let Some(message) = message {
+            let start = calls.replies.len();
+            closed::Body::of_reply(message).append_to(&mut calls.replies);
+            call.message = Some(start..calls.replies.len());
+        }
+        calls.unwritten_bytes += call.size();
+        calls.unwritten.push(call);
+        if calls.unwritten.len() >= MOST_UNWRITTEN || calls.unwritten_bytes >= MOST_UNWRITTEN_BYTES
+        {
+            self.write_unwritten(calls);
+        }
+    }
+
+    /// Writes the unwritten calls into their blocks, in the order they ended, and trims.
+    fn write_unwritten(&self, calls: &mut Calls) {
+        if calls.unwritten.is_empty() {
+            return;
+        }
+        let Calls {
+            closed,
+            unwritten,
+            replies,
+            block,
+            ..
+        } = calls;
+        for call in unwritten.drain(..) {
+            let counted = call.encode(replies, self.caps.max_bytes, block);
+            self.bytes.fetch_add(counted, Ordering::Relaxed);
+            closed.push(call.id(), call.method(), block, counted);
+        }
+        replies.clear();
+        if replies.capacity() > MOST_UNWRITTEN_BYTES {
+            replies.shrink_to(MOST_UNWRITTEN_BYTES);
+        }
+        calls.unwritten_bytes = 0;
+        self.trim(calls);
     }
 
     /// Puts `record` in, its bytes so far counted: under the list's lock, so that no clear comes
@@ -224,11 +289,13 @@ impl Journal {
     }
 
     pub(crate) fn dropped(&self) -> u64 {
+        drop(self.calls());
         self.dropped.load(Ordering::Relaxed)
     }
 
     /// Bytes held, as counted against `max_bytes`.
     pub(crate) fn bytes(&self) -> usize {
+        drop(self.calls());
         self.bytes.load(Ordering::Relaxed)
     }
 }

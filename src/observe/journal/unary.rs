@@ -4,12 +4,19 @@
 //! call with one request is listed only if it waits (a rule's delay, a script: see
 //! [`Record::enter`]). So it needs no [`Record`] — no lock, no frames, no allocation of its own
 //! beyond this — while it runs: what the journal keeps of it is gathered here (the request,
-//! shared; the rule that answered; the metadata the engine hands over), and when it ends it is
-//! written into its block straight from its reply, the same block its record would have made
-//! (`closed::encode_unlisted`; the test
-//! `a_unary_call_answered_at_once_reads_and_counts_as_its_record_would` holds the two alike). A call that waits, or whose answer is a stream, is given its record then, and
-//! goes on as one.
+//! shared; the rule that answered; the metadata the engine hands over). A call that waits, or
+//! whose answer is a stream, is given its record then, and goes on as one.
+//!
+//! When it ends, it joins the journal's unwritten calls ([`Unwritten`]: its reply's message
+//! copied, the rest held as it is), and is written into its block with the others of its batch,
+//! the same block its record would have made (`closed::encode_unlisted`; the test
+//! `a_unary_call_answered_at_once_reads_and_counts_as_its_record_would` holds the two alike).
+//! Written one by one, as each call ended, the encoding ran cold every time: its code is out of
+//! the instruction cache by the next call, and missing it cost more than running it
+//! (`bench/AB.md`, session 17). Every reader of the journal writes the batch first
+//! (`Journal::calls`), so a call is seen as soon as it has ended, as before.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -17,8 +24,8 @@ use std::time::{Duration, Instant};
 use tonic::metadata::MetadataMap;
 use tonic::Code;
 
-use super::closed::{self, Unlisted};
-use super::{shared, Journal, Record, BLOCK, RECORD_OVERHEAD};
+use super::closed::{self, Body, Unlisted};
+use super::{shared, Journal, Record, RECORD_OVERHEAD};
 use crate::engine::{self, End, Method, Request, Requests, Watch};
 use crate::observe::{log, Seen, Told, WallTime};
 
@@ -102,7 +109,7 @@ impl Unary {
     }
 
     /// A unary answer, whole. The time the call took.
-    pub(in crate::observe) fn ready(&self, ready: &engine::Ready) -> Duration {
+    pub(in crate::observe) fn ready(self: &Arc<Self>, ready: &engine::Ready) -> Duration {
         if let Some(record) = self.record.get() {
             return record.ready(ready);
         }
@@ -115,7 +122,7 @@ impl Unary {
     }
 
     /// The call ended with `end` and no message. The time it took.
-    pub(in crate::observe) fn end(&self, end: &End) -> Duration {
+    pub(in crate::observe) fn end(self: &Arc<Self>, end: &End) -> Duration {
         if let Some(record) = self.record.get() {
             return record.end(end);
         }
@@ -126,7 +133,7 @@ impl Unary {
     }
 
     /// The call was dropped before its answer: cut short.
-    pub(in crate::observe) fn cut(&self) {
+    pub(in crate::observe) fn cut(self: &Arc<Self>) {
         if let Some(record) = self.record.get() {
             return record.cut();
         }
@@ -135,9 +142,9 @@ impl Unary {
         self.close(None, None, (code, message, &MetadataMap::new()), elapsed);
     }
 
-    /// Writes the ended call into the journal, and its log line.
+    /// Puts the ended call into the journal, to be written with its batch; and its log line.
     fn close(
-        &self,
+        self: &Arc<Self>,
         headers: Option<&MetadataMap>,
         message: Option<&engine::Message>,
         (code, text, trailers): (Code, &str, &MetadataMap),
@@ -146,30 +153,18 @@ impl Unary {
         if self.ended.swap(true, Ordering::Relaxed) {
             return;
         }
-        let metadata = self.handed_over().take();
         let rule = self.told.answered_by();
         let unmatched = self.told.was_unmatched();
-        let call = Unlisted {
-            protocol: self.seen.protocol,
-            peer: self.seen.peer,
-            started: self.started,
-            metadata: metadata.as_ref(),
-            rule,
-            unmatched,
-            request: &self.request,
-            headers,
-            message,
+        let unwritten = Unwritten {
+            unary: self.clone(),
+            headers: headers.map(|h| Box::new(h.clone())),
+            message: None,
             code,
-            text,
-            trailers,
+            text: text.to_owned(),
+            trailers: (!trailers.is_empty()).then(|| Box::new(trailers.clone())),
             elapsed,
-            max: self.journal.caps.max_bytes,
         };
-        BLOCK.with_borrow_mut(|block| {
-            let counted = closed::encode_unlisted(&call, block) + RECORD_OVERHEAD;
-            self.journal
-                .close(self.id, &self.method, block, counted, false, false);
-        });
+        self.journal.defer(unwritten, message);
         log::call_ended(log::Line {
             protocol: self.seen.protocol,
             method: &self.method,
@@ -208,5 +203,61 @@ impl Watch for Unary {
         if slot.is_none() {
             *slot = Some(metadata);
         }
+    }
+}
+
+/// An ended call of the journal's, not written into its block yet: the call as it was kept, and
+/// its end. The reply's message is copied into the batch's `replies` (it is the protocol's, to
+/// frame and send); headers and trailers are cloned, boxed (most calls have none: this stays
+/// small to move).
+pub(super) struct Unwritten {
+    unary: Arc<Unary>,
+    headers: Option<Box<MetadataMap>>,
+    /// The message's bytes in `replies`.
+    pub(super) message: Option<Range<usize>>,
+    code: Code,
+    text: String,
+    trailers: Option<Box<MetadataMap>>,
+    elapsed: Duration,
+}
+
+impl Unwritten {
+    pub(super) fn id(&self) -> u64 {
+        self.unary.id
+    }
+
+    pub(super) fn method(&self) -> &Arc<Method> {
+        &self.unary.method
+    }
+
+    /// The bytes it holds until written: its request and its reply's message.
+    pub(super) fn size(&self) -> usize {
+        closed::Body::of_request(&self.unary.request).size()
+            + self.message.as_ref().map_or(0, |m| m.len())
+    }
+
+    /// Writes the call into `block` (its reply's message being in `replies`), within the byte
+    /// cap `max`; what it counts against the journal's bytes.
+    pub(super) fn encode(&self, replies: &[u8], max: usize, block: &mut Vec<u8>) -> usize {
+        let unary = &self.unary;
+        let metadata = unary.handed_over().take();
+        let no_trailers = MetadataMap::new();
+        let call = Unlisted {
+            protocol: unary.seen.protocol,
+            peer: unary.seen.peer,
+            started: unary.started,
+            metadata: metadata.as_ref(),
+            rule: unary.told.answered_by(),
+            unmatched: unary.told.was_unmatched(),
+            request: &unary.request,
+            headers: self.headers.as_deref(),
+            message: self.message.clone().map(|m| Body::Bytes(&replies[m])),
+            code: self.code,
+            text: &self.text,
+            trailers: self.trailers.as_deref().unwrap_or(&no_trailers),
+            elapsed: self.elapsed,
+            max,
+        };
+        closed::encode_unlisted(&call, block) + RECORD_OVERHEAD
     }
 }
