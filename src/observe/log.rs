@@ -223,8 +223,9 @@ struct Scratch {
 struct Same {
     protocol: &'static str,
     code: Code,
-    method: String,
-    rule: String,
+    /// The method as served (held, so that its address names it until the next line).
+    method: Option<Arc<Method>>,
+    rule: Option<usize>,
     text: Vec<u8>,
 }
 
@@ -238,8 +239,8 @@ thread_local! {
             same: Same {
                 protocol: "",
                 code: Code::Ok,
-                method: String::new(),
-                rule: String::new(),
+                method: None,
+                rule: None,
                 text: Vec::new(),
             },
         })
@@ -279,10 +280,14 @@ fn format(
     let rule = line.rule.map_or("", |i| line.method.rule_origin(i));
     match warning {
         None => {
+            // The same method as served and the same rule of it: the same text.
             let repeated = same.protocol == protocol
                 && same.code == line.code
-                && same.method == method
-                && same.rule == rule;
+                && same.rule == line.rule
+                && same
+                    .method
+                    .as_ref()
+                    .is_some_and(|m| Arc::ptr_eq(m, line.method));
             if !repeated {
                 same.text.clear();
                 let mut w = Written {
@@ -292,10 +297,8 @@ fn format(
                 w.fields(protocol, method, line.code, rule);
                 same.protocol = protocol;
                 same.code = line.code;
-                same.method.clear();
-                same.method.push_str(method);
-                same.rule.clear();
-                same.rule.push_str(rule);
+                same.method = Some(line.method.clone());
+                same.rule = line.rule;
             }
             out.extend_from_slice(&same.text);
         }
@@ -566,6 +569,12 @@ mod tests {
             "255.255.255.255:65535",
             "[::1]:5",
         ] {
+            let mut out = Vec::new();
+            write_peer(&mut out, Some(addr.parse().unwrap()));
+            assert_eq!(String::from_utf8(out).unwrap(), addr);
+        }
+        for n in 0..=255u16 {
+            let addr = format!("{n}.{}.{n}.1:{}", 255 - n, n * 257);
             let mut out = Vec::new();
             write_peer(&mut out, Some(addr.parse().unwrap()));
             assert_eq!(String::from_utf8(out).unwrap(), addr);
