@@ -352,31 +352,16 @@ fn write_peer(out: &mut Vec<u8>, peer: Option<SocketAddr>) {
     match peer {
         Some(SocketAddr::V4(v4)) => {
             for (i, octet) in v4.ip().octets().into_iter().enumerate() {
-                out.extend_from_slice(decimal(u64::from(octet), &mut [0; 20]));
+                out.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
                 out.push(if i < 3 { b'.' } else { b':' });
             }
-            out.extend_from_slice(decimal(u64::from(v4.port()), &mut [0; 20]));
+            out.extend_from_slice(itoa::Buffer::new().format(v4.port()).as_bytes());
         }
         Some(peer) => {
             let _ = write!(out, "{peer}");
         }
         None => out.push(b'-'),
     }
-}
-
-/// `n` in decimal, written into the end of `buf` (the formatting machinery costs a line as much
-/// as the rest of it).
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[at..]
 }
 
 pub(super) const TARGET: &str = "protodrop::call";
@@ -478,7 +463,8 @@ impl Written<'_> {
 
     fn number(&mut self, name: &str, value: u64) {
         self.name(name);
-        self.out.extend_from_slice(decimal(value, &mut [0; 20]));
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
     /// Text known to need no quoting or escaping (the client's address).
@@ -534,14 +520,14 @@ fn write_time(out: &mut Vec<u8>, at: WallTime, second: &mut u64, text: &mut Vec<
     out.extend_from_slice(text);
     out.push(b'.');
     // Six digits, with the leading zeros.
-    let mut digits = [0; 20];
-    out.extend_from_slice(&decimal(1_000_000 + u64::from(micros), &mut digits)[1..]);
+    let mut digits = itoa::Buffer::new();
+    out.extend_from_slice(&digits.format(1_000_000 + micros).as_bytes()[1..]);
     out.push(b'Z');
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{decimal, write_peer, write_time, Queued, Sink, Stderr, WallTime, MOST_QUEUED};
+    use super::{write_peer, write_time, Queued, Sink, Stderr, WallTime, MOST_QUEUED};
     use std::sync::Mutex;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -582,9 +568,6 @@ mod tests {
         let mut out = Vec::new();
         write_peer(&mut out, None);
         assert_eq!(out, b"-");
-        for n in [0, 7, 10, 1234567890, u64::MAX] {
-            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
-        }
         let (mut second, mut text) = (u64::MAX, Vec::new());
         for micros in [0, 7, 999_999, 1_700_000_000_000_001] {
             let at = UNIX_EPOCH + Duration::from_micros(micros);

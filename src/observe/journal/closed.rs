@@ -374,25 +374,34 @@ fn put_head(
     started: WallTime,
     peer: Option<SocketAddr>,
 ) {
-    out.clear();
-    out.put_u32_le(0);
-    out.put_u8(protocol as u8);
-    out.put_u8(flags | u8::from(peer.is_some()) * PEER);
-    out.put_u64_le(started.secs());
-    out.put_u32_le(started.subsec_nanos());
-    if let Some(peer) = peer {
-        match peer.ip() {
-            IpAddr::V4(ip) => {
-                out.put_u8(4);
-                out.put_slice(&ip.octets());
-            }
-            IpAddr::V6(ip) => {
-                out.put_u8(6);
-                out.put_slice(&ip.octets());
-            }
+    // Made on the stack and copied in once: the block's first bytes, written field by field,
+    // each checked the buffer's room.
+    let mut head = [0; 4 + 1 + 1 + 8 + 4 + 1 + 16 + 2];
+    head[4] = protocol as u8;
+    head[5] = flags | u8::from(peer.is_some()) * PEER;
+    head[6..14].copy_from_slice(&started.secs().to_le_bytes());
+    head[14..18].copy_from_slice(&started.subsec_nanos().to_le_bytes());
+    let len = match peer {
+        None => 18,
+        Some(peer) => {
+            let port = match peer.ip() {
+                IpAddr::V4(ip) => {
+                    head[18] = 4;
+                    head[19..23].copy_from_slice(&ip.octets());
+                    23
+                }
+                IpAddr::V6(ip) => {
+                    head[18] = 6;
+                    head[19..35].copy_from_slice(&ip.octets());
+                    35
+                }
+            };
+            head[port..port + 2].copy_from_slice(&peer.port().to_le_bytes());
+            port + 2
         }
-        out.put_u16_le(peer.port());
-    }
+    };
+    out.clear();
+    out.extend_from_slice(&head[..len]);
 }
 
 fn put_rules(out: &mut Vec<u8>, rules: &[usize]) {
