@@ -212,6 +212,7 @@ fn warning<'a>(line: &Line<'a>) -> Option<Warning<'a>> {
 /// time up to the second).
 struct Scratch {
     peer: Option<Option<SocketAddr>>,
+    /// The client's address as its field (` peer=…`), written when it changes.
     peer_text: Vec<u8>,
     second: u64,
     second_text: Vec<u8>,
@@ -258,7 +259,11 @@ fn format(
     if scratch.peer != Some(line.peer) {
         scratch.peer = Some(line.peer);
         scratch.peer_text.clear();
-        write_peer(&mut scratch.peer_text, line.peer);
+        Written {
+            out: &mut scratch.peer_text,
+            json,
+        }
+        .peer(line.peer);
     }
     let Scratch {
         peer_text,
@@ -295,6 +300,7 @@ fn format(
                     json,
                 };
                 w.fields(protocol, method, line.code, rule);
+                w.name("elapsed_us");
                 same.protocol = protocol;
                 same.code = line.code;
                 same.method = Some(line.method.clone());
@@ -306,14 +312,22 @@ fn format(
             let mut w = Written { out, json };
             w.fields(protocol, method, line.code, "none");
             w.quoted("tried", tried);
+            w.name("elapsed_us");
         }
         Some(Warning::ScriptFailed(_)) => {
-            Written { out, json }.fields(protocol, method, line.code, rule);
+            let mut w = Written { out, json };
+            w.fields(protocol, method, line.code, rule);
+            w.name("elapsed_us");
         }
     }
+    // The names before the time taken and the client's address are in the text they follow.
+    out.extend_from_slice(
+        itoa::Buffer::new()
+            .format(line.elapsed.as_micros() as u64)
+            .as_bytes(),
+    );
+    out.extend_from_slice(peer_text);
     let mut w = Written { out, json };
-    w.number("elapsed_us", line.elapsed.as_micros() as u64);
-    w.bytes("peer", peer_text);
     match warning {
         Some(Warning::Unanswered { reason, .. }) => w.quoted("reason", reason),
         Some(Warning::ScriptFailed(message)) => w.quoted("reason", message),
@@ -461,22 +475,15 @@ impl Written<'_> {
         }
     }
 
-    fn number(&mut self, name: &str, value: u64) {
-        self.name(name);
-        self.out
-            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
-    }
-
-    /// Text known to need no quoting or escaping (the client's address).
-    fn bytes(&mut self, name: &str, value: &[u8]) {
-        self.name(name);
-        match self.json {
-            true => {
-                self.out.push(b'"');
-                self.out.extend_from_slice(value);
-                self.out.push(b'"');
-            }
-            false => self.out.extend_from_slice(value),
+    /// The client's address (`-` when not known), as a field; quoted in JSON.
+    fn peer(&mut self, peer: Option<SocketAddr>) {
+        self.name("peer");
+        if self.json {
+            self.out.push(b'"');
+        }
+        write_peer(self.out, peer);
+        if self.json {
+            self.out.push(b'"');
         }
     }
 

@@ -18,7 +18,7 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tonic::metadata::MetadataMap;
@@ -240,8 +240,9 @@ impl Unwritten {
     /// cap `max`; what it counts against the journal's bytes.
     pub(super) fn encode(&self, replies: &[u8], max: usize, block: &mut Vec<u8>) -> usize {
         let unary = &self.unary;
+        // Made once: an empty map costs as much to make and drop as a small block to write.
+        static NO_TRAILERS: LazyLock<MetadataMap> = LazyLock::new(MetadataMap::new);
         let metadata = unary.handed_over().take();
-        let no_trailers = MetadataMap::new();
         let call = Unlisted {
             protocol: unary.seen.protocol,
             peer: unary.seen.peer,
@@ -254,7 +255,7 @@ impl Unwritten {
             message: self.message.clone().map(|m| Body::Bytes(&replies[m])),
             code: self.code,
             text: &self.text,
-            trailers: self.trailers.as_deref().unwrap_or(&no_trailers),
+            trailers: self.trailers.as_deref().unwrap_or(&NO_TRAILERS),
             elapsed: self.elapsed,
             max,
         };
