@@ -478,9 +478,7 @@ impl<'a> Body<'a> {
             Body::Decoded(message) => prost::Message::encoded_len(*message),
         }
     }
-}
 
-impl Body<'_> {
     /// Appends the message's bytes to `out`, encoding it if decoded.
     pub(super) fn append_to(&self, out: &mut Vec<u8>) {
         match self {
@@ -490,14 +488,10 @@ impl Body<'_> {
     }
 }
 
+/// `body` as [`put_bytes`] writes bytes: its length, then its bytes.
 fn put_body(out: &mut Vec<u8>, body: &Body<'_>) {
-    match body {
-        Body::Bytes(bytes) => put_bytes(out, bytes),
-        Body::Decoded(message) => {
-            out.put_u32_le(prost::Message::encoded_len(*message) as u32);
-            prost::Message::encode_raw(*message, out);
-        }
-    }
+    out.put_u32_le(body.size() as u32);
+    body.append_to(out);
 }
 
 /// The call a block holds, as a record of no journal (`None` for a block not made by [`encode`]).
