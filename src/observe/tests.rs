@@ -644,3 +644,80 @@ async fn a_unary_call_answered_at_once_reads_and_counts_as_its_record_would() {
         assert_eq!(read[0].0["droppedFrames"], dropped, "{:#}", read[0].0);
     }
 }
+
+#[tokio::test]
+async fn calls_kept_over_many_chunks_read_back_in_order_after_drops_and_a_reload() {
+    // Ended calls are kept in a ring of chunks (`journal::closed`), a block never split between
+    // two; the oldest are dropped by moving an offset and an emptied chunk is used again. Enough
+    // calls to fill a few dozen chunks and drop the first ones: every call kept reads back whole
+    // and in order, also once the methods' table has been compacted under them, and again after a
+    // reload has taken out the calls of the old protos, leaving those of the new ones in place.
+    let observer = observer(Caps {
+        max_calls: 2_000,
+        max_bytes: 1 << 30,
+    });
+    let reloaded = crate::protos::compile_texts(&[("o.proto", PROTO)]);
+    // A method of its own for each call (as if a reload came between each two): the table of the
+    // methods the blocks name is compacted every 64, the ring's first chunk part dropped.
+    let new_unary = || {
+        Arc::new(Method::new(
+            reloaded
+                .get_service_by_name("o.S")
+                .unwrap()
+                .methods()
+                .next()
+                .unwrap(),
+            "o.S/Unary".into(),
+            None,
+            Arc::from(std::path::Path::new(".")),
+        ))
+    };
+    let long = "x".repeat(300);
+    let one = |n: i32| {
+        let mut call = call(
+            if n % 7 == 0 { "Picky" } else { "Unary" },
+            Requests::One(Request::Encoded(req(&long, n))),
+            MetadataMap::new(),
+        );
+        if n >= 3_000 && n % 2 == 0 {
+            call.method = new_unary();
+        }
+        call
+    };
+    let read = |from: i32, to: i32| {
+        let ns: Vec<i32> = calls(observer)
+            .iter()
+            .map(|c| {
+                let n = c["frames"][0]["request"]["json"]["n"].as_i64().unwrap_or(0) as i32;
+                let (method, answered) = match n {
+                    n if n >= 3_000 && n % 2 == 0 => ("o.S/Unary", false),
+                    n if n % 7 == 0 => ("o.S/Picky", false),
+                    _ => ("o.S/Unary", true),
+                };
+                assert_eq!(c["method"], method, "{c:#}");
+                assert_eq!(c["frames"][0]["request"]["json"]["name"], long.as_str());
+                if answered {
+                    assert_eq!(c["frames"][1]["reply"]["json"]["n"], n, "{c:#}");
+                }
+                n
+            })
+            .collect();
+        assert_eq!(ns, (from..to).collect::<Vec<_>>());
+    };
+    for n in 0..3_000 {
+        run(one(n), seen(observer)).await;
+    }
+    let journal = observer.journal().unwrap();
+    read(1_000, 3_000);
+    assert_eq!(journal.dropped(), 1_000);
+    for n in 3_000..4_000 {
+        run(one(n), seen(observer)).await;
+    }
+    read(2_000, 4_000);
+    journal.settle(&reloaded);
+    read(2_000, 4_000);
+    for n in 4_000..4_500 {
+        run(one(n), seen(observer)).await;
+    }
+    read(2_500, 4_500);
+}

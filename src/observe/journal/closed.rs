@@ -12,6 +12,12 @@
 //!
 //! A block names its method by an index into a table of the methods (a block holds no `Arc`),
 //! written in its first four bytes so that the table can be compacted in place.
+//!
+//! The ring is a queue of chunks of about [`CHUNK`] bytes, a block never split between two. So a
+//! batch of unary calls is written straight where it stays ([`Closed::write`]), not made
+//! elsewhere and copied in (an ended record is still made outside the journal's lock and copied:
+//! [`Closed::push`]); and the oldest block is dropped by moving an offset. A chunk emptied is kept
+//! for the next one.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -33,10 +39,19 @@ use crate::observe::{Protocol, WallTime};
 /// compaction (handler reloads make new methods; the blocks of the old ones are dropped in time).
 const COMPACT_AFTER: usize = 64;
 
+/// A chunk of the ring's size. The next is begun when less than [`ROOM`] is left in the last, as
+/// a block's size is known only once written (a larger one makes its chunk larger).
+const CHUNK: usize = 64 << 10;
+const ROOM: usize = 4 << 10;
+
 #[derive(Default)]
 pub(super) struct Closed {
-    /// The blocks, oldest first, back to back.
-    bytes: VecDeque<u8>,
+    /// The blocks, oldest first, back to back in chunks (see the module's docs).
+    chunks: VecDeque<Vec<u8>>,
+    /// Where the oldest block starts in the first chunk.
+    start: usize,
+    /// The last chunk emptied, to be the next one begun.
+    spare: Option<Vec<u8>>,
     entries: VecDeque<Entry>,
     /// The methods the blocks name, by index.
     methods: Vec<Arc<Method>>,
@@ -72,21 +87,56 @@ impl Closed {
     }
 
     /// Appends `block` (made by [`encode`]) for call `id` of `method`.
-    pub(super) fn push(&mut self, id: u64, method: &Arc<Method>, block: &mut [u8], counted: usize) {
+    pub(super) fn push(&mut self, id: u64, method: &Arc<Method>, block: &[u8], counted: usize) {
+        self.write(id, method, |out| {
+            out.extend_from_slice(block);
+            counted
+        });
+    }
+
+    /// Appends the block `encode` writes at the end of the vector it is given (its first four
+    /// bytes left for the method's slot) for call `id` of `method`; `encode` returns what the call
+    /// counts against the byte cap.
+    pub(super) fn write(
+        &mut self,
+        id: u64,
+        method: &Arc<Method>,
+        encode: impl FnOnce(&mut Vec<u8>) -> usize,
+    ) {
         let slot = self.slot(method);
-        block[..4].copy_from_slice(&slot.to_le_bytes());
+        let out = self.tail();
+        let at = out.len();
+        let counted = encode(out);
+        out[at..at + 4].copy_from_slice(&slot.to_le_bytes());
         let entry = Entry {
             id,
-            len: block.len(),
+            len: out.len() - at,
             counted,
         };
-        self.append(entry, block);
+        self.entries.push_back(entry);
+        self.counted += counted;
     }
 
     fn append(&mut self, entry: Entry, block: &[u8]) {
-        self.bytes.extend(block.iter());
+        self.tail().extend_from_slice(block);
         self.entries.push_back(entry);
         self.counted += entry.counted;
+    }
+
+    /// The chunk the next block goes in.
+    fn tail(&mut self) -> &mut Vec<u8> {
+        if self
+            .chunks
+            .back()
+            .is_none_or(|chunk| chunk.len() + ROOM > CHUNK)
+        {
+            let chunk = self
+                .spare
+                .take()
+                .unwrap_or_else(|| Vec::with_capacity(CHUNK));
+            self.chunks.push_back(chunk);
+        }
+        self.chunks.back_mut().expect("a chunk was just put in")
     }
 
     fn slot(&mut self, method: &Arc<Method>) -> u32 {
@@ -112,7 +162,20 @@ impl Closed {
     /// Drops the oldest call.
     pub(super) fn pop_front(&mut self) -> Option<Entry> {
         let entry = self.entries.pop_front()?;
-        self.bytes.drain(..entry.len);
+        self.start += entry.len;
+        if self
+            .chunks
+            .front()
+            .is_some_and(|chunk| self.start >= chunk.len())
+        {
+            self.start = 0;
+            let mut chunk = self.chunks.pop_front().expect("the block was in it");
+            // One much larger than a chunk (it held a large block) is let go.
+            if chunk.capacity() <= 2 * CHUNK {
+                chunk.clear();
+                self.spare = Some(chunk);
+            }
+        }
         self.counted -= entry.counted;
         Some(entry)
     }
@@ -123,9 +186,12 @@ impl Closed {
 
     /// The blocks, copied out to be decoded without the journal's lock.
     pub(super) fn copy(&self) -> Copied {
-        let (front, back) = self.bytes.as_slices();
+        let mut bytes = Vec::with_capacity(self.chunks.iter().map(Vec::len).sum());
+        for (i, chunk) in self.chunks.iter().enumerate() {
+            bytes.extend_from_slice(&chunk[if i == 0 { self.start } else { 0 }..]);
+        }
         Copied {
-            bytes: [front, back].concat(),
+            bytes,
             entries: self.entries.iter().copied().collect(),
             methods: self.methods.clone(),
         }
@@ -165,10 +231,7 @@ impl Closed {
     /// Keeps only the methods some block names (and `keep` accepts), renumbering the blocks.
     fn compact(&mut self, keep: impl Fn(&Method) -> bool) {
         let mut used = vec![false; self.methods.len()];
-        let bytes = self.bytes.make_contiguous();
-        for start in starts(self.entries.iter()) {
-            used[slot_of(&bytes[start..]) as usize] = true;
-        }
+        self.each_block(|block| used[slot_of(block) as usize] = true);
         let mut renumbered = vec![u32::MAX; self.methods.len()];
         let mut methods = Vec::new();
         for (slot, method) in self.methods.iter().enumerate() {
@@ -177,11 +240,10 @@ impl Closed {
                 methods.push(method.clone());
             }
         }
-        for start in starts(self.entries.iter()) {
-            let block = &mut bytes[start..start + 4];
+        self.each_block(|block| {
             let slot = renumbered[slot_of(block) as usize];
-            block.copy_from_slice(&slot.to_le_bytes());
-        }
+            block[..4].copy_from_slice(&slot.to_le_bytes());
+        });
         self.index = methods
             .iter()
             .enumerate()
@@ -190,6 +252,19 @@ impl Closed {
         self.compacted = methods.len();
         self.methods = methods;
         self.last = None;
+    }
+
+    /// Calls `f` with each block, oldest first.
+    fn each_block(&mut self, mut f: impl FnMut(&mut [u8])) {
+        let mut entries = self.entries.iter();
+        for (i, chunk) in self.chunks.iter_mut().enumerate() {
+            let mut at = if i == 0 { self.start } else { 0 };
+            while at < chunk.len() {
+                let Some(entry) = entries.next() else { return };
+                f(&mut chunk[at..at + entry.len]);
+                at += entry.len;
+            }
+        }
     }
 }
 
@@ -246,7 +321,8 @@ const REQUEST: u8 = 0;
 const HEADERS: u8 = 1;
 const REPLY: u8 = 2;
 
-/// `record`'s call, ended, as a block (its first four bytes are left for [`Closed::push`]).
+/// `record`'s call, ended, as a block appended to `out` (its first four bytes are left for
+/// [`Closed::write`]).
 pub(super) fn encode(record: &Record, progress: &Progress, out: &mut Vec<u8>) {
     let flags = u8::from(progress.unmatched) * UNMATCHED
         | u8::from(progress.metadata.is_some()) * METADATA
@@ -303,8 +379,8 @@ pub(super) struct Unlisted<'a> {
     pub max: usize,
 }
 
-/// `call` as a block: the block [`encode`] makes of a record that saw the same, written straight
-/// from the call's parts; and the bytes it counts against the cap, as that record would.
+/// `call` as a block appended to `out`: the block [`encode`] makes of a record that saw the same,
+/// written straight from the call's parts; and the bytes it counts against the cap, as that record would.
 pub(super) fn encode_unlisted(call: &Unlisted<'_>, out: &mut Vec<u8>) -> usize {
     let flags =
         u8::from(call.unmatched) * UNMATCHED | u8::from(call.metadata.is_some()) * METADATA | END;
@@ -365,7 +441,7 @@ fn fits(bytes: &mut usize, dropped: &mut u64, size: usize, max: usize) -> bool {
     true
 }
 
-/// What every block starts with: the method's slot (left blank for [`Closed::push`]), the
+/// What every block starts with: the method's slot (left blank for [`Closed::write`]), the
 /// protocol, the flags, the start and the client's address.
 fn put_head(
     out: &mut Vec<u8>,
@@ -400,7 +476,6 @@ fn put_head(
             port + 2
         }
     };
-    out.clear();
     out.extend_from_slice(&head[..len]);
 }
 

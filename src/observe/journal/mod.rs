@@ -73,8 +73,6 @@ struct Calls {
     replies: Vec<u8>,
     /// What the unwritten calls hold ([`Unwritten::size`]).
     unwritten_bytes: usize,
-    /// Where a block is encoded before it is copied in (reused).
-    block: Vec<u8>,
 }
 
 impl Calls {
@@ -142,14 +140,17 @@ impl Journal {
             closed,
             unwritten,
             replies,
-            block,
             ..
         } = calls;
+        let mut counted = 0;
         for call in unwritten.drain(..) {
-            let counted = call.encode(replies, self.caps.max_bytes, block);
-            self.bytes.fetch_add(counted, Ordering::Relaxed);
-            closed.push(call.id(), call.method(), block, counted);
+            closed.write(call.id(), call.method(), |out| {
+                let bytes = call.encode(replies, self.caps.max_bytes, out);
+                counted += bytes;
+                bytes
+            });
         }
+        self.bytes.fetch_add(counted, Ordering::Relaxed);
         replies.clear();
         if replies.capacity() > MOST_UNWRITTEN_BYTES {
             replies.shrink_to(MOST_UNWRITTEN_BYTES);
@@ -184,7 +185,7 @@ impl Journal {
         &self,
         id: u64,
         method: &Arc<Method>,
-        block: &mut [u8],
+        block: &[u8],
         counted: usize,
         entered: bool,
         over: bool,
@@ -698,6 +699,7 @@ impl Record {
         let kept = !self.detached.load(Ordering::Relaxed);
         match (self.journal, &method) {
             (Some(journal), Some(method)) if kept => BLOCK.with_borrow_mut(|block| {
+                block.clear();
                 closed::encode(self, &progress, block);
                 let counted = progress.bytes + RECORD_OVERHEAD;
                 drop(progress);

@@ -236,9 +236,9 @@ impl Unwritten {
             + self.message.as_ref().map_or(0, |m| m.len())
     }
 
-    /// Writes the call into `block` (its reply's message being in `replies`), within the byte
-    /// cap `max`; what it counts against the journal's bytes.
-    pub(super) fn encode(&self, replies: &[u8], max: usize, block: &mut Vec<u8>) -> usize {
+    /// Writes the call's block at the end of `out` (its reply's message being in `replies`),
+    /// within the byte cap `max`; what it counts against the journal's bytes.
+    pub(super) fn encode(&self, replies: &[u8], max: usize, out: &mut Vec<u8>) -> usize {
         let unary = &self.unary;
         // Made once: an empty map costs as much to make and drop as a small block to write.
         static NO_TRAILERS: LazyLock<MetadataMap> = LazyLock::new(MetadataMap::new);
@@ -259,6 +259,6 @@ impl Unwritten {
             elapsed: self.elapsed,
             max,
         };
-        closed::encode_unlisted(&call, block) + RECORD_OVERHEAD
+        closed::encode_unlisted(&call, out) + RECORD_OVERHEAD
     }
 }
