@@ -380,7 +380,7 @@ async fn the_journal_keeps_large_requests_within_its_byte_cap() {
         peak < before + 100 + 8,
         "the server's peak RSS grew from {before} MiB to {peak} MiB"
     );
-    // Counted by Verify: listing calls of 4 MB is more than the admin API's replies may hold.
+    // The calls kept, as Verify counts them.
     let filter = serde_json::json!({ "filter": "method = \"t.Svc/Unary\"" }).to_string();
     let verified =
         http_client::post_json(s.addr, "/protodrop/admin/v1/calls:verify", &filter).await;

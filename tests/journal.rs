@@ -513,6 +513,54 @@ async fn clear_calls_empties_the_journal_and_method_and_limit_filter_it() {
 }
 
 #[tokio::test]
+async fn a_journal_larger_than_a_reply_may_be_is_listed_newest_first_saying_what_it_left_out() {
+    // A journal keeps calls of up to its byte cap (64 MiB), a reply is refused past
+    // --max-message-size: one call of 4 MB made the whole journal unreadable (ListCalls and
+    // Verify answered RESOURCE_EXHAUSTED). Here the limit is 64 KiB and each call ~50 KB listed.
+    let server = start_with(Options::default().arg("--max-message-size=64KiB"));
+    let grpc = client(&server).await;
+    let names: Vec<String> = ["a", "b", "c"].iter().map(|c| c.repeat(12_000)).collect();
+    for name in &names {
+        assert_eq!(grpc_text(&grpc, name).await, format!("hello {name}"));
+    }
+    // The newest whole; the older ones without their messages, their sizes said.
+    let check = |calls: &[Json]| {
+        assert_eq!(calls.len(), 3);
+        assert_eq!(requests(&calls[2])[0]["name"], names[2].as_str());
+        for call in &calls[..2] {
+            for frame in frames(call) {
+                let payload = frame.get("request").or(frame.get("reply")).unwrap();
+                assert!(payload.get("json").is_none(), "{payload}");
+                let size: usize = payload["omittedSize"].as_str().unwrap().parse().unwrap();
+                assert!((12_000..12_020).contains(&size), "{payload}");
+            }
+            assert_eq!(code_name(call), "OK");
+        }
+    };
+    check(&list_calls(server.addr, "").await);
+    let verified = verify(server.addr, "method = \"j.S/Unary\"", true).await;
+    let verified = verified.expect(200).json();
+    assert_eq!(verified["count"], "3");
+    check(verified["calls"].as_array().unwrap());
+    let admin = Client::connect(server.addr, admin_pool()).await;
+    let listed = admin.unary(LIST_CALLS, json!({})).await;
+    check(listed.single()["calls"].as_array().unwrap());
+    // More calls than fit even without their messages: the newest are listed, the rest counted.
+    for n in 0..400 {
+        grpc.unary("j.S/Unary", json!({ "name": format!("n{n}") }))
+            .await
+            .ok();
+    }
+    let reply = http_client::get(server.addr, CALLS).await;
+    let body = reply.expect(200).json();
+    let calls = body["calls"].as_array().unwrap();
+    let omitted = body["omitted"].as_u64().unwrap() as usize;
+    assert!(omitted > 0 && calls.len() > 100, "{omitted} left out");
+    assert_eq!(calls.len() + omitted, 403);
+    assert_eq!(requests(calls.last().unwrap())[0]["name"], "n399");
+}
+
+#[tokio::test]
 async fn verify_counts_what_the_client_did() {
     let server = start();
     let grpc = client(&server).await;

@@ -10,7 +10,9 @@
 //! built from proto3 JSON: the admin API is not a hot path, and the JSON is the contract.
 
 use futures::future::BoxFuture;
-use prost_reflect::{DynamicMessage, MessageDescriptor, MethodDescriptor, SerializeOptions};
+use prost_reflect::{
+    DynamicMessage, Kind, MessageDescriptor, MethodDescriptor, SerializeOptions, Value,
+};
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
@@ -46,17 +48,25 @@ pub(super) struct Call<'a> {
     pub metadata: MetadataMap,
     /// The reply's type, to build it with.
     pub output: &'a MessageDescriptor,
+    /// The most bytes the reply may encode to (`--max-message-size`).
+    pub limit: usize,
 }
 
 type Answer = Result<DynamicMessage, Status>;
 
 impl Native for AdminMethod {
-    fn answer(&self, request: DynamicMessage, metadata: MetadataMap) -> BoxFuture<'_, Answer> {
+    fn answer(
+        &self,
+        request: DynamicMessage,
+        metadata: MetadataMap,
+        limit: usize,
+    ) -> BoxFuture<'_, Answer> {
         let call = Call {
             context: &self.context,
             request,
             metadata,
             output: &self.output,
+            limit,
         };
         Box::pin(async move {
             match self.name.as_str() {
@@ -121,10 +131,8 @@ async fn list_calls(call: Call<'_>) -> Answer {
         .unwrap_or(0) as usize;
     let records = journal.list(method_of(&call.request).as_deref(), limit);
     let calls: Vec<serde_json::Value> = records.iter().map(|r| r.to_json()).collect();
-    from_json(
-        call.output,
-        serde_json::json!({ "calls": calls, "dropped": journal.dropped().to_string() }),
-    )
+    let dropped = journal.dropped().to_string();
+    with_calls(&call, serde_json::json!({ "dropped": dropped }), calls)
 }
 
 async fn clear_calls(call: Call<'_>) -> Answer {
@@ -180,14 +188,79 @@ async fn verify(call: Call<'_>) -> Answer {
             }
         }
     }
-    from_json(
-        call.output,
-        serde_json::json!({
-            "count": count.to_string(),
-            "calls": matched,
-            "dropped": journal.dropped().to_string(),
-        }),
-    )
+    let dropped = journal.dropped().to_string();
+    let reply = serde_json::json!({ "count": count.to_string(), "dropped": dropped });
+    with_calls(&call, reply, matched)
+}
+
+/// `reply` (proto3 JSON) with `calls` (oldest first) in its `calls` field: the newest of them
+/// that fit in the reply's size limit, each whole, or without its messages when only that fits
+/// (the first that fits neither way and every older one are counted in `omitted`). A journal
+/// keeps calls of up to 64 MiB, a reply is refused past 4 MiB by default: without this, one large
+/// call made the journal unreadable.
+fn with_calls(call: &Call<'_>, reply: serde_json::Value, calls: Vec<serde_json::Value>) -> Answer {
+    let mut reply = from_json(call.output, reply)?;
+    let field = call
+        .output
+        .get_field_by_name("calls")
+        .ok_or_else(|| Status::internal("the reply has no calls field"))?;
+    let Kind::Message(call_desc) = field.kind() else {
+        return Err(Status::internal("the reply's calls are not messages"));
+    };
+    // Room for the reply's other fields and for `omitted`.
+    let mut room = call
+        .limit
+        .saturating_sub(prost::Message::encoded_len(&reply) + 16);
+    let total = calls.len();
+    let mut kept = Vec::new();
+    for mut json in calls.into_iter().rev() {
+        let mut message = call_message(&call_desc, &json)?;
+        if entry_len(&message) > room {
+            without_messages(&mut json);
+            message = call_message(&call_desc, &json)?;
+        }
+        let size = entry_len(&message);
+        if size > room {
+            break;
+        }
+        room -= size;
+        kept.push(Value::Message(message));
+    }
+    let omitted = total - kept.len();
+    kept.reverse();
+    reply.set_field(&field, Value::List(kept));
+    if omitted > 0 {
+        reply.set_field_by_name("omitted", Value::U32(omitted as u32));
+    }
+    Ok(reply)
+}
+
+fn call_message(desc: &MessageDescriptor, json: &serde_json::Value) -> Answer {
+    DynamicMessage::deserialize(desc.clone(), json)
+        .map_err(|e| Status::internal(format!("cannot build the reply: {e}")))
+}
+
+/// What a message adds to a repeated field: a tag, its length and its bytes.
+fn entry_len(message: &DynamicMessage) -> usize {
+    let len = prost::Message::encoded_len(message);
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// Leaves out each message of a call (`json`, `binary`), giving its size (`omittedSize`).
+fn without_messages(call: &mut serde_json::Value) {
+    let Some(frames) = call["frames"].as_array_mut() else {
+        return;
+    };
+    for frame in frames {
+        for key in ["request", "reply"] {
+            if let Some(payload) = frame.get_mut(key) {
+                let binary = payload["binary"].as_str().unwrap_or_default();
+                let padding = binary.bytes().rev().take_while(|&b| b == b'=').count();
+                let size = binary.len() / 4 * 3 - padding;
+                *payload = serde_json::json!({ "omittedSize": size.to_string() });
+            }
+        }
+    }
 }
 
 // ---- rules ----

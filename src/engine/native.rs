@@ -19,13 +19,16 @@ use tonic::Status;
 use super::{End, Message, Method, Ready, Reply, Request, Requests};
 use crate::codec::decode_request;
 
-/// What answers a native method: one request in, one reply out (unary). Shared by every call of
-/// the method, so it is `Send + Sync`; the future may borrow it.
+/// What answers a native method: one request in, one reply out (unary), its reply within `limit`
+/// bytes encoded (`--max-message-size`: a larger one is refused as any call's is, so a native that
+/// can shorten its reply does). Shared by every call of the method, so it is `Send + Sync`; the
+/// future may borrow it.
 pub(crate) trait Native: Send + Sync + Debug {
     fn answer(
         &self,
         request: DynamicMessage,
         metadata: MetadataMap,
+        limit: usize,
     ) -> BoxFuture<'_, Result<DynamicMessage, Status>>;
 }
 
@@ -36,13 +39,14 @@ pub(super) async fn answer(
     native: &dyn Native,
     metadata: MetadataMap,
     requests: Requests,
+    limit: usize,
 ) -> Reply {
     let answered = async {
         let request = match requests.one().await? {
             Request::Encoded(bytes) => decode_request(&method.desc.input(), bytes)?,
             Request::Decoded(message) => message,
         };
-        native.answer(request, metadata).await
+        native.answer(request, metadata, limit).await
     };
     match answered.await {
         Ok(message) => Reply::Ready(Ready {

@@ -51,7 +51,7 @@ pub async fn answer(call: Call) -> Reply {
         if let Some(native) = &method.native {
             // Boxed: the call's own future stays the size the rules' path needs.
             return Box::pin(super::native::answer(
-                &method, &**native, metadata, requests,
+                &method, &**native, metadata, requests, limit,
             ))
             .await;
         }

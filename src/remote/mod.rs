@@ -119,7 +119,7 @@ pub(crate) fn calls(
     }
     let listing: show::Listing = answer.parse()?;
     show::calls(&listing.calls)?;
-    show::dropped(&listing.dropped);
+    show::notes(&listing);
     Ok(())
 }
 
@@ -157,7 +157,7 @@ pub(crate) fn verify(
     } else {
         show::line(&format!("{count} matching call(s)"))?;
         show::calls(&listing.calls)?;
-        show::dropped(&listing.dropped);
+        show::notes(&listing);
     }
     match expect {
         Some(expected) if expected != count => {

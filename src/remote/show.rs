@@ -41,6 +41,7 @@ pub(super) fn number(value: &Json) -> u64 {
 pub(super) struct Listing {
     pub(super) calls: Vec<CallLine>,
     pub(super) dropped: Json,
+    pub(super) omitted: Json,
     pub(super) count: Json,
 }
 
@@ -116,12 +117,19 @@ fn duration(text: &str) -> String {
     }
 }
 
-/// Says on stderr how many calls the journal dropped, when it did: a count may miss them.
-pub(super) fn dropped(answer: &Json) {
-    let dropped = number(&answer["dropped"]);
+/// Says on stderr how many calls the journal dropped, when it did (a count may miss them), and
+/// how many the answer left out to stay within the server's message size.
+pub(super) fn notes(listing: &Listing) {
+    let dropped = number(&listing.dropped);
     if dropped > 0 {
         eprintln!(
             "note: the journal dropped {dropped} older call(s) to stay within its caps (--journal-max-calls, --journal-max-bytes)"
+        );
+    }
+    let omitted = number(&listing.omitted);
+    if omitted > 0 {
+        eprintln!(
+            "note: {omitted} older call(s) left out of this answer to keep it within the server's --max-message-size (ask for fewer: --limit, --method)"
         );
     }
 }
