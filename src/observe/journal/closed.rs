@@ -14,10 +14,9 @@
 //! written in its first four bytes so that the table can be compacted in place.
 //!
 //! The ring is a queue of chunks of about [`CHUNK`] bytes, a block never split between two. So a
-//! batch of unary calls is written straight where it stays ([`Closed::write`]), not made
-//! elsewhere and copied in (an ended record is still made outside the journal's lock and copied:
-//! [`Closed::push`]); and the oldest block is dropped by moving an offset. A chunk emptied is kept
-//! for the next one.
+//! block is written straight where it stays ([`Closed::write`]), not made elsewhere and copied in
+//! (a batch of unary calls, and an ended record, whose frames are bytes already: one copy); and
+//! the oldest block is dropped by moving an offset. A chunk emptied is kept for the next one.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -31,7 +30,7 @@ use smallvec::SmallVec;
 use tonic::metadata::MetadataMap;
 use tonic::Code;
 
-use super::{Ended, Frame, FrameKind, Packed, Payload, Progress, Record, FRAME_OVERHEAD};
+use super::{Ended, Frames, Packed, Progress, Record, FRAME_OVERHEAD};
 use crate::engine::{Message, Method, Request};
 use crate::observe::{Protocol, WallTime};
 
@@ -84,14 +83,6 @@ impl Closed {
 
     pub(super) fn front(&self) -> Option<Entry> {
         self.entries.front().copied()
-    }
-
-    /// Appends `block` (made by [`encode`]) for call `id` of `method`.
-    pub(super) fn push(&mut self, id: u64, method: &Arc<Method>, block: &[u8], counted: usize) {
-        self.write(id, method, |out| {
-            out.extend_from_slice(block);
-            counted
-        });
     }
 
     /// Appends the block `encode` writes at the end of the vector it is given (its first four
@@ -334,24 +325,8 @@ pub(super) fn encode(record: &Record, progress: &Progress, out: &mut Vec<u8>) {
         put_bytes(out, &metadata.0);
     }
     put_rules(out, &progress.rules);
-    out.put_u32_le(progress.frames.len() as u32);
-    for frame in &progress.frames {
-        match &frame.kind {
-            FrameKind::Request(payload) => {
-                put_frame_head(out, frame.at, REQUEST);
-                put_body(out, &Body::of_payload(payload));
-            }
-            FrameKind::Headers(headers) => {
-                put_frame_head(out, frame.at, HEADERS);
-                put_bytes(out, &headers.0);
-            }
-            FrameKind::Reply(payload, rule) => {
-                put_frame_head(out, frame.at, REPLY);
-                put_body(out, &Body::of_payload(payload));
-                put_rule(out, *rule);
-            }
-        }
-    }
+    out.put_u32_le(progress.frames.count);
+    out.extend_from_slice(&progress.frames.bytes);
     if let Some(end) = &progress.end {
         put_status(out, end.code, &end.message);
         put_bytes(out, &end.trailers.0);
@@ -400,23 +375,19 @@ pub(super) fn encode_unlisted(call: &Unlisted<'_>, out: &mut Vec<u8>) -> usize {
     out.put_u32_le(0);
     let mut frames = 0u32;
     if let Some(body) = request {
-        put_frame_head(out, Duration::ZERO, REQUEST);
-        put_body(out, &body);
+        put_request(out, Duration::ZERO, &body);
         frames += 1;
     }
     if let Some(headers) = call.headers {
         let size = Packed::len_of(headers);
         if fits(&mut bytes, &mut dropped, size, call.max) {
-            put_frame_head(out, call.elapsed, HEADERS);
-            put_metadata(out, headers);
+            put_headers(out, call.elapsed, headers);
             frames += 1;
         }
     }
     if let Some(body) = &call.message {
         if fits(&mut bytes, &mut dropped, body.size(), call.max) {
-            put_frame_head(out, call.elapsed, REPLY);
-            put_body(out, &body);
-            put_rule(out, call.rule);
+            put_reply(out, call.elapsed, body, call.rule);
             frames += 1;
         }
     }
@@ -491,8 +462,67 @@ fn put_frame_head(out: &mut Vec<u8>, at: Duration, kind: u8) {
     out.put_u8(kind);
 }
 
-fn put_rule(out: &mut Vec<u8>, rule: Option<usize>) {
+/// A request message at `at` since the call started, as a frame.
+pub(super) fn put_request(out: &mut Vec<u8>, at: Duration, body: &Body<'_>) {
+    put_message(out, at, REQUEST, body);
+}
+
+/// A frame's time and kind and a message's length, made on the stack and appended at once (a
+/// stream writes one a message), then the message.
+fn put_message(out: &mut Vec<u8>, at: Duration, kind: u8, body: &Body<'_>) {
+    let mut head = [0; 8 + 1 + 4];
+    head[..8].copy_from_slice(&(at.as_nanos() as u64).to_le_bytes());
+    head[8] = kind;
+    head[9..].copy_from_slice(&(body.size() as u32).to_le_bytes());
+    out.extend_from_slice(&head);
+    body.append_to(out);
+}
+
+/// Reply headers, packed, as a frame.
+pub(super) fn put_headers(out: &mut Vec<u8>, at: Duration, headers: &MetadataMap) {
+    put_frame_head(out, at, HEADERS);
+    put_metadata(out, headers);
+}
+
+/// A reply message and the rule that wrote it, as a frame.
+pub(super) fn put_reply(out: &mut Vec<u8>, at: Duration, body: &Body<'_>, rule: Option<usize>) {
+    put_message(out, at, REPLY, body);
     out.put_u32_le(rule.map_or(u32::MAX, |r| r as u32));
+}
+
+/// One frame as read back.
+pub(super) struct Frame<'a> {
+    /// Since the call started.
+    pub(super) at: Duration,
+    pub(super) event: Event<'a>,
+}
+
+pub(super) enum Event<'a> {
+    /// A request message's bytes.
+    Request(&'a [u8]),
+    /// Reply headers, packed.
+    Headers(&'a [u8]),
+    /// A reply message's bytes and the rule that wrote it.
+    Reply(&'a [u8], Option<usize>),
+}
+
+/// The frames written back to back in `bytes`.
+pub(super) fn frames(mut bytes: &[u8]) -> impl Iterator<Item = Frame<'_>> {
+    std::iter::from_fn(move || take_frame(&mut bytes))
+}
+
+fn take_frame<'a>(buf: &mut &'a [u8]) -> Option<Frame<'a>> {
+    let at = Duration::from_nanos(take_u64(buf)?);
+    let event = match take_u8(buf)? {
+        REQUEST => Event::Request(take_bytes(buf)?),
+        HEADERS => Event::Headers(take_bytes(buf)?),
+        _ => {
+            let bytes = take_bytes(buf)?;
+            let rule = take_u32(buf)?;
+            Event::Reply(bytes, (rule != u32::MAX).then_some(rule as usize))
+        }
+    };
+    Some(Frame { at, event })
 }
 
 /// The end's code and message (its trailers and time follow).
@@ -538,14 +568,6 @@ impl<'a> Body<'a> {
         }
     }
 
-    pub(super) fn of_payload(payload: &'a Payload) -> Body<'a> {
-        match (payload.encoded(), payload) {
-            (Some(bytes), _) => Body::Bytes(bytes),
-            (None, Payload::Decoded(message)) => Body::Decoded(message),
-            (None, _) => Body::Bytes(&[]),
-        }
-    }
-
     /// Its size, as counted against the journal's byte cap.
     pub(super) fn size(&self) -> usize {
         match self {
@@ -561,12 +583,6 @@ impl<'a> Body<'a> {
             Body::Decoded(message) => prost::Message::encode_raw(*message, out),
         }
     }
-}
-
-/// `body` as [`put_bytes`] writes bytes: its length, then its bytes.
-fn put_body(out: &mut Vec<u8>, body: &Body<'_>) {
-    out.put_u32_le(body.size() as u32);
-    body.append_to(out);
 }
 
 /// The call a block holds, as a record of no journal (`None` for a block not made by [`encode`]).
@@ -608,20 +624,15 @@ fn decode(id: u64, block: &[u8], methods: &[Arc<Method>]) -> Option<Record> {
     for _ in 0..take_u32(&mut buf)? {
         rules.push(take_u32(&mut buf)? as usize);
     }
-    let mut frames = SmallVec::new();
-    for _ in 0..take_u32(&mut buf)? {
-        let at = Duration::from_nanos(take_u64(&mut buf)?);
-        let kind = match take_u8(&mut buf)? {
-            REQUEST => FrameKind::Request(Payload::copied(take_bytes(&mut buf)?)),
-            HEADERS => FrameKind::Headers(Packed(take_bytes(&mut buf)?.to_vec())),
-            _ => {
-                let payload = Payload::copied(take_bytes(&mut buf)?);
-                let rule = take_u32(&mut buf)?;
-                FrameKind::Reply(payload, (rule != u32::MAX).then_some(rule as usize))
-            }
-        };
-        frames.push(Frame { at, kind });
+    let count = take_u32(&mut buf)?;
+    let start = buf;
+    for _ in 0..count {
+        take_frame(&mut buf)?;
     }
+    let frames = Frames {
+        bytes: start[..start.len() - buf.len()].to_vec(),
+        count,
+    };
     let end = if flags & END != 0 {
         let code = Code::from_i32(take_u32(&mut buf)? as i32);
         let message = String::from_utf8_lossy(take_bytes(&mut buf)?).into_owned();

@@ -15,7 +15,6 @@
 mod closed;
 mod unary;
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,6 +30,7 @@ use tonic::Code;
 
 use super::{log, Protocol, Seen, WallTime};
 use crate::engine::{self, End, Message, Method, Request, Requests, Watch};
+use closed::{Body, Event};
 pub(crate) use unary::Unary;
 use unary::Unwritten;
 
@@ -177,26 +177,28 @@ impl Journal {
         self.trim(&mut calls);
     }
 
-    /// Call `id` of `method` ended: its record, encoded as `block`, is kept in that form. Unless
-    /// `entered`, it enters the journal so, its bytes (`counted`) counted now; else it was listed
-    /// as a record, unless it left the journal meanwhile (then it stays out). `over`: its last
-    /// frames put the journal over its cap.
-    fn close(
-        &self,
-        id: u64,
-        method: &Arc<Method>,
-        block: &[u8],
-        counted: usize,
-        entered: bool,
-        over: bool,
-    ) {
+    /// `record`'s call (of `method`) ended: it is kept encoded from now on, its block written
+    /// straight into the ring. Unless `entered`, it enters the journal so, its bytes counted now;
+    /// else it was listed as a record, unless it left the journal meanwhile (then it stays out) or
+    /// a reload settled it (then it stays a record, as JSON). `over`: its last frames put the
+    /// journal over its cap. Its frames are bytes already: encoding it is mostly one copy, made
+    /// with the list locked, and then the record's lock — in the order every trim takes them.
+    fn close(&self, record: &Record, method: &Arc<Method>, entered: bool, over: bool) {
         let mut calls = self.calls();
-        if !entered {
-            self.bytes.fetch_add(counted, Ordering::Relaxed);
+        let progress = record.progress();
+        if progress.method.is_some() {
+            let counted = progress.bytes + RECORD_OVERHEAD;
+            if !entered {
+                self.bytes.fetch_add(counted, Ordering::Relaxed);
+            }
+            if !entered || calls.live.remove(&record.id).is_some() {
+                calls.closed.write(record.id, method, |out| {
+                    closed::encode(record, &progress, out);
+                    counted
+                });
+            }
         }
-        if !entered || calls.live.remove(&id).is_some() {
-            calls.closed.push(id, method, block, counted);
-        }
+        drop(progress);
         if over || !entered {
             self.trim(&mut calls);
         }
@@ -332,8 +334,7 @@ struct Progress {
     /// The record as JSON, once settled: its method's protos were replaced by a reload, and the
     /// record no longer holds them (see [`Journal::settle`]).
     settled: Option<Box<Settled>>,
-    /// Inline for a unary call's request and reply: a record is one allocation.
-    frames: SmallVec<[Frame; 2]>,
+    frames: Frames,
     /// Indices of the rules that answered, in the order they first did.
     rules: SmallVec<[usize; 2]>,
     /// The rule answering now: the replies that follow are its.
@@ -350,110 +351,40 @@ struct Settled {
     json: Value,
 }
 
-struct Frame {
-    at: Duration,
-    kind: FrameKind,
+/// The frames so far, back to back as a block holds them (`closed::put_request` and its kin): a
+/// message is copied once, where it stays until the call ends, when the frames are copied into its
+/// block whole — not kept frame by frame and encoded one by one then.
+#[derive(Default)]
+struct Frames {
+    bytes: Vec<u8>,
+    count: u32,
 }
 
-impl Frame {
-    fn size(&self) -> usize {
-        FRAME_OVERHEAD
-            + match &self.kind {
-                FrameKind::Request(p) | FrameKind::Reply(p, _) => p.size(),
-                FrameKind::Headers(h) => h.size(),
-            }
+impl Frames {
+    fn iter(&self) -> impl Iterator<Item = closed::Frame<'_>> {
+        closed::frames(&self.bytes)
+    }
+
+    /// The request messages' bytes, in order.
+    fn requests(&self) -> impl Iterator<Item = &[u8]> {
+        self.iter().filter_map(|frame| match frame.event {
+            Event::Request(bytes) => Some(bytes),
+            _ => None,
+        })
     }
 }
 
-enum FrameKind {
-    Request(Payload),
-    Headers(Packed),
-    Reply(Payload, Option<usize>),
-}
-
-/// A message as it passed: bytes when the protocol had bytes (a small message's inside the
-/// record, which then needs no allocation of its own), else the decoded message.
-enum Payload {
-    Small(u8, [u8; SMALL]),
-    Bytes(Bytes),
-    Decoded(DynamicMessage),
-}
-
-/// The most bytes a message may have to be kept inside its frame (no larger than the other forms).
-const SMALL: usize = 32;
-
-impl Payload {
-    fn of_request(request: &Request) -> Payload {
-        match request {
-            // Copied: the request's bytes may be a slice of the connection's read buffer, which
-            // a shared reference would keep whole, beyond what the byte cap counts.
-            Request::Encoded(bytes) => Payload::copied(bytes),
-            Request::Decoded(message) => Payload::Decoded(message.clone()),
-        }
-    }
-
-    fn of_reply(message: &Message) -> Payload {
-        match message {
-            Message::Encoded(bytes) if bytes.len() > SMALL => Payload::Bytes(bytes.clone()),
-            Message::Encoded(bytes) => Payload::copied(bytes),
-            Message::Reserved(buf, reserve) => Payload::copied(&buf[*reserve..]),
-            Message::Decoded(message) => Payload::Decoded(message.clone()),
-        }
-    }
-
-    fn copied(bytes: &[u8]) -> Payload {
-        if bytes.len() <= SMALL {
-            let mut small = [0; SMALL];
-            small[..bytes.len()].copy_from_slice(bytes);
-            Payload::Small(bytes.len() as u8, small)
-        } else {
-            Payload::Bytes(Bytes::copy_from_slice(bytes))
-        }
-    }
-
-    /// The message's bytes, when it was kept as bytes.
-    fn encoded(&self) -> Option<&[u8]> {
-        match self {
-            Payload::Small(len, small) => Some(&small[..usize::from(*len)]),
-            Payload::Bytes(bytes) => Some(bytes),
-            Payload::Decoded(_) => None,
-        }
-    }
-
-    fn size(&self) -> usize {
-        closed::Body::of_payload(self).size()
-    }
-
-    /// `{ json, binary }` as `protodrop.admin.v1.Payload` in proto3 JSON.
-    fn to_json(&self, desc: &MessageDescriptor) -> Value {
-        use base64::Engine as _;
-        let bytes = self.bytes();
-        let json = self
-            .decoded(desc)
-            .and_then(|m| {
-                m.serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
-                    .ok()
-            })
-            .unwrap_or(Value::Null);
-        json!({ "json": json, "binary": base64::engine::general_purpose::STANDARD.encode(bytes) })
-    }
-
-    fn decoded(&self, desc: &MessageDescriptor) -> Option<DynamicMessage> {
-        match (self.encoded(), self) {
-            (Some(bytes), _) => DynamicMessage::decode(desc.clone(), bytes).ok(),
-            (None, Payload::Decoded(message)) => Some(message.clone()),
-            (None, _) => None,
-        }
-    }
-
-    /// The message's bytes, whatever form it was kept in (a decoded one is encoded for this).
-    fn bytes(&self) -> Bytes {
-        match self {
-            Payload::Small(..) => Bytes::copy_from_slice(self.encoded().unwrap_or_default()),
-            Payload::Bytes(bytes) => bytes.clone(),
-            Payload::Decoded(message) => prost::Message::encode_to_vec(message).into(),
-        }
-    }
+/// `{ json, binary }` as `protodrop.admin.v1.Payload` in proto3 JSON: `bytes` read as `desc`.
+fn payload_json(bytes: &[u8], desc: &MessageDescriptor) -> Value {
+    use base64::Engine as _;
+    let json = DynamicMessage::decode(desc.clone(), bytes)
+        .ok()
+        .and_then(|m| {
+            m.serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
+                .ok()
+        })
+        .unwrap_or(Value::Null);
+    json!({ "json": json, "binary": base64::engine::general_purpose::STANDARD.encode(bytes) })
 }
 
 struct Ended {
@@ -552,18 +483,23 @@ impl Record {
         }
     }
 
-    /// Adds a frame, within the journal's byte cap.
-    fn push(&self, kind: FrameKind, size: usize, at: Duration) {
+    /// Adds the frame `write` writes (of `size` payload bytes), within the journal's byte cap.
+    fn push(&self, size: usize, write: impl FnOnce(&mut Vec<u8>)) {
         if self.journal.is_some() {
             let mut progress = self.progress();
-            let over = self.push_to(&mut progress, kind, size, at);
+            let over = self.push_to(&mut progress, size, write);
             drop(progress);
             self.trim_if(over);
         }
     }
 
     /// [`Record::push`] with the record locked; whether the journal is now over its byte cap.
-    fn push_to(&self, progress: &mut Progress, kind: FrameKind, size: usize, at: Duration) -> bool {
+    fn push_to(
+        &self,
+        progress: &mut Progress,
+        size: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> bool {
         let Some(journal) = self.journal else {
             return false;
         };
@@ -577,7 +513,8 @@ impl Record {
             progress.dropped_frames += 1;
             return false;
         }
-        progress.frames.push(Frame { at, kind });
+        write(&mut progress.frames.bytes);
+        progress.frames.count += 1;
         self.grow(progress, size)
     }
 
@@ -589,18 +526,19 @@ impl Record {
         match requests {
             Requests::One(request) => {
                 // Read with the call's start.
-                let payload = Payload::of_request(&request);
-                let size = payload.size();
-                self.push(FrameKind::Request(payload), size, Duration::ZERO);
+                let body = Body::of_request(&request);
+                self.push(body.size(), |out| {
+                    closed::put_request(out, Duration::ZERO, &body)
+                });
                 Requests::One(request)
             }
             Requests::Stream(stream) => {
                 let record = self.clone();
                 Requests::Stream(Box::pin(stream.inspect(move |request| {
                     if let Ok(request) = request {
-                        let payload = Payload::of_request(request);
-                        let size = payload.size();
-                        record.push(FrameKind::Request(payload), size, record.clock.elapsed());
+                        let at = record.clock.elapsed();
+                        let body = Body::of_request(request);
+                        record.push(body.size(), |out| closed::put_request(out, at, &body));
                     }
                 })))
             }
@@ -615,15 +553,17 @@ impl Record {
         let mut over = false;
         if self.journal.is_some() {
             if !ready.headers.is_empty() {
-                let headers = Packed::of(&ready.headers);
-                let size = headers.size();
-                over |= self.push_to(&mut progress, FrameKind::Headers(headers), size, at);
+                let size = Packed::len_of(&ready.headers);
+                over |= self.push_to(&mut progress, size, |out| {
+                    closed::put_headers(out, at, &ready.headers)
+                });
             }
             if let Some(message) = &ready.message {
-                let payload = Payload::of_reply(message);
-                let size = payload.size();
-                let frame = FrameKind::Reply(payload, progress.current);
-                over |= self.push_to(&mut progress, frame, size, at);
+                let body = Body::of_reply(message);
+                let rule = progress.current;
+                over |= self.push_to(&mut progress, body.size(), |out| {
+                    closed::put_reply(out, at, &body, rule)
+                });
             }
         }
         let end = &ready.end;
@@ -633,20 +573,21 @@ impl Record {
 
     pub(super) fn headers(&self, headers: &MetadataMap) {
         if self.journal.is_some() && !headers.is_empty() {
-            let headers = Packed::of(headers);
-            let size = headers.size();
-            self.push(FrameKind::Headers(headers), size, self.clock.elapsed());
+            let at = self.clock.elapsed();
+            let size = Packed::len_of(headers);
+            self.push(size, |out| closed::put_headers(out, at, headers));
         }
     }
 
     pub(super) fn reply(&self, message: &Message) {
         if self.journal.is_some() {
             let at = self.clock.elapsed();
-            let payload = Payload::of_reply(message);
-            let size = payload.size();
+            let body = Body::of_reply(message);
             let mut progress = self.progress();
-            let frame = FrameKind::Reply(payload, progress.current);
-            let over = self.push_to(&mut progress, frame, size, at);
+            let rule = progress.current;
+            let over = self.push_to(&mut progress, body.size(), |out| {
+                closed::put_reply(out, at, &body, rule)
+            });
             drop(progress);
             self.trim_if(over);
         }
@@ -698,13 +639,11 @@ impl Record {
         let entered = self.entered.swap(true, Ordering::Relaxed);
         let kept = !self.detached.load(Ordering::Relaxed);
         match (self.journal, &method) {
-            (Some(journal), Some(method)) if kept => BLOCK.with_borrow_mut(|block| {
-                block.clear();
-                closed::encode(self, &progress, block);
-                let counted = progress.bytes + RECORD_OVERHEAD;
+            (Some(journal), Some(method)) if kept => {
+                // Let go first: the journal's lock is taken before a record's.
                 drop(progress);
-                journal.close(self.id, method, block, counted, entered, over);
-            }),
+                journal.close(self, method, entered, over);
+            }
             _ => {
                 drop(progress);
                 self.trim_if(over);
@@ -752,16 +691,16 @@ impl Record {
             .iter()
             .map(|frame| {
                 let at = duration_json(frame.at);
-                match &frame.kind {
-                    FrameKind::Request(payload) => {
-                        json!({ "at": at, "request": payload.to_json(&input) })
+                match frame.event {
+                    Event::Request(bytes) => {
+                        json!({ "at": at, "request": payload_json(bytes, &input) })
                     }
-                    FrameKind::Headers(headers) => {
-                        json!({ "at": at, "replyHeaders": { "metadata": metadata_json(&headers.unpack()) } })
+                    Event::Headers(packed) => {
+                        json!({ "at": at, "replyHeaders": { "metadata": metadata_json(&Packed::unpack_from(packed)) } })
                     }
-                    FrameKind::Reply(payload, rule) => {
+                    Event::Reply(bytes, rule) => {
                         let rule = rule.map(|i| method.rule_origin(i)).unwrap_or_default();
-                        json!({ "at": at, "reply": payload.to_json(&output), "rule": rule })
+                        json!({ "at": at, "reply": payload_json(bytes, &output), "rule": rule })
                     }
                 }
             })
@@ -799,10 +738,11 @@ impl Record {
             return Vec::new();
         };
         let input = method.desc.input();
-        let request = progress.frames.iter().rev().find_map(|f| match &f.kind {
-            FrameKind::Request(payload) => payload.decoded(&input),
-            _ => None,
-        });
+        let request = progress
+            .frames
+            .requests()
+            .last()
+            .and_then(|bytes| DynamicMessage::decode(input, bytes).ok());
         let metadata = progress
             .metadata
             .as_ref()
@@ -832,11 +772,8 @@ impl Record {
     pub(crate) fn request_bytes(&self) -> Vec<Bytes> {
         self.progress()
             .frames
-            .iter()
-            .filter_map(|f| match &f.kind {
-                FrameKind::Request(payload) => Some(payload.bytes()),
-                _ => None,
-            })
+            .requests()
+            .map(Bytes::copy_from_slice)
             .collect()
     }
 
@@ -855,12 +792,18 @@ impl Record {
             return;
         };
         let json = self.render(&progress, &method);
-        progress
-            .frames
-            .retain(|f| matches!(f.kind, FrameKind::Request(_)));
-        progress.frames.shrink_to_fit();
+        let mut requests = Frames::default();
+        let mut requests_size = 0;
+        for frame in progress.frames.iter() {
+            if let Event::Request(bytes) = frame.event {
+                closed::put_request(&mut requests.bytes, frame.at, &Body::Bytes(bytes));
+                requests.count += 1;
+                requests_size += bytes.len() + FRAME_OVERHEAD;
+            }
+        }
+        progress.frames = requests;
         let size = json.to_string().len()
-            + progress.frames.iter().map(|f| f.size()).sum::<usize>()
+            + requests_size
             + progress.metadata.as_ref().map_or(0, Packed::size);
         let before = progress.bytes;
         progress.settled = Some(Box::new(Settled {
@@ -937,12 +880,6 @@ fn shared(request: &Request) -> Request {
     }
 }
 
-thread_local! {
-    /// Where an ended call is encoded before it is copied into the journal (reused: it stays in
-    /// the processor's caches).
-    static BLOCK: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
 fn duration_json(d: Duration) -> Value {
     Value::String(format!("{}.{:09}s", d.as_secs(), d.subsec_nanos()))
 }
@@ -990,8 +927,13 @@ impl Packed {
     }
 
     fn unpack(&self) -> MetadataMap {
+        Packed::unpack_from(&self.0)
+    }
+
+    /// Metadata packed as [`Packed::pack`] writes it, unpacked.
+    fn unpack_from(packed: &[u8]) -> MetadataMap {
         let mut headers = http::HeaderMap::new();
-        let mut rest = &self.0[..];
+        let mut rest = packed;
         while let Some((name, after)) = Packed::field(rest, 2) {
             let Some((value, after)) = Packed::field(after, 4) else {
                 break;
