@@ -654,6 +654,7 @@ fn decode(id: u64, block: &[u8], methods: &[Arc<Method>]) -> Option<Record> {
         deadline: None,
         started,
         clock: Instant::now(),
+        counter: (super::COUNTER.now(), Duration::ZERO),
         journal: None,
         entered: AtomicBool::new(true),
         detached: AtomicBool::new(true),
