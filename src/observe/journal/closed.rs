@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -654,6 +654,7 @@ fn decode(id: u64, block: &[u8], methods: &[Arc<Method>]) -> Option<Record> {
         deadline: None,
         started,
         clock: Instant::now(),
+        current: AtomicUsize::new(super::NO_RULE),
         counter: (super::COUNTER.now(), Duration::ZERO),
         journal: None,
         entered: AtomicBool::new(true),
@@ -665,7 +666,6 @@ fn decode(id: u64, block: &[u8], methods: &[Arc<Method>]) -> Option<Record> {
             settled: None,
             frames,
             rules,
-            current: None,
             unmatched: flags & UNMATCHED != 0,
             end,
             bytes,

@@ -39,6 +39,9 @@ use unary::Unwritten;
 /// each frame took a bidi call with the journal a tenth of its time, the counter a few nanoseconds.
 static COUNTER: LazyLock<quanta::Clock> = LazyLock::new(quanta::Clock::new);
 
+/// [`Record::current`] before any rule answered.
+const NO_RULE: usize = usize::MAX;
+
 /// Rough bookkeeping cost of a record and of a frame beyond their payload, so that many empty
 /// messages still count against the byte cap.
 const RECORD_OVERHEAD: usize = 256;
@@ -318,6 +321,9 @@ pub(crate) struct Record {
     deadline: Option<Instant>,
     started: WallTime,
     clock: Instant,
+    /// The rule answering now, the replies that follow being its (`NO_RULE` before any): told by
+    /// the engine before the reply it writes, in the call's task.
+    current: AtomicUsize,
     /// The processor's counter when the record was made, and the call's time then: what the
     /// times of its frames as they pass are reckoned from ([`COUNTER`]).
     counter: (quanta::Instant, Duration),
@@ -347,8 +353,6 @@ struct Progress {
     frames: Frames,
     /// Indices of the rules that answered, in the order they first did.
     rules: SmallVec<[usize; 2]>,
-    /// The rule answering now: the replies that follow are its.
-    current: Option<usize>,
     unmatched: bool,
     end: Option<Ended>,
     /// Payload and metadata bytes recorded.
@@ -443,6 +447,7 @@ impl Record {
             deadline: seen.deadline,
             started,
             clock,
+            current: AtomicUsize::new(NO_RULE),
             counter: (COUNTER.now(), clock.elapsed()),
             journal,
             detached: AtomicBool::new(false),
@@ -453,6 +458,10 @@ impl Record {
                 ..Progress::default()
             }),
         })
+    }
+
+    fn current(&self) -> Option<usize> {
+        Some(self.current.load(Ordering::Relaxed)).filter(|&rule| rule != NO_RULE)
     }
 
     /// The time of a frame passing now, since the call started.
@@ -577,7 +586,7 @@ impl Record {
             }
             if let Some(message) = &ready.message {
                 let body = Body::of_reply(message);
-                let rule = progress.current;
+                let rule = self.current();
                 over |= self.push_to(&mut progress, body.size(), |out| {
                     closed::put_reply(out, at, &body, rule)
                 });
@@ -601,7 +610,7 @@ impl Record {
             let at = self.frame_at();
             let body = Body::of_reply(message);
             let mut progress = self.progress();
-            let rule = progress.current;
+            let rule = self.current();
             let over = self.push_to(&mut progress, body.size(), |out| {
                 closed::put_reply(out, at, &body, rule)
             });
@@ -859,10 +868,12 @@ impl Record {
 
 impl Watch for Record {
     fn rule(&self, index: usize) {
-        let mut progress = self.progress();
-        progress.current = Some(index);
-        if !progress.rules.contains(&index) {
-            progress.rules.push(index);
+        // The same rule again (each message of a stream, most often): nothing to lock for.
+        if self.current.swap(index, Ordering::Relaxed) != index {
+            let mut progress = self.progress();
+            if !progress.rules.contains(&index) {
+                progress.rules.push(index);
+            }
         }
     }
 
