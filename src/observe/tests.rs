@@ -721,3 +721,43 @@ async fn calls_kept_over_many_chunks_read_back_in_order_after_drops_and_a_reload
     }
     read(2_500, 4_500);
 }
+
+#[tokio::test]
+async fn a_streams_frames_are_timed_as_they_pass_within_the_calls_duration() {
+    // A stream's frames are timed by the processor's counter (`journal::COUNTER`), its end by the
+    // system's clock: each frame's time is when it passed, in order, and none after the end.
+    let observer = observer(ROOMY);
+    let gap = std::time::Duration::from_millis(30);
+    let requests = futures::stream::unfold(0, move |n| async move {
+        if n == 3 {
+            return None;
+        }
+        tokio::time::sleep(gap).await;
+        Some((Ok(Request::Encoded(req("x", n + 1))), n + 1))
+    });
+    let requests = Requests::Stream(Box::pin(requests));
+    let chat = call("Chat", requests, MetadataMap::new());
+    assert_eq!(run(chat, seen(observer)).await, 3);
+    let calls = calls(observer);
+    let seconds = |v: &Value| -> f64 {
+        let text = v.as_str().unwrap();
+        text.strip_suffix('s').unwrap().parse().unwrap()
+    };
+    let times: Vec<f64> = calls[0]["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| seconds(&f["at"]))
+        .collect();
+    assert_eq!(times.len(), 6, "{:#}", calls[0]);
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    for (k, pair) in times.chunks(2).enumerate() {
+        // The k-th request came after k + 1 gaps (its reply follows it, as checked above).
+        assert!(pair[0] >= gap.as_secs_f64() * (k + 1) as f64, "{times:?}");
+    }
+    assert!(
+        times[5] <= seconds(&calls[0]["duration"]) + 1e-3,
+        "{:#}",
+        calls[0]
+    );
+}
