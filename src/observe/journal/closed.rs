@@ -318,9 +318,15 @@ pub(super) fn encode(record: &Record, progress: &Progress, out: &mut Vec<u8>) {
     let flags = u8::from(progress.unmatched) * UNMATCHED
         | u8::from(progress.metadata.is_some()) * METADATA
         | u8::from(progress.end.is_some()) * END;
-    put_head(out, record.protocol, flags, record.started, record.peer);
-    out.put_u64_le(progress.bytes as u64);
-    out.put_u64_le(progress.dropped_frames);
+    let counts = [progress.bytes as u64, progress.dropped_frames];
+    put_head(
+        out,
+        record.protocol,
+        flags,
+        record.started,
+        record.peer,
+        counts,
+    );
     if let Some(metadata) = &progress.metadata {
         put_bytes(out, &metadata.0);
     }
@@ -359,10 +365,7 @@ pub(super) struct Unlisted<'a> {
 pub(super) fn encode_unlisted(call: &Unlisted<'_>, out: &mut Vec<u8>) -> usize {
     let flags =
         u8::from(call.unmatched) * UNMATCHED | u8::from(call.metadata.is_some()) * METADATA | END;
-    put_head(out, call.protocol, flags, call.started, call.peer);
-    let counts = out.len();
-    out.put_u64_le(0);
-    out.put_u64_le(0);
+    let counts = put_head(out, call.protocol, flags, call.started, call.peer, [0, 0]);
     let (mut bytes, mut dropped) = (0, 0);
     // A record counts its request when the call starts, the metadata when it is handed over.
     let request = Some(Body::of_request(call.request))
@@ -413,17 +416,19 @@ fn fits(bytes: &mut usize, dropped: &mut u64, size: usize, max: usize) -> bool {
 }
 
 /// What every block starts with: the method's slot (left blank for [`Closed::write`]), the
-/// protocol, the flags, the start and the client's address.
+/// protocol, the flags, the start, the client's address, and the bytes counted and frames dropped
+/// (`counts`); where in `out` those two begin.
 fn put_head(
     out: &mut Vec<u8>,
     protocol: Protocol,
     flags: u8,
     started: WallTime,
     peer: Option<SocketAddr>,
-) {
+    counts: [u64; 2],
+) -> usize {
     // Made on the stack and copied in once: the block's first bytes, written field by field,
     // each checked the buffer's room.
-    let mut head = [0; 4 + 1 + 1 + 8 + 4 + 1 + 16 + 2];
+    let mut head = [0; 4 + 1 + 1 + 8 + 4 + 1 + 16 + 2 + 8 + 8];
     head[4] = protocol as u8;
     head[5] = flags | u8::from(peer.is_some()) * PEER;
     head[6..14].copy_from_slice(&started.secs().to_le_bytes());
@@ -447,7 +452,11 @@ fn put_head(
             port + 2
         }
     };
-    out.extend_from_slice(&head[..len]);
+    head[len..len + 8].copy_from_slice(&counts[0].to_le_bytes());
+    head[len + 8..len + 16].copy_from_slice(&counts[1].to_le_bytes());
+    let at = out.len() + len;
+    out.extend_from_slice(&head[..len + 16]);
+    at
 }
 
 fn put_rules(out: &mut Vec<u8>, rules: &[usize]) {
@@ -527,8 +536,11 @@ fn take_frame<'a>(buf: &mut &'a [u8]) -> Option<Frame<'a>> {
 
 /// The end's code and message (its trailers and time follow).
 fn put_status(out: &mut Vec<u8>, code: Code, message: &str) {
-    out.put_i32_le(code as i32);
-    put_bytes(out, message.as_bytes());
+    let mut head = [0; 4 + 4];
+    head[..4].copy_from_slice(&(code as i32).to_le_bytes());
+    head[4..].copy_from_slice(&(message.len() as u32).to_le_bytes());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(message.as_bytes());
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
