@@ -256,7 +256,7 @@ fn without_messages(call: &mut serde_json::Value) {
             if let Some(payload) = frame.get_mut(key) {
                 let binary = payload["binary"].as_str().unwrap_or_default();
                 let padding = binary.bytes().rev().take_while(|&b| b == b'=').count();
-                let size = binary.len() / 4 * 3 - padding;
+                let size = (binary.len() / 4 * 3).saturating_sub(padding);
                 *payload = serde_json::json!({ "omittedSize": size.to_string() });
             }
         }
