@@ -26,6 +26,8 @@ const PROTO: &str = r#"
         rpc Picky(Req) returns (Rep);
         rpc Slow(Req) returns (Rep);
         rpc Bare(Req) returns (Rep);
+        rpc Tagged(Req) returns (Rep);
+        rpc TaggedStream(Req) returns (stream Rep);
     }
 "#;
 
@@ -53,6 +55,17 @@ reply = { text = "yes" }
 method = "o.S/Picky"
 when.metadata.x-key = "k"
 reply = { text = "key" }
+
+[[rule]]
+method = "o.S/Tagged"
+headers.x-who = "{{request.name}}"
+reply = { text = "tagged" }
+
+[[rule]]
+method = "o.S/TaggedStream"
+headers.x-who = "{{request.name}}"
+stream.repeat = 2
+stream.message = { text = "tagged" }
 
 [[rule]]
 method = "o.S/Slow"
@@ -760,4 +773,39 @@ async fn a_streams_frames_are_timed_as_they_pass_within_the_calls_duration() {
         "{:#}",
         calls[0]
     );
+}
+
+#[tokio::test]
+async fn reply_headers_are_journaled_before_the_reply_whichever_way_the_call_is_kept() {
+    // Reply headers are written as a frame by each of the journal's paths: a unary call answered
+    // at once (`journal::unary`), one with a record (its request read as a stream), and a stream
+    // (its headers as they are sent). Each reads back with its headers, then its replies.
+    let one = || Requests::One(Request::Encoded(req("ann", 1)));
+    let streamed = || {
+        Requests::Stream(Box::pin(futures::stream::iter([Ok(Request::Encoded(
+            req("ann", 1),
+        ))])))
+    };
+    let cases: [(&str, Requests, usize); 3] = [
+        ("Tagged", one(), 1),
+        ("Tagged", streamed(), 1),
+        ("TaggedStream", one(), 2),
+    ];
+    for (name, requests, replies) in cases {
+        let observer = observer(ROOMY);
+        assert_eq!(
+            run(call(name, requests, MetadataMap::new()), seen(observer)).await,
+            replies
+        );
+        let calls = calls(observer);
+        let frames = calls[0]["frames"].as_array().unwrap();
+        assert_eq!(frames.len(), 2 + replies, "{name}: {:#}", calls[0]);
+        let headers = frames[1]["replyHeaders"]["metadata"].as_array().unwrap();
+        let who: Vec<&Value> = headers.iter().filter(|m| m["key"] == "x-who").collect();
+        assert_eq!(who.len(), 1, "{name}: {headers:?}");
+        assert_eq!(who[0]["value"], "ann", "{name}");
+        for frame in &frames[2..] {
+            assert_eq!(frame["reply"]["json"]["text"], "tagged", "{name}: {frame}");
+        }
+    }
 }
