@@ -384,7 +384,7 @@ pub(super) fn encode_unlisted(call: &Unlisted<'_>, out: &mut Vec<u8>) -> usize {
     if let Some(headers) = call.headers {
         let size = Packed::len_of(headers);
         if fits(&mut bytes, &mut dropped, size, call.max) {
-            put_headers(out, call.elapsed, headers);
+            put_headers(out, call.elapsed, headers, size);
             frames += 1;
         }
     }
@@ -466,36 +466,33 @@ fn put_rules(out: &mut Vec<u8>, rules: &[usize]) {
     }
 }
 
-fn put_frame_head(out: &mut Vec<u8>, at: Duration, kind: u8) {
-    out.put_u64_le(at.as_nanos() as u64);
-    out.put_u8(kind);
+/// A frame's time and kind and the length of what follows, made on the stack and appended at once
+/// (a stream writes one a message).
+fn put_frame_head(out: &mut Vec<u8>, at: Duration, kind: u8, len: usize) {
+    let mut head = [0; 8 + 1 + 4];
+    head[..8].copy_from_slice(&(at.as_nanos() as u64).to_le_bytes());
+    head[8] = kind;
+    head[9..].copy_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&head);
 }
 
 /// A request message at `at` since the call started, as a frame.
 pub(super) fn put_request(out: &mut Vec<u8>, at: Duration, body: &Body<'_>) {
-    put_message(out, at, REQUEST, body);
-}
-
-/// A frame's time and kind and a message's length, made on the stack and appended at once (a
-/// stream writes one a message), then the message.
-fn put_message(out: &mut Vec<u8>, at: Duration, kind: u8, body: &Body<'_>) {
-    let mut head = [0; 8 + 1 + 4];
-    head[..8].copy_from_slice(&(at.as_nanos() as u64).to_le_bytes());
-    head[8] = kind;
-    head[9..].copy_from_slice(&(body.size() as u32).to_le_bytes());
-    out.extend_from_slice(&head);
+    put_frame_head(out, at, REQUEST, body.size());
     body.append_to(out);
 }
 
-/// Reply headers, packed, as a frame.
-pub(super) fn put_headers(out: &mut Vec<u8>, at: Duration, headers: &MetadataMap) {
-    put_frame_head(out, at, HEADERS);
-    put_metadata(out, headers);
+/// Reply headers as a frame, packed in `len` bytes (`Packed::len_of`, which the caller has
+/// measured them with against the byte cap).
+pub(super) fn put_headers(out: &mut Vec<u8>, at: Duration, headers: &MetadataMap, len: usize) {
+    put_frame_head(out, at, HEADERS, len);
+    Packed::pack(headers, out);
 }
 
 /// A reply message and the rule that wrote it, as a frame.
 pub(super) fn put_reply(out: &mut Vec<u8>, at: Duration, body: &Body<'_>, rule: Option<usize>) {
-    put_message(out, at, REPLY, body);
+    put_frame_head(out, at, REPLY, body.size());
+    body.append_to(out);
     out.put_u32_le(rule.map_or(u32::MAX, |r| r as u32));
 }
 

@@ -581,7 +581,7 @@ impl Record {
             if !ready.headers.is_empty() {
                 let size = Packed::len_of(&ready.headers);
                 over |= self.push_to(&mut progress, size, |out| {
-                    closed::put_headers(out, at, &ready.headers)
+                    closed::put_headers(out, at, &ready.headers, size)
                 });
             }
             if let Some(message) = &ready.message {
@@ -601,7 +601,7 @@ impl Record {
         if self.journal.is_some() && !headers.is_empty() {
             let at = self.frame_at();
             let size = Packed::len_of(headers);
-            self.push(size, |out| closed::put_headers(out, at, headers));
+            self.push(size, |out| closed::put_headers(out, at, headers, size));
         }
     }
 
