@@ -374,29 +374,30 @@ pub(super) fn encode_unlisted(call: &Unlisted<'_>, out: &mut Vec<u8>) -> usize {
         bytes += put_metadata(out, metadata);
     }
     put_rules(out, call.rule.as_slice());
+    let elapsed = call.elapsed.as_nanos() as u64;
     let count = out.len();
     out.put_u32_le(0);
     let mut frames = 0u32;
     if let Some(body) = request {
-        put_request(out, Duration::ZERO, &body);
+        put_request(out, 0, &body);
         frames += 1;
     }
     if let Some(headers) = call.headers {
         let size = Packed::len_of(headers);
         if fits(&mut bytes, &mut dropped, size, call.max) {
-            put_headers(out, call.elapsed, headers, size);
+            put_headers(out, elapsed, headers, size);
             frames += 1;
         }
     }
     if let Some(body) = &call.message {
         if fits(&mut bytes, &mut dropped, body.size(), call.max) {
-            put_reply(out, call.elapsed, body, call.rule);
+            put_reply(out, elapsed, body, call.rule);
             frames += 1;
         }
     }
     put_status(out, call.code, call.text);
     bytes += put_metadata(out, call.trailers) + call.text.len();
-    out.put_u64_le(call.elapsed.as_nanos() as u64);
+    out.put_u64_le(elapsed);
     out[counts..counts + 8].copy_from_slice(&(bytes as u64).to_le_bytes());
     out[counts + 8..counts + 16].copy_from_slice(&dropped.to_le_bytes());
     out[count..count + 4].copy_from_slice(&frames.to_le_bytes());
@@ -466,31 +467,31 @@ fn put_rules(out: &mut Vec<u8>, rules: &[usize]) {
     }
 }
 
-/// A frame's time and kind and the length of what follows, made on the stack and appended at once
-/// (a stream writes one a message).
-fn put_frame_head(out: &mut Vec<u8>, at: Duration, kind: u8, len: usize) {
+/// A frame's time (`at`: nanoseconds since the call started) and kind and the length of what
+/// follows, made on the stack and appended at once (a stream writes one a message).
+fn put_frame_head(out: &mut Vec<u8>, at: u64, kind: u8, len: usize) {
     let mut head = [0; 8 + 1 + 4];
-    head[..8].copy_from_slice(&(at.as_nanos() as u64).to_le_bytes());
+    head[..8].copy_from_slice(&at.to_le_bytes());
     head[8] = kind;
     head[9..].copy_from_slice(&(len as u32).to_le_bytes());
     out.extend_from_slice(&head);
 }
 
 /// A request message at `at` since the call started, as a frame.
-pub(super) fn put_request(out: &mut Vec<u8>, at: Duration, body: &Body<'_>) {
+pub(super) fn put_request(out: &mut Vec<u8>, at: u64, body: &Body<'_>) {
     put_frame_head(out, at, REQUEST, body.size());
     body.append_to(out);
 }
 
 /// Reply headers as a frame, packed in `len` bytes (`Packed::len_of`, which the caller has
 /// measured them with against the byte cap).
-pub(super) fn put_headers(out: &mut Vec<u8>, at: Duration, headers: &MetadataMap, len: usize) {
+pub(super) fn put_headers(out: &mut Vec<u8>, at: u64, headers: &MetadataMap, len: usize) {
     put_frame_head(out, at, HEADERS, len);
     Packed::pack(headers, out);
 }
 
 /// A reply message and the rule that wrote it, as a frame.
-pub(super) fn put_reply(out: &mut Vec<u8>, at: Duration, body: &Body<'_>, rule: Option<usize>) {
+pub(super) fn put_reply(out: &mut Vec<u8>, at: u64, body: &Body<'_>, rule: Option<usize>) {
     put_frame_head(out, at, REPLY, body.size());
     body.append_to(out);
     out.put_u32_le(rule.map_or(u32::MAX, |r| r as u32));
@@ -664,7 +665,7 @@ fn decode(id: u64, block: &[u8], methods: &[Arc<Method>]) -> Option<Record> {
         started,
         clock: Instant::now(),
         current: AtomicUsize::new(super::NO_RULE),
-        counter: (super::COUNTER.now(), Duration::ZERO),
+        counter: (super::COUNTER.raw(), 0),
         journal: None,
         entered: AtomicBool::new(true),
         detached: AtomicBool::new(true),
@@ -678,6 +679,7 @@ fn decode(id: u64, block: &[u8], methods: &[Arc<Method>]) -> Option<Record> {
             unmatched: flags & UNMATCHED != 0,
             end,
             bytes,
+            uncounted: 0,
             dropped_frames,
         }),
     })

@@ -47,6 +47,17 @@ const NO_RULE: usize = usize::MAX;
 const RECORD_OVERHEAD: usize = 256;
 const FRAME_OVERHEAD: usize = 48;
 
+/// A stream's frames are added to the journal's byte count a batch at a time, not one by one
+/// (each addition is a locked instruction on a counter every call shares): at most this much, or
+/// a 64th of the byte cap if less, is held back in a record until its next frame, its end, or its
+/// leaving the journal. The journal is trimmed to its cap that much late, at most, per stream in
+/// flight; a call alone is kept within the cap frame by frame as before.
+const COUNT_EVERY: usize = 16 << 10;
+
+/// What a streaming call's frames start with room for (a `Vec` grows by doubling, each time
+/// copying what it holds).
+const FRAMES_ROOM: usize = 1 << 10;
+
 /// The journal's bounds (`--journal-max-calls`, `--journal-max-bytes`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Caps {
@@ -61,6 +72,8 @@ pub(crate) struct Journal {
     bytes: AtomicUsize,
     /// Calls dropped to stay within the caps since the last clear.
     dropped: AtomicU64,
+    /// [`COUNT_EVERY`], or less for a small byte cap.
+    count_every: usize,
     next_id: AtomicU64,
 }
 
@@ -107,6 +120,7 @@ impl Journal {
             calls: Mutex::new(Calls::default()),
             bytes: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
+            count_every: COUNT_EVERY.min(caps.max_bytes / 64),
             next_id: AtomicU64::new(1),
         }
     }
@@ -245,8 +259,10 @@ impl Journal {
     fn release(&self, record: &Record) {
         let progress = record.progress();
         record.detached.store(true, Ordering::Relaxed);
-        self.bytes
-            .fetch_sub(progress.bytes + RECORD_OVERHEAD, Ordering::Relaxed);
+        self.bytes.fetch_sub(
+            progress.bytes - progress.uncounted + RECORD_OVERHEAD,
+            Ordering::Relaxed,
+        );
         drop(progress);
     }
 
@@ -324,9 +340,9 @@ pub(crate) struct Record {
     /// The rule answering now, the replies that follow being its (`NO_RULE` before any): told by
     /// the engine before the reply it writes, in the call's task.
     current: AtomicUsize,
-    /// The processor's counter when the record was made, and the call's time then: what the
-    /// times of its frames as they pass are reckoned from ([`COUNTER`]).
-    counter: (quanta::Instant, Duration),
+    /// The processor's counter when the record was made (raw), and the call's time then (in
+    /// nanoseconds): what the times of its frames as they pass are reckoned from ([`COUNTER`]).
+    counter: (u64, u64),
     /// The journal it is in; `None` for an ended call decoded from the journal to be read.
     journal: Option<&'static Journal>,
     /// In the journal's list (see [`Record::enter`]).
@@ -357,6 +373,8 @@ struct Progress {
     end: Option<Ended>,
     /// Payload and metadata bytes recorded.
     bytes: usize,
+    /// Of `bytes`, those not added to the journal's count yet ([`COUNT_EVERY`]).
+    uncounted: usize,
     dropped_frames: u64,
 }
 
@@ -448,11 +466,17 @@ impl Record {
             started,
             clock,
             current: AtomicUsize::new(NO_RULE),
-            counter: (COUNTER.now(), clock.elapsed()),
+            counter: (COUNTER.raw(), clock.elapsed().as_nanos() as u64),
             journal,
             detached: AtomicBool::new(false),
             progress: Mutex::new(Progress {
                 bytes: metadata.as_ref().map_or(0, Packed::size),
+                // A journaled stream (the one kind of call whose metadata is copied at its start)
+                // is likely to have many frames.
+                frames: Frames {
+                    bytes: Vec::with_capacity(if metadata.is_some() { FRAMES_ROOM } else { 0 }),
+                    count: 0,
+                },
                 metadata,
                 method: Some(method.clone()),
                 ..Progress::default()
@@ -464,10 +488,11 @@ impl Record {
         Some(self.current.load(Ordering::Relaxed)).filter(|&rule| rule != NO_RULE)
     }
 
-    /// The time of a frame passing now, since the call started.
-    fn frame_at(&self) -> Duration {
+    /// The time of a frame passing now, in nanoseconds since the call started: the raw counter's
+    /// delta scaled (a multiplication), with no `Duration` made (a division).
+    fn frame_at(&self) -> u64 {
         let (from, then) = self.counter;
-        then + COUNTER.now().duration_since(from)
+        then + COUNTER.delta_as_nanos(from, COUNTER.raw())
     }
 
     /// Puts the record in its journal, once: a streaming call's when it starts, a unary call's
@@ -492,17 +517,35 @@ impl Record {
     /// lock let go: trimming takes the list's lock, and the records' after it).
     fn grow(&self, progress: &mut Progress, n: usize) -> bool {
         progress.bytes += n;
-        let counted =
-            self.entered.load(Ordering::Relaxed) && !self.detached.load(Ordering::Relaxed);
         match self.journal {
-            Some(journal) if counted => {
+            Some(journal) if self.counted() => {
+                let n = n + std::mem::take(&mut progress.uncounted);
                 journal.bytes.fetch_add(n, Ordering::Relaxed) + n > journal.caps.max_bytes
             }
             _ => false,
         }
     }
 
+    /// [`Record::grow`] by a frame: held back while less than the journal's `count_every` is.
+    #[inline]
+    fn grow_by_frame(&self, progress: &mut Progress, n: usize) -> bool {
+        match self.journal {
+            Some(journal) if progress.uncounted + n < journal.count_every && self.counted() => {
+                progress.bytes += n;
+                progress.uncounted += n;
+                false
+            }
+            _ => self.grow(progress, n),
+        }
+    }
+
+    /// In the journal, and its bytes counted there.
+    fn counted(&self) -> bool {
+        self.entered.load(Ordering::Relaxed) && !self.detached.load(Ordering::Relaxed)
+    }
+
     /// [`Record::grow`]'s trim, once the record's lock is let go.
+    #[inline]
     fn trim_if(&self, over: bool) {
         if let (true, Some(journal)) = (over, self.journal) {
             journal.check();
@@ -541,7 +584,7 @@ impl Record {
         }
         write(&mut progress.frames.bytes);
         progress.frames.count += 1;
-        self.grow(progress, size)
+        self.grow_by_frame(progress, size)
     }
 
     /// The requests, recorded as the engine reads them.
@@ -553,9 +596,7 @@ impl Record {
             Requests::One(request) => {
                 // Read with the call's start.
                 let body = Body::of_request(&request);
-                self.push(body.size(), |out| {
-                    closed::put_request(out, Duration::ZERO, &body)
-                });
+                self.push(body.size(), |out| closed::put_request(out, 0, &body));
                 Requests::One(request)
             }
             Requests::Stream(stream) => {
@@ -575,20 +616,21 @@ impl Record {
     /// time the call took.
     pub(super) fn ready(&self, ready: &engine::Ready) -> Duration {
         let at = self.clock.elapsed();
+        let at_nanos = at.as_nanos() as u64;
         let mut progress = self.progress();
         let mut over = false;
         if self.journal.is_some() {
             if !ready.headers.is_empty() {
                 let size = Packed::len_of(&ready.headers);
                 over |= self.push_to(&mut progress, size, |out| {
-                    closed::put_headers(out, at, &ready.headers, size)
+                    closed::put_headers(out, at_nanos, &ready.headers, size)
                 });
             }
             if let Some(message) = &ready.message {
                 let body = Body::of_reply(message);
                 let rule = self.current();
                 over |= self.push_to(&mut progress, body.size(), |out| {
-                    closed::put_reply(out, at, &body, rule)
+                    closed::put_reply(out, at_nanos, &body, rule)
                 });
             }
         }
@@ -822,7 +864,11 @@ impl Record {
         let mut requests_size = 0;
         for frame in progress.frames.iter() {
             if let Event::Request(bytes) = frame.event {
-                closed::put_request(&mut requests.bytes, frame.at, &Body::Bytes(bytes));
+                closed::put_request(
+                    &mut requests.bytes,
+                    frame.at.as_nanos() as u64,
+                    &Body::Bytes(bytes),
+                );
                 requests.count += 1;
                 requests_size += bytes.len() + FRAME_OVERHEAD;
             }
@@ -868,8 +914,10 @@ impl Record {
 
 impl Watch for Record {
     fn rule(&self, index: usize) {
-        // The same rule again (each message of a stream, most often): nothing to lock for.
-        if self.current.swap(index, Ordering::Relaxed) != index {
+        // The same rule again (each message of a stream, most often): nothing to lock for. Only
+        // the call's task tells the rule, so a load and a store do (no locked swap).
+        if self.current.load(Ordering::Relaxed) != index {
+            self.current.store(index, Ordering::Relaxed);
             let mut progress = self.progress();
             if !progress.rules.contains(&index) {
                 progress.rules.push(index);
