@@ -352,7 +352,7 @@ pub struct ServeArgs {
     pub no_metrics: bool,
 
     /// Keep a journal of every call, every frame (what the admin API lists and verifies). Off
-    /// unless asked: recording every frame costs a call more than the benchmark budget allows.
+    /// unless asked: recording every frame costs a stream about a fifth of its throughput.
     #[arg(long, help_heading = "Journal", env = "PROTODROP_JOURNAL")]
     pub journal: bool,
 
