@@ -4,8 +4,10 @@
 //! once; each protocol gives the flags their meaning and words its own errors from [`ReadError`].
 
 use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use futures::Stream;
 use http_body::Body as _;
 use tonic::Status;
 
@@ -82,20 +84,28 @@ impl Reader {
 
     /// The next envelope's flags and message; `None` at the end of the body.
     pub(crate) async fn next(&mut self) -> Result<Option<(u8, Bytes)>, ReadError> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// [`Reader::next`], polled: what a stream of envelopes reads with, making no future a message.
+    pub(crate) fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<(u8, Bytes)>, ReadError>> {
         loop {
             if let Some((flags, len)) = header(&self.buf) {
                 if flags & !self.flags != 0 {
-                    return Err(ReadError::Flags(flags));
+                    return Poll::Ready(Err(ReadError::Flags(flags)));
                 }
                 if len > self.limit {
-                    return Err(ReadError::TooLarge(len));
+                    return Poll::Ready(Err(ReadError::TooLarge(len)));
                 }
                 if self.buf.len() >= PREFIX + len {
                     self.buf.advance(PREFIX);
-                    return Ok(Some((flags, self.buf.split_to(len).freeze())));
+                    return Poll::Ready(Ok(Some((flags, self.buf.split_to(len).freeze()))));
                 }
             }
-            match self.data().await.map_err(ReadError::Body)? {
+            match ready!(self.poll_data(cx)).map_err(ReadError::Body)? {
                 Some(data) => {
                     if self.buf.is_empty() && data.len() >= PREFIX {
                         // The usual case: a whole envelope in one chunk, taken without a copy.
@@ -104,8 +114,8 @@ impl Reader {
                         self.buf.extend_from_slice(&data);
                     }
                 }
-                None if self.buf.is_empty() => return Ok(None),
-                None => return Err(ReadError::Truncated(self.buf.len())),
+                None if self.buf.is_empty() => return Poll::Ready(Ok(None)),
+                None => return Poll::Ready(Err(ReadError::Truncated(self.buf.len()))),
             }
         }
     }
@@ -126,16 +136,57 @@ impl Reader {
 
     /// The next data of the body (trailers are skipped); `None` at its end.
     async fn data(&mut self) -> Result<Option<Bytes>, Status> {
+        std::future::poll_fn(|cx| self.poll_data(cx)).await
+    }
+
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, Status>> {
         loop {
-            match std::future::poll_fn(|cx| Pin::new(&mut self.body).poll_frame(cx)).await {
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        return Ok(Some(data));
+                        return Poll::Ready(Ok(Some(data)));
                     }
                 }
-                Some(Err(status)) => return Err(status),
-                None => return Ok(None),
+                Some(Err(status)) => return Poll::Ready(Err(status)),
+                None => return Poll::Ready(Ok(None)),
             }
         }
+    }
+}
+
+/// A request body's envelopes as a stream of messages, each made by `read` (a protocol's own
+/// unwrapping and wording of errors) from what [`Reader::poll_next`] read: `None` ends the stream,
+/// and so does an error, after it is yielded. Polled, not an `unfold` of `Reader::next`: that made
+/// and moved a future for every message of a stream.
+pub(crate) struct Envelopes<F> {
+    reader: Option<Reader>,
+    read: F,
+}
+
+impl<F> Envelopes<F> {
+    pub(crate) fn new(reader: Reader, read: F) -> Self {
+        Envelopes {
+            reader: Some(reader),
+            read,
+        }
+    }
+}
+
+impl<T, F> Stream for Envelopes<F>
+where
+    F: FnMut(Result<Option<(u8, Bytes)>, ReadError>) -> Option<Result<T, Status>> + Unpin,
+{
+    type Item = Result<T, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(reader) = this.reader.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let item = (this.read)(ready!(reader.poll_next(cx)));
+        if !matches!(item, Some(Ok(_))) {
+            this.reader = None;
+        }
+        Poll::Ready(item)
     }
 }

@@ -478,20 +478,12 @@ fn envelopes(
 ) -> engine::Decoded {
     // Every flag is read; `unwrap` refuses the ones a request may not carry.
     let reader = envelope::Reader::new(body, u8::MAX, limit);
-    Box::pin(futures::stream::unfold(Some(reader), move |reader| {
-        let desc = desc.clone();
-        async move {
-            let mut reader = reader?;
-            let message = match reader.next().await {
-                Ok(Some((flags, message))) => unwrap(flags, message, encoding, limit),
-                Ok(None) => return None,
-                Err(e) => Err(read_error(e, limit)),
-            };
-            match message {
-                Ok(bytes) => Some((codec.decode(&desc, &bytes), Some(reader))),
-                Err(status) => Some((Err(status), None)),
-            }
-        }
+    Box::pin(envelope::Envelopes::new(reader, move |read| match read {
+        Ok(Some((flags, message))) => Some(
+            unwrap(flags, message, encoding, limit).and_then(|bytes| codec.decode(&desc, &bytes)),
+        ),
+        Ok(None) => None,
+        Err(e) => Some(Err(read_error(e, limit))),
     }))
 }
 

@@ -26,7 +26,7 @@ use super::{Body, HttpResponse, ServiceSettings};
 use crate::engine::{self, End, Event, Method};
 use crate::observe::{self, Protocol, Seen};
 use crate::protocol::deadline::{until_deadline, Deadline};
-use crate::protocol::envelope::ReadError;
+use crate::protocol::envelope::{Envelopes, ReadError};
 
 /// Replies ready together are sent in one piece up to this size (tonic's encoder yields at it too).
 const YIELD_AT: usize = 32 * 1024;
@@ -94,22 +94,19 @@ fn requests(
     codings: Codings,
     limit: usize,
 ) -> impl Stream<Item = Result<engine::Request, Status>> + Send {
-    let reader = frame::reader(body, codings, limit);
-    futures::stream::unfold(Some(reader), move |reader| async move {
-        let mut reader = reader?;
-        let message = match reader.next().await {
-            Ok(Some((flags, read))) => frame::message(flags, read, limit),
-            Ok(None) => return None,
+    Envelopes::new(
+        frame::reader(body, codings, limit),
+        move |read| match read {
+            Ok(Some((flags, read))) => {
+                Some(frame::message(flags, read, limit).map(engine::Request::Encoded))
+            }
+            Ok(None) => None,
             // The client reset its stream: nothing can reach it any more and the server drops the
             // answer; the requests end there, as tonic ends them.
-            Err(ReadError::Body(status)) if status.code() == Code::Cancelled => return None,
-            Err(error) => Err(frame::read_error(error, limit)),
-        };
-        Some(match message {
-            Ok(message) => (Ok(engine::Request::Encoded(message)), Some(reader)),
-            Err(status) => (Err(status), None),
-        })
-    })
+            Err(ReadError::Body(status)) if status.code() == Code::Cancelled => None,
+            Err(error) => Some(Err(frame::read_error(error, limit))),
+        },
+    )
 }
 
 /// A streamed answer's body: the frames of the replies, then the trailers of the end. `events`
