@@ -190,3 +190,51 @@ where
         Poll::Ready(item)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use futures::StreamExt as _;
+    use http_body::Frame;
+    use tonic::Status;
+
+    use super::{encode, Envelopes, Reader};
+
+    fn body(chunks: Vec<Bytes>) -> tonic::body::Body {
+        let frames = futures::stream::iter(
+            chunks
+                .into_iter()
+                .map(|chunk| Ok::<_, Infallible>(Frame::data(chunk))),
+        );
+        tonic::body::Body::new(http_body_util::StreamBody::new(frames))
+    }
+
+    /// Envelopes split across the body's chunks come out whole and in order; a body that ends
+    /// inside one yields that error as its last item, and nothing is read after it.
+    #[test]
+    fn envelopes_across_chunks_come_out_whole_and_an_error_is_the_last_item() {
+        let (first, second) = (encode(0, b"first"), encode(0, b"second message"));
+        let mut joined = first.to_vec();
+        joined.extend_from_slice(&second[..3]);
+        let chunks = vec![
+            Bytes::from(joined),
+            second.slice(3..),
+            // The prefix of a third envelope, and the body ends.
+            encode(0, b"third").slice(..4),
+        ];
+        let envelopes = Envelopes::new(Reader::new(body(chunks), 0, 1 << 20), |read| match read {
+            Ok(Some((_, message))) => Some(Ok(message)),
+            Ok(None) => None,
+            Err(e) => Some(Err(Status::internal(format!("{e:?}")))),
+        });
+        let read: Vec<Result<Bytes, Status>> =
+            futures::executor::block_on(envelopes.take(10).collect());
+        assert_eq!(read.len(), 3, "{read:?}");
+        assert_eq!(read[0].as_ref().unwrap(), &b"first"[..]);
+        assert_eq!(read[1].as_ref().unwrap(), &b"second message"[..]);
+        let error = read[2].as_ref().unwrap_err();
+        assert!(error.message().contains("Truncated(4)"), "{error:?}");
+    }
+}

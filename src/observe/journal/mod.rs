@@ -48,10 +48,10 @@ const RECORD_OVERHEAD: usize = 256;
 const FRAME_OVERHEAD: usize = 48;
 
 /// A stream's frames are added to the journal's byte count a batch at a time, not one by one
-/// (each addition is a locked instruction on a counter every call shares): at most this much, or
-/// a 64th of the byte cap if less, is held back in a record until its next frame, its end, or its
-/// leaving the journal. The journal is trimmed to its cap that much late, at most, per stream in
-/// flight; a call alone is kept within the cap frame by frame as before.
+/// (each addition is a locked instruction on a counter every call shares): a record holds back
+/// less than this much, or than a 64th of the byte cap if that is less, until the frame that
+/// reaches it, its end, or its leaving the journal. The journal is trimmed to its cap that much
+/// late, at most, per stream in flight; a call alone is kept within the cap frame by frame.
 const COUNT_EVERY: usize = 16 << 10;
 
 /// What a streaming call's frames start with room for (a `Vec` grows by doubling, each time
