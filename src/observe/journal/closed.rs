@@ -99,17 +99,18 @@ impl Closed {
         let at = out.len();
         let counted = encode(out);
         out[at..at + 4].copy_from_slice(&slot.to_le_bytes());
-        let entry = Entry {
-            id,
-            len: out.len() - at,
-            counted,
-        };
-        self.entries.push_back(entry);
-        self.counted += counted;
+        let len = out.len() - at;
+        self.add(Entry { id, len, counted });
     }
 
     fn append(&mut self, entry: Entry, block: &[u8]) {
         self.tail().extend_from_slice(block);
+        self.add(entry);
+    }
+
+    /// A block just put at the ring's end, and what it counts: the one place both are added
+    /// (`pop_front` the one where they are taken off).
+    fn add(&mut self, entry: Entry) {
         self.entries.push_back(entry);
         self.counted += entry.counted;
     }
@@ -361,7 +362,8 @@ pub(super) struct Unlisted<'a> {
 }
 
 /// `call` as a block appended to `out`: the block [`encode`] makes of a record that saw the same,
-/// written straight from the call's parts; and the bytes it counts against the cap, as that record would.
+/// written straight from the call's parts; and the bytes it counts against the cap, as that
+/// record would.
 pub(super) fn encode_unlisted(call: &Unlisted<'_>, out: &mut Vec<u8>) -> usize {
     let flags =
         u8::from(call.unmatched) * UNMATCHED | u8::from(call.metadata.is_some()) * METADATA | END;
