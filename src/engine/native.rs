@@ -42,7 +42,7 @@ pub(super) async fn answer(
     limit: usize,
 ) -> Reply {
     let answered = async {
-        let request = match requests.one().await? {
+        let request = match requests.one(None).await? {
             Request::Encoded(bytes) => decode_request(&method.desc.input(), bytes)?,
             Request::Decoded(message) => message,
         };

@@ -26,8 +26,8 @@ use tonic::Status;
 
 use super::emit::{Declined, DirectReply, Emitter, RawScope};
 use super::{
-    Call, Decoded, End, Event, Events, Message, Method, Ready, Reply, Request, Requests, Streamed,
-    Watch,
+    Call, Decoded, End, Event, Events, Incoming, Message, Method, Ready, Reply, Request, Requests,
+    Streamed, Watch,
 };
 use crate::budget::{self, Exceeded};
 use crate::codec::decode_request;
@@ -72,7 +72,7 @@ pub async fn answer(call: Call) -> Reply {
             let script = script.clone();
             match ScriptMetadata::render(rule, &Scope::new(None, &metadata)) {
                 Ok(base) => {
-                    let incoming = decoded(&method, requests);
+                    let incoming = decoded(&method, requests, watch.as_ref());
                     let script = ScriptRun::new(script, &method, None, metadata, base);
                     Box::pin(script.run(Some(incoming))).await
                 }
@@ -81,12 +81,12 @@ pub async fn answer(call: Call) -> Reply {
         }
         None => match (client, server) {
             (false, _) => {
-                let watch = watch.as_deref();
+                let watch = watch.as_ref();
                 single_request(method, metadata, requests, limit, reserve, watch).await
             }
             // Boxed, as the blocking script: only unary answers stay in the call's own future.
             (true, false) => {
-                let watch = watch.as_deref();
+                let watch = watch.as_ref();
                 Box::pin(client_stream(
                     method, metadata, requests, limit, reserve, watch,
                 ))
@@ -249,15 +249,16 @@ async fn single_request(
     requests: Requests,
     limit: usize,
     reserve: usize,
-    watch: Option<&dyn Watch>,
+    told: Option<&Arc<dyn Watch>>,
 ) -> Result<Reply, Status> {
+    let watch = told.map(|w| &**w);
     // A unary call's metadata goes to its watcher when answered, however the answer goes; a
     // server stream's watcher has its own copy (the stream keeps the metadata to the end).
     let mut metadata = HandOver {
         metadata,
         watch: watch.filter(|_| !method.server_streaming()),
     };
-    let request = requests.one().await?;
+    let request = requests.one(told).await?;
     let mut input = Input::new(&method, request)?;
     let index = select(&method, &mut input, None, &metadata, watch)?;
     let (rule, compiled) = chosen(&method, index, &input)?;
@@ -452,9 +453,10 @@ async fn client_stream(
     requests: Requests,
     limit: usize,
     reserve: usize,
-    watch: Option<&dyn Watch>,
+    told: Option<&Arc<dyn Watch>>,
 ) -> Result<Reply, Status> {
-    let mut incoming = decoded(&method, requests);
+    let mut incoming = decoded(&method, requests, told);
+    let watch = told.map(|w| &**w);
     let (mut first, mut last, mut count) = (None, None, 0u64);
     while let Some(message) = incoming.next().await.transpose()? {
         count += 1;
@@ -492,10 +494,7 @@ async fn bidi(
     limit: usize,
     watch: Option<Arc<dyn Watch>>,
 ) -> Result<Reply, Status> {
-    let mut incoming = match requests {
-        Requests::Stream(stream) => stream,
-        Requests::One(request) => Box::pin(futures::stream::iter([Ok(request)])),
-    };
+    let mut incoming = requests.incoming(watch.as_ref());
     let Some(first) = incoming.next().await.transpose()? else {
         // No messages: no headers, no replies.
         return Ok(Reply::Stream(Streamed {
@@ -596,7 +595,7 @@ struct BidiReplies {
     echo: bool,
     method: Arc<Method>,
     metadata: MetadataMap,
-    incoming: Pin<Box<dyn Stream<Item = Result<Request, Status>> + Send>>,
+    incoming: Incoming,
     /// A message read and not yet answered.
     next: Option<Input>,
     count: u64,
@@ -619,11 +618,14 @@ impl Stream for BidiReplies {
         };
         let input = match this.next.take() {
             Some(input) => input,
-            None => match std::task::ready!(this.incoming.as_mut().poll_next(cx)) {
-                Some(Ok(request)) => match Input::new(&this.method, request) {
-                    Ok(input) => input,
-                    Err(status) => return ended(this, status.into()),
-                },
+            None => match std::task::ready!(this.incoming.poll_untold(cx)) {
+                Some(Ok(request)) => {
+                    this.incoming.tell(&request);
+                    match Input::new(&this.method, request) {
+                        Ok(input) => input,
+                        Err(status) => return ended(this, status.into()),
+                    }
+                }
                 Some(Err(status)) => return ended(this, status.into()),
                 None => return ended(this, End::ok(MetadataMap::new())),
             },
@@ -922,8 +924,9 @@ fn unary_outcome(
     }
 }
 
-/// The client's messages decoded: what scripts and client streams read.
-fn decoded(method: &Method, requests: Requests) -> Decoded {
+/// The client's messages decoded, each told to `watch` as read: what scripts and client streams
+/// read.
+fn decoded(method: &Method, requests: Requests, watch: Option<&Arc<dyn Watch>>) -> Decoded {
     let input = method.desc.input();
     let decode = move |request: Request| match request {
         Request::Encoded(bytes) => decode_request(&input, bytes),
@@ -931,7 +934,7 @@ fn decoded(method: &Method, requests: Requests) -> Decoded {
     };
     match requests {
         Requests::One(request) => Box::pin(futures::stream::iter([decode(request)])),
-        Requests::Stream(stream) => Box::pin(stream.map(move |r| r.and_then(&decode))),
+        stream => Box::pin(stream.incoming(watch).map(move |r| r.and_then(&decode))),
     }
 }
 

@@ -220,10 +220,6 @@ fn watched(call: &mut engine::Call, seen: Seen) -> After {
                 None => {
                     let record = Record::start(call, seen, journal, clock);
                     call.watch = Some(record.clone());
-                    // Replaced at once by the same requests, teed.
-                    let none = engine::Requests::One(engine::Request::Encoded(Default::default()));
-                    let requests = std::mem::replace(&mut call.requests, none);
-                    call.requests = record.tee(requests);
                     Kept::Record(record)
                 }
             };
@@ -309,6 +305,12 @@ impl engine::Watch for Told {
     }
 
     fn metadata(&self, _: MetadataMap, _: bool) {}
+
+    fn request(&self, _: &engine::Request) {}
+
+    fn wants_requests(&self) -> bool {
+        false
+    }
 }
 
 /// A call whose only record is its log line, if it has one (a WARN line, or with `every` a line

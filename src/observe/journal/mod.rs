@@ -21,7 +21,6 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt as _;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
 use serde_json::{json, Value};
 use smallvec::SmallVec;
@@ -443,6 +442,7 @@ impl Record {
         if streaming {
             record.enter();
         }
+        record.first_request(&call.requests);
         record
     }
 
@@ -587,28 +587,12 @@ impl Record {
         self.grow_by_frame(progress, size)
     }
 
-    /// The requests, recorded as the engine reads them.
-    pub(super) fn tee(self: &Arc<Self>, requests: Requests) -> Requests {
-        if self.journal.is_none() {
-            return requests;
-        }
-        match requests {
-            Requests::One(request) => {
-                // Read with the call's start.
-                let body = Body::of_request(&request);
-                self.push(body.size(), |out| closed::put_request(out, 0, &body));
-                Requests::One(request)
-            }
-            Requests::Stream(stream) => {
-                let record = self.clone();
-                Requests::Stream(Box::pin(stream.inspect(move |request| {
-                    if let Ok(request) = request {
-                        let at = record.frame_at();
-                        let body = Body::of_request(request);
-                        record.push(body.size(), |out| closed::put_request(out, at, &body));
-                    }
-                })))
-            }
+    /// The one request of a call read whole ([`Requests::One`]), read with the call's start; a
+    /// request stream's messages are told as the engine reads them ([`Watch::request`]).
+    pub(super) fn first_request(&self, requests: &Requests) {
+        if let Requests::One(request) = requests {
+            let body = Body::of_request(request);
+            self.push(body.size(), |out| closed::put_request(out, 0, &body));
         }
     }
 
@@ -913,6 +897,14 @@ impl Record {
 }
 
 impl Watch for Record {
+    fn request(&self, request: &Request) {
+        if self.journal.is_some() {
+            let at = self.frame_at();
+            let body = Body::of_request(request);
+            self.push(body.size(), |out| closed::put_request(out, at, &body));
+        }
+    }
+
     fn rule(&self, index: usize) {
         // The same rule again (each message of a stream, most often): nothing to lock for. Only
         // the call's task tells the rule, so a load and a store do (no locked swap).

@@ -90,7 +90,7 @@ impl Unary {
                 None,
             );
             // In the order a record is told them.
-            let _ = record.tee(Requests::One(shared(&self.request)));
+            record.first_request(&Requests::One(shared(&self.request)));
             if let Some(rule) = self.told.answered_by() {
                 record.rule(rule);
             }
@@ -180,6 +180,13 @@ impl Unary {
 }
 
 impl Watch for Unary {
+    /// Never told: a call kept this way has one request, read whole (see [`Unary::start`]).
+    fn request(&self, _: &Request) {}
+
+    fn wants_requests(&self) -> bool {
+        false
+    }
+
     fn rule(&self, index: usize) {
         match self.record.get() {
             Some(record) => record.rule(index),
