@@ -171,7 +171,7 @@ const CUT_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 /// else that keeps the server from starting (a bad flag value, a TLS file, a busy address).
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut sources = args.sources.sources();
-    let journal = args.journal.then(|| {
+    let journal = (!args.no_journal).then(|| {
         Journal::new(Caps {
             max_calls: args.journal_max_calls,
             max_bytes: args.journal_max_bytes,

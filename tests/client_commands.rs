@@ -1,5 +1,5 @@
 //! The client commands against a running server (`protodrop calls`, `verify`, `rules …`), run as a
-//! shell test runs them: a real server with `--journal`, real calls to it, then the binary's
+//! shell test runs them: a real server (its journal on, the default), real calls to it, then the binary's
 //! subcommands with `--server`, their stdout, stderr and exit codes.
 
 mod common;
@@ -113,7 +113,7 @@ async fn settled(server: &Server, n: usize) {
 
 #[tokio::test]
 async fn calls_lists_the_calls_a_client_made_and_clear_empties_the_journal() {
-    let server = start(&["--journal"]);
+    let server = start(&[]);
     let client = server.client().await;
     client
         .unary("t.Svc/Unary", json!({ "name": "tom" }))
@@ -150,7 +150,7 @@ async fn calls_lists_the_calls_a_client_made_and_clear_empties_the_journal() {
 
 #[tokio::test]
 async fn verify_counts_matching_calls_and_expect_sets_the_exit_code() {
-    let server = start(&["--journal"]);
+    let server = start(&[]);
     let client = server.client().await;
     for name in ["tom", "tom", "ann"] {
         client
@@ -301,17 +301,17 @@ fn an_unreachable_server_is_named_by_its_url() {
 
 #[tokio::test]
 async fn without_the_journal_the_server_says_how_to_turn_it_on() {
-    let server = start(&[]);
+    let server = start(&["--no-journal"]);
     let (code, out, err) = cli(&server, &["calls"], None);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
-        err.contains("FAILED_PRECONDITION") && err.contains("--journal"),
+        err.contains("FAILED_PRECONDITION") && err.contains("--no-journal"),
         "{err}"
     );
     write(&server, "f.toml", "method = \"t.Svc/Unary\"\n");
     let (code, _, err) = cli(&server, &["verify", "f.toml", "--expect", "0"], None);
     assert_eq!(code, 1);
-    assert!(err.contains("--journal"), "{err}");
+    assert!(err.contains("--no-journal"), "{err}");
 }
 
 #[tokio::test]

@@ -87,8 +87,8 @@ when.request.num = 7
 reply = { text = "picked" }
 "#;
 
+/// A server with its defaults: the journal is on unless `--no-journal`.
 fn start_with(options: Options) -> Server {
-    let options = options.arg("--journal");
     Server::start_with(&[("j.proto", J_PROTO)], &[("j.toml", J_RULES)], options)
 }
 
@@ -982,14 +982,14 @@ async fn without_journal_list_calls_is_failed_precondition() {
     let server = Server::start_with(
         &[("j.proto", J_PROTO)],
         &[("j.toml", J_RULES)],
-        Options::default(),
+        Options::default().arg("--no-journal"),
     );
     let grpc = client(&server).await;
     assert_eq!(grpc_text(&grpc, "u").await, "hello u");
     let admin = Client::connect(server.addr, admin_pool()).await;
     let out = admin.unary(LIST_CALLS, json!({})).await;
     assert!(
-        out.err(Code::FailedPrecondition).contains("--journal"),
+        out.err(Code::FailedPrecondition).contains("--no-journal"),
         "{}",
         out.message()
     );
@@ -1156,6 +1156,7 @@ async fn a_call_its_deadline_cut_is_journaled_and_counted_as_deadline_exceeded()
     let server = Server::start_with(
         &[("j.proto", J_PROTO)],
         &[("j.toml", J_RULES), ("late.toml", late)],
+        // The flag of the versions where the journal was off: still accepted.
         Options::default().arg("--journal"),
     );
     let reply = http_client::send(

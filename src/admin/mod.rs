@@ -62,7 +62,7 @@ pub(crate) struct Admin {
 pub(crate) struct Context {
     /// Weak: the registry's states hold the methods that hold this.
     registry: OnceLock<Weak<Registry>>,
-    /// `None` without `--journal`.
+    /// `None` with `--no-journal`.
     journal: OnceLock<Option<&'static Journal>>,
 }
 
@@ -84,7 +84,8 @@ impl Context {
     pub(crate) fn journal(&self) -> Result<&'static Journal, Status> {
         self.journal.get().copied().flatten().ok_or_else(|| {
             Status::failed_precondition(
-                "the journal is off: start protodrop with --journal (or PROTODROP_JOURNAL=true) to keep calls",
+                "the journal is off: this server was started with --no-journal (or \
+                 PROTODROP_NO_JOURNAL=true); start it without to keep calls",
             )
         })
     }

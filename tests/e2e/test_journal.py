@@ -75,7 +75,8 @@ def served(tmp_path: Path):
     handlers.mkdir()
     (protos / "j.proto").write_text(PROTO)
     (handlers / "j.toml").write_text(J_TOML)
-    server = start_protodrop(tmp_path, protos, handlers, extra_args=("--journal",))
+    # The journal is on by default.
+    server = start_protodrop(tmp_path, protos, handlers)
     if server.proc is None:
         pytest.fail(server.why)
     try:
