@@ -227,13 +227,12 @@ async fn a_huge_window_never_read_costs_no_more_than_the_default_one() {
 /// (`--journal-max-bytes`): a call's frames past the cap are counted, not kept, and older calls are
 /// dropped. Four streams of 32 MB each under an 8 MiB cap.
 ///
-/// The server's peak memory is not within the cap, though: it rose by 4–6× the cap here (8 MiB:
-/// +34 to +49 MiB over the same calls without a journal; 32 MiB: +155 MiB, or +95 MiB with
-/// `MIMALLOC_PURGE_DELAY=0`). A call's frames grow by doubling, are copied whole into the ring of
-/// ended calls when the call ends, and the allocator keeps what was freed a while. Issue 19's
-/// "memory within the journal's cap" holds for unary calls (`tests/amplification.rs`), not yet for
-/// streams larger than the cap; this bound (8× the cap) guards against losing the cap altogether,
-/// which would keep all 128 MB.
+/// The server's peak memory is not quite within the cap: it rose by about 2.4× the cap here (8 MiB:
+/// +19.5 MiB over the same calls without a journal; 32 MiB: +37 to +71 MiB), the call being
+/// recorded and the one before it, which the allocator keeps a while once freed. It rose by 4–6×
+/// while a call's frames grew by doubling and were copied into the ring of ended calls when it
+/// ended (+34 to +49 MiB at 8 MiB, +155 MiB at 32 MiB), which this bound (4× the cap) fails; it
+/// would keep all 128 MB without the cap.
 #[tokio::test]
 async fn with_the_journal_streams_read_to_the_end_are_kept_within_its_cap() {
     const CAP_MIB: u64 = 8;
@@ -263,7 +262,7 @@ async fn with_the_journal_streams_read_to_the_end_are_kept_within_its_cap() {
          with it (cap {CAP_MIB} MiB)"
     );
     assert!(
-        with_cost < without_cost + 8 * CAP_MIB * 1024,
+        with_cost < without_cost + 4 * CAP_MIB * 1024,
         "with the journal the peak grew {with_cost} KiB, without {without_cost} KiB"
     );
     // The last call is journaled, cut at the cap: its frames past it counted.

@@ -231,6 +231,43 @@ async fn a_bidi_call_of_1000_messages_each_way_is_journaled_whole_and_in_order()
     assert_eq!(calls[0]["rules"].as_array().unwrap().len(), 2);
 }
 
+/// A call whose frames pass a mebibyte (they take room for all the cap allows then) and become a
+/// block of their own (`Closed::write_around`) reads back whole and in order, between small calls
+/// kept in the ring's chunks; so do the small ones.
+#[tokio::test]
+async fn a_large_call_between_small_ones_reads_back_whole_and_in_order() {
+    let observer = observer(Caps {
+        max_calls: 100,
+        max_bytes: 8 << 20,
+    });
+    let stream = |name: String, count: i32| {
+        let requests = (0..count).map(move |n| Ok(Request::Encoded(req(&name, n))));
+        Requests::Stream(Box::pin(futures::stream::iter(requests)))
+    };
+    let large = "x".repeat(1100);
+    for (name, count) in [("a", 3), (large.as_str(), 1000), ("b", 3)] {
+        let chat = call("Chat", stream(name.to_string(), count), MetadataMap::new());
+        assert_eq!(run(chat, seen(observer)).await, count as usize);
+    }
+    let calls = calls(observer);
+    assert_eq!(calls.len(), 3);
+    for call in &calls {
+        let frames = call["frames"].as_array().unwrap();
+        let requests: Vec<&Value> = frames.iter().filter_map(|f| f.get("request")).collect();
+        let name = requests[0]["json"]["name"].as_str().unwrap();
+        let count = if name == large { 1000 } else { 3 };
+        assert_eq!(frames.len(), 2 * count, "{name}");
+        for (n, request) in requests.iter().enumerate() {
+            assert_eq!(request["json"]["name"], name);
+            assert_eq!(request["json"]["n"].as_i64().unwrap_or(0), n as i64);
+        }
+        let kinds: Vec<bool> = frames.iter().map(|f| f.get("request").is_some()).collect();
+        assert!(kinds.chunks(2).all(|pair| pair == [true, false]), "{name}");
+        assert_eq!(call["status"]["codeName"], "OK");
+        assert_eq!(call["droppedFrames"], "0");
+    }
+}
+
 #[tokio::test]
 async fn an_unmatched_call_lists_the_rules_that_came_closest() {
     let observer = observer(ROOMY);

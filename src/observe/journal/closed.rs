@@ -43,6 +43,10 @@ const COMPACT_AFTER: usize = 64;
 const CHUNK: usize = 64 << 10;
 const ROOM: usize = 4 << 10;
 
+/// Frames of this many bytes or more make their call's block a chunk of its own, where they are
+/// ([`Closed::write_around`]).
+pub(super) const OWN_CHUNK: usize = CHUNK;
+
 #[derive(Default)]
 pub(super) struct Closed {
     /// The blocks, oldest first, back to back in chunks (see the module's docs).
@@ -100,6 +104,29 @@ impl Closed {
         let counted = encode(out);
         out[at..at + 4].copy_from_slice(&slot.to_le_bytes());
         let len = out.len() - at;
+        self.add(Entry { id, len, counted });
+    }
+
+    /// [`Closed::write`] for a call whose frames are large ([`OWN_CHUNK`] or more): its block is
+    /// made around them where they are, `head` moved in before them and `tail` after, and is a
+    /// chunk of its own. Copied into the ring, a large call's frames took twice their size while it
+    /// ended, and the copy was a new allocation each time (`tests/limits.rs`).
+    pub(super) fn write_around(
+        &mut self,
+        id: u64,
+        method: &Arc<Method>,
+        mut head: Vec<u8>,
+        mut frames: Vec<u8>,
+        tail: &[u8],
+        counted: usize,
+    ) {
+        let slot = self.slot(method);
+        head[..4].copy_from_slice(&slot.to_le_bytes());
+        frames.reserve_exact(head.len() + tail.len());
+        frames.splice(0..0, head);
+        frames.extend_from_slice(tail);
+        let len = frames.len();
+        self.chunks.push_back(frames);
         self.add(Entry { id, len, counted });
     }
 
@@ -316,6 +343,13 @@ const REPLY: u8 = 2;
 /// `record`'s call, ended, as a block appended to `out` (its first four bytes are left for
 /// [`Closed::write`]).
 pub(super) fn encode(record: &Record, progress: &Progress, out: &mut Vec<u8>) {
+    encode_head(record, progress, out);
+    out.extend_from_slice(&progress.frames.bytes);
+    encode_tail(progress, out);
+}
+
+/// What [`encode`] writes before the frames (their count last).
+pub(super) fn encode_head(record: &Record, progress: &Progress, out: &mut Vec<u8>) {
     let flags = u8::from(progress.unmatched) * UNMATCHED
         | u8::from(progress.metadata.is_some()) * METADATA
         | u8::from(progress.end.is_some()) * END;
@@ -333,7 +367,10 @@ pub(super) fn encode(record: &Record, progress: &Progress, out: &mut Vec<u8>) {
     }
     put_rules(out, &progress.rules);
     out.put_u32_le(progress.frames.count);
-    out.extend_from_slice(&progress.frames.bytes);
+}
+
+/// What [`encode`] writes after the frames.
+pub(super) fn encode_tail(progress: &Progress, out: &mut Vec<u8>) {
     if let Some(end) = &progress.end {
         put_status(out, end.code, &end.message);
         put_bytes(out, &end.trailers.0);

@@ -57,6 +57,13 @@ const COUNT_EVERY: usize = 16 << 10;
 /// copying what it holds).
 const FRAMES_ROOM: usize = 1 << 10;
 
+/// Frames past this size take room for all the byte cap lets their call add, at once (see
+/// [`Record::push_to`]).
+const FRAMES_LARGE: usize = 1 << 20;
+
+/// Room left after a large call's frames for the rest of its block (`Closed::write_around`).
+const BLOCK_ROOM: usize = 4 << 10;
+
 /// The journal's bounds (`--journal-max-calls`, `--journal-max-bytes`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Caps {
@@ -208,17 +215,30 @@ impl Journal {
     /// with the list locked, and then the record's lock — in the order every trim takes them.
     fn close(&self, record: &Record, method: &Arc<Method>, entered: bool, over: bool) {
         let mut calls = self.calls();
-        let progress = record.progress();
+        let mut progress = record.progress();
         if progress.method.is_some() {
             let counted = progress.bytes + RECORD_OVERHEAD;
             if !entered {
                 self.bytes.fetch_add(counted, Ordering::Relaxed);
             }
             if !entered || calls.live.remove(&record.id).is_some() {
-                calls.closed.write(record.id, method, |out| {
-                    closed::encode(record, &progress, out);
-                    counted
-                });
+                if progress.frames.bytes.len() >= closed::OWN_CHUNK {
+                    // The record is done with its frames: they become its block.
+                    let mut head = Vec::new();
+                    closed::encode_head(record, &progress, &mut head);
+                    let mut tail = Vec::new();
+                    closed::encode_tail(&progress, &mut tail);
+                    let frames = std::mem::take(&mut progress.frames);
+                    let (id, frames) = (record.id, frames.bytes);
+                    calls
+                        .closed
+                        .write_around(id, method, head, frames, &tail, counted);
+                } else {
+                    calls.closed.write(record.id, method, |out| {
+                        closed::encode(record, &progress, out);
+                        counted
+                    });
+                }
             }
         }
         drop(progress);
@@ -582,7 +602,16 @@ impl Record {
             progress.dropped_frames += 1;
             return false;
         }
-        write(&mut progress.frames.bytes);
+        let frames = &mut progress.frames.bytes;
+        if frames.len() >= FRAMES_LARGE && frames.capacity() - frames.len() < size {
+            // Room at once for all the cap lets the call add (a frame's encoding is smaller than
+            // what it counts), and for its block's head: grown by doubling, each step left the
+            // memory it moved from to the allocator, about the frames' size again at the peak.
+            // Pages not written take no memory. Where the room cannot be had, doubling goes on.
+            let room = journal.caps.max_bytes.saturating_sub(progress.bytes) + BLOCK_ROOM;
+            let _ = frames.try_reserve_exact(room);
+        }
+        write(frames);
         progress.frames.count += 1;
         self.grow_by_frame(progress, size)
     }
