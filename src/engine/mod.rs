@@ -209,7 +209,7 @@ pub trait Watch: Send + Sync {
     fn metadata(&self, metadata: MetadataMap, waiting: bool);
     /// A message of a request stream, just read. Told by the engine as it reads the stream
     /// ([`Incoming`]), not by a layer around the stream: such a layer moved every message once
-    /// more, which cost a bidi echo with the journal about 7 % (`bench/AB.md`, session 20). The
+    /// more, which cost a bidi echo with the journal about 8 % (`bench/AB.md`, session 20). The
     /// one request of a call read whole ([`Requests::One`]) is not told: the watcher has it with
     /// the call.
     fn request(&self, request: &Request);

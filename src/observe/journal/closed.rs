@@ -16,7 +16,9 @@
 //! The ring is a queue of chunks of about [`CHUNK`] bytes, a block never split between two. So a
 //! block is written straight where it stays ([`Closed::write`]), not made elsewhere and copied in
 //! (a batch of unary calls, and an ended record, whose frames are bytes already: one copy); and
-//! the oldest block is dropped by moving an offset. A chunk emptied is kept for the next one.
+//! the oldest block is dropped by moving an offset. A chunk emptied is kept for the next one. A
+//! record whose frames are large ([`OWN_CHUNK`]) is not copied at all: its block is made around its
+//! frames, where they are, and is a chunk of its own ([`Closed::write_around`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
