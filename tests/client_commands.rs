@@ -1,6 +1,6 @@
 //! The client commands against a running server (`protodrop calls`, `verify`, `rules …`), run as a
-//! shell test runs them: a real server (its journal on, the default), real calls to it, then the binary's
-//! subcommands with `--server`, their stdout, stderr and exit codes.
+//! shell test runs them: a real server (its journal on, the default), real calls to it, then the
+//! binary's subcommands with `--server`, their stdout, stderr and exit codes.
 
 mod common;
 
@@ -300,7 +300,7 @@ fn an_unreachable_server_is_named_by_its_url() {
 }
 
 #[tokio::test]
-async fn without_the_journal_the_server_says_how_to_turn_it_on() {
+async fn a_server_started_with_no_journal_says_so() {
     let server = start(&["--no-journal"]);
     let (code, out, err) = cli(&server, &["calls"], None);
     assert_eq!(code, 1, "{out}{err}");
