@@ -228,11 +228,9 @@ impl Journal {
                     closed::encode_head(record, &progress, &mut head);
                     let mut tail = Vec::new();
                     closed::encode_tail(&progress, &mut tail);
-                    let frames = std::mem::take(&mut progress.frames);
-                    let (id, frames) = (record.id, frames.bytes);
-                    calls
-                        .closed
-                        .write_around(id, method, head, frames, &tail, counted);
+                    let frames = std::mem::take(&mut progress.frames).bytes;
+                    let closed = &mut calls.closed;
+                    closed.write_around(record.id, method, head, frames, &tail, counted);
                 } else {
                     calls.closed.write(record.id, method, |out| {
                         closed::encode(record, &progress, out);
@@ -620,9 +618,14 @@ impl Record {
     /// request stream's messages are told as the engine reads them ([`Watch::request`]).
     pub(super) fn first_request(&self, requests: &Requests) {
         if let Requests::One(request) = requests {
-            let body = Body::of_request(request);
-            self.push(body.size(), |out| closed::put_request(out, 0, &body));
+            self.push_request(0, request);
         }
+    }
+
+    /// A request frame at `at` (nanoseconds since the call started).
+    fn push_request(&self, at: u64, request: &Request) {
+        let body = Body::of_request(request);
+        self.push(body.size(), |out| closed::put_request(out, at, &body));
     }
 
     /// A unary answer, whole: its headers, message and end, at one moment, with one lock. The
@@ -928,9 +931,7 @@ impl Record {
 impl Watch for Record {
     fn request(&self, request: &Request) {
         if self.journal.is_some() {
-            let at = self.frame_at();
-            let body = Body::of_request(request);
-            self.push(body.size(), |out| closed::put_request(out, at, &body));
+            self.push_request(self.frame_at(), request);
         }
     }
 
