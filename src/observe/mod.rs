@@ -3,16 +3,16 @@
 //! A protocol hands its [`engine::Call`] to [`answer`] rather than to `engine::answer`, with what
 //! only it knows ([`Seen`]: its name, the client's address). Here the call's requests are seen as
 //! the engine reads them (it tells each message of a stream, [`engine::Watch::request`]) and its
-//! reply events as the protocol writes them, and when the call ends —
-//! its `End` passes, or the protocol drops the reply (client gone, deadline, shutdown) — it is
-//! logged and its journal record closed. Nothing above the engine is told twice and no protocol
-//! records anything itself, so all four protocols and all four shapes are recorded alike.
+//! reply events as the protocol writes them, and when the call ends — its `End` passes, or the
+//! protocol drops the reply (client gone, deadline, shutdown) — it is logged and its journal
+//! record closed. Nothing above the engine is told twice and no protocol records anything itself,
+//! so all four protocols and all four shapes are recorded alike.
 //!
 //! The engine tells which rule answered through [`engine::Watch`] (the one fact the events do not
 //! carry). A [`Record`] is kept only for the journal (on unless `--no-journal`); for the call log
 //! alone — which writes a line only for a call no rule matched or whose script failed, or a line
-//! per call at INFO — the engine tells a small lock-free [`Told`] and the line is written from it and the
-//! reply; with neither, a call goes straight to the engine, counted in the metrics only.
+//! per call at INFO — the engine tells a small lock-free [`Told`] and the line is written from it
+//! and the reply; with neither, a call goes straight to the engine, counted in the metrics only.
 
 pub(crate) mod journal;
 mod log;
