@@ -268,6 +268,29 @@ async fn a_large_call_between_small_ones_reads_back_whole_and_in_order() {
     }
 }
 
+/// A unary call of 2 MB, answered at once, is kept in a block of about its size: the block was
+/// grown from a chunk's size by doubling, and the last doubling moved the whole request again
+/// to room for twice it (a peak of three times the request while the call was written; four
+/// calls of 4 MB at a time peaked 4 MiB higher: `tests/amplification.rs`).
+#[tokio::test]
+async fn a_large_unary_call_is_kept_in_about_its_size() {
+    let observer = observer(ROOMY);
+    let large = "x".repeat(2 << 20);
+    let one = Requests::One(Request::Encoded(req(&large, 1)));
+    // Answered by no rule: its reply is not the request again.
+    run(call("Bare", one, MetadataMap::new()), seen(observer)).await;
+    let capacity = observer.journal().unwrap().capacity();
+    assert!(
+        capacity < large.len() * 5 / 4,
+        "a call of {} bytes kept in {capacity}",
+        large.len()
+    );
+    assert_eq!(
+        calls(observer)[0]["frames"][0]["request"]["json"]["name"],
+        large
+    );
+}
+
 #[tokio::test]
 async fn an_unmatched_call_lists_the_rules_that_came_closest() {
     let observer = observer(ROOMY);

@@ -92,16 +92,17 @@ impl Closed {
     }
 
     /// Appends the block `encode` writes at the end of the vector it is given (its first four
-    /// bytes left for the method's slot) for call `id` of `method`; `encode` returns what the call
-    /// counts against the byte cap.
+    /// bytes left for the method's slot) for call `id` of `method`, a block of about `size` bytes
+    /// (at least its messages'); `encode` returns what the call counts against the byte cap.
     pub(super) fn write(
         &mut self,
         id: u64,
         method: &Arc<Method>,
+        size: usize,
         encode: impl FnOnce(&mut Vec<u8>) -> usize,
     ) {
         let slot = self.slot(method);
-        let out = self.tail();
+        let out = self.tail(size);
         let at = out.len();
         let counted = encode(out);
         out[at..at + 4].copy_from_slice(&slot.to_le_bytes());
@@ -133,7 +134,7 @@ impl Closed {
     }
 
     fn append(&mut self, entry: Entry, block: &[u8]) {
-        self.tail().extend_from_slice(block);
+        self.tail(block.len()).extend_from_slice(block);
         self.add(entry);
     }
 
@@ -144,17 +145,21 @@ impl Closed {
         self.counted += entry.counted;
     }
 
-    /// The chunk the next block goes in.
-    fn tail(&mut self) -> &mut Vec<u8> {
+    /// The chunk the next block, of about `size` bytes, goes in. A block larger than a chunk
+    /// begins one of its own, with room for it at once: grown by doubling from a chunk's size,
+    /// each step left the memory it moved from to the allocator, about the block's size again
+    /// (`tests/amplification.rs`).
+    fn tail(&mut self, size: usize) -> &mut Vec<u8> {
+        let room = size.max(ROOM);
         if self
             .chunks
             .back()
-            .is_none_or(|chunk| chunk.len() + ROOM > CHUNK)
+            .is_none_or(|chunk| chunk.len() + room > CHUNK)
         {
-            let chunk = self
-                .spare
-                .take()
-                .unwrap_or_else(|| Vec::with_capacity(CHUNK));
+            let chunk = match self.spare.take() {
+                Some(spare) if room < CHUNK => spare,
+                _ => Vec::with_capacity(CHUNK.max(size + ROOM)),
+            };
             self.chunks.push_back(chunk);
         }
         self.chunks.back_mut().expect("a chunk was just put in")
@@ -203,6 +208,11 @@ impl Closed {
 
     pub(super) fn clear(&mut self) {
         *self = Closed::default();
+    }
+
+    #[cfg(test)]
+    pub(super) fn capacity(&self) -> usize {
+        self.chunks.iter().map(Vec::capacity).sum()
     }
 
     /// The blocks, copied out to be decoded without the journal's lock.

@@ -174,7 +174,7 @@ impl Journal {
         } = calls;
         let mut counted = 0;
         for call in unwritten.drain(..) {
-            closed.write(call.id(), call.method(), |out| {
+            closed.write(call.id(), call.method(), call.size(), |out| {
                 let bytes = call.encode(replies, self.caps.max_bytes, out);
                 counted += bytes;
                 bytes
@@ -232,7 +232,8 @@ impl Journal {
                     let closed = &mut calls.closed;
                     closed.write_around(record.id, method, head, frames, &tail, counted);
                 } else {
-                    calls.closed.write(record.id, method, |out| {
+                    let size = progress.frames.bytes.len();
+                    calls.closed.write(record.id, method, size, |out| {
                         closed::encode(record, &progress, out);
                         counted
                     });
@@ -343,6 +344,14 @@ impl Journal {
     pub(crate) fn bytes(&self) -> usize {
         drop(self.calls());
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// The bytes the ended calls' blocks have room for.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        let mut calls = self.lock();
+        self.write_unwritten(&mut calls);
+        calls.closed.capacity()
     }
 }
 

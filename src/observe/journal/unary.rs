@@ -157,6 +157,7 @@ impl Unary {
         let unmatched = self.told.was_unmatched();
         let unwritten = Unwritten {
             unary: self.clone(),
+            request_size: Body::of_request(&self.request).size(),
             headers: headers.map(|h| Box::new(h.clone())),
             message: None,
             code,
@@ -219,6 +220,8 @@ impl Watch for Unary {
 /// small to move).
 pub(super) struct Unwritten {
     unary: Arc<Unary>,
+    /// Its request's encoded size, measured once (a decoded request is measured field by field).
+    request_size: usize,
     headers: Option<Box<MetadataMap>>,
     /// The message's bytes in `replies`.
     pub(super) message: Option<Range<usize>>,
@@ -239,8 +242,7 @@ impl Unwritten {
 
     /// The bytes it holds until written: its request and its reply's message.
     pub(super) fn size(&self) -> usize {
-        closed::Body::of_request(&self.unary.request).size()
-            + self.message.as_ref().map_or(0, |m| m.len())
+        self.request_size + self.message.as_ref().map_or(0, |m| m.len())
     }
 
     /// Writes the call's block at the end of `out` (its reply's message being in `replies`),
