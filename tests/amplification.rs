@@ -5,6 +5,13 @@
 //! keeps what the calls sent, up to its byte cap, which the last test holds it to; the tests of
 //! what one call takes run without it (`--no-journal`), so that their bounds measure the call
 //! alone, as the journal's cap is a bound of its own.
+//!
+//! The servers whose peak is bounded by what a call adds run with `MIMALLOC_PURGE_DELAY=0`
+//! ([`held`]): the allocator then gives memory back as it is freed, and the peak is what the server
+//! held. By its default, mimalloc keeps freed memory resident a few milliseconds, and with calls of
+//! megabytes that moved the peak by tens of MiB from run to run: the journal's test below read +71
+//! to +97 MiB here and +108 once in CI, where the server held +28 to +30; the test of empty entries
+//! +46 to +52, where it held +17.
 
 mod common;
 mod http_client;
@@ -18,6 +25,11 @@ use tonic::Code;
 /// Peak RSS of the server so far, in MiB.
 fn peak_mib(s: &Server) -> u64 {
     proc_status_kib(s.pid(), "VmHWM") / 1024
+}
+
+/// Options for a server whose peak is what it holds (see the module's docs).
+fn held() -> Options {
+    Options::default().env("MIMALLOC_PURGE_DELAY", "0")
 }
 
 /// A Rhai map of 1 MB strings (issue 16 item 7: 100k of them reached 790 MB in one call, 1.56 GB for
@@ -52,8 +64,8 @@ for i in 0..500 { m[`k${i}`] = s + i; }
     assert!(peak < 4 * 64 + 64, "the server's peak RSS was {peak} MiB");
 }
 
-/// The bundled seeds, as shipped in protos/ and handlers/, without the journal (see the module's
-/// docs).
+/// The bundled seeds, as shipped in protos/ and handlers/, without the journal, their peak what
+/// they hold (see the module's docs).
 fn seeds() -> Server {
     Server::start_with(
         &[
@@ -70,7 +82,7 @@ fn seeds() -> Server {
                 include_str!("../handlers/faceserver.toml"),
             ),
         ],
-        Options::default().arg("--no-journal"),
+        held().arg("--no-journal"),
     )
 }
 
@@ -170,15 +182,11 @@ async fn a_reply_repeating_a_large_field_stops_at_the_message_size_limit() {
         ),
         ("t.Svc/ClientStream", &format!("reply.text = \"{text}\"")),
     ]);
-    // What the server holds: memory freed stays resident a few milliseconds by the allocator's
-    // default, and read +49 to +68 MiB here where the server held +29 to +32 (see the journal's
-    // test below).
+    // Held +29 to +32 MiB; +49 to +68 with the allocator's default (see the module's docs).
     let s = Server::start_with(
         &t_proto(),
         &[("t.toml", &handler)],
-        Options::default()
-            .arg("--no-journal")
-            .env("MIMALLOC_PURGE_DELAY", "0"),
+        held().arg("--no-journal"),
     );
     let conn = Conn::connect(s.addr).await;
     let before = peak_mib(&s);
@@ -362,22 +370,15 @@ for i in 0..500 { kept[`k${i}`] = s + i; send(#{ num: i }); }
 }
 
 /// With a journal, a server keeps what its calls sent, and no more than `--journal-max-bytes` of
-/// it: twenty-four requests of 4 MB, four at a time, raise its peak by about what four in flight
-/// take and the cap, not by the 96 MB they sent.
-///
-/// The server runs with `MIMALLOC_PURGE_DELAY=0`, so that its peak is what it holds. With the
-/// allocator's default, memory freed stays resident a few milliseconds, and with calls this large
-/// that moved the peak by up to 40 MiB from run to run (CI once read 108 MiB more against a bound
-/// of 108); held, it is steady within 2 MiB.
+/// it: twenty-four requests of 4 MB, four at a time, raise what it holds by about what four in
+/// flight take and the cap, not by the 96 MB they sent.
 #[tokio::test]
 async fn the_journal_keeps_large_requests_within_its_byte_cap() {
     let handler = rules(&[("t.Svc/Unary", "reply.text = \"ok\"")]);
     let s = Server::start_with(
         &t_proto(),
         &[("t.toml", &handler)],
-        Options::default()
-            .arg("--journal-max-bytes=8MiB")
-            .env("MIMALLOC_PURGE_DELAY", "0"),
+        held().arg("--journal-max-bytes=8MiB"),
     );
     let conn = Conn::connect(s.addr).await;
     let before = peak_mib(&s);
