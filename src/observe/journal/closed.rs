@@ -145,10 +145,10 @@ impl Closed {
         self.counted += entry.counted;
     }
 
-    /// The chunk the next block, of about `size` bytes, goes in. A block larger than a chunk
-    /// begins one of its own, with room for it at once: grown by doubling from a chunk's size,
-    /// each step left the memory it moved from to the allocator, about the block's size again
-    /// (`tests/amplification.rs`).
+    /// The chunk the next block, of about `size` bytes, goes in: the last one if the block fits in
+    /// what is left of it, else a new one, which a block larger than a chunk has to itself, with
+    /// room for it at once. A chunk that grew to take a block moved what it held into room for
+    /// twice it (a 4 MB call's block: its request again, `tests/amplification.rs`).
     fn tail(&mut self, size: usize) -> &mut Vec<u8> {
         let room = size.max(ROOM);
         if self
