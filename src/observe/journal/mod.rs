@@ -174,11 +174,16 @@ impl Journal {
         } = calls;
         let mut counted = 0;
         for call in unwritten.drain(..) {
-            closed.write(call.id(), call.method(), call.size(), |out| {
-                let bytes = call.encode(replies, self.caps.max_bytes, out);
-                counted += bytes;
-                bytes
-            });
+            closed.write(
+                call.id(),
+                call.method(),
+                call.kept(self.caps.max_bytes),
+                |out| {
+                    let bytes = call.encode(replies, self.caps.max_bytes, out);
+                    counted += bytes;
+                    bytes
+                },
+            );
         }
         self.bytes.fetch_add(counted, Ordering::Relaxed);
         replies.clear();

@@ -25,7 +25,7 @@ use tonic::metadata::MetadataMap;
 use tonic::Code;
 
 use super::closed::{self, Body, Unlisted};
-use super::{shared, Journal, Record, RECORD_OVERHEAD};
+use super::{shared, Journal, Record, FRAME_OVERHEAD, RECORD_OVERHEAD};
 use crate::engine::{self, End, Method, Request, Requests, Watch};
 use crate::observe::{log, Seen, Told, WallTime};
 
@@ -243,6 +243,20 @@ impl Unwritten {
     /// The bytes it holds until written: its request and its reply's message.
     pub(super) fn size(&self) -> usize {
         self.request_size + self.message.as_ref().map_or(0, |m| m.len())
+    }
+
+    /// About what its block will keep of its messages within the byte cap `max`: a message larger
+    /// than the cap is dropped (`closed::encode_unlisted`), and room taken for it would stay with
+    /// the ring, unwritten, until the call was.
+    pub(super) fn kept(&self, max: usize) -> usize {
+        let fits = |size: usize| {
+            if size + FRAME_OVERHEAD <= max {
+                size
+            } else {
+                0
+            }
+        };
+        fits(self.request_size) + fits(self.message.as_ref().map_or(0, |m| m.len()))
     }
 
     /// Writes the call's block at the end of `out` (its reply's message being in `replies`),
