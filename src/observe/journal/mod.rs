@@ -279,13 +279,17 @@ impl Journal {
 
     /// A call leaves the journal: its bytes are no longer the journal's. Under the record's lock,
     /// as every count of its bytes is ([`Record::grow`]), so exactly what was counted is taken off.
+    /// A call in flight lets go of its frames and records no more ([`Record::push_to`]): nobody
+    /// will read them, and they were kept up to the cap until the call ended, so that streams at
+    /// once held the cap each (`tests/limits.rs`).
     fn release(&self, record: &Record) {
-        let progress = record.progress();
+        let mut progress = record.progress();
         record.detached.store(true, Ordering::Relaxed);
         self.bytes.fetch_sub(
             progress.bytes - progress.uncounted + RECORD_OVERHEAD,
             Ordering::Relaxed,
         );
+        progress.frames = Frames::default();
         drop(progress);
     }
 
@@ -607,6 +611,10 @@ impl Record {
         if progress.end.is_some() {
             // Not part of the call (a request read after the reply ended it), and a call that
             // ended is counted as it was then (see `close_locked`).
+            return false;
+        }
+        if self.detached.load(Ordering::Relaxed) {
+            // Out of the journal (see `Journal::release`).
             return false;
         }
         let size = size + FRAME_OVERHEAD;
