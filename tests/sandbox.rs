@@ -97,12 +97,7 @@ async fn assert_bombs_are_defused(s: &Server, call_depth: usize) {
             .single(),
         &json!({ "text": "alive" })
     );
-    let peak = std::fs::read_to_string(format!("/proc/{}/status", s.pid()))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap();
+    let peak = proc_status_kib(s.pid(), "VmHWM");
     assert!(peak < 256 * 1024, "the server's peak RSS was {peak} KiB");
 }
 

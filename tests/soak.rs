@@ -173,15 +173,6 @@ fn check(
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "soak: run by hand, see the module comment"]
 async fn a_million_mixed_calls_with_a_reload_every_second() {
@@ -237,7 +228,7 @@ async fn a_million_mixed_calls_with_a_reload_every_second() {
     while done.load(Ordering::Relaxed) < warmup.min(calls) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let rss_start = rss_kib(pid);
+    let rss_start = proc_status_kib(pid, "VmRSS");
     let mut rss_max = rss_start;
     let warm_at = Instant::now();
     eprintln!(
@@ -252,7 +243,7 @@ async fn a_million_mixed_calls_with_a_reload_every_second() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         writes += 1;
         s.write_handler("l.toml", &handler(1 + writes % 2));
-        let rss = rss_kib(pid);
+        let rss = proc_status_kib(pid, "VmRSS");
         rss_max = rss_max.max(rss);
         if last_report.elapsed() >= Duration::from_secs(10) {
             last_report = Instant::now();
@@ -270,7 +261,7 @@ async fn a_million_mixed_calls_with_a_reload_every_second() {
     let elapsed = started.elapsed();
     // Let the last write be reloaded before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_end = rss_kib(pid);
+    let rss_end = proc_status_kib(pid, "VmRSS");
     let logs = s.logs();
     let reloaded = logs.matches("reloaded services=").count() as u64;
     let reload_failed = logs.matches("reload failed").count();

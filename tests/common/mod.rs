@@ -1056,6 +1056,19 @@ pub async fn wait_for_reply_text(
     start.elapsed()
 }
 
+/// `VmRSS` (or another `/proc/PID/status` field) of a process, in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("a number of kB")
+}
+
 /// The end of a log, whose lines may be megabytes long.
 pub fn log_tail(log: &str) -> String {
     let chars: Vec<char> = log.chars().collect();

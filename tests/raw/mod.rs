@@ -243,16 +243,3 @@ pub async fn read_body(mut body: RecvStream) -> (Bytes, Option<HeaderMap>) {
     let trailers = body.trailers().await.expect("trailers");
     (buf.freeze(), trailers)
 }
-
-/// `VmRSS` (or another `/proc/PID/status` field) of a process, in KiB.
-pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .expect("a number of kB")
-}

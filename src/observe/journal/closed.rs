@@ -228,6 +228,59 @@ impl Closed {
         }
     }
 
+    /// The newest `limit` blocks of `method` (every method when `None`; every block when `limit`
+    /// is 0), copied out to be decoded without the journal's lock. Listing the last call of a full
+    /// journal copied and decoded all of it: twice the journal, each time (`tests/journal.rs`).
+    pub(super) fn copy_newest(&self, method: Option<&str>, limit: usize) -> Copied {
+        if limit == 0 && method.is_none() {
+            return self.copy();
+        }
+        let mut chosen = self.blocks();
+        chosen.retain(|(_, block)| method.is_none_or(|name| self.method_of(block).name == name));
+        if limit > 0 && chosen.len() > limit {
+            chosen.drain(..chosen.len() - limit);
+        }
+        let mut bytes = Vec::with_capacity(chosen.iter().map(|(_, block)| block.len()).sum());
+        for (_, block) in &chosen {
+            bytes.extend_from_slice(block);
+        }
+        Copied {
+            bytes,
+            entries: chosen.into_iter().map(|(entry, _)| entry).collect(),
+            methods: self.methods.clone(),
+        }
+    }
+
+    /// Each block, oldest first.
+    fn blocks(&self) -> Vec<(Entry, &[u8])> {
+        let places = self.places();
+        places
+            .into_iter()
+            .map(|(chunk, at, entry)| (entry, &self.chunks[chunk][at..at + entry.len]))
+            .collect()
+    }
+
+    /// Where each block is, oldest first: its chunk, where it starts there, and its entry.
+    fn places(&self) -> Vec<(usize, usize, Entry)> {
+        let mut places = Vec::with_capacity(self.entries.len());
+        let mut entries = self.entries.iter();
+        for (i, chunk) in self.chunks.iter().enumerate() {
+            let mut at = if i == 0 { self.start } else { 0 };
+            while at < chunk.len() {
+                let Some(&entry) = entries.next() else {
+                    return places;
+                };
+                places.push((i, at, entry));
+                at += entry.len;
+            }
+        }
+        places
+    }
+
+    fn method_of(&self, block: &[u8]) -> &Method {
+        &self.methods[slot_of(block) as usize]
+    }
+
     /// Takes out the calls whose method is not `pool`'s (a reload replaced their protos), decoded,
     /// for the journal to settle; the others stay, in order.
     pub(super) fn take_stale(&mut self, pool: &DescriptorPool) -> Vec<(Entry, Record)> {
@@ -287,14 +340,8 @@ impl Closed {
 
     /// Calls `f` with each block, oldest first.
     fn each_block(&mut self, mut f: impl FnMut(&mut [u8])) {
-        let mut entries = self.entries.iter();
-        for (i, chunk) in self.chunks.iter_mut().enumerate() {
-            let mut at = if i == 0 { self.start } else { 0 };
-            while at < chunk.len() {
-                let Some(entry) = entries.next() else { return };
-                f(&mut chunk[at..at + entry.len]);
-                at += entry.len;
-            }
+        for (chunk, at, entry) in self.places() {
+            f(&mut self.chunks[chunk][at..at + entry.len]);
         }
     }
 }

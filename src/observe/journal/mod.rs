@@ -316,7 +316,7 @@ impl Journal {
             .filter(|(_, r)| method.is_none_or(|m| r.method_name() == m))
             .map(|(&id, r)| (id, r.clone()))
             .collect();
-        let closed = calls.closed.copy();
+        let closed = calls.closed.copy_newest(method, limit);
         drop(calls);
         out.extend(closed.records(method));
         out.sort_unstable_by_key(|&(id, _)| id);
