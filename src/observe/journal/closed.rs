@@ -236,7 +236,7 @@ impl Closed {
             return self.copy();
         }
         let mut chosen = self.blocks();
-        chosen.retain(|(_, block)| method.is_none_or(|name| self.method_of(block).name == name));
+        chosen.retain(|(_, block)| method.is_none_or(|name| is_of(&self.methods, block, name)));
         if limit > 0 && chosen.len() > limit {
             chosen.drain(..chosen.len() - limit);
         }
@@ -275,10 +275,6 @@ impl Closed {
             }
         }
         places
-    }
-
-    fn method_of(&self, block: &[u8]) -> &Method {
-        &self.methods[slot_of(block) as usize]
     }
 
     /// Takes out the calls whose method is not `pool`'s (a reload replaced their protos), decoded,
@@ -363,13 +359,7 @@ impl Copied {
     /// The calls of `method` (every call when `None`), decoded, with their ids.
     pub(super) fn records(&self, method: Option<&str>) -> Vec<(u64, Arc<Record>)> {
         self.blocks()
-            .filter(|(_, block)| {
-                method.is_none_or(|name| {
-                    self.methods
-                        .get(slot_of(block) as usize)
-                        .is_some_and(|m| m.name == name)
-                })
-            })
+            .filter(|(_, block)| method.is_none_or(|name| is_of(&self.methods, block, name)))
             .filter_map(|(entry, block)| {
                 Some((entry.id, Arc::new(decode(entry.id, block, &self.methods)?)))
             })
@@ -388,6 +378,11 @@ fn starts<'a>(entries: impl Iterator<Item = &'a Entry> + 'a) -> impl Iterator<It
 
 fn slot_of(block: &[u8]) -> u32 {
     u32::from_le_bytes([block[0], block[1], block[2], block[3]])
+}
+
+/// Whether `block` is a call of the method named `name` (of `methods`, the table it names it by).
+fn is_of(methods: &[Arc<Method>], block: &[u8], name: &str) -> bool {
+    (methods.get(slot_of(block) as usize)).is_some_and(|m| m.name == name)
 }
 
 const UNMATCHED: u8 = 1;
