@@ -382,7 +382,9 @@ fn slot_of(block: &[u8]) -> u32 {
 
 /// Whether `block` is a call of the method named `name` (of `methods`, the table it names it by).
 fn is_of(methods: &[Arc<Method>], block: &[u8], name: &str) -> bool {
-    (methods.get(slot_of(block) as usize)).is_some_and(|m| m.name == name)
+    methods
+        .get(slot_of(block) as usize)
+        .is_some_and(|m| m.name == name)
 }
 
 const UNMATCHED: u8 = 1;
