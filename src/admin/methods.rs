@@ -129,10 +129,11 @@ async fn list_calls(call: Call<'_>) -> Answer {
         .get_field_by_name("limit")
         .and_then(|v| v.as_u32())
         .unwrap_or(0) as usize;
-    let records = journal.list(method_of(&call.request).as_deref(), limit);
-    let calls: Vec<serde_json::Value> = records.iter().map(|r| r.to_json()).collect();
+    let listed = journal.listing(method_of(&call.request).as_deref(), limit);
+    let newest_first = listed.iter().rev().map(|r| r.to_json());
     let dropped = journal.dropped().to_string();
-    with_calls(&call, serde_json::json!({ "dropped": dropped }), calls)
+    let reply = serde_json::json!({ "dropped": dropped });
+    with_calls(&call, reply, listed.len(), newest_first)
 }
 
 async fn clear_calls(call: Call<'_>) -> Answer {
@@ -161,7 +162,11 @@ async fn verify(call: Call<'_>) -> Answer {
         .unwrap_or(false);
     let mut matched = Vec::new();
     let mut count = 0u64;
-    for record in journal.list(filter.method.as_deref(), 0) {
+    let listed = journal.listing(filter.method.as_deref(), 0);
+    for index in 0..listed.len() {
+        let Some(record) = listed.get(index) else {
+            continue;
+        };
         // A call in flight has no status yet: it is not counted.
         let Some(code) = record.code() else { continue };
         let method = record.method_name();
@@ -184,21 +189,33 @@ async fn verify(call: Call<'_>) -> Answer {
         if hit {
             count += 1;
             if list {
-                matched.push(record.to_json());
+                // Decoded again if it is shown: kept, every call matched was held at once.
+                matched.push(index);
             }
         }
     }
     let dropped = journal.dropped().to_string();
     let reply = serde_json::json!({ "count": count.to_string(), "dropped": dropped });
-    with_calls(&call, reply, matched)
+    let newest_first = matched.iter().rev().filter_map(|&i| listed.get(i));
+    with_calls(
+        &call,
+        reply,
+        matched.len(),
+        newest_first.map(|r| r.to_json()),
+    )
 }
 
-/// `reply` (proto3 JSON) with `calls` (oldest first) in its `calls` field: the newest of them
-/// that fit in the reply's size limit, each whole, or without its messages when only that fits
-/// (the first that fits neither way and every older one are counted in `omitted`). A journal
-/// keeps calls of up to 64 MiB, a reply is refused past 4 MiB by default: without this, one large
-/// call made the journal unreadable.
-fn with_calls(call: &Call<'_>, reply: serde_json::Value, calls: Vec<serde_json::Value>) -> Answer {
+/// `reply` (proto3 JSON) with the `total` calls `newest_first` renders in its `calls` field
+/// (oldest first): the newest of them that fit in the reply's size limit, each whole, or without
+/// its messages when only that fits (the first that fits neither way and every older one are
+/// counted in `omitted`, and not rendered). A journal keeps calls of up to 64 MiB, a reply is
+/// refused past 4 MiB by default: without this, one large call made the journal unreadable.
+fn with_calls(
+    call: &Call<'_>,
+    reply: serde_json::Value,
+    total: usize,
+    newest_first: impl Iterator<Item = serde_json::Value>,
+) -> Answer {
     let mut reply = from_json(call.output, reply)?;
     let field = call
         .output
@@ -211,9 +228,8 @@ fn with_calls(call: &Call<'_>, reply: serde_json::Value, calls: Vec<serde_json::
     let mut room = call
         .limit
         .saturating_sub(prost::Message::encoded_len(&reply) + 16);
-    let total = calls.len();
     let mut kept = Vec::new();
-    for mut json in calls.into_iter().rev() {
+    for mut json in newest_first {
         let mut message = call_message(&call_desc, &json)?;
         if entry_len(&message) > room {
             without_messages(&mut json);

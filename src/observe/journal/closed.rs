@@ -22,6 +22,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -356,14 +357,20 @@ impl Copied {
             .map(|(start, entry)| (*entry, &self.bytes[start..start + entry.len]))
     }
 
-    /// The calls of `method` (every call when `None`), decoded, with their ids.
-    pub(super) fn records(&self, method: Option<&str>) -> Vec<(u64, Arc<Record>)> {
-        self.blocks()
-            .filter(|(_, block)| method.is_none_or(|name| is_of(&self.methods, block, name)))
-            .filter_map(|(entry, block)| {
-                Some((entry.id, Arc::new(decode(entry.id, block, &self.methods)?)))
+    /// The calls of `method` (every call when `None`): each one's id and where its block is.
+    pub(super) fn places(&self, method: Option<&str>) -> Vec<(u64, Range<usize>)> {
+        starts(self.entries.iter())
+            .zip(&self.entries)
+            .map(|(start, entry)| (entry.id, start..start + entry.len))
+            .filter(|(_, at)| {
+                method.is_none_or(|name| is_of(&self.methods, &self.bytes[at.clone()], name))
             })
             .collect()
+    }
+
+    /// Call `id`, whose block is `at` ([`Copied::places`]), decoded.
+    pub(super) fn record(&self, id: u64, at: Range<usize>) -> Option<Record> {
+        decode(id, &self.bytes[at], &self.methods)
     }
 }
 

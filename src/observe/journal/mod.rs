@@ -16,6 +16,7 @@ mod closed;
 mod unary;
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -308,22 +309,34 @@ impl Journal {
     }
 
     /// The calls kept, oldest first (of `method` when given; the newest `limit` when not 0).
+    #[cfg(test)]
     pub(crate) fn list(&self, method: Option<&str>, limit: usize) -> Vec<Arc<Record>> {
+        self.listing(method, limit).iter().collect()
+    }
+
+    /// The calls kept, as [`Journal::list`] gives them, each decoded only when it is reached: a
+    /// reply of the admin API holds what fits in a message, and listing a full journal decoded and
+    /// rendered all of it, to send the newest 200 (`tests/journal.rs`).
+    pub(crate) fn listing(&self, method: Option<&str>, limit: usize) -> Listed {
         let calls = self.calls();
-        let mut out: Vec<(u64, Arc<Record>)> = calls
+        let mut listed: Vec<(u64, Place)> = calls
             .live
             .iter()
             .filter(|(_, r)| method.is_none_or(|m| r.method_name() == m))
-            .map(|(&id, r)| (id, r.clone()))
+            .map(|(&id, r)| (id, Place::Live(r.clone())))
             .collect();
         let closed = calls.closed.copy_newest(method, limit);
         drop(calls);
-        out.extend(closed.records(method));
-        out.sort_unstable_by_key(|&(id, _)| id);
-        if limit > 0 && out.len() > limit {
-            out.drain(..out.len() - limit);
+        let places = closed.places(method).into_iter();
+        listed.extend(places.map(|(id, at)| (id, Place::Closed(at))));
+        listed.sort_unstable_by_key(|&(id, _)| id);
+        if limit > 0 && listed.len() > limit {
+            listed.drain(..listed.len() - limit);
         }
-        out.into_iter().map(|(_, r)| r).collect()
+        Listed {
+            calls: listed,
+            closed,
+        }
     }
 
     /// Settles every call whose protos are not `pool` (a reload replaced them), so that the
@@ -361,6 +374,39 @@ impl Journal {
         let mut calls = self.lock();
         self.write_unwritten(&mut calls);
         calls.closed.capacity()
+    }
+}
+
+/// Calls listed ([`Journal::listing`]): those in flight as they are, the ended ones copied out of
+/// the ring, to be decoded as they are reached.
+pub(crate) struct Listed {
+    /// Oldest first.
+    calls: Vec<(u64, Place)>,
+    closed: closed::Copied,
+}
+
+enum Place {
+    Live(Arc<Record>),
+    /// Where its block is in the copy.
+    Closed(Range<usize>),
+}
+
+impl Listed {
+    pub(crate) fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// The calls, oldest first (`rev` for the newest first), each decoded as it is reached.
+    pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = Arc<Record>> + '_ {
+        (0..self.len()).filter_map(|index| self.get(index))
+    }
+
+    /// The call at `index` (oldest first), decoded now.
+    pub(crate) fn get(&self, index: usize) -> Option<Arc<Record>> {
+        match self.calls.get(index)? {
+            (_, Place::Live(record)) => Some(record.clone()),
+            (id, Place::Closed(at)) => self.closed.record(*id, at.clone()).map(Arc::new),
+        }
     }
 }
 
