@@ -629,6 +629,46 @@ async fn a_unary_calls_metadata_is_kept_however_it_ends_and_shown_while_it_waits
     waiting.await.unwrap();
 }
 
+/// The newest calls are the last begun, whichever ended last: a call that waited (300 ms) ends
+/// after three begun after it, and is kept after them; asked for the newest, the journal gives
+/// the last of those three, and the call that waited only among the newest four.
+#[tokio::test]
+async fn the_newest_calls_are_the_last_begun_not_the_last_ended() {
+    let observer = observer(ROOMY);
+    let slow = Requests::One(Request::Encoded(req("first", 0)));
+    let waiting = tokio::spawn(run(call("Slow", slow, MetadataMap::new()), seen(observer)));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while calls(observer).is_empty() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the call never reached the journal"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    for n in 1..=3 {
+        let one = Requests::One(Request::Encoded(req("later", n)));
+        run(call("Unary", one, MetadataMap::new()), seen(observer)).await;
+    }
+    waiting.await.unwrap();
+    let journal = observer.journal().unwrap();
+    let names = |limit| -> Vec<(String, i64)> {
+        let listed = journal.list(None, limit);
+        listed
+            .iter()
+            .map(|r| {
+                let call = r.to_json();
+                let request = &call["frames"][0]["request"]["json"];
+                let name = request["name"].as_str().unwrap_or_default().to_string();
+                (name, request["n"].as_i64().unwrap_or(0))
+            })
+            .collect()
+    };
+    assert_eq!(names(1), [("later".to_string(), 3)]);
+    let four = names(4);
+    assert_eq!(four.first(), Some(&("first".to_string(), 0)), "{four:?}");
+    assert_eq!(four.len(), 4);
+}
+
 #[tokio::test]
 async fn a_unary_call_dropped_while_its_rule_waits_is_journaled_as_cancelled() {
     // The client goes away during a rule's delay: the protocol drops the call's future before the

@@ -230,7 +230,7 @@ impl Closed {
     }
 
     /// The newest `limit` blocks of `method` (every method when `None`; every block when `limit`
-    /// is 0), copied out to be decoded without the journal's lock. Listing the last call of a full
+    /// is 0; the newest by id, the calls begun last), copied out to be decoded without the journal's lock. Listing the last call of a full
     /// journal copied and decoded all of it: twice the journal, each time (`tests/journal.rs`).
     pub(super) fn copy_newest(&self, method: Option<&str>, limit: usize) -> Copied {
         if limit == 0 && method.is_none() {
@@ -239,6 +239,8 @@ impl Closed {
         let mut chosen = self.blocks();
         chosen.retain(|(_, block)| method.is_none_or(|name| is_of(&self.methods, block, name)));
         if limit > 0 && chosen.len() > limit {
+            // The newest are the last begun: blocks are in the order their calls ended.
+            chosen.sort_unstable_by_key(|(entry, _)| entry.id);
             chosen.drain(..chosen.len() - limit);
         }
         let mut bytes = Vec::with_capacity(chosen.iter().map(|(_, block)| block.len()).sum());
@@ -357,14 +359,11 @@ impl Copied {
             .map(|(start, entry)| (*entry, &self.bytes[start..start + entry.len]))
     }
 
-    /// The calls of `method` (every call when `None`): each one's id and where its block is.
-    pub(super) fn places(&self, method: Option<&str>) -> Vec<(u64, Range<usize>)> {
+    /// Each call copied: its id and where its block is.
+    pub(super) fn places(&self) -> Vec<(u64, Range<usize>)> {
         starts(self.entries.iter())
             .zip(&self.entries)
             .map(|(start, entry)| (entry.id, start..start + entry.len))
-            .filter(|(_, at)| {
-                method.is_none_or(|name| is_of(&self.methods, &self.bytes[at.clone()], name))
-            })
             .collect()
     }
 

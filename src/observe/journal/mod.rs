@@ -316,7 +316,7 @@ impl Journal {
 
     /// The calls kept, as [`Journal::list`] gives them, each decoded only when it is reached: a
     /// reply of the admin API holds what fits in a message, and listing a full journal decoded and
-    /// rendered all of it, to send the newest 200 (`tests/journal.rs`).
+    /// rendered all of it, to send the newest few hundred (`tests/journal.rs`).
     pub(crate) fn listing(&self, method: Option<&str>, limit: usize) -> Listed {
         let calls = self.calls();
         let mut listed: Vec<(u64, Place)> = calls
@@ -327,7 +327,7 @@ impl Journal {
             .collect();
         let closed = calls.closed.copy_newest(method, limit);
         drop(calls);
-        let places = closed.places(method).into_iter();
+        let places = closed.places().into_iter();
         listed.extend(places.map(|(id, at)| (id, Place::Closed(at))));
         listed.sort_unstable_by_key(|&(id, _)| id);
         if limit > 0 && listed.len() > limit {
