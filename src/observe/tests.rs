@@ -629,13 +629,13 @@ async fn a_unary_calls_metadata_is_kept_however_it_ends_and_shown_while_it_waits
     waiting.await.unwrap();
 }
 
-/// The newest calls are the last begun, whichever ended last: a call that waited (300 ms) ends
-/// after three begun after it, and is kept after them; asked for the newest, the journal gives
-/// the last of those three, and the call that waited only among the newest four.
-#[tokio::test]
-async fn the_newest_calls_are_the_last_begun_not_the_last_ended() {
-    let observer = observer(ROOMY);
-    let slow = Requests::One(Request::Encoded(req("first", 0)));
+/// A `Slow` call of `request` (its rule waits 300 ms) to an empty journal, running, once the
+/// journal lists it.
+async fn slow_call_listed(
+    observer: &'static Observer,
+    request: Bytes,
+) -> tokio::task::JoinHandle<usize> {
+    let slow = Requests::One(Request::Encoded(request));
     let waiting = tokio::spawn(run(call("Slow", slow, MetadataMap::new()), seen(observer)));
     let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while calls(observer).is_empty() {
@@ -645,6 +645,16 @@ async fn the_newest_calls_are_the_last_begun_not_the_last_ended() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
+    waiting
+}
+
+/// The newest calls are the last begun, whichever ended last: a call that waited (300 ms) ends
+/// after three begun after it, and is kept after them; asked for the newest, the journal gives
+/// the last of those three, and the call that waited only among the newest four.
+#[tokio::test]
+async fn the_newest_calls_are_the_last_begun_not_the_last_ended() {
+    let observer = observer(ROOMY);
+    let waiting = slow_call_listed(observer, req("first", 0)).await;
     for n in 1..=3 {
         let one = Requests::One(Request::Encoded(req("later", n)));
         run(call("Unary", one, MetadataMap::new()), seen(observer)).await;
@@ -674,16 +684,7 @@ async fn a_unary_call_dropped_while_its_rule_waits_is_journaled_as_cancelled() {
     // The client goes away during a rule's delay: the protocol drops the call's future before the
     // engine answers. The journal closes the call rather than listing it in flight for ever.
     let observer = observer(ROOMY);
-    let slow = Requests::One(Request::Encoded(req("ann", 3)));
-    let waiting = tokio::spawn(run(call("Slow", slow, MetadataMap::new()), seen(observer)));
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while calls(observer).is_empty() {
-        assert!(
-            std::time::Instant::now() < until,
-            "the call never reached the journal"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    let waiting = slow_call_listed(observer, req("ann", 3)).await;
     waiting.abort();
     let _ = waiting.await;
     let c = &calls(observer)[0];
