@@ -24,10 +24,6 @@
 //! current state, compiles, swaps, all under it, so concurrent changes never lose one another, and
 //! a reload swapping meanwhile layers the store as it is then.
 
-// Called by the admin service (issue 19), which is wired in at its merge; until then only the
-// tests call it.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
