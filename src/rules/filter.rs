@@ -12,10 +12,6 @@
 //! It knows no journal: [`Filter::matches`] takes what one call had, so whoever keeps calls asks
 //! it per call.
 
-// Called by the admin service (issue 19), which is wired in at its merge; until then only the
-// tests call it.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage};
 use tonic::metadata::MetadataMap;

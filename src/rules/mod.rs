@@ -18,8 +18,6 @@ mod toml_tree;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-// The admin service's verification uses it (wired in at its merge).
-#[allow(unused_imports)]
 pub(crate) use filter::Filter;
 pub(crate) use load::load;
 #[cfg(any(test, feature = "fuzzing"))]

@@ -1,10 +1,6 @@
 //! A verification filter's text (see [`crate::rules::filter`]): `method`, `when` read exactly as a
 //! rule's, `status`.
 
-// Called by the admin service (issue 19), which is wired in at its merge; until then only the
-// tests call it.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use prost_reflect::DescriptorPool;
 
 use super::{FileCtx, Reported, Res, Submitted};

@@ -14,10 +14,6 @@
 //! against new protos after a reload ([`Written::compile`]), its problems then pointing into the
 //! same text under the rule's own name (`runtime:r3:4:9`).
 
-// Called by the admin service (issue 19), which is wired in at its merge; until then only the
-// tests call it.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::ops::Range;
 use std::path::Path as FsPath;
 use std::sync::Arc;
