@@ -441,6 +441,17 @@ pub struct ServeArgs {
     #[arg(long, help_heading = "Admin API", env = "PROTODROP_NO_ADMIN")]
     pub no_admin: bool,
 
+    /// Most runtime rules (added through the admin API) kept at once; a submission that would pass
+    /// it is refused whole with RESOURCE_EXHAUSTED. Each change rebuilds what it touches from them.
+    #[arg(
+        long,
+        help_heading = "Admin API",
+        env = "PROTODROP_MAX_RUNTIME_RULES",
+        default_value_t = crate::state::DEFAULT_MAX_RUNTIME_RULES,
+        value_name = "N"
+    )]
+    pub max_runtime_rules: usize,
+
     /// PEM file with the server's certificate (its chain, leaf first): serve TLS on the port, for every
     /// protocol (gRPC, gRPC-Web, Connect, HTTP/JSON). Needs --tls-key. Read once at start-up.
     #[arg(

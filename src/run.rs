@@ -211,7 +211,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         "loaded"
     );
     state.log_warnings();
-    let registry = Arc::new(Registry::new(state));
+    let registry = Arc::new(Registry::new(state).with_max_runtime_rules(args.max_runtime_rules));
     if let Some(journal) = observer.journal() {
         registry.settle_on_reload(journal);
     }

@@ -909,6 +909,48 @@ async fn a_bad_runtime_rule_is_refused_with_a_diagnostic_and_changes_nothing() {
     assert_eq!(connect_text(addr, "a").await, "runtime a");
 }
 
+/// `--max-runtime-rules` bounds the runtime rules kept at once: a submission that would pass it is
+/// refused whole with RESOURCE_EXHAUSTED naming the flag, and changes nothing; room made by a reset
+/// is taken again. Without it a client adding rules in a loop grew the server without bound (3,000
+/// rules: +68 MiB, each addition slower than the last).
+#[tokio::test]
+async fn runtime_rules_are_kept_within_max_runtime_rules() {
+    let server = start_with(Options::default().arg("--max-runtime-rules=3"));
+    let addr = server.addr;
+    let grpc = client(&server).await;
+    let rule = |name: &str| {
+        format!(
+            "[[rule]]\nmethod = \"j.S/Unary\"\nwhen.request.name = \"{name}\"\n\
+             reply = {{ text = \"runtime {name}\" }}\n"
+        )
+    };
+    add_rules(addr, &(rule("a") + &rule("b"))).await.expect(200);
+    let before = list_rules(addr).await;
+    let reply = add_rules(addr, &(rule("c") + &rule("d"))).await;
+    let body = reply.expect(429).json();
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("--max-runtime-rules"), "{body}");
+    assert!(message.contains("over the limit of 3"), "{body}");
+    assert_eq!(list_rules(addr).await, before);
+    assert_eq!(grpc_text(&grpc, "c").await, "hello c");
+    // Over gRPC, the same status.
+    let admin = Client::connect(addr, admin_pool()).await;
+    let out = admin
+        .unary(ADD_RULES, json!({ "toml": rule("c") + &rule("d") }))
+        .await;
+    out.err(Code::ResourceExhausted);
+    // One more fits; a reset makes room for three again.
+    add_rules(addr, &rule("c")).await.expect(200);
+    assert_eq!(grpc_text(&grpc, "c").await, "runtime c");
+    add_rules(addr, &rule("d")).await.expect(429);
+    let reset = http_client::post_json(addr, &format!("{RULES}:reset"), "{}").await;
+    assert_eq!(reset.expect(200).json()["deleted"], 3);
+    add_rules(addr, &(rule("d") + &rule("e") + &rule("f")))
+        .await
+        .expect(200);
+    assert_eq!(grpc_text(&grpc, "f").await, "runtime f");
+}
+
 #[tokio::test]
 async fn reset_rules_deletes_every_runtime_rule() {
     let server = start();

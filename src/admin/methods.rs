@@ -301,6 +301,7 @@ fn refused(refused: Refused) -> Status {
     match refused {
         Refused::Invalid(problems) => Status::invalid_argument(problems.to_string()),
         Refused::UnknownId(_) => Status::not_found(refused.to_string()),
+        Refused::TooMany { .. } => Status::resource_exhausted(refused.to_string()),
     }
 }
 

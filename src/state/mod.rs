@@ -392,7 +392,13 @@ pub(crate) struct Registry {
     journal: std::sync::OnceLock<&'static Journal>,
     /// The runtime rules; its lock serializes every swap ([`runtime`]).
     runtime: std::sync::Mutex<runtime::Runtime>,
+    /// Most runtime rules kept at once (`--max-runtime-rules`).
+    max_runtime_rules: usize,
 }
+
+/// `--max-runtime-rules` unless given: room for any test suite's stubs, where a client adding rules
+/// in a loop without a reset is stopped before it has taken a few hundred megabytes.
+pub(crate) const DEFAULT_MAX_RUNTIME_RULES: usize = 10_000;
 
 impl Registry {
     pub(crate) fn new(state: State) -> Self {
@@ -403,6 +409,15 @@ impl Registry {
             health,
             journal: std::sync::OnceLock::new(),
             runtime: Default::default(),
+            max_runtime_rules: DEFAULT_MAX_RUNTIME_RULES,
+        }
+    }
+
+    /// The registry, keeping at most `max` runtime rules at once.
+    pub(crate) fn with_max_runtime_rules(self, max: usize) -> Self {
+        Self {
+            max_runtime_rules: max,
+            ..self
         }
     }
 

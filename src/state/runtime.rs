@@ -71,6 +71,16 @@ pub(crate) enum Refused {
     Invalid(#[from] Diagnostics),
     #[error("no runtime rule '{0}'")]
     UnknownId(String),
+    /// The rules would pass `--max-runtime-rules`.
+    #[error(
+        "{adding} more runtime rule(s) would make {total}, over the limit of {max} \
+         (--max-runtime-rules); delete some, or reset them"
+    )]
+    TooMany {
+        adding: usize,
+        total: usize,
+        max: usize,
+    },
 }
 
 /// The runtime rules, in the order added; owned by the registry, behind its lock.
@@ -303,9 +313,15 @@ impl super::Registry {
     /// none. The rules added, in the order written.
     pub(crate) fn add_rules(&self, submission: Submission<'_>) -> Result<Vec<Listed>, Refused> {
         let submitted = submission.read().map_err(Refused::Invalid)?;
+        let max = self.max_runtime_rules;
         self.change(
             |runtime, state| {
                 let mut entries = runtime.read(state, &submitted)?;
+                let total = runtime.entries.len() + entries.len();
+                if total > max {
+                    let adding = entries.len();
+                    return Err(Refused::TooMany { adding, total, max });
+                }
                 for entry in &mut entries {
                     runtime.name(entry);
                 }
