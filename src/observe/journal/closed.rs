@@ -230,8 +230,9 @@ impl Closed {
     }
 
     /// The newest `limit` blocks of `method` (every method when `None`; every block when `limit`
-    /// is 0; the newest by id, the calls begun last), copied out to be decoded without the journal's lock. Listing the last call of a full
-    /// journal copied and decoded all of it: twice the journal, each time (`tests/journal.rs`).
+    /// is 0; the newest by id, the calls begun last), copied out to be decoded without the
+    /// journal's lock. Listing the last call of a full journal copied and decoded all of it: twice
+    /// the journal, each time (`tests/journal.rs`).
     pub(super) fn copy_newest(&self, method: Option<&str>, limit: usize) -> Copied {
         if limit == 0 && method.is_none() {
             return self.copy();

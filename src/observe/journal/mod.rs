@@ -308,15 +308,16 @@ impl Journal {
         cleared
     }
 
-    /// The calls kept, oldest first (of `method` when given; the newest `limit` when not 0).
+    /// [`Journal::listing`], every call decoded.
     #[cfg(test)]
     pub(crate) fn list(&self, method: Option<&str>, limit: usize) -> Vec<Arc<Record>> {
         self.listing(method, limit).iter().collect()
     }
 
-    /// The calls kept, as [`Journal::list`] gives them, each decoded only when it is reached: a
-    /// reply of the admin API holds what fits in a message, and listing a full journal decoded and
-    /// rendered all of it, to send the newest few hundred (`tests/journal.rs`).
+    /// The calls kept, oldest first (of `method` when given; the newest `limit`, the last begun,
+    /// when not 0), each decoded only when it is reached: a reply of the admin API holds what fits
+    /// in a message, and listing a full journal decoded and rendered all of it, to send the newest
+    /// few hundred (`tests/journal.rs`).
     pub(crate) fn listing(&self, method: Option<&str>, limit: usize) -> Listed {
         let calls = self.calls();
         let mut listed: Vec<(u64, Place)> = calls
