@@ -355,17 +355,14 @@ pub(super) struct Copied {
 
 impl Copied {
     fn blocks(&self) -> impl Iterator<Item = (Entry, &[u8])> {
-        starts(self.entries.iter())
-            .zip(&self.entries)
-            .map(|(start, entry)| (*entry, &self.bytes[start..start + entry.len]))
+        self.places().map(|(entry, at)| (entry, &self.bytes[at]))
     }
 
-    /// Each call copied: its id and where its block is.
-    pub(super) fn places(&self) -> Vec<(u64, Range<usize>)> {
+    /// Each call copied, and where its block is.
+    pub(super) fn places(&self) -> impl Iterator<Item = (Entry, Range<usize>)> + '_ {
         starts(self.entries.iter())
             .zip(&self.entries)
-            .map(|(start, entry)| (entry.id, start..start + entry.len))
-            .collect()
+            .map(|(start, entry)| (*entry, start..start + entry.len))
     }
 
     /// Call `id`, whose block is `at` ([`Copied::places`]), decoded.
@@ -508,7 +505,7 @@ pub(super) fn encode_unlisted(call: &Unlisted<'_>, out: &mut Vec<u8>) -> usize {
 
 /// Whether a frame of `size` payload bytes keeps the call within its byte cap `max` (as
 /// `Record::push_to` decides); counted in `bytes` if so, in `dropped` if not.
-fn fits(bytes: &mut usize, dropped: &mut u64, size: usize, max: usize) -> bool {
+pub(super) fn fits(bytes: &mut usize, dropped: &mut u64, size: usize, max: usize) -> bool {
     let size = size + FRAME_OVERHEAD;
     if *bytes + size > max {
         *dropped += 1;

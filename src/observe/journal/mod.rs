@@ -328,8 +328,10 @@ impl Journal {
             .collect();
         let closed = calls.closed.copy_newest(method, limit);
         drop(calls);
-        let places = closed.places().into_iter();
-        listed.extend(places.map(|(id, at)| (id, Place::Closed(at))));
+        let places = closed
+            .places()
+            .map(|(entry, at)| (entry.id, Place::Closed(at)));
+        listed.extend(places);
         listed.sort_unstable_by_key(|&(id, _)| id);
         if limit > 0 && listed.len() > limit {
             listed.drain(..listed.len() - limit);

@@ -25,7 +25,7 @@ use tonic::metadata::MetadataMap;
 use tonic::Code;
 
 use super::closed::{self, Body, Unlisted};
-use super::{shared, Journal, Record, FRAME_OVERHEAD, RECORD_OVERHEAD};
+use super::{shared, Journal, Record, RECORD_OVERHEAD};
 use crate::engine::{self, End, Method, Request, Requests, Watch};
 use crate::observe::{log, Seen, Told, WallTime};
 
@@ -245,18 +245,19 @@ impl Unwritten {
         self.request_size + self.message.as_ref().map_or(0, |m| m.len())
     }
 
-    /// About what its block will keep of its messages within the byte cap `max`: a message larger
-    /// than the cap is dropped (`closed::encode_unlisted`), and room taken for it would stay with
-    /// the ring, unwritten, until the call was.
+    /// About what its block will keep of its messages within the byte cap `max`, as
+    /// `closed::encode_unlisted` decides (`closed::fits`): a message past the cap is dropped, and
+    /// room taken for it would stay with the ring, unwritten, until the call was.
     pub(super) fn kept(&self, max: usize) -> usize {
-        let fits = |size: usize| {
-            if size + FRAME_OVERHEAD <= max {
+        let (mut bytes, mut dropped) = (0, 0);
+        let mut keep = |size| {
+            if closed::fits(&mut bytes, &mut dropped, size, max) {
                 size
             } else {
                 0
             }
         };
-        fits(self.request_size) + fits(self.message.as_ref().map_or(0, |m| m.len()))
+        keep(self.request_size) + keep(self.message.as_ref().map_or(0, |m| m.len()))
     }
 
     /// Writes the call's block at the end of `out` (its reply's message being in `replies`),
