@@ -239,35 +239,9 @@ async fn a_huge_window_never_read_costs_no_more_than_the_default_one() {
 #[tokio::test]
 async fn with_the_journal_streams_read_to_the_end_are_kept_within_its_cap() {
     const CAP_MIB: u64 = 8;
-    let name = "x".repeat(2 * 1024);
-    let peak_costs = |options: Options| {
-        let without = serve_repeating_with(1000, options.clone());
-        let with = Server::start_with(
-            &t_proto(),
-            &[("t.toml", &repeating(1000))],
-            options.arg(format!("--journal-max-bytes={CAP_MIB}MiB")),
-        );
-        let name = name.clone();
-        async move {
-            let mut costs = Vec::new();
-            for s in [&without, &with] {
-                let before = proc_status_kib(s.pid(), "VmHWM");
-                let client = s.client().await;
-                for _ in 0..4 {
-                    let read = client
-                        .server_stream("t.Svc/ServerStream", serde_json::json!({ "name": name }))
-                        .await;
-                    read.ok();
-                    assert_eq!(read.messages.len(), 1000);
-                }
-                costs.push(proc_status_kib(s.pid(), "VmHWM").saturating_sub(before));
-            }
-            (costs[0], costs[1], with)
-        }
-    };
-    let (without_cost, with_cost, with) = peak_costs(Options::default()).await;
+    let (without_cost, with_cost, with) = journal_peaks(Options::default(), CAP_MIB, 4, 1).await;
     let held = Options::default().env("MIMALLOC_PURGE_DELAY", "0");
-    let (without_held, with_held, _) = peak_costs(held).await;
+    let (without_held, with_held, _) = journal_peaks(held, CAP_MIB, 4, 1).await;
     eprintln!(
         "4 streams of 32 MB read: peak +{without_cost} KiB without the journal, +{with_cost} KiB \
          with it (cap {CAP_MIB} MiB); held +{without_held} KiB without, +{with_held} KiB with it"
@@ -297,28 +271,8 @@ async fn with_the_journal_streams_read_to_the_end_are_kept_within_its_cap() {
 async fn with_the_journal_streams_at_once_are_kept_within_its_cap_together() {
     const CAP_MIB: u64 = 8;
     const STREAMS: usize = 8;
-    let name = "x".repeat(2 * 1024);
     let held = Options::default().env("MIMALLOC_PURGE_DELAY", "0");
-    let without = serve_repeating_with(1000, held.clone());
-    let with = Server::start_with(
-        &t_proto(),
-        &[("t.toml", &repeating(1000))],
-        held.arg(format!("--journal-max-bytes={CAP_MIB}MiB")),
-    );
-    let mut costs = Vec::new();
-    for s in [&without, &with] {
-        let before = proc_status_kib(s.pid(), "VmHWM");
-        let client = s.client().await;
-        let request = serde_json::json!({ "name": name });
-        let streams =
-            (0..STREAMS).map(|_| client.server_stream("t.Svc/ServerStream", request.clone()));
-        for read in futures::future::join_all(streams).await {
-            read.ok();
-            assert_eq!(read.messages.len(), 1000);
-        }
-        costs.push(proc_status_kib(s.pid(), "VmHWM").saturating_sub(before));
-    }
-    let (without_held, with_held) = (costs[0], costs[1]);
+    let (without_held, with_held, _) = journal_peaks(held, CAP_MIB, 1, STREAMS).await;
     eprintln!(
         "{STREAMS} streams of 32 MB at once: held +{without_held} KiB without the journal, \
          +{with_held} KiB with it (cap {CAP_MIB} MiB)"
@@ -327,6 +281,40 @@ async fn with_the_journal_streams_at_once_are_kept_within_its_cap_together() {
         with_held < without_held + 2 * CAP_MIB * 1024,
         "with the journal the server held {with_held} KiB more, without {without_held} KiB"
     );
+}
+
+/// Server streams of 32 MB (1,000 messages of 32 kB) read from a server without a journal and
+/// from one with a journal of `cap_mib`, both started with `options`: `rounds` one after another
+/// of `at_once` streams together. How much each server's peak RSS rose (KiB, without then with),
+/// and the server with the journal.
+async fn journal_peaks(
+    options: Options,
+    cap_mib: u64,
+    rounds: usize,
+    at_once: usize,
+) -> (u64, u64, Server) {
+    let without = serve_repeating_with(1000, options.clone());
+    let with = Server::start_with(
+        &t_proto(),
+        &[("t.toml", &repeating(1000))],
+        options.arg(format!("--journal-max-bytes={cap_mib}MiB")),
+    );
+    let request = serde_json::json!({ "name": "x".repeat(2 * 1024) });
+    let mut costs = Vec::new();
+    for s in [&without, &with] {
+        let before = proc_status_kib(s.pid(), "VmHWM");
+        let client = s.client().await;
+        for _ in 0..rounds {
+            let streams =
+                (0..at_once).map(|_| client.server_stream("t.Svc/ServerStream", request.clone()));
+            for read in futures::future::join_all(streams).await {
+                read.ok();
+                assert_eq!(read.messages.len(), 1000);
+            }
+        }
+        costs.push(proc_status_kib(s.pid(), "VmHWM").saturating_sub(before));
+    }
+    (costs[0], costs[1], with)
 }
 
 fn grpc(builder: http::request::Builder) -> http::Request<()> {
