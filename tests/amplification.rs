@@ -7,7 +7,7 @@
 //! alone, as the journal's cap is a bound of its own.
 //!
 //! The servers whose peak is bounded by what a call adds run with `MIMALLOC_PURGE_DELAY=0`
-//! ([`held`]): the allocator then gives memory back as it is freed, and the peak is what the server
+//! (`common::held`): the allocator then gives memory back as it is freed, and the peak is what the server
 //! held. By its default, mimalloc keeps freed memory resident a few milliseconds, and with calls of
 //! megabytes that moved the peak by tens of MiB from run to run: the journal's test below read +71
 //! to +97 MiB here and +108 once in CI, where the server held +28 to +30; the test of empty entries
@@ -25,11 +25,6 @@ use tonic::Code;
 /// Peak RSS of the server so far, in MiB.
 fn peak_mib(s: &Server) -> u64 {
     proc_status_kib(s.pid(), "VmHWM") / 1024
-}
-
-/// Options for a server whose peak is what it holds (see the module's docs).
-fn held() -> Options {
-    Options::default().env("MIMALLOC_PURGE_DELAY", "0")
 }
 
 /// A Rhai map of 1 MB strings (issue 16 item 7: 100k of them reached 790 MB in one call, 1.56 GB for

@@ -571,7 +571,7 @@ async fn a_journal_larger_than_a_reply_may_be_is_listed_newest_first_saying_what
 ///   MiB; now +40 MiB.
 #[tokio::test]
 async fn reading_a_full_journal_costs_what_the_reply_holds() {
-    let s = start_with(Options::default().env("MIMALLOC_PURGE_DELAY", "0"));
+    let s = start_with(held());
     let grpc = client(&s).await;
     let name = "n".repeat(8 * 1024);
     const CALLS_KEPT: usize = 2000;
@@ -624,12 +624,6 @@ async fn reading_a_full_journal_costs_what_the_reply_holds() {
         verified_cost < 2 * kept_kib,
         "verifying took {verified_cost} KiB more"
     );
-}
-
-/// Resets the process's peak RSS (`VmHWM`) to its RSS now, which it returns, in KiB.
-fn reset_peak(pid: u32) -> u64 {
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("clear_refs");
-    proc_status_kib(pid, "VmHWM")
 }
 
 #[tokio::test]

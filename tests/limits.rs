@@ -240,8 +240,7 @@ async fn a_huge_window_never_read_costs_no_more_than_the_default_one() {
 async fn with_the_journal_streams_read_to_the_end_are_kept_within_its_cap() {
     const CAP_MIB: u64 = 8;
     let (without_cost, with_cost, with) = journal_peaks(Options::default(), CAP_MIB, 4, 1).await;
-    let held = Options::default().env("MIMALLOC_PURGE_DELAY", "0");
-    let (without_held, with_held, _) = journal_peaks(held, CAP_MIB, 4, 1).await;
+    let (without_held, with_held, _) = journal_peaks(held(), CAP_MIB, 4, 1).await;
     eprintln!(
         "4 streams of 32 MB read: peak +{without_cost} KiB without the journal, +{with_cost} KiB \
          with it (cap {CAP_MIB} MiB); held +{without_held} KiB without, +{with_held} KiB with it"
@@ -271,8 +270,7 @@ async fn with_the_journal_streams_read_to_the_end_are_kept_within_its_cap() {
 async fn with_the_journal_streams_at_once_are_kept_within_its_cap_together() {
     const CAP_MIB: u64 = 8;
     const STREAMS: usize = 8;
-    let held = Options::default().env("MIMALLOC_PURGE_DELAY", "0");
-    let (without_held, with_held, _) = journal_peaks(held, CAP_MIB, 1, STREAMS).await;
+    let (without_held, with_held, _) = journal_peaks(held(), CAP_MIB, 1, STREAMS).await;
     eprintln!(
         "{STREAMS} streams of 32 MB at once: held +{without_held} KiB without the journal, \
          +{with_held} KiB with it (cap {CAP_MIB} MiB)"

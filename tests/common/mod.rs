@@ -1056,6 +1056,20 @@ pub async fn wait_for_reply_text(
     start.elapsed()
 }
 
+/// Options for a server whose peak RSS is what it holds: with `MIMALLOC_PURGE_DELAY=0` the
+/// allocator gives memory back as it is freed. By its default mimalloc keeps freed memory resident
+/// a few milliseconds, and with calls of megabytes that moved a peak by tens of MiB from run to run
+/// (`tests/amplification.rs`).
+pub fn held() -> Options {
+    Options::default().env("MIMALLOC_PURGE_DELAY", "0")
+}
+
+/// Resets a process's peak RSS (`VmHWM`) to its RSS now, which it returns, in KiB.
+pub fn reset_peak(pid: u32) -> u64 {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("clear_refs");
+    proc_status_kib(pid, "VmHWM")
+}
+
 /// `VmRSS` (or another `/proc/PID/status` field) of a process, in KiB.
 pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
